@@ -1,0 +1,254 @@
+"""Optimizers: hand-computed steps, schedules, clipping, injectable per-member hyperparameters."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from vhjax.optim import OPTIMIZERS, get_hyperparams, make_optimizer, make_schedule, set_hyperparams
+
+CURVATURE = jnp.array([1.0, 3.0])
+
+
+def quadratic(theta):
+    return 0.5 * jnp.sum(CURVATURE * theta**2)
+
+
+def run_steps(tx, theta, steps):
+    """`steps` optimizer steps on `quadratic`, returning every iterate."""
+
+    def step(carry, _):
+        theta, state = carry
+        updates, state = tx.update(jax.grad(quadratic)(theta), state, theta)
+        theta = optax.apply_updates(theta, updates)
+        return (theta, state), theta
+
+    _, thetas = jax.lax.scan(step, (theta, tx.init(theta)), length=steps)
+    return thetas
+
+
+LEARNING_RATES = {
+    "sgd": 0.1, "momentum": 0.05, "nesterov": 0.05, "adagrad": 0.5,
+    "rmsprop": 0.02, "adam": 0.05, "adamw": 0.05, "adamax": 0.05,
+}
+
+
+def test_registry_holds_every_optimizer():
+    assert set(OPTIMIZERS.names()) == set(LEARNING_RATES)
+
+
+@pytest.mark.parametrize("name", sorted(LEARNING_RATES))
+def test_every_optimizer_decreases_a_quadratic(name):
+    theta0 = jnp.array([2.0, -1.5])
+    tx = make_optimizer(name, learning_rate=LEARNING_RATES[name])
+    thetas = jax.jit(run_steps, static_argnums=(0, 2))(tx, theta0, 200)
+    assert float(quadratic(thetas[-1])) < 0.01 * float(quadratic(theta0))
+
+
+def two_steps(tx, theta0):
+    thetas = run_steps(tx, jnp.array(theta0), 2)
+    return [float(t[0]) for t in thetas]
+
+
+def test_momentum_two_steps_by_hand():
+    # v <- beta v - lr g; theta <- theta + v, on f = 0.5 * theta^2 (g = theta)
+    lr, beta, theta = 0.1, 0.9, 2.0
+    v = -lr * theta
+    theta1 = theta + v
+    v = beta * v - lr * theta1
+    theta2 = theta1 + v
+    got = two_steps(make_optimizer("momentum", learning_rate=lr, momentum=beta), [2.0, 0.0])
+    np.testing.assert_allclose(got, [theta1, theta2], rtol=1e-6)
+
+
+def test_nesterov_two_steps_by_hand():
+    # t <- beta t + g; theta <- theta - lr (g + beta t)
+    lr, beta, theta, t = 0.1, 0.9, 2.0, 0.0
+    expected = []
+    for _ in range(2):
+        g = theta
+        t = beta * t + g
+        theta = theta - lr * (g + beta * t)
+        expected.append(theta)
+    got = two_steps(make_optimizer("nesterov", learning_rate=lr, momentum=beta), [2.0, 0.0])
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_adam_two_steps_by_hand():
+    lr, b1, b2, eps = 0.1, 0.8, 0.9, 1e-8
+    theta, m, v, expected = 2.0, 0.0, 0.0, []
+    for step in (1, 2):
+        g = theta
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        m_hat, v_hat = m / (1 - b1**step), v / (1 - b2**step)
+        theta = theta - lr * m_hat / (math.sqrt(v_hat) + eps)
+        expected.append(theta)
+    got = two_steps(make_optimizer("adam", learning_rate=lr, b1=b1, b2=b2, eps=eps), [2.0, 0.0])
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_decoupled_weight_decay_scaled_by_learning_rate():
+    tx = make_optimizer("adamw", learning_rate=0.5, weight_decay=0.1)
+    params = jnp.array([2.0, -4.0])
+    updates, _ = tx.update(jnp.zeros(2), tx.init(params), params)
+    # adam's direction is 0 for a zero gradient: the whole update is -lr * wd * params
+    np.testing.assert_allclose(updates, -0.5 * 0.1 * params, rtol=1e-6)
+
+
+def test_cosine_multipliers():
+    schedule = make_schedule("cosine", {"alpha": 0.1}, total_steps=100)
+    got = [schedule(0), schedule(50), schedule(100), schedule(150)]
+    np.testing.assert_allclose(got, [1.0, 0.55, 0.1, 0.1], rtol=1e-5)
+    warm = make_schedule("cosine", {"warmup_steps": 10}, total_steps=110)
+    got = [warm(0), warm(5), warm(10), warm(60), warm(110)]
+    np.testing.assert_allclose(got, [0.0, 0.5, 1.0, 0.5, 0.0], atol=1e-6)
+
+
+def test_step_and_exponential_multipliers():
+    every = make_schedule("step", {"every": 10, "decay_factor": 0.5})
+    np.testing.assert_allclose([every(0), every(9), every(10), every(19), every(20)], [1, 1, 0.5, 0.5, 0.25])
+    at = make_schedule("step", {"boundaries": (3, 7), "decay_factor": 0.1})
+    np.testing.assert_allclose([at(2), at(3), at(6), at(7), at(100)], [1, 0.1, 0.1, 0.01, 0.01], rtol=1e-6)
+    smooth = make_schedule("exponential", {"decay_rate": 0.5, "transition_steps": 4})
+    np.testing.assert_allclose([smooth(0), smooth(2), smooth(8)], [1.0, 0.5**0.5, 0.25], rtol=1e-6)
+    assert float(make_schedule("constant")(1000)) == 1.0
+
+
+def test_schedule_multiplies_the_injectable_learning_rate():
+    step_decay = {"every": 2, "decay_factor": 0.5}
+    tx = make_optimizer("sgd", learning_rate=0.2, schedule="step", schedule_kwargs=step_decay)
+    params = jnp.zeros(1)
+    state = tx.init(params)
+    steps = []
+    for _ in range(4):
+        updates, state = tx.update(jnp.ones(1), state, params)
+        steps.append(float(updates[0]))
+    np.testing.assert_allclose(steps, [-0.2, -0.2, -0.1, -0.1], rtol=1e-6)
+    state = set_hyperparams(state, learning_rate=1.0)
+    updates, _ = tx.update(jnp.ones(1), state, params)
+    np.testing.assert_allclose(updates, [-0.25], rtol=1e-6)
+
+
+def test_clip_norm_limits_the_update_norm():
+    tx = make_optimizer("sgd", learning_rate=1.0, clip_norm=2.0)
+    params = jnp.zeros(3)
+    state = tx.init(params)
+    big, _ = tx.update(jnp.array([30.0, -40.0, 0.0]), state, params)
+    np.testing.assert_allclose(jnp.linalg.norm(big), 2.0, rtol=1e-6)
+    np.testing.assert_allclose(big, [-1.2, 1.6, 0.0], rtol=1e-6)
+    small, _ = tx.update(jnp.array([0.3, 0.4, 0.0]), state, params)
+    np.testing.assert_allclose(small, [-0.3, -0.4, 0.0], rtol=1e-6)
+    looser, _ = tx.update(jnp.array([30.0, -40.0, 0.0]), set_hyperparams(state, clip_norm=10.0), params)
+    np.testing.assert_allclose(jnp.linalg.norm(looser), 10.0, rtol=1e-6)
+
+
+def test_clip_value_acts_elementwise_before_clip_norm():
+    tx = make_optimizer("sgd", learning_rate=1.0, clip_value=1.0, clip_norm=100.0)
+    params = jnp.zeros(3)
+    updates, _ = tx.update(jnp.array([5.0, -0.5, -3.0]), tx.init(params), params)
+    np.testing.assert_allclose(updates, [-1.0, 0.5, 1.0])
+
+
+def test_every_numeric_hyperparameter_is_in_the_state():
+    tx = make_optimizer(
+        "adam", learning_rate=0.1, clip_norm=1.0, clip_value=2.0, weight_decay=0.01, b1=0.5
+    )
+    hyper = get_hyperparams(tx.init(jnp.zeros(2)))
+    common = {"learning_rate", "weight_decay", "clip_norm", "clip_value"}
+    assert set(hyper) == common | {"b1", "b2", "eps", "eps_root"}
+    assert float(hyper["b1"]) == 0.5 and hyper["b1"].dtype == jnp.float32
+    rms = get_hyperparams(make_optimizer("rmsprop", learning_rate=0.1).init(jnp.zeros(1)))
+    assert set(rms) == {"learning_rate", "weight_decay", "decay", "eps", "initial_scale"}
+
+
+def test_setting_momentum_to_zero_gives_sgd():
+    theta0 = jnp.array([2.0, -1.0])
+    tx = make_optimizer("momentum", learning_rate=0.1, momentum=0.9)
+    state = set_hyperparams(tx.init(theta0), momentum=0.0)
+    sgd = make_optimizer("sgd", learning_rate=0.1)
+    sgd_state = sgd.init(theta0)
+    theta, sgd_theta = theta0, theta0
+    for _ in range(3):
+        updates, state = tx.update(jax.grad(quadratic)(theta), state, theta)
+        theta = theta + updates
+        sgd_updates, sgd_state = sgd.update(jax.grad(quadratic)(sgd_theta), sgd_state, sgd_theta)
+        sgd_theta = sgd_theta + sgd_updates
+    np.testing.assert_allclose(theta, sgd_theta, rtol=1e-6)
+
+
+def test_population_learning_rates_one_compilation():
+    tx = make_optimizer("momentum", learning_rate=0.1, momentum=0.0)
+    population = 3
+    params = jnp.ones((population, 2))
+    states = jax.vmap(tx.init)(params)
+    assert get_hyperparams(states)["learning_rate"].shape == (population,)
+
+    traces = []
+
+    @jax.jit
+    def population_step(params, states):
+        traces.append(1)
+
+        def member_step(theta, state):
+            updates, state = tx.update(jnp.ones_like(theta), state, theta)
+            return theta + updates, state
+
+        return jax.vmap(member_step)(params, states)
+
+    lrs = jnp.array([0.01, 0.1, 1.0])
+    states = set_hyperparams(states, learning_rate=lrs)
+    moved, states = population_step(params, states)
+    np.testing.assert_allclose(params - moved, jnp.repeat(lrs[:, None], 2, axis=1), rtol=1e-6)
+
+    lrs = jnp.array([0.5, 0.0, 2.0])
+    states = set_hyperparams(states, learning_rate=lrs)
+    moved_again, _ = population_step(moved, states)
+    np.testing.assert_allclose(moved - moved_again, jnp.repeat(lrs[:, None], 2, axis=1), rtol=1e-6)
+    assert len(traces) == 1
+
+    shared = set_hyperparams(states, momentum=0.5)  # a scalar broadcasts to every member
+    np.testing.assert_allclose(get_hyperparams(shared)["momentum"], [0.5] * population)
+    with pytest.raises(ValueError, match="learning_rate"):
+        set_hyperparams(states, learning_rate=jnp.ones(4))
+
+
+def test_hyperparams_found_inside_a_chain():
+    tx = optax.chain(optax.identity(), make_optimizer("sgd", learning_rate=0.3))
+    state = set_hyperparams(tx.init(jnp.zeros(1)), learning_rate=0.7)
+    assert float(get_hyperparams(state)["learning_rate"]) == pytest.approx(0.7)
+    updates, _ = tx.update(jnp.ones(1), state, jnp.zeros(1))
+    np.testing.assert_allclose(updates, [-0.7], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(name="adadelta", learning_rate=0.1), "adadelta"),
+        (dict(name="adam", learning_rate=0.1, momentum=0.9), "momentum.*b1"),
+        (dict(name="sgd", learning_rate=0.1, schedule="linear"), "linear"),
+        (dict(name="sgd", learning_rate=0.1, schedule="cosine"), "total_steps"),
+        (dict(name="sgd", learning_rate=0.1, schedule="step", schedule_kwargs={"gamma": 0.1}), "gamma"),
+        (dict(name="sgd", learning_rate=0.1, schedule="step"), "every"),
+        (dict(name="sgd", learning_rate=0.1, schedule="exponential"), "decay_rate"),
+        (dict(name="sgd", learning_rate=0.1, schedule="cosine", total_steps=0), "total_steps"),
+        (dict(name="sgd", learning_rate=jnp.ones(3)), "learning_rate"),
+    ],
+)
+def test_bad_arguments_raise_value_error_naming_them(kwargs, match):
+    name = kwargs.pop("name")
+    with pytest.raises(ValueError, match=match):
+        make_optimizer(name, **kwargs)
+
+
+def test_bad_learning_rate_type_and_unknown_hyperparam_names():
+    with pytest.raises(TypeError, match="learning_rate"):
+        make_optimizer("sgd", learning_rate=lambda step: 0.1)
+    state = make_optimizer("sgd", learning_rate=0.1).init(jnp.zeros(1))
+    with pytest.raises(ValueError, match="beta.*learning_rate"):
+        set_hyperparams(state, beta=0.9)
+    with pytest.raises(ValueError, match="inject_hyperparams"):
+        get_hyperparams(optax.sgd(0.1).init(jnp.zeros(1)))

@@ -1,0 +1,74 @@
+"""Classification metrics on arrays, all jit-able: `(outputs, labels) -> metrics`.
+
+Labels are integer class ids, or one-hot / soft rows (one more axis than the ids), which are
+reduced with argmax. Predictions are logits (argmax over the last axis) or integer class ids.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def predicted_classes(logits_or_preds: jax.Array) -> jax.Array:
+    """Class ids: integer input is returned as is, float logits are reduced with argmax."""
+    logits_or_preds = jnp.asarray(logits_or_preds)
+    if jnp.issubdtype(logits_or_preds.dtype, jnp.integer):
+        return logits_or_preds
+    return jnp.argmax(logits_or_preds, axis=-1)
+
+
+def label_classes(labels: jax.Array, predictions: jax.Array) -> jax.Array:
+    """Integer labels matching `predictions` (class ids); one-hot labels are argmax-ed."""
+    labels = jnp.asarray(labels)
+    if labels.ndim == predictions.ndim + 1:
+        return jnp.argmax(labels, axis=-1)
+    if labels.shape != predictions.shape:
+        raise ValueError(
+            f"labels shape {labels.shape} fits neither integer labels {predictions.shape} "
+            f"nor one-hot labels {predictions.shape + ('C',)}"
+        )
+    return labels
+
+
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Fraction of examples whose predicted class equals the label (scalar float32)."""
+    predictions = predicted_classes(logits)
+    return jnp.mean(predictions == label_classes(labels, predictions), dtype=jnp.float32)
+
+
+def confusion_matrix(logits_or_preds: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:
+    """(C, C) int32 counts; row = true class, column = predicted class (sklearn's layout).
+
+    Ids outside [0, num_classes) are not counted.
+    """
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes={num_classes!r} must be a positive int")
+    predictions = predicted_classes(logits_or_preds).reshape(-1)
+    truth = label_classes(labels, predicted_classes(logits_or_preds)).reshape(-1)
+    valid = (truth >= 0) & (truth < num_classes) & (predictions >= 0) & (predictions < num_classes)
+    counts = jnp.zeros((num_classes, num_classes), jnp.int32)
+    rows = jnp.clip(truth, 0, num_classes - 1)
+    columns = jnp.clip(predictions, 0, num_classes - 1)
+    return counts.at[rows, columns].add(valid.astype(jnp.int32))
+
+
+def _safe_divide(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
+    """numerator / denominator, and 0 where the denominator is 0 (no NaN, also in gradients)."""
+    positive = denominator > 0
+    return jnp.where(positive, numerator / jnp.where(positive, denominator, 1), 0.0)
+
+
+def precision_recall_f1(logits: jax.Array, labels: jax.Array, num_classes: int) -> dict[str, jax.Array]:
+    """Per-class precision, recall and F1 (C,), and their unweighted mean `macro_f1`.
+
+    A class never predicted has precision 0, a class never present has recall 0, and F1 is 0
+    where precision + recall is 0 (sklearn's `zero_division=0`). `macro_f1` averages all C
+    classes, as sklearn does with `labels=range(C)`.
+    """
+    counts = confusion_matrix(logits, labels, num_classes).astype(jnp.float32)
+    true_positives = jnp.diagonal(counts)
+    precision = _safe_divide(true_positives, counts.sum(axis=0))
+    recall = _safe_divide(true_positives, counts.sum(axis=1))
+    f1 = _safe_divide(2.0 * precision * recall, precision + recall)
+    return {"precision": precision, "recall": recall, "f1": f1, "macro_f1": jnp.mean(f1)}
