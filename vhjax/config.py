@@ -1,0 +1,131 @@
+"""Training configuration: a frozen dataclass, Python config files, and command-line overrides.
+
+A config file is a Python file with a `get_config() -> TrainConfig` function whose docstring says
+the command, the hardware and the expected result (the big_vision convention).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs. Field names are the override keys of `vhjax train`."""
+
+    # data
+    dataset: str = "mnist1d"
+    data_dir: str | None = None
+    train_split: str = "train"
+    eval_split: str = "test"
+    test_split: str | None = None
+    shuffle: bool = True
+    # model
+    model: str = "mnist1d_mlp"
+    model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    dropout_rate: float | None = None
+    # objective
+    loss: str = "cross_entropy"
+    l1: float = 0.0
+    l2: float = 0.0
+    elastic_net: float = 0.0
+    l1_ratio: float = 0.5
+    regularize: str = "kernels"
+    augment: Sequence[Mapping[str, Any]] = ()
+    # optimizer
+    optimizer: str = "adam"
+    learning_rate: float = 1e-2
+    optimizer_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    schedule_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    clip_norm: float | None = None
+    clip_value: float | None = None
+    # loop
+    batch_size: int = 100
+    steps: int = 6000
+    eval_every: int = 500
+    eval_batch_size: int = 1000
+    patience: int | None = None
+    monitor: str = "accuracy"
+    monitor_mode: str = "max"
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self), default=list))
+
+
+MONITORED_METRICS = ("accuracy", "loss", "macro_f1")
+
+
+def _require(condition: bool, field: str, value: Any, allowed: str) -> None:
+    if not condition:
+        raise ValueError(f"config field {field!r} has value {value!r}; allowed: {allowed}")
+
+
+def validate(config: TrainConfig) -> None:
+    """Check the config's own fields (names are checked against registries in `build_task`)."""
+    for name in ("batch_size", "steps", "eval_every", "eval_batch_size"):
+        value = getattr(config, name)
+        _require(isinstance(value, int) and value > 0, name, value, "a positive integer")
+    if config.patience is not None:
+        _require(isinstance(config.patience, int) and config.patience > 0, "patience", config.patience,
+                 "a positive integer (evaluations without improvement) or None")
+    _require(config.learning_rate > 0, "learning_rate", config.learning_rate, "a positive number")
+    for name in ("l1", "l2", "elastic_net", "weight_decay"):
+        value = getattr(config, name)
+        _require(value >= 0, name, value, "a non-negative number")
+    _require(0.0 <= config.l1_ratio <= 1.0, "l1_ratio", config.l1_ratio, "a number in [0, 1]")
+    if config.dropout_rate is not None:
+        _require(0.0 <= config.dropout_rate < 1.0, "dropout_rate", config.dropout_rate, "a number in [0, 1)")
+    _require(config.monitor in MONITORED_METRICS, "monitor", config.monitor, ", ".join(MONITORED_METRICS))
+    _require(config.monitor_mode in ("max", "min"), "monitor_mode", config.monitor_mode, "'max' or 'min'")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse `key=value`; the value is a Python literal if it parses as one, else a string."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r} is not of the form key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return key.strip(), value
+
+
+def apply_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
+    """Apply `key=value` overrides; `model_kwargs.widths=(64,64)` sets one key of a dict field."""
+    fields = {f.name for f in dataclasses.fields(config)}
+    for text in overrides:
+        key, value = parse_override(text)
+        top, _, sub = key.partition(".")
+        if top not in fields:
+            raise ValueError(f"unknown config field {top!r}; known fields: {', '.join(sorted(fields))}")
+        if sub:
+            current = dict(getattr(config, top) or {})
+            current[sub] = value
+            value = current
+        config = dataclasses.replace(config, **{top: value})
+    return config
+
+
+def load_config_file(path: str | Path) -> TrainConfig:
+    """Load `get_config()` from a Python config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    spec = importlib.util.spec_from_file_location(f"vhjax_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"config file {str(path)!r} defines no get_config() function")
+    config = module.get_config()
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"get_config() in {str(path)!r} returned {type(config).__name__}, expected TrainConfig")
+    return config

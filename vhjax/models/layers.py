@@ -1,0 +1,25 @@
+"""Layers shared by the model zoo."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class Dropout(nn.Module):
+    """Inverted dropout whose rate may be a traced array (one value per population member).
+
+    flax's nn.Dropout takes the rate as a static Python float, so every distinct rate would
+    compile a new program; here the rate is data, and `rate == 0` is exactly the identity.
+    Uses the 'dropout' RNG stream.
+    """
+
+    @nn.compact
+    def __call__(self, x: jax.Array, rate: float | jax.Array, deterministic: bool) -> jax.Array:
+        if deterministic:
+            return x
+        rate = jnp.asarray(rate, x.dtype)
+        keep = 1.0 - rate
+        mask = jax.random.uniform(self.make_rng("dropout"), x.shape) < keep
+        return jnp.where(mask, x / jnp.maximum(keep, 1e-6), jnp.zeros_like(x))

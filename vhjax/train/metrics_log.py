@@ -1,0 +1,60 @@
+"""Metrics written into the workdir as JSON lines, and progress lines on the terminal."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+
+def to_python(value: Any) -> Any:
+    """Arrays and NumPy scalars -> plain floats/lists for JSON."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class MetricsLog:
+    """Appends `{"step": s, "split": ..., metric: value}` lines to `workdir/metrics.jsonl`.
+
+    `truncate_after(step)` drops lines written after the step a run resumes from, so a resumed
+    run's log reads as an uninterrupted one's.
+    """
+
+    def __init__(self, path: str | Path | None):
+        self.path = Path(path) if path is not None else None
+
+    def write(self, step: int, split: str, values: Mapping[str, Any]) -> None:
+        if self.path is None:
+            return
+        line = {"step": int(step), "split": split, **{k: to_python(v) for k, v in values.items()}}
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(line) + "\n")
+
+    def read(self) -> list[dict]:
+        if self.path is None or not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def truncate_after(self, step: int) -> None:
+        if self.path is None or not self.path.exists():
+            return
+        kept = [row for row in self.read() if row["step"] <= step]
+        self.path.write_text("".join(json.dumps(row) + "\n" for row in kept))
+
+
+def format_progress(step: int, total: int, steps_per_second: float, train: Mapping[str, float],
+                    evaluation: Mapping[str, float]) -> str:
+    width = len(str(total))
+    parts = [f"step {step:>{width}}/{total}", f"{steps_per_second:8.1f} steps/s",
+             f"train loss {train['loss']:.4f}"]
+    parts += [f"eval {name} {value:.4f}" for name, value in evaluation.items()]
+    return " | ".join(parts)
+
+
+def print_progress(line: str) -> None:
+    print(line, file=sys.stdout, flush=True)

@@ -1,0 +1,128 @@
+"""The training and evaluation steps, written once for one member.
+
+`jax.vmap` of these functions is the population step (vhjax.population); `lax.scan` of the
+train step is a chunk of training with no Python in the loop (vhjax.train.loop).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from vhjax import metrics, regularizers
+from vhjax.train.state import TrainState
+from vhjax.train.task import Task
+
+Batch = tuple[jax.Array, jax.Array]
+
+
+def init_state(task: Task, key: jax.Array, hparams: dict[str, jax.Array] | None = None,
+               data_key: jax.Array | None = None) -> TrainState:
+    """Initialise parameters, optimizer state and keys of one member."""
+    init_key, dropout_key, member_key, default_data_key = jax.random.split(key, 4)
+    example = jnp.zeros((1, *task.train.x.shape[1:]), jnp.float32)
+    variables = dict(task.model.init({"params": init_key, "dropout": dropout_key}, example))
+    params = variables.pop("params")
+    return TrainState(
+        step=jnp.int32(0),
+        params=params,
+        model_state=variables,
+        opt_state=task.optimizer.init(params),
+        hparams=dict(task.default_hparams if hparams is None else hparams),
+        key=member_key,
+        data_key=default_data_key if data_key is None else data_key,
+    )
+
+
+def batch_indices(data_key: jax.Array, step: jax.Array, num_examples: int, batch_size: int,
+                  shuffle: bool) -> jax.Array:
+    """Indices of the batch for `step`: a fresh permutation each epoch, a pure function of the step.
+
+    Being a function of the step alone is what makes a resumed run see exactly the batches an
+    uninterrupted one would. The last partial batch of each epoch is dropped.
+    """
+    steps_per_epoch = num_examples // batch_size
+    epoch, position = jnp.divmod(step, steps_per_epoch)
+    if shuffle:
+        order = jax.random.permutation(jax.random.fold_in(data_key, epoch), num_examples)
+    else:
+        order = jnp.arange(num_examples)
+    return lax.dynamic_slice(order, (position * batch_size,), (batch_size,))
+
+
+def apply_model(task: Task, params, model_state, hparams: dict, x: jax.Array, *, train: bool,
+                dropout_key: jax.Array | None = None):
+    """Run the model; returns (outputs, updated model_state).
+
+    A member whose hparams hold an `arch` entry (masks or one-hots of a searchable model built at
+    maximum size) passes it to the model, so members of one program can differ in architecture.
+    """
+    variables = {"params": params, **model_state}
+    kwargs = {"train": train, "dropout_rate": hparams["dropout_rate"]}
+    if "arch" in hparams:
+        kwargs["arch"] = hparams["arch"]
+    rngs = {"dropout": dropout_key} if dropout_key is not None else {}
+    if train and model_state:
+        outputs, new_state = task.model.apply(variables, x, rngs=rngs, mutable=list(model_state), **kwargs)
+        return outputs, dict(new_state)
+    return task.model.apply(variables, x, rngs=rngs, **kwargs), model_state
+
+
+def make_train_step(task: Task) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+    """The pure train step of one member: sample its batch, augment, step the optimizer."""
+    config = task.config
+
+    def train_step(state: TrainState, data: Batch) -> tuple[TrainState, dict]:
+        x_all, y_all = data
+        index = batch_indices(state.data_key, state.step, x_all.shape[0], config.batch_size, config.shuffle)
+        x, y = x_all[index], y_all[index]
+        augment_key, dropout_key = jax.random.split(jax.random.fold_in(state.key, state.step))
+        hp = state.hparams
+        if task.augment_fn is not None:
+            x = task.augment_fn(augment_key, x, hp["aug_strength"], hp["aug_prob"])
+
+        def objective(params):
+            outputs, model_state = apply_model(task, params, state.model_state, hp, x, train=True,
+                                               dropout_key=dropout_key)
+            data_loss = task.loss_fn(outputs, y).mean()
+            coefficients = {"l1": hp["l1"], "l2": hp["l2"], "elastic_net": hp["elastic_net"]}
+            penalty = regularizers.penalty(params, coefficients, where=config.regularize,
+                                           l1_ratio=config.l1_ratio)
+            return data_loss + penalty, (data_loss, outputs, model_state)
+
+        (total, (data_loss, outputs, model_state)), grads = jax.value_and_grad(
+            objective, has_aux=True)(state.params)
+        updates, opt_state = task.optimizer.update(grads, state.opt_state, state.params)
+        new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                                  opt_state=opt_state, model_state=model_state)
+        step_metrics = {"loss": total, "data_loss": data_loss, "accuracy": metrics.accuracy(outputs, y)}
+        return new_state, step_metrics
+
+    return train_step
+
+
+def make_eval_fn(task: Task) -> Callable:
+    """`evaluate(state, x, y) -> metrics` of one member over a whole split, in fixed-size batches."""
+    batch_size = task.config.eval_batch_size
+    num_classes = task.train.num_classes
+
+    def evaluate(state: TrainState, x: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
+        n = x.shape[0]
+        size = min(batch_size, n)
+        padded = -(-n // size) * size
+        x_batches = jnp.pad(x, [(0, padded - n)] + [(0, 0)] * (x.ndim - 1)).reshape(-1, size, *x.shape[1:])
+        outputs = lax.map(
+            lambda xb: apply_model(task, state.params, state.model_state, state.hparams, xb, train=False)[0],
+            x_batches)
+        outputs = outputs.reshape(padded, *outputs.shape[2:])[:n]
+        return {
+            "loss": task.loss_fn(outputs, y).mean(),
+            "accuracy": metrics.accuracy(outputs, y),
+            "macro_f1": metrics.precision_recall_f1(outputs, y, num_classes)["macro_f1"],
+        }
+
+    return evaluate

@@ -1,0 +1,85 @@
+"""Task: the pure functions and data of one training problem, built from a TrainConfig."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vhjax import augment, losses, models, optim
+from vhjax.config import TrainConfig, validate
+from vhjax.data import Dataset, load
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What a training step needs besides the state: model, objective, optimizer, data."""
+
+    config: TrainConfig
+    model: Any
+    loss_fn: Callable
+    augment_fn: Callable | None
+    optimizer: optax.GradientTransformation
+    train: Dataset
+    eval: Dataset
+    test: Dataset | None
+    default_hparams: dict[str, jax.Array]
+
+
+def build_task(config: TrainConfig) -> Task:
+    """Validate the config, resolve every name, load the data and check shapes, before compiling."""
+    validate(config)
+    model = models.get_model(config.model, **dict(config.model_kwargs))
+    loss_fn = losses.get_loss(config.loss)
+    optimizer = optim.make_optimizer(
+        config.optimizer,
+        learning_rate=config.learning_rate,
+        schedule=config.schedule,
+        schedule_kwargs=dict(config.schedule_kwargs) or None,
+        total_steps=config.steps,
+        clip_norm=config.clip_norm,
+        clip_value=config.clip_value,
+        weight_decay=config.weight_decay,
+        **dict(config.optimizer_kwargs),
+    )
+    augment_fn, strengths, probs = (None, np.zeros(0), np.zeros(0))
+    if config.augment:
+        augment_fn, strengths, probs = augment.pipeline_from_config(list(config.augment))
+    train = load(config.dataset, config.train_split, data_dir=config.data_dir)
+    evaluation = load(config.dataset, config.eval_split, data_dir=config.data_dir)
+    test = load(config.dataset, config.test_split, data_dir=config.data_dir) if config.test_split else None
+    if config.batch_size > len(train):
+        raise ValueError(
+            f"config field 'batch_size' has value {config.batch_size}; allowed: at most the "
+            f"{len(train)} examples of split {config.train_split!r}")
+    check_model_fits_data(model, train, config.model)
+    dropout = config.dropout_rate if config.dropout_rate is not None else getattr(model, "dropout_rate", 0.0)
+    hparams = {
+        "l1": jnp.float32(config.l1),
+        "l2": jnp.float32(config.l2),
+        "elastic_net": jnp.float32(config.elastic_net),
+        "dropout_rate": jnp.float32(dropout or 0.0),
+        "aug_strength": jnp.asarray(strengths, jnp.float32),
+        "aug_prob": jnp.asarray(probs, jnp.float32),
+    }
+    return Task(config, model, loss_fn, augment_fn, optimizer, train, evaluation, test, hparams)
+
+
+def check_model_fits_data(model: Any, data: Dataset, model_name: str) -> None:
+    """Trace the model on the data's shape; raise ValueError with expected vs actual shapes."""
+    example = jax.ShapeDtypeStruct((2, *data.x.shape[1:]), jnp.float32)
+    try:
+        variables = jax.eval_shape(model.init, jax.random.key(0), example)
+        out = jax.eval_shape(lambda v, x: model.apply(v, x), variables, example)
+    except Exception as error:  # the model cannot consume this input at all
+        raise ValueError(
+            f"model {model_name!r} cannot take inputs of shape (batch, {', '.join(map(str, data.x.shape[1:]))}) "
+            f"from dataset {data.name!r}: {error}") from error
+    if out.shape != (2, data.num_classes):
+        raise ValueError(
+            f"model {model_name!r} outputs shape (batch, {', '.join(map(str, out.shape[1:]))}) but dataset "
+            f"{data.name!r} has {data.num_classes} classes: expected (batch, {data.num_classes})")
