@@ -1,0 +1,201 @@
+"""Population engine: members in one program, isolation, buckets, exploit/explore, resume, sharding."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vhjax.config import TrainConfig
+from vhjax.population import (copy_members, fit_population, get_member_hparams, init_population,
+                              make_population_step, perturb, resample, set_member_hparams,
+                              truncation_sources)
+from vhjax.train import build_task, make_train_step
+
+BASE = TrainConfig(dataset="digits", model="mlp", model_kwargs={"widths": (16,), "num_classes": 10},
+                   learning_rate=3e-3, batch_size=32, steps=60, eval_every=30, seed=0)
+
+
+@pytest.fixture(scope="module")
+def task():
+    return build_task(BASE)
+
+
+@pytest.fixture(scope="module")
+def data(task):
+    return jnp.asarray(task.train.x), jnp.asarray(task.train.y)
+
+
+def run(task, population, data, steps):
+    step = jax.jit(make_population_step(task))
+    for _ in range(steps):
+        population, _ = step(population, data)
+    return population
+
+
+def test_members_match_their_own_single_runs(task, data):
+    population = init_population(task, jax.random.key(1), 3, {"learning_rate": [1e-3, 3e-3, 1e-2], "l2": [0.0, 1e-3, 0.0]})
+    trained = run(task, population, data, 5)
+    single = jax.jit(make_train_step(task))
+    for i in range(3):
+        member = jax.tree.map(lambda leaf: leaf[i], population.members)
+        for _ in range(5):
+            member, _ = single(member, data)
+        for a, b in zip(jax.tree.leaves(member.params), jax.tree.leaves(jax.tree.map(lambda l: l[i], trained.members.params))):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # different learning rates gave different members
+    assert not np.allclose(trained.members.params["Dense_0"]["kernel"][0], trained.members.params["Dense_0"]["kernel"][2]) \
+        if "Dense_0" in trained.members.params else True
+
+
+def test_diverging_member_is_isolated_bit_for_bit(task, data):
+    healthy = init_population(task, jax.random.key(2), 3, {"learning_rate": [1e-3, 2e-3, 3e-3]})
+    broken = init_population(task, jax.random.key(2), 3, {"learning_rate": [1e-3, 1e30, 3e-3]})
+    healthy, broken = run(task, healthy, data, 6), run(task, broken, data, 6)
+    assert broken.alive.tolist() == [True, False, True]
+    assert 1 <= int(broken.diverged_step[1]) <= 6 and broken.diverged_step[[0, 2]].tolist() == [-1, -1]
+    for a, b in zip(jax.tree.leaves(healthy.members.params), jax.tree.leaves(broken.members.params)):
+        np.testing.assert_array_equal(np.asarray(a)[[0, 2]], np.asarray(b)[[0, 2]])
+        assert np.isfinite(np.asarray(b)[1]).all()  # frozen at its last finite state
+
+
+def test_same_batches_option(task):
+    same = init_population(task, jax.random.key(0), 3, same_batches=True)
+    own = init_population(task, jax.random.key(0), 3, same_batches=False)
+    same_keys = jax.random.key_data(same.members.data_key)
+    own_keys = jax.random.key_data(own.members.data_key)
+    assert (same_keys == same_keys[0]).all()
+    assert len({tuple(np.asarray(k).ravel()) for k in own_keys}) == 3
+
+
+@pytest.mark.parametrize("hparams,match", [
+    ({"learning_rate": [1e-3, 1e-3]}, r"'learning_rate' has shape \(2,\); expected \(3,\)"),
+    ({"learnin_rate": 1e-3}, "unknown hyperparameter 'learnin_rate'; known for this task: .*learning_rate"),
+    ({"learning_rate": [1e-3, 1e-3, -1.0]}, "member 2: hyperparameter 'learning_rate'"),
+    ({"dropout_rate": [0.0, 1.5, 0.0]}, "member 1: hyperparameter 'dropout_rate'"),
+])
+def test_bad_hyperparameters_fail_before_compiling(task, hparams, match):
+    with pytest.raises(ValueError, match=match):
+        init_population(task, jax.random.key(0), 3, hparams)
+
+
+def test_exploit_explore_primitives(task, data):
+    population = init_population(task, jax.random.key(3), 4, {"learning_rate": [1e-3, 2e-3, 3e-3, 4e-3]})
+    population = run(task, population, data, 2)
+    copied = jax.jit(copy_members)(population, jnp.array([3, 1, 2, 3]))
+    leaf = lambda p: np.asarray(jax.tree.leaves(p.members.params)[0])
+    np.testing.assert_array_equal(leaf(copied)[0], leaf(population)[3])
+    np.testing.assert_array_equal(leaf(copied)[1], leaf(population)[1])
+    assert np.allclose(get_member_hparams(copied)["learning_rate"], [4e-3, 2e-3, 3e-3, 4e-3])
+    keys = jax.random.key_data(copied.members.key)
+    assert not np.array_equal(keys[0], keys[3])  # a copy keeps its own randomness
+
+    changed = set_member_hparams(copied, learning_rate=jnp.array([1.0, 2.0, 3.0, 4.0]), l2=jnp.full(4, 0.5))
+    assert np.allclose(get_member_hparams(changed)["learning_rate"], [1, 2, 3, 4])
+    assert np.allclose(changed.members.hparams["l2"], 0.5)
+
+    values = jnp.ones(1000)
+    perturbed = perturb(jax.random.key(0), values)
+    assert set(np.round(np.asarray(perturbed), 3)) == {0.8, 1.2}
+    redrawn = resample(jax.random.key(0), values, 10.0, 20.0, probability=0.25)
+    fraction = float(jnp.mean(redrawn != 1.0))
+    assert 0.18 < fraction < 0.32 and float(redrawn.max()) <= 20.0
+
+    sources = truncation_sources(jax.random.key(0), jnp.array([0.1, 0.9, jnp.nan, 0.5, 0.8, 0.2, 0.7, 0.3]), 0.25)
+    sources = np.asarray(sources)
+    assert set(sources[[2, 0]]) <= {1, 4}  # the NaN member and the worst copy the top two
+    assert (sources[[1, 3, 4, 5, 6, 7]] == [1, 3, 4, 5, 6, 7]).all()
+
+
+def test_fit_population_buckets_and_leaderboard(tmp_path):
+    members = [
+        {"learning_rate": 3e-3, "model_kwargs": {"widths": (16,), "num_classes": 10}},
+        {"learning_rate": 1e-5, "model_kwargs": {"widths": (16,), "num_classes": 10}},
+        {"learning_rate": 3e-3, "model_kwargs": {"widths": (8, 8), "num_classes": 10}},
+    ]
+    result = fit_population(BASE, members, tmp_path, verbose=False)
+    assert [m["bucket"] for m in result.members] == [0, 0, 1]
+    assert len(result.states) == 2 and result.states[0].size == 2
+    good, tiny_lr = result.members[0]["eval"]["accuracy"], result.members[1]["eval"]["accuracy"]
+    assert good > 0.7 and good > tiny_lr + 0.2  # the learning rate really varies inside the bucket
+    assert result.best()["member"] in (0, 2)
+    table = result.table()
+    assert table.splitlines()[2].startswith("| 1 |") and "learning_rate" in table
+    assert json.loads((tmp_path / "result.json").read_text())[1]["member"] == 1
+
+
+def test_fit_population_resumes(tmp_path, monkeypatch):
+    from vhjax.train import checkpoint
+
+    members = [{"learning_rate": lr, "l2": l2} for lr, l2 in [(1e-3, 0.0), (3e-3, 1e-3)]]
+    config = dataclasses.replace(BASE, steps=90)
+    full = fit_population(config, members, tmp_path / "full", verbose=False)
+    real_save = checkpoint.Checkpointer.save
+    calls = []
+
+    def die_after_first(self, step, state, record):
+        real_save(self, step, state, record)
+        calls.append(step)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", die_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        fit_population(config, members, tmp_path / "cut", verbose=False)
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", real_save)
+    resumed = fit_population(config, members, tmp_path / "cut", verbose=False)
+    assert [m["eval"] for m in resumed.members] == [m["eval"] for m in full.members]
+    with pytest.raises(ValueError, match="other members"):
+        fit_population(config, members[:1], tmp_path / "cut", verbose=False)
+
+
+def test_masked_architectures_in_one_program(tmp_path):
+    config = dataclasses.replace(BASE, model="masked_mlp", model_kwargs={"max_width": 16, "max_depth": 2})
+    arch = lambda width, depth: {"width": [width, width], "depth": depth, "skip": [0, 1]}
+    members = [{"arch": arch(16, 2)}, {"arch": arch(1, 1)}, {"arch": arch(8, 2)}]
+    result = fit_population(config, members, verbose=False)
+    assert len(result.states) == 1  # one compiled program for three architectures
+    accuracies = [m["eval"]["accuracy"] for m in result.members]
+    assert accuracies[1] < accuracies[0] - 0.2  # a 1-unit network cannot match a 16-unit one
+    with pytest.raises(ValueError, match="member 1: arch 'width'"):
+        fit_population(config, [{"arch": arch(16, 2)}, {"arch": arch(32, 2)}], verbose=False)
+
+
+def test_unknown_member_field():
+    with pytest.raises(ValueError, match="member 0: unknown field 'lr'"):
+        fit_population(BASE, [{"lr": 0.1}], verbose=False)
+
+
+def test_sharded_population_matches_single_device(tmp_path):
+    """4 forced CPU devices, P = 8 (two members per device): same results as one device."""
+    script = textwrap.dedent("""
+        import json, sys, jax
+        from vhjax.config import TrainConfig
+        from vhjax.population import fit_population
+        from vhjax.parallel import population_mesh
+        config = TrainConfig(dataset="digits", model="mlp", model_kwargs={"widths": (16,), "num_classes": 10},
+                             learning_rate=3e-3, batch_size=32, steps=40, eval_every=20)
+        members = [{"learning_rate": 1e-3 * (i + 1)} for i in range(8)]
+        mesh = population_mesh() if sys.argv[1] == "sharded" else None
+        result = fit_population(config, members, mesh=mesh, verbose=False)
+        sharding = result.states[0].members.step.sharding
+        print(json.dumps({"devices": jax.device_count(), "spread": len(sharding.device_set),
+                          "acc": [m["eval"]["accuracy"] for m in result.members],
+                          "loss": [m["eval"]["loss"] for m in result.members]}))
+    """)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    outputs = {}
+    for mode in ("sharded", "single"):
+        completed = subprocess.run([sys.executable, "-c", script, mode], env=env, capture_output=True, text=True, check=True)
+        outputs[mode] = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert outputs["sharded"]["devices"] == 4 and outputs["sharded"]["spread"] == 4
+    assert outputs["single"]["spread"] == 1
+    np.testing.assert_allclose(outputs["sharded"]["loss"], outputs["single"]["loss"], rtol=1e-4)
+    np.testing.assert_allclose(outputs["sharded"]["acc"], outputs["single"]["acc"], atol=1e-3)

@@ -1,0 +1,13 @@
+"""Populations: one member's step, vmapped; per-member hyperparameters and architectures;
+divergence isolation; exploit/explore primitives; buckets of equal shapes; sharding."""
+
+from vhjax.population.engine import (init_population, make_isolated_step, make_population_eval,
+                                     make_population_step)
+from vhjax.population.exploit import (copy_members, get_member_hparams, perturb, resample,
+                                      set_member_hparams, truncation_sources)
+from vhjax.population.fit import PopulationResult, bucket_members, fit_population
+from vhjax.population.state import PopulationState
+
+__all__ = ["PopulationResult", "PopulationState", "bucket_members", "copy_members", "fit_population",
+           "get_member_hparams", "init_population", "make_isolated_step", "make_population_eval",
+           "make_population_step", "perturb", "resample", "set_member_hparams", "truncation_sources"]

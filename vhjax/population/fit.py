@@ -1,0 +1,210 @@
+"""`fit_population`: train many members, grouped into buckets of equal shapes, one program per bucket."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vhjax import parallel
+from vhjax.config import TrainConfig
+from vhjax.population.engine import init_population, make_population_eval, make_population_step
+from vhjax.population.state import PopulationState
+from vhjax.train.checkpoint import Checkpointer
+from vhjax.train.loop import chunk_lengths, make_chunk_runner, prepare_workdir
+from vhjax.train.metrics_log import MetricsLog, print_progress
+from vhjax.train.task import Task, build_task
+
+# Member fields that are arrays inside one compiled program. Every other TrainConfig field is
+# static: members that differ in one are trained in different buckets (programs).
+DYNAMIC_FIELDS = ("learning_rate", "weight_decay", "l1", "l2", "elastic_net", "dropout_rate",
+                  "aug_strength", "aug_prob", "arch")
+CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+@dataclasses.dataclass
+class PopulationResult:
+    """Per-member results in the order the members were given, and each bucket's final state."""
+
+    members: list[dict]
+    states: list[PopulationState]
+
+    def best(self, metric: str = "accuracy", split: str = "eval", mode: str = "max") -> dict:
+        alive = [m for m in self.members if m["diverged_step"] is None]
+        key = lambda m: m[split][metric]
+        return max(alive, key=key) if mode == "max" else min(alive, key=key)
+
+    def table(self, metric: str = "accuracy", split: str = "eval", top: int | None = None) -> str:
+        """A markdown leaderboard, best first; diverged members last."""
+        rows = sorted(self.members, key=lambda m: (m["diverged_step"] is not None, -m[split].get(metric, -np.inf)))
+        rows = rows[:top] if top else rows
+        names = sorted({k for m in rows for k in m["config"]})
+        header = ["rank", "member", *names, f"{split} {metric}", "status"]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for rank, m in enumerate(rows, 1):
+            status = "ok" if m["diverged_step"] is None else f"diverged at step {m['diverged_step']}"
+            cells = [str(rank), str(m["member"]), *(format_value(m["config"].get(n, "")) for n in names),
+                     f"{m[split].get(metric, float('nan')):.4f}", status]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return json.dumps(value) if isinstance(value, (list, dict, tuple)) else str(value)
+
+
+def split_member(index: int, member: Mapping[str, Any]) -> tuple[dict, dict]:
+    """(static config overrides, dynamic hyperparameters) of one member; unknown fields raise."""
+    static, dynamic = {}, {}
+    for name, value in member.items():
+        if name in DYNAMIC_FIELDS:
+            dynamic[name] = value
+        elif name == "optimizer_kwargs":
+            dynamic.update(value)  # optimizer hyperparameters are injectable arrays
+        elif name == "augment":
+            spec = [dict(entry) for entry in value]
+            static["augment"] = tuple({"name": e["name"], "strength": 0.0, "prob": 1.0} for e in spec)
+            dynamic["aug_strength"] = [float(e.get("strength", 0.0)) for e in spec]
+            dynamic["aug_prob"] = [float(e.get("prob", 1.0)) for e in spec]
+        elif name in CONFIG_FIELDS:
+            static[name] = value
+        else:
+            allowed = ", ".join(sorted({*DYNAMIC_FIELDS, *CONFIG_FIELDS}))
+            raise ValueError(f"member {index}: unknown field {name!r}; allowed: {allowed}")
+    return static, dynamic
+
+
+def bucket_members(config: TrainConfig, members: Sequence[Mapping[str, Any]]) -> list[tuple[TrainConfig, list[int]]]:
+    """Group member indices by their static config: one bucket (compiled program) per group."""
+    groups: dict[str, tuple[TrainConfig, list[int]]] = {}
+    for index, member in enumerate(members):
+        static, _ = split_member(index, member)
+        bucket_config = dataclasses.replace(config, **static)
+        key = json.dumps(bucket_config.to_dict(), sort_keys=True)
+        groups.setdefault(key, (bucket_config, []))[1].append(index)
+    return list(groups.values())
+
+
+def stack_dynamic(indices: list[int], members: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """name -> per-member values for the bucket; members that omit a name get the bucket default."""
+    dynamic = [split_member(i, members[i])[1] for i in indices]
+    names = sorted({n for d in dynamic for n in d})
+    missing = [(indices[j], n) for j, d in enumerate(dynamic) for n in names if n not in d]
+    if missing:
+        index, name = missing[0]
+        raise ValueError(f"member {index}: sets no {name!r} while others in its bucket do; give every "
+                         "member of a bucket the same hyperparameter names")
+    stacked = {}
+    for name in names:
+        values = [d[name] for d in dynamic]
+        stacked[name] = jax.tree.map(lambda *leaves: np.stack(leaves), *values) if name == "arch" else np.asarray(values)
+    return stacked
+
+
+def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], workdir: str | Path | None = None,
+                   *, same_batches: bool = True, mesh: Any = None, verbose: bool = True) -> PopulationResult:
+    """Train every member; members with equal static config share one compiled, vmapped program.
+
+    `members` are dicts of config fields: dynamic ones (learning rate, weight decay, regularizer
+    coefficients, dropout rate, optimizer hyperparameters, augmentation strengths and
+    probabilities, `arch` masks) vary inside a program; any other field starts a new bucket.
+    All validation happens before the first compilation. With a `mesh`
+    (vhjax.parallel.population_mesh), members are sharded over its devices.
+    """
+    if not members:
+        raise ValueError("members is empty; give at least one member (a dict of config fields)")
+    buckets = bucket_members(config, members)
+    tasks = [(build_task(bucket_config), indices) for bucket_config, indices in buckets]
+    populations = [init_population(task, jax.random.key(task.config.seed), len(indices),
+                                   stack_dynamic(indices, members), same_batches=same_batches)
+                   for task, indices in tasks]
+    root = prepare_workdir(workdir, config)
+    if root is not None:
+        record_members(root / "members.json", members)
+    results: list[dict | None] = [None] * len(members)
+    states = []
+    for number, ((task, indices), population) in enumerate(zip(tasks, populations)):
+        label = f"bucket {number + 1}/{len(tasks)} ({task.config.model}, {len(indices)} members)"
+        bucket_dir = root / f"bucket_{number}" if root is not None else None
+        population, final = train_bucket(task, population, bucket_dir, label, mesh=mesh, verbose=verbose)
+        states.append(population)
+        for position, index in enumerate(indices):
+            diverged = int(population.diverged_step[position])
+            results[index] = {
+                "member": index, "bucket": number, "config": dict(members[index]),
+                **{split: {k: float(v[position]) for k, v in values.items()} for split, values in final.items()},
+                "diverged_step": None if diverged < 0 else diverged,
+            }
+    result = PopulationResult(results, states)
+    if root is not None:
+        (root / "result.json").write_text(json.dumps(results, default=lambda v: np.asarray(v).tolist(), indent=1))
+    return result
+
+
+def record_members(path: Path, members: Sequence[Mapping[str, Any]]) -> None:
+    """Write the member list; refuse to resume a workdir whose members differ."""
+    text = json.dumps([dict(m) for m in members], default=lambda v: np.asarray(v).tolist(), indent=1)
+    if path.exists() and json.loads(path.read_text()) != json.loads(text):
+        raise ValueError(f"workdir {str(path.parent)!r} holds a population with other members; "
+                         "use a new workdir or the same members to resume")
+    path.write_text(text)
+
+
+def summary_line(label: str, step: int, total: int, member_steps_per_second: float,
+                 evaluation: Mapping[str, np.ndarray], alive: np.ndarray) -> str:
+    accuracy = np.where(alive, evaluation["accuracy"], np.nan)
+    return (f"{label} | step {step}/{total} | {member_steps_per_second:9.0f} member-steps/s | "
+            f"eval accuracy best {np.nanmax(accuracy):.4f} median {np.nanmedian(accuracy):.4f} | "
+            f"diverged {int((~alive).sum())}")
+
+
+def train_bucket(task: Task, population: PopulationState, workdir: Path | None, label: str, *,
+                 mesh: Any = None, verbose: bool = True) -> tuple[PopulationState, dict]:
+    """The chunked loop for one bucket: scan-compiled steps, evaluation, checkpoints, resume."""
+    config = task.config
+    log = MetricsLog(workdir / "metrics.jsonl" if workdir else None)
+    checkpointer = None
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        checkpointer = Checkpointer(workdir / "checkpoints")
+        if checkpointer.latest_step() is not None:
+            population, _ = checkpointer.restore(checkpointer.latest_step(), population)
+            log.truncate_after(int(population.members.step.max()))
+            if verbose:
+                print_progress(f"{label}: resumed from {workdir} at step {int(population.members.step.max())}")
+    train_data = (jnp.asarray(task.train.x), jnp.asarray(task.train.y))
+    eval_data = (jnp.asarray(task.eval.x), jnp.asarray(task.eval.y))
+    if mesh is not None:
+        population = parallel.shard_members(population, mesh)
+        train_data, eval_data = parallel.replicate(train_data, mesh), parallel.replicate(eval_data, mesh)
+    run_chunk = make_chunk_runner(make_population_step(task))
+    evaluate = jax.jit(make_population_eval(task))
+    step = int(checkpointer.latest_step() or 0) if checkpointer else 0
+    for length in chunk_lengths(step, config.steps, config.eval_every):
+        tick = time.perf_counter()
+        population, chunk_metrics = run_chunk(population, train_data, length)
+        evaluation = {k: np.asarray(v) for k, v in evaluate(population, *eval_data).items()}
+        rate = population.size * length / (time.perf_counter() - tick)
+        step += length
+        alive = np.asarray(population.alive)
+        log.write(step, "train", {"loss": np.asarray(chunk_metrics["loss"]).mean(axis=0),
+                                  "member_steps_per_second": rate})
+        log.write(step, "eval", {**evaluation, "alive": alive, "diverged_step": np.asarray(population.diverged_step)})
+        if checkpointer is not None:
+            checkpointer.save(step, population, {"step": step})
+        if verbose:
+            print_progress(summary_line(label, step, config.steps, rate, evaluation, alive))
+    final = {"eval": evaluate(population, *eval_data)}
+    if task.test is not None:
+        final["test"] = evaluate(population, jnp.asarray(task.test.x), jnp.asarray(task.test.y))
+    if checkpointer is not None:
+        checkpointer.close()
+    return population, {split: {k: np.asarray(v) for k, v in values.items()} for split, values in final.items()}

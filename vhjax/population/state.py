@@ -1,0 +1,25 @@
+"""PopulationState: P members stacked on a leading axis, with divergence bookkeeping."""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+
+from vhjax.train.state import TrainState
+
+
+@flax.struct.dataclass
+class PopulationState:
+    """`members` is a TrainState whose every leaf has a leading axis of size P.
+
+    `alive[i]` is False once member i produced a non-finite loss or parameter; it is then frozen at
+    its last finite state and `diverged_step[i]` holds the step at which it diverged (-1 if alive).
+    """
+
+    members: TrainState
+    alive: jax.Array
+    diverged_step: jax.Array
+
+    @property
+    def size(self) -> int:
+        return self.alive.shape[0]
