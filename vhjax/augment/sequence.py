@@ -1,0 +1,156 @@
+"""Augmentations of sequences `(N, L)` / `(N, L, C)`, and shape-agnostic ones.
+
+Every op is `fn(key, x, strength) -> x`; strength 0 returns `x` bitwise, and each example gets
+its own random draw (the key is split per example). The axis helpers (`shift_axis`,
+`resample_axis`) are reused by the image ops.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from vhjax.augment.compose import (
+    Augmentation,
+    check_rank,
+    check_strength,
+    identity_at_zero,
+    per_example,
+    register_augmentation,
+)
+
+SHIFT_MODES = ("zero", "edge", "roll")
+RESAMPLE_MODES = ("zero", "edge")
+MIN_SCALE_FACTOR = 0.1
+SEQUENCE_LAYOUT = "sequences (N, L) or (N, L, C)"
+
+
+def check_mode(mode: str, allowed: tuple[str, ...], op: str) -> None:
+    """Raise ValueError unless `mode` is one of `allowed`."""
+    if mode not in allowed:
+        raise ValueError(f"augmentation {op!r} option 'mode' has value {mode!r}; allowed: {', '.join(allowed)}")
+
+
+def _axis_shape(ndim: int, axis: int, length: int) -> tuple[int, ...]:
+    """Shape that broadcasts a (length,) vector along `axis` of an ndim-array."""
+    return tuple(length if dim == axis else 1 for dim in range(ndim))
+
+
+def _take_along(x: jax.Array, index: jax.Array, axis: int, zero_outside: bool) -> jax.Array:
+    """`x` gathered at integer `index` along `axis`; out-of-range indices read the edge, or 0."""
+    length = x.shape[axis]
+    values = jnp.take(x, jnp.clip(index, 0, length - 1), axis=axis)
+    if not zero_outside:
+        return values
+    inside = ((index >= 0) & (index < length)).reshape(_axis_shape(x.ndim, axis, length))
+    return jnp.where(inside, values, jnp.zeros((), x.dtype))
+
+
+def shift_axis(x: jax.Array, offset: jax.Array, axis: int, mode: str = "zero") -> jax.Array:
+    """Move the content of `x` by integer `offset` positions along `axis`: out[t] = x[t - offset].
+
+    `offset` may be traced. Positions that come from outside are 0 (`'zero'`), the nearest edge
+    value (`'edge'`), or wrap around (`'roll'`).
+    """
+    length = x.shape[axis]
+    source = jnp.arange(length) - offset
+    if mode == "roll":
+        return jnp.take(x, jnp.mod(source, length), axis=axis)
+    return _take_along(x, source, axis, zero_outside=mode == "zero")
+
+
+def resample_axis(x: jax.Array, factor: jax.Array, axis: int, mode: str = "zero") -> jax.Array:
+    """Stretch `x` along `axis` by `factor` about the centre, with linear interpolation.
+
+    out[t] = x(c + (t - c) / factor), c = (L - 1) / 2: factor > 1 zooms in (features move away from
+    the centre), factor < 1 zooms out. Samples beyond the ends are 0 (`'zero'`) or the edge value
+    (`'edge'`). `factor` may be traced; applying it to two axes gives bilinear zoom.
+    """
+    length = x.shape[axis]
+    centre = (length - 1) / 2.0
+    positions = centre + (jnp.arange(length, dtype=jnp.float32) - centre) / factor
+    lower = jnp.floor(positions)
+    weight = (positions - lower).reshape(_axis_shape(x.ndim, axis, length))
+    lower = lower.astype(jnp.int32)
+    zero_outside = mode == "zero"
+    below = _take_along(x, lower, axis, zero_outside)
+    above = _take_along(x, lower + 1, axis, zero_outside)
+    return (below * (1.0 - weight) + above * weight).astype(x.dtype)
+
+
+def max_offset(strength: jax.Array, length: int) -> jax.Array:
+    """round(strength * length) as int32, at least 1 when strength > 0, at most `length`."""
+    offset = jnp.round(strength * length).astype(jnp.int32)
+    offset = jnp.maximum(offset, (strength > 0).astype(jnp.int32))
+    return jnp.minimum(offset, length)
+
+
+def random_offset(key: jax.Array, limit: jax.Array) -> jax.Array:
+    """A uniform integer in [-limit, limit]; `limit` may be traced."""
+    return jax.random.randint(key, (), -limit, limit + 1)
+
+
+def random_factor(key: jax.Array, strength: jax.Array) -> jax.Array:
+    """A uniform factor in [1 - strength, 1 + strength], at least MIN_SCALE_FACTOR."""
+    spread = jax.random.uniform(key, (), minval=-1.0, maxval=1.0)
+    return jnp.maximum(1.0 + strength * spread, MIN_SCALE_FACTOR)
+
+
+@register_augmentation("gaussian_noise")
+def gaussian_noise() -> Augmentation:
+    """x + strength * N(0, 1), any shape. Strength is the noise standard deviation in the data's
+    units; natural range [0, 0.5] for standardized inputs."""
+
+    def apply(key: jax.Array, x: jax.Array, strength: jax.Array) -> jax.Array:
+        strength = check_strength(strength)
+        noisy = per_example(key, x, lambda k, xi: xi + strength * jax.random.normal(k, xi.shape, jnp.float32))
+        return identity_at_zero(strength, x, noisy)
+
+    return apply
+
+
+@register_augmentation("brightness", max_strength=1.0)
+def brightness() -> Augmentation:
+    """x * factor, factor uniform in [1 - strength, 1 + strength] per example, any shape
+    (amplitude scaling for sequences, lighting for images), at least 0.1. Natural range [0, 0.5];
+    at most 1."""
+
+    def apply(key: jax.Array, x: jax.Array, strength: jax.Array) -> jax.Array:
+        strength = check_strength(strength)
+        scaled = per_example(key, x, lambda k, xi: xi * random_factor(k, strength))
+        return identity_at_zero(strength, x, scaled)
+
+    return apply
+
+
+@register_augmentation("shift", max_strength=1.0)
+def shift(mode: str = "zero") -> Augmentation:
+    """Shift each sequence along time by a uniform integer in [-m, m], m = round(strength * L)
+    (at least 1 when strength > 0). Strength is the maximum shift as a fraction of the length;
+    natural range [0, 0.2]. `mode`: fill with 'zero', repeat the 'edge', or 'roll' around."""
+    check_mode(mode, SHIFT_MODES, "shift")
+
+    def apply(key: jax.Array, x: jax.Array, strength: jax.Array) -> jax.Array:
+        check_rank(x, (2, 3), "shift", SEQUENCE_LAYOUT)
+        strength = check_strength(strength)
+        limit = max_offset(strength, x.shape[1])
+        shifted = per_example(key, x, lambda k, xi: shift_axis(xi, random_offset(k, limit), 0, mode))
+        return identity_at_zero(strength, x, shifted)
+
+    return apply
+
+
+@register_augmentation("scale", max_strength=0.9)
+def scale(mode: str = "zero") -> Augmentation:
+    """Stretch each sequence in time about its centre by a factor uniform in
+    [1 - strength, 1 + strength] (linear interpolation; factor > 1 stretches). Natural range
+    [0, 0.3]; at most 0.9. `mode`: samples beyond the ends are 'zero' or the 'edge' value."""
+    check_mode(mode, RESAMPLE_MODES, "scale")
+
+    def apply(key: jax.Array, x: jax.Array, strength: jax.Array) -> jax.Array:
+        check_rank(x, (2, 3), "scale", SEQUENCE_LAYOUT)
+        strength = check_strength(strength)
+        scaled = per_example(key, x, lambda k, xi: resample_axis(xi, random_factor(k, strength), 0, mode))
+        return identity_at_zero(strength, x, scaled)
+
+    return apply
