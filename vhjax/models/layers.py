@@ -23,3 +23,26 @@ class Dropout(nn.Module):
         keep = 1.0 - rate
         mask = jax.random.uniform(self.make_rng("dropout"), x.shape) < keep
         return jnp.where(mask, x / jnp.maximum(keep, 1e-6), jnp.zeros_like(x))
+
+
+ACTIVATIONS = {
+    "relu": nn.relu,
+    "tanh": jnp.tanh,
+    "sigmoid": nn.sigmoid,
+    "gelu": nn.gelu,
+    "swish": nn.swish,
+    "leaky_relu": nn.leaky_relu,
+}
+
+
+def get_activation(name: str, field: str = "activation"):
+    """The activation function called `name`; ValueError naming `field` and the known names."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"model field {field!r} has value {name!r}; known activations: "
+                         f"{', '.join(sorted(ACTIVATIONS))}")
+    return ACTIVATIONS[name]
+
+
+def add_channel_axis(x: jax.Array) -> jax.Array:
+    """(N, L) sequences -> (N, L, 1); (N, L, C) is returned unchanged."""
+    return x[..., None] if x.ndim == 2 else x

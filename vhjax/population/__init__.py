@@ -2,7 +2,7 @@
 divergence isolation; exploit/explore primitives; buckets of equal shapes; sharding."""
 
 from vhjax.population.engine import (init_population, make_isolated_step, make_population_eval,
-                                     make_population_step)
+                                     make_population_step, population_batch_indices)
 from vhjax.population.exploit import (copy_members, get_member_hparams, perturb, resample,
                                       set_member_hparams, truncation_sources)
 from vhjax.population.fit import PopulationResult, bucket_members, fit_population
@@ -10,4 +10,4 @@ from vhjax.population.state import PopulationState
 
 __all__ = ["PopulationResult", "PopulationState", "bucket_members", "copy_members", "fit_population",
            "get_member_hparams", "init_population", "make_isolated_step", "make_population_eval",
-           "make_population_step", "perturb", "resample", "set_member_hparams", "truncation_sources"]
+           "make_population_step", "population_batch_indices", "perturb", "resample", "set_member_hparams", "truncation_sources"]

@@ -12,7 +12,7 @@ from vhjax import optim
 from vhjax.population.hparams import member_arrays
 from vhjax.population.state import PopulationState
 from vhjax.train.state import TrainState
-from vhjax.train.step import init_state, make_eval_fn, make_train_step
+from vhjax.train.step import chunk_batch_indices, init_state, make_eval_fn, make_train_step
 from vhjax.train.task import Task
 
 
@@ -36,7 +36,7 @@ def init_population(task: Task, key: jax.Array, size: int, hparams: Mapping[str,
     members = jax.vmap(lambda k, dk: init_state(task, k, data_key=dk))(member_keys, data_keys)
     members = members.replace(hparams=state_hparams,
                               opt_state=optim.set_hyperparams(members.opt_state, **optimizer_hparams))
-    return PopulationState(members, jnp.ones(size, bool), jnp.full(size, -1, jnp.int32))
+    return PopulationState(members, jnp.ones(size, bool), jnp.full(size, -1, jnp.int32), same_batches)
 
 
 def check_member_archs(task: Task, size: int, arch: Any) -> None:
@@ -79,15 +79,34 @@ def make_isolated_step(task: Task) -> Callable:
 
 
 def make_population_step(task: Task) -> Callable[[PopulationState, Any], tuple[PopulationState, dict]]:
-    """`step(population, data) -> (population, metrics (P,))`: every member in one program."""
-    member_step = jax.vmap(make_isolated_step(task), in_axes=(0, 0, 0, None))
+    """`step(population, batch) -> (population, metrics (P,))`: every member in one program.
 
-    def step(population: PopulationState, data) -> tuple[PopulationState, dict]:
+    `batch` is one (x, y) shared by all members when `population.same_batches`, else (P, ...) arrays.
+    """
+    isolated = make_isolated_step(task)
+
+    def step(population: PopulationState, batch) -> tuple[PopulationState, dict]:
+        member_step = jax.vmap(isolated, in_axes=(0, 0, 0, None if population.same_batches else 0))
         members, alive, diverged_step, metrics = member_step(
-            population.members, population.alive, population.diverged_step, data)
-        return PopulationState(members, alive, diverged_step), metrics
+            population.members, population.alive, population.diverged_step, batch)
+        return population.replace(members=members, alive=alive, diverged_step=diverged_step), metrics
 
     return step
+
+
+def population_batch_indices(task: Task) -> Callable[[PopulationState, int], jax.Array]:
+    """Batch indices of a chunk: (length, B) shared by all members, or (length, P, B) when each has its own."""
+    config, size = task.config, len(task.train)
+
+    def indices(population: PopulationState, length: int) -> jax.Array:
+        members = population.members
+        sample = lambda key, step: chunk_batch_indices(key, step, length, size, config.batch_size, config.shuffle)
+        if population.same_batches:
+            # live members share the step count; frozen (diverged) ones ignore their batch
+            return sample(members.data_key[0], jnp.max(members.step))
+        return jnp.swapaxes(jax.vmap(sample)(members.data_key, members.step), 0, 1)
+
+    return indices
 
 
 def make_population_eval(task: Task) -> Callable[[PopulationState, jax.Array, jax.Array], dict]:

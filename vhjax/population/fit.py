@@ -13,8 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from vhjax import parallel
+from vhjax.augment import pipeline_from_config
 from vhjax.config import TrainConfig
-from vhjax.population.engine import init_population, make_population_eval, make_population_step
+from vhjax.population.engine import (init_population, make_population_eval, make_population_step,
+                                     population_batch_indices)
 from vhjax.population.state import PopulationState
 from vhjax.train.checkpoint import Checkpointer
 from vhjax.train.loop import chunk_lengths, make_chunk_runner, prepare_workdir
@@ -61,6 +63,13 @@ def format_value(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, dict, tuple)) else str(value)
 
 
+def augment_entry(entry: Any) -> dict:
+    """A config augmentation entry as a dict (tuples are (name, strength[, prob]))."""
+    if isinstance(entry, Mapping):
+        return dict(entry)
+    return dict(zip(("name", "strength", "prob"), entry))
+
+
 def split_member(index: int, member: Mapping[str, Any]) -> tuple[dict, dict]:
     """(static config overrides, dynamic hyperparameters) of one member; unknown fields raise."""
     static, dynamic = {}, {}
@@ -70,10 +79,10 @@ def split_member(index: int, member: Mapping[str, Any]) -> tuple[dict, dict]:
         elif name == "optimizer_kwargs":
             dynamic.update(value)  # optimizer hyperparameters are injectable arrays
         elif name == "augment":
-            spec = [dict(entry) for entry in value]
-            static["augment"] = tuple({"name": e["name"], "strength": 0.0, "prob": 1.0} for e in spec)
-            dynamic["aug_strength"] = [float(e.get("strength", 0.0)) for e in spec]
-            dynamic["aug_prob"] = [float(e.get("prob", 1.0)) for e in spec]
+            # names and options (e.g. mode) are static; strengths and probabilities are arrays
+            _, strengths, probs = pipeline_from_config(list(value))
+            static["augment"] = tuple({**dict(e), "strength": 0.0, "prob": 1.0} for e in map(augment_entry, value))
+            dynamic["aug_strength"], dynamic["aug_prob"] = strengths.tolist(), probs.tolist()
         elif name in CONFIG_FIELDS:
             static[name] = value
         else:
@@ -185,7 +194,7 @@ def train_bucket(task: Task, population: PopulationState, workdir: Path | None, 
     if mesh is not None:
         population = parallel.shard_members(population, mesh)
         train_data, eval_data = parallel.replicate(train_data, mesh), parallel.replicate(eval_data, mesh)
-    run_chunk = make_chunk_runner(make_population_step(task))
+    run_chunk = make_chunk_runner(make_population_step(task), population_batch_indices(task))
     evaluate = jax.jit(make_population_eval(task))
     step = int(checkpointer.latest_step() or 0) if checkpointer else 0
     for length in chunk_lengths(step, config.steps, config.eval_every):

@@ -14,11 +14,13 @@ class PopulationState:
 
     `alive[i]` is False once member i produced a non-finite loss or parameter; it is then frozen at
     its last finite state and `diverged_step[i]` holds the step at which it diverged (-1 if alive).
+    With `same_batches` (static), every member trains on the same batch at each step, gathered once.
     """
 
     members: TrainState
     alive: jax.Array
     diverged_step: jax.Array
+    same_batches: bool = flax.struct.field(pytree_node=False, default=True)
 
     @property
     def size(self) -> int:

@@ -17,7 +17,7 @@ from vhjax.config import TrainConfig
 from vhjax.train.checkpoint import Checkpointer
 from vhjax.train.metrics_log import MetricsLog, format_progress, print_progress
 from vhjax.train.state import TrainState
-from vhjax.train.step import init_state, make_eval_fn, make_train_step
+from vhjax.train.step import chunk_batch_indices, init_state, make_eval_fn, make_train_step
 from vhjax.train.task import Task, build_task
 
 
@@ -32,13 +32,26 @@ class FitResult:
     best_step: int | None
 
 
-def make_chunk_runner(train_step: Callable) -> Callable:
-    """`run(state, data, length)`: `length` train steps under one `lax.scan`, state donated."""
+def make_chunk_runner(train_step: Callable, batch_indices: Callable) -> Callable:
+    """`run(state, data, length)`: `length` train steps under one `lax.scan`, state donated.
+
+    `batch_indices(state, length)` gives the (length, ...) example indices of the chunk's steps;
+    each step gathers its batch from the device-resident `data` = (x, y).
+    """
 
     def run(state, data, length: int):
-        return lax.scan(lambda carry, _: train_step(carry, data), state, None, length=length)
+        x_all, y_all = data
+        step = lambda carry, index: train_step(carry, (x_all[index], y_all[index]))
+        return lax.scan(step, state, batch_indices(state, length))
 
     return jax.jit(run, static_argnums=2, donate_argnums=0)
+
+
+def member_batch_indices(task: Task) -> Callable:
+    """The chunk's batch indices of one member, from its data key and step."""
+    config, size = task.config, len(task.train)
+    return lambda state, length: chunk_batch_indices(state.data_key, state.step, length, size,
+                                                     config.batch_size, config.shuffle)
 
 
 def first_non_finite(losses: np.ndarray) -> int | None:
@@ -139,7 +152,7 @@ def fit_task(task: Task, workdir: str | Path | None = None, *, verbose: bool = T
 
     train_data = (jnp.asarray(task.train.x), jnp.asarray(task.train.y))
     eval_data = (jnp.asarray(task.eval.x), jnp.asarray(task.eval.y))
-    run_chunk = make_chunk_runner(make_train_step(task))
+    run_chunk = make_chunk_runner(make_train_step(task), member_batch_indices(task))
     evaluate = jax.jit(make_eval_fn(task))
 
     start = int(state.step)

@@ -27,16 +27,20 @@ class MetricsLog:
 
     def __init__(self, path: str | Path | None):
         self.path = Path(path) if path is not None else None
+        self.rows: list[dict] = []  # kept in memory when there is no workdir
 
     def write(self, step: int, split: str, values: Mapping[str, Any]) -> None:
-        if self.path is None:
-            return
         line = {"step": int(step), "split": split, **{k: to_python(v) for k, v in values.items()}}
+        if self.path is None:
+            self.rows.append(line)
+            return
         with self.path.open("a") as handle:
             handle.write(json.dumps(line) + "\n")
 
     def read(self) -> list[dict]:
-        if self.path is None or not self.path.exists():
+        if self.path is None:
+            return list(self.rows)
+        if not self.path.exists():
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 

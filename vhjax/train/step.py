@@ -38,20 +38,29 @@ def init_state(task: Task, key: jax.Array, hparams: dict[str, jax.Array] | None 
     )
 
 
-def batch_indices(data_key: jax.Array, step: jax.Array, num_examples: int, batch_size: int,
-                  shuffle: bool) -> jax.Array:
-    """Indices of the batch for `step`: a fresh permutation each epoch, a pure function of the step.
+def epoch_order(data_key: jax.Array, epoch: jax.Array, num_examples: int, shuffle: bool) -> jax.Array:
+    """The example order of one epoch: a permutation drawn from (data_key, epoch), or 0..N-1."""
+    if not shuffle:
+        return jnp.arange(num_examples)
+    return jax.random.permutation(jax.random.fold_in(data_key, epoch), num_examples)
 
-    Being a function of the step alone is what makes a resumed run see exactly the batches an
-    uninterrupted one would. The last partial batch of each epoch is dropped.
+
+def chunk_batch_indices(data_key: jax.Array, start: jax.Array, length: int, num_examples: int,
+                        batch_size: int, shuffle: bool) -> jax.Array:
+    """Batch indices (length, batch_size) for steps start .. start+length-1.
+
+    The batch of a step is a pure function of (data_key, step): a fresh permutation each epoch,
+    the last partial batch dropped. A resumed run therefore sees exactly the batches an
+    uninterrupted one would. Only the epochs the chunk spans are permuted (not one per step).
     """
     steps_per_epoch = num_examples // batch_size
-    epoch, position = jnp.divmod(step, steps_per_epoch)
-    if shuffle:
-        order = jax.random.permutation(jax.random.fold_in(data_key, epoch), num_examples)
-    else:
-        order = jnp.arange(num_examples)
-    return lax.dynamic_slice(order, (position * batch_size,), (batch_size,))
+    first_epoch = start // steps_per_epoch
+    epochs = length // steps_per_epoch + 2  # static bound on the epochs a chunk can touch
+    orders = jax.vmap(lambda e: epoch_order(data_key, first_epoch + e, num_examples, shuffle))(jnp.arange(epochs))
+    steps = start + jnp.arange(length)
+    epoch, position = jnp.divmod(steps, steps_per_epoch)
+    columns = position[:, None] * batch_size + jnp.arange(batch_size)[None, :]
+    return orders[(epoch - first_epoch)[:, None], columns]
 
 
 def apply_model(task: Task, params, model_state, hparams: dict, x: jax.Array, *, train: bool,
@@ -73,13 +82,11 @@ def apply_model(task: Task, params, model_state, hparams: dict, x: jax.Array, *,
 
 
 def make_train_step(task: Task) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
-    """The pure train step of one member: sample its batch, augment, step the optimizer."""
+    """The pure train step of one member on one batch (x, y): augment, step the optimizer."""
     config = task.config
 
-    def train_step(state: TrainState, data: Batch) -> tuple[TrainState, dict]:
-        x_all, y_all = data
-        index = batch_indices(state.data_key, state.step, x_all.shape[0], config.batch_size, config.shuffle)
-        x, y = x_all[index], y_all[index]
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
+        x, y = batch
         augment_key, dropout_key = jax.random.split(jax.random.fold_in(state.key, state.step))
         hp = state.hparams
         if task.augment_fn is not None:

@@ -63,9 +63,10 @@ def build_task(config: TrainConfig) -> Task:
         "l2": jnp.float32(config.l2),
         "elastic_net": jnp.float32(config.elastic_net),
         "dropout_rate": jnp.float32(dropout or 0.0),
-        "aug_strength": jnp.asarray(strengths, jnp.float32),
-        "aug_prob": jnp.asarray(probs, jnp.float32),
     }
+    if augment_fn is not None:  # orbax cannot save zero-size arrays, so no empty entries
+        hparams["aug_strength"] = jnp.asarray(strengths, jnp.float32)
+        hparams["aug_prob"] = jnp.asarray(probs, jnp.float32)
     return Task(config, model, loss_fn, augment_fn, optimizer, train, evaluation, test, hparams)
 
 

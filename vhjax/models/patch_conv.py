@@ -1,0 +1,87 @@
+"""Convolution as patch extraction plus one matmul: fast when vmapped over population members.
+
+On CPU, `jax.vmap` of `flax.linen.Conv` lowers to a grouped convolution that XLA runs several
+times slower than a loop over members. Here the patches come from k strided slices (no gather)
+and the contraction is an einsum, which `vmap` turns into one batched matmul. Parameters have
+flax Conv's layout and initialisers (`kernel` (*window, in, out), `bias` (out,)), so the two are
+interchangeable.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def conv_output_length(length: int, kernel: int, stride: int, pad_low: int, pad_high: int) -> int:
+    return (length + pad_low + pad_high - kernel) // stride + 1
+
+
+def same_padding(length: int, kernel: int, stride: int) -> tuple[int, int]:
+    """XLA/TensorFlow 'SAME' padding for one spatial axis."""
+    out = -(-length // stride)
+    total = max((out - 1) * stride + kernel - length, 0)
+    return total // 2, total - total // 2
+
+
+def resolve_padding(padding, spatial: Sequence[int], kernel: Sequence[int], strides: Sequence[int]):
+    """'SAME' | 'VALID' | int | [(low, high), ...] -> [(low, high) per spatial axis]."""
+    if padding == "SAME":
+        return [same_padding(n, k, s) for n, k, s in zip(spatial, kernel, strides)]
+    if padding == "VALID":
+        return [(0, 0)] * len(spatial)
+    if isinstance(padding, int):
+        return [(padding, padding)] * len(spatial)
+    return [tuple(p) for p in padding]
+
+
+def extract_patches(x: jax.Array, kernel: Sequence[int], strides: Sequence[int], pads) -> jax.Array:
+    """(N, *spatial, C) -> (N, *out_spatial, prod(kernel) * C) by strided slicing."""
+    x = jnp.pad(x, [(0, 0), *pads, (0, 0)])
+    spatial = x.shape[1:-1]
+    outputs = [conv_output_length(n, k, s, 0, 0) for n, k, s in zip(spatial, kernel, strides)]
+    slices = []
+    for offsets in _window_offsets(kernel):
+        index = [slice(None)]
+        for offset, stride, count in zip(offsets, strides, outputs):
+            index.append(slice(offset, offset + stride * (count - 1) + 1, stride))
+        slices.append(x[tuple(index) + (slice(None),)])
+    return jnp.concatenate(slices, axis=-1)
+
+
+def _window_offsets(kernel: Sequence[int]) -> list[tuple[int, ...]]:
+    offsets = [()]
+    for size in kernel:
+        offsets = [o + (i,) for o in offsets for i in range(size)]
+    return offsets
+
+
+class PatchConv(nn.Module):
+    """N-d convolution (features, kernel_size, strides, padding) as patches @ kernel."""
+
+    features: int
+    kernel_size: Sequence[int]
+    strides: Sequence[int] | int = 1
+    padding: str | int | Sequence[tuple[int, int]] = "SAME"
+    use_bias: bool = True
+    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+    bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel_size = tuple(self.kernel_size)
+        strides = (self.strides,) * len(kernel_size) if isinstance(self.strides, int) else tuple(self.strides)
+        channels = x.shape[-1]
+        kernel = self.param("kernel", self.kernel_init, (*kernel_size, channels, self.features))
+        pads = resolve_padding(self.padding, x.shape[1:-1], kernel_size, strides)
+        for n, k, (low, high) in zip(x.shape[1:-1], kernel_size, pads):
+            if n + low + high < k:
+                raise ValueError(f"kernel size {k} is larger than the padded input length {n + low + high}")
+        patches = extract_patches(x, kernel_size, strides, pads)
+        y = patches @ kernel.reshape(-1, self.features)
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (self.features,))
+        return y

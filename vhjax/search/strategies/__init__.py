@@ -1,0 +1,28 @@
+"""Search strategies: pure `init / ask / tell` over candidates in `[0, 1]^D`, minimizing.
+
+`make_strategy(name, space, **kwargs)` builds one by name (`STRATEGIES.names()` lists them).
+Importing this package registers: grid, random, quasi_random, genetic, regularized_evolution,
+simulated_annealing, reinforce, bayesopt, tpe, nsga2 (Optuna; not jittable), cma_es, open_es,
+snes (evosax).
+"""
+
+from vhjax.search.strategies import (  # noqa: F401  (imported to register)
+    annealing,
+    basic,
+    bayesopt,
+    bridges,
+    evolution,
+    reinforce,
+)
+from vhjax.search.strategies.base import (
+    STRATEGIES,
+    Strategy,
+    best,
+    make_strategy,
+    register_strategy,
+)
+
+JITTABLE = ("grid", "random", "quasi_random", "genetic", "regularized_evolution",
+            "simulated_annealing", "reinforce", "bayesopt", "cma_es", "open_es", "snes")
+
+__all__ = ["STRATEGIES", "JITTABLE", "Strategy", "best", "make_strategy", "register_strategy"]

@@ -1,0 +1,111 @@
+"""Grid, random and quasi-random (scrambled Sobol) search: model-free, jittable."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from vhjax.search.strategies.base import (
+    Strategy,
+    check_ask_size,
+    check_positive_int,
+    initial_best,
+    register_strategy,
+    space_dim,
+    update_best,
+)
+
+
+@struct.dataclass
+class IndexedState:
+    """A position in a fixed table of points (grid or Sobol) and the running best."""
+
+    index: jax.Array  # next row to hand out
+    shift: jax.Array  # (D,) random shift of the table (zeros for the grid)
+    best_u: jax.Array
+    best_fitness: jax.Array
+
+
+@struct.dataclass
+class RandomState:
+    told: jax.Array
+    best_u: jax.Array
+    best_fitness: jax.Array
+
+
+def _tell_best(state, u, fitness):
+    best_u, best_fitness = update_best(state.best_u, state.best_fitness, u, fitness)
+    return state.replace(best_u=best_u, best_fitness=best_fitness)
+
+
+def _table_strategy(table: np.ndarray, random_shift: bool) -> Strategy:
+    """Hand out the rows of `table` in order (wrapping around), optionally shifted mod 1."""
+    rows = jnp.asarray(table, jnp.float32)
+    size, dim = rows.shape
+
+    def init(key: jax.Array) -> IndexedState:
+        shift = jax.random.uniform(key, (dim,)) if random_shift else jnp.zeros((dim,), jnp.float32)
+        return IndexedState(jnp.asarray(0, jnp.int32), shift, *initial_best(dim))
+
+    def ask(state: IndexedState, key: jax.Array, n: int):
+        del key
+        n = check_ask_size(n)
+        picked = rows[(state.index + jnp.arange(n)) % size]
+        u = jnp.mod(picked + state.shift, 1.0) if random_shift else picked
+        return state.replace(index=state.index + n), u
+
+    return Strategy(init, ask, _tell_best)
+
+
+@register_strategy("grid")
+def grid_search(space: Any, *, points_per_float: int = 5) -> Strategy:
+    """Walk `space.grid(points_per_float)` in order; wraps around once the grid is exhausted."""
+    check_positive_int("points_per_float", points_per_float)
+    if not hasattr(space, "grid"):
+        raise TypeError(f"grid search needs a space with `grid`; got {space!r}")
+    return _table_strategy(np.asarray(space.grid(points_per_float)), random_shift=False)
+
+
+@register_strategy("random")
+def random_search(space: Any) -> Strategy:
+    """Independent uniform candidates in the unit cube."""
+    dim = space_dim(space)
+
+    def init(key: jax.Array) -> RandomState:
+        del key
+        return RandomState(jnp.asarray(0, jnp.int32), *initial_best(dim))
+
+    def ask(state: RandomState, key: jax.Array, n: int):
+        n = check_ask_size(n)
+        return state, jax.random.uniform(key, (n, dim))
+
+    def tell(state: RandomState, u: jax.Array, fitness: jax.Array) -> RandomState:
+        state = _tell_best(state, u, fitness)
+        return state.replace(told=state.told + u.shape[0])
+
+    return Strategy(init, ask, tell)
+
+
+def sobol_table(dim: int, log2_points: int, seed: int) -> np.ndarray:
+    """`2**log2_points` scrambled Sobol points in `[0, 1)^dim` (scipy.stats.qmc)."""
+    from scipy.stats import qmc
+
+    return qmc.Sobol(d=dim, scramble=True, seed=np.random.default_rng(seed)).random_base2(log2_points)
+
+
+@register_strategy("quasi_random")
+def quasi_random_search(space: Any, *, log2_points: int = 12, seed: int = 0) -> Strategy:
+    """Scrambled Sobol points (seeded by `seed`), randomly shifted mod 1 by the `init` key.
+
+    The table of `2**log2_points` points is made once, outside jit; `ask` hands out its rows
+    in order, so the first `2**m` candidates of a run are a balanced Sobol net.
+    """
+    check_positive_int("log2_points", log2_points)
+    if log2_points > 20:
+        raise ValueError(f"log2_points must be <= 20 (a table of 2**20 rows); got {log2_points}")
+    check_positive_int("seed", seed, minimum=0)
+    return _table_strategy(sobol_table(space_dim(space), log2_points, seed), random_shift=True)
