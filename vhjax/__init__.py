@@ -10,7 +10,6 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "TrainConfig": "vhjax.config",
     "fit": "vhjax.train",
-    "search": "vhjax.search",
 }
 _SUBMODULES = ("augment", "config", "data", "losses", "metrics", "models", "optim", "population",
                "regularizers", "search", "train")

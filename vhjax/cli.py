@@ -19,7 +19,59 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="key=value overrides of config fields")
     train.add_argument("--workdir", default=None, help="folder for checkpoints and metrics; rerun to resume")
     train.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    search = commands.add_parser("search", help="run a search from a Python spec file",
+                                 description="Run vhjax.search. SPEC is a Python file defining get_search() that returns "
+                                             "the keyword arguments of vhjax.search (objective, space, strategy, budget, "
+                                             "population, ...). Flags override them. Rerun with the same workdir to resume.")
+    search.add_argument("spec", help="path to a file with get_search()")
+    _search_flags(search)
+
+    demo = commands.add_parser("demo", help="the main job: search MNIST-1D networks, one population per generation",
+                               description="Search learning rate, weight decay, dropout and MLP architecture on "
+                                           "MNIST-1D; every generation is trained as one population in one program.")
+    _search_flags(demo)
+    demo.add_argument("--steps", type=int, default=1500, help="training steps per member (default 1500)")
+    demo.set_defaults(budget=48, population=16, strategy="regularized_evolution", workdir="runs/demo", seed=0)
     return parser
+
+
+def _search_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--budget", type=int, default=None, help="total number of trials")
+    parser.add_argument("--population", type=int, default=None, help="candidates per generation")
+    parser.add_argument("--strategy", default=None, help="strategy name (see vhjax.search.STRATEGIES)")
+    parser.add_argument("--workdir", default=None, help="trials.sqlite and plots go here; rerun to resume")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def run_search(args: argparse.Namespace) -> int:
+    import runpy
+
+    from vhjax.search import search
+
+    spec = runpy.run_path(args.spec)
+    if "get_search" not in spec:
+        raise ValueError(f"search spec {args.spec!r} defines no get_search()")
+    kwargs = dict(spec["get_search"]())
+    for name in ("budget", "population", "strategy", "workdir", "seed"):
+        if getattr(args, name) is not None:
+            kwargs[name] = getattr(args, name)
+    kwargs["verbose"] = not args.quiet
+    result = search(**kwargs)
+    print(result.leaderboard())
+    if kwargs.get("workdir"):
+        paths = result.plot()
+        print(f"plots: {', '.join(sorted(paths.values()))}")
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from vhjax.demo import run_demo as demo
+
+    demo(budget=args.budget, population=args.population, steps=args.steps, strategy=args.strategy,
+         workdir=args.workdir, seed=args.seed, verbose=not args.quiet)
+    return 0
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -33,7 +85,7 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": run_train}
+COMMANDS = {"train": run_train, "search": run_search, "demo": run_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

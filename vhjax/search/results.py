@@ -16,7 +16,7 @@ import dataclasses
 import io
 import math
 import os
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -39,8 +39,8 @@ def _format(value: Any) -> str:
 class TrialTable(Sequence[Trial]):
     """Trials in id order, with CSV / markdown / pandas exports."""
 
-    def __init__(self, trials: Sequence[Trial]):
-        self._trials = tuple(sorted(trials, key=lambda trial: trial.trial_id))
+    def __init__(self, trials: Sequence[Trial], *, keep_order: bool = False):
+        self._trials = tuple(trials if keep_order else sorted(trials, key=lambda trial: trial.trial_id))
 
     def __len__(self) -> int:
         return len(self._trials)
@@ -126,6 +126,15 @@ def _cell(trial: Trial, name: str) -> Any:
 # ----------------------------------------------------------------------------- best
 
 
+def _ranked_markdown(table: str, titles: Mapping[str, str]) -> str:
+    """Replace a markdown table's header with `titles` and number its rows."""
+    lines = table.rstrip("\n").split("\n")
+    head = "| rank | " + " | ".join(titles.values()) + " |"
+    rule = "|" + "|".join("---" for _ in range(len(titles) + 1)) + "|"
+    rows = [f"| {i} {line}" for i, line in enumerate(lines[2:], 1)]
+    return "\n".join([head, rule, *rows])
+
+
 def fitness_sign(direction: str) -> float:
     """+1 for 'maximize', -1 for 'minimize': `sign * fitness` is always 'higher is better'."""
     if direction not in DIRECTIONS:
@@ -192,6 +201,14 @@ class SearchResult:
 
     def best_so_far(self) -> np.ndarray:
         return best_so_far(self.trials, self.direction)
+
+    def leaderboard(self, top: int = 10, columns: Mapping[str, str] | Sequence[str] | None = None) -> str:
+        """The best `top` completed trials as markdown; `columns` are table columns or column -> title."""
+        best = TrialTable(self.top(top), keep_order=True)
+        if columns is None:
+            columns = ["trial_id", *(c for c in best.columns() if c.startswith("params.")), "fitness"]
+        titles = dict(columns) if isinstance(columns, Mapping) else {c: c for c in columns}
+        return _ranked_markdown(best.to_markdown(columns=list(titles)), titles)
 
     def plot(self, workdir: str | os.PathLike | None = None) -> dict[str, str]:
         """Save PNG plots under `workdir` (default: the search's workdir); returns name -> path."""

@@ -1,0 +1,90 @@
+"""Objective kind (a): candidates trained as one population per generation; the CLI and the demo."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import vhjax
+from vhjax.config import TrainConfig
+from vhjax.search import Categorical, Float, Int, Space, TrainingObjective, candidate_to_member
+from vhjax.search.training import complete_arch
+
+CONFIG = TrainConfig(dataset="digits", model="masked_mlp", model_kwargs={"max_width": 16, "max_depth": 2},
+                     train_split="train[:80%]", eval_split="train[80%:]", test_split="test",
+                     learning_rate=1e-3, batch_size=32, steps=40, eval_every=40, seed=0)
+
+
+def test_candidate_to_member_nests_dotted_names():
+    member = candidate_to_member({"learning_rate": 0.1, "arch.depth": 2, "model_kwargs.widths": [4, 4],
+                                  "optimizer_kwargs.b1": 0.8})
+    assert member == {"learning_rate": 0.1, "arch": {"depth": 2}, "model_kwargs": {"widths": (4, 4)},
+                      "optimizer_kwargs": {"b1": 0.8}}
+    with pytest.raises(ValueError, match="'loss.weight'.*dotted names must start with"):
+        candidate_to_member({"loss.weight": 1.0})
+
+
+def test_complete_arch_fills_and_broadcasts():
+    full = {"width": np.full(3, 64, np.int32), "depth": np.int32(3), "skip": np.zeros(3, np.int32)}
+    arch = complete_arch({"width": 8, "skip": True}, full)
+    assert arch["width"].tolist() == [8, 8, 8] and int(arch["depth"]) == 3 and arch["skip"].tolist() == [1, 1, 1]
+    with pytest.raises(ValueError, match=r"\['heads'\] unknown to the model"):
+        complete_arch({"heads": 2}, full)
+
+
+def test_search_trains_each_generation_as_a_population(tmp_path):
+    calls = []
+
+    class Counting(TrainingObjective):
+        def evaluate(self, candidates):
+            calls.append(len(candidates.params))
+            return super().evaluate(candidates)
+
+    space = Space({"learning_rate": Categorical((1e-6, 3e-2)), "arch.depth": Int(1, 2)})
+    objective = Counting(CONFIG, workdir=tmp_path / "training")
+    result = vhjax.search(objective, space, "grid", budget=4, population=4, workdir=tmp_path, verbose=False)
+    assert calls == [4]  # one population for the whole generation
+    assert result.best_params["learning_rate"] == 3e-2  # the learning rate really varies per member
+    assert result.best_fitness > 0.5 and result.best_metrics["test_accuracy"] is not None
+    assert (tmp_path / "training" / "generation_0000" / "result.json").exists()
+    again = vhjax.search(objective, space, "grid", budget=4, population=4, workdir=tmp_path, verbose=False)
+    assert calls == [4] and len(again.trials) == 4  # resumed: nothing recomputed
+
+
+def test_diverging_member_is_a_failed_trial_and_the_search_goes_on():
+    space = Space({"learning_rate": Categorical((1e-2, 1e12))})
+    result = vhjax.search(TrainingObjective(CONFIG), space, "grid", budget=2, population=2, verbose=False)
+    status = {t.params["learning_rate"]: t.status for t in result.trials}
+    assert status == {1e-2: "complete", 1e12: "failed"}
+    assert result.best_params["learning_rate"] == 1e-2
+
+
+def test_bad_objective_config_fails_before_training():
+    with pytest.raises(ValueError, match="split 'val'"):
+        TrainingObjective(CONFIG, split="val")
+
+
+def test_cli_search_spec_and_demo(tmp_path):
+    spec = tmp_path / "spec.py"
+    spec.write_text(textwrap.dedent("""
+        from vhjax.config import TrainConfig
+        from vhjax.search import Float, Space, TrainingObjective
+
+        def get_search():
+            config = TrainConfig(dataset="digits", model="mlp", model_kwargs={"widths": (8,), "num_classes": 10},
+                                 batch_size=32, steps=20, eval_every=20)
+            return dict(objective=TrainingObjective(config), space=Space({"learning_rate": Float(1e-3, 1e-1, log=True)}),
+                        strategy="random", budget=4, population=2)
+    """))
+    out = subprocess.run([sys.executable, "-m", "vhjax.cli", "search", str(spec), "--budget", "2", "--quiet",
+                          "--workdir", str(tmp_path / "s")], capture_output=True, text=True, check=True).stdout
+    assert "| rank | trial_id | params.learning_rate | fitness |" in out
+    assert (tmp_path / "s" / "trials.sqlite").exists() and (tmp_path / "s" / "best_so_far.png").exists()
+    demo = subprocess.run([sys.executable, "-m", "vhjax.cli", "demo", "--budget", "4", "--population", "2",
+                           "--steps", "10", "--workdir", str(tmp_path / "d")], capture_output=True, text=True,
+                          check=True).stdout
+    assert "[vhjax.search] generation 1: 4/4 trials" in demo and "| rank | trial | learning rate" in demo
