@@ -106,3 +106,69 @@ def penalty(
     if "elastic_net" in coefficients:
         total = total + coefficients["elastic_net"] * elastic_net(params, l1_ratio, where)
     return total
+
+
+# ---------------------------------------------------------------------------------------------
+# Adaptive coefficients and norm constraints.
+
+Schedule = Callable[[jax.Array], jax.Array]
+
+
+def scheduled_coefficients(
+    schedules: Mapping[str, Schedule | float | jax.Array], step: jax.Array | int
+) -> dict[str, jax.Array]:
+    """`{name: schedule(step)}`; plain numbers or arrays are taken as constant coefficients."""
+    return {
+        name: jnp.asarray(value(step) if callable(value) else value, jnp.float32)
+        for name, value in schedules.items()
+    }
+
+
+def scheduled_penalty(
+    params: Any,
+    step: jax.Array | int,
+    schedules: Mapping[str, Schedule | float | jax.Array],
+    where: Where = "kernels",
+    l1_ratio: float | jax.Array = 0.5,
+) -> jax.Array:
+    """`penalty` whose coefficients follow schedules of the step (adaptive L1 / L2 / elastic net).
+
+    `schedules` maps 'l1', 'l2', 'elastic_net' to an optax schedule (e.g.
+    `optax.linear_schedule(0.0, 1e-4, 1000)` to ramp L2 in) or a constant. Works under jit
+    with a traced `step`.
+    """
+    return penalty(params, scheduled_coefficients(schedules, step), where=where, l1_ratio=l1_ratio)
+
+
+def _project_max_norm(leaf: jax.Array, max_value: jax.Array, axis: int | tuple[int, ...] | None) -> jax.Array:
+    if leaf.ndim < 2 and axis is None:
+        axes: tuple[int, ...] = tuple(range(leaf.ndim))
+    else:
+        axes = tuple(range(leaf.ndim - 1)) if axis is None else axis
+    norms = jnp.sqrt(jnp.sum(jnp.square(leaf), axis=axes, keepdims=True))
+    factor = jnp.where(norms > max_value, max_value / jnp.maximum(norms, 1e-12), 1.0)
+    return (leaf * factor).astype(leaf.dtype)
+
+
+def max_norm(
+    params: Any,
+    max_value: float | jax.Array,
+    where: Where = "kernels",
+    axis: int | tuple[int, ...] | None = None,
+) -> Any:
+    """Project params onto the max-norm constraint: rescale each unit's incoming weights to norm <= max_value.
+
+    Apply after each optimizer update (`params = max_norm(params, 3.0)`). For a selected leaf the
+    norm is taken over `axis`; None means every axis but the last, i.e. per output unit of a
+    Dense (in, out) or Conv (h, w, in, out) kernel. Weights already within the bound are left
+    exactly as they are; unselected leaves are returned unchanged. `max_value` may be traced.
+    """
+    if isinstance(max_value, (int, float)) and not max_value > 0:
+        raise ValueError(f"max_value={max_value!r} is not allowed; allowed: a number > 0")
+    keep = _predicate(where)
+
+    def project(key_path, leaf):
+        path = tuple(_key_name(key) for key in key_path)
+        return _project_max_norm(leaf, max_value, axis) if keep(path, leaf) else leaf
+
+    return jax.tree_util.tree_map_with_path(project, params)
