@@ -22,7 +22,6 @@ warm-up generation (compilation excluded).
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
 
@@ -30,18 +29,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vhjax.hardware import cpu_name
+
 DIM = 20
 TARGET = 0.3
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def make_space(dim: int):

@@ -15,28 +15,19 @@ Hardware: 2-core CPU, a few minutes. Writes experiments/results/mnist1d_table.md
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 
 from vhjax.config import TrainConfig
+from vhjax.hardware import cpu_name
 from vhjax.population import fit_population
 
 MODELS = [("logistic", "mnist1d_logistic"), ("MLP", "mnist1d_mlp"), ("CNN", "mnist1d_cnn"), ("GRU", "mnist1d_gru")]
 PUBLISHED = {"logistic": (32, 32), "MLP": (68, 68), "CNN": (94, 56), "GRU": (91, 57)}  # paper Table 1 (normal, shuffled)
 NOTEBOOK = {"logistic": 31.5, "MLP": 65, "CNN": 92, "GRU": 89}  # the paper's reference notebook, single runs
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:
