@@ -11,7 +11,7 @@ _EXPORTS = {
     "TrainConfig": "vhjax.config",
     "fit": "vhjax.train",
 }
-_SUBMODULES = ("augment", "config", "data", "losses", "metrics", "models", "optim", "population",
+_SUBMODULES = ("augment", "config", "data", "losses", "metrics", "models", "optim", "population", "preprocess",
                "regularizers", "search", "train")
 
 __all__ = [*_EXPORTS, *_SUBMODULES, "__version__"]

@@ -32,3 +32,23 @@ __all__ = [
     "with_probability",
     "zoom_image",
 ]
+
+# Issue 6: more augmentations (importing the modules registers their ops), mixing, SMOTE.
+from vhjax.augment import geometric, photometric, sequence_extra, text  # noqa: E402,F401  (registration)
+from vhjax.augment.geometric import crop_and_resize, elastic_deform, shear_image  # noqa: E402
+from vhjax.augment.mixing import MIXINGS, Mixing, get_mixing  # noqa: E402
+from vhjax.augment.photometric import pixel_principal_axes  # noqa: E402
+from vhjax.augment.sequence_extra import interpolate_at  # noqa: E402
+from vhjax.augment.smote import smote  # noqa: E402
+
+__all__ += [
+    "MIXINGS",
+    "Mixing",
+    "crop_and_resize",
+    "elastic_deform",
+    "get_mixing",
+    "interpolate_at",
+    "pixel_principal_axes",
+    "shear_image",
+    "smote",
+]

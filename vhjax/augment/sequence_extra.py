@@ -1,0 +1,85 @@
+"""More augmentations of sequences `(N, L)` / `(N, L, C)`: smooth time warping and window slicing.
+
+Jitter (additive Gaussian noise) already exists as `gaussian_noise`, magnitude scaling as
+`brightness`, stretching about the centre as `scale` (vhjax/augment/sequence.py). Every op is
+`fn(key, x, strength) -> x`; strength 0 returns `x` bitwise and the shape never changes.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from vhjax.augment.compose import (
+    Augmentation,
+    check_rank,
+    check_strength,
+    identity_at_zero,
+    per_example,
+    register_augmentation,
+)
+from vhjax.augment.sequence import MIN_SCALE_FACTOR, SEQUENCE_LAYOUT
+
+MIN_WINDOW_FRACTION = 0.1
+
+
+def interpolate_at(x: jax.Array, positions: jax.Array) -> jax.Array:
+    """`x` (L, ...) read at float `positions` (L',) along axis 0, linearly; positions are clipped
+    to [0, L - 1]."""
+    length = x.shape[0]
+    positions = jnp.clip(positions, 0.0, length - 1.0)
+    lower = jnp.clip(jnp.floor(positions).astype(jnp.int32), 0, max(length - 2, 0))
+    weight = (positions - lower).reshape((-1,) + (1,) * (x.ndim - 1))
+    upper = jnp.minimum(lower + 1, length - 1)
+    return (x[lower] * (1.0 - weight) + x[upper] * weight).astype(x.dtype)
+
+
+def warp_positions(key: jax.Array, strength: jax.Array, length: int, knots: int) -> jax.Array:
+    """Monotone sampling positions (length,) from 0 to length - 1: the local speed is
+    interpolated between `knots` values uniform in [1 - strength, 1 + strength] (at least
+    MIN_SCALE_FACTOR), integrated, and rescaled to keep both ends fixed."""
+    speeds = jnp.maximum(1.0 + strength * jax.random.uniform(key, (knots,), minval=-1.0, maxval=1.0), MIN_SCALE_FACTOR)
+    steps = jnp.interp(jnp.linspace(0.0, 1.0, length - 1), jnp.linspace(0.0, 1.0, knots), speeds)
+    positions = jnp.concatenate([jnp.zeros((1,)), jnp.cumsum(steps)])
+    return positions * (length - 1) / positions[-1]
+
+
+@register_augmentation("time_warp", max_strength=0.9)
+def time_warp(knots: int = 4) -> Augmentation:
+    """Warp each sequence's time axis smoothly: the playback speed varies between `knots` random
+    values in [1 - strength, 1 + strength]; start and end stay in place, linear interpolation.
+    Natural range [0, 0.4]; at most 0.9."""
+    if isinstance(knots, bool) or not isinstance(knots, int) or knots < 2:
+        raise ValueError(f"augmentation 'time_warp' option 'knots' has value {knots!r}; allowed: an integer >= 2")
+
+    def apply(key: jax.Array, x: jax.Array, strength: jax.Array) -> jax.Array:
+        check_rank(x, (2, 3), "time_warp", SEQUENCE_LAYOUT)
+        strength = check_strength(strength)
+        length = x.shape[1]
+        if length < 2:
+            return x
+        warped = per_example(key, x, lambda k, xi: interpolate_at(xi, warp_positions(k, strength, length, knots)))
+        return identity_at_zero(strength, x, warped)
+
+    return apply
+
+
+@register_augmentation("window_slice", max_strength=0.9)
+def window_slice() -> Augmentation:
+    """Cut a window of (1 - strength) of each sequence's length at a uniform random start and
+    stretch it back to the full length, linear interpolation. Natural range [0, 0.2]; at most
+    0.9."""
+
+    def apply(key: jax.Array, x: jax.Array, strength: jax.Array) -> jax.Array:
+        check_rank(x, (2, 3), "window_slice", SEQUENCE_LAYOUT)
+        strength = check_strength(strength)
+        length = x.shape[1]
+        fraction = jnp.maximum(1.0 - strength, MIN_WINDOW_FRACTION)
+
+        def one(k: jax.Array, xi: jax.Array) -> jax.Array:
+            start = (1.0 - fraction) * (length - 1) * jax.random.uniform(k, ())
+            return interpolate_at(xi, start + fraction * jnp.arange(length, dtype=jnp.float32))
+
+        return identity_at_zero(strength, x, per_example(key, x, one))
+
+    return apply

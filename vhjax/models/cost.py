@@ -1,0 +1,60 @@
+"""Compute cost of a model's forward pass, from XLA's cost analysis of the compiled program.
+
+Nothing is run and no parameters are allocated: the model is initialised and lowered on abstract
+shapes (`jax.ShapeDtypeStruct`), compiled, and `compiled.cost_analysis()` read. XLA counts a
+multiply-add as 2 flops (a Dense layer of D inputs and K outputs: 2*D*K + K per example, the K
+for the bias). Caveat: XLA counts the body of a loop (`lax.scan`, `fori_loop`, so flax's
+`nn.RNN`) once, not once per iteration, so recurrent models are under-counted.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vhjax.models.utils import check_positive
+
+
+def compiled_cost(fn: Callable[..., Any], *args: Any) -> dict[str, float]:
+    """XLA's cost analysis ('flops', 'bytes accessed', ...) of `jax.jit(fn)` on `args` (arrays or
+    `jax.ShapeDtypeStruct`s)."""
+    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+    if isinstance(cost, (list, tuple)):  # older jax versions: one dict per device program
+        cost = cost[0]
+    return dict(cost or {})
+
+
+def _input_specs(input_shape: Any, dtype: Any, batch_size: int) -> list[jax.ShapeDtypeStruct]:
+    shapes = input_shape if input_shape and all(isinstance(s, (list, tuple)) for s in input_shape) else [input_shape]
+    dtypes = dtype if isinstance(dtype, (list, tuple)) else [dtype] * len(shapes)
+    if len(dtypes) != len(shapes):
+        raise ValueError(f"flops_per_example field 'dtype' has value {dtype!r}; allowed: one dtype, or one per input "
+                         f"({len(shapes)} inputs)")
+    specs = []
+    for i, (shape, dt) in enumerate(zip(shapes, dtypes)):
+        if not isinstance(shape, (list, tuple)) or not all(isinstance(n, int) and n > 0 for n in shape):
+            raise ValueError(f"flops_per_example field 'input_shape' has value {input_shape!r}; allowed: the shape "
+                             "of one example without the batch axis, e.g. (40,), or one such shape per input")
+        specs.append(jax.ShapeDtypeStruct((batch_size, *shape), jnp.dtype(dt)))
+    return specs
+
+
+def flops_per_example(model: nn.Module, input_shape: Sequence[int] | Sequence[Sequence[int]], *,
+                      batch_size: int = 1, dtype: Any = jnp.float32) -> float:
+    """Flops of one inference forward pass (`train=False`) per example.
+
+    `input_shape` is one example's shape without the batch axis, e.g. (40,) or (32, 32, 3); a
+    model with several inputs (graph nets, seq2seq) takes one shape per input, and `dtype` may
+    then be one dtype per input (e.g. int32 token ids). The program is compiled for `batch_size`
+    examples and the count divided by it.
+    """
+    check_positive("flops_per_example", "batch_size", batch_size)
+    specs = _input_specs(input_shape, dtype, batch_size)
+    variables = jax.eval_shape(model.init, jax.random.key(0), *specs)
+    cost = compiled_cost(lambda v, *xs: model.apply(v, *xs, train=False), variables, *specs)
+    if "flops" not in cost:
+        raise ValueError(f"XLA reported no flop count for {type(model).__name__} on this backend: {sorted(cost)}")
+    return float(cost["flops"]) / batch_size

@@ -1,0 +1,307 @@
+"""Hybrid and composite classifiers.
+
+- `CNNRNN`: conv features, then a recurrent net over them. Sequences (N, L[, C]): 1-D convs, the
+  RNN runs over the pooled positions. Images (N, H, W, C): 2-D convs, the RNN reads the feature
+  map column by column (CRNN). Videos / image sequences (N, T, H, W, C): each frame is encoded by
+  the same 2-D convs and global average pooling, the RNN runs over frames.
+- `CNNTransformer`: conv features, the positions of the feature map become tokens for a
+  Transformer encoder (sinusoidal positions in raster order), mean pooling.
+- `CNNSelfAttention`: conv features, then a SAGAN-style self-attention block over all positions
+  (x + gamma * attention(x), gamma starts at 0), global average pooling.
+- `Parallel`: branches run side by side on the same input, outputs merged ('concat', 'sum',
+  'mean'), activation, dropout, Dense head.
+- `Cascade`: stages applied one after another, an activation between them.
+
+Branches and stages are zoo models (their `num_classes` output is the feature width); build them
+with the `parallel(branches=...)` / `cascade(stages=...)` factories from specs
+`("cnn1d", {...kwargs})` or `{"model": "cnn1d", **kwargs}`, or pass modules. Every child is
+called with the same `train` and `dropout_rate` keywords.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vhjax.models.activations import check_activation, get_activation
+from vhjax.models.layers import Dropout, add_channel_axis
+from vhjax.models.resnet import CONV_IMPLS, check_int_tuple, check_kernel_fits, conv
+from vhjax.models.rnn import readout_features
+from vhjax.models.transformer import TransformerEncoder, check_heads, sinusoidal_positions
+from vhjax.models.utils import check_choice, check_positive, check_rate
+
+RNN_CELLS = ("lstm", "gru", "simple")
+RNN_READOUTS = ("last", "mean", "flatten")
+MERGES = ("concat", "sum", "mean")
+
+
+class ConvStack(nn.Module):
+    """Per entry of `features`: 'same' conv, activation, 2x max pooling (while the map allows it)."""
+
+    features: Sequence[int]
+    kernel_size: int = 3
+    activation: str = "relu"
+    conv_impl: str = "xla"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dims = x.ndim - 2
+        for i, f in enumerate(self.features):
+            x = get_activation(self.activation)(conv(self.conv_impl, f, (self.kernel_size,) * dims,
+                                                     name=f"conv_{i}")(x))
+            if min(x.shape[1:-1]) >= 2:
+                x = nn.max_pool(x, (2,) * dims, (2,) * dims)
+        return x
+
+
+def _spatial_input(model: str, x: jax.Array, kernel: int, allowed: tuple[int, ...]) -> jax.Array:
+    """Add a channel axis to (N, L); check the rank is allowed and the kernel fits."""
+    x = add_channel_axis(x)
+    if x.ndim not in allowed:
+        raise ValueError(f"{model} expects sequences (N, L[, C]) or images (N, H, W, C)"
+                         f"{' or videos (N, T, H, W, C)' if 5 in allowed else ''}; got shape {tuple(x.shape)}")
+    check_kernel_fits(model, "kernel_size", kernel, x.shape[-3:-1] if x.ndim == 5 else x.shape[1:-1])
+    return x
+
+
+def _check_conv_fields(model: str, module: Any) -> None:
+    check_int_tuple(module, model, "conv_features")
+    check_positive(model, "kernel_size", module.kernel_size)
+    check_activation(model, "activation", module.activation)
+    check_rate(model, "dropout_rate", module.dropout_rate)
+    check_positive(model, "num_classes", module.num_classes)
+    check_choice(model, "conv_impl", module.conv_impl, CONV_IMPLS)
+
+
+def _head(h: jax.Array, num_classes: int, rate: Any, train: bool) -> jax.Array:
+    h = Dropout(name="dropout")(h, rate, deterministic=not train)
+    return nn.Dense(num_classes, name="head")(h)
+
+
+class CNNRNN(nn.Module):
+    """Conv features -> RNN ('lstm' | 'gru' | 'simple', optionally bidirectional) -> readout -> head."""
+
+    conv_features: Sequence[int] = (16, 32)
+    kernel_size: int = 3
+    rnn: str = "lstm"
+    hidden_size: int = 32
+    bidirectional: bool = False
+    readout: str = "last"
+    activation: str = "relu"
+    dropout_rate: float = 0.0
+    num_classes: int = 10
+    conv_impl: str = "xla"
+
+    def __post_init__(self):
+        _check_conv_fields("cnn_rnn", self)
+        check_choice("cnn_rnn", "rnn", self.rnn, RNN_CELLS)
+        check_positive("cnn_rnn", "hidden_size", self.hidden_size)
+        check_choice("cnn_rnn", "bidirectional", self.bidirectional, (False, True))
+        check_choice("cnn_rnn", "readout", self.readout, RNN_READOUTS)
+        super().__post_init__()
+
+    def cell(self) -> nn.RNNCellBase:
+        if self.rnn == "gru":
+            return nn.GRUCell(self.hidden_size, parent=None)
+        if self.rnn == "simple":
+            return nn.SimpleCell(self.hidden_size, parent=None)
+        return nn.OptimizedLSTMCell(self.hidden_size, parent=None)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False, dropout_rate: Any = None) -> jax.Array:
+        x = _spatial_input("cnn_rnn", x, self.kernel_size, (3, 4, 5))
+        stack = ConvStack(self.conv_features, self.kernel_size, self.activation, self.conv_impl, name="cnn")
+        if x.ndim == 5:  # videos: the same CNN on every frame, pooled to one vector per frame
+            frames = stack(x.reshape(-1, *x.shape[2:]))
+            seq = frames.mean(axis=(1, 2)).reshape(x.shape[0], x.shape[1], -1)
+        elif x.ndim == 4:  # images: columns of the feature map, left to right
+            h = stack(x)
+            seq = h.transpose(0, 2, 1, 3).reshape(h.shape[0], h.shape[2], -1)
+        else:
+            seq = stack(x)
+        if self.bidirectional:
+            rnn = nn.Bidirectional(nn.RNN(self.cell(), parent=None), nn.RNN(self.cell(), parent=None), name="rnn")
+        else:
+            rnn = nn.RNN(self.cell(), name="rnn")
+        h = readout_features(rnn(seq), self.readout, self.hidden_size, self.bidirectional)
+        rate = self.dropout_rate if dropout_rate is None else dropout_rate
+        return _head(h, self.num_classes, rate, train)
+
+
+class CNNTransformer(nn.Module):
+    """Conv features -> tokens (one per feature-map position) -> Transformer encoder -> mean -> head."""
+
+    conv_features: Sequence[int] = (16, 32)
+    kernel_size: int = 3
+    width: int = 32
+    num_heads: int = 4
+    num_layers: int = 2
+    mlp_dim: int | None = None  # None: 2 * width
+    ffn_activation: str = "gelu"
+    activation: str = "relu"
+    dropout_rate: float = 0.0
+    num_classes: int = 10
+    conv_impl: str = "xla"
+
+    def __post_init__(self):
+        _check_conv_fields("cnn_transformer", self)
+        check_heads("cnn_transformer", self.width, self.num_heads)
+        check_positive("cnn_transformer", "num_layers", self.num_layers)
+        if self.mlp_dim is not None:
+            check_positive("cnn_transformer", "mlp_dim", self.mlp_dim)
+        check_activation("cnn_transformer", "ffn_activation", self.ffn_activation)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False, dropout_rate: Any = None) -> jax.Array:
+        x = _spatial_input("cnn_transformer", x, self.kernel_size, (3, 4))
+        h = ConvStack(self.conv_features, self.kernel_size, self.activation, self.conv_impl, name="cnn")(x)
+        tokens = nn.Dense(self.width, name="project")(h.reshape(h.shape[0], -1, h.shape[-1]))
+        tokens = tokens + sinusoidal_positions(tokens.shape[1], self.width)
+        rate = self.dropout_rate if dropout_rate is None else dropout_rate
+        tokens = TransformerEncoder(self.num_layers, self.num_heads, self.mlp_dim or 2 * self.width,
+                                    self.ffn_activation, name="encoder")(tokens, None, rate, train)
+        return _head(tokens.mean(axis=1), self.num_classes, rate, train)
+
+
+class SelfAttention(nn.Module):
+    """SAGAN self-attention over all positions of (N, *spatial, C): query/key 1x1 projections to
+    max(C // 8, 1) channels, value to C; returns x + gamma * attended, gamma initialised to 0."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        channels = x.shape[-1]
+        flat = x.reshape(x.shape[0], -1, channels)
+        reduced = max(channels // 8, 1)
+        q = nn.Dense(reduced, name="query")(flat)
+        k = nn.Dense(reduced, name="key")(flat)
+        v = nn.Dense(channels, name="value")(flat)
+        weights = nn.softmax(jnp.einsum("npc,nqc->npq", q, k), axis=-1)
+        self.sow("intermediates", "attention", weights)
+        gamma = self.param("gamma", nn.initializers.zeros_init(), ())
+        return x + gamma * jnp.einsum("npq,nqc->npc", weights, v).reshape(x.shape)
+
+
+class CNNSelfAttention(nn.Module):
+    """Conv features -> self-attention block -> global average pooling -> head (sequences or images)."""
+
+    conv_features: Sequence[int] = (16, 32)
+    kernel_size: int = 3
+    activation: str = "relu"
+    dropout_rate: float = 0.0
+    num_classes: int = 10
+    conv_impl: str = "xla"
+
+    def __post_init__(self):
+        _check_conv_fields("cnn_self_attention", self)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False, dropout_rate: Any = None) -> jax.Array:
+        x = _spatial_input("cnn_self_attention", x, self.kernel_size, (3, 4))
+        h = ConvStack(self.conv_features, self.kernel_size, self.activation, self.conv_impl, name="cnn")(x)
+        h = SelfAttention(name="attention")(h)
+        rate = self.dropout_rate if dropout_rate is None else dropout_rate
+        return _head(h.mean(axis=tuple(range(1, h.ndim - 1))), self.num_classes, rate, train)
+
+
+# --- composites of zoo models ---------------------------------------------------------------------
+
+def _build(model: str, field: str, specs: Any) -> tuple[nn.Module, ...]:
+    """Module instances from modules, `(name, kwargs)` pairs or `{'model': name, **kwargs}` dicts."""
+    from vhjax.models import get_model  # the registry imports this module, so import it lazily
+
+    if not isinstance(specs, (list, tuple)) or not specs:
+        raise ValueError(f"{model} field {field!r} has value {specs!r}; allowed: a non-empty sequence of models, "
+                         "(name, kwargs) pairs or {'model': name, ...} dicts")
+    modules = []
+    for i, spec in enumerate(specs):
+        if isinstance(spec, nn.Module):
+            modules.append(spec)
+        elif isinstance(spec, Mapping) and "model" in spec:
+            modules.append(get_model(spec["model"], **{k: v for k, v in spec.items() if k != "model"}))
+        elif isinstance(spec, (list, tuple)) and len(spec) == 2 and isinstance(spec[0], str) \
+                and isinstance(spec[1], Mapping):
+            modules.append(get_model(spec[0], **spec[1]))
+        else:
+            raise ValueError(f"{model} field '{field}[{i}]' has value {spec!r}; allowed: a model, a (name, kwargs) "
+                             "pair or a {'model': name, ...} dict")
+    return tuple(modules)
+
+
+class Parallel(nn.Module):
+    """Branches on the same input, outputs (N, F_b) merged by 'concat' | 'sum' | 'mean' ('sum' and
+    'mean' need equal widths), activation, dropout, Dense head."""
+
+    branches: Sequence[nn.Module] = ()
+    merge: str = "concat"
+    activation: str = "relu"
+    dropout_rate: float = 0.0
+    num_classes: int = 10
+
+    def __post_init__(self):
+        if not isinstance(self.branches, tuple) or not self.branches or \
+                not all(isinstance(b, nn.Module) for b in self.branches):
+            raise ValueError(f"parallel field 'branches' has value {self.branches!r}; allowed: a non-empty tuple of "
+                             "modules (use the `parallel(branches=...)` factory for specs)")
+        check_choice("parallel", "merge", self.merge, MERGES)
+        check_activation("parallel", "activation", self.activation)
+        check_rate("parallel", "dropout_rate", self.dropout_rate)
+        check_positive("parallel", "num_classes", self.num_classes)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False, dropout_rate: Any = None) -> jax.Array:
+        outputs = [b(x, train=train, dropout_rate=dropout_rate).reshape(x.shape[0], -1) for b in self.branches]
+        if self.merge == "concat":
+            h = jnp.concatenate(outputs, axis=-1)
+        else:
+            widths = [o.shape[-1] for o in outputs]
+            if len(set(widths)) != 1:
+                raise ValueError(f"parallel field 'merge' has value {self.merge!r} but the branches output widths "
+                                 f"{widths}; allowed: 'concat', or equal widths")
+            h = sum(outputs) / (len(outputs) if self.merge == "mean" else 1)
+        h = get_activation(self.activation)(h)
+        rate = self.dropout_rate if dropout_rate is None else dropout_rate
+        return _head(h, self.num_classes, rate, train)
+
+
+class Cascade(nn.Module):
+    """Stages applied in turn, `activation` between consecutive stages; the last stage's output is
+    the model's (so its `num_classes` is the model's)."""
+
+    stages: Sequence[nn.Module] = ()
+    activation: str = "relu"
+    dropout_rate: float | None = None  # given to every stage when the caller passes none; None: their own
+
+    def __post_init__(self):
+        if not isinstance(self.stages, tuple) or not self.stages or \
+                not all(isinstance(s, nn.Module) for s in self.stages):
+            raise ValueError(f"cascade field 'stages' has value {self.stages!r}; allowed: a non-empty tuple of "
+                             "modules (use the `cascade(stages=...)` factory for specs)")
+        check_activation("cascade", "activation", self.activation)
+        check_rate("cascade", "dropout_rate", self.dropout_rate)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False, dropout_rate: Any = None) -> jax.Array:
+        rate = self.dropout_rate if dropout_rate is None else dropout_rate
+        h = x
+        for i, stage in enumerate(self.stages):
+            if i:
+                h = get_activation(self.activation)(h)
+            h = stage(h, train=train, dropout_rate=rate)
+        return h
+
+
+def parallel(branches: Sequence[Any], **fields: Any) -> Parallel:
+    """`Parallel` from branch specs (modules, `(name, kwargs)` or `{'model': name, ...}`)."""
+    return Parallel(branches=_build("parallel", "branches", branches), **fields)
+
+
+def cascade(stages: Sequence[Any], **fields: Any) -> Cascade:
+    """`Cascade` from stage specs (modules, `(name, kwargs)` or `{'model': name, ...}`)."""
+    return Cascade(stages=_build("cascade", "stages", stages), **fields)

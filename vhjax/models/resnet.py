@@ -1,0 +1,315 @@
+"""Residual networks: basic and bottleneck blocks, image ResNets (`resnet20` for 32x32 CIFAR-style
+inputs, `resnet18`/`resnet50` ImageNet layouts) and the 1-D FCN and ResNet time-series baselines
+of Wang et al. (2017) for sequences (N, L) or (N, L, C).
+
+Normalisation is a field: `norm='batch'` (the default, as in the papers) keeps running means and
+variances in the `batch_stats` collection: initialise as usual, and in training call
+`model.apply(variables, x, train=True, mutable=['batch_stats'])` (vhjax.train does this through
+`TrainState.model_state`); `train=False` uses the running averages. `norm='group'`, `'layer'`
+or `'none'` keep no state. Each residual branch ends in a zero-initialised scale (the last norm's
+scale, or with `norm='none'` the last conv kernel), so every block starts as its shortcut
+(Goyal et al. 2017), which lets deep un-normalised ResNets train.
+
+The helpers here (`conv`, `Norm`, `check_kernel_fits`, ...) are shared by densenet.py,
+mobilenet.py and hybrid.py.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+
+from vhjax.models.activations import check_activation, get_activation
+from vhjax.models.initializers import get_initializer
+from vhjax.models.layers import Dropout, add_channel_axis
+from vhjax.models.patch_conv import PatchConv
+from vhjax.models.utils import (as_tuple, check_choice, check_positive, check_positive_ints, check_rate,
+                                set_normalized)
+
+NORMS = ("batch", "group", "layer", "none")
+CONV_IMPLS = ("xla", "patch")
+BLOCKS = ("basic", "bottleneck")
+BOTTLENECK_EXPANSION = 4
+
+
+# --- shared helpers -----------------------------------------------------------------------------
+
+def conv(impl: str, features: int, kernel_size: Sequence[int], strides: int | Sequence[int] = 1, *,
+         use_bias: bool = True, zero_init: bool = False, name: str | None = None) -> nn.Module:
+    """A conv padded `((k - 1) // 2, k // 2)` per axis (output length n at stride 1, torch's symmetric
+    padding for odd k) with He-normal kernels; `impl='patch'` is vhjax's PatchConv (fast under vmap on CPU)."""
+    kernel_size = tuple(kernel_size)
+    strides = (strides,) * len(kernel_size) if isinstance(strides, int) else tuple(strides)
+    padding = tuple(((k - 1) // 2, k // 2) for k in kernel_size)
+    init = nn.initializers.zeros_init() if zero_init else get_initializer("he_normal")
+    cls = PatchConv if impl == "patch" else nn.Conv
+    return cls(features, kernel_size, strides, padding, use_bias=use_bias, kernel_init=init, name=name)
+
+
+class Norm(nn.Module):
+    """Normalisation by kind: 'batch' (state in `batch_stats`), 'group' (gcd(C, 8) groups),
+    'layer' (over channels) or 'none'. `zero_init` starts the scale at 0."""
+
+    kind: str = "batch"
+    zero_init: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        scale_init = nn.initializers.zeros_init() if self.zero_init else nn.initializers.ones_init()
+        if self.kind == "batch":
+            return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, scale_init=scale_init,
+                                name="bn")(x)
+        if self.kind == "group":
+            return nn.GroupNorm(num_groups=math.gcd(x.shape[-1], 8), scale_init=scale_init, name="gn")(x)
+        if self.kind == "layer":
+            return nn.LayerNorm(scale_init=scale_init, name="ln")(x)
+        return x
+
+
+def norm_act(kind: str, activation: str, x: jax.Array, train: bool, name: str) -> jax.Array:
+    """`activation(Norm(kind)(x))`; a 'none' norm adds no module."""
+    if kind != "none":
+        x = Norm(kind, name=name)(x, train)
+    return get_activation(activation)(x)
+
+
+def check_kernel_fits(model: str, field: str, kernel: int, spatial: Sequence[int]) -> None:
+    """A kernel wider than the input's spatial extent is a config error (it would see only padding)."""
+    if kernel > min(spatial):
+        raise ValueError(f"{model} field {field!r} has value {kernel}, larger than the input's spatial shape "
+                         f"{tuple(spatial)}; allowed: at most {min(spatial)}")
+
+
+def check_common(model: str, module: Any) -> None:
+    """Checks of the fields every conv classifier here has: norm, activation, dropout, classes, impl."""
+    check_choice(model, "norm", module.norm, NORMS)
+    check_activation(model, "activation", module.activation)
+    check_rate(model, "dropout_rate", module.dropout_rate)
+    check_positive(model, "num_classes", module.num_classes)
+    check_choice(model, "conv_impl", module.conv_impl, CONV_IMPLS)
+
+
+def check_int_tuple(module: nn.Module, model: str, field: str, allow_empty: bool = False) -> tuple[int, ...]:
+    """Normalise a list/tuple field of positive ints in place (from `__post_init__`) and return it."""
+    value = as_tuple(getattr(module, field))
+    if not isinstance(value, tuple) or (not value and not allow_empty):
+        raise ValueError(f"{model} field {field!r} has value {value!r}; allowed: a non-empty sequence of "
+                         "positive integers")
+    check_positive_ints(model, field, value)
+    set_normalized(module, field, value)
+    return value
+
+
+def pool_and_classify(h: jax.Array, num_classes: int, rate: Any, train: bool) -> jax.Array:
+    """Global average pooling over the spatial axes, dropout, Dense head -> (N, num_classes)."""
+    h = h.mean(axis=tuple(range(1, h.ndim - 1)))
+    h = Dropout(name="dropout")(h, rate, deterministic=not train)
+    return nn.Dense(num_classes, name="head")(h)
+
+
+# --- blocks -------------------------------------------------------------------------------------
+
+class ResidualBlock(nn.Module):
+    """`act(branch(x) + shortcut(x))`; the branch is one conv per entry of `kernel_sizes` (the first
+    strided), each normalised, activated except the last. The shortcut is the identity, or a 1x1
+    strided conv + norm when the stride or the width changes. Two 3x3 convs = ResNet's basic block."""
+
+    features: int
+    kernel_sizes: Sequence[int] = (3, 3)
+    strides: int = 1
+    spatial_dims: int = 2
+    norm: str = "batch"
+    activation: str = "relu"
+    conv_impl: str = "xla"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        bias = self.norm == "none"
+        h = x
+        last = len(self.kernel_sizes) - 1
+        for i, k in enumerate(self.kernel_sizes):
+            h = conv(self.conv_impl, self.features, (k,) * self.spatial_dims, self.strides if i == 0 else 1,
+                     use_bias=bias, zero_init=bias and i == last, name=f"conv_{i}")(h)
+            if self.norm != "none":
+                h = Norm(self.norm, zero_init=i == last, name=f"norm_{i}")(h, train)
+            if i < last:
+                h = get_activation(self.activation)(h)
+        return get_activation(self.activation)(h + self.shortcut(x, train))
+
+    def shortcut(self, x: jax.Array, train: bool) -> jax.Array:
+        if self.strides == 1 and x.shape[-1] == self.features:
+            return x
+        x = conv(self.conv_impl, self.features, (1,) * self.spatial_dims, self.strides, use_bias=self.norm == "none",
+                 name="proj")(x)
+        return Norm(self.norm, name="proj_norm")(x, train) if self.norm != "none" else x
+
+
+class BottleneckBlock(ResidualBlock):
+    """ResNet-50's block: 1x1 (features) -> 3x3 strided (features) -> 1x1 (4 * features), plus shortcut."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        bias, out = self.norm == "none", self.features * BOTTLENECK_EXPANSION
+        one, three = (1,) * self.spatial_dims, (3,) * self.spatial_dims
+        h = x
+        for i, (features, kernel, stride) in enumerate(
+                [(self.features, one, 1), (self.features, three, self.strides), (out, one, 1)]):
+            h = conv(self.conv_impl, features, kernel, stride, use_bias=bias, zero_init=bias and i == 2,
+                     name=f"conv_{i}")(h)
+            if self.norm != "none":
+                h = Norm(self.norm, zero_init=i == 2, name=f"norm_{i}")(h, train)
+            if i < 2:
+                h = get_activation(self.activation)(h)
+        return get_activation(self.activation)(h + self.shortcut_to(out, x, train))
+
+    def shortcut_to(self, out: int, x: jax.Array, train: bool) -> jax.Array:
+        if self.strides == 1 and x.shape[-1] == out:
+            return x
+        x = conv(self.conv_impl, out, (1,) * self.spatial_dims, self.strides, use_bias=self.norm == "none",
+                 name="proj")(x)
+        return Norm(self.norm, name="proj_norm")(x, train) if self.norm != "none" else x
+
+
+# --- image ResNet -------------------------------------------------------------------------------
+
+class ResNet(nn.Module):
+    """Image ResNet on (N, H, W, C): stem conv (+ norm, act, optional 3x3/2 max pool), stages of
+    `stage_sizes[i]` blocks of width `widths[i]` (the first block of stages i > 0 has stride 2),
+    global average pooling, dropout, Dense head. Defaults are ResNet-20 (He et al. 2016, CIFAR)."""
+
+    stage_sizes: Sequence[int] = (3, 3, 3)
+    widths: Sequence[int] = (16, 32, 64)
+    block: str = "basic"
+    stem_features: int = 16
+    stem_kernel: int = 3
+    stem_strides: int = 1
+    stem_pool: bool = False
+    norm: str = "batch"
+    activation: str = "relu"
+    dropout_rate: float = 0.0
+    num_classes: int = 10
+    conv_impl: str = "xla"
+
+    def __post_init__(self):
+        sizes = check_int_tuple(self, "resnet", "stage_sizes")
+        widths = check_int_tuple(self, "resnet", "widths")
+        if len(sizes) != len(widths):
+            raise ValueError(f"resnet field 'widths' has value {widths!r}; allowed: one width per stage "
+                             f"({len(sizes)} stages in 'stage_sizes')")
+        check_choice("resnet", "block", self.block, BLOCKS)
+        for field in ("stem_features", "stem_kernel", "stem_strides"):
+            check_positive("resnet", field, getattr(self, field))
+        check_choice("resnet", "stem_pool", self.stem_pool, (False, True))
+        check_common("resnet", self)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False, dropout_rate: Any = None) -> jax.Array:
+        if x.ndim != 4:
+            raise ValueError(f"resnet expects images (batch, height, width, channels); got shape {tuple(x.shape)}")
+        check_kernel_fits("resnet", "stem_kernel", self.stem_kernel, x.shape[1:3])
+        h = conv(self.conv_impl, self.stem_features, (self.stem_kernel,) * 2, self.stem_strides,
+                 use_bias=self.norm == "none", name="stem")(x)
+        h = norm_act(self.norm, self.activation, h, train, "stem_norm")
+        if self.stem_pool:
+            h = nn.max_pool(h, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+        block_cls = BottleneckBlock if self.block == "bottleneck" else ResidualBlock
+        for stage, (size, width) in enumerate(zip(self.stage_sizes, self.widths)):
+            for index in range(size):
+                strides = 2 if stage > 0 and index == 0 else 1
+                h = block_cls(width, (3, 3), strides, 2, self.norm, self.activation, self.conv_impl,
+                              name=f"stage{stage}_block{index}")(h, train)
+        rate = self.dropout_rate if dropout_rate is None else dropout_rate
+        return pool_and_classify(h, self.num_classes, rate, train)
+
+
+def resnet20(**overrides: Any) -> ResNet:
+    """ResNet-20 for 32x32 images: 3x3 stem (16), three stages of 3 basic blocks (16, 32, 64)."""
+    return ResNet(**{"stage_sizes": (3, 3, 3), "widths": (16, 32, 64), "block": "basic", "stem_features": 16,
+                     "stem_kernel": 3, "stem_strides": 1, "stem_pool": False, **overrides})
+
+
+def resnet18(**overrides: Any) -> ResNet:
+    """ResNet-18 (ImageNet layout): 7x7/2 stem (64), 3x3/2 max pool, basic blocks (2, 2, 2, 2)."""
+    return ResNet(**{"stage_sizes": (2, 2, 2, 2), "widths": (64, 128, 256, 512), "block": "basic",
+                     "stem_features": 64, "stem_kernel": 7, "stem_strides": 2, "stem_pool": True,
+                     "num_classes": 1000, **overrides})
+
+
+def resnet50(**overrides: Any) -> ResNet:
+    """ResNet-50 (ImageNet layout, stride on the 3x3 conv): bottleneck blocks (3, 4, 6, 3)."""
+    return resnet18(**{"stage_sizes": (3, 4, 6, 3), "block": "bottleneck", **overrides})
+
+
+# --- time series (Wang, Yan & Oates 2017) -------------------------------------------------------
+
+class _SequenceNet(nn.Module):
+    """Shared fields and input handling of FCN1D and ResNet1D."""
+
+    widths: Sequence[int] = (128, 256, 128)
+    kernel_sizes: Sequence[int] = (8, 5, 3)
+    norm: str = "batch"
+    activation: str = "relu"
+    dropout_rate: float = 0.0
+    num_classes: int = 10
+    conv_impl: str = "xla"
+
+    kind = "sequence_net"
+
+    def __post_init__(self):
+        check_int_tuple(self, self.kind, "widths")
+        check_int_tuple(self, self.kind, "kernel_sizes")
+        check_common(self.kind, self)
+        super().__post_init__()
+
+    def prepare(self, x: jax.Array) -> jax.Array:
+        if x.ndim not in (2, 3):
+            raise ValueError(f"{self.kind} expects sequences (batch, length) or (batch, length, channels); "
+                             f"got shape {tuple(x.shape)}")
+        x = add_channel_axis(x)
+        for i, k in enumerate(self.kernel_sizes):
+            check_kernel_fits(self.kind, f"kernel_sizes[{i}]", k, x.shape[1:2])
+        return x
+
+
+class FCN1D(_SequenceNet):
+    """Fully convolutional time-series classifier: one conv (+ norm, act) per (width, kernel) pair,
+    global average pooling, Dense head. Defaults: 128/8, 256/5, 128/3 (Wang et al. 2017)."""
+
+    kind = "fcn1d"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if len(self.widths) != len(self.kernel_sizes):
+            raise ValueError(f"fcn1d field 'kernel_sizes' has value {self.kernel_sizes!r}; allowed: one kernel "
+                             f"size per entry of 'widths' ({len(self.widths)})")
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False, dropout_rate: Any = None) -> jax.Array:
+        h = self.prepare(x)
+        for i, (width, k) in enumerate(zip(self.widths, self.kernel_sizes)):
+            h = conv(self.conv_impl, width, (k,), use_bias=self.norm == "none", name=f"conv_{i}")(h)
+            h = norm_act(self.norm, self.activation, h, train, f"norm_{i}")
+        rate = self.dropout_rate if dropout_rate is None else dropout_rate
+        return pool_and_classify(h, self.num_classes, rate, train)
+
+
+class ResNet1D(_SequenceNet):
+    """Time-series ResNet: one residual block per entry of `widths` (each block: one conv per
+    `kernel_sizes` entry), global average pooling, Dense head. Defaults: blocks 64, 128, 128 with
+    kernels 8, 5, 3 (Wang et al. 2017)."""
+
+    widths: Sequence[int] = (64, 128, 128)
+    kind = "resnet1d"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False, dropout_rate: Any = None) -> jax.Array:
+        h = self.prepare(x)
+        for i, width in enumerate(self.widths):
+            h = ResidualBlock(width, self.kernel_sizes, 1, 1, self.norm, self.activation, self.conv_impl,
+                              name=f"block_{i}")(h, train)
+        rate = self.dropout_rate if dropout_rate is None else dropout_rate
+        return pool_and_classify(h, self.num_classes, rate, train)
