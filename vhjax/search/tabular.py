@@ -41,22 +41,10 @@ _PLACE_VALUES = len(OPS) ** np.arange(len(EDGES) - 1, -1, -1)
 
 def arch_to_ops(arch: str) -> tuple[int, ...]:
     """Op indices of the 6 edges of an arch string `|op~0|+|op~0|op~1|+|op~0|op~1|op~2|`."""
-    nodes = [node for node in arch.strip().split("+") if node]
-    if len(nodes) != 3:
-        raise ValueError(f"arch string must have 3 nodes separated by '+'; got {arch!r}")
-    ops = []
-    for to_node, node in enumerate(nodes, start=1):
-        entries = [entry for entry in node.split("|") if entry]
-        if len(entries) != to_node:
-            raise ValueError(f"node {to_node} of {arch!r} must have {to_node} inputs; got {entries}")
-        for from_node, entry in enumerate(entries):
-            op, _, source = entry.partition("~")
-            if op not in OPS or source != str(from_node):
-                raise ValueError(
-                    f"bad edge {entry!r} in {arch!r}: expected 'op~{from_node}' with op in {OPS}"
-                )
-            ops.append(OPS.index(op))
-    return tuple(ops)
+    from vhjax.search.space import nasbench201_from_arch_string
+
+    decoded = nasbench201_from_arch_string(arch)  # edge name -> op, in arch-string order
+    return tuple(OPS.index(op) for op in decoded.values())
 
 
 def ops_to_arch(ops: Sequence[int]) -> str:
