@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     search = commands.add_parser("search", help="run a search from a Python spec file",
                                  description="Run vhjax.search. SPEC is a Python file defining get_search() that returns "
                                              "the keyword arguments of vhjax.search (objective, space, strategy, budget, "
-                                             "population, ...). Flags override them. Rerun with the same workdir to resume.")
+                                             "population, ...), or of vhjax.search.search_multifidelity when it has a "
+                                             "'scheduler' (budget = max_trials, strategy = generator). Flags override them. Rerun with the same workdir to resume.")
     search.add_argument("spec", help="path to a file with get_search()")
     _search_flags(search)
 
@@ -58,7 +59,15 @@ def run_search(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             kwargs[name] = getattr(args, name)
     kwargs["verbose"] = not args.quiet
-    result = search(**kwargs)
+    if "scheduler" in kwargs:  # successive halving, Hyperband or ASHA
+        from vhjax.search import search_multifidelity
+
+        kwargs["max_trials"] = kwargs.pop("budget", kwargs.get("max_trials"))
+        if "strategy" in kwargs:
+            kwargs["generator"] = kwargs.pop("strategy")
+        result = search_multifidelity(**kwargs)
+    else:
+        result = search(**kwargs)
     print(result.leaderboard())
     if kwargs.get("workdir"):
         paths = result.plot()

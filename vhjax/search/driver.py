@@ -57,6 +57,7 @@ class Candidates(NamedTuple):
     trial_ids: list[int]  # their ids in the store (checkpoint names, lineage)
     generation: int
     key: jax.Array  # for stochastic objectives (training); derived from (seed, generation)
+    fidelity: np.ndarray | None = None  # (n,) budgets (training steps) in a multifidelity search
 
 
 Evaluator = Callable[[Candidates], Any]

@@ -177,15 +177,24 @@ class SearchResult:
     pareto_front: list[Trial] | None = None
     workdir: str | None = None
     study: str = "default"
+    top_fidelity_only: bool = False  # multifidelity: rank only trials at the largest budget reached
+
+    def _ranked(self) -> list[Trial]:
+        trials = list(self.trials)
+        if self.top_fidelity_only:
+            budgets = [t.fidelity for t in trials if t.status == "complete" and t.fidelity is not None]
+            if budgets:
+                trials = [t for t in trials if t.fidelity is not None and t.fidelity >= max(budgets)]
+        return rank_trials(trials, self.direction)
 
     @property
     def best(self) -> Trial | None:
-        ranked = rank_trials(self.trials, self.direction)
+        ranked = self._ranked()
         return ranked[0] if ranked else None
 
     def top(self, k: int) -> list[Trial]:
-        """The k best completed trials, best first."""
-        return rank_trials(self.trials, self.direction)[:k]
+        """The k best completed trials, best first (at the top budget in a multifidelity search)."""
+        return self._ranked()[:k]
 
     @property
     def best_params(self) -> dict[str, Any] | None:

@@ -105,11 +105,27 @@ class TrainingObjective:
         return members
 
     def evaluate(self, candidates: Any) -> dict[str, np.ndarray]:
-        from vhjax.population import fit_population
-
+        """Train the candidates as one population (one per budget in a multifidelity search)."""
         members = self.members(list(candidates.params))
         config = dataclasses.replace(self.config, seed=self.config.seed + int(candidates.generation))
         workdir = None if self.workdir is None else Path(self.workdir) / f"generation_{candidates.generation:04d}"
+        fidelity = getattr(candidates, "fidelity", None)
+        if fidelity is None:
+            return self._train(config, members, workdir)
+        budgets = np.asarray(fidelity).astype(int)
+        merged: dict[str, np.ndarray] = {}
+        for budget in np.unique(budgets):
+            where = np.flatnonzero(budgets == budget)
+            steps_config = dataclasses.replace(config, steps=int(budget), eval_every=min(config.eval_every, int(budget)))
+            part_dir = None if workdir is None else workdir / f"budget_{int(budget)}"
+            part = self._train(steps_config, [members[i] for i in where], part_dir)
+            for name, values in part.items():
+                merged.setdefault(name, np.full(len(members), np.nan))[where] = values
+        return merged
+
+    def _train(self, config: TrainConfig, members: list[dict], workdir: Path | None) -> dict[str, np.ndarray]:
+        from vhjax.population import fit_population
+
         result = fit_population(config, members, workdir, mesh=self.mesh, verbose=self.verbose)
         return member_metrics(result.members, self.metric, self.split)
 
