@@ -10,6 +10,7 @@ import types
 
 from vhjax.search.driver import Candidates, search
 from vhjax.search.fidelity import search_multifidelity
+from vhjax.search.pbt_search import search_pbt
 from vhjax.search.pareto import crowding_distance, hypervolume_2d, non_dominated, pareto_front, pareto_ranks
 from vhjax.search.results import SearchResult, TrialTable
 from vhjax.search.space import (Boolean, Categorical, Conditional, Float, Int, Space, cnn_space, mlp_space,
@@ -21,7 +22,7 @@ from vhjax.search.training import TrainingObjective, candidate_to_member
 __all__ = ["Boolean", "Candidates", "Categorical", "Conditional", "Float", "Int", "NASBench201", "STRATEGIES",
            "SearchResult", "Space", "Strategy", "TrainingObjective", "TrialTable", "candidate_to_member",
            "cnn_space", "crowding_distance", "hypervolume_2d", "make_strategy", "mlp_space", "nasbench201_space",
-           "non_dominated", "pareto_front", "pareto_ranks", "register_strategy", "search", "search_multifidelity"]
+           "non_dominated", "pareto_front", "pareto_ranks", "register_strategy", "search", "search_multifidelity", "search_pbt"]
 
 
 class _CallableModule(types.ModuleType):

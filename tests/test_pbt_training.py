@@ -1,0 +1,82 @@
+"""fit_pbt: exploit/explore during training, lineage, resume, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from vhjax.config import TrainConfig
+from vhjax.population import fit_population
+from vhjax.population.pbt import fit_pbt
+
+CONFIG = TrainConfig(dataset="digits", model="mlp", model_kwargs={"widths": (16,), "num_classes": 10},
+                     batch_size=32, steps=120, eval_every=120, train_split="train[:80%]",
+                     eval_split="train[80%:]", test_split="test", seed=0)
+MEMBERS = [{"learning_rate": lr} for lr in (1e-5, 1e-5, 1e-5, 1e-2)]
+EXPLORE = {"learning_rate": (1e-5, 1e-1, True)}
+
+
+def test_pbt_rescues_bad_members_and_beats_no_exploitation():
+    pbt = fit_pbt(CONFIG, MEMBERS, EXPLORE, interval=30, fraction=0.25, verbose=False)
+    plain = fit_population(CONFIG, MEMBERS, verbose=False, same_batches=False)
+    pbt_mean = np.mean([m["test"]["accuracy"] for m in pbt.members])
+    plain_mean = np.mean([m["test"]["accuracy"] for m in plain.members])
+    assert pbt_mean > plain_mean + 0.2  # the ablation without exploit/explore loses
+    assert len(pbt.lineage) == 3 and all(r["parent"].count(-1) == 3 for r in pbt.lineage)
+    first = pbt.lineage[0]["parent"]
+    assert [p for p in first if p >= 0] == [3]  # a bad member copied the good one
+    learning_rates = [m["hparams"]["learning_rate"] for m in pbt.members]
+    assert sum(lr > 1e-3 for lr in learning_rates) >= 3  # copies carry (perturbed) good rates
+    assert all(1e-5 <= lr <= 1e-1 for lr in learning_rates)
+
+
+def test_interrupted_pbt_resumes_identically(tmp_path, monkeypatch):
+    from vhjax.train import checkpoint
+
+    config = dataclasses.replace(CONFIG, steps=90)
+    full = fit_pbt(config, MEMBERS, EXPLORE, interval=30, workdir=tmp_path / "full", verbose=False)
+    real_save = checkpoint.Checkpointer.save
+
+    def die_after_save(self, step, state, record):
+        real_save(self, step, state, record)
+        if step == 60:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", die_after_save)
+    with pytest.raises(KeyboardInterrupt):
+        fit_pbt(config, MEMBERS, EXPLORE, interval=30, workdir=tmp_path / "cut", verbose=False)
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", real_save)
+    resumed = fit_pbt(config, MEMBERS, EXPLORE, interval=30, workdir=tmp_path / "cut", verbose=False)
+    assert resumed.lineage == full.lineage
+    assert [m["eval"] for m in resumed.members] == [m["eval"] for m in full.members]
+    assert (tmp_path / "cut" / "pbt.json").exists()
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"explore": {"learnin_rate": (1e-3, 1e-1)}}, "unknown hyperparameter 'learnin_rate'"),
+    ({"explore": {"learning_rate": (0.0, 1e-1, True)}}, "low > 0 for log scale"),
+    ({"interval": 0}, "interval 0; allowed: an integer in 1..steps"),
+    ({"fraction": 0.8}, r"fraction 0.8; allowed: in \(0, 0.5\]"),
+])
+def test_bad_pbt_input_fails_before_training(kwargs, match):
+    arguments = {"explore": EXPLORE, "interval": 30, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        fit_pbt(CONFIG, MEMBERS, arguments.pop("explore"), **arguments, verbose=False)
+
+
+def test_search_pbt_stores_every_round_with_lineage(tmp_path):
+    from vhjax.search import Float, Space, search_pbt
+
+    space = Space({"learning_rate": Float(1e-5, 1e-1, log=True)})
+    config = dataclasses.replace(CONFIG, steps=90)
+    result = search_pbt(config, space, population=4, interval=30, workdir=tmp_path, verbose=False)
+    assert len(result.trials) == 12 and sorted({t.fidelity for t in result.trials}) == [30.0, 60.0, 90.0]
+    by_id = {t.trial_id: t for t in result.trials}
+    later = [t for t in result.trials if t.generation > 0]
+    assert all(t.parent_id is not None and by_id[t.parent_id].generation == t.generation - 1 for t in later)
+    assert result.best.fidelity == 90.0
+    assert "lineage" in result.plot()
+    again = search_pbt(config, space, population=4, interval=30, workdir=tmp_path, verbose=False)
+    assert len(again.trials) == 12  # nothing trained or stored twice

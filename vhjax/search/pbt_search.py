@@ -1,0 +1,91 @@
+"""`search_pbt(...)`: population based training as a search, with its trials and lineage stored.
+
+The initial population is drawn from a space of real-valued hyperparameters (each `Float`
+names a dynamic member field: learning_rate, weight_decay, dropout_rate, l2, ...); training runs
+in one compiled program with exploit/explore every `interval` steps (`vhjax.population.pbt`).
+Every member at every ready point becomes a trial: its hyperparameters, the validation score as
+fitness, the step as fidelity and, as parent, the trial it continued from (itself one round
+earlier, or the member it copied). So `result.plot()` draws the PBT lineage, and the store holds
+the whole history. An interrupted run resumes from the training checkpoints in the workdir.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from vhjax.config import TrainConfig
+from vhjax.search import storage as storage_lib
+from vhjax.search.driver import _check_fingerprint, _check_int, config_fingerprint, space_fingerprint
+from vhjax.search.results import SearchResult, TrialTable
+from vhjax.search.space import Float, Space
+from vhjax.search.storage import NewTrial, TrialResult
+
+
+def explore_ranges(space: Space) -> dict[str, tuple[float, float, bool]]:
+    """`name -> (low, high, log)` of a space made of `Float` parameters only."""
+    ranges = {}
+    for name, param in space.params.items():
+        if type(param) is not Float or param.condition is not None:
+            raise ValueError(f"search_pbt: parameter {name!r} is {param!r}; allowed: unconditional Float "
+                             "parameters (PBT perturbs real values)")
+        ranges[name] = (float(param.low), float(param.high), bool(param.log))
+    return ranges
+
+
+def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: int, fraction: float = 0.25,
+               resample_probability: float = 0.25, metric: str = "accuracy", workdir: str | os.PathLike | None = None,
+               storage: str | None = None, seed: int = 0, verbose: bool = True,
+               study: str = storage_lib.DEFAULT_STUDY) -> SearchResult:
+    """Run PBT over `space` with `population` members for `config.steps` steps; see the module doc."""
+    from vhjax.population.pbt import fit_pbt
+
+    _check_int("population", population, 2)
+    _check_int("seed", seed, 0)
+    ranges = explore_ranges(space)
+    initial = [space.decode(u) for u in np.asarray(space.sample(jax.random.key(seed), population))]
+    store = storage_lib.open_store(workdir, storage, study=study)
+    try:
+        _check_fingerprint(store, config_fingerprint(
+            space=space_fingerprint(space), strategy="pbt", population=int(population), interval=int(interval),
+            fraction=float(fraction), resample_probability=float(resample_probability), metric=metric,
+            seed=int(seed), train_config=config.to_dict()))
+        if store.count_trials() == 0:
+            training_dir = None if workdir is None else Path(workdir) / "training"
+            result = fit_pbt(config, initial, ranges, interval=interval, fraction=fraction,
+                             resample_probability=resample_probability, metric=metric, workdir=training_dir,
+                             verbose=verbose)
+            _store_rounds(store, space, result)
+        trials = TrialTable(store.trials())
+    finally:
+        store.close()
+    return SearchResult(trials=trials, direction="maximize", objectives={metric: "maximize"},
+                        workdir=None if workdir is None else os.fspath(workdir), study=study, top_fidelity_only=True)
+
+
+def _store_rounds(store: storage_lib.TrialStore, space: Space, result: Any) -> None:
+    """One generation of trials per ready point, parents linking each member to what it continued."""
+    names = list(space.params)
+    previous: list[int] | None = None
+    for round_index, entry in enumerate(result.history):
+        size = len(entry["score"])
+        params = [{name: float(np.ravel(entry[name][i])[0]) for name in names} for i in range(size)]
+        rows = [NewTrial(generation=round_index, slot=i, params=p, u=space.encode(p)) for i, p in enumerate(params)]
+        ids = store.add_trials(rows)
+        parents = [None] * size
+        if previous is not None:
+            copied_from = result.lineage[round_index - 1]["parent"]
+            parents = [previous[source if source >= 0 else i] for i, source in enumerate(copied_from)]
+        outcomes = []
+        for i, trial_id in enumerate(ids):
+            score = entry["score"][i]
+            ok = score is not None and np.isfinite(score)
+            outcomes.append(TrialResult(trial_id=trial_id, status="complete" if ok else "failed",
+                                        fitness=float(score) if ok else None, metrics={"score": float(score) if ok else None},
+                                        fidelity=float(entry["step"]), parent_id=parents[i]))
+        store.finish_trials(outcomes)
+        previous = ids
