@@ -6,9 +6,10 @@ from vhjax.population.engine import (init_population, make_isolated_step, make_p
 from vhjax.population.exploit import (copy_members, get_member_hparams, perturb, resample,
                                       set_member_hparams, truncation_sources)
 from vhjax.population.fit import PopulationResult, bucket_members, fit_population
+from vhjax.population.kfold import KFoldResult, fit_kfold
 from vhjax.population.pbt import PBTResult, exploit_and_explore, fit_pbt
 from vhjax.population.state import PopulationState
 
-__all__ = ["PBTResult", "PopulationResult", "exploit_and_explore", "fit_pbt", "PopulationState", "bucket_members", "copy_members", "fit_population",
+__all__ = ["KFoldResult", "PBTResult", "fit_kfold", "PopulationResult", "exploit_and_explore", "fit_pbt", "PopulationState", "bucket_members", "copy_members", "fit_population",
            "get_member_hparams", "init_population", "make_isolated_step", "make_population_eval",
            "make_population_step", "population_batch_indices", "perturb", "resample", "set_member_hparams", "truncation_sources"]
