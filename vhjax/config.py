@@ -46,6 +46,11 @@ class TrainConfig:
     schedule_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     clip_norm: float | None = None
     clip_value: float | None = None
+    lr_multipliers: Mapping[str, float] = dataclasses.field(default_factory=dict)  # path glob -> multiplier
+    freeze: Sequence[str] = ()  # path globs of parameters that never change
+    grad_accumulation: int = 1  # micro-batches averaged per optimizer step
+    plateau_patience: int | None = None  # reduce-LR-on-plateau: evaluations without improvement
+    plateau_factor: float = 0.1
     # loop
     batch_size: int = 100
     steps: int = 6000
@@ -70,7 +75,7 @@ def _require(condition: bool, field: str, value: Any, allowed: str) -> None:
 
 def validate(config: TrainConfig) -> None:
     """Check the config's own fields (names are checked against registries in `build_task`)."""
-    for name in ("batch_size", "steps", "eval_every", "eval_batch_size"):
+    for name in ("batch_size", "steps", "eval_every", "eval_batch_size", "grad_accumulation"):
         value = getattr(config, name)
         _require(isinstance(value, int) and value > 0, name, value, "a positive integer")
     if config.patience is not None:
@@ -83,6 +88,13 @@ def validate(config: TrainConfig) -> None:
     _require(0.0 <= config.l1_ratio <= 1.0, "l1_ratio", config.l1_ratio, "a number in [0, 1]")
     if config.dropout_rate is not None:
         _require(0.0 <= config.dropout_rate < 1.0, "dropout_rate", config.dropout_rate, "a number in [0, 1)")
+    if config.plateau_patience is not None:
+        _require(isinstance(config.plateau_patience, int) and config.plateau_patience > 0, "plateau_patience",
+                 config.plateau_patience, "a positive integer (evaluations without improvement) or None")
+    _require(0.0 < config.plateau_factor < 1.0, "plateau_factor", config.plateau_factor, "a number in (0, 1)")
+    for pattern, value in dict(config.lr_multipliers).items():
+        _require(isinstance(value, (int, float)) and value >= 0, f"lr_multipliers[{pattern!r}]", value,
+                 "a non-negative number")
     _require(config.monitor in MONITORED_METRICS, "monitor", config.monitor, ", ".join(MONITORED_METRICS))
     _require(config.monitor_mode in ("max", "min"), "monitor_mode", config.monitor_mode, "'max' or 'min'")
 

@@ -14,6 +14,7 @@ import numpy as np
 from jax import lax
 
 from vhjax.config import TrainConfig
+from vhjax.train import controls
 from vhjax.train.checkpoint import Checkpointer
 from vhjax.train.metrics_log import MetricsLog, format_progress, print_progress
 from vhjax.train.state import TrainState
@@ -142,10 +143,16 @@ def fit_task(task: Task, workdir: str | Path | None = None, *, verbose: bool = T
     state = init_state(task, jax.random.key(config.seed))
     stopper = EarlyStopping(config.monitor, config.monitor_mode, config.patience)
     best_params = copy_tree(state.params) if config.patience else None
+    plateau = (controls.reduce_on_plateau(mode=config.monitor_mode, factor=config.plateau_factor,
+                                          patience=config.plateau_patience) if config.plateau_patience else None)
+    plateau_state = plateau.init() if plateau else None
     if checkpointer is not None and checkpointer.latest_step() is not None:
         restored, record = checkpointer.restore(checkpointer.latest_step(), checkpoint_tree(state, best_params))
         state, best_params = restored["state"], restored.get("best_params")
         stopper = EarlyStopping(config.monitor, config.monitor_mode, config.patience, record)
+        if plateau and record.get("plateau"):
+            plateau_state = controls.PlateauState(*(jnp.asarray(v, t.dtype) for v, t in
+                                                    zip(record["plateau"], plateau_state)))
         log.truncate_after(int(state.step))
         if verbose:
             print_progress(f"resumed from {workdir} at step {int(state.step)}")
@@ -171,12 +178,20 @@ def fit_task(task: Task, workdir: str | Path | None = None, *, verbose: bool = T
         step = int(state.step)
         train_summary = {name: float(np.mean(values)) for name, values in chunk_metrics.items()}
         eval_summary = {k: float(v) for k, v in evaluate(state, *eval_data).items()}
+        if plateau is not None:  # reduce the learning rate on a plateau of the monitored metric
+            plateau_state = plateau.update(plateau_state, eval_summary[config.monitor])
+            state = state.replace(opt_state=controls.scaled_learning_rate(
+                state.opt_state, config.learning_rate, plateau_state.scale))
+            train_summary["learning_rate_scale"] = float(plateau_state.scale)
         log.write(step, "train", {**train_summary, "steps_per_second": steps_per_second})
         log.write(step, "eval", eval_summary)
         if stopper.update(step, eval_summary[config.monitor]) and best_params is not None:
             best_params = copy_tree(state.params)  # the state's buffers are donated to the next chunk
         if checkpointer is not None:
-            checkpointer.save(step, checkpoint_tree(state, best_params), stopper.record())
+            record = stopper.record()
+            if plateau_state is not None:
+                record["plateau"] = [float(v) for v in plateau_state]
+            checkpointer.save(step, checkpoint_tree(state, best_params), record)
         if verbose:
             print_progress(format_progress(step, config.steps, steps_per_second, train_summary, eval_summary))
         if stopper.should_stop:

@@ -46,6 +46,7 @@ def build_task(config: TrainConfig) -> Task:
         weight_decay=config.weight_decay,
         **dict(config.optimizer_kwargs),
     )
+    optimizer = with_training_controls(optimizer, config)
     augment_fn, strengths, probs = (None, np.zeros(0), np.zeros(0))
     if config.augment:
         augment_fn, strengths, probs = augment.pipeline_from_config(list(config.augment))
@@ -68,6 +69,17 @@ def build_task(config: TrainConfig) -> Task:
         hparams["aug_strength"] = jnp.asarray(strengths, jnp.float32)
         hparams["aug_prob"] = jnp.asarray(probs, jnp.float32)
     return Task(config, model, loss_fn, augment_fn, optimizer, train, evaluation, test, hparams)
+
+
+def with_training_controls(optimizer: Any, config: TrainConfig) -> Any:
+    """Per-layer learning-rate multipliers and freezing, then gradient accumulation, as config says."""
+    from vhjax.train import controls
+
+    if config.lr_multipliers or config.freeze:
+        optimizer = controls.layerwise(optimizer, dict(config.lr_multipliers), tuple(config.freeze))
+    if config.grad_accumulation > 1:
+        optimizer = controls.accumulate_gradients(optimizer, config.grad_accumulation)
+    return optimizer
 
 
 def check_model_fits_data(model: Any, data: Dataset, model_name: str) -> None:

@@ -1,0 +1,56 @@
+"""Training controls wired into TrainConfig and fit: freezing, LR multipliers, accumulation, plateau."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from vhjax.config import TrainConfig
+from vhjax.train import build_task, fit, init_state
+
+BASE = TrainConfig(dataset="digits", model="mlp", model_kwargs={"widths": (8,), "num_classes": 10},
+                   optimizer="sgd", learning_rate=0.1, batch_size=32, steps=12, eval_every=12, seed=0)
+
+
+def initial_params(config):
+    return init_state(build_task(config), jax.random.key(config.seed)).params
+
+
+def changed(config):
+    before, after = initial_params(config), fit(config, verbose=False).state.params
+    return {layer: not np.allclose(before[layer]["kernel"], after[layer]["kernel"]) for layer in before}
+
+
+def test_freeze_and_zero_multiplier_keep_layers_fixed():
+    assert changed(BASE) == {"head": True, "hidden_0": True}
+    assert changed(dataclasses.replace(BASE, freeze=("hidden_0/*",))) == {"head": True, "hidden_0": False}
+    assert changed(dataclasses.replace(BASE, lr_multipliers={"head/*": 0.0})) == {"head": False, "hidden_0": True}
+
+
+def test_gradient_accumulation_steps_only_every_k_batches():
+    assert changed(dataclasses.replace(BASE, grad_accumulation=4, steps=3)) == {"head": False, "hidden_0": False}
+    assert changed(dataclasses.replace(BASE, grad_accumulation=4, steps=4)) == {"head": True, "hidden_0": True}
+
+
+def test_learning_rate_is_reduced_on_a_plateau(tmp_path):
+    config = dataclasses.replace(BASE, learning_rate=1e-9, steps=40, eval_every=10, plateau_patience=1,
+                                 plateau_factor=0.5, monitor="loss", monitor_mode="min")
+    result = fit(config, tmp_path, verbose=False)
+    scales = [row["learning_rate_scale"] for row in result.history if row["split"] == "train"]
+    assert scales == [1.0, 0.5, 0.25, 0.125]  # the loss never improves by 1e-4 after the first evaluation
+    from vhjax.optim import get_hyperparams
+
+    assert np.isclose(float(get_hyperparams(result.state.opt_state)["learning_rate"]), 1e-9 * 0.125)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("grad_accumulation", 0, "'grad_accumulation' has value 0"),
+    ("plateau_factor", 1.5, "'plateau_factor' has value 1.5"),
+    ("lr_multipliers", {"head/*": -1.0}, r"lr_multipliers\['head/\*'\]\" has value -1.0"),
+])
+def test_bad_control_settings_fail_before_compiling(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        build_task(dataclasses.replace(BASE, **{field: value}))
