@@ -54,3 +54,19 @@ def test_learning_rate_is_reduced_on_a_plateau(tmp_path):
 def test_bad_control_settings_fail_before_compiling(field, value, match):
     with pytest.raises(ValueError, match=match):
         build_task(dataclasses.replace(BASE, **{field: value}))
+
+
+def test_mixing_at_strength_zero_matches_no_mixing_and_strength_varies_per_member():
+    from vhjax.population import fit_population
+
+    adam = dataclasses.replace(BASE, optimizer="adam", learning_rate=1e-2, steps=20, eval_every=20)
+    plain = fit(adam, verbose=False).state.params
+    zero = fit(dataclasses.replace(adam, mixing="mixup", mixing_strength=0.0), verbose=False).state.params
+    mixed = fit(dataclasses.replace(adam, mixing="mixup", mixing_strength=0.4), verbose=False).state.params
+    np.testing.assert_allclose(plain["head"]["kernel"], zero["head"]["kernel"], rtol=1e-4, atol=1e-6)
+    assert not np.allclose(plain["head"]["kernel"], mixed["head"]["kernel"], atol=1e-4)
+    members = [{"mixing_strength": s} for s in (0.0, 0.4)]
+    population = fit_population(dataclasses.replace(adam, mixing="cutmix"), members, verbose=False)
+    assert len(population.states) == 1  # strengths are arrays in one program
+    with pytest.raises(ValueError, match="mixing"):
+        build_task(dataclasses.replace(adam, mixing="mixop"))

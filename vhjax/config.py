@@ -37,6 +37,8 @@ class TrainConfig:
     l1_ratio: float = 0.5
     regularize: str = "kernels"
     augment: Sequence[Mapping[str, Any]] = ()
+    mixing: str | None = None  # 'mixup' or 'cutmix': mixes inputs and (one-hot) labels
+    mixing_strength: float = 0.0  # the Beta parameter alpha; 0 = no mixing
     # optimizer
     optimizer: str = "adam"
     learning_rate: float = 1e-2
@@ -85,6 +87,7 @@ def validate(config: TrainConfig) -> None:
     for name in ("l1", "l2", "elastic_net", "weight_decay"):
         value = getattr(config, name)
         _require(value >= 0, name, value, "a non-negative number")
+    _require(config.mixing_strength >= 0, "mixing_strength", config.mixing_strength, "a non-negative number")
     _require(0.0 <= config.l1_ratio <= 1.0, "l1_ratio", config.l1_ratio, "a number in [0, 1]")
     if config.dropout_rate is not None:
         _require(0.0 <= config.dropout_rate < 1.0, "dropout_rate", config.dropout_rate, "a number in [0, 1)")

@@ -26,7 +26,7 @@ from vhjax.train.task import Task, build_task
 # Member fields that are arrays inside one compiled program. Every other TrainConfig field is
 # static: members that differ in one are trained in different buckets (programs).
 DYNAMIC_FIELDS = ("learning_rate", "weight_decay", "l1", "l2", "elastic_net", "dropout_rate",
-                  "aug_strength", "aug_prob", "arch")
+                  "aug_strength", "aug_prob", "mixing_strength", "arch")
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from vhjax import optim
 
-STATE_HPARAMS = ("l1", "l2", "elastic_net", "dropout_rate", "aug_strength", "aug_prob")
+STATE_HPARAMS = ("l1", "l2", "elastic_net", "dropout_rate", "aug_strength", "aug_prob", "mixing_strength")
 
 # Allowed ranges of the hyperparameters whose bounds are known; others (optimizer-specific) must
 # only be finite.
@@ -23,6 +23,7 @@ RANGES = {
     "dropout_rate": (0.0, 1.0, "in [0, 1)", True),
     "aug_strength": (0.0, np.inf, ">= 0", True),
     "aug_prob": (0.0, 1.0, "in [0, 1]", True),
+    "mixing_strength": (0.0, np.inf, ">= 0", True),
 }
 
 

@@ -91,11 +91,15 @@ def make_train_step(task: Task) -> Callable[[TrainState, Batch], tuple[TrainStat
         hp = state.hparams
         if task.augment_fn is not None:
             x = task.augment_fn(augment_key, x, hp["aug_strength"], hp["aug_prob"])
+        targets = y
+        if task.mixing_fn is not None:  # mixup / CutMix: soft targets from one-hot labels
+            targets = jax.nn.one_hot(y, task.train.num_classes)
+            x, targets = task.mixing_fn(jax.random.fold_in(augment_key, 1), x, targets, hp["mixing_strength"])
 
         def objective(params):
             outputs, model_state = apply_model(task, params, state.model_state, hp, x, train=True,
                                                dropout_key=dropout_key)
-            data_loss = task.loss_fn(outputs, y).mean()
+            data_loss = task.loss_fn(outputs, targets).mean()
             coefficients = {"l1": hp["l1"], "l2": hp["l2"], "elastic_net": hp["elastic_net"]}
             penalty = regularizers.penalty(params, coefficients, where=config.regularize,
                                            l1_ratio=config.l1_ratio)

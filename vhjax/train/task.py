@@ -28,6 +28,7 @@ class Task:
     eval: Dataset
     test: Dataset | None
     default_hparams: dict[str, jax.Array]
+    mixing_fn: Callable | None = None  # (key, x, y_onehot, strength) -> (x, y_soft)
 
 
 def build_task(config: TrainConfig) -> Task:
@@ -68,7 +69,11 @@ def build_task(config: TrainConfig) -> Task:
     if augment_fn is not None:  # orbax cannot save zero-size arrays, so no empty entries
         hparams["aug_strength"] = jnp.asarray(strengths, jnp.float32)
         hparams["aug_prob"] = jnp.asarray(probs, jnp.float32)
-    return Task(config, model, loss_fn, augment_fn, optimizer, train, evaluation, test, hparams)
+    mixing_fn = None
+    if config.mixing is not None:
+        mixing_fn = augment.get_mixing(config.mixing)
+        hparams["mixing_strength"] = jnp.float32(config.mixing_strength)
+    return Task(config, model, loss_fn, augment_fn, optimizer, train, evaluation, test, hparams, mixing_fn)
 
 
 def with_training_controls(optimizer: Any, config: TrainConfig) -> Any:
