@@ -171,3 +171,18 @@ def test_log_float_is_uniform_in_log_space():
     values = [space.decode(np.array([u]))["lr"] for u in np.linspace(0, 1, 5)]
     np.testing.assert_allclose(np.log10(values), [-5, -4, -3, -2, -1], atol=1e-6)
     assert math.isclose(space.encode({"lr": 1e-3})[0], 0.5, rel_tol=1e-6)
+
+
+def test_resnet_and_transformer_spaces_build_working_models():
+    import jax
+    import jax.numpy as jnp
+
+    from vhjax.models import get_model
+    from vhjax.search.space import resnet_kwargs, resnet_space, transformer_kwargs, transformer_space
+
+    for space, kwargs_of, name, x in [(resnet_space(), resnet_kwargs, "resnet", jnp.ones((2, 8, 8, 3))),
+                                      (transformer_space(), transformer_kwargs, "transformer", jnp.ones((2, 12, 3)))]:
+        for u in np.asarray(space.sample(jax.random.key(0), 4)):
+            model = get_model(name, **kwargs_of(space.decode(u), num_classes=5))
+            variables = model.init(jax.random.key(1), x)
+            assert model.apply(variables, x).shape == (2, 5)

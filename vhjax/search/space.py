@@ -444,3 +444,42 @@ def cnn_space(depth: tuple[int, int] = (1, 4), channels: tuple[int, int] = (8, 1
         "kernel_size": Categorical(tuple(kernel_sizes)),
         "pooling": Categorical(tuple(pooling)),
     })
+
+
+def resnet_space(blocks: tuple[int, int] = (1, 4), base_width: Sequence[int] = (8, 16, 32),
+                 block_types: Sequence[str] = ("basic", "bottleneck")) -> Space:
+    """A 3-stage ResNet: blocks per stage, base width (doubled per stage), block type."""
+    return Space({
+        "blocks_per_stage": Int(*blocks),
+        "base_width": Categorical(tuple(base_width)),
+        "block": Categorical(tuple(block_types)),
+    })
+
+
+def resnet_kwargs(decoded: Mapping[str, Any], num_classes: int = 10) -> dict[str, Any]:
+    """`resnet_space` candidate -> `get_model('resnet', **kwargs)` fields."""
+    width = int(decoded["base_width"])
+    return {"stage_sizes": (int(decoded["blocks_per_stage"]),) * 3, "widths": (width, 2 * width, 4 * width),
+            "stem_features": width, "block": decoded["block"], "num_classes": num_classes}
+
+
+def transformer_space(layers: tuple[int, int] = (1, 4), heads: Sequence[int] = (1, 2, 4),
+                      head_dims: Sequence[int] = (8, 16, 32), activations: Sequence[str] = ("gelu", "relu"),
+                      mlp_ratios: Sequence[int] = (2, 4)) -> Space:
+    """A Transformer encoder: layers, heads, width per head (so heads always divide the width),
+    feed-forward ratio and activation."""
+    return Space({
+        "num_layers": Int(*layers),
+        "num_heads": Categorical(tuple(heads)),
+        "head_dim": Categorical(tuple(head_dims)),
+        "mlp_ratio": Categorical(tuple(mlp_ratios)),
+        "activation": Categorical(tuple(activations)),
+    })
+
+
+def transformer_kwargs(decoded: Mapping[str, Any], num_classes: int = 10) -> dict[str, Any]:
+    """`transformer_space` candidate -> `get_model('transformer', **kwargs)` fields."""
+    width = int(decoded["num_heads"]) * int(decoded["head_dim"])
+    return {"num_layers": int(decoded["num_layers"]), "num_heads": int(decoded["num_heads"]), "width": width,
+            "mlp_dim": width * int(decoded["mlp_ratio"]), "activation": decoded["activation"],
+            "num_classes": num_classes}
