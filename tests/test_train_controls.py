@@ -70,3 +70,23 @@ def test_mixing_at_strength_zero_matches_no_mixing_and_strength_varies_per_membe
     assert len(population.states) == 1  # strengths are arrays in one program
     with pytest.raises(ValueError, match="mixing"):
         build_task(dataclasses.replace(adam, mixing="mixop"))
+
+
+def test_max_norm_bounds_every_unit_and_penalty_schedule_scales_coefficients():
+    adam = dataclasses.replace(BASE, optimizer="adam", learning_rate=5e-2, steps=30, eval_every=30)
+    free = fit(adam, verbose=False).state.params
+    bounded = fit(dataclasses.replace(adam, max_norm=0.5), verbose=False).state.params
+    column_norms = lambda kernel: np.linalg.norm(np.asarray(kernel), axis=0)
+    assert column_norms(free["hidden_0"]["kernel"]).max() > 0.6
+    for layer in ("hidden_0", "head"):
+        assert column_norms(bounded[layer]["kernel"]).max() <= 0.5 + 1e-5
+    plain = fit(adam, verbose=False).state.params["head"]["kernel"]
+    switched_off = fit(dataclasses.replace(adam, l2=1.0, penalty_schedule={"name": "constant", "value": 0.0}),
+                       verbose=False).state.params["head"]["kernel"]
+    ramped = fit(dataclasses.replace(adam, l2=1.0, penalty_schedule={"name": "linear", "init_value": 0.0,
+                                                                     "end_value": 1.0, "transition_steps": 30}),
+                 verbose=False).state.params["head"]["kernel"]
+    np.testing.assert_array_equal(np.asarray(plain), np.asarray(switched_off))
+    assert np.linalg.norm(ramped) < np.linalg.norm(plain)  # the ramped L2 shrinks the weights
+    with pytest.raises(ValueError, match="penalty_schedule"):
+        build_task(dataclasses.replace(adam, penalty_schedule={"init_value": 0.0}))

@@ -36,6 +36,9 @@ class TrainConfig:
     elastic_net: float = 0.0
     l1_ratio: float = 0.5
     regularize: str = "kernels"
+    penalty_schedule: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # adaptive L1/L2: a
+    # multiplier of step, e.g. {"name": "linear", "init_value": 0.0, "end_value": 1.0, "transition_steps": 1000}
+    max_norm: float | None = None  # project each unit's incoming weights to norm <= max_norm after each step
     augment: Sequence[Mapping[str, Any]] = ()
     mixing: str | None = None  # 'mixup' or 'cutmix': mixes inputs and (one-hot) labels
     mixing_strength: float = 0.0  # the Beta parameter alpha; 0 = no mixing
@@ -87,6 +90,8 @@ def validate(config: TrainConfig) -> None:
     for name in ("l1", "l2", "elastic_net", "weight_decay"):
         value = getattr(config, name)
         _require(value >= 0, name, value, "a non-negative number")
+    if config.max_norm is not None:
+        _require(config.max_norm > 0, "max_norm", config.max_norm, "a positive number or None")
     _require(config.mixing_strength >= 0, "mixing_strength", config.mixing_strength, "a non-negative number")
     _require(0.0 <= config.l1_ratio <= 1.0, "l1_ratio", config.l1_ratio, "a number in [0, 1]")
     if config.dropout_rate is not None:

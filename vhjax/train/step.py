@@ -101,6 +101,9 @@ def make_train_step(task: Task) -> Callable[[TrainState, Batch], tuple[TrainStat
                                                dropout_key=dropout_key)
             data_loss = task.loss_fn(outputs, targets).mean()
             coefficients = {"l1": hp["l1"], "l2": hp["l2"], "elastic_net": hp["elastic_net"]}
+            if task.penalty_multiplier is not None:  # adaptive L1/L2: coefficients follow a schedule
+                factor = task.penalty_multiplier(state.step)
+                coefficients = {name: value * factor for name, value in coefficients.items()}
             penalty = regularizers.penalty(params, coefficients, where=config.regularize,
                                            l1_ratio=config.l1_ratio)
             return data_loss + penalty, (data_loss, outputs, model_state)
@@ -108,7 +111,10 @@ def make_train_step(task: Task) -> Callable[[TrainState, Batch], tuple[TrainStat
         (total, (data_loss, outputs, model_state)), grads = jax.value_and_grad(
             objective, has_aux=True)(state.params)
         updates, opt_state = task.optimizer.update(grads, state.opt_state, state.params)
-        new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+        new_params = optax.apply_updates(state.params, updates)
+        if config.max_norm is not None:
+            new_params = regularizers.max_norm(new_params, config.max_norm, where=config.regularize)
+        new_state = state.replace(step=state.step + 1, params=new_params,
                                   opt_state=opt_state, model_state=model_state)
         step_metrics = {"loss": total, "data_loss": data_loss, "accuracy": metrics.accuracy(outputs, y)}
         return new_state, step_metrics

@@ -29,6 +29,7 @@ class Task:
     test: Dataset | None
     default_hparams: dict[str, jax.Array]
     mixing_fn: Callable | None = None  # (key, x, y_onehot, strength) -> (x, y_soft)
+    penalty_multiplier: Callable | None = None  # step -> factor on the L1/L2/elastic-net coefficients
 
 
 def build_task(config: TrainConfig) -> Task:
@@ -73,7 +74,15 @@ def build_task(config: TrainConfig) -> Task:
     if config.mixing is not None:
         mixing_fn = augment.get_mixing(config.mixing)
         hparams["mixing_strength"] = jnp.float32(config.mixing_strength)
-    return Task(config, model, loss_fn, augment_fn, optimizer, train, evaluation, test, hparams, mixing_fn)
+    penalty_multiplier = None
+    if config.penalty_schedule:
+        schedule = dict(config.penalty_schedule)
+        if "name" not in schedule:
+            raise ValueError(f"config field 'penalty_schedule' has value {schedule!r}; allowed: a dict with a "
+                             f"'name' (one of {', '.join(losses.WEIGHT_SCHEDULES.names())}) and its arguments")
+        penalty_multiplier = losses.weight_schedule(schedule.pop("name"), **schedule)
+    return Task(config, model, loss_fn, augment_fn, optimizer, train, evaluation, test, hparams, mixing_fn,
+                penalty_multiplier)
 
 
 def with_training_controls(optimizer: Any, config: TrainConfig) -> Any:
