@@ -182,7 +182,7 @@ def test_resnet_and_transformer_spaces_build_working_models():
 
     for space, kwargs_of, name, x in [(resnet_space(), resnet_kwargs, "resnet", jnp.ones((2, 8, 8, 3))),
                                       (transformer_space(), transformer_kwargs, "transformer", jnp.ones((2, 12, 3)))]:
-        for u in np.asarray(space.sample(jax.random.key(0), 4)):
+        for u in np.asarray(space.sample(jax.random.key(0), 2)):
             model = get_model(name, **kwargs_of(space.decode(u), num_classes=5))
             variables = model.init(jax.random.key(1), x)
             assert model.apply(variables, x).shape == (2, 5)
