@@ -90,3 +90,29 @@ def test_max_norm_bounds_every_unit_and_penalty_schedule_scales_coefficients():
     assert np.linalg.norm(ramped) < np.linalg.norm(plain)  # the ramped L2 shrinks the weights
     with pytest.raises(ValueError, match="penalty_schedule"):
         build_task(dataclasses.replace(adam, penalty_schedule={"init_value": 0.0}))
+
+
+def test_preprocessing_is_fitted_on_train_only_and_saved_with_the_run(tmp_path):
+    from vhjax import preprocess
+
+    config = dataclasses.replace(BASE, optimizer="adam", learning_rate=1e-2, steps=60, eval_every=60,
+                                 model_kwargs={"widths": (16,), "num_classes": 10},
+                                 preprocess=({"name": "outliers", "threshold": 4.0}, {"name": "standardize"}))
+    task = build_task(config)
+    raw = build_task(BASE)
+    assert len(task.train) < len(raw.train) and len(task.eval) == len(raw.eval)  # outliers: train rows only
+    x = task.train.x.reshape(len(task.train), -1)
+    varying = x.std(axis=0) > 0
+    np.testing.assert_allclose(x.mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(x.std(axis=0)[varying], 1.0, atol=1e-4)
+    assert abs(task.eval.x.reshape(len(task.eval), -1).mean(axis=0)).max() > 1e-3  # train statistics, not eval's
+    result = fit(config, tmp_path, verbose=False)
+    assert result.metrics["eval"]["accuracy"] > 0.85
+    saved = preprocess.from_json((tmp_path / "preprocess_1.json").read_text())
+    raw_eval = raw.eval.x.reshape(len(raw.eval), -1)
+    np.testing.assert_allclose(np.asarray(preprocess.transform(saved, raw_eval)),
+                               task.eval.x.reshape(len(task.eval), -1), atol=1e-5)
+    pca = build_task(dataclasses.replace(config, preprocess=({"name": "pca", "n_components": 12},)))
+    assert pca.train.x.shape[1:] == (12,)
+    with pytest.raises(ValueError, match="preprocess"):
+        build_task(dataclasses.replace(config, preprocess=({"n_components": 3},)))

@@ -25,6 +25,7 @@ class TrainConfig:
     eval_split: str = "test"
     test_split: str | None = None
     shuffle: bool = True
+    preprocess: Sequence[Mapping[str, Any]] = ()  # e.g. ({"name": "standardize"},): fitted on train only
     # model
     model: str = "mnist1d_mlp"
     model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)

@@ -19,7 +19,7 @@ from vhjax.population.engine import (init_population, make_population_eval, make
                                      population_batch_indices)
 from vhjax.population.state import PopulationState
 from vhjax.train.checkpoint import Checkpointer
-from vhjax.train.loop import chunk_lengths, make_chunk_runner, prepare_workdir
+from vhjax.train.loop import chunk_lengths, make_chunk_runner, prepare_workdir, save_preprocessing
 from vhjax.train.metrics_log import MetricsLog, print_progress
 from vhjax.train.task import Task, build_task
 
@@ -143,6 +143,9 @@ def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], wo
     for number, ((task, indices), population) in enumerate(zip(tasks, populations)):
         label = f"bucket {number + 1}/{len(tasks)} ({task.config.model}, {len(indices)} members)"
         bucket_dir = root / f"bucket_{number}" if root is not None else None
+        if bucket_dir is not None:
+            bucket_dir.mkdir(parents=True, exist_ok=True)
+            save_preprocessing(bucket_dir, task)
         population, final = train_bucket(task, population, bucket_dir, label, mesh=mesh, verbose=verbose)
         states.append(population)
         for position, index in enumerate(indices):

@@ -130,6 +130,16 @@ def prepare_workdir(workdir: str | Path | None, config: TrainConfig) -> Path | N
     return workdir
 
 
+def save_preprocessing(workdir: Path | None, task: Task) -> None:
+    """Store the fitted preprocessors with the run (`workdir/preprocess_<i>.json`)."""
+    if workdir is None:
+        return
+    from vhjax import preprocess
+
+    for index, fitted in enumerate(task.preprocessing):
+        (workdir / f"preprocess_{index}.json").write_text(preprocess.to_json(fitted))
+
+
 def fit(config: TrainConfig, workdir: str | Path | None = None, *, verbose: bool = True) -> FitResult:
     """Train one model as `config` says; resume from `workdir` if it holds a checkpoint."""
     return fit_task(build_task(config), workdir, verbose=verbose)
@@ -157,6 +167,7 @@ def fit_task(task: Task, workdir: str | Path | None = None, *, verbose: bool = T
         if verbose:
             print_progress(f"resumed from {workdir} at step {int(state.step)}")
 
+    save_preprocessing(workdir, task)
     train_data = (jnp.asarray(task.train.x), jnp.asarray(task.train.y))
     eval_data = (jnp.asarray(task.eval.x), jnp.asarray(task.eval.y))
     run_chunk = make_chunk_runner(make_train_step(task), member_batch_indices(task))

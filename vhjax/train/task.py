@@ -30,6 +30,7 @@ class Task:
     default_hparams: dict[str, jax.Array]
     mixing_fn: Callable | None = None  # (key, x, y_onehot, strength) -> (x, y_soft)
     penalty_multiplier: Callable | None = None  # step -> factor on the L1/L2/elastic-net coefficients
+    preprocessing: tuple = ()  # fitted preprocessors (vhjax.preprocess.Fitted), in order
 
 
 def build_task(config: TrainConfig) -> Task:
@@ -59,6 +60,7 @@ def build_task(config: TrainConfig) -> Task:
         raise ValueError(
             f"config field 'batch_size' has value {config.batch_size}; allowed: at most the "
             f"{len(train)} examples of split {config.train_split!r}")
+    train, evaluation, test, preprocessing = preprocess_splits(config.preprocess, train, evaluation, test)
     check_model_fits_data(model, train, config.model)
     dropout = config.dropout_rate if config.dropout_rate is not None else getattr(model, "dropout_rate", 0.0)
     hparams = {
@@ -82,7 +84,41 @@ def build_task(config: TrainConfig) -> Task:
                              f"'name' (one of {', '.join(losses.WEIGHT_SCHEDULES.names())}) and its arguments")
         penalty_multiplier = losses.weight_schedule(schedule.pop("name"), **schedule)
     return Task(config, model, loss_fn, augment_fn, optimizer, train, evaluation, test, hparams, mixing_fn,
-                penalty_multiplier)
+                penalty_multiplier, preprocessing)
+
+
+def preprocess_splits(specs: Any, train: Dataset, evaluation: Dataset, test: Dataset | None):
+    """Fit each preprocessor on the (already preprocessed) training split only; apply it to every split.
+
+    'outliers' gives a keep-mask: it drops training examples only. Returns the splits and the
+    fitted preprocessors (saved with the run by `fit`).
+    """
+    from vhjax import preprocess
+
+    fitted_list = []
+    for index, spec in enumerate(specs):
+        spec = dict(spec)
+        if "name" not in spec:
+            raise ValueError(f"config field 'preprocess' entry {index} is {spec!r}; allowed: a dict with a 'name' "
+                             f"(one of {', '.join(preprocess.PREPROCESSORS.names())}) and its options")
+        name = spec.pop("name")
+        pre = preprocess.get_preprocessor(name, **spec)
+        fitted = pre.fit(train.x.reshape(len(train), -1), train.y)
+        fitted_list.append(fitted)
+        if name == "outliers":
+            keep = np.asarray(pre.transform(fitted, train.x.reshape(len(train), -1)), bool)
+            train = dataclasses.replace(train, x=train.x[keep], y=train.y[keep])
+            continue
+
+        def apply(data: Dataset | None) -> Dataset | None:
+            if data is None:
+                return None
+            out = np.asarray(pre.transform(fitted, data.x.reshape(len(data), -1)), np.float32)
+            out = out.reshape(data.x.shape) if out.size == data.x.size else out
+            return dataclasses.replace(data, x=out)
+
+        train, evaluation, test = apply(train), apply(evaluation), apply(test)
+    return train, evaluation, test, tuple(fitted_list)
 
 
 def with_training_controls(optimizer: Any, config: TrainConfig) -> Any:
