@@ -546,3 +546,15 @@ def test_parallel_sum_needs_equal_branch_widths():
     model = get_model("parallel", branches=[("mlp", {"num_classes": 4}), ("mlp", {"num_classes": 5})], merge="sum")
     with pytest.raises(ValueError, match=r"'merge' has value 'sum'.*widths \[4, 5\]"):
         output_shape(model, (2, 8))
+
+
+def test_matmul_flop_count_includes_every_loop_iteration():
+    from vhjax.models.cost import flops_per_example
+
+    mlp = get_model("mlp", widths=(32,), num_classes=10)
+    assert flops_per_example(mlp, (40,), count="matmul") == 2 * (40 * 32 + 32 * 10)
+    gru = get_model("gru", hidden_size=6, num_classes=10)
+    short, long = (flops_per_example(gru, (n,), count="matmul") for n in (10, 40))
+    assert long == pytest.approx(4 * short, rel=0.05)  # one recurrent step per position
+    with pytest.raises(ValueError, match="'count' has value 'hlo'"):
+        flops_per_example(mlp, (40,), count="hlo")

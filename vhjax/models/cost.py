@@ -4,7 +4,9 @@ Nothing is run and no parameters are allocated: the model is initialised and low
 shapes (`jax.ShapeDtypeStruct`), compiled, and `compiled.cost_analysis()` read. XLA counts a
 multiply-add as 2 flops (a Dense layer of D inputs and K outputs: 2*D*K + K per example, the K
 for the bias). Caveat: XLA counts the body of a loop (`lax.scan`, `fori_loop`, so flax's
-`nn.RNN`) once, not once per iteration, so recurrent models are under-counted.
+`nn.RNN`) once, not once per iteration, so recurrent models are under-counted; for them use
+`count='matmul'`, which walks the jaxpr and counts the multiply-adds of every matrix product and
+convolution, each `scan` body times its length.
 """
 
 from __future__ import annotations
@@ -42,9 +44,57 @@ def _input_specs(input_shape: Any, dtype: Any, batch_size: int) -> list[jax.Shap
     return specs
 
 
+COUNTS = ("xla", "matmul")
+
+
+def _dot_flops(eqn: Any) -> float:
+    (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+    lhs = eqn.invars[0].aval.shape
+    contracted = 1
+    for axis in lhs_contract:
+        contracted *= lhs[axis]
+    out = 1
+    for n in eqn.outvars[0].aval.shape:
+        out *= n
+    return 2.0 * out * contracted
+
+
+def _conv_flops(eqn: Any) -> float:
+    kernel = eqn.invars[1].aval.shape
+    spec = eqn.params["dimension_numbers"].rhs_spec  # (out feature, in feature, *spatial) axes
+    per_output = kernel[spec[1]]
+    for axis in spec[2:]:
+        per_output *= kernel[axis]
+    out = 1
+    for n in eqn.outvars[0].aval.shape:
+        out *= n
+    return 2.0 * out * per_output
+
+
+def jaxpr_matmul_flops(jaxpr: Any) -> float:
+    """Multiply-add flops (2 per MAC) of every dot_general and convolution, scan bodies times their length."""
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "dot_general":
+            total += _dot_flops(eqn)
+        elif name == "conv_general_dilated":
+            total += _conv_flops(eqn)
+        multiplier = float(eqn.params.get("length", 1)) if name == "scan" else 1.0
+        for value in eqn.params.values():
+            for sub in (value if isinstance(value, (list, tuple)) else (value,)):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    total += multiplier * jaxpr_matmul_flops(inner) / (len(value) if name == "cond" else 1)
+    return total
+
+
 def flops_per_example(model: nn.Module, input_shape: Sequence[int] | Sequence[Sequence[int]], *,
-                      batch_size: int = 1, dtype: Any = jnp.float32) -> float:
+                      batch_size: int = 1, dtype: Any = jnp.float32, count: str = "xla") -> float:
     """Flops of one inference forward pass (`train=False`) per example.
+
+    `count='xla'` reads XLA's cost analysis (all ops, loop bodies once); `count='matmul'` counts
+    matrix-product and convolution multiply-adds from the jaxpr, loops included (see module doc).
 
     `input_shape` is one example's shape without the batch axis, e.g. (40,) or (32, 32, 3); a
     model with several inputs (graph nets, seq2seq) takes one shape per input, and `dtype` may
@@ -52,8 +102,13 @@ def flops_per_example(model: nn.Module, input_shape: Sequence[int] | Sequence[Se
     examples and the count divided by it.
     """
     check_positive("flops_per_example", "batch_size", batch_size)
+    if count not in COUNTS:
+        raise ValueError(f"flops_per_example field 'count' has value {count!r}; allowed: {', '.join(COUNTS)}")
     specs = _input_specs(input_shape, dtype, batch_size)
     variables = jax.eval_shape(model.init, jax.random.key(0), *specs)
+    if count == "matmul":
+        closed = jax.make_jaxpr(lambda v, *xs: model.apply(v, *xs, train=False))(variables, *specs)
+        return jaxpr_matmul_flops(closed.jaxpr) / batch_size
     cost = compiled_cost(lambda v, *xs: model.apply(v, *xs, train=False), variables, *specs)
     if "flops" not in cost:
         raise ValueError(f"XLA reported no flop count for {type(model).__name__} on this backend: {sorted(cost)}")
