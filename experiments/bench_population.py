@@ -24,6 +24,7 @@ import numpy as np
 
 from vhjax.config import TrainConfig
 from vhjax.population import init_population, make_population_step, population_batch_indices
+from vhjax.population.engine import default_member_chunk
 from vhjax.train import build_task, init_state, make_train_step
 from vhjax.train.loop import make_chunk_runner
 from vhjax.train.step import chunk_batch_indices
@@ -79,7 +80,7 @@ def baseline_rate(task, data, trials: int, steps: int) -> float:
 
 def population_rate(task, data, size: int, steps: int) -> float:
     """Member-steps/s of vhjax's population: one scanned, vmapped program."""
-    run = make_chunk_runner(make_population_step(task), population_batch_indices(task))
+    run = make_chunk_runner(make_population_step(task, default_member_chunk(size)), population_batch_indices(task))
     population = init_population(task, jax.random.key(0), size,
                                  {"learning_rate": np.geomspace(1e-3, 1e-2, size).astype(np.float32)})
     population, metrics = run(population, data, steps)  # compile and warm up

@@ -196,3 +196,25 @@ def test_sharded_population_matches_single_device(tmp_path):
     assert outputs["single"]["spread"] == 1
     np.testing.assert_allclose(outputs["sharded"]["loss"], outputs["single"]["loss"], rtol=1e-4)
     np.testing.assert_allclose(outputs["sharded"]["acc"], outputs["single"]["acc"], atol=1e-3)
+
+
+def test_member_chunks_give_the_same_result_as_one_vmap(task, data):
+    population = init_population(task, jax.random.key(5), 4, {"learning_rate": [1e-3, 2e-3, 3e-3, 4e-3]},
+                                 same_batches=False)
+    results = []
+    for chunk in (None, 2):
+        runner = make_chunk_runner(make_population_step(task, chunk), population_batch_indices(task))
+        results.append(runner(jax.tree.map(jnp.copy, population), data, 4)[0])
+    for a, b in zip(jax.tree.leaves(results[0].members.params), jax.tree.leaves(results[1].members.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_task_without_dropout_refuses_member_dropout_unless_rebuilt(task):
+    from vhjax.train.task import with_member_dropout
+
+    assert task.dropout_static_zero  # no random dropout masks are drawn at all
+    with pytest.raises(ValueError, match="built without dropout"):
+        init_population(task, jax.random.key(0), 2, {"dropout_rate": [0.0, 0.3]})
+    rebuilt = with_member_dropout(task, {"dropout_rate": [0.0, 0.3]})
+    assert not rebuilt.dropout_static_zero
+    init_population(rebuilt, jax.random.key(0), 2, {"dropout_rate": [0.0, 0.3]})

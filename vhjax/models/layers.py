@@ -17,8 +17,8 @@ class Dropout(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, rate: float | jax.Array, deterministic: bool) -> jax.Array:
-        if deterministic:
-            return x
+        if deterministic or (isinstance(rate, (int, float)) and rate == 0):
+            return x  # a static zero rate draws no random bits
         rate = jnp.asarray(rate, x.dtype)
         keep = 1.0 - rate
         mask = jax.random.uniform(self.make_rng("dropout"), x.shape) < keep

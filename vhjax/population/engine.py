@@ -33,6 +33,9 @@ def init_population(task: Task, key: jax.Array, size: int, hparams: Mapping[str,
     check_member_archs(task, size, (hparams or {}).get("arch"))
     probe = init_state(task, jax.random.key(0))
     state_hparams, optimizer_hparams = member_arrays(size, hparams or {}, probe.hparams, probe.opt_state)
+    if task.dropout_static_zero and np.any(np.asarray(state_hparams["dropout_rate"]) != 0):
+        raise ValueError("members set 'dropout_rate' but the task was built without dropout (a static rate 0); "
+                         "build the population from vhjax.train.task.with_member_dropout(task, hparams)")
     members = jax.vmap(lambda k, dk: init_state(task, k, data_key=dk))(member_keys, data_keys)
     members = members.replace(hparams=state_hparams,
                               opt_state=optim.set_hyperparams(members.opt_state, **optimizer_hparams))
@@ -78,17 +81,37 @@ def make_isolated_step(task: Task) -> Callable:
     return step
 
 
-def make_population_step(task: Task) -> Callable[[PopulationState, Any], tuple[PopulationState, dict]]:
+def default_member_chunk(size: int) -> int | None:
+    """Members per group on a CPU (8: the working set of a group stays in cache); None elsewhere."""
+    if jax.default_backend() == "cpu" and size > 8 and size % 8 == 0:
+        return 8
+    return None
+
+
+def make_population_step(task: Task, member_chunk: int | None = None
+                         ) -> Callable[[PopulationState, Any], tuple[PopulationState, dict]]:
     """`step(population, batch) -> (population, metrics (P,))`: every member in one program.
 
     `batch` is one (x, y) shared by all members when `population.same_batches`, else (P, ...) arrays.
+    With `member_chunk`, the vmapped step runs over groups of that many members in turn
+    (`lax.map`), which keeps each group's activations in cache on a CPU; results are identical.
     """
     isolated = make_isolated_step(task)
 
     def step(population: PopulationState, batch) -> tuple[PopulationState, dict]:
-        member_step = jax.vmap(isolated, in_axes=(0, 0, 0, None if population.same_batches else 0))
-        members, alive, diverged_step, metrics = member_step(
-            population.members, population.alive, population.diverged_step, batch)
+        shared = population.same_batches
+        member_step = jax.vmap(isolated, in_axes=(0, 0, 0, None if shared else 0))
+        size = population.alive.shape[0]
+        args = (population.members, population.alive, population.diverged_step)
+        if member_chunk is None or member_chunk >= size or size % member_chunk:
+            members, alive, diverged_step, metrics = member_step(*args, batch)
+        else:
+            groups = size // member_chunk
+            split = lambda tree: jax.tree.map(lambda leaf: leaf.reshape(groups, member_chunk, *leaf.shape[1:]), tree)
+            merge = lambda tree: jax.tree.map(lambda leaf: leaf.reshape(size, *leaf.shape[2:]), tree)
+            run_group = lambda xs: member_step(*xs[:3], batch if shared else xs[3])
+            members, alive, diverged_step, metrics = merge(
+                jax.lax.map(run_group, split((*args, None if shared else batch))))
         return population.replace(members=members, alive=alive, diverged_step=diverged_step), metrics
 
     return step

@@ -15,13 +15,13 @@ import numpy as np
 from vhjax import parallel
 from vhjax.augment import pipeline_from_config
 from vhjax.config import TrainConfig
-from vhjax.population.engine import (init_population, make_population_eval, make_population_step,
+from vhjax.population.engine import (default_member_chunk, init_population, make_population_eval, make_population_step,
                                      population_batch_indices)
 from vhjax.population.state import PopulationState
 from vhjax.train.checkpoint import Checkpointer
 from vhjax.train.loop import chunk_lengths, make_chunk_runner, prepare_workdir, save_preprocessing
 from vhjax.train.metrics_log import MetricsLog, print_progress
-from vhjax.train.task import Task, build_task
+from vhjax.train.task import Task, build_task, with_member_dropout
 
 # Member fields that are arrays inside one compiled program. Every other TrainConfig field is
 # static: members that differ in one are trained in different buckets (programs).
@@ -131,7 +131,8 @@ def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], wo
     if not members:
         raise ValueError("members is empty; give at least one member (a dict of config fields)")
     buckets = bucket_members(config, members)
-    tasks = [(build_task(bucket_config), indices) for bucket_config, indices in buckets]
+    tasks = [(with_member_dropout(build_task(bucket_config), stack_dynamic(indices, members)), indices)
+             for bucket_config, indices in buckets]
     populations = [init_population(task, jax.random.key(task.config.seed), len(indices),
                                    stack_dynamic(indices, members), same_batches=same_batches)
                    for task, indices in tasks]
@@ -197,7 +198,8 @@ def train_bucket(task: Task, population: PopulationState, workdir: Path | None, 
     if mesh is not None:
         population = parallel.shard_members(population, mesh)
         train_data, eval_data = parallel.replicate(train_data, mesh), parallel.replicate(eval_data, mesh)
-    run_chunk = make_chunk_runner(make_population_step(task), population_batch_indices(task))
+    run_chunk = make_chunk_runner(make_population_step(task, default_member_chunk(population.size)),
+                                  population_batch_indices(task))
     evaluate = jax.jit(make_population_eval(task))
     step = int(checkpointer.latest_step() or 0) if checkpointer else 0
     for length in chunk_lengths(step, config.steps, config.eval_every):

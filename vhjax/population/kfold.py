@@ -24,7 +24,7 @@ from vhjax.population.fit import stack_dynamic
 from vhjax.train.loop import chunk_lengths, make_chunk_runner
 from vhjax.train.metrics_log import print_progress
 from vhjax.train.step import chunk_batch_indices, make_eval_fn
-from vhjax.train.task import build_task
+from vhjax.train.task import build_task, with_member_dropout
 
 
 @dataclasses.dataclass
@@ -80,8 +80,9 @@ def fit_kfold(config: TrainConfig, candidates: Sequence[Mapping[str, Any]] = ({}
                          f"{train_table.shape[1]} training examples of a fold")
     members = [dict(candidates[c]) for c in range(len(candidates)) for _ in range(k)]
     fold_of = np.tile(np.arange(k), len(candidates))
-    population = init_population(task, jax.random.key(config.seed), len(members),
-                                 stack_dynamic(list(range(len(members))), members), same_batches=False)
+    hparams = stack_dynamic(list(range(len(members))), members)
+    task = with_member_dropout(task, hparams)
+    population = init_population(task, jax.random.key(config.seed), len(members), hparams, same_batches=False)
     batch_indices = make_fold_batch_indices(train_table[fold_of], config.batch_size, config.shuffle)
     run_chunk = make_chunk_runner(make_population_step(task), batch_indices)
     evaluate = jax.jit(jax.vmap(make_eval_fn(task), in_axes=(0, 0, 0)))

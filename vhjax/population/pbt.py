@@ -29,7 +29,7 @@ from vhjax.population.fit import stack_dynamic
 from vhjax.train.checkpoint import Checkpointer
 from vhjax.train.loop import make_chunk_runner, prepare_workdir
 from vhjax.train.metrics_log import print_progress
-from vhjax.train.task import build_task
+from vhjax.train.task import build_task, with_member_dropout
 
 Range = tuple[float, float, bool]  # (low, high, log scale)
 
@@ -98,9 +98,9 @@ def fit_pbt(config: TrainConfig, members: Sequence[Mapping[str, Any]], explore: 
         raise ValueError(f"fraction {fraction!r}; allowed: in (0, 0.5]")
     if not members:
         raise ValueError("members is empty; give at least two members")
-    task = build_task(config)
-    population = init_population(task, jax.random.key(config.seed), len(members),
-                                 stack_dynamic(list(range(len(members))), members), same_batches=same_batches)
+    hparams = stack_dynamic(list(range(len(members))), members)
+    task = with_member_dropout(build_task(config), {**hparams, **dict(explore)})
+    population = init_population(task, jax.random.key(config.seed), len(members), hparams, same_batches=same_batches)
     explore = check_explore(explore, list(get_member_hparams(population)))
     root = prepare_workdir(workdir, config)
     checkpointer = Checkpointer(root / "checkpoints") if root is not None else None

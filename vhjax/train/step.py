@@ -71,7 +71,7 @@ def apply_model(task: Task, params, model_state, hparams: dict, x: jax.Array, *,
     maximum size) passes it to the model, so members of one program can differ in architecture.
     """
     variables = {"params": params, **model_state}
-    kwargs = {"train": train, "dropout_rate": hparams["dropout_rate"]}
+    kwargs = {"train": train, "dropout_rate": 0.0 if task.dropout_static_zero else hparams["dropout_rate"]}
     if "arch" in hparams:
         kwargs["arch"] = hparams["arch"]
     rngs = {"dropout": dropout_key} if dropout_key is not None else {}

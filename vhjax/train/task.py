@@ -31,6 +31,10 @@ class Task:
     mixing_fn: Callable | None = None  # (key, x, y_onehot, strength) -> (x, y_soft)
     penalty_multiplier: Callable | None = None  # step -> factor on the L1/L2/elastic-net coefficients
     preprocessing: tuple = ()  # fitted preprocessors (vhjax.preprocess.Fitted), in order
+    # No member uses dropout: the model gets a static rate 0 and draws no random masks (on CPU the
+    # random bits of dropout masks cost more than a small network's matmuls). Populations whose
+    # members set a dropout rate use `with_member_dropout`.
+    dropout_static_zero: bool = False
 
 
 def build_task(config: TrainConfig) -> Task:
@@ -84,7 +88,14 @@ def build_task(config: TrainConfig) -> Task:
                              f"'name' (one of {', '.join(losses.WEIGHT_SCHEDULES.names())}) and its arguments")
         penalty_multiplier = losses.weight_schedule(schedule.pop("name"), **schedule)
     return Task(config, model, loss_fn, augment_fn, optimizer, train, evaluation, test, hparams, mixing_fn,
-                penalty_multiplier, preprocessing)
+                penalty_multiplier, preprocessing, dropout_static_zero=not dropout)
+
+
+def with_member_dropout(task: Task, hparams: Any) -> Task:
+    """The task with traced dropout rates if any member's hyperparameters set one."""
+    if task.dropout_static_zero and hparams and "dropout_rate" in hparams:
+        return dataclasses.replace(task, dropout_static_zero=False)
+    return task
 
 
 def preprocess_splits(specs: Any, train: Dataset, evaluation: Dataset, test: Dataset | None):
