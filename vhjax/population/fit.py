@@ -21,7 +21,7 @@ from vhjax.population.state import PopulationState
 from vhjax.train.checkpoint import Checkpointer
 from vhjax.train.loop import chunk_lengths, make_chunk_runner, prepare_workdir, save_preprocessing
 from vhjax.train.metrics_log import MetricsLog, print_progress
-from vhjax.train.task import Task, build_task, with_member_dropout
+from vhjax.train.task import Task, build_task
 
 # Member fields that are arrays inside one compiled program. Every other TrainConfig field is
 # static: members that differ in one are trained in different buckets (programs).
@@ -131,11 +131,11 @@ def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], wo
     if not members:
         raise ValueError("members is empty; give at least one member (a dict of config fields)")
     buckets = bucket_members(config, members)
-    tasks = [(with_member_dropout(build_task(bucket_config), stack_dynamic(indices, members)), indices)
+    tasks = [(bucket_task(bucket_config, "dropout_rate" in stack_dynamic(indices, members)), indices)
              for bucket_config, indices in buckets]
-    populations = [init_population(task, jax.random.key(task.config.seed), len(indices),
+    populations = [init_population(task, jax.random.key(bucket_config.seed), len(indices),
                                    stack_dynamic(indices, members), same_batches=same_batches)
-                   for task, indices in tasks]
+                   for (task, indices), (bucket_config, _) in zip(tasks, buckets)]
     root = prepare_workdir(workdir, config)
     if root is not None:
         record_members(root / "members.json", members)
@@ -179,6 +179,42 @@ def summary_line(label: str, step: int, total: int, member_steps_per_second: flo
             f"diverged {int((~alive).sum())}")
 
 
+_TASKS: dict[tuple[str, bool], Task] = {}
+_PROGRAMS: dict[tuple[int, int | None], tuple] = {}
+_CACHE_SIZE = 8
+
+
+def _remember(cache: dict, key: Any, make: Any) -> Any:
+    if key not in cache:
+        if len(cache) >= _CACHE_SIZE:
+            cache.pop(next(iter(cache)))
+        cache[key] = make()
+    return cache[key]
+
+
+def bucket_task(config: TrainConfig, member_dropout: bool) -> Task:
+    """The bucket's task, reused across calls whose configs differ at most in the seed (e.g. the
+    generations of a search), so their jitted programs are compiled once. Validates on first build."""
+    key = (json.dumps({**config.to_dict(), "seed": None}, sort_keys=True), member_dropout)
+
+    def build() -> Task:
+        task = build_task(config)
+        return dataclasses.replace(task, dropout_static_zero=False) if member_dropout else task
+
+    return _remember(_TASKS, key, build)
+
+
+def compiled_programs(task: Task, member_chunk: int | None) -> tuple[Any, Any]:
+    """(chunk runner, population evaluation) of a task, jitted once per task and member grouping."""
+    key = (id(task), member_chunk)
+    if key in _PROGRAMS and _PROGRAMS[key][0] is not task:  # an id reused by a newer task
+        del _PROGRAMS[key]
+    _, run_chunk, evaluate = _remember(_PROGRAMS, key, lambda: (
+        task, make_chunk_runner(make_population_step(task, member_chunk), population_batch_indices(task)),
+        jax.jit(make_population_eval(task))))
+    return run_chunk, evaluate
+
+
 def train_bucket(task: Task, population: PopulationState, workdir: Path | None, label: str, *,
                  mesh: Any = None, verbose: bool = True) -> tuple[PopulationState, dict]:
     """The chunked loop for one bucket: scan-compiled steps, evaluation, checkpoints, resume."""
@@ -198,9 +234,7 @@ def train_bucket(task: Task, population: PopulationState, workdir: Path | None, 
     if mesh is not None:
         population = parallel.shard_members(population, mesh)
         train_data, eval_data = parallel.replicate(train_data, mesh), parallel.replicate(eval_data, mesh)
-    run_chunk = make_chunk_runner(make_population_step(task, default_member_chunk(population.size)),
-                                  population_batch_indices(task))
-    evaluate = jax.jit(make_population_eval(task))
+    run_chunk, evaluate = compiled_programs(task, default_member_chunk(population.size))
     step = int(checkpointer.latest_step() or 0) if checkpointer else 0
     for length in chunk_lengths(step, config.steps, config.eval_every):
         tick = time.perf_counter()
