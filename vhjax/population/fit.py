@@ -21,7 +21,7 @@ from vhjax.population.state import PopulationState
 from vhjax.train.checkpoint import Checkpointer
 from vhjax.train.loop import chunk_lengths, make_chunk_runner, prepare_workdir, save_preprocessing
 from vhjax.train.metrics_log import MetricsLog, print_progress
-from vhjax.train.task import Task, build_task
+from vhjax.train.task import Task, build_task, with_member_dropout
 
 # Member fields that are arrays inside one compiled program. Every other TrainConfig field is
 # static: members that differ in one are trained in different buckets (programs).
@@ -197,11 +197,8 @@ def bucket_task(config: TrainConfig, member_dropout: bool) -> Task:
     generations of a search), so their jitted programs are compiled once. Validates on first build."""
     key = (json.dumps({**config.to_dict(), "seed": None}, sort_keys=True), member_dropout)
 
-    def build() -> Task:
-        task = build_task(config)
-        return dataclasses.replace(task, dropout_static_zero=False) if member_dropout else task
-
-    return _remember(_TASKS, key, build)
+    return _remember(_TASKS, key, lambda: with_member_dropout(build_task(config),
+                                                              {"dropout_rate": None} if member_dropout else None))
 
 
 def compiled_programs(task: Task, member_chunk: int | None) -> tuple[Any, Any]:
