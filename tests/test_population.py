@@ -16,7 +16,7 @@ import pytest
 
 from vhjax.config import TrainConfig
 from vhjax.population import (copy_members, fit_population, get_member_hparams, init_population,
-                              make_population_step, perturb, population_batch_indices, resample,
+                              make_population_runner, make_population_step, perturb, population_batch_indices, resample,
                               set_member_hparams, truncation_sources)
 from vhjax.train import build_task, make_train_step
 from vhjax.train.loop import make_chunk_runner, member_batch_indices
@@ -36,8 +36,12 @@ def data(task):
 
 
 def run(task, population, data, steps):
+    return make_population_runner(task)(population, data, steps)[0]
+
+
+def run_checked_every_step(task, population, data, steps):
     runner = make_chunk_runner(make_population_step(task), population_batch_indices(task))
-    return runner(population, data, steps)[0]
+    return runner(population, data, steps)
 
 
 def test_members_match_their_own_single_runs(task, data):
@@ -62,6 +66,39 @@ def test_diverging_member_is_isolated_bit_for_bit(task, data):
     for a, b in zip(jax.tree.leaves(healthy.members.params), jax.tree.leaves(broken.members.params)):
         np.testing.assert_array_equal(np.asarray(a)[[0, 2]], np.asarray(b)[[0, 2]])
         assert np.isfinite(np.asarray(b)[1]).all()  # frozen at its last finite state
+
+
+def test_optimistic_chunks_equal_checking_every_step(task, data):
+    hparams = {"learning_rate": [1e-3, 1e30, 3e-3, 2e-3]}
+    start = lambda: init_population(task, jax.random.key(3), 4, hparams, same_batches=False)
+    checked, checked_metrics = run_checked_every_step(task, start(), data, 6)
+    for chunk in (None, 2):  # all members at once, and groups of two trained one after the other
+        optimistic, metrics = make_population_runner(task, chunk)(start(), data, 6)
+        assert optimistic.diverged_step.tolist() == checked.diverged_step.tolist()
+        assert optimistic.alive.tolist() == [True, False, True, True]
+        for a, b in zip(jax.tree.leaves(checked.members), jax.tree.leaves(optimistic.members)):
+            if not jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+                np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(np.asarray(metrics["loss"])[:, [0, 2, 3]],
+                                      np.asarray(checked_metrics["loss"])[:, [0, 2, 3]])
+
+
+def test_frozen_member_stays_frozen_in_later_chunks(task, data):
+    runner = make_population_runner(task)
+    population, _ = runner(init_population(task, jax.random.key(4), 3, {"learning_rate": [1e-3, 1e30, 3e-3]}),
+                           data, 6)
+    frozen = jax.tree.map(lambda leaf: np.asarray(leaf)[1], population.members.params)
+    diverged_at = int(population.diverged_step[1])
+    before = np.asarray(jax.tree.leaves(population.members.params)[0])[0].copy()
+    assert runner.replayed_chunks == 1
+    population, metrics = runner(population, data, 5)
+    assert runner.replayed_chunks == 1  # no live member diverged: the optimistic chunk stands
+    assert not bool(population.alive[1]) and int(population.diverged_step[1]) == diverged_at
+    for a, b in zip(jax.tree.leaves(frozen), jax.tree.leaves(population.members.params)):
+        np.testing.assert_array_equal(a, np.asarray(b)[1])
+    assert np.isnan(np.asarray(metrics["loss"])[:, 1]).all()  # no metrics for a frozen member
+    assert np.isfinite(np.asarray(metrics["loss"])[:, [0, 2]]).all()
+    assert not np.array_equal(before, np.asarray(jax.tree.leaves(population.members.params)[0])[0])
 
 
 def test_same_batches_option(task):
@@ -205,8 +242,10 @@ def test_member_chunks_give_the_same_result_as_one_vmap(task, data):
     for chunk in (None, 2):
         runner = make_chunk_runner(make_population_step(task, chunk), population_batch_indices(task))
         results.append(runner(jax.tree.map(jnp.copy, population), data, 4)[0])
-    for a, b in zip(jax.tree.leaves(results[0].members.params), jax.tree.leaves(results[1].members.params)):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+        results.append(make_population_runner(task, chunk)(jax.tree.map(jnp.copy, population), data, 4)[0])
+    for other in results[1:]:
+        for a, b in zip(jax.tree.leaves(results[0].members.params), jax.tree.leaves(other.members.params)):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_task_without_dropout_refuses_member_dropout_unless_rebuilt(task):

@@ -15,11 +15,11 @@ import numpy as np
 from vhjax import parallel
 from vhjax.augment import pipeline_from_config
 from vhjax.config import TrainConfig
-from vhjax.population.engine import (default_member_chunk, init_population, make_population_eval, make_population_step,
-                                     population_batch_indices)
+from vhjax.population.engine import default_member_chunk, init_population, make_population_eval
+from vhjax.population.runner import make_population_runner
 from vhjax.population.state import PopulationState
 from vhjax.train.checkpoint import Checkpointer
-from vhjax.train.loop import chunk_lengths, make_chunk_runner, prepare_workdir, save_preprocessing
+from vhjax.train.loop import chunk_lengths, prepare_workdir, save_preprocessing
 from vhjax.train.metrics_log import MetricsLog, print_progress
 from vhjax.train.task import Task, build_task, with_member_dropout
 
@@ -207,7 +207,7 @@ def compiled_programs(task: Task, member_chunk: int | None) -> tuple[Any, Any]:
     if key in _PROGRAMS and _PROGRAMS[key][0] is not task:  # an id reused by a newer task
         del _PROGRAMS[key]
     _, run_chunk, evaluate = _remember(_PROGRAMS, key, lambda: (
-        task, make_chunk_runner(make_population_step(task, member_chunk), population_batch_indices(task)),
+        task, make_population_runner(task, member_chunk),
         jax.jit(make_population_eval(task))))
     return run_chunk, evaluate
 
@@ -231,7 +231,7 @@ def train_bucket(task: Task, population: PopulationState, workdir: Path | None, 
     if mesh is not None:
         population = parallel.shard_members(population, mesh)
         train_data, eval_data = parallel.replicate(train_data, mesh), parallel.replicate(eval_data, mesh)
-    run_chunk, evaluate = compiled_programs(task, default_member_chunk(population.size))
+    run_chunk, evaluate = compiled_programs(task, default_member_chunk(population.size) if mesh is None else None)
     step = int(checkpointer.latest_step() or 0) if checkpointer else 0
     for length in chunk_lengths(step, config.steps, config.eval_every):
         tick = time.perf_counter()

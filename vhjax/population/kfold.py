@@ -19,9 +19,10 @@ import numpy as np
 
 from vhjax.config import TrainConfig
 from vhjax.data import kfold_indices
-from vhjax.population.engine import init_population, make_population_step
+from vhjax.population.engine import default_member_chunk, init_population
 from vhjax.population.fit import stack_dynamic
-from vhjax.train.loop import chunk_lengths, make_chunk_runner
+from vhjax.population.runner import make_population_runner
+from vhjax.train.loop import chunk_lengths
 from vhjax.train.metrics_log import print_progress
 from vhjax.train.step import chunk_batch_indices, make_eval_fn
 from vhjax.train.task import build_task, with_member_dropout
@@ -84,7 +85,7 @@ def fit_kfold(config: TrainConfig, candidates: Sequence[Mapping[str, Any]] = ({}
     task = with_member_dropout(task, hparams)
     population = init_population(task, jax.random.key(config.seed), len(members), hparams, same_batches=False)
     batch_indices = make_fold_batch_indices(train_table[fold_of], config.batch_size, config.shuffle)
-    run_chunk = make_chunk_runner(make_population_step(task), batch_indices)
+    run_chunk = make_population_runner(task, default_member_chunk(len(members)), batch_indices)
     evaluate = jax.jit(jax.vmap(make_eval_fn(task), in_axes=(0, 0, 0)))
     data = (jnp.asarray(x), jnp.asarray(y))
     val_x, val_y = jnp.asarray(x[val_table[fold_of]]), jnp.asarray(y[val_table[fold_of]])

@@ -21,13 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from vhjax.config import TrainConfig
-from vhjax.population.engine import (init_population, make_population_eval, make_population_step,
-                                     population_batch_indices)
+from vhjax.population.engine import default_member_chunk, init_population, make_population_eval
 from vhjax.population.exploit import (copy_members, get_member_hparams, perturb, resample, set_member_hparams,
                                       truncation_sources)
 from vhjax.population.fit import stack_dynamic
+from vhjax.population.runner import make_population_runner
 from vhjax.train.checkpoint import Checkpointer
-from vhjax.train.loop import make_chunk_runner, prepare_workdir
+from vhjax.train.loop import prepare_workdir
 from vhjax.train.metrics_log import print_progress
 from vhjax.train.task import build_task, with_member_dropout
 
@@ -115,7 +115,7 @@ def fit_pbt(config: TrainConfig, members: Sequence[Mapping[str, Any]], explore: 
             print_progress(f"pbt: resumed from {root} at step {step}")
     data = (jnp.asarray(task.train.x), jnp.asarray(task.train.y))
     eval_data = (jnp.asarray(task.eval.x), jnp.asarray(task.eval.y))
-    run_chunk = make_chunk_runner(make_population_step(task), population_batch_indices(task))
+    run_chunk = make_population_runner(task, default_member_chunk(len(members)))
     evaluate = jax.jit(make_population_eval(task))
     round_fn = jax.jit(exploit_and_explore, static_argnames=("explore", "fraction", "resample_probability"))
     frozen_explore = tuple(explore.items())

@@ -1,0 +1,146 @@
+"""Chunks of population training with optimistic divergence isolation.
+
+Checking every member for non-finite values after every step, and selecting between its old and
+new state, costs as much memory traffic as the optimizer itself (on CPU a 512-wide MLP trained
+with Adam ran 25-30% slower with it). Divergence is rare, so a chunk runs optimistically:
+
+1. every member trains for the whole chunk with no per-step checks (members already frozen
+   before the chunk train too, and get their frozen state back at the end);
+2. if every live member ends the chunk with finite parameters and had a finite loss at every
+   step, that is the result: no live member diverged, so per-step isolation would have changed
+   nothing;
+3. otherwise the chunk is run again from its start with the per-step isolated step
+   (`engine.make_isolated_step`): each diverging member is frozen at its last finite state and
+   flagged with its step, exactly as if isolation had been on all along.
+
+Step metrics of members that were frozen before a step are NaN on both paths.
+
+On a CPU, members run in groups (`member_chunk`): each group trains through the whole chunk
+before the next starts, so a group's parameters and activations stay in cache across steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from vhjax.population.engine import all_finite, make_isolated_step, population_batch_indices
+from vhjax.population.state import PopulationState
+from vhjax.train.step import make_train_step
+from vhjax.train.task import Task
+
+BatchIndices = Callable[[PopulationState, int], jax.Array]
+
+
+def member_where(condition: jax.Array, new: Any, old: Any) -> Any:
+    """Per member: `new` where `condition[i]`, else `old` (PRNG key leaves are taken from `new`)."""
+
+    def choose(a, b):
+        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+            return a
+        return jnp.where(condition.reshape(condition.shape + (1,) * (a.ndim - 1)), a, b)
+
+    return jax.tree.map(choose, new, old)
+
+
+def nan_where_frozen(alive: jax.Array, metrics: dict) -> dict:
+    """Step metrics (steps, P) with NaN for members not alive (alive: (P,) or (steps, P))."""
+    return {name: jnp.where(alive, value, jnp.nan) for name, value in metrics.items()}
+
+
+def make_member_steps(task: Task, isolated: bool) -> Callable:
+    """`steps(population, batch) -> (population, metrics)` over all members of `population`."""
+    if isolated:
+        member_step = make_isolated_step(task)
+
+        def step(population: PopulationState, batch) -> tuple[PopulationState, dict]:
+            vmapped = jax.vmap(member_step, in_axes=(0, 0, 0, None if population.same_batches else 0))
+            members, alive, diverged, metrics = vmapped(population.members, population.alive,
+                                                        population.diverged_step, batch)
+            metrics = nan_where_frozen(population.alive, metrics)
+            return population.replace(members=members, alive=alive, diverged_step=diverged), metrics
+
+        return step
+    train_step = make_train_step(task)
+
+    def free_step(population: PopulationState, batch) -> tuple[PopulationState, dict]:
+        vmapped = jax.vmap(train_step, in_axes=(0, None if population.same_batches else 0))
+        members, metrics = vmapped(population.members, batch)
+        return population.replace(members=members), metrics
+
+    return free_step
+
+
+def scan_steps(step: Callable, population: PopulationState, data, indices: jax.Array):
+    """`lax.scan` of `step` over the chunk's batch indices, gathering each batch from `data`."""
+    x_all, y_all = data
+    return lax.scan(lambda carry, index: step(carry, (x_all[index], y_all[index])), population, indices)
+
+
+def run_in_groups(run: Callable, population: PopulationState, indices: jax.Array,
+                  member_chunk: int | None) -> tuple[PopulationState, dict]:
+    """`run(group, indices)` over groups of `member_chunk` members in turn (or all at once)."""
+    size = population.size
+    if member_chunk is None or member_chunk >= size or size % member_chunk:
+        return run(population, indices)
+    groups = size // member_chunk
+    split = lambda leaf: leaf.reshape(groups, member_chunk, *leaf.shape[1:])
+    grouped = jax.tree.map(split, population)
+    if population.same_batches:
+        finished, metrics = lax.map(lambda group: run(group, indices), grouped)
+    else:  # indices (steps, P, B): each group takes its members' columns
+        member_indices = jnp.moveaxis(indices.reshape(indices.shape[0], groups, member_chunk, -1), 1, 0)
+        finished, metrics = lax.map(lambda pair: run(*pair), (grouped, member_indices))
+    merge = lambda leaf: leaf.reshape(size, *leaf.shape[2:])
+    metrics = jax.tree.map(lambda m: jnp.moveaxis(m, 0, 1).reshape(m.shape[1], size), metrics)
+    return jax.tree.map(merge, finished), metrics
+
+
+class PopulationRunner:
+    """`runner(population, data, length) -> (population, metrics (length, P))`: one chunk of training.
+
+    `data` = (x, y) on device. Diverging members are isolated exactly as by the per-step isolated
+    step (see the module docstring); `replayed_chunks` counts the chunks that were run again.
+    The input population must not be used afterwards (its buffers may be donated).
+    """
+
+    def __init__(self, task: Task, member_chunk: int | None = None, batch_indices: BatchIndices | None = None):
+        batch_indices = batch_indices or population_batch_indices(task)
+        free, isolated = make_member_steps(task, isolated=False), make_member_steps(task, isolated=True)
+
+        def run_free(population: PopulationState, data, length: int):
+            run = lambda group, indices: scan_steps(free, group, data, indices)
+            end, metrics = run_in_groups(run, population, batch_indices(population, length), member_chunk)
+            finite = jax.vmap(all_finite)(end.members.params) & jnp.all(jnp.isfinite(metrics["loss"]), axis=0)
+            clean = ~jnp.any(population.alive & ~finite)
+            end = end.replace(members=member_where(population.alive, end.members, population.members))
+            return end, nan_where_frozen(population.alive, metrics), clean
+
+        def run_isolated(population: PopulationState, data, length: int):
+            run = lambda group, indices: scan_steps(isolated, group, data, indices)
+            return run_in_groups(run, population, batch_indices(population, length), member_chunk)
+
+        self._free_chunk = jax.jit(run_free, static_argnums=2)  # keeps its input: the restart point
+        self._isolated_chunk = jax.jit(run_isolated, static_argnums=2, donate_argnums=0)
+        self.replayed_chunks = 0
+
+    def __call__(self, population: PopulationState, data, length: int) -> tuple[PopulationState, dict]:
+        end, metrics, clean = self._free_chunk(population, data, length)
+        if bool(clean):
+            return end, metrics
+        self.replayed_chunks += 1
+        return self._isolated_chunk(population, data, length)
+
+
+def make_population_runner(task: Task, member_chunk: int | None = None,
+                           batch_indices: BatchIndices | None = None) -> PopulationRunner:
+    """The chunk runner of a population (see `PopulationRunner`).
+
+    `member_chunk` trains members in groups of that size one after another (CPU cache reuse);
+    `batch_indices(population, length)` gives the chunk's example indices (default:
+    `population_batch_indices(task)`).
+    """
+    return PopulationRunner(task, member_chunk, batch_indices)
