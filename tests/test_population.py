@@ -45,6 +45,9 @@ def run_checked_every_step(task, population, data, steps):
 
 
 def test_members_match_their_own_single_runs(task, data):
+    from vhjax.train.task import with_member_hparams
+
+    task = with_member_hparams(task, ["l2"])  # traced L2 coefficients (the config's is a static 0)
     population = init_population(task, jax.random.key(1), 3, {"learning_rate": [1e-3, 3e-3, 1e-2], "l2": [0.0, 1e-3, 0.0]})
     single = make_chunk_runner(make_train_step(task), member_batch_indices(task))
     members = [jax.tree.map(lambda leaf: leaf[i], population.members) for i in range(3)]
@@ -248,12 +251,14 @@ def test_member_chunks_give_the_same_result_as_one_vmap(task, data):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
-def test_task_without_dropout_refuses_member_dropout_unless_rebuilt(task):
-    from vhjax.train.task import with_member_dropout
+def test_static_zero_hyperparameters_refused_unless_rebuilt(task):
+    from vhjax.train.task import with_member_hparams
 
-    assert task.dropout_static_zero  # no random dropout masks are drawn at all
-    with pytest.raises(ValueError, match="built without dropout"):
-        init_population(task, jax.random.key(0), 2, {"dropout_rate": [0.0, 0.3]})
-    rebuilt = with_member_dropout(task, {"dropout_rate": [0.0, 0.3]})
-    assert not rebuilt.dropout_static_zero
-    init_population(rebuilt, jax.random.key(0), 2, {"dropout_rate": [0.0, 0.3]})
+    # no random dropout masks are drawn and no penalties computed at all
+    assert task.static_zero == {"dropout_rate", "l1", "l2", "elastic_net"}
+    for name in ("dropout_rate", "l2"):
+        with pytest.raises(ValueError, match=f"member 1 sets '{name}'.*static zero"):
+            init_population(task, jax.random.key(0), 2, {name: [0.0, 0.3]})
+    rebuilt = with_member_hparams(task, {"dropout_rate": [0.0, 0.3], "l2": [0.0, 1e-3]})
+    assert rebuilt.static_zero == {"l1", "elastic_net"}
+    init_population(rebuilt, jax.random.key(0), 2, {"dropout_rate": [0.0, 0.3], "l2": [0.0, 1e-3]})

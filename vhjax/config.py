@@ -32,6 +32,9 @@ class TrainConfig:
     dropout_rate: float | None = None
     # objective
     loss: str = "cross_entropy"
+    # a weighted sum of named losses, e.g. {"cross_entropy": 1.0, "huber": 0.1}; when given it replaces
+    # `loss`, and in a population each member has its own weights (arrays in one compiled step)
+    loss_weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
     l1: float = 0.0
     l2: float = 0.0
     elastic_net: float = 0.0
@@ -91,6 +94,9 @@ def validate(config: TrainConfig) -> None:
     for name in ("l1", "l2", "elastic_net", "weight_decay"):
         value = getattr(config, name)
         _require(value >= 0, name, value, "a non-negative number")
+    for name, weight in dict(config.loss_weights).items():
+        _require(isinstance(weight, (int, float)) and not isinstance(weight, bool) and 0 <= weight < float("inf"),
+                 f"loss_weights[{name!r}]", weight, "a finite number >= 0")
     if config.max_norm is not None:
         _require(config.max_norm > 0, "max_norm", config.max_norm, "a positive number or None")
     _require(config.mixing_strength >= 0, "mixing_strength", config.mixing_strength, "a non-negative number")

@@ -33,9 +33,12 @@ def init_population(task: Task, key: jax.Array, size: int, hparams: Mapping[str,
     check_member_archs(task, size, (hparams or {}).get("arch"))
     probe = init_state(task, jax.random.key(0))
     state_hparams, optimizer_hparams = member_arrays(size, hparams or {}, probe.hparams, probe.opt_state)
-    if task.dropout_static_zero and np.any(np.asarray(state_hparams["dropout_rate"]) != 0):
-        raise ValueError("members set 'dropout_rate' but the task was built without dropout (a static rate 0); "
-                         "build the population from vhjax.train.task.with_member_dropout(task, hparams)")
+    for name in sorted(task.static_zero):
+        if np.any(np.asarray(state_hparams[name]) != 0):
+            member = int(np.argmax(np.asarray(state_hparams[name]) != 0))
+            raise ValueError(f"member {member} sets {name!r} but the task was built with {name} = 0 for every "
+                             "member (a static zero: built without dropout / that penalty); build the population "
+                             "from vhjax.train.task.with_member_hparams(task, hparams)")
     members = jax.vmap(lambda k, dk: init_state(task, k, data_key=dk))(member_keys, data_keys)
     members = members.replace(hparams=state_hparams,
                               opt_state=optim.set_hyperparams(members.opt_state, **optimizer_hparams))

@@ -21,12 +21,12 @@ from vhjax.population.state import PopulationState
 from vhjax.train.checkpoint import Checkpointer
 from vhjax.train.loop import chunk_lengths, prepare_workdir, save_preprocessing
 from vhjax.train.metrics_log import MetricsLog, print_progress
-from vhjax.train.task import Task, build_task, with_member_dropout
+from vhjax.train.task import STATIC_ZERO_NAMES, Task, build_task, with_member_hparams
 
 # Member fields that are arrays inside one compiled program. Every other TrainConfig field is
 # static: members that differ in one are trained in different buckets (programs).
 DYNAMIC_FIELDS = ("learning_rate", "weight_decay", "l1", "l2", "elastic_net", "dropout_rate",
-                  "aug_strength", "aug_prob", "mixing_strength", "arch")
+                  "aug_strength", "aug_prob", "mixing_strength", "arch", "loss_weights")
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
 
@@ -70,11 +70,24 @@ def augment_entry(entry: Any) -> dict:
     return dict(zip(("name", "strength", "prob"), entry))
 
 
+def with_config_loss_weights(config: TrainConfig, member: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A member's `loss_weights` completed by the config's (a member may give only the weights it changes)."""
+    if "loss_weights" not in member or not isinstance(member["loss_weights"], Mapping):
+        return member
+    return {**member, "loss_weights": {**dict(config.loss_weights), **dict(member["loss_weights"])}}
+
+
 def split_member(index: int, member: Mapping[str, Any]) -> tuple[dict, dict]:
     """(static config overrides, dynamic hyperparameters) of one member; unknown fields raise."""
     static, dynamic = {}, {}
     for name, value in member.items():
-        if name in DYNAMIC_FIELDS:
+        if name == "loss_weights":  # the loss terms are static, their weights arrays
+            if not isinstance(value, Mapping) or not value:
+                raise ValueError(f"member {index}: field 'loss_weights' has value {value!r}; allowed: a dict "
+                                 "loss name -> weight, e.g. {'cross_entropy': 1.0, 'huber': 0.1}")
+            static["loss_weights"] = {term: 0.0 for term in sorted(value)}
+            dynamic["loss_weights"] = [value[term] for term in sorted(value)]
+        elif name in DYNAMIC_FIELDS:
             dynamic[name] = value
         elif name == "optimizer_kwargs":
             dynamic.update(value)  # optimizer hyperparameters are injectable arrays
@@ -124,14 +137,16 @@ def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], wo
 
     `members` are dicts of config fields: dynamic ones (learning rate, weight decay, regularizer
     coefficients, dropout rate, optimizer hyperparameters, augmentation strengths and
-    probabilities, `arch` masks) vary inside a program; any other field starts a new bucket.
+    probabilities, loss weights, `arch` masks) vary inside a program; any other field starts a
+    new bucket.
     All validation happens before the first compilation. With a `mesh`
     (vhjax.parallel.population_mesh), members are sharded over its devices.
     """
     if not members:
         raise ValueError("members is empty; give at least one member (a dict of config fields)")
+    members = [with_config_loss_weights(config, member) for member in members]
     buckets = bucket_members(config, members)
-    tasks = [(bucket_task(bucket_config, "dropout_rate" in stack_dynamic(indices, members)), indices)
+    tasks = [(bucket_task(bucket_config, stack_dynamic(indices, members)), indices)
              for bucket_config, indices in buckets]
     populations = [init_population(task, jax.random.key(bucket_config.seed), len(indices),
                                    stack_dynamic(indices, members), same_batches=same_batches)
@@ -192,13 +207,13 @@ def _remember(cache: dict, key: Any, make: Any) -> Any:
     return cache[key]
 
 
-def bucket_task(config: TrainConfig, member_dropout: bool) -> Task:
+def bucket_task(config: TrainConfig, member_names: Any = ()) -> Task:
     """The bucket's task, reused across calls whose configs differ at most in the seed (e.g. the
-    generations of a search), so their jitted programs are compiled once. Validates on first build."""
-    key = (json.dumps({**config.to_dict(), "seed": None}, sort_keys=True), member_dropout)
-
-    return _remember(_TASKS, key, lambda: with_member_dropout(build_task(config),
-                                                              {"dropout_rate": None} if member_dropout else None))
+    generations of a search), so their jitted programs are compiled once. Validates on first build.
+    `member_names`: the hyperparameters the members set (these are traced even if the config's are 0)."""
+    traced = tuple(sorted(set(member_names) & set(STATIC_ZERO_NAMES)))
+    key = (json.dumps({**config.to_dict(), "seed": None}, sort_keys=True), traced)
+    return _remember(_TASKS, key, lambda: with_member_hparams(build_task(config), traced))
 
 
 def compiled_programs(task: Task, member_chunk: int | None) -> tuple[Any, Any]:

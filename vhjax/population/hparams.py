@@ -10,7 +10,8 @@ import numpy as np
 
 from vhjax import optim
 
-STATE_HPARAMS = ("l1", "l2", "elastic_net", "dropout_rate", "aug_strength", "aug_prob", "mixing_strength")
+STATE_HPARAMS = ("l1", "l2", "elastic_net", "dropout_rate", "aug_strength", "aug_prob", "mixing_strength",
+                 "loss_weights")
 
 # Allowed ranges of the hyperparameters whose bounds are known; others (optimizer-specific) must
 # only be finite.
@@ -24,6 +25,7 @@ RANGES = {
     "aug_strength": (0.0, np.inf, ">= 0", True),
     "aug_prob": (0.0, 1.0, "in [0, 1]", True),
     "mixing_strength": (0.0, np.inf, ">= 0", True),
+    "loss_weights": (0.0, np.inf, ">= 0", True),
 }
 
 

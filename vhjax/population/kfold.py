@@ -25,7 +25,7 @@ from vhjax.population.runner import make_population_runner
 from vhjax.train.loop import chunk_lengths
 from vhjax.train.metrics_log import print_progress
 from vhjax.train.step import chunk_batch_indices, make_eval_fn
-from vhjax.train.task import build_task, with_member_dropout
+from vhjax.train.task import build_task, with_member_hparams
 
 
 @dataclasses.dataclass
@@ -82,7 +82,7 @@ def fit_kfold(config: TrainConfig, candidates: Sequence[Mapping[str, Any]] = ({}
     members = [dict(candidates[c]) for c in range(len(candidates)) for _ in range(k)]
     fold_of = np.tile(np.arange(k), len(candidates))
     hparams = stack_dynamic(list(range(len(members))), members)
-    task = with_member_dropout(task, hparams)
+    task = with_member_hparams(task, hparams)
     population = init_population(task, jax.random.key(config.seed), len(members), hparams, same_batches=False)
     batch_indices = make_fold_batch_indices(train_table[fold_of], config.batch_size, config.shuffle)
     run_chunk = make_population_runner(task, default_member_chunk(len(members)), batch_indices)

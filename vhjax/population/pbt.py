@@ -29,7 +29,7 @@ from vhjax.population.runner import make_population_runner
 from vhjax.train.checkpoint import Checkpointer
 from vhjax.train.loop import prepare_workdir
 from vhjax.train.metrics_log import print_progress
-from vhjax.train.task import build_task, with_member_dropout
+from vhjax.train.task import build_task, with_member_hparams
 
 Range = tuple[float, float, bool]  # (low, high, log scale)
 
@@ -99,7 +99,7 @@ def fit_pbt(config: TrainConfig, members: Sequence[Mapping[str, Any]], explore: 
     if not members:
         raise ValueError("members is empty; give at least two members")
     hparams = stack_dynamic(list(range(len(members))), members)
-    task = with_member_dropout(build_task(config), {**hparams, **dict(explore)})
+    task = with_member_hparams(build_task(config), {*hparams, *dict(explore)})
     population = init_population(task, jax.random.key(config.seed), len(members), hparams, same_batches=same_batches)
     explore = check_explore(explore, list(get_member_hparams(population)))
     root = prepare_workdir(workdir, config)

@@ -21,7 +21,7 @@ import numpy as np
 from vhjax.config import TrainConfig, validate
 
 MemberFn = Callable[[Mapping[str, Any]], dict]
-NESTED_FIELDS = ("arch", "model_kwargs", "optimizer_kwargs")
+NESTED_FIELDS = ("arch", "model_kwargs", "optimizer_kwargs", "loss_weights")
 
 
 def candidate_to_member(candidate: Mapping[str, Any]) -> dict:

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from vhjax import metrics, regularizers
+from vhjax import losses, metrics, regularizers
 from vhjax.train.state import TrainState
 from vhjax.train.task import Task
 
@@ -71,7 +71,7 @@ def apply_model(task: Task, params, model_state, hparams: dict, x: jax.Array, *,
     maximum size) passes it to the model, so members of one program can differ in architecture.
     """
     variables = {"params": params, **model_state}
-    kwargs = {"train": train, "dropout_rate": 0.0 if task.dropout_static_zero else hparams["dropout_rate"]}
+    kwargs = {"train": train, "dropout_rate": 0.0 if "dropout_rate" in task.static_zero else hparams["dropout_rate"]}
     if "arch" in hparams:
         kwargs["arch"] = hparams["arch"]
     rngs = {"dropout": dropout_key} if dropout_key is not None else {}
@@ -79,6 +79,14 @@ def apply_model(task: Task, params, model_state, hparams: dict, x: jax.Array, *,
         outputs, new_state = task.model.apply(variables, x, rngs=rngs, mutable=list(model_state), **kwargs)
         return outputs, dict(new_state)
     return task.model.apply(variables, x, rngs=rngs, **kwargs), model_state
+
+
+def per_example_loss(task: Task, hparams: dict, outputs: jax.Array, targets: jax.Array) -> jax.Array:
+    """The task's loss per example: `loss`, or the member's weighted sum of `loss_weights` terms."""
+    if not task.loss_terms:
+        return task.loss_fn(outputs, targets)
+    weights = hparams["loss_weights"]
+    return sum(weights[i] * losses.get_loss(name)(outputs, targets) for i, name in enumerate(task.loss_terms))
 
 
 def make_train_step(task: Task) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
@@ -99,8 +107,11 @@ def make_train_step(task: Task) -> Callable[[TrainState, Batch], tuple[TrainStat
         def objective(params):
             outputs, model_state = apply_model(task, params, state.model_state, hp, x, train=True,
                                                dropout_key=dropout_key)
-            data_loss = task.loss_fn(outputs, targets).mean()
-            coefficients = {"l1": hp["l1"], "l2": hp["l2"], "elastic_net": hp["elastic_net"]}
+            data_loss = per_example_loss(task, hp, outputs, targets).mean()
+            # static-zero coefficients are left out: no penalty is computed for them
+            coefficients = {name: hp[name] for name in regularizers.PENALTY_NAMES if name not in task.static_zero}
+            if not coefficients:
+                return data_loss, (data_loss, outputs, model_state)
             if task.penalty_multiplier is not None:  # adaptive L1/L2: coefficients follow a schedule
                 factor = task.penalty_multiplier(state.step)
                 coefficients = {name: value * factor for name, value in coefficients.items()}
@@ -137,7 +148,7 @@ def make_eval_fn(task: Task) -> Callable:
             x_batches)
         outputs = outputs.reshape(padded, *outputs.shape[2:])[:n]
         return {
-            "loss": task.loss_fn(outputs, y).mean(),
+            "loss": per_example_loss(task, state.hparams, outputs, y).mean(),
             "accuracy": metrics.accuracy(outputs, y),
             "macro_f1": metrics.precision_recall_f1(outputs, y, num_classes)["macro_f1"],
         }

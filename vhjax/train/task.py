@@ -31,10 +31,15 @@ class Task:
     mixing_fn: Callable | None = None  # (key, x, y_onehot, strength) -> (x, y_soft)
     penalty_multiplier: Callable | None = None  # step -> factor on the L1/L2/elastic-net coefficients
     preprocessing: tuple = ()  # fitted preprocessors (vhjax.preprocess.Fitted), in order
-    # No member uses dropout: the model gets a static rate 0 and draws no random masks (on CPU the
-    # random bits of dropout masks cost more than a small network's matmuls). Populations whose
-    # members set a dropout rate use `with_member_dropout`.
-    dropout_static_zero: bool = False
+    # Hyperparameters that are 0 for every member and therefore static: no dropout masks are drawn
+    # (on CPU their random bits cost more than a small network's matmuls), no penalty is computed.
+    # Populations whose members set one of them use `with_member_hparams`.
+    static_zero: frozenset[str] = frozenset()
+    # With config.loss_weights: the names of the loss terms, in the order of hparams["loss_weights"].
+    loss_terms: tuple[str, ...] = ()
+
+
+STATIC_ZERO_NAMES = ("dropout_rate", "l1", "l2", "elastic_net")
 
 
 def build_task(config: TrainConfig) -> Task:
@@ -76,6 +81,10 @@ def build_task(config: TrainConfig) -> Task:
     if augment_fn is not None:  # orbax cannot save zero-size arrays, so no empty entries
         hparams["aug_strength"] = jnp.asarray(strengths, jnp.float32)
         hparams["aug_prob"] = jnp.asarray(probs, jnp.float32)
+    loss_terms = tuple(sorted(dict(config.loss_weights)))
+    if loss_terms:
+        check_loss_terms(model, train, loss_terms)
+        hparams["loss_weights"] = jnp.asarray([config.loss_weights[name] for name in loss_terms], jnp.float32)
     mixing_fn = None
     if config.mixing is not None:
         mixing_fn = augment.get_mixing(config.mixing)
@@ -87,15 +96,15 @@ def build_task(config: TrainConfig) -> Task:
             raise ValueError(f"config field 'penalty_schedule' has value {schedule!r}; allowed: a dict with a "
                              f"'name' (one of {', '.join(losses.WEIGHT_SCHEDULES.names())}) and its arguments")
         penalty_multiplier = losses.weight_schedule(schedule.pop("name"), **schedule)
+    static_zero = frozenset(name for name in STATIC_ZERO_NAMES if float(hparams[name]) == 0.0)
     return Task(config, model, loss_fn, augment_fn, optimizer, train, evaluation, test, hparams, mixing_fn,
-                penalty_multiplier, preprocessing, dropout_static_zero=not dropout)
+                penalty_multiplier, preprocessing, static_zero=static_zero, loss_terms=loss_terms)
 
 
-def with_member_dropout(task: Task, hparams: Any) -> Task:
-    """The task with traced dropout rates if any member's hyperparameters set one."""
-    if task.dropout_static_zero and hparams and "dropout_rate" in hparams:
-        return dataclasses.replace(task, dropout_static_zero=False)
-    return task
+def with_member_hparams(task: Task, names: Any) -> Task:
+    """The task with traced values for the static-zero hyperparameters among `names` (members set them)."""
+    traced = task.static_zero & set(names or ())
+    return dataclasses.replace(task, static_zero=task.static_zero - traced) if traced else task
 
 
 def preprocess_splits(specs: Any, train: Dataset, evaluation: Dataset, test: Dataset | None):
@@ -141,6 +150,24 @@ def with_training_controls(optimizer: Any, config: TrainConfig) -> Any:
     if config.grad_accumulation > 1:
         optimizer = controls.accumulate_gradients(optimizer, config.grad_accumulation)
     return optimizer
+
+
+def check_loss_terms(model: Any, data: Dataset, names: tuple[str, ...]) -> None:
+    """Each named loss must take the model's outputs and the dataset's labels (checked by shape)."""
+    example = jax.ShapeDtypeStruct((2, *data.x.shape[1:]), jnp.float32)
+    variables = jax.eval_shape(model.init, jax.random.key(0), example)
+    outputs = jax.eval_shape(lambda v, x: model.apply(v, x), variables, example)
+    labels = jax.ShapeDtypeStruct((2, *data.y.shape[1:]), data.y.dtype)
+    for name in names:
+        loss_fn = losses.get_loss(name)  # unknown names raise, listing the known ones
+        try:
+            per_example = jax.eval_shape(loss_fn, outputs, labels)
+        except Exception as error:
+            raise ValueError(f"config field 'loss_weights' names loss {name!r}, which cannot take outputs of shape "
+                             f"{outputs.shape} with labels of shape {labels.shape}: {error}") from None
+        if per_example.shape != (2,):
+            raise ValueError(f"config field 'loss_weights': loss {name!r} gives shape {per_example.shape} for "
+                             "a batch of 2; allowed: one value per example")
 
 
 def check_model_fits_data(model: Any, data: Dataset, model_name: str) -> None:
