@@ -193,6 +193,34 @@ def test_fit_population_resumes(tmp_path, monkeypatch):
         fit_population(config, members[:1], tmp_path / "cut", verbose=False)
 
 
+def test_reduce_on_plateau_per_member_survives_a_resume(tmp_path, monkeypatch):
+    from vhjax.train import checkpoint
+
+    config = dataclasses.replace(BASE, steps=90, eval_every=30, plateau_patience=1, plateau_factor=0.5)
+    members = [{"learning_rate": 1e-7}, {"learning_rate": 3e-3}]  # member 0 cannot improve: a plateau
+    full = fit_population(config, members, tmp_path / "full", verbose=False)
+    rates = np.asarray(get_member_hparams(full.states[0])["learning_rate"])
+    assert rates[0] == np.float32(1e-7) * np.float32(0.25)  # halved at the 2nd and 3rd evaluation
+    assert rates[1] > rates[0] * 1000  # the other member keeps its own rate
+    logged = [json.loads(line) for line in (tmp_path / "full" / "bucket_0" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["learning_rate_scale"][0] for r in logged if "learning_rate_scale" in r] == [1.0, 0.5, 0.25]
+
+    real_save = checkpoint.Checkpointer.save
+
+    def die_after_second(self, step, state, record):
+        real_save(self, step, state, record)
+        if step == 60:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", die_after_second)
+    with pytest.raises(KeyboardInterrupt):
+        fit_population(config, members, tmp_path / "cut", verbose=False)
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", real_save)
+    resumed = fit_population(config, members, tmp_path / "cut", verbose=False)
+    assert [m["eval"] for m in resumed.members] == [m["eval"] for m in full.members]
+    np.testing.assert_array_equal(get_member_hparams(resumed.states[0])["learning_rate"], rates)
+
+
 def test_masked_architectures_in_one_program(tmp_path):
     config = dataclasses.replace(BASE, model="masked_mlp", model_kwargs={"max_width": 16, "max_depth": 2})
     arch = lambda width, depth: {"width": [width, width], "depth": depth, "skip": [0, 1]}

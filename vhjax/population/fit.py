@@ -16,8 +16,10 @@ from vhjax import parallel
 from vhjax.augment import pipeline_from_config
 from vhjax.config import TrainConfig
 from vhjax.population.engine import default_member_chunk, init_population, make_population_eval
+from vhjax.population.exploit import get_member_hparams, set_member_hparams
 from vhjax.population.runner import make_population_runner
 from vhjax.population.state import PopulationState
+from vhjax.train import controls
 from vhjax.train.checkpoint import Checkpointer
 from vhjax.train.loop import chunk_lengths, prepare_workdir, save_preprocessing
 from vhjax.train.metrics_log import MetricsLog, print_progress
@@ -227,17 +229,48 @@ def compiled_programs(task: Task, member_chunk: int | None) -> tuple[Any, Any]:
     return run_chunk, evaluate
 
 
+@dataclasses.dataclass
+class MemberPlateau:
+    """Reduce-LR-on-plateau per member: one plateau state per member on the monitored metric, and
+    each member's learning rate = its base learning rate x its own scale."""
+
+    control: controls.Control
+    state: controls.PlateauState  # leaves of shape (P,)
+    base_learning_rate: jax.Array  # (P,)
+
+    @classmethod
+    def create(cls, config: TrainConfig, population: PopulationState, record: dict | None) -> "MemberPlateau | None":
+        if not config.plateau_patience:
+            return None
+        control = controls.reduce_on_plateau(mode=config.monitor_mode, factor=config.plateau_factor,
+                                             patience=config.plateau_patience)
+        if record and "plateau" in record:  # resuming: the saved states and base rates
+            saved = record["plateau"]
+            state = controls.PlateauState(*(jnp.asarray(v, t.dtype) for v, t in zip(saved["state"], control.init())))
+            return cls(control, state, jnp.asarray(saved["base_learning_rate"], jnp.float32))
+        state = jax.vmap(lambda _: control.init())(jnp.arange(population.size))
+        return cls(control, state, get_member_hparams(population)["learning_rate"])
+
+    def update(self, population: PopulationState, monitored: np.ndarray) -> PopulationState:
+        self.state = jax.vmap(self.control.update)(self.state, jnp.asarray(monitored))
+        return set_member_hparams(population, learning_rate=self.base_learning_rate * self.state.scale)
+
+    def record(self) -> dict:
+        return {"state": [np.asarray(v).tolist() for v in self.state],
+                "base_learning_rate": np.asarray(self.base_learning_rate).tolist()}
+
+
 def train_bucket(task: Task, population: PopulationState, workdir: Path | None, label: str, *,
                  mesh: Any = None, verbose: bool = True) -> tuple[PopulationState, dict]:
     """The chunked loop for one bucket: scan-compiled steps, evaluation, checkpoints, resume."""
     config = task.config
     log = MetricsLog(workdir / "metrics.jsonl" if workdir else None)
-    checkpointer = None
+    checkpointer, record = None, None
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
         checkpointer = Checkpointer(workdir / "checkpoints")
         if checkpointer.latest_step() is not None:
-            population, _ = checkpointer.restore(checkpointer.latest_step(), population)
+            population, record = checkpointer.restore(checkpointer.latest_step(), population)
             log.truncate_after(int(population.members.step.max()))
             if verbose:
                 print_progress(f"{label}: resumed from {workdir} at step {int(population.members.step.max())}")
@@ -248,6 +281,7 @@ def train_bucket(task: Task, population: PopulationState, workdir: Path | None, 
         train_data, eval_data = parallel.replicate(train_data, mesh), parallel.replicate(eval_data, mesh)
     run_chunk, evaluate = compiled_programs(task, default_member_chunk(population.size) if mesh is None else None)
     step = int(checkpointer.latest_step() or 0) if checkpointer else 0
+    plateau = MemberPlateau.create(config, population, record)
     for length in chunk_lengths(step, config.steps, config.eval_every):
         tick = time.perf_counter()
         population, chunk_metrics = run_chunk(population, train_data, length)
@@ -255,11 +289,14 @@ def train_bucket(task: Task, population: PopulationState, workdir: Path | None, 
         rate = population.size * length / (time.perf_counter() - tick)
         step += length
         alive = np.asarray(population.alive)
-        log.write(step, "train", {"loss": np.asarray(chunk_metrics["loss"]).mean(axis=0),
-                                  "member_steps_per_second": rate})
+        train_summary = {"loss": np.asarray(chunk_metrics["loss"]).mean(axis=0), "member_steps_per_second": rate}
+        if plateau is not None:  # reduce each member's learning rate on a plateau of its monitored metric
+            population = plateau.update(population, evaluation[config.monitor])
+            train_summary["learning_rate_scale"] = np.asarray(plateau.state.scale)
+        log.write(step, "train", train_summary)
         log.write(step, "eval", {**evaluation, "alive": alive, "diverged_step": np.asarray(population.diverged_step)})
         if checkpointer is not None:
-            checkpointer.save(step, population, {"step": step})
+            checkpointer.save(step, population, {"step": step, **({"plateau": plateau.record()} if plateau else {})})
         if verbose:
             print_progress(summary_line(label, step, config.steps, rate, evaluation, alive))
     final = {"eval": evaluate(population, *eval_data)}
