@@ -55,6 +55,23 @@ def test_diverging_member_is_frozen_and_flagged(batches):
     assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(population.params))
 
 
+def test_unchecked_chunk_equals_checking_every_step_and_frozen_members_stay(batches):
+    from vhjax.population import make_custom_step
+
+    population = init_custom_population(init_fn, OPTIMIZER, jax.random.key(1), 2, hparams={"beta": 1.0},
+                                        optimizer_hparams={"learning_rate": [3e-3, 1e30]})
+    population, _ = fit_custom(population, loss_fn, OPTIMIZER, batches[:20], 20)  # member 1 diverges
+    frozen = jax.tree.map(lambda leaf: np.asarray(leaf)[1], population.params)
+    checked, checked_losses = jax.jit(lambda p, b: jax.lax.scan(make_custom_step(loss_fn, OPTIMIZER), p, b))(
+        population, batches[20:30])
+    population, losses = fit_custom(population, loss_fn, OPTIMIZER, batches[20:30], 10)  # no check per step
+    np.testing.assert_array_equal(losses[:, 0], np.asarray(checked_losses)[:, 0])
+    assert np.isnan(losses[:, 1]).all() and np.isnan(np.asarray(checked_losses)[:, 1]).all()
+    for a, b, c in zip(jax.tree.leaves(population.params), jax.tree.leaves(checked.params), jax.tree.leaves(frozen)):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(np.asarray(a)[1], c)
+
+
 def test_bad_input_is_named(batches):
     with pytest.raises(ValueError, match="'beta' has shape \\(2,\\); expected \\(3,\\)"):
         init_custom_population(init_fn, OPTIMIZER, jax.random.key(0), 3, hparams={"beta": [1.0, 2.0]})

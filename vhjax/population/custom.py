@@ -73,10 +73,12 @@ def init_custom_population(init_fn: Callable[[jax.Array], Any], optimizer: optax
                             jnp.zeros(size, jnp.int32), jnp.ones(size, bool), jnp.full(size, -1, jnp.int32))
 
 
-def make_custom_step(loss_fn: Callable, optimizer: optax.GradientTransformation) -> Callable:
+def make_custom_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *,
+                     isolate: bool = True) -> Callable:
     """`step(population, batch) -> (population, loss (P,))`; all members see the same batch.
 
-    A member whose loss or parameters become non-finite keeps its last finite state and is flagged.
+    A member whose loss or parameters become non-finite keeps its last finite state and is flagged
+    (with `isolate=False` nothing is checked: `fit_custom` runs that first, see there).
     """
 
     def member_step(params, opt_state, hparams, key, step, alive, diverged_step, batch):
@@ -84,12 +86,14 @@ def make_custom_step(loss_fn: Callable, optimizer: optax.GradientTransformation)
         loss, grads = jax.value_and_grad(loss_fn)(params, batch, step_key, hparams)
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
+        if not isolate:
+            return new_params, new_opt_state, alive, diverged_step, loss
         finite = jnp.isfinite(loss) & jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf))
                                                           for leaf in jax.tree.leaves(new_params)]))
         ok = alive & finite
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
         return (keep(new_params, params), keep(new_opt_state, opt_state), ok,
-                jnp.where(alive & ~finite, step + 1, diverged_step), loss)
+                jnp.where(alive & ~finite, step + 1, diverged_step), jnp.where(alive, loss, jnp.nan))
 
     vmapped = jax.vmap(member_step, in_axes=(0, 0, 0, 0, 0, 0, 0, None))
 
@@ -110,7 +114,22 @@ def fit_custom(population: CustomPopulation, loss_fn: Callable, optimizer: optax
     leading = {np.shape(leaf)[0] for leaf in jax.tree.leaves(batches)}
     if leading != {steps}:
         raise ValueError(f"batches need a leading axis of length steps={steps}; got leading sizes {sorted(leading)}")
-    step = make_custom_step(loss_fn, optimizer)
-    run = jax.jit(lambda p, b: jax.lax.scan(step, p, b))
-    population, losses = run(population, batches)
-    return population, np.asarray(losses)
+    # Optimistic isolation (as population.runner): train without per-step checks; if a live member
+    # ended non-finite, train again from the start with the per-step isolated step.
+    free = jax.jit(lambda p, b: jax.lax.scan(make_custom_step(loss_fn, optimizer, isolate=False), p, b))
+    end, losses = free(population, batches)
+    finite = jnp.all(jnp.isfinite(losses), axis=0) & jax.vmap(_all_finite)(end.params)
+    if bool(jnp.any(population.alive & ~finite)):
+        isolated = jax.jit(lambda p, b: jax.lax.scan(make_custom_step(loss_fn, optimizer), p, b))
+        end, losses = isolated(population, batches)
+    else:  # members frozen before this call keep their state
+        keep = lambda new, old: jax.tree.map(
+            lambda a, b: jnp.where(population.alive.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, old)
+        end = end.replace(params=keep(end.params, population.params),
+                          opt_state=keep(end.opt_state, population.opt_state))
+    losses = jnp.where(population.alive, losses, jnp.nan)
+    return end, np.asarray(losses)
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
