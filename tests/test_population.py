@@ -125,7 +125,10 @@ def test_bad_hyperparameters_fail_before_compiling(task, hparams, match):
 
 
 def test_exploit_explore_primitives(task, data):
-    population = init_population(task, jax.random.key(3), 4, {"learning_rate": [1e-3, 2e-3, 3e-3, 4e-3]})
+    from vhjax.train.task import with_member_hparams
+
+    population = init_population(with_member_hparams(task, ["l2"]), jax.random.key(3), 4,
+                                 {"learning_rate": [1e-3, 2e-3, 3e-3, 4e-3]})
     population = run(task, population, data, 2)
     copied = jax.jit(copy_members)(population, jnp.array([3, 1, 2, 3]))
     leaf = lambda p: np.asarray(jax.tree.leaves(p.members.params)[0])
@@ -287,6 +290,10 @@ def test_static_zero_hyperparameters_refused_unless_rebuilt(task):
     for name in ("dropout_rate", "l2"):
         with pytest.raises(ValueError, match=f"member 1 sets '{name}'.*static zero"):
             init_population(task, jax.random.key(0), 2, {name: [0.0, 0.3]})
+    population = init_population(task, jax.random.key(0), 2)
+    with pytest.raises(ValueError, match="'l2' is a static zero"):  # it would silently do nothing
+        set_member_hparams(population, l2=jnp.array([0.0, 1e-3]))
     rebuilt = with_member_hparams(task, {"dropout_rate": [0.0, 0.3], "l2": [0.0, 1e-3]})
     assert rebuilt.static_zero == {"l1", "elastic_net"}
-    init_population(rebuilt, jax.random.key(0), 2, {"dropout_rate": [0.0, 0.3], "l2": [0.0, 1e-3]})
+    population = init_population(rebuilt, jax.random.key(0), 2, {"dropout_rate": [0.0, 0.3], "l2": [0.0, 1e-3]})
+    set_member_hparams(population, l2=jnp.array([1e-3, 0.0]))

@@ -42,7 +42,8 @@ def init_population(task: Task, key: jax.Array, size: int, hparams: Mapping[str,
     members = jax.vmap(lambda k, dk: init_state(task, k, data_key=dk))(member_keys, data_keys)
     members = members.replace(hparams=state_hparams,
                               opt_state=optim.set_hyperparams(members.opt_state, **optimizer_hparams))
-    return PopulationState(members, jnp.ones(size, bool), jnp.full(size, -1, jnp.int32), same_batches)
+    return PopulationState(members, jnp.ones(size, bool), jnp.full(size, -1, jnp.int32), same_batches,
+                           task.static_zero)
 
 
 def check_member_archs(task: Task, size: int, arch: Any) -> None:

@@ -21,6 +21,9 @@ class PopulationState:
     alive: jax.Array
     diverged_step: jax.Array
     same_batches: bool = flax.struct.field(pytree_node=False, default=True)
+    # hyperparameters compiled as constant 0 for this population (Task.static_zero): setting them
+    # later would have no effect, so `set_member_hparams` refuses non-zero values
+    static_zero: frozenset = flax.struct.field(pytree_node=False, default=frozenset())
 
     @property
     def size(self) -> int:
