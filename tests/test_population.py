@@ -196,6 +196,18 @@ def test_fit_population_resumes(tmp_path, monkeypatch):
         fit_population(config, members[:1], tmp_path / "cut", verbose=False)
 
 
+def test_per_step_isolation_gives_the_same_population(tmp_path):
+    members = [{"learning_rate": lr} for lr in (1e-3, 1e30, 3e-3)]
+    optimistic = fit_population(BASE, members, verbose=False)
+    per_step = fit_population(BASE, members, verbose=False, isolation="per_step")
+    assert [m["diverged_step"] for m in per_step.members] == [m["diverged_step"] for m in optimistic.members]
+    assert per_step.members[1]["diverged_step"] is not None
+    for a, b in zip(jax.tree.leaves(optimistic.states[0].members.params), jax.tree.leaves(per_step.states[0].members.params)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="isolation='sometimes'; allowed: 'optimistic', 'per_step'"):
+        fit_population(BASE, members, isolation="sometimes", verbose=False)
+
+
 def test_reduce_on_plateau_per_member_survives_a_resume(tmp_path, monkeypatch):
     from vhjax.train import checkpoint
 

@@ -17,7 +17,7 @@ from vhjax.augment import pipeline_from_config
 from vhjax.config import TrainConfig
 from vhjax.population.engine import default_member_chunk, init_population, make_population_eval
 from vhjax.population.exploit import get_member_hparams, set_member_hparams
-from vhjax.population.runner import make_population_runner
+from vhjax.population.runner import ISOLATION_MODES, make_population_runner
 from vhjax.population.state import PopulationState
 from vhjax.train import controls
 from vhjax.train.checkpoint import Checkpointer
@@ -134,7 +134,8 @@ def stack_dynamic(indices: list[int], members: Sequence[Mapping[str, Any]]) -> d
 
 
 def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], workdir: str | Path | None = None,
-                   *, same_batches: bool = True, mesh: Any = None, verbose: bool = True) -> PopulationResult:
+                   *, same_batches: bool = True, mesh: Any = None, isolation: str = "optimistic",
+                   verbose: bool = True) -> PopulationResult:
     """Train every member; members with equal static config share one compiled, vmapped program.
 
     `members` are dicts of config fields: dynamic ones (learning rate, weight decay, regularizer
@@ -142,8 +143,12 @@ def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], wo
     probabilities, loss weights, `arch` masks) vary inside a program; any other field starts a
     new bucket.
     All validation happens before the first compilation. With a `mesh`
-    (vhjax.parallel.population_mesh), members are sharded over its devices.
+    (vhjax.parallel.population_mesh), members are sharded over its devices. `isolation`:
+    'optimistic' (check divergence once per chunk, replay a chunk in which a member diverged) or
+    'per_step' (check every step: one copy of the state in memory instead of two, slower).
     """
+    if isolation not in ISOLATION_MODES:
+        raise ValueError(f"isolation={isolation!r}; allowed: {', '.join(map(repr, ISOLATION_MODES))}")
     if not members:
         raise ValueError("members is empty; give at least one member (a dict of config fields)")
     members = [with_config_loss_weights(config, member) for member in members]
@@ -164,7 +169,8 @@ def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], wo
         if bucket_dir is not None:
             bucket_dir.mkdir(parents=True, exist_ok=True)
             save_preprocessing(bucket_dir, task)
-        population, final = train_bucket(task, population, bucket_dir, label, mesh=mesh, verbose=verbose)
+        population, final = train_bucket(task, population, bucket_dir, label, mesh=mesh, isolation=isolation,
+                                         verbose=verbose)
         states.append(population)
         for position, index in enumerate(indices):
             diverged = int(population.diverged_step[position])
@@ -218,13 +224,13 @@ def bucket_task(config: TrainConfig, member_names: Any = ()) -> Task:
     return _remember(_TASKS, key, lambda: with_member_hparams(build_task(config), traced))
 
 
-def compiled_programs(task: Task, member_chunk: int | None) -> tuple[Any, Any]:
-    """(chunk runner, population evaluation) of a task, jitted once per task and member grouping."""
-    key = (id(task), member_chunk)
+def compiled_programs(task: Task, member_chunk: int | None, isolation: str = "optimistic") -> tuple[Any, Any]:
+    """(chunk runner, population evaluation) of a task, jitted once per task, member grouping and isolation."""
+    key = (id(task), member_chunk, isolation)
     if key in _PROGRAMS and _PROGRAMS[key][0] is not task:  # an id reused by a newer task
         del _PROGRAMS[key]
     _, run_chunk, evaluate = _remember(_PROGRAMS, key, lambda: (
-        task, make_population_runner(task, member_chunk),
+        task, make_population_runner(task, member_chunk, isolation=isolation),
         jax.jit(make_population_eval(task))))
     return run_chunk, evaluate
 
@@ -261,7 +267,8 @@ class MemberPlateau:
 
 
 def train_bucket(task: Task, population: PopulationState, workdir: Path | None, label: str, *,
-                 mesh: Any = None, verbose: bool = True) -> tuple[PopulationState, dict]:
+                 mesh: Any = None, isolation: str = "optimistic", verbose: bool = True
+                 ) -> tuple[PopulationState, dict]:
     """The chunked loop for one bucket: scan-compiled steps, evaluation, checkpoints, resume."""
     config = task.config
     log = MetricsLog(workdir / "metrics.jsonl" if workdir else None)
@@ -279,7 +286,8 @@ def train_bucket(task: Task, population: PopulationState, workdir: Path | None, 
     if mesh is not None:
         population = parallel.shard_members(population, mesh)
         train_data, eval_data = parallel.replicate(train_data, mesh), parallel.replicate(eval_data, mesh)
-    run_chunk, evaluate = compiled_programs(task, default_member_chunk(population.size) if mesh is None else None)
+    run_chunk, evaluate = compiled_programs(task, default_member_chunk(population.size) if mesh is None else None,
+                                            isolation)
     step = int(checkpointer.latest_step() or 0) if checkpointer else 0
     plateau = MemberPlateau.create(config, population, record)
     for length in chunk_lengths(step, config.steps, config.eval_every):

@@ -33,6 +33,7 @@ from vhjax.train.step import make_train_step
 from vhjax.train.task import Task
 
 BatchIndices = Callable[[PopulationState, int], jax.Array]
+ISOLATION_MODES = ("optimistic", "per_step")
 
 
 def member_where(condition: jax.Array, new: Any, old: Any) -> Any:
@@ -104,10 +105,17 @@ class PopulationRunner:
 
     `data` = (x, y) on device. Diverging members are isolated exactly as by the per-step isolated
     step (see the module docstring); `replayed_chunks` counts the chunks that were run again.
+    `isolation='optimistic'` keeps the chunk's starting state until the chunk is known to be clean
+    (two copies of the population's parameters and optimizer state in memory);
+    `isolation='per_step'` checks every step and donates the input (one copy; slower).
     The input population must not be used afterwards (its buffers may be donated).
     """
 
-    def __init__(self, task: Task, member_chunk: int | None = None, batch_indices: BatchIndices | None = None):
+    def __init__(self, task: Task, member_chunk: int | None = None, batch_indices: BatchIndices | None = None,
+                 isolation: str = "optimistic"):
+        if isolation not in ISOLATION_MODES:
+            raise ValueError(f"isolation={isolation!r}; allowed: {', '.join(map(repr, ISOLATION_MODES))}")
+        self.isolation = isolation
         batch_indices = batch_indices or population_batch_indices(task)
         free, isolated = make_member_steps(task, isolated=False), make_member_steps(task, isolated=True)
 
@@ -128,6 +136,8 @@ class PopulationRunner:
         self.replayed_chunks = 0
 
     def __call__(self, population: PopulationState, data, length: int) -> tuple[PopulationState, dict]:
+        if self.isolation == "per_step":
+            return self._isolated_chunk(population, data, length)
         end, metrics, clean = self._free_chunk(population, data, length)
         if bool(clean):
             return end, metrics
@@ -135,12 +145,13 @@ class PopulationRunner:
         return self._isolated_chunk(population, data, length)
 
 
-def make_population_runner(task: Task, member_chunk: int | None = None,
-                           batch_indices: BatchIndices | None = None) -> PopulationRunner:
+def make_population_runner(task: Task, member_chunk: int | None = None, batch_indices: BatchIndices | None = None,
+                           isolation: str = "optimistic") -> PopulationRunner:
     """The chunk runner of a population (see `PopulationRunner`).
 
     `member_chunk` trains members in groups of that size one after another (CPU cache reuse);
     `batch_indices(population, length)` gives the chunk's example indices (default:
-    `population_batch_indices(task)`).
+    `population_batch_indices(task)`); `isolation`: 'optimistic' (default) or 'per_step' (see
+    `PopulationRunner`).
     """
-    return PopulationRunner(task, member_chunk, batch_indices)
+    return PopulationRunner(task, member_chunk, batch_indices, isolation)
