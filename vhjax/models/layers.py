@@ -6,6 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vhjax.models import activations
+
 
 class Dropout(nn.Module):
     """Inverted dropout whose rate may be a traced array (one value per population member).
@@ -25,21 +27,13 @@ class Dropout(nn.Module):
         return jnp.where(mask, x / jnp.maximum(keep, 1e-6), jnp.zeros_like(x))
 
 
-ACTIVATIONS = {
-    "relu": nn.relu,
-    "tanh": jnp.tanh,
-    "sigmoid": nn.sigmoid,
-    "gelu": nn.gelu,
-    "swish": nn.swish,
-    "leaky_relu": nn.leaky_relu,
-}
+# The parameter-free activations of vhjax.models.activations (the one table of names).
+ACTIVATIONS = activations.FUNCTIONS
 
 
 def get_activation(name: str, field: str = "activation"):
-    """The activation function called `name`; ValueError naming `field` and the known names."""
-    if name not in ACTIVATIONS:
-        raise ValueError(f"model field {field!r} has value {name!r}; known activations: "
-                         f"{', '.join(sorted(ACTIVATIONS))}")
+    """The parameter-free activation called `name`; ValueError naming `field` and the known names."""
+    activations.check_activation("model", field, name, tuple(sorted(ACTIVATIONS)))
     return ACTIVATIONS[name]
 
 

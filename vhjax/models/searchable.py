@@ -13,9 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vhjax.models.layers import Dropout
-
-ACTIVATIONS = {"relu": nn.relu, "tanh": jnp.tanh, "gelu": nn.gelu, "swish": nn.swish, "sigmoid": nn.sigmoid}
+from vhjax.models.layers import Dropout, get_activation
 
 
 class MaskedMLP(nn.Module):
@@ -56,9 +54,7 @@ class MaskedMLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False, dropout_rate=None, arch=None) -> jax.Array:
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation {self.activation!r}; known: {', '.join(sorted(ACTIVATIONS))}")
-        act = ACTIVATIONS[self.activation]
+        act = get_activation(self.activation)
         arch = self.full_arch() if arch is None else arch
         rate = self.dropout_rate if dropout_rate is None else dropout_rate
         h = x.reshape(x.shape[0], -1)
