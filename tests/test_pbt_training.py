@@ -32,22 +32,11 @@ def test_pbt_rescues_bad_members_and_beats_no_exploitation():
     assert all(1e-5 <= lr <= 1e-1 for lr in learning_rates)
 
 
-def test_interrupted_pbt_resumes_identically(tmp_path, monkeypatch):
-    from vhjax.train import checkpoint
-
+def test_interrupted_pbt_resumes_identically(tmp_path, run_interrupted):
     config = dataclasses.replace(CONFIG, steps=90)
     full = fit_pbt(config, MEMBERS, EXPLORE, interval=30, workdir=tmp_path / "full", verbose=False)
-    real_save = checkpoint.Checkpointer.save
-
-    def die_after_save(self, step, state, record):
-        real_save(self, step, state, record)
-        if step == 60:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(checkpoint.Checkpointer, "save", die_after_save)
-    with pytest.raises(KeyboardInterrupt):
-        fit_pbt(config, MEMBERS, EXPLORE, interval=30, workdir=tmp_path / "cut", verbose=False)
-    monkeypatch.setattr(checkpoint.Checkpointer, "save", real_save)
+    run_interrupted(lambda: fit_pbt(config, MEMBERS, EXPLORE, interval=30, workdir=tmp_path / "cut", verbose=False),
+                    at_step=60)
     resumed = fit_pbt(config, MEMBERS, EXPLORE, interval=30, workdir=tmp_path / "cut", verbose=False)
     assert resumed.lineage == full.lineage
     assert [m["eval"] for m in resumed.members] == [m["eval"] for m in full.members]

@@ -172,24 +172,11 @@ def test_fit_population_buckets_and_leaderboard(tmp_path):
     assert json.loads((tmp_path / "result.json").read_text())[1]["member"] == 1
 
 
-def test_fit_population_resumes(tmp_path, monkeypatch):
-    from vhjax.train import checkpoint
-
+def test_fit_population_resumes(tmp_path, run_interrupted):
     members = [{"learning_rate": lr, "l2": l2} for lr, l2 in [(1e-3, 0.0), (3e-3, 1e-3)]]
     config = dataclasses.replace(BASE, steps=90)
     full = fit_population(config, members, tmp_path / "full", verbose=False)
-    real_save = checkpoint.Checkpointer.save
-    calls = []
-
-    def die_after_first(self, step, state, record):
-        real_save(self, step, state, record)
-        calls.append(step)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(checkpoint.Checkpointer, "save", die_after_first)
-    with pytest.raises(KeyboardInterrupt):
-        fit_population(config, members, tmp_path / "cut", verbose=False)
-    monkeypatch.setattr(checkpoint.Checkpointer, "save", real_save)
+    run_interrupted(lambda: fit_population(config, members, tmp_path / "cut", verbose=False))
     resumed = fit_population(config, members, tmp_path / "cut", verbose=False)
     assert [m["eval"] for m in resumed.members] == [m["eval"] for m in full.members]
     with pytest.raises(ValueError, match="other members"):
@@ -208,9 +195,7 @@ def test_per_step_isolation_gives_the_same_population(tmp_path):
         fit_population(BASE, members, isolation="sometimes", verbose=False)
 
 
-def test_reduce_on_plateau_per_member_survives_a_resume(tmp_path, monkeypatch):
-    from vhjax.train import checkpoint
-
+def test_reduce_on_plateau_per_member_survives_a_resume(tmp_path, run_interrupted):
     config = dataclasses.replace(BASE, steps=90, eval_every=30, plateau_patience=1, plateau_factor=0.5)
     members = [{"learning_rate": 1e-7}, {"learning_rate": 3e-3}]  # member 0 cannot improve: a plateau
     full = fit_population(config, members, tmp_path / "full", verbose=False)
@@ -220,17 +205,7 @@ def test_reduce_on_plateau_per_member_survives_a_resume(tmp_path, monkeypatch):
     logged = [json.loads(line) for line in (tmp_path / "full" / "bucket_0" / "metrics.jsonl").read_text().splitlines()]
     assert [r["learning_rate_scale"][0] for r in logged if "learning_rate_scale" in r] == [1.0, 0.5, 0.25]
 
-    real_save = checkpoint.Checkpointer.save
-
-    def die_after_second(self, step, state, record):
-        real_save(self, step, state, record)
-        if step == 60:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(checkpoint.Checkpointer, "save", die_after_second)
-    with pytest.raises(KeyboardInterrupt):
-        fit_population(config, members, tmp_path / "cut", verbose=False)
-    monkeypatch.setattr(checkpoint.Checkpointer, "save", real_save)
+    run_interrupted(lambda: fit_population(config, members, tmp_path / "cut", verbose=False), at_step=60)
     resumed = fit_population(config, members, tmp_path / "cut", verbose=False)
     assert [m["eval"] for m in resumed.members] == [m["eval"] for m in full.members]
     np.testing.assert_array_equal(get_member_hparams(resumed.states[0])["learning_rate"], rates)

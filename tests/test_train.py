@@ -48,22 +48,9 @@ def test_chunks_align_to_eval_boundaries():
     assert chunk_lengths(100, 100, 40) == []
 
 
-def test_interrupted_run_resumes_to_identical_metrics(tmp_path, monkeypatch):
-    from vhjax.train import checkpoint
-
+def test_interrupted_run_resumes_to_identical_metrics(tmp_path, run_interrupted):
     uninterrupted = fit(SMALL, tmp_path / "full", verbose=False)
-    real_save, saves = checkpoint.Checkpointer.save, []
-
-    def save_then_die(self, step, state, record):
-        real_save(self, step, state, record)
-        saves.append(step)
-        if len(saves) == 2:
-            raise KeyboardInterrupt("simulated kill after the second checkpoint")
-
-    monkeypatch.setattr(checkpoint.Checkpointer, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        fit(SMALL, tmp_path / "cut", verbose=False)
-    monkeypatch.setattr(checkpoint.Checkpointer, "save", real_save)
+    run_interrupted(lambda: fit(SMALL, tmp_path / "cut", verbose=False), at_step=80)  # after the 2nd checkpoint
     resumed = fit(SMALL, tmp_path / "cut", verbose=False)
     assert resumed.metrics == uninterrupted.metrics
     steps = [row["step"] for row in resumed.history if row["split"] == "eval"]
