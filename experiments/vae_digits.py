@@ -111,7 +111,7 @@ def main() -> None:
              f"better), mean ± std over {args.seeds} seeds trained together with `jax.vmap`. The pixels are grey levels, "
              "so the Bernoulli likelihood is the usual surrogate, not a density of the data: compare the number "
              "only with other Bernoulli-likelihood results on the same [0, 1] scaling.", "",
-             f"| model | test -ELBO (nats/image) | per seed | train -ELBO (last 100 steps) |", "|---|---|---|---|",
+             "| model | test -ELBO (nats/image) | per seed | train -ELBO (last 100 steps) |", "|---|---|---|---|",
              f"| VAE (256, 128), z = {args.latent} | {test.mean():.2f} ± {test.std():.2f} | "
              f"{', '.join(f'{v:.2f}' for v in test)} | {train_final.mean():.2f} |", "",
              f"Figure: `{args.figure}` (test originals, reconstructions, prior samples).  ",

@@ -11,7 +11,7 @@ import pytest
 
 import vhjax
 from vhjax.config import TrainConfig
-from vhjax.search import Categorical, Float, Int, Space, TrainingObjective, candidate_to_member
+from vhjax.search import Categorical, Int, Space, TrainingObjective, candidate_to_member
 from vhjax.search.training import complete_arch
 
 CONFIG = TrainConfig(dataset="digits", model="masked_mlp", model_kwargs={"max_width": 16, "max_depth": 2},

@@ -24,7 +24,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import jax.scipy as jsp
-import numpy as np
 import optax
 from flax import struct
 
