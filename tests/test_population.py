@@ -260,9 +260,9 @@ def test_member_chunks_give_the_same_result_as_one_vmap(task, data):
     population = init_population(task, jax.random.key(5), 4, {"learning_rate": [1e-3, 2e-3, 3e-3, 4e-3]},
                                  same_batches=False)
     results = []
+    runner = make_chunk_runner(make_population_step(task), population_batch_indices(task))
+    results.append(runner(jax.tree.map(jnp.copy, population), data, 4)[0])
     for chunk in (None, 2):
-        runner = make_chunk_runner(make_population_step(task, chunk), population_batch_indices(task))
-        results.append(runner(jax.tree.map(jnp.copy, population), data, 4)[0])
         results.append(make_population_runner(task, chunk)(jax.tree.map(jnp.copy, population), data, 4)[0])
     for other in results[1:]:
         for a, b in zip(jax.tree.leaves(results[0].members.params), jax.tree.leaves(other.members.params)):

@@ -13,6 +13,7 @@ KL weight beta, a dropout rate) is a per-member array.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Mapping
 
 import flax.struct
@@ -22,6 +23,7 @@ import numpy as np
 import optax
 
 from vhjax import optim
+from vhjax.population.engine import all_finite, keep_where
 
 
 @flax.struct.dataclass
@@ -88,11 +90,9 @@ def make_custom_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
         new_params = optax.apply_updates(params, updates)
         if not isolate:
             return new_params, new_opt_state, alive, diverged_step, loss
-        finite = jnp.isfinite(loss) & jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf))
-                                                          for leaf in jax.tree.leaves(new_params)]))
+        finite = jnp.isfinite(loss) & all_finite(new_params)
         ok = alive & finite
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-        return (keep(new_params, params), keep(new_opt_state, opt_state), ok,
+        return (keep_where(ok, new_params, params), keep_where(ok, new_opt_state, opt_state), ok,
                 jnp.where(alive & ~finite, step + 1, diverged_step), jnp.where(alive, loss, jnp.nan))
 
     vmapped = jax.vmap(member_step, in_axes=(0, 0, 0, 0, 0, 0, 0, None))
@@ -116,20 +116,26 @@ def fit_custom(population: CustomPopulation, loss_fn: Callable, optimizer: optax
         raise ValueError(f"batches need a leading axis of length steps={steps}; got leading sizes {sorted(leading)}")
     # Optimistic isolation (as population.runner): train without per-step checks; if a live member
     # ended non-finite, train again from the start with the per-step isolated step.
-    free = jax.jit(lambda p, b: jax.lax.scan(make_custom_step(loss_fn, optimizer, isolate=False), p, b))
-    end, losses = free(population, batches)
-    finite = jnp.all(jnp.isfinite(losses), axis=0) & jax.vmap(_all_finite)(end.params)
+    end, losses = scan_program(loss_fn, optimizer, False)(population, batches)
+    finite = jnp.all(jnp.isfinite(losses), axis=0) & jax.vmap(all_finite)(end.params)
     if bool(jnp.any(population.alive & ~finite)):
-        isolated = jax.jit(lambda p, b: jax.lax.scan(make_custom_step(loss_fn, optimizer), p, b))
-        end, losses = isolated(population, batches)
+        end, losses = scan_program(loss_fn, optimizer, True)(population, batches)
     else:  # members frozen before this call keep their state
-        keep = lambda new, old: jax.tree.map(
-            lambda a, b: jnp.where(population.alive.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, old)
-        end = end.replace(params=keep(end.params, population.params),
-                          opt_state=keep(end.opt_state, population.opt_state))
+        end = end.replace(params=keep_where(population.alive, end.params, population.params),
+                          opt_state=keep_where(population.alive, end.opt_state, population.opt_state))
     losses = jnp.where(population.alive, losses, jnp.nan)
     return end, np.asarray(losses)
 
 
-def _all_finite(tree: Any) -> jax.Array:
-    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+def scan_program(loss_fn: Callable, optimizer: optax.GradientTransformation, isolate: bool) -> Callable:
+    """The jitted scan of the step, built once per (loss, optimizer, isolate) so repeated
+    `fit_custom` calls do not compile again."""
+    try:
+        return _cached_scan_program(loss_fn, optimizer, isolate)
+    except TypeError:  # an unhashable loss function: build it for this call only
+        return _cached_scan_program.__wrapped__(loss_fn, optimizer, isolate)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_scan_program(loss_fn: Callable, optimizer: optax.GradientTransformation, isolate: bool) -> Callable:
+    return jax.jit(lambda p, b: jax.lax.scan(make_custom_step(loss_fn, optimizer, isolate=isolate), p, b))

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vhjax import optim
-from vhjax.population.hparams import member_arrays
+from vhjax.population.hparams import check_not_static_zero, member_arrays
 from vhjax.population.state import PopulationState
 from vhjax.train.state import TrainState
 from vhjax.train.step import chunk_batch_indices, init_state, make_eval_fn, make_train_step
@@ -33,12 +33,7 @@ def init_population(task: Task, key: jax.Array, size: int, hparams: Mapping[str,
     check_member_archs(task, size, (hparams or {}).get("arch"))
     probe = init_state(task, jax.random.key(0))
     state_hparams, optimizer_hparams = member_arrays(size, hparams or {}, probe.hparams, probe.opt_state)
-    for name in sorted(task.static_zero):
-        if np.any(np.asarray(state_hparams[name]) != 0):
-            member = int(np.argmax(np.asarray(state_hparams[name]) != 0))
-            raise ValueError(f"member {member} sets {name!r} but the task was built with {name} = 0 for every "
-                             "member (a static zero: built without dropout / that penalty); build the population "
-                             "from vhjax.train.task.with_member_hparams(task, hparams)")
+    check_not_static_zero(task.static_zero, state_hparams)
     members = jax.vmap(lambda k, dk: init_state(task, k, data_key=dk))(member_keys, data_keys)
     members = members.replace(hparams=state_hparams,
                               opt_state=optim.set_hyperparams(members.opt_state, **optimizer_hparams))
@@ -62,12 +57,13 @@ def all_finite(tree: Any) -> jax.Array:
 
 
 def keep_where(condition: jax.Array, new: Any, old: Any) -> Any:
-    """`new` where `condition`, else `old`, leaf by leaf (PRNG key leaves never change in a step)."""
+    """`new` where `condition`, else `old`, leaf by leaf; `condition` is a scalar or one flag per
+    member (leading axis). PRNG key leaves are taken from `new` (they never change in a step)."""
 
     def choose(a, b):
         if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
             return a
-        return jnp.where(condition, a, b)
+        return jnp.where(condition.reshape(condition.shape + (1,) * (a.ndim - condition.ndim)), a, b)
 
     return jax.tree.map(choose, new, old)
 
@@ -92,33 +88,39 @@ def default_member_chunk(size: int) -> int | None:
     return None
 
 
-def make_population_step(task: Task, member_chunk: int | None = None
+def make_population_step(task: Task, *, isolate: bool = True
                          ) -> Callable[[PopulationState, Any], tuple[PopulationState, dict]]:
     """`step(population, batch) -> (population, metrics (P,))`: every member in one program.
 
     `batch` is one (x, y) shared by all members when `population.same_batches`, else (P, ...) arrays.
-    With `member_chunk`, the vmapped step runs over groups of that many members in turn
-    (`lax.map`), which keeps each group's activations in cache on a CPU; results are identical.
+    With `isolate`, a diverging member is frozen and flagged (`make_isolated_step`) and the metrics
+    of members frozen before the step are NaN; without it nothing is checked (the population
+    runner's optimistic chunks). Member groups for CPU caches: `population.runner`.
     """
+    if not isolate:
+        train_step = make_train_step(task)
+
+        def free_step(population: PopulationState, batch) -> tuple[PopulationState, dict]:
+            vmapped = jax.vmap(train_step, in_axes=(0, None if population.same_batches else 0))
+            members, metrics = vmapped(population.members, batch)
+            return population.replace(members=members), metrics
+
+        return free_step
     isolated = make_isolated_step(task)
 
     def step(population: PopulationState, batch) -> tuple[PopulationState, dict]:
-        shared = population.same_batches
-        member_step = jax.vmap(isolated, in_axes=(0, 0, 0, None if shared else 0))
-        size = population.alive.shape[0]
-        args = (population.members, population.alive, population.diverged_step)
-        if member_chunk is None or member_chunk >= size or size % member_chunk:
-            members, alive, diverged_step, metrics = member_step(*args, batch)
-        else:
-            groups = size // member_chunk
-            split = lambda tree: jax.tree.map(lambda leaf: leaf.reshape(groups, member_chunk, *leaf.shape[1:]), tree)
-            merge = lambda tree: jax.tree.map(lambda leaf: leaf.reshape(size, *leaf.shape[2:]), tree)
-            run_group = lambda xs: member_step(*xs[:3], batch if shared else xs[3])
-            members, alive, diverged_step, metrics = merge(
-                jax.lax.map(run_group, split((*args, None if shared else batch))))
+        member_step = jax.vmap(isolated, in_axes=(0, 0, 0, None if population.same_batches else 0))
+        members, alive, diverged_step, metrics = member_step(
+            population.members, population.alive, population.diverged_step, batch)
+        metrics = nan_where_frozen(population.alive, metrics)
         return population.replace(members=members, alive=alive, diverged_step=diverged_step), metrics
 
     return step
+
+
+def nan_where_frozen(alive: jax.Array, metrics: dict) -> dict:
+    """Step metrics with NaN for members not alive (`alive` broadcasts against the metrics)."""
+    return {name: jnp.where(alive, value, jnp.nan) for name, value in metrics.items()}
 
 
 def population_batch_indices(task: Task) -> Callable[[PopulationState, int], jax.Array]:

@@ -202,8 +202,8 @@ def summary_line(label: str, step: int, total: int, member_steps_per_second: flo
             f"diverged {int((~alive).sum())}")
 
 
-_TASKS: dict[tuple[str, bool], Task] = {}
-_PROGRAMS: dict[tuple[int, int | None], tuple] = {}
+_TASKS: dict[tuple[str, tuple[str, ...]], Task] = {}  # (config without seed, traced static zeros)
+_PROGRAMS: dict[tuple[int, int | None, str], tuple] = {}  # (task id, member chunk, isolation)
 _CACHE_SIZE = 8
 
 
@@ -252,8 +252,8 @@ class MemberPlateau:
                                              patience=config.plateau_patience)
         if record and "plateau" in record:  # resuming: the saved states and base rates
             saved = record["plateau"]
-            state = controls.PlateauState(*(jnp.asarray(v, t.dtype) for v, t in zip(saved["state"], control.init())))
-            return cls(control, state, jnp.asarray(saved["base_learning_rate"], jnp.float32))
+            return cls(control, controls.restore_plateau(control, saved["state"]),
+                       jnp.asarray(saved["base_learning_rate"], jnp.float32))
         state = jax.vmap(lambda _: control.init())(jnp.arange(population.size))
         return cls(control, state, get_member_hparams(population)["learning_rate"])
 

@@ -10,9 +10,6 @@ import numpy as np
 
 from vhjax import optim
 
-STATE_HPARAMS = ("l1", "l2", "elastic_net", "dropout_rate", "aug_strength", "aug_prob", "mixing_strength",
-                 "loss_weights")
-
 # Allowed ranges of the hyperparameters whose bounds are known; others (optimizer-specific) must
 # only be finite.
 RANGES = {
@@ -47,6 +44,21 @@ def check_range(name: str, values: np.ndarray) -> None:
     if not inside.all():
         member = int(np.argmax(~inside.all(axis=1)))
         raise ValueError(f"member {member}: hyperparameter {name!r} = {values[member]!r}; allowed: {text}")
+
+
+def check_not_static_zero(static_zero: frozenset, values: Mapping[str, Any]) -> None:
+    """Refuse values for hyperparameters the task compiled as constant 0 (they would have no
+    effect), naming the first member that sets one and the field."""
+    for name in sorted(set(values) & set(static_zero)):
+        value = values[name]
+        advice = (f"{name!r} is a static zero of this task (built with no member setting it, so a value would "
+                  f"have no effect); build the population from vhjax.train.task.with_member_hparams(task, [..., {name!r}])")
+        if isinstance(value, jax.core.Tracer):
+            raise ValueError(advice)
+        flat = np.atleast_1d(np.asarray(value))
+        nonzero = (flat.reshape(len(flat), -1) != 0).any(axis=1)
+        if nonzero.any():
+            raise ValueError(f"member {int(np.argmax(nonzero))} sets {name!r}, but {advice}")
 
 
 def member_arrays(size: int, values: Mapping[str, Any], default_hparams: Mapping[str, jax.Array],

@@ -10,7 +10,7 @@ with Adam ran 25-30% slower with it). Divergence is rare, so a chunk runs optimi
    step, that is the result: no live member diverged, so per-step isolation would have changed
    nothing;
 3. otherwise the chunk is run again from its start with the per-step isolated step
-   (`engine.make_isolated_step`): each diverging member is frozen at its last finite state and
+   (`engine.make_population_step`): each diverging member is frozen at its last finite state and
    flagged with its step, exactly as if isolation had been on all along.
 
 Step metrics of members that were frozen before a step are NaN on both paths.
@@ -21,58 +21,19 @@ before the next starts, so a group's parameters and activations stay in cache ac
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from vhjax.population.engine import all_finite, make_isolated_step, population_batch_indices
+from vhjax.population.engine import (all_finite, keep_where, make_population_step, nan_where_frozen,
+                                     population_batch_indices)
 from vhjax.population.state import PopulationState
-from vhjax.train.step import make_train_step
 from vhjax.train.task import Task
 
 BatchIndices = Callable[[PopulationState, int], jax.Array]
 ISOLATION_MODES = ("optimistic", "per_step")
-
-
-def member_where(condition: jax.Array, new: Any, old: Any) -> Any:
-    """Per member: `new` where `condition[i]`, else `old` (PRNG key leaves are taken from `new`)."""
-
-    def choose(a, b):
-        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
-            return a
-        return jnp.where(condition.reshape(condition.shape + (1,) * (a.ndim - 1)), a, b)
-
-    return jax.tree.map(choose, new, old)
-
-
-def nan_where_frozen(alive: jax.Array, metrics: dict) -> dict:
-    """Step metrics (steps, P) with NaN for members not alive (alive: (P,) or (steps, P))."""
-    return {name: jnp.where(alive, value, jnp.nan) for name, value in metrics.items()}
-
-
-def make_member_steps(task: Task, isolated: bool) -> Callable:
-    """`steps(population, batch) -> (population, metrics)` over all members of `population`."""
-    if isolated:
-        member_step = make_isolated_step(task)
-
-        def step(population: PopulationState, batch) -> tuple[PopulationState, dict]:
-            vmapped = jax.vmap(member_step, in_axes=(0, 0, 0, None if population.same_batches else 0))
-            members, alive, diverged, metrics = vmapped(population.members, population.alive,
-                                                        population.diverged_step, batch)
-            metrics = nan_where_frozen(population.alive, metrics)
-            return population.replace(members=members, alive=alive, diverged_step=diverged), metrics
-
-        return step
-    train_step = make_train_step(task)
-
-    def free_step(population: PopulationState, batch) -> tuple[PopulationState, dict]:
-        vmapped = jax.vmap(train_step, in_axes=(0, None if population.same_batches else 0))
-        members, metrics = vmapped(population.members, batch)
-        return population.replace(members=members), metrics
-
-    return free_step
 
 
 def scan_steps(step: Callable, population: PopulationState, data, indices: jax.Array):
@@ -117,14 +78,14 @@ class PopulationRunner:
             raise ValueError(f"isolation={isolation!r}; allowed: {', '.join(map(repr, ISOLATION_MODES))}")
         self.isolation = isolation
         batch_indices = batch_indices or population_batch_indices(task)
-        free, isolated = make_member_steps(task, isolated=False), make_member_steps(task, isolated=True)
+        free, isolated = make_population_step(task, isolate=False), make_population_step(task)
 
         def run_free(population: PopulationState, data, length: int):
             run = lambda group, indices: scan_steps(free, group, data, indices)
             end, metrics = run_in_groups(run, population, batch_indices(population, length), member_chunk)
             finite = jax.vmap(all_finite)(end.members.params) & jnp.all(jnp.isfinite(metrics["loss"]), axis=0)
             clean = ~jnp.any(population.alive & ~finite)
-            end = end.replace(members=member_where(population.alive, end.members, population.members))
+            end = end.replace(members=keep_where(population.alive, end.members, population.members))
             return end, nan_where_frozen(population.alive, metrics), clean
 
         def run_isolated(population: PopulationState, data, length: int):

@@ -121,6 +121,11 @@ def reduce_on_plateau(
     return Control(init, update)
 
 
+def restore_plateau(control: Control, values: Any) -> PlateauState:
+    """A plateau state from its saved leaf values (e.g. JSON lists), with the dtypes of `control.init()`."""
+    return PlateauState(*(jnp.asarray(v, t.dtype) for v, t in zip(values, control.init())))
+
+
 def scaled_learning_rate(opt_state: Any, base_learning_rate: float | jax.Array, scale: jax.Array) -> Any:
     """`opt_state` (from `vhjax.optim.make_optimizer`) with learning_rate = base * scale; jit-safe."""
     return optim.set_hyperparams(opt_state, learning_rate=jnp.asarray(base_learning_rate) * scale)

@@ -161,8 +161,7 @@ def fit_task(task: Task, workdir: str | Path | None = None, *, verbose: bool = T
         state, best_params = restored["state"], restored.get("best_params")
         stopper = EarlyStopping(config.monitor, config.monitor_mode, config.patience, record)
         if plateau and record.get("plateau"):
-            plateau_state = controls.PlateauState(*(jnp.asarray(v, t.dtype) for v, t in
-                                                    zip(record["plateau"], plateau_state)))
+            plateau_state = controls.restore_plateau(plateau, record["plateau"])
         log.truncate_after(int(state.step))
         if verbose:
             print_progress(f"resumed from {workdir} at step {int(state.step)}")

@@ -70,7 +70,7 @@ def build_task(config: TrainConfig) -> Task:
             f"config field 'batch_size' has value {config.batch_size}; allowed: at most the "
             f"{len(train)} examples of split {config.train_split!r}")
     train, evaluation, test, preprocessing = preprocess_splits(config.preprocess, train, evaluation, test)
-    check_model_fits_data(model, train, config.model)
+    outputs = check_model_fits_data(model, train, config.model)
     dropout = config.dropout_rate if config.dropout_rate is not None else getattr(model, "dropout_rate", 0.0)
     hparams = {
         "l1": jnp.float32(config.l1),
@@ -83,7 +83,7 @@ def build_task(config: TrainConfig) -> Task:
         hparams["aug_prob"] = jnp.asarray(probs, jnp.float32)
     loss_terms = tuple(sorted(dict(config.loss_weights)))
     if loss_terms:
-        check_loss_terms(model, train, loss_terms)
+        check_loss_terms(outputs, train, loss_terms)
         hparams["loss_weights"] = jnp.asarray([config.loss_weights[name] for name in loss_terms], jnp.float32)
     mixing_fn = None
     if config.mixing is not None:
@@ -152,11 +152,8 @@ def with_training_controls(optimizer: Any, config: TrainConfig) -> Any:
     return optimizer
 
 
-def check_loss_terms(model: Any, data: Dataset, names: tuple[str, ...]) -> None:
-    """Each named loss must take the model's outputs and the dataset's labels (checked by shape)."""
-    example = jax.ShapeDtypeStruct((2, *data.x.shape[1:]), jnp.float32)
-    variables = jax.eval_shape(model.init, jax.random.key(0), example)
-    outputs = jax.eval_shape(lambda v, x: model.apply(v, x), variables, example)
+def check_loss_terms(outputs: jax.ShapeDtypeStruct, data: Dataset, names: tuple[str, ...]) -> None:
+    """Each named loss must take the model's outputs (for a batch of 2) and the dataset's labels."""
     labels = jax.ShapeDtypeStruct((2, *data.y.shape[1:]), data.y.dtype)
     for name in names:
         loss_fn = losses.get_loss(name)  # unknown names raise, listing the known ones
@@ -170,8 +167,9 @@ def check_loss_terms(model: Any, data: Dataset, names: tuple[str, ...]) -> None:
                              "a batch of 2; allowed: one value per example")
 
 
-def check_model_fits_data(model: Any, data: Dataset, model_name: str) -> None:
-    """Trace the model on the data's shape; raise ValueError with expected vs actual shapes."""
+def check_model_fits_data(model: Any, data: Dataset, model_name: str) -> jax.ShapeDtypeStruct:
+    """Trace the model on the data's shape; raise ValueError with expected vs actual shapes.
+    Returns the outputs' shape for a batch of 2."""
     example = jax.ShapeDtypeStruct((2, *data.x.shape[1:]), jnp.float32)
     try:
         variables = jax.eval_shape(model.init, jax.random.key(0), example)
@@ -184,3 +182,4 @@ def check_model_fits_data(model: Any, data: Dataset, model_name: str) -> None:
         raise ValueError(
             f"model {model_name!r} outputs shape (batch, {', '.join(map(str, out.shape[1:]))}) but dataset "
             f"{data.name!r} has {data.num_classes} classes: expected (batch, {data.num_classes})")
+    return out
