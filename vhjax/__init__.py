@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "TrainConfig": "vhjax.config",
-    "fit": "vhjax.train",
+    "fit": "vhjax.population.fit",
 }
 _SUBMODULES = ("augment", "config", "data", "losses", "metrics", "models", "optim", "population", "preprocess",
                "regularizers", "search", "train")

@@ -65,9 +65,12 @@ class TrainConfig:
     steps: int = 6000
     eval_every: int = 500
     eval_batch_size: int = 1000
-    patience: int | None = None
+    patience: int | None = None  # early stopping per member: evaluations without improvement
     monitor: str = "accuracy"
     monitor_mode: str = "max"
+    monitor_split: str = "eval"  # 'train' monitors the chunk's step metrics (e.g. the training loss)
+    keep_best: bool = False  # keep each member's best parameters (always on with patience)
+    checkpoint_every: int = 1  # in evaluations
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,7 +87,7 @@ def _require(condition: bool, field: str, value: Any, allowed: str) -> None:
 
 def validate(config: TrainConfig) -> None:
     """Check the config's own fields (names are checked against registries in `build_task`)."""
-    for name in ("batch_size", "steps", "eval_every", "eval_batch_size", "grad_accumulation"):
+    for name in ("batch_size", "steps", "eval_every", "eval_batch_size", "grad_accumulation", "checkpoint_every"):
         value = getattr(config, name)
         _require(isinstance(value, int) and value > 0, name, value, "a positive integer")
     if config.patience is not None:
@@ -112,6 +115,8 @@ def validate(config: TrainConfig) -> None:
                  "a non-negative number")
     _require(config.monitor in MONITORED_METRICS, "monitor", config.monitor, ", ".join(MONITORED_METRICS))
     _require(config.monitor_mode in ("max", "min"), "monitor_mode", config.monitor_mode, "'max' or 'min'")
+    _require(isinstance(config.monitor_split, str) and config.monitor_split in ("train", "eval"), "monitor_split",
+             config.monitor_split, "'train' (the step metrics) or 'eval'")
 
 
 def parse_override(text: str) -> tuple[str, Any]:

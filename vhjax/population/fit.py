@@ -1,10 +1,13 @@
-"""`fit_population`: train many members, grouped into buckets of equal shapes, one program per bucket."""
+"""`fit_population` and `fit`: buckets of equal static config, each one program trained by the one loop.
+
+`fit(config)` is a population of one member (seed `config.seed`, its own data order); member i of
+a population with `same_batches=False` and seed s is exactly the model `fit(seed=s)` trains.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -12,37 +15,48 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vhjax import parallel
 from vhjax.augment import pipeline_from_config
 from vhjax.config import TrainConfig
-from vhjax.population.engine import default_member_chunk, init_population, make_population_eval
-from vhjax.population.exploit import get_member_hparams, set_member_hparams
-from vhjax.population.runner import ISOLATION_MODES, make_population_runner
+from vhjax.hparams import PER_MEMBER_NAMES, STATIC_ZERO_NAMES
+from vhjax.population.engine import ISOLATION_MODES, default_member_group
+from vhjax.population.hooks import best_members, config_hooks
+from vhjax.population.loop import LoopResult, run_loop
+from vhjax.population.members import classifier_runner, init_population, make_population_eval
 from vhjax.population.state import PopulationState
-from vhjax.train import controls
-from vhjax.train.checkpoint import Checkpointer
-from vhjax.train.loop import chunk_lengths, prepare_workdir, save_preprocessing
-from vhjax.train.metrics_log import MetricsLog, print_progress
-from vhjax.train.task import STATIC_ZERO_NAMES, Task, build_task, with_member_hparams
+from vhjax.train.metrics_log import MetricsLog
+from vhjax.train.state import TrainState
+from vhjax.train.task import Task, build_task, with_member_hparams
+from vhjax.train.workdir import prepare_workdir, save_preprocessing
+from vhjax.validation import check_choice, check_int
 
-# Member fields that are arrays inside one compiled program. Every other TrainConfig field is
-# static: members that differ in one are trained in different buckets (programs).
-DYNAMIC_FIELDS = ("learning_rate", "weight_decay", "l1", "l2", "elastic_net", "dropout_rate",
-                  "aug_strength", "aug_prob", "mixing_strength", "arch", "loss_weights")
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+MEMBER_ONLY_FIELDS = ("seed",)  # per member, never a bucket of its own
 
 
 @dataclasses.dataclass
 class PopulationResult:
-    """Per-member results in the order the members were given, and each bucket's final state."""
+    """Per-member results in the order the members were given, each bucket's final state and log."""
 
     members: list[dict]
     states: list[PopulationState]
+    histories: list[list[dict]] = dataclasses.field(default_factory=list)  # per bucket: metrics log rows
 
     def best(self, metric: str = "accuracy", split: str = "eval", mode: str = "max") -> dict:
-        alive = [m for m in self.members if m["diverged_step"] is None]
+        """The best member that did not diverge; raises if every member diverged."""
+        check_choice("mode", mode, ("max", "min"))
+        alive = [m for m in self.members if m["diverged_step"] is None and np.isfinite(m[split][metric])]
+        if not alive:
+            raise ValueError(f"every member of the population of {len(self.members)} diverged or has a non-finite "
+                             f"{split} {metric}; there is no best member")
         key = lambda m: m[split][metric]
         return max(alive, key=key) if mode == "max" else min(alive, key=key)
+
+    def curve(self, member: int, split: str = "eval", metric: str = "accuracy") -> tuple[np.ndarray, np.ndarray]:
+        """(steps, values) of one member's logged metric: its learning curve."""
+        bucket, position = self.members[member]["bucket"], self.members[member]["position"]
+        rows = [row for row in self.histories[bucket] if row["split"] == split and metric in row]
+        values = [np.reshape(row[metric], -1)[position] if np.ndim(row[metric]) else row[metric] for row in rows]
+        return np.asarray([row["step"] for row in rows]), np.asarray(values, np.float64)
 
     def table(self, metric: str = "accuracy", split: str = "eval", top: int | None = None) -> str:
         """A markdown leaderboard, best first; diverged members last."""
@@ -57,6 +71,17 @@ class PopulationResult:
                      f"{m[split].get(metric, float('nan')):.4f}", status]
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class FitResult:
+    """The end of one run: final state, metrics on each split, and the logged history."""
+
+    state: TrainState
+    metrics: dict[str, dict[str, float]]
+    history: list[dict]
+    stopped_early: bool
+    best_step: int | None
 
 
 def format_value(value: Any) -> str:
@@ -80,16 +105,25 @@ def with_config_loss_weights(config: TrainConfig, member: Mapping[str, Any]) -> 
 
 
 def split_member(index: int, member: Mapping[str, Any]) -> tuple[dict, dict]:
-    """(static config overrides, dynamic hyperparameters) of one member; unknown fields raise."""
+    """(static config overrides, dynamic hyperparameters) of one member; unknown fields raise.
+
+    Dynamic: the per-member names of `vhjax.hparams` (and optimizer_kwargs, which are injectable
+    arrays); `augment` is split into its static names/options and its dynamic strengths and
+    probabilities; `seed` is per member; everything else is static and starts a new bucket.
+    """
+    if not isinstance(member, Mapping):
+        raise ValueError(f"member {index} has value {member!r}; allowed: a dict of config fields")
     static, dynamic = {}, {}
     for name, value in member.items():
+        if name in MEMBER_ONLY_FIELDS:
+            continue
         if name == "loss_weights":  # the loss terms are static, their weights arrays
             if not isinstance(value, Mapping) or not value:
                 raise ValueError(f"member {index}: field 'loss_weights' has value {value!r}; allowed: a dict "
                                  "loss name -> weight, e.g. {'cross_entropy': 1.0, 'huber': 0.1}")
             static["loss_weights"] = {term: 0.0 for term in sorted(value)}
             dynamic["loss_weights"] = [value[term] for term in sorted(value)]
-        elif name in DYNAMIC_FIELDS:
+        elif name in PER_MEMBER_NAMES:
             dynamic[name] = value
         elif name == "optimizer_kwargs":
             dynamic.update(value)  # optimizer hyperparameters are injectable arrays
@@ -101,7 +135,7 @@ def split_member(index: int, member: Mapping[str, Any]) -> tuple[dict, dict]:
         elif name in CONFIG_FIELDS:
             static[name] = value
         else:
-            allowed = ", ".join(sorted({*DYNAMIC_FIELDS, *CONFIG_FIELDS}))
+            allowed = ", ".join(sorted({*PER_MEMBER_NAMES, *CONFIG_FIELDS}))
             raise ValueError(f"member {index}: unknown field {name!r}; allowed: {allowed}")
     return static, dynamic
 
@@ -118,92 +152,36 @@ def bucket_members(config: TrainConfig, members: Sequence[Mapping[str, Any]]) ->
 
 
 def stack_dynamic(indices: list[int], members: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """name -> per-member values for the bucket; members that omit a name get the bucket default."""
+    """name -> per-member values for the bucket; a member that omits a name gets None there, which
+    `init_population` fills with the bucket's default (the config's value)."""
     dynamic = [split_member(i, members[i])[1] for i in indices]
     names = sorted({n for d in dynamic for n in d})
-    missing = [(indices[j], n) for j, d in enumerate(dynamic) for n in names if n not in d]
-    if missing:
-        index, name = missing[0]
-        raise ValueError(f"member {index}: sets no {name!r} while others in its bucket do; give every "
-                         "member of a bucket the same hyperparameter names")
     stacked = {}
     for name in names:
-        values = [d[name] for d in dynamic]
-        stacked[name] = jax.tree.map(lambda *leaves: np.stack(leaves), *values) if name == "arch" else np.asarray(values)
+        values = [d.get(name) for d in dynamic]
+        if name == "arch":
+            if any(v is None for v in values):
+                index = indices[[v is None for v in values].index(True)]
+                raise ValueError(f"member {index} sets no 'arch' while others in its bucket do; allowed: every "
+                                 "member of a searchable model's bucket gives its arch")
+            stacked[name] = jax.tree.map(lambda *leaves: np.stack(leaves), *values)
+        else:
+            stacked[name] = values if any(v is None for v in values) else np.asarray(values)
     return stacked
 
 
-def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], workdir: str | Path | None = None,
-                   *, same_batches: bool = True, mesh: Any = None, isolation: str = "optimistic",
-                   verbose: bool = True) -> PopulationResult:
-    """Train every member; members with equal static config share one compiled, vmapped program.
-
-    `members` are dicts of config fields: dynamic ones (learning rate, weight decay, regularizer
-    coefficients, dropout rate, optimizer hyperparameters, augmentation strengths and
-    probabilities, loss weights, `arch` masks) vary inside a program; any other field starts a
-    new bucket.
-    All validation happens before the first compilation. With a `mesh`
-    (vhjax.parallel.population_mesh), members are sharded over its devices. `isolation`:
-    'optimistic' (check divergence once per chunk, replay a chunk in which a member diverged) or
-    'per_step' (check every step: one copy of the state in memory instead of two, slower).
-    """
-    if isolation not in ISOLATION_MODES:
-        raise ValueError(f"isolation={isolation!r}; allowed: {', '.join(map(repr, ISOLATION_MODES))}")
-    if not members:
-        raise ValueError("members is empty; give at least one member (a dict of config fields)")
-    members = [with_config_loss_weights(config, member) for member in members]
-    buckets = bucket_members(config, members)
-    tasks = [(bucket_task(bucket_config, stack_dynamic(indices, members)), indices)
-             for bucket_config, indices in buckets]
-    populations = [init_population(task, jax.random.key(bucket_config.seed), len(indices),
-                                   stack_dynamic(indices, members), same_batches=same_batches)
-                   for (task, indices), (bucket_config, _) in zip(tasks, buckets)]
-    root = prepare_workdir(workdir, config)
-    if root is not None:
-        record_members(root / "members.json", members)
-    results: list[dict | None] = [None] * len(members)
-    states = []
-    for number, ((task, indices), population) in enumerate(zip(tasks, populations)):
-        label = f"bucket {number + 1}/{len(tasks)} ({task.config.model}, {len(indices)} members)"
-        bucket_dir = root / f"bucket_{number}" if root is not None else None
-        if bucket_dir is not None:
-            bucket_dir.mkdir(parents=True, exist_ok=True)
-            save_preprocessing(bucket_dir, task)
-        population, final = train_bucket(task, population, bucket_dir, label, mesh=mesh, isolation=isolation,
-                                         verbose=verbose)
-        states.append(population)
-        for position, index in enumerate(indices):
-            diverged = int(population.diverged_step[position])
-            results[index] = {
-                "member": index, "bucket": number, "config": dict(members[index]),
-                **{split: {k: float(v[position]) for k, v in values.items()} for split, values in final.items()},
-                "diverged_step": None if diverged < 0 else diverged,
-            }
-    result = PopulationResult(results, states)
-    if root is not None:
-        (root / "result.json").write_text(json.dumps(results, default=lambda v: np.asarray(v).tolist(), indent=1))
-    return result
-
-
-def record_members(path: Path, members: Sequence[Mapping[str, Any]]) -> None:
-    """Write the member list; refuse to resume a workdir whose members differ."""
-    text = json.dumps([dict(m) for m in members], default=lambda v: np.asarray(v).tolist(), indent=1)
-    if path.exists() and json.loads(path.read_text()) != json.loads(text):
-        raise ValueError(f"workdir {str(path.parent)!r} holds a population with other members; "
-                         "use a new workdir or the same members to resume")
-    path.write_text(text)
-
-
-def summary_line(label: str, step: int, total: int, member_steps_per_second: float,
-                 evaluation: Mapping[str, np.ndarray], alive: np.ndarray) -> str:
-    accuracy = np.where(alive, evaluation["accuracy"], np.nan)
-    return (f"{label} | step {step}/{total} | {member_steps_per_second:9.0f} member-steps/s | "
-            f"eval accuracy best {np.nanmax(accuracy):.4f} median {np.nanmedian(accuracy):.4f} | "
-            f"diverged {int((~alive).sum())}")
+def bucket_seeds(config: TrainConfig, indices: list[int], members: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Member i's seed: its own `seed` field, else config.seed + i."""
+    seeds = []
+    for index in indices:
+        seed = members[index].get("seed", config.seed + index)
+        check_int(f"member {index}: field 'seed'", seed, 0)
+        seeds.append(int(seed))
+    return seeds
 
 
 _TASKS: dict[tuple[str, tuple[str, ...]], Task] = {}  # (config without seed, traced static zeros)
-_PROGRAMS: dict[tuple[int, int | None, str], tuple] = {}  # (task id, member chunk, isolation)
+_PROGRAMS: dict[tuple[int, int | None, str], tuple] = {}  # (task id, member group, isolation)
 _CACHE_SIZE = 8
 
 
@@ -224,92 +202,133 @@ def bucket_task(config: TrainConfig, member_names: Any = ()) -> Task:
     return _remember(_TASKS, key, lambda: with_member_hparams(build_task(config), traced))
 
 
-def compiled_programs(task: Task, member_chunk: int | None, isolation: str = "optimistic") -> tuple[Any, Any]:
+def compiled_programs(task: Task, member_group: int | None, isolation: str = "optimistic") -> tuple[Any, Any]:
     """(chunk runner, population evaluation) of a task, jitted once per task, member grouping and isolation."""
-    key = (id(task), member_chunk, isolation)
+    key = (id(task), member_group, isolation)
     if key in _PROGRAMS and _PROGRAMS[key][0] is not task:  # an id reused by a newer task
         del _PROGRAMS[key]
     _, run_chunk, evaluate = _remember(_PROGRAMS, key, lambda: (
-        task, make_population_runner(task, member_chunk, isolation=isolation),
-        jax.jit(make_population_eval(task))))
+        task, classifier_runner(task, member_group, isolation=isolation), jax.jit(make_population_eval(task))))
     return run_chunk, evaluate
 
 
-@dataclasses.dataclass
-class MemberPlateau:
-    """Reduce-LR-on-plateau per member: one plateau state per member on the monitored metric, and
-    each member's learning rate = its base learning rate x its own scale."""
-
-    control: controls.Control
-    state: controls.PlateauState  # leaves of shape (P,)
-    base_learning_rate: jax.Array  # (P,)
-
-    @classmethod
-    def create(cls, config: TrainConfig, population: PopulationState, record: dict | None) -> "MemberPlateau | None":
-        if not config.plateau_patience:
-            return None
-        control = controls.reduce_on_plateau(mode=config.monitor_mode, factor=config.plateau_factor,
-                                             patience=config.plateau_patience)
-        if record and "plateau" in record:  # resuming: the saved states and base rates
-            saved = record["plateau"]
-            return cls(control, controls.restore_plateau(control, saved["state"]),
-                       jnp.asarray(saved["base_learning_rate"], jnp.float32))
-        state = jax.vmap(lambda _: control.init())(jnp.arange(population.size))
-        return cls(control, state, get_member_hparams(population)["learning_rate"])
-
-    def update(self, population: PopulationState, monitored: np.ndarray) -> PopulationState:
-        self.state = jax.vmap(self.control.update)(self.state, jnp.asarray(monitored))
-        return set_member_hparams(population, learning_rate=self.base_learning_rate * self.state.scale)
-
-    def record(self) -> dict:
-        return {"state": [np.asarray(v).tolist() for v in self.state],
-                "base_learning_rate": np.asarray(self.base_learning_rate).tolist()}
-
-
 def train_bucket(task: Task, population: PopulationState, workdir: Path | None, label: str, *,
-                 mesh: Any = None, isolation: str = "optimistic", verbose: bool = True
-                 ) -> tuple[PopulationState, dict]:
-    """The chunked loop for one bucket: scan-compiled steps, evaluation, checkpoints, resume."""
+                 mesh: Any = None, isolation: str = "optimistic", member_group: int | str | None = "auto",
+                 verbose: bool = True) -> tuple[PopulationState, dict, LoopResult]:
+    """One bucket through the one loop with the config's hooks; returns the final population (each
+    member's best parameters when they are kept), its metrics per split and the loop's result."""
     config = task.config
-    log = MetricsLog(workdir / "metrics.jsonl" if workdir else None)
-    checkpointer, record = None, None
-    if workdir is not None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        checkpointer = Checkpointer(workdir / "checkpoints")
-        if checkpointer.latest_step() is not None:
-            population, record = checkpointer.restore(checkpointer.latest_step(), population)
-            log.truncate_after(int(population.members.step.max()))
-            if verbose:
-                print_progress(f"{label}: resumed from {workdir} at step {int(population.members.step.max())}")
+    group = default_member_group(population.size) if member_group == "auto" and mesh is None else (
+        None if member_group == "auto" else member_group)
+    run_chunk, evaluate = compiled_programs(task, group, isolation)
     train_data = (jnp.asarray(task.train.x), jnp.asarray(task.train.y))
     eval_data = (jnp.asarray(task.eval.x), jnp.asarray(task.eval.y))
-    if mesh is not None:
-        population = parallel.shard_members(population, mesh)
-        train_data, eval_data = parallel.replicate(train_data, mesh), parallel.replicate(eval_data, mesh)
-    run_chunk, evaluate = compiled_programs(task, default_member_chunk(population.size) if mesh is None else None,
-                                            isolation)
-    step = int(checkpointer.latest_step() or 0) if checkpointer else 0
-    plateau = MemberPlateau.create(config, population, record)
-    for length in chunk_lengths(step, config.steps, config.eval_every):
-        tick = time.perf_counter()
-        population, chunk_metrics = run_chunk(population, train_data, length)
-        evaluation = {k: np.asarray(v) for k, v in evaluate(population, *eval_data).items()}
-        rate = population.size * length / (time.perf_counter() - tick)
-        step += length
-        alive = np.asarray(population.alive)
-        train_summary = {"loss": np.asarray(chunk_metrics["loss"]).mean(axis=0), "member_steps_per_second": rate}
-        if plateau is not None:  # reduce each member's learning rate on a plateau of its monitored metric
-            population = plateau.update(population, evaluation[config.monitor])
-            train_summary["learning_rate_scale"] = np.asarray(plateau.state.scale)
-        log.write(step, "train", train_summary)
-        log.write(step, "eval", {**evaluation, "alive": alive, "diverged_step": np.asarray(population.diverged_step)})
-        if checkpointer is not None:
-            checkpointer.save(step, population, {"step": step, **({"plateau": plateau.record()} if plateau else {})})
-        if verbose:
-            print_progress(summary_line(label, step, config.steps, rate, evaluation, alive))
-    final = {"eval": evaluate(population, *eval_data)}
+    hooks = config_hooks(config)
+    outcome = run_loop(population, run_chunk, train_data, steps=config.steps, eval_every=config.eval_every,
+                       evaluate=lambda p: {"eval": evaluate(p, *eval_data)}, hooks=hooks, workdir=workdir,
+                       checkpoint_every=config.checkpoint_every, mesh=mesh, label=label, verbose=verbose)
+    population = outcome.population
+    final_population = population
+    if "keep_best" in outcome.hook_states:
+        final_population = best_members(population, outcome.hook_states["keep_best"])
+    final = {"eval": evaluate(final_population, *eval_data)}
     if task.test is not None:
-        final["test"] = evaluate(population, jnp.asarray(task.test.x), jnp.asarray(task.test.y))
-    if checkpointer is not None:
-        checkpointer.close()
-    return population, {split: {k: np.asarray(v) for k, v in values.items()} for split, values in final.items()}
+        final["test"] = evaluate(final_population, jnp.asarray(task.test.x), jnp.asarray(task.test.y))
+    final = {split: {k: np.asarray(v) for k, v in values.items()} for split, values in final.items()}
+    return final_population, final, outcome
+
+
+def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], workdir: str | Path | None = None,
+                   *, same_batches: bool = True, mesh: Any = None, isolation: str = "optimistic",
+                   member_group: int | str | None = "auto", verbose: bool = True) -> PopulationResult:
+    """Train every member; members with equal static config share one compiled, vmapped program.
+
+    `members` are dicts of config fields: the per-member ones of `vhjax.hparams` (learning rate,
+    weight decay, regularizer coefficients, dropout rate, optimizer hyperparameters, augmentation
+    strengths and probabilities, loss weights, `arch` masks) and `seed` vary inside a program;
+    any other field starts a new bucket. Member i's seed defaults to config.seed + i.
+    The config's early stopping (`patience`), plateau and best-model keeping act per member.
+    All validation happens before the first compilation. With a `mesh`
+    (vhjax.parallel.population_mesh), members are sharded over its devices. `isolation`:
+    'optimistic' or 'per_step' (see `engine.PopulationRunner`); `member_group`: members trained
+    together on a CPU ('auto': a divisor of the bucket size near 8; None: all at once).
+    """
+    check_choice("isolation", isolation, ISOLATION_MODES)
+    if not members:
+        raise ValueError("members has value []; allowed: at least one member (a dict of config fields)")
+    if member_group not in ("auto", None):
+        check_int("member_group", member_group, 1)
+    members = [with_config_loss_weights(config, member) for member in members]
+    buckets = bucket_members(config, members)
+    tasks = [(bucket_task(bucket_config, stack_dynamic(indices, members)), indices)
+             for bucket_config, indices in buckets]
+    populations = [init_population(task, len(indices), stack_dynamic(indices, members),
+                                   seeds=bucket_seeds(config, indices, members), same_batches=same_batches)
+                   for task, indices in tasks]
+    root = prepare_workdir(workdir, config)
+    if root is not None:
+        record_members(root / "members.json", members)
+    results: list[dict | None] = [None] * len(members)
+    states, histories = [], []
+    for number, ((task, indices), population) in enumerate(zip(tasks, populations)):
+        label = f"bucket {number + 1}/{len(tasks)} ({task.config.model}, {len(indices)} members) | "
+        bucket_dir = root / f"bucket_{number}" if root is not None else None
+        if bucket_dir is not None:
+            bucket_dir.mkdir(parents=True, exist_ok=True)
+            save_preprocessing(bucket_dir, task)
+        population, final, outcome = train_bucket(task, population, bucket_dir, label, mesh=mesh, isolation=isolation,
+                                                  member_group=member_group, verbose=verbose)
+        states.append(population)
+        histories.append(outcome.history)
+        best_step = outcome.hook_states.get("keep_best", {}).get("step")
+        for position, index in enumerate(indices):
+            diverged = int(population.diverged_step[position])
+            results[index] = {
+                "member": index, "bucket": number, "position": position, "config": dict(members[index]),
+                **{split: {k: float(v[position]) for k, v in values.items()} for split, values in final.items()},
+                "diverged_step": None if diverged < 0 else diverged,
+                "stopped": bool(population.stopped[position]),
+                "best_step": None if best_step is None or int(best_step[position]) < 0 else int(best_step[position]),
+            }
+    result = PopulationResult(results, states, histories)
+    if root is not None:
+        (root / "result.json").write_text(json.dumps(results, default=lambda v: np.asarray(v).tolist(), indent=1))
+    return result
+
+
+def record_members(path: Path, members: Sequence[Mapping[str, Any]]) -> None:
+    """Write the member list; refuse to resume a workdir whose members differ."""
+    text = json.dumps([dict(m) for m in members], default=lambda v: np.asarray(v).tolist(), indent=1)
+    if path.exists() and json.loads(path.read_text()) != json.loads(text):
+        raise ValueError(f"workdir {str(path.parent)!r} holds a population with other members; "
+                         "use a new workdir or the same members to resume")
+    path.write_text(text)
+
+
+def fit(config: TrainConfig, workdir: str | Path | None = None, *, mesh: Any = None, verbose: bool = True) -> FitResult:
+    """Train one model as `config` says; resume from `workdir` if it holds a checkpoint.
+
+    The one loop with a population of one: early stopping keeps the best parameters, plateau
+    scales the learning rate, a non-finite loss raises `FloatingPointError` naming the step.
+    """
+    task = bucket_task(config)
+    root = prepare_workdir(workdir, config)
+    save_preprocessing(root, task)
+    population = init_population(task, 1, seeds=[config.seed], same_batches=False)
+    population, final, outcome = train_bucket(task, population, root, "", mesh=mesh, member_group=None,
+                                              verbose=verbose)
+    if not bool(population.alive[0]):
+        step = int(population.diverged_step[0])
+        raise FloatingPointError(
+            f"non-finite training loss at step {step} (model {config.model!r}, learning_rate {config.learning_rate}); "
+            "lower the learning rate or add gradient clipping (clip_norm)")
+    metrics = {split: {k: float(v[0]) for k, v in values.items()} for split, values in final.items()}
+    state = jax.tree.map(lambda leaf: leaf[0], population.members)
+    best = outcome.hook_states.get("keep_best")
+    best_step = int(best["step"][0]) if best is not None and int(best["step"][0]) >= 0 else None
+    stopped = bool(outcome.population.stopped[0])
+    result = FitResult(state, metrics, outcome.history, stopped, best_step)
+    if root is not None:
+        (root / "result.json").write_text(json.dumps(
+            {"metrics": metrics, "steps": int(state.step), "stopped_early": stopped, "best_step": best_step}, indent=2))
+    return result

@@ -1,4 +1,7 @@
-"""Per-member hyperparameters: validation and the arrays a population is built from."""
+"""Per-member hyperparameters: validation and the arrays a population is built from.
+
+Which names exist, where they live and their ranges come from the one table, `vhjax.hparams`.
+"""
 
 from __future__ import annotations
 
@@ -8,42 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vhjax import optim
-
-# Allowed ranges of the hyperparameters whose bounds are known; others (optimizer-specific) must
-# only be finite.
-RANGES = {
-    "learning_rate": (0.0, np.inf, "> 0", False),
-    "weight_decay": (0.0, np.inf, ">= 0", True),
-    "l1": (0.0, np.inf, ">= 0", True),
-    "l2": (0.0, np.inf, ">= 0", True),
-    "elastic_net": (0.0, np.inf, ">= 0", True),
-    "dropout_rate": (0.0, 1.0, "in [0, 1)", True),
-    "aug_strength": (0.0, np.inf, ">= 0", True),
-    "aug_prob": (0.0, 1.0, "in [0, 1]", True),
-    "mixing_strength": (0.0, np.inf, ">= 0", True),
-    "loss_weights": (0.0, np.inf, ">= 0", True),
-}
+from vhjax.hparams import check_values
 
 
-def known_hparams(default_hparams: Mapping[str, Any], opt_state: Any) -> list[str]:
-    return sorted({*default_hparams, *optim.get_hyperparams(opt_state)})
-
-
-def check_range(name: str, values: np.ndarray) -> None:
-    """Raise naming the first member whose value is outside the field's allowed range."""
-    if not np.all(np.isfinite(values)):
-        member = int(np.argmax(~np.isfinite(values).reshape(len(values), -1).all(axis=1)))
-        raise ValueError(f"member {member}: hyperparameter {name!r} is not finite ({values[member]!r})")
-    if name not in RANGES:
-        return
-    low, high, text, low_inclusive = RANGES[name]
-    flat = values.reshape(len(values), -1)
-    above_low = flat >= low if low_inclusive else flat > low
-    inside = above_low & ((flat <= high) if name == "aug_prob" else (flat < high))
-    if not inside.all():
-        member = int(np.argmax(~inside.all(axis=1)))
-        raise ValueError(f"member {member}: hyperparameter {name!r} = {values[member]!r}; allowed: {text}")
+def known_hparams(default_hparams: Mapping[str, Any], optimizer_defaults: Mapping[str, Any]) -> list[str]:
+    return sorted({*default_hparams, *optimizer_defaults})
 
 
 def check_not_static_zero(static_zero: frozenset, values: Mapping[str, Any]) -> None:
@@ -61,34 +33,62 @@ def check_not_static_zero(static_zero: frozenset, values: Mapping[str, Any]) -> 
             raise ValueError(f"member {int(np.argmax(nonzero))} sets {name!r}, but {advice}")
 
 
+def per_member_values(values: Mapping[str, Any], size: int) -> dict[str, jax.Array]:
+    """name -> (size, ...) float32 arrays from one shared value or one value per member; checked."""
+    arrays = {}
+    for name, value in values.items():
+        array = np.asarray(value, np.float32)
+        if array.ndim == 0:
+            array = np.full((size,), array)
+        elif array.shape[0] != size:
+            raise ValueError(f"hyperparameter {name!r} has shape {array.shape}; allowed: ({size},) (one value per "
+                             f"member) or a scalar")
+        check_values(name, array)
+        arrays[name] = jnp.asarray(array)
+    return arrays
+
+
+def broadcast_member_values(name: str, given: np.ndarray, default: np.ndarray, size: int) -> np.ndarray:
+    """A (size, *default.shape) array from a shared value, one value per member, or one scalar per
+    member for a vector hyperparameter (e.g. one augmentation strength for every augmentation)."""
+    if given.shape == default.shape:
+        return np.broadcast_to(given, (size, *default.shape))
+    if given.shape == (size, *default.shape):
+        return given
+    if given.shape == (size,) and default.ndim >= 1:
+        return np.broadcast_to(given.reshape(size, *([1] * default.ndim)), (size, *default.shape))
+    raise ValueError(
+        f"hyperparameter {name!r} has shape {given.shape}; allowed: {(size, *default.shape)} (one value per "
+        f"member of the population of {size}), {(size,)} (one scalar per member) or {default.shape} (shared)")
+
+
 def member_arrays(size: int, values: Mapping[str, Any], default_hparams: Mapping[str, jax.Array],
-                  opt_state: Any) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-    """Split `values` (name -> P values, or one value for all) into state and optimizer arrays.
+                  optimizer_defaults: Mapping[str, Any]) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """Split `values` (name -> P values, or one value for all) into state and optimizer arrays;
+    `optimizer_defaults`: the optimizer's injectable hyperparameters and their values.
 
     Returns (state_hparams, optimizer_hparams), each name -> array with leading axis `size`.
     Defaults fill the names not given. Raises before anything compiles on unknown names, wrong
     lengths or values outside the allowed range, naming the member and the field.
     """
-    optimizer_defaults = optim.get_hyperparams(opt_state)
-    known = known_hparams(default_hparams, opt_state)
+    known = known_hparams(default_hparams, optimizer_defaults)
     for name in values:
         if name not in known and name != "arch":
             raise ValueError(f"unknown hyperparameter {name!r}; known for this task: {', '.join(known)}")
     state_arrays, optimizer_arrays = {}, {}
     for name, default in {**default_hparams, **optimizer_defaults}.items():
         default = np.asarray(default)
-        given = np.asarray(values[name], dtype=default.dtype) if name in values else None
-        if given is None:
-            array = np.broadcast_to(default, (size, *default.shape))
-        elif given.shape == default.shape:
-            array = np.broadcast_to(given, (size, *default.shape))
-        elif given.shape == (size, *default.shape):
-            array = given
+        if name in values and isinstance(values[name], list) and any(v is None for v in values[name]):
+            values = {**values, name: [default if v is None else v for v in values[name]]}  # omitted: the default
+        if name in values:
+            try:
+                given = np.asarray(values[name], dtype=default.dtype)
+            except (TypeError, ValueError):
+                raise ValueError(f"hyperparameter {name!r} has value {values[name]!r}; allowed: numbers") from None
+            array = broadcast_member_values(name, given, default, size)
         else:
-            raise ValueError(
-                f"hyperparameter {name!r} has shape {given.shape}; expected {(size, *default.shape)} "
-                f"(one value per member of the population of {size}) or {default.shape} (shared)")
-        check_range(name, array)
+            array = np.broadcast_to(default, (size, *default.shape))
+        check_values(name, array)
         target = state_arrays if name in default_hparams else optimizer_arrays
         target[name] = jnp.asarray(array)
     if "arch" in values:

@@ -10,7 +10,7 @@ one shape.
 from __future__ import annotations
 
 import dataclasses
-import time
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -19,13 +19,14 @@ import numpy as np
 
 from vhjax.config import TrainConfig
 from vhjax.data import kfold_indices
-from vhjax.population.engine import default_member_chunk, init_population
-from vhjax.population.fit import stack_dynamic
-from vhjax.population.runner import make_population_runner
-from vhjax.train.loop import chunk_lengths
-from vhjax.train.metrics_log import print_progress
+from vhjax.population.engine import default_member_group
+from vhjax.population.fit import bucket_members, bucket_task, stack_dynamic
+from vhjax.population.hooks import best_members, config_hooks
+from vhjax.population.loop import run_loop
+from vhjax.population.members import classifier_runner, init_population
 from vhjax.train.step import chunk_batch_indices, make_eval_fn
-from vhjax.train.task import build_task, with_member_hparams
+from vhjax.train.workdir import prepare_workdir
+from vhjax.validation import check_int
 
 
 @dataclasses.dataclass
@@ -67,39 +68,46 @@ def make_fold_batch_indices(member_tables: np.ndarray, batch_size: int, shuffle:
 
 
 def fit_kfold(config: TrainConfig, candidates: Sequence[Mapping[str, Any]] = ({},), k: int = 5, *,
-              fold_seed: int = 0, verbose: bool = True) -> KFoldResult:
-    """Cross-validate each candidate (a dict of dynamic hyperparameters) on `k` folds of the train split."""
-    if not isinstance(k, int) or k < 2:
-        raise ValueError(f"k {k!r}; allowed: an integer >= 2")
+              fold_seed: int = 0, workdir: str | Path | None = None, mesh: Any = None,
+              verbose: bool = True) -> KFoldResult:
+    """Cross-validate each candidate (a dict of per-member fields) on `k` folds of the train split.
+
+    The one loop: checkpoints and resume with a `workdir`, a `mesh`, and the config's early
+    stopping, plateau and best-model keeping (monitoring each member's own held-out fold).
+    """
+    check_int("k", k, 2)
     if not candidates:
-        raise ValueError("candidates is empty; give at least one (an empty dict means the config as is)")
-    task = build_task(config)
+        raise ValueError("candidates has value []; allowed: at least one (an empty dict means the config as is)")
+    members = [dict(candidates[c]) for c in range(len(candidates)) for _ in range(k)]
+    buckets = bucket_members(config, members)
+    if len(buckets) != 1:
+        raise ValueError(f"candidates have value {list(candidates)!r}; allowed: candidates that differ only in "
+                         "per-member fields (k-fold trains one program)")
+    hparams = stack_dynamic(list(range(len(members))), members)
+    task = bucket_task(buckets[0][0], hparams)
+    config = task.config
     x, y = task.train.x, task.train.y
     train_table, val_table, folds = fold_tables(y, k, fold_seed)
     if config.batch_size > train_table.shape[1]:
         raise ValueError(f"config field 'batch_size' has value {config.batch_size}; allowed: at most the "
                          f"{train_table.shape[1]} training examples of a fold")
-    members = [dict(candidates[c]) for c in range(len(candidates)) for _ in range(k)]
     fold_of = np.tile(np.arange(k), len(candidates))
-    hparams = stack_dynamic(list(range(len(members))), members)
-    task = with_member_hparams(task, hparams)
-    population = init_population(task, jax.random.key(config.seed), len(members), hparams, same_batches=False)
+    population = init_population(task, len(members), hparams, same_batches=False)
     batch_indices = make_fold_batch_indices(train_table[fold_of], config.batch_size, config.shuffle)
-    run_chunk = make_population_runner(task, default_member_chunk(len(members)), batch_indices)
+    group = default_member_group(len(members)) if mesh is None else None
+    runner = classifier_runner(task, group, batch_indices)
     evaluate = jax.jit(jax.vmap(make_eval_fn(task), in_axes=(0, 0, 0)))
-    data = (jnp.asarray(x), jnp.asarray(y))
     val_x, val_y = jnp.asarray(x[val_table[fold_of]]), jnp.asarray(y[val_table[fold_of]])
-    step = 0
-    for length in chunk_lengths(0, config.steps, config.eval_every):
-        tick = time.perf_counter()
-        population, _ = run_chunk(population, data, length)
-        step += length
-        if verbose:
-            accuracy = np.asarray(evaluate(population.members, val_x, val_y)["accuracy"])
-            print_progress(f"k-fold ({len(candidates)} candidates x {k} folds) | step {step}/{config.steps} | "
-                           f"{len(members) * length / (time.perf_counter() - tick):.0f} member-steps/s | "
-                           f"validation accuracy mean {accuracy.mean():.4f}")
-    final = {name: np.asarray(v) for name, v in evaluate(population.members, val_x, val_y).items()}
+    evaluate_folds = lambda p: {"eval": evaluate(p.members, val_x, val_y)}
+    root = prepare_workdir(workdir, config)
+    outcome = run_loop(population, runner, (jnp.asarray(x), jnp.asarray(y)), steps=config.steps,
+                       eval_every=config.eval_every, evaluate=evaluate_folds, hooks=config_hooks(config),
+                       workdir=root, checkpoint_every=config.checkpoint_every, mesh=mesh,
+                       label=f"k-fold ({len(candidates)} candidates x {k} folds) | ", verbose=verbose)
+    population = outcome.population
+    if "keep_best" in outcome.hook_states:
+        population = best_members(population, outcome.hook_states["keep_best"])
+    final = {name: np.asarray(v) for name, v in evaluate_folds(population)["eval"].items()}
     alive = np.asarray(population.alive)
     results = []
     for c in range(len(candidates)):

@@ -1,12 +1,13 @@
-"""`fit_pbt`: population based training (Jaderberg et al. 2017) of one bucket of members.
+"""Population based training (Jaderberg et al. 2017): the one loop plus the PBT hook.
 
 Every `interval` steps all members are evaluated on the validation split; the bottom `fraction`
 copy parameters, optimizer state and hyperparameters of a random member of the top `fraction`
-(exploit), then the copied hyperparameters named in `explore` are multiplied by 0.8 or 1.2 and,
-with `resample_probability`, redrawn from their range (explore). Training, evaluation, exploit
-and explore all act on the whole population at once; nothing leaves the device but the scores.
-Lineage (who copied whom, at which step) and each round's hyperparameters are kept, written to
-the workdir and checkpointed with the population, so an interrupted run resumes exactly.
+(exploit), then the copied hyperparameters named in `explore` are perturbed and, with
+`resample_probability`, redrawn from their range (explore), with the one set of PBT primitives
+(`population.exploit`). Training, evaluation, exploit and explore all act on the whole population
+at once; nothing leaves the device but the scores. Lineage (who copied whom, at which step) and
+each round's hyperparameters are the hook's record, checkpointed with the population, so an
+interrupted run resumes exactly.
 """
 
 from __future__ import annotations
@@ -21,15 +22,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from vhjax.config import TrainConfig
-from vhjax.population.engine import default_member_chunk, init_population, make_population_eval
 from vhjax.population.exploit import (copy_members, get_member_hparams, perturb, resample, set_member_hparams,
                                       truncation_sources)
-from vhjax.population.fit import stack_dynamic
-from vhjax.population.runner import make_population_runner
-from vhjax.train.checkpoint import Checkpointer
-from vhjax.train.loop import prepare_workdir
-from vhjax.train.metrics_log import print_progress
-from vhjax.train.task import build_task, with_member_hparams
+from vhjax.population.fit import bucket_members, bucket_seeds, bucket_task, compiled_programs, stack_dynamic
+from vhjax.population.hooks import best_members, config_hooks
+from vhjax.population.loop import Hook, Report, run_loop
+from vhjax.population.members import init_population
+from vhjax.population.engine import default_member_group
+from vhjax.population.state import PopulationState
+from vhjax.train.workdir import prepare_workdir
+from vhjax.validation import check_int, check_number
 
 Range = tuple[float, float, bool]  # (low, high, log scale)
 
@@ -54,10 +56,10 @@ def check_explore(explore: Mapping[str, Range], known: Sequence[str]) -> dict[st
             raise ValueError(f"explore: unknown hyperparameter {name!r}; known for this task: {', '.join(sorted(known))}")
         low, high, log = (*spec, False)[:3] if len(spec) == 2 else spec
         if not low < high or (log and low <= 0):
-            raise ValueError(f"explore[{name!r}] = {tuple(spec)}; allowed: low < high (and low > 0 for log scale)")
+            raise ValueError(f"explore[{name!r}] has value {tuple(spec)}; allowed: low < high (and low > 0 for log scale)")
         checked[name] = (float(low), float(high), bool(log))
     if not checked:
-        raise ValueError("explore is empty; name at least one hyperparameter to perturb")
+        raise ValueError("explore has value {}; allowed: at least one hyperparameter to perturb")
     return checked
 
 
@@ -84,61 +86,74 @@ def exploit_and_explore(key: jax.Array, population: Any, scores: jax.Array,
     return set_member_hparams(population, **updates), source
 
 
+def pbt_hook(explore: Mapping[str, Range], *, seed: int, fraction: float = 0.25, resample_probability: float = 0.25,
+             split: str = "eval", metric: str = "accuracy") -> Hook:
+    """Exploit/explore after every evaluation but the last; lineage and history in the record."""
+    frozen = tuple(explore.items())
+    round_fn = jax.jit(exploit_and_explore, static_argnames=("explore", "fraction", "resample_probability"))
+
+    def init(population: PopulationState) -> dict:
+        return {"record": {"lineage": [], "history": []}}
+
+    def update(state: dict, population: PopulationState, report: Report):
+        scores = np.where(np.asarray(population.alive), report.metric(split, metric), np.nan)
+        hparams = get_member_hparams(population)
+        lineage, history = list(state["record"]["lineage"]), list(state["record"]["history"])
+        history.append({"step": report.step, "score": scores.tolist(),
+                        **{k: np.asarray(hparams[k]).tolist() for k in explore}})
+        copied = 0
+        if report.step < report.total_steps:
+            key = jax.random.fold_in(jax.random.key(seed), report.step)
+            population, source = round_fn(key, population, jnp.asarray(scores, jnp.float32), frozen, fraction,
+                                          resample_probability)
+            source = np.asarray(source)
+            parents = np.where(source == np.arange(len(source)), -1, source)
+            lineage.append({"step": report.step, "parent": parents.tolist()})
+            copied = int((parents >= 0).sum())
+        report.logs["pbt_copied"] = copied
+        return {"record": {"lineage": lineage, "history": history}}, population
+
+    return Hook("pbt", init, update)
+
+
 def fit_pbt(config: TrainConfig, members: Sequence[Mapping[str, Any]], explore: Mapping[str, Range], *,
             interval: int, fraction: float = 0.25, resample_probability: float = 0.25, metric: str = "accuracy",
-            workdir: str | Path | None = None, same_batches: bool = False, verbose: bool = True) -> PBTResult:
-    """Train `members` (dicts of dynamic hyperparameters, one bucket) with PBT for `config.steps` steps.
+            workdir: str | Path | None = None, same_batches: bool = False, mesh: Any = None,
+            verbose: bool = True) -> PBTResult:
+    """Train `members` (dicts of per-member fields, one bucket) with PBT for `config.steps` steps.
 
     `explore` maps hyperparameter names (e.g. 'learning_rate', 'weight_decay', 'dropout_rate',
     'aug_strength') to `(low, high[, log])`; `metric` (maximized) on the eval split ranks members.
+    The config's early stopping, plateau and best-model keeping work here too.
     """
-    if not isinstance(interval, int) or not 1 <= interval <= config.steps:
-        raise ValueError(f"interval {interval!r}; allowed: an integer in 1..steps ({config.steps})")
-    if not 0.0 < fraction <= 0.5:
-        raise ValueError(f"fraction {fraction!r}; allowed: in (0, 0.5]")
-    if not members:
-        raise ValueError("members is empty; give at least two members")
-    hparams = stack_dynamic(list(range(len(members))), members)
-    task = with_member_hparams(build_task(config), {*hparams, *dict(explore)})
-    population = init_population(task, jax.random.key(config.seed), len(members), hparams, same_batches=same_batches)
+    check_int("interval", interval, 1, config.steps)
+    check_number("fraction", fraction, 0.0, 0.5, low_inclusive=False)
+    check_number("resample_probability", resample_probability, 0.0, 1.0)
+    if len(members) < 2:
+        raise ValueError(f"members has {len(members)} entries; allowed: at least two members")
+    config = dataclasses.replace(config, eval_every=interval)
+    buckets = bucket_members(config, members)
+    if len(buckets) != 1:
+        raise ValueError(f"members have value {list(members)!r}; allowed: members that differ only in per-member "
+                         "fields (hyperparameters, augmentation strengths, seed): PBT trains one program")
+    bucket_config, indices = buckets[0]
+    hparams = stack_dynamic(indices, members)
+    task = bucket_task(bucket_config, {*hparams, *dict(explore)})
+    population = init_population(task, len(members), hparams, seeds=bucket_seeds(config, indices, members),
+                                 same_batches=same_batches)
     explore = check_explore(explore, list(get_member_hparams(population)))
     root = prepare_workdir(workdir, config)
-    checkpointer = Checkpointer(root / "checkpoints") if root is not None else None
-    lineage: list[dict] = []
-    history: list[dict] = []
-    step = 0
-    if checkpointer is not None and checkpointer.latest_step() is not None:
-        step = int(checkpointer.latest_step())
-        population, record = checkpointer.restore(step, population)
-        lineage, history = record["lineage"], record["history"]
-        if verbose:
-            print_progress(f"pbt: resumed from {root} at step {step}")
-    data = (jnp.asarray(task.train.x), jnp.asarray(task.train.y))
+    run_chunk, evaluate = compiled_programs(task, default_member_group(len(members)) if mesh is None else None)
     eval_data = (jnp.asarray(task.eval.x), jnp.asarray(task.eval.y))
-    run_chunk = make_population_runner(task, default_member_chunk(len(members)))
-    evaluate = jax.jit(make_population_eval(task))
-    round_fn = jax.jit(exploit_and_explore, static_argnames=("explore", "fraction", "resample_probability"))
-    frozen_explore = tuple(explore.items())
-    while step < config.steps:
-        length = min(interval, config.steps - step)
-        population, _ = run_chunk(population, data, length)
-        step += length
-        scores = evaluate(population, *eval_data)[metric]
-        scores = jnp.where(population.alive, scores, jnp.nan)
-        history.append({"step": step, "score": np.asarray(scores).tolist(),
-                        **{k: np.asarray(v).tolist() for k, v in get_member_hparams(population).items()
-                           if k in explore}})
-        if step < config.steps:
-            key = jax.random.fold_in(jax.random.key(config.seed), step)
-            population, source = round_fn(key, population, scores, frozen_explore, fraction,
-                                          resample_probability)
-            source = np.asarray(source)
-            lineage.append({"step": step, "parent": np.where(source == np.arange(len(source)), -1, source).tolist()})
-        if verbose:
-            print_progress(f"pbt step {step}/{config.steps} | eval {metric} best {np.nanmax(scores):.4f} "
-                           f"median {np.nanmedian(scores):.4f} | copied {sum(p >= 0 for p in lineage[-1]['parent']) if lineage else 0}")
-        if checkpointer is not None:
-            checkpointer.save(step, population, {"lineage": lineage, "history": history})
+    hooks = [pbt_hook(explore, seed=config.seed, fraction=fraction, resample_probability=resample_probability,
+                      metric=metric), *config_hooks(bucket_config)]
+    outcome = run_loop(population, run_chunk, (jnp.asarray(task.train.x), jnp.asarray(task.train.y)),
+                       steps=config.steps, eval_every=interval, evaluate=lambda p: {"eval": evaluate(p, *eval_data)},
+                       hooks=hooks, workdir=root, checkpoint_every=config.checkpoint_every, mesh=mesh, label="pbt | ",
+                       verbose=verbose)
+    population = outcome.population
+    if "keep_best" in outcome.hook_states:
+        population = best_members(population, outcome.hook_states["keep_best"])
     final = {"eval": evaluate(population, *eval_data)}
     if task.test is not None:
         final["test"] = evaluate(population, jnp.asarray(task.test.x), jnp.asarray(task.test.y))
@@ -147,10 +162,8 @@ def fit_pbt(config: TrainConfig, members: Sequence[Mapping[str, Any]], explore: 
                 "hparams": {k: np.asarray(hparams[k][i]).tolist() for k in explore},
                 "diverged_step": None if int(population.diverged_step[i]) < 0 else int(population.diverged_step[i])}
                for i in range(len(members))]
-    if checkpointer is not None:
-        checkpointer.close()
-    result = PBTResult(results, lineage, history)
+    record = outcome.hook_states["pbt"]["record"]
+    result = PBTResult(results, record["lineage"], record["history"])
     if root is not None:
         (root / "pbt.json").write_text(json.dumps(dataclasses.asdict(result), indent=1))
     return result
-

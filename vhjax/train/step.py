@@ -1,7 +1,7 @@
 """The training and evaluation steps, written once for one member.
 
 `jax.vmap` of these functions is the population step (vhjax.population); `lax.scan` of the
-train step is a chunk of training with no Python in the loop (vhjax.train.loop).
+train step is a chunk of training with no Python in the loop (vhjax.population.engine).
 """
 
 from __future__ import annotations

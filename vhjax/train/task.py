@@ -13,6 +13,7 @@ import optax
 from vhjax import augment, losses, models, optim
 from vhjax.config import TrainConfig, validate
 from vhjax.data import Dataset, load
+from vhjax.hparams import STATIC_ZERO_NAMES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +40,6 @@ class Task:
     loss_terms: tuple[str, ...] = ()
 
 
-STATIC_ZERO_NAMES = ("dropout_rate", "l1", "l2", "elastic_net")
 
 
 def build_task(config: TrainConfig) -> Task:

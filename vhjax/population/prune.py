@@ -10,9 +10,11 @@ import jax.numpy as jnp
 
 from vhjax.config import TrainConfig
 from vhjax.models.pruning import apply_masks, magnitude_masks, masked_updates, sparsity_of
-from vhjax.train.loop import fit, make_chunk_runner, member_batch_indices
+from vhjax.population.fit import fit
+from vhjax.population.members import classifier_runner
+from vhjax.population.state import new_population
 from vhjax.train.state import TrainState
-from vhjax.train.step import make_eval_fn, make_train_step
+from vhjax.train.step import make_eval_fn
 from vhjax.train.task import build_task
 
 
@@ -46,7 +48,10 @@ def prune_and_finetune(config: TrainConfig, sparsity: float, *, scope: str = "gl
     finetune_task = dataclasses.replace(task, optimizer=masked_updates(task.optimizer, masks))
     current = pruned_state.replace(opt_state=finetune_task.optimizer.init(pruned_state.params))
     if finetune_steps:
-        run = make_chunk_runner(make_train_step(finetune_task), member_batch_indices(finetune_task))
-        current, _ = run(current, (jnp.asarray(task.train.x), jnp.asarray(task.train.y)), finetune_steps)
+        # the one engine with a population of one member (the pruned model, its own data order)
+        population = new_population(jax.tree.map(lambda leaf: jnp.asarray(leaf)[None], current), same_batches=False)
+        population, _ = classifier_runner(finetune_task)(population, (jnp.asarray(task.train.x),
+                                                                      jnp.asarray(task.train.y)), finetune_steps)
+        current = jax.tree.map(lambda leaf: leaf[0], population.members)
     finetuned = as_floats(evaluate(current, *eval_data))
     return PruneResult(dense, pruned, finetuned, sparsity_of(current.params, masks), current, masks)

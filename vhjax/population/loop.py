@@ -1,0 +1,206 @@
+"""The one training loop: chunks of scanned steps, evaluation, hooks, checkpoints, resume.
+
+    run_loop(population, runner, data, steps=..., eval_every=..., evaluate=..., hooks=[...])
+
+Every chunk: the engine trains every member for `eval_every` steps (one compiled program), the
+loop evaluates the population (`evaluate(population) -> {split: {metric: (P,)}}`), then each hook
+sees a `Report` and may change the population (stop members, change their hyperparameters, copy
+members). `fit`, `fit_population`, `fit_pbt` and `fit_kfold` are this loop plus hooks, so every
+feature (resume, mesh, early stopping, plateau, best-model keeping, logging) works in each.
+
+A hook is a small `(init, update)` pair in the spirit of optax's `GradientTransformation`:
+
+    init(population) -> state
+    update(state, population, report) -> (state, population)
+
+Its state is a dict whose array entries are checkpointed with the population (orbax) and whose
+`"record"` entry, if any, is JSON (lineage, history). With a workdir, the loop checkpoints the
+population and every hook's state after each chunk (`checkpoint_every` chunks); running it again
+on the same workdir resumes exactly, the metrics log cut back to the checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import numpy as np
+
+from vhjax import parallel
+from vhjax.population.state import PopulationState
+from vhjax.train.checkpoint import Checkpointer
+from vhjax.train.metrics_log import MetricsLog, print_progress
+from vhjax.validation import check_int
+
+
+@dataclasses.dataclass
+class Report:
+    """What hooks see after a chunk. Arrays are per member, shape (P,)."""
+
+    step: int
+    total_steps: int
+    length: int
+    seconds: float
+    train: dict[str, np.ndarray]  # the chunk's mean step metrics per member (NaN: did not train)
+    eval: dict[str, dict[str, np.ndarray]]  # split -> metric -> values
+    logs: dict[str, Any]  # extra values hooks add to the metrics log (e.g. learning_rate_scale)
+
+    def metric(self, split: str, name: str) -> np.ndarray:
+        """A monitored metric: `split` 'train' reads the chunk's step metrics, any other an evaluation."""
+        table = self.train if split == "train" else self.eval.get(split)
+        if table is None or name not in table:
+            known = sorted({f"train/{k}" for k in self.train} | {f"{s}/{k}" for s, v in self.eval.items() for k in v})
+            raise ValueError(f"monitored metric {split}/{name} was not computed; computed: {', '.join(known)}")
+        return np.asarray(table[name])
+
+
+class Hook(NamedTuple):
+    """`init(population) -> state`; `update(state, population, report) -> (state, population)`."""
+
+    name: str
+    init: Callable[[PopulationState], dict]
+    update: Callable[[dict, PopulationState, Report], tuple[dict, PopulationState]]
+
+
+@dataclasses.dataclass
+class LoopResult:
+    """The population at the end, each hook's final state, the log and the per-step metrics."""
+
+    population: PopulationState
+    hook_states: dict[str, dict]
+    history: list[dict]
+    step_metrics: dict[str, np.ndarray]  # name -> (steps trained in this call, P)
+    resumed_from: int | None
+
+
+def chunk_lengths(start: int, total: int, every: int) -> list[int]:
+    """Chunk lengths from `start` to `total` with boundaries at multiples of `every`.
+
+    Fixed boundaries mean a resumed run executes the same compiled chunks as an uninterrupted one.
+    """
+    lengths, step = [], start
+    while step < total:
+        length = min(every - step % every, total - step)
+        lengths.append(length)
+        step += length
+    return lengths
+
+
+def population_step(population: PopulationState) -> int:
+    """The step the population has reached (the furthest member; stopped members lag behind)."""
+    return int(np.max(np.asarray(population.members.step)))
+
+
+def split_state(state: dict) -> tuple[dict, Any]:
+    """(array part for orbax, JSON record) of a hook state."""
+    return {k: v for k, v in state.items() if k != "record"}, state.get("record")
+
+
+def summarize_chunk(metrics: dict) -> dict[str, np.ndarray]:
+    """Per-member means over the chunk's steps (NaN where a member did not train)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns of frozen members
+        return {name: np.nanmean(np.asarray(values, np.float64), axis=0) if np.ndim(values) >= 2
+                else np.asarray(values) for name, values in metrics.items()}
+
+
+def progress_line(label: str, report: Report, population: PopulationState) -> str:
+    """One line per chunk: step, rate, train loss, the first evaluation metric, divergence."""
+    alive = np.asarray(population.alive)
+    stopped = np.asarray(population.stopped)
+    parts = [f"{label}step {report.step}/{report.total_steps}",
+             f"{population.size * report.length / max(report.seconds, 1e-9):9.0f} member-steps/s"]
+    loss = report.train.get("loss")
+    if loss is not None and np.isfinite(loss).any():
+        parts.append(f"train loss {np.nanmedian(loss):.4f}" if loss.size > 1 else f"train loss {float(loss[0]):.4f}")
+    for split, values in report.eval.items():
+        for name, value in values.items():
+            value = np.where(alive, value, np.nan)
+            if not np.isfinite(value).any():
+                continue
+            parts.append(f"{split} {name} {float(value[0]):.4f}" if value.size == 1 else
+                         f"{split} {name} best {np.nanmax(value):.4f} median {np.nanmedian(value):.4f}")
+            break
+    if population.size > 1:
+        parts.append(f"diverged {int((~alive).sum())}" + (f" stopped {int((stopped & alive).sum())}" if stopped.any() else ""))
+    elif not alive[0]:
+        parts.append("diverged")
+    return " | ".join(parts)
+
+
+def run_loop(population: PopulationState, runner: Callable, data: Any, *, steps: int, eval_every: int,
+             evaluate: Callable[[PopulationState], dict] | None = None, hooks: Sequence[Hook] = (),
+             workdir: str | Path | None = None, checkpoint_every: int = 1, mesh: Any = None,
+             label: str = "", verbose: bool = True, log: MetricsLog | None = None) -> LoopResult:
+    """Train `population` to `steps` with `runner` (an engine chunk runner) on `data`; see the module
+    docstring. Returns when every member reached `steps`, or stopped, or diverged."""
+    check_int("steps", steps, 1)
+    check_int("eval_every", eval_every, 1)
+    check_int("checkpoint_every", checkpoint_every, 1)
+    names = [hook.name for hook in hooks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"hooks have value {names!r}; allowed: distinct hook names")
+    workdir = Path(workdir) if workdir is not None else None
+    log = log or MetricsLog(workdir / "metrics.jsonl" if workdir else None)
+    hook_states = {hook.name: hook.init(population) for hook in hooks}
+    checkpointer = Checkpointer(workdir / "checkpoints") if workdir else None
+    resumed_from = None
+    if checkpointer is not None and checkpointer.latest_step() is not None:
+        template = {"population": population, "hooks": {k: split_state(v)[0] for k, v in hook_states.items()}}
+        restored, record = checkpointer.restore(checkpointer.latest_step(), template)
+        population = restored["population"]
+        hook_states = {k: {**restored["hooks"][k], **({"record": record["hooks"][k]} if record["hooks"].get(k) is not None
+                                                       else {})} for k in hook_states}
+        resumed_from = int(record["step"])
+        if verbose:
+            print_progress(f"{label}resumed from {workdir} at step {resumed_from}")
+    log.truncate_after(resumed_from or 0)  # rows past the checkpoint (or of a run killed before one)
+    if mesh is not None:
+        population, data = parallel.shard_members(population, mesh), parallel.replicate(data, mesh)
+    step = resumed_from if resumed_from is not None else population_step(population)
+    collected: list[dict] = []
+    for chunk_number, length in enumerate(chunk_lengths(step, steps, eval_every)):
+        if not bool(np.any(np.asarray(population.training))):
+            break
+        tick = time.perf_counter()
+        population, metrics = runner(population, data, length)
+        evaluation = {split: {k: np.asarray(v) for k, v in values.items()}
+                      for split, values in (evaluate(population) if evaluate else {}).items()}
+        step += length
+        metrics = {k: np.asarray(v) for k, v in metrics.items()}
+        collected.append(metrics)
+        report = Report(step, steps, length, time.perf_counter() - tick, summarize_chunk(metrics), evaluation, {})
+        for hook in hooks:
+            hook_states[hook.name], population = hook.update(hook_states[hook.name], population, report)
+        write_logs(log, report, population)
+        last = step >= steps or not bool(np.any(np.asarray(population.training)))
+        if checkpointer is not None and ((chunk_number + 1) % checkpoint_every == 0 or last):
+            arrays = {k: split_state(v)[0] for k, v in hook_states.items()}
+            records = {k: split_state(v)[1] for k, v in hook_states.items()}
+            checkpointer.save(step, {"population": population, "hooks": arrays}, {"step": step, "hooks": records})
+        if verbose:
+            print_progress(progress_line(label, report, population))
+    if checkpointer is not None:
+        checkpointer.close()
+    step_metrics = {k: np.concatenate([m[k] for m in collected]) for k in (collected[0] if collected else {})}
+    return LoopResult(population, hook_states, log.read(), step_metrics, resumed_from)
+
+
+def write_logs(log: MetricsLog, report: Report, population: PopulationState) -> None:
+    """A 'train' row (chunk means, rate, hook logs) and one row per evaluated split. Values are per
+    member lists, or plain numbers for a population of one (`fit`)."""
+    single = population.size == 1
+    value = lambda v: (np.asarray(v).reshape(-1)[0] if np.size(v) == 1 else v) if single else v
+    rate = population.size * report.length / max(report.seconds, 1e-9)
+    train = {**{k: value(v) for k, v in report.train.items()}, **{k: value(v) for k, v in report.logs.items()},
+             "member_steps_per_second": rate}
+    log.write(report.step, "train", train)
+    for split, values in report.eval.items():
+        extra = {} if single else {"alive": np.asarray(population.alive),
+                                   "diverged_step": np.asarray(population.diverged_step),
+                                   "stopped": np.asarray(population.stopped)}
+        log.write(report.step, split, {**{k: value(v) for k, v in values.items()}, **extra})

@@ -1,0 +1,202 @@
+"""Members: building a population's stacked members, and the member steps that train them.
+
+Two producers of members and member steps:
+- the built-in classifier, from a `Task` (`init_population`, `classifier_runner`,
+  `population_batch_indices`, `make_population_eval`);
+- any model with any loss, from two functions written for ONE member (`init_members`,
+  `make_loss_step`): `init_fn(key) -> params` and
+  `loss_fn(params, batch, key, hparams) -> loss` (or `(loss, metrics)`); every optimizer
+  hyperparameter and every entry of `hparams` (a KL weight, a dropout rate) is a per-member array.
+Both give a `PopulationState` whose members are `TrainState`s, trained by the one engine
+(`engine.PopulationRunner`) and the one loop (`loop.run_loop`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vhjax import optim
+from vhjax.population.engine import BatchIndices, PopulationRunner, default_member_group
+from vhjax.population.hparams import check_not_static_zero, member_arrays, per_member_values
+from vhjax.population.state import PopulationState, new_population
+from vhjax.train.state import TrainState
+from vhjax.train.step import chunk_batch_indices, init_state, make_eval_fn, make_train_step
+from vhjax.train.task import Task
+from vhjax.validation import check_int
+
+DATA_KEY_TAG = 0x5EED
+
+
+def member_seeds(base_seed: int, size: int, seeds: Sequence[int] | None = None) -> np.ndarray:
+    """Each member's seed: `seeds` if given, else base_seed + i for member i (so member i of a
+    population is the model `fit(seed=base_seed + i)` trains)."""
+    if seeds is None:
+        return np.arange(size, dtype=np.int64) + int(base_seed)
+    seeds = np.asarray(seeds)
+    if seeds.shape != (size,) or not np.issubdtype(seeds.dtype, np.integer):
+        raise ValueError(f"seeds {seeds.tolist()!r}; allowed: {size} integers, one per member")
+    return seeds
+
+
+def member_keys(seeds: np.ndarray) -> tuple[jax.Array, jax.Array]:
+    """(init keys, own data keys) of members with these seeds: member i's init key is `key(seed_i)`,
+    exactly as `fit(seed=seed_i)` initialises."""
+    keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
+    return keys, jax.vmap(lambda k: jax.random.fold_in(k, DATA_KEY_TAG))(keys)
+
+
+def init_population(task: Task, size: int, hparams: Mapping[str, Any] | None = None, *,
+                    seeds: Sequence[int] | None = None, same_batches: bool = True) -> PopulationState:
+    """P members of the task's classifier with their own seeds, keys and hyperparameters.
+
+    `hparams` maps a hyperparameter name (state or optimizer) to P values or one shared value.
+    `seeds`: one per member (default: config.seed + i). With `same_batches`, every member sees the
+    batches of config.seed's data order at every step (a fair comparison); otherwise member i has
+    its own data order, that of `fit(seed=seeds[i])`.
+    """
+    check_int("population size", size, 1)
+    seeds = member_seeds(task.config.seed, size, seeds)
+    check_member_archs(task, size, (hparams or {}).get("arch"))
+    init_program, optimizer_defaults = _init_programs(task)
+    state_hparams, optimizer_hparams = member_arrays(size, hparams or {}, task.default_hparams, optimizer_defaults)
+    check_not_static_zero(task.static_zero, state_hparams)
+    init_keys, own_data_keys = member_keys(seeds)
+    if same_batches:
+        shared = member_keys(np.asarray([task.config.seed]))[1][0]
+        data_keys = jnp.broadcast_to(shared, (size,))
+    else:
+        data_keys = own_data_keys
+    members = init_program(init_keys, data_keys, state_hparams, optimizer_hparams)
+    return new_population(members, same_batches=same_batches, static_zero=task.static_zero)
+
+
+_INIT_PROGRAMS: dict[int, tuple[Task, Callable, dict]] = {}
+
+
+def _init_programs(task: Task) -> tuple[Callable, dict]:
+    """(one jitted program that initialises all members, the optimizer's default hyperparameters),
+    built once per task: not ~100 small operations run one by one for every population."""
+    cached = _INIT_PROGRAMS.get(id(task))
+    if cached is not None and cached[0] is task:
+        return cached[1], cached[2]
+
+    def init(keys, data_keys, state_hparams, optimizer_hparams):
+        members = jax.vmap(lambda k, dk: init_state(task, k, data_key=dk))(keys, data_keys)
+        return members.replace(hparams=state_hparams,
+                               opt_state=optim.set_hyperparams(members.opt_state, **optimizer_hparams))
+
+    defaults = {name: np.asarray(value) for name, value in optim.get_hyperparams(
+        task.optimizer.init(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                                         jax.eval_shape(lambda: init_state(task, jax.random.key(0)).params)))).items()}
+    if len(_INIT_PROGRAMS) >= 8:
+        _INIT_PROGRAMS.pop(next(iter(_INIT_PROGRAMS)))
+    _INIT_PROGRAMS[id(task)] = (task, jax.jit(init), defaults)
+    return _INIT_PROGRAMS[id(task)][1], defaults
+
+
+def check_member_archs(task: Task, size: int, arch: Any) -> None:
+    """Each member's `arch` must fit the model's maximum shape (checked before compiling)."""
+    if arch is None:
+        return
+    if not hasattr(task.model, "check_arch"):
+        raise ValueError(f"model {task.config.model!r} has no searchable architecture; members cannot "
+                         "set 'arch' (use a searchable model such as 'masked_mlp')")
+    for member in range(size):
+        task.model.check_arch(jax.tree.map(lambda leaf: np.asarray(leaf)[member], arch), member=member)
+
+
+def population_batch_indices(task: Task) -> BatchIndices:
+    """Batch indices of a chunk: (length, B) shared by all members, or (length, P, B) when each has its own."""
+    config, size = task.config, len(task.train)
+
+    def indices(population: PopulationState, length: int) -> jax.Array:
+        members = population.members
+        sample = lambda key, step: chunk_batch_indices(key, step, length, size, config.batch_size, config.shuffle)
+        if population.same_batches:
+            # training members share the step count; the others ignore their batch
+            return sample(members.data_key[0], jnp.max(members.step))
+        return jnp.swapaxes(jax.vmap(sample)(members.data_key, members.step), 0, 1)
+
+    return indices
+
+
+def classifier_runner(task: Task, member_group: int | None = None, batch_indices: BatchIndices | None = None,
+                      isolation: str = "optimistic") -> PopulationRunner:
+    """The engine's chunk runner for the task's classifier step (see `engine.PopulationRunner`)."""
+    return PopulationRunner(make_train_step(task), batch_indices or population_batch_indices(task),
+                            member_group=member_group, isolation=isolation)
+
+
+def make_population_eval(task: Task) -> Callable[[PopulationState, jax.Array, jax.Array], dict]:
+    """`evaluate(population, x, y) -> metrics`, each of shape (P,)."""
+    evaluate = jax.vmap(make_eval_fn(task), in_axes=(0, None, None))
+    return lambda population, x, y: evaluate(population.members, x, y)
+
+
+# ----------------------------------------------------------------------------- any model, any loss
+
+
+def init_members(init_fn: Callable[[jax.Array], Any], optimizer: optax.GradientTransformation, key: jax.Array,
+                 size: int, hparams: Mapping[str, Any] | None = None,
+                 optimizer_hparams: Mapping[str, Any] | None = None) -> PopulationState:
+    """`size` members initialised by `init_fn` with their own keys; `optimizer_hparams` (e.g.
+    learning_rate) go into the optimizer state of an optimizer from `vhjax.optim.make_optimizer`."""
+    check_int("population size", size, 1)
+    init_key, member_key = jax.random.split(key)
+    params = jax.vmap(init_fn)(jax.random.split(init_key, size))
+    opt_state = jax.vmap(optimizer.init)(params)
+    if optimizer_hparams:
+        known = optim.get_hyperparams(opt_state)
+        unknown = sorted(set(optimizer_hparams) - set(known))
+        if unknown:
+            raise ValueError(f"unknown optimizer hyperparameter(s) {unknown}; known: {sorted(known)}")
+        opt_state = optim.set_hyperparams(opt_state, **per_member_values(optimizer_hparams, size))
+    keys = jax.random.split(member_key, size)
+    members = TrainState(step=jnp.zeros(size, jnp.int32), params=params, model_state={}, opt_state=opt_state,
+                         hparams=per_member_values(hparams or {}, size), key=keys, data_key=keys)
+    return new_population(members, same_batches=True)
+
+
+def make_loss_step(loss_fn: Callable, optimizer: optax.GradientTransformation) -> Callable:
+    """The member step of `loss_fn(params, batch, key, hparams) -> loss | (loss, metrics)`:
+    value_and_grad, one optimizer update; the key is folded with the member's step."""
+
+    def member_step(member: TrainState, batch: Any) -> tuple[TrainState, dict]:
+        key = jax.random.fold_in(member.key, member.step)
+        (loss, metrics), grads = jax.value_and_grad(_with_metrics(loss_fn), has_aux=True)(
+            member.params, batch, key, member.hparams)
+        updates, opt_state = optimizer.update(grads, member.opt_state, member.params)
+        params = optax.apply_updates(member.params, updates)
+        return member.replace(step=member.step + 1, params=params, opt_state=opt_state), {"loss": loss, **metrics}
+
+    return member_step
+
+
+def _with_metrics(loss_fn: Callable) -> Callable:
+    def wrapped(params, batch, key, hparams):
+        out = loss_fn(params, batch, key, hparams)
+        return out if isinstance(out, tuple) else (out, {})
+
+    return wrapped
+
+
+def stepwise_batches(population: PopulationState, length: int) -> jax.Array:
+    """Batch indices for data given per step (a pytree with a leading step axis): step s takes row s."""
+    return jnp.max(population.members.step) + jnp.arange(length)
+
+
+def loss_runner(loss_fn: Callable, optimizer: optax.GradientTransformation, *, member_group: int | None = None,
+                isolation: str = "optimistic") -> PopulationRunner:
+    """The engine's chunk runner for `make_loss_step(loss_fn, optimizer)` on per-step batches."""
+    return PopulationRunner(make_loss_step(loss_fn, optimizer), stepwise_batches, member_group=member_group,
+                            isolation=isolation)
+
+
+__all__ = ["check_member_archs", "classifier_runner", "default_member_group", "init_members", "init_population",
+           "loss_runner", "make_loss_step", "make_population_eval", "member_seeds", "population_batch_indices",
+           "stepwise_batches"]

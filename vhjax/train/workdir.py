@@ -1,0 +1,50 @@
+"""The workdir of a run: its config (refused if changed), fitted preprocessors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from vhjax.config import TrainConfig
+
+EXTENSIBLE_FIELDS = ("steps",)  # may be raised on an existing workdir: the run is extended
+
+
+def prepare_workdir(workdir: str | Path | None, config: TrainConfig) -> Path | None:
+    """Create the workdir; refuse to resume one that was made with a different config.
+
+    Raising `steps` is allowed: the finished (or interrupted) run is extended from its last checkpoint.
+    """
+    if workdir is None:
+        return None
+    workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise ValueError(f"workdir has value {str(workdir)!r}, which is a file; allowed: a directory (new or existing)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path = workdir / "config.json"
+    current = config.to_dict()
+    if config_path.exists():
+        saved = json.loads(config_path.read_text())
+        changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        extended = [k for k in changed if k in EXTENSIBLE_FIELDS and current[k] >= saved.get(k, 0)]
+        refused = sorted(set(changed) - set(extended))
+        if refused:
+            raise ValueError(
+                f"workdir {str(workdir)!r} holds a run with a different config (fields {', '.join(refused)}); "
+                "use a new workdir or the same config to resume (only 'steps' may be raised, to extend the run)")
+        if extended:
+            config_path.write_text(json.dumps(current, indent=2))
+    else:
+        config_path.write_text(json.dumps(current, indent=2))
+    return workdir
+
+
+def save_preprocessing(workdir: Path | None, task: Any) -> None:
+    """Store the fitted preprocessors with the run (`workdir/preprocess_<i>.json`)."""
+    if workdir is None:
+        return
+    from vhjax import preprocess
+
+    for index, fitted in enumerate(task.preprocessing):
+        (workdir / f"preprocess_{index}.json").write_text(preprocess.to_json(fitted))
