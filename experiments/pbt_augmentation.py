@@ -36,10 +36,9 @@ from vhjax.augment.compose import MAX_STRENGTH
 from vhjax.config import TrainConfig
 from vhjax.hardware import describe
 from vhjax.population import (copy_members, get_member_hparams, init_population, make_population_eval,
-                              make_population_step, perturb, population_batch_indices, set_member_hparams,
+                              classifier_runner, perturb, set_member_hparams,
                               truncation_sources)
 from vhjax.train import build_task
-from vhjax.train.loop import make_chunk_runner
 
 OPS = ("shift", "time_warp", "gaussian_noise")
 ARMS = ("pbt", "fixed", "none")
@@ -107,10 +106,10 @@ def run(args) -> dict:
     size = args.seeds * len(ARMS) * args.members
     rng = np.random.default_rng(args.seed)
     strengths0 = initial_strengths(rng, groups, size)
-    population = init_population(task, jax.random.key(args.seed), size,
+    population = init_population(task, size,
                                  {"aug_strength": strengths0, "aug_prob": np.ones_like(strengths0)},
                                  same_batches=False)
-    run_chunk = make_chunk_runner(make_population_step(task), population_batch_indices(task))
+    run_chunk = classifier_runner(task, isolation="per_step")
     evaluate = jax.jit(make_population_eval(task))
     val = (jnp.asarray(task.eval.x), jnp.asarray(task.eval.y))
     test = (jnp.asarray(task.test.x), jnp.asarray(task.test.y))

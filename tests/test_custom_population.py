@@ -11,7 +11,7 @@ from vhjax import optim
 from vhjax.data import load
 from vhjax.models import get_model
 from vhjax.models.generative import elbo
-from vhjax.population.custom import fit_custom, init_custom_population
+from vhjax.population import fit_members, init_members
 
 MODEL = get_model("vae", data_shape=(64,), latent_dim=4, widths=(32,))
 OPTIMIZER = optim.make_optimizer("adam", learning_rate=1e-3)
@@ -33,53 +33,53 @@ def batches():
 
 
 def test_vae_population_learns_and_hyperparameters_vary_per_member(batches):
-    population = init_custom_population(init_fn, OPTIMIZER, jax.random.key(0), 3, hparams={"beta": [1.0, 1.0, 1.0]},
+    population = init_members(init_fn, OPTIMIZER, jax.random.key(0), 3, hparams={"beta": [1.0, 1.0, 1.0]},
                                         optimizer_hparams={"learning_rate": [1e-5, 3e-3, 3e-3]})
-    population, losses = fit_custom(population, loss_fn, OPTIMIZER, batches, 150)
+    population, losses = fit_members(population, loss_fn, OPTIMIZER, batches, 150)
     assert losses.shape == (150, 3)
     start, end = losses[:10].mean(axis=0), losses[-10:].mean(axis=0)
     assert end[1] < start[1] - 5  # the -ELBO falls by several nats
     assert end[1] < end[0] - 5  # the tiny learning rate really is per member
-    strong_kl = init_custom_population(init_fn, OPTIMIZER, jax.random.key(0), 3, hparams={"beta": [1.0, 1.0, 10.0]},
+    strong_kl = init_members(init_fn, OPTIMIZER, jax.random.key(0), 3, hparams={"beta": [1.0, 1.0, 10.0]},
                                        optimizer_hparams={"learning_rate": [1e-5, 3e-3, 3e-3]})
-    strong_kl, losses_kl = fit_custom(strong_kl, loss_fn, OPTIMIZER, batches, 150)
+    strong_kl, losses_kl = fit_members(strong_kl, loss_fn, OPTIMIZER, batches, 150)
     np.testing.assert_array_equal(losses_kl[:, :2], losses[:, :2])  # other members are untouched
     assert losses_kl[-10:, 2].mean() > end[2]  # beta is a per-member array inside the same program
 
 
 def test_diverging_member_is_frozen_and_flagged(batches):
-    population = init_custom_population(init_fn, OPTIMIZER, jax.random.key(1), 2, hparams={"beta": 1.0},
+    population = init_members(init_fn, OPTIMIZER, jax.random.key(1), 2, hparams={"beta": 1.0},
                                         optimizer_hparams={"learning_rate": [3e-3, 1e30]})
-    population, losses = fit_custom(population, loss_fn, OPTIMIZER, batches[:20], 20)
+    population, losses = fit_members(population, loss_fn, OPTIMIZER, batches[:20], 20)
     assert population.alive.tolist() == [True, False] and int(population.diverged_step[1]) >= 1
-    assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(population.params))
+    assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(population.members.params))
 
 
 def test_unchecked_chunk_equals_checking_every_step_and_frozen_members_stay(batches):
-    from vhjax.population import make_custom_step
+    from vhjax.population import loss_runner
 
-    population = init_custom_population(init_fn, OPTIMIZER, jax.random.key(1), 2, hparams={"beta": 1.0},
+    population = init_members(init_fn, OPTIMIZER, jax.random.key(1), 2, hparams={"beta": 1.0},
                                         optimizer_hparams={"learning_rate": [3e-3, 1e30]})
-    population, _ = fit_custom(population, loss_fn, OPTIMIZER, batches[:20], 20)  # member 1 diverges
-    frozen = jax.tree.map(lambda leaf: np.asarray(leaf)[1], population.params)
-    checked, checked_losses = jax.jit(lambda p, b: jax.lax.scan(make_custom_step(loss_fn, OPTIMIZER), p, b))(
-        population, batches[20:30])
-    population, losses = fit_custom(population, loss_fn, OPTIMIZER, batches[20:30], 10)  # no check per step
+    population, _ = fit_members(population, loss_fn, OPTIMIZER, batches[:20], 20)  # member 1 diverges
+    frozen = jax.tree.map(lambda leaf: np.asarray(leaf)[1], population.members.params)
+    checked, checked_losses = loss_runner(loss_fn, OPTIMIZER, first_step=20, isolation="per_step")(
+        jax.tree.map(jnp.copy, population), batches[20:30], 10)
+    population, losses = fit_members(population, loss_fn, OPTIMIZER, batches[20:30], 10)  # no check per step
     np.testing.assert_array_equal(losses[:, 0], np.asarray(checked_losses)[:, 0])
     assert np.isnan(losses[:, 1]).all() and np.isnan(np.asarray(checked_losses)[:, 1]).all()
-    for a, b, c in zip(jax.tree.leaves(population.params), jax.tree.leaves(checked.params), jax.tree.leaves(frozen)):
+    for a, b, c in zip(jax.tree.leaves(population.members.params), jax.tree.leaves(checked.members.params), jax.tree.leaves(frozen)):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(np.asarray(a)[1], c)
 
 
 def test_bad_input_is_named(batches):
-    with pytest.raises(ValueError, match="'beta' has shape \\(2,\\); expected \\(3,\\)"):
-        init_custom_population(init_fn, OPTIMIZER, jax.random.key(0), 3, hparams={"beta": [1.0, 2.0]})
+    with pytest.raises(ValueError, match="'beta' has shape \\(2,\\); allowed: \\(3,\\)"):
+        init_members(init_fn, OPTIMIZER, jax.random.key(0), 3, hparams={"beta": [1.0, 2.0]})
     with pytest.raises(ValueError, match="unknown optimizer hyperparameter"):
-        init_custom_population(init_fn, OPTIMIZER, jax.random.key(0), 3, optimizer_hparams={"lr": 1e-3})
-    population = init_custom_population(init_fn, OPTIMIZER, jax.random.key(0), 2, hparams={"beta": 1.0})
+        init_members(init_fn, OPTIMIZER, jax.random.key(0), 3, optimizer_hparams={"lr": 1e-3})
+    population = init_members(init_fn, OPTIMIZER, jax.random.key(0), 2, hparams={"beta": 1.0})
     with pytest.raises(ValueError, match="leading axis of length steps=5"):
-        fit_custom(population, loss_fn, OPTIMIZER, batches[:4], 5)
+        fit_members(population, loss_fn, OPTIMIZER, batches[:4], 5)
 
 
 def test_seq2seq_population_trains_under_vmap():
@@ -98,8 +98,8 @@ def test_seq2seq_population_trains_under_vmap():
 
     init = lambda key: model.init(key, src[0], batches[1][0])["params"]
     optimizer = optim.make_optimizer("adam", learning_rate=1e-2)
-    population = init_custom_population(init, optimizer, jax.random.key(0), 2,
+    population = init_members(init, optimizer, jax.random.key(0), 2,
                                         optimizer_hparams={"learning_rate": [1e-2, 1e-6]})
-    population, losses = fit_custom(population, seq_loss, optimizer, batches, 40)
+    population, losses = fit_members(population, seq_loss, optimizer, batches, 40)
     assert losses[-5:, 0].mean() < losses[:5, 0].mean() - 0.3
     assert losses[-5:, 0].mean() < losses[-5:, 1].mean() - 0.3

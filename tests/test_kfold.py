@@ -28,7 +28,7 @@ def test_fold_tables_hold_out_each_fold_once():
 def test_members_only_train_on_their_own_folds():
     task = build_task(CONFIG)
     train, _, _ = fold_tables(task.train.y, 3, seed=0)
-    population = init_population(task, jax.random.key(0), 3, same_batches=False)
+    population = init_population(task, 3, same_batches=False)
     indices = np.asarray(make_fold_batch_indices(train, 32, True)(population, 50))  # (50, 3, 32)
     for member in range(3):
         assert set(indices[:, member].ravel()) <= set(train[member])
@@ -41,5 +41,5 @@ def test_cross_validation_ranks_candidates():
     assert bad.shape == (3,) and good.shape == (3,)
     assert good.mean() > 0.8 and good.mean() > bad.mean() + 0.4
     assert "± " in result.table()
-    with pytest.raises(ValueError, match="k 1; allowed"):
+    with pytest.raises(ValueError, match="k has value 1; allowed: an integer >= 2"):
         fit_kfold(CONFIG, k=1, verbose=False)

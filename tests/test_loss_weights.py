@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vhjax.config import TrainConfig
-from vhjax.population import fit_population, init_population, make_population_runner
+from vhjax.population import classifier_runner, fit_population, init_population
 from vhjax.train import build_task
 
 BASE = TrainConfig(dataset="digits", model="mlp", model_kwargs={"widths": (16,), "num_classes": 10},
@@ -19,9 +19,9 @@ TERMS = {"cross_entropy": 1.0, "weighted_cross_entropy": 0.0}
 
 def train(config, hparams, steps=8):
     task = build_task(config)
-    population = init_population(task, jax.random.key(0), 2, hparams)
+    population = init_population(task, 2, hparams)
     data = (task.train.x, task.train.y)
-    return make_population_runner(task)(population, jax.tree.map(jax.numpy.asarray, data), steps)[0]
+    return classifier_runner(task)(population, jax.tree.map(jax.numpy.asarray, data), steps)[0]
 
 
 def params_of(population):

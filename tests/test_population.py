@@ -15,11 +15,9 @@ import numpy as np
 import pytest
 
 from vhjax.config import TrainConfig
-from vhjax.population import (copy_members, fit_population, get_member_hparams, init_population,
-                              make_population_runner, make_population_step, perturb, population_batch_indices, resample,
-                              set_member_hparams, truncation_sources)
-from vhjax.train import build_task, make_train_step
-from vhjax.train.loop import make_chunk_runner, member_batch_indices
+from vhjax.population import (classifier_runner, copy_members, fit_population, get_member_hparams, init_population,
+                              new_population, perturb, resample, set_member_hparams, truncation_sources)
+from vhjax.train import build_task
 
 BASE = TrainConfig(dataset="digits", model="mlp", model_kwargs={"widths": (16,), "num_classes": 10},
                    learning_rate=3e-3, batch_size=32, steps=60, eval_every=30, seed=0)
@@ -36,24 +34,29 @@ def data(task):
 
 
 def run(task, population, data, steps):
-    return make_population_runner(task)(population, data, steps)[0]
+    return classifier_runner(task)(population, data, steps)[0]
 
 
 def run_checked_every_step(task, population, data, steps):
-    runner = make_chunk_runner(make_population_step(task), population_batch_indices(task))
-    return runner(population, data, steps)
+    return classifier_runner(task, isolation="per_step")(population, data, steps)
+
+
+def run_alone(task, member, data, steps):
+    """One member trained as a population of one, on its own data key."""
+    alone = new_population(jax.tree.map(lambda leaf: jnp.asarray(leaf)[None], member), same_batches=False)
+    trained, _ = classifier_runner(task)(alone, data, steps)
+    return jax.tree.map(lambda leaf: leaf[0], trained.members)
 
 
 def test_members_match_their_own_single_runs(task, data):
     from vhjax.train.task import with_member_hparams
 
     task = with_member_hparams(task, ["l2"])  # traced L2 coefficients (the config's is a static 0)
-    population = init_population(task, jax.random.key(1), 3, {"learning_rate": [1e-3, 3e-3, 1e-2], "l2": [0.0, 1e-3, 0.0]})
-    single = make_chunk_runner(make_train_step(task), member_batch_indices(task))
+    population = init_population(task, 3, {"learning_rate": [1e-3, 3e-3, 1e-2], "l2": [0.0, 1e-3, 0.0]})
     members = [jax.tree.map(lambda leaf: leaf[i], population.members) for i in range(3)]
     trained = run(task, population, data, 5)
     for i in range(3):
-        member, _ = single(members[i], data, 5)
+        member = run_alone(task, members[i], data, 5)
         for a, b in zip(jax.tree.leaves(member.params), jax.tree.leaves(jax.tree.map(lambda l: l[i], trained.members.params))):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     first, last = (np.asarray(jax.tree.leaves(trained.members.params)[0])[i] for i in (0, 2))
@@ -61,8 +64,8 @@ def test_members_match_their_own_single_runs(task, data):
 
 
 def test_diverging_member_is_isolated_bit_for_bit(task, data):
-    healthy = init_population(task, jax.random.key(2), 3, {"learning_rate": [1e-3, 2e-3, 3e-3]})
-    broken = init_population(task, jax.random.key(2), 3, {"learning_rate": [1e-3, 1e30, 3e-3]})
+    healthy = init_population(task, 3, {"learning_rate": [1e-3, 2e-3, 3e-3]})
+    broken = init_population(task, 3, {"learning_rate": [1e-3, 1e30, 3e-3]})
     healthy, broken = run(task, healthy, data, 6), run(task, broken, data, 6)
     assert broken.alive.tolist() == [True, False, True]
     assert 1 <= int(broken.diverged_step[1]) <= 6 and np.asarray(broken.diverged_step)[[0, 2]].tolist() == [-1, -1]
@@ -73,10 +76,10 @@ def test_diverging_member_is_isolated_bit_for_bit(task, data):
 
 def test_optimistic_chunks_equal_checking_every_step(task, data):
     hparams = {"learning_rate": [1e-3, 1e30, 3e-3, 2e-3]}
-    start = lambda: init_population(task, jax.random.key(3), 4, hparams, same_batches=False)
+    start = lambda: init_population(task, 4, hparams, same_batches=False)
     checked, checked_metrics = run_checked_every_step(task, start(), data, 6)
     for chunk in (None, 2):  # all members at once, and groups of two trained one after the other
-        optimistic, metrics = make_population_runner(task, chunk)(start(), data, 6)
+        optimistic, metrics = classifier_runner(task, chunk)(start(), data, 6)
         assert optimistic.diverged_step.tolist() == checked.diverged_step.tolist()
         assert optimistic.alive.tolist() == [True, False, True, True]
         for a, b in zip(jax.tree.leaves(checked.members), jax.tree.leaves(optimistic.members)):
@@ -87,8 +90,8 @@ def test_optimistic_chunks_equal_checking_every_step(task, data):
 
 
 def test_frozen_member_stays_frozen_in_later_chunks(task, data):
-    runner = make_population_runner(task)
-    population, _ = runner(init_population(task, jax.random.key(4), 3, {"learning_rate": [1e-3, 1e30, 3e-3]}),
+    runner = classifier_runner(task)
+    population, _ = runner(init_population(task, 3, {"learning_rate": [1e-3, 1e30, 3e-3]}),
                            data, 6)
     frozen = jax.tree.map(lambda leaf: np.asarray(leaf)[1], population.members.params)
     diverged_at = int(population.diverged_step[1])
@@ -105,8 +108,8 @@ def test_frozen_member_stays_frozen_in_later_chunks(task, data):
 
 
 def test_same_batches_option(task):
-    same = init_population(task, jax.random.key(0), 3, same_batches=True)
-    own = init_population(task, jax.random.key(0), 3, same_batches=False)
+    same = init_population(task, 3, same_batches=True)
+    own = init_population(task, 3, same_batches=False)
     same_keys = jax.random.key_data(same.members.data_key)
     own_keys = jax.random.key_data(own.members.data_key)
     assert (same_keys == same_keys[0]).all()
@@ -114,20 +117,20 @@ def test_same_batches_option(task):
 
 
 @pytest.mark.parametrize("hparams,match", [
-    ({"learning_rate": [1e-3, 1e-3]}, r"'learning_rate' has shape \(2,\); expected \(3,\)"),
+    ({"learning_rate": [1e-3, 1e-3]}, r"'learning_rate' has shape \(2,\); allowed: \(3,\)"),
     ({"learnin_rate": 1e-3}, "unknown hyperparameter 'learnin_rate'; known for this task: .*learning_rate"),
-    ({"learning_rate": [1e-3, 1e-3, -1.0]}, "member 2: hyperparameter 'learning_rate'"),
+    ({"learning_rate": [1e-3, 1e-3, -1.0]}, "member 2: hyperparameter 'learning_rate' has value"),
     ({"dropout_rate": [0.0, 1.5, 0.0]}, "member 1: hyperparameter 'dropout_rate'"),
 ])
 def test_bad_hyperparameters_fail_before_compiling(task, hparams, match):
     with pytest.raises(ValueError, match=match):
-        init_population(task, jax.random.key(0), 3, hparams)
+        init_population(task, 3, hparams)
 
 
 def test_exploit_explore_primitives(task, data):
     from vhjax.train.task import with_member_hparams
 
-    population = init_population(with_member_hparams(task, ["l2"]), jax.random.key(3), 4,
+    population = init_population(with_member_hparams(task, ["l2"]), 4,
                                  {"learning_rate": [1e-3, 2e-3, 3e-3, 4e-3]})
     population = run(task, population, data, 2)
     copied = jax.jit(copy_members)(population, jnp.array([3, 1, 2, 3]))
@@ -191,7 +194,7 @@ def test_per_step_isolation_gives_the_same_population(tmp_path):
     assert per_step.members[1]["diverged_step"] is not None
     for a, b in zip(jax.tree.leaves(optimistic.states[0].members.params), jax.tree.leaves(per_step.states[0].members.params)):
         np.testing.assert_array_equal(a, b)
-    with pytest.raises(ValueError, match="isolation='sometimes'; allowed: 'optimistic', 'per_step'"):
+    with pytest.raises(ValueError, match="isolation has value 'sometimes'; allowed: one of 'optimistic', 'per_step'"):
         fit_population(BASE, members, isolation="sometimes", verbose=False)
 
 
@@ -257,13 +260,12 @@ def test_sharded_population_matches_single_device(tmp_path):
 
 
 def test_member_chunks_give_the_same_result_as_one_vmap(task, data):
-    population = init_population(task, jax.random.key(5), 4, {"learning_rate": [1e-3, 2e-3, 3e-3, 4e-3]},
+    population = init_population(task, 4, {"learning_rate": [1e-3, 2e-3, 3e-3, 4e-3]},
                                  same_batches=False)
     results = []
-    runner = make_chunk_runner(make_population_step(task), population_batch_indices(task))
-    results.append(runner(jax.tree.map(jnp.copy, population), data, 4)[0])
+    results.append(run_checked_every_step(task, jax.tree.map(jnp.copy, population), data, 4)[0])
     for chunk in (None, 2):
-        results.append(make_population_runner(task, chunk)(jax.tree.map(jnp.copy, population), data, 4)[0])
+        results.append(classifier_runner(task, chunk)(jax.tree.map(jnp.copy, population), data, 4)[0])
     for other in results[1:]:
         for a, b in zip(jax.tree.leaves(results[0].members.params), jax.tree.leaves(other.members.params)):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
@@ -276,11 +278,11 @@ def test_static_zero_hyperparameters_refused_unless_rebuilt(task):
     assert task.static_zero == {"dropout_rate", "l1", "l2", "elastic_net"}
     for name in ("dropout_rate", "l2"):
         with pytest.raises(ValueError, match=f"member 1 sets '{name}'.*static zero"):
-            init_population(task, jax.random.key(0), 2, {name: [0.0, 0.3]})
-    population = init_population(task, jax.random.key(0), 2)
+            init_population(task, 2, {name: [0.0, 0.3]})
+    population = init_population(task, 2)
     with pytest.raises(ValueError, match="'l2' is a static zero"):  # it would silently do nothing
         set_member_hparams(population, l2=jnp.array([0.0, 1e-3]))
     rebuilt = with_member_hparams(task, {"dropout_rate": [0.0, 0.3], "l2": [0.0, 1e-3]})
     assert rebuilt.static_zero == {"l1", "elastic_net"}
-    population = init_population(rebuilt, jax.random.key(0), 2, {"dropout_rate": [0.0, 0.3], "l2": [0.0, 1e-3]})
+    population = init_population(rebuilt, 2, {"dropout_rate": [0.0, 0.3], "l2": [0.0, 1e-3]})
     set_member_hparams(population, l2=jnp.array([1e-3, 0.0]))

@@ -8,7 +8,7 @@ import pytest
 
 from vhjax.config import TrainConfig
 from vhjax.models.pruning import apply_masks, magnitude_masks
-from vhjax.train.prune import prune_and_finetune
+from vhjax.population.prune import prune_and_finetune
 
 PARAMS = {"a": {"kernel": jnp.array([[1.0, -2.0], [3.0, -4.0]]), "bias": jnp.array([0.1, 0.2])},
           "b": {"kernel": jnp.array([[10.0, 20.0], [30.0, 40.0]])}}

@@ -17,7 +17,7 @@ import pytest
 
 from vhjax.config import TrainConfig, apply_overrides, parse_override
 from vhjax.train import build_task, fit, init_state, make_train_step
-from vhjax.train.loop import chunk_lengths
+from vhjax.population.loop import chunk_lengths
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -49,7 +49,7 @@ def test_learning_rate_is_reduced_on_a_plateau(tmp_path):
 @pytest.mark.parametrize("field,value,match", [
     ("grad_accumulation", 0, "'grad_accumulation' has value 0"),
     ("plateau_factor", 1.5, "'plateau_factor' has value 1.5"),
-    ("lr_multipliers", {"head/*": -1.0}, r"lr_multipliers\['head/\*'\]\" has value -1.0"),
+    ("lr_multipliers", {"head/*": -1.0}, r"lr_multipliers\['head/\*'\]' has value -1.0"),
 ])
 def test_bad_control_settings_fail_before_compiling(field, value, match):
     with pytest.raises(ValueError, match=match):

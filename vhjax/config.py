@@ -13,6 +13,9 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from vhjax.validation import (check_choice, check_int, check_number, check_optional_number, is_number,
+                              require)
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -77,46 +80,52 @@ class TrainConfig:
         return json.loads(json.dumps(dataclasses.asdict(self), default=list))
 
 
-MONITORED_METRICS = ("accuracy", "loss", "macro_f1")
-
-
-def _require(condition: bool, field: str, value: Any, allowed: str) -> None:
-    if not condition:
-        raise ValueError(f"config field {field!r} has value {value!r}; allowed: {allowed}")
+MONITORED_METRICS = ("accuracy", "loss", "macro_f1", "data_loss")
+# optimizer hyperparameters with a known range (others given in optimizer_kwargs must be finite)
+OPTIMIZER_RANGES = {"b1": (0.0, 1.0), "b2": (0.0, 1.0), "momentum": (0.0, 1.0), "decay": (0.0, 1.0),
+                    "rho": (0.0, 1.0), "eps": (0.0, None), "initial_accumulator_value": (0.0, None)}
 
 
 def validate(config: TrainConfig) -> None:
-    """Check the config's own fields (names are checked against registries in `build_task`)."""
+    """Check the config's own fields (names are checked against registries in `build_task`):
+    every message names the field, the value and what is allowed (see `vhjax.validation`)."""
+    from vhjax.hparams import BY_NAME
+
     for name in ("batch_size", "steps", "eval_every", "eval_batch_size", "grad_accumulation", "checkpoint_every"):
-        value = getattr(config, name)
-        _require(isinstance(value, int) and value > 0, name, value, "a positive integer")
-    if config.patience is not None:
-        _require(isinstance(config.patience, int) and config.patience > 0, "patience", config.patience,
-                 "a positive integer (evaluations without improvement) or None")
-    _require(config.learning_rate > 0, "learning_rate", config.learning_rate, "a positive number")
-    for name in ("l1", "l2", "elastic_net", "weight_decay"):
-        value = getattr(config, name)
-        _require(value >= 0, name, value, "a non-negative number")
+        check_int(f"config field {name!r}", getattr(config, name), 1)
+    check_int("config field 'seed'", config.seed, 0)
+    for name in ("patience", "plateau_patience"):
+        if getattr(config, name) is not None:
+            check_int(f"config field {name!r}", getattr(config, name), 1)
+    for spec in BY_NAME.values():  # the per-member hyperparameters with a config field
+        if spec.config_field is None or getattr(config, spec.config_field) is None:
+            continue
+        value = getattr(config, spec.config_field)
+        require(is_number(value) and bool(spec.contains(float(value))), f"config field {spec.config_field!r}",
+                value, spec.allowed)
     for name, weight in dict(config.loss_weights).items():
-        _require(isinstance(weight, (int, float)) and not isinstance(weight, bool) and 0 <= weight < float("inf"),
-                 f"loss_weights[{name!r}]", weight, "a finite number >= 0")
-    if config.max_norm is not None:
-        _require(config.max_norm > 0, "max_norm", config.max_norm, "a positive number or None")
-    _require(config.mixing_strength >= 0, "mixing_strength", config.mixing_strength, "a non-negative number")
-    _require(0.0 <= config.l1_ratio <= 1.0, "l1_ratio", config.l1_ratio, "a number in [0, 1]")
-    if config.dropout_rate is not None:
-        _require(0.0 <= config.dropout_rate < 1.0, "dropout_rate", config.dropout_rate, "a number in [0, 1)")
-    if config.plateau_patience is not None:
-        _require(isinstance(config.plateau_patience, int) and config.plateau_patience > 0, "plateau_patience",
-                 config.plateau_patience, "a positive integer (evaluations without improvement) or None")
-    _require(0.0 < config.plateau_factor < 1.0, "plateau_factor", config.plateau_factor, "a number in (0, 1)")
+        check_number(f"config field 'loss_weights[{name!r}]'", weight, 0.0)
+    check_optional_number("config field 'max_norm'", config.max_norm, 0.0, low_inclusive=False)
+    check_optional_number("config field 'clip_norm'", config.clip_norm, 0.0, low_inclusive=False)
+    check_optional_number("config field 'clip_value'", config.clip_value, 0.0, low_inclusive=False)
+    check_number("config field 'l1_ratio'", config.l1_ratio, 0.0, 1.0)
+    check_number("config field 'plateau_factor'", config.plateau_factor, 0.0, 1.0, low_inclusive=False,
+                 high_inclusive=False)
     for pattern, value in dict(config.lr_multipliers).items():
-        _require(isinstance(value, (int, float)) and value >= 0, f"lr_multipliers[{pattern!r}]", value,
-                 "a non-negative number")
-    _require(config.monitor in MONITORED_METRICS, "monitor", config.monitor, ", ".join(MONITORED_METRICS))
-    _require(config.monitor_mode in ("max", "min"), "monitor_mode", config.monitor_mode, "'max' or 'min'")
-    _require(isinstance(config.monitor_split, str) and config.monitor_split in ("train", "eval"), "monitor_split",
-             config.monitor_split, "'train' (the step metrics) or 'eval'")
+        check_number(f"config field 'lr_multipliers[{pattern!r}]'", value, 0.0)
+    for name, value in dict(config.optimizer_kwargs).items():
+        low, high = OPTIMIZER_RANGES.get(name, (None, None))
+        if is_number(value):
+            check_number(f"config field 'optimizer_kwargs[{name!r}]'", value, low, high,
+                         high_inclusive=name not in ("b1", "b2", "decay", "rho"))
+    check_choice("config field 'monitor'", config.monitor, MONITORED_METRICS)
+    check_choice("config field 'monitor_mode'", config.monitor_mode, ("max", "min"))
+    check_choice("config field 'monitor_split'", config.monitor_split, ("train", "eval"))
+    if config.monitor_split == "train":
+        require(config.monitor in ("loss", "accuracy", "data_loss"), "config field 'monitor'", config.monitor,
+                "'loss', 'data_loss' or 'accuracy' when monitor_split is 'train' (the step metrics)")
+    require(isinstance(config.keep_best, bool), "config field 'keep_best'", config.keep_best, "True or False")
+    require(isinstance(config.shuffle, bool), "config field 'shuffle'", config.shuffle, "True or False")
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -35,9 +35,12 @@ def check_int(field: str, value: Any, minimum: int | None = None, maximum: int |
     """An integer (not a bool) in [minimum, maximum]."""
     import numpy as np
 
-    bounds = " ".join(part for part in (f">= {minimum}" if minimum is not None else "",
-                                        f"<= {maximum}" if maximum is not None else "") if part)
-    allowed = f"an integer {bounds}".strip()
+    if minimum is not None and maximum is not None:
+        allowed = f"an integer in [{minimum}, {maximum}]"
+    elif minimum is not None or maximum is not None:
+        allowed = f"an integer >= {minimum}" if minimum is not None else f"an integer <= {maximum}"
+    else:
+        allowed = "an integer"
     ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
     ok = ok and (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
     require(ok, field, value, allowed)

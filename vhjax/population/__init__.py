@@ -9,14 +9,14 @@ from vhjax.population.fit import FitResult, PopulationResult, bucket_members, fi
 from vhjax.population.hooks import best_members, early_stopping, keep_best, reduce_on_plateau
 from vhjax.population.kfold import KFoldResult, fit_kfold
 from vhjax.population.loop import Hook, LoopResult, Report, run_loop
-from vhjax.population.members import (classifier_runner, init_members, init_population, loss_runner, make_loss_step,
+from vhjax.population.members import (classifier_runner, fit_members, init_members, init_population, loss_runner, make_loss_step,
                                       make_population_eval, population_batch_indices, stepwise_batches)
 from vhjax.population.pbt import PBTResult, exploit_and_explore, fit_pbt, pbt_hook
 from vhjax.population.state import PopulationState, new_population
 
 __all__ = ["FitResult", "Hook", "KFoldResult", "LoopResult", "PBTResult", "PopulationResult", "PopulationRunner",
            "PopulationState", "Report", "all_finite", "best_members", "bucket_members", "classifier_runner",
-           "copy_members", "default_member_group", "early_stopping", "exploit_and_explore", "fit", "fit_kfold",
+           "copy_members", "default_member_group", "early_stopping", "exploit_and_explore", "fit", "fit_kfold", "fit_members", "fit_members",
            "fit_pbt", "fit_population", "get_member_hparams", "init_members", "init_population", "keep_best",
            "keep_where", "loss_runner", "make_loss_step", "make_population_eval", "make_population_step",
            "new_population", "pbt_hook", "perturb", "population_batch_indices", "reduce_on_plateau", "resample",

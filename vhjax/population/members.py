@@ -185,18 +185,39 @@ def _with_metrics(loss_fn: Callable) -> Callable:
     return wrapped
 
 
-def stepwise_batches(population: PopulationState, length: int) -> jax.Array:
-    """Batch indices for data given per step (a pytree with a leading step axis): step s takes row s."""
-    return jnp.max(population.members.step) + jnp.arange(length)
+def stepwise_batches(first_step: int = 0) -> BatchIndices:
+    """Batch indices for data given per step (a pytree with a leading step axis): step s takes row
+    s - first_step."""
+    return lambda population, length: jnp.max(population.members.step) - first_step + jnp.arange(length)
 
 
-def loss_runner(loss_fn: Callable, optimizer: optax.GradientTransformation, *, member_group: int | None = None,
-                isolation: str = "optimistic") -> PopulationRunner:
-    """The engine's chunk runner for `make_loss_step(loss_fn, optimizer)` on per-step batches."""
-    return PopulationRunner(make_loss_step(loss_fn, optimizer), stepwise_batches, member_group=member_group,
-                            isolation=isolation)
+def loss_runner(loss_fn: Callable, optimizer: optax.GradientTransformation, *, first_step: int = 0,
+                member_group: int | None = None, isolation: str = "optimistic") -> PopulationRunner:
+    """The engine's chunk runner for `make_loss_step(loss_fn, optimizer)` on per-step batches whose
+    row 0 is step `first_step`."""
+    return PopulationRunner(make_loss_step(loss_fn, optimizer), stepwise_batches(first_step),
+                            member_group=member_group, isolation=isolation)
 
 
-__all__ = ["check_member_archs", "classifier_runner", "default_member_group", "init_members", "init_population",
+def fit_members(population: PopulationState, loss_fn: Callable, optimizer: optax.GradientTransformation,
+                batches: Any, steps: int, **loop_kwargs: Any) -> tuple[PopulationState, np.ndarray]:
+    """Train members of any model on per-step `batches` (a pytree whose leaves have a leading axis
+    of `steps`) with the one loop; returns the population and the (steps, P) losses (NaN where a
+    member did not train). `loop_kwargs` go to `loop.run_loop` (workdir, hooks, eval_every, ...)."""
+    from vhjax.population.loop import run_loop  # the loop sits above the members
+
+    check_int("steps", steps, 1)
+    leading = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in jax.tree.leaves(batches)}
+    if leading != {steps}:
+        raise ValueError(f"batches have leading sizes {sorted(leading, key=str)}; allowed: a leading axis of length "
+                         f"steps={steps} on every leaf")
+    start = int(np.max(np.asarray(population.members.step)))
+    runner = loss_runner(loss_fn, optimizer, first_step=start, isolation=loop_kwargs.pop("isolation", "optimistic"))
+    loop_kwargs = {"eval_every": steps, "verbose": False, **loop_kwargs}
+    outcome = run_loop(population, runner, batches, steps=start + steps, **loop_kwargs)
+    return outcome.population, outcome.step_metrics["loss"]
+
+
+__all__ = ["fit_members", "check_member_archs", "classifier_runner", "default_member_group", "init_members", "init_population",
            "loss_runner", "make_loss_step", "make_population_eval", "member_seeds", "population_batch_indices",
            "stepwise_batches"]

@@ -192,6 +192,21 @@ def _path_string(key_path: tuple) -> str:
     return "/".join(parts)
 
 
+def param_paths(params: Any) -> list[str]:
+    """Every leaf's path, its keys joined by '/' (e.g. 'Dense_0/kernel')."""
+    return [_path_string(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+
+
+def check_patterns_match(params: Any, patterns: Sequence[str], field: str) -> None:
+    """Each glob must match at least one parameter path (a typo would silently do nothing)."""
+    paths = param_paths(params)
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(path, pattern) for path in paths):
+            shown = ", ".join(paths[:12]) + (", ..." if len(paths) > 12 else "")
+            raise ValueError(f"config field {field!r} has pattern {pattern!r}, which matches no parameter; "
+                             f"allowed: globs over the parameter paths ({shown})")
+
+
 def path_labels(rules: Sequence[tuple[str, str]], default: str = DEFAULT) -> Callable[[Any], Any]:
     """`labels(params)`: for each leaf, the label of the first rule whose glob matches its path.
 

@@ -71,6 +71,7 @@ def build_task(config: TrainConfig) -> Task:
             f"{len(train)} examples of split {config.train_split!r}")
     train, evaluation, test, preprocessing = preprocess_splits(config.preprocess, train, evaluation, test)
     outputs = check_model_fits_data(model, train, config.model)
+    check_parameter_patterns(model, train, config)
     dropout = config.dropout_rate if config.dropout_rate is not None else getattr(model, "dropout_rate", 0.0)
     hparams = {
         "l1": jnp.float32(config.l1),
@@ -165,6 +166,18 @@ def check_loss_terms(outputs: jax.ShapeDtypeStruct, data: Dataset, names: tuple[
         if per_example.shape != (2,):
             raise ValueError(f"config field 'loss_weights': loss {name!r} gives shape {per_example.shape} for "
                              "a batch of 2; allowed: one value per example")
+
+
+def check_parameter_patterns(model: Any, data: Dataset, config: TrainConfig) -> None:
+    """`freeze` and `lr_multipliers` globs must each match a parameter of the model."""
+    if not config.freeze and not config.lr_multipliers:
+        return
+    from vhjax.train import controls
+
+    example = jax.ShapeDtypeStruct((2, *data.x.shape[1:]), jnp.float32)
+    params = jax.eval_shape(model.init, jax.random.key(0), example)["params"]
+    controls.check_patterns_match(params, tuple(config.freeze), "freeze")
+    controls.check_patterns_match(params, tuple(config.lr_multipliers), "lr_multipliers")
 
 
 def check_model_fits_data(model: Any, data: Dataset, model_name: str) -> jax.ShapeDtypeStruct:
