@@ -17,27 +17,49 @@ from vhjax.validation import (check_choice, check_int, check_number, check_optio
                               require)
 
 
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "data": ("dataset", "data_dir", "train_split", "eval_split", "test_split", "shuffle", "drop_remainder",
+             "preprocess"),
+    "model": ("model", "model_kwargs", "dropout_rate"),
+    "objective": ("loss", "loss_weights"),
+    "regularization": ("l1", "l2", "elastic_net", "l1_ratio", "regularize", "penalty_schedule", "max_norm"),
+    "augmentation": ("augment", "mixing", "mixing_strength"),
+    "optimizer": ("optimizer", "learning_rate", "optimizer_kwargs", "weight_decay", "schedule", "schedule_kwargs",
+                  "clip_norm", "clip_value", "lr_multipliers", "freeze", "grad_accumulation", "plateau_patience",
+                  "plateau_factor"),
+    "loop": ("batch_size", "steps", "checkpoint_every", "seed"),
+    "evaluation": ("eval_every", "eval_batch_size", "eval_metrics", "patience", "monitor", "monitor_mode",
+                   "monitor_split", "keep_best"),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything one training run needs. Field names are the override keys of `vhjax train`."""
+    """Everything one training run needs, grouped in SECTIONS (data, model, objective,
+    regularization, augmentation, optimizer, loop, evaluation). Fields are set flat
+    (`TrainConfig(learning_rate=3e-3)`) or by section (`TrainConfig.from_sections({"optimizer":
+    {"learning_rate": 3e-3}})`); overrides take either form (`learning_rate=3e-3`,
+    `optimizer.learning_rate=3e-3`). Per-member hyperparameters are listed in `vhjax.hparams`."""
 
-    # data
-    dataset: str = "mnist1d"
+    # --- data
+    dataset: Any = "mnist1d"  # a registered name, a TFDS name, a Dataset, or (x, y) arrays
     data_dir: str | None = None
     train_split: str = "train"
     eval_split: str = "test"
     test_split: str | None = None
     shuffle: bool = True
+    drop_remainder: bool = True  # False: batches run across epoch boundaries, every example used each epoch
     preprocess: Sequence[Mapping[str, Any]] = ()  # e.g. ({"name": "standardize"},): fitted on train only
-    # model
-    model: str = "mnist1d_mlp"
+    # --- model
+    model: Any = "mnist1d_mlp"  # a registered name or a flax.linen.Module
     model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     dropout_rate: float | None = None
-    # objective
-    loss: str = "cross_entropy"
+    # --- objective
+    loss: Any = "cross_entropy"  # a registered name or a callable (outputs, labels) -> per-example loss
     # a weighted sum of named losses, e.g. {"cross_entropy": 1.0, "huber": 0.1}; when given it replaces
     # `loss`, and in a population each member has its own weights (arrays in one compiled step)
     loss_weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    # --- regularization
     l1: float = 0.0
     l2: float = 0.0
     elastic_net: float = 0.0
@@ -46,10 +68,11 @@ class TrainConfig:
     penalty_schedule: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # adaptive L1/L2: a
     # multiplier of step, e.g. {"name": "linear", "init_value": 0.0, "end_value": 1.0, "transition_steps": 1000}
     max_norm: float | None = None  # project each unit's incoming weights to norm <= max_norm after each step
+    # --- augmentation
     augment: Sequence[Mapping[str, Any]] = ()
     mixing: str | None = None  # 'mixup' or 'cutmix': mixes inputs and (one-hot) labels
     mixing_strength: float = 0.0  # the Beta parameter alpha; 0 = no mixing
-    # optimizer
+    # --- optimizer
     optimizer: str = "adam"
     learning_rate: float = 1e-2
     optimizer_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -61,26 +84,69 @@ class TrainConfig:
     lr_multipliers: Mapping[str, float] = dataclasses.field(default_factory=dict)  # path glob -> multiplier
     freeze: Sequence[str] = ()  # path globs of parameters that never change
     grad_accumulation: int = 1  # micro-batches averaged per optimizer step
-    plateau_patience: int | None = None  # reduce-LR-on-plateau: evaluations without improvement
+    plateau_patience: int | None = None  # reduce-LR-on-plateau per member: evaluations without improvement
     plateau_factor: float = 0.1
-    # loop
+    # --- loop
     batch_size: int = 100
     steps: int = 6000
+    checkpoint_every: int = 1  # in evaluations
+    seed: int = 0
+    # --- evaluation
     eval_every: int = 500
     eval_batch_size: int = 1000
+    eval_metrics: Sequence[str] = ("loss", "accuracy", "macro_f1")
     patience: int | None = None  # early stopping per member: evaluations without improvement
     monitor: str = "accuracy"
     monitor_mode: str = "max"
     monitor_split: str = "eval"  # 'train' monitors the chunk's step metrics (e.g. the training loss)
     keep_best: bool = False  # keep each member's best parameters (always on with patience)
-    checkpoint_every: int = 1  # in evaluations
-    seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self), default=list))
+        """Flat JSON-able fields (objects such as a Module or arrays are described, not serialized)."""
+        return json.loads(json.dumps(dataclasses.asdict(self), default=_describe))
+
+    def sections(self) -> dict[str, dict[str, Any]]:
+        """The fields grouped by concern: {section: {field: value}}."""
+        flat = self.to_dict()
+        return {section: {name: flat[name] for name in names} for section, names in SECTIONS.items()}
+
+    @classmethod
+    def from_sections(cls, sections: Mapping[str, Mapping[str, Any]]) -> "TrainConfig":
+        """A config from {section: {field: value}} (an ml_collections.ConfigDict works too)."""
+        flat = {}
+        for section, values in dict(sections).items():
+            if section not in SECTIONS:
+                raise ValueError(f"config section {section!r} is unknown; known: {', '.join(SECTIONS)}")
+            for name, value in dict(values).items():
+                if name not in SECTIONS[section]:
+                    raise ValueError(f"config field {section}.{name} is unknown; fields of {section}: "
+                                     f"{', '.join(SECTIONS[section])}")
+                flat[name] = _plain(value)
+        return cls(**flat)
+
+    def to_config_dict(self) -> Any:
+        """The sections as an `ml_collections.ConfigDict` (the big_vision config convention)."""
+        import ml_collections
+
+        return ml_collections.ConfigDict(self.sections())
 
 
-MONITORED_METRICS = ("accuracy", "loss", "macro_f1", "data_loss")
+def _describe(value: Any) -> Any:
+    """JSON for values that are not plain data: a sequence as a list, an object by its type."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if hasattr(value, "tolist") and getattr(value, "size", 0) <= 16:
+        return value.tolist()
+    if hasattr(value, "shape"):
+        return f"<array {getattr(value, 'dtype', '')}{tuple(value.shape)}>"
+    return f"<{type(value).__module__}.{type(value).__qualname__}>"
+
+
+def _plain(value: Any) -> Any:
+    """ConfigDict / FrozenConfigDict values as plain dicts."""
+    return value.to_dict() if hasattr(value, "to_dict") and not isinstance(value, TrainConfig) else value
+
+
 # optimizer hyperparameters with a known range (others given in optimizer_kwargs must be finite)
 OPTIMIZER_RANGES = {"b1": (0.0, 1.0), "b2": (0.0, 1.0), "momentum": (0.0, 1.0), "decay": (0.0, 1.0),
                     "rho": (0.0, 1.0), "eps": (0.0, None), "initial_accumulator_value": (0.0, None)}
@@ -118,7 +184,6 @@ def validate(config: TrainConfig) -> None:
         if is_number(value):
             check_number(f"config field 'optimizer_kwargs[{name!r}]'", value, low, high,
                          high_inclusive=name not in ("b1", "b2", "decay", "rho"))
-    check_choice("config field 'monitor'", config.monitor, MONITORED_METRICS)
     check_choice("config field 'monitor_mode'", config.monitor_mode, ("max", "min"))
     check_choice("config field 'monitor_split'", config.monitor_split, ("train", "eval"))
     if config.monitor_split == "train":
@@ -126,6 +191,16 @@ def validate(config: TrainConfig) -> None:
                 "'loss', 'data_loss' or 'accuracy' when monitor_split is 'train' (the step metrics)")
     require(isinstance(config.keep_best, bool), "config field 'keep_best'", config.keep_best, "True or False")
     require(isinstance(config.shuffle, bool), "config field 'shuffle'", config.shuffle, "True or False")
+    require(isinstance(config.drop_remainder, bool), "config field 'drop_remainder'", config.drop_remainder,
+            "True or False")
+    from vhjax.train.step import EVAL_METRICS
+
+    metrics = tuple(config.eval_metrics) if not isinstance(config.eval_metrics, str) else (config.eval_metrics,)
+    require(len(metrics) > 0 and all(m in EVAL_METRICS for m in metrics), "config field 'eval_metrics'",
+            config.eval_metrics, "names among " + ", ".join(EVAL_METRICS))
+    if config.monitor_split != "train":
+        require(config.monitor in metrics, "config field 'monitor'", config.monitor,
+                f"one of the eval_metrics {metrics}")
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -140,24 +215,58 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def _field_path(key: str) -> tuple[str, str]:
+    """(field, key within a dict field) of `field`, `field.key`, `section.field` or `section.field.key`."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    head, _, rest = key.partition(".")
+    second, _, tail = rest.partition(".")
+    if head in SECTIONS and second in SECTIONS[head]:
+        return second, tail
+    if head in fields:
+        return head, rest
+    known = ", ".join(sorted(fields))
+    raise ValueError(f"unknown config field {head!r}; known fields: {known} (or section.field, sections: "
+                     f"{', '.join(SECTIONS)})")
+
+
 def apply_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
-    """Apply `key=value` overrides; `model_kwargs.widths=(64,64)` sets one key of a dict field."""
-    fields = {f.name for f in dataclasses.fields(config)}
+    """Apply `key=value` overrides: `learning_rate=3e-3`, `optimizer.learning_rate=3e-3`, and
+    `model_kwargs.widths=(64,64)` (one key of a dict field)."""
     for text in overrides:
         key, value = parse_override(text)
-        top, _, sub = key.partition(".")
-        if top not in fields:
-            raise ValueError(f"unknown config field {top!r}; known fields: {', '.join(sorted(fields))}")
+        field, sub = _field_path(key)
         if sub:
-            current = dict(getattr(config, top) or {})
-            current[sub] = value
-            value = current
-        config = dataclasses.replace(config, **{top: value})
+            current = getattr(config, field)
+            if not isinstance(current, Mapping):
+                raise ValueError(f"config field {field!r} has value {current!r}; allowed: a dict to set {sub!r} in")
+            value = {**dict(current), sub: value}
+        config = dataclasses.replace(config, **{field: value})
     return config
 
 
+def as_train_config(config: Any, source: str = "config") -> TrainConfig:
+    """A TrainConfig from a TrainConfig, a flat dict of fields, or a sectioned dict / ConfigDict."""
+    if isinstance(config, TrainConfig):
+        return config
+    if hasattr(config, "to_dict"):
+        config = config.to_dict()
+    if isinstance(config, Mapping):
+        config = dict(config)
+        if config and all(key in SECTIONS and isinstance(value, Mapping) for key, value in config.items()):
+            return TrainConfig.from_sections(config)
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = sorted(set(config) - fields)
+        if unknown:
+            raise ValueError(f"{source} has unknown fields {unknown}; known: {', '.join(sorted(fields))} "
+                             f"(or sections {', '.join(SECTIONS)})")
+        return TrainConfig(**config)
+    raise TypeError(f"{source} has value of type {type(config).__name__}; allowed: a TrainConfig, a dict of fields, "
+                    "a dict of sections, or an ml_collections.ConfigDict")
+
+
 def load_config_file(path: str | Path) -> TrainConfig:
-    """Load `get_config()` from a Python config file."""
+    """Load `get_config()` from a Python config file: a TrainConfig, a dict of fields or sections,
+    or an ml_collections.ConfigDict."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
@@ -166,7 +275,4 @@ def load_config_file(path: str | Path) -> TrainConfig:
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise ValueError(f"config file {str(path)!r} defines no get_config() function")
-    config = module.get_config()
-    if not isinstance(config, TrainConfig):
-        raise TypeError(f"get_config() in {str(path)!r} returned {type(config).__name__}, expected TrainConfig")
-    return config
+    return as_train_config(module.get_config(), f"get_config() in {str(path)!r}")

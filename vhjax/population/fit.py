@@ -198,7 +198,9 @@ def bucket_task(config: TrainConfig, member_names: Any = ()) -> Task:
     generations of a search), so their jitted programs are compiled once. Validates on first build.
     `member_names`: the hyperparameters the members set (these are traced even if the config's are 0)."""
     traced = tuple(sorted(set(member_names) & set(STATIC_ZERO_NAMES)))
-    key = (json.dumps({**config.to_dict(), "seed": None}, sort_keys=True), traced)
+    objects = tuple(id(getattr(config, name)) for name in ("model", "loss", "dataset")
+                    if not isinstance(getattr(config, name), str))  # the user's own model, loss or data
+    key = (json.dumps({**config.to_dict(), "seed": None}, sort_keys=True), traced, objects)
     return _remember(_TASKS, key, lambda: with_member_hparams(build_task(config), traced))
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from vhjax import parallel
@@ -132,6 +133,32 @@ def progress_line(label: str, report: Report, population: PopulationState) -> st
     return " | ".join(parts)
 
 
+def pad_members(population: PopulationState, multiple: int) -> PopulationState:
+    """The population padded to a multiple of `multiple` members with inert copies of member 0
+    (stopped: never trained; the runner's caller drops them again)."""
+    extra = -population.size % multiple
+    if not extra:
+        return population
+    pad = lambda leaf: jnp.concatenate([leaf, jnp.repeat(leaf[:1], extra, axis=0)])
+    padded = jax.tree.map(pad, population)
+    return padded.replace(stopped=padded.stopped.at[population.size:].set(True))
+
+
+def on_mesh(runner: Callable, mesh: Any) -> Callable:
+    """`runner` with the members sharded over the mesh's members axis; any population size works:
+    it is padded with inert members for the chunk and cut back after (they are never reported)."""
+    multiple = mesh.shape[parallel.MEMBERS]
+
+    def run(population: PopulationState, data: Any, length: int):
+        size = population.size
+        padded = parallel.shard_members(pad_members(population, multiple), mesh)
+        end, metrics = runner(padded, data, length)
+        cut = lambda leaf: leaf[:size]
+        return jax.tree.map(cut, end), {k: v[:, :size] for k, v in metrics.items()}
+
+    return run
+
+
 def run_loop(population: PopulationState, runner: Callable, data: Any, *, steps: int, eval_every: int,
              evaluate: Callable[[PopulationState], dict] | None = None, hooks: Sequence[Hook] = (),
              workdir: str | Path | None = None, checkpoint_every: int = 1, mesh: Any = None,
@@ -160,7 +187,7 @@ def run_loop(population: PopulationState, runner: Callable, data: Any, *, steps:
             print_progress(f"{label}resumed from {workdir} at step {resumed_from}")
     log.truncate_after(resumed_from or 0)  # rows past the checkpoint (or of a run killed before one)
     if mesh is not None:
-        population, data = parallel.shard_members(population, mesh), parallel.replicate(data, mesh)
+        runner, data = on_mesh(runner, mesh), parallel.replicate(data, mesh)
     step = resumed_from if resumed_from is not None else population_step(population)
     collected: list[dict] = []
     for chunk_number, length in enumerate(chunk_lengths(step, steps, eval_every)):

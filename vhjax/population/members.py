@@ -116,7 +116,8 @@ def population_batch_indices(task: Task) -> BatchIndices:
 
     def indices(population: PopulationState, length: int) -> jax.Array:
         members = population.members
-        sample = lambda key, step: chunk_batch_indices(key, step, length, size, config.batch_size, config.shuffle)
+        sample = lambda key, step: chunk_batch_indices(key, step, length, size, config.batch_size, config.shuffle,
+                                                     config.drop_remainder)
         if population.same_batches:
             # training members share the step count; the others ignore their batch
             return sample(members.data_key[0], jnp.max(members.step))
@@ -157,8 +158,9 @@ def init_members(init_fn: Callable[[jax.Array], Any], optimizer: optax.GradientT
             raise ValueError(f"unknown optimizer hyperparameter(s) {unknown}; known: {sorted(known)}")
         opt_state = optim.set_hyperparams(opt_state, **per_member_values(optimizer_hparams, size))
     keys = jax.random.split(member_key, size)
+    data_keys = jax.vmap(lambda k: jax.random.fold_in(k, DATA_KEY_TAG))(keys)
     members = TrainState(step=jnp.zeros(size, jnp.int32), params=params, model_state={}, opt_state=opt_state,
-                         hparams=per_member_values(hparams or {}, size), key=keys, data_key=keys)
+                         hparams=per_member_values(hparams or {}, size), key=keys, data_key=data_keys)
     return new_population(members, same_batches=True)
 
 

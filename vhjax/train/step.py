@@ -46,13 +46,22 @@ def epoch_order(data_key: jax.Array, epoch: jax.Array, num_examples: int, shuffl
 
 
 def chunk_batch_indices(data_key: jax.Array, start: jax.Array, length: int, num_examples: int,
-                        batch_size: int, shuffle: bool) -> jax.Array:
+                        batch_size: int, shuffle: bool, drop_remainder: bool = True) -> jax.Array:
     """Batch indices (length, batch_size) for steps start .. start+length-1.
 
-    The batch of a step is a pure function of (data_key, step): a fresh permutation each epoch,
-    the last partial batch dropped. A resumed run therefore sees exactly the batches an
-    uninterrupted one would. Only the epochs the chunk spans are permuted (not one per step).
+    The batch of a step is a pure function of (data_key, step): a fresh permutation each epoch.
+    With `drop_remainder` the last partial batch of each epoch is dropped; without it batches run
+    across epoch boundaries (the stream of epoch permutations cut every batch_size examples), so
+    every example is used once per epoch. A resumed run sees exactly the batches an uninterrupted
+    one would. Only the epochs the chunk spans are permuted (not one per step).
     """
+    if not drop_remainder:
+        first = (start * batch_size) // num_examples
+        epochs = (length * batch_size) // num_examples + 2
+        orders = jax.vmap(lambda e: epoch_order(data_key, first + e, num_examples, shuffle))(jnp.arange(epochs))
+        positions = (start + jnp.arange(length))[:, None] * batch_size + jnp.arange(batch_size)[None, :]
+        epoch, index = jnp.divmod(positions, num_examples)
+        return orders[epoch - first, index]
     steps_per_epoch = num_examples // batch_size
     first_epoch = start // steps_per_epoch
     epochs = length // steps_per_epoch + 2  # static bound on the epochs a chunk can touch
@@ -74,6 +83,7 @@ def apply_model(task: Task, params, model_state, hparams: dict, x: jax.Array, *,
     kwargs = {"train": train, "dropout_rate": 0.0 if "dropout_rate" in task.static_zero else hparams["dropout_rate"]}
     if "arch" in hparams:
         kwargs["arch"] = hparams["arch"]
+    kwargs = {name: value for name, value in kwargs.items() if name in task.model_call_kwargs}
     rngs = {"dropout": dropout_key} if dropout_key is not None else {}
     if train and model_state:
         outputs, new_state = task.model.apply(variables, x, rngs=rngs, mutable=list(model_state), **kwargs)
@@ -133,10 +143,27 @@ def make_train_step(task: Task) -> Callable[[TrainState, Batch], tuple[TrainStat
     return train_step
 
 
+def _macro_f1(outputs: jax.Array, y: jax.Array, num_classes: int) -> jax.Array:
+    return metrics.precision_recall_f1(outputs, y, num_classes)["macro_f1"]
+
+
+# Evaluation metrics by name: (outputs, labels, per-example loss, num_classes) -> scalar
+EVAL_METRICS: dict[str, Callable] = {
+    "loss": lambda outputs, y, loss, k: loss.mean(),
+    "accuracy": lambda outputs, y, loss, k: metrics.accuracy(outputs, y),
+    "macro_f1": lambda outputs, y, loss, k: _macro_f1(outputs, y, k),
+    "nll": lambda outputs, y, loss, k: -jnp.take_along_axis(jax.nn.log_softmax(outputs), y[:, None], 1).mean(),
+    "top5_accuracy": lambda outputs, y, loss, k: jnp.mean(jnp.any(
+        jax.lax.top_k(outputs, min(5, k))[1] == y[:, None], axis=1)),
+}
+
+
 def make_eval_fn(task: Task) -> Callable:
-    """`evaluate(state, x, y) -> metrics` of one member over a whole split, in fixed-size batches."""
+    """`evaluate(state, x, y) -> metrics` of one member over a whole split, in fixed-size batches;
+    the metrics named in `config.eval_metrics` (see EVAL_METRICS)."""
     batch_size = task.config.eval_batch_size
     num_classes = task.train.num_classes
+    names = (task.config.eval_metrics,) if isinstance(task.config.eval_metrics, str) else tuple(task.config.eval_metrics)
 
     def evaluate(state: TrainState, x: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
         n = x.shape[0]
@@ -147,10 +174,7 @@ def make_eval_fn(task: Task) -> Callable:
             lambda xb: apply_model(task, state.params, state.model_state, state.hparams, xb, train=False)[0],
             x_batches)
         outputs = outputs.reshape(padded, *outputs.shape[2:])[:n]
-        return {
-            "loss": per_example_loss(task, state.hparams, outputs, y).mean(),
-            "accuracy": metrics.accuracy(outputs, y),
-            "macro_f1": metrics.precision_recall_f1(outputs, y, num_classes)["macro_f1"],
-        }
+        loss = per_example_loss(task, state.hparams, outputs, y)
+        return {name: EVAL_METRICS[name](outputs, y, loss, num_classes) for name in names}
 
     return evaluate

@@ -38,6 +38,8 @@ class Task:
     static_zero: frozenset[str] = frozenset()
     # With config.loss_weights: the names of the loss terms, in the order of hparams["loss_weights"].
     loss_terms: tuple[str, ...] = ()
+    # keyword arguments the model's __call__ accepts among train, dropout_rate, arch
+    model_call_kwargs: frozenset[str] = frozenset({"train", "dropout_rate", "arch"})
 
 
 
@@ -45,8 +47,8 @@ class Task:
 def build_task(config: TrainConfig) -> Task:
     """Validate the config, resolve every name, load the data and check shapes, before compiling."""
     validate(config)
-    model = models.get_model(config.model, **dict(config.model_kwargs))
-    loss_fn = losses.get_loss(config.loss)
+    model = resolve_model(config)
+    loss_fn = resolve_loss(config.loss)
     optimizer = optim.make_optimizer(
         config.optimizer,
         learning_rate=config.learning_rate,
@@ -62,9 +64,9 @@ def build_task(config: TrainConfig) -> Task:
     augment_fn, strengths, probs = (None, np.zeros(0), np.zeros(0))
     if config.augment:
         augment_fn, strengths, probs = augment.pipeline_from_config(list(config.augment))
-    train = load(config.dataset, config.train_split, data_dir=config.data_dir)
-    evaluation = load(config.dataset, config.eval_split, data_dir=config.data_dir)
-    test = load(config.dataset, config.test_split, data_dir=config.data_dir) if config.test_split else None
+    train = load_split(config, config.train_split)
+    evaluation = load_split(config, config.eval_split)
+    test = load_split(config, config.test_split) if config.test_split else None
     if config.batch_size > len(train):
         raise ValueError(
             f"config field 'batch_size' has value {config.batch_size}; allowed: at most the "
@@ -99,7 +101,84 @@ def build_task(config: TrainConfig) -> Task:
         penalty_multiplier = losses.weight_schedule(schedule.pop("name"), **schedule)
     static_zero = frozenset(name for name in STATIC_ZERO_NAMES if float(hparams[name]) == 0.0)
     return Task(config, model, loss_fn, augment_fn, optimizer, train, evaluation, test, hparams, mixing_fn,
-                penalty_multiplier, preprocessing, static_zero=static_zero, loss_terms=loss_terms)
+                penalty_multiplier, preprocessing, static_zero=static_zero, loss_terms=loss_terms,
+                model_call_kwargs=call_keywords(model))
+
+
+MODEL_CONTRACT = ("a flax.linen.Module whose __call__(x, ...) maps a batch of inputs to (batch, num_classes) "
+                  "outputs; it may take train=, dropout_rate= and arch= keywords, which vhjax passes only if present")
+
+
+def resolve_model(config: TrainConfig) -> Any:
+    """A registered model by name, or the user's own flax.linen.Module."""
+    import flax.linen as nn
+
+    if isinstance(config.model, nn.Module):
+        if config.model_kwargs:
+            raise ValueError(f"config field 'model_kwargs' has value {dict(config.model_kwargs)!r}; allowed: {{}} when "
+                             "model is a Module instance (configure the Module itself)")
+        return config.model
+    if isinstance(config.model, type) and issubclass(config.model, nn.Module):
+        return config.model(**dict(config.model_kwargs))
+    if not isinstance(config.model, str):
+        raise TypeError(f"config field 'model' has value {config.model!r}; allowed: a registered model name "
+                        f"({', '.join(models.MODELS.names()[:8])}, ...) or {MODEL_CONTRACT}")
+    return models.get_model(config.model, **dict(config.model_kwargs))
+
+
+def resolve_loss(loss: Any) -> Callable:
+    """A registered loss by name, or the user's own `(outputs, labels) -> per-example loss` callable."""
+    if callable(loss):
+        return loss
+    return losses.get_loss(loss)
+
+
+def call_keywords(model: Any) -> frozenset[str]:
+    """Which of train, dropout_rate, arch the model's __call__ accepts (all, if it takes **kwargs)."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(type(model).__call__).parameters
+    except (TypeError, ValueError):
+        return frozenset({"train", "dropout_rate", "arch"})
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return frozenset({"train", "dropout_rate", "arch"})
+    return frozenset({"train", "dropout_rate", "arch"} & set(parameters))
+
+
+def load_split(config: TrainConfig, split: str) -> Dataset:
+    """One split of the config's dataset: a registered or TFDS name, a Dataset, (x, y) arrays, or a
+    dict of splits {name: Dataset or (x, y)}; split strings slice in-memory data too ('train[:90%]')."""
+    dataset = config.dataset
+    if isinstance(dataset, str):
+        return load(dataset, split, data_dir=config.data_dir)
+    from vhjax.data import parse_split
+
+    splits = in_memory_splits(dataset)
+    spec = parse_split(split)
+    if spec.base not in splits:
+        raise ValueError(f"config field 'eval_split' or 'train_split' has value {split!r}, but the in-memory dataset "
+                         f"has splits {sorted(splits)}; allowed: one of them, optionally sliced (e.g. "
+                         f"'train[90%:]' to hold out part of the training data)")
+    start, stop = spec.resolve(len(splits[spec.base]))
+    return splits[spec.base].rows(start, stop, split)
+
+
+def in_memory_splits(dataset: Any) -> dict[str, Dataset]:
+    """{split: Dataset} from a Dataset, (x, y) arrays (the 'train' split) or a dict of either."""
+    if isinstance(dataset, Dataset):
+        return {dataset.split or "train": dataset, "train": dataset}
+    if isinstance(dataset, tuple) and len(dataset) == 2:
+        x, y = np.asarray(dataset[0]), np.asarray(dataset[1])
+        if not np.issubdtype(y.dtype, np.integer):
+            raise TypeError(f"config field 'dataset' labels have dtype {y.dtype}; allowed: integer class indices")
+        return {"train": Dataset(x, y, int(y.max()) + 1 if y.size else 1, "arrays", "train")}
+    if isinstance(dataset, dict):
+        splits = {name: next(iter(in_memory_splits(value).values())) for name, value in dataset.items()}
+        classes = max(d.num_classes for d in splits.values())
+        return {name: dataclasses.replace(d, num_classes=classes, split=name) for name, d in splits.items()}
+    raise TypeError(f"config field 'dataset' has value of type {type(dataset).__name__}; allowed: a dataset name, "
+                    "a vhjax.data.Dataset, (x, y) arrays, or a dict of splits {name: (x, y)}")
 
 
 def with_member_hparams(task: Task, names: Any) -> Task:

@@ -1,0 +1,145 @@
+"""Every feature through every training entry: fit, fit_population, fit_pbt and fit_kfold all run
+on the one loop, so early stopping, plateau, resume after a kill, augmentation strengths, loss
+weights and metrics logging must work in each (the search entries: tests/test_search_training.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vhjax.config import TrainConfig
+from vhjax.population import fit, fit_kfold, fit_pbt, fit_population
+
+CONFIG = TrainConfig(dataset="digits", model="mlp", model_kwargs={"widths": (16,), "num_classes": 10},
+                     learning_rate=3e-3, batch_size=32, steps=40, eval_every=10, seed=0)
+PAIR = [{"learning_rate": 3e-3}, {"learning_rate": 1e-2}]
+
+
+def run_entry(entry: str, config: TrainConfig, workdir: Path | None, members=None):
+    """Run one entry; returns its final eval metrics per member (a list of dicts)."""
+    members = members if members is not None else PAIR
+    if entry == "fit":
+        return [fit(config, workdir, verbose=False).metrics["eval"]]
+    if entry == "fit_population":
+        return [m["eval"] for m in fit_population(config, members, workdir, verbose=False).members]
+    if entry == "fit_pbt":
+        result = fit_pbt(config, members, {"learning_rate": (1e-4, 1e-1, True)}, interval=config.eval_every,
+                         workdir=workdir, verbose=False)
+        return [m["eval"] for m in result.members]
+    if entry == "fit_kfold":
+        result = fit_kfold(config, members[:1], k=2, workdir=workdir, verbose=False)
+        return [{name: values[0] for name, values in result.candidates[0]["folds"].items()}]
+    raise AssertionError(entry)
+
+
+def log_rows(workdir: Path) -> list[dict]:
+    rows = []
+    for path in sorted(workdir.rglob("metrics.jsonl")):
+        rows += [json.loads(line) for line in path.read_text().splitlines()]
+    return rows
+
+
+ENTRIES = ("fit", "fit_population", "fit_pbt", "fit_kfold")
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_metrics_are_logged_at_every_evaluation(entry, tmp_path):
+    run_entry(entry, CONFIG, tmp_path)
+    rows = log_rows(tmp_path)
+    assert [r["step"] for r in rows if r["split"] == "eval"] == [10, 20, 30, 40]
+    assert [r["step"] for r in rows if r["split"] == "train"] == [10, 20, 30, 40]
+    assert all("loss" in r and "accuracy" in r for r in rows if r["split"] == "eval")
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_early_stopping_ends_the_run(entry, tmp_path):
+    # the loss monitored in 'max' mode: every evaluation after the first is "worse"
+    config = dataclasses.replace(CONFIG, patience=1, monitor="loss", monitor_mode="max")
+    run_entry(entry, config, tmp_path)
+    assert [r["step"] for r in log_rows(tmp_path) if r["split"] == "eval"] == [10, 20]
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_plateau_scales_the_learning_rate(entry, tmp_path):
+    config = dataclasses.replace(CONFIG, plateau_patience=1, plateau_factor=0.5, monitor="loss", monitor_mode="max")
+    run_entry(entry, config, tmp_path)
+    scales = [np.min(r["learning_rate_scale"]) for r in log_rows(tmp_path) if r["split"] == "train"]
+    assert scales[0] == 1.0 and scales[-1] == pytest.approx(0.125)
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_resume_after_a_kill_gives_the_same_result(entry, tmp_path, run_interrupted):
+    full = run_entry(entry, CONFIG, tmp_path / "full")
+    run_interrupted(lambda: run_entry(entry, CONFIG, tmp_path / "cut"), at_step=20)
+    resumed = run_entry(entry, CONFIG, tmp_path / "cut")
+    assert resumed == full
+    assert [r["step"] for r in log_rows(tmp_path / "cut") if r["split"] == "eval"] == [10, 20, 30, 40]
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_augmentation_strength_changes_training(entry):
+    augment = ({"name": "gaussian_noise", "strength": 0.0},)
+    config = dataclasses.replace(CONFIG, augment=augment, steps=20)
+    members = [{"learning_rate": 3e-3, "augment": [{"name": "gaussian_noise", "strength": s}]} for s in (0.0, 0.0)]
+    plain = run_entry(entry, config, None, members)
+    noisy_members = [{"learning_rate": 3e-3, "augment": [{"name": "gaussian_noise", "strength": s}]} for s in (0.0, 0.9)]
+    noisy_config = dataclasses.replace(config, augment=({"name": "gaussian_noise", "strength": 0.9},))
+    noisy = run_entry(entry, noisy_config if entry in ("fit", "fit_kfold") else config, None,
+                      noisy_members if entry != "fit_kfold" else [noisy_members[1]])
+    if entry in ("fit", "fit_kfold"):
+        assert noisy[0]["loss"] != plain[0]["loss"]
+    else:  # member 0 is unchanged, member 1 trains on noisy inputs in the same program
+        assert noisy[0] == plain[0] and noisy[1]["loss"] != plain[1]["loss"]
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_loss_weights_per_member(entry):
+    config = dataclasses.replace(CONFIG, steps=20, loss_weights={"cross_entropy": 1.0})
+    members = [{"learning_rate": 3e-3, "loss_weights": {"cross_entropy": w}} for w in (1.0, 1.0)]
+    same = run_entry(entry, config, None, members)
+    members = [{"learning_rate": 3e-3, "loss_weights": {"cross_entropy": w}} for w in (1.0, 0.1)]
+    weighted_config = dataclasses.replace(config, loss_weights={"cross_entropy": 0.1})
+    other = run_entry(entry, weighted_config if entry in ("fit", "fit_kfold") else config, None,
+                      members if entry != "fit_kfold" else [members[1]])
+    if entry in ("fit", "fit_kfold"):
+        assert other[0]["accuracy"] != same[0]["accuracy"] or other[0]["loss"] != same[0]["loss"]
+    else:
+        assert other[0] == same[0] and other[1]["loss"] != same[1]["loss"]
+
+
+def test_every_entry_takes_a_mesh_and_any_population_size():
+    """2 forced CPU devices; populations of 1, 2 and 3 members (padded with inert members)."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import json, sys
+        from vhjax.parallel import population_mesh
+        from vhjax.population import fit, fit_kfold, fit_pbt, fit_population
+        from tests.population.test_entries import CONFIG, PAIR
+        mesh = population_mesh() if sys.argv[1] == "mesh" else None
+        three = PAIR + [{"learning_rate": 5e-3}]
+        out = {
+            "fit": fit(CONFIG, mesh=mesh, verbose=False).metrics["eval"]["loss"],
+            "fit_population": [m["eval"]["loss"] for m in fit_population(CONFIG, three, mesh=mesh, verbose=False).members],
+            "fit_pbt": [m["eval"]["loss"] for m in fit_pbt(CONFIG, three, {"learning_rate": (1e-4, 1e-1, True)},
+                                                          interval=10, mesh=mesh, verbose=False).members],
+            "fit_kfold": fit_kfold(CONFIG, PAIR[:1], k=3, mesh=mesh, verbose=False).candidates[0]["folds"]["loss"],
+        }
+        print(json.dumps(out))
+    """)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    outputs = {}
+    for mode in ("mesh", "single"):
+        done = subprocess.run([sys.executable, "-c", script, mode], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        outputs[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+    for entry in ENTRIES:
+        np.testing.assert_allclose(outputs["mesh"][entry], outputs["single"][entry], rtol=1e-4)

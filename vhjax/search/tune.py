@@ -1,0 +1,311 @@
+"""`tune`: the recommended search for "I have N trials worth of compute".
+
+An Optuna study proposes the trials (TPE by default) and keeps them (a plain Optuna study:
+`optuna.load_study`, optuna-dashboard and `optuna.importance` work on it). `population` trials
+train at once as the slots of ONE running population (one compiled program, fixed shape, so it
+compiles once). Every `min_steps` the population is evaluated and each trial's validation value
+reaches the study as an intermediate value at once; Optuna's pruner (successive halving / ASHA by
+default, or the median rule) decides at its rungs, inside the running program; a pruned, finished
+or diverged trial's slot is refilled at once with a new trial from the sampler, initialised in
+place. The first result arrives after the first evaluation, not after a whole generation.
+
+Only per-member fields may be searched (learning rate, weight decay, dropout, regularizer
+coefficients, augmentation strengths and probabilities, loss weights, optimizer numbers, `arch`
+masks): they are arrays of the one program. A killed search resumes from its workdir: finished
+trials are kept; trials that were running are recorded as failed and asked again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vhjax.config import TrainConfig, validate
+from vhjax.population.engine import default_member_group
+from vhjax.population.fit import bucket_task, compiled_programs, split_member
+from vhjax.population.loop import Hook, Report, run_loop
+from vhjax.population.members import init_population
+from vhjax.population.state import PopulationState
+from vhjax.search.space import Categorical, Float, Int, Space
+from vhjax.search.training import candidate_to_member
+from vhjax.train.metrics_log import print_progress
+from vhjax.validation import check_choice, check_int
+
+PRUNERS = ("asha", "median", "none")
+SAMPLERS = ("tpe", "random")
+INTERRUPTED = "interrupted"  # user attribute of trials that were running when a search was killed
+
+
+@dataclasses.dataclass
+class TuneResult:
+    """The Optuna study, the finished trials in the order they finished, and the wall time."""
+
+    study: Any
+    timeline: list[dict]  # {"seconds", "trial", "state", "value", "test", "steps"}
+    seconds: float
+    metric: str
+    direction: str
+
+    def best(self) -> dict:
+        """The best completed trial: params, validation value, test value, steps."""
+        done = [row for row in self.timeline if row["state"] == "COMPLETE" and np.isfinite(row["value"])]
+        if not done:
+            raise ValueError("no trial completed; there is no best trial")
+        pick = (max if self.direction == "maximize" else min)(done, key=lambda row: row["value"])
+        return {**pick, "params": self.study.trials[pick["trial"]].params}
+
+    def leaderboard(self, top: int = 10) -> str:
+        """Markdown: the best completed trials first."""
+        sign = 1 if self.direction == "maximize" else -1
+        rows = sorted((r for r in self.timeline if r["state"] == "COMPLETE"), key=lambda r: -sign * r["value"])[:top]
+        names = sorted({k for r in rows for k in self.study.trials[r["trial"]].params})
+        header = ["rank", "trial", *names, f"val {self.metric}", f"test {self.metric}", "finished at"]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for rank, row in enumerate(rows, 1):
+            params = self.study.trials[row["trial"]].params
+            cells = [str(rank), str(row["trial"]), *(f"{params[n]:.3g}" if isinstance(params.get(n), float)
+                                                     else str(params.get(n, "")) for n in names),
+                     f"{row['value']:.4f}", "" if row["test"] is None else f"{row['test']:.4f}",
+                     f"{row['seconds']:.1f} s"]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+
+def optuna_distributions(space: Space) -> dict[str, Any]:
+    """Optuna distributions of a vhjax space (Float, Int, Categorical; conditions not supported)."""
+    import optuna.distributions as od
+
+    out = {}
+    for name, param in space.params.items():
+        if param.condition is not None:
+            raise ValueError(f"space parameter {name!r} has a condition; allowed in tune: unconditional parameters")
+        if isinstance(param, Int):
+            out[name] = od.IntDistribution(int(param.low), int(param.high), log=param.log)
+        elif isinstance(param, Float):
+            out[name] = od.FloatDistribution(float(param.low), float(param.high), log=param.log)
+        elif isinstance(param, Categorical):
+            out[name] = od.CategoricalDistribution(list(param.choices))
+    return out
+
+
+def check_per_member(space: Space, config: TrainConfig) -> dict[str, Any]:
+    """The member dict of the space's middle point; refuse parameters that would change the program."""
+    middle = candidate_to_member(space.decode(np.full(space.dim, 0.5)))
+    static, dynamic = split_member(0, middle)
+    if static:
+        raise ValueError(f"space parameters {sorted(static)} change the compiled program; allowed in tune: "
+                         "per-member fields (see vhjax.hparams), e.g. learning_rate, weight_decay, dropout_rate, "
+                         "aug_strength, loss_weights.<loss>, optimizer_kwargs.<name>, arch.<field>")
+    return dynamic
+
+
+def default_min_steps(steps: int, eta: int) -> int:
+    """The largest divisor of `steps` that is at most steps / eta^2 (three rungs by default)."""
+    target = max(1, steps // (eta * eta))
+    return max(d for d in range(1, target + 1) if steps % d == 0)
+
+
+def make_pruner(name: str, min_steps: int, eta: int) -> Any:
+    import optuna
+
+    if name == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=min_steps, reduction_factor=eta)
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=eta, n_warmup_steps=min_steps)
+    return optuna.pruners.NopPruner()
+
+
+def make_sampler(name: str, seed: int) -> Any:
+    import optuna
+
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def open_study(workdir: Path | None, name: str, direction: str, sampler: Any, pruner: Any) -> Any:
+    """The study in `workdir/study.db` (created or resumed); trials left running by a killed
+    process are marked failed ('interrupted') and asked again first."""
+    import optuna
+
+    storage = None if workdir is None else f"sqlite:///{(workdir / 'study.db').absolute()}"
+    study = optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=sampler,
+                                pruner=pruner, load_if_exists=True)
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        # a finished trial's attributes are read-only: mark it while it is still running
+        study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        study.enqueue_trial(trial.params)
+    return study
+
+
+def counted_trials(study: Any) -> int:
+    """Trials that count against the budget: all but those interrupted by a kill (asked again)."""
+    return sum(1 for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(INTERRUPTED))
+
+
+def _replace_slot(population: PopulationState, slot: jax.Array, fresh: PopulationState) -> PopulationState:
+    """Member `slot` becomes the (one-member) `fresh` population's member: alive, not stopped."""
+    put = lambda leaf, new: leaf.at[slot].set(new[0])
+    members = jax.tree.map(put, population.members, fresh.members)
+    return population.replace(members=members, alive=population.alive.at[slot].set(True),
+                              diverged_step=population.diverged_step.at[slot].set(-1),
+                              stopped=population.stopped.at[slot].set(False))
+
+
+replace_slot = jax.jit(_replace_slot)
+
+
+def tune(config: TrainConfig, space: Space, *, trials: int, population: int = 16, min_steps: int | None = None,
+         eta: int = 3, metric: str = "accuracy", direction: str = "maximize", sampler: str = "tpe",
+         pruner: str = "asha", workdir: str | Path | None = None, study_name: str = "vhjax", seed: int = 0,
+         callback: Callable[[dict], None] | None = None, verbose: bool = True) -> TuneResult:
+    """Search `space` with `trials` trials of at most `config.steps` steps; see the module docstring.
+
+    `config` gives everything fixed (data, model, optimizer, steps, eval_split for selection,
+    test_split for reporting the pick); `min_steps` is the first rung and the evaluation interval
+    (default: about steps / eta^2, a divisor of steps); `callback(row)` is called for every
+    finished trial with its timeline row.
+    """
+    import optuna
+
+    validate(config)
+    check_int("trials", trials, 1)
+    check_int("population", population, 1)
+    check_int("eta", eta, 2)
+    check_choice("direction", direction, ("maximize", "minimize"))
+    check_choice("sampler", sampler, SAMPLERS)
+    check_choice("pruner", pruner, PRUNERS)
+    check_choice("metric", metric, tuple(config.eval_metrics))
+    min_steps = default_min_steps(config.steps, eta) if min_steps is None else check_int("min_steps", min_steps, 1)
+    if config.steps % min_steps:
+        raise ValueError(f"min_steps has value {min_steps}; allowed: a divisor of config.steps ({config.steps})")
+    if not isinstance(space, Space):
+        raise TypeError(f"space has value {space!r}; allowed: a vhjax.search.Space")
+    distributions = optuna_distributions(space)
+    names = check_per_member(space, config)
+    config = dataclasses.replace(config, eval_every=min_steps)
+    task = bucket_task(config, names)
+    root = None if workdir is None else Path(workdir)
+    if root is not None:
+        root.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = open_study(root, study_name, direction, make_sampler(sampler, seed), make_pruner(pruner, min_steps, eta))
+    run_chunk, evaluate = compiled_programs(task, default_member_group(population))
+    eval_data = (jnp.asarray(task.eval.x), jnp.asarray(task.eval.y))
+    test_data = None if task.test is None else (jnp.asarray(task.test.x), jnp.asarray(task.test.y))
+    start = time.perf_counter()
+    timeline: list[dict] = []
+    running: list[Any] = []  # the Optuna trial of each slot (None: empty)
+
+    def ask() -> tuple[Any, dict] | None:
+        if counted_trials(study) >= trials:
+            return None
+        trial = study.ask(distributions)
+        member = candidate_to_member(trial.params)
+        return trial, split_member(trial.number, member)[1]
+
+    def fresh_member(trial: Any, hparams: dict) -> PopulationState:
+        return init_population(task, 1, {k: [v] for k, v in hparams.items()}, seeds=[config.seed + trial.number],
+                               same_batches=False)
+
+    def finish(slot: int, state: Any, value: float, steps: int, test: float | None) -> None:
+        trial = running[slot]
+        if state == "COMPLETE":
+            trial.set_user_attr("test_" + metric, test)
+            study.tell(trial, value)
+        elif state == "PRUNED":
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        row = {"seconds": time.perf_counter() - start, "trial": trial.number, "state": state, "value": value,
+               "test": test, "steps": steps}
+        timeline.append(row)
+        if callback is not None:
+            callback(row)
+
+    first = [ask() for _ in range(population)]
+    if first[0] is None:
+        raise ValueError(f"trials has value {trials}; the study in {root} already holds {counted_trials(study)} "
+                         "trials: raise trials to extend it")
+    slots = [pair for pair in first if pair is not None]
+    hparams = {name: [pair[1].get(name) for pair in slots] for name in names}
+    seeds = [config.seed + pair[0].number for pair in slots]
+    members = init_population(task, len(slots), hparams, seeds=seeds, same_batches=False)
+    if len(slots) < population:  # fewer trials left than slots: pad with stopped members
+        members = _pad_stopped(members, population)
+    running.extend(pair[0] for pair in slots)
+    running.extend([None] * (population - len(slots)))
+
+    def update(state: dict, current: PopulationState, report: Report):
+        values = report.metric("eval", metric)
+        alive = np.asarray(current.alive)
+        steps = np.asarray(current.members.step)
+        training = np.asarray(current.training)
+        finished: dict[int, str] = {}
+        for slot in np.flatnonzero(training | ~alive):
+            trial = running[slot]
+            if trial is None:
+                continue
+            if not alive[slot] or not np.isfinite(values[slot]):
+                finished[slot] = "FAIL"
+                continue
+            trial.report(float(values[slot]), int(steps[slot]))
+            if steps[slot] >= config.steps:
+                finished[slot] = "COMPLETE"
+            elif trial.should_prune():
+                finished[slot] = "PRUNED"
+        if not finished:
+            return state, current
+        tests = evaluate(current, *test_data)[metric] if test_data is not None and "COMPLETE" in finished.values() \
+            else None
+        stopped = np.asarray(current.stopped).copy()
+        for slot, outcome in finished.items():
+            test = None if tests is None or outcome != "COMPLETE" else float(tests[slot])
+            finish(slot, outcome, float(values[slot]), int(steps[slot]), test)
+            pair = ask()
+            if pair is None:
+                running[slot] = None
+                stopped[slot] = True
+                continue
+            running[slot] = pair[0]
+            current = replace_slot(current, jnp.int32(slot), fresh_member(*pair))
+            stopped[slot] = False
+        current = current.replace(stopped=jnp.asarray(stopped))
+        if verbose:
+            print_progress(progress(timeline, trials, population, running, start, direction, metric))
+        return state, current
+
+    bound = (trials // population + 2) * config.steps * 2  # the loop ends when no slot trains
+    run_loop(members, run_chunk, (jnp.asarray(task.train.x), jnp.asarray(task.train.y)), steps=bound,
+             eval_every=min_steps, evaluate=lambda p: {"eval": evaluate(p, *eval_data)},
+             hooks=[Hook("tune", lambda p: {}, update)], verbose=False)
+    return TuneResult(study, timeline, time.perf_counter() - start, metric, direction)
+
+
+def _pad_stopped(population: PopulationState, size: int) -> PopulationState:
+    extra = size - population.size
+    pad = lambda leaf: jnp.concatenate([leaf, jnp.repeat(leaf[:1], extra, axis=0)])
+    padded = jax.tree.map(pad, population)
+    return padded.replace(stopped=padded.stopped.at[population.size:].set(True))
+
+
+def progress(timeline: list[dict], trials: int, population: int, running: list, start: float, direction: str,
+             metric: str) -> str:
+    """One line: trials finished / budget, states, best so far, elapsed, ETA."""
+    done = [r for r in timeline if r["state"] == "COMPLETE"]
+    pruned = sum(r["state"] == "PRUNED" for r in timeline)
+    failed = sum(r["state"] == "FAIL" for r in timeline)
+    best = (max if direction == "maximize" else min)((r["value"] for r in done), default=float("nan"))
+    elapsed = time.perf_counter() - start
+    rate = len(timeline) / elapsed if elapsed > 0 else 0.0
+    eta = (trials - len(timeline)) / rate if rate > 0 else float("nan")
+    return (f"tune | trials {len(timeline)}/{trials} (complete {len(done)}, pruned {pruned}, failed {failed}, "
+            f"running {sum(t is not None for t in running)}) | best val {metric} {best:.4f} | "
+            f"{elapsed:.0f} s elapsed, ETA {eta:.0f} s")
