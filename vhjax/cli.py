@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="key=value overrides of config fields")
     train.add_argument("--workdir", default=None, help="folder for checkpoints and metrics; rerun to resume")
     train.add_argument("--quiet", action="store_true", help="no progress lines")
+    train.add_argument("--mesh", default="none", help="devices: 'none' (one), or 'members=1,data=D' (data parallel)")
 
     search = commands.add_parser("search", help="run a search from a Python spec file",
                                  description="Run vhjax.search. SPEC is a Python file defining get_search() that returns "
@@ -28,12 +29,15 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("spec", help="path to a file with get_search()")
     _search_flags(search)
 
-    demo = commands.add_parser("demo", help="the main job: search MNIST-1D networks, one population per generation",
+    demo = commands.add_parser("demo", help="the main job: search MNIST-1D networks with vhjax.search.tune",
                                description="Search learning rate, weight decay, dropout and MLP architecture on "
-                                           "MNIST-1D; every generation is trained as one population in one program.")
+                                           "MNIST-1D with the recommended search (vhjax.search.tune): POPULATION "
+                                           "trials train at once in one compiled program, successive halving prunes "
+                                           "at rungs inside it and refills the slots; --strategy tpe or random.",
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _search_flags(demo)
     demo.add_argument("--steps", type=int, default=1500, help="training steps per member (default 1500)")
-    demo.set_defaults(budget=48, population=16, strategy="regularized_evolution", workdir="runs/demo", seed=0)
+    demo.set_defaults(budget=48, population=16, strategy="tpe", workdir="runs/demo", seed=0)
     return parser
 
 
@@ -44,6 +48,7 @@ def _search_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", default=None, help="trials.sqlite and plots go here; rerun to resume")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--mesh", default="auto", help="devices: 'auto' (all), 'none', or 'members=M,data=D'")
 
 
 def run_search(args: argparse.Namespace) -> int:
@@ -79,7 +84,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from vhjax.demo import run_demo as demo
 
     demo(budget=args.budget, population=args.population, steps=args.steps, strategy=args.strategy,
-         workdir=args.workdir, seed=args.seed, verbose=not args.quiet)
+         workdir=args.workdir, seed=args.seed, mesh=None if args.mesh == "none" else args.mesh, verbose=not args.quiet)
     return 0
 
 
@@ -88,7 +93,7 @@ def run_train(args: argparse.Namespace) -> int:
     from vhjax.train import fit
 
     config = apply_overrides(load_config_file(args.config), args.overrides)
-    result = fit(config, args.workdir, verbose=not args.quiet)
+    result = fit(config, args.workdir, mesh=None if args.mesh == "none" else args.mesh, verbose=not args.quiet)
     for split, values in result.metrics.items():
         print(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
     return 0
@@ -98,10 +103,13 @@ COMMANDS = {"train": run_train, "search": run_search, "demo": run_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from vhjax.train.checkpoint import CheckpointError
+    from vhjax.train.workdir import WorkdirInUse
+
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError) as error:
+    except (ValueError, TypeError, FileNotFoundError, WorkdirInUse, CheckpointError) as error:
         print(f"vhjax {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -1,24 +1,21 @@
-"""The main job: a real search over MNIST-1D networks, each generation trained as one population.
+"""The main job: a real search over MNIST-1D networks with vhjax's recommended search (`tune`).
 
-Every generation asks `population` candidates that differ in learning rate, weight decay, dropout
-rate and architecture (active width, depth and skip connections of a masked MLP); all of them are
-trained together in one compiled program. Progress is printed per chunk and per generation; the
-search resumes from its workdir; a leaderboard is printed at the end and plots are saved.
+Candidates differ in learning rate, weight decay, dropout rate and architecture (active width,
+depth and skip connections of a masked MLP). `population` of them train at once as the slots of
+one compiled program; every evaluation reaches the Optuna study at once, successive halving stops
+weak candidates at its rungs inside the running program and their slots are refilled with new
+ones. Progress is printed as trials finish; the search resumes from its workdir (`study.db`, a
+plain Optuna study); a leaderboard is printed at the end.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from vhjax.config import TrainConfig
-from vhjax.search import Boolean, Float, Int, Space, TrainingObjective, search
-from vhjax.search.results import SearchResult
-
-LEADERBOARD_COLUMNS = {
-    "trial_id": "trial", "params.learning_rate": "learning rate", "params.weight_decay": "weight decay",
-    "params.dropout_rate": "dropout", "params.arch.width": "width", "params.arch.depth": "depth",
-    "params.arch.skip": "skip", "metrics.accuracy": "val accuracy", "metrics.test_accuracy": "test accuracy",
-}
+from vhjax.search.space import Boolean, Float, Int, Space
+from vhjax.search.tune import TuneResult, tune
 
 
 def demo_space(max_width: int = 256, max_depth: int = 3) -> Space:
@@ -36,28 +33,22 @@ def demo_config(steps: int = 1500, seed: int = 0, max_width: int = 256, max_dept
     """MNIST-1D, 90/10 train/validation split of the training set, test set held out."""
     return TrainConfig(dataset="mnist1d", model="masked_mlp",
                        model_kwargs={"max_width": max_width, "max_depth": max_depth},
-                       optimizer="adam", learning_rate=1e-3, batch_size=100, steps=steps,
+                       optimizer="adamw", learning_rate=1e-3, batch_size=100, steps=steps,
                        eval_every=max(1, steps // 3), train_split="train[:90%]", eval_split="train[90%:]",
                        test_split="test", seed=seed)
 
 
-def run_demo(*, budget: int = 48, population: int = 16, steps: int = 1500, strategy: str = "regularized_evolution",
-             workdir: str | Path | None = "runs/demo", seed: int = 0, verbose: bool = True) -> SearchResult:
-    """Run the demo search and print its leaderboard; returns the SearchResult."""
-    strategy_kwargs = ({"population_size": population, "tournament_size": max(2, population // 4)}
-                       if strategy == "regularized_evolution" else {})
-    training_dir = None if workdir is None else Path(workdir) / "training"
-    objective = TrainingObjective(demo_config(steps, seed), workdir=training_dir, verbose=verbose)
-    result = search(objective, demo_space(), strategy, budget=budget, population=population, workdir=workdir,
-                    seed=seed, strategy_kwargs=strategy_kwargs, verbose=verbose)
+def run_demo(*, budget: int = 48, population: int = 16, steps: int = 1500, strategy: str = "tpe",
+             workdir: str | Path | None = "runs/demo", seed: int = 0, mesh: Any = "auto",
+             verbose: bool = True) -> TuneResult:
+    """Run the demo search and print its leaderboard; returns the TuneResult."""
+    result = tune(demo_config(steps, seed), demo_space(), trials=budget, population=population, sampler=strategy,
+                  workdir=workdir, seed=seed, mesh=mesh, verbose=verbose)
     print()
-    print(leaderboard(result))
+    print(result.leaderboard(10))
+    best = result.best()
+    print(f"\nbest trial {best['trial']}: validation accuracy {best['value']:.4f}, test accuracy {best['test']:.4f}; "
+          f"{len(result.timeline)} trials in {result.seconds:.0f} s")
     if workdir is not None:
-        paths = result.plot()
-        print(f"\ntrials: {Path(workdir) / 'trials.sqlite'}; plots: {', '.join(sorted(paths.values()))}")
+        print(f"study: {Path(workdir) / 'study.db'} (optuna-dashboard sqlite:///{Path(workdir) / 'study.db'})")
     return result
-
-
-def leaderboard(result: SearchResult, top: int = 10) -> str:
-    """The best `top` trials of the demo with readable column names."""
-    return result.leaderboard(top, LEADERBOARD_COLUMNS)

@@ -20,6 +20,16 @@ def population_mesh(devices: Sequence[jax.Device] | None = None, data_parallel: 
     return Mesh(grid, (MEMBERS, DATA))
 
 
+def resolve_mesh(mesh: Any) -> Mesh | None:
+    """'auto': every local device (a members-only mesh) when there are several, else None (one
+    device); None: one device; a Mesh as given."""
+    if isinstance(mesh, str):
+        if mesh != "auto":
+            return mesh_from_spec(mesh)
+        return population_mesh() if len(jax.devices()) > 1 else None
+    return mesh
+
+
 def shard_members(tree: Any, mesh: Mesh) -> Any:
     """Place every leaf's leading (member) axis over the mesh's `members` axis."""
     size = mesh.shape[MEMBERS]
@@ -31,6 +41,43 @@ def shard_members(tree: Any, mesh: Mesh) -> Any:
         return jax.device_put(leaf, NamedSharding(mesh, PartitionSpec(MEMBERS)))
 
     return jax.tree.map(place, tree)
+
+
+def batch_placement(mesh: Mesh):
+    """`place(batch, same_batches)`: a batch split over the mesh's data axis (its example axis),
+    shared batches `(B, ...)` over `data`, per-member ones `(P, B, ...)` over (`members`, `data`).
+    Under jit, XLA then reduces each member's gradient across its data devices."""
+
+    def place(batch: Any, same_batches: bool) -> Any:
+        spec = PartitionSpec(DATA) if same_batches else PartitionSpec(MEMBERS, DATA)
+
+        def constrain(leaf):
+            axis = 0 if same_batches else 1
+            if leaf.ndim <= axis or leaf.shape[axis] % mesh.shape[DATA]:
+                return leaf  # not divisible: left to XLA
+            return jax.lax.with_sharding_constraint(leaf, NamedSharding(mesh, spec))
+
+        return jax.tree.map(constrain, batch)
+
+    return place
+
+
+def mesh_from_spec(text: str, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh from `members=4,data=2` (the CLI's --mesh); `members=-1` takes the remaining devices."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        if name not in (MEMBERS, DATA) or not value.lstrip("-").isdigit():
+            raise ValueError(f"mesh has value {text!r}; allowed: 'members=M,data=D' (e.g. members=4,data=2)")
+        sizes[name] = int(value)
+    data = sizes.get(DATA, 1)
+    members = sizes.get(MEMBERS, -1)
+    if members == -1:
+        members = len(devices) // max(data, 1)
+    if members < 1 or data < 1 or members * data != len(devices):
+        raise ValueError(f"mesh has value {text!r}; allowed: members x data equal to the {len(devices)} devices")
+    return population_mesh(devices, data_parallel=data)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:

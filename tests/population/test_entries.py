@@ -143,3 +143,41 @@ def test_every_entry_takes_a_mesh_and_any_population_size():
         outputs[mode] = json.loads(done.stdout.strip().splitlines()[-1])
     for entry in ENTRIES:
         np.testing.assert_allclose(outputs["mesh"][entry], outputs["single"][entry], rtol=1e-4)
+
+
+def test_a_data_axis_splits_each_members_batch():
+    """4 forced devices as members=2 x data=2: each member's batch is split over 2 devices and its
+    gradient reduced across them (an all-reduce in the program); results equal one device."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import json, sys
+        import jax, jax.numpy as jnp
+        from vhjax.parallel import mesh_from_spec
+        from vhjax.population import fit_population, init_population
+        from vhjax.population.fit import bucket_task, compiled_programs
+        from tests.population.test_entries import CONFIG, PAIR
+        mesh = mesh_from_spec("members=2,data=2") if sys.argv[1] == "mesh" else None
+        result = fit_population(CONFIG, PAIR, mesh=mesh, verbose=False)
+        hlo = ""
+        if mesh is not None:
+            task = bucket_task(CONFIG, ["learning_rate"])
+            runner, _ = compiled_programs(task, None, mesh=mesh)
+            from vhjax import parallel
+            population = parallel.shard_members(init_population(task, 2, {"learning_rate": [3e-3, 1e-2]}), mesh)
+            data = parallel.replicate((jnp.asarray(task.train.x), jnp.asarray(task.train.y)), mesh)
+            hlo = runner._free_chunk.lower(population, data, 2).compile().as_text()
+        print(json.dumps({"loss": [m["eval"]["loss"] for m in result.members], "all_reduce": "all-reduce" in hlo}))
+    """)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    outputs = {}
+    for mode in ("mesh", "single"):
+        done = subprocess.run([sys.executable, "-c", script, mode], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        outputs[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert outputs["mesh"]["all_reduce"]
+    np.testing.assert_allclose(outputs["mesh"]["loss"], outputs["single"]["loss"], rtol=1e-4)

@@ -111,9 +111,12 @@ def make_population_step(member_step: MemberStep, *, isolate: bool = True
 
 
 def scan_steps(step: Callable, population: PopulationState, data: Any, indices: jax.Array,
-               gather: Gather = gather_batch):
-    """`lax.scan` of `step` over the chunk's batch indices, gathering each batch from `data`."""
-    return lax.scan(lambda carry, index: step(carry, gather(data, index)), population, indices)
+               gather: Gather = gather_batch, place: Callable | None = None):
+    """`lax.scan` of `step` over the chunk's batch indices, gathering each batch from `data` (and
+    placing it with `place`, e.g. a sharding constraint that splits it over a data axis)."""
+    place = place or (lambda batch, same: batch)
+    return lax.scan(lambda carry, index: step(carry, place(gather(data, index), carry.same_batches)),
+                    population, indices)
 
 
 def default_member_group(size: int) -> int | None:
@@ -153,17 +156,19 @@ class PopulationRunner:
     (two copies of the population's parameters and optimizer state in memory);
     `isolation='per_step'` checks every step and donates the input (one copy; slower).
     The input population must not be used afterwards (its buffers may be donated).
+    `place(batch, same_batches) -> batch` places each gathered batch (`parallel.batch_placement`:
+    split over a mesh's data axis, so each member's gradient is reduced across those devices).
     """
 
     def __init__(self, member_step: MemberStep, batch_indices: BatchIndices, *, member_group: int | None = None,
-                 isolation: str = "optimistic", gather: Gather = gather_batch):
+                 isolation: str = "optimistic", gather: Gather = gather_batch, place: Callable | None = None):
         if isolation not in ISOLATION_MODES:
             raise ValueError(f"isolation={isolation!r}; allowed: {', '.join(map(repr, ISOLATION_MODES))}")
         self.isolation = isolation
         free, isolated = make_population_step(member_step, isolate=False), make_population_step(member_step)
 
         def run_free(population: PopulationState, data, length: int):
-            run = lambda group, indices: scan_steps(free, group, data, indices, gather)
+            run = lambda group, indices: scan_steps(free, group, data, indices, gather, place)
             end, metrics = run_in_groups(run, population, batch_indices(population, length), member_group)
             finite = jax.vmap(lambda m: all_finite(member_params(m)))(end.members)
             finite = finite & jnp.all(jnp.isfinite(metrics["loss"]), axis=0)
@@ -172,7 +177,7 @@ class PopulationRunner:
             return end, nan_where_frozen(population.training, metrics), clean
 
         def run_isolated(population: PopulationState, data, length: int):
-            run = lambda group, indices: scan_steps(isolated, group, data, indices, gather)
+            run = lambda group, indices: scan_steps(isolated, group, data, indices, gather, place)
             return run_in_groups(run, population, batch_indices(population, length), member_group)
 
         self._free_chunk = jax.jit(run_free, static_argnums=2)  # keeps its input: the restart point

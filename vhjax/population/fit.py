@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vhjax import parallel
 from vhjax.augment import pipeline_from_config
 from vhjax.config import TrainConfig
 from vhjax.hparams import PER_MEMBER_NAMES, STATIC_ZERO_NAMES
@@ -204,13 +205,17 @@ def bucket_task(config: TrainConfig, member_names: Any = ()) -> Task:
     return _remember(_TASKS, key, lambda: with_member_hparams(build_task(config), traced))
 
 
-def compiled_programs(task: Task, member_group: int | None, isolation: str = "optimistic") -> tuple[Any, Any]:
-    """(chunk runner, population evaluation) of a task, jitted once per task, member grouping and isolation."""
-    key = (id(task), member_group, isolation)
+def compiled_programs(task: Task, member_group: int | None, isolation: str = "optimistic",
+                      mesh: Any = None) -> tuple[Any, Any]:
+    """(chunk runner, population evaluation) of a task, jitted once per task, member grouping,
+    isolation and mesh (a mesh with a data axis splits each member's batch over it)."""
+    key = (id(task), member_group, isolation, id(mesh))
     if key in _PROGRAMS and _PROGRAMS[key][0] is not task:  # an id reused by a newer task
         del _PROGRAMS[key]
+    place = parallel.batch_placement(mesh) if mesh is not None and mesh.shape[parallel.DATA] > 1 else None
     _, run_chunk, evaluate = _remember(_PROGRAMS, key, lambda: (
-        task, classifier_runner(task, member_group, isolation=isolation), jax.jit(make_population_eval(task))))
+        task, classifier_runner(task, member_group, isolation=isolation, place=place),
+        jax.jit(make_population_eval(task))))
     return run_chunk, evaluate
 
 
@@ -222,7 +227,7 @@ def train_bucket(task: Task, population: PopulationState, workdir: Path | None, 
     config = task.config
     group = default_member_group(population.size) if member_group == "auto" and mesh is None else (
         None if member_group == "auto" else member_group)
-    run_chunk, evaluate = compiled_programs(task, group, isolation)
+    run_chunk, evaluate = compiled_programs(task, group, isolation, mesh)
     train_data = (jnp.asarray(task.train.x), jnp.asarray(task.train.y))
     eval_data = (jnp.asarray(task.eval.x), jnp.asarray(task.eval.y))
     hooks = config_hooks(config)
@@ -241,7 +246,7 @@ def train_bucket(task: Task, population: PopulationState, workdir: Path | None, 
 
 
 def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], workdir: str | Path | None = None,
-                   *, same_batches: bool = True, mesh: Any = None, isolation: str = "optimistic",
+                   *, same_batches: bool = True, mesh: Any = "auto", isolation: str = "optimistic",
                    member_group: int | str | None = "auto", verbose: bool = True) -> PopulationResult:
     """Train every member; members with equal static config share one compiled, vmapped program.
 
@@ -250,8 +255,10 @@ def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], wo
     strengths and probabilities, loss weights, `arch` masks) and `seed` vary inside a program;
     any other field starts a new bucket. Member i's seed defaults to config.seed + i.
     The config's early stopping (`patience`), plateau and best-model keeping act per member.
-    All validation happens before the first compilation. With a `mesh`
-    (vhjax.parallel.population_mesh), members are sharded over its devices. `isolation`:
+    All validation happens before the first compilation. `mesh`: 'auto' (default) shards members
+    over every local device when there are several (any population size: padded with inert
+    members), None keeps one device, a `vhjax.parallel.population_mesh` (or 'members=M,data=D')
+    is used as given; a data axis splits each member's batch over its devices. `isolation`:
     'optimistic' or 'per_step' (see `engine.PopulationRunner`); `member_group`: members trained
     together on a CPU ('auto': a divisor of the bucket size near 8; None: all at once).
     """
@@ -261,6 +268,7 @@ def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], wo
     if member_group not in ("auto", None):
         check_int("member_group", member_group, 1)
     members = [with_config_loss_weights(config, member) for member in members]
+    mesh = parallel.resolve_mesh(mesh)
     buckets = bucket_members(config, members)
     tasks = [(bucket_task(bucket_config, stack_dynamic(indices, members)), indices)
              for bucket_config, indices in buckets]
@@ -307,7 +315,8 @@ def record_members(path: Path, members: Sequence[Mapping[str, Any]]) -> None:
     path.write_text(text)
 
 
-def fit(config: TrainConfig, workdir: str | Path | None = None, *, mesh: Any = None, verbose: bool = True) -> FitResult:
+def fit(config: TrainConfig, workdir: str | Path | None = None, *, mesh: Any = None,
+        verbose: bool = True) -> FitResult:
     """Train one model as `config` says; resume from `workdir` if it holds a checkpoint.
 
     The one loop with a population of one: early stopping keeps the best parameters, plateau
@@ -317,7 +326,8 @@ def fit(config: TrainConfig, workdir: str | Path | None = None, *, mesh: Any = N
     root = prepare_workdir(workdir, config)
     save_preprocessing(root, task)
     population = init_population(task, 1, seeds=[config.seed], same_batches=False)
-    population, final, outcome = train_bucket(task, population, root, "", mesh=mesh, member_group=None,
+    population, final, outcome = train_bucket(task, population, root, "", mesh=parallel.resolve_mesh(mesh),
+                                              member_group=None,
                                               verbose=verbose)
     if not bool(population.alive[0]):
         step = int(population.diverged_step[0])

@@ -29,6 +29,17 @@ def monitored(report: Report, population: PopulationState, split: str, metric: s
     return jnp.asarray(np.where(np.asarray(population.alive), values, np.nan))
 
 
+def monitored_or_worst(report: Report, population: PopulationState, split: str, metric: str, mode: str) -> jax.Array:
+    """The monitored metric with diverged members at the worst value (never an improvement)."""
+    value = monitored(report, population, split, metric)
+    return jnp.where(jnp.isnan(value), -jnp.inf if mode == "max" else jnp.inf, value)
+
+
+def per_member_control(control: controls.Control, population: PopulationState) -> Any:
+    """A control's initial state for every member (leading axis P)."""
+    return jax.vmap(lambda _: control.init())(jnp.arange(population.size))
+
+
 def early_stopping(*, split: str = "eval", metric: str = "accuracy", mode: str = "max", patience: int,
                    min_delta: float = 0.0) -> Hook:
     """Stop each member once `patience` evaluations in a row fail to improve its monitored metric;
@@ -36,14 +47,13 @@ def early_stopping(*, split: str = "eval", metric: str = "accuracy", mode: str =
     check_choice("mode", mode, ("max", "min"))
     control = controls.early_stopping(mode=mode, patience=patience, min_delta=min_delta)
 
-    def init(population: PopulationState) -> dict:
-        return {"control": jax.vmap(lambda _: control.init())(jnp.arange(population.size))}
-
     def update(state: dict, population: PopulationState, report: Report):
-        value = monitored(report, population, split, metric)
-        value = jnp.where(jnp.isnan(value), -jnp.inf if mode == "max" else jnp.inf, value)
+        value = monitored_or_worst(report, population, split, metric, mode)
         new = jax.vmap(control.update)(state["control"], value)
         return {"control": new}, population.replace(stopped=population.stopped | new.stop)
+
+    def init(population: PopulationState) -> dict:
+        return {"control": per_member_control(control, population)}
 
     return Hook("early_stopping", init, update)
 
@@ -88,11 +98,10 @@ def reduce_on_plateau(*, split: str = "eval", metric: str = "accuracy", mode: st
     control = controls.reduce_on_plateau(mode=mode, factor=factor, patience=patience)
 
     def init(population: PopulationState) -> dict:
-        return {"control": jax.vmap(lambda _: control.init())(jnp.arange(population.size))}
+        return {"control": per_member_control(control, population)}
 
     def update(state: dict, population: PopulationState, report: Report):
-        value = monitored(report, population, split, metric)
-        value = jnp.where(jnp.isnan(value), -jnp.inf if mode == "max" else jnp.inf, value)
+        value = monitored_or_worst(report, population, split, metric, mode)
         old = state["control"]
         new = jax.vmap(control.update)(old, value)
         report.logs["learning_rate_scale"] = np.asarray(new.scale)

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vhjax import parallel
 from vhjax.config import TrainConfig
 from vhjax.data import kfold_indices
 from vhjax.population.engine import default_member_group
@@ -68,7 +69,7 @@ def make_fold_batch_indices(member_tables: np.ndarray, batch_size: int, shuffle:
 
 
 def fit_kfold(config: TrainConfig, candidates: Sequence[Mapping[str, Any]] = ({},), k: int = 5, *,
-              fold_seed: int = 0, workdir: str | Path | None = None, mesh: Any = None,
+              fold_seed: int = 0, workdir: str | Path | None = None, mesh: Any = "auto",
               verbose: bool = True) -> KFoldResult:
     """Cross-validate each candidate (a dict of per-member fields) on `k` folds of the train split.
 
@@ -94,8 +95,10 @@ def fit_kfold(config: TrainConfig, candidates: Sequence[Mapping[str, Any]] = ({}
     fold_of = np.tile(np.arange(k), len(candidates))
     population = init_population(task, len(members), hparams, same_batches=False)
     batch_indices = make_fold_batch_indices(train_table[fold_of], config.batch_size, config.shuffle)
+    mesh = parallel.resolve_mesh(mesh)
     group = default_member_group(len(members)) if mesh is None else None
-    runner = classifier_runner(task, group, batch_indices)
+    place = parallel.batch_placement(mesh) if mesh is not None and mesh.shape[parallel.DATA] > 1 else None
+    runner = classifier_runner(task, group, batch_indices, place=place)
     evaluate = jax.jit(jax.vmap(make_eval_fn(task), in_axes=(0, 0, 0)))
     val_x, val_y = jnp.asarray(x[val_table[fold_of]]), jnp.asarray(y[val_table[fold_of]])
     evaluate_folds = lambda p: {"eval": evaluate(p.members, val_x, val_y)}

@@ -35,6 +35,7 @@ from vhjax import parallel
 from vhjax.population.state import PopulationState
 from vhjax.train.checkpoint import Checkpointer
 from vhjax.train.metrics_log import MetricsLog, print_progress
+from vhjax.train.workdir import workdir_lock
 from vhjax.validation import check_int
 
 
@@ -172,6 +173,15 @@ def run_loop(population: PopulationState, runner: Callable, data: Any, *, steps:
     if len(set(names)) != len(names):
         raise ValueError(f"hooks have value {names!r}; allowed: distinct hook names")
     workdir = Path(workdir) if workdir is not None else None
+    with workdir_lock(workdir):
+        return _run_locked(population, runner, data, steps=steps, eval_every=eval_every, evaluate=evaluate,
+                           hooks=hooks, workdir=workdir, checkpoint_every=checkpoint_every, mesh=mesh, label=label,
+                           verbose=verbose, log=log)
+
+
+def _run_locked(population: PopulationState, runner: Callable, data: Any, *, steps: int, eval_every: int,
+                evaluate: Callable | None, hooks: Sequence[Hook], workdir: Path | None, checkpoint_every: int,
+                mesh: Any, label: str, verbose: bool, log: MetricsLog | None) -> LoopResult:
     log = log or MetricsLog(workdir / "metrics.jsonl" if workdir else None)
     hook_states = {hook.name: hook.init(population) for hook in hooks}
     checkpointer = Checkpointer(workdir / "checkpoints") if workdir else None

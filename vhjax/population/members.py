@@ -127,10 +127,10 @@ def population_batch_indices(task: Task) -> BatchIndices:
 
 
 def classifier_runner(task: Task, member_group: int | None = None, batch_indices: BatchIndices | None = None,
-                      isolation: str = "optimistic") -> PopulationRunner:
+                      isolation: str = "optimistic", place: Callable | None = None) -> PopulationRunner:
     """The engine's chunk runner for the task's classifier step (see `engine.PopulationRunner`)."""
     return PopulationRunner(make_train_step(task), batch_indices or population_batch_indices(task),
-                            member_group=member_group, isolation=isolation)
+                            member_group=member_group, isolation=isolation, place=place)
 
 
 def make_population_eval(task: Task) -> Callable[[PopulationState, jax.Array, jax.Array], dict]:

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vhjax import parallel
 from vhjax.config import TrainConfig
 from vhjax.population.exploit import (copy_members, get_member_hparams, perturb, resample, set_member_hparams,
                                       truncation_sources)
@@ -118,7 +119,7 @@ def pbt_hook(explore: Mapping[str, Range], *, seed: int, fraction: float = 0.25,
 
 def fit_pbt(config: TrainConfig, members: Sequence[Mapping[str, Any]], explore: Mapping[str, Range], *,
             interval: int, fraction: float = 0.25, resample_probability: float = 0.25, metric: str = "accuracy",
-            workdir: str | Path | None = None, same_batches: bool = False, mesh: Any = None,
+            workdir: str | Path | None = None, same_batches: bool = False, mesh: Any = "auto",
             verbose: bool = True) -> PBTResult:
     """Train `members` (dicts of per-member fields, one bucket) with PBT for `config.steps` steps.
 
@@ -143,7 +144,9 @@ def fit_pbt(config: TrainConfig, members: Sequence[Mapping[str, Any]], explore: 
                                  same_batches=same_batches)
     explore = check_explore(explore, list(get_member_hparams(population)))
     root = prepare_workdir(workdir, config)
-    run_chunk, evaluate = compiled_programs(task, default_member_group(len(members)) if mesh is None else None)
+    mesh = parallel.resolve_mesh(mesh)
+    run_chunk, evaluate = compiled_programs(task, default_member_group(len(members)) if mesh is None else None,
+                                            mesh=mesh)
     eval_data = (jnp.asarray(task.eval.x), jnp.asarray(task.eval.y))
     hooks = [pbt_hook(explore, seed=config.seed, fraction=fraction, resample_probability=resample_probability,
                       metric=metric), *config_hooks(bucket_config)]

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vhjax import parallel
 from vhjax.config import TrainConfig, validate
 from vhjax.population.engine import default_member_group
 from vhjax.population.fit import bucket_task, compiled_programs, split_member
@@ -33,7 +34,7 @@ from vhjax.population.loop import Hook, Report, run_loop
 from vhjax.population.members import init_population
 from vhjax.population.state import PopulationState
 from vhjax.search.space import Categorical, Float, Int, Space
-from vhjax.search.training import candidate_to_member
+from vhjax.search.training import candidate_to_member, complete_arch
 from vhjax.train.metrics_log import print_progress
 from vhjax.validation import check_choice, check_int
 
@@ -94,15 +95,28 @@ def optuna_distributions(space: Space) -> dict[str, Any]:
     return out
 
 
-def check_per_member(space: Space, config: TrainConfig) -> dict[str, Any]:
-    """The member dict of the space's middle point; refuse parameters that would change the program."""
-    middle = candidate_to_member(space.decode(np.full(space.dim, 0.5)))
+def member_maker(model: Any) -> Callable[[Mapping[str, Any]], dict]:
+    """Decoded params -> member dict; `arch.*` fields completed with a searchable model's full size."""
+    full = model.full_arch() if hasattr(model, "full_arch") else None
+
+    def to_member(params: Mapping[str, Any]) -> dict:
+        member = candidate_to_member(params)
+        if full is not None and "arch" in member:
+            member["arch"] = complete_arch(member["arch"], full)
+        return member
+
+    return to_member
+
+
+def check_per_member(space: Space, to_member: Callable) -> list[str]:
+    """The per-member names the space sets; refuse parameters that would change the program."""
+    middle = to_member(space.decode(np.full(space.dim, 0.5)))
     static, dynamic = split_member(0, middle)
     if static:
         raise ValueError(f"space parameters {sorted(static)} change the compiled program; allowed in tune: "
                          "per-member fields (see vhjax.hparams), e.g. learning_rate, weight_decay, dropout_rate, "
                          "aug_strength, loss_weights.<loss>, optimizer_kwargs.<name>, arch.<field>")
-    return dynamic
+    return sorted(dynamic)
 
 
 def default_min_steps(steps: int, eta: int) -> int:
@@ -165,13 +179,13 @@ replace_slot = jax.jit(_replace_slot)
 def tune(config: TrainConfig, space: Space, *, trials: int, population: int = 16, min_steps: int | None = None,
          eta: int = 3, metric: str = "accuracy", direction: str = "maximize", sampler: str = "tpe",
          pruner: str = "asha", workdir: str | Path | None = None, study_name: str = "vhjax", seed: int = 0,
-         callback: Callable[[dict], None] | None = None, verbose: bool = True) -> TuneResult:
+         callback: Callable[[dict], None] | None = None, mesh: Any = "auto", verbose: bool = True) -> TuneResult:
     """Search `space` with `trials` trials of at most `config.steps` steps; see the module docstring.
 
     `config` gives everything fixed (data, model, optimizer, steps, eval_split for selection,
     test_split for reporting the pick); `min_steps` is the first rung and the evaluation interval
     (default: about steps / eta^2, a divisor of steps); `callback(row)` is called for every
-    finished trial with its timeline row.
+    finished trial with its timeline row; `mesh` as in `fit_population` ('auto': every device).
     """
     import optuna
 
@@ -189,7 +203,10 @@ def tune(config: TrainConfig, space: Space, *, trials: int, population: int = 16
     if not isinstance(space, Space):
         raise TypeError(f"space has value {space!r}; allowed: a vhjax.search.Space")
     distributions = optuna_distributions(space)
-    names = check_per_member(space, config)
+    from vhjax.train.task import resolve_model
+
+    to_member = member_maker(resolve_model(config))
+    names = check_per_member(space, to_member)
     config = dataclasses.replace(config, eval_every=min_steps)
     task = bucket_task(config, names)
     root = None if workdir is None else Path(workdir)
@@ -197,7 +214,9 @@ def tune(config: TrainConfig, space: Space, *, trials: int, population: int = 16
         root.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(root, study_name, direction, make_sampler(sampler, seed), make_pruner(pruner, min_steps, eta))
-    run_chunk, evaluate = compiled_programs(task, default_member_group(population))
+    mesh = parallel.resolve_mesh(mesh)
+    run_chunk, evaluate = compiled_programs(task, default_member_group(population) if mesh is None else None,
+                                            mesh=mesh)
     eval_data = (jnp.asarray(task.eval.x), jnp.asarray(task.eval.y))
     test_data = None if task.test is None else (jnp.asarray(task.test.x), jnp.asarray(task.test.y))
     start = time.perf_counter()
@@ -208,12 +227,11 @@ def tune(config: TrainConfig, space: Space, *, trials: int, population: int = 16
         if counted_trials(study) >= trials:
             return None
         trial = study.ask(distributions)
-        member = candidate_to_member(trial.params)
-        return trial, split_member(trial.number, member)[1]
+        return trial, split_member(trial.number, to_member(trial.params))[1]
 
     def fresh_member(trial: Any, hparams: dict) -> PopulationState:
-        return init_population(task, 1, {k: [v] for k, v in hparams.items()}, seeds=[config.seed + trial.number],
-                               same_batches=False)
+        return init_population(task, 1, {k: stack([v]) for k, v in hparams.items()},
+                               seeds=[config.seed + trial.number], same_batches=False)
 
     def finish(slot: int, state: Any, value: float, steps: int, test: float | None) -> None:
         trial = running[slot]
@@ -235,7 +253,7 @@ def tune(config: TrainConfig, space: Space, *, trials: int, population: int = 16
         raise ValueError(f"trials has value {trials}; the study in {root} already holds {counted_trials(study)} "
                          "trials: raise trials to extend it")
     slots = [pair for pair in first if pair is not None]
-    hparams = {name: [pair[1].get(name) for pair in slots] for name in names}
+    hparams = {name: stack([pair[1].get(name) for pair in slots]) for name in names}
     seeds = [config.seed + pair[0].number for pair in slots]
     members = init_population(task, len(slots), hparams, seeds=seeds, same_batches=False)
     if len(slots) < population:  # fewer trials left than slots: pad with stopped members
@@ -285,8 +303,15 @@ def tune(config: TrainConfig, space: Space, *, trials: int, population: int = 16
     bound = (trials // population + 2) * config.steps * 2  # the loop ends when no slot trains
     run_loop(members, run_chunk, (jnp.asarray(task.train.x), jnp.asarray(task.train.y)), steps=bound,
              eval_every=min_steps, evaluate=lambda p: {"eval": evaluate(p, *eval_data)},
-             hooks=[Hook("tune", lambda p: {}, update)], verbose=False)
+             hooks=[Hook("tune", lambda p: {}, update)], mesh=mesh, verbose=False)
     return TuneResult(study, timeline, time.perf_counter() - start, metric, direction)
+
+
+def stack(values: list) -> Any:
+    """Per-member values stacked on a leading axis (dicts of arrays, e.g. `arch`, leaf by leaf)."""
+    if isinstance(values[0], Mapping):
+        return jax.tree.map(lambda *leaves: np.stack(leaves), *values)
+    return np.asarray(values)
 
 
 def _pad_stopped(population: PopulationState, size: int) -> PopulationState:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from vhjax.config import TrainConfig
 
@@ -48,3 +51,37 @@ def save_preprocessing(workdir: Path | None, task: Any) -> None:
 
     for index, fitted in enumerate(task.preprocessing):
         (workdir / f"preprocess_{index}.json").write_text(preprocess.to_json(fitted))
+
+
+class WorkdirInUse(RuntimeError):
+    """Another process is training in the same workdir."""
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: Path | None) -> Iterator[None]:
+    """Hold `workdir/.lock` (an exclusive, non-blocking flock) while a run writes there: a second
+    process on the same workdir fails at once, naming the holder. The OS drops the lock when the
+    holder dies (kill -9 included), so a crashed run never blocks its own resume."""
+    if workdir is None:
+        yield
+        return
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / ".lock"
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise WorkdirInUse(f"workdir {str(workdir)!r} is in use by another process (pid {holder}); wait for it to "
+                           "finish or use another workdir") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()

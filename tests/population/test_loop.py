@@ -1,0 +1,114 @@
+"""The one loop: a kill before the first checkpoint duplicates no log rows; damaged checkpoints
+fall back to the previous good one; extending a finished run by raising steps; padding on a mesh."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vhjax.config import TrainConfig
+from vhjax.population import fit, fit_population
+from vhjax.population.loop import pad_members
+from vhjax.population.members import init_population
+from vhjax.train import build_task, checkpoint
+
+CONFIG = TrainConfig(dataset="digits", model="mlp", model_kwargs={"widths": (16,), "num_classes": 10},
+                     learning_rate=3e-3, batch_size=32, steps=30, eval_every=10, seed=0)
+
+
+def eval_steps(workdir: Path) -> list[int]:
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [row["step"] for row in rows if row["split"] == "eval"]
+
+
+def test_kill_before_the_first_checkpoint_leaves_no_duplicated_log_rows(tmp_path, monkeypatch):
+    real_save = checkpoint.Checkpointer.save
+
+    def die_before_saving(self, step, state, record):
+        raise KeyboardInterrupt  # killed after the evaluation was logged, before its checkpoint
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", die_before_saving)
+    with pytest.raises(KeyboardInterrupt):
+        fit(CONFIG, tmp_path, verbose=False)
+    assert eval_steps(tmp_path) == [10]
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", real_save)
+    result = fit(CONFIG, tmp_path, verbose=False)
+    assert eval_steps(tmp_path) == [10, 20, 30]
+    assert [row["step"] for row in result.history if row["split"] == "eval"] == [10, 20, 30]
+
+
+def damage_latest(workdir: Path, flip: bool) -> None:
+    step_dir = max((p for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    files = sorted((p for p in (step_dir / "state").rglob("*") if p.is_file() and p.stat().st_size > 64),
+                   key=lambda p: -p.stat().st_size)
+    data = bytearray(files[0].read_bytes())
+    if flip:
+        data[len(data) // 2] ^= 0x01
+    else:
+        data[: 32] = bytes(32)
+    files[0].write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("flip", [True, False])
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, run_interrupted, flip):
+    full = fit(CONFIG, tmp_path / "full", verbose=False)
+    run_interrupted(lambda: fit(CONFIG, tmp_path / "cut", verbose=False), at_step=20)
+    damage_latest(tmp_path / "cut", flip)
+    with pytest.warns(RuntimeWarning, match="skipped damaged checkpoint"):
+        resumed = fit(CONFIG, tmp_path / "cut", verbose=False)
+    assert resumed.metrics == full.metrics  # resumed from step 10, redid 20 and 30
+    assert eval_steps(tmp_path / "cut") == [10, 20, 30]
+
+
+def test_raising_steps_extends_a_finished_run(tmp_path):
+    short = fit(CONFIG, tmp_path, verbose=False)
+    longer = fit(dataclasses.replace(CONFIG, steps=50), tmp_path, verbose=False)
+    assert int(longer.state.step) == 50 and eval_steps(tmp_path) == [10, 20, 30, 40, 50]
+    straight = fit(dataclasses.replace(CONFIG, steps=50), tmp_path / "straight", verbose=False)
+    assert longer.metrics == straight.metrics and short.metrics != straight.metrics
+    with pytest.raises(ValueError, match="only 'steps' may be raised"):
+        fit(dataclasses.replace(CONFIG, steps=20), tmp_path, verbose=False)
+
+
+def test_padding_members_are_inert():
+    task = build_task(CONFIG)
+    population = init_population(task, 3)
+    padded = pad_members(population, 4)
+    assert padded.size == 4 and padded.stopped.tolist() == [False, False, False, True]
+    assert pad_members(population, 3) is population
+
+
+def test_seed_population_members_are_the_models_fit_trains():
+    """Member i of a population with seed s (own data order) is exactly fit(seed=s)."""
+    members = [{"seed": s} for s in (3, 4)]
+    population = fit_population(CONFIG, members, same_batches=False, verbose=False)
+    assert len(population.states) == 1  # seeds are per member: one program
+    for s, member in zip((3, 4), population.members):
+        alone = fit(dataclasses.replace(CONFIG, seed=s), verbose=False)
+        assert member["eval"]["accuracy"] == pytest.approx(alone.metrics["eval"]["accuracy"], abs=1e-6)
+        assert member["eval"]["loss"] == pytest.approx(alone.metrics["eval"]["loss"], rel=1e-5)
+
+
+def test_best_model_keeping_returns_each_members_best_and_curves():
+    config = dataclasses.replace(CONFIG, keep_best=True, steps=40)
+    result = fit_population(config, [{"learning_rate": 3e-3}, {"learning_rate": 0.08}], verbose=False)
+    for index, member in enumerate(result.members):
+        steps, accuracy = result.curve(index)
+        assert steps.tolist() == [10, 20, 30, 40]
+        assert member["best_step"] == int(steps[np.nanargmax(accuracy)])
+        assert member["eval"]["accuracy"] == pytest.approx(np.nanmax(accuracy), abs=1e-6)
+
+
+def test_a_workdir_in_use_is_refused_at_once(tmp_path):
+    from vhjax.train.workdir import WorkdirInUse, workdir_lock
+
+    with workdir_lock(tmp_path):
+        with pytest.raises(WorkdirInUse, match="is in use by another process"):
+            fit(CONFIG, tmp_path, verbose=False)
+    assert fit(CONFIG, tmp_path, verbose=False).metrics["eval"]["accuracy"] > 0.2  # free again

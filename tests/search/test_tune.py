@@ -1,0 +1,66 @@
+"""tune: Optuna proposes, trials train as slots of one running population, ASHA prunes in program."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from vhjax.config import TrainConfig
+from vhjax.search.space import Categorical, Float, Space
+from vhjax.search.tune import tune
+
+CONFIG = TrainConfig(dataset="digits", model="mlp", model_kwargs={"widths": (16,), "num_classes": 10}, batch_size=32,
+                     steps=36, train_split="train[:90%]", eval_split="train[90%:]", test_split="test", seed=0)
+SPACE = Space({"learning_rate": Float(1e-5, 3e-2, log=True)})
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("tune")
+    return workdir, tune(CONFIG, SPACE, trials=10, population=4, min_steps=4, eta=3, workdir=workdir, verbose=False)
+
+
+def test_finds_a_good_learning_rate_and_prunes_inside_the_program(searched):
+    _, result = searched
+    states = [row["state"] for row in result.timeline]
+    assert len(states) == 10 and states.count("PRUNED") >= 2 and states.count("COMPLETE") >= 2
+    best = result.best()
+    assert best["params"]["learning_rate"] > 1e-3 and best["value"] > 0.6 and best["test"] > 0.6
+    for row in result.timeline:  # pruned trials stopped at an early rung, completed ones ran all steps
+        trial = result.study.trials[row["trial"]]
+        last = max(trial.intermediate_values)
+        assert last == (36 if row["state"] == "COMPLETE" else row["steps"]) and (row["state"] != "PRUNED" or last < 36)
+    assert "| rank | trial | learning_rate |" in result.leaderboard()
+
+
+def test_the_study_is_a_plain_optuna_study_and_extends(searched):
+    workdir, result = searched
+    study = optuna.load_study(study_name="vhjax", storage=f"sqlite:///{workdir / 'study.db'}")
+    assert len(study.trials) == 10
+    assert isinstance(study.trials[0].distributions["learning_rate"], optuna.distributions.FloatDistribution)
+    assert study.best_trial.value == pytest.approx(result.best()["value"])
+    extended = tune(CONFIG, SPACE, trials=12, population=4, min_steps=4, workdir=workdir, verbose=False)
+    assert len(extended.study.trials) == 12 and len(extended.timeline) == 2  # only the new trials ran
+
+
+def test_trials_left_running_by_a_killed_search_are_asked_again(tmp_path):
+    study = optuna.create_study(study_name="vhjax", storage=f"sqlite:///{tmp_path / 'study.db'}",
+                                direction="maximize")
+    orphan = study.ask({"learning_rate": optuna.distributions.FloatDistribution(1e-5, 3e-2, log=True)})
+    result = tune(CONFIG, SPACE, trials=2, population=2, min_steps=12, workdir=tmp_path, verbose=False)
+    trials = result.study.trials
+    assert trials[orphan.number].state == optuna.trial.TrialState.FAIL
+    assert trials[orphan.number].user_attrs["interrupted"] is True
+    retried = [t for t in trials if t.number != orphan.number and t.params == orphan.params]
+    assert len(retried) == 1 and retried[0].state.is_finished()
+
+
+@pytest.mark.parametrize("space,kwargs,match", [
+    (Space({"model_kwargs.widths": Categorical([(8,), (16,)])}), {}, r"change the compiled program"),
+    (SPACE, {"min_steps": 5}, r"min_steps has value 5; allowed: a divisor"),
+    (SPACE, {"pruner": "hyper"}, r"pruner has value 'hyper'"),
+    (SPACE, {"trials": 0}, r"trials has value 0"),
+])
+def test_bad_input_fails_before_compiling(space, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tune(CONFIG, space, **{"trials": 4, **kwargs}, verbose=False)
