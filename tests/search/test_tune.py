@@ -64,3 +64,47 @@ def test_trials_left_running_by_a_killed_search_are_asked_again(tmp_path):
 def test_bad_input_fails_before_compiling(space, kwargs, match):
     with pytest.raises(ValueError, match=match):
         tune(CONFIG, space, **{"trials": 4, **kwargs}, verbose=False)
+
+
+WORKER = """
+import sys
+from tests.search.test_tune import CONFIG, SPACE
+from vhjax.search.tune import tune
+tune(CONFIG, SPACE, trials=int(sys.argv[2]), population=2, min_steps=12, storage=sys.argv[1], mesh=None,
+     heartbeat_interval=1, grace_period=3, verbose=False)
+"""
+
+
+def test_worker_processes_share_one_study_and_retry_a_dead_workers_trials(tmp_path):
+    """3 workers on one SQLite URL: 8 trials, none asked twice; then a worker killed with -9 mid-run:
+    its running trials fail by heartbeat and are asked again by the next worker."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    optuna.create_study(study_name="vhjax", storage=url, direction="maximize")  # created once, up front
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, url, "8"], env=env) for _ in range(3)]
+    assert [w.wait(timeout=900) for w in workers] == [0, 0, 0]
+    study = optuna.load_study(study_name="vhjax", storage=url)
+    assert len(study.trials) == 8 and all(t.state.is_finished() for t in study.trials)
+    assert len({t.number for t in study.trials}) == 8
+
+    doomed = subprocess.Popen([sys.executable, "-c", WORKER, url, "12"], env=env)
+    deadline = time.time() + 600
+    while time.time() < deadline and not any(t.state == optuna.trial.TrialState.RUNNING and t.intermediate_values
+                                             for t in optuna.load_study(study_name="vhjax", storage=url).trials):
+        time.sleep(0.5)
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait()
+    time.sleep(4)  # past the grace period
+    done = subprocess.run([sys.executable, "-c", WORKER, url, "12"], env=env, timeout=900)
+    assert done.returncode == 0
+    trials = optuna.load_study(study_name="vhjax", storage=url).trials
+    assert not any(t.state == optuna.trial.TrialState.RUNNING for t in trials)
+    stale = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert stale and all(any(r.system_attrs.get("failed_trial") == t.number for r in trials) for t in stale)

@@ -36,6 +36,7 @@ from vhjax.population.state import PopulationState
 from vhjax.search.space import Categorical, Float, Int, Space
 from vhjax.search.training import candidate_to_member, complete_arch
 from vhjax.train.metrics_log import print_progress
+from vhjax.train.workdir import workdir_lock
 from vhjax.validation import check_choice, check_int
 
 PRUNERS = ("asha", "median", "none")
@@ -143,14 +144,31 @@ def make_sampler(name: str, seed: int) -> Any:
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def open_study(workdir: Path | None, name: str, direction: str, sampler: Any, pruner: Any) -> Any:
-    """The study in `workdir/study.db` (created or resumed); trials left running by a killed
-    process are marked failed ('interrupted') and asked again first."""
+def shared_storage(url: str, heartbeat_interval: int, grace_period: int) -> Any:
+    """An Optuna RDB storage several workers share: a worker's running trials that miss their
+    heartbeat for `grace_period` seconds (it died) are failed and asked again by the others."""
     import optuna
 
-    storage = None if workdir is None else f"sqlite:///{(workdir / 'study.db').absolute()}"
+    retry = optuna.storages.RetryFailedTrialCallback(max_retry=3)
+    return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                                      failed_trial_callback=retry)
+
+
+def open_study(workdir: Path | None, name: str, direction: str, sampler: Any, pruner: Any,
+               storage: Any = None) -> Any:
+    """The study in `storage` (shared by workers) or `workdir/study.db` (one worker), created or
+    resumed. In a workdir study, trials left running by a killed process are marked failed
+    ('interrupted') and asked again first; in a shared one, stale trials (no heartbeat) are."""
+    import optuna
+
+    shared = storage is not None
+    if storage is None and workdir is not None:
+        storage = f"sqlite:///{(workdir / 'study.db').absolute()}"
     study = optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=sampler,
                                 pruner=pruner, load_if_exists=True)
+    if shared:
+        optuna.storages.fail_stale_trials(study)
+        return study
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         # a finished trial's attributes are read-only: mark it while it is still running
         study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
@@ -160,8 +178,17 @@ def open_study(workdir: Path | None, name: str, direction: str, sampler: Any, pr
 
 
 def counted_trials(study: Any) -> int:
-    """Trials that count against the budget: all but those interrupted by a kill (asked again)."""
-    return sum(1 for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(INTERRUPTED))
+    """Trials that count against the budget: all but those interrupted by a kill or a dead worker
+    (asked again)."""
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if not t.user_attrs.get(INTERRUPTED) and not t.system_attrs.get("failed_trial"))
+
+
+def record_heartbeats(storage: Any, trials: list) -> None:
+    """Tell a shared storage that this worker's running trials are alive."""
+    for trial in trials:
+        if trial is not None:
+            storage.record_heartbeat(trial._trial_id)
 
 
 def _replace_slot(population: PopulationState, slot: jax.Array, fresh: PopulationState) -> PopulationState:
@@ -179,13 +206,17 @@ replace_slot = jax.jit(_replace_slot)
 def tune(config: TrainConfig, space: Space, *, trials: int, population: int = 16, min_steps: int | None = None,
          eta: int = 3, metric: str = "accuracy", direction: str = "maximize", sampler: str = "tpe",
          pruner: str = "asha", workdir: str | Path | None = None, study_name: str = "vhjax", seed: int = 0,
-         callback: Callable[[dict], None] | None = None, mesh: Any = "auto", verbose: bool = True) -> TuneResult:
+         callback: Callable[[dict], None] | None = None, mesh: Any = "auto", storage: str | None = None,
+         heartbeat_interval: int = 60, grace_period: int = 180, verbose: bool = True) -> TuneResult:
     """Search `space` with `trials` trials of at most `config.steps` steps; see the module docstring.
 
     `config` gives everything fixed (data, model, optimizer, steps, eval_split for selection,
     test_split for reporting the pick); `min_steps` is the first rung and the evaluation interval
     (default: about steps / eta^2, a divisor of steps); `callback(row)` is called for every
     finished trial with its timeline row; `mesh` as in `fit_population` ('auto': every device).
+    `storage`: an SQL URL shared by several worker processes or machines running the same call
+    (each trains its own population; nothing is asked twice; a dead worker's trials are retried
+    after `grace_period` seconds without a heartbeat); default: `workdir/study.db`, one worker.
     """
     import optuna
 
@@ -212,99 +243,104 @@ def tune(config: TrainConfig, space: Space, *, trials: int, population: int = 16
     root = None if workdir is None else Path(workdir)
     if root is not None:
         root.mkdir(parents=True, exist_ok=True)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(root, study_name, direction, make_sampler(sampler, seed), make_pruner(pruner, min_steps, eta))
-    mesh = parallel.resolve_mesh(mesh)
-    run_chunk, evaluate = compiled_programs(task, default_member_group(population) if mesh is None else None,
-                                            mesh=mesh)
-    eval_data = (jnp.asarray(task.eval.x), jnp.asarray(task.eval.y))
-    test_data = None if task.test is None else (jnp.asarray(task.test.x), jnp.asarray(task.test.y))
-    start = time.perf_counter()
-    timeline: list[dict] = []
-    running: list[Any] = []  # the Optuna trial of each slot (None: empty)
+    with workdir_lock(root if storage is None else None):  # one worker per workdir study
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        rdb = None if storage is None else shared_storage(storage, heartbeat_interval, grace_period)
+        study = open_study(root, study_name, direction, make_sampler(sampler, seed), make_pruner(pruner, min_steps, eta),
+                           rdb)
+        mesh = parallel.resolve_mesh(mesh)
+        run_chunk, evaluate = compiled_programs(task, default_member_group(population) if mesh is None else None,
+                                                mesh=mesh)
+        eval_data = (jnp.asarray(task.eval.x), jnp.asarray(task.eval.y))
+        test_data = None if task.test is None else (jnp.asarray(task.test.x), jnp.asarray(task.test.y))
+        start = time.perf_counter()
+        timeline: list[dict] = []
+        running: list[Any] = []  # the Optuna trial of each slot (None: empty)
 
-    def ask() -> tuple[Any, dict] | None:
-        if counted_trials(study) >= trials:
-            return None
-        trial = study.ask(distributions)
-        return trial, split_member(trial.number, to_member(trial.params))[1]
+        def ask() -> tuple[Any, dict] | None:
+            if counted_trials(study) >= trials:
+                return None
+            trial = study.ask(distributions)
+            return trial, split_member(trial.number, to_member(trial.params))[1]
 
-    def fresh_member(trial: Any, hparams: dict) -> PopulationState:
-        return init_population(task, 1, {k: stack([v]) for k, v in hparams.items()},
-                               seeds=[config.seed + trial.number], same_batches=False)
+        def fresh_member(trial: Any, hparams: dict) -> PopulationState:
+            return init_population(task, 1, {k: stack([v]) for k, v in hparams.items()},
+                                   seeds=[config.seed + trial.number], same_batches=False)
 
-    def finish(slot: int, state: Any, value: float, steps: int, test: float | None) -> None:
-        trial = running[slot]
-        if state == "COMPLETE":
-            trial.set_user_attr("test_" + metric, test)
-            study.tell(trial, value)
-        elif state == "PRUNED":
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        else:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        row = {"seconds": time.perf_counter() - start, "trial": trial.number, "state": state, "value": value,
-               "test": test, "steps": steps}
-        timeline.append(row)
-        if callback is not None:
-            callback(row)
-
-    first = [ask() for _ in range(population)]
-    if first[0] is None:
-        raise ValueError(f"trials has value {trials}; the study in {root} already holds {counted_trials(study)} "
-                         "trials: raise trials to extend it")
-    slots = [pair for pair in first if pair is not None]
-    hparams = {name: stack([pair[1].get(name) for pair in slots]) for name in names}
-    seeds = [config.seed + pair[0].number for pair in slots]
-    members = init_population(task, len(slots), hparams, seeds=seeds, same_batches=False)
-    if len(slots) < population:  # fewer trials left than slots: pad with stopped members
-        members = _pad_stopped(members, population)
-    running.extend(pair[0] for pair in slots)
-    running.extend([None] * (population - len(slots)))
-
-    def update(state: dict, current: PopulationState, report: Report):
-        values = report.metric("eval", metric)
-        alive = np.asarray(current.alive)
-        steps = np.asarray(current.members.step)
-        training = np.asarray(current.training)
-        finished: dict[int, str] = {}
-        for slot in np.flatnonzero(training | ~alive):
+        def finish(slot: int, state: Any, value: float, steps: int, test: float | None) -> None:
             trial = running[slot]
-            if trial is None:
-                continue
-            if not alive[slot] or not np.isfinite(values[slot]):
-                finished[slot] = "FAIL"
-                continue
-            trial.report(float(values[slot]), int(steps[slot]))
-            if steps[slot] >= config.steps:
-                finished[slot] = "COMPLETE"
-            elif trial.should_prune():
-                finished[slot] = "PRUNED"
-        if not finished:
-            return state, current
-        tests = evaluate(current, *test_data)[metric] if test_data is not None and "COMPLETE" in finished.values() \
-            else None
-        stopped = np.asarray(current.stopped).copy()
-        for slot, outcome in finished.items():
-            test = None if tests is None or outcome != "COMPLETE" else float(tests[slot])
-            finish(slot, outcome, float(values[slot]), int(steps[slot]), test)
-            pair = ask()
-            if pair is None:
-                running[slot] = None
-                stopped[slot] = True
-                continue
-            running[slot] = pair[0]
-            current = replace_slot(current, jnp.int32(slot), fresh_member(*pair))
-            stopped[slot] = False
-        current = current.replace(stopped=jnp.asarray(stopped))
-        if verbose:
-            print_progress(progress(timeline, trials, population, running, start, direction, metric))
-        return state, current
+            if state == "COMPLETE":
+                trial.set_user_attr("test_" + metric, test)
+                study.tell(trial, value)
+            elif state == "PRUNED":
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            else:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            row = {"seconds": time.perf_counter() - start, "trial": trial.number, "state": state, "value": value,
+                   "test": test, "steps": steps}
+            timeline.append(row)
+            if callback is not None:
+                callback(row)
 
-    bound = (trials // population + 2) * config.steps * 2  # the loop ends when no slot trains
-    run_loop(members, run_chunk, (jnp.asarray(task.train.x), jnp.asarray(task.train.y)), steps=bound,
-             eval_every=min_steps, evaluate=lambda p: {"eval": evaluate(p, *eval_data)},
-             hooks=[Hook("tune", lambda p: {}, update)], mesh=mesh, verbose=False)
-    return TuneResult(study, timeline, time.perf_counter() - start, metric, direction)
+        first = [ask() for _ in range(population)]
+        if first[0] is None:
+            raise ValueError(f"trials has value {trials}; the study in {root} already holds {counted_trials(study)} "
+                             "trials: raise trials to extend it")
+        slots = [pair for pair in first if pair is not None]
+        hparams = {name: stack([pair[1].get(name) for pair in slots]) for name in names}
+        seeds = [config.seed + pair[0].number for pair in slots]
+        members = init_population(task, len(slots), hparams, seeds=seeds, same_batches=False)
+        if len(slots) < population:  # fewer trials left than slots: pad with stopped members
+            members = _pad_stopped(members, population)
+        running.extend(pair[0] for pair in slots)
+        running.extend([None] * (population - len(slots)))
+
+        def update(state: dict, current: PopulationState, report: Report):
+            if rdb is not None:
+                record_heartbeats(rdb, running)
+            values = report.metric("eval", metric)
+            alive = np.asarray(current.alive)
+            steps = np.asarray(current.members.step)
+            training = np.asarray(current.training)
+            finished: dict[int, str] = {}
+            for slot in np.flatnonzero(training | ~alive):
+                trial = running[slot]
+                if trial is None:
+                    continue
+                if not alive[slot] or not np.isfinite(values[slot]):
+                    finished[slot] = "FAIL"
+                    continue
+                trial.report(float(values[slot]), int(steps[slot]))
+                if steps[slot] >= config.steps:
+                    finished[slot] = "COMPLETE"
+                elif trial.should_prune():
+                    finished[slot] = "PRUNED"
+            if not finished:
+                return state, current
+            tests = evaluate(current, *test_data)[metric] if test_data is not None and "COMPLETE" in finished.values() \
+                else None
+            stopped = np.asarray(current.stopped).copy()
+            for slot, outcome in finished.items():
+                test = None if tests is None or outcome != "COMPLETE" else float(tests[slot])
+                finish(slot, outcome, float(values[slot]), int(steps[slot]), test)
+                pair = ask()
+                if pair is None:
+                    running[slot] = None
+                    stopped[slot] = True
+                    continue
+                running[slot] = pair[0]
+                current = replace_slot(current, jnp.int32(slot), fresh_member(*pair))
+                stopped[slot] = False
+            current = current.replace(stopped=jnp.asarray(stopped))
+            if verbose:
+                print_progress(progress(timeline, trials, population, running, start, direction, metric))
+            return state, current
+
+        bound = (trials // population + 2) * config.steps * 2  # the loop ends when no slot trains
+        run_loop(members, run_chunk, (jnp.asarray(task.train.x), jnp.asarray(task.train.y)), steps=bound,
+                 eval_every=min_steps, evaluate=lambda p: {"eval": evaluate(p, *eval_data)},
+                 hooks=[Hook("tune", lambda p: {}, update)], mesh=mesh, verbose=False)
+        return TuneResult(study, timeline, time.perf_counter() - start, metric, direction)
 
 
 def stack(values: list) -> Any:

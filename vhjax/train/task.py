@@ -72,7 +72,7 @@ def build_task(config: TrainConfig) -> Task:
             f"config field 'batch_size' has value {config.batch_size}; allowed: at most the "
             f"{len(train)} examples of split {config.train_split!r}")
     train, evaluation, test, preprocessing = preprocess_splits(config.preprocess, train, evaluation, test)
-    outputs = check_model_fits_data(model, train, config.model)
+    outputs = check_model_fits_data(model, train, model_label(config.model))
     check_parameter_patterns(model, train, config)
     dropout = config.dropout_rate if config.dropout_rate is not None else getattr(model, "dropout_rate", 0.0)
     hparams = {
@@ -107,6 +107,12 @@ def build_task(config: TrainConfig) -> Task:
 
 MODEL_CONTRACT = ("a flax.linen.Module whose __call__(x, ...) maps a batch of inputs to (batch, num_classes) "
                   "outputs; it may take train=, dropout_rate= and arch= keywords, which vhjax passes only if present")
+
+
+def model_label(model: Any) -> str:
+    """A registered model's name, or the class name of the user's own Module."""
+    return model if isinstance(model, str) else f"{getattr(model, '__name__', type(model).__name__)} (your Module; "\
+        f"the contract: {MODEL_CONTRACT})"
 
 
 def resolve_model(config: TrainConfig) -> Any:
