@@ -85,6 +85,11 @@ def best(state: Any) -> tuple[jax.Array, jax.Array]:
     return state.best_u, state.best_fitness
 
 
+def inner_state(state: Any) -> Any:
+    """The strategy's own state inside a base `SearchState` (any other state as it is)."""
+    return state.inner if isinstance(state, SearchState) else state
+
+
 def proposals_of(u: Any, first: Any = 0, fidelity: Any = None, parent: Any = None) -> Proposals:
     """`Proposals` of points `u (m, D)` numbered from `first`, fidelity 0 and no parent by default."""
     u = jnp.asarray(u, jnp.float32)

@@ -30,6 +30,7 @@ from vhjax.search.strategies.base import (
     check_ask_size,
     check_number,
     check_positive_int,
+    inner_state,
     make,
     register_strategy,
 )
@@ -48,6 +49,7 @@ class HistoryState:
 
 def pareto_front(state: HistoryState) -> tuple[np.ndarray, np.ndarray]:
     """Non-dominated told trials `(u (k, D), fitness (k, M))` (failed trials excluded)."""
+    state = inner_state(state)
     count = int(min(int(state.told), state.u.shape[0]))
     u, fitness = np.asarray(state.u)[:count], np.asarray(state.fitness)[:count]
     ok = np.all(np.isfinite(fitness), axis=1)

@@ -25,6 +25,7 @@ from vhjax.search.strategies.base import (
     check_ask_size,
     check_number,
     check_positive_int,
+    inner_state,
     failed_as_worst,
     make,
     register_strategy,
@@ -47,6 +48,7 @@ def column_choices(cardinalities: np.ndarray, bins: int) -> np.ndarray:
 
 def policy_probabilities(state: ReinforceState) -> jax.Array:
     """`(D, K)` choice probabilities of each column (0 beyond a column's choices)."""
+    state = inner_state(state)
     return jax.nn.softmax(state.logits, axis=-1)
 
 
