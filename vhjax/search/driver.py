@@ -193,6 +193,8 @@ def check_proposals(proposals: Any, n: int, dim: int, first: int, strategy: str)
 def validate_search(*, population: Any, budget: Any, seed: Any, space: Any) -> None:
     check_positive_int("population", population)
     check_positive_int("budget", budget)
+    if budget < population:
+        raise ValueError(f"budget must be >= population={population}; got budget={budget}")
     check_positive_int("seed", seed, minimum=0)
     check_space(space)
 
