@@ -212,28 +212,30 @@ def _evosax_strategy(space: Any, algorithm, population_size: int, init_mean: flo
     return make(dim, init, ask, tell)
 
 
-@register_strategy("cma_es")
-def cma_es(space: Any, *, population_size: int = 16, sigma: float = 0.3,
-           init_mean: float = 0.5) -> Strategy:
-    """CMA-ES (evosax `CMA_ES`) started at `init_mean` with step size `sigma`."""
-    from evosax.algorithms import CMA_ES
+def _std_init_strategy(space: Any, algorithm_name: str, population_size: int, sigma: float,
+                       init_mean: float) -> Strategy:
+    """An evosax algorithm whose only setting is its initial standard deviation `sigma`."""
+    import evosax.algorithms
 
     size = check_positive_int("population_size", population_size, minimum=2)
     std = check_number("sigma", sigma, 0.0, low_open=True)
     mean = check_number("init_mean", init_mean, 0.0, 1.0)
-    return _evosax_strategy(space, CMA_ES, size, mean, {"std_init": jnp.asarray(std, jnp.float32)})
+    return _evosax_strategy(space, getattr(evosax.algorithms, algorithm_name), size, mean,
+                            {"std_init": jnp.asarray(std, jnp.float32)})
+
+
+@register_strategy("cma_es")
+def cma_es(space: Any, *, population_size: int = 16, sigma: float = 0.3,
+           init_mean: float = 0.5) -> Strategy:
+    """CMA-ES (evosax `CMA_ES`) started at `init_mean` with step size `sigma`."""
+    return _std_init_strategy(space, "CMA_ES", population_size, sigma, init_mean)
 
 
 @register_strategy("snes")
 def snes(space: Any, *, population_size: int = 16, sigma: float = 0.3,
          init_mean: float = 0.5) -> Strategy:
     """Separable natural evolution strategy (evosax `SNES`)."""
-    from evosax.algorithms import SNES
-
-    size = check_positive_int("population_size", population_size, minimum=2)
-    std = check_number("sigma", sigma, 0.0, low_open=True)
-    mean = check_number("init_mean", init_mean, 0.0, 1.0)
-    return _evosax_strategy(space, SNES, size, mean, {"std_init": jnp.asarray(std, jnp.float32)})
+    return _std_init_strategy(space, "SNES", population_size, sigma, init_mean)
 
 
 @register_strategy("open_es")
