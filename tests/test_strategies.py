@@ -348,3 +348,10 @@ def test_nsga2_bridge_returns_non_dominated_set():
     assert np.mean(np.abs(front_u[:, 1] - 0.5)) < 0.05
     with pytest.raises(ValueError, match="shape"):
         strategy.tell(state, proposals, jnp.zeros((20, 3)))
+
+
+def test_unknown_strategy_settings_are_named_with_the_allowed_ones():
+    with pytest.raises(ValueError, match=r"strategy 'genetic': unknown setting\(s\) \['sigma'\]; allowed: \[.*'mutation_sigma'"):
+        make_strategy("genetic", box(2), sigma=0.1)
+    with pytest.raises(ValueError, match=r"strategy 'asha': unknown setting\(s\) \['n_iterations'\].*batch_size"):
+        make_strategy("asha", box(2), min_budget=1, max_budget=9, n_iterations=2)

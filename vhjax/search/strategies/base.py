@@ -22,6 +22,7 @@ state is a pytree the store saves; the array strategies are jittable (`n` static
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -75,7 +76,14 @@ def make_strategy(name: str, space: Any, **kwargs: Any) -> Strategy:
     """Build the strategy registered as `name` for `space` (unknown names list the known ones)."""
     if not isinstance(name, str):
         raise TypeError(f"strategy name must be a string; got {name!r}")
-    return STRATEGIES.get(name)(space, **kwargs)
+    factory = STRATEGIES.get(name)
+    parameters = inspect.signature(factory).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        allowed = [p for p, spec in parameters.items() if spec.kind is inspect.Parameter.KEYWORD_ONLY]
+        unknown = sorted(set(kwargs) - set(allowed))
+        if unknown:
+            raise ValueError(f"strategy {name!r}: unknown setting(s) {unknown}; allowed: {allowed}")
+    return factory(space, **kwargs)
 
 
 def best(state: Any) -> tuple[jax.Array, jax.Array]:

@@ -31,6 +31,7 @@ Hyperband's `n_iterations`) therefore extends a finished search.
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, NamedTuple
 
@@ -566,9 +567,16 @@ def _generator(space: Any, generator: Any, generator_kwargs: Any) -> Strategy | 
 def _register(name: str, build):
     from vhjax.search.strategies.base import register_strategy, space_dim
 
+    own = [p for p in inspect.signature(build).parameters
+           if p not in ("dim", "min_budget", "max_budget", "eta", "generator", "integer_budgets")]
+
     @register_strategy(name)
     def factory(space: Any, *, min_budget: float, max_budget: float, eta: float = 3, generator: Any = None,
                 generator_kwargs: Any = None, integer_budgets: bool = True, **kwargs: Any) -> Scheduler:
+        unknown = sorted(set(kwargs) - set(own))
+        if unknown:
+            raise ValueError(f"strategy {name!r}: unknown setting(s) {unknown}; allowed: min_budget, max_budget, "
+                             f"eta, generator, generator_kwargs, integer_budgets{''.join(', ' + p for p in own)}")
         return build(space_dim(space), min_budget=min_budget, max_budget=max_budget, eta=eta,
                      generator=_generator(space, generator, generator_kwargs),
                      integer_budgets=integer_budgets, **kwargs)
