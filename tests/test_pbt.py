@@ -289,3 +289,34 @@ def test_pbt_strategy_refuses_bad_settings_and_unknown_proposals():
     state, _ = strategy.tell(state, proposals, jnp.array([1.0, jnp.nan]))  # NaN ranks last: copies
     _, nxt = strategy.ask(state, KEY, 2)
     assert nxt.parent.tolist() == [0, 0] and nxt.fidelity.tolist() == [6, 6]
+
+
+def test_pbt_through_the_driver_resumes_after_a_kill_as_if_uninterrupted(tmp_path):
+    from vhjax.search import search
+
+    kwargs = dict(population_size=4, interval=3, fraction=0.25)
+    arguments = dict(budget=4 * 5, population=4, verbose=False, strategy_kwargs=kwargs)
+    full = search(ToyTraining(), toy_space(), "pbt", workdir=tmp_path / "full", **arguments)
+
+    class Killed(ToyTraining):
+        calls = 0
+
+        def evaluate(self, candidates):
+            Killed.calls += 1
+            if Killed.calls == 4:
+                raise KeyboardInterrupt
+            return super().evaluate(candidates)
+
+    objective = Killed()
+    with pytest.raises(KeyboardInterrupt):
+        search(objective, toy_space(), "pbt", workdir=tmp_path / "cut", **arguments)
+    resumed_objective = ToyTraining()
+    resumed_objective.checkpoints = objective.checkpoints  # the checkpoints a workdir would keep
+    resumed = search(resumed_objective, toy_space(), "pbt", workdir=tmp_path / "cut", **arguments)
+    assert len(resumed_objective.trained) == 4 * 2  # rounds 3 and 4 only
+    key = lambda t: (t.generation, t.slot, t.params, t.fidelity, t.fitness)  # noqa: E731
+    assert [key(t) for t in resumed.trials] == [key(t) for t in full.trials]
+    rank = {t.trial_id: i for i, t in enumerate(sorted(full.trials, key=lambda t: t.trial_id))}
+    rank_resumed = {t.trial_id: i for i, t in enumerate(sorted(resumed.trials, key=lambda t: t.trial_id))}
+    assert [None if t.parent_id is None else rank_resumed[t.parent_id] for t in resumed.trials] == \
+        [None if t.parent_id is None else rank[t.parent_id] for t in full.trials]
