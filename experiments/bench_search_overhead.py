@@ -55,9 +55,9 @@ def time_vhjax(name: str, population: int, generations: int) -> tuple[float, flo
     times, best = [], np.inf
     for g in range(generations + 1):  # generation 0 is the warm-up (compilation)
         began = time.perf_counter()
-        state, u = strategy.ask(state, jax.random.key(g + 1), population)
-        fitness = sphere(u)
-        state = strategy.tell(state, u, fitness)
+        state, proposals = strategy.ask(state, jax.random.key(g + 1), population)
+        fitness = sphere(proposals.u)
+        state, _ = strategy.tell(state, proposals, fitness)
         jax.block_until_ready((state, fitness))
         if g > 0:
             times.append(time.perf_counter() - began)

@@ -104,10 +104,10 @@ def simulate(strategy, fitness_table: jax.Array, reported_table: jax.Array, *, e
         def generation(carry, g):
             state, best_fitness, best_reported = carry
             ask_key, _ = jax.random.split(jax.random.fold_in(run_key, g))
-            state, u = strategy.ask(state, ask_key, population)
-            codes = u_to_code(u)
+            state, proposals = strategy.ask(state, ask_key, population)
+            codes = u_to_code(proposals.u)
             fitness, reported = fitness_table[codes], reported_table[codes]
-            state = strategy.tell(state, u, -fitness)  # strategies minimize
+            state, _ = strategy.tell(state, proposals, -fitness)  # strategies minimize
             i = jnp.argmax(fitness)
             better = fitness[i] > best_fitness
             return (state, jnp.where(better, fitness[i], best_fitness),

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vhjax.search.strategies import pbt
+from vhjax.population import exploit as pbt
 
 VARIANTS = {  # name -> (exploit, explore)
     "pbt": (True, True),

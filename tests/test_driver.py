@@ -14,6 +14,7 @@ import pytest
 from vhjax.search import driver
 from vhjax.search.driver import Candidates, search
 from vhjax.search.storage import open_store
+from vhjax.search.strategies.base import make, pareto_shaped
 
 
 # ----------------------------------------------------------------------------- stand-ins
@@ -44,15 +45,8 @@ class HillState(NamedTuple):
     best_f: jax.Array
 
 
-class HillClimber(NamedTuple):
+def hill_climber(dim: int = 2, step: float = 0.2):
     """A stateful stand-in strategy: Gaussian steps around the best point so far (minimizes)."""
-
-    init: object
-    ask: object
-    tell: object
-
-
-def hill_climber(dim: int = 2, step: float = 0.2) -> HillClimber:
     def init(key):
         return HillState(jax.random.uniform(key, (dim,)), jnp.asarray(jnp.inf))
 
@@ -66,7 +60,7 @@ def hill_climber(dim: int = 2, step: float = 0.2) -> HillClimber:
         return HillState(jnp.where(better, u[i], state.best_u),
                          jnp.where(better, fitness[i], state.best_f))
 
-    return HillClimber(init, ask, tell)
+    return make(dim, init, ask, tell)
 
 
 def peak(params_list):
@@ -270,13 +264,16 @@ def test_multi_objective_pareto_front():
     assert result.trials[0].fitness == result.trials[0].metrics["a"]
 
 
-def test_strategy_fitness_ranks_and_failed_values():
-    history = np.asarray([[1.0], [np.nan], [3.0]])
-    told = driver.strategy_fitness(history, np.asarray([[2.0], [np.nan]]))
-    np.testing.assert_array_equal(told, [2.0, 3.0])  # failed -> worst finite so far
-    ranks = driver.strategy_fitness(np.asarray([[0.0, 1.0]]),
-                                    np.asarray([[1.0, 0.0], [1.0, 2.0], [np.nan, 0.0]]))
-    np.testing.assert_array_equal(ranks, [0.0, 1.0, 2.0])
+def test_fitness_shaping_pareto_ranks_and_failed_values():
+    ranks = pareto_shaped(np.asarray([[0.0, 1.0]]), np.asarray([[1.0, 0.0], [1.0, 2.0], [np.nan, 0.0]]))
+    np.testing.assert_array_equal(ranks, [0.0, 1.0, 2.0])  # failed: one below the worst
+    seen = []
+    strategy = make(1, lambda key: (), lambda s, key, n: (s, jnp.full((n, 1), 0.5)),
+                    lambda s, u, fitness: seen.append(np.asarray(fitness)) or s)
+    state, proposals = strategy.ask(strategy.init(jax.random.key(0)), jax.random.key(1), 3)
+    state, metrics = strategy.tell(state, proposals, jnp.array([2.0, jnp.nan, -jnp.inf]))
+    np.testing.assert_array_equal(seen[0], [2.0, np.inf, np.inf])  # failed -> +inf (worst) for the strategy
+    assert float(state.best_fitness) == 2.0 and int(metrics["failed"]) == 2
 
 
 # ----------------------------------------------------------------------------- exports
@@ -406,3 +403,125 @@ def test_real_strategies_on_nasbench201_resume_identically(tmp_path, name):
     assert best.fitness == bench.evaluate([best.params])[bench.fitness_metric][0]
     assert best.metrics[bench.reported_metric] == bench.lookup(
         tabular.ops_to_arch(tabular.params_to_ops(best.params)))[bench.reported_metric]
+
+
+# ----------------------------------------------------------------------------- the driver checks what it is handed
+
+
+def fixed_strategy(rows, dim=2):
+    """A strategy that always proposes `rows` (whatever n is)."""
+    rows = jnp.asarray(rows, jnp.float32)
+    return make(dim, lambda key: (), lambda state, key, n: (state, rows), lambda state, u, fitness: state)
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([[np.nan, 0.5]], r"non-finite points.*allowed: points in \[0, 1\]"),
+    ([[7.0, 0.5]], r"outside \[0, 1\].*7\.0"),
+    ([[0.1, 0.1], [0.2, 0.2], [0.3, 0.3]], r"u of shape \(3, 2\); allowed: \(m, 2\) with m <= 2"),
+    ([[0.1, 0.2, 0.3]], r"u of shape \(1, 3\); allowed: \(m, 2\)"),
+])
+def test_bad_proposals_are_refused_naming_the_strategy(tmp_path, rows, message):
+    calls = CountingObjective()
+    with pytest.raises(ValueError, match="strategy 'custom:.*" + message):
+        search(calls, BoxSpace(), fixed_strategy(rows), budget=4, population=2, workdir=tmp_path,
+               verbose=False)
+    assert calls.calls == 0
+    with open_store(tmp_path) as store:
+        assert store.count_trials() == 0 and store.get_meta("config_fingerprint") is None
+
+
+def test_an_old_style_strategy_is_refused_with_the_protocol():
+    class Old(NamedTuple):
+        init: object
+        ask: object
+        tell: object
+
+    old = Old(lambda key: (), lambda state, key, n: (state, jnp.full((n, 2), 0.5)), lambda s, u, f: s)
+    with pytest.raises(TypeError, match=r"must return \(state, Proposals"):
+        search(peak, BoxSpace(), old, budget=2, population=2, verbose=False)
+
+
+@pytest.mark.parametrize("output, error, message", [
+    (lambda params: [{"fitness": 1.0} for _ in params], TypeError, "not numeric.*objective returns fitness"),
+    (lambda params: ["good"] * len(params), TypeError, "not numeric.*objective returns fitness"),
+    (lambda params: {"fitness": ["a", "b"]}, TypeError, "metric 'fitness'.*not numeric"),
+    (lambda params: np.zeros(len(params) + 1), ValueError, r"returned shape \(3,\); expected \(2,\)"),
+])
+def test_bad_objective_output_names_the_objective_contract(output, error, message):
+    with pytest.raises(error, match="objective '.*" + message):
+        search(output, BoxSpace(), "random", budget=2, population=2, verbose=False)
+
+
+def test_storage_that_is_a_directory_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="storage=.*is a directory; allowed: a database URL or an SQLite file"):
+        search(peak, BoxSpace(), "random", budget=2, population=2, storage=tmp_path, verbose=False)
+
+
+def test_a_search_that_failed_on_bad_input_leaves_the_store_usable(tmp_path):
+    def strings(params):
+        return ["oops"] * len(params)
+
+    with pytest.raises(TypeError, match="not numeric"):
+        search(strings, BoxSpace(), "random", budget=4, population=2, workdir=tmp_path, verbose=False,
+               objectives="score")
+    result = search(peak, BoxSpace(), "random", budget=4, population=2, workdir=tmp_path, verbose=False)
+    assert len(result.trials) == 4 and all(t.status == "complete" for t in result.trials)
+
+
+def test_fingerprint_compares_space_numbers_by_meaning(tmp_path):
+    from vhjax.search import Float, Int, Space
+
+    def objective(params):
+        return np.asarray([p["x"] for p in params])
+
+    search(objective, Space({"x": Float(0, 1), "n": Int(1, 3)}), "random", budget=2, population=2,
+           workdir=tmp_path, verbose=False)
+    result = search(objective, Space({"x": Float(0.0, 1.0), "n": Int(1, 3)}), "random", budget=4, population=2,
+                    workdir=tmp_path, verbose=False)
+    assert len(result.trials) == 4
+    with pytest.raises(ValueError, match="different search configuration.*space"):
+        search(objective, Space({"x": Float(0.0, 2.0), "n": Int(1, 3)}), "random", budget=6, population=2,
+               workdir=tmp_path, verbose=False)
+
+
+def test_the_objective_fingerprint_is_part_of_the_study(tmp_path):
+    class Trainer:
+        def __init__(self, steps):
+            self.steps = steps
+
+        def fingerprint(self):
+            return {"steps": self.steps}
+
+        def evaluate(self, candidates):
+            return peak(candidates.params)
+
+    search(Trainer(40), BoxSpace(), "random", budget=2, population=2, workdir=tmp_path, verbose=False)
+    with pytest.raises(ValueError, match=r"objective: stored \{'steps': 40\}, now \{'steps': 8\}"):
+        search(Trainer(8), BoxSpace(), "random", budget=4, population=2, workdir=tmp_path, verbose=False)
+    assert len(search(Trainer(40), BoxSpace(), "random", budget=4, population=2, workdir=tmp_path,
+                      verbose=False).trials) == 4
+
+
+def test_candidates_carry_fidelity_and_parent_trial_ids():
+    """A strategy proposing budgets and parents: the objective sees them as trial ids."""
+    seen = []
+
+    def ask(state, key, n, first):
+        from vhjax.search.strategies.base import proposals_of
+
+        parent = np.where(first >= n, np.arange(first - n, first), -1)  # the same slot, one generation back
+        return state, proposals_of(jnp.full((n, 2), 0.5), first, np.full((n,), 5.0), parent)
+
+    strategy = make(2, lambda key: (), ask, lambda state, proposals, fitness: state, proposes=True)
+
+    class Objective:
+        @staticmethod
+        def evaluate(candidates):
+            seen.append((list(candidates.trial_ids), candidates.parent_ids, candidates.fidelity.tolist()))
+            return peak(candidates.params)
+
+    result = search(Objective(), BoxSpace(), strategy, budget=4, population=2, verbose=False)
+    (ids0, parents0, budgets0), (ids1, parents1, _) = seen
+    assert parents0 == [None, None] and parents1 == ids0 and budgets0 == [5.0, 5.0]
+    assert [t.parent_id for t in result.trials] == [None, None] + ids0
+    assert all(t.fidelity == 5.0 for t in result.trials)

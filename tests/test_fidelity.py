@@ -85,3 +85,57 @@ def test_training_objective_trains_each_budget_for_that_many_steps(tmp_path):
     assert result.best.fidelity == 90.0 and result.best.params["learning_rate"] != 1e-5
     steps = {int(d.name.split("_")[1]) for d in (tmp_path / "training").glob("generation_*/budget_*")}
     assert steps == {10, 30, 90}
+
+
+def counting(log):
+    def objective(params, budgets):
+        log.append(len(params))
+        return noisy_quadratic(params, budgets)
+
+    return objective
+
+
+@pytest.mark.parametrize("scheduler", ["asha", "hyperband"])
+def test_raising_max_trials_extends_a_finished_search(tmp_path, scheduler):
+    """Before the one protocol this failed: 'the store's generation 2 holds 2 trials but the
+    scheduler replays 4' (the replayed asks had other sizes)."""
+    first, second = [], []
+    arguments = dict(min_budget=1, max_budget=9, population=4, workdir=tmp_path, verbose=False)
+    short = search_multifidelity(counting(first), SPACE, scheduler, max_trials=10, **arguments)
+    assert len(short.trials) == 10 and sum(first) == 10  # generations of 4, 4, 2
+    longer = search_multifidelity(counting(second), SPACE, scheduler, max_trials=22, **arguments)
+    assert len(longer.trials) == 22 and sum(second) == 12  # nothing of the first 10 again
+    assert [(t.params, t.fidelity) for t in longer.trials[:10]] == [(t.params, t.fidelity) for t in short.trials]
+    by_id = {t.trial_id: t for t in longer.trials}
+    for trial in longer.trials[10:]:
+        if trial.parent_id is not None:  # a promotion continues a configuration of the first run too
+            assert by_id[trial.parent_id].params == trial.params
+            assert by_id[trial.parent_id].fidelity < trial.fidelity
+
+
+def test_raising_hyperband_iterations_extends_a_finished_schedule(tmp_path):
+    arguments = dict(min_budget=1, max_budget=9, max_trials=1000, population=5, workdir=tmp_path, verbose=False)
+    one = search_multifidelity(noisy_quadratic, SPACE, "hyperband", n_iterations=1, **arguments)
+    again = search_multifidelity(noisy_quadratic, SPACE, "hyperband", n_iterations=1, **arguments)
+    assert len(again.trials) == len(one.trials)  # finished: nothing more to do
+    log = []
+    two = search_multifidelity(counting(log), SPACE, "hyperband", n_iterations=2, **arguments)
+    assert len(two.trials) == 2 * len(one.trials) and sum(log) == len(one.trials)
+
+
+def test_promoted_candidates_name_their_parent_trial(tmp_path):
+    seen = []
+
+    class Objective:
+        @staticmethod
+        def evaluate(candidates):
+            seen.append(candidates)
+            return noisy_quadratic(candidates.params, candidates.fidelity)
+
+    result = search_multifidelity(Objective(), SPACE, "successive_halving", min_budget=1, max_budget=9,
+                                  max_trials=50, population=9, verbose=False)
+    by_id = {t.trial_id: t for t in result.trials}
+    promoted = [(c.params[i], c.fidelity[i], p) for c in seen for i, p in enumerate(c.parent_ids) if p is not None]
+    assert len(promoted) == 3 + 1  # rungs (9, 1), (3, 3), (1, 9)
+    for params, budget, parent in promoted:
+        assert by_id[parent].params == params and by_id[parent].fidelity == budget / 3

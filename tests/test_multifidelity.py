@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from vhjax.search.strategies import multifidelity as mf
+from vhjax.search.strategies.base import make
 from vhjax.search.strategies.multifidelity import Rung
 
 KEY = jax.random.PRNGKey(0)
@@ -28,6 +29,20 @@ def observed_loss(u, budget, rng):
     return true_loss(u) + 0.2 * u[:, 1] / budget + 0.05 / np.sqrt(budget) * rng.normal(size=len(u))
 
 
+def take(proposals, rows):
+    """The proposals at `rows` (a Proposals pytree of the selected rows)."""
+    return jax.tree.map(lambda a: np.asarray(a)[np.asarray(rows)], proposals)
+
+
+def previous_budgets(proposals, budget_of):
+    """Budget each proposal starts from: its parent's fidelity (0 without a parent)."""
+    return np.array([budget_of[int(p)] if p >= 0 else 0.0 for p in np.asarray(proposals.parent)])
+
+
+def remember(budget_of, proposals):
+    budget_of.update(zip(np.asarray(proposals.index).tolist(), np.asarray(proposals.fidelity).tolist()))
+
+
 def run_sync(scheduler, seed, n_workers=1000):
     rng = np.random.default_rng(seed)
     key = jax.random.PRNGKey(seed)
@@ -36,9 +51,9 @@ def run_sync(scheduler, seed, n_workers=1000):
     while not mf.is_done(state):
         key, sub = jax.random.split(key)
         state, jobs = scheduler.ask(state, sub, n_workers)
-        assert jobs.trial_id.size > 0
+        assert jobs.index.size > 0
         jobs_log.append(jobs)
-        state = scheduler.tell(state, jobs.trial_id, jobs.budget, observed_loss(jobs.u, jobs.budget, rng))
+        state, _ = scheduler.tell(state, jobs, observed_loss(jobs.u, jobs.fidelity, rng))
     return state, jobs_log
 
 
@@ -49,16 +64,21 @@ def run_asha(scheduler, seed, total_budget, n_workers=4):
     state = scheduler.init(key)
     key, sub = jax.random.split(key)
     state, jobs = scheduler.ask(state, sub, n_workers)
+    budget_of = {}
+    remember(budget_of, jobs)
     events = []
+    duration = np.asarray(jobs.fidelity) - previous_budgets(jobs, budget_of)
     for i in range(n_workers):
-        heapq.heappush(events, (jobs.budget[i] - jobs.previous_budget[i], int(jobs.trial_id[i]), jobs.budget[i], jobs.u[i]))
+        heapq.heappush(events, (float(duration[i]), int(jobs.index[i]), take(jobs, [i])))
     while events:
-        now, trial, budget, u = heapq.heappop(events)
-        state = scheduler.tell(state, [trial], [budget], observed_loss(u[None], budget, rng))
+        now, _, job = heapq.heappop(events)
+        state, _ = scheduler.tell(state, job, observed_loss(job.u, job.fidelity[0], rng))
         if mf.budget_spent(state) < total_budget:
             key, sub = jax.random.split(key)
-            state, jobs = scheduler.ask(state, sub, 1)
-            heapq.heappush(events, (now + jobs.budget[0] - jobs.previous_budget[0], int(jobs.trial_id[0]), jobs.budget[0], jobs.u[0]))
+            state, job = scheduler.ask(state, sub, 1)
+            remember(budget_of, job)
+            duration = float(job.fidelity[0] - previous_budgets(job, budget_of)[0])
+            heapq.heappush(events, (now + duration, int(job.index[0]), take(job, [0])))
     return state
 
 
@@ -136,49 +156,57 @@ def test_bad_hyperband_and_asha_arguments_raise():
 def test_successive_halving_promotes_exactly_the_top_third():
     sh = mf.successive_halving(2, min_budget=1, max_budget=27, eta=3)
     state = sh.init(KEY)
-    counts = []
+    counts, budget_of, u_of = [], {}, {}
     while not mf.is_done(state):
         state, jobs = sh.ask(state, KEY, 100)
         _, nothing = sh.ask(state, KEY, 5)  # rung in flight: nothing else to hand out
-        assert nothing.trial_id.size == 0
-        counts.append((jobs.trial_id.size, float(jobs.budget[0])))
-        assert np.all(jobs.budget == jobs.budget[0])
+        assert nothing.index.size == 0
+        counts.append((jobs.index.size, float(jobs.fidelity[0])))
+        assert np.all(jobs.fidelity == jobs.fidelity[0])
         if counts[-1][1] > 1:
-            # promoted trials are the best of the previous rung (fitness = u0)
-            previous = np.flatnonzero(~np.isnan(state.fitness[:, len(counts) - 2]))
-            best = previous[np.argsort(state.u[previous, 0])][: jobs.trial_id.size]
-            np.testing.assert_array_equal(np.sort(jobs.trial_id), np.sort(best))
-            np.testing.assert_allclose(jobs.previous_budget, counts[-2][1])
-        state = sh.tell(state, jobs.trial_id, jobs.budget, jobs.u[:, 0])
+            # promoted configurations are the best of the previous rung (fitness = u0), and each
+            # continues from its own proposal one rung lower
+            told_before = [i for i, b in budget_of.items() if b == counts[-2][1]]
+            best = sorted(told_before, key=lambda i: u_of[i][0])[: jobs.index.size]
+            np.testing.assert_array_equal(np.sort(np.asarray(jobs.parent)), np.sort(best))
+            np.testing.assert_allclose(previous_budgets(jobs, budget_of), counts[-2][1])
+            np.testing.assert_allclose(np.asarray(jobs.u), [u_of[int(p)] for p in jobs.parent])
+        else:
+            assert np.all(np.asarray(jobs.parent) == -1)
+        remember(budget_of, jobs)
+        u_of.update(zip(np.asarray(jobs.index).tolist(), np.asarray(jobs.u)))
+        state, _ = sh.tell(state, jobs, jobs.u[:, 0])
     assert counts == [(27, 1), (9, 3), (3, 9), (1, 27)]
     best = mf.best_trial(state)
-    assert best.budget == 27 and best.u[0] == pytest.approx(state.u[:, 0].min())
+    assert best.budget == 27 and best.u[0] == pytest.approx(state.inner.u[:, 0].min())
     assert mf.budget_spent(state) == mf.planned_budget(sh.brackets)
 
 
 def test_rung_waits_for_every_result_and_tell_is_pure():
     sh = mf.successive_halving(1, min_budget=1, max_budget=3, eta=3)  # rungs (3, 1), (1, 3)
     state, jobs = sh.ask(sh.init(KEY), KEY, 3)
-    half = sh.tell(state, jobs.trial_id[:2], jobs.budget[:2], [0.5, 0.2])
+    half, _ = sh.tell(state, take(jobs, [0, 1]), [0.5, 0.2])
     _, none = sh.ask(half, KEY, 3)
-    assert none.trial_id.size == 0
-    assert np.all(np.isnan(state.fitness))  # the earlier state is unchanged
-    full = sh.tell(half, jobs.trial_id[2:], jobs.budget[2:], [np.nan])  # NaN ranks last
+    assert none.index.size == 0
+    assert np.all(np.isnan(state.inner.fitness))  # the earlier state is unchanged
+    full, _ = sh.tell(half, take(jobs, [2]), [np.nan])  # NaN ranks last
     _, promoted = sh.ask(full, KEY, 3)
-    np.testing.assert_array_equal(promoted.trial_id, [jobs.trial_id[1]])
-    np.testing.assert_array_equal(promoted.budget, [3])
+    np.testing.assert_array_equal(promoted.parent, [jobs.index[1]])  # continues from its rung-0 job
+    np.testing.assert_array_equal(promoted.index, [3])
+    np.testing.assert_array_equal(promoted.fidelity, [3])
 
 
 def test_tell_rejects_unknown_trials_and_wrong_budgets():
     sh = mf.successive_halving(1, min_budget=1, max_budget=3, eta=3)
     state, jobs = sh.ask(sh.init(KEY), KEY, 3)
-    with pytest.raises(ValueError, match="budgets"):
-        sh.tell(state, jobs.trial_id[:1], [3.0], [0.1])
-    with pytest.raises(ValueError, match="trial_ids"):
-        sh.tell(state, [99], [1.0], [0.1])
-    done = sh.tell(state, jobs.trial_id[:1], [1.0], [0.1])
-    with pytest.raises(ValueError, match="trial_ids"):
-        sh.tell(done, jobs.trial_id[:1], [1.0], [0.1])  # reported twice
+    first = take(jobs, [0])
+    with pytest.raises(ValueError, match="budget 1.*fidelity 3"):
+        sh.tell(state, first._replace(fidelity=np.array([3.0], np.float32)), [0.1])
+    with pytest.raises(ValueError, match="proposal 99 is not running"):
+        sh.tell(state, first._replace(index=np.array([99], np.int32)), [0.1])
+    done, _ = sh.tell(state, first, [0.1])
+    with pytest.raises(ValueError, match="proposal 0 is not running"):
+        sh.tell(done, first, [0.1])  # reported twice
     with pytest.raises(ValueError, match="n"):
         sh.ask(state, KEY, -1)
 
@@ -187,11 +215,11 @@ def test_hyperband_runs_every_bracket_as_planned():
     hb = mf.hyperband(2, min_budget=1, max_budget=27, eta=3)
     state, jobs_log = run_sync(hb, seed=0)
     for b, rungs in enumerate(hb.brackets):
-        members = np.flatnonzero(state.bracket == b)
+        members = np.flatnonzero(state.inner.bracket == b)
         for k, rung in enumerate(rungs):
-            assert np.sum(~np.isnan(state.fitness[members, k])) == rung.n_configs
+            assert np.sum(~np.isnan(state.inner.fitness[members, k])) == rung.n_configs
     assert mf.budget_spent(state) == pytest.approx(mf.planned_budget(hb.brackets))
-    budgets = np.concatenate([j.budget for j in jobs_log])
+    budgets = np.concatenate([j.fidelity for j in jobs_log])
     assert budgets.size == sum(r.n_configs for rungs in hb.brackets for r in rungs)
 
 
@@ -199,37 +227,33 @@ def test_hyperband_iterations_repeat_the_brackets():
     hb = mf.hyperband(2, min_budget=1, max_budget=9, eta=3, n_iterations=2, integer_budgets=True)
     assert hb.brackets == mf.hyperband_brackets(1, 9, 3) * 2
     state, _ = run_sync(hb, seed=3)
-    assert np.unique(state.bracket).tolist() == list(range(6))
+    assert np.unique(state.inner.bracket).tolist() == list(range(6))
     assert mf.budget_spent(state) == 2 * mf.planned_budget(hb.brackets[:3])
 
 
 def test_generator_is_asked_per_bracket_and_told_rung0_results():
     calls = []
 
-    class Recorder:
-        @staticmethod
-        def init(key):
-            return jnp.zeros(())
+    def init(key):
+        return jnp.zeros(())
 
-        @staticmethod
-        def ask(state, key, n):
-            calls.append(("ask", n))
-            return state + 1, jax.random.uniform(key, (n, 2))
+    def ask(state, key, n):
+        calls.append(("ask", n))
+        return state + 1, jax.random.uniform(key, (n, 2))
 
-        @staticmethod
-        def tell(state, u, fitness):
-            calls.append(("tell", u.shape[0], np.asarray(fitness)))
-            return state + 100
+    def tell(state, u, fitness):
+        calls.append(("tell", u.shape[0], np.asarray(fitness)))
+        return state + 100
 
-    hb = mf.hyperband(2, min_budget=1, max_budget=9, eta=3, generator=Recorder)
+    hb = mf.hyperband(2, min_budget=1, max_budget=9, eta=3, generator=make(2, init, ask, tell))
     state, _ = run_sync(hb, seed=1)
     asks = [c[1] for c in calls if c[0] == "ask"]
     tells = [c for c in calls if c[0] == "tell"]
     assert asks == [r[0].n_configs for r in hb.brackets] == [9, 5, 3]
     assert [t[1] for t in tells] == asks
-    first = np.flatnonzero(state.bracket == 0)
-    np.testing.assert_allclose(tells[0][2], state.fitness[first, 0], rtol=1e-6)
-    assert float(state.generator_state) == 3 + 300
+    first = np.flatnonzero(state.inner.bracket == 0)
+    np.testing.assert_allclose(tells[0][2], state.inner.fitness[first, 0], rtol=1e-6)
+    assert float(state.inner.generator_state.inner) == 3 + 300
 
 
 # ---------------------------------------------------------------- ASHA
@@ -238,25 +262,26 @@ def test_generator_is_asked_per_bracket_and_told_rung0_results():
 def test_asha_promotes_as_soon_as_a_config_is_in_the_top_third():
     sched = mf.asha(1, min_budget=1, max_budget=9, eta=3)
     state, jobs = sched.ask(sched.init(KEY), KEY, 2)
-    state = sched.tell(state, jobs.trial_id, jobs.budget, [0.5, 0.1])
+    state, _ = sched.tell(state, jobs, [0.5, 0.1])
     state, nxt = sched.ask(state, KEY, 1)  # only 2 results at rung 0: floor(2/3) = 0, new config
-    assert nxt.budget[0] == 1 and nxt.previous_budget[0] == 0
-    state = sched.tell(state, nxt.trial_id, nxt.budget, [0.9])
-    state, promo = sched.ask(state, KEY, 2)  # 3 results: the best (trial 1) goes up, then new
-    np.testing.assert_array_equal(promo.budget, [3, 1])
-    assert promo.trial_id[0] == jobs.trial_id[1] and promo.previous_budget[0] == 1
-    state = sched.tell(state, promo.trial_id, promo.budget, [0.05, 0.7])
+    assert nxt.fidelity[0] == 1 and nxt.parent[0] == -1
+    state, _ = sched.tell(state, nxt, [0.9])
+    state, promo = sched.ask(state, KEY, 2)  # 3 results: the best (proposal 1) goes up, then new
+    np.testing.assert_array_equal(promo.fidelity, [3, 1])
+    np.testing.assert_array_equal(promo.parent, [jobs.index[1], -1])
+    np.testing.assert_allclose(promo.u[0], jobs.u[1])
+    state, _ = sched.tell(state, promo, [0.05, 0.7])
     state, nxt = sched.ask(state, KEY, 1)  # 4 results at rung 0, top 1 already promoted
-    assert nxt.budget[0] == 1 and nxt.trial_id[0] not in promo.trial_id
+    assert nxt.fidelity[0] == 1 and nxt.parent[0] == -1
     assert not mf.is_done(state)
 
 
 def test_asha_never_promotes_a_diverged_trial():
     sched = mf.asha(1, min_budget=1, max_budget=3, eta=3)
     state, jobs = sched.ask(sched.init(KEY), KEY, 3)
-    state = sched.tell(state, jobs.trial_id, jobs.budget, [np.nan, np.inf, np.nan])
+    state, _ = sched.tell(state, jobs, [np.nan, np.inf, np.nan])
     state, nxt = sched.ask(state, KEY, 1)
-    assert nxt.budget[0] == 1  # nothing finite to promote
+    assert nxt.fidelity[0] == 1  # nothing finite to promote
 
 
 # ---------------------------------------------------------------- the benchmark
@@ -298,3 +323,27 @@ def test_asha_beats_random_search_at_equal_budget():
         asha_regret.append(true_loss(best.u))
         rs_regret.append(random_search_regret(seed, mf.budget_spent(state), 27))
     assert np.mean(asha_regret) < 0.6 * np.mean(rs_regret), (np.mean(asha_regret), np.mean(rs_regret))
+
+
+# ---------------------------------------------------------------- the state is a pytree the store saves
+
+
+def test_scheduler_state_round_trips_through_the_store_format():
+    from vhjax.search import storage
+
+    hb = mf.hyperband(2, min_budget=1, max_budget=9, eta=3)
+    state = hb.init(KEY)
+    state, jobs = hb.ask(state, KEY, 7)
+    state, _ = hb.tell(state, take(jobs, np.arange(4)), np.arange(4.0))
+    restored = storage.state_from_bytes(storage.state_to_bytes(state), hb.init(KEY))
+    for name in ("u", "bracket", "rung", "status", "fitness", "latest"):
+        np.testing.assert_array_equal(getattr(restored.inner, name), getattr(state.inner, name))
+    assert restored.inner.next_bracket == state.inner.next_bracket and int(restored.asked) == 7
+    # the restored state goes on exactly as the original
+    rest = take(jobs, np.arange(4, 7))
+    a, _ = hb.tell(state, rest, [5.0, 6.0, 7.0])
+    b, _ = hb.tell(restored, rest, [5.0, 6.0, 7.0])
+    _, pa = hb.ask(a, KEY, 9)
+    _, pb = hb.ask(b, KEY, 9)
+    for x, y in zip(pa, pb):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -63,6 +63,18 @@ def test_diverging_member_is_a_failed_trial_and_the_search_goes_on():
     assert result.best_params["learning_rate"] == 1e-2
 
 
+def test_training_objective_fingerprint_is_its_training_config(tmp_path):
+    import dataclasses
+
+    short = TrainingObjective(dataclasses.replace(CONFIG, steps=8))
+    assert TrainingObjective(CONFIG).fingerprint() == TrainingObjective(CONFIG).fingerprint()
+    assert short.fingerprint()["config"]["steps"] == 8 != TrainingObjective(CONFIG).fingerprint()["config"]["steps"]
+    space = Space({"learning_rate": Categorical((1e-2,))})
+    vhjax.search(short, space, "grid", budget=1, verbose=False, workdir=tmp_path)
+    with pytest.raises(ValueError, match="different search configuration.*objective"):
+        vhjax.search(TrainingObjective(CONFIG), space, "grid", budget=2, verbose=False, workdir=tmp_path)
+
+
 def test_bad_objective_config_fails_before_training():
     with pytest.raises(ValueError, match="split 'val'"):
         TrainingObjective(CONFIG, split="val")

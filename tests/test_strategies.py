@@ -34,9 +34,9 @@ def run(strategy, objective, generations, n, seed=0, jit=True):
     key = jax.random.key(seed + 1000)
     best_seen = np.inf
     for g in range(generations):
-        state, u = ask(state, jax.random.fold_in(key, g), n)
-        fitness = objective(u)
-        state = tell(state, u, fitness)
+        state, proposals = ask(state, jax.random.fold_in(key, g), n)
+        fitness = objective(proposals.u)
+        state, _ = tell(state, proposals, fitness)
         best_seen = min(best_seen, float(jnp.nanmin(fitness)))
     return best_seen, state
 
@@ -73,7 +73,10 @@ SMALL_KWARGS = {"bayesopt": dict(num_candidates=64, num_local=16, fit_steps=5, r
                 "nsga2": dict(population_size=4, num_objectives=1), "tpe": dict(n_startup_trials=4)}
 
 
-@pytest.mark.parametrize("name", STRATEGIES.names())
+PROPOSING = ("successive_halving", "hyperband", "asha", "pbt")  # tested in test_multifidelity, test_pbt
+
+
+@pytest.mark.parametrize("name", [n for n in STRATEGIES.names() if n not in PROPOSING])
 def test_failed_trials_never_crash_or_win(name):
     """NaN/inf fitness on the candidate that would be best is never reported as best.
 
@@ -92,10 +95,14 @@ def test_failed_trials_never_crash_or_win(name):
         return jnp.asarray(f)
 
     _, state = run(strategy, objective, generations=4, n=4, jit=jit)
-    state = (jax.jit(strategy.tell) if jit else strategy.tell)(
-        state, jnp.full((4, 3), 0.3), jnp.full((4,), jnp.nan))  # a generation that all failed
-    state, u = (jax.jit(strategy.ask, static_argnums=2) if jit else strategy.ask)(
-        state, jax.random.key(9), 4)
+    ask = jax.jit(strategy.ask, static_argnums=2) if jit else strategy.ask
+    tell = jax.jit(strategy.tell) if jit else strategy.tell
+    state, proposals = ask(state, jax.random.key(8), 4)
+    state, metrics = tell(state, proposals, jnp.full((4,), jnp.nan))  # a generation that all failed
+    assert int(metrics["failed"]) == 4
+    state, proposals = ask(state, jax.random.key(9), 4)
+    u = proposals.u
+    np.testing.assert_array_equal(proposals.index, np.arange(20, 24))  # numbered in asking order
     assert u.shape == (4, 3) and bool(jnp.all(jnp.isfinite(u)))
     assert float(u.min()) >= 0.0 and float(u.max()) <= 1.0
     best_u, best_fitness = best(state)
@@ -116,8 +123,9 @@ def test_grid_walks_the_space_grid_in_order():
     state = strategy.init(jax.random.key(0))
     state, first = strategy.ask(state, jax.random.key(1), 4)
     state, second = strategy.ask(state, jax.random.key(2), 4)  # 6 rows: wraps after 2
-    np.testing.assert_allclose(first, grid[:4])
-    np.testing.assert_allclose(second, np.concatenate([grid[4:], grid[:2]]))
+    np.testing.assert_allclose(first.u, grid[:4])
+    np.testing.assert_allclose(second.u, np.concatenate([grid[4:], grid[:2]]))
+    assert np.all(np.asarray(first.fidelity) == 0) and np.all(np.asarray(first.parent) == -1)
 
 
 def test_quasi_random_is_more_even_than_random_and_seeded():
@@ -126,13 +134,13 @@ def test_quasi_random_is_more_even_than_random_and_seeded():
     space = box(3)
     quasi = make_strategy("quasi_random", space)
     rand = make_strategy("random", space)
-    _, u_quasi = quasi.ask(quasi.init(jax.random.key(0)), jax.random.key(1), 64)
-    _, again = quasi.ask(quasi.init(jax.random.key(0)), jax.random.key(2), 64)
-    _, other = quasi.ask(quasi.init(jax.random.key(5)), jax.random.key(1), 64)
+    u_quasi = quasi.ask(quasi.init(jax.random.key(0)), jax.random.key(1), 64)[1].u
+    again = quasi.ask(quasi.init(jax.random.key(0)), jax.random.key(2), 64)[1].u
+    other = quasi.ask(quasi.init(jax.random.key(5)), jax.random.key(1), 64)[1].u
     np.testing.assert_array_equal(u_quasi, again)  # the init key seeds it
     assert not np.allclose(u_quasi, other)
     random_discrepancy = np.mean([
-        qmc.discrepancy(np.asarray(rand.ask(rand.init(jax.random.key(s)), jax.random.key(s), 64)[1]),
+        qmc.discrepancy(np.asarray(rand.ask(rand.init(jax.random.key(s)), jax.random.key(s), 64)[1].u),
                         method="WD") for s in range(5)])
     assert qmc.discrepancy(np.asarray(u_quasi), method="WD") < 0.5 * random_discrepancy
 
@@ -171,10 +179,10 @@ def test_genetic_elitism_keeps_the_best_member():
     strategy = make_strategy("genetic", box(2), population_size=4, num_elites=1)
     state = strategy.init(jax.random.key(0))
     parents = jnp.array([[0.1, 0.1], [0.2, 0.2], [0.3, 0.3], [0.4, 0.4]])
-    state = strategy.tell(state, parents, jnp.array([3.0, 0.5, 2.0, 4.0]))
-    state = strategy.tell(state, jnp.full((4, 2), 0.9), jnp.full((4,), 10.0))  # all worse
-    assert np.isclose(np.asarray(state.population), 0.2).all(axis=1).any()
-    assert np.sum(np.asarray(state.fitness) == 10.0) == 3  # the other slots went to the children
+    state, _ = strategy.tell(state, parents, jnp.array([3.0, 0.5, 2.0, 4.0]))
+    state, _ = strategy.tell(state, jnp.full((4, 2), 0.9), jnp.full((4,), 10.0))  # all worse
+    assert np.isclose(np.asarray(state.inner.population), 0.2).all(axis=1).any()
+    assert np.sum(np.asarray(state.inner.fitness) == 10.0) == 3  # the other slots went to the children
 
 
 def test_cma_es_solves_rastrigin_2d():
@@ -203,9 +211,10 @@ def vectorized_best(strategy, generations, n, seeds):
 
         def generation(carry, g):
             state, best_seen = carry
-            state, u = strategy.ask(state, jax.random.fold_in(run_key, g), n)
-            fitness = mismatches(u)
-            return (strategy.tell(state, u, fitness), jnp.minimum(best_seen, fitness.min())), None
+            state, proposals = strategy.ask(state, jax.random.fold_in(run_key, g), n)
+            fitness = mismatches(proposals.u)
+            state, _ = strategy.tell(state, proposals, fitness)
+            return (state, jnp.minimum(best_seen, fitness.min())), None
 
         (_, best_seen), _ = jax.lax.scan(generation, (strategy.init(init_key), jnp.inf),
                                          jnp.arange(generations))
@@ -227,8 +236,8 @@ def test_regularized_evolution_removes_the_oldest_not_the_worst():
     strategy = make_strategy("regularized_evolution", box(1), population_size=3, tournament_size=2)
     state = strategy.init(jax.random.key(0))
     for value in (0.0, 5.0, 6.0, 7.0):  # the first member is the best and the oldest
-        state = strategy.tell(state, jnp.array([[value / 10]]), jnp.array([value]))
-    assert sorted(np.asarray(state.fitness).tolist()) == [5.0, 6.0, 7.0]
+        state, _ = strategy.tell(state, jnp.array([[value / 10]]), jnp.array([value]))
+    assert sorted(np.asarray(state.inner.fitness).tolist()) == [5.0, 6.0, 7.0]
 
 
 def test_reinforce_raises_probability_of_target_architecture():
@@ -272,7 +281,7 @@ def test_annealing_ends_in_global_basin_more_often_than_greedy(cooling):
                                  initial_temperature=temperature, cooling=cooling,
                                  final_temperature=0.01 if temperature > 0 else 0.0, num_steps=300)
         _, state = run(strategy, double_well, generations=300, n=64)
-        return np.mean(4 * np.asarray(state.current)[:, 0] - 2 < 0)
+        return np.mean(4 * np.asarray(state.inner.current)[:, 0] - 2 < 0)
 
     annealed, greedy = global_fraction(1.0), global_fraction(0.0)
     assert greedy < 0.6  # greedy keeps the basin it starts in (about half the chains)
@@ -295,9 +304,10 @@ def test_bayesopt_batched_ask_gives_distinct_points():
     strategy = make_strategy("bayesopt", space, num_initial=4, max_history=16)
     ask = jax.jit(strategy.ask, static_argnums=2)
     state = strategy.init(jax.random.key(0))
-    state, u = ask(state, jax.random.key(1), 4)  # the random initial design
-    state = strategy.tell(state, u, tf.sphere(u, 0.3))
+    state, proposals = ask(state, jax.random.key(1), 4)  # the random initial design
+    state, _ = strategy.tell(state, proposals, tf.sphere(proposals.u, 0.3))
     _, batch = ask(state, jax.random.key(2), 4)
+    batch = batch.u
     gaps = np.linalg.norm(np.asarray(batch)[:, None] - np.asarray(batch)[None], axis=-1)
     assert gaps[np.triu_indices(4, 1)].min() > 1e-3  # constant liar spreads the batch
 
@@ -329,12 +339,19 @@ def test_nsga2_bridge_returns_non_dominated_set():
     strategy = make_strategy("nsga2", box(2), num_objectives=2, population_size=20)
     state = strategy.init(jax.random.key(0))
     for g in range(8):  # 160 evaluations
-        state, u = strategy.ask(state, jax.random.key(g), 20)
-        state = strategy.tell(state, u, two_objectives(u))
+        state, proposals = strategy.ask(state, jax.random.key(g), 20)
+        state, _ = strategy.tell(state, proposals, two_objectives(proposals.u))
     front_u, front_f = pareto_front(state)
     dominates = (np.all(front_f[:, None] <= front_f[None], -1)
                  & np.any(front_f[:, None] < front_f[None], -1))
     assert len(front_f) >= 10 and not dominates.any()
     assert np.mean(np.abs(front_u[:, 1] - 0.5)) < 0.05
     with pytest.raises(ValueError, match="shape"):
-        strategy.tell(state, u, jnp.zeros((20, 3)))
+        strategy.tell(state, proposals, jnp.zeros((20, 3)))
+
+
+def test_unknown_strategy_settings_are_named_with_the_allowed_ones():
+    with pytest.raises(ValueError, match=r"strategy 'genetic': unknown setting\(s\) \['sigma'\]; allowed: \[.*'mutation_sigma'"):
+        make_strategy("genetic", box(2), sigma=0.1)
+    with pytest.raises(ValueError, match=r"strategy 'asha': unknown setting\(s\) \['n_iterations'\].*batch_size"):
+        make_strategy("asha", box(2), min_budget=1, max_budget=9, n_iterations=2)

@@ -15,11 +15,11 @@ from vhjax.search.pareto import crowding_distance, hypervolume_2d, non_dominated
 from vhjax.search.results import SearchResult, TrialTable
 from vhjax.search.space import (Boolean, Categorical, Conditional, Float, Int, Space, cnn_space, mlp_space,
                                 nasbench201_space)
-from vhjax.search.strategies import STRATEGIES, Strategy, make_strategy, register_strategy
+from vhjax.search.strategies import STRATEGIES, Proposals, Strategy, make_strategy, register_strategy
 from vhjax.search.tabular import NASBench201
 from vhjax.search.training import TrainingObjective, candidate_to_member
 
-__all__ = ["Boolean", "Candidates", "Categorical", "Conditional", "Float", "Int", "NASBench201", "STRATEGIES",
+__all__ = ["Boolean", "Candidates", "Categorical", "Conditional", "Float", "Int", "NASBench201", "Proposals", "STRATEGIES",
            "SearchResult", "Space", "Strategy", "TrainingObjective", "TrialTable", "candidate_to_member",
            "cnn_space", "crowding_distance", "hypervolume_2d", "make_strategy", "mlp_space", "nasbench201_space",
            "non_dominated", "pareto_front", "pareto_ranks", "register_strategy", "search", "search_multifidelity", "search_pbt"]

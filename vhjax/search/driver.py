@@ -1,31 +1,37 @@
 """`search(...)`: run a strategy against an objective, one generation at a time, persisted.
 
-A generation is: `ask` a population of candidates in `[0, 1]^D`, decode them,
-evaluate them all at once, `tell` the strategy (fitness negated when
-maximizing: strategies minimize), and write the trials and the new strategy
-state to the store in ONE transaction.
+A generation is: `ask` the strategy for up to `population` proposals (unit-cube points, each
+with a fidelity and a parent), check them, decode them, evaluate them all at once, `tell` the
+strategy (fitness negated when maximizing: strategies minimize), and write the trials and the
+new strategy state to the store in ONE transaction. Every strategy of
+`vhjax.search.strategies` (grid to Hyperband, ASHA and PBT) runs through this one loop.
 
 Objectives (the dispatch is `as_evaluator`):
 
-- an object with `evaluate(candidates: Candidates)` (the protocol; a tabular
-  benchmark such as `vhjax.search.tabular.NASBench201`, or later a training task
-  run by the population engine). It may name its fitness metric with a
-  `fitness_metric` attribute;
-- a plain callable, vectorized over a batch: called with the list of decoded
-  candidate dicts (`objective_input='params'`, the default) or with the encoded
-  array `u (n, D)` (`objective_input='encoded'`).
+- an object with `evaluate(candidates: Candidates)` (the protocol; a tabular benchmark such
+  as `vhjax.search.tabular.NASBench201`, or `TrainingObjective`). It may name its fitness
+  metric with a `fitness_metric` attribute, and its configuration with `fingerprint()`;
+- a plain callable, vectorized over a batch: called with the list of decoded candidate dicts
+  (`objective_input='params'`, the default) or with the encoded array `u (n, D)`
+  (`objective_input='encoded'`); with a strategy that proposes fidelities (multi-fidelity,
+  PBT) it gets the budgets `(n,)` as a second argument.
 
-An objective returns fitness `(n,)`, objectives `(n, M)` (named by
-`objectives`), or a dict of `(n,)` metric arrays holding the fitness metric
-(`'fitness'`, the objective's `fitness_metric`, or the names in `objectives`).
-Two optional entries are stored in their own columns: `'parent_id'` (trial id
-of the parent, -1 for none: PBT / evolution lineage) and `'fidelity'`.
+`Candidates.fidelity` holds the budgets (None when the strategy proposes none) and
+`Candidates.parent_ids` the trial each candidate continues from (None: from scratch). An
+objective that can restore a trial's checkpoint continues training from it; one that cannot
+trains from scratch up to the budget.
 
-Resuming: the same call with the same workdir (or storage) loads the completed
-trials and the strategy state and goes on; nothing completed is recomputed. The
-key of generation g is `fold_in(key(seed), g)`, so a generation that was asked
-but not finished is asked again identically. A workdir created with a different
-space, strategy, population, seed or objectives is refused.
+An objective returns fitness `(n,)`, objectives `(n, M)` (named by `objectives`), or a dict
+of `(n,)` metric arrays holding the fitness metric (`'fitness'`, the objective's
+`fitness_metric`, or the names in `objectives`). Two optional entries are stored in their own
+columns: `'parent_id'` and `'fidelity'` (they default to the proposal's).
+
+Resuming: the same call with the same workdir (or storage) loads the completed trials and the
+strategy state and goes on; nothing completed is recomputed, and a larger `budget` extends a
+finished search. The key of generation g is `fold_in(key(seed), g)`, so a generation that was
+asked but not finished is asked again identically. A store created with a different space,
+strategy, population, seed, objectives or objective configuration is refused. Everything is
+validated before anything is written: a call that fails on bad input leaves the store as it was.
 """
 
 from __future__ import annotations
@@ -43,9 +49,11 @@ import numpy as np
 from vhjax.search import storage as storage_lib
 from vhjax.search.results import DIRECTIONS, SearchResult, TrialTable, fitness_sign, rank_trials
 from vhjax.search.storage import NewTrial, Trial, TrialResult
+from vhjax.search.strategies.base import Proposals, check_positive_int, pareto_shaped
 
 OBJECTIVE_INPUTS = ("params", "encoded")
 SPECIAL_METRICS = ("parent_id", "fidelity")
+EXTENDABLE_KWARGS = ("n_iterations",)  # raising these extends a search: left out of the fingerprint
 _FINGERPRINT_KEY = "config_fingerprint"
 
 
@@ -57,7 +65,8 @@ class Candidates(NamedTuple):
     trial_ids: list[int]  # their ids in the store (checkpoint names, lineage)
     generation: int
     key: jax.Array  # for stochastic objectives (training); derived from (seed, generation)
-    fidelity: np.ndarray | None = None  # (n,) budgets (training steps) in a multifidelity search
+    fidelity: np.ndarray | None = None  # (n,) budgets (training steps) when the strategy proposes them
+    parent_ids: list[int | None] | None = None  # trial to continue from (its checkpoint), None: scratch
 
 
 Evaluator = Callable[[Candidates], Any]
@@ -66,18 +75,18 @@ Evaluator = Callable[[Candidates], Any]
 # ----------------------------------------------------------------------------- validation
 
 
-def _check_int(field: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{field} must be an integer >= {minimum}; got {value!r}")
-
-
-def _check_space(space: Any) -> None:
+def check_space(space: Any) -> None:
+    """`space` must be a vhjax search space (TypeError naming what it lacks)."""
     missing = [name for name in ("dim", "decode") if not hasattr(space, name)]
     if missing:
         raise TypeError(
             f"space must be a vhjax search space (with dim, sample, decode, encode); "
             f"{type(space).__name__} lacks {missing}"
         )
+
+
+def objective_name(objective: Any) -> str:
+    return getattr(objective, "__qualname__", None) or type(objective).__name__
 
 
 def as_evaluator(objective: Any, objective_input: str = "params") -> Evaluator:
@@ -88,9 +97,13 @@ def as_evaluator(objective: Any, objective_input: str = "params") -> Evaluator:
     if callable(evaluate):
         return evaluate
     if callable(objective):
-        if objective_input == "encoded":
-            return lambda candidates: objective(candidates.u)
-        return lambda candidates: objective(candidates.params)
+        def call(candidates: Candidates) -> Any:
+            batch = candidates.u if objective_input == "encoded" else candidates.params
+            if candidates.fidelity is None:
+                return objective(batch)
+            return objective(batch, candidates.fidelity)
+
+        return call
     raise ValueError(
         f"objective of unknown kind {type(objective).__name__}: allowed are an object with an "
         "evaluate(candidates) method (e.g. vhjax.search.tabular.NASBench201) or a callable taking "
@@ -123,13 +136,16 @@ def resolve_objectives(
     return resolved
 
 
-def _resolve_strategy(strategy: Any, space: Any, strategy_kwargs: Mapping[str, Any]):
+def resolve_strategy(strategy: Any, space: Any, strategy_kwargs: Mapping[str, Any]):
     """(Strategy, description for the fingerprint)."""
     if isinstance(strategy, str):
         from vhjax.search.strategies import make_strategy
 
         return make_strategy(strategy, space, **strategy_kwargs), strategy
     if all(callable(getattr(strategy, name, None)) for name in ("init", "ask", "tell")):
+        if strategy_kwargs:
+            raise ValueError(f"strategy_kwargs={dict(strategy_kwargs)!r} apply to a strategy name only; "
+                             "build the strategy object with them instead")
         names = [getattr(getattr(strategy, f), "__qualname__", type(getattr(strategy, f)).__name__)
                  for f in ("init", "ask", "tell")]
         return strategy, "custom:" + ",".join(names)
@@ -139,32 +155,112 @@ def _resolve_strategy(strategy: Any, space: Any, strategy_kwargs: Mapping[str, A
     )
 
 
+def check_proposals(proposals: Any, n: int, dim: int, first: int, strategy: str) -> Proposals:
+    """The strategy's proposals as host arrays; ValueError naming the strategy when malformed."""
+    where = f"strategy {strategy!r} ask(state, key, {n})"
+    if not isinstance(proposals, Proposals):
+        raise TypeError(f"{where} must return (state, Proposals(u, fidelity, parent, index)); got "
+                        f"{type(proposals).__name__} (build strategies with "
+                        "vhjax.search.strategies.base.make)")
+    u = np.asarray(proposals.u, np.float64)
+    if u.ndim != 2 or u.shape[1] != dim or u.shape[0] > n:
+        raise ValueError(f"{where} returned u of shape {u.shape}; allowed: (m, {dim}) with m <= {n}")
+    m = u.shape[0]
+    if not np.all(np.isfinite(u)):
+        raise ValueError(f"{where} returned non-finite points (rows {np.flatnonzero(~np.isfinite(u).all(1)).tolist()}); "
+                         "allowed: points in [0, 1]")
+    outside = np.flatnonzero(((u < 0) | (u > 1)).any(axis=1))
+    if outside.size:
+        raise ValueError(f"{where} returned points outside [0, 1] (row {int(outside[0])}: {u[outside[0]].tolist()}); "
+                         "allowed: points in [0, 1]")
+    fidelity = np.asarray(proposals.fidelity, np.float64)
+    parent = np.asarray(proposals.parent)
+    index = np.asarray(proposals.index)
+    for field, values in (("fidelity", fidelity), ("parent", parent), ("index", index)):
+        if values.shape != (m,):
+            raise ValueError(f"{where} returned {field} of shape {values.shape}; allowed: ({m},)")
+    if not np.all(np.isfinite(fidelity) & (fidelity >= 0)):
+        raise ValueError(f"{where} returned fidelity {fidelity.tolist()}; allowed: finite budgets >= 0")
+    if not np.array_equal(index, first + np.arange(m)):
+        raise ValueError(f"{where} returned index {index.tolist()}; allowed: {first}..{first + m - 1} "
+                         "(proposals are numbered in the order they are asked)")
+    if not np.all((parent == -1) | ((parent >= 0) & (parent < first))):
+        raise ValueError(f"{where} returned parent {parent.tolist()}; allowed: -1 or the index of an "
+                         f"earlier proposal (< {first})")
+    return Proposals(u, fidelity, parent.astype(np.int64), index.astype(np.int64))
+
+
+def validate_search(*, population: Any, budget: Any, seed: Any, space: Any) -> None:
+    check_positive_int("population", population)
+    check_positive_int("budget", budget)
+    if budget < population:
+        raise ValueError(f"budget must be >= population={population}; got budget={budget}")
+    check_positive_int("seed", seed, minimum=0)
+    check_space(space)
+
+
 # ----------------------------------------------------------------------------- fingerprint
 
 
+def _number(value: Any) -> Any:
+    """Numbers compared by meaning: 1, 1.0 and np.float32(1) are the same."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return float(value)
+    return value
+
+
+def space_description(space: Any) -> Any:
+    """A vhjax `Space` parameter by parameter, numbers normalized; other spaces their repr."""
+    params = getattr(space, "params", None)
+    if not isinstance(params, dict):
+        text = repr(space)
+        return None if " at 0x" in text else text
+    described = []
+    for name, param in params.items():
+        entry: dict[str, Any] = {"name": name, "kind": type(param).__name__}
+        for field in ("low", "high", "log"):
+            if hasattr(param, field):
+                entry[field] = _number(getattr(param, field))
+        if hasattr(param, "choices"):
+            entry["choices"] = storage_lib.to_json(list(param.choices))
+        if param.condition is not None:
+            parent, values = param.condition
+            entry["condition"] = [parent, sorted(storage_lib.to_json(_number(v)) for v in values)]
+        described.append(entry)
+    return described
+
+
 def space_fingerprint(space: Any) -> dict[str, Any]:
-    """What identifies a space: its type, dimension and the decoding of fixed probe points."""
+    """What identifies a space: its type, dimension, parameters and the decoding of fixed probes."""
     dim = int(space.dim)
     probes = [np.full(dim, v) for v in (0.01, 0.26, 0.51, 0.76, 0.99)]
     probes += list(np.random.default_rng(20240917).random((4, dim)))  # local generator, fixed
-    text = repr(space)
     return {
         "type": f"{type(space).__module__}.{type(space).__qualname__}",
         "dim": dim,
-        "repr": None if " at 0x" in text else text,
+        "params": space_description(space),
         "probes": hashlib.sha256(
             storage_lib.to_json([space.decode(u) for u in probes]).encode()
         ).hexdigest(),
     }
 
 
+def objective_fingerprint(objective: Any) -> Any:
+    """The objective's `fingerprint()` (e.g. a `TrainingObjective`'s training config), else None."""
+    fingerprint = getattr(objective, "fingerprint", None)
+    return fingerprint() if callable(fingerprint) else None
+
+
 def config_fingerprint(**config: Any) -> str:
     return storage_lib.to_json(config)
 
 
-def _check_fingerprint(store: storage_lib.TrialStore, fingerprint: str) -> None:
-    stored = store.set_meta_if_absent(_FINGERPRINT_KEY, fingerprint)
-    if stored == fingerprint:
+def check_fingerprint(store: storage_lib.TrialStore, fingerprint: str) -> None:
+    """Refuse a store written by another configuration (reads only; `write_fingerprint` writes)."""
+    stored = store.get_meta(_FINGERPRINT_KEY)
+    if stored is None or stored == fingerprint:
         return
     old, new = json.loads(stored), json.loads(fingerprint)
     differing = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
@@ -175,40 +271,59 @@ def _check_fingerprint(store: storage_lib.TrialStore, fingerprint: str) -> None:
     )
 
 
+def write_fingerprint(store: storage_lib.TrialStore, fingerprint: str) -> None:
+    """Record the configuration once something was computed with it (then `check_fingerprint`)."""
+    if store.set_meta_if_absent(_FINGERPRINT_KEY, fingerprint) != fingerprint:
+        check_fingerprint(store, fingerprint)
+
+
 # ----------------------------------------------------------------------------- outputs
 
+_OUTPUT_CONTRACT = ("an objective returns fitness (n,), objectives (n, M), or a dict of (n,) "
+                    "numeric metric arrays")
 
-def metrics_from_output(output: Any, n: int, objective_names: Sequence[str]) -> dict[str, np.ndarray]:
+
+def _numeric(name: str, values: Any, where: str) -> np.ndarray:
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{where} returned {name} {values!r:.120} that is not numeric ({error}); "
+                        f"{_OUTPUT_CONTRACT}") from None
+
+
+def metrics_from_output(output: Any, n: int, objective_names: Sequence[str],
+                        where: str = "objective") -> dict[str, np.ndarray]:
     """Normalize an objective's output to a dict of `(n, ...)` float64 arrays."""
     if isinstance(output, Mapping):
-        metrics = {str(k): np.asarray(v, dtype=np.float64) for k, v in output.items()}
+        metrics = {str(k): _numeric(f"metric {k!r}", v, where) for k, v in output.items()}
     else:
-        values = np.asarray(output, dtype=np.float64)
+        values = _numeric("output", output, where)
         if values.shape == (n,):
             metrics = {objective_names[0]: values}
         elif values.ndim == 2 and values.shape[0] == n and values.shape[1] == len(objective_names):
             metrics = {name: values[:, i] for i, name in enumerate(objective_names)}
         else:
             raise ValueError(
-                f"objective returned shape {values.shape}; expected ({n},) or ({n}, "
+                f"{where} returned shape {values.shape}; expected ({n},) or ({n}, "
                 f"{len(objective_names)}) for objectives {list(objective_names)}, or a dict of "
                 f"({n},) metric arrays"
             )
     for name, values in metrics.items():
         if values.ndim == 0 or values.shape[0] != n:
-            raise ValueError(f"metric {name!r} has shape {values.shape}; expected ({n}, ...)")
+            raise ValueError(f"{where}: metric {name!r} has shape {values.shape}; expected ({n}, ...)")
     missing = [name for name in objective_names if name not in metrics]
     if missing:
         raise ValueError(
-            f"objective output lacks metric(s) {missing} to optimize; it returned {sorted(metrics)}. "
+            f"{where} output lacks metric(s) {missing} to optimize; it returned {sorted(metrics)}. "
             "Name the fitness metric with objectives=... (or return a 'fitness' entry)"
         )
     return metrics
 
 
-def _trial_results(
+def trial_results(
     trial_ids: Sequence[int], metrics: Mapping[str, np.ndarray], objective_names: Sequence[str]
 ) -> list[TrialResult]:
+    """Store rows of one evaluated generation (failed: a non-finite objective value)."""
     results = []
     for i, trial_id in enumerate(trial_ids):
         row = {name: values[i].tolist() for name, values in metrics.items()
@@ -223,13 +338,13 @@ def _trial_results(
             status="complete" if ok else "failed",
             fitness=objective_values[0] if ok else None,
             metrics=row,
-            fidelity=None if fidelity is None else float(fidelity[i]),
+            fidelity=None if fidelity is None or not np.isfinite(fidelity[i]) else float(fidelity[i]),
             parent_id=parent_id,
         ))
     return results
 
 
-def _minimized(trials: Sequence[Trial | TrialResult], objectives: Mapping[str, str]) -> np.ndarray:
+def minimized(trials: Sequence[Trial | TrialResult], objectives: Mapping[str, str]) -> np.ndarray:
     """`(n, M)` objective values turned to 'lower is better'; NaN for failed trials."""
     signs = np.asarray([fitness_sign(d) for d in objectives.values()])
     rows = []
@@ -242,32 +357,6 @@ def _minimized(trials: Sequence[Trial | TrialResult], objectives: Mapping[str, s
     return -signs * np.asarray(rows, dtype=np.float64).reshape(len(rows), len(objectives))
 
 
-def strategy_fitness(history: np.ndarray, current: np.ndarray) -> np.ndarray:
-    """What the strategy is told for the current generation (minimized, finite).
-
-    Single objective: the minimized fitness, a failed trial counting as the worst
-    finite value seen so far (0 if none). Several objectives: the Pareto rank of
-    each candidate among all completed trials so far (0 = non-dominated),
-    failed trials ranking one below the worst.
-    """
-    if current.shape[1] == 1:
-        values = current[:, 0]
-        seen = np.concatenate([history[:, 0], values])
-        finite = seen[np.isfinite(seen)]
-        worst = float(finite.max()) if finite.size else 0.0
-        return np.where(np.isfinite(values), values, worst)
-    from vhjax.search.pareto import pareto_ranks
-
-    everything = np.concatenate([history, current])
-    ok = np.all(np.isfinite(everything), axis=1)
-    ranks = np.full(len(everything), np.nan)
-    if ok.any():
-        ranks[ok] = np.asarray(pareto_ranks(everything[ok]))
-    worst = np.nanmax(ranks) + 1 if ok.any() else 0.0
-    ranks = np.where(np.isnan(ranks), worst, ranks)
-    return ranks[len(history):]
-
-
 def pareto_trials(trials: Sequence[Trial], objectives: Mapping[str, str]) -> list[Trial]:
     """The completed trials no other completed trial dominates."""
     done = [t for t in trials if t.status == "complete"]
@@ -275,14 +364,14 @@ def pareto_trials(trials: Sequence[Trial], objectives: Mapping[str, str]) -> lis
         return []
     from vhjax.search.pareto import non_dominated
 
-    mask = np.asarray(non_dominated(_minimized(done, objectives)))
+    mask = np.asarray(non_dominated(minimized(done, objectives)))
     return [trial for trial, keep in zip(done, mask) if keep]
 
 
 # ----------------------------------------------------------------------------- the loop
 
 
-def _generation_keys(run_key: jax.Array, generation: int) -> tuple[jax.Array, jax.Array]:
+def generation_keys(run_key: jax.Array, generation: int) -> tuple[jax.Array, jax.Array]:
     ask_key, eval_key = jax.random.split(jax.random.fold_in(run_key, generation))
     return ask_key, eval_key
 
@@ -307,11 +396,14 @@ def _start_generation(
 
 
 def _progress_line(generation: int, done: int, budget: int, ranked: Sequence[Trial],
-                   failed: int, seconds: float) -> str:
+                   failed: int, seconds: float, budgets: np.ndarray) -> str:
     best = (f"best {ranked[0].fitness:.6g} (trial {ranked[0].trial_id})" if ranked
             else "no completed trial yet")
-    return (f"[vhjax.search] generation {generation}: {done}/{budget} trials, {failed} failed, "
+    line = (f"[vhjax.search] generation {generation}: {done}/{budget} trials, {failed} failed, "
             f"{best}, {seconds:.2f}s")
+    if np.any(budgets > 0):
+        line += f", budgets {sorted(set(np.round(budgets, 6).tolist()))}"
+    return line
 
 
 def search(
@@ -338,53 +430,52 @@ def search(
         vectorized callable).
       space: a vhjax search space (`dim`, `sample`, `decode`, `encode`).
       strategy: a name for `vhjax.search.strategies.make_strategy` (built with
-        `strategy_kwargs`) or a `Strategy(init, ask, tell)`.
-      budget: total number of trials (the last generation may be smaller).
-      population: candidates asked per generation.
+        `strategy_kwargs`; e.g. 'hyperband' with min_budget/max_budget, or 'pbt') or a
+        strategy object of the protocol (`init`, `ask`, `tell`).
+      budget: total number of trials (the last generation may be smaller); raising it on a
+        finished search extends the search.
+      population: proposals asked per generation.
       workdir: persists the trials in `workdir/trials.sqlite`; rerunning resumes.
       seed: the run's randomness; generation g uses `fold_in(key(seed), g)`.
       direction: 'maximize' or 'minimize' the fitness (single objective).
       objectives: metric names (with `direction`) or a dict name -> direction;
         two or more make the search multi-objective (strategies are told Pareto ranks).
-      storage: a database URL (SQLAlchemy) or an SQLite path, instead of the workdir's file.
+      storage: a database URL (SQLAlchemy) or an SQLite file path, instead of the workdir's file.
       verbose: print progress after every generation.
       objective_input: 'params' (list of dicts) or 'encoded' (`u (n, D)`) for a callable objective.
       study: name of this search inside the store (several studies may share a database).
     Returns:
-      A `SearchResult` (trial table, best trial, Pareto front, plots).
+      A `SearchResult` (trial table, best trial, Pareto front, plots); when the strategy
+      proposes fidelities, the best trial is taken among those at the largest budget reached.
     """
-    _check_int("population", population, 1)
-    _check_int("budget", budget, 1)
-    if budget < population:
-        raise ValueError(f"budget must be >= population={population}; got budget={budget}")
-    _check_int("seed", seed, 0)
-    _check_space(space)
+    validate_search(population=population, budget=budget, seed=seed, space=space)
     evaluate = as_evaluator(objective, objective_input)
     objective_spec = resolve_objectives(objective, objectives, direction)
-    objective_names = list(objective_spec)
-    primary_direction = objective_spec[objective_names[0]]
     strategy_kwargs = dict(strategy_kwargs or {})
-    strategy_obj, strategy_name = _resolve_strategy(strategy, space, strategy_kwargs)
-
+    strategy_obj, strategy_name = resolve_strategy(strategy, space, strategy_kwargs)
+    storage_lib.check_storage(workdir, storage)
+    fingerprint = config_fingerprint(
+        space=space_fingerprint(space), strategy=strategy_name,
+        strategy_kwargs={k: v for k, v in strategy_kwargs.items() if k not in EXTENDABLE_KWARGS},
+        population=int(population), seed=int(seed), objectives=objective_spec,
+        objective_input=objective_input, objective=objective_fingerprint(objective),
+    )
     store = storage_lib.open_store(workdir, storage, study=study)
     try:
-        _check_fingerprint(store, config_fingerprint(
-            space=space_fingerprint(space), strategy=strategy_name,
-            strategy_kwargs=strategy_kwargs, population=int(population), seed=int(seed),
-            objectives=objective_spec, objective_input=objective_input,
-        ))
-        _run(store, evaluate, space, strategy_obj, objective_spec, int(budget), int(population),
-             int(seed), verbose)
+        check_fingerprint(store, fingerprint)
+        _run(store, fingerprint, evaluate, objective_name(objective), space, strategy_obj, strategy_name,
+             objective_spec, int(budget), int(population), int(seed), verbose)
         trials = TrialTable(store.trials())
     finally:
         store.close()
     return SearchResult(
         trials=trials,
-        direction=primary_direction,
+        direction=objective_spec[next(iter(objective_spec))],
         objectives=objective_spec,
         pareto_front=pareto_trials(trials, objective_spec) if len(objective_spec) > 1 else None,
         workdir=None if workdir is None else os.fspath(workdir),
         study=study,
+        top_fidelity_only=any(t.fidelity is not None for t in trials),
     )
 
 
@@ -398,40 +489,55 @@ def _restore(store, strategy, init_key):
     return storage_lib.state_from_bytes(blob, state), generation
 
 
-def _run(store, evaluate, space, strategy, objective_spec, budget, population, seed, verbose):
+def _run(store, fingerprint, evaluate, evaluator_name, space, strategy, strategy_name, objective_spec,
+         budget, population, seed, verbose):
     """The generation loop; everything it learns goes to the store."""
     objective_names = list(objective_spec)
     primary = objective_spec[objective_names[0]]
     init_key, run_key = jax.random.split(jax.random.key(seed))
     state, generation = _restore(store, strategy, init_key)
-    told = [t for t in store.trials() if t.generation < generation]
-    history = _minimized(told, objective_spec)
+    told = sorted((t for t in store.trials() if t.generation < generation),
+                  key=lambda t: (t.generation, t.slot))
+    trial_of = [t.trial_id for t in told]  # proposal index -> trial id
+    history = minimized(told, objective_spec)
     leader = rank_trials(told, primary)[:1]  # running best, for the progress line
     failed = sum(t.status == "failed" for t in told)
-    done = len(told)
-    while done < budget:
+    dim = int(space.dim)
+    while len(trial_of) < budget:
         started = time.perf_counter()
-        n = min(population, budget - done)
-        ask_key, eval_key = _generation_keys(run_key, generation)
-        asked_state, u = strategy.ask(state, ask_key, n)
-        u_host = np.asarray(u)
-        params = [space.decode(row) for row in u_host]
-        trial_ids = _start_generation(store, generation, u_host, params)
-        output = evaluate(Candidates(u_host, params, trial_ids, generation, eval_key))
-        results = _trial_results(trial_ids, metrics_from_output(output, n, objective_names),
-                                 objective_names)
-        current = _minimized(results, objective_spec)
-        fitness = strategy_fitness(history, current).astype(np.float32)
-        state = strategy.tell(asked_state, u, jax.numpy.asarray(fitness))
-        store.finish_trials(results, state=storage_lib.state_to_bytes(state),
-                            generation=generation + 1)
+        n = min(population, budget - len(trial_of))
+        ask_key, eval_key = generation_keys(run_key, generation)
+        asked_state, raw = strategy.ask(state, ask_key, n)
+        proposals = check_proposals(raw, n, dim, len(trial_of), strategy_name)
+        m = proposals.u.shape[0]
+        if m == 0:
+            if verbose:
+                print(f"[vhjax.search] strategy {strategy_name!r} has nothing more to propose", flush=True)
+            break
+        params = [space.decode(row) for row in proposals.u]
+        trial_ids = _start_generation(store, generation, proposals.u, params)
+        parent_ids = [trial_of[p] if p >= 0 else None for p in proposals.parent.tolist()]
+        has_fidelity = bool(np.any(proposals.fidelity > 0))
+        output = evaluate(Candidates(proposals.u, params, trial_ids, generation, eval_key,
+                                     fidelity=proposals.fidelity.copy() if has_fidelity else None,
+                                     parent_ids=parent_ids))
+        metrics = metrics_from_output(output, m, objective_names, f"objective {evaluator_name!r}")
+        if has_fidelity:
+            metrics.setdefault("fidelity", proposals.fidelity)
+        metrics.setdefault("parent_id", np.array([-1 if p is None else p for p in parent_ids], np.float64))
+        results = trial_results(trial_ids, metrics, objective_names)
+        current = minimized(results, objective_spec)
+        fitness = current[:, 0] if current.shape[1] == 1 else pareto_shaped(history, current)
+        state, _ = strategy.tell(asked_state, raw, jax.numpy.asarray(fitness, jax.numpy.float32))
+        write_fingerprint(store, fingerprint)
+        store.finish_trials(results, state=storage_lib.state_to_bytes(state), generation=generation + 1)
         history = np.concatenate([history, current])
-        done += n
+        trial_of += trial_ids
         leader = rank_trials(leader + [_as_trial(r, generation) for r in results], primary)[:1]
         failed += sum(r.status == "failed" for r in results)
         if verbose:
-            print(_progress_line(generation, done, budget, leader, failed,
-                                 time.perf_counter() - started), flush=True)
+            print(_progress_line(generation, len(trial_of), budget, leader, failed,
+                                 time.perf_counter() - started, proposals.fidelity), flush=True)
         generation += 1
 
 

@@ -7,6 +7,11 @@ Every member at every ready point becomes a trial: its hyperparameters, the vali
 fitness, the step as fidelity and, as parent, the trial it continued from (itself one round
 earlier, or the member it copied). So `result.plot()` draws the PBT lineage, and the store holds
 the whole history. An interrupted run resumes from the training checkpoints in the workdir.
+
+This entry runs PBT inside one compiled training program (`fit_pbt`), so its trials reach the
+store when training ends. PBT as a strategy of the search protocol (`vhjax.search(objective,
+space, 'pbt', ...)`, `vhjax.search.strategies.pbt`) stores every round as it is told instead;
+both use the exploit/explore primitives of `vhjax.population.exploit`.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ import numpy as np
 
 from vhjax.config import TrainConfig
 from vhjax.search import storage as storage_lib
-from vhjax.search.driver import _check_fingerprint, _check_int, config_fingerprint, space_fingerprint
+from vhjax.search.driver import check_fingerprint, config_fingerprint, space_fingerprint, write_fingerprint
+from vhjax.search.strategies.base import check_positive_int
 from vhjax.search.results import SearchResult, TrialTable
 from vhjax.search.space import Float, Space
 from vhjax.search.storage import NewTrial, TrialResult
@@ -44,21 +50,24 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
     """Run PBT over `space` with `population` members for `config.steps` steps; see the module doc."""
     from vhjax.population.pbt import fit_pbt
 
-    _check_int("population", population, 2)
-    _check_int("seed", seed, 0)
+    check_positive_int("population", population, minimum=2)
+    check_positive_int("seed", seed, minimum=0)
     ranges = explore_ranges(space)
+    storage_lib.check_storage(workdir, storage)
+    fingerprint = config_fingerprint(
+        space=space_fingerprint(space), strategy="pbt", population=int(population), interval=int(interval),
+        fraction=float(fraction), resample_probability=float(resample_probability), metric=metric,
+        seed=int(seed), train_config=config.to_dict())
     initial = [space.decode(u) for u in np.asarray(space.sample(jax.random.key(seed), population))]
     store = storage_lib.open_store(workdir, storage, study=study)
     try:
-        _check_fingerprint(store, config_fingerprint(
-            space=space_fingerprint(space), strategy="pbt", population=int(population), interval=int(interval),
-            fraction=float(fraction), resample_probability=float(resample_probability), metric=metric,
-            seed=int(seed), train_config=config.to_dict()))
+        check_fingerprint(store, fingerprint)
         if store.count_trials() == 0:
             training_dir = None if workdir is None else Path(workdir) / "training"
             result = fit_pbt(config, initial, ranges, interval=interval, fraction=fraction,
                              resample_probability=resample_probability, metric=metric, workdir=training_dir,
                              verbose=verbose)
+            write_fingerprint(store, fingerprint)
             _store_rounds(store, space, result)
         trials = TrialTable(store.trials())
     finally:

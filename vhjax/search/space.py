@@ -248,6 +248,18 @@ class Space:
                         f"parameter {name!r}: condition value(s) {bad!r} of {parent!r} are not "
                         f"among its choices {allowed!r}"
                     )
+            else:  # Int (and Float) parents: the value must be one the parent can decode to
+                is_int = isinstance(parent_param, Int)
+                bad = [v for v in values
+                       if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating))
+                       or not parent_param.low <= v <= parent_param.high
+                       or (is_int and float(v) != int(v))]
+                if bad:
+                    kind = "integers" if is_int else "numbers"
+                    raise ValueError(
+                        f"parameter {name!r}: condition value(s) {bad!r} of {parent!r} are impossible; "
+                        f"allowed: {kind} in [{parent_param.low}, {parent_param.high}]"
+                    )
         for name in self.params:  # no cycles
             seen, current = {name}, self.params[name].condition
             while current is not None:

@@ -576,6 +576,21 @@ def is_database_url(storage: str) -> bool:
     return "://" in storage
 
 
+def check_storage(workdir: Any = None, storage: Any = None) -> None:
+    """`storage` a database URL or an SQLite file path (not a directory); `workdir` a directory."""
+    if storage is not None:
+        if not isinstance(storage, (str, os.PathLike)):
+            raise TypeError(f"storage must be a database URL or an SQLite file path; got {storage!r}")
+        if not is_database_url(os.fspath(storage)) and os.path.isdir(storage):
+            raise ValueError(f"storage={os.fspath(storage)!r} is a directory; allowed: a database URL or "
+                             "an SQLite file path (pass a directory as workdir=)")
+    if workdir is not None:
+        if not isinstance(workdir, (str, os.PathLike)):
+            raise TypeError(f"workdir must be a directory path; got {workdir!r}")
+        if os.path.exists(workdir) and not os.path.isdir(workdir):
+            raise ValueError(f"workdir={os.fspath(workdir)!r} is a file; allowed: a directory")
+
+
 def open_store(
     workdir: str | os.PathLike | None = None,
     storage: str | os.PathLike | None = None,
@@ -592,6 +607,7 @@ def open_store(
     """
     if not isinstance(study, str) or not study:
         raise ValueError(f"study must be a non-empty string; got {study!r}")
+    check_storage(workdir, storage)
     if storage is not None:
         storage = os.fspath(storage)
         if is_database_url(storage):

@@ -90,6 +90,14 @@ class TrainingObjective:
     def fitness_metric(self) -> str:
         return self.metric
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What makes two objectives train alike: the training config, metric and split.
+
+        The search driver stores it with the study, so a workdir is never resumed with another
+        training config (e.g. `steps` 40 -> 8) and trials of the two are never ranked together.
+        """
+        return {"config": self.config.to_dict(), "metric": self.metric, "split": self.split}
+
     def _model_full_arch(self) -> dict | None:
         from vhjax.models import get_model
 
@@ -105,7 +113,13 @@ class TrainingObjective:
         return members
 
     def evaluate(self, candidates: Any) -> dict[str, np.ndarray]:
-        """Train the candidates as one population (one per budget in a multifidelity search)."""
+        """Train the candidates as one population (one per budget in a multifidelity search).
+
+        `candidates.parent_ids` name the trial a promoted (multi-fidelity) or exploiting (PBT)
+        candidate would continue from. `fit_population` starts every member from scratch, so
+        this objective trains such a candidate from scratch up to its budget: correct results,
+        at the price of the parent's steps again.
+        """
         members = self.members(list(candidates.params))
         config = dataclasses.replace(self.config, seed=self.config.seed + int(candidates.generation))
         workdir = None if self.workdir is None else Path(self.workdir) / f"generation_{candidates.generation:04d}"

@@ -3,7 +3,9 @@
 `make_strategy(name, space, **kwargs)` builds one by name (`STRATEGIES.names()` lists them).
 Importing this package registers: grid, random, quasi_random, genetic, regularized_evolution,
 simulated_annealing, reinforce, bayesopt, tpe, nsga2 (Optuna; not jittable), cma_es, open_es,
-snes (evosax).
+snes (evosax), successive_halving, hyperband, asha (multi-fidelity) and pbt (not jittable).
+Every one speaks the protocol of `base`: `ask(state, key, n) -> (state, Proposals)`,
+`tell(state, proposals, fitness) -> (state, metrics)`.
 """
 
 from vhjax.search.strategies import (  # noqa: F401  (imported to register)
@@ -12,10 +14,14 @@ from vhjax.search.strategies import (  # noqa: F401  (imported to register)
     bayesopt,
     bridges,
     evolution,
+    multifidelity,
+    pbt,
     reinforce,
 )
 from vhjax.search.strategies.base import (
     STRATEGIES,
+    Proposals,
+    SearchState,
     Strategy,
     best,
     make_strategy,
@@ -25,4 +31,4 @@ from vhjax.search.strategies.base import (
 JITTABLE = ("grid", "random", "quasi_random", "genetic", "regularized_evolution",
             "simulated_annealing", "reinforce", "bayesopt", "cma_es", "open_es", "snes")
 
-__all__ = ["STRATEGIES", "JITTABLE", "Strategy", "best", "make_strategy", "register_strategy"]
+__all__ = ["STRATEGIES", "JITTABLE", "Proposals", "SearchState", "Strategy", "best", "make_strategy", "register_strategy"]

@@ -23,11 +23,9 @@ from vhjax.search.strategies.base import (
     check_choice,
     check_number,
     check_positive_int,
-    failed_as_inf,
-    initial_best,
+    make,
     mutate,
     register_strategy,
-    update_best,
 )
 
 COOLINGS = ("exponential", "linear")
@@ -39,8 +37,6 @@ class AnnealingState:
     energy: jax.Array  # (C,) +inf until the chain's first point is told
     step: jax.Array  # tells so far (drives the temperature)
     key: jax.Array  # for the acceptance draws (tell takes no key)
-    best_u: jax.Array
-    best_fitness: jax.Array
 
 
 def metropolis_accept(key: jax.Array, delta_energy: jax.Array, temperature: jax.Array) -> jax.Array:
@@ -87,11 +83,9 @@ def simulated_annealing(space: Any, *, num_chains: int = 8, initial_temperature:
     continuous = jnp.asarray(cards == 0)
 
     def init(key: jax.Array) -> AnnealingState:
-        best_u, best_fitness = initial_best(dim)
         return AnnealingState(current=jax.random.uniform(key, (chains, dim)),
                               energy=jnp.full((chains,), jnp.inf, jnp.float32),
-                              step=jnp.asarray(0, jnp.int32), key=jax.random.fold_in(key, 1),
-                              best_u=best_u, best_fitness=best_fitness)
+                              step=jnp.asarray(0, jnp.int32), key=jax.random.fold_in(key, 1))
 
     def ask(state: AnnealingState, key: jax.Array, n: int):
         n = check_ask_size(n, chains, "num_chains")
@@ -104,7 +98,7 @@ def simulated_annealing(space: Any, *, num_chains: int = 8, initial_temperature:
 
     def tell(state: AnnealingState, u: jax.Array, fitness: jax.Array) -> AnnealingState:
         n = u.shape[0]
-        energy = failed_as_inf(fitness)
+        energy = fitness
         temperature = temperature_at(state.step, t0, t1, steps, cooling)
         key, accept_key = jax.random.split(state.key)
         delta = energy - state.energy[:n]
@@ -112,8 +106,6 @@ def simulated_annealing(space: Any, *, num_chains: int = 8, initial_temperature:
         accept = metropolis_accept(accept_key, delta, temperature)
         current = state.current.at[:n].set(jnp.where(accept[:, None], u, state.current[:n]))
         kept = state.energy.at[:n].set(jnp.where(accept, energy, state.energy[:n]))
-        best_u, best_fitness = update_best(state.best_u, state.best_fitness, u, fitness)
-        return state.replace(current=current, energy=kept, step=state.step + 1, key=key,
-                             best_u=best_u, best_fitness=best_fitness)
+        return state.replace(current=current, energy=kept, step=state.step + 1, key=key)
 
-    return Strategy(init, ask, tell)
+    return make(dim, init, ask, tell)

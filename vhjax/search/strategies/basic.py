@@ -13,33 +13,23 @@ from vhjax.search.strategies.base import (
     Strategy,
     check_ask_size,
     check_positive_int,
-    initial_best,
+    make,
     register_strategy,
     space_dim,
-    update_best,
 )
 
 
 @struct.dataclass
 class IndexedState:
-    """A position in a fixed table of points (grid or Sobol) and the running best."""
+    """A position in a fixed table of points (grid or Sobol)."""
 
     index: jax.Array  # next row to hand out
     shift: jax.Array  # (D,) random shift of the table (zeros for the grid)
-    best_u: jax.Array
-    best_fitness: jax.Array
 
 
-@struct.dataclass
-class RandomState:
-    told: jax.Array
-    best_u: jax.Array
-    best_fitness: jax.Array
-
-
-def _tell_best(state, u, fitness):
-    best_u, best_fitness = update_best(state.best_u, state.best_fitness, u, fitness)
-    return state.replace(best_u=best_u, best_fitness=best_fitness)
+def _tell_nothing(state, u, fitness):
+    del u, fitness
+    return state
 
 
 def _table_strategy(table: np.ndarray, random_shift: bool) -> Strategy:
@@ -49,7 +39,7 @@ def _table_strategy(table: np.ndarray, random_shift: bool) -> Strategy:
 
     def init(key: jax.Array) -> IndexedState:
         shift = jax.random.uniform(key, (dim,)) if random_shift else jnp.zeros((dim,), jnp.float32)
-        return IndexedState(jnp.asarray(0, jnp.int32), shift, *initial_best(dim))
+        return IndexedState(jnp.asarray(0, jnp.int32), shift)
 
     def ask(state: IndexedState, key: jax.Array, n: int):
         del key
@@ -58,7 +48,7 @@ def _table_strategy(table: np.ndarray, random_shift: bool) -> Strategy:
         u = jnp.mod(picked + state.shift, 1.0) if random_shift else picked
         return state.replace(index=state.index + n), u
 
-    return Strategy(init, ask, _tell_best)
+    return make(dim, init, ask, _tell_nothing)
 
 
 @register_strategy("grid")
@@ -75,19 +65,14 @@ def random_search(space: Any) -> Strategy:
     """Independent uniform candidates in the unit cube."""
     dim = space_dim(space)
 
-    def init(key: jax.Array) -> RandomState:
+    def init(key: jax.Array) -> tuple:
         del key
-        return RandomState(jnp.asarray(0, jnp.int32), *initial_best(dim))
+        return ()
 
-    def ask(state: RandomState, key: jax.Array, n: int):
-        n = check_ask_size(n)
+    def ask(state: tuple, key: jax.Array, n: int):
         return state, jax.random.uniform(key, (n, dim))
 
-    def tell(state: RandomState, u: jax.Array, fitness: jax.Array) -> RandomState:
-        state = _tell_best(state, u, fitness)
-        return state.replace(told=state.told + u.shape[0])
-
-    return Strategy(init, ask, tell)
+    return make(dim, init, ask, _tell_nothing)
 
 
 def sobol_table(dim: int, log2_points: int, seed: int) -> np.ndarray:

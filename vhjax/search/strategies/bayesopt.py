@@ -34,12 +34,10 @@ from vhjax.search.strategies.base import (
     check_choice,
     check_number,
     check_positive_int,
-    failed_as_inf,
     failed_as_worst,
-    initial_best,
+    make,
     register_strategy,
     snap_categorical,
-    update_best,
 )
 
 KERNELS = ("matern52", "rbf")
@@ -63,8 +61,6 @@ class BayesOptState:
     active: jax.Array  # (C,) bool
     told: jax.Array
     hyper: GPHyper  # last fitted hyperparameters (warm start)
-    best_u: jax.Array
-    best_fitness: jax.Array
 
 
 # ----------------------------------------------------------------------------- GP
@@ -188,13 +184,12 @@ def bayesian_optimization(space: Any, *, kernel: str = "matern52", num_initial: 
 
     def init(key: jax.Array) -> BayesOptState:
         del key
-        best_u, best_fitness = initial_best(dim)
         hyper = GPHyper(jnp.full((dim,), math.log(0.3), jnp.float32), jnp.float32(0.0),
                         jnp.float32(math.log(1e-3)))
         return BayesOptState(x=jnp.full((capacity, dim), 0.5, jnp.float32),
                              y=jnp.full((capacity,), jnp.inf, jnp.float32),
                              active=jnp.zeros((capacity,), bool), told=jnp.asarray(0, jnp.int32),
-                             hyper=hyper, best_u=best_u, best_fitness=best_fitness)
+                             hyper=hyper)
 
     def propose(key, x, y, active, hyper):
         """One EI maximizer given (standardized) data."""
@@ -257,8 +252,6 @@ def bayesian_optimization(space: Any, *, kernel: str = "matern52", num_initial: 
         return state.replace(hyper=hyper), u
 
     def tell(state: BayesOptState, u: jax.Array, fitness: jax.Array) -> BayesOptState:
-        fitness = failed_as_inf(fitness)
-
         def insert(carry, row):
             x, y, active = carry
             u_i, f_i = row
@@ -267,8 +260,6 @@ def bayesian_optimization(space: Any, *, kernel: str = "matern52", num_initial: 
             return (x.at[slot].set(u_i), y.at[slot].set(f_i), active.at[slot].set(True)), None
 
         (x, y, active), _ = jax.lax.scan(insert, (state.x, state.y, state.active), (u, fitness))
-        best_u, best_fitness = update_best(state.best_u, state.best_fitness, u, fitness)
-        return state.replace(x=x, y=y, active=active, told=state.told + u.shape[0],
-                             best_u=best_u, best_fitness=best_fitness)
+        return state.replace(x=x, y=y, active=active, told=state.told + u.shape[0])
 
-    return Strategy(init, ask, tell)
+    return make(dim, init, ask, tell)

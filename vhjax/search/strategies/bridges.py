@@ -30,10 +30,9 @@ from vhjax.search.strategies.base import (
     check_ask_size,
     check_number,
     check_positive_int,
-    failed_as_inf,
-    initial_best,
+    inner_state,
+    make,
     register_strategy,
-    update_best,
 )
 
 # ----------------------------------------------------------------------------- Optuna
@@ -46,12 +45,11 @@ class HistoryState:
     u: jax.Array  # (C, D)
     fitness: jax.Array  # (C, M); NaN rows are failed trials
     told: jax.Array
-    best_u: jax.Array
-    best_fitness: jax.Array  # on the first objective
 
 
 def pareto_front(state: HistoryState) -> tuple[np.ndarray, np.ndarray]:
     """Non-dominated told trials `(u (k, D), fitness (k, M))` (failed trials excluded)."""
+    state = inner_state(state)
     count = int(min(int(state.told), state.u.shape[0]))
     u, fitness = np.asarray(state.u)[:count], np.asarray(state.fitness)[:count]
     ok = np.all(np.isfinite(fitness), axis=1)
@@ -92,10 +90,9 @@ def _optuna_strategy(space: Any, make_sampler, num_objectives: int, capacity: in
 
     def init(key: jax.Array) -> HistoryState:
         del key
-        best_u, best_fitness = initial_best(dim)
         return HistoryState(u=jnp.full((capacity, dim), 0.5, jnp.float32),
                             fitness=jnp.full((capacity, num_objectives), jnp.nan, jnp.float32),
-                            told=jnp.asarray(0, jnp.int32), best_u=best_u, best_fitness=best_fitness)
+                            told=jnp.asarray(0, jnp.int32))
 
     def study_from(state: HistoryState, seed: int):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -119,27 +116,21 @@ def _optuna_strategy(space: Any, make_sampler, num_objectives: int, capacity: in
         return study
 
     def ask(state: HistoryState, key: jax.Array, n: int):
-        n = check_ask_size(n)
         seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
         study = study_from(state, seed)
         rows = [_params_to_row(study.ask(distributions).params, cards) for _ in range(n)]
         return state, jnp.asarray(np.stack(rows))
 
     def tell(state: HistoryState, u: jax.Array, fitness: jax.Array) -> HistoryState:
-        fitness = jnp.asarray(fitness, jnp.float32)
-        if fitness.ndim == 1:
-            fitness = fitness[:, None]
-        if fitness.shape != (u.shape[0], num_objectives):
-            raise ValueError(f"tell: fitness must have shape ({u.shape[0]}, {num_objectives}) "
-                             f"(or ({u.shape[0]},) for one objective); got {fitness.shape}")
+        if fitness.ndim == 1:  # a multi-objective strategy told one (shaped) value per trial
+            fitness = jnp.repeat(fitness[:, None], num_objectives, axis=1)
         fitness = jnp.where(jnp.all(jnp.isfinite(fitness), axis=1, keepdims=True), fitness, jnp.nan)
         slots = (state.told + jnp.arange(u.shape[0])) % capacity
-        best_u, best_fitness = update_best(state.best_u, state.best_fitness, u, fitness[:, 0])
         return state.replace(u=state.u.at[slots].set(jnp.asarray(u, jnp.float32)),
                              fitness=state.fitness.at[slots].set(fitness),
-                             told=state.told + u.shape[0], best_u=best_u, best_fitness=best_fitness)
+                             told=state.told + u.shape[0])
 
-    return Strategy(init, ask, tell)
+    return make(dim, init, ask, tell, num_objectives=num_objectives)
 
 
 @register_strategy("tpe")
@@ -186,8 +177,6 @@ class EvosaxState:
     es_state: Any
     pending: jax.Array  # (P, D) unclipped population of the last ask
     key: jax.Array
-    best_u: jax.Array
-    best_fitness: jax.Array
 
 
 def _evosax_strategy(space: Any, algorithm, population_size: int, init_mean: float,
@@ -201,9 +190,8 @@ def _evosax_strategy(space: Any, algorithm, population_size: int, init_mean: flo
     def init(key: jax.Array) -> EvosaxState:
         k_es, k_state = jax.random.split(key)
         es_state = es.init(k_es, jnp.full((dim,), init_mean, jnp.float32), params)
-        best_u, best_fitness = initial_best(dim)
         return EvosaxState(es_state=es_state, pending=jnp.full((size, dim), init_mean, jnp.float32),
-                           key=k_state, best_u=best_u, best_fitness=best_fitness)
+                           key=k_state)
 
     def ask(state: EvosaxState, key: jax.Array, n: int):
         n = check_ask_size(n, size, "population_size")
@@ -213,41 +201,41 @@ def _evosax_strategy(space: Any, algorithm, population_size: int, init_mean: flo
 
     def tell(state: EvosaxState, u: jax.Array, fitness: jax.Array) -> EvosaxState:
         n = u.shape[0]
-        ranked = failed_as_inf(fitness)
-        full = jnp.concatenate([ranked, jnp.full((size - n,), jnp.inf, jnp.float32)])
+        full = jnp.concatenate([fitness, jnp.full((size - n,), jnp.inf, jnp.float32)])
         # ranks only: a finite stand-in for +inf keeps every ES's arithmetic finite
         finite = jnp.where(jnp.isfinite(full), full, jnp.max(jnp.where(jnp.isfinite(full), full, 0.0))
                            + 1.0 + jnp.abs(jnp.max(jnp.where(jnp.isfinite(full), full, 0.0))))
         key, k_tell = jax.random.split(state.key)
         es_state, _ = es.tell(k_tell, state.pending, finite, state.es_state, params)
-        best_u, best_fitness = update_best(state.best_u, state.best_fitness, u, fitness)
-        return state.replace(es_state=es_state, key=key, best_u=best_u, best_fitness=best_fitness)
+        return state.replace(es_state=es_state, key=key)
 
-    return Strategy(init, ask, tell)
+    return make(dim, init, ask, tell)
+
+
+def _std_init_strategy(space: Any, algorithm_name: str, population_size: int, sigma: float,
+                       init_mean: float) -> Strategy:
+    """An evosax algorithm whose only setting is its initial standard deviation `sigma`."""
+    import evosax.algorithms
+
+    size = check_positive_int("population_size", population_size, minimum=2)
+    std = check_number("sigma", sigma, 0.0, low_open=True)
+    mean = check_number("init_mean", init_mean, 0.0, 1.0)
+    return _evosax_strategy(space, getattr(evosax.algorithms, algorithm_name), size, mean,
+                            {"std_init": jnp.asarray(std, jnp.float32)})
 
 
 @register_strategy("cma_es")
 def cma_es(space: Any, *, population_size: int = 16, sigma: float = 0.3,
            init_mean: float = 0.5) -> Strategy:
     """CMA-ES (evosax `CMA_ES`) started at `init_mean` with step size `sigma`."""
-    from evosax.algorithms import CMA_ES
-
-    size = check_positive_int("population_size", population_size, minimum=2)
-    std = check_number("sigma", sigma, 0.0, low_open=True)
-    mean = check_number("init_mean", init_mean, 0.0, 1.0)
-    return _evosax_strategy(space, CMA_ES, size, mean, {"std_init": jnp.asarray(std, jnp.float32)})
+    return _std_init_strategy(space, "CMA_ES", population_size, sigma, init_mean)
 
 
 @register_strategy("snes")
 def snes(space: Any, *, population_size: int = 16, sigma: float = 0.3,
          init_mean: float = 0.5) -> Strategy:
     """Separable natural evolution strategy (evosax `SNES`)."""
-    from evosax.algorithms import SNES
-
-    size = check_positive_int("population_size", population_size, minimum=2)
-    std = check_number("sigma", sigma, 0.0, low_open=True)
-    mean = check_number("init_mean", init_mean, 0.0, 1.0)
-    return _evosax_strategy(space, SNES, size, mean, {"std_init": jnp.asarray(std, jnp.float32)})
+    return _std_init_strategy(space, "SNES", population_size, sigma, init_mean)
 
 
 @register_strategy("open_es")

@@ -28,13 +28,11 @@ from vhjax.search.strategies.base import (
     check_choice,
     check_number,
     check_positive_int,
-    failed_as_inf,
     failed_as_worst,
-    initial_best,
+    make,
     mutate,
     mutate_one_column,
     register_strategy,
-    update_best,
 )
 
 SELECTIONS = ("tournament", "roulette")
@@ -49,19 +47,14 @@ class PopulationState:
     fitness: jax.Array  # (P,)
     told: jax.Array  # members told so far
     generation: jax.Array
-    best_u: jax.Array
-    best_fitness: jax.Array
 
 
 def _empty_population(size: int, dim: int) -> PopulationState:
-    best_u, best_fitness = initial_best(dim)
     return PopulationState(
         population=jnp.full((size, dim), 0.5, jnp.float32),
         fitness=jnp.full((size,), jnp.inf, jnp.float32),
         told=jnp.asarray(0, jnp.int32),
         generation=jnp.asarray(0, jnp.int32),
-        best_u=best_u,
-        best_fitness=best_fitness,
     )
 
 
@@ -176,15 +169,12 @@ def genetic_algorithm(space: Any, *, population_size: int = 32, selection: str =
         return state, _fill_first(state, k_fresh, children, size)
 
     def tell(state: PopulationState, u: jax.Array, fitness: jax.Array) -> PopulationState:
-        fitness = failed_as_inf(fitness)
         population, kept_fitness = _survivors(state, u, fitness, elites)
-        best_u, best_fitness = update_best(state.best_u, state.best_fitness, u, fitness)
         return state.replace(population=population, fitness=kept_fitness,
-                             told=state.told + u.shape[0], generation=state.generation + 1,
-                             best_u=best_u, best_fitness=best_fitness)
+                             told=state.told + u.shape[0], generation=state.generation + 1)
 
     del is_categorical
-    return Strategy(init, ask, tell)
+    return make(dim, init, ask, tell)
 
 
 # ----------------------------------------------------------------------------- regularized evolution
@@ -220,15 +210,12 @@ def regularized_evolution(space: Any, *, population_size: int = 50, tournament_s
         return state, _fill_first(state, k_fresh, children, size)
 
     def tell(state: PopulationState, u: jax.Array, fitness: jax.Array) -> PopulationState:
-        fitness = failed_as_inf(fitness)
-        best_u, best_fitness = update_best(state.best_u, state.best_fitness, u, fitness)
         n = u.shape[0]
         if n > size:  # only the youngest P children can stay
             u, fitness = u[-size:], fitness[-size:]
         slots = (state.told + n - u.shape[0] + jnp.arange(u.shape[0])) % size  # the oldest
         return state.replace(population=state.population.at[slots].set(u),
                              fitness=state.fitness.at[slots].set(fitness),
-                             told=state.told + n, generation=state.generation + 1,
-                             best_u=best_u, best_fitness=best_fitness)
+                             told=state.told + n, generation=state.generation + 1)
 
-    return Strategy(init, ask, tell)
+    return make(dim, init, ask, tell)

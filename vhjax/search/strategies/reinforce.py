@@ -25,10 +25,10 @@ from vhjax.search.strategies.base import (
     check_ask_size,
     check_number,
     check_positive_int,
+    inner_state,
     failed_as_worst,
-    initial_best,
+    make,
     register_strategy,
-    update_best,
 )
 
 
@@ -39,8 +39,6 @@ class ReinforceState:
     baseline: jax.Array
     has_baseline: jax.Array
     told: jax.Array
-    best_u: jax.Array
-    best_fitness: jax.Array
 
 
 def column_choices(cardinalities: np.ndarray, bins: int) -> np.ndarray:
@@ -50,6 +48,7 @@ def column_choices(cardinalities: np.ndarray, bins: int) -> np.ndarray:
 
 def policy_probabilities(state: ReinforceState) -> jax.Array:
     """`(D, K)` choice probabilities of each column (0 beyond a column's choices)."""
+    state = inner_state(state)
     return jax.nn.softmax(state.logits, axis=-1)
 
 
@@ -82,11 +81,9 @@ def reinforce(space: Any, *, learning_rate: float = 0.05, baseline_momentum: flo
     def init(key: jax.Array) -> ReinforceState:
         del key
         logits = padding  # uniform over each column's choices
-        best_u, best_fitness = initial_best(dim)
         return ReinforceState(logits=logits, opt_state=optimizer.init(logits),
                               baseline=jnp.asarray(0.0, jnp.float32),
-                              has_baseline=jnp.asarray(False), told=jnp.asarray(0, jnp.int32),
-                              best_u=best_u, best_fitness=best_fitness)
+                              has_baseline=jnp.asarray(False), told=jnp.asarray(0, jnp.int32))
 
     def ask(state: ReinforceState, key: jax.Array, n: int):
         n = check_ask_size(n)
@@ -107,13 +104,12 @@ def reinforce(space: Any, *, learning_rate: float = 0.05, baseline_momentum: flo
         grads = jax.grad(loss)(state.logits)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.logits)
         logits = optax.apply_updates(state.logits, updates)
-        best_u, best_fitness = update_best(state.best_u, state.best_fitness, u, fitness)
         keep = lambda new, old: jnp.where(any_success, new, old)  # noqa: E731 (all failed: no step)
         return state.replace(
             logits=keep(logits, state.logits),
             opt_state=jax.tree.map(keep, opt_state, state.opt_state),
             baseline=keep(baseline, state.baseline),
             has_baseline=state.has_baseline | any_success,
-            told=state.told + u.shape[0], best_u=best_u, best_fitness=best_fitness)
+            told=state.told + u.shape[0])
 
-    return Strategy(init, ask, tell)
+    return make(dim, init, ask, tell)
