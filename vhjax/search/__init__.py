@@ -18,11 +18,13 @@ from vhjax.search.space import (Boolean, Categorical, Conditional, Float, Int, S
 from vhjax.search.strategies import STRATEGIES, Proposals, Strategy, make_strategy, register_strategy
 from vhjax.search.tabular import NASBench201
 from vhjax.search.training import TrainingObjective, candidate_to_member
+from vhjax.search.tune import TuneResult, tune
 
 __all__ = ["Boolean", "Candidates", "Categorical", "Conditional", "Float", "Int", "NASBench201", "Proposals", "STRATEGIES",
            "SearchResult", "Space", "Strategy", "TrainingObjective", "TrialTable", "candidate_to_member",
            "cnn_space", "crowding_distance", "hypervolume_2d", "make_strategy", "mlp_space", "nasbench201_space",
-           "non_dominated", "pareto_front", "pareto_ranks", "register_strategy", "search", "search_multifidelity", "search_pbt"]
+           "non_dominated", "pareto_front", "pareto_ranks", "register_strategy", "search", "search_multifidelity", "search_pbt",
+           "TuneResult", "tune"]
 
 
 class _CallableModule(types.ModuleType):

@@ -99,9 +99,9 @@ class TrainingObjective:
         return {"config": self.config.to_dict(), "metric": self.metric, "split": self.split}
 
     def _model_full_arch(self) -> dict | None:
-        from vhjax.models import get_model
+        from vhjax.train.task import resolve_model
 
-        model = get_model(self.config.model, **dict(self.config.model_kwargs))
+        model = resolve_model(self.config)
         return model.full_arch() if hasattr(model, "full_arch") else None
 
     def members(self, candidates: list[Mapping[str, Any]]) -> list[dict]:
