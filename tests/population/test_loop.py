@@ -117,7 +117,7 @@ def test_a_workdir_in_use_is_refused_at_once(tmp_path):
 def test_one_scalar_per_member_fills_a_vector_hyperparameter():
     """A search-space entry `aug_strength` gives one number per member; with two augmentations in
     the pipeline it sets both (it was refused: 'has shape (2,); expected (2, 2)')."""
-    augment = ({"name": "gaussian_noise", "strength": 0.1}, {"name": "shift", "strength": 0.1})
+    augment = ({"name": "gaussian_noise", "strength": 0.1}, {"name": "translate", "strength": 0.1})
     config = dataclasses.replace(CONFIG, augment=augment, steps=10)
     result = fit_population(config, [{"aug_strength": 0.0}, {"aug_strength": 0.4}], verbose=False)
     strengths = np.asarray(result.states[0].members.hparams["aug_strength"])

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -149,9 +150,11 @@ def shared_storage(url: str, heartbeat_interval: int, grace_period: int) -> Any:
     heartbeat for `grace_period` seconds (it died) are failed and asked again by the others."""
     import optuna
 
-    retry = optuna.storages.RetryFailedTrialCallback(max_retry=3)
-    return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                                      failed_trial_callback=retry)
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                                          heartbeat_stale_trial_callback=retry)
 
 
 def open_study(workdir: Path | None, name: str, direction: str, sampler: Any, pruner: Any,

@@ -82,6 +82,8 @@ class Checkpointer:
             if problems:
                 warnings.warn(f"checkpoint folder {self.directory}: skipped damaged checkpoint(s) "
                               f"({'; '.join(problems)}); resuming from step {candidate}", RuntimeWarning, stacklevel=2)
+                for damaged in (s for s in steps if s > candidate):  # the rerun saves these steps again
+                    self._manager.delete(damaged)
             return state, record
         raise CheckpointError(f"no intact checkpoint in {self.directory} ({'; '.join(problems) or 'none saved'}); "
                               "remove the folder to start the run again")
