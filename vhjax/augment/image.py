@@ -119,7 +119,7 @@ def rotate(mode: str = "zero") -> Augmentation:
 def _random_flip(key: jax.Array, x: jax.Array, strength: jax.Array, axis: int) -> jax.Array:
     """Flip each example along batch axis `axis` with probability `strength`."""
     strength = check_strength(strength)
-    flip = per_example(key, x, lambda k, _: jax.random.bernoulli(k, strength))
+    flip = jax.random.bernoulli(key, strength, (x.shape[0],))  # one draw for the batch
     return identity_at_zero(strength, x, select_examples(flip, jnp.flip(x, axis), x))
 
 
