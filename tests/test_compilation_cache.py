@@ -21,7 +21,7 @@ def test_counter_counts_a_new_function_once_and_reuse_not_at_all():
     x = jnp.arange(5.0)
     with compilation_cache.count_compilations() as first:
         f(x).block_until_ready()
-    assert first.count == 1 and first.seconds > 0
+    assert first.count == 1 and first.seconds > 0 and list(first.by_function.values()) == [1]
     with compilation_cache.count_compilations() as again:
         f(x).block_until_ready()
     count, seconds = again

@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import os
 import threading
+from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
@@ -93,6 +94,7 @@ class Compilations:
     seconds: float = 0.0
     cache_hits: int = 0
     cache_misses: int = 0
+    by_function: Counter = dataclasses.field(default_factory=Counter)  # jitted function name -> count
 
     @property
     def compiled(self) -> int:
@@ -113,10 +115,11 @@ def count_compilations() -> Iterator[Compilations]:
     """
     seen = Compilations()
 
-    def on_duration(event: str, duration: float, **_: object) -> None:
+    def on_duration(event: str, duration: float, **kwargs: object) -> None:
         if event == BACKEND_COMPILE_EVENT:
             seen.count += 1
             seen.seconds += float(duration)
+            seen.by_function[str(kwargs.get("fun_name", "?"))] += 1
 
     def on_event(event: str, **_: object) -> None:
         if event == CACHE_HIT_EVENT:
