@@ -20,7 +20,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from vhjax.augment import get_augmentation
 from vhjax.augment.compose import per_example
