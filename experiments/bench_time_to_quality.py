@@ -526,7 +526,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"(imports, data, compilation, evaluation included). JAX {jax.__version__} on "
         f"{jax.devices()[0].platform}, {os.cpu_count()} CPU(s). Total wall time {time.perf_counter() - started:.0f} s.\n\n"
         f"Command: `python experiments/bench_time_to_quality.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n")
-    (results_dir / f"{stem}.md").write_text(header + "\n" + table + "\n")
+    compiled = "\n".join(
+        f"- {run['contestant']}: " + ", ".join(f"{name} x{count}" for name, count in run.get("compiled_functions", {}).items())
+        for run in runs if run["seed"] == 0)
+    (results_dir / f"{stem}.md").write_text(header + "\n" + table + "\n\nMost compiled functions (seed 0, top 12):\n\n"
+                                            + compiled + "\n")
     (results_dir / f"{stem}.json").write_text(json.dumps({"args": vars(args), "runs": runs, "summary": summary},
                                                          default=str))
     plot(runs, figures_dir / f"{stem}.png", f"{args.task}: best validation accuracy vs wall time")
