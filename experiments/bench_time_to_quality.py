@@ -299,8 +299,6 @@ class OptunaTrainer:
         done = 0
         for start in range(0, self.steps, self.chunk):
             chunk = indices[start:start + self.chunk]
-            if len(chunk) < self.chunk:  # keep one compiled chunk length
-                break
             params, opt_state, key = self._train_chunk(params, opt_state, key, self.train_data, chunk,
                                                        f32(params_dict["dropout_rate"]), f32(params_dict["augment"]))
             done += len(chunk)
@@ -496,6 +494,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         return worker(args)
     if args.quick:
         args.trials, args.steps, args.seeds, args.population = 4, 100, 1, 2
+    if args.steps % REPORTS_PER_TRIAL or args.steps <= 0:
+        parser.error(f"--steps {args.steps}: must be a positive multiple of {REPORTS_PER_TRIAL} (the pruner's rungs)")
     contestants = [c.strip() for c in args.contestants.split(",") if c.strip()]
     unknown = [c for c in contestants if c not in CONTESTANTS]
     if unknown:
