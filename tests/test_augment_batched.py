@@ -99,3 +99,15 @@ def test_scale_factors_are_uniform_within_strength():
     factors = np.asarray(random_factors(KEY, 20000, jnp.float32(0.3)))
     assert factors.min() >= 0.7 and factors.max() <= 1.3
     assert abs(factors.mean() - 1.0) < 0.005 and abs(factors.std() - 0.3 / np.sqrt(3)) < 0.005
+
+
+@pytest.mark.parametrize("mode", ["zero", "edge", "roll"])
+def test_translate_equals_per_example_shifts_of_rows_and_columns(mode):
+    images = jax.random.normal(jax.random.key(3), (7, 8, 6, 2))
+    strength = jnp.float32(0.25)
+    out = jax.jit(get_augmentation("translate", mode=mode))(KEY, images, strength)
+    row_key, col_key = jax.random.split(KEY)
+    rows = random_offsets(row_key, 7, max_offset(strength, 8))
+    cols = random_offsets(col_key, 7, max_offset(strength, 6))
+    expected = jnp.stack([shift_axis(shift_axis(images[i], rows[i], 0, mode), cols[i], 1, mode) for i in range(7)])
+    np.testing.assert_array_equal(out, expected)

@@ -114,26 +114,32 @@ def _per_row(values: jax.Array, ndim: int) -> jax.Array:
     return values.reshape((-1,) + (1,) * (ndim - 1))
 
 
-def gather_time(x: jax.Array, index: jax.Array, zero_outside: bool) -> jax.Array:
-    """Batched read along axis 1: out[n, t] = x[n, index[n, t]], index (N, L') of int32.
-
-    Out-of-range indices read the edge value, or 0 with `zero_outside` (one gather for the batch).
-    """
-    length = x.shape[1]
-    expand = index.reshape(index.shape + (1,) * (x.ndim - 2))
-    values = jnp.take_along_axis(x, jnp.clip(expand, 0, length - 1), axis=1)
+def gather_axis(x: jax.Array, index: jax.Array, zero_outside: bool, axis: int = 1) -> jax.Array:
+    """Batched read along `axis`: out[n, ..., t, ...] = x[n, ..., index[n, t], ...], index
+    (N, L') of int32. Out-of-range indices read the edge value, or 0 with `zero_outside` (one
+    gather for the batch)."""
+    length = x.shape[axis]
+    shape = (index.shape[0],) + (1,) * (axis - 1) + (index.shape[1],) + (1,) * (x.ndim - axis - 1)
+    expand = index.reshape(shape)
+    values = jnp.take_along_axis(x, jnp.clip(expand, 0, length - 1), axis=axis)
     if not zero_outside:
         return values
     return jnp.where((expand >= 0) & (expand < length), values, jnp.zeros((), x.dtype))
 
 
-def shift_batch(x: jax.Array, offsets: jax.Array, mode: str = "zero") -> jax.Array:
-    """Every sequence of `x` (N, L[, C]) moved by its own integer offset along time:
+def gather_time(x: jax.Array, index: jax.Array, zero_outside: bool) -> jax.Array:
+    """`gather_axis` along time (axis 1) of sequences (N, L[, C])."""
+    return gather_axis(x, index, zero_outside, axis=1)
+
+
+def shift_batch(x: jax.Array, offsets: jax.Array, mode: str = "zero", axis: int = 1) -> jax.Array:
+    """Every example of `x` moved by its own integer offset along `axis` (default 1, time):
     out[n, t] = x[n, t - offsets[n]], filled by `mode` as in `shift_axis`; one gather."""
-    source = jnp.arange(x.shape[1])[None, :] - offsets[:, None]
+    length = x.shape[axis]
+    source = jnp.arange(length)[None, :] - offsets[:, None]
     if mode == "roll":
-        return gather_time(x, jnp.mod(source, x.shape[1]), zero_outside=False)
-    return gather_time(x, source, zero_outside=mode == "zero")
+        return gather_axis(x, jnp.mod(source, length), zero_outside=False, axis=axis)
+    return gather_axis(x, source, zero_outside=mode == "zero", axis=axis)
 
 
 def resample_batch(x: jax.Array, factors: jax.Array, mode: str = "zero") -> jax.Array:
