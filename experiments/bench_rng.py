@@ -59,10 +59,12 @@ def dropout_variant(impl: str, members: int, shape: tuple[int, ...], eight_bit: 
         keep = 1.0 - rate
         return jnp.where(jax.random.uniform(key, x.shape) < keep, x / keep, 0.0)
 
-    def dropout_8bit(key, x, rate):  # a quarter of the random bits: the rate is rounded to 1/256
+    def dropout_8bit(key, x, rate):  # a quarter of the hashing: 4 bytes of each 32-bit word, rate rounded to 1/256
         keep = 1.0 - rate
         threshold = jnp.round(keep * 256.0).astype(jnp.uint16)
-        return jnp.where(jax.random.bits(key, x.shape, jnp.uint8).astype(jnp.uint16) < threshold, x / keep, 0.0)
+        words = jax.random.bits(key, (-(-x.size // 4),), jnp.uint32)
+        random_bytes = jax.lax.bitcast_convert_type(words, jnp.uint8).reshape(-1)[:x.size].reshape(x.shape)
+        return jnp.where(random_bytes.astype(jnp.uint16) < threshold, x / keep, 0.0)
 
     fn = dropout_8bit if eight_bit else dropout
     return jax.jit(jax.vmap(fn, in_axes=(0, None, 0))), (keys, x, rates)
