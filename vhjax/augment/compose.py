@@ -82,7 +82,11 @@ def identity_at_zero(strength: jax.Array, x: jax.Array, augmented: jax.Array) ->
 
 
 def per_example(key: jax.Array, x: jax.Array, fn: Callable[[jax.Array, jax.Array], jax.Array]) -> jax.Array:
-    """Apply `fn(key_i, x_i)` to every example of the batch with its own key."""
+    """Apply `fn(key_i, x_i)` to every example of the batch with its own key.
+
+    Simple, but a key split per example and a vmapped op cost much more on CPU than one batched
+    draw and one batched op; the sequence ops and flips use the latter (see sequence.py).
+    """
     keys = jax.random.split(key, x.shape[0])
     return jax.vmap(fn)(keys, x)
 
@@ -99,8 +103,8 @@ def select_examples(mask: jax.Array, augmented: jax.Array, x: jax.Array) -> jax.
 def with_probability(augmentation: Augmentation) -> ChainedAugmentation:
     """`fn(key, x, strength, prob)`: each example is augmented with probability `prob`.
 
-    Draws one Bernoulli(prob) per example; prob 0 gives `x` back bitwise, prob 1 augments every
-    example. `prob` is a scalar array and may be traced.
+    Draws one Bernoulli(prob) per example, all in one `(N,)` draw; prob 0 gives `x` back bitwise,
+    prob 1 augments every example. `prob` is a scalar array and may be traced.
     """
 
     def apply(key: jax.Array, x: jax.Array, strength: jax.Array, prob: jax.Array) -> jax.Array:

@@ -1,7 +1,8 @@
 """Augmentations of images `(N, H, W, C)`, and flips for images and sequences.
 
 Every op is `fn(key, x, strength) -> x`; strength 0 returns `x` bitwise, and each example gets
-its own random draw (the key is split per example).
+its own random values (translate and the flips draw them for the whole batch at once and apply
+them with batched gathers; the others split the key per example).
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from vhjax.augment.sequence import (
     check_mode,
     max_offset,
     random_factor,
-    random_offset,
+    random_offsets,
     resample_axis,
-    shift_axis,
+    shift_batch,
 )
 
 IMAGE_LAYOUT = "images (N, H, W, C)"
@@ -70,13 +71,10 @@ def translate(mode: str = "zero") -> Augmentation:
         check_rank(x, (4,), "translate", IMAGE_LAYOUT)
         strength = check_strength(strength)
         row_limit, col_limit = max_offset(strength, x.shape[1]), max_offset(strength, x.shape[2])
-
-        def one(k: jax.Array, image: jax.Array) -> jax.Array:
-            row_key, col_key = jax.random.split(k)
-            image = shift_axis(image, random_offset(row_key, row_limit), 0, mode)
-            return shift_axis(image, random_offset(col_key, col_limit), 1, mode)
-
-        return identity_at_zero(strength, x, per_example(key, x, one))
+        row_key, col_key = jax.random.split(key)
+        moved = shift_batch(x, random_offsets(row_key, x.shape[0], row_limit), mode, axis=1)
+        moved = shift_batch(moved, random_offsets(col_key, x.shape[0], col_limit), mode, axis=2)
+        return identity_at_zero(strength, x, moved)
 
     return apply
 
@@ -119,7 +117,7 @@ def rotate(mode: str = "zero") -> Augmentation:
 def _random_flip(key: jax.Array, x: jax.Array, strength: jax.Array, axis: int) -> jax.Array:
     """Flip each example along batch axis `axis` with probability `strength`."""
     strength = check_strength(strength)
-    flip = per_example(key, x, lambda k, _: jax.random.bernoulli(k, strength))
+    flip = jax.random.bernoulli(key, strength, (x.shape[0],))  # one draw for the batch
     return identity_at_zero(strength, x, select_examples(flip, jnp.flip(x, axis), x))
 
 

@@ -1,7 +1,10 @@
 """Augmentations of sequences `(N, L)` / `(N, L, C)`, and shape-agnostic ones.
 
 Every op is `fn(key, x, strength) -> x`; strength 0 returns `x` bitwise, and each example gets
-its own random draw (the key is split per example). The axis helpers (`shift_axis`,
+its own random value. The values of the whole batch come from one draw (`random_offsets`,
+`random_factors`: one `(N,)` array from the key) followed by one batched gather or broadcast
+op, not from a key split per example and a vmap: on CPU, the per-example splitting and the
+vmapped gathers cost more than the train step's convolutions. The axis helpers (`shift_axis`,
 `resample_axis`) are reused by the image ops.
 """
 
@@ -15,7 +18,6 @@ from vhjax.augment.compose import (
     check_rank,
     check_strength,
     identity_at_zero,
-    per_example,
     register_augmentation,
 )
 
@@ -92,8 +94,67 @@ def random_offset(key: jax.Array, limit: jax.Array) -> jax.Array:
 
 def random_factor(key: jax.Array, strength: jax.Array) -> jax.Array:
     """A uniform factor in [1 - strength, 1 + strength], at least MIN_SCALE_FACTOR."""
-    spread = jax.random.uniform(key, (), minval=-1.0, maxval=1.0)
+    return random_factors(key, (), strength)
+
+
+def random_offsets(key: jax.Array, count: int, limit: jax.Array) -> jax.Array:
+    """`count` uniform integers in [-limit, limit] from one draw; `limit` may be traced."""
+    return jax.random.randint(key, (count,), -limit, limit + 1)
+
+
+def random_factors(key: jax.Array, shape: tuple[int, ...] | int, strength: jax.Array) -> jax.Array:
+    """Uniform factors in [1 - strength, 1 + strength] (at least MIN_SCALE_FACTOR), one draw."""
+    shape = (shape,) if isinstance(shape, int) else shape
+    spread = jax.random.uniform(key, shape, minval=-1.0, maxval=1.0)
     return jnp.maximum(1.0 + strength * spread, MIN_SCALE_FACTOR)
+
+
+def _per_row(values: jax.Array, ndim: int) -> jax.Array:
+    """(N,) values shaped to broadcast against an (N, ...) batch of rank `ndim`."""
+    return values.reshape((-1,) + (1,) * (ndim - 1))
+
+
+def gather_axis(x: jax.Array, index: jax.Array, zero_outside: bool, axis: int = 1) -> jax.Array:
+    """Batched read along `axis`: out[n, ..., t, ...] = x[n, ..., index[n, t], ...], index
+    (N, L') of int32. Out-of-range indices read the edge value, or 0 with `zero_outside` (one
+    gather for the batch)."""
+    length = x.shape[axis]
+    shape = (index.shape[0],) + (1,) * (axis - 1) + (index.shape[1],) + (1,) * (x.ndim - axis - 1)
+    expand = index.reshape(shape)
+    values = jnp.take_along_axis(x, jnp.clip(expand, 0, length - 1), axis=axis)
+    if not zero_outside:
+        return values
+    return jnp.where((expand >= 0) & (expand < length), values, jnp.zeros((), x.dtype))
+
+
+def gather_time(x: jax.Array, index: jax.Array, zero_outside: bool) -> jax.Array:
+    """`gather_axis` along time (axis 1) of sequences (N, L[, C])."""
+    return gather_axis(x, index, zero_outside, axis=1)
+
+
+def shift_batch(x: jax.Array, offsets: jax.Array, mode: str = "zero", axis: int = 1) -> jax.Array:
+    """Every example of `x` moved by its own integer offset along `axis` (default 1, time):
+    out[n, t] = x[n, t - offsets[n]], filled by `mode` as in `shift_axis`; one gather."""
+    length = x.shape[axis]
+    source = jnp.arange(length)[None, :] - offsets[:, None]
+    if mode == "roll":
+        return gather_axis(x, jnp.mod(source, length), zero_outside=False, axis=axis)
+    return gather_axis(x, source, zero_outside=mode == "zero", axis=axis)
+
+
+def resample_batch(x: jax.Array, factors: jax.Array, mode: str = "zero") -> jax.Array:
+    """Every sequence of `x` (N, L[, C]) stretched about its centre by its own factor (as
+    `resample_axis` along time, linear interpolation); two gathers for the whole batch."""
+    length = x.shape[1]
+    centre = (length - 1) / 2.0
+    positions = centre + (jnp.arange(length, dtype=jnp.float32)[None, :] - centre) / factors[:, None]
+    lower = jnp.floor(positions)
+    weight = (positions - lower).reshape(positions.shape + (1,) * (x.ndim - 2))
+    lower = lower.astype(jnp.int32)
+    zero_outside = mode == "zero"
+    below = gather_time(x, lower, zero_outside)
+    above = gather_time(x, lower + 1, zero_outside)
+    return (below * (1.0 - weight) + above * weight).astype(x.dtype)
 
 
 @register_augmentation("gaussian_noise")
@@ -103,7 +164,7 @@ def gaussian_noise() -> Augmentation:
 
     def apply(key: jax.Array, x: jax.Array, strength: jax.Array) -> jax.Array:
         strength = check_strength(strength)
-        noisy = per_example(key, x, lambda k, xi: xi + strength * jax.random.normal(k, xi.shape, jnp.float32))
+        noisy = x + strength * jax.random.normal(key, x.shape, jnp.float32)
         return identity_at_zero(strength, x, noisy)
 
     return apply
@@ -117,7 +178,7 @@ def brightness() -> Augmentation:
 
     def apply(key: jax.Array, x: jax.Array, strength: jax.Array) -> jax.Array:
         strength = check_strength(strength)
-        scaled = per_example(key, x, lambda k, xi: xi * random_factor(k, strength))
+        scaled = x * _per_row(random_factors(key, x.shape[0], strength), x.ndim)
         return identity_at_zero(strength, x, scaled)
 
     return apply
@@ -134,7 +195,7 @@ def shift(mode: str = "zero") -> Augmentation:
         check_rank(x, (2, 3), "shift", SEQUENCE_LAYOUT)
         strength = check_strength(strength)
         limit = max_offset(strength, x.shape[1])
-        shifted = per_example(key, x, lambda k, xi: shift_axis(xi, random_offset(k, limit), 0, mode))
+        shifted = shift_batch(x, random_offsets(key, x.shape[0], limit), mode)
         return identity_at_zero(strength, x, shifted)
 
     return apply
@@ -150,7 +211,7 @@ def scale(mode: str = "zero") -> Augmentation:
     def apply(key: jax.Array, x: jax.Array, strength: jax.Array) -> jax.Array:
         check_rank(x, (2, 3), "scale", SEQUENCE_LAYOUT)
         strength = check_strength(strength)
-        scaled = per_example(key, x, lambda k, xi: resample_axis(xi, random_factor(k, strength), 0, mode))
+        scaled = resample_batch(x, random_factors(key, x.shape[0], strength), mode)
         return identity_at_zero(strength, x, scaled)
 
     return apply

@@ -1,0 +1,542 @@
+"""Benchmark (issue 11): time to quality of a vhjax search against Optuna with a per-trial loop.
+
+The task: hyperparameter search (learning rate, decoupled weight decay, dropout, augmentation
+strength) for a fixed network, Adam, `--steps` steps of batch 100 per trial; every trial is
+selected on a validation split carved from train (train[:90%] / train[90%:]) and the test
+accuracy of the pick is reported. Tasks: `mnist1d_cnn` (the MNIST-1D paper CNN, random shift)
+and `digits_cnn` (sklearn digits 8x8, a small 2-D CNN, random translation).
+
+Contestants (`--contestants`, comma-separated; add one by adding a function to CONTESTANTS):
+  optuna_tpe     Optuna TPE (multivariate), one trial at a time
+  optuna_random  Optuna random sampling, one trial at a time
+  optuna_tpe_hb  Optuna TPE + HyperbandPruner, validation accuracy reported every steps/10
+  vhjax_tpe      vhjax.search(TrainingObjective(config), space, 'tpe', population=P)
+  vhjax_random   the same with 'random'
+The Optuna contestants are a competent user's trainer: a Flax/optax step jitted once, with every
+hyperparameter a traced argument (`optax.inject_hyperparams(optax.adamw)`, dropout rate and
+augmentation strength as arrays), data on the device, `lax.scan` over chunks of steps, the same
+model and augmentation functions as vhjax.
+
+Protocol: each (contestant, seed) runs in its own fresh Python process, in the order
+seed 0: A, B, C, ...; seed 1: A, B, C, ... (interleaved, so slow drifts of a shared machine
+spread over all contestants). Each process records, for every finished trial, (seconds since the
+process started, validation accuracy, test accuracy): imports, data loading, compilation,
+evaluation and search overhead are all inside the clock. Compilations are counted and timed with
+`vhjax.compilation_cache.count_compilations` (JAX monitoring events).
+
+Reported per contestant (over seeds): trials, member-steps, wall time, compile time and count,
+best validation accuracy, test accuracy of the pick, time to reach 98% and 100% of Optuna TPE's
+best validation accuracy of the same seed, and the speed-ups against Optuna TPE and against
+TPE + pruner (their time / the contestant's time; > 1 means faster). Writes
+experiments/results/time_to_quality[_TASK].{md,json} and experiments/figures/time_to_quality[_TASK].png.
+
+Command:  python experiments/bench_time_to_quality.py [--task mnist1d_cnn] [--trials 64] [--steps 1500]
+          [--seeds 3] [--population 16] [--contestants optuna_tpe,optuna_random,optuna_tpe_hb,vhjax_tpe,vhjax_random]
+Smoke run (about a minute, writes *_quick.* files):  python experiments/bench_time_to_quality.py --quick
+"""
+
+from __future__ import annotations
+
+import time
+
+PROCESS_START = time.perf_counter()  # before the heavy imports: a worker's clock includes them
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable, Sequence  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+FRACTIONS = (0.98, 1.0)
+DEFAULT_CONTESTANTS = "optuna_tpe,optuna_random,optuna_tpe_hb,vhjax_tpe,vhjax_random"
+REPORTS_PER_TRIAL = 10  # chunks per trial: the pruner's rungs, and the Optuna trainer's scan length
+
+
+# --- tasks -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One benchmark task: dataset, model, augmentation and the search space's ranges."""
+
+    dataset: str
+    model: str
+    model_kwargs: dict
+    augmentation: str
+    # (name, low, high, log): the searched hyperparameters; `augment` is the augmentation strength
+    space: tuple[tuple[str, float, float, bool], ...]
+    describe: str
+
+
+SPACE_COMMON = (("learning_rate", 1e-4, 3e-2, True), ("weight_decay", 1e-5, 1e-1, True),
+                ("dropout_rate", 0.0, 0.5, False))
+TASKS = {
+    "mnist1d_cnn": Task("mnist1d", "mnist1d_cnn", {}, "shift", SPACE_COMMON + (("augment", 0.0, 0.25, False),),
+                        "MNIST-1D (3600 fit / 400 validation / 1000 test), the paper CNN "
+                        "(3 conv layers of 25 channels), random shift"),
+    "digits_cnn": Task("digits", "cnn2d", {"conv_layers": ((16, 3, 1, "SAME"), (32, 3, 1, "SAME")),
+                                           "head_widths": (64,)},
+                       "translate", SPACE_COMMON + (("augment", 0.0, 0.25, False),),
+                       "sklearn digits 8x8 (1293 fit / 144 validation / 360 test), small 2-D CNN "
+                       "(conv 16, conv 32, max pool, dense 64), random translation"),
+}
+SPLITS = ("train[:90%]", "train[90%:]", "test")
+
+
+# --- pure pieces: timelines, time to quality, ratios (tested in tests/test_bench_time_to_quality.py)
+
+
+def best_so_far(timeline: Sequence[Sequence[float]]) -> list[tuple[float, float, float]]:
+    """(time, best validation so far, test accuracy of that pick) after each finished trial.
+
+    `timeline` holds (seconds, validation accuracy, test accuracy) per trial in any order;
+    NaN validations (diverged trials) never become the pick; ties keep the earlier trial.
+    """
+    out, best, test = [], -math.inf, math.nan
+    for seconds, val, tst in sorted(timeline, key=lambda row: row[0]):
+        if not math.isnan(val) and val > best:
+            best, test = val, tst
+        out.append((float(seconds), best, test))
+    return out
+
+
+def time_to_reach(timeline: Sequence[Sequence[float]], target: float) -> float:
+    """Seconds until the best validation accuracy first reaches `target`; inf if never."""
+    for seconds, best, _ in best_so_far(timeline):
+        if best >= target - 1e-12:
+            return seconds
+    return math.inf
+
+
+def final_pick(timeline: Sequence[Sequence[float]]) -> tuple[float, float]:
+    """(best validation accuracy, test accuracy of that trial); NaNs when nothing finished."""
+    curve = best_so_far(timeline)
+    if not curve or curve[-1][1] == -math.inf:
+        return math.nan, math.nan
+    return curve[-1][1], curve[-1][2]
+
+
+def median_or_inf(values: Sequence[float]) -> float:
+    """The median; inf when half or more of the values are inf (never reached)."""
+    return float(np.median(np.asarray(values, dtype=np.float64))) if values else math.nan
+
+
+def speedup(reference_seconds: float, seconds: float) -> float:
+    """reference / contestant (> 1: the contestant is faster); 0 if only the reference got
+    there, inf if only the contestant did, NaN if neither did."""
+    if math.isinf(reference_seconds) and math.isinf(seconds):
+        return math.nan
+    if math.isinf(seconds):
+        return 0.0
+    return reference_seconds / seconds
+
+
+def summarize(runs: Sequence[dict], reference: str, fractions: Sequence[float] = FRACTIONS) -> dict[str, dict]:
+    """Per contestant: aggregates over seeds, and times to reach `fractions` of the reference
+    contestant's best validation accuracy of the same seed.
+
+    `runs` are worker records (`contestant`, `seed`, `timeline`, `trials`, `member_steps`,
+    `wall`, `compile_count`, `compile_seconds`). Times are medians over seeds (inf when the
+    contestant missed the target in half the seeds or more); `reached` counts the seeds.
+    """
+    targets = {}
+    for run in runs:
+        if run["contestant"] == reference:
+            targets[run["seed"]] = final_pick(run["timeline"])[0]
+    if not targets:
+        raise ValueError(f"no run of the reference contestant {reference!r}; contestants: "
+                         f"{sorted({r['contestant'] for r in runs})}")
+    summary: dict[str, dict] = {}
+    for name in dict.fromkeys(run["contestant"] for run in runs):
+        mine = [run for run in runs if run["contestant"] == name and run["seed"] in targets]
+        picks = [final_pick(run["timeline"]) for run in mine]
+        row = {
+            "seeds": len(mine),
+            "trials": float(np.mean([run["trials"] for run in mine])),
+            "member_steps": float(np.mean([run["member_steps"] for run in mine])),
+            "wall": median_or_inf([run["wall"] for run in mine]),
+            "compile_seconds": median_or_inf([run["compile_seconds"] for run in mine]),
+            "compile_count": float(np.median([run["compile_count"] for run in mine])),
+            "best_val": float(np.nanmean([p[0] for p in picks])),
+            "test": float(np.nanmean([p[1] for p in picks])),
+            "test_std": float(np.nanstd([p[1] for p in picks], ddof=1)) if len(picks) > 1 else 0.0,
+        }
+        for fraction in fractions:
+            times = [time_to_reach(run["timeline"], fraction * targets[run["seed"]]) for run in mine]
+            row[f"time_{fraction:g}"] = median_or_inf(times)
+            row[f"reached_{fraction:g}"] = int(sum(math.isfinite(t) for t in times))
+        summary[name] = row
+    for name, row in summary.items():
+        for other in (reference, "optuna_tpe_hb"):
+            if other in summary:
+                for fraction in fractions:
+                    key = f"time_{fraction:g}"
+                    row[f"speedup_{fraction:g}_vs_{other}"] = speedup(summary[other][key], row[key])
+    return summary
+
+
+def _fmt(value: float, digits: int = 0, suffix: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if math.isinf(value):
+        return "not reached" if not suffix == "x" else "inf"
+    return f"{value:,.{digits}f}{suffix}"
+
+
+def markdown_table(summary: dict[str, dict], reference: str, fractions: Sequence[float] = FRACTIONS) -> str:
+    """The per-contestant table (times in seconds, medians over seeds)."""
+    others = [o for o in (reference, "optuna_tpe_hb") if o in summary]
+    head = ["contestant", "seeds", "trials", "member-steps", "wall s", "compile s", "compilations",
+            "best val.", "test of pick"]
+    for fraction in fractions:
+        head.append(f"s to {100 * fraction:g}% of {reference} best (reached)")
+    head += [f"speed-up vs {o} at {100 * f:g}%" for o in others for f in fractions]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, row in summary.items():
+        cells = [name, str(row["seeds"]), _fmt(row["trials"]), _fmt(row["member_steps"]), _fmt(row["wall"], 1),
+                 _fmt(row["compile_seconds"], 1), _fmt(row["compile_count"]), _fmt(row["best_val"], 3),
+                 f"{_fmt(row['test'], 3)} ± {_fmt(row['test_std'], 3)}"]
+        for fraction in fractions:
+            cells.append(f"{_fmt(row[f'time_{fraction:g}'], 1)} ({row[f'reached_{fraction:g}']}/{row['seeds']})")
+        cells += [_fmt(row[f"speedup_{f:g}_vs_{o}"], 2, "x") for o in others for f in fractions]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# --- the Optuna contestants: a competent user's per-trial trainer --------------------------------
+
+
+def load_splits(task: Task):
+    from vhjax.data import load
+
+    return [load(task.dataset, split) for split in SPLITS]
+
+
+class OptunaTrainer:
+    """Train one trial at a time: one jitted chunk of `lax.scan`ned Adam steps, compiled once,
+    every hyperparameter a traced argument; data on the device."""
+
+    def __init__(self, task: Task, steps: int, batch_size: int = 100):
+        import jax
+        import jax.numpy as jnp
+        import optax
+
+        from vhjax.augment import get_augmentation
+        from vhjax.models import get_model
+
+        train, val, test = load_splits(task)
+        self.steps, self.batch_size, self.size = steps, batch_size, len(train.y)
+        self.chunk = max(1, steps // REPORTS_PER_TRIAL)
+        self.train_data = (jnp.asarray(train.x), jnp.asarray(train.y))
+        self.val, self.test = (jnp.asarray(val.x), jnp.asarray(val.y)), (jnp.asarray(test.x), jnp.asarray(test.y))
+        model = get_model(task.model, **task.model_kwargs)
+        augment = get_augmentation(task.augmentation)
+        tx = optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3, weight_decay=1e-4)
+        example = self.train_data[0][:1]
+
+        @jax.jit
+        def init(key, learning_rate, weight_decay):
+            params = model.init({"params": key}, example, train=False)["params"]
+            opt_state = tx.init(params)
+            opt_state.hyperparams["learning_rate"] = learning_rate
+            opt_state.hyperparams["weight_decay"] = weight_decay
+            return params, opt_state
+
+        @jax.jit
+        def train_chunk(params, opt_state, key, data, indices, dropout_rate, strength):
+            x_all, y_all = data
+
+            def step(carry, batch_indices):
+                params, opt_state, key = carry
+                key, augment_key, dropout_key = jax.random.split(key, 3)
+                x = augment(augment_key, x_all[batch_indices], strength)
+                y = y_all[batch_indices]
+
+                def loss(p):
+                    logits = model.apply({"params": p}, x, train=True, dropout_rate=dropout_rate,
+                                         rngs={"dropout": dropout_key})
+                    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+                grads = jax.grad(loss)(params)
+                updates, opt_state = tx.update(grads, opt_state, params)
+                return (optax.apply_updates(params, updates), opt_state, key), None
+
+            (params, opt_state, key), _ = jax.lax.scan(step, (params, opt_state, key), indices)
+            return params, opt_state, key
+
+        @jax.jit
+        def accuracy(params, data):
+            x, y = data
+            return jnp.mean(jnp.argmax(model.apply({"params": params}, x, train=False), -1) == y)
+
+        self._init, self._train_chunk, self._accuracy = init, train_chunk, accuracy
+
+    def batch_indices(self, seed: int) -> np.ndarray:
+        """(steps, batch) example indices: a fresh permutation every epoch."""
+        rng = np.random.default_rng(seed)
+        needed = self.steps * self.batch_size
+        orders = [rng.permutation(self.size) for _ in range(-(-needed // self.size))]
+        return np.concatenate(orders)[:needed].reshape(self.steps, self.batch_size).astype(np.int32)
+
+    def run(self, params_dict: dict, seed: int, report: Callable[[int, float], None] | None = None) -> tuple[float, float, int]:
+        """Train one trial; `report(step, val_acc)` after every chunk (may raise to prune).
+        Returns (validation accuracy, test accuracy, steps trained)."""
+        import jax
+        import jax.numpy as jnp
+
+        key = jax.random.key(seed)
+        init_key, key = jax.random.split(key)
+        f32 = jnp.float32
+        params, opt_state = self._init(init_key, f32(params_dict["learning_rate"]), f32(params_dict["weight_decay"]))
+        indices = self.batch_indices(seed)
+        done = 0
+        for start in range(0, self.steps, self.chunk):
+            chunk = indices[start:start + self.chunk]
+            params, opt_state, key = self._train_chunk(params, opt_state, key, self.train_data, chunk,
+                                                       f32(params_dict["dropout_rate"]), f32(params_dict["augment"]))
+            done += len(chunk)
+            if report is not None:
+                report(done, float(self._accuracy(params, self.val)))
+        return float(self._accuracy(params, self.val)), float(self._accuracy(params, self.test)), done
+
+
+def run_optuna(args, sampler_name: str, pruner: bool) -> dict:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    task = TASKS[args.task]
+    trainer = OptunaTrainer(task, args.steps)
+    samplers = {"tpe": lambda: optuna.samplers.TPESampler(seed=args.seed, multivariate=True),
+                "random": lambda: optuna.samplers.RandomSampler(seed=args.seed)}
+    chunk = trainer.chunk
+    study = optuna.create_study(
+        direction="maximize", sampler=samplers[sampler_name](),
+        pruner=(optuna.pruners.HyperbandPruner(min_resource=chunk, max_resource=chunk * (args.steps // chunk),
+                                               reduction_factor=3) if pruner else optuna.pruners.NopPruner()))
+    timeline, counters = [], {"member_steps": 0, "pruned": 0}
+
+    def objective(trial):
+        params = {name: trial.suggest_float(name, low, high, log=log) for name, low, high, log in task.space}
+        trained = [0]
+
+        def report(step: int, val: float) -> None:
+            trained[0] = step
+            trial.report(val, step)
+            if trial.should_prune():
+                counters["member_steps"] += step
+                counters["pruned"] += 1
+                raise optuna.TrialPruned()
+
+        val, test, steps = trainer.run(params, seed=1000 * args.seed + trial.number,
+                                       report=report if pruner else None)
+        counters["member_steps"] += steps
+        timeline.append((time.perf_counter() - PROCESS_START, val, test))
+        return val
+
+    study.optimize(objective, n_trials=args.trials)
+    return {"trials": args.trials, "completed": len(timeline), "pruned": counters["pruned"],
+            "member_steps": counters["member_steps"], "timeline": timeline}
+
+
+# --- the vhjax contestants -----------------------------------------------------------------------
+
+
+def vhjax_config(task: Task, steps: int, seed: int):
+    from vhjax.config import TrainConfig
+
+    return TrainConfig(dataset=task.dataset, model=task.model, model_kwargs=task.model_kwargs, optimizer="adam",
+                       learning_rate=1e-3, weight_decay=1e-4, dropout_rate=0.1,
+                       augment=({"name": task.augmentation, "strength": 0.1},),
+                       batch_size=100, steps=steps, eval_every=steps, train_split=SPLITS[0],
+                       eval_split=SPLITS[1], test_split=SPLITS[2], seed=seed)
+
+
+def vhjax_member(task: Task) -> Callable[[dict], dict]:
+    """Candidate {'learning_rate', 'weight_decay', 'dropout_rate', 'augment'} -> population member."""
+
+    def to_member(candidate: dict) -> dict:
+        member = {k: float(v) for k, v in candidate.items() if k != "augment"}
+        member["augment"] = ({"name": task.augmentation, "strength": float(candidate["augment"])},)
+        return member
+
+    return to_member
+
+
+class TimedObjective:
+    """Wraps a TrainingObjective: records (seconds, val, test) for every trained member."""
+
+    def __init__(self, inner, timeline: list):
+        self.inner, self.timeline = inner, timeline
+
+    @property
+    def fitness_metric(self) -> str:
+        return self.inner.fitness_metric
+
+    def evaluate(self, candidates):
+        out = self.inner.evaluate(candidates)
+        now = time.perf_counter() - PROCESS_START
+        self.timeline.extend((now, float(v), float(t)) for v, t in zip(out["accuracy"], out["test_accuracy"]))
+        return out
+
+
+def run_vhjax(args, strategy: str) -> dict:
+    import vhjax
+    from vhjax.search import Float, Space, TrainingObjective
+
+    task = TASKS[args.task]
+    space = Space({name: Float(low, high, log=log) for name, low, high, log in task.space})
+    objective = TrainingObjective(vhjax_config(task, args.steps, args.seed), to_member=vhjax_member(task))
+    timeline: list = []
+    vhjax.search(TimedObjective(objective, timeline), space, strategy, budget=args.trials,
+                 population=args.population, seed=args.seed, verbose=False)
+    return {"trials": args.trials, "completed": len(timeline), "pruned": 0,
+            "member_steps": args.trials * args.steps, "timeline": timeline}
+
+
+CONTESTANTS: dict[str, Callable[[Any], dict]] = {
+    "optuna_tpe": lambda args: run_optuna(args, "tpe", pruner=False),
+    "optuna_random": lambda args: run_optuna(args, "random", pruner=False),
+    "optuna_tpe_hb": lambda args: run_optuna(args, "tpe", pruner=True),
+    "vhjax_tpe": lambda args: run_vhjax(args, "tpe"),
+    "vhjax_random": lambda args: run_vhjax(args, "random"),
+}
+
+
+# --- processes -------------------------------------------------------------------------------------
+
+
+def worker(args) -> None:
+    """One contestant, one seed, in this (fresh) process; writes its record to --record."""
+    if args.compilation_cache:
+        from vhjax import compilation_cache
+
+        compilation_cache.enable(args.compilation_cache)
+    from vhjax.compilation_cache import count_compilations
+
+    with count_compilations() as compiled:
+        record = CONTESTANTS[args.worker](args)
+    record.update(contestant=args.worker, seed=args.seed, task=args.task, steps=args.steps,
+                  wall=time.perf_counter() - PROCESS_START, compile_count=compiled.count,
+                  compile_seconds=compiled.seconds, cache_hits=compiled.cache_hits,
+                  compiled_functions=dict(compiled.by_function.most_common(12)))
+    Path(args.record).write_text(json.dumps(record))
+
+
+def run_worker(args, contestant: str, seed: int, record: Path) -> dict:
+    command = [sys.executable, os.path.abspath(__file__), "--worker", contestant, "--seed", str(seed),
+               "--record", str(record), "--task", args.task, "--trials", str(args.trials),
+               "--steps", str(args.steps), "--population", str(args.population)]
+    if args.compilation_cache:
+        command += ["--compilation-cache", args.compilation_cache]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    started = time.perf_counter()
+    subprocess.run(command, check=True, env=env)
+    run = json.loads(record.read_text())
+    print(f"  {contestant:14s} seed {seed}: {run['completed']}/{run['trials']} trials completed, "
+          f"best val {final_pick(run['timeline'])[0]:.3f}, {run['wall']:.1f} s in process "
+          f"({time.perf_counter() - started:.1f} s with start-up), {run['compile_count']} compilations "
+          f"({run['compile_seconds']:.1f} s)", flush=True)
+    return run
+
+
+def plot(runs: Sequence[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = {}
+    for run in runs:
+        curve = [(t, b) for t, b, _ in best_so_far(run["timeline"]) if b > -math.inf]
+        if not curve:
+            continue
+        name = run["contestant"]
+        color = colors.setdefault(name, f"C{len(colors)}")
+        curve.append((max(run["wall"], curve[-1][0]), curve[-1][1]))  # hold the best until the process ends
+        t, b = zip(*curve)
+        ax.step(t, b, where="post", color=color, alpha=0.8, label=name if name not in ax.get_legend_handles_labels()[1] else None)
+    ax.set_xlabel("wall time since process start (s)")
+    ax.set_ylabel("best validation accuracy so far")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=sorted(TASKS), default="mnist1d_cnn")
+    parser.add_argument("--trials", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--population", type=int, default=16, help="vhjax: candidates trained together")
+    parser.add_argument("--contestants", default=DEFAULT_CONTESTANTS)
+    parser.add_argument("--reference", default="optuna_tpe", help="whose best validation accuracy sets the targets")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 4 trials of 100 steps, 1 seed, population 2")
+    parser.add_argument("--compilation-cache", default=None, metavar="DIR",
+                        help="enable JAX's persistent compilation cache in DIR in every process (default: off)")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--record", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return worker(args)
+    if args.quick:
+        args.trials, args.steps, args.seeds, args.population = 4, 100, 1, 2
+    if args.steps % REPORTS_PER_TRIAL or args.steps <= 0:
+        parser.error(f"--steps {args.steps}: must be a positive multiple of {REPORTS_PER_TRIAL} (the pruner's rungs)")
+    contestants = [c.strip() for c in args.contestants.split(",") if c.strip()]
+    unknown = [c for c in contestants if c not in CONTESTANTS]
+    if unknown:
+        parser.error(f"unknown contestant(s) {unknown}; known: {', '.join(CONTESTANTS)}")
+    if args.reference not in contestants:
+        parser.error(f"--reference {args.reference!r} must be one of the contestants {contestants}")
+
+    stem = "time_to_quality" + ("" if args.task == "mnist1d_cnn" else f"_{args.task}") + ("_quick" if args.quick else "")
+    results_dir, figures_dir = ROOT / "experiments" / "results", ROOT / "experiments" / "figures"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    task = TASKS[args.task]
+    print(f"{args.task}: {task.describe}; {args.trials} trials x {args.steps} steps, {args.seeds} seed(s), "
+          f"vhjax population {args.population}", flush=True)
+    started = time.perf_counter()
+    runs = []
+    for seed in range(args.seeds):
+        for contestant in contestants:  # interleaved: A, B, ... for seed 0, then seed 1, ...
+            runs.append(run_worker(args, contestant, seed, results_dir / f".{stem}_{contestant}_{seed}.json"))
+            (results_dir / f".{stem}_{contestant}_{seed}.json").unlink()
+    summary = summarize(runs, args.reference)
+    table = markdown_table(summary, args.reference)
+    import jax
+
+    header = (f"Task {args.task}: {task.describe}. Searched: " + ", ".join(
+        f"{n} in [{lo:g}, {hi:g}]{' (log)' if log else ''}" for n, lo, hi, log in task.space)
+        + f". {args.trials} trials x {args.steps} Adam steps (batch 100) per contestant and seed, {args.seeds} seed(s); "
+        f"vhjax population {args.population}. Times are medians over seeds, from each process's start "
+        f"(imports, data, compilation, evaluation included). JAX {jax.__version__} on "
+        f"{jax.devices()[0].platform}, {os.cpu_count()} CPU(s). Total wall time {time.perf_counter() - started:.0f} s.\n\n"
+        f"Command: `python experiments/bench_time_to_quality.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n")
+    compiled = "\n".join(
+        f"- {run['contestant']}: " + ", ".join(f"{name} x{count}" for name, count in run.get("compiled_functions", {}).items())
+        for run in runs if run["seed"] == 0)
+    (results_dir / f"{stem}.md").write_text(header + "\n" + table + "\n\nMost compiled functions (seed 0, top 12):\n\n"
+                                            + compiled + "\n")
+    (results_dir / f"{stem}.json").write_text(json.dumps({"args": vars(args), "runs": runs, "summary": summary},
+                                                         default=str))
+    plot(runs, figures_dir / f"{stem}.png", f"{args.task}: best validation accuracy vs wall time")
+    print("\n" + table)
+    print(f"\nwrote {results_dir / (stem + '.md')}, {results_dir / (stem + '.json')}, {figures_dir / (stem + '.png')}")
+
+
+if __name__ == "__main__":
+    main()

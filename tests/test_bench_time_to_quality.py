@@ -1,0 +1,92 @@
+"""The pure pieces of experiments/bench_time_to_quality.py on synthetic timelines: best so far,
+time to reach a target, the pick's test accuracy, speed-ups and the summary table."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+PATH = Path(__file__).resolve().parents[1] / "experiments" / "bench_time_to_quality.py"
+spec = importlib.util.spec_from_file_location("bench_time_to_quality", PATH)
+bench = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = bench  # dataclasses look their module up there
+spec.loader.exec_module(bench)
+
+# (seconds, validation accuracy, test accuracy) per finished trial, deliberately out of order
+OPTUNA = [(10.0, 0.50, 0.48), (30.0, 0.90, 0.86), (20.0, 0.80, 0.79), (40.0, 0.85, 0.99)]
+FAST = [(8.0, 0.70, 0.71), (8.0, 0.89, 0.87), (16.0, math.nan, math.nan), (16.0, 0.92, 0.90)]
+SLOW = [(50.0, 0.60, 0.61), (100.0, 0.88, 0.80)]
+
+
+def run(contestant, seed, timeline, **extra):
+    return {"contestant": contestant, "seed": seed, "timeline": timeline, "trials": len(timeline),
+            "member_steps": 100 * len(timeline), "wall": max(t for t, _, _ in timeline),
+            "compile_count": 3, "compile_seconds": 1.5, **extra}
+
+
+def test_best_so_far_sorts_by_time_skips_nan_and_tracks_the_pick():
+    assert bench.best_so_far(OPTUNA) == [(10.0, 0.5, 0.48), (20.0, 0.8, 0.79), (30.0, 0.9, 0.86), (30.0 + 10, 0.9, 0.86)]
+    curve = bench.best_so_far(FAST)
+    assert curve[-1] == (16.0, 0.92, 0.90) and curve[2][1:] == (0.89, 0.87)  # NaN never becomes the pick
+    assert bench.final_pick(OPTUNA) == (0.9, 0.86)  # the test accuracy of the best-validation trial
+    assert all(math.isnan(v) for v in bench.final_pick([(1.0, math.nan, 0.5)]))
+
+
+def test_time_to_reach_targets():
+    assert bench.time_to_reach(OPTUNA, 0.98 * 0.9) == 30.0
+    assert bench.time_to_reach(OPTUNA, 0.9) == 30.0
+    assert bench.time_to_reach(OPTUNA, 0.8) == 20.0
+    assert bench.time_to_reach(FAST, 0.98 * 0.9) == 8.0   # 0.89 >= 0.882
+    assert bench.time_to_reach(FAST, 0.9) == 16.0
+    assert bench.time_to_reach(SLOW, 0.9) == math.inf
+    assert bench.time_to_reach([], 0.1) == math.inf
+
+
+def test_speedup_conventions():
+    assert bench.speedup(30.0, 10.0) == 3.0
+    assert bench.speedup(math.inf, 10.0) == math.inf
+    assert bench.speedup(30.0, math.inf) == 0.0
+    assert math.isnan(bench.speedup(math.inf, math.inf))
+
+
+def test_summary_uses_the_same_seeds_reference_and_medians():
+    runs = [run("optuna_tpe", 0, OPTUNA), run("vhjax_tpe", 0, FAST), run("optuna_random", 0, SLOW),
+            # seed 1: the reference is worse, so the same contestant reaches it sooner
+            run("optuna_tpe", 1, [(12.0, 0.70, 0.70)]), run("vhjax_tpe", 1, [(4.0, 0.75, 0.74)]),
+            run("optuna_random", 1, [(60.0, 0.69, 0.69)])]
+    summary = bench.summarize(runs, "optuna_tpe")
+    assert list(summary) == ["optuna_tpe", "vhjax_tpe", "optuna_random"]
+    tpe, ours, rand = summary["optuna_tpe"], summary["vhjax_tpe"], summary["optuna_random"]
+    assert tpe["time_1"] == pytest.approx((30.0 + 12.0) / 2) and tpe["reached_1"] == 2
+    assert ours["time_1"] == pytest.approx((16.0 + 4.0) / 2)
+    assert ours["time_0.98"] == pytest.approx((8.0 + 4.0) / 2)
+    assert ours["speedup_1_vs_optuna_tpe"] == pytest.approx(21.0 / 10.0)
+    # optuna_random reaches 98% of 0.70 (0.686) in seed 1 only: the median over seeds is inf
+    assert rand["reached_0.98"] == 1 and rand["time_0.98"] == math.inf
+    assert rand["speedup_0.98_vs_optuna_tpe"] == 0.0
+    assert ours["test"] == pytest.approx((0.90 + 0.74) / 2) and ours["best_val"] == pytest.approx((0.92 + 0.75) / 2)
+    assert "speedup_1_vs_optuna_tpe_hb" not in ours  # no pruner contestant in these runs
+
+    table = bench.markdown_table(summary, "optuna_tpe")
+    lines = table.splitlines()
+    assert len(lines) == 2 + 3 and all(line.count("|") == lines[0].count("|") for line in lines)
+    assert "not reached (1/2)" in lines[4] and "2.10x" in lines[3]
+
+
+def test_summary_needs_the_reference():
+    with pytest.raises(ValueError, match="reference contestant 'optuna_tpe'"):
+        bench.summarize([run("vhjax_tpe", 0, FAST)], "optuna_tpe")
+
+
+def test_contestant_registry_and_candidate_mapping():
+    assert {"optuna_tpe", "optuna_random", "optuna_tpe_hb", "vhjax_tpe", "vhjax_random"} <= set(bench.CONTESTANTS)
+    task = bench.TASKS["mnist1d_cnn"]
+    member = bench.vhjax_member(task)({"learning_rate": 1e-3, "weight_decay": 1e-4, "dropout_rate": 0.2,
+                                       "augment": 0.1})
+    assert member == {"learning_rate": 1e-3, "weight_decay": 1e-4, "dropout_rate": 0.2,
+                      "augment": ({"name": "shift", "strength": 0.1},)}
+    assert [name for name, *_ in task.space] == ["learning_rate", "weight_decay", "dropout_rate", "augment"]
