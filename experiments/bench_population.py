@@ -2,7 +2,7 @@
 
 (a) baseline: each trial is trained alone by a Python loop of jitted train steps (the
     Optuna-style way: one `jax.jit(step)` call per step, one trial after another);
-(b) vhjax: P members in one compiled program (`make_population_runner`: vmapped step under
+(b) vhjax: P members in one compiled program (`classifier_runner`: vmapped step under
     `lax.scan`, members in groups of 8 on CPU, divergence isolation checked per chunk).
 Both use the same model, optimizer, batch size and data, on the device this runs on.
 Reported: member-steps/s of each, the ratio b/a, and vhjax's achieved FLOP/s as a fraction of the
@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vhjax.config import TrainConfig
-from vhjax.population import init_population, make_population_runner
-from vhjax.population.engine import default_member_chunk
+from vhjax.population import classifier_runner, init_population
+from vhjax.population.engine import default_member_group
 from vhjax.train import build_task, init_state, make_train_step
 from vhjax.train.step import chunk_batch_indices
 
@@ -91,9 +91,8 @@ def baseline_rate(task, data, trials: int, steps: int, repeats: int = 1) -> floa
 
 def population_rate(task, data, size: int, steps: int, repeats: int = 1) -> float:
     """Member-steps/s of vhjax's population: one scanned, vmapped program (best of `repeats`)."""
-    run = make_population_runner(task, default_member_chunk(size))
-    population = init_population(task, jax.random.key(0), size,
-                                 {"learning_rate": np.geomspace(1e-3, 1e-2, size).astype(np.float32)})
+    run = classifier_runner(task, default_member_group(size))
+    population = init_population(task, size, {"learning_rate": np.geomspace(1e-3, 1e-2, size).astype(np.float32)})
     population, metrics = run(population, data, steps)  # compile and warm up
     jax.block_until_ready(metrics["loss"])
     best = 0.0
