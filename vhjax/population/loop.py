@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vhjax import parallel
-from vhjax.population.state import PopulationState
+from vhjax.population.state import PopulationState, training_mask
 from vhjax.train.checkpoint import Checkpointer
 from vhjax.train.metrics_log import MetricsLog, print_progress
 from vhjax.train.workdir import workdir_lock
@@ -201,7 +201,7 @@ def _run_locked(population: PopulationState, runner: Callable, data: Any, *, ste
     step = resumed_from if resumed_from is not None else population_step(population)
     collected: list[dict] = []
     for chunk_number, length in enumerate(chunk_lengths(step, steps, eval_every)):
-        if not bool(np.any(np.asarray(population.training))):
+        if not bool(np.any(training_mask(population))):
             break
         tick = time.perf_counter()
         population, metrics = runner(population, data, length)
@@ -214,7 +214,7 @@ def _run_locked(population: PopulationState, runner: Callable, data: Any, *, ste
         for hook in hooks:
             hook_states[hook.name], population = hook.update(hook_states[hook.name], population, report)
         write_logs(log, report, population)
-        last = step >= steps or not bool(np.any(np.asarray(population.training)))
+        last = step >= steps or not bool(np.any(training_mask(population)))
         if checkpointer is not None and ((chunk_number + 1) % checkpoint_every == 0 or last):
             arrays = {k: split_state(v)[0] for k, v in hook_states.items()}
             records = {k: split_state(v)[1] for k, v in hook_states.items()}

@@ -43,10 +43,10 @@ def member_seeds(base_seed: int, size: int, seeds: Sequence[int] | None = None) 
     return seeds
 
 
-def member_keys(seeds: np.ndarray) -> tuple[jax.Array, jax.Array]:
+def member_keys(seeds: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(init keys, own data keys) of members with these seeds: member i's init key is `key(seed_i)`,
     exactly as `fit(seed=seed_i)` initialises."""
-    keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
+    keys = jax.vmap(jax.random.key)(seeds)
     return keys, jax.vmap(lambda k: jax.random.fold_in(k, DATA_KEY_TAG))(keys)
 
 
@@ -57,7 +57,8 @@ def init_population(task: Task, size: int, hparams: Mapping[str, Any] | None = N
     `hparams` maps a hyperparameter name (state or optimizer) to P values or one shared value.
     `seeds`: one per member (default: config.seed + i). With `same_batches`, every member sees the
     batches of config.seed's data order at every step (a fair comparison); otherwise member i has
-    its own data order, that of `fit(seed=seeds[i])`.
+    its own data order, that of `fit(seed=seeds[i])`. Everything is checked first, then one jitted
+    program (compiled once per task and population size) builds the whole population.
     """
     check_int("population size", size, 1)
     seeds = member_seeds(task.config.seed, size, seeds)
@@ -65,37 +66,38 @@ def init_population(task: Task, size: int, hparams: Mapping[str, Any] | None = N
     init_program, optimizer_defaults = _init_programs(task)
     state_hparams, optimizer_hparams = member_arrays(size, hparams or {}, task.default_hparams, optimizer_defaults)
     check_not_static_zero(task.static_zero, state_hparams)
-    init_keys, own_data_keys = member_keys(seeds)
-    if same_batches:
-        shared = member_keys(np.asarray([task.config.seed]))[1][0]
-        data_keys = jnp.broadcast_to(shared, (size,))
-    else:
-        data_keys = own_data_keys
-    members = init_program(init_keys, data_keys, state_hparams, optimizer_hparams)
-    return new_population(members, same_batches=same_batches, static_zero=task.static_zero)
+    return init_program(np.asarray(seeds, np.uint32), np.uint32(task.config.seed), state_hparams, optimizer_hparams,
+                        same_batches)
 
 
 _INIT_PROGRAMS: dict[int, tuple[Task, Callable, dict]] = {}
 
 
 def _init_programs(task: Task) -> tuple[Callable, dict]:
-    """(one jitted program that initialises all members, the optimizer's default hyperparameters),
-    built once per task: not ~100 small operations run one by one for every population."""
+    """(the jitted program that initialises a whole population, the optimizer's default
+    hyperparameters), built once per task: not ~100 small operations run one by one."""
     cached = _INIT_PROGRAMS.get(id(task))
     if cached is not None and cached[0] is task:
         return cached[1], cached[2]
 
-    def init(keys, data_keys, state_hparams, optimizer_hparams):
+    def init(seeds, data_seed, state_hparams, optimizer_hparams, same_batches):
+        keys, own_data_keys = member_keys(seeds)
+        if same_batches:
+            data_keys = jnp.broadcast_to(member_keys(data_seed[None])[1][0], seeds.shape)
+        else:
+            data_keys = own_data_keys
         members = jax.vmap(lambda k, dk: init_state(task, k, data_key=dk))(keys, data_keys)
-        return members.replace(hparams=state_hparams,
-                               opt_state=optim.set_hyperparams(members.opt_state, **optimizer_hparams))
+        members = members.replace(hparams=state_hparams,
+                                  opt_state=optim.set_hyperparams(members.opt_state, **optimizer_hparams))
+        return new_population(members, same_batches=same_batches, static_zero=task.static_zero)
 
-    defaults = {name: np.asarray(value) for name, value in optim.get_hyperparams(
-        task.optimizer.init(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
-                                         jax.eval_shape(lambda: init_state(task, jax.random.key(0)).params)))).items()}
+    params = jax.eval_shape(lambda: init_state(task, jax.random.key(0)).params)
+    defaults = jax.jit(lambda: optim.get_hyperparams(task.optimizer.init(
+        jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params))))()
+    defaults = {name: np.asarray(value) for name, value in defaults.items()}
     if len(_INIT_PROGRAMS) >= 8:
         _INIT_PROGRAMS.pop(next(iter(_INIT_PROGRAMS)))
-    _INIT_PROGRAMS[id(task)] = (task, jax.jit(init), defaults)
+    _INIT_PROGRAMS[id(task)] = (task, jax.jit(init, static_argnums=4), defaults)
     return _INIT_PROGRAMS[id(task)][1], defaults
 
 

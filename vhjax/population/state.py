@@ -7,6 +7,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @flax.struct.dataclass
@@ -44,5 +45,10 @@ def new_population(members: Any, *, same_batches: bool = True, static_zero: froz
                    ) -> PopulationState:
     """Wrap stacked members: all alive, none stopped."""
     size = jax.tree.leaves(members)[0].shape[0]
-    return PopulationState(members, jnp.ones(size, bool), jnp.full(size, -1, jnp.int32), jnp.zeros(size, bool),
-                           same_batches, static_zero)
+    return PopulationState(members, jnp.asarray(np.ones(size, bool)), jnp.asarray(np.full(size, -1, np.int32)),
+                           jnp.asarray(np.zeros(size, bool)), same_batches, static_zero)
+
+
+def training_mask(population: PopulationState) -> np.ndarray:
+    """(P,) members that still train, on the host (no device program for two flags)."""
+    return np.asarray(population.alive) & ~np.asarray(population.stopped)

@@ -33,7 +33,7 @@ from vhjax.population.engine import default_member_group
 from vhjax.population.fit import bucket_task, compiled_programs, split_member
 from vhjax.population.loop import Hook, Report, run_loop
 from vhjax.population.members import init_population
-from vhjax.population.state import PopulationState
+from vhjax.population.state import PopulationState, training_mask
 from vhjax.search.space import Categorical, Float, Int, Space
 from vhjax.search.training import candidate_to_member, complete_arch
 from vhjax.train.metrics_log import print_progress
@@ -304,7 +304,7 @@ def tune(config: TrainConfig, space: Space, *, trials: int, population: int = 16
             values = report.metric("eval", metric)
             alive = np.asarray(current.alive)
             steps = np.asarray(current.members.step)
-            training = np.asarray(current.training)
+            training = training_mask(current)
             finished: dict[int, str] = {}
             for slot in np.flatnonzero(training | ~alive):
                 trial = running[slot]
