@@ -62,8 +62,9 @@ def test_unchecked_chunk_equals_checking_every_step_and_frozen_members_stay(batc
                                         optimizer_hparams={"learning_rate": [3e-3, 1e30]})
     population, _ = fit_members(population, loss_fn, OPTIMIZER, batches[:20], 20)  # member 1 diverges
     frozen = jax.tree.map(lambda leaf: np.asarray(leaf)[1], population.members.params)
-    checked, checked_losses = loss_runner(loss_fn, OPTIMIZER, first_step=20, isolation="per_step")(
+    checked, checked_metrics = loss_runner(loss_fn, OPTIMIZER, first_step=20, isolation="per_step")(
         jax.tree.map(jnp.copy, population), batches[20:30], 10)
+    checked_losses = checked_metrics["loss"]
     population, losses = fit_members(population, loss_fn, OPTIMIZER, batches[20:30], 10)  # no check per step
     np.testing.assert_array_equal(losses[:, 0], np.asarray(checked_losses)[:, 0])
     assert np.isnan(losses[:, 1]).all() and np.isnan(np.asarray(checked_losses)[:, 1]).all()
