@@ -29,7 +29,7 @@ class DenseLayer(nn.Module):
     bn_size: int = 4
     norm: str = "batch"
     activation: str = "relu"
-    conv_impl: str = "xla"
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -48,7 +48,7 @@ class Transition(nn.Module):
     features: int
     norm: str = "batch"
     activation: str = "relu"
-    conv_impl: str = "xla"
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -73,7 +73,7 @@ class DenseNet(nn.Module):
     activation: str = "relu"
     dropout_rate: float = 0.0
     num_classes: int = 10
-    conv_impl: str = "xla"
+    conv_impl: str = "auto"
 
     def __post_init__(self):
         check_int_tuple(self, "densenet", "block_sizes")

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from vhjax.models.initializers import get_initializer
-from vhjax.models.patch_conv import extract_patches
+from vhjax.models.patch_conv import extract_patches, resolve_conv_impl
 from vhjax.models.resnet import check_common, check_kernel_fits, conv, norm_act, pool_and_classify
 from vhjax.models.utils import as_tuple, check_positive, set_normalized
 
@@ -36,7 +36,7 @@ class DepthwiseConv(nn.Module):
     strides: int = 1
     multiplier: int = 1
     use_bias: bool = True
-    impl: str = "xla"
+    impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -45,7 +45,7 @@ class DepthwiseConv(nn.Module):
         strides = (self.strides,) * dims
         pads = [((k - 1) // 2, k // 2) for k in window]
         kernel = self.param("kernel", get_initializer("he_normal"), (*window, 1, channels * self.multiplier))
-        if self.impl == "patch":
+        if resolve_conv_impl(self.impl) == "patch":
             patches = extract_patches(x, window, strides, pads)
             patches = patches.reshape(*patches.shape[:-1], -1, channels)  # (..., window taps, C)
             taps = kernel.reshape(-1, channels, self.multiplier)
@@ -68,7 +68,7 @@ class SeparableBlock(nn.Module):
     kernel_size: int = 3
     norm: str = "batch"
     activation: str = "relu"
-    conv_impl: str = "xla"
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -95,7 +95,7 @@ class MobileNet(nn.Module):
     activation: str = "relu"
     dropout_rate: float = 0.0
     num_classes: int = 10
-    conv_impl: str = "xla"
+    conv_impl: str = "auto"
 
     def __post_init__(self):
         blocks = as_tuple(self.blocks)

@@ -25,12 +25,11 @@ import jax
 from vhjax.models.activations import check_activation, get_activation
 from vhjax.models.initializers import get_initializer
 from vhjax.models.layers import Dropout, add_channel_axis
-from vhjax.models.patch_conv import PatchConv
+from vhjax.models.patch_conv import CONV_IMPLS, PatchConv, resolve_conv_impl
 from vhjax.models.utils import (as_tuple, check_choice, check_positive, check_positive_ints, check_rate,
                                 set_normalized)
 
 NORMS = ("batch", "group", "layer", "none")
-CONV_IMPLS = ("xla", "patch")
 BLOCKS = ("basic", "bottleneck")
 BOTTLENECK_EXPANSION = 4
 
@@ -40,12 +39,13 @@ BOTTLENECK_EXPANSION = 4
 def conv(impl: str, features: int, kernel_size: Sequence[int], strides: int | Sequence[int] = 1, *,
          use_bias: bool = True, zero_init: bool = False, name: str | None = None) -> nn.Module:
     """A conv padded `((k - 1) // 2, k // 2)` per axis (output length n at stride 1, torch's symmetric
-    padding for odd k) with He-normal kernels; `impl='patch'` is vhjax's PatchConv (fast under vmap on CPU)."""
+    padding for odd k) with He-normal kernels; `impl='patch'` is vhjax's PatchConv (fast under vmap on CPU),
+    'xla' flax's nn.Conv, 'auto' the first on CPU and the second elsewhere (`resolve_conv_impl`)."""
     kernel_size = tuple(kernel_size)
     strides = (strides,) * len(kernel_size) if isinstance(strides, int) else tuple(strides)
     padding = tuple(((k - 1) // 2, k // 2) for k in kernel_size)
     init = nn.initializers.zeros_init() if zero_init else get_initializer("he_normal")
-    cls = PatchConv if impl == "patch" else nn.Conv
+    cls = PatchConv if resolve_conv_impl(impl) == "patch" else nn.Conv
     return cls(features, kernel_size, strides, padding, use_bias=use_bias, kernel_init=init, name=name)
 
 
@@ -123,7 +123,7 @@ class ResidualBlock(nn.Module):
     spatial_dims: int = 2
     norm: str = "batch"
     activation: str = "relu"
-    conv_impl: str = "xla"
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -191,7 +191,7 @@ class ResNet(nn.Module):
     activation: str = "relu"
     dropout_rate: float = 0.0
     num_classes: int = 10
-    conv_impl: str = "xla"
+    conv_impl: str = "auto"
 
     def __post_init__(self):
         sizes = check_int_tuple(self, "resnet", "stage_sizes")
@@ -255,7 +255,7 @@ class _SequenceNet(nn.Module):
     activation: str = "relu"
     dropout_rate: float = 0.0
     num_classes: int = 10
-    conv_impl: str = "xla"
+    conv_impl: str = "auto"
 
     kind = "sequence_net"
 
