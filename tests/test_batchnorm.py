@@ -1,6 +1,7 @@
 """Batch norm for small batches: the total-variance running average, precise-BN recomputation (exact,
 jit- and vmap-able), normalisation fields of the zoo, shortcut and zero-init options of residual nets."""
 
+import functools
 from functools import partial
 
 import flax.linen as nn
@@ -183,3 +184,84 @@ def test_zero_init_residual_makes_blocks_start_as_their_shortcut(name, kwargs, s
         plain_leaf = v_plain["params"][last[0]][last[1]]
         plain_weight = plain_leaf["bn"]["scale"] if norm == "batch" else plain_leaf["kernel"]
         assert np.all(np.asarray(weight) == 0) and np.any(np.asarray(plain_weight) != 0)
+
+
+def shifted_templates(n, seed, length=24, classes=4):
+    """Four random-walk templates, circularly shifted, scaled, offset per example, plus noise."""
+    rng = np.random.default_rng(seed)
+    templates = np.cumsum(np.random.default_rng(123).normal(size=(classes, length)), axis=1)
+    templates = (templates - templates.mean(1, keepdims=True)) / templates.std(1, keepdims=True)
+    y = rng.integers(0, classes, n)
+    x = np.stack([np.roll(templates[c], s) for c, s in zip(y, rng.integers(-4, 5, n))])
+    x = x * rng.uniform(0.5, 2.0, (n, 1)) + rng.normal(0, 1.0, (n, 1)) + rng.normal(0, 0.5, (n, length))
+    return jnp.asarray(x, jnp.float32), jnp.asarray(y)
+
+
+def running_vs_recomputed_accuracy(momentum, members=4, steps=150, batch=8, lr=2e-2, cosine=False, **model_kwargs):
+    """Train `members` seeds of a small resnet1d at batch 8 (vmapped, one program); test accuracy of each
+    with its running averages and with precise-BN statistics over one pass of the training set."""
+    import optax
+
+    x_train, y_train = shifted_templates(400, 1)
+    x_test, y_test = shifted_templates(2000, 2)
+    model = get_model("resnet1d", widths=(8, 8), kernel_sizes=(5, 3), num_classes=4, **model_kwargs, **(
+        {} if momentum is None else {"norm_momentum": momentum}))
+    tx = optax.adam(optax.cosine_decay_schedule(lr, steps) if cosine else lr)
+    rng = np.random.default_rng(0)
+    order = jnp.asarray(np.stack([np.concatenate([rng.permutation(400) for _ in range(steps * batch // 400 + 1)])
+                                  [:steps * batch].reshape(steps, batch) for _ in range(members)]))
+    passes = x_train.reshape(-1, batch, x_train.shape[1])
+
+    def member(key, order):
+        variables = model.init(key, x_train[:batch])
+        params, state = variables["params"], {"batch_stats": variables["batch_stats"]}
+
+        def step(carry, index):
+            params, state, opt = carry
+
+            def loss(p):
+                out, new = model.apply({"params": p, **state}, x_train[index], train=True, mutable=["batch_stats"])
+                return optax.softmax_cross_entropy_with_integer_labels(out, y_train[index]).mean(), new
+
+            (_, state), grads = jax.value_and_grad(loss, has_aux=True)(params)
+            updates, opt = tx.update(grads, opt, params)
+            return (optax.apply_updates(params, updates), state, opt), None
+
+        (params, state, _), _ = jax.lax.scan(step, (params, state, tx.init(params)), order)
+        precise = recompute_batch_stats(model, {"params": params, **state}, passes)
+
+        def accuracy(s):
+            return (model.apply({"params": params, **s}, x_test).argmax(-1) == y_test).mean()
+
+        return accuracy(state), accuracy(precise)
+
+    running, precise = jax.jit(jax.vmap(member))(jax.random.split(KEY, members), order)
+    return np.asarray(running), np.asarray(precise)
+
+
+@functools.lru_cache
+def small_batch_run(momentum, cosine):
+    """Running-average and recomputed-statistics test accuracies of 4 members, batch 8, lr 1e-2, 300 steps."""
+    return running_vs_recomputed_accuracy(momentum, steps=300, lr=1e-2, cosine=cosine)
+
+
+@pytest.mark.slow
+def test_small_batch_running_statistics_within_a_point_of_recomputed_ones():
+    """Issue 17: batch 8, learning rate decayed to 0: evaluating with the default running averages is
+    within a point of evaluating the same weights with exact (recomputed) statistics (flax's default
+    momentum 0.99 is 3 points off here)."""
+    running, precise = small_batch_run(None, True)
+    assert precise.mean() > 0.6  # the members learned something
+    assert np.abs(running - precise).mean() <= 0.01, (running, precise)
+
+
+@pytest.mark.slow
+def test_small_batch_constant_learning_rate_default_momentum_halves_the_error_of_the_old_one():
+    """At a constant learning rate (TrainConfig's default 1e-2) the running averages lag behind the weights:
+    the old momentum 0.9 is ~5 points off the recomputed statistics, the default less than half that. Only
+    recomputing the statistics (precise BN in evaluation) removes the error."""
+    running, precise = small_batch_run(None, False)
+    old_running, old_precise = small_batch_run(0.9, False)
+    np.testing.assert_allclose(old_precise, precise)  # momentum never changes training, only the averages
+    error, old_error = np.abs(running - precise).mean(), np.abs(old_running - old_precise).mean()
+    assert old_error > 0.03 and error <= 0.5 * old_error, (error, old_error)

@@ -12,8 +12,8 @@ training (each layer normalised with its batch's statistics), and each layer's s
 pooled over all examples of the pass (Chan et al.'s parallel mean/variance update, so the
 variance is the total variance, not the mean of per-batch variances).
 
-`BatchNorm` is flax's `nn.BatchNorm` (same parameters, same `batch_stats` names) with one change
-in training, `running_var='total'` (the zoo's default): the running variance is an exponential
+`BatchNorm` is flax's `nn.BatchNorm` (same parameters, same `batch_stats` names) with one option
+for training, `running_var='total'` (`norm_running_var` of the zoo's models): the running variance is an exponential
 moving average of the variance of all examples seen, not of the per-batch variances,
 
     var <- m * var + (1 - m) * batch_var + m * (1 - m) * (mean - batch_mean)^2
@@ -22,7 +22,7 @@ moving average of the variance of all examples seen, not of the per-batch varian
 (the variance of a two-component mixture with weights m and 1 - m). The average of per-batch
 variances misses the spread of the batch means, Var(batch mean) ~ between-example variance / B,
 so with small batches B it underestimates the variance that evaluation normalises by.
-`running_var='batch'` is flax's (and Keras's) update.
+`running_var='batch'` (the default) is flax's (and Keras's) update.
 
 `recompute_batch_stats` works for any flax module built from `flax.linen.BatchNorm` (all of the zoo's `norm='batch'`
 models), is pure, and `jax.jit`/`jax.vmap`-able: vmap it over stacked population members.
@@ -44,11 +44,11 @@ RUNNING_VARS = ("total", "batch")
 
 
 class BatchNorm(nn.BatchNorm):
-    """`flax.linen.BatchNorm` with `running_var` 'total' (the running variance averages the total
-    variance, module docstring) or 'batch' (flax's average of batch variances). Parameters, state and
+    """`flax.linen.BatchNorm` with `running_var` 'batch' (flax's average of batch variances) or 'total'
+    (the running variance averages the total variance, module docstring). Parameters, state and
     evaluation are flax's; `axis_name` (cross-device statistics) and `mask` are supported as in flax."""
 
-    running_var: str = "total"
+    running_var: str = "batch"
 
     @nn.compact
     def __call__(self, x: jax.Array, use_running_average: bool | None = None, *, mask: jax.Array | None = None):

@@ -6,9 +6,16 @@ Normalisation is a field: `norm='batch'` (the default, as in the papers) keeps r
 variances in the `batch_stats` collection: initialise as usual, and in training call
 `model.apply(variables, x, train=True, mutable=['batch_stats'])` (vhjax.train does this through
 `TrainState.model_state`); `train=False` uses the running averages. `norm='group'`, `'layer'`
-or `'none'` keep no state. Each residual branch ends in a zero-initialised scale (the last norm's
-scale, or with `norm='none'` the last conv kernel), so every block starts as its shortcut
-(Goyal et al. 2017), which lets deep un-normalised ResNets train.
+or `'none'` keep no state. `norm_momentum` (default 0.7, flax convention), `norm_epsilon` (1e-5)
+and `norm_running_var` ('batch' or 'total', see vhjax.models.batchnorm) configure every norm layer.
+The momentum default is lower than the usual 0.9/0.99: with small data and batches the running
+averages' lag behind the weights costs more than their noise (measured in docs/models_data.md);
+`vhjax.models.batchnorm.recompute_batch_stats` replaces them by exact statistics ("precise BN").
+
+By default (`zero_init_residual=True`) each residual branch ends in a zero-initialised scale (the
+last norm's scale, or with `norm='none'` the last conv kernel), so every block starts as its
+shortcut (Goyal et al. 2017), which lets deep un-normalised ResNets train. `shortcut` chooses the
+shortcut of blocks whose shape does not change ('identity', 'norm' or 'conv'; see ResidualBlock).
 
 The helpers here (`conv`, `Norm`, `check_kernel_fits`, ...) are shared by densenet.py,
 mobilenet.py and hybrid.py.
@@ -32,10 +39,11 @@ from vhjax.models.utils import (as_tuple, check_choice, check_positive, check_po
 
 NORMS = ("batch", "group", "layer", "none")
 SHORTCUTS = ("identity", "norm", "conv")
-# Running-average decay of BatchNorm (flax convention) and the variance epsilon; see the module docstring.
-DEFAULT_NORM_MOMENTUM = 0.9
+# Running-average decay of BatchNorm (flax convention: new = m * old + (1 - m) * batch), the variance
+# epsilon and the running-variance rule; see the module docstring and docs/models_data.md.
+DEFAULT_NORM_MOMENTUM = 0.7
 DEFAULT_NORM_EPSILON = 1e-5
-DEFAULT_RUNNING_VAR = "total"
+DEFAULT_RUNNING_VAR = "batch"
 BLOCKS = ("basic", "bottleneck")
 BOTTLENECK_EXPANSION = 4
 
