@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--running-vars", type=lambda s: s.split(","), default=["batch", "total"])
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--widths", type=lambda s: [int(w) for w in s.split(",")], default=[16, 32, 32])
-    parser.add_argument("--momenta", type=lambda s: [float(m) for m in s.split(",")], default=[0.9, 0.99])
+    parser.add_argument("--momenta", type=lambda s: [float(m) for m in s.split(",")], default=[0.5, 0.7, 0.9, 0.99])
     parser.add_argument("--shortcut", default="norm")
     parser.add_argument("--no-zero-init", action="store_true")
     args = parser.parse_args()
