@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from vhjax import data
-from vhjax.data import builtin, load, parse_split, save_as_tfds
+from vhjax.data import DATASETS, builtin, from_arrays, load, parse_split, register_dataset, save_as_tfds
 from vhjax.data.dataset import Dataset
+from vhjax.data.splits import Rows
 
 RNG_SEED_BEFORE_GENERATION = 7
 
@@ -139,14 +140,84 @@ def test_index_slices(cached, mnist1d_cache):
     assert len(load("mnist1d", "test[-10%:]")) == 100
 
 
-def test_percent_bound_rounds_down():
-    assert parse_split("train[:10%]").resolve(1437) == (0, 143)  # 143.7 -> 143
-    assert parse_split("train[10%:]").resolve(1437) == (143, 1437)
-    assert parse_split("train").resolve(7) == (0, 7)
+def test_percent_bounds_round_to_the_closest_example_as_tfds():
+    sizes = {"train": 1437}
+    assert parse_split("train[:10%]").resolve(sizes) == (Rows("train", 0, 144),)  # 143.7 -> 144
+    assert parse_split("train[10%:]").resolve(sizes) == (Rows("train", 144, 1437),)
+    assert parse_split("train").resolve({"train": 7}) == (Rows("train", 0, 7),)
+    # the two cases issue 15 reports: the hand-written parser gave 722 and 99
+    assert len(load((np.zeros((803, 2)), np.arange(803) % 3), "train[:90%]")) == 723
+    assert len(load((np.zeros((997, 2)), np.arange(997) % 3), "train[-10%:]")) == 100
+
+
+def tfds_split_dict(sizes):
+    """A TFDS SplitDict with the given shard lengths per split (no files: TFDS only computes on it)."""
+    import tensorflow_datasets as tfds
+
+    template = tfds.core.ShardedFileTemplate(data_dir="/nonexistent", dataset_name="d", split="train",
+                                             filetype_suffix="array_record")
+    return tfds.core.SplitDict([tfds.core.SplitInfo(name=name, shard_lengths=list(shards), num_bytes=0,
+                                                    filename_template=template.replace(split=name))
+                                for name, shards in sizes.items()])
+
+
+SPECS = ["train", "test", "all", "train[:90%]", "train[90%:]", "train[-10%:]", "train[:-10%]", "train[33%:67%]",
+         "train[1%:2%]", "train[50%:]", "train[:50%]", "train[12.5%:87.5%]", "train[-0.5%:]", "train[5:]",
+         "train[:5]", "train[-5:]", "train[2:-2]", "train[-3:-1]", "train[10:50%]", "train+test", "test + train",
+         "train[:10%]+test[-5:]", "test+train[25%:75%]", "train[:1]+train[-1:]", "train[50%:10%]"]
+
+
+def test_split_counts_and_rows_equal_tfds_for_many_sizes():
+    """Every form against TFDS's own reading of the split (SplitDict -> file instructions, a separate
+    code path of TFDS from the ReadInstruction.to_absolute that vhjax calls), for many sizes."""
+    import tensorflow_datasets as tfds
+
+    checked = 0
+    for n in list(range(1, 230)) + [401, 803, 997, 1000, 1437, 4000]:
+        sizes = {"train": n, "test": 1 + (7 * n) % 211}
+        splits = tfds_split_dict({name: [size] for name, size in sizes.items()})
+        for spec in SPECS:
+            try:
+                absolute = tfds.core.ReadInstruction.from_spec(spec).to_absolute(splits)
+            except ValueError:  # TFDS refuses it (a bound beyond the split): so must vhjax
+                with pytest.raises(ValueError, match="does not fit its base splits"):
+                    parse_split(spec).resolve(sizes)
+                continue
+            # start after stop: TFDS's code paths disagree (file instructions then read a wrong or negative
+            # count, e.g. 'train[2:-2]' of 3 -> 1 example); vhjax, as Python slicing, selects none and raises
+            spans = [(a.from_ or 0, sizes[a.splitname] if a.to is None else a.to) for a in absolute]
+            tfds_rows = [(i.filename.split("-")[1].split(".")[0], i.skip, i.skip + i.take)
+                         for i in splits[spec].file_instructions]
+            if any(lo > hi for lo, hi in spans) or not tfds_rows:
+                assert all(lo >= hi for lo, hi in spans), (n, spec)
+                with pytest.raises(ValueError, match="selects no examples"):
+                    parse_split(spec).resolve(sizes)
+                continue
+            ours = [(r.base, r.start, r.stop) for r in parse_split(spec).resolve(sizes) if len(r)]
+            assert ours == tfds_rows, (n, spec)
+            checked += 1
+    assert checked > 5000
+
+
+def test_shard_slices_use_tfds_shard_lengths():
+    splits = tfds_split_dict({"train": [4, 6, 5]})
+    assert parse_split("train[1shard]").resolve(splits) == (Rows("train", 4, 10),)
+    assert parse_split("train[1shard:]").resolve(splits) == (Rows("train", 4, 15),)
+    assert parse_split("train[0shard]").resolve({"train": 9}) == (Rows("train", 0, 9),)  # built-ins: one shard
+
+
+def test_plus_and_all_concatenate_in_order():
+    train, test = load("digits", "train"), load("digits", "test")
+    both = load("digits", "train+test")
+    assert both.split == "train+test" and len(both) == 1797
+    np.testing.assert_array_equal(both.x, np.concatenate([train.x, test.x]))
+    np.testing.assert_array_equal(load("digits", "all").y, both.y)
+    mixed = load("digits", "test[-5:]+train[:1%]")
+    np.testing.assert_array_equal(mixed.y, np.concatenate([test.y[-5:], train.y[:14]]))
 
 
 @pytest.mark.parametrize("bad", ["", "train[", "train[1:2:3]", "train[a:]", "train[:150%]", "tr ain",
-                                 "train[:90%", "train[1.5:]"])
+                                 "train[:90%", "train[1.5:]", "train[5]", "all[:10%]", "train++test", None])
 def test_bad_split_strings_name_value_and_forms(bad):
     with pytest.raises(ValueError, match="allowed") as error:
         parse_split(bad)
@@ -160,7 +231,8 @@ def test_bad_split_error_lists_allowed_forms():
 
 @pytest.mark.parametrize("split,match", [
     ("validation", "available splits: test, train"),
-    ("train[:5000]", "outside the 1437 examples"),
+    ("train[:5000]", r"does not fit its base splits \(train: 1437, test: 360\).*incompatible with 1437"),
+    ("train+validation", "base split 'validation' is unknown; available splits: test, train"),
     ("train[50%:10%]", "selects no examples"),
 ])
 def test_split_not_in_dataset(split, match):
@@ -200,9 +272,73 @@ def test_dataset_validates_fields():
         Dataset(x, np.zeros(4), 4, "d", "train")
 
 
-def test_unknown_name_lists_builtins():
-    with pytest.raises(ValueError, match="'no_such_dataset'.*digits, mnist1d, mnist1d_shuffled"):
+def test_unknown_name_lists_builtins_and_how_to_register():
+    with pytest.raises(ValueError, match="'no_such_dataset'.*digits, mnist1d, mnist1d_shuffled") as error:
         load("no_such_dataset", "train")
+    assert "register_dataset('no_such_dataset', loader)" in str(error.value)
+    assert "from_arrays(x, y)" in str(error.value)
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """DATASETS as a copy, so registrations in a test do not leak."""
+    monkeypatch.setattr(DATASETS, "_items", dict(DATASETS._items))
+
+
+def test_register_dataset_same_loader_twice_is_fine_a_different_one_needs_overwrite(scratch_registry):
+    rng = np.random.default_rng(0)
+    arrays = {"train": from_arrays(rng.normal(size=(10, 3)), np.arange(10) % 2)}
+
+    def toy(data_dir=None):
+        return arrays
+
+    register_dataset("toy", toy)
+    register_dataset("toy", toy)  # e.g. a module imported twice
+    assert len(load("toy", "train[:30%]")) == 3
+
+    def toy(data_dir=None):  # noqa: F811  the same definition run again (a notebook cell)
+        return {"train": arrays["train"].rows(0, 4, "train")}
+
+    register_dataset("toy", toy)
+    assert len(load("toy", "train")) == 4
+
+    def other(data_dir=None):
+        return arrays
+
+    with pytest.raises(ValueError, match="'toy' is already registered.*overwrite=True"):
+        register_dataset("toy", other)
+    register_dataset("toy", other, overwrite=True)
+    assert len(load("toy", "train")) == 10
+    with pytest.raises(ValueError, match="'digits' is already registered"):
+        register_dataset("digits")(other)
+    with pytest.raises(ValueError, match="not starting with 'tfds:'"):
+        register_dataset("tfds:x", other)
+    register_dataset("broken", lambda data_dir: [1, 2])
+    with pytest.raises(TypeError, match="'broken' loader returned list"):
+        load("broken", "train")
+
+
+def test_from_arrays_and_in_memory_sources():
+    x, y = np.arange(20.0).reshape(10, 2), np.array([0, 1, 2, 1, 0, 2, 1, 0, 2, 1])
+    data = from_arrays(x, y, name="mine")
+    assert (data.name, data.split, data.num_classes, data.x.dtype, data.y.dtype) == (
+        "mine", "train", 3, np.float32, np.int32)
+    assert from_arrays(x, y, num_classes=5).num_classes == 5
+    assert from_arrays(x, y.astype(float)).y.dtype == np.int32  # whole-number float labels are accepted
+    with pytest.raises(TypeError, match="from_arrays 'y' has dtype float64"):
+        from_arrays(x, y + 0.5)
+    with pytest.raises(ValueError, match=r"labels span \[0, 2\].*num_classes=2"):
+        from_arrays(x, y, num_classes=2)
+    np.testing.assert_array_equal(load(data, "train[-30%:]").x, x[7:])
+    np.testing.assert_array_equal(load((x, y), "train[:2]").y, y[:2])
+    splits = {"train": (x[:6], y[:6]), "test": from_arrays(x[6:], y[6:] % 2)}
+    both = load(splits, "train+test")
+    np.testing.assert_array_equal(both.x, x)
+    assert both.num_classes == 3 and load(splits, "test").num_classes == 3  # one class count for every split
+    with pytest.raises(ValueError, match="base split 'validation' is unknown; available splits: test, train"):
+        load(splits, "validation")
+    with pytest.raises(ValueError, match="an \\(x, y\\) pair"):
+        load((x, y, y), "train")
 
 
 # -- TFDS --------------------------------------------------------------------------------------
@@ -224,6 +360,19 @@ def test_tfds_round_trip(tmp_path, no_network):
         "tfds:tiny_arrays", "train[90%:]", data_dir=str(tmp_path))
     np.testing.assert_array_equal(np.concatenate([head.y, tail.y]), y)
     np.testing.assert_array_equal(load("tfds:tiny_arrays", "test", data_dir=str(tmp_path)).x, x[:6])
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder_from_directory(str(folder))
+    for split in ("train[:90%]+test[-50%:]", "test+train[-10%:]", "all", "train[1.5%:-33%]"):
+        loaded = load("tfds:tiny_arrays", split, data_dir=str(tmp_path))
+        source = builder.as_data_source(split=split)  # TFDS reading the same split string
+        np.testing.assert_array_equal(loaded.x, np.stack([source[i]["x"] for i in range(len(source))]))
+    for versioned in ("tfds:tiny_arrays:1.0.0", "tiny_arrays:1.0.0", "tfds:tiny_arrays/1.0.0"):
+        np.testing.assert_array_equal(load(versioned, "train[:3]", data_dir=str(tmp_path)).y, y[:3])
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        load("tfds:tiny_arrays:2.0.0", "train", data_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="'NAME\\[/CONFIG\\]:MAJOR.MINOR.PATCH'"):
+        load("tfds:tiny_arrays:latest", "train", data_dir=str(tmp_path))
     with pytest.raises(FileExistsError, match="overwrite=True"):
         save_as_tfds("tiny_arrays", {"train": (x, y)}, tmp_path, num_classes=4)
     save_as_tfds("tiny_arrays", {"train": (x[:3], y[:3])}, tmp_path, num_classes=4, overwrite=True)

@@ -32,7 +32,7 @@ def run_steps(tx, theta, steps):
 
 LEARNING_RATES = {
     "sgd": 0.1, "momentum": 0.05, "nesterov": 0.05, "adagrad": 0.5,
-    "rmsprop": 0.02, "adam": 0.05, "adamw": 0.05, "adamax": 0.05,
+    "rmsprop": 0.02, "adam": 0.05, "adamw": 0.05, "adamax": 0.05, "adadelta": 10.0,  # adadelta: Zeiler has no lr; 1.0 starts slowly at eps=1e-6
 }
 
 
@@ -97,6 +97,52 @@ def test_decoupled_weight_decay_scaled_by_learning_rate():
     updates, _ = tx.update(jnp.zeros(2), tx.init(params), params)
     # adam's direction is 0 for a zero gradient: the whole update is -lr * wd * params
     np.testing.assert_allclose(updates, -0.5 * 0.1 * params, rtol=1e-6)
+
+
+def test_adam_weight_decay_is_l2_on_the_gradient_adamw_decoupled():
+    # f = 0.5 * theta^2 (g = theta) plus weight decay wd: adam sees g + wd * theta (one Adam step of a
+    # constant-sign gradient moves by ~lr whatever its size), adamw moves lr by Adam and lr * wd * theta more.
+    lr, wd, theta = 0.1, 0.5, 2.0
+    adam = two_steps(make_optimizer("adam", learning_rate=lr, weight_decay=wd), [theta, 0.0])
+    adamw = two_steps(make_optimizer("adamw", learning_rate=lr, weight_decay=wd), [theta, 0.0])
+    plain = two_steps(make_optimizer("adam", learning_rate=lr), [theta, 0.0])
+    np.testing.assert_allclose(adam[0], theta - lr, rtol=1e-6)  # first Adam step: -lr * sign(g + wd theta)
+    np.testing.assert_allclose(adamw[0], theta - lr - lr * wd * theta, rtol=1e-6)
+    np.testing.assert_allclose(plain[0], theta - lr, rtol=1e-6)
+    assert abs(adamw[1] - adam[1]) > 0.05
+
+
+def test_coupled_weight_decay_equals_an_l2_gradient_for_every_coupled_optimizer():
+    wd, theta0 = 0.3, jnp.array([2.0, -1.5])
+    for name, spec in OPTIMIZERS._items.items():
+        lr = LEARNING_RATES[name]
+        with_wd = run_steps(make_optimizer(name, learning_rate=lr, weight_decay=wd), theta0, 3)
+        l2 = optax.chain(optax.add_decayed_weights(wd), make_optimizer(name, learning_rate=lr))
+        by_hand = run_steps(l2, theta0, 3)
+        if spec.decoupled_weight_decay:
+            assert name == "adamw" and not np.allclose(with_wd, by_hand, rtol=1e-4)
+        else:
+            np.testing.assert_allclose(with_wd, by_hand, rtol=1e-5, err_msg=name)
+
+
+def test_adadelta_two_steps_by_hand():
+    # Zeiler 2012: E[g2] <- rho E[g2] + (1-rho) g^2; dx = -sqrt(E[dx2] + eps) / sqrt(E[g2] + eps) g;
+    # E[dx2] <- rho E[dx2] + (1-rho) dx^2; theta <- theta + lr dx
+    lr, rho, eps, theta = 1.0, 0.9, 1e-6, 2.0
+    eg2 = edx2 = 0.0
+    expected = []
+    for _ in range(2):
+        g = theta
+        eg2 = rho * eg2 + (1 - rho) * g * g
+        dx = -math.sqrt(edx2 + eps) / math.sqrt(eg2 + eps) * g
+        edx2 = rho * edx2 + (1 - rho) * dx * dx
+        theta = theta + lr * dx
+        expected.append(theta)
+    tx = make_optimizer("adadelta", learning_rate=lr, rho=rho, eps=eps)
+    np.testing.assert_allclose(two_steps(tx, [2.0, 0.0]), expected, rtol=1e-5)
+    assert set(get_hyperparams(tx.init(jnp.zeros(2)))) == {"learning_rate", "weight_decay", "rho", "eps"}
+    with pytest.raises(ValueError, match=r"unknown hyperparameters \['momentum'\].*'eps', 'rho'"):
+        make_optimizer("adadelta", learning_rate=1.0, momentum=0.9)
 
 
 def test_cosine_multipliers():
@@ -227,7 +273,7 @@ def test_hyperparams_found_inside_a_chain():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(name="adadelta", learning_rate=0.1), "adadelta"),
+        (dict(name="lamb", learning_rate=0.1), "unknown optimizer .lamb.*adadelta"),
         (dict(name="adam", learning_rate=0.1, momentum=0.9), "momentum.*b1"),
         (dict(name="sgd", learning_rate=0.1, schedule="linear"), "linear"),
         (dict(name="sgd", learning_rate=0.1, schedule="cosine"), "total_steps"),

@@ -71,6 +71,32 @@ def test_mean_subtract_mean_image_and_mean_value():
     assert global_mean.arrays["mean"].shape == ()
 
 
+def test_per_example_standardize_normalises_each_series_on_its_own():
+    series = RNG.normal(size=(6, 30, 2)) * RNG.uniform(0.5, 5.0, size=(6, 1, 2)) + RNG.normal(size=(6, 1, 2)) * 10
+    series = series.astype(np.float32)
+    pre = get_preprocessor("per_example_standardize")
+    fitted = pre.fit(series[:3])
+    assert fitted.arrays == {} and pre.inverse_transform is None  # stateless: nothing learned from train
+    out = np.asarray(pre.transform(fitted, series))  # the unseen series 3..5 are normalised alike
+    np.testing.assert_allclose(out.mean(axis=(1, 2)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(out.std(axis=(1, 2)), 1.0, atol=1e-5)
+    flat = series.reshape(6, -1)
+    np.testing.assert_allclose(out.reshape(6, -1), (flat - flat.mean(1, keepdims=True)) / flat.std(1, keepdims=True),
+                               rtol=1e-4, atol=1e-4)
+    by_channel = np.asarray(get_preprocessor("per_example_standardize", per="channel").fit_transform(series)[1])
+    np.testing.assert_allclose(by_channel.mean(axis=1), 0.0, atol=1e-5)
+    np.testing.assert_allclose(by_channel.std(axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(out, by_channel)
+    # (N, L) input: one channel, both modes agree; a constant series is only centred
+    plain = np.stack([np.arange(8.0), np.full(8, 3.0)]).astype(np.float32)
+    for per in ("example", "channel"):
+        got = np.asarray(get_preprocessor("per_example_standardize", per=per).fit_transform(plain)[1])
+        np.testing.assert_allclose(got[0], (plain[0] - 3.5) / plain[0].std(), rtol=1e-5)
+        np.testing.assert_array_equal(got[1], 0.0)
+    with pytest.raises(ValueError, match="'per' has value 'feature'.*example, channel"):
+        get_preprocessor("per_example_standardize", per="feature")
+
+
 # --- projections ---------------------------------------------------------------------------------
 
 

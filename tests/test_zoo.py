@@ -225,7 +225,7 @@ def test_depthwise_conv_equals_grouped_conv_in_both_implementations():
 
 def test_patch_and_xla_convolutions_share_parameters_and_outputs():
     x = normal(2, 8, 8, 3)
-    xla = get_model("resnet", stage_sizes=(1, 1), widths=(4, 8), stem_features=4, norm="none")
+    xla = get_model("resnet", stage_sizes=(1, 1), widths=(4, 8), stem_features=4, norm="none", conv_impl="xla")
     patch = get_model("resnet", stage_sizes=(1, 1), widths=(4, 8), stem_features=4, norm="none", conv_impl="patch")
 
     def both(x):
@@ -234,6 +234,39 @@ def test_patch_and_xla_convolutions_share_parameters_and_outputs():
 
     out_patch, out_xla = jit(both)(x)
     np.testing.assert_allclose(out_patch, out_xla, atol=1e-4)
+
+
+AUTO_CONV_MODELS = [
+    ("cnn1d", {}, (2, 40)),
+    ("cnn2d", {"conv_layers": ((4, 3),), "head_widths": ()}, (2, 6, 6, 1)),
+    ("fcn1d", {"widths": (4, 4), "kernel_sizes": (3, 3)}, (2, 12)),
+    ("resnet1d", {"widths": (4, 6), "kernel_sizes": (3, 3)}, (2, 12)),
+    ("resnet", {"stage_sizes": (1, 1), "widths": (4, 8), "stem_features": 4}, (2, 8, 8, 3)),
+    ("densenet", {"growth_rate": 4, "block_sizes": (1, 1)}, (2, 8, 8, 3)),
+    ("mobilenet", {"blocks": ((8, 1), (8, 2)), "stem_features": 8}, (2, 8, 8, 3)),
+    ("cnn_rnn", {"conv_features": (4,), "hidden_size": 4}, (2, 12)),
+]
+
+
+@pytest.mark.parametrize("name, kwargs, shape", AUTO_CONV_MODELS, ids=[m[0] for m in AUTO_CONV_MODELS])
+def test_auto_conv_impl_is_patch_on_cpu_xla_elsewhere_and_matches_xla(name, kwargs, shape, monkeypatch):
+    from vhjax.models.patch_conv import resolve_conv_impl
+
+    model = get_model(name, **kwargs)
+    assert model.conv_impl == "auto"
+    xla = get_model(name, **kwargs, conv_impl="xla")
+    x = normal(*shape)
+    variables = jax.eval_shape(xla.init, KEY, x)
+    variables = jax.tree_util.tree_map(lambda s: normal(*s.shape) * 0.3, variables)
+
+    def has_native_conv(m):
+        return "conv_general_dilated" in str(jax.make_jaxpr(lambda v, x: m.apply(v, x))(variables, x))
+
+    assert jax.default_backend() == "cpu" and resolve_conv_impl("auto") == "patch"
+    assert not has_native_conv(model) and has_native_conv(xla)
+    np.testing.assert_allclose(jit(model.apply)(variables, x), jit(xla.apply)(variables, x), rtol=1e-4, atol=1e-4)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert resolve_conv_impl("auto") == "xla" and has_native_conv(model)
 
 
 def test_batch_norm_state_updates_in_training_only():

@@ -2,22 +2,30 @@
 
 `make_optimizer` builds, inside one `optax.inject_hyperparams` wrapper, the chain
 
-    clip_value -> clip_norm -> scale_by_<optimizer> -> + weight_decay * params
-               -> * schedule(step) -> * (-learning_rate)
+    clip_value -> clip_norm -> [+ weight_decay * params] -> scale_by_<optimizer>
+               -> [+ weight_decay * params] -> * schedule(step) -> * (-learning_rate)
 
-Every number (learning_rate, weight_decay, clip thresholds, momentum, b1, b2, eps, ...) is an
-array in `state.hyperparams`, so a population (opt states stacked on a leading axis) holds one
-value per member and one compiled step serves them all. The schedule is a *multiplier* that
-starts at 1; its shape parameters are static, the base learning rate stays a per-member array.
+with the weight-decay term in exactly one of the two bracketed places (see below). Every number
+(learning_rate, weight_decay, clip thresholds, momentum, b1, b2, eps, ...) is an array in
+`state.hyperparams`, so a population (opt states stacked on a leading axis) holds one value per
+member and one compiled step serves them all. The schedule is a *multiplier* that starts at 1;
+its shape parameters are static, the base learning rate stays a per-member array.
 
 Momentum convention: v <- momentum * v - lr * grad, theta <- theta + v. optax's `trace` keeps
 t <- momentum * t + grad and the update is -lr * t, i.e. v = -lr * t (identical for a constant
 lr). Nesterov uses optax's form: t <- momentum * t + grad, update = -lr * (grad + momentum * t).
 
-Weight decay is decoupled (AdamW style): `weight_decay * params` is added to the optimizer's
-direction and scaled by the learning rate and schedule. It applies to every parameter, and
-`update` therefore always needs `params`. 'adamw' is 'adam' under another name: set
-`weight_decay` to use it as AdamW.
+Weight decay follows each optimizer's reference definition (torch.optim, optax):
+- 'adamw' decouples it (Loshchilov & Hutter 2019, as `optax.adamw`): `weight_decay * params` is
+  added to Adam's normalised direction, then scaled by the learning rate and the schedule, so the
+  decay does not pass through Adam's second-moment normalisation.
+- every other optimizer ('sgd', 'momentum', 'nesterov', 'adagrad', 'rmsprop', 'adam', 'adamax',
+  'adadelta') couples it: `weight_decay * params` is added to the gradient (after clipping) before
+  the optimizer's direction, i.e. an L2 penalty `weight_decay / 2 * ||params||^2` (as
+  `torch.optim.Adam(weight_decay=...)` and `optax.adadelta`). For plain 'sgd' both forms coincide.
+Either way it applies to every parameter, and `update` needs `params` when weight decay is on.
+'adam' and 'adamw' therefore differ as soon as `weight_decay > 0`; with `weight_decay=0` they are
+the same optimizer.
 """
 
 from __future__ import annotations
@@ -40,10 +48,12 @@ Schedule = Callable[[jax.Array], jax.Array]
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
-    """How to build one optimizer's direction, and its hyperparameters with their defaults."""
+    """How to build one optimizer's direction, its hyperparameters with their defaults, and
+    whether `weight_decay` is decoupled (added after the direction) or an L2 term on the gradient."""
 
     direction: Callable[..., optax.GradientTransformation]
     defaults: Mapping[str, float]
+    decoupled_weight_decay: bool = False
 
 
 OPTIMIZERS: Registry[OptimizerSpec] = Registry("optimizer")
@@ -71,18 +81,21 @@ OPTIMIZERS.add(
         {"decay": 0.9, "eps": 1e-8, "initial_scale": 0.0},
     ),
 )
-_ADAM = OptimizerSpec(
-    lambda b1, b2, eps, eps_root: optax.scale_by_adam(b1, b2, eps, eps_root),
-    {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "eps_root": 0.0},
-)
-OPTIMIZERS.add("adam", _ADAM)
-OPTIMIZERS.add("adamw", _ADAM)
+_ADAM_DIRECTION = lambda b1, b2, eps, eps_root: optax.scale_by_adam(b1, b2, eps, eps_root)  # noqa: E731
+_ADAM_DEFAULTS = {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "eps_root": 0.0}
+OPTIMIZERS.add("adam", OptimizerSpec(_ADAM_DIRECTION, _ADAM_DEFAULTS))
+OPTIMIZERS.add("adamw", OptimizerSpec(_ADAM_DIRECTION, _ADAM_DEFAULTS, decoupled_weight_decay=True))
 OPTIMIZERS.add(
     "adamax",
     OptimizerSpec(
         lambda b1, b2, eps: optax.scale_by_adamax(b1, b2, eps),
         {"b1": 0.9, "b2": 0.999, "eps": 1e-8},
     ),
+)
+# Zeiler (2012); the paper has no learning rate, i.e. learning_rate=1.0 (torch's default too).
+OPTIMIZERS.add(
+    "adadelta",
+    OptimizerSpec(lambda rho, eps: optax.scale_by_adadelta(rho, eps), {"rho": 0.9, "eps": 1e-6}),
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -218,7 +231,9 @@ def make_optimizer(
 ) -> optax.GradientTransformation:
     """Optimizer `name` with every numeric hyperparameter injectable (see the module docstring).
 
-    `hyper` holds the optimizer's own hyperparameters (e.g. momentum, b1, b2, eps); unknown ones
+    `weight_decay` is decoupled for 'adamw' and an L2 term on the gradient for every other
+    optimizer (module docstring). `hyper` holds the optimizer's own hyperparameters (e.g. momentum,
+    b1, b2, eps; rho for 'adadelta'); unknown ones
     raise ValueError listing those allowed for `name`. Clip thresholds, when given, are
     injectable too; when None, no clipping is built in.
     """
@@ -245,10 +260,12 @@ def make_optimizer(
             clipping.append(optax.clip(hps["clip_value"]))
         if "clip_norm" in hps:
             clipping.append(optax.clip_by_global_norm(hps["clip_norm"]))
+        decay = optax.add_decayed_weights(hps["weight_decay"])
         return optax.chain(
             *clipping,
+            *([] if spec.decoupled_weight_decay else [decay]),
             spec.direction(**{key: hps[key] for key in direction_names}),
-            optax.add_decayed_weights(hps["weight_decay"]),
+            *([decay] if spec.decoupled_weight_decay else []),
             optax.scale_by_schedule(multiplier),
             optax.scale(-hps["learning_rate"]),
         )

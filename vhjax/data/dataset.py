@@ -1,9 +1,10 @@
-"""Dataset: one split of a classification dataset as NumPy arrays, and the registry of built-ins."""
+"""Dataset: one split of a classification dataset as NumPy arrays, `from_arrays`, and the registry of
+built-in loaders (`register_dataset`)."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -46,6 +47,42 @@ class Dataset:
         return dataclasses.replace(self, x=self.x[start:stop], y=self.y[start:stop], split=split)
 
 
+def concatenate(parts: Sequence[Dataset], split: str) -> Dataset:
+    """The examples of `parts` in order, as split `split` (one part: a view, no copy)."""
+    if len(parts) == 1:
+        return dataclasses.replace(parts[0], split=split)
+    shapes = {part.feature_shape for part in parts}
+    if len(shapes) != 1:
+        raise ValueError(f"split {split!r} of dataset {parts[0].name!r} joins splits with different example shapes "
+                         f"{sorted(shapes)}; allowed: one shape")
+    return Dataset(np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]),
+                   max(p.num_classes for p in parts), parts[0].name, split)
+
+
+def from_arrays(x: Any, y: Any, *, name: str = "arrays", num_classes: int | None = None,
+                split: str = "train") -> Dataset:
+    """A `Dataset` from user arrays: x (N, ...) converted to float32, y (N,) integer class indices.
+
+    `num_classes=None` infers `max(y) + 1` (pass it when a class may be missing from `y`). The
+    result is the base split `split` ('train' by default), so TFDS-style slices select from it:
+    `vhjax.data.load(from_arrays(x, y), 'train[:90%]')`.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"from_arrays 'name' has value {name!r}; allowed: a non-empty string")
+    labels = np.asarray(y)
+    if not np.issubdtype(labels.dtype, np.integer):
+        if np.issubdtype(labels.dtype, np.floating) and labels.size and np.all(labels == np.round(labels)):
+            labels = labels.astype(np.int64)  # whole-number floats, as from pandas or np.loadtxt
+        else:
+            raise TypeError(f"from_arrays 'y' has dtype {labels.dtype}; allowed: integer class indices "
+                            "(0 .. num_classes - 1)")
+    if num_classes is None:
+        if labels.ndim != 1 or not labels.size:
+            raise ValueError(f"from_arrays 'y' has shape {labels.shape}; allowed: (N,) with N >= 1")
+        num_classes = int(labels.max()) + 1
+    return Dataset(x, labels, num_classes, name, split)
+
+
 def check_dataset_fields(data: Dataset) -> None:
     """Raise ValueError naming the field when shapes, class count or labels are inconsistent."""
     if data.x.ndim < 1 or data.y.ndim != 1 or data.x.shape[0] != data.y.shape[0]:
@@ -64,9 +101,50 @@ def check_dataset_fields(data: Dataset) -> None:
 # A built-in loader takes `data_dir` (None: its default location) and returns every full split.
 Loader = Callable[[str | None], Mapping[str, Dataset]]
 
-DATASETS: Registry[Loader] = Registry("dataset")
 
 
-def register_dataset(name: str) -> Callable[[Loader], Loader]:
-    """Decorator: register `loader(data_dir) -> {split_name: Dataset}` under `name`."""
-    return DATASETS.register(name)
+def _same_definition(a: Any, b: Any) -> bool:
+    """The same object, or the same function defined again (a re-run notebook cell, a reloaded module)."""
+    key = lambda f: (getattr(f, "__module__", None), getattr(f, "__qualname__", None))  # noqa: E731
+    return a is b or (callable(a) and callable(b) and key(a) == key(b) and None not in key(a)
+                      and "<lambda>" not in key(a)[1])
+
+
+class DatasetRegistry(Registry[Loader]):
+    """The registry of dataset loaders. Registering a name again with the same loader (or the same
+    definition re-run) replaces it silently; a different loader needs `overwrite=True`."""
+
+    def add(self, name: str, obj: Loader, overwrite: bool = False) -> None:
+        if not isinstance(name, str) or not name or name.startswith("tfds:"):
+            raise ValueError(f"dataset name {name!r} is not allowed; allowed: a non-empty string not starting "
+                             "with 'tfds:'")
+        if not callable(obj):
+            raise TypeError(f"dataset {name!r} loader is {type(obj).__name__}; allowed: a function "
+                            "loader(data_dir) -> {split_name: Dataset}")
+        if name in self._items and not overwrite and not _same_definition(self._items[name], obj):
+            current = self._items[name]
+            raise ValueError(f"dataset {name!r} is already registered (loader "
+                             f"{getattr(current, '__module__', '?')}.{getattr(current, '__qualname__', current)}); "
+                             "pass overwrite=True to replace it, or choose another name")
+        self._items[name] = obj
+
+
+DATASETS: DatasetRegistry = DatasetRegistry("dataset")
+
+
+def register_dataset(name: str, loader: Loader | None = None, *, overwrite: bool = False) -> Any:
+    """Register `loader(data_dir) -> {split_name: Dataset}` under `name`; `load(name, split)` then
+    reads it, with TFDS split syntax over its splits.
+
+    As a decorator `@register_dataset("name")`, or directly `register_dataset("name", loader)`.
+    Registering the same loader again (or its re-run definition) is allowed; replacing a different
+    loader needs `overwrite=True`, else ValueError.
+    """
+    if loader is None:
+        def decorator(fn: Loader) -> Loader:
+            DATASETS.add(name, fn, overwrite=overwrite)
+            return fn
+
+        return decorator
+    DATASETS.add(name, loader, overwrite=overwrite)
+    return loader

@@ -12,13 +12,14 @@ from typing import Iterator
 
 import numpy as np
 
+from vhjax.data.splits import parse_split
 from vhjax.data.tfds_source import find_prepared, missing_dataset_message, pick_features
 
 
 def stream_tfds(name: str, split: str, *, data_dir: str | None = None, batch_size: int, shuffle: bool = True,
                 seed: int = 0, num_epochs: int = 1, shard_index: int | None = None, shard_count: int | None = None,
                 drop_remainder: bool = True, worker_count: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Batches `(x (B, ...) float32, y (B,) int32)` of this host's shard of `split`.
+    """Batches `(x (B, ...) float32, y (B,) int32)` of this host's shard of `split` (TFDS split syntax).
 
     Shards default to one per JAX process; pass `shard_index` and `shard_count` to choose them.
     """
@@ -32,11 +33,9 @@ def stream_tfds(name: str, split: str, *, data_dir: str | None = None, batch_siz
     if directory is None:
         raise FileNotFoundError(missing_dataset_message(name, data_dir))
     builder = tfds.builder_from_directory(str(directory))
-    if split not in builder.info.splits:
-        raise ValueError(f"split {split!r} of TFDS dataset {name!r} is unknown; available: "
-                         f"{', '.join(sorted(builder.info.splits.keys()))}")
+    parse_split(split).resolve(builder.info.splits, name)  # clear errors before TFDS reads the split
     x_key, y_key, _, is_image = pick_features(builder.info.features, name)
-    source = builder.as_data_source(split=split)
+    source = builder.as_data_source(split=split)  # TFDS split syntax: 'train[:90%]', 'train+test', ...
     if (shard_index is None) != (shard_count is None):
         raise ValueError("give both shard_index and shard_count, or neither (one shard per JAX process)")
     if shard_count is None:

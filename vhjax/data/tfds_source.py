@@ -45,11 +45,30 @@ def version_key(path: Path) -> tuple[int, ...]:
     return tuple(int(part) for part in path.name.split("."))
 
 
+def dataset_path(name: str) -> str:
+    """TFDS's 'NAME[/CONFIG]:VERSION' (as `tfds.load` takes it) -> the folder path 'NAME[/CONFIG]/VERSION';
+    other names unchanged."""
+    if ":" in name:
+        base, version = name.rsplit(":", 1)
+        if not _VERSION.match(version) or ":" in base:
+            raise ValueError(f"TFDS dataset name {name!r} is not allowed; allowed: 'NAME[/CONFIG]:MAJOR.MINOR.PATCH', "
+                             "e.g. 'mnist:3.0.1'")
+        return f"{base}/{version}"
+    return name
+
+
+def well_formed(name: str) -> bool:
+    return bool(_NAME_PATH.match(name)) and ".." not in name.split("/")
+
+
 def find_prepared(name: str, data_dir: str | None) -> Path | None:
-    """Folder of prepared 'NAME', 'NAME/VERSION' or 'NAME/CONFIG[/VERSION]' (newest version); None if absent."""
-    if not _NAME_PATH.match(name) or ".." in name.split("/"):
-        raise ValueError(f"TFDS dataset name {name!r} is not allowed; allowed: 'NAME', 'NAME/VERSION', "
-                         "'NAME/CONFIG' or 'NAME/CONFIG/VERSION' (letters, digits, '_', '.', '-')")
+    """Folder of prepared 'NAME', 'NAME:VERSION', 'NAME/VERSION' or 'NAME/CONFIG[:VERSION]' (newest
+    version when none is given); None if absent."""
+    name = dataset_path(name)
+    if not well_formed(name):
+        raise ValueError(f"TFDS dataset name {name!r} is not allowed; allowed: 'NAME', 'NAME:VERSION', "
+                         "'NAME/CONFIG' or 'NAME/CONFIG:VERSION' (letters, digits, '_', '.', '-'; "
+                         "'/VERSION' works for ':VERSION')")
     base = tfds_root(data_dir) / name
     if (base / "dataset_info.json").is_file():
         return base
@@ -65,7 +84,7 @@ def missing_dataset_message(name: str, data_dir: str | None) -> str:
     root = tfds_root(data_dir)
     return (
         f"TFDS dataset {name!r} is not prepared under data_dir {str(root)!r} (looked for "
-        f"{str(root / name)}/<version>/dataset_info.json); vhjax reads prepared datasets only and never "
+        f"{str(root / dataset_path(name))}/<version>/dataset_info.json); vhjax reads prepared datasets only and never "
         f"downloads. To prepare it: from arrays, call vhjax.data.save_as_tfds({name!r}, "
         f"{{'train': (x, y), 'test': (x, y)}}, data_dir={str(root)!r}, num_classes=K); or, on a machine "
         f"with network and TensorFlow, run `tfds build {name} --data_dir {root} --file_format array_record` "
@@ -73,9 +92,12 @@ def missing_dataset_message(name: str, data_dir: str | None) -> str:
 
 
 def is_prepared(name: str, data_dir: str | None) -> bool:
-    """Whether `name` is a well-formed dataset path prepared under `data_dir`."""
-    well_formed = bool(_NAME_PATH.match(name)) and ".." not in name.split("/")
-    return well_formed and find_prepared(name, data_dir) is not None
+    """Whether `name` is a well-formed dataset name prepared under `data_dir`."""
+    try:
+        path = dataset_path(name)
+    except ValueError:
+        return False
+    return well_formed(path) and find_prepared(path, data_dir) is not None
 
 
 def pick_features(features: Any, name: str) -> tuple[str, str, int, bool]:
@@ -121,14 +143,10 @@ def load_tfds(name: str, spec: SplitSpec, data_dir: str | None) -> Dataset:
         raise ValueError(
             f"TFDS dataset {name!r} in {str(directory)!r} is stored as {builder.info.file_format}; allowed: "
             f"array_record (rebuild it with `tfds build {name} --file_format array_record`)")
-    available = sorted(builder.info.splits.keys())
-    if spec.base not in available:
-        raise ValueError(f"split {spec.text!r} of TFDS dataset {name!r}: base split {spec.base!r} is unknown; "
-                         f"available splits: {', '.join(available)}")
+    rows = spec.resolve(builder.info.splits, name)  # TFDS's own resolution, shard lengths included
     x_key, y_key, num_classes, is_image = pick_features(builder.info.features, name)
-    source = builder.as_data_source(split=spec.base)
-    start, stop = spec.resolve(len(source))
-    x, y = read_rows(source, start, stop, x_key, y_key)
+    parts = [read_rows(builder.as_data_source(split=r.base), r.start, r.stop, x_key, y_key) for r in rows if len(r)]
+    x, y = parts[0] if len(parts) == 1 else tuple(np.concatenate(arrays) for arrays in zip(*parts))
     x = x.astype(np.float32) / 255.0 if is_image else x
     return Dataset(x, y, num_classes, name, spec.text)
 

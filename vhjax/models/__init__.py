@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import flax.linen as nn
 
+from vhjax.models.batchnorm import BatchNorm, recompute_batch_stats
 from vhjax.models.capsule import CapsNet, margin_loss
 from vhjax.models.cnn import CNN1D, CNN2D, mnist1d_cnn
 from vhjax.models.cost import flops_per_example
@@ -98,6 +99,8 @@ for _name, _factory in {
 __all__ = ["ACTIVATIONS", "CNN1D", "CNN2D", "Dropout", "GRU", "LSTM", "Linear", "MLP", "MODELS", "MaskedMLP", "NB201CellNet",
            "count_params", "get_model", "mnist1d_cnn", "mnist1d_gru", "mnist1d_logistic", "mnist1d_mlp",
            "output_shape", "register_model",
+           # batch norm for small batches
+           "BatchNorm", "recompute_batch_stats",
            # zoo extension
            "Autoencoder", "CNNRNN", "CNNSelfAttention", "CNNTransformer", "CapsNet", "Cascade", "ConvAutoencoder",
            "DenseNet", "Discriminator", "FCN1D", "GCN", "Generator", "MPNN", "MobileNet", "Parallel", "RNNSeq2Seq",

@@ -15,12 +15,11 @@ import flax.linen as nn
 import jax
 
 from vhjax.models.layers import ACTIVATIONS, Dropout, add_channel_axis, get_activation
-from vhjax.models.patch_conv import PatchConv, resolve_padding
+from vhjax.models.patch_conv import CONV_IMPLS, PatchConv, resolve_conv_impl, resolve_padding
 from vhjax.models.utils import (as_tuple, check_choice, check_positive, check_positive_ints, check_rate,
                                 set_normalized)
 
 POOLINGS = (None, "max", "avg")
-CONV_IMPLS = ("patch", "xla")
 
 
 class ConvLayer(NamedTuple):
@@ -98,7 +97,7 @@ class _ConvNet(nn.Module):
     activation: str = "relu"
     dropout_rate: float = 0.0
     num_classes: int = 10
-    conv_impl: str = "patch"
+    conv_impl: str = "auto"
 
     spatial_dims = 1
     kind = "cnn"
@@ -141,7 +140,7 @@ class _ConvNet(nn.Module):
                 raise ValueError(
                     f"{self.kind} field 'conv_layers[{index}].kernel_size' has value {k}, larger than the padded "
                     f"input length {n + low + high} (length {n} + padding {low}+{high}) at conv layer {index}")
-        if self.conv_impl == "patch":
+        if resolve_conv_impl(self.conv_impl) == "patch":
             return PatchConv(layer.features, layer.kernel_size, layer.strides, pads, name=f"conv_{index}")(x)
         return nn.Conv(layer.features, layer.kernel_size, layer.strides, pads, name=f"conv_{index}")(x)
 

@@ -17,7 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vhjax.models.resnet import check_common, check_int_tuple, check_kernel_fits, conv, norm_act, pool_and_classify
+from vhjax.models.resnet import (DEFAULT_NORM_EPSILON, DEFAULT_NORM_MOMENTUM, DEFAULT_RUNNING_VAR, check_common, check_int_tuple,
+                                 check_kernel_fits, conv, norm_act, pool_and_classify)
 from vhjax.models.utils import check_choice, check_positive
 
 
@@ -29,15 +30,18 @@ class DenseLayer(nn.Module):
     bn_size: int = 4
     norm: str = "batch"
     activation: str = "relu"
-    conv_impl: str = "xla"
+    conv_impl: str = "auto"
+    norm_momentum: float = DEFAULT_NORM_MOMENTUM
+    norm_epsilon: float = DEFAULT_NORM_EPSILON
+    norm_running_var: str = DEFAULT_RUNNING_VAR
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         h, bias = x, self.norm == "none"
         if self.bottleneck:
-            h = norm_act(self.norm, self.activation, h, train, "norm_1x1")
+            h = norm_act(self.norm, self.activation, h, train, "norm_1x1", self.norm_momentum, self.norm_epsilon, self.norm_running_var)
             h = conv(self.conv_impl, self.bn_size * self.growth_rate, (1, 1), use_bias=bias, name="conv_1x1")(h)
-        h = norm_act(self.norm, self.activation, h, train, "norm_3x3")
+        h = norm_act(self.norm, self.activation, h, train, "norm_3x3", self.norm_momentum, self.norm_epsilon, self.norm_running_var)
         h = conv(self.conv_impl, self.growth_rate, (3, 3), use_bias=bias, name="conv_3x3")(h)
         return jnp.concatenate([x, h], axis=-1)
 
@@ -48,11 +52,14 @@ class Transition(nn.Module):
     features: int
     norm: str = "batch"
     activation: str = "relu"
-    conv_impl: str = "xla"
+    conv_impl: str = "auto"
+    norm_momentum: float = DEFAULT_NORM_MOMENTUM
+    norm_epsilon: float = DEFAULT_NORM_EPSILON
+    norm_running_var: str = DEFAULT_RUNNING_VAR
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        h = norm_act(self.norm, self.activation, x, train, "norm")
+        h = norm_act(self.norm, self.activation, x, train, "norm", self.norm_momentum, self.norm_epsilon, self.norm_running_var)
         h = conv(self.conv_impl, self.features, (1, 1), use_bias=self.norm == "none", name="conv")(h)
         return nn.avg_pool(h, (2, 2), (2, 2), padding="VALID") if min(h.shape[1:3]) >= 2 else h
 
@@ -73,7 +80,10 @@ class DenseNet(nn.Module):
     activation: str = "relu"
     dropout_rate: float = 0.0
     num_classes: int = 10
-    conv_impl: str = "xla"
+    conv_impl: str = "auto"
+    norm_momentum: float = DEFAULT_NORM_MOMENTUM
+    norm_epsilon: float = DEFAULT_NORM_EPSILON
+    norm_running_var: str = DEFAULT_RUNNING_VAR
 
     def __post_init__(self):
         check_int_tuple(self, "densenet", "block_sizes")
@@ -99,16 +109,17 @@ class DenseNet(nn.Module):
         h = conv(self.conv_impl, features, (self.stem_kernel,) * 2, self.stem_strides,
                  use_bias=self.norm == "none", name="stem")(x)
         if self.stem_pool:  # ImageNet stem: norm, act, 3x3/2 max pool
-            h = norm_act(self.norm, self.activation, h, train, "stem_norm")
+            h = norm_act(self.norm, self.activation, h, train, "stem_norm", self.norm_momentum, self.norm_epsilon, self.norm_running_var)
             h = nn.max_pool(h, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
         for b, size in enumerate(self.block_sizes):
             for i in range(size):
                 h = DenseLayer(self.growth_rate, self.bottleneck, self.bn_size, self.norm, self.activation,
-                               self.conv_impl, name=f"block{b}_layer{i}")(h, train)
+                               self.conv_impl, self.norm_momentum, self.norm_epsilon, self.norm_running_var,
+                               name=f"block{b}_layer{i}")(h, train)
             if b < len(self.block_sizes) - 1:
                 h = Transition(int(h.shape[-1] * self.compression), self.norm, self.activation, self.conv_impl,
-                               name=f"transition{b}")(h, train)
-        h = norm_act(self.norm, self.activation, h, train, "final_norm")
+                               self.norm_momentum, self.norm_epsilon, self.norm_running_var, name=f"transition{b}")(h, train)
+        h = norm_act(self.norm, self.activation, h, train, "final_norm", self.norm_momentum, self.norm_epsilon, self.norm_running_var)
         rate = self.dropout_rate if dropout_rate is None else dropout_rate
         return pool_and_classify(h, self.num_classes, rate, train)
 

@@ -44,7 +44,7 @@ class ConvStack(nn.Module):
     features: Sequence[int]
     kernel_size: int = 3
     activation: str = "relu"
-    conv_impl: str = "xla"
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -93,7 +93,7 @@ class CNNRNN(nn.Module):
     activation: str = "relu"
     dropout_rate: float = 0.0
     num_classes: int = 10
-    conv_impl: str = "xla"
+    conv_impl: str = "auto"
 
     def __post_init__(self):
         _check_conv_fields("cnn_rnn", self)
@@ -144,7 +144,7 @@ class CNNTransformer(nn.Module):
     activation: str = "relu"
     dropout_rate: float = 0.0
     num_classes: int = 10
-    conv_impl: str = "xla"
+    conv_impl: str = "auto"
 
     def __post_init__(self):
         _check_conv_fields("cnn_transformer", self)
@@ -193,7 +193,7 @@ class CNNSelfAttention(nn.Module):
     activation: str = "relu"
     dropout_rate: float = 0.0
     num_classes: int = 10
-    conv_impl: str = "xla"
+    conv_impl: str = "auto"
 
     def __post_init__(self):
         _check_conv_fields("cnn_self_attention", self)

@@ -19,8 +19,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from vhjax.models.initializers import get_initializer
-from vhjax.models.patch_conv import extract_patches
-from vhjax.models.resnet import check_common, check_kernel_fits, conv, norm_act, pool_and_classify
+from vhjax.models.patch_conv import extract_patches, resolve_conv_impl
+from vhjax.models.resnet import (DEFAULT_NORM_EPSILON, DEFAULT_NORM_MOMENTUM, DEFAULT_RUNNING_VAR, check_common, check_kernel_fits, conv,
+                                 norm_act, pool_and_classify)
 from vhjax.models.utils import as_tuple, check_positive, set_normalized
 
 # (features, stride) of MobileNet v1's 13 separable blocks
@@ -36,7 +37,7 @@ class DepthwiseConv(nn.Module):
     strides: int = 1
     multiplier: int = 1
     use_bias: bool = True
-    impl: str = "xla"
+    impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -45,7 +46,7 @@ class DepthwiseConv(nn.Module):
         strides = (self.strides,) * dims
         pads = [((k - 1) // 2, k // 2) for k in window]
         kernel = self.param("kernel", get_initializer("he_normal"), (*window, 1, channels * self.multiplier))
-        if self.impl == "patch":
+        if resolve_conv_impl(self.impl) == "patch":
             patches = extract_patches(x, window, strides, pads)
             patches = patches.reshape(*patches.shape[:-1], -1, channels)  # (..., window taps, C)
             taps = kernel.reshape(-1, channels, self.multiplier)
@@ -68,16 +69,19 @@ class SeparableBlock(nn.Module):
     kernel_size: int = 3
     norm: str = "batch"
     activation: str = "relu"
-    conv_impl: str = "xla"
+    conv_impl: str = "auto"
+    norm_momentum: float = DEFAULT_NORM_MOMENTUM
+    norm_epsilon: float = DEFAULT_NORM_EPSILON
+    norm_running_var: str = DEFAULT_RUNNING_VAR
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         bias = self.norm == "none"
         h = DepthwiseConv((self.kernel_size,) * 2, self.strides, use_bias=bias, impl=self.conv_impl,
                           name="depthwise")(x)
-        h = norm_act(self.norm, self.activation, h, train, "depthwise_norm")
+        h = norm_act(self.norm, self.activation, h, train, "depthwise_norm", self.norm_momentum, self.norm_epsilon, self.norm_running_var)
         h = conv(self.conv_impl, self.features, (1, 1), use_bias=bias, name="pointwise")(h)
-        return norm_act(self.norm, self.activation, h, train, "pointwise_norm")
+        return norm_act(self.norm, self.activation, h, train, "pointwise_norm", self.norm_momentum, self.norm_epsilon, self.norm_running_var)
 
 
 class MobileNet(nn.Module):
@@ -95,7 +99,10 @@ class MobileNet(nn.Module):
     activation: str = "relu"
     dropout_rate: float = 0.0
     num_classes: int = 10
-    conv_impl: str = "xla"
+    conv_impl: str = "auto"
+    norm_momentum: float = DEFAULT_NORM_MOMENTUM
+    norm_epsilon: float = DEFAULT_NORM_EPSILON
+    norm_running_var: str = DEFAULT_RUNNING_VAR
 
     def __post_init__(self):
         blocks = as_tuple(self.blocks)
@@ -126,10 +133,10 @@ class MobileNet(nn.Module):
         check_kernel_fits("mobilenet", "kernel_size", self.kernel_size, x.shape[1:3])
         h = conv(self.conv_impl, self.scaled(self.stem_features), (3, 3), self.stem_strides,
                  use_bias=self.norm == "none", name="stem")(x)
-        h = norm_act(self.norm, self.activation, h, train, "stem_norm")
+        h = norm_act(self.norm, self.activation, h, train, "stem_norm", self.norm_momentum, self.norm_epsilon, self.norm_running_var)
         for i, (features, stride) in enumerate(self.blocks):
             h = SeparableBlock(self.scaled(features), stride, self.kernel_size, self.norm, self.activation,
-                               self.conv_impl, name=f"block_{i}")(h, train)
+                               self.conv_impl, self.norm_momentum, self.norm_epsilon, self.norm_running_var, name=f"block_{i}")(h, train)
         rate = self.dropout_rate if dropout_rate is None else dropout_rate
         return pool_and_classify(h, self.num_classes, rate, train)
 

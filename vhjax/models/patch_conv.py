@@ -5,6 +5,10 @@ times slower than a loop over members. Here the patches come from k strided slic
 and the contraction is an einsum, which `vmap` turns into one batched matmul. Parameters have
 flax Conv's layout and initialisers (`kernel` (*window, in, out), `bias` (out,)), so the two are
 interchangeable.
+
+Every conv model of the zoo has a `conv_impl` field: 'patch' (this module), 'xla' (flax's
+`nn.Conv`, XLA's native convolution) or 'auto' (the default), which `resolve_conv_impl` turns
+into 'patch' on CPU and 'xla' on GPU/TPU, where the native convolution is the fast one.
 """
 
 from __future__ import annotations
@@ -14,6 +18,21 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+
+CONV_IMPLS = ("auto", "patch", "xla")
+
+
+def resolve_conv_impl(impl: str) -> str:
+    """'auto' -> 'patch' when JAX's default backend is the CPU, else 'xla'; 'patch'/'xla' unchanged.
+
+    Called while tracing, so a model built once picks the implementation of the backend it runs on.
+    """
+    if impl == "auto":
+        return "patch" if jax.default_backend() == "cpu" else "xla"
+    if impl not in ("patch", "xla"):
+        raise ValueError(f"conv_impl has value {impl!r}; allowed: {', '.join(map(repr, CONV_IMPLS))}")
+    return impl
 
 
 def conv_output_length(length: int, kernel: int, stride: int, pad_low: int, pad_high: int) -> int:

@@ -6,9 +6,16 @@ Normalisation is a field: `norm='batch'` (the default, as in the papers) keeps r
 variances in the `batch_stats` collection: initialise as usual, and in training call
 `model.apply(variables, x, train=True, mutable=['batch_stats'])` (vhjax.train does this through
 `TrainState.model_state`); `train=False` uses the running averages. `norm='group'`, `'layer'`
-or `'none'` keep no state. Each residual branch ends in a zero-initialised scale (the last norm's
-scale, or with `norm='none'` the last conv kernel), so every block starts as its shortcut
-(Goyal et al. 2017), which lets deep un-normalised ResNets train.
+or `'none'` keep no state. `norm_momentum` (default 0.7, flax convention), `norm_epsilon` (1e-5)
+and `norm_running_var` ('batch' or 'total', see vhjax.models.batchnorm) configure every norm layer.
+The momentum default is lower than the usual 0.9/0.99: with small data and batches the running
+averages' lag behind the weights costs more than their noise (measured in docs/models_data.md);
+`vhjax.models.batchnorm.recompute_batch_stats` replaces them by exact statistics ("precise BN").
+
+By default (`zero_init_residual=True`) each residual branch ends in a zero-initialised scale (the
+last norm's scale, or with `norm='none'` the last conv kernel), so every block starts as its
+shortcut (Goyal et al. 2017), which lets deep un-normalised ResNets train. `shortcut` chooses the
+shortcut of blocks whose shape does not change ('identity', 'norm' or 'conv'; see ResidualBlock).
 
 The helpers here (`conv`, `Norm`, `check_kernel_fits`, ...) are shared by densenet.py,
 mobilenet.py and hybrid.py.
@@ -23,14 +30,20 @@ import flax.linen as nn
 import jax
 
 from vhjax.models.activations import check_activation, get_activation
+from vhjax.models.batchnorm import RUNNING_VARS, BatchNorm
 from vhjax.models.initializers import get_initializer
 from vhjax.models.layers import Dropout, add_channel_axis
-from vhjax.models.patch_conv import PatchConv
+from vhjax.models.patch_conv import CONV_IMPLS, PatchConv, resolve_conv_impl
 from vhjax.models.utils import (as_tuple, check_choice, check_positive, check_positive_ints, check_rate,
                                 set_normalized)
 
 NORMS = ("batch", "group", "layer", "none")
-CONV_IMPLS = ("xla", "patch")
+SHORTCUTS = ("identity", "norm", "conv")
+# Running-average decay of BatchNorm (flax convention: new = m * old + (1 - m) * batch), the variance
+# epsilon and the running-variance rule; see the module docstring and docs/models_data.md.
+DEFAULT_NORM_MOMENTUM = 0.7
+DEFAULT_NORM_EPSILON = 1e-5
+DEFAULT_RUNNING_VAR = "batch"
 BLOCKS = ("basic", "bottleneck")
 BOTTLENECK_EXPANSION = 4
 
@@ -40,40 +53,60 @@ BOTTLENECK_EXPANSION = 4
 def conv(impl: str, features: int, kernel_size: Sequence[int], strides: int | Sequence[int] = 1, *,
          use_bias: bool = True, zero_init: bool = False, name: str | None = None) -> nn.Module:
     """A conv padded `((k - 1) // 2, k // 2)` per axis (output length n at stride 1, torch's symmetric
-    padding for odd k) with He-normal kernels; `impl='patch'` is vhjax's PatchConv (fast under vmap on CPU)."""
+    padding for odd k) with He-normal kernels; `impl='patch'` is vhjax's PatchConv (fast under vmap on CPU),
+    'xla' flax's nn.Conv, 'auto' the first on CPU and the second elsewhere (`resolve_conv_impl`)."""
     kernel_size = tuple(kernel_size)
     strides = (strides,) * len(kernel_size) if isinstance(strides, int) else tuple(strides)
     padding = tuple(((k - 1) // 2, k // 2) for k in kernel_size)
     init = nn.initializers.zeros_init() if zero_init else get_initializer("he_normal")
-    cls = PatchConv if impl == "patch" else nn.Conv
+    cls = PatchConv if resolve_conv_impl(impl) == "patch" else nn.Conv
     return cls(features, kernel_size, strides, padding, use_bias=use_bias, kernel_init=init, name=name)
 
 
 class Norm(nn.Module):
     """Normalisation by kind: 'batch' (state in `batch_stats`), 'group' (gcd(C, 8) groups),
-    'layer' (over channels) or 'none'. `zero_init` starts the scale at 0."""
+    'layer' (over channels) or 'none'. `zero_init` starts the scale at 0. `momentum` is the
+    running averages' decay (flax convention: new = momentum * old + (1 - momentum) * batch; only
+    'batch' keeps running averages), `epsilon` is added to the variance (every kind),
+    `running_var` how the running variance is averaged (`vhjax.models.batchnorm.BatchNorm`)."""
 
     kind: str = "batch"
     zero_init: bool = False
+    momentum: float = DEFAULT_NORM_MOMENTUM
+    epsilon: float = DEFAULT_NORM_EPSILON
+    running_var: str = DEFAULT_RUNNING_VAR
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         scale_init = nn.initializers.zeros_init() if self.zero_init else nn.initializers.ones_init()
         if self.kind == "batch":
-            return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, scale_init=scale_init,
-                                name="bn")(x)
+            return BatchNorm(use_running_average=not train, momentum=self.momentum, epsilon=self.epsilon,
+                             scale_init=scale_init, running_var=self.running_var, name="bn")(x)
         if self.kind == "group":
-            return nn.GroupNorm(num_groups=math.gcd(x.shape[-1], 8), scale_init=scale_init, name="gn")(x)
+            return nn.GroupNorm(num_groups=math.gcd(x.shape[-1], 8), epsilon=self.epsilon, scale_init=scale_init,
+                                name="gn")(x)
         if self.kind == "layer":
-            return nn.LayerNorm(scale_init=scale_init, name="ln")(x)
+            return nn.LayerNorm(epsilon=self.epsilon, scale_init=scale_init, name="ln")(x)
         return x
 
 
-def norm_act(kind: str, activation: str, x: jax.Array, train: bool, name: str) -> jax.Array:
-    """`activation(Norm(kind)(x))`; a 'none' norm adds no module."""
+def norm_act(kind: str, activation: str, x: jax.Array, train: bool, name: str,
+             momentum: float = DEFAULT_NORM_MOMENTUM, epsilon: float = DEFAULT_NORM_EPSILON,
+             running_var: str = DEFAULT_RUNNING_VAR) -> jax.Array:
+    """`activation(Norm(kind, momentum=, epsilon=, running_var=)(x))`; a 'none' norm adds no module."""
     if kind != "none":
-        x = Norm(kind, name=name)(x, train)
+        x = Norm(kind, momentum=momentum, epsilon=epsilon, running_var=running_var, name=name)(x, train)
     return get_activation(activation)(x)
+
+
+def check_norm_fields(model: str, module: Any) -> None:
+    """`norm_momentum` in [0, 1), `norm_epsilon` > 0 (plain numbers: static fields), `norm_running_var`."""
+    for field, ok, allowed in (("norm_momentum", lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
+                               ("norm_epsilon", lambda v: v > 0.0, "a number > 0")):
+        value = getattr(module, field)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+            raise ValueError(f"{model} field {field!r} has value {value!r}; allowed: {allowed}")
+    check_choice(model, "norm_running_var", module.norm_running_var, RUNNING_VARS)
 
 
 def check_kernel_fits(model: str, field: str, kernel: int, spatial: Sequence[int]) -> None:
@@ -90,6 +123,7 @@ def check_common(model: str, module: Any) -> None:
     check_rate(model, "dropout_rate", module.dropout_rate)
     check_positive(model, "num_classes", module.num_classes)
     check_choice(model, "conv_impl", module.conv_impl, CONV_IMPLS)
+    check_norm_fields(model, module)
 
 
 def check_int_tuple(module: nn.Module, model: str, field: str, allow_empty: bool = False) -> tuple[int, ...]:
@@ -114,8 +148,13 @@ def pool_and_classify(h: jax.Array, num_classes: int, rate: Any, train: bool) ->
 
 class ResidualBlock(nn.Module):
     """`act(branch(x) + shortcut(x))`; the branch is one conv per entry of `kernel_sizes` (the first
-    strided), each normalised, activated except the last. The shortcut is the identity, or a 1x1
-    strided conv + norm when the stride or the width changes. Two 3x3 convs = ResNet's basic block."""
+    strided), each normalised, activated except the last. Two 3x3 convs = ResNet's basic block.
+
+    The shortcut: when the stride or the width changes, a 1x1 strided conv + norm (He et al.'s
+    projection, as in Wang et al. 2017's 1-D ResNet); otherwise, by `shortcut`, the identity
+    ('identity'), a norm of the input ('norm', Wang et al.'s published code for equal widths) or
+    the 1x1 conv + norm anyway ('conv'). `zero_init_residual` starts the branch's last norm scale
+    (with `norm='none'` its last conv kernel) at 0, so the block starts as its shortcut."""
 
     features: int
     kernel_sizes: Sequence[int] = (3, 3)
@@ -123,7 +162,16 @@ class ResidualBlock(nn.Module):
     spatial_dims: int = 2
     norm: str = "batch"
     activation: str = "relu"
-    conv_impl: str = "xla"
+    conv_impl: str = "auto"
+    norm_momentum: float = DEFAULT_NORM_MOMENTUM
+    norm_epsilon: float = DEFAULT_NORM_EPSILON
+    norm_running_var: str = DEFAULT_RUNNING_VAR
+    shortcut: str = "identity"
+    zero_init_residual: bool = True
+
+    def norm_layer(self, name: str, zero_init: bool = False) -> Norm:
+        return Norm(self.norm, zero_init=zero_init, momentum=self.norm_momentum, epsilon=self.norm_epsilon, running_var=self.norm_running_var,
+                    name=name)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -131,20 +179,23 @@ class ResidualBlock(nn.Module):
         h = x
         last = len(self.kernel_sizes) - 1
         for i, k in enumerate(self.kernel_sizes):
+            zero = self.zero_init_residual and i == last
             h = conv(self.conv_impl, self.features, (k,) * self.spatial_dims, self.strides if i == 0 else 1,
-                     use_bias=bias, zero_init=bias and i == last, name=f"conv_{i}")(h)
+                     use_bias=bias, zero_init=bias and zero, name=f"conv_{i}")(h)
             if self.norm != "none":
-                h = Norm(self.norm, zero_init=i == last, name=f"norm_{i}")(h, train)
+                h = self.norm_layer(f"norm_{i}", zero)(h, train)
             if i < last:
                 h = get_activation(self.activation)(h)
-        return get_activation(self.activation)(h + self.shortcut(x, train))
+        return get_activation(self.activation)(h + self.shortcut_to(self.features, x, train))
 
-    def shortcut(self, x: jax.Array, train: bool) -> jax.Array:
-        if self.strides == 1 and x.shape[-1] == self.features:
+    def shortcut_to(self, out: int, x: jax.Array, train: bool) -> jax.Array:
+        same = self.strides == 1 and x.shape[-1] == out
+        if same and (self.shortcut == "identity" or (self.shortcut == "norm" and self.norm == "none")):
             return x
-        x = conv(self.conv_impl, self.features, (1,) * self.spatial_dims, self.strides, use_bias=self.norm == "none",
-                 name="proj")(x)
-        return Norm(self.norm, name="proj_norm")(x, train) if self.norm != "none" else x
+        if not (same and self.shortcut == "norm"):
+            x = conv(self.conv_impl, out, (1,) * self.spatial_dims, self.strides, use_bias=self.norm == "none",
+                     name="proj")(x)
+        return self.norm_layer("proj_norm")(x, train) if self.norm != "none" else x
 
 
 class BottleneckBlock(ResidualBlock):
@@ -157,20 +208,19 @@ class BottleneckBlock(ResidualBlock):
         h = x
         for i, (features, kernel, stride) in enumerate(
                 [(self.features, one, 1), (self.features, three, self.strides), (out, one, 1)]):
-            h = conv(self.conv_impl, features, kernel, stride, use_bias=bias, zero_init=bias and i == 2,
+            zero = self.zero_init_residual and i == 2
+            h = conv(self.conv_impl, features, kernel, stride, use_bias=bias, zero_init=bias and zero,
                      name=f"conv_{i}")(h)
             if self.norm != "none":
-                h = Norm(self.norm, zero_init=i == 2, name=f"norm_{i}")(h, train)
+                h = self.norm_layer(f"norm_{i}", zero)(h, train)
             if i < 2:
                 h = get_activation(self.activation)(h)
         return get_activation(self.activation)(h + self.shortcut_to(out, x, train))
 
-    def shortcut_to(self, out: int, x: jax.Array, train: bool) -> jax.Array:
-        if self.strides == 1 and x.shape[-1] == out:
-            return x
-        x = conv(self.conv_impl, out, (1,) * self.spatial_dims, self.strides, use_bias=self.norm == "none",
-                 name="proj")(x)
-        return Norm(self.norm, name="proj_norm")(x, train) if self.norm != "none" else x
+
+def check_residual_fields(model: str, module: Any) -> None:
+    check_choice(model, "shortcut", module.shortcut, SHORTCUTS)
+    check_choice(model, "zero_init_residual", module.zero_init_residual, (False, True))
 
 
 # --- image ResNet -------------------------------------------------------------------------------
@@ -191,7 +241,12 @@ class ResNet(nn.Module):
     activation: str = "relu"
     dropout_rate: float = 0.0
     num_classes: int = 10
-    conv_impl: str = "xla"
+    conv_impl: str = "auto"
+    norm_momentum: float = DEFAULT_NORM_MOMENTUM
+    norm_epsilon: float = DEFAULT_NORM_EPSILON
+    norm_running_var: str = DEFAULT_RUNNING_VAR
+    shortcut: str = "identity"
+    zero_init_residual: bool = True
 
     def __post_init__(self):
         sizes = check_int_tuple(self, "resnet", "stage_sizes")
@@ -204,6 +259,7 @@ class ResNet(nn.Module):
             check_positive("resnet", field, getattr(self, field))
         check_choice("resnet", "stem_pool", self.stem_pool, (False, True))
         check_common("resnet", self)
+        check_residual_fields("resnet", self)
         super().__post_init__()
 
     @nn.compact
@@ -213,7 +269,7 @@ class ResNet(nn.Module):
         check_kernel_fits("resnet", "stem_kernel", self.stem_kernel, x.shape[1:3])
         h = conv(self.conv_impl, self.stem_features, (self.stem_kernel,) * 2, self.stem_strides,
                  use_bias=self.norm == "none", name="stem")(x)
-        h = norm_act(self.norm, self.activation, h, train, "stem_norm")
+        h = norm_act(self.norm, self.activation, h, train, "stem_norm", self.norm_momentum, self.norm_epsilon, self.norm_running_var)
         if self.stem_pool:
             h = nn.max_pool(h, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
         block_cls = BottleneckBlock if self.block == "bottleneck" else ResidualBlock
@@ -221,6 +277,8 @@ class ResNet(nn.Module):
             for index in range(size):
                 strides = 2 if stage > 0 and index == 0 else 1
                 h = block_cls(width, (3, 3), strides, 2, self.norm, self.activation, self.conv_impl,
+                              norm_momentum=self.norm_momentum, norm_epsilon=self.norm_epsilon, norm_running_var=self.norm_running_var,
+                              shortcut=self.shortcut, zero_init_residual=self.zero_init_residual,
                               name=f"stage{stage}_block{index}")(h, train)
         rate = self.dropout_rate if dropout_rate is None else dropout_rate
         return pool_and_classify(h, self.num_classes, rate, train)
@@ -255,7 +313,10 @@ class _SequenceNet(nn.Module):
     activation: str = "relu"
     dropout_rate: float = 0.0
     num_classes: int = 10
-    conv_impl: str = "xla"
+    conv_impl: str = "auto"
+    norm_momentum: float = DEFAULT_NORM_MOMENTUM
+    norm_epsilon: float = DEFAULT_NORM_EPSILON
+    norm_running_var: str = DEFAULT_RUNNING_VAR
 
     kind = "sequence_net"
 
@@ -292,7 +353,7 @@ class FCN1D(_SequenceNet):
         h = self.prepare(x)
         for i, (width, k) in enumerate(zip(self.widths, self.kernel_sizes)):
             h = conv(self.conv_impl, width, (k,), use_bias=self.norm == "none", name=f"conv_{i}")(h)
-            h = norm_act(self.norm, self.activation, h, train, f"norm_{i}")
+            h = norm_act(self.norm, self.activation, h, train, f"norm_{i}", self.norm_momentum, self.norm_epsilon, self.norm_running_var)
         rate = self.dropout_rate if dropout_rate is None else dropout_rate
         return pool_and_classify(h, self.num_classes, rate, train)
 
@@ -300,16 +361,25 @@ class FCN1D(_SequenceNet):
 class ResNet1D(_SequenceNet):
     """Time-series ResNet: one residual block per entry of `widths` (each block: one conv per
     `kernel_sizes` entry), global average pooling, Dense head. Defaults: blocks 64, 128, 128 with
-    kernels 8, 5, 3 (Wang et al. 2017)."""
+    kernels 8, 5, 3 and, as in Wang et al.'s published code, a 1x1 conv + BN shortcut where the
+    width changes and a BN shortcut where it does not (`shortcut='norm'`; see `ResidualBlock`)."""
 
     widths: Sequence[int] = (64, 128, 128)
+    shortcut: str = "norm"
+    zero_init_residual: bool = True
     kind = "resnet1d"
+
+    def __post_init__(self):
+        check_residual_fields(self.kind, self)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False, dropout_rate: Any = None) -> jax.Array:
         h = self.prepare(x)
         for i, width in enumerate(self.widths):
             h = ResidualBlock(width, self.kernel_sizes, 1, 1, self.norm, self.activation, self.conv_impl,
+                              norm_momentum=self.norm_momentum, norm_epsilon=self.norm_epsilon, norm_running_var=self.norm_running_var,
+                              shortcut=self.shortcut, zero_init_residual=self.zero_init_residual,
                               name=f"block_{i}")(h, train)
         rate = self.dropout_rate if dropout_rate is None else dropout_rate
         return pool_and_classify(h, self.num_classes, rate, train)

@@ -5,7 +5,7 @@
     x_test = pre.transform(fitted, x_test)  # jax.numpy; jit-able
     save(fitted, workdir / "standardize.npz"); fitted = load(...); transform(fitted, x)
 
-Registered: minmax, standardize, mean_subtract (scaling); pca, pca_whiten, zca_whiten,
+Registered: minmax, standardize, mean_subtract, per_example_standardize (scaling); pca, pca_whiten, zca_whiten,
 truncated_svd, lda (projections); lowpass, highpass, denoise (sequence filters); outliers
 (a keep-mask); discretize, vector_quantize; select_chi2, select_info_gain, select_mutual_info.
 """

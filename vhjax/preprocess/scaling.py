@@ -1,4 +1,5 @@
-"""Per-feature scaling fitted on training data: min-max, standardization, mean subtraction.
+"""Per-feature scaling fitted on training data: min-max, standardization, mean subtraction; and the
+stateless per-example (per-series) z-normalisation `per_example_standardize`.
 
 `per` chooses what one statistic covers: 'feature' (every entry of `x.shape[1:]`, e.g. Caffe's
 mean image), 'channel' (the last axis, e.g. a mean colour) or 'global' (one number).
@@ -9,6 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from vhjax.preprocess.base import (
@@ -104,3 +106,36 @@ def mean_subtract(per: str = "feature") -> Preprocessor:
         return z + arrays["mean"]
 
     return make_preprocessor("mean_subtract", {"per": per}, fit_arrays, apply, inverse=inverse)
+
+
+PER_EXAMPLE = ("example", "channel")
+
+
+def example_axes(ndim: int, per: str) -> tuple[int, ...]:
+    """Axes of one example's statistics: all but the batch axis ('example'), or all but the batch and
+    the last (channel) axis ('channel'; an (N, L) input is one channel, so the same as 'example')."""
+    if per == "channel" and ndim > 2:
+        return tuple(range(1, ndim - 1))
+    return tuple(range(1, ndim))
+
+
+@register_preprocessor("per_example_standardize")
+def per_example_standardize(per: str = "example", eps: float = 1e-8) -> Preprocessor:
+    """Z-normalise every example by its own mean and standard deviation (the UCR/UEA convention for
+    time series: each series has mean 0 and std 1). Stateless: `fit` learns nothing, so train and
+    test are treated alike. per='example' uses one mean/std per example over all its entries;
+    per='channel' one per example and channel (over the time/spatial axes), for (N, L, C) series.
+    A constant example (std <= eps) is only centred. Not invertible (the statistics are not kept)."""
+    check_choice("per_example_standardize", "per", per, PER_EXAMPLE)
+    eps = check_float("per_example_standardize", "eps", eps, 0.0)
+
+    def fit_arrays(x: np.ndarray, y: None) -> Arrays:
+        return {}
+
+    def apply(arrays: Arrays, x: jax.Array) -> jax.Array:
+        axes = example_axes(x.ndim, per)
+        mean = x.mean(axis=axes, keepdims=True)
+        std = jnp.sqrt(jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True))
+        return (x - mean) / jnp.where(std > eps, std, 1.0)
+
+    return make_preprocessor("per_example_standardize", {"per": per, "eps": eps}, fit_arrays, apply)
