@@ -28,8 +28,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                   "clip_norm", "clip_value", "lr_multipliers", "freeze", "grad_accumulation", "plateau_patience",
                   "plateau_factor"),
     "loop": ("batch_size", "steps", "checkpoint_every", "seed"),
-    "evaluation": ("eval_every", "eval_batch_size", "eval_metrics", "patience", "monitor", "monitor_mode",
-                   "monitor_split", "keep_best"),
+    "evaluation": ("eval_every", "eval_batch_size", "eval_metrics", "precise_bn_batches", "patience", "monitor",
+                   "monitor_mode", "monitor_split", "keep_best"),
 }
 
 
@@ -95,6 +95,7 @@ class TrainConfig:
     eval_every: int = 500
     eval_batch_size: int = 1000
     eval_metrics: Sequence[str] = ("loss", "accuracy", "macro_f1")
+    precise_bn_batches: int = 0  # > 0: recompute BatchNorm statistics over that many training batches before each eval
     patience: int | None = None  # early stopping per member: evaluations without improvement
     monitor: str = "accuracy"
     monitor_mode: str = "max"
@@ -160,6 +161,7 @@ def validate(config: TrainConfig) -> None:
     for name in ("batch_size", "steps", "eval_every", "eval_batch_size", "grad_accumulation", "checkpoint_every"):
         check_int(f"config field {name!r}", getattr(config, name), 1)
     check_int("config field 'seed'", config.seed, 0)
+    check_int("config field 'precise_bn_batches'", config.precise_bn_batches, 0)
     for name in ("patience", "plateau_patience"):
         if getattr(config, name) is not None:
             check_int(f"config field {name!r}", getattr(config, name), 1)

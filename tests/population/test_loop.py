@@ -122,3 +122,24 @@ def test_one_scalar_per_member_fills_a_vector_hyperparameter():
     result = fit_population(config, [{"aug_strength": 0.0}, {"aug_strength": 0.4}], verbose=False)
     strengths = np.asarray(result.states[0].members.hparams["aug_strength"])
     np.testing.assert_allclose(strengths, [[0.0, 0.0], [0.4, 0.4]])
+
+
+def test_precise_bn_evaluates_with_exact_statistics_and_leaves_training_alone():
+    from vhjax.models import recompute_batch_stats
+    from vhjax.train.step import make_eval_fn
+
+    config = TrainConfig(dataset="mnist1d", model="fcn1d", model_kwargs={"widths": (8, 8), "kernel_sizes": (5, 3)},
+                         train_split="train[:400]", eval_split="test[:200]", batch_size=8, steps=20, eval_every=20)
+    plain = fit(config, verbose=False)
+    precise = fit(dataclasses.replace(config, precise_bn_batches=10), verbose=False)
+    for a, b in zip(jax.tree.leaves(plain.state), jax.tree.leaves(precise.state)):  # training is the same
+        if not jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+            np.testing.assert_array_equal(a, b)
+    assert precise.metrics["eval"]["loss"] != plain.metrics["eval"]["loss"]
+    task = build_task(config)
+    xb = jnp.asarray(task.train.x[:80]).reshape(10, 8, *task.train.x.shape[1:])
+    exact = recompute_batch_stats(task.model, {"params": plain.state.params, **plain.state.model_state}, xb,
+                                  dropout_rate=0.0)
+    by_hand = make_eval_fn(task)(plain.state.replace(model_state=exact), jnp.asarray(task.eval.x),
+                                 jnp.asarray(task.eval.y))
+    assert precise.metrics["eval"]["loss"] == pytest.approx(float(by_hand["loss"]), rel=1e-5)

@@ -158,14 +158,35 @@ EVAL_METRICS: dict[str, Callable] = {
 }
 
 
+def precise_bn_batches(task: Task) -> jax.Array | None:
+    """`config.precise_bn_batches` batches of training inputs (the first examples, in order), or None."""
+    count = task.config.precise_bn_batches
+    if not count:
+        return None
+    size = task.config.batch_size
+    count = min(count, len(task.train) // size)
+    return jnp.asarray(task.train.x[:count * size]).reshape(count, size, *task.train.x.shape[1:])
+
+
 def make_eval_fn(task: Task) -> Callable:
     """`evaluate(state, x, y) -> metrics` of one member over a whole split, in fixed-size batches;
-    the metrics named in `config.eval_metrics` (see EVAL_METRICS)."""
+    the metrics named in `config.eval_metrics` (see EVAL_METRICS). With `config.precise_bn_batches`
+    the member's BatchNorm statistics are first recomputed exactly over that many training batches
+    ("precise BN"; for evaluation only, training keeps its running averages)."""
     batch_size = task.config.eval_batch_size
     num_classes = task.train.num_classes
     names = (task.config.eval_metrics,) if isinstance(task.config.eval_metrics, str) else tuple(task.config.eval_metrics)
 
+    precise = precise_bn_batches(task)
+
     def evaluate(state: TrainState, x: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
+        if precise is not None:  # exact BatchNorm statistics over a fixed pass of training data
+            from vhjax.models import recompute_batch_stats
+
+            kwargs = {"dropout_rate": 0.0} if "dropout_rate" in task.model_call_kwargs else {}
+            model_state = recompute_batch_stats(task.model, {"params": state.params, **state.model_state}, precise,
+                                                **kwargs)
+            state = state.replace(model_state=model_state)
         n = x.shape[0]
         size = min(batch_size, n)
         padded = -(-n // size) * size

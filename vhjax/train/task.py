@@ -155,36 +155,7 @@ def call_keywords(model: Any) -> frozenset[str]:
 def load_split(config: TrainConfig, split: str) -> Dataset:
     """One split of the config's dataset: a registered or TFDS name, a Dataset, (x, y) arrays, or a
     dict of splits {name: Dataset or (x, y)}; split strings slice in-memory data too ('train[:90%]')."""
-    dataset = config.dataset
-    if isinstance(dataset, str):
-        return load(dataset, split, data_dir=config.data_dir)
-    from vhjax.data import parse_split
-
-    splits = in_memory_splits(dataset)
-    spec = parse_split(split)
-    if spec.base not in splits:
-        raise ValueError(f"config field 'eval_split' or 'train_split' has value {split!r}, but the in-memory dataset "
-                         f"has splits {sorted(splits)}; allowed: one of them, optionally sliced (e.g. "
-                         f"'train[90%:]' to hold out part of the training data)")
-    start, stop = spec.resolve(len(splits[spec.base]))
-    return splits[spec.base].rows(start, stop, split)
-
-
-def in_memory_splits(dataset: Any) -> dict[str, Dataset]:
-    """{split: Dataset} from a Dataset, (x, y) arrays (the 'train' split) or a dict of either."""
-    if isinstance(dataset, Dataset):
-        return {dataset.split or "train": dataset, "train": dataset}
-    if isinstance(dataset, tuple) and len(dataset) == 2:
-        x, y = np.asarray(dataset[0]), np.asarray(dataset[1])
-        if not np.issubdtype(y.dtype, np.integer):
-            raise TypeError(f"config field 'dataset' labels have dtype {y.dtype}; allowed: integer class indices")
-        return {"train": Dataset(x, y, int(y.max()) + 1 if y.size else 1, "arrays", "train")}
-    if isinstance(dataset, dict):
-        splits = {name: next(iter(in_memory_splits(value).values())) for name, value in dataset.items()}
-        classes = max(d.num_classes for d in splits.values())
-        return {name: dataclasses.replace(d, num_classes=classes, split=name) for name, d in splits.items()}
-    raise TypeError(f"config field 'dataset' has value of type {type(dataset).__name__}; allowed: a dataset name, "
-                    "a vhjax.data.Dataset, (x, y) arrays, or a dict of splits {name: (x, y)}")
+    return load(config.dataset, split, data_dir=config.data_dir)
 
 
 def with_member_hparams(task: Task, names: Any) -> Task:
