@@ -120,7 +120,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for label in args.models:
         name, kwargs, overrides = MODELS[label]
-        config = TrainConfig(dataset="mnist1d", model=name, model_kwargs=kwargs, optimizer="adam",
+        config = TrainConfig(dataset="mnist1d", model=name, model_kwargs=kwargs, optimizer="adamw",
                              learning_rate=1e-3, batch_size=100, steps=args.steps, **overrides)
         task = build_task(config)
         data = (jnp.asarray(task.train.x), jnp.asarray(task.train.y))

@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "mnist1d_population.md"))
     parser.add_argument("--figure", default=str(Path(__file__).parent / "figures" / "mnist1d_population.png"))
     args = parser.parse_args()
-    config = TrainConfig(dataset="mnist1d", model="mnist1d_cnn", optimizer="adam", learning_rate=1e-2,
+    config = TrainConfig(dataset="mnist1d", model="mnist1d_cnn", optimizer="adamw", learning_rate=1e-2,
                          batch_size=100, steps=args.steps, eval_every=max(1, args.steps // 6),
                          train_split="train[:90%]", eval_split="train[90%:]", test_split="test", seed=0)
     start = time.time()

@@ -81,7 +81,7 @@ def conditions(spec: dict) -> list[tuple[str, str, float | None, dict]]:
 def run_dataset(name: str, steps: int, seeds: int, verbose: bool) -> tuple[list[dict], float, int]:
     """Train one population for `name`; returns rows (chosen coefficient per condition), wall time, buckets."""
     spec = DATASETS[name]
-    config = TrainConfig(**spec["config"], optimizer="adam", batch_size=100, steps=steps,
+    config = TrainConfig(**spec["config"], optimizer="adamw", batch_size=100, steps=steps,
                          eval_every=max(1, steps // 4), seed=0)
     conds = conditions(spec)
     members = [dict(fields) for _, _, _, fields in conds for _ in range(seeds)]
