@@ -19,7 +19,7 @@ from vhjax.config import TrainConfig, apply_overrides, parse_override
 from vhjax.train import build_task, fit, init_state, make_train_step
 from vhjax.population.loop import chunk_lengths
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 SMALL = TrainConfig(dataset="digits", model="mlp", model_kwargs={"widths": (32,), "num_classes": 10},
                     learning_rate=3e-3, batch_size=64, steps=120, eval_every=40, seed=3)

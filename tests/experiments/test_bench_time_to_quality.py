@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-PATH = Path(__file__).resolve().parents[1] / "experiments" / "bench_time_to_quality.py"
+PATH = Path(__file__).resolve().parents[2] / "experiments" / "bench_time_to_quality.py"
 spec = importlib.util.spec_from_file_location("bench_time_to_quality", PATH)
 bench = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = bench  # dataclasses look their module up there

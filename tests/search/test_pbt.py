@@ -14,7 +14,7 @@ KEY = jax.random.PRNGKey(0)
 
 
 def _load_toy():
-    path = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "pbt_toy.py"
+    path = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "pbt_toy.py"
     spec = importlib.util.spec_from_file_location("pbt_toy", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
