@@ -5,16 +5,8 @@ strength 0 is exactly the identity. Registered names: gaussian_noise, brightness
 (sequences), translate, image_scale, rotate, vflip (images), hflip (both).
 """
 
-from vhjax.augment.compose import (
-    AUGMENTATIONS,
-    Augmentation,
-    ChainedAugmentation,
-    chain,
-    get_augmentation,
-    pipeline_from_config,
-    register_augmentation,
-    with_probability,
-)
+from vhjax.augment.compose import (AUGMENTATIONS, Augmentation, ChainedAugmentation, chain, get_augmentation,
+                                   pipeline_from_config, register_augmentation, with_probability)
 from vhjax.augment.image import rotate_image, zoom_image
 from vhjax.augment.sequence import resample_axis, shift_axis
 

@@ -16,14 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.ndimage import map_coordinates
 
-from vhjax.augment.compose import (
-    Augmentation,
-    check_rank,
-    check_strength,
-    identity_at_zero,
-    per_example,
-    register_augmentation,
-)
+from vhjax.augment.compose import (Augmentation, check_rank, check_strength, identity_at_zero, per_example,
+                                   register_augmentation)
 from vhjax.augment.sequence import RESAMPLE_MODES, check_mode
 
 IMAGE_LAYOUT = "images (N, H, W, C)"

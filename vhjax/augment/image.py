@@ -13,25 +13,10 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.ndimage import map_coordinates
 
-from vhjax.augment.compose import (
-    Augmentation,
-    check_rank,
-    check_strength,
-    identity_at_zero,
-    per_example,
-    register_augmentation,
-    select_examples,
-)
-from vhjax.augment.sequence import (
-    RESAMPLE_MODES,
-    SHIFT_MODES,
-    check_mode,
-    max_offset,
-    random_factor,
-    random_offsets,
-    resample_axis,
-    shift_batch,
-)
+from vhjax.augment.compose import (Augmentation, check_rank, check_strength, identity_at_zero, per_example,
+                                   register_augmentation, select_examples)
+from vhjax.augment.sequence import (RESAMPLE_MODES, SHIFT_MODES, check_mode, max_offset, random_factor,
+                                    random_offsets, resample_axis, shift_batch)
 
 IMAGE_LAYOUT = "images (N, H, W, C)"
 FILL_MODES = {"zero": "constant", "edge": "nearest"}

@@ -15,14 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vhjax.augment.compose import (
-    Augmentation,
-    check_rank,
-    check_strength,
-    identity_at_zero,
-    per_example,
-    register_augmentation,
-)
+from vhjax.augment.compose import (Augmentation, check_rank, check_strength, identity_at_zero, per_example,
+                                   register_augmentation)
 from vhjax.augment.sequence import random_factor
 
 IMAGE_LAYOUT = "images (N, H, W, C)"

@@ -13,13 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from vhjax.augment.compose import (
-    Augmentation,
-    check_rank,
-    check_strength,
-    identity_at_zero,
-    register_augmentation,
-)
+from vhjax.augment.compose import Augmentation, check_rank, check_strength, identity_at_zero, register_augmentation
 
 SHIFT_MODES = ("zero", "edge", "roll")
 RESAMPLE_MODES = ("zero", "edge")

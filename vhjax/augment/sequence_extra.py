@@ -12,13 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from vhjax.augment.compose import (
-    Augmentation,
-    check_rank,
-    check_strength,
-    identity_at_zero,
-    register_augmentation,
-)
+from vhjax.augment.compose import Augmentation, check_rank, check_strength, identity_at_zero, register_augmentation
 from vhjax.augment.sequence import MIN_SCALE_FACTOR, SEQUENCE_LAYOUT, gather_time
 
 MIN_WINDOW_FRACTION = 0.1

@@ -13,14 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vhjax.augment.compose import (
-    Augmentation,
-    check_rank,
-    check_strength,
-    identity_at_zero,
-    per_example,
-    register_augmentation,
-)
+from vhjax.augment.compose import (Augmentation, check_rank, check_strength, identity_at_zero, per_example,
+                                   register_augmentation)
 
 TOKEN_LAYOUT = "token ids (N, L) of an integer dtype"
 

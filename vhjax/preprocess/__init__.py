@@ -12,19 +12,8 @@ truncated_svd, lda (projections); lowpass, highpass, denoise (sequence filters);
 
 # Importing the modules registers their preprocessors.
 from vhjax.preprocess import cleaning, decomposition, discretize, filters, scaling, selection  # noqa: F401
-from vhjax.preprocess.base import (
-    PREPROCESSORS,
-    Fitted,
-    Preprocessor,
-    from_json,
-    get_preprocessor,
-    load,
-    make_preprocessor,
-    register_preprocessor,
-    save,
-    to_json,
-    transform,
-)
+from vhjax.preprocess.base import (PREPROCESSORS, Fitted, Preprocessor, from_json, get_preprocessor, load,
+                                   make_preprocessor, register_preprocessor, save, to_json, transform)
 from vhjax.preprocess.decomposition import principal_axes
 from vhjax.preprocess.selection import information_gain
 

@@ -10,16 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vhjax.preprocess.base import (
-    Arrays,
-    Preprocessor,
-    as_float32,
-    check_choice,
-    check_float,
-    flat,
-    make_preprocessor,
-    register_preprocessor,
-)
+from vhjax.preprocess.base import (Arrays, Preprocessor, as_float32, check_choice, check_float, flat,
+                                   make_preprocessor, register_preprocessor)
 
 DEFAULT_THRESHOLD = {"zscore": 3.0, "iqr": 1.5}
 

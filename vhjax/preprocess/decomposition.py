@@ -12,17 +12,8 @@ import jax
 import numpy as np
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
-from vhjax.preprocess.base import (
-    Arrays,
-    Preprocessor,
-    as_float32,
-    check_choice,
-    check_float,
-    check_int,
-    flat,
-    make_preprocessor,
-    register_preprocessor,
-)
+from vhjax.preprocess.base import (Arrays, Preprocessor, as_float32, check_choice, check_float, check_int, flat,
+                                   make_preprocessor, register_preprocessor)
 
 
 def fix_signs(vectors: np.ndarray) -> np.ndarray:

@@ -13,16 +13,8 @@ import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.preprocessing import KBinsDiscretizer
 
-from vhjax.preprocess.base import (
-    Arrays,
-    Preprocessor,
-    as_float32,
-    check_choice,
-    check_int,
-    flat,
-    make_preprocessor,
-    register_preprocessor,
-)
+from vhjax.preprocess.base import (Arrays, Preprocessor, as_float32, check_choice, check_int, flat, make_preprocessor,
+                                   register_preprocessor)
 
 STRATEGIES = ("uniform", "quantile", "kmeans")
 

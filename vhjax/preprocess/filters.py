@@ -17,15 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.signal import savgol_coeffs
 
-from vhjax.preprocess.base import (
-    Arrays,
-    Preprocessor,
-    check_choice,
-    check_float,
-    check_int,
-    make_preprocessor,
-    register_preprocessor,
-)
+from vhjax.preprocess.base import (Arrays, Preprocessor, check_choice, check_float, check_int, make_preprocessor,
+                                   register_preprocessor)
 
 PASS_METHODS = ("fft", "moving_average")
 DENOISE_METHODS = ("median", "savgol", "moving_average")

@@ -13,15 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vhjax.preprocess.base import (
-    Arrays,
-    Preprocessor,
-    as_float32,
-    check_choice,
-    check_float,
-    make_preprocessor,
-    register_preprocessor,
-)
+from vhjax.preprocess.base import (Arrays, Preprocessor, as_float32, check_choice, check_float, make_preprocessor,
+                                   register_preprocessor)
 
 PER = ("feature", "channel", "global")
 

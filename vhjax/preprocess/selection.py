@@ -18,15 +18,8 @@ import numpy as np
 from sklearn.feature_selection import chi2, mutual_info_classif
 from sklearn.metrics import mutual_info_score
 
-from vhjax.preprocess.base import (
-    Arrays,
-    Preprocessor,
-    as_float32,
-    check_int,
-    flat,
-    make_preprocessor,
-    register_preprocessor,
-)
+from vhjax.preprocess.base import (Arrays, Preprocessor, as_float32, check_int, flat, make_preprocessor,
+                                   register_preprocessor)
 
 Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
 

@@ -18,15 +18,8 @@ from vhjax.search.strategies import (  # noqa: F401  (imported to register)
     pbt,
     reinforce,
 )
-from vhjax.search.strategies.base import (
-    STRATEGIES,
-    Proposals,
-    SearchState,
-    Strategy,
-    best,
-    make_strategy,
-    register_strategy,
-)
+from vhjax.search.strategies.base import (STRATEGIES, Proposals, SearchState, Strategy, best, make_strategy,
+                                          register_strategy)
 
 JITTABLE = ("grid", "random", "quasi_random", "genetic", "regularized_evolution",
             "simulated_annealing", "reinforce", "bayesopt", "cma_es", "open_es", "snes")

@@ -16,17 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from vhjax.search.strategies.base import (
-    Strategy,
-    categorical_info,
-    check_ask_size,
-    check_choice,
-    check_number,
-    check_positive_int,
-    make,
-    mutate,
-    register_strategy,
-)
+from vhjax.search.strategies.base import (Strategy, categorical_info, check_ask_size, check_choice, check_number,
+                                          check_positive_int, make, mutate, register_strategy)
 
 COOLINGS = ("exponential", "linear")
 

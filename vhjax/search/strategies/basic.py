@@ -9,14 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from vhjax.search.strategies.base import (
-    Strategy,
-    check_ask_size,
-    check_positive_int,
-    make,
-    register_strategy,
-    space_dim,
-)
+from vhjax.search.strategies.base import (Strategy, check_ask_size, check_positive_int, make, register_strategy,
+                                          space_dim)
 
 
 @struct.dataclass

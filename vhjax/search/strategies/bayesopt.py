@@ -27,18 +27,9 @@ import jax.scipy as jsp
 import optax
 from flax import struct
 
-from vhjax.search.strategies.base import (
-    Strategy,
-    categorical_info,
-    check_ask_size,
-    check_choice,
-    check_number,
-    check_positive_int,
-    failed_as_worst,
-    make,
-    register_strategy,
-    snap_categorical,
-)
+from vhjax.search.strategies.base import (Strategy, categorical_info, check_ask_size, check_choice, check_number,
+                                          check_positive_int, failed_as_worst, make, register_strategy,
+                                          snap_categorical)
 
 KERNELS = ("matern52", "rbf")
 _LOG_LENGTHSCALE_BOUNDS = (math.log(0.01), math.log(20.0))

@@ -24,16 +24,8 @@ import numpy as np
 import optax
 from flax import struct
 
-from vhjax.search.strategies.base import (
-    Strategy,
-    categorical_info,
-    check_ask_size,
-    check_number,
-    check_positive_int,
-    inner_state,
-    make,
-    register_strategy,
-)
+from vhjax.search.strategies.base import (Strategy, categorical_info, check_ask_size, check_number,
+                                          check_positive_int, inner_state, make, register_strategy)
 
 # ----------------------------------------------------------------------------- Optuna
 

@@ -21,19 +21,9 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from vhjax.search.strategies.base import (
-    Strategy,
-    categorical_info,
-    check_ask_size,
-    check_choice,
-    check_number,
-    check_positive_int,
-    failed_as_worst,
-    make,
-    mutate,
-    mutate_one_column,
-    register_strategy,
-)
+from vhjax.search.strategies.base import (Strategy, categorical_info, check_ask_size, check_choice, check_number,
+                                          check_positive_int, failed_as_worst, make, mutate, mutate_one_column,
+                                          register_strategy)
 
 SELECTIONS = ("tournament", "roulette")
 CROSSOVERS = ("one_point", "uniform")

@@ -19,17 +19,8 @@ import numpy as np
 import optax
 from flax import struct
 
-from vhjax.search.strategies.base import (
-    Strategy,
-    categorical_info,
-    check_ask_size,
-    check_number,
-    check_positive_int,
-    inner_state,
-    failed_as_worst,
-    make,
-    register_strategy,
-)
+from vhjax.search.strategies.base import (Strategy, categorical_info, check_ask_size, check_number,
+                                          check_positive_int, inner_state, failed_as_worst, make, register_strategy)
 
 
 @struct.dataclass
