@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vhjax.population import PopulationRunner, PopulationState, run_loop
+from vhjax.population.engine import gather_batch
 
 DATA_TAG = 0xDA7A  # a member's data key is its key folded with this: batch draws never reuse the step's key
 
@@ -51,10 +52,12 @@ def no_batches(population: PopulationState, length: int) -> jax.Array:
 
 
 def train(population: PopulationState, member_step: Callable, data: Any, steps: int,
-          batch_indices: Callable, *, chunk: int | None = None) -> tuple[PopulationState, dict[str, np.ndarray]]:
+          batch_indices: Callable, *, chunk: int | None = None, gather: Callable = gather_batch,
+          member_group: int | None = None) -> tuple[PopulationState, dict[str, np.ndarray]]:
     """Train every member to `steps` through the engine and the loop; returns the population and the
-    per-step metrics, each `(steps, P)` (NaN where a member did not train)."""
-    runner = PopulationRunner(member_step, batch_indices)
+    per-step metrics, each `(steps, P)` (NaN where a member did not train). `gather` and
+    `member_group` go to `PopulationRunner`."""
+    runner = PopulationRunner(member_step, batch_indices, gather=gather, member_group=member_group)
     outcome = run_loop(population, runner, data, steps=steps, eval_every=chunk or steps, verbose=False)
     if runner.replayed_chunks:
         print(f"  ({runner.replayed_chunks} chunk(s) replayed to isolate a diverging member; "
