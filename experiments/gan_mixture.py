@@ -108,7 +108,7 @@ def init_gans(gen: Generator, disc: Discriminator, g_opt: optax.GradientTransfor
         params = {"g": gen.init(kg, jnp.zeros((1, LATENT)))["params"], "d": disc.init(kd, jnp.zeros((1, 2)))["params"]}
         opt_state = {"g": g_opt.init(params["g"]), "d": d_opt.init(params["d"])}
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state={}, opt_state=opt_state,
-                          hparams={}, key=k_loop, data_key=k_loop)
+                          hparams={}, key=k_loop, data_key=jax.random.fold_in(k_loop, member_runs.DATA_TAG))
 
     return new_population(jax.vmap(one)(jax.random.split(key, seeds)))
 
