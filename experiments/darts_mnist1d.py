@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-
 from typing import Callable
 
 import jax
@@ -39,8 +38,7 @@ from vhjax.config import TrainConfig
 from vhjax.data import load
 from vhjax.hardware import describe
 from vhjax.models.cell import NASBENCH201_OPS, NUM_EDGES, NUM_OPS, NB201CellNet, decoded_from_ops
-from vhjax.population import fit_population
-from vhjax.population import PopulationState, new_population
+from vhjax.population import PopulationState, fit_population, new_population
 from vhjax.search.darts import derive_ops, make_darts_step
 from vhjax.train.state import TrainState
 
