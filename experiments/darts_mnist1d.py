@@ -3,9 +3,11 @@
 Search data: MNIST-1D train[:75%] for weights, train[75%:] for selection (alpha steps / picking
 the best random cell). Network: `NB201CellNet(channels=16, num_cells=1)` with 1-D convolutions.
 
-- DARTS (first order, `vhjax.search.darts.darts_search`): S steps, each one alpha step on a
-  validation batch and one weight step on a training batch, batch 100: 2S forward+backward passes
-  of the network; the derived cell is the argmax op per edge excluding 'none'.
+- DARTS (first order; the step of `vhjax.search.darts.make_darts_step` wrapped as an engine member
+  step, one member per search seed, params and optimizer states `{'w': ..., 'alpha': ...}`, trained
+  by `PopulationRunner` + `run_loop`): S steps, each one alpha step on a validation batch and one
+  weight step on a training batch, batch 100: 2S forward+backward passes of the network; the
+  derived cell is the argmax op per edge excluding 'none'.
 - Random search: K cells drawn uniformly from the 5^6 cells, each trained 2S / K steps (batch 100)
   as one population (`vhjax.population.fit_population`, members `{"arch": {"ops": ...}}`); the
   cell with the best accuracy on train[75%:] wins. Total: 2S forward+backward passes.
@@ -25,19 +27,29 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
 from vhjax.config import TrainConfig
 from vhjax.data import load
 from vhjax.hardware import describe
-from vhjax.models.cell import NASBENCH201_OPS, NUM_EDGES, NUM_OPS, decoded_from_ops
-from vhjax.population import fit_population
-from vhjax.search.darts import darts_search
+from vhjax.models.cell import NASBENCH201_OPS, NUM_EDGES, NUM_OPS, NB201CellNet, decoded_from_ops
+from vhjax.population import PopulationState, fit_population, new_population
+from vhjax.search.darts import derive_ops, make_darts_step
+from vhjax.train.state import TrainState
+
+import member_runs
 
 BATCH = 100
 LR = 3e-3
+ALPHA_LR, ALPHA_WEIGHT_DECAY = 3e-2, 1e-3  # darts_search's defaults
+# one member per group: the engine runs the seeds' searches one after another inside one program, each
+# with plain convolutions (vmapping nn.Conv over members lowers to grouped convolutions, slow on CPU)
+DARTS_MEMBER_GROUP = 1
 MODEL_KWARGS = {"channels": 16, "num_cells": 1, "num_classes": 10}
 
 
@@ -45,11 +57,81 @@ def cell_text(ops) -> str:
     return " ".join(f"{edge}:{op}" for edge, op in decoded_from_ops(ops).items())
 
 
-def run_darts(seed: int, steps: int, train, val) -> np.ndarray:
-    _, ops, history = darts_search(train.x, train.y, val.x, val.y, steps=steps, key=jax.random.key(seed),
-                                   batch_size=BATCH, w_lr=LR)
-    print(f"DARTS seed {seed}: val loss {history['val_loss'][-50:].mean():.3f}; cell {cell_text(ops)}", flush=True)
-    return ops
+def init_darts(model, x_example, w_opt, a_opt, seeds: int) -> PopulationState:
+    """One DARTS run per search seed s: supernet weights from `key(s)` (as `darts_search(key=key(s))`
+    initialises them), alpha = 0, params and opt_state `{'w': ..., 'alpha': ...}`."""
+
+    def one(seed_key):
+        key, init_key = jax.random.split(seed_key)
+        alpha = jnp.zeros((NUM_EDGES, NUM_OPS), jnp.float32)
+        params = {"w": model.init(init_key, x_example, arch={"weights": jax.nn.softmax(alpha, -1)})["params"],
+                  "alpha": alpha}
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state={},
+                          opt_state={"w": w_opt.init(params["w"]), "alpha": a_opt.init(alpha)}, hparams={},
+                          key=key, data_key=jax.random.fold_in(key, member_runs.DATA_TAG))
+
+    keys = jax.vmap(jax.random.key)(jnp.arange(seeds, dtype=jnp.uint32))
+    return new_population(jax.vmap(one)(keys), same_batches=False)
+
+
+def make_darts_member_step(model, w_opt, a_opt) -> Callable:
+    """The bi-level DARTS step of ONE search run as an engine member step: an alpha step on its
+    validation batch, then a weight step on its training batch (`vhjax.search.darts.make_darts_step`,
+    first order), with the member's key folded with its step for dropout."""
+    darts_step = make_darts_step(model, w_opt, a_opt, method="darts", batch_size=None)
+
+    def member_step(member: TrainState, batch) -> tuple[TrainState, dict]:
+        key = jax.random.fold_in(member.key, member.step)
+        carry = (member.params["w"], member.opt_state["w"], member.params["alpha"], member.opt_state["alpha"], key,
+                 batch)
+        (w, w_state, alpha, a_state, _, _), metrics = darts_step(carry, jnp.float32(1.0))  # tau: GDAS only
+        member = member.replace(step=member.step + 1, params={"w": w, "alpha": alpha},
+                                opt_state={"w": w_state, "alpha": a_state})
+        return member, {"loss": metrics["train_loss"], "val_loss": metrics["val_loss"]}
+
+    return member_step
+
+
+def darts_batches(num_train: int, num_val: int) -> Callable:
+    """Per member and step, `BATCH` training indices and `BATCH` validation indices `(length, P, 2, BATCH)`."""
+    limits = jnp.asarray([[num_train], [num_val]])
+
+    def indices(population: PopulationState, length: int) -> jax.Array:
+        members = population.members
+
+        def one(data_key, step):
+            draw = lambda s: jax.random.randint(jax.random.fold_in(data_key, s), (2, BATCH), 0, limits)
+            return jax.vmap(draw)(step + jnp.arange(length))
+
+        return jnp.swapaxes(jax.vmap(one)(members.data_key, members.step), 0, 1)
+
+    return indices
+
+
+def gather_darts(data, index):
+    x_train, y_train, x_val, y_val = data
+    train_index, val_index = index[..., 0, :], index[..., 1, :]
+    return x_train[train_index], y_train[train_index], x_val[val_index], y_val[val_index]
+
+
+def run_darts(seeds: int, steps: int, train, val) -> list[np.ndarray]:
+    """First-order DARTS, one search per seed, all seeds one engine population (`PopulationRunner`
+    + `run_loop`); the derived cell is the argmax op per edge excluding 'none'."""
+    model = NB201CellNet(**MODEL_KWARGS)
+    w_opt = optax.adam(LR)
+    a_opt = optax.adamw(ALPHA_LR, b1=0.5, b2=0.999, weight_decay=ALPHA_WEIGHT_DECAY)
+    data = (jnp.asarray(train.x, jnp.float32), jnp.asarray(train.y, jnp.int32),
+            jnp.asarray(val.x, jnp.float32), jnp.asarray(val.y, jnp.int32))
+    population = init_darts(model, data[0][:1], w_opt, a_opt, seeds)
+    population, metrics = member_runs.train(population, make_darts_member_step(model, w_opt, a_opt), data, steps,
+                                            darts_batches(len(train.x), len(val.x)), gather=gather_darts,
+                                            member_group=DARTS_MEMBER_GROUP)
+    alphas = np.asarray(population.members.params["alpha"])
+    cells = [derive_ops(alpha) for alpha in alphas]
+    for seed, ops in enumerate(cells):
+        print(f"DARTS seed {seed}: val loss {np.nanmean(metrics['val_loss'][-50:, seed]):.3f}; cell {cell_text(ops)}",
+              flush=True)
+    return cells
 
 
 def run_random(seeds: int, cells: int, steps: int) -> tuple[list[np.ndarray], list[float]]:
@@ -92,7 +174,7 @@ def main() -> None:
     passes = 2 * args.search_steps
     per_cell = passes // args.random_cells
     tick = time.perf_counter()
-    darts_cells = [run_darts(seed, args.search_steps, train, val) for seed in range(args.seeds)]
+    darts_cells = run_darts(args.seeds, args.search_steps, train, val)
     darts_time = time.perf_counter() - tick
     tick = time.perf_counter()
     random_cells, _ = run_random(args.seeds, args.random_cells, per_cell)
@@ -122,7 +204,7 @@ def main() -> None:
              f"{', '.join(f'{a:.3f}' for a in random_acc)} | "
              f"{'; '.join(f'`{cell_text(c)}`' for c in random_cells)} |",
              f"| reference: every edge nor_conv_3x3 | {accuracy[-1]:.3f} | (one run) | |", "",
-             f"Times: DARTS searches {darts_time:.0f} s, random search {random_time:.0f} s (one population), "
+             f"Times: DARTS searches {darts_time:.0f} s (one population, one member per search seed), random search {random_time:.0f} s (one population), "
              f"retraining {retrain_time:.0f} s (one population); these include compilation.  ",
              f"Command: `python experiments/darts_mnist1d.py --search-steps {args.search_steps} --random-cells "
              f"{args.random_cells} --retrain-steps {args.retrain_steps} --seeds {args.seeds}`  ",

@@ -4,8 +4,13 @@ Data: 8 isotropic 2-D Gaussians, std 0.02, centred on a circle of radius 2 (the 
 mode-collapse benchmark of Metz et al. 2017 / Srivastava et al. 2017). Measured on 2,500
 generated samples per seed: modes covered (a mode counts when at least 1% of all samples lie
 within 3 std of its centre) and the fraction of high-quality samples (within 3 std of some mode),
-mean ± std over seeds trained together with `jax.vmap`, for the standard (non-saturating) loss
+mean ± std over seeds trained together as one population, for the standard (non-saturating) loss
 and for WGAN-GP (Gulrajani et al. 2017). Saves a scatter plot per seed and loss.
+
+One GAN is one member: its step (`make_gan_step`, written for ONE member) runs the discriminator
+step(s) then the generator step, with params and optimizer states `{'g': ..., 'd': ...}`; the
+engine (`vhjax.population.PopulationRunner`, driven by `run_loop`) vmaps it over seeds, scans the
+steps and isolates a diverging member.
 
 Command:  python experiments/gan_mixture.py [--steps 4000] [--wgan-steps 5000] [--seeds 3]
 Hardware: 2-core CPU, a few minutes. Writes experiments/results/gan_mixture.md and
@@ -27,6 +32,10 @@ from vhjax.hardware import describe
 from vhjax.models import Discriminator, Generator
 from vhjax.models.generative import (gan_discriminator_loss, gan_generator_loss, gradient_penalty,
                                     wasserstein_critic_loss, wasserstein_generator_loss)
+from vhjax.population import PopulationState, new_population
+from vhjax.train.state import TrainState
+
+import member_runs
 
 MODES, RADIUS, STD = 8, 2.0, 0.02
 LATENT = 16
@@ -44,12 +53,15 @@ def sample_real(key: jax.Array, n: int) -> jax.Array:
     return centres()[jax.random.randint(mode_key, (n,), 0, MODES)] + STD * jax.random.normal(noise_key, (n, 2))
 
 
-def train_seeds(gen: Generator, disc: Discriminator, seeds: int, steps: int, batch: int, lr: float, key,
-                loss: str = "standard", critic_steps: int = 5, gp_weight: float = 0.1):
-    """loss 'standard': one discriminator step (cross-entropy) per generator step (non-saturating);
+def make_gan_step(gen: Generator, disc: Discriminator, g_opt: optax.GradientTransformation,
+                  d_opt: optax.GradientTransformation, batch: int, loss: str = "standard", critic_steps: int = 5,
+                  gp_weight: float = 0.1):
+    """The member step of ONE GAN: `inner` discriminator (critic) steps, then one generator step.
+
+    A member is a `TrainState` whose params and opt_state are `{'g': ..., 'd': ...}`; real samples,
+    latents and gradient-penalty points are drawn from the member's key folded with its step.
+    loss 'standard': one discriminator step (cross-entropy) per generator step (non-saturating);
     'wgan-gp': `critic_steps` critic steps with gradient penalty per generator step."""
-    b2 = 0.9 if loss == "wgan-gp" else 0.999
-    g_opt, d_opt = optax.adam(lr, b1=0.5, b2=b2), optax.adam(lr, b1=0.5, b2=b2)
     inner = critic_steps if loss == "wgan-gp" else 1
 
     def d_loss_fn(p, real, fake, k):
@@ -60,38 +72,57 @@ def train_seeds(gen: Generator, disc: Discriminator, seeds: int, steps: int, bat
 
     g_loss_fn = gan_generator_loss if loss == "standard" else wasserstein_generator_loss
 
-    def run(k):
-        kg, kd, loop = jax.random.split(k, 3)
-        g_params = gen.init(kg, jnp.zeros((1, LATENT)))["params"]
-        d_params = disc.init(kd, jnp.zeros((1, 2)))["params"]
+    def member_step(member: TrainState, _batch) -> tuple[TrainState, dict]:
+        g_params = member.params["g"]
+        k_d, k_z2 = jax.random.split(jax.random.fold_in(member.key, member.step))
 
         def d_step(carry, k):
-            g_params, d_params, d_state = carry
+            d_params, d_state = carry
             k_real, k_z, k_gp = jax.random.split(k, 3)
             real = sample_real(k_real, batch)
             fake = gen.apply({"params": g_params}, jax.random.normal(k_z, (batch, LATENT)))
             d_loss, d_grads = jax.value_and_grad(d_loss_fn)(d_params, real, fake, k_gp)
             updates, d_state = d_opt.update(d_grads, d_state, d_params)
-            return (g_params, optax.apply_updates(d_params, updates), d_state), d_loss
+            return (optax.apply_updates(d_params, updates), d_state), d_loss
 
-        def step(carry, k):
-            g_params, d_params, g_state, d_state = carry
-            k_d, k_z2 = jax.random.split(k)
-            (_, d_params, d_state), d_losses = jax.lax.scan(d_step, (g_params, d_params, d_state),
-                                                            jax.random.split(k_d, inner))
-            d_loss = d_losses.mean()
-            z = jax.random.normal(k_z2, (batch, LATENT))
-            g_loss, g_grads = jax.value_and_grad(lambda p: g_loss_fn(
-                disc.apply({"params": d_params}, gen.apply({"params": p}, z))))(g_params)
-            updates, g_state = g_opt.update(g_grads, g_state, g_params)
-            g_params = optax.apply_updates(g_params, updates)
-            return (g_params, d_params, g_state, d_state), (d_loss, g_loss)
+        (d_params, d_state), d_losses = jax.lax.scan(d_step, (member.params["d"], member.opt_state["d"]),
+                                                     jax.random.split(k_d, inner))
+        z = jax.random.normal(k_z2, (batch, LATENT))
+        g_loss, g_grads = jax.value_and_grad(lambda p: g_loss_fn(
+            disc.apply({"params": d_params}, gen.apply({"params": p}, z))))(g_params)
+        updates, g_state = g_opt.update(g_grads, member.opt_state["g"], g_params)
+        g_params = optax.apply_updates(g_params, updates)
+        member = member.replace(step=member.step + 1, params={"g": g_params, "d": d_params},
+                                opt_state={"g": g_state, "d": d_state})
+        return member, {"loss": g_loss, "d_loss": d_losses.mean()}
 
-        carry = (g_params, d_params, g_opt.init(g_params), d_opt.init(d_params))
-        carry, losses = jax.lax.scan(step, carry, jax.random.split(loop, steps))
-        return carry[0], losses
+    return member_step
 
-    return jax.jit(jax.vmap(run))(jax.random.split(key, seeds))
+
+def init_gans(gen: Generator, disc: Discriminator, g_opt: optax.GradientTransformation,
+              d_opt: optax.GradientTransformation, seeds: int, key: jax.Array) -> PopulationState:
+    """`seeds` GAN members: seed i initialises G and D from its own key and trains with its own key."""
+
+    def one(k):
+        kg, kd, k_loop = jax.random.split(k, 3)
+        params = {"g": gen.init(kg, jnp.zeros((1, LATENT)))["params"], "d": disc.init(kd, jnp.zeros((1, 2)))["params"]}
+        opt_state = {"g": g_opt.init(params["g"]), "d": d_opt.init(params["d"])}
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state={}, opt_state=opt_state,
+                          hparams={}, key=k_loop, data_key=jax.random.fold_in(k_loop, member_runs.DATA_TAG))
+
+    return new_population(jax.vmap(one)(jax.random.split(key, seeds)))
+
+
+def train_seeds(gen: Generator, disc: Discriminator, seeds: int, steps: int, batch: int, lr: float, key,
+                loss: str = "standard", critic_steps: int = 5, gp_weight: float = 0.1):
+    """`seeds` GANs as one population trained by the engine; returns (G params stacked over seeds,
+    per-step metrics (steps, seeds): 'loss' of G, 'd_loss' of D)."""
+    b2 = 0.9 if loss == "wgan-gp" else 0.999
+    g_opt, d_opt = optax.adam(lr, b1=0.5, b2=b2), optax.adam(lr, b1=0.5, b2=b2)
+    step = make_gan_step(gen, disc, g_opt, d_opt, batch, loss, critic_steps, gp_weight)
+    population, metrics = member_runs.train(init_gans(gen, disc, g_opt, d_opt, seeds, key), step, None, steps,
+                                            member_runs.no_batches)
+    return population.members.params["g"], metrics
 
 
 def mode_metrics(samples: np.ndarray) -> tuple[int, float]:
@@ -165,7 +196,8 @@ def main() -> None:
              f"(lr {args.lr:g}, b1 0.5; b2 0.9 for WGAN-GP), batch {args.batch_size}. Data: 8 Gaussians of std {STD} "
              f"on a circle of radius {RADIUS}. On {EVAL_SAMPLES} generated samples: a mode is covered when >= "
              f"{MIN_SHARE:.0%} of samples lie within 3 std of it; high-quality (HQ) = within 3 std of some mode. "
-             f"Mean ± std over {args.seeds} seeds trained together with `jax.vmap`.", "",
+             f"Mean ± std over {args.seeds} seeds trained together as one population "
+             f"(the `vhjax.population` engine, one alternating member step).", "",
              "| loss | generator steps | modes covered (of 8) | high-quality samples | per seed (modes, HQ) | time |",
              "|---|---|---|---|---|---|", *rows, "",
              f"Figure: `{args.figure}` (real data and each seed's samples, one row per loss).  ",

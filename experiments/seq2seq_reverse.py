@@ -3,8 +3,9 @@
 Task: a source of 6-8 random digits (vocab: pad 0, BOS 1, EOS 2, digits 3..12), target = the
 digits reversed followed by EOS. Training uses a fixed set of sequences; the held-out set holds
 sequences that never occur in it. Measured: exact-match accuracy of greedy decoding (every target
-token up to and including EOS right) on the held-out set, per model, mean ± std over seeds (each
-seed one `lax.scan`-compiled training loop, compiled once).
+token up to and including EOS right) on the held-out set, per model, mean ± std over seeds. The
+seeds of a model train as one population through the engine (`init_members`, `make_loss_step`,
+`PopulationRunner` + `run_loop`), each member drawing its own batches.
 
 Command:  python experiments/seq2seq_reverse.py [--steps 1500] [--seeds 3]
 Hardware: 2-core CPU, a few minutes. Writes experiments/results/seq2seq_reverse.md.
@@ -23,6 +24,9 @@ import optax
 
 from vhjax.hardware import describe
 from vhjax.models import RNNSeq2Seq, TransformerSeq2Seq, greedy_decode
+from vhjax.population import init_members, make_loss_step
+
+import member_runs
 
 PAD, BOS, EOS, FIRST_DIGIT = 0, 1, 2, 3
 VOCAB = FIRST_DIGIT + 10
@@ -59,37 +63,23 @@ def teacher_input(tgt: jax.Array) -> jax.Array:
 
 
 def train_seeds(model, train, seeds: int, steps: int, batch_size: int, lr: float, key: jax.Array):
-    """Train `seeds` initialisations of `model`; returns params stacked over seeds, and losses."""
+    """Train `seeds` initialisations of `model` as one population through the engine (each member
+    draws its own batches); returns params stacked over seeds, and the (steps, seeds) losses."""
     src, tgt = jnp.asarray(train[0]), jnp.asarray(train[1])
     optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(optax.cosine_decay_schedule(lr, steps)))
 
-    def loss_fn(params, s, t):
+    def loss_fn(params, batch, key, hparams):
+        s, t = batch
         logits = model.apply({"params": params}, s, teacher_input(t))
         mask = (t != PAD).astype(jnp.float32)
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, t)
         return (losses * mask).sum() / mask.sum()
 
-    def init(k, src, tgt):
-        params = model.init(k, src[:2], teacher_input(tgt[:2]))["params"]
-        return params, optimizer.init(params)
-
-    def step(carry, k, src, tgt):
-        params, opt_state = carry
-        index = jax.random.randint(k, (batch_size,), 0, src.shape[0])
-        loss, grads = jax.value_and_grad(loss_fn)(params, src[index], tgt[index])
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), loss
-
-    def run(k, src, tgt):
-        init_key, data_key = jax.random.split(k)
-        step_with_data = lambda carry, kk: step(carry, kk, src, tgt)
-        carry, losses = jax.lax.scan(step_with_data, init(init_key, src, tgt), jax.random.split(data_key, steps))
-        return carry[0], losses
-
-    # a Python loop over seeds (one compilation): vmapping this program over seeds deadlocked XLA:CPU here
-    run = jax.jit(run)
-    outs = [jax.block_until_ready(run(k, src, tgt)) for k in jax.random.split(key, seeds)]
-    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *outs)
+    init_fn = lambda k: model.init(k, src[:2], teacher_input(tgt[:2]))["params"]
+    population = member_runs.own_data(init_members(init_fn, optimizer, key, seeds))
+    population, metrics = member_runs.train(population, make_loss_step(loss_fn, optimizer), (src, tgt), steps,
+                                            member_runs.own_batches(batch_size, src.shape[0]))
+    return population.members.params, metrics["loss"]
 
 
 def exact_match(model, params, test) -> np.ndarray:
@@ -111,7 +101,8 @@ def write_snippet(path: Path, rows: list[tuple[str, np.ndarray, float]], args, n
              f"Reverse 6-8 random digits (target: reversed digits + EOS). {args.train} training pairs, "
              f"{num_test} held-out pairs whose sources never occur in training; {args.steps} Adam steps of "
              f"batch {args.batch_size}. Metric: exact-match accuracy of greedy decoding on the held-out pairs, "
-             f"mean ± std over {args.seeds} seeds.", "",
+             f"mean ± std over {args.seeds} seeds, trained as one population per model (the "
+             f"`vhjax.population` engine).", "",
              "| model | parameters | exact match (held-out) | per seed |", "|---|---|---|---|"]
     for name, acc, n_params in rows:
         lines.append(f"| {name} | {n_params:,} | {acc.mean():.3f} ± {acc.std():.3f} | "
@@ -147,7 +138,7 @@ def main() -> None:
                                      jax.random.key(number))
         acc = exact_match(model, params, test)
         n_params = sum(x.size for x in jax.tree.leaves(params)) // args.seeds
-        print(f"{label}: final train loss {np.asarray(losses)[:, -50:].mean():.4f}; held-out exact match "
+        print(f"{label}: final train loss {np.asarray(losses)[-50:].mean():.4f}; held-out exact match "
               f"{acc.mean():.3f} ± {acc.std():.3f} ({', '.join(f'{a:.3f}' for a in acc)}); "
               f"{time.perf_counter() - tick:.0f} s", flush=True)
         rows.append((label, acc, n_params))
