@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
+EXPERIMENTS = pathlib.Path(__file__).resolve().parents[2] / "experiments"
 
 
 def _load(name):
