@@ -97,6 +97,7 @@ def test_cli_search_spec_and_demo(tmp_path):
     assert "| rank | trial_id | params.learning_rate | fitness |" in out
     assert (tmp_path / "s" / "trials.sqlite").exists() and (tmp_path / "s" / "best_so_far.png").exists()
     demo = subprocess.run([sys.executable, "-m", "vhjax.cli", "demo", "--budget", "4", "--population", "2",
-                           "--steps", "10", "--workdir", str(tmp_path / "d")], capture_output=True, text=True,
+                           "--steps", "9", "--workdir", str(tmp_path / "d")], capture_output=True, text=True,
                           check=True).stdout
-    assert "[vhjax.search] generation 1: 4/4 trials" in demo and "| rank | trial | learning rate" in demo
+    assert "tune | trials 4/4" in demo and "| rank | trial | arch.depth |" in demo and "best trial" in demo
+    assert (tmp_path / "d" / "study.db").exists()

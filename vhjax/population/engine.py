@@ -64,9 +64,18 @@ def keep_where(condition: jax.Array, new: Any, old: Any) -> Any:
     return jax.tree.map(choose, new, old)
 
 
-def nan_where_frozen(training: jax.Array, metrics: dict) -> dict:
-    """Step metrics with NaN for members that did not train (`training` broadcasts against them)."""
-    return {name: jnp.where(training, value, jnp.nan) for name, value in metrics.items()}
+def nan_where_frozen(training: jax.Array, metrics: dict, member_axis: int = 0) -> dict:
+    """Step metrics with NaN for members that did not train; the member axis of the metrics is
+    `member_axis` (0 for one step's metrics, 1 for a chunk's (steps, P, ...)); metrics may have
+    per-member shapes of their own."""
+
+    def mask(value):
+        value = jnp.asarray(value)
+        shape = [1] * value.ndim
+        shape[member_axis] = training.shape[0]
+        return jnp.where(training.reshape(shape), value, jnp.nan)
+
+    return {name: mask(value) for name, value in metrics.items()}
 
 
 def member_params(member: Any) -> Any:
@@ -174,7 +183,7 @@ class PopulationRunner:
             finite = finite & jnp.all(jnp.isfinite(metrics["loss"]), axis=0)
             clean = ~jnp.any(population.training & ~finite)
             end = end.replace(members=keep_where(population.training, end.members, population.members))
-            return end, nan_where_frozen(population.training, metrics), clean
+            return end, nan_where_frozen(population.training, metrics, member_axis=1), clean
 
         def run_isolated(population: PopulationState, data, length: int):
             run = lambda group, indices: scan_steps(isolated, group, data, indices, gather, place)

@@ -51,12 +51,12 @@ def per_member_values(values: Mapping[str, Any], size: int) -> dict[str, jax.Arr
 def broadcast_member_values(name: str, given: np.ndarray, default: np.ndarray, size: int) -> np.ndarray:
     """A (size, *default.shape) array from a shared value, one value per member, or one scalar per
     member for a vector hyperparameter (e.g. one augmentation strength for every augmentation)."""
-    if given.shape == default.shape:
-        return np.broadcast_to(given, (size, *default.shape))
     if given.shape == (size, *default.shape):
         return given
-    if given.shape == (size,) and default.ndim >= 1:
+    if given.shape == (size,) and default.ndim >= 1:  # wins over a shared vector when size == its length
         return np.broadcast_to(given.reshape(size, *([1] * default.ndim)), (size, *default.shape))
+    if given.shape == default.shape:
+        return np.broadcast_to(given, (size, *default.shape))
     raise ValueError(
         f"hyperparameter {name!r} has shape {given.shape}; allowed: {(size, *default.shape)} (one value per "
         f"member of the population of {size}), {(size,)} (one scalar per member) or {default.shape} (shared)")

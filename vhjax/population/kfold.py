@@ -62,7 +62,8 @@ def make_fold_batch_indices(member_tables: np.ndarray, batch_size: int, shuffle:
     def indices(population, length: int) -> jax.Array:
         sample = lambda key, step: chunk_batch_indices(key, step, length, tables.shape[1], batch_size, shuffle)
         positions = jax.vmap(sample)(population.members.data_key, population.members.step)  # (P, length, B)
-        chosen = jnp.take_along_axis(tables, positions.reshape(tables.shape[0], -1), axis=1)
+        rows = jnp.minimum(jnp.arange(population.size), tables.shape[0] - 1)  # inert padding members: any row
+        chosen = jnp.take_along_axis(tables[rows], positions.reshape(population.size, -1), axis=1)
         return jnp.swapaxes(chosen.reshape(positions.shape), 0, 1)
 
     return indices
