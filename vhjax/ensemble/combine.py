@@ -43,13 +43,13 @@ def check_member_probs(probs: Any, name: str = "member_probs") -> np.ndarray:
         if len(set(shapes)) > 1:
             raise ValueError(f"{name}: members have different shapes {shapes}; allowed: equal (N, C)")
         probs = np.stack([np.asarray(p) for p in probs])
-    array = calibration.check_probabilities(name, probs, ndim=3)
-    if array.shape[0] == 0:
+    array = np.asarray(probs)
+    if array.ndim == 3 and array.shape[0] == 0:
         raise ValueError(f"{name} has shape {array.shape}: no members; allowed: M >= 1")
-    if not np.all(np.isfinite(array)):
-        bad = sorted(set(np.nonzero(~np.isfinite(array).all(axis=(1, 2)))[0].tolist()))
+    if array.ndim == 3 and not np.all(np.isfinite(array)):
+        bad = np.nonzero(~np.isfinite(array).all(axis=(1, 2)))[0].tolist()
         raise ValueError(f"{name}: members {bad} have non-finite probabilities (diverged); drop them first")
-    return array
+    return calibration.check_probabilities(name, array, ndim=3)
 
 
 def check_weights(weights: Any, size: int, name: str = "weights", *, normalized: bool = True) -> np.ndarray:
