@@ -51,7 +51,7 @@ def _per_member(name: str, value: Any, size: int, *, minimum: float = 0.0, stric
     if np.any(bad):
         i = int(np.argmax(bad))
         op = ">" if strict else ">="
-        raise ValueError(f"{name} has value {array[i]!r} at member {i}; allowed: finite values {op} {minimum}")
+        raise ValueError(f"{name} has value {float(array[i])!r} at member {i}; allowed: finite values {op} {minimum}")
     return jnp.asarray(array, jnp.float32)
 
 
