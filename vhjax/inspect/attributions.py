@@ -161,15 +161,18 @@ METHODS = {"gradients": vanilla_gradients, "gradient_x_input": gradient_x_input,
 
 def over_members(method: Callable, **options: Any) -> Callable:
     """`fn(apply_fn, stacked_params, x, target[, key]) -> (M, *x.shape)`: `method` vmapped over a
-    leading member axis of the params (the same inputs for every member)."""
+    leading member axis of the params (the same inputs for every member), jit-compiled with
+    `apply_fn` static (pass the same function object to reuse the compilation)."""
     if method is smoothgrad:
-        def one(apply_fn, params, x, target, key):
-            return smoothgrad(apply_fn, params, x, target, key, **options)
+        def run_keyed(apply_fn, params, x, target, key):
+            return jax.vmap(lambda p: smoothgrad(apply_fn, p, x, target, key, **options))(params)
 
-        return lambda apply_fn, params, x, target, key: jax.vmap(
-            lambda p: one(apply_fn, p, x, target, key))(params)
-    return lambda apply_fn, params, x, target: jax.vmap(
-        lambda p: method(apply_fn, p, x, target, **options))(params)
+        return jax.jit(run_keyed, static_argnums=0)
+
+    def run(apply_fn, params, x, target):
+        return jax.vmap(lambda p: method(apply_fn, p, x, target, **options))(params)
+
+    return jax.jit(run, static_argnums=0)
 
 
 def rank_correlation(a: jax.Array, b: jax.Array, *, absolute: bool = True) -> jax.Array:
