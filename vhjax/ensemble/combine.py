@@ -167,13 +167,15 @@ def stacking_features(member_probs: jax.Array) -> jax.Array:
     return jnp.transpose(logp, (1, 0, 2)).reshape(member_probs.shape[1], -1)
 
 
-def fit_stacking(member_probs: Any, labels: Any, *, l2: float = 1e-3, steps: int = 500,
+def fit_stacking(member_probs: Any, labels: Any, *, l2: float = 1e-2, steps: int = 500,
                  learning_rate: float = 0.05) -> dict[str, np.ndarray]:
     """A multinomial logistic-regression meta-learner on held-out member predictions.
 
     Fit it on predictions the members did not train on (a validation split, or out-of-fold
-    predictions from k-fold training). `l2` penalises the kernel. Starts at the plain average of
-    log-probabilities (kernel = stacked identities / M), so few steps are needed.
+    predictions from k-fold training). It starts at the plain average of log-probabilities (kernel =
+    stacked identities / M) and `l2` penalises the kernel's distance from that start, so a large
+    `l2` keeps the average and a small one lets the meta-learner fit more freely (it has M*C*C
+    weights: keep `l2` large when the held-out set is small).
     """
     probs = jnp.asarray(check_member_probs(member_probs))
     if not l2 >= 0:
@@ -181,12 +183,13 @@ def fit_stacking(member_probs: Any, labels: Any, *, l2: float = 1e-3, steps: int
     labels = jnp.asarray(labels, jnp.int32)
     m, _, c = probs.shape
     features = stacking_features(probs)
-    params = {"kernel": jnp.tile(jnp.eye(c), (m, 1)) / m, "bias": jnp.zeros(c)}
+    start = jnp.tile(jnp.eye(c), (m, 1)) / m
+    params = {"kernel": start, "bias": jnp.zeros(c)}
 
     def loss(p):
         logits = features @ p["kernel"] + p["bias"]
         return (optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-                + l2 * jnp.sum(p["kernel"] ** 2))
+                + l2 * jnp.sum((p["kernel"] - start) ** 2))
 
     optimizer = optax.adam(learning_rate)
 

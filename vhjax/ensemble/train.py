@@ -15,6 +15,7 @@ decay); models with batch statistics update them in train mode.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -55,6 +56,7 @@ def _per_member(name: str, value: Any, size: int, *, minimum: float = 0.0, stric
     return jnp.asarray(array, jnp.float32)
 
 
+@functools.lru_cache(maxsize=None)
 def cosine_cycles(steps_per_cycle: int) -> Callable[[jax.Array], jax.Array]:
     """Learning-rate multiplier of snapshot ensembles (Huang et al. 2017): cosine from 1 to 0 in each cycle."""
     _positive_int("steps_per_cycle", steps_per_cycle)
@@ -120,37 +122,62 @@ def train_members(model: Any, x: Any, y: Any, *, size: int, key: jax.Array, step
     base = optax.scale_by_adam() if optimizer == "adam" else optax.trace(decay=momentum)
     init_key, run_key = jax.random.split(key)
     sample = jnp.asarray(x[:1])
-
-    def init_one(k):
-        variables = model.init(k, sample)
-        return dict(variables)
-
-    variables = jax.vmap(init_one)(jax.random.split(init_key, size))
+    variables = jax.vmap(lambda k: dict(model.init(k, sample)))(jax.random.split(init_key, size))
     params = variables.pop("params")
     model_state = variables
     opt_state = jax.vmap(base.init)(params)
-    xs, ys = jnp.asarray(x), jnp.asarray(y)
-    tables = None if index_tables is None else jnp.asarray(index_tables, jnp.int32)
-    logw = None if example_weights is None else jnp.log(jnp.asarray(example_weights / example_weights.sum(1,
-                                                                                                          keepdims=True),
-                                                                     jnp.float32))
-    state_names = list(model_state)
+    if example_weights is not None:
+        sampling, table = "weights", jnp.log(jnp.asarray(example_weights / example_weights.sum(1, keepdims=True),
+                                                          jnp.float32))
+    elif index_tables is not None:
+        sampling, table = "tables", jnp.asarray(index_tables, jnp.int32)
+    else:
+        sampling, table = "uniform", jnp.zeros((size, 1), jnp.int32)
+    adversarial = None if eps is None else (attack, norm, int(attack_steps))
+    run = _program(model, size, batch_size, optimizer, float(momentum), sampling, adversarial, schedule,
+                   tuple(model_state))
+    data = (jnp.asarray(x), jnp.asarray(y), table, lr, wd, rate, jnp.zeros(size) if eps is None else eps)
 
-    def forward(p, ms, inputs, drop, k):
-        out = model.apply({"params": p, **ms}, inputs, train=True, dropout_rate=drop, rngs={"dropout": k},
-                          mutable=state_names)
-        return out[0], dict(out[1])
+    keys = jax.random.split(run_key, steps)
+    bounds = [0, *snapshot_steps] + ([steps] if not snapshot_steps or snapshot_steps[-1] != steps else [])
+    carry = (params, model_state, opt_state)
+    snapshots, losses = [], []
+    # one compilation per distinct segment length (equal cycles compile once)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        carry, loss = run(carry, jnp.int32(lo), keys[lo:hi], data)
+        losses.append(np.asarray(loss))
+        if hi in snapshot_steps:
+            snapshots.append({"params": carry[0], **carry[1]})
+    loss = np.concatenate(losses)[log_every - 1::log_every] if steps >= log_every else np.concatenate(losses)[-1:]
+    group = MemberGroup(model, {"params": carry[0], **carry[1]}, None, model_spec,
+                        list(names) if names is not None else [str(i) for i in range(size)])
+    return Trained(group, snapshots, loss)
 
-    def member_step(p, ms, os, member, lr_m, wd_m, drop_m, eps_m, step, k):
+
+_PROGRAMS: dict = {}
+
+
+def _program(model, size, batch_size, optimizer, momentum, sampling, adversarial, schedule, state_names):
+    """The jitted scan over steps for these static options, built once and reused (boosting rounds,
+    seeds and datasets of equal shapes share one compilation)."""
+    key = (id(model), size, batch_size, optimizer, momentum, sampling, adversarial, id(schedule), state_names)
+    cached = _PROGRAMS.get(key)
+    if cached is not None and cached[0] is model and cached[1] is schedule:
+        return cached[2]
+    base = optax.scale_by_adam() if optimizer == "adam" else optax.trace(decay=momentum)
+    names = list(state_names)
+
+    def member_step(p, ms, os, member, lr_m, wd_m, drop_m, eps_m, step, k, xs, ys, table):
         k_batch, k_drop, k_attack = jax.random.split(k, 3)
-        if logw is not None:
-            idx = jax.random.categorical(k_batch, logw[member], shape=(batch_size,))
-        elif tables is not None:
-            idx = tables[member, jax.random.randint(k_batch, (batch_size,), 0, tables.shape[1])]
+        if sampling == "weights":
+            idx = jax.random.categorical(k_batch, table[member], shape=(batch_size,))
+        elif sampling == "tables":
+            idx = table[member, jax.random.randint(k_batch, (batch_size,), 0, table.shape[1])]
         else:
-            idx = jax.random.randint(k_batch, (batch_size,), 0, n)
+            idx = jax.random.randint(k_batch, (batch_size,), 0, xs.shape[0])
         xb, yb = xs[idx], ys[idx]
-        if eps_m is not None:
+        if adversarial is not None:
+            attack, norm, attack_steps = adversarial
             logits_fn = lambda inputs: model.apply({"params": p, **ms}, inputs, train=False, dropout_rate=0.0)
             if attack == "fgsm":
                 xb = attacks.fgsm(logits_fn, xb, yb, eps_m, norm=norm)
@@ -159,8 +186,9 @@ def train_members(model: Any, x: Any, y: Any, *, size: int, key: jax.Array, step
             xb = jax.lax.stop_gradient(xb)
 
         def loss_fn(p_):
-            logits, new_ms = forward(p_, ms, xb, drop_m, k_drop)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean(), new_ms
+            logits, new_ms = model.apply({"params": p_, **ms}, xb, train=True, dropout_rate=drop_m,
+                                         rngs={"dropout": k_drop}, mutable=names)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean(), dict(new_ms)
 
         (loss, new_ms), grads = jax.value_and_grad(loss_fn, has_aux=True)(p)
         updates, os = base.update(grads, os, p)
@@ -168,36 +196,23 @@ def train_members(model: Any, x: Any, y: Any, *, size: int, key: jax.Array, step
         p = jax.tree.map(lambda w, u: w - scale * (u + wd_m * w), p, updates)
         return p, new_ms, os, loss
 
-    members = jnp.arange(size)
-    eps_axis = None if eps is None else 0
+    step_all = jax.vmap(member_step, in_axes=(0, 0, 0, 0, 0, 0, 0, 0, None, 0, None, None, None))
 
     @jax.jit
-    def run(carry, start, keys):
+    def run(carry, start, keys, data):
+        xs, ys, table, lr, wd, rate, eps = data
+
         def body(carry, inputs):
             p, ms, os = carry
             step, k = inputs
-            ks = jax.random.split(k, size)
-            p, ms, os, loss = jax.vmap(member_step, in_axes=(0, 0, 0, 0, 0, 0, 0, eps_axis, None, 0))(
-                p, ms, os, members, lr, wd, rate, eps, step, ks)
+            p, ms, os, loss = step_all(p, ms, os, jnp.arange(size), lr, wd, rate, eps, step,
+                                       jax.random.split(k, size), xs, ys, table)
             return (p, ms, os), loss
 
-        steps_here = keys.shape[0]
-        return jax.lax.scan(body, carry, (start + jnp.arange(steps_here), keys))
+        return jax.lax.scan(body, carry, (start + jnp.arange(keys.shape[0]), keys))
 
-    keys = jax.random.split(run_key, steps)
-    bounds = [0, *snapshot_steps] + ([steps] if not snapshot_steps or snapshot_steps[-1] != steps else [])
-    carry = (params, model_state, opt_state)
-    snapshots, losses = [], []
-    # one compilation per distinct segment length (equal cycles compile once)
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        carry, loss = run(carry, jnp.int32(lo), keys[lo:hi])
-        losses.append(np.asarray(loss))
-        if hi in snapshot_steps:
-            snapshots.append({"params": carry[0], **carry[1]})
-    loss = np.concatenate(losses)[log_every - 1::log_every] if steps >= log_every else np.concatenate(losses)[-1:]
-    group = MemberGroup(model, {"params": carry[0], **carry[1]}, None, model_spec,
-                        list(names) if names is not None else [str(i) for i in range(size)])
-    return Trained(group, snapshots, loss)
+    _PROGRAMS[key] = (model, schedule, run)
+    return run
 
 
 def bootstrap_tables(key: jax.Array, size: int, n: int, fraction: float = 1.0) -> np.ndarray:
