@@ -109,3 +109,19 @@ def test_bad_inputs_name_the_field():
         combine.fit_weights(np.log(probs), labels)  # log-probabilities are not probabilities
     with pytest.raises(ValueError, match="rule='median'"):
         combine.combine_probs("median", probs)
+
+
+def test_members_from_search_takes_the_top_trials():
+    from types import SimpleNamespace
+
+    from vhjax.ensemble import members_from_search
+
+    trials = [SimpleNamespace(params={"learning_rate": lr}) for lr in (0.01, 0.003, 0.1)]
+    result = SimpleNamespace(top=lambda k: trials[:k])
+    assert members_from_search(result, top=2) == [{"learning_rate": 0.01}, {"learning_rate": 0.003}]
+    objective = SimpleNamespace(members=lambda cands: [{**c, "dropout_rate": 0.1} for c in cands])
+    assert members_from_search(result, top=1, objective=objective) == [{"learning_rate": 0.01, "dropout_rate": 0.1}]
+    with pytest.raises(ValueError, match="top has value 0"):
+        members_from_search(result, top=0)
+    with pytest.raises(ValueError, match="no completed trials"):
+        members_from_search(SimpleNamespace(top=lambda k: []), top=3)
