@@ -89,6 +89,18 @@ def test_stacking_learns_a_member_with_permuted_classes():
     assert acc_stacked >= reference - 0.02
 
 
+def test_stacking_cross_validates_its_penalty_on_small_held_out_sets():
+    """With few held-out examples and many meta-weights, a weak penalty overfits; the default picks
+    the penalty by k-fold CV on the held-out data and does not."""
+    probs, labels = noisy_members(7, m=8, n=1060, noise=1.5)
+    held, test = slice(0, 60), slice(60, None)
+    free = combine.fit_stacking(probs[:, held], labels[held], l2=1e-3)
+    tuned = combine.fit_stacking(probs[:, held], labels[held])
+    assert float(tuned["l2"]) > 1e-3
+    nll = lambda meta: float(calibration.nll(combine.stacking_predict(meta, probs[:, test]), labels[test]))
+    assert nll(tuned) < nll(free) - 0.05
+
+
 def test_bad_inputs_name_the_field():
     probs, labels = noisy_members(6, m=3)
     with pytest.raises(ValueError, match="weights .* summing to 0.9"):

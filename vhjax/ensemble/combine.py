@@ -167,43 +167,75 @@ def stacking_features(member_probs: jax.Array) -> jax.Array:
     return jnp.transpose(logp, (1, 0, 2)).reshape(member_probs.shape[1], -1)
 
 
-def fit_stacking(member_probs: Any, labels: Any, *, l2: float = 1e-2, steps: int = 500,
-                 learning_rate: float = 0.05) -> dict[str, np.ndarray]:
-    """A multinomial logistic-regression meta-learner on held-out member predictions.
+L2_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
-    Fit it on predictions the members did not train on (a validation split, or out-of-fold
-    predictions from k-fold training). It starts at the plain average of log-probabilities (kernel =
-    stacked identities / M) and `l2` penalises the kernel's distance from that start, so a large
-    `l2` keeps the average and a small one lets the meta-learner fit more freely (it has M*C*C
-    weights: keep `l2` large when the held-out set is small).
-    """
-    probs = jnp.asarray(check_member_probs(member_probs))
-    if not l2 >= 0:
-        raise ValueError(f"l2 has value {l2!r}; allowed: a non-negative float")
-    labels = jnp.asarray(labels, jnp.int32)
-    m, _, c = probs.shape
-    features = stacking_features(probs)
-    start = jnp.tile(jnp.eye(c), (m, 1)) / m
-    params = {"kernel": start, "bias": jnp.zeros(c)}
 
-    def loss(p):
-        logits = features @ p["kernel"] + p["bias"]
-        return (optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-                + l2 * jnp.sum((p["kernel"] - start) ** 2))
-
+def _stacking_program(steps: int, learning_rate: float):
     optimizer = optax.adam(learning_rate)
 
-    @jax.jit
-    def run(p):
+    def fit(features, labels, mask, l2, start):
+        """Meta-learner fit on the rows where `mask` is 1 (k-fold CV uses masks, so one program
+        serves every fold and every l2, vmapped)."""
+        params = {"kernel": start, "bias": jnp.zeros(start.shape[1])}
+
+        def loss(p):
+            logits = features @ p["kernel"] + p["bias"]
+            per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+            return jnp.sum(mask * per_example) / jnp.sum(mask) + l2 * jnp.sum((p["kernel"] - start) ** 2)
+
         def step(carry, _):
             p, state = carry
             updates, state = optimizer.update(jax.grad(loss)(p), state)
             return (optax.apply_updates(p, updates), state), None
 
-        (p, _), _ = jax.lax.scan(step, (p, optimizer.init(p)), None, length=steps)
-        return p
+        (params, _), _ = jax.lax.scan(step, (params, optimizer.init(params)), None, length=steps)
+        return params
 
-    return jax.tree.map(np.asarray, run(params))
+    return fit
+
+
+def fit_stacking(member_probs: Any, labels: Any, *, l2: float | Sequence[float] | None = None, folds: int = 5,
+                 steps: int = 300, learning_rate: float = 0.05, seed: int = 0) -> dict[str, np.ndarray]:
+    """A multinomial logistic-regression meta-learner on held-out member predictions.
+
+    Fit it on predictions the members did not train on (a validation split, or out-of-fold
+    predictions from k-fold training). It starts at the plain average of log-probabilities (kernel =
+    stacked identities / M) and `l2` penalises the kernel's distance from that start: a large `l2`
+    keeps the average, a small one lets the M*C*C weights fit freely. `l2=None` (default) picks it
+    from `L2_GRID` by `folds`-fold cross-validated NLL on the held-out data (every fold and value in
+    one vmapped program), then refits on all of it; a sequence is used as the grid. The chosen value
+    is returned as `meta['l2']`.
+    """
+    probs = jnp.asarray(check_member_probs(member_probs))
+    grid = L2_GRID if l2 is None else tuple(np.atleast_1d(np.asarray(l2, np.float64)).tolist())
+    if not grid or any(not (v >= 0) for v in grid):
+        raise ValueError(f"l2 has value {l2!r}; allowed: a non-negative float, a list of them, or None")
+    labels = jnp.asarray(labels, jnp.int32)
+    m, n, c = probs.shape
+    features = stacking_features(probs)
+    start = jnp.tile(jnp.eye(c), (m, 1)) / m
+    fit = _stacking_program(int(steps), float(learning_rate))
+    chosen = grid[0]
+    if len(grid) > 1:
+        if not isinstance(folds, int) or not 2 <= folds <= n:
+            raise ValueError(f"folds has value {folds!r}; allowed: an integer in [2, {n}]")
+        fold_of = np.random.default_rng(seed).permutation(n) % folds
+        train_masks = jnp.asarray(np.stack([fold_of != f for f in range(folds)]), jnp.float32)
+
+        @jax.jit
+        def cv(l2_values):
+            def one(l2_value, mask):
+                p = fit(features, labels, mask, l2_value, start)
+                per_example = optax.softmax_cross_entropy_with_integer_labels(features @ p["kernel"] + p["bias"],
+                                                                              labels)
+                return jnp.sum((1 - mask) * per_example) / jnp.sum(1 - mask)
+
+            return jax.vmap(lambda v: jax.vmap(lambda mask: one(v, mask))(train_masks).mean())(l2_values)
+
+        losses = np.asarray(cv(jnp.asarray(grid, jnp.float32)))
+        chosen = grid[int(np.argmin(losses))]
+    params = jax.jit(fit)(features, labels, jnp.ones(n), jnp.float32(chosen), start)
+    return {**jax.tree.map(np.asarray, params), "l2": np.float64(chosen)}
 
 
 def stacking_predict(meta: dict, member_probs: jax.Array) -> jax.Array:
