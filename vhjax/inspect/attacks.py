@@ -118,5 +118,7 @@ def robust_accuracy_curve(logits_fn: Callable, x: Any, y: Any, epsilons: Sequenc
     """Robust accuracy at each budget in `epsilons` (one compiled attack, vmapped over budgets)."""
     check_epsilon(epsilons, "epsilons")
     x, y = jnp.asarray(x), jnp.asarray(y)
-    fn = jax.jit(jax.vmap(lambda e: robust_accuracy(logits_fn, x, y, e, attack=attack, **options)))
-    return np.asarray(fn(jnp.asarray(epsilons, jnp.float32)))
+    # x and y are arguments, not constants: XLA would otherwise constant-fold the first layer
+    fn = jax.jit(jax.vmap(lambda e, xs, ys: robust_accuracy(logits_fn, xs, ys, e, attack=attack, **options),
+                          in_axes=(0, None, None)))
+    return np.asarray(fn(jnp.asarray(epsilons, jnp.float32), x, y))
