@@ -11,7 +11,7 @@ import pytest
 
 from vhjax import TrainConfig, calibration, models
 from vhjax.data import load
-from vhjax.ensemble import (Ensemble, MemberGroup, bagging, boosting, bootstrap_tables, cosine_cycles, deep_ensemble,
+from vhjax.ensemble import (Ensemble, bagging, boosting, bootstrap_tables, cosine_cycles, deep_ensemble,
                             groups_from_population, snapshot_ensemble, train_members)
 
 MODEL = models.get_model("mlp", widths=(32,), num_classes=10)
