@@ -67,7 +67,7 @@ def scores(probs, y):
     return {k: m[k] for k in ("accuracy", "nll", "ece")}
 
 
-def run_seed(name: str, seed: int, args, figures: bool) -> dict:
+def run_seed(name: str, seed: int, args, figures: bool, reused: dict | None = None) -> dict:
     model_name, kwargs, steps, eps_linf, eps_l2, ood_name = DATASETS[name]
     steps = args.steps or steps
     config = TrainConfig(dataset=name, model=model_name, model_kwargs=kwargs, steps=steps, eval_every=steps // 4,
@@ -107,17 +107,25 @@ def run_seed(name: str, seed: int, args, figures: bool) -> dict:
     # ensembles on the own vmapped loop: same model, Adam at the deep-ensemble rate, same steps
     model = MODELS[name]
     opts = dict(steps=steps, batch_size=100, learning_rate=DEEP_LR, dropout_rate=0.1)
-    tick = time.time()
-    bag = bagging(model, train.x, train.y, size=DEEP_SIZE, key=jax.random.fold_in(key, 1), **opts)
-    rows["bagging (5 bootstrap members)"] = scores(bag.predict_proba(test.x), test.y)
-    snap, _ = snapshot_ensemble(model, train.x, train.y, cycles=DEEP_SIZE, steps_per_cycle=steps // DEEP_SIZE,
-                                key=jax.random.fold_in(key, 2), batch_size=100, learning_rate=DEEP_LR,
-                                dropout_rate=0.1)
-    rows["snapshot ensemble (5 cosine cycles, 1 run)"] = scores(snap.predict_proba(test.x), test.y)
-    boost, info = boosting(model, train.x, train.y, rounds=DEEP_SIZE, key=jax.random.fold_in(key, 3), **opts)
-    rows["SAMME boosting (up to 5 rounds)"] = scores(boost.predict_proba(test.x), test.y)
-    out["boosting_rounds"] = len(info["alpha"])
-    out["timing"]["own_loop_ensembles"] = time.time() - tick
+    own_rows = ("bagging (5 bootstrap members)", "snapshot ensemble (5 cosine cycles, 1 run)",
+                "SAMME boosting (up to 5 rounds)")
+    if reused is not None:  # rows of an earlier run of this script (deterministic: same seeds, same code)
+        for label in own_rows:
+            rows[label] = reused["ensembles"][label]
+        out["boosting_rounds"] = reused["boosting_rounds"]
+        out["timing"]["own_loop_ensembles"] = reused["timing"]["own_loop_ensembles"]
+    else:
+        tick = time.time()
+        bag = bagging(model, train.x, train.y, size=DEEP_SIZE, key=jax.random.fold_in(key, 1), **opts)
+        rows[own_rows[0]] = scores(bag.predict_proba(test.x), test.y)
+        snap, _ = snapshot_ensemble(model, train.x, train.y, cycles=DEEP_SIZE, steps_per_cycle=steps // DEEP_SIZE,
+                                    key=jax.random.fold_in(key, 2), batch_size=100, learning_rate=DEEP_LR,
+                                    dropout_rate=0.1)
+        rows[own_rows[1]] = scores(snap.predict_proba(test.x), test.y)
+        boost, info = boosting(model, train.x, train.y, rounds=DEEP_SIZE, key=jax.random.fold_in(key, 3), **opts)
+        rows[own_rows[2]] = scores(boost.predict_proba(test.x), test.y)
+        out["boosting_rounds"] = len(info["alpha"])
+        out["timing"]["own_loop_ensembles"] = time.time() - tick
     out["ensembles"] = rows
     out["cost"] = {"deep ensemble (5)": deep.cost(test.x[:100], repeats=3),
                    "best member": best_only.cost(test.x[:100], repeats=3)}
@@ -168,14 +176,20 @@ def run_seed(name: str, seed: int, args, figures: bool) -> dict:
         rob[f"{label}, FGSM Linf"] = robust_accuracy_curve(fn, x, y, linf, attack="fgsm").tolist()
         rob[f"{label}, PGD-10 Linf"] = robust_accuracy_curve(fn, x, y, linf, attack="pgd", steps=10).tolist()
         rob[f"{label}, PGD-10 L2"] = robust_accuracy_curve(fn, x, y, l2, attack="pgd", norm="l2", steps=10).tolist()
-    tick = time.time()
-    adv = adversarial_training(model, train.x, train.y, epsilons=[0.0, *eps_linf], key=jax.random.fold_in(key, 6),
-                               attack="fgsm", **opts)
-    out["timing"]["adversarial_training"] = time.time() - tick
-    for i, eps in enumerate([0.0, *eps_linf]):
-        fn = member_logits_fn(adv.group, i)
-        rob[f"adv. trained eps={eps:g}, PGD-10 Linf"] = robust_accuracy_curve(fn, x, y, linf, attack="pgd",
-                                                                              steps=10).tolist()
+    if reused is not None:
+        for label, curve in reused["robustness"]["curves"].items():
+            if label.startswith("adv. trained"):
+                rob[label] = curve
+        out["timing"]["adversarial_training"] = reused["timing"]["adversarial_training"]
+    else:
+        tick = time.time()
+        adv = adversarial_training(model, train.x, train.y, epsilons=[0.0, *eps_linf],
+                                   key=jax.random.fold_in(key, 6), attack="fgsm", **opts)
+        out["timing"]["adversarial_training"] = time.time() - tick
+        for i, eps in enumerate([0.0, *eps_linf]):
+            fn = member_logits_fn(adv.group, i)
+            rob[f"adv. trained eps={eps:g}, PGD-10 Linf"] = robust_accuracy_curve(fn, x, y, linf, attack="pgd",
+                                                                                  steps=10).tolist()
     out["robustness"] = {"linf": linf, "l2": l2, "curves": rob}
 
     if figures:
@@ -248,6 +262,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
     parser.add_argument("--steps", type=int, default=None, help="override the steps per member")
+    parser.add_argument("--reuse", default=None, help="JSON of an earlier run: copy its bagging, snapshot, "
+                        "boosting and adversarial-training results instead of retraining them")
     parser.add_argument("--out", default=str(ROOT / "results" / "ensembles_tables.md"))
     args = parser.parse_args()
     start = time.time()
@@ -257,14 +273,16 @@ def main() -> None:
         tick = time.time()
         runs = []
         for seed in range(args.seeds):
-            runs.append(run_seed(name, seed, args, figures=seed == 0))
+            reused = json.loads(Path(args.reuse).read_text())[name][seed] if args.reuse else None
+            runs.append(run_seed(name, seed, args, figures=seed == 0, reused=reused))
             print(f"{name} seed {seed} done ({time.time() - tick:.0f} s)", flush=True)
         raw[name] = runs
         parts.append(tables(name, runs, args, time.time() - tick))
     wall = time.time() - start
     command = "python experiments/ensembles_tables.py --seeds " + str(args.seeds) + \
         (f" --steps {args.steps}" if args.steps else "") + \
-        (f" --datasets {' '.join(args.datasets)}" if args.datasets != list(DATASETS) else "")
+        (f" --datasets {' '.join(args.datasets)}" if args.datasets != list(DATASETS) else "") + \
+        (f" --reuse {args.reuse}" if args.reuse else "")
     text = "\n".join(parts) + f"\nCommand: `{command}`  \nHardware: {describe()} (2-core CPU, shared)  \n" \
         f"Wall time: {wall:.0f} s\n"
     Path(args.out).write_text(text)
