@@ -132,8 +132,8 @@ def groups_from_population(result: Any, config: Any, *, members: Sequence[int] |
                              f"(0..{len(result.members) - 1})")
     groups = []
     for bucket, state in enumerate(result.states):
-        rows = [m for m in result.members if m["bucket"] == bucket]  # in bucket position order
-        rows.sort(key=lambda m: m["member"])
+        rows = [m for m in result.members if m["bucket"] == bucket]
+        rows.sort(key=lambda m: m.get("position", m["member"]))  # bucket position order
         alive = np.asarray(state.alive)
         keep = [pos for pos, m in enumerate(rows)
                 if (wanted is None or m["member"] in wanted) and (alive[pos] or not alive_only)]
