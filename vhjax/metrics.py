@@ -72,3 +72,25 @@ def precision_recall_f1(logits: jax.Array, labels: jax.Array, num_classes: int) 
     recall = _safe_divide(true_positives, counts.sum(axis=1))
     f1 = _safe_divide(2.0 * precision * recall, precision + recall)
     return {"precision": precision, "recall": recall, "f1": f1, "macro_f1": jnp.mean(f1)}
+
+
+def auroc(scores_negative: jax.Array, scores_positive: jax.Array) -> jax.Array:
+    """Area under the ROC curve for telling positives (higher score) from negatives.
+
+    The Mann-Whitney U statistic: the probability that a random positive scores higher than a
+    random negative, ties counting one half. Used for out-of-distribution detection with an
+    uncertainty score (positives = OOD inputs). O(N log N) via ranks of the pooled scores.
+    """
+    negative = jnp.ravel(jnp.asarray(scores_negative, jnp.float32))
+    positive = jnp.ravel(jnp.asarray(scores_positive, jnp.float32))
+    if negative.size == 0 or positive.size == 0:
+        raise ValueError(f"auroc needs both classes; got {negative.size} negative and {positive.size} positive scores")
+    pooled = jnp.concatenate([negative, positive])
+    ordered = jnp.sort(pooled)
+    # average rank (1-based) of each score, ties sharing the mean of their ranks
+    low = jnp.searchsorted(ordered, pooled, side="left")
+    high = jnp.searchsorted(ordered, pooled, side="right")
+    ranks = (low + high + 1) / 2.0
+    n_neg, n_pos = negative.size, positive.size
+    rank_sum = jnp.sum(ranks[n_neg:])
+    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_neg * n_pos)
