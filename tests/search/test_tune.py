@@ -108,3 +108,5 @@ def test_worker_processes_share_one_study_and_retry_a_dead_workers_trials(tmp_pa
     assert not any(t.state == optuna.trial.TrialState.RUNNING for t in trials)
     stale = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
     assert stale and all(any(r.system_attrs.get("failed_trial") == t.number for r in trials) for t in stale)
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") is not None]
+    assert all(t.state.is_finished() for t in retries)  # every interrupted trial was trained again

@@ -17,7 +17,9 @@ trials are kept; trials that were running are recorded as failed and asked again
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -181,17 +183,47 @@ def open_study(workdir: Path | None, name: str, direction: str, sampler: Any, pr
 
 
 def counted_trials(study: Any) -> int:
-    """Trials that count against the budget: all but those interrupted by a kill or a dead worker
-    (asked again)."""
-    return sum(1 for t in study.get_trials(deepcopy=False)
-               if not t.user_attrs.get(INTERRUPTED) and not t.system_attrs.get("failed_trial"))
+    """Trials that count against the budget: all but those a kill or a dead worker interrupted
+    (they are asked again, and their new copy counts instead)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.system_attrs.get("failed_trial") for t in trials} - {None}
+    return sum(1 for t in trials if not t.user_attrs.get(INTERRUPTED) and t.number not in retried)
+
+
+def has_waiting(study: Any) -> bool:
+    """Trials queued to be asked again (after an interruption): asked before the budget is checked."""
+    import optuna
+
+    return bool(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
 
 
 def record_heartbeats(storage: Any, trials: list) -> None:
     """Tell a shared storage that this worker's running trials are alive."""
-    for trial in trials:
+    for trial in list(trials):
         if trial is not None:
             storage.record_heartbeat(trial._trial_id)
+
+
+@contextlib.contextmanager
+def heartbeats(storage: Any, running: list, interval: float):
+    """A background thread that records the running trials' heartbeats every `interval` seconds
+    (as Optuna's own `optimize` does), so long compilations never make a live trial look stale."""
+    if storage is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(interval):
+            record_heartbeats(storage, running)
+
+    thread = threading.Thread(target=beat, name="vhjax-tune-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _replace_slot(population: PopulationState, slot: jax.Array, fresh: PopulationState) -> PopulationState:
@@ -285,64 +317,65 @@ def tune(config: TrainConfig, space: Space, *, trials: int, population: int = 16
             if callback is not None:
                 callback(row)
 
-        first = [ask() for _ in range(population)]
-        if first[0] is None:
-            raise ValueError(f"trials has value {trials}; the study in {root} already holds {counted_trials(study)} "
-                             "trials: raise trials to extend it")
-        slots = [pair for pair in first if pair is not None]
-        hparams = {name: stack([pair[1].get(name) for pair in slots]) for name in names}
-        seeds = [config.seed + pair[0].number for pair in slots]
-        members = init_population(task, len(slots), hparams, seeds=seeds, same_batches=False)
-        if len(slots) < population:  # fewer trials left than slots: pad with stopped members
-            members = _pad_stopped(members, population)
-        running.extend(pair[0] for pair in slots)
-        running.extend([None] * (population - len(slots)))
+        with heartbeats(rdb, running, heartbeat_interval):  # from the first ask on
+            first = [ask() for _ in range(population)]
+            if first[0] is None:
+                raise ValueError(f"trials has value {trials}; the study in {root} already holds {counted_trials(study)} "
+                                 "trials: raise trials to extend it")
+            slots = [pair for pair in first if pair is not None]
+            running.extend(pair[0] for pair in slots)
+            running.extend([None] * (population - len(slots)))
+            hparams = {name: stack([pair[1].get(name) for pair in slots]) for name in names}
+            seeds = [config.seed + pair[0].number for pair in slots]
+            members = init_population(task, len(slots), hparams, seeds=seeds, same_batches=False)
+            if len(slots) < population:  # fewer trials left than slots: pad with stopped members
+                members = _pad_stopped(members, population)
 
-        def update(state: dict, current: PopulationState, report: Report):
-            if rdb is not None:
-                record_heartbeats(rdb, running)
-            values = report.metric("eval", metric)
-            alive = np.asarray(current.alive)
-            steps = np.asarray(current.members.step)
-            training = training_mask(current)
-            finished: dict[int, str] = {}
-            for slot in np.flatnonzero(training | ~alive):
-                trial = running[slot]
-                if trial is None:
-                    continue
-                if not alive[slot] or not np.isfinite(values[slot]):
-                    finished[slot] = "FAIL"
-                    continue
-                trial.report(float(values[slot]), int(steps[slot]))
-                if steps[slot] >= config.steps:
-                    finished[slot] = "COMPLETE"
-                elif trial.should_prune():
-                    finished[slot] = "PRUNED"
-            if not finished:
+            def update(state: dict, current: PopulationState, report: Report):
+                if rdb is not None:
+                    record_heartbeats(rdb, running)
+                values = report.metric("eval", metric)
+                alive = np.asarray(current.alive)
+                steps = np.asarray(current.members.step)
+                training = training_mask(current)
+                finished: dict[int, str] = {}
+                for slot in np.flatnonzero(training | ~alive):
+                    trial = running[slot]
+                    if trial is None:
+                        continue
+                    if not alive[slot] or not np.isfinite(values[slot]):
+                        finished[slot] = "FAIL"
+                        continue
+                    trial.report(float(values[slot]), int(steps[slot]))
+                    if steps[slot] >= config.steps:
+                        finished[slot] = "COMPLETE"
+                    elif trial.should_prune():
+                        finished[slot] = "PRUNED"
+                if not finished:
+                    return state, current
+                tests = evaluate(current, *test_data)[metric] if test_data is not None and "COMPLETE" in finished.values() \
+                    else None
+                stopped = np.asarray(current.stopped).copy()
+                for slot, outcome in finished.items():
+                    test = None if tests is None or outcome != "COMPLETE" else float(tests[slot])
+                    finish(slot, outcome, float(values[slot]), int(steps[slot]), test)
+                    pair = ask()
+                    if pair is None:
+                        running[slot] = None
+                        stopped[slot] = True
+                        continue
+                    running[slot] = pair[0]
+                    current = replace_slot(current, jnp.int32(slot), fresh_member(*pair))
+                    stopped[slot] = False
+                current = current.replace(stopped=jnp.asarray(stopped))
+                if verbose:
+                    print_progress(progress(timeline, trials, population, running, start, direction, metric))
                 return state, current
-            tests = evaluate(current, *test_data)[metric] if test_data is not None and "COMPLETE" in finished.values() \
-                else None
-            stopped = np.asarray(current.stopped).copy()
-            for slot, outcome in finished.items():
-                test = None if tests is None or outcome != "COMPLETE" else float(tests[slot])
-                finish(slot, outcome, float(values[slot]), int(steps[slot]), test)
-                pair = ask()
-                if pair is None:
-                    running[slot] = None
-                    stopped[slot] = True
-                    continue
-                running[slot] = pair[0]
-                current = replace_slot(current, jnp.int32(slot), fresh_member(*pair))
-                stopped[slot] = False
-            current = current.replace(stopped=jnp.asarray(stopped))
-            if verbose:
-                print_progress(progress(timeline, trials, population, running, start, direction, metric))
-            return state, current
 
-        bound = (trials // population + 2) * config.steps * 2  # the loop ends when no slot trains
-        run_loop(members, run_chunk, (jnp.asarray(task.train.x), jnp.asarray(task.train.y)), steps=bound,
-                 eval_every=min_steps, evaluate=lambda p: {"eval": evaluate(p, *eval_data)},
-                 hooks=[Hook("tune", lambda p: {}, update)], mesh=mesh, verbose=False)
+            bound = (trials // population + 2) * config.steps * 2  # the loop ends when no slot trains
+            run_loop(members, run_chunk, (jnp.asarray(task.train.x), jnp.asarray(task.train.y)), steps=bound,
+                     eval_every=min_steps, evaluate=lambda p: {"eval": evaluate(p, *eval_data)},
+                     hooks=[Hook("tune", lambda p: {}, update)], mesh=mesh, verbose=False)
         return TuneResult(study, timeline, time.perf_counter() - start, metric, direction)
 
 
