@@ -126,7 +126,9 @@ def test_every_entry_takes_a_mesh_and_any_population_size():
         import json, sys
         from vhjax.parallel import population_mesh
         from vhjax.population import fit, fit_kfold, fit_pbt, fit_population
+        import dataclasses
         from tests.population.test_entries import CONFIG, PAIR
+        CONFIG = dataclasses.replace(CONFIG, steps=20)
         mesh = population_mesh() if sys.argv[1] == "mesh" else None
         three = PAIR + [{"learning_rate": 5e-3}]
         out = {
