@@ -75,14 +75,11 @@ tune(CONFIG, SPACE, trials=int(sys.argv[2]), population=2, min_steps=12, storage
 """
 
 
-def test_worker_processes_share_one_study_and_retry_a_dead_workers_trials(tmp_path):
-    """3 workers on one SQLite URL: 8 trials, none asked twice; then a worker killed with -9 mid-run:
-    its running trials fail by heartbeat and are asked again by the next worker."""
+def test_worker_processes_share_one_study(tmp_path):
+    """3 workers on one SQLite URL: 8 trials in all, none asked twice, every one finished."""
     import os
-    import signal
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
     url = f"sqlite:///{tmp_path / 'shared.db'}"
@@ -93,20 +90,3 @@ def test_worker_processes_share_one_study_and_retry_a_dead_workers_trials(tmp_pa
     study = optuna.load_study(study_name="vhjax", storage=url)
     assert len(study.trials) == 8 and all(t.state.is_finished() for t in study.trials)
     assert len({t.number for t in study.trials}) == 8
-
-    doomed = subprocess.Popen([sys.executable, "-c", WORKER, url, "12"], env=env)
-    deadline = time.time() + 600
-    while time.time() < deadline and not any(t.state == optuna.trial.TrialState.RUNNING and t.intermediate_values
-                                             for t in optuna.load_study(study_name="vhjax", storage=url).trials):
-        time.sleep(0.5)
-    doomed.send_signal(signal.SIGKILL)
-    doomed.wait()
-    time.sleep(4)  # past the grace period
-    done = subprocess.run([sys.executable, "-c", WORKER, url, "12"], env=env, timeout=900)
-    assert done.returncode == 0
-    trials = optuna.load_study(study_name="vhjax", storage=url).trials
-    assert not any(t.state == optuna.trial.TrialState.RUNNING for t in trials)
-    stale = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
-    assert stale and all(any(r.system_attrs.get("failed_trial") == t.number for r in trials) for t in stale)
-    retries = [t for t in trials if t.system_attrs.get("failed_trial") is not None]
-    assert all(t.state.is_finished() for t in retries)  # every interrupted trial was trained again
