@@ -33,7 +33,7 @@ from vhjax import parallel
 from vhjax.config import TrainConfig, validate
 from vhjax.population.engine import default_member_group
 from vhjax.population.fit import bucket_task, compiled_programs, split_member
-from vhjax.population.loop import Hook, Report, run_loop
+from vhjax.population.loop import Hook, Report, pad_members, run_loop
 from vhjax.population.members import init_population
 from vhjax.population.state import PopulationState, training_mask
 from vhjax.search.space import Categorical, Float, Int, Space
@@ -329,7 +329,7 @@ def tune(config: TrainConfig, space: Space, *, trials: int, population: int = 16
             seeds = [config.seed + pair[0].number for pair in slots]
             members = init_population(task, len(slots), hparams, seeds=seeds, same_batches=False)
             if len(slots) < population:  # fewer trials left than slots: pad with stopped members
-                members = _pad_stopped(members, population)
+                members = pad_members(members, population)
 
             def update(state: dict, current: PopulationState, report: Report):
                 if rdb is not None:
@@ -384,13 +384,6 @@ def stack(values: list) -> Any:
     if isinstance(values[0], Mapping):
         return jax.tree.map(lambda *leaves: np.stack(leaves), *values)
     return np.asarray(values)
-
-
-def _pad_stopped(population: PopulationState, size: int) -> PopulationState:
-    extra = size - population.size
-    pad = lambda leaf: jnp.concatenate([leaf, jnp.repeat(leaf[:1], extra, axis=0)])
-    padded = jax.tree.map(pad, population)
-    return padded.replace(stopped=padded.stopped.at[population.size:].set(True))
 
 
 def progress(timeline: list[dict], trials: int, population: int, running: list, start: float, direction: str,
