@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,11 +11,27 @@ import jax.numpy as jnp
 from vhjax.models import activations
 
 
+def keep_mask(key: jax.Array, shape: tuple[int, ...], keep: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """A Bernoulli(`keep`) mask of `shape` from 8 random bits per unit, and the matching scale.
+
+    One 32-bit threefry word gives four units (a quarter of the hashing of a float draw per unit,
+    which dominates a small network's population step). `keep` is rounded to a multiple of 1/256;
+    the scale is 1 / that rounded value, so the layer stays unbiased, and `keep == 1` keeps all.
+    """
+    size = math.prod(shape)
+    words = jax.random.bits(key, (-(-size // 4),), jnp.uint32)
+    units = jax.lax.bitcast_convert_type(words, jnp.uint8).reshape(-1)[:size].reshape(shape)
+    threshold = jnp.round(jnp.clip(keep, 0.0, 1.0) * 256.0)
+    mask = units.astype(jnp.int32) < threshold.astype(jnp.int32)
+    return mask, 256.0 / jnp.maximum(threshold, 1.0)
+
+
 class Dropout(nn.Module):
     """Inverted dropout whose rate may be a traced array (one value per population member).
 
     flax's nn.Dropout takes the rate as a static Python float, so every distinct rate would
     compile a new program; here the rate is data, and `rate == 0` is exactly the identity.
+    Masks come from `keep_mask` (8 random bits per unit: the rate is rounded to 1/256).
     Uses the 'dropout' RNG stream.
     """
 
@@ -21,10 +39,8 @@ class Dropout(nn.Module):
     def __call__(self, x: jax.Array, rate: float | jax.Array, deterministic: bool) -> jax.Array:
         if deterministic or (isinstance(rate, (int, float)) and rate == 0):
             return x  # a static zero rate draws no random bits
-        rate = jnp.asarray(rate, x.dtype)
-        keep = 1.0 - rate
-        mask = jax.random.uniform(self.make_rng("dropout"), x.shape) < keep
-        return jnp.where(mask, x / jnp.maximum(keep, 1e-6), jnp.zeros_like(x))
+        mask, scale = keep_mask(self.make_rng("dropout"), x.shape, 1.0 - jnp.asarray(rate, jnp.float32))
+        return jnp.where(mask, x * scale.astype(x.dtype), jnp.zeros_like(x))
 
 
 # The parameter-free activations of vhjax.models.activations (the one table of names).
