@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Entry points that turn JAX's persistent compilation cache on by default (vhjax.search.tune)
+# leave it off in tests: each test compiles what it runs, and nothing is written to ~/.cache.
+os.environ.setdefault("VHJAX_CACHE_DIR", "off")
 
 
 @pytest.fixture

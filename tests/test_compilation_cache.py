@@ -90,3 +90,16 @@ def test_enable_then_disable_in_process(tmp_path):
     with compilation_cache.count_compilations() as seen:
         jax.jit(lambda x: jnp.cos(x) * 9.0 - 0.25)(x).block_until_ready()
     assert seen.count == 1 and seen.cache_misses == 0
+
+
+def test_use_follows_the_entry_points_argument(monkeypatch, tmp_path):
+    try:
+        monkeypatch.setenv("VHJAX_CACHE_DIR", "off")
+        assert compilation_cache.use(True) is None  # 'off' in the environment wins over the default
+        assert compilation_cache.use(False) is None
+        path = compilation_cache.use(tmp_path / "cache")
+        assert path == str((tmp_path / "cache").resolve()) and compilation_cache.enabled_dir() == path
+        monkeypatch.setenv("VHJAX_CACHE_DIR", str(tmp_path / "other"))
+        assert compilation_cache.use(True) == path  # one already on is kept
+    finally:
+        compilation_cache.disable()

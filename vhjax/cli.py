@@ -33,11 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
                                description="Search learning rate, weight decay, dropout and MLP architecture on "
                                            "MNIST-1D with the recommended search (vhjax.search.tune): POPULATION "
                                            "trials train at once in one compiled program, successive halving prunes "
-                                           "at rungs inside it and refills the slots; --strategy tpe or random.",
+                                           "at rungs inside it and refills the slots until BUDGET full trials' worth "
+                                           "of training is spent; --strategy tpe or random.",
                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _search_flags(demo)
     demo.add_argument("--steps", type=int, default=1500, help="training steps per member (default 1500)")
-    demo.set_defaults(budget=48, population=16, strategy="tpe", workdir="runs/demo", seed=0)
+    demo.set_defaults(budget=16, population=16, strategy="tpe", workdir="runs/demo", seed=0)
     return parser
 
 

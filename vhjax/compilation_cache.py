@@ -12,6 +12,10 @@ inside a `with` block, from JAX's monitoring events:
         run_search()
     print(compiled.count, compiled.seconds, compiled.cache_hits)
 
+`vhjax.search.tune` turns it on by default (`compilation_cache=True`: the default directory;
+`VHJAX_CACHE_DIR=off` or `compilation_cache=False` keeps it off), so rerunning or resuming a search
+loads its programs.
+
 Thresholds: JAX caches only programs that took at least 1 s to compile by default; `enable` sets
 the minimum compile time to 0 and lifts the entry size limit, so the small programs of a CPU run
 are cached too.
@@ -43,8 +47,9 @@ _enabled_dir: str | None = None
 
 
 def default_cache_dir() -> str:
-    """$VHJAX_CACHE_DIR, else ~/.cache/vhjax/jax."""
-    return os.environ.get(ENV_VAR) or str(Path.home() / ".cache" / "vhjax" / "jax")
+    """$VHJAX_CACHE_DIR (unless 'off'), else ~/.cache/vhjax/jax."""
+    value = os.environ.get(ENV_VAR, "")
+    return value if value and value.lower() != "off" else str(Path.home() / ".cache" / "vhjax" / "jax")
 
 
 def enable(cache_dir: str | os.PathLike | None = None) -> str:
@@ -68,6 +73,19 @@ def enable(cache_dir: str | os.PathLike | None = None) -> str:
         _jax_cache.reset_cache()
         _enabled_dir = path
     return path
+
+
+def use(setting: bool | str | os.PathLike | None) -> str | None:
+    """An entry point's `compilation_cache=` argument: True turns the cache on in the default
+    directory unless one is on already (or $VHJAX_CACHE_DIR is 'off'); a path turns it on there;
+    False or None leaves the process as it is. Returns the directory in use, or None."""
+    if setting is True:
+        if _enabled_dir is not None or os.environ.get(ENV_VAR, "").lower() == "off":
+            return _enabled_dir
+        return enable()
+    if setting is False or setting is None:
+        return _enabled_dir
+    return enable(setting)
 
 
 def disable() -> None:

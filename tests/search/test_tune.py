@@ -7,7 +7,7 @@ import pytest
 
 from vhjax.config import TrainConfig
 from vhjax.search.space import Categorical, Float, Space
-from vhjax.search.tune import tune
+from vhjax.search.tune import spent_steps, tune
 
 CONFIG = TrainConfig(dataset="digits", model="mlp", model_kwargs={"widths": (16,), "num_classes": 10}, batch_size=32,
                      steps=36, train_split="train[:90%]", eval_split="train[90%:]", test_split="test", seed=0)
@@ -43,6 +43,16 @@ def test_the_study_is_a_plain_optuna_study_and_extends(searched):
     assert len(extended.study.trials) == 12 and len(extended.timeline) == 2  # only the new trials ran
 
 
+def test_a_compute_budget_tries_more_candidates_than_it_has_trials_worth(tmp_path):
+    result = tune(CONFIG, SPACE, budget=4, population=4, min_steps=4, eta=3, workdir=tmp_path, verbose=False)
+    steps = CONFIG.steps
+    spent = spent_steps(result.study)
+    assert 4 * steps <= spent <= 4 * steps + 4 * steps  # at most the running slots' work past the budget
+    assert len(result.timeline) > 4 and any(row["state"] == "PRUNED" for row in result.timeline)
+    extended = tune(CONFIG, SPACE, budget=6, population=4, min_steps=4, eta=3, workdir=tmp_path, verbose=False)
+    assert spent_steps(extended.study) >= 6 * steps and extended.timeline  # a larger budget extends it
+
+
 def test_trials_left_running_by_a_killed_search_are_asked_again(tmp_path):
     study = optuna.create_study(study_name="vhjax", storage=f"sqlite:///{tmp_path / 'study.db'}",
                                 direction="maximize")
@@ -60,6 +70,8 @@ def test_trials_left_running_by_a_killed_search_are_asked_again(tmp_path):
     (SPACE, {"min_steps": 5}, r"min_steps has value 5; allowed: a divisor"),
     (SPACE, {"pruner": "hyper"}, r"pruner has value 'hyper'"),
     (SPACE, {"trials": 0}, r"trials has value 0"),
+    (SPACE, {"trials": None, "budget": 0}, r"budget has value 0; allowed: a finite number > 0"),
+    (SPACE, {"trials": None}, r"trials and budget both have value None"),
 ])
 def test_bad_input_fails_before_compiling(space, kwargs, match):
     with pytest.raises(ValueError, match=match):

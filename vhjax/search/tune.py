@@ -9,6 +9,11 @@ default, or the median rule) decides at its rungs, inside the running program; a
 or diverged trial's slot is refilled at once with a new trial from the sampler, initialised in
 place. The first result arrives after the first evaluation, not after a whole generation.
 
+The budget is either a number of trials (`trials`) or training compute in full trials' worth
+(`budget`: budget x config.steps member-steps, pruned trials counting the steps they trained),
+the answer to "I have N trials worth of compute": with pruning, N trials' compute tries many more
+than N candidates and completes the promising ones. Both may be given: the first reached ends it.
+
 Only per-member fields may be searched (learning rate, weight decay, dropout, regularizer
 coefficients, augmentation strengths and probabilities, loss weights, optimizer numbers, `arch`
 masks): they are arrays of the one program. A killed search resumes from its workdir: finished
@@ -29,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vhjax import compilation_cache as vhjax_cache
 from vhjax import parallel
 from vhjax.config import TrainConfig, validate
 from vhjax.population.engine import default_member_group
@@ -40,7 +46,7 @@ from vhjax.search.space import Categorical, Float, Int, Space
 from vhjax.search.training import candidate_to_member, complete_arch
 from vhjax.train.metrics_log import print_progress
 from vhjax.train.workdir import workdir_lock
-from vhjax.validation import check_choice, check_int
+from vhjax.validation import check_choice, check_int, check_number
 
 PRUNERS = ("asha", "median", "none")
 SAMPLERS = ("tpe", "random")
@@ -238,12 +244,25 @@ def _replace_slot(population: PopulationState, slot: jax.Array, fresh: Populatio
 replace_slot = jax.jit(_replace_slot)
 
 
-def tune(config: TrainConfig, space: Space, *, trials: int, population: int = 16, min_steps: int | None = None,
+def spent_steps(study: Any) -> int:
+    """Member-steps the study's trials trained (each its last reported step; interrupted trials'
+    work is lost and does not count)."""
+    total = 0
+    for trial in study.get_trials(deepcopy=False):
+        if not trial.user_attrs.get(INTERRUPTED) and trial.intermediate_values:
+            total += max(trial.intermediate_values)
+    return total
+
+
+def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget: float | None = None,
+         population: int = 16, min_steps: int | None = None,
          eta: int = 3, metric: str = "accuracy", direction: str = "maximize", sampler: str = "tpe",
          pruner: str = "asha", workdir: str | Path | None = None, study_name: str = "vhjax", seed: int = 0,
          callback: Callable[[dict], None] | None = None, mesh: Any = "auto", storage: str | None = None,
-         heartbeat_interval: int = 60, grace_period: int = 180, verbose: bool = True) -> TuneResult:
-    """Search `space` with `trials` trials of at most `config.steps` steps; see the module docstring.
+         heartbeat_interval: int = 60, grace_period: int = 180, compilation_cache: bool | str = True,
+         verbose: bool = True) -> TuneResult:
+    """Search `space` with at most `trials` trials and/or `budget` full trials' worth of training
+    (trials of at most `config.steps` steps each); see the module docstring.
 
     `config` gives everything fixed (data, model, optimizer, steps, eval_split for selection,
     test_split for reporting the pick); `min_steps` is the first rung and the evaluation interval
@@ -252,11 +271,19 @@ def tune(config: TrainConfig, space: Space, *, trials: int, population: int = 16
     `storage`: an SQL URL shared by several worker processes or machines running the same call
     (each trains its own population; nothing is asked twice; a dead worker's trials are retried
     after `grace_period` seconds without a heartbeat); default: `workdir/study.db`, one worker.
+    `compilation_cache`: JAX's persistent compilation cache (True: the default directory, see
+    `vhjax.compilation_cache`; a path; False: leave it off), so a rerun loads its programs.
     """
     import optuna
 
     validate(config)
-    check_int("trials", trials, 1)
+    if trials is None and budget is None:
+        raise ValueError("trials and budget both have value None; allowed: a number of trials (trials=64) and/or "
+                         "training compute in full trials' worth (budget=64)")
+    if trials is not None:
+        check_int("trials", trials, 1)
+    if budget is not None:
+        check_number("budget", budget, low=0, low_inclusive=False)
     check_int("population", population, 1)
     check_int("eta", eta, 2)
     check_choice("direction", direction, ("maximize", "minimize"))
@@ -275,6 +302,7 @@ def tune(config: TrainConfig, space: Space, *, trials: int, population: int = 16
     names = check_per_member(space, to_member)
     config = dataclasses.replace(config, eval_every=min_steps)
     task = bucket_task(config, names)
+    vhjax_cache.use(compilation_cache)
     root = None if workdir is None else Path(workdir)
     if root is not None:
         root.mkdir(parents=True, exist_ok=True)
@@ -292,8 +320,15 @@ def tune(config: TrainConfig, space: Space, *, trials: int, population: int = 16
         timeline: list[dict] = []
         running: list[Any] = []  # the Optuna trial of each slot (None: empty)
 
+        budget_steps = None if budget is None else budget * config.steps
+
+        def exhausted() -> bool:
+            if trials is not None and counted_trials(study) >= trials:
+                return True
+            return budget_steps is not None and spent_steps(study) >= budget_steps
+
         def ask() -> tuple[Any, dict] | None:
-            if counted_trials(study) >= trials:
+            if not has_waiting(study) and exhausted():
                 return None
             trial = study.ask(distributions)
             return trial, split_member(trial.number, to_member(trial.params))[1]
@@ -320,8 +355,9 @@ def tune(config: TrainConfig, space: Space, *, trials: int, population: int = 16
         with heartbeats(rdb, running, heartbeat_interval):  # from the first ask on
             first = [ask() for _ in range(population)]
             if first[0] is None:
-                raise ValueError(f"trials has value {trials}; the study in {root} already holds {counted_trials(study)} "
-                                 "trials: raise trials to extend it")
+                raise ValueError(f"trials has value {trials} and budget {budget}; the study in {root} already holds "
+                                 f"{counted_trials(study)} trials ({spent_steps(study)} member-steps): raise trials or "
+                                 "budget to extend it")
             slots = [pair for pair in first if pair is not None]
             running.extend(pair[0] for pair in slots)
             running.extend([None] * (population - len(slots)))
@@ -372,7 +408,8 @@ def tune(config: TrainConfig, space: Space, *, trials: int, population: int = 16
                     print_progress(progress(timeline, trials, population, running, start, direction, metric))
                 return state, current
 
-            bound = (trials // population + 2) * config.steps * 2  # the loop ends when no slot trains
+            most = trials if trials is not None else int(np.ceil(budget * config.steps / min_steps))
+            bound = (most // population + 2) * config.steps * 2  # the loop ends when no slot trains
             run_loop(members, run_chunk, (jnp.asarray(task.train.x), jnp.asarray(task.train.y)), steps=bound,
                      eval_every=min_steps, evaluate=lambda p: {"eval": evaluate(p, *eval_data)},
                      hooks=[Hook("tune", lambda p: {}, update)], mesh=mesh, verbose=False)
