@@ -548,7 +548,7 @@ def test_flops_per_example_matches_a_hand_count_for_dense_layers():
     ("transformer", {"width": 32, "num_heads": 3}, r"'num_heads' has value 3; allowed: a divisor of 'width' = 32"),
     ("transformer_seq2seq", {"width": 10, "num_heads": 4}, r"'num_heads' has value 4"),
     ("cnn_transformer", {"width": 10, "num_heads": 3}, r"'num_heads' has value 3"),
-    ("resnet", {"activation": "mish"}, r"resnet field 'activation' has value 'mish'; known activations"),
+    ("resnet", {"activation": "mish"}, r"resnet field 'activation' has value 'mish'; allowed: one of the activations .*gelu"),
     ("resnet", {"norm": "instance"}, r"'norm' has value 'instance'"),
     ("resnet", {"widths": (16, 32)}, r"'widths' has value \(16, 32\); allowed: one width per stage"),
     ("fcn1d", {"kernel_sizes": (8, 5)}, r"'kernel_sizes' has value \(8, 5\)"),

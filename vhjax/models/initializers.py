@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.nn import initializers as jinit
 
+from vhjax import validation
+
 Initializer = Callable[..., jax.Array]
 
 
@@ -103,7 +105,7 @@ def get_initializer(name: str, **kwargs: Any) -> Initializer:
     Unknown names and unknown or non-numeric keyword arguments raise ValueError naming them.
     """
     if name not in INITIALIZER_NAMES:
-        raise ValueError(f"unknown initializer {name!r}; known initializers: {', '.join(INITIALIZER_NAMES)}")
+        raise validation.unknown_name("initializer", name, INITIALIZER_NAMES)
     builder, defaults = _TABLE[ALIASES.get(name, name)]
     for field, value in kwargs.items():
         if field not in defaults:
