@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from vhjax import validation
 from vhjax.registry import Registry
 
 Schedule = Callable[[jax.Array], jax.Array]
@@ -146,8 +147,7 @@ def _exponential(
     """Multiply by `decay_rate` per `transition_steps` steps (smoothly unless `staircase`)."""
     del total_steps
     _check_positive_int("schedule_kwargs['transition_steps']", transition_steps)
-    if not decay_rate > 0:
-        raise ValueError(f"schedule_kwargs['decay_rate']={decay_rate!r} must be > 0")
+    validation.check_number("schedule_kwargs['decay_rate']", decay_rate, 0.0, low_inclusive=False)
     return optax.exponential_decay(1.0, transition_steps, decay_rate, staircase=staircase)
 
 
@@ -167,8 +167,7 @@ def _cosine(total_steps: int | None, *, warmup_steps: int = 0, alpha: float = 0.
 
 
 def _check_positive_int(field: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{field}={value!r} must be a positive int")
+    validation.check_int(field, value, minimum=1)
 
 
 def make_schedule(

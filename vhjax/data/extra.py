@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vhjax import validation
 from vhjax.data.dataset import Dataset, register_dataset
 
 SPLIT_SEED = 0
@@ -169,8 +170,7 @@ def load_blobs(data_dir: str | None = None) -> dict[str, Dataset]:
 
 
 def _check_count(field: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{field}={value!r} is not allowed; allowed: an int >= {low}")
+    validation.check_int(field, value, minimum=low)
 
 
 def kfold_indices(n: int, k: int, *, seed: int | None = 0, labels: np.ndarray | None = None
