@@ -153,7 +153,7 @@ def _checked_number(index: int, name: str, field: str, value: Any, low: float, h
     """`value` as a float in [low, high]; anything else raises ValueError naming the field."""
     where = f"augment entry {index} ({name!r}) field {field!r}"
     validation.require(np.ndim(value) == 0, where, value, f"a real number in [{low}, {high}]")
-    return validation.check_number(where, value, low, high)
+    return validation.check_number(where, value, low, None if high == math.inf else high)
 
 
 def _parse_entry(index: int, entry: Any) -> tuple[Augmentation, float, float]:
