@@ -44,7 +44,8 @@ def _predicate(where: Where) -> PathPredicate:
         return _is_kernel
     if where == "all":
         return lambda path, leaf: True
-    raise validation.invalid("where", where, f"one of {', '.join(map(repr, WHERE_NAMES))} or a callable(path, leaf) -> bool")
+    raise validation.invalid("where", where,
+                             f"one of {', '.join(map(repr, WHERE_NAMES))} or a callable(path, leaf) -> bool")
 
 
 def selected_leaves(params: Any, where: Where = "kernels") -> list[jax.Array]:
