@@ -227,8 +227,7 @@ def resample_indices(y: np.ndarray, method: str = "over", *, seed: int = 0,
     rest drawn with replacement); 'under': every class drawn down to the smallest present count
     without replacement.
     """
-    if method not in RESAMPLE_METHODS:
-        raise ValueError(f"method={method!r} is not allowed; allowed: {list(RESAMPLE_METHODS)}")
+    validation.check_choice("method", method, RESAMPLE_METHODS)
     y, num_classes = _labels(y, num_classes)
     rng = np.random.default_rng(seed)
     groups = [np.flatnonzero(y == c) for c in range(num_classes)]

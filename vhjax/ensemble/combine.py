@@ -252,7 +252,7 @@ def combine_probs(rule: str, member_probs: jax.Array, weights: Any = None, meta:
         return majority_vote(member_probs, weights)
     if rule == "stacking":
         return stacking_predict(meta, member_probs)
-    raise ValueError(f"rule={rule!r}; allowed: {', '.join(RULES)}")
+    raise validation.invalid("rule", rule, "one of " + ", ".join(map(repr, RULES)))
 
 
 def member_scores(member_probs: Any, labels: Any, names: Sequence[str] = ("accuracy", "nll", "ece")) -> dict:
