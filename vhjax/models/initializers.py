@@ -111,6 +111,5 @@ def get_initializer(name: str, **kwargs: Any) -> Initializer:
         if field not in defaults:
             allowed = ", ".join(defaults) or "none"
             raise ValueError(f"initializer {name!r} got unknown field {field!r} = {value!r}; allowed fields: {allowed}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"initializer {name!r} field {field!r} has value {value!r}; allowed: a finite number")
+        validation.check_number(f"initializer {name!r} field {field!r}", value)
     return builder(**{**defaults, **kwargs})
