@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vhjax import validation
+
 EPS = 1e-12
 
 
@@ -120,8 +122,7 @@ def fit_temperature(logits: Any, labels: Any, *, steps: int = 300, learning_rate
 
 def apply_temperature(logits: Any, temperature: float) -> jax.Array:
     """softmax(logits / temperature)."""
-    if not temperature > 0:
-        raise ValueError(f"temperature has value {temperature!r}; allowed: a positive float")
+    validation.check_number("temperature", temperature, 0.0, low_inclusive=False)
     return jax.nn.softmax(jnp.asarray(logits) / temperature, axis=-1)
 
 

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from vhjax import validation
 from vhjax.registry import Registry
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -217,10 +218,10 @@ def distillation_loss(
         raise ValueError(
             f"teacher_logits shape {jnp.shape(teacher_logits)} != student_logits shape {student_logits.shape}"
         )
-    if isinstance(temperature, (int, float)) and not temperature > 0:
-        raise ValueError(f"temperature={temperature!r} is not allowed; allowed: a number > 0")
-    if isinstance(alpha, (int, float)) and not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha={alpha!r} is not allowed; allowed: a number in [0, 1]")
+    if isinstance(temperature, (int, float)):  # traced arrays are not checked
+        validation.check_number("temperature", temperature, 0.0, low_inclusive=False)
+    if isinstance(alpha, (int, float)):
+        validation.check_number("alpha", alpha, 0.0, 1.0)
     soft = temperature**2 * categorical_kl(teacher_logits / temperature, student_logits / temperature)
     if labels is None:
         if not (isinstance(alpha, (int, float)) and alpha == 0.0):

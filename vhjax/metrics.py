@@ -9,6 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from vhjax import validation
+
 
 def predicted_classes(logits_or_preds: jax.Array) -> jax.Array:
     """Class ids: integer input is returned as is, float logits are reduced with argmax."""
@@ -42,8 +44,7 @@ def confusion_matrix(logits_or_preds: jax.Array, labels: jax.Array, num_classes:
 
     Ids outside [0, num_classes) are not counted.
     """
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes={num_classes!r} must be a positive int")
+    validation.check_int("num_classes", num_classes, minimum=1)
     predictions = predicted_classes(logits_or_preds).reshape(-1)
     truth = label_classes(labels, predicted_classes(logits_or_preds)).reshape(-1)
     valid = (truth >= 0) & (truth < num_classes) & (predictions >= 0) & (predictions < num_classes)

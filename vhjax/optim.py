@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from vhjax import validation
 from vhjax.registry import Registry
 
 Schedule = Callable[[jax.Array], jax.Array]
@@ -146,8 +147,7 @@ def _exponential(
     """Multiply by `decay_rate` per `transition_steps` steps (smoothly unless `staircase`)."""
     del total_steps
     _check_positive_int("schedule_kwargs['transition_steps']", transition_steps)
-    if not decay_rate > 0:
-        raise ValueError(f"schedule_kwargs['decay_rate']={decay_rate!r} must be > 0")
+    validation.check_number("schedule_kwargs['decay_rate']", decay_rate, 0.0, low_inclusive=False)
     return optax.exponential_decay(1.0, transition_steps, decay_rate, staircase=staircase)
 
 
@@ -157,18 +157,14 @@ def _cosine(total_steps: int | None, *, warmup_steps: int = 0, alpha: float = 0.
     if total_steps is None:
         raise ValueError("schedule 'cosine' needs total_steps (got None)")
     _check_positive_int("total_steps", total_steps)
-    if not (isinstance(warmup_steps, int) and 0 <= warmup_steps < total_steps):
-        raise ValueError(
-            f"schedule_kwargs['warmup_steps']={warmup_steps!r} must be an int in [0, total_steps)"
-        )
+    validation.check_int("schedule_kwargs['warmup_steps']", warmup_steps, 0, total_steps - 1)
     if warmup_steps == 0:
         return optax.cosine_decay_schedule(1.0, total_steps, alpha=alpha)
     return optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup_steps, total_steps, end_value=alpha)
 
 
 def _check_positive_int(field: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{field}={value!r} must be a positive int")
+    validation.check_int(field, value, minimum=1)
 
 
 def make_schedule(
@@ -196,11 +192,11 @@ def make_schedule(
 def _as_hyperparameter(field: str, value: Any) -> jax.Array:
     """A scalar float32 array; rejects non-numbers and arrays that are not scalars."""
     if isinstance(value, bool) or callable(value):
-        raise TypeError(f"{field}={value!r} must be a number (schedules go in `schedule`)")
+        raise validation.invalid(field, value, "a number (schedules go in `schedule`)", TypeError)
     try:
         array = jnp.asarray(value, jnp.float32)
     except TypeError:
-        raise TypeError(f"{field}={value!r} must be a number") from None
+        raise validation.invalid(field, value, "a number", TypeError) from None
     if array.ndim != 0:
         raise ValueError(
             f"{field} has shape {array.shape}; give a scalar and set per-member values on the "

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+import inspect
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -35,6 +36,17 @@ class Registry(Generic[T]):
             known = ", ".join(sorted(self._items))
             raise ValueError(f"unknown {self.kind} {name!r}; known {self.kind}s: {known}")
         return self._items[name]
+
+    def build(self, name: str, **options: Any) -> Any:
+        """Call the factory registered as `name` with `options`; an option it does not take raises
+        ValueError naming the kind, the name and the options it allows."""
+        factory = self.get(name)
+        allowed = list(inspect.signature(factory).parameters)
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise ValueError(f"{self.kind} {name!r} has no option {unknown[0]!r}; allowed options: "
+                             f"{', '.join(allowed) or 'none'}")
+        return factory(**options)
 
     def names(self) -> list[str]:
         return sorted(self._items)

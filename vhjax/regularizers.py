@@ -14,6 +14,8 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
+from vhjax import validation
+
 PathPredicate = Callable[[tuple[str, ...], jax.Array], bool]
 Where = str | PathPredicate
 
@@ -42,9 +44,8 @@ def _predicate(where: Where) -> PathPredicate:
         return _is_kernel
     if where == "all":
         return lambda path, leaf: True
-    raise ValueError(
-        f"where={where!r} is not allowed; use one of {WHERE_NAMES} or a callable(path, leaf) -> bool"
-    )
+    raise validation.invalid("where", where,
+                             f"one of {', '.join(map(repr, WHERE_NAMES))} or a callable(path, leaf) -> bool")
 
 
 def selected_leaves(params: Any, where: Where = "kernels") -> list[jax.Array]:
@@ -96,7 +97,7 @@ def penalty(
     """
     unknown = sorted(set(coefficients) - set(PENALTY_NAMES))
     if unknown:
-        raise ValueError(f"unknown penalty coefficients {unknown}; allowed: {list(PENALTY_NAMES)}")
+        raise validation.unknown_name("penalty coefficient", unknown[0], PENALTY_NAMES)
     _predicate(where)  # validate before tracing
     total = jnp.zeros((), jnp.float32)
     if "l1" in coefficients:
@@ -163,8 +164,8 @@ def max_norm(
     Dense (in, out) or Conv (h, w, in, out) kernel. Weights already within the bound are left
     exactly as they are; unselected leaves are returned unchanged. `max_value` may be traced.
     """
-    if isinstance(max_value, (int, float)) and not max_value > 0:
-        raise ValueError(f"max_value={max_value!r} is not allowed; allowed: a number > 0")
+    if isinstance(max_value, (int, float)):  # traced arrays are not checked
+        validation.check_number("max_value", max_value, 0.0, low_inclusive=False)
     keep = _predicate(where)
 
     def project(key_path, leaf):

@@ -86,7 +86,7 @@ def test_kfold_folds_partition_the_indices(labels):
             assert np.bincount(labels[val], minlength=3).min() >= 1
     ordered = extra.kfold_indices(n, k, seed=None)
     np.testing.assert_array_equal(ordered[0][1], np.arange(6))
-    with pytest.raises(ValueError, match="k="):
+    with pytest.raises(ValueError, match=r"k has value 1; allowed: an integer >= 2"):
         extra.kfold_indices(n, 1)
 
 

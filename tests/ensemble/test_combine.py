@@ -119,7 +119,7 @@ def test_bad_inputs_name_the_field():
         combine.caruana_selection(diverged, labels)
     with pytest.raises(ValueError, match="probabilities"):
         combine.fit_weights(np.log(probs), labels)  # log-probabilities are not probabilities
-    with pytest.raises(ValueError, match="rule='median'"):
+    with pytest.raises(ValueError, match="rule has value 'median'; allowed: one of 'average'"):
         combine.combine_probs("median", probs)
 
 

@@ -131,10 +131,10 @@ def test_norm_momentum_and_epsilon_reach_every_batch_norm(name, kwargs, shape):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"norm_momentum": 1.0}, "'norm_momentum' has value 1.0; allowed: a number in \\[0, 1\\)"),
-    ({"norm_epsilon": 0}, "'norm_epsilon' has value 0; allowed: a number > 0"),
-    ({"norm_running_var": "ema"}, "'norm_running_var' has value 'ema'; allowed: 'total', 'batch'"),
-    ({"shortcut": "projection"}, "'shortcut' has value 'projection'; allowed: 'identity', 'norm', 'conv'"),
+    ({"norm_momentum": 1.0}, "'norm_momentum' has value 1.0; allowed: a finite number >= 0.0 and < 1.0"),
+    ({"norm_epsilon": 0}, "'norm_epsilon' has value 0; allowed: a finite number > 0.0"),
+    ({"norm_running_var": "ema"}, "'norm_running_var' has value 'ema'; allowed: one of 'total', 'batch'"),
+    ({"shortcut": "projection"}, "'shortcut' has value 'projection'; allowed: one of 'identity', 'norm', 'conv'"),
     ({"zero_init_residual": 1}, None),
 ])
 def test_norm_and_residual_fields_are_checked(kwargs, match):

@@ -93,7 +93,7 @@ def test_per_example_standardize_normalises_each_series_on_its_own():
         got = np.asarray(get_preprocessor("per_example_standardize", per=per).fit_transform(plain)[1])
         np.testing.assert_allclose(got[0], (plain[0] - 3.5) / plain[0].std(), rtol=1e-5)
         np.testing.assert_array_equal(got[1], 0.0)
-    with pytest.raises(ValueError, match="'per' has value 'feature'.*example, channel"):
+    with pytest.raises(ValueError, match="'per' has value 'feature'.*'example', 'channel'"):
         get_preprocessor("per_example_standardize", per="feature")
 
 
@@ -319,7 +319,7 @@ def test_registry_and_option_errors():
         get_preprocessor("whitening")
     with pytest.raises(ValueError, match="no option 'axis'.*per"):
         get_preprocessor("standardize", axis=0)
-    with pytest.raises(ValueError, match="'per' has value 'row'.*feature, channel, global"):
+    with pytest.raises(ValueError, match="'per' has value 'row'.*'feature', 'channel', 'global'"):
         get_preprocessor("minmax", per="row")
     with pytest.raises(ValueError, match="'feature_range'"):
         get_preprocessor("minmax", feature_range=(1, 0))

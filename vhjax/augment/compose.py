@@ -11,15 +11,14 @@ The AUGMENTATIONS registry maps a name to a factory `factory(**options) -> augme
 
 from __future__ import annotations
 
-import inspect
 import math
-from numbers import Real
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vhjax import validation
 from vhjax.registry import Registry
 
 Augmentation = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
@@ -47,13 +46,7 @@ def get_augmentation(name: str, **options: Any) -> Augmentation:
     Unknown names raise ValueError listing the known ones; unknown options raise ValueError
     listing the allowed ones.
     """
-    factory = AUGMENTATIONS.get(name)
-    allowed = list(inspect.signature(factory).parameters)
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"augmentation {name!r} has no option {unknown[0]!r}; allowed options: {', '.join(allowed) or 'none'}")
-    return factory(**options)
+    return AUGMENTATIONS.build(name, **options)
 
 
 # --- building blocks shared by the ops -------------------------------------------------------
@@ -159,12 +152,8 @@ def _entry_fields(index: int, entry: Any) -> dict[str, Any]:
 def _checked_number(index: int, name: str, field: str, value: Any, low: float, high: float) -> float:
     """`value` as a float in [low, high]; anything else raises ValueError naming the field."""
     where = f"augment entry {index} ({name!r}) field {field!r}"
-    if isinstance(value, bool) or not isinstance(value, (Real, np.ndarray, np.generic)) or np.ndim(value) != 0:
-        raise ValueError(f"{where} has value {value!r}; allowed: a real number in [{low}, {high}]")
-    number = float(value)
-    if not (low <= number <= high):
-        raise ValueError(f"{where} has value {number!r}; allowed: [{low}, {high}]")
-    return number
+    validation.require(np.ndim(value) == 0, where, value, f"a real number in [{low}, {high}]")
+    return validation.check_number(where, value, low, None if high == math.inf else high)
 
 
 def _parse_entry(index: int, entry: Any) -> tuple[Augmentation, float, float]:

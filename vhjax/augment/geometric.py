@@ -13,9 +13,9 @@ import math
 import dm_pix as pix
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.scipy.ndimage import map_coordinates
 
+from vhjax import validation
 from vhjax.augment.compose import (Augmentation, check_rank, check_strength, identity_at_zero, per_example,
                                    register_augmentation)
 from vhjax.augment.sequence import RESAMPLE_MODES, check_mode
@@ -161,8 +161,7 @@ def elastic(sigma: float = 4.0, mode: str = "edge") -> Augmentation:
     al. used alpha 34, sigma 4 on 28x28 digits). Natural range [0, 40]. For per-member sigma,
     vmap `elastic_deform` directly. `mode`: 'zero' or 'edge' beyond the border."""
     check_mode(mode, RESAMPLE_MODES, "elastic")
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.number)) or not sigma > 0:
-        raise ValueError(f"augmentation 'elastic' option 'sigma' has value {sigma!r}; allowed: a number > 0")
+    validation.check_number("augmentation 'elastic' option 'sigma'", sigma, 0.0, low_inclusive=False)
 
     def apply(key: jax.Array, x: jax.Array, strength: jax.Array) -> jax.Array:
         strength = _checked_images(x, "elastic", strength)
@@ -192,8 +191,7 @@ def cutout(fill: float = 0.0) -> Augmentation:
     """Set a box of side strength * (H, W) (at least one pixel when strength > 0), centred at a
     uniform random pixel and clipped at the border, to `fill` in every channel. Natural range
     [0, 0.5]; at most 1."""
-    if isinstance(fill, bool) or not isinstance(fill, (int, float, np.number)):
-        raise ValueError(f"augmentation 'cutout' option 'fill' has value {fill!r}; allowed: a number")
+    validation.require(validation.is_number(fill), "augmentation 'cutout' option 'fill'", fill, "a number")
 
     def apply(key: jax.Array, x: jax.Array, strength: jax.Array) -> jax.Array:
         strength = _checked_images(x, "cutout", strength)

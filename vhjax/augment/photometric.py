@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vhjax import validation
 from vhjax.augment.compose import (Augmentation, check_rank, check_strength, identity_at_zero, per_example,
                                    register_augmentation)
 from vhjax.augment.sequence import random_factor
@@ -151,8 +152,8 @@ def _optional_level(value: Any, field: str) -> float | None:
     """None or a float; anything else raises ValueError naming the field."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-        raise ValueError(f"augmentation 'salt_pepper' option {field!r} has value {value!r}; allowed: a number or None")
+    validation.require(validation.is_number(value), f"augmentation 'salt_pepper' option {field!r}", value,
+                       "a number or None")
     return float(value)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from vhjax import validation
 from vhjax.augment.compose import Augmentation, check_rank, check_strength, identity_at_zero, register_augmentation
 
 SHIFT_MODES = ("zero", "edge", "roll")
@@ -23,8 +24,7 @@ SEQUENCE_LAYOUT = "sequences (N, L) or (N, L, C)"
 
 def check_mode(mode: str, allowed: tuple[str, ...], op: str) -> None:
     """Raise ValueError unless `mode` is one of `allowed`."""
-    if mode not in allowed:
-        raise ValueError(f"augmentation {op!r} option 'mode' has value {mode!r}; allowed: {', '.join(allowed)}")
+    validation.check_choice(f"augmentation {op!r} option 'mode'", mode, allowed)
 
 
 def _axis_shape(ndim: int, axis: int, length: int) -> tuple[int, ...]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from vhjax import validation
 from vhjax.augment.compose import Augmentation, check_rank, check_strength, identity_at_zero, register_augmentation
 from vhjax.augment.sequence import MIN_SCALE_FACTOR, SEQUENCE_LAYOUT, gather_time
 
@@ -68,8 +69,7 @@ def time_warp(knots: int = 4) -> Augmentation:
     """Warp each sequence's time axis smoothly: the playback speed varies between `knots` random
     values in [1 - strength, 1 + strength]; start and end stay in place, linear interpolation.
     Natural range [0, 0.4]; at most 0.9."""
-    if isinstance(knots, bool) or not isinstance(knots, int) or knots < 2:
-        raise ValueError(f"augmentation 'time_warp' option 'knots' has value {knots!r}; allowed: an integer >= 2")
+    validation.check_int("augmentation 'time_warp' option 'knots'", knots, minimum=2)
 
     def apply(key: jax.Array, x: jax.Array, strength: jax.Array) -> jax.Array:
         check_rank(x, (2, 3), "time_warp", SEQUENCE_LAYOUT)

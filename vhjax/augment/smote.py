@@ -13,6 +13,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from vhjax import validation
+
 
 def _generator(seed: Any) -> np.random.Generator:
     """A NumPy generator from an int seed or a JAX PRNG key (same seed, same result)."""
@@ -29,11 +31,9 @@ def _check_inputs(x: np.ndarray, y: np.ndarray, k: Any, target_count: Any) -> No
             f"smote got x of shape {x.shape} and y of shape {y.shape}; allowed: x (N, ...) with labels y (N,)")
     if not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"smote field 'y' has dtype {y.dtype}; allowed: integer class labels")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"smote field 'k' has value {k!r}; allowed: an integer >= 1")
-    if target_count is not None and (isinstance(target_count, bool) or not isinstance(target_count, (int, np.integer))
-                                     or target_count < 1):
-        raise ValueError(f"smote field 'target_count' has value {target_count!r}; allowed: None or an integer >= 1")
+    validation.check_int("smote field 'k'", k, minimum=1)
+    if target_count is not None:
+        validation.check_int("smote field 'target_count'", target_count, minimum=1)
 
 
 def synthesize(rng: np.random.Generator, members: np.ndarray, count: int, k: int) -> np.ndarray:

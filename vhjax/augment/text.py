@@ -7,12 +7,13 @@ tokens past the end off the row, deletion pads the freed places at the end with 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vhjax import validation
 from vhjax.augment.compose import (Augmentation, check_rank, check_strength, identity_at_zero, per_example,
                                    register_augmentation)
 
@@ -26,10 +27,19 @@ def _checked_tokens(x: jax.Array, strength: jax.Array, op: str) -> jax.Array:
     return check_strength(strength)
 
 
+def _per_row(op: str, one: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]) -> Augmentation:
+    """The augmentation `op` that checks its token ids and strength and applies `one(key, row, strength)`
+    to every row (the identity at strength 0)."""
+
+    def apply(key: jax.Array, x: jax.Array, strength: jax.Array) -> jax.Array:
+        strength = _checked_tokens(x, strength, op)
+        return identity_at_zero(strength, x, per_example(key, x, lambda k, row: one(k, row, strength)))
+
+    return apply
+
+
 def _checked_pad(pad_id: Any, op: str) -> int:
-    if isinstance(pad_id, bool) or not isinstance(pad_id, (int, np.integer)):
-        raise ValueError(f"augmentation {op!r} option 'pad_id' has value {pad_id!r}; allowed: an integer token id")
-    return int(pad_id)
+    return validation.check_int(f"augmentation {op!r} option 'pad_id'", pad_id)
 
 
 def _checked_id_array(values: Any, field: str, op: str, ndim: int, shape_text: str) -> np.ndarray:
@@ -71,11 +81,7 @@ def synonym_swap(synonyms: Any = None, pad_id: int = 0) -> Augmentation:
         swap = jax.random.bernoulli(hit_key, strength, row.shape) & known & (count > 0)
         return jnp.where(swap, synonym.astype(row.dtype), row)
 
-    def apply(key: jax.Array, x: jax.Array, strength: jax.Array) -> jax.Array:
-        strength = _checked_tokens(x, strength, "synonym_swap")
-        return identity_at_zero(strength, x, per_example(key, x, lambda k, row: one(k, row, strength)))
-
-    return apply
+    return _per_row("synonym_swap", one)
 
 
 @register_augmentation("random_insertion", max_strength=1.0)
@@ -96,11 +102,7 @@ def random_insertion(tokens: Any = None, pad_id: int = 0) -> Augmentation:
         out = _scatter_row(length, pad, row.dtype, jnp.where(valid, moved, length), row)
         return out.at[jnp.where(insert, moved - 1, length)].set(new_tokens.astype(row.dtype), mode="drop")
 
-    def apply(key: jax.Array, x: jax.Array, strength: jax.Array) -> jax.Array:
-        strength = _checked_tokens(x, strength, "random_insertion")
-        return identity_at_zero(strength, x, per_example(key, x, lambda k, row: one(k, row, strength)))
-
-    return apply
+    return _per_row("random_insertion", one)
 
 
 @register_augmentation("random_deletion", max_strength=1.0)
@@ -121,11 +123,7 @@ def random_deletion(pad_id: int = 0) -> Augmentation:
         targets = jnp.where(keep, jnp.cumsum(keep) - 1, length)
         return _scatter_row(length, pad, row.dtype, targets, row)
 
-    def apply(key: jax.Array, x: jax.Array, strength: jax.Array) -> jax.Array:
-        strength = _checked_tokens(x, strength, "random_deletion")
-        return identity_at_zero(strength, x, per_example(key, x, lambda k, row: one(k, row, strength)))
-
-    return apply
+    return _per_row("random_deletion", one)
 
 
 @register_augmentation("random_swap", max_strength=1.0)
@@ -152,8 +150,4 @@ def random_swap(pad_id: int = 0) -> Augmentation:
 
         return jax.lax.fori_loop(0, length, body, row)
 
-    def apply(key: jax.Array, x: jax.Array, strength: jax.Array) -> jax.Array:
-        strength = _checked_tokens(x, strength, "random_swap")
-        return identity_at_zero(strength, x, per_example(key, x, lambda k, row: one(k, row, strength)))
-
-    return apply
+    return _per_row("random_swap", one)

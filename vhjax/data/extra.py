@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vhjax import validation
 from vhjax.data.dataset import Dataset, register_dataset
 
 SPLIT_SEED = 0
@@ -169,8 +170,7 @@ def load_blobs(data_dir: str | None = None) -> dict[str, Dataset]:
 
 
 def _check_count(field: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{field}={value!r} is not allowed; allowed: an int >= {low}")
+    validation.check_int(field, value, minimum=low)
 
 
 def kfold_indices(n: int, k: int, *, seed: int | None = 0, labels: np.ndarray | None = None
@@ -227,8 +227,7 @@ def resample_indices(y: np.ndarray, method: str = "over", *, seed: int = 0,
     rest drawn with replacement); 'under': every class drawn down to the smallest present count
     without replacement.
     """
-    if method not in RESAMPLE_METHODS:
-        raise ValueError(f"method={method!r} is not allowed; allowed: {list(RESAMPLE_METHODS)}")
+    validation.check_choice("method", method, RESAMPLE_METHODS)
     y, num_classes = _labels(y, num_classes)
     rng = np.random.default_rng(seed)
     groups = [np.flatnonzero(y == c) for c in range(num_classes)]

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vhjax import calibration
+from vhjax import calibration, validation
 
 RULES = ("average", "weighted", "caruana", "vote", "stacking")
 
@@ -135,10 +135,8 @@ def caruana_selection(member_probs: Any, labels: Any, *, rounds: int = 25, metri
     after each round (index 0 = best single member). As the best member is the starting point,
     the result is never worse than the best member on the validation data.
     """
-    if metric not in ("nll", "error"):
-        raise ValueError(f"metric={metric!r}; allowed: 'nll', 'error'")
-    if not isinstance(rounds, int) or rounds < 0:
-        raise ValueError(f"rounds has value {rounds!r}; allowed: a non-negative integer")
+    validation.check_choice("metric", metric, ("nll", "error"))
+    validation.check_int("rounds", rounds, minimum=0)
     probs = jnp.asarray(check_member_probs(member_probs))
     labels = jnp.asarray(labels, jnp.int32)
     score_each = jax.jit(jax.vmap(lambda p: _score(p, labels, metric)))
@@ -254,7 +252,7 @@ def combine_probs(rule: str, member_probs: jax.Array, weights: Any = None, meta:
         return majority_vote(member_probs, weights)
     if rule == "stacking":
         return stacking_predict(meta, member_probs)
-    raise ValueError(f"rule={rule!r}; allowed: {', '.join(RULES)}")
+    raise validation.invalid("rule", rule, "one of " + ", ".join(map(repr, RULES)))
 
 
 def member_scores(member_probs: Any, labels: Any, names: Sequence[str] = ("accuracy", "nll", "ece")) -> dict:

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vhjax import validation
 from vhjax.ensemble.members import MemberGroup
 from vhjax.ensemble.model import Ensemble
 from vhjax.inspect import attacks
@@ -40,8 +41,7 @@ class Trained:
 
 
 def _positive_int(name: str, value: Any) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} has value {value!r}; allowed: a positive integer")
+    validation.check_int(name, value, minimum=1)
 
 
 def _per_member(name: str, value: Any, size: int, *, minimum: float = 0.0, strict: bool = False) -> jnp.ndarray:

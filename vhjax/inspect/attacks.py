@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vhjax import validation
+
 NORMS = ("linf", "l2")
 
 
@@ -29,8 +31,7 @@ def check_epsilon(epsilon: Any, name: str = "epsilon") -> None:
 
 
 def check_norm(norm: str) -> None:
-    if norm not in NORMS:
-        raise ValueError(f"norm has value {norm!r}; allowed: {', '.join(map(repr, NORMS))}")
+    validation.check_choice("norm", norm, NORMS)
 
 
 def _loss_grad(logits_fn: Callable, x: jax.Array, y: jax.Array) -> jax.Array:

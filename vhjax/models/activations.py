@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vhjax import validation
+
 PRELU_SLOPE_INIT = 0.25  # He et al.'s initial negative slope
 
 FUNCTIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -30,8 +32,8 @@ ACTIVATION_NAMES: tuple[str, ...] = tuple(sorted([*FUNCTIONS, "prelu"]))
 
 def check_activation(model: str, field: str, name: Any, allowed: tuple[str, ...] = ACTIVATION_NAMES) -> None:
     """Raise ValueError naming `model`, `field` and the known names if `name` is not one of them."""
-    if not isinstance(name, str) or name not in allowed:
-        raise ValueError(f"{model} field {field!r} has value {name!r}; known activations: {', '.join(allowed)}")
+    validation.require(isinstance(name, str) and name in allowed, f"{model} field {field!r}", name,
+                       "one of the activations " + ", ".join(allowed))
 
 
 def get_activation(name: str, field: str = "activation", model: str = "model") -> Callable[[jax.Array], jax.Array]:

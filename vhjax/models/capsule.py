@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from vhjax.models.layers import Dropout
-from vhjax.models.resnet import check_kernel_fits
+from vhjax.models.resnet import check_images, check_kernel_fits
 from vhjax.models.utils import check_positive, check_rate
 
 
@@ -87,8 +87,7 @@ class CapsNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False, dropout_rate: Any = None) -> jax.Array:
-        if x.ndim != 4:
-            raise ValueError(f"capsnet expects images (batch, height, width, channels); got shape {tuple(x.shape)}")
+        check_images("capsnet", x)
         check_kernel_fits("capsnet", "conv_kernel", self.conv_kernel, x.shape[1:3])
         h = nn.relu(nn.Conv(self.conv_features, (self.conv_kernel,) * 2, padding="VALID", name="conv")(x))
         check_kernel_fits("capsnet", "primary_kernel", self.primary_kernel, h.shape[1:3])

@@ -11,6 +11,7 @@ convolution, each `scan` body times its length.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -47,28 +48,20 @@ def _input_specs(input_shape: Any, dtype: Any, batch_size: int) -> list[jax.Shap
 COUNTS = ("xla", "matmul")
 
 
+def _flops(eqn: Any, operand: int, axes: Sequence[int]) -> float:
+    """2 flops per multiply-add: every output element sums over the `axes` of input `operand`."""
+    shape = eqn.invars[operand].aval.shape
+    return 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(shape[axis] for axis in axes)
+
+
 def _dot_flops(eqn: Any) -> float:
     (lhs_contract, _), _ = eqn.params["dimension_numbers"]
-    lhs = eqn.invars[0].aval.shape
-    contracted = 1
-    for axis in lhs_contract:
-        contracted *= lhs[axis]
-    out = 1
-    for n in eqn.outvars[0].aval.shape:
-        out *= n
-    return 2.0 * out * contracted
+    return _flops(eqn, 0, lhs_contract)
 
 
 def _conv_flops(eqn: Any) -> float:
-    kernel = eqn.invars[1].aval.shape
-    spec = eqn.params["dimension_numbers"].rhs_spec  # (out feature, in feature, *spatial) axes
-    per_output = kernel[spec[1]]
-    for axis in spec[2:]:
-        per_output *= kernel[axis]
-    out = 1
-    for n in eqn.outvars[0].aval.shape:
-        out *= n
-    return 2.0 * out * per_output
+    spec = eqn.params["dimension_numbers"].rhs_spec  # kernel axes: (out feature, in feature, *spatial)
+    return _flops(eqn, 1, spec[1:])
 
 
 def jaxpr_matmul_flops(jaxpr: Any) -> float:

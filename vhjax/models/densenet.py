@@ -17,54 +17,38 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vhjax.models.resnet import (DEFAULT_NORM_EPSILON, DEFAULT_NORM_MOMENTUM, DEFAULT_RUNNING_VAR, check_common, check_int_tuple,
-                                 check_kernel_fits, conv, norm_act, pool_and_classify)
-from vhjax.models.utils import check_choice, check_positive
+from vhjax.models.resnet import ConvClassifier, ConvNormModule, check_int_tuple
+from vhjax.models.utils import check_choice, check_number, check_positive
 
 
-class DenseLayer(nn.Module):
+class DenseLayer(ConvNormModule):
     """One dense layer: returns `concat([x, new_features])` with `growth_rate` new channels."""
 
     growth_rate: int
     bottleneck: bool = True
     bn_size: int = 4
-    norm: str = "batch"
-    activation: str = "relu"
-    conv_impl: str = "auto"
-    norm_momentum: float = DEFAULT_NORM_MOMENTUM
-    norm_epsilon: float = DEFAULT_NORM_EPSILON
-    norm_running_var: str = DEFAULT_RUNNING_VAR
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        h, bias = x, self.norm == "none"
+        h = x
         if self.bottleneck:
-            h = norm_act(self.norm, self.activation, h, train, "norm_1x1", self.norm_momentum, self.norm_epsilon, self.norm_running_var)
-            h = conv(self.conv_impl, self.bn_size * self.growth_rate, (1, 1), use_bias=bias, name="conv_1x1")(h)
-        h = norm_act(self.norm, self.activation, h, train, "norm_3x3", self.norm_momentum, self.norm_epsilon, self.norm_running_var)
-        h = conv(self.conv_impl, self.growth_rate, (3, 3), use_bias=bias, name="conv_3x3")(h)
+            h = self.conv(self.bn_size * self.growth_rate, (1, 1), name="conv_1x1")(self.norm_act(h, train, "norm_1x1"))
+        h = self.conv(self.growth_rate, (3, 3), name="conv_3x3")(self.norm_act(h, train, "norm_3x3"))
         return jnp.concatenate([x, h], axis=-1)
 
 
-class Transition(nn.Module):
+class Transition(ConvNormModule):
     """norm -> act -> 1x1 conv to `features` -> 2x2 average pooling."""
 
     features: int
-    norm: str = "batch"
-    activation: str = "relu"
-    conv_impl: str = "auto"
-    norm_momentum: float = DEFAULT_NORM_MOMENTUM
-    norm_epsilon: float = DEFAULT_NORM_EPSILON
-    norm_running_var: str = DEFAULT_RUNNING_VAR
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        h = norm_act(self.norm, self.activation, x, train, "norm", self.norm_momentum, self.norm_epsilon, self.norm_running_var)
-        h = conv(self.conv_impl, self.features, (1, 1), use_bias=self.norm == "none", name="conv")(h)
+        h = self.conv(self.features, (1, 1), name="conv")(self.norm_act(x, train, "norm"))
         return nn.avg_pool(h, (2, 2), (2, 2), padding="VALID") if min(h.shape[1:3]) >= 2 else h
 
 
-class DenseNet(nn.Module):
+class DenseNet(ConvClassifier):
     """DenseNet classifier on images (N, H, W, C) -> (N, num_classes)."""
 
     growth_rate: int = 12
@@ -76,14 +60,8 @@ class DenseNet(nn.Module):
     stem_kernel: int = 3
     stem_strides: int = 1
     stem_pool: bool = False
-    norm: str = "batch"
-    activation: str = "relu"
-    dropout_rate: float = 0.0
-    num_classes: int = 10
-    conv_impl: str = "auto"
-    norm_momentum: float = DEFAULT_NORM_MOMENTUM
-    norm_epsilon: float = DEFAULT_NORM_EPSILON
-    norm_running_var: str = DEFAULT_RUNNING_VAR
+
+    kind = "densenet"
 
     def __post_init__(self):
         check_int_tuple(self, "densenet", "block_sizes")
@@ -91,37 +69,26 @@ class DenseNet(nn.Module):
             check_positive("densenet", field, getattr(self, field))
         if self.init_features is not None:
             check_positive("densenet", "init_features", self.init_features)
-        if isinstance(self.compression, bool) or not isinstance(self.compression, (int, float)) \
-                or not 0.0 < self.compression <= 1.0:
-            raise ValueError(f"densenet field 'compression' has value {self.compression!r}; "
-                             "allowed: a number in (0, 1]")
+        check_number("densenet", "compression", self.compression, 0.0, 1.0, low_inclusive=False)
         check_choice("densenet", "bottleneck", self.bottleneck, (False, True))
         check_choice("densenet", "stem_pool", self.stem_pool, (False, True))
-        check_common("densenet", self)
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False, dropout_rate: Any = None) -> jax.Array:
-        if x.ndim != 4:
-            raise ValueError(f"densenet expects images (batch, height, width, channels); got shape {tuple(x.shape)}")
-        check_kernel_fits("densenet", "stem_kernel", self.stem_kernel, x.shape[1:3])
+        x = self.image_input(x, "stem_kernel", self.stem_kernel)
         features = self.init_features or 2 * self.growth_rate
-        h = conv(self.conv_impl, features, (self.stem_kernel,) * 2, self.stem_strides,
-                 use_bias=self.norm == "none", name="stem")(x)
+        h = self.conv(features, (self.stem_kernel,) * 2, self.stem_strides, name="stem")(x)
         if self.stem_pool:  # ImageNet stem: norm, act, 3x3/2 max pool
-            h = norm_act(self.norm, self.activation, h, train, "stem_norm", self.norm_momentum, self.norm_epsilon, self.norm_running_var)
-            h = nn.max_pool(h, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+            h = nn.max_pool(self.norm_act(h, train, "stem_norm"), (3, 3), (2, 2), padding=((1, 1), (1, 1)))
         for b, size in enumerate(self.block_sizes):
             for i in range(size):
-                h = DenseLayer(self.growth_rate, self.bottleneck, self.bn_size, self.norm, self.activation,
-                               self.conv_impl, self.norm_momentum, self.norm_epsilon, self.norm_running_var,
+                h = DenseLayer(self.growth_rate, self.bottleneck, self.bn_size, **self.norm_config(),
                                name=f"block{b}_layer{i}")(h, train)
             if b < len(self.block_sizes) - 1:
-                h = Transition(int(h.shape[-1] * self.compression), self.norm, self.activation, self.conv_impl,
-                               self.norm_momentum, self.norm_epsilon, self.norm_running_var, name=f"transition{b}")(h, train)
-        h = norm_act(self.norm, self.activation, h, train, "final_norm", self.norm_momentum, self.norm_epsilon, self.norm_running_var)
-        rate = self.dropout_rate if dropout_rate is None else dropout_rate
-        return pool_and_classify(h, self.num_classes, rate, train)
+                h = Transition(int(h.shape[-1] * self.compression), **self.norm_config(),
+                               name=f"transition{b}")(h, train)
+        return self.classify(self.norm_act(h, train, "final_norm"), train, dropout_rate)
 
 
 def densenet121(**overrides: Any) -> DenseNet:

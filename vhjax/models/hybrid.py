@@ -27,10 +27,10 @@ import jax
 import jax.numpy as jnp
 
 from vhjax.models.activations import check_activation, get_activation
-from vhjax.models.layers import Dropout, add_channel_axis
+from vhjax.models.layers import Dropout, add_channel_axis, keyword_field
 from vhjax.models.resnet import CONV_IMPLS, check_int_tuple, check_kernel_fits, conv
 from vhjax.models.rnn import readout_features
-from vhjax.models.transformer import TransformerEncoder, check_heads, sinusoidal_positions
+from vhjax.models.transformer import TransformerSizes, sinusoidal_positions
 from vhjax.models.utils import check_choice, check_positive, check_rate
 
 RNN_CELLS = ("lstm", "gru", "simple")
@@ -67,36 +67,54 @@ def _spatial_input(model: str, x: jax.Array, kernel: int, allowed: tuple[int, ..
     return x
 
 
-def _check_conv_fields(model: str, module: Any) -> None:
-    check_int_tuple(module, model, "conv_features")
-    check_positive(model, "kernel_size", module.kernel_size)
-    check_activation(model, "activation", module.activation)
-    check_rate(model, "dropout_rate", module.dropout_rate)
-    check_positive(model, "num_classes", module.num_classes)
-    check_choice(model, "conv_impl", module.conv_impl, CONV_IMPLS)
-
-
 def _head(h: jax.Array, num_classes: int, rate: Any, train: bool) -> jax.Array:
     h = Dropout(name="dropout")(h, rate, deterministic=not train)
     return nn.Dense(num_classes, name="head")(h)
 
 
-class CNNRNN(nn.Module):
-    """Conv features -> RNN ('lstm' | 'gru' | 'simple', optionally bidirectional) -> readout -> head."""
+class _ConvFeatureNet(nn.Module):
+    """Fields (`activation`, `dropout_rate`, `num_classes`, `conv_impl` keyword-only) and checks of the
+    conv-then-sequence classifiers, their input check, conv stack and head. `kind` names the model."""
 
     conv_features: Sequence[int] = (16, 32)
     kernel_size: int = 3
+    activation: str = keyword_field("relu")
+    dropout_rate: float = keyword_field(0.0)
+    num_classes: int = keyword_field(10)
+    conv_impl: str = keyword_field("auto")
+
+    kind = "conv_feature_net"
+
+    def __post_init__(self):
+        check_int_tuple(self, self.kind, "conv_features")
+        check_positive(self.kind, "kernel_size", self.kernel_size)
+        check_activation(self.kind, "activation", self.activation)
+        check_rate(self.kind, "dropout_rate", self.dropout_rate)
+        check_positive(self.kind, "num_classes", self.num_classes)
+        check_choice(self.kind, "conv_impl", self.conv_impl, CONV_IMPLS)
+        super().__post_init__()
+
+    def features(self, x: jax.Array, allowed: tuple[int, ...] = (3, 4)) -> tuple[jax.Array, ConvStack]:
+        """The checked input (a channel axis added to (N, L)) and the conv stack 'cnn'."""
+        x = _spatial_input(self.kind, x, self.kernel_size, allowed)
+        return x, ConvStack(self.conv_features, self.kernel_size, self.activation, self.conv_impl, name="cnn")
+
+    def head(self, h: jax.Array, train: bool, dropout_rate: Any) -> jax.Array:
+        """Dropout at `dropout_rate` (None: the field) and the Dense head."""
+        return _head(h, self.num_classes, self.dropout_rate if dropout_rate is None else dropout_rate, train)
+
+
+class CNNRNN(_ConvFeatureNet):
+    """Conv features -> RNN ('lstm' | 'gru' | 'simple', optionally bidirectional) -> readout -> head."""
+
     rnn: str = "lstm"
     hidden_size: int = 32
     bidirectional: bool = False
     readout: str = "last"
-    activation: str = "relu"
-    dropout_rate: float = 0.0
-    num_classes: int = 10
-    conv_impl: str = "auto"
+
+    kind = "cnn_rnn"
 
     def __post_init__(self):
-        _check_conv_fields("cnn_rnn", self)
         check_choice("cnn_rnn", "rnn", self.rnn, RNN_CELLS)
         check_positive("cnn_rnn", "hidden_size", self.hidden_size)
         check_choice("cnn_rnn", "bidirectional", self.bidirectional, (False, True))
@@ -112,8 +130,7 @@ class CNNRNN(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False, dropout_rate: Any = None) -> jax.Array:
-        x = _spatial_input("cnn_rnn", x, self.kernel_size, (3, 4, 5))
-        stack = ConvStack(self.conv_features, self.kernel_size, self.activation, self.conv_impl, name="cnn")
+        x, stack = self.features(x, (3, 4, 5))
         if x.ndim == 5:  # videos: the same CNN on every frame, pooled to one vector per frame
             frames = stack(x.reshape(-1, *x.shape[2:]))
             seq = frames.mean(axis=(1, 2)).reshape(x.shape[0], x.shape[1], -1)
@@ -126,45 +143,30 @@ class CNNRNN(nn.Module):
             rnn = nn.Bidirectional(nn.RNN(self.cell(), parent=None), nn.RNN(self.cell(), parent=None), name="rnn")
         else:
             rnn = nn.RNN(self.cell(), name="rnn")
-        h = readout_features(rnn(seq), self.readout, self.hidden_size, self.bidirectional)
-        rate = self.dropout_rate if dropout_rate is None else dropout_rate
-        return _head(h, self.num_classes, rate, train)
+        return self.head(readout_features(rnn(seq), self.readout, self.hidden_size, self.bidirectional), train,
+                         dropout_rate)
 
 
-class CNNTransformer(nn.Module):
+class CNNTransformer(_ConvFeatureNet, TransformerSizes):
     """Conv features -> tokens (one per feature-map position) -> Transformer encoder -> mean -> head."""
 
-    conv_features: Sequence[int] = (16, 32)
-    kernel_size: int = 3
-    width: int = 32
-    num_heads: int = 4
-    num_layers: int = 2
-    mlp_dim: int | None = None  # None: 2 * width
     ffn_activation: str = "gelu"
-    activation: str = "relu"
-    dropout_rate: float = 0.0
-    num_classes: int = 10
-    conv_impl: str = "auto"
+
+    kind = "cnn_transformer"
 
     def __post_init__(self):
-        _check_conv_fields("cnn_transformer", self)
-        check_heads("cnn_transformer", self.width, self.num_heads)
-        check_positive("cnn_transformer", "num_layers", self.num_layers)
-        if self.mlp_dim is not None:
-            check_positive("cnn_transformer", "mlp_dim", self.mlp_dim)
-        check_activation("cnn_transformer", "ffn_activation", self.ffn_activation)
+        check_activation(self.kind, "ffn_activation", self.ffn_activation)
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False, dropout_rate: Any = None) -> jax.Array:
-        x = _spatial_input("cnn_transformer", x, self.kernel_size, (3, 4))
-        h = ConvStack(self.conv_features, self.kernel_size, self.activation, self.conv_impl, name="cnn")(x)
+        x, stack = self.features(x)
+        h = stack(x)
         tokens = nn.Dense(self.width, name="project")(h.reshape(h.shape[0], -1, h.shape[-1]))
         tokens = tokens + sinusoidal_positions(tokens.shape[1], self.width)
         rate = self.dropout_rate if dropout_rate is None else dropout_rate
-        tokens = TransformerEncoder(self.num_layers, self.num_heads, self.mlp_dim or 2 * self.width,
-                                    self.ffn_activation, name="encoder")(tokens, None, rate, train)
-        return _head(tokens.mean(axis=1), self.num_classes, rate, train)
+        tokens = self.encoder(self.ffn_activation)(tokens, None, rate, train)
+        return self.head(tokens.mean(axis=1), train, dropout_rate)
 
 
 class SelfAttention(nn.Module):
@@ -185,27 +187,16 @@ class SelfAttention(nn.Module):
         return x + gamma * jnp.einsum("npq,nqc->npc", weights, v).reshape(x.shape)
 
 
-class CNNSelfAttention(nn.Module):
+class CNNSelfAttention(_ConvFeatureNet):
     """Conv features -> self-attention block -> global average pooling -> head (sequences or images)."""
 
-    conv_features: Sequence[int] = (16, 32)
-    kernel_size: int = 3
-    activation: str = "relu"
-    dropout_rate: float = 0.0
-    num_classes: int = 10
-    conv_impl: str = "auto"
-
-    def __post_init__(self):
-        _check_conv_fields("cnn_self_attention", self)
-        super().__post_init__()
+    kind = "cnn_self_attention"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False, dropout_rate: Any = None) -> jax.Array:
-        x = _spatial_input("cnn_self_attention", x, self.kernel_size, (3, 4))
-        h = ConvStack(self.conv_features, self.kernel_size, self.activation, self.conv_impl, name="cnn")(x)
-        h = SelfAttention(name="attention")(h)
-        rate = self.dropout_rate if dropout_rate is None else dropout_rate
-        return _head(h.mean(axis=tuple(range(1, h.ndim - 1))), self.num_classes, rate, train)
+        x, stack = self.features(x)
+        h = SelfAttention(name="attention")(stack(x))
+        return self.head(h.mean(axis=tuple(range(1, h.ndim - 1))), train, dropout_rate)
 
 
 # --- composites of zoo models ---------------------------------------------------------------------

@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.nn import initializers as jinit
 
+from vhjax import validation
+
 Initializer = Callable[..., jax.Array]
 
 
@@ -103,12 +105,11 @@ def get_initializer(name: str, **kwargs: Any) -> Initializer:
     Unknown names and unknown or non-numeric keyword arguments raise ValueError naming them.
     """
     if name not in INITIALIZER_NAMES:
-        raise ValueError(f"unknown initializer {name!r}; known initializers: {', '.join(INITIALIZER_NAMES)}")
+        raise validation.unknown_name("initializer", name, INITIALIZER_NAMES)
     builder, defaults = _TABLE[ALIASES.get(name, name)]
     for field, value in kwargs.items():
         if field not in defaults:
             allowed = ", ".join(defaults) or "none"
             raise ValueError(f"initializer {name!r} got unknown field {field!r} = {value!r}; allowed fields: {allowed}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"initializer {name!r} field {field!r} has value {value!r}; allowed: a finite number")
+        validation.check_number(f"initializer {name!r} field {field!r}", value)
     return builder(**{**defaults, **kwargs})

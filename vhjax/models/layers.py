@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.linen import kw_only_dataclasses
 
 from vhjax.models import activations
 
@@ -56,3 +58,9 @@ def get_activation(name: str, field: str = "activation"):
 def add_channel_axis(x: jax.Array) -> jax.Array:
     """(N, L) sequences -> (N, L, 1); (N, L, C) is returned unchanged."""
     return x[..., None] if x.ndim == 2 else x
+
+
+def keyword_field(default: Any) -> Any:
+    """A module field with a default, passed by keyword only: a base class can hold it while its
+    subclasses still declare (positional) fields without defaults."""
+    return kw_only_dataclasses.field(default=default, kw_only=True)

@@ -20,9 +20,8 @@ from jax import lax
 
 from vhjax.models.initializers import get_initializer
 from vhjax.models.patch_conv import extract_patches, resolve_conv_impl
-from vhjax.models.resnet import (DEFAULT_NORM_EPSILON, DEFAULT_NORM_MOMENTUM, DEFAULT_RUNNING_VAR, check_common, check_kernel_fits, conv,
-                                 norm_act, pool_and_classify)
-from vhjax.models.utils import as_tuple, check_positive, set_normalized
+from vhjax.models.resnet import ConvClassifier, ConvNormModule
+from vhjax.models.utils import as_tuple, check_number, check_positive, set_normalized
 
 # (features, stride) of MobileNet v1's 13 separable blocks
 MOBILENET_V1_BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1), (512, 1),
@@ -61,30 +60,22 @@ class DepthwiseConv(nn.Module):
         return y
 
 
-class SeparableBlock(nn.Module):
+class SeparableBlock(ConvNormModule):
     """depthwise k x k (stride) -> norm -> act -> pointwise 1x1 (features) -> norm -> act."""
 
     features: int
     strides: int = 1
     kernel_size: int = 3
-    norm: str = "batch"
-    activation: str = "relu"
-    conv_impl: str = "auto"
-    norm_momentum: float = DEFAULT_NORM_MOMENTUM
-    norm_epsilon: float = DEFAULT_NORM_EPSILON
-    norm_running_var: str = DEFAULT_RUNNING_VAR
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        bias = self.norm == "none"
-        h = DepthwiseConv((self.kernel_size,) * 2, self.strides, use_bias=bias, impl=self.conv_impl,
+        h = DepthwiseConv((self.kernel_size,) * 2, self.strides, use_bias=self.norm == "none", impl=self.conv_impl,
                           name="depthwise")(x)
-        h = norm_act(self.norm, self.activation, h, train, "depthwise_norm", self.norm_momentum, self.norm_epsilon, self.norm_running_var)
-        h = conv(self.conv_impl, self.features, (1, 1), use_bias=bias, name="pointwise")(h)
-        return norm_act(self.norm, self.activation, h, train, "pointwise_norm", self.norm_momentum, self.norm_epsilon, self.norm_running_var)
+        h = self.conv(self.features, (1, 1), name="pointwise")(self.norm_act(h, train, "depthwise_norm"))
+        return self.norm_act(h, train, "pointwise_norm")
 
 
-class MobileNet(nn.Module):
+class MobileNet(ConvClassifier):
     """MobileNet-v1-style classifier on images (N, H, W, C): 3x3 stem conv, separable `blocks`
     ((features, stride) pairs) with every width scaled by `width_multiplier` (at least 8 channels),
     global average pooling, dropout, Dense head. Defaults: v1's blocks with a stride-1 stem for
@@ -95,14 +86,8 @@ class MobileNet(nn.Module):
     stem_features: int = 32
     stem_strides: int = 1
     kernel_size: int = 3
-    norm: str = "batch"
-    activation: str = "relu"
-    dropout_rate: float = 0.0
-    num_classes: int = 10
-    conv_impl: str = "auto"
-    norm_momentum: float = DEFAULT_NORM_MOMENTUM
-    norm_epsilon: float = DEFAULT_NORM_EPSILON
-    norm_running_var: str = DEFAULT_RUNNING_VAR
+
+    kind = "mobilenet"
 
     def __post_init__(self):
         blocks = as_tuple(self.blocks)
@@ -114,13 +99,9 @@ class MobileNet(nn.Module):
             check_positive("mobilenet", f"blocks[{i}].features", features)
             check_positive("mobilenet", f"blocks[{i}].stride", stride)
         set_normalized(self, "blocks", blocks)
-        if isinstance(self.width_multiplier, bool) or not isinstance(self.width_multiplier, (int, float)) \
-                or not self.width_multiplier > 0:
-            raise ValueError(f"mobilenet field 'width_multiplier' has value {self.width_multiplier!r}; "
-                             "allowed: a positive number")
+        check_number("mobilenet", "width_multiplier", self.width_multiplier, 0.0, low_inclusive=False)
         for field in ("stem_features", "stem_strides", "kernel_size"):
             check_positive("mobilenet", field, getattr(self, field))
-        check_common("mobilenet", self)
         super().__post_init__()
 
     def scaled(self, features: int) -> int:
@@ -128,17 +109,13 @@ class MobileNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False, dropout_rate: Any = None) -> jax.Array:
-        if x.ndim != 4:
-            raise ValueError(f"mobilenet expects images (batch, height, width, channels); got shape {tuple(x.shape)}")
-        check_kernel_fits("mobilenet", "kernel_size", self.kernel_size, x.shape[1:3])
-        h = conv(self.conv_impl, self.scaled(self.stem_features), (3, 3), self.stem_strides,
-                 use_bias=self.norm == "none", name="stem")(x)
-        h = norm_act(self.norm, self.activation, h, train, "stem_norm", self.norm_momentum, self.norm_epsilon, self.norm_running_var)
+        x = self.image_input(x, "kernel_size", self.kernel_size)
+        h = self.conv(self.scaled(self.stem_features), (3, 3), self.stem_strides, name="stem")(x)
+        h = self.norm_act(h, train, "stem_norm")
         for i, (features, stride) in enumerate(self.blocks):
-            h = SeparableBlock(self.scaled(features), stride, self.kernel_size, self.norm, self.activation,
-                               self.conv_impl, self.norm_momentum, self.norm_epsilon, self.norm_running_var, name=f"block_{i}")(h, train)
-        rate = self.dropout_rate if dropout_rate is None else dropout_rate
-        return pool_and_classify(h, self.num_classes, rate, train)
+            h = SeparableBlock(self.scaled(features), stride, self.kernel_size, **self.norm_config(),
+                               name=f"block_{i}")(h, train)
+        return self.classify(h, train, dropout_rate)
 
 
 def mobilenet_v1(**overrides: Any) -> MobileNet:

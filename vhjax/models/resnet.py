@@ -18,7 +18,9 @@ shortcut (Goyal et al. 2017), which lets deep un-normalised ResNets train. `shor
 shortcut of blocks whose shape does not change ('identity', 'norm' or 'conv'; see ResidualBlock).
 
 The helpers here (`conv`, `Norm`, `check_kernel_fits`, ...) are shared by densenet.py,
-mobilenet.py and hybrid.py.
+mobilenet.py and hybrid.py; so are `ConvNormModule` (the norm / activation / conv-implementation
+fields every conv block and classifier here has, keyword-only, and the layers built from them) and
+`ConvClassifier` (those plus `dropout_rate` and `num_classes`, the image input check and the head).
 """
 
 from __future__ import annotations
@@ -32,10 +34,10 @@ import jax
 from vhjax.models.activations import check_activation, get_activation
 from vhjax.models.batchnorm import RUNNING_VARS, BatchNorm
 from vhjax.models.initializers import get_initializer
-from vhjax.models.layers import Dropout, add_channel_axis
+from vhjax.models.layers import Dropout, add_channel_axis, keyword_field
 from vhjax.models.patch_conv import CONV_IMPLS, PatchConv, resolve_conv_impl
-from vhjax.models.utils import (as_tuple, check_choice, check_positive, check_positive_ints, check_rate,
-                                set_normalized)
+from vhjax.models.utils import (as_tuple, check_choice, check_number, check_positive, check_positive_ints,
+                                check_rate, set_normalized)
 
 NORMS = ("batch", "group", "layer", "none")
 SHORTCUTS = ("identity", "norm", "conv")
@@ -101,11 +103,8 @@ def norm_act(kind: str, activation: str, x: jax.Array, train: bool, name: str,
 
 def check_norm_fields(model: str, module: Any) -> None:
     """`norm_momentum` in [0, 1), `norm_epsilon` > 0 (plain numbers: static fields), `norm_running_var`."""
-    for field, ok, allowed in (("norm_momentum", lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
-                               ("norm_epsilon", lambda v: v > 0.0, "a number > 0")):
-        value = getattr(module, field)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
-            raise ValueError(f"{model} field {field!r} has value {value!r}; allowed: {allowed}")
+    check_number(model, "norm_momentum", module.norm_momentum, 0.0, 1.0, high_inclusive=False)
+    check_number(model, "norm_epsilon", module.norm_epsilon, 0.0, low_inclusive=False)
     check_choice(model, "norm_running_var", module.norm_running_var, RUNNING_VARS)
 
 
@@ -137,6 +136,12 @@ def check_int_tuple(module: nn.Module, model: str, field: str, allow_empty: bool
     return value
 
 
+def check_images(model: str, x: jax.Array) -> None:
+    """Image models take (N, H, W, C) inputs."""
+    if x.ndim != 4:
+        raise ValueError(f"{model} expects images (batch, height, width, channels); got shape {tuple(x.shape)}")
+
+
 def pool_and_classify(h: jax.Array, num_classes: int, rate: Any, train: bool) -> jax.Array:
     """Global average pooling over the spatial axes, dropout, Dense head -> (N, num_classes)."""
     h = h.mean(axis=tuple(range(1, h.ndim - 1)))
@@ -144,9 +149,69 @@ def pool_and_classify(h: jax.Array, num_classes: int, rate: Any, train: bool) ->
     return nn.Dense(num_classes, name="head")(h)
 
 
+NORM_CONFIG_FIELDS = ("norm", "activation", "conv_impl", "norm_momentum", "norm_epsilon", "norm_running_var")
+
+
+class ConvNormModule(nn.Module):
+    """The normalisation, activation and conv-implementation fields (keyword-only) shared by the conv
+    blocks and classifiers of resnet.py, densenet.py and mobilenet.py, and the layers built from them."""
+
+    norm: str = keyword_field("batch")
+    activation: str = keyword_field("relu")
+    conv_impl: str = keyword_field("auto")
+    norm_momentum: float = keyword_field(DEFAULT_NORM_MOMENTUM)
+    norm_epsilon: float = keyword_field(DEFAULT_NORM_EPSILON)
+    norm_running_var: str = keyword_field(DEFAULT_RUNNING_VAR)
+
+    def norm_config(self) -> dict[str, Any]:
+        """These fields, as keywords for a child block."""
+        return {field: getattr(self, field) for field in NORM_CONFIG_FIELDS}
+
+    def conv(self, features: int, kernel_size: Sequence[int], strides: int | Sequence[int] = 1, *,
+             zero_init: bool = False, name: str | None = None) -> nn.Module:
+        """`conv` with this module's implementation, biased only when no norm follows (`norm='none'`)."""
+        return conv(self.conv_impl, features, kernel_size, strides, use_bias=self.norm == "none", zero_init=zero_init,
+                    name=name)
+
+    def norm_layer(self, name: str, zero_init: bool = False) -> Norm:
+        return Norm(self.norm, zero_init=zero_init, momentum=self.norm_momentum, epsilon=self.norm_epsilon,
+                    running_var=self.norm_running_var, name=name)
+
+    def norm_act(self, x: jax.Array, train: bool, name: str) -> jax.Array:
+        """`norm_act` with this module's norm and activation fields."""
+        return norm_act(self.norm, self.activation, x, train, name, self.norm_momentum, self.norm_epsilon,
+                        self.norm_running_var)
+
+
+class ConvClassifier(ConvNormModule):
+    """A `ConvNormModule` classifier: adds `dropout_rate` and `num_classes` (keyword-only), checks the
+    shared fields after the subclass's own checks, and ends in `pool_and_classify`. `kind` names the
+    model in error messages."""
+
+    dropout_rate: float = keyword_field(0.0)
+    num_classes: int = keyword_field(10)
+
+    kind = "conv_classifier"
+
+    def __post_init__(self):
+        check_common(self.kind, self)
+        super().__post_init__()
+
+    def image_input(self, x: jax.Array, field: str, kernel: int) -> jax.Array:
+        """Check that `x` is a batch of images that the `field` kernel fits."""
+        check_images(self.kind, x)
+        check_kernel_fits(self.kind, field, kernel, x.shape[1:3])
+        return x
+
+    def classify(self, h: jax.Array, train: bool, dropout_rate: Any) -> jax.Array:
+        """`pool_and_classify` at `dropout_rate` (None: the `dropout_rate` field)."""
+        rate = self.dropout_rate if dropout_rate is None else dropout_rate
+        return pool_and_classify(h, self.num_classes, rate, train)
+
+
 # --- blocks -------------------------------------------------------------------------------------
 
-class ResidualBlock(nn.Module):
+class ResidualBlock(ConvNormModule):
     """`act(branch(x) + shortcut(x))`; the branch is one conv per entry of `kernel_sizes` (the first
     strided), each normalised, activated except the last. Two 3x3 convs = ResNet's basic block.
 
@@ -160,62 +225,43 @@ class ResidualBlock(nn.Module):
     kernel_sizes: Sequence[int] = (3, 3)
     strides: int = 1
     spatial_dims: int = 2
-    norm: str = "batch"
-    activation: str = "relu"
-    conv_impl: str = "auto"
-    norm_momentum: float = DEFAULT_NORM_MOMENTUM
-    norm_epsilon: float = DEFAULT_NORM_EPSILON
-    norm_running_var: str = DEFAULT_RUNNING_VAR
     shortcut: str = "identity"
     zero_init_residual: bool = True
 
-    def norm_layer(self, name: str, zero_init: bool = False) -> Norm:
-        return Norm(self.norm, zero_init=zero_init, momentum=self.norm_momentum, epsilon=self.norm_epsilon, running_var=self.norm_running_var,
-                    name=name)
+    def branch(self) -> tuple[int, list[tuple[int, tuple[int, ...], int]]]:
+        """The block's output width and its branch's convs as (features, kernel, stride)."""
+        return self.features, [(self.features, (k,) * self.spatial_dims, self.strides if i == 0 else 1)
+                               for i, k in enumerate(self.kernel_sizes)]
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        bias = self.norm == "none"
-        h = x
-        last = len(self.kernel_sizes) - 1
-        for i, k in enumerate(self.kernel_sizes):
+        out, layers = self.branch()
+        h, last = x, len(layers) - 1
+        for i, (features, kernel, stride) in enumerate(layers):
             zero = self.zero_init_residual and i == last
-            h = conv(self.conv_impl, self.features, (k,) * self.spatial_dims, self.strides if i == 0 else 1,
-                     use_bias=bias, zero_init=bias and zero, name=f"conv_{i}")(h)
+            h = self.conv(features, kernel, stride, zero_init=self.norm == "none" and zero, name=f"conv_{i}")(h)
             if self.norm != "none":
                 h = self.norm_layer(f"norm_{i}", zero)(h, train)
             if i < last:
                 h = get_activation(self.activation)(h)
-        return get_activation(self.activation)(h + self.shortcut_to(self.features, x, train))
+        return get_activation(self.activation)(h + self.shortcut_to(out, x, train))
 
     def shortcut_to(self, out: int, x: jax.Array, train: bool) -> jax.Array:
         same = self.strides == 1 and x.shape[-1] == out
         if same and (self.shortcut == "identity" or (self.shortcut == "norm" and self.norm == "none")):
             return x
         if not (same and self.shortcut == "norm"):
-            x = conv(self.conv_impl, out, (1,) * self.spatial_dims, self.strides, use_bias=self.norm == "none",
-                     name="proj")(x)
+            x = self.conv(out, (1,) * self.spatial_dims, self.strides, name="proj")(x)
         return self.norm_layer("proj_norm")(x, train) if self.norm != "none" else x
 
 
 class BottleneckBlock(ResidualBlock):
     """ResNet-50's block: 1x1 (features) -> 3x3 strided (features) -> 1x1 (4 * features), plus shortcut."""
 
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        bias, out = self.norm == "none", self.features * BOTTLENECK_EXPANSION
+    def branch(self) -> tuple[int, list[tuple[int, tuple[int, ...], int]]]:
+        out = self.features * BOTTLENECK_EXPANSION
         one, three = (1,) * self.spatial_dims, (3,) * self.spatial_dims
-        h = x
-        for i, (features, kernel, stride) in enumerate(
-                [(self.features, one, 1), (self.features, three, self.strides), (out, one, 1)]):
-            zero = self.zero_init_residual and i == 2
-            h = conv(self.conv_impl, features, kernel, stride, use_bias=bias, zero_init=bias and zero,
-                     name=f"conv_{i}")(h)
-            if self.norm != "none":
-                h = self.norm_layer(f"norm_{i}", zero)(h, train)
-            if i < 2:
-                h = get_activation(self.activation)(h)
-        return get_activation(self.activation)(h + self.shortcut_to(out, x, train))
+        return out, [(self.features, one, 1), (self.features, three, self.strides), (out, one, 1)]
 
 
 def check_residual_fields(model: str, module: Any) -> None:
@@ -225,7 +271,7 @@ def check_residual_fields(model: str, module: Any) -> None:
 
 # --- image ResNet -------------------------------------------------------------------------------
 
-class ResNet(nn.Module):
+class ResNet(ConvClassifier):
     """Image ResNet on (N, H, W, C): stem conv (+ norm, act, optional 3x3/2 max pool), stages of
     `stage_sizes[i]` blocks of width `widths[i]` (the first block of stages i > 0 has stride 2),
     global average pooling, dropout, Dense head. Defaults are ResNet-20 (He et al. 2016, CIFAR)."""
@@ -237,16 +283,10 @@ class ResNet(nn.Module):
     stem_kernel: int = 3
     stem_strides: int = 1
     stem_pool: bool = False
-    norm: str = "batch"
-    activation: str = "relu"
-    dropout_rate: float = 0.0
-    num_classes: int = 10
-    conv_impl: str = "auto"
-    norm_momentum: float = DEFAULT_NORM_MOMENTUM
-    norm_epsilon: float = DEFAULT_NORM_EPSILON
-    norm_running_var: str = DEFAULT_RUNNING_VAR
     shortcut: str = "identity"
     zero_init_residual: bool = True
+
+    kind = "resnet"
 
     def __post_init__(self):
         sizes = check_int_tuple(self, "resnet", "stage_sizes")
@@ -258,30 +298,23 @@ class ResNet(nn.Module):
         for field in ("stem_features", "stem_kernel", "stem_strides"):
             check_positive("resnet", field, getattr(self, field))
         check_choice("resnet", "stem_pool", self.stem_pool, (False, True))
-        check_common("resnet", self)
         check_residual_fields("resnet", self)
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False, dropout_rate: Any = None) -> jax.Array:
-        if x.ndim != 4:
-            raise ValueError(f"resnet expects images (batch, height, width, channels); got shape {tuple(x.shape)}")
-        check_kernel_fits("resnet", "stem_kernel", self.stem_kernel, x.shape[1:3])
-        h = conv(self.conv_impl, self.stem_features, (self.stem_kernel,) * 2, self.stem_strides,
-                 use_bias=self.norm == "none", name="stem")(x)
-        h = norm_act(self.norm, self.activation, h, train, "stem_norm", self.norm_momentum, self.norm_epsilon, self.norm_running_var)
+        x = self.image_input(x, "stem_kernel", self.stem_kernel)
+        h = self.conv(self.stem_features, (self.stem_kernel,) * 2, self.stem_strides, name="stem")(x)
+        h = self.norm_act(h, train, "stem_norm")
         if self.stem_pool:
             h = nn.max_pool(h, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
         block_cls = BottleneckBlock if self.block == "bottleneck" else ResidualBlock
         for stage, (size, width) in enumerate(zip(self.stage_sizes, self.widths)):
             for index in range(size):
                 strides = 2 if stage > 0 and index == 0 else 1
-                h = block_cls(width, (3, 3), strides, 2, self.norm, self.activation, self.conv_impl,
-                              norm_momentum=self.norm_momentum, norm_epsilon=self.norm_epsilon, norm_running_var=self.norm_running_var,
-                              shortcut=self.shortcut, zero_init_residual=self.zero_init_residual,
-                              name=f"stage{stage}_block{index}")(h, train)
-        rate = self.dropout_rate if dropout_rate is None else dropout_rate
-        return pool_and_classify(h, self.num_classes, rate, train)
+                h = block_cls(width, (3, 3), strides, 2, self.shortcut, self.zero_init_residual,
+                              **self.norm_config(), name=f"stage{stage}_block{index}")(h, train)
+        return self.classify(h, train, dropout_rate)
 
 
 def resnet20(**overrides: Any) -> ResNet:
@@ -304,26 +337,17 @@ def resnet50(**overrides: Any) -> ResNet:
 
 # --- time series (Wang, Yan & Oates 2017) -------------------------------------------------------
 
-class _SequenceNet(nn.Module):
+class _SequenceNet(ConvClassifier):
     """Shared fields and input handling of FCN1D and ResNet1D."""
 
     widths: Sequence[int] = (128, 256, 128)
     kernel_sizes: Sequence[int] = (8, 5, 3)
-    norm: str = "batch"
-    activation: str = "relu"
-    dropout_rate: float = 0.0
-    num_classes: int = 10
-    conv_impl: str = "auto"
-    norm_momentum: float = DEFAULT_NORM_MOMENTUM
-    norm_epsilon: float = DEFAULT_NORM_EPSILON
-    norm_running_var: str = DEFAULT_RUNNING_VAR
 
     kind = "sequence_net"
 
     def __post_init__(self):
         check_int_tuple(self, self.kind, "widths")
         check_int_tuple(self, self.kind, "kernel_sizes")
-        check_common(self.kind, self)
         super().__post_init__()
 
     def prepare(self, x: jax.Array) -> jax.Array:
@@ -352,10 +376,9 @@ class FCN1D(_SequenceNet):
     def __call__(self, x: jax.Array, *, train: bool = False, dropout_rate: Any = None) -> jax.Array:
         h = self.prepare(x)
         for i, (width, k) in enumerate(zip(self.widths, self.kernel_sizes)):
-            h = conv(self.conv_impl, width, (k,), use_bias=self.norm == "none", name=f"conv_{i}")(h)
-            h = norm_act(self.norm, self.activation, h, train, f"norm_{i}", self.norm_momentum, self.norm_epsilon, self.norm_running_var)
-        rate = self.dropout_rate if dropout_rate is None else dropout_rate
-        return pool_and_classify(h, self.num_classes, rate, train)
+            h = self.conv(width, (k,), name=f"conv_{i}")(h)
+            h = self.norm_act(h, train, f"norm_{i}")
+        return self.classify(h, train, dropout_rate)
 
 
 class ResNet1D(_SequenceNet):
@@ -377,9 +400,6 @@ class ResNet1D(_SequenceNet):
     def __call__(self, x: jax.Array, *, train: bool = False, dropout_rate: Any = None) -> jax.Array:
         h = self.prepare(x)
         for i, width in enumerate(self.widths):
-            h = ResidualBlock(width, self.kernel_sizes, 1, 1, self.norm, self.activation, self.conv_impl,
-                              norm_momentum=self.norm_momentum, norm_epsilon=self.norm_epsilon, norm_running_var=self.norm_running_var,
-                              shortcut=self.shortcut, zero_init_residual=self.zero_init_residual,
-                              name=f"block_{i}")(h, train)
-        rate = self.dropout_rate if dropout_rate is None else dropout_rate
-        return pool_and_classify(h, self.num_classes, rate, train)
+            h = ResidualBlock(width, self.kernel_sizes, 1, 1, self.shortcut, self.zero_init_residual,
+                              **self.norm_config(), name=f"block_{i}")(h, train)
+        return self.classify(h, train, dropout_rate)

@@ -23,50 +23,59 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from vhjax.models.layers import Dropout
-from vhjax.models.transformer import (TransformerDecoder, TransformerEncoder, check_transformer_fields,
-                                      padding_mask, sinusoidal_positions)
+from vhjax.models.activations import check_activation
+from vhjax.models.layers import Dropout, keyword_field
+from vhjax.models.transformer import TransformerDecoder, TransformerSizes, padding_mask, sinusoidal_positions
 from vhjax.models.utils import check_positive, check_rate
 
 
-def _check_tokens(model: str, src: jax.Array, tgt_in: jax.Array) -> None:
-    if src.ndim != 2 or tgt_in.ndim != 2 or src.shape[0] != tgt_in.shape[0]:
-        raise ValueError(f"{model} expects token ids src (batch, S) and tgt_in (batch, T); got shapes "
-                         f"{tuple(src.shape)} and {tuple(tgt_in.shape)}")
-
-
-def _check_vocab_fields(model: str, module: Any) -> None:
-    for field in ("src_vocab", "tgt_vocab"):
-        check_positive(model, field, getattr(module, field))
-    pad_id = module.pad_id
-    if isinstance(pad_id, bool) or not isinstance(pad_id, int) or not 0 <= pad_id < module.src_vocab:
-        raise ValueError(f"{model} field 'pad_id' has value {module.pad_id!r}; allowed: a token id in "
-                         f"[0, src_vocab = {module.src_vocab})")
-
-
-class RNNSeq2Seq(nn.Module):
-    """BiLSTM encoder, LSTM decoder with attention; `(src, tgt_in) -> (N, T, tgt_vocab)` logits."""
+class _Seq2Seq(nn.Module):
+    """Vocabulary, padding and dropout fields (`pad_id`, `dropout_rate` keyword-only) of the seq2seq
+    models, their checks, and the input check and dropout of a call."""
 
     src_vocab: int = 32
     tgt_vocab: int = 32
-    embed_dim: int = 32
-    hidden_size: int = 32
-    pad_id: int = 0
-    dropout_rate: float = 0.0
+    pad_id: int = keyword_field(0)
+    dropout_rate: float = keyword_field(0.0)
+
+    kind = "seq2seq"
 
     def __post_init__(self):
-        _check_vocab_fields("rnn_seq2seq", self)
+        for field in ("src_vocab", "tgt_vocab"):
+            check_positive(self.kind, field, getattr(self, field))
+        pad_id = self.pad_id
+        if isinstance(pad_id, bool) or not isinstance(pad_id, int) or not 0 <= pad_id < self.src_vocab:
+            raise ValueError(f"{self.kind} field 'pad_id' has value {pad_id!r}; allowed: a token id in "
+                             f"[0, src_vocab = {self.src_vocab})")
+        check_rate(self.kind, "dropout_rate", self.dropout_rate)
+        super().__post_init__()
+
+    def dropout(self, src: jax.Array, tgt_in: jax.Array, train: bool, dropout_rate: Any):
+        """Check the token ids; return the call's dropout rate and `drop(h, name)`, a dropout layer at it."""
+        if src.ndim != 2 or tgt_in.ndim != 2 or src.shape[0] != tgt_in.shape[0]:
+            raise ValueError(f"{self.kind} expects token ids src (batch, S) and tgt_in (batch, T); got shapes "
+                             f"{tuple(src.shape)} and {tuple(tgt_in.shape)}")
+        rate = self.dropout_rate if dropout_rate is None else dropout_rate
+        return rate, lambda h, name: Dropout(name=name)(h, rate, deterministic=not train)
+
+
+class RNNSeq2Seq(_Seq2Seq):
+    """BiLSTM encoder, LSTM decoder with attention; `(src, tgt_in) -> (N, T, tgt_vocab)` logits."""
+
+    embed_dim: int = 32
+    hidden_size: int = 32
+
+    kind = "rnn_seq2seq"
+
+    def __post_init__(self):
         check_positive("rnn_seq2seq", "embed_dim", self.embed_dim)
         check_positive("rnn_seq2seq", "hidden_size", self.hidden_size)
-        check_rate("rnn_seq2seq", "dropout_rate", self.dropout_rate)
         super().__post_init__()
 
     @nn.compact
     def __call__(self, src: jax.Array, tgt_in: jax.Array, *, train: bool = False,
                  dropout_rate: Any = None) -> jax.Array:
-        _check_tokens("rnn_seq2seq", src, tgt_in)
-        rate = self.dropout_rate if dropout_rate is None else dropout_rate
-        drop = lambda h, name: Dropout(name=name)(h, rate, deterministic=not train)
+        _, drop = self.dropout(src, tgt_in, train, dropout_rate)
         hidden = self.hidden_size
         src_valid = src != self.pad_id
         lengths = jnp.maximum(src_valid.sum(axis=1), 1)
@@ -88,22 +97,15 @@ class RNNSeq2Seq(nn.Module):
         return nn.Dense(self.tgt_vocab, name="out")(drop(attentional, "out_dropout"))
 
 
-class TransformerSeq2Seq(nn.Module):
+class TransformerSeq2Seq(_Seq2Seq, TransformerSizes):
     """Transformer encoder-decoder; `(src, tgt_in) -> (N, T, tgt_vocab)` logits."""
 
-    src_vocab: int = 32
-    tgt_vocab: int = 32
-    width: int = 32
-    num_heads: int = 4
-    num_layers: int = 2
-    mlp_dim: int | None = None  # None: 2 * width
     activation: str = "gelu"
-    pad_id: int = 0
-    dropout_rate: float = 0.0
+
+    kind = "transformer_seq2seq"
 
     def __post_init__(self):
-        _check_vocab_fields("transformer_seq2seq", self)
-        check_transformer_fields("transformer_seq2seq", self)
+        check_activation(self.kind, "activation", self.activation)
         super().__post_init__()
 
     def embed(self, tokens: jax.Array, vocab: int, name: str) -> jax.Array:
@@ -113,12 +115,10 @@ class TransformerSeq2Seq(nn.Module):
     @nn.compact
     def __call__(self, src: jax.Array, tgt_in: jax.Array, *, train: bool = False,
                  dropout_rate: Any = None) -> jax.Array:
-        _check_tokens("transformer_seq2seq", src, tgt_in)
-        rate = self.dropout_rate if dropout_rate is None else dropout_rate
-        drop = lambda h, name: Dropout(name=name)(h, rate, deterministic=not train)
+        rate, drop = self.dropout(src, tgt_in, train, dropout_rate)
         mlp_dim = self.mlp_dim or 2 * self.width
         src_valid, tgt_valid = src != self.pad_id, tgt_in != self.pad_id
-        memory = TransformerEncoder(self.num_layers, self.num_heads, mlp_dim, self.activation, name="encoder")(
+        memory = self.encoder(self.activation)(
             drop(self.embed(src, self.src_vocab, "src_embed"), "src_dropout"), padding_mask(src_valid, src_valid),
             rate, train)
         decoded = TransformerDecoder(self.num_layers, self.num_heads, mlp_dim, self.activation, name="decoder")(

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vhjax.models.activations import check_activation, get_activation
-from vhjax.models.layers import Dropout, add_channel_axis
+from vhjax.models.layers import Dropout, add_channel_axis, keyword_field
 from vhjax.models.utils import check_choice, check_positive, check_rate
 
 POOLINGS = ("mean", "cls")
@@ -56,14 +56,6 @@ def check_heads(model: str, width: Any, num_heads: Any) -> None:
                          f"'width' = {width}")
 
 
-def check_transformer_fields(model: str, module: Any) -> None:
-    """Checks shared by every module with width / num_heads / num_layers / mlp_dim / activation."""
-    check_heads(model, module.width, module.num_heads)
-    check_positive(model, "num_layers", module.num_layers)
-    if module.mlp_dim is not None:
-        check_positive(model, "mlp_dim", module.mlp_dim)
-    check_activation(model, "activation", module.activation)
-    check_rate(model, "dropout_rate", module.dropout_rate)
 
 
 class FeedForward(nn.Module):
@@ -157,6 +149,30 @@ class TransformerDecoder(nn.Module):
         return nn.LayerNorm(name="ln_out")(x)
 
 
+class TransformerSizes(nn.Module):
+    """The encoder sizes shared by the Transformer models (keyword-only fields), checked after the
+    subclass's own checks, and the encoder they build. `kind` names the model in error messages."""
+
+    width: int = keyword_field(32)
+    num_heads: int = keyword_field(4)
+    num_layers: int = keyword_field(2)
+    mlp_dim: int | None = keyword_field(None)  # None: 2 * width
+
+    kind = "transformer"
+
+    def __post_init__(self):
+        check_heads(self.kind, self.width, self.num_heads)
+        check_positive(self.kind, "num_layers", self.num_layers)
+        if self.mlp_dim is not None:
+            check_positive(self.kind, "mlp_dim", self.mlp_dim)
+        super().__post_init__()
+
+    def encoder(self, activation: str, name: str = "encoder") -> TransformerEncoder:
+        """A `TransformerEncoder` of these sizes whose feed-forward layers use `activation`."""
+        return TransformerEncoder(self.num_layers, self.num_heads, self.mlp_dim or 2 * self.width, activation,
+                                  name=name)
+
+
 def embed_sequence(x: jax.Array, width: int, vocab_size: int | None, model: str) -> jax.Array:
     """Tokens (N, L) -> Embed * sqrt(width), or values (N, L[, C]) -> Dense(width); plus positions.
 
@@ -174,7 +190,7 @@ def embed_sequence(x: jax.Array, width: int, vocab_size: int | None, model: str)
     return h + sinusoidal_positions(h.shape[1], width)
 
 
-class TransformerClassifier(nn.Module):
+class TransformerClassifier(TransformerSizes):
     """Transformer-encoder classifier for sequences -> (N, num_classes).
 
     Inputs are values (N, L) or (N, L, C) (projected by a Dense) or, with `vocab_size`, token ids
@@ -183,10 +199,6 @@ class TransformerClassifier(nn.Module):
     """
 
     num_classes: int = 10
-    width: int = 32
-    num_heads: int = 4
-    num_layers: int = 2
-    mlp_dim: int | None = None  # None: 2 * width
     activation: str = "gelu"
     pooling: str = "mean"
     vocab_size: int | None = None
@@ -194,7 +206,8 @@ class TransformerClassifier(nn.Module):
     dropout_rate: float = 0.0
 
     def __post_init__(self):
-        check_transformer_fields("transformer", self)
+        check_activation("transformer", "activation", self.activation)
+        check_rate("transformer", "dropout_rate", self.dropout_rate)
         check_positive("transformer", "num_classes", self.num_classes)
         check_choice("transformer", "pooling", self.pooling, POOLINGS)
         if self.vocab_size is not None:
@@ -215,8 +228,7 @@ class TransformerClassifier(nn.Module):
             valid = jnp.concatenate([jnp.ones((h.shape[0], 1), bool), valid], axis=1)
         h = Dropout(name="embed_dropout")(h, rate, deterministic=not train)
         mask = None if self.pad_id is None else padding_mask(valid, valid)
-        h = TransformerEncoder(self.num_layers, self.num_heads, self.mlp_dim or 2 * self.width, self.activation,
-                               name="encoder")(h, mask, rate, train)
+        h = self.encoder(self.activation)(h, mask, rate, train)
         if self.pooling == "cls":
             h = h[:, 0]
         else:

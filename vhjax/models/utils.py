@@ -9,6 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vhjax import validation
+
 
 def count_params(params: Any) -> int:
     """Total number of scalars in a parameter pytree (arrays or `jax.ShapeDtypeStruct`s)."""
@@ -22,12 +24,17 @@ def output_shape(model: nn.Module, input_shape: Sequence[int]) -> tuple[int, ...
     return tuple(jax.eval_shape(model.apply, variables, example).shape)
 
 
-# --- config checks, run in each model's __post_init__ so bad configs fail before tracing ---
+# --- config checks, run in each model's __post_init__ so bad configs fail before tracing; messages in
+# vhjax.validation's style, the field named "<model> field '<field>'" ---
+
+def field_label(model: str, field: str) -> str:
+    """How a model's field is named in error messages."""
+    return f"{model} field {field!r}"
+
 
 def check_positive(model: str, field: str, value: Any) -> None:
     """`value` must be an int >= 1."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{model} field {field!r} has value {value!r}; allowed: a positive integer")
+    validation.check_int(field_label(model, field), value, minimum=1)
 
 
 def check_positive_ints(model: str, field: str, values: Iterable[Any]) -> None:
@@ -38,16 +45,20 @@ def check_positive_ints(model: str, field: str, values: Iterable[Any]) -> None:
 
 def check_choice(model: str, field: str, value: Any, allowed: Iterable[Any]) -> None:
     """`value` must be one of `allowed`."""
-    allowed = tuple(allowed)
-    if value not in allowed:
-        raise ValueError(f"{model} field {field!r} has value {value!r}; allowed: "
-                         f"{', '.join(repr(a) for a in allowed)}")
+    validation.check_choice(field_label(model, field), value, allowed)
 
 
 def check_rate(model: str, field: str, value: Any) -> None:
     """A static dropout rate must lie in [0, 1); traced arrays are not checked."""
-    if isinstance(value, (int, float)) and not 0.0 <= value < 1.0:
-        raise ValueError(f"{model} field {field!r} has value {value!r}; allowed: a number in [0, 1)")
+    if isinstance(value, (int, float)):
+        validation.check_number(field_label(model, field), value, 0.0, 1.0, high_inclusive=False)
+
+
+def check_number(model: str, field: str, value: Any, low: float | None = None, high: float | None = None, *,
+                 low_inclusive: bool = True, high_inclusive: bool = True) -> float:
+    """A static number in the given bounds (`vhjax.validation.check_number`)."""
+    return validation.check_number(field_label(model, field), value, low, high, low_inclusive=low_inclusive,
+                                   high_inclusive=high_inclusive)
 
 
 def as_tuple(value: Any) -> Any:

@@ -11,7 +11,6 @@ preprocessor with a run and `transform(fitted, x)` applies it without knowing wh
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import math
 from pathlib import Path
@@ -22,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from vhjax import validation
 from vhjax.registry import Registry
 
 Arrays = dict[str, Any]
@@ -71,13 +71,7 @@ def register_preprocessor(name: str) -> Callable[[PreprocessorFactory], Preproce
 def get_preprocessor(name: str, **options: Any) -> Preprocessor:
     """The preprocessor registered under `name`, built with `options` (validated: unknown names
     and options raise ValueError listing the allowed ones)."""
-    factory = PREPROCESSORS.get(name)
-    allowed = list(inspect.signature(factory).parameters)
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"preprocessor {name!r} has no option {unknown[0]!r}; allowed options: {', '.join(allowed) or 'none'}")
-    return factory(**options)
+    return PREPROCESSORS.build(name, **options)
 
 
 def make_preprocessor(name: str, options: Mapping[str, Any], fit_arrays: FitArrays, apply: Apply, *,
@@ -134,30 +128,28 @@ def check_labels(name: str, x: np.ndarray, y: Any) -> np.ndarray:
     return labels
 
 
+def _option(name: str, field: str) -> str:
+    """How a preprocessor's option is named in error messages."""
+    return f"preprocessor {name!r} option {field!r}"
+
+
 def check_choice(name: str, field: str, value: Any, allowed: Sequence[str]) -> str:
-    if value not in allowed:
-        raise ValueError(f"preprocessor {name!r} option {field!r} has value {value!r}; allowed: {', '.join(allowed)}")
-    return value
+    return validation.check_choice(_option(name, field), value, allowed)
 
 
 def check_int(name: str, field: str, value: Any, low: int, *, optional: bool = False, odd: bool = False) -> int | None:
     if optional and value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low or (odd and value % 2 == 0):
-        kind = "an odd integer" if odd else "an integer"
-        raise ValueError(f"preprocessor {name!r} option {field!r} has value {value!r}; allowed: "
-                         f"{'None or ' if optional else ''}{kind} >= {low}")
+    allowed = f"{'None or ' if optional else ''}{'an odd integer' if odd else 'an integer'} >= {low}"
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= low
+    validation.require(ok and not (odd and value % 2 == 0), _option(name, field), value, allowed)
     return int(value)
 
 
 def check_float(name: str, field: str, value: Any, low: float, high: float = math.inf, *,
                 open_low: bool = False) -> float:
-    bad_type = isinstance(value, bool) or not isinstance(value, (int, float, np.number))
-    if bad_type or not (low < value if open_low else low <= value) or not value <= high:
-        bracket = "(" if open_low else "["
-        raise ValueError(
-            f"preprocessor {name!r} option {field!r} has value {value!r}; allowed: a number in {bracket}{low}, {high}]")
-    return float(value)
+    return validation.check_number(_option(name, field), value, low, None if high == math.inf else high,
+                                   low_inclusive=not open_low)
 
 
 def flat(x: np.ndarray | jax.Array) -> Any:
