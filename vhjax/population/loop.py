@@ -154,6 +154,8 @@ def on_mesh(runner: Callable, mesh: Any) -> Callable:
         size = population.size
         padded = parallel.shard_members(pad_members(population, multiple), mesh)
         end, metrics = runner(padded, data, length)
+        if parallel.spans_processes(mesh):  # every process reads, evaluates and checkpoints the whole population
+            return parallel.gather_members(end, metrics, size, mesh)
         cut = lambda leaf: leaf[:size]
         return jax.tree.map(cut, end), {k: v[:, :size] for k, v in metrics.items()}
 
