@@ -146,3 +146,14 @@ def test_single_process_helpers():
     mesh = parallel.population_mesh()
     batch = distributed.host_local_batch({"x": np.arange(6.0).reshape(6, 1)}, mesh)
     assert np.asarray(batch["x"]).tolist() == [[float(i)] for i in range(6)]
+
+
+def test_module_entry_initializes_from_the_environment_and_runs_the_script(tmp_path):
+    script = tmp_path / "show.py"
+    script.write_text("import sys, jax\nprint('RAN', jax.distributed.is_initialized(), jax.process_count(), sys.argv[1:])\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", distributed.ENV_COORDINATOR: f"localhost:{free_port()}",
+           distributed.ENV_NUM_PROCESSES: "1", distributed.ENV_PROCESS_ID: "0"}
+    done = subprocess.run([sys.executable, "-m", "vhjax.distributed", str(script), "a", "--b"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "RAN True 1 ['a', '--b']" in done.stdout

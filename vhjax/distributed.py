@@ -23,7 +23,7 @@ Progress lines and the metrics log come from process 0 only (`is_main_process`).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import numpy as np
@@ -105,3 +105,27 @@ def process_slice(size: int) -> slice:
         raise ValueError(f"size has value {size}; allowed: a multiple of the {count} processes")
     share = size // count
     return slice(index * share, (index + 1) * share)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m vhjax.distributed SCRIPT ARGS` (or `-m MODULE ARGS`): initialize, then run the
+    script as `__main__` in this process (what the TPU and Slurm launchers start on every worker)."""
+    import runpy
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] == "-m" and len(argv) < 2):
+        print("usage: python -m vhjax.distributed SCRIPT [ARGS...] | -m MODULE [ARGS...]", file=sys.stderr)
+        return 2
+    initialize()
+    if argv[0] == "-m":
+        sys.argv = [argv[1], *argv[2:]]
+        runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+    else:
+        sys.argv = argv
+        runpy.run_path(argv[0], run_name="__main__")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
