@@ -23,14 +23,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 WORKER = textwrap.dedent("""
     import json, sys, time
-    process_id, port, workdir, slow = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "slow"
+    process_id, port, workdir, slow, spec = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "slow", sys.argv[5]
     import vhjax.distributed
     if process_id != "single":
         vhjax.distributed.initialize(f"localhost:{port}", 2, int(process_id))
     import dataclasses
     import jax
     import vhjax.population.loop as loop
-    from vhjax.parallel import population_mesh
+    from vhjax.parallel import mesh_from_spec, population_mesh
     from vhjax.population import fit_population
     from tests.population.test_entries import CONFIG, PAIR
 
@@ -38,7 +38,8 @@ WORKER = textwrap.dedent("""
         real = loop.print_progress
         loop.print_progress = lambda line: (real(line), time.sleep(0.5))
     members = PAIR + [{"learning_rate": 5e-3}]  # 3 members over 4 devices: one inert pad
-    result = fit_population(CONFIG, members, None if workdir == "-" else workdir, mesh=population_mesh())
+    mesh = population_mesh() if spec == "all" else mesh_from_spec(spec)
+    result = fit_population(CONFIG, members, None if workdir == "-" else workdir, mesh=mesh)
     print("DEVICES", len(jax.devices()), len(jax.local_devices()), flush=True)
     print("RESULT " + json.dumps([m["eval"] for m in result.members]), flush=True)
 """)
@@ -50,10 +51,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(process_id: str, port: int, workdir: Path | str, devices: int, slow: bool = False) -> subprocess.Popen:
+def start(process_id: str, port: int, workdir: Path | str, devices: int, slow: bool = False,
+          mesh: str = "all") -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
            "JAX_PLATFORMS": "cpu"}
-    return subprocess.Popen([sys.executable, "-c", WORKER, process_id, str(port), str(workdir), "slow" if slow else "-"],
+    return subprocess.Popen([sys.executable, "-c", WORKER, process_id, str(port), str(workdir), "slow" if slow else "-", mesh],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -123,6 +125,15 @@ def test_two_processes_train_like_one_and_resume_after_sigterm(tmp_path):
     assert_close(result(outputs[0]), result(single_out))
     assert result(outputs[1]) == result(outputs[0])
     assert eval_steps(cut) == [10, 20, 30, 40]
+
+
+def test_a_data_axis_over_two_processes_trains_like_one_process():
+    """members=2,data=2: each member's batch split over 2 devices, its gradient reduced across them."""
+    port = free_port()
+    (single,) = finish([start("single", 0, "-", devices=4, mesh="members=2,data=2")])
+    outputs = finish([start(str(i), port, "-", devices=2, mesh="members=2,data=2") for i in range(2)])
+    assert_close(result(outputs[0]), result(single))
+    assert result(outputs[1]) == result(outputs[0])
 
 
 def test_initialize_validates_its_arguments(monkeypatch):
