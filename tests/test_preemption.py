@@ -115,3 +115,14 @@ def test_without_a_workdir_signals_are_left_alone():
             assert signal.getsignal(signal.SIGTERM) is preemption._handle
         assert signal.getsignal(signal.SIGTERM) is preemption._handle
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_first_sigint_requests_a_second_interrupts(capsys):
+    with preemption.watch():
+        signal.raise_signal(signal.SIGINT)
+        assert preemption.local_request() and preemption.requested()
+        assert "SIGINT received; a checkpoint is written after the current chunk" in capsys.readouterr().err
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert not preemption.local_request()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from typing import Iterator
 
@@ -43,6 +44,8 @@ def _handle(signum, frame) -> None:
         raise KeyboardInterrupt  # a second Ctrl-C: stop now
     _received.append(name)
     _flag.set()
+    print(f"vhjax: {name} received; a checkpoint is written after the current chunk, then the run exits "
+          "(Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
