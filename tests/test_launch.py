@@ -79,3 +79,28 @@ def test_slurm_script_dry_run_and_syntax(capsys):
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     text = script.read_text()
     assert "#SBATCH --signal=TERM@120" in text and "python -m vhjax.distributed" in text
+
+
+def test_a_launch_waits_for_the_queued_resource_and_reuses_an_existing_one(monkeypatch, capsys):
+    """Without --dry-run (gcloud replaced): a failed create (the resource exists: a rerun after a
+    preemption) goes on, the describe is polled until ACTIVE, then setup and start run."""
+    ran, states = [], iter(["WAITING_FOR_RESOURCES", "PROVISIONING", "ACTIVE"])
+
+    class Done:
+        def __init__(self, returncode=0, stdout=""):
+            self.returncode, self.stdout = returncode, stdout
+
+    def fake_run(command, **kwargs):
+        ran.append(command[:5])
+        if command[4] == "create":
+            return Done(1)
+        if command[4] == "describe":
+            return Done(0, next(states) + "\n")
+        return Done(0)
+
+    monkeypatch.setattr(launch.subprocess, "run", fake_run)
+    monkeypatch.setattr(launch.time, "sleep", lambda seconds: None)
+    assert launch.run(CONFIGS / "v4_8.py", "x.py", []) == 0
+    assert [c[4] for c in ran] == ["create", "describe", "describe", "describe", "ssh", "ssh"]
+    out = capsys.readouterr().out
+    assert "not created (it may exist already)" in out and "queued resource state: PROVISIONING; waiting" in out
