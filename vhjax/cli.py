@@ -39,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     _search_flags(demo)
     demo.add_argument("--steps", type=int, default=1500, help="training steps per member (default 1500)")
     demo.set_defaults(budget=16, population=16, strategy="tpe", workdir="runs/demo", seed=0)
+
+    from vhjax.launch import add_arguments
+
+    launch = commands.add_parser("launch", help="start a script on a TPU pod slice or a Slurm cluster",
+                                 description="vhjax launch CONFIG [--dry-run] -- SCRIPT ARGS: the commands that start "
+                                             "SCRIPT on every worker (see vhjax/launch.py and tpu_configs/).")
+    add_arguments(launch)
     return parser
 
 
@@ -100,7 +107,13 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": run_train, "search": run_search, "demo": run_demo}
+def run_launch(args: argparse.Namespace) -> int:
+    from vhjax.launch import from_args
+
+    return from_args(args)
+
+
+COMMANDS = {"train": run_train, "search": run_search, "demo": run_demo, "launch": run_launch}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,9 +38,30 @@ def shard_members(tree: Any, mesh: Mesh) -> Any:
         if leaf.ndim == 0 or leaf.shape[0] % size:
             raise ValueError(f"a population of {leaf.shape[:1]} members does not divide over {size} devices; "
                              f"choose a population size that is a multiple of {size}")
-        return jax.device_put(leaf, NamedSharding(mesh, PartitionSpec(MEMBERS)))
+        return put(leaf, NamedSharding(mesh, PartitionSpec(MEMBERS)))
 
     return jax.tree.map(place, tree)
+
+
+def spans_processes(mesh: Mesh) -> bool:
+    """Whether the mesh holds devices of other JAX processes (multi-host, `vhjax.distributed`)."""
+    return any(d.process_index != jax.process_index() for d in mesh.devices.flat)
+
+
+def put(leaf: Any, sharding: NamedSharding) -> jax.Array:
+    """`jax.device_put(leaf, sharding)`, also when the sharding spans several processes: a value
+    held whole by this process (the same on every process: a NumPy array or a process-local
+    jax.Array, PRNG keys included) becomes the global array's shards on this process's devices,
+    without communication (`jax.make_array_from_callback`); a global array is resharded."""
+    if sharding.is_fully_addressable:
+        return jax.device_put(leaf, sharding)
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+        return _reshard(sharding)(leaf)  # one program over every process
+    if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
+        impl = jax.random.key_impl(leaf)
+        return jax.random.wrap_key_data(put(jax.random.key_data(leaf), sharding), impl=impl)
+    host = np.asarray(leaf)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def batch_placement(mesh: Mesh):
@@ -81,5 +102,34 @@ def mesh_from_spec(text: str, devices: Sequence[jax.Device] | None = None) -> Me
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Copy every leaf to every device of the mesh."""
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+    """Copy every leaf to every device of the mesh (over several processes: each process gives its
+    own whole copy; see `put`)."""
+    sharding = NamedSharding(mesh, PartitionSpec())
+    return jax.tree.map(lambda leaf: put(leaf, sharding), tree)
+
+
+def gather_members(population: Any, metrics: dict, size: int, mesh: Mesh) -> tuple[Any, dict]:
+    """The first `size` members (and their `(steps, P)` metrics) copied to every device of a mesh
+    that spans processes: each process can then read, evaluate and checkpoint the population."""
+    return _gather_program(size, NamedSharding(mesh, PartitionSpec()))(population, metrics)
+
+
+_GATHER: dict = {}
+
+
+def _gather_program(size: int, sharding: NamedSharding):
+    key = (size, sharding)
+    if key not in _GATHER:
+        cut = lambda population, metrics: (jax.tree.map(lambda leaf: leaf[:size], population),
+                                           {k: v[:, :size] for k, v in metrics.items()})
+        _GATHER[key] = jax.jit(cut, out_shardings=sharding)
+    return _GATHER[key]
+
+
+_RESHARD: dict = {}
+
+
+def _reshard(sharding: NamedSharding):
+    if sharding not in _RESHARD:
+        _RESHARD[sharding] = jax.jit(lambda leaf: leaf, out_shardings=sharding)
+    return _RESHARD[sharding]

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vhjax import parallel
+from vhjax import parallel, preemption
 from vhjax.population.state import PopulationState, training_mask
 from vhjax.train.checkpoint import Checkpointer
 from vhjax.train.metrics_log import MetricsLog, print_progress
@@ -154,6 +154,8 @@ def on_mesh(runner: Callable, mesh: Any) -> Callable:
         size = population.size
         padded = parallel.shard_members(pad_members(population, multiple), mesh)
         end, metrics = runner(padded, data, length)
+        if parallel.spans_processes(mesh):  # every process reads, evaluates and checkpoints the whole population
+            return parallel.gather_members(end, metrics, size, mesh)
         cut = lambda leaf: leaf[:size]
         return jax.tree.map(cut, end), {k: v[:, :size] for k, v in metrics.items()}
 
@@ -173,7 +175,7 @@ def run_loop(population: PopulationState, runner: Callable, data: Any, *, steps:
     if len(set(names)) != len(names):
         raise ValueError(f"hooks have value {names!r}; allowed: distinct hook names")
     workdir = Path(workdir) if workdir is not None else None
-    with workdir_lock(workdir):
+    with workdir_lock(workdir), preemption.watch(enabled=workdir is not None):
         return _run_locked(population, runner, data, steps=steps, eval_every=eval_every, evaluate=evaluate,
                            hooks=hooks, workdir=workdir, checkpoint_every=checkpoint_every, mesh=mesh, label=label,
                            verbose=verbose, log=log)
@@ -215,12 +217,17 @@ def _run_locked(population: PopulationState, runner: Callable, data: Any, *, ste
             hook_states[hook.name], population = hook.update(hook_states[hook.name], population, report)
         write_logs(log, report, population)
         last = step >= steps or not bool(np.any(training_mask(population)))
-        if checkpointer is not None and ((chunk_number + 1) % checkpoint_every == 0 or last):
+        preempted = checkpointer is not None and preemption.requested()
+        if checkpointer is not None and ((chunk_number + 1) % checkpoint_every == 0 or last or preempted):
             arrays = {k: split_state(v)[0] for k, v in hook_states.items()}
             records = {k: split_state(v)[1] for k, v in hook_states.items()}
             checkpointer.save(step, {"population": population, "hooks": arrays}, {"step": step, "hooks": records})
         if verbose:
             print_progress(progress_line(label, report, population))
+        if preempted:  # SIGTERM/SIGINT: the checkpoint is written, exit 0 (the rerun resumes)
+            checkpointer.close()
+            print_progress(f"{label}{preemption.message(step, steps, workdir)}")
+            raise preemption.Preempted(preemption.message(step, steps, workdir))
     if checkpointer is not None:
         checkpointer.close()
     step_metrics = {k: np.concatenate([m[k] for m in collected]) for k in (collected[0] if collected else {})}

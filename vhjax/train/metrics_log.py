@@ -22,7 +22,8 @@ class MetricsLog:
     """Appends `{"step": s, "split": ..., metric: value}` lines to `workdir/metrics.jsonl`.
 
     `truncate_after(step)` drops lines written after the step a run resumes from, so a resumed
-    run's log reads as an uninterrupted one's.
+    run's log reads as an uninterrupted one's. With several JAX processes only process 0 writes
+    the file (the others keep their rows in memory).
     """
 
     def __init__(self, path: str | Path | None):
@@ -31,21 +32,26 @@ class MetricsLog:
 
     def write(self, step: int, split: str, values: Mapping[str, Any]) -> None:
         line = {"step": int(step), "split": split, **{k: to_python(v) for k, v in values.items()}}
-        if self.path is None:
+        if self.path is None or not is_main_process():
             self.rows.append(line)
             return
         with self.path.open("a") as handle:
             handle.write(json.dumps(line) + "\n")
 
     def read(self) -> list[dict]:
-        if self.path is None:
+        if self.path is None or not is_main_process():
             return list(self.rows)
         if not self.path.exists():
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
     def truncate_after(self, step: int) -> None:
-        if self.path is None or not self.path.exists():
+        if self.path is None:
+            return
+        if not is_main_process():
+            self.rows = [row for row in self.rows if row["step"] <= step]
+            return
+        if not self.path.exists():
             return
         kept = [row for row in self.read() if row["step"] <= step]
         self.path.write_text("".join(json.dumps(row) + "\n" for row in kept))
@@ -60,5 +66,14 @@ def format_progress(step: int, total: int, steps_per_second: float, train: Mappi
     return " | ".join(parts)
 
 
+def is_main_process() -> bool:
+    """Process 0 of a multi-process JAX run (always true in a single process)."""
+    import jax
+
+    return jax.process_index() == 0
+
+
 def print_progress(line: str) -> None:
-    print(line, file=sys.stdout, flush=True)
+    """Print a progress line (from JAX process 0 only: the others train the same run)."""
+    if is_main_process():
+        print(line, file=sys.stdout, flush=True)

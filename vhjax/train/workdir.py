@@ -66,7 +66,10 @@ def workdir_lock(workdir: Path | None) -> Iterator[None]:
         yield
         return
     workdir.mkdir(parents=True, exist_ok=True)
-    path = workdir / ".lock"
+    import jax
+
+    # the processes of one multi-process JAX run share the workdir: one lock each
+    path = workdir / (".lock" if jax.process_index() == 0 else f".lock.{jax.process_index()}")
     handle = open(path, "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

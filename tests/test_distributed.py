@@ -1,0 +1,170 @@
+"""Multi-host on one machine: 2 local processes x 2 CPU devices each (`jax.distributed` over
+localhost, gloo collectives) train one population over the global 4-device mesh; their members
+end as a single process with 4 devices ends. SIGTERM to one of the processes stops both after the
+same chunk with a checkpoint; rerunning both resumes to the same metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from vhjax import distributed
+
+ROOT = Path(__file__).resolve().parents[1]
+
+WORKER = textwrap.dedent("""
+    import json, sys, time
+    process_id, port, workdir, slow, spec = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "slow", sys.argv[5]
+    import vhjax.distributed
+    if process_id != "single":
+        vhjax.distributed.initialize(f"localhost:{port}", 2, int(process_id))
+    import dataclasses
+    import jax
+    import vhjax.population.loop as loop
+    from vhjax.parallel import mesh_from_spec, population_mesh
+    from vhjax.population import fit_population
+    from tests.population.test_entries import CONFIG, PAIR
+
+    if slow:  # chunks of a real run take seconds: leave the signal time to arrive
+        real = loop.print_progress
+        loop.print_progress = lambda line: (real(line), time.sleep(0.5))
+    members = PAIR + [{"learning_rate": 5e-3}]  # 3 members over 4 devices: one inert pad
+    mesh = population_mesh() if spec == "all" else mesh_from_spec(spec)
+    result = fit_population(CONFIG, members, None if workdir == "-" else workdir, mesh=mesh)
+    print("DEVICES", len(jax.devices()), len(jax.local_devices()), flush=True)
+    print("RESULT " + json.dumps([m["eval"] for m in result.members]), flush=True)
+""")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def start(process_id: str, port: int, workdir: Path | str, devices: int, slow: bool = False,
+          mesh: str = "all") -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+           "JAX_PLATFORMS": "cpu"}
+    return subprocess.Popen([sys.executable, "-c", WORKER, process_id, str(port), str(workdir), "slow" if slow else "-", mesh],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(processes: list[subprocess.Popen], timeout: float = 400) -> list[str]:
+    outputs = []
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        try:
+            out, _ = process.communicate(timeout=max(deadline - time.monotonic(), 1))
+        except subprocess.TimeoutExpired:
+            for other in processes:
+                other.kill()
+            raise
+        outputs.append(out)
+    for process, out in zip(processes, outputs):
+        assert process.returncode == 0, out[-4000:]
+    return outputs
+
+
+def result(output: str) -> list[dict]:
+    return json.loads(output.split("RESULT ")[1].splitlines()[0])
+
+
+def assert_close(got: list[dict], want: list[dict]) -> None:
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
+
+
+def eval_steps(workdir: Path) -> list[int]:
+    rows = [json.loads(line) for line in (workdir / "bucket_0" / "metrics.jsonl").read_text().splitlines()]
+    return [row["step"] for row in rows if row["split"] == "eval"]
+
+
+def test_two_processes_train_like_one_and_resume_after_sigterm(tmp_path):
+    port = free_port()
+    single = start("single", 0, "-", devices=4)
+    pair = [start(str(i), port, tmp_path / "full", devices=2) for i in range(2)]
+    (single_out,) = finish([single])
+    outputs = finish(pair)
+    assert "DEVICES 4 4" in single_out and all("DEVICES 4 2" in out for out in outputs)
+    assert_close(result(outputs[0]), result(single_out))
+    assert result(outputs[1]) == result(outputs[0])
+    assert "step 40/40" in outputs[0] and "step 40/40" not in outputs[1]  # progress from process 0 only
+    assert eval_steps(tmp_path / "full") == [10, 20, 30, 40]  # written once, by process 0
+
+    # SIGTERM to process 1 only: both agree to stop after the same chunk and checkpoint together
+    port = free_port()
+    cut = tmp_path / "cut"
+    pair = [start(str(i), port, cut, devices=2, slow=True) for i in range(2)]
+    seen = []
+    for line in pair[0].stdout:
+        seen.append(line)
+        if "step 10/40" in line:
+            pair[1].send_signal(signal.SIGTERM)
+            break
+    rest = finish(pair)
+    first = "".join(seen) + rest[0]
+    assert "preempted (" in first and "run the same command again to resume" in first, first[-3000:]
+    assert "RESULT" not in first and "RESULT" not in rest[1]
+    stopped = int(first.split("preempted (")[1].split(" at step ")[1].split("/")[0])
+    assert 10 <= stopped < 40
+
+    port = free_port()
+    outputs = finish([start(str(i), port, cut, devices=2) for i in range(2)])
+    assert f"at step {stopped}" in outputs[0] and "resumed from" in outputs[0]
+    assert_close(result(outputs[0]), result(single_out))
+    assert result(outputs[1]) == result(outputs[0])
+    assert eval_steps(cut) == [10, 20, 30, 40]
+
+
+def test_a_data_axis_over_two_processes_trains_like_one_process():
+    """members=2,data=2: each member's batch split over 2 devices, its gradient reduced across them."""
+    port = free_port()
+    (single,) = finish([start("single", 0, "-", devices=4, mesh="members=2,data=2")])
+    outputs = finish([start(str(i), port, "-", devices=2, mesh="members=2,data=2") for i in range(2)])
+    assert_close(result(outputs[0]), result(single))
+    assert result(outputs[1]) == result(outputs[0])
+
+
+def test_initialize_validates_its_arguments(monkeypatch):
+    monkeypatch.delenv(distributed.ENV_COORDINATOR, raising=False)
+    with pytest.raises(ValueError, match="needs num_processes and process_id"):
+        distributed.initialize("localhost:1234")
+    with pytest.raises(ValueError, match="0 <= process_id < num_processes"):
+        distributed.initialize("localhost:1234", 2, 2)
+    monkeypatch.setenv(distributed.ENV_NUM_PROCESSES, "two")
+    with pytest.raises(ValueError, match="VHJAX_NUM_PROCESSES has value 'two'"):
+        distributed.initialize("localhost:1234", process_id=0)
+
+
+def test_single_process_helpers():
+    import numpy as np
+
+    from vhjax import parallel
+
+    assert distributed.is_main_process() and distributed.process_count() == 1
+    assert distributed.process_slice(8) == slice(0, 8)
+    mesh = parallel.population_mesh()
+    batch = distributed.host_local_batch({"x": np.arange(6.0).reshape(6, 1)}, mesh)
+    assert np.asarray(batch["x"]).tolist() == [[float(i)] for i in range(6)]
+
+
+def test_module_entry_initializes_from_the_environment_and_runs_the_script(tmp_path):
+    script = tmp_path / "show.py"
+    script.write_text("import sys, jax\nprint('RAN', jax.distributed.is_initialized(), jax.process_count(), sys.argv[1:])\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", distributed.ENV_COORDINATOR: f"localhost:{free_port()}",
+           distributed.ENV_NUM_PROCESSES: "1", distributed.ENV_PROCESS_ID: "0"}
+    done = subprocess.run([sys.executable, "-m", "vhjax.distributed", str(script), "a", "--b"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "RAN True 1 ['a', '--b']" in done.stdout

@@ -1,0 +1,128 @@
+"""SIGTERM/SIGINT during training: the loop finishes its chunk, checkpoints, exits 0 with a message;
+rerunning resumes and ends exactly where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from vhjax import preemption
+from vhjax.population import fit, fit_population
+from tests.population.test_entries import CONFIG, PAIR
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = textwrap.dedent("""
+    import json, sys, time
+    import vhjax.population.loop as loop
+    from vhjax.population import fit, fit_population
+    from tests.population.test_entries import CONFIG, PAIR
+
+    real_print = loop.print_progress
+    def slow_print(line):  # chunks of a real run take seconds: leave the signal time to arrive
+        real_print(line)
+        time.sleep(0.5)
+    loop.print_progress = slow_print
+    entry, workdir = sys.argv[1], sys.argv[2]
+    if entry == "fit":
+        out = [fit(CONFIG, workdir, mesh=None).metrics["eval"]]
+    else:
+        out = [m["eval"] for m in fit_population(CONFIG, PAIR, workdir, mesh=None).members]
+    print("RESULT " + json.dumps(out), flush=True)
+""")
+
+
+def start(entry: str, workdir: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    return subprocess.Popen([sys.executable, "-c", SCRIPT, entry, str(workdir)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.parametrize("entry,sig", [("fit_population", signal.SIGTERM), ("fit", signal.SIGINT)])
+def test_signal_checkpoints_exits_zero_and_the_rerun_resumes(entry, sig, tmp_path):
+    workdir = tmp_path / "run"
+    process = start(entry, workdir)
+    lines = []
+    for line in process.stdout:  # the first evaluation's progress line
+        lines.append(line)
+        if "step 10/40" in line:
+            process.send_signal(sig)
+            break
+    output = "".join(lines) + process.stdout.read()
+    assert process.wait(timeout=120) == 0, output
+    assert "preempted (SIG" in output and "run the same command again to resume" in output, output
+    assert "RESULT" not in output
+    stopped = int(output.split("preempted (")[1].split(" at step ")[1].split("/")[0])
+    assert 10 <= stopped < 40
+
+    rerun = start(entry, workdir)
+    output, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, output
+    assert f"resumed from {workdir}" in output and f"at step {stopped}" in output
+    resumed = json.loads(output.split("RESULT ")[1])
+
+    if entry == "fit":
+        full = [fit(CONFIG, tmp_path / "full", mesh=None, verbose=False).metrics["eval"]]
+    else:
+        full = [m["eval"] for m in fit_population(CONFIG, PAIR, tmp_path / "full", mesh=None, verbose=False).members]
+    assert len(resumed) == len(full)
+    for got, want in zip(resumed, full):
+        assert got == pytest.approx(want, rel=1e-6)
+    rows = [json.loads(line) for path in sorted(workdir.rglob("metrics.jsonl")) for line in path.read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "eval"] == [10, 20, 30, 40]
+
+
+def test_request_stops_the_loop_in_process(tmp_path):
+    """`preemption.request()` (what the handler does) after the first chunk is seen at the end of the
+    next one: Preempted, exit code 0, resumable."""
+    import vhjax.population.loop as loop
+
+    calls = []
+    real = loop.print_progress
+
+    def request_after_first(line):
+        real(line)
+        calls.append(line)
+        if len(calls) == 1:
+            preemption.request("test")
+
+    loop.print_progress = request_after_first
+    try:
+        with pytest.raises(preemption.Preempted) as caught:
+            fit(CONFIG, tmp_path, mesh=None)
+    finally:
+        loop.print_progress = real
+    assert caught.value.code == 0 and "preempted (test) at step 20/40" in str(caught.value)
+    assert not preemption.local_request()  # cleared when the loop exits
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    resumed = fit(CONFIG, tmp_path, mesh=None, verbose=False)
+    assert resumed.metrics["eval"] == pytest.approx(fit(CONFIG, None, mesh=None, verbose=False).metrics["eval"])
+
+
+def test_without_a_workdir_signals_are_left_alone():
+    with preemption.watch(enabled=False):
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    with preemption.watch():
+        assert signal.getsignal(signal.SIGTERM) is preemption._handle
+        with preemption.watch():  # nested: the outer block keeps handling
+            assert signal.getsignal(signal.SIGTERM) is preemption._handle
+        assert signal.getsignal(signal.SIGTERM) is preemption._handle
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_first_sigint_requests_a_second_interrupts(capsys):
+    with preemption.watch():
+        signal.raise_signal(signal.SIGINT)
+        assert preemption.local_request() and preemption.requested()
+        assert "SIGINT received; a checkpoint is written after the current chunk" in capsys.readouterr().err
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert not preemption.local_request()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
