@@ -60,6 +60,19 @@ def build_parser(names: bool = False) -> argparse.ArgumentParser:
     search.add_argument("overrides", nargs="*", help="section.field=value overrides of the objective's config")
     _search_flags(search)
 
+    export = commands.add_parser("export", help="save one member of a fit_population workdir as Flax variables",
+                                 description="Save a member's variables ({'params': ...}) with orbax at PATH; load "
+                                             "them with orbax.checkpoint.StandardCheckpointer().restore(PATH) and "
+                                             "use model.apply(variables, x).",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    export.add_argument("workdir", help="a fit_population workdir (with result.json)")
+    export.add_argument("path", help="a new folder for the orbax checkpoint")
+    export.add_argument("--rank", type=int, default=None, help="rank on the metric, 0 = best (the default)")
+    export.add_argument("--index", type=int, default=None, help="the member's position in the members list")
+    export.add_argument("--metric", default="accuracy", help="the ranking metric")
+    export.add_argument("--split", default="eval", help="the ranking split")
+    export.add_argument("--mode", default="max", help="'max' or 'min'")
+
     demo = commands.add_parser("demo", help="the main job: search MNIST-1D networks with vhjax.search.tune",
                                description="Search learning rate, weight decay, dropout and MLP architecture on "
                                            "MNIST-1D with the recommended search (vhjax.search.tune): POPULATION "
@@ -172,7 +185,16 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": run_train, "search": run_search, "demo": run_demo}
+def run_export(args: argparse.Namespace) -> int:
+    from vhjax.population.export import export_member
+
+    path = export_member(args.workdir, args.path, rank=args.rank, index=args.index, metric=args.metric,
+                         split=args.split, mode=args.mode)
+    print(f"exported to {path}")
+    return 0
+
+
+COMMANDS = {"train": run_train, "search": run_search, "demo": run_demo, "export": run_export}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -191,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = [*getattr(args, "overrides", []), *config_overrides]
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError, WorkdirInUse, CheckpointError) as error:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, WorkdirInUse, CheckpointError) as error:
         print(f"vhjax {args.command}: error: {error}", file=sys.stderr)
         return 2
 
