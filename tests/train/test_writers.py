@@ -118,3 +118,48 @@ def test_progress_bar_on_a_terminal(capsys):
     captured = capsys.readouterr()
     assert "step 10/30 | train loss 1.0" in captured.out
     assert "10/30" in captured.err and ("step/s" in captured.err or "s/step" in captured.err)
+
+
+def test_wandb_and_mlflow_writers_with_stand_in_modules(monkeypatch):
+    import types
+
+    from vhjax.train.writers import MLflowWriter, WandbWriter
+
+    logged = []
+
+    class Run:
+        def log(self, values, step):
+            logged.append(("wandb", step, values))
+
+        def finish(self):
+            logged.append(("wandb", "finish"))
+
+    wandb = types.SimpleNamespace(init=lambda config, **kw: logged.append(("wandb", "config", config)) or Run())
+    mlflow = types.SimpleNamespace(
+        set_tracking_uri=lambda uri: None, set_experiment=lambda name: None,
+        start_run=lambda run_name=None: logged.append(("mlflow", "start")),
+        log_params=lambda params: logged.append(("mlflow", "params", params)),
+        log_metrics=lambda values, step: logged.append(("mlflow", step, values)),
+        end_run=lambda: logged.append(("mlflow", "end")))
+    monkeypatch.setitem(sys.modules, "wandb", wandb)
+    monkeypatch.setitem(sys.modules, "mlflow", mlflow)
+    for writer in (WandbWriter(project="p", mode="offline"), MLflowWriter(experiment="e")):
+        writer.start(2, [{"learning_rate": 0.1}, {"learning_rate": 0.2}])
+        writer.write(10, "eval", {"accuracy": [0.5, 0.75], "alive": [True, True]})
+        writer.write(10, "train", {"member_steps_per_second": 99.0})
+        writer.close()
+    wandb_rows = [row for row in logged if row[0] == "wandb"]
+    assert wandb_rows[0][2]["member_01"] == {"learning_rate": 0.2}
+    assert wandb_rows[1] == ("wandb", 10, {"member_00/eval/accuracy": 0.5, "member_01/eval/accuracy": 0.75})
+    assert wandb_rows[2] == ("wandb", 10, {"train/member_steps_per_second": 99.0})
+    mlflow_rows = [row for row in logged if row[0] == "mlflow"]
+    assert mlflow_rows[1] == ("mlflow", "params", {"member_00.learning_rate": 0.1, "member_01.learning_rate": 0.2})
+    assert mlflow_rows[2][2] == {"member_00/eval/accuracy": 0.5, "member_01/eval/accuracy": 0.75}
+
+
+def test_missing_optional_writer_package_is_a_clear_error(monkeypatch):
+    from vhjax.train.writers import WandbWriter
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import fails
+    with pytest.raises(ImportError, match=r"pip install 'vhjax\[wandb\]'"):
+        WandbWriter()
