@@ -266,7 +266,7 @@ def write_logs(log: MetricsLog, report: Report, population: PopulationState, wri
                                    "diverged_step": np.asarray(population.diverged_step),
                                    "stopped": np.asarray(population.stopped)}
         log.write(report.step, split, {**{k: value(v) for k, v in values.items()}, **extra})
-    if writers is not None:
+    if writers:
         writers.write(report.step, "train", {**report.train, **report.logs, "member_steps_per_second": rate})
         for split, values in report.eval.items():
             writers.write(report.step, split, values)

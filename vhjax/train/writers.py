@@ -231,6 +231,9 @@ class Writers:
     def __init__(self, writers: Sequence[Any]):
         self.writers = list(writers)
 
+    def __bool__(self) -> bool:  # no writers: the loop skips building their rows
+        return bool(self.writers)
+
     def start(self, size: int, hparams: Sequence[Mapping[str, Any]] = (), resumed_from: int | None = None) -> None:
         for writer in self.writers:
             writer.start(size, hparams, resumed_from)
