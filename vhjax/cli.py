@@ -209,8 +209,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     args = build_parser(names=any(a in ("-h", "--help") for a in argv)).parse_args(argv)
     args.config_overrides = config_overrides
-    if config_overrides and args.command != "train":
-        args.overrides = [*getattr(args, "overrides", []), *config_overrides]
+    if config_overrides and args.command == "search":
+        args.overrides = [*args.overrides, *config_overrides]
+    elif config_overrides and args.command != "train":
+        print(f"vhjax {args.command}: error: --config.* overrides are for train and search", file=sys.stderr)
+        return 2
     try:
         return COMMANDS[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, WorkdirInUse, CheckpointError) as error:
