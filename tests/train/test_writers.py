@@ -163,3 +163,28 @@ def test_missing_optional_writer_package_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import fails
     with pytest.raises(ImportError, match=r"pip install 'vhjax\[wandb\]'"):
         WandbWriter()
+
+
+def test_hparams_dashboard_backend_lists_members_hyperparameters_and_metrics(tmp_path):
+    """TensorBoard's own HParams backend (as the dashboard calls it) finds the members' sessions."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import backend_context
+
+    members = [{"learning_rate": 1e-3}, {"learning_rate": 3e-3}, {"learning_rate": 1e-2, "batch_size": 16}]
+    fit_population(CONFIG, members, tmp_path, verbose=False)
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(tmp_path))
+    multiplexer.Reload()
+    provider = data_provider.MultiplexerDataProvider(multiplexer, str(tmp_path))
+    backend = backend_context.Context(base_plugin.TBContext(logdir=str(tmp_path), multiplexer=multiplexer,
+                                                            data_provider=provider))
+    request = context.RequestContext()
+    sessions = backend.hparams_metadata(request, "")
+    assert {run for run, tags in sessions.items() if "_hparams_/session_start_info" in tags} == {
+        "bucket_0/tensorboard/member_00", "bucket_0/tensorboard/member_01", "bucket_1/tensorboard/member_02"}
+    experiment = backend.experiment_from_metadata(request, "", True, sessions,
+                                                  backend.hparams_from_data_provider(request, "", 100))
+    assert {"learning_rate", "batch_size", "model"} <= {info.name for info in experiment.hparam_infos}
+    assert {"eval/accuracy", "train/loss"} <= {info.name.tag for info in experiment.metric_infos}

@@ -241,11 +241,13 @@ def _run_locked(population: PopulationState, runner: Callable, data: Any, *, ste
 
 
 def member_hparams(population: PopulationState, extra: Sequence[dict] | None = None) -> list[dict]:
-    """Per member: its scalar per-member hyperparameters (learning rate, ...) and `extra`'s entries."""
+    """Per member: its scalar per-member hyperparameters (learning rate, ...; in a population those
+    that differ between members) and `extra`'s entries."""
     from vhjax.population.exploit import get_member_hparams
 
     values = {k: np.asarray(v) for k, v in get_member_hparams(population).items()}
-    scalars = {k: v for k, v in values.items() if v.shape == (population.size,)}
+    scalars = {k: v for k, v in values.items() if v.shape == (population.size,)
+               and (population.size == 1 or np.unique(v).size > 1)}
     rows = [{k: v[i].item() for k, v in scalars.items()} for i in range(population.size)]
     if extra is not None:
         rows = [{**row, **dict(more)} for row, more in zip(rows, extra)]
