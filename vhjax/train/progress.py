@@ -7,6 +7,7 @@ The same object serves `fit`, `fit_population`, PBT, k-fold and the CLI (`--quie
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any
@@ -31,6 +32,16 @@ def is_terminal(stream: Any) -> bool:
         return False
 
 
+def terminal_size(stream: Any, default: tuple[int, int] = (100, 24)) -> tuple[int, int]:
+    """(columns, lines) of the terminal, each `default` where it reports 0 (a pseudo-terminal with
+    no size, on which tqdm would draw nothing)."""
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (AttributeError, ValueError, OSError):
+        return default
+    return size.columns or default[0], size.lines or default[1]
+
+
 class Progress:
     """`update(steps_done_in_chunk, line)` after each chunk; `close()` at the end.
 
@@ -45,8 +56,10 @@ class Progress:
         if verbose and (is_terminal(sys.stderr) if bar is None else bar):
             from tqdm.auto import tqdm
 
+            columns, lines = terminal_size(sys.stderr)
+
             self._bar = tqdm(total=total, initial=initial, desc=label.rstrip(" |") or None, unit="step",
-                             file=sys.stderr, dynamic_ncols=True, leave=True)
+                             file=sys.stderr, ncols=columns, nrows=lines, leave=True)
 
     def eta(self) -> float | None:
         done = self.step - self.start_step
