@@ -226,7 +226,8 @@ def _field_path(key: str) -> tuple[str, str]:
     second, _, tail = rest.partition(".")
     if head in SECTIONS and second in SECTIONS[head]:
         return second, tail
-    if head in SECTIONS:
+    # 'optimizer' and 'model' are sections and fields: `optimizer=sgd` sets the field
+    if head in SECTIONS and second and not (head in fields and isinstance(getattr(TrainConfig(), head), Mapping)):
         home = next((section for section, names in SECTIONS.items() if second in names), None)
         hint = (f"; {second!r} is in section {home!r} ({home}.{second})" if home else
                 "".join(f"; did you mean {head}.{m}?" for m in difflib.get_close_matches(second, SECTIONS[head], 1)))
