@@ -274,6 +274,9 @@ def write_logs(log: MetricsLog, report: Report, population: PopulationState, wri
             writers.write(report.step, split, values)
         from vhjax.population.exploit import get_member_hparams
 
-        changing = {k: v for k, v in get_member_hparams(population).items() if np.shape(v) == (population.size,)}
-        writers.write(report.step, "hparams", changing)
+        # per member: the learning rate and the hyperparameters that differ between members (PBT changes them)
+        hparams = {k: np.asarray(v) for k, v in get_member_hparams(population).items()}
+        shown = {k: v for k, v in hparams.items() if v.shape == (population.size,)
+                 and (k == "learning_rate" or np.unique(v).size > 1)}
+        writers.write(report.step, "hparams", shown)
         writers.flush()
