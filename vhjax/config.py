@@ -219,16 +219,37 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def _field_path(key: str) -> tuple[str, str]:
     """(field, key within a dict field) of `field`, `field.key`, `section.field` or `section.field.key`."""
+    import difflib
+
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     head, _, rest = key.partition(".")
     second, _, tail = rest.partition(".")
     if head in SECTIONS and second in SECTIONS[head]:
         return second, tail
+    # 'optimizer' and 'model' are sections and fields: `optimizer=sgd` sets the field
+    if head in SECTIONS and second and not (head in fields and isinstance(getattr(TrainConfig(), head), Mapping)):
+        home = next((section for section, names in SECTIONS.items() if second in names), None)
+        hint = (f"; {second!r} is in section {home!r} ({home}.{second})" if home else
+                "".join(f"; did you mean {head}.{m}?" for m in difflib.get_close_matches(second, SECTIONS[head], 1)))
+        raise ValueError(f"unknown config field {head}.{second} (override {key!r}){hint}; fields of {head}: "
+                         f"{', '.join(SECTIONS[head])}")
     if head in fields:
         return head, rest
+    close = difflib.get_close_matches(head, sorted(fields | set(SECTIONS)), 1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
     known = ", ".join(sorted(fields))
-    raise ValueError(f"unknown config field {head!r}; known fields: {known} (or section.field, sections: "
-                     f"{', '.join(SECTIONS)})")
+    raise ValueError(f"unknown config field {head!r} (override {key!r}){hint}; known fields: {known} "
+                     f"(or section.field, sections: {', '.join(SECTIONS)})")
+
+
+def _check_override_type(key: str, field: str, value: Any) -> None:
+    """A number field takes a number, a True/False field True or False (as ml_collections checks types)."""
+    default = next(f for f in dataclasses.fields(TrainConfig) if f.name == field).default
+    if isinstance(default, bool):
+        require(isinstance(value, bool), f"config field {key!r}", value, "True or False")
+    elif isinstance(default, (int, float)):
+        require(isinstance(value, (int, float)) and not isinstance(value, bool), f"config field {key!r}", value,
+                f"a number (default {default!r})")
 
 
 def apply_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
@@ -237,6 +258,8 @@ def apply_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfi
     for text in overrides:
         key, value = parse_override(text)
         field, sub = _field_path(key)
+        if not sub:
+            _check_override_type(key, field, value)
         if sub:
             current = getattr(config, field)
             if not isinstance(current, Mapping):
@@ -244,6 +267,16 @@ def apply_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfi
             value = {**dict(current), sub: value}
         config = dataclasses.replace(config, **{field: value})
     return config
+
+
+def config_help() -> str:
+    """Every config field by section with its default, for `--help`."""
+    defaults = TrainConfig().sections()
+    lines = ["config fields (override as section.field=value or field=value; defaults shown):"]
+    for section, values in defaults.items():
+        lines.append(f"  {section}:")
+        lines += [f"    {section}.{name} = {value!r}" for name, value in values.items()]
+    return "\n".join(lines)
 
 
 def as_train_config(config: Any, source: str = "config") -> TrainConfig:

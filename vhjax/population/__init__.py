@@ -5,6 +5,7 @@ from vhjax.population.engine import (PopulationRunner, all_finite, default_membe
                                      make_population_step)
 from vhjax.population.exploit import (copy_members, get_member_hparams, perturb, resample,
                                       set_member_hparams, truncation_sources)
+from vhjax.population.export import export_member
 from vhjax.population.fit import FitResult, PopulationResult, bucket_members, fit, fit_population
 from vhjax.population.hooks import best_members, early_stopping, keep_best, reduce_on_plateau
 from vhjax.population.kfold import KFoldResult, fit_kfold
@@ -16,7 +17,7 @@ from vhjax.population.state import PopulationState, new_population
 
 __all__ = ["FitResult", "Hook", "KFoldResult", "LoopResult", "PBTResult", "PopulationResult", "PopulationRunner",
            "PopulationState", "Report", "all_finite", "best_members", "bucket_members", "classifier_runner",
-           "copy_members", "default_member_group", "early_stopping", "exploit_and_explore", "fit", "fit_kfold", "fit_members", "fit_members",
+           "copy_members", "default_member_group", "early_stopping", "export_member", "exploit_and_explore", "fit", "fit_kfold", "fit_members", "fit_members",
            "fit_pbt", "fit_population", "get_member_hparams", "init_members", "init_population", "keep_best",
            "keep_where", "loss_runner", "make_loss_step", "make_population_eval", "make_population_step",
            "new_population", "pbt_hook", "perturb", "population_batch_indices", "reduce_on_plateau", "resample",

@@ -28,6 +28,7 @@ from vhjax.train.metrics_log import MetricsLog
 from vhjax.train.state import TrainState
 from vhjax.train.task import Task, build_task, with_member_hparams
 from vhjax.train.workdir import prepare_workdir, save_preprocessing
+from vhjax.train.writers import TensorBoardWriter
 from vhjax.validation import check_choice, check_int
 
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
@@ -221,7 +222,8 @@ def compiled_programs(task: Task, member_group: int | None, isolation: str = "op
 
 def train_bucket(task: Task, population: PopulationState, workdir: Path | None, label: str, *,
                  mesh: Any = None, isolation: str = "optimistic", member_group: int | str | None = "auto",
-                 verbose: bool = True) -> tuple[PopulationState, dict, LoopResult]:
+                 verbose: bool = True, writers: Any = "auto",
+                 hparams: Sequence[dict] | None = None) -> tuple[PopulationState, dict, LoopResult]:
     """One bucket through the one loop with the config's hooks; returns the final population (each
     member's best parameters when they are kept), its metrics per split and the loop's result."""
     config = task.config
@@ -233,7 +235,8 @@ def train_bucket(task: Task, population: PopulationState, workdir: Path | None, 
     hooks = config_hooks(config)
     outcome = run_loop(population, run_chunk, train_data, steps=config.steps, eval_every=config.eval_every,
                        evaluate=lambda p: {"eval": evaluate(p, *eval_data)}, hooks=hooks, workdir=workdir,
-                       checkpoint_every=config.checkpoint_every, mesh=mesh, label=label, verbose=verbose)
+                       checkpoint_every=config.checkpoint_every, mesh=mesh, label=label, verbose=verbose,
+                       writers=writers, hparams=hparams)
     population = outcome.population
     final_population = population
     if "keep_best" in outcome.hook_states:
@@ -286,8 +289,12 @@ def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], wo
         if bucket_dir is not None:
             bucket_dir.mkdir(parents=True, exist_ok=True)
             save_preprocessing(bucket_dir, task)
+        writers = [TensorBoardWriter(bucket_dir / "tensorboard", names=[f"member_{i:02d}" for i in indices])] \
+            if bucket_dir is not None else None  # runs named by the member's index in `members`
+        hparams = [{**static_hparams(task.config), **dict(members[i])} for i in indices]
         population, final, outcome = train_bucket(task, population, bucket_dir, label, mesh=mesh, isolation=isolation,
-                                                  member_group=member_group, verbose=verbose)
+                                                  member_group=member_group, verbose=verbose, writers=writers,
+                                                  hparams=hparams)
         states.append(population)
         histories.append(outcome.history)
         best_step = outcome.hook_states.get("keep_best", {}).get("step")
@@ -304,6 +311,11 @@ def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], wo
     if root is not None:
         (root / "result.json").write_text(json.dumps(results, default=lambda v: np.asarray(v).tolist(), indent=1))
     return result
+
+
+def static_hparams(config: TrainConfig) -> dict[str, Any]:
+    """The config fields shown in the HParams dashboard next to each member's own values."""
+    return {name: getattr(config, name) for name in ("model", "optimizer", "batch_size", "steps", "schedule")}
 
 
 def record_members(path: Path, members: Sequence[Mapping[str, Any]]) -> None:
@@ -327,8 +339,8 @@ def fit(config: TrainConfig, workdir: str | Path | None = None, *, mesh: Any = N
     save_preprocessing(root, task)
     population = init_population(task, 1, seeds=[config.seed], same_batches=False)
     population, final, outcome = train_bucket(task, population, root, "", mesh=parallel.resolve_mesh(mesh),
-                                              member_group=None,
-                                              verbose=verbose)
+                                              member_group=None, verbose=verbose,
+                                              hparams=[static_hparams(config)])
     if not bool(population.alive[0]):
         step = int(population.diverged_step[0])
         raise FloatingPointError(

@@ -107,7 +107,9 @@ def fit_kfold(config: TrainConfig, candidates: Sequence[Mapping[str, Any]] = ({}
     outcome = run_loop(population, runner, (jnp.asarray(x), jnp.asarray(y)), steps=config.steps,
                        eval_every=config.eval_every, evaluate=evaluate_folds, hooks=config_hooks(config),
                        workdir=root, checkpoint_every=config.checkpoint_every, mesh=mesh,
-                       label=f"k-fold ({len(candidates)} candidates x {k} folds) | ", verbose=verbose)
+                       label=f"k-fold ({len(candidates)} candidates x {k} folds) | ", verbose=verbose,
+                       hparams=[{"candidate": c, "fold": f, **dict(candidates[c])}
+                                for c in range(len(candidates)) for f in range(k)])
     population = outcome.population
     if "keep_best" in outcome.hook_states:
         population = best_members(population, outcome.hook_states["keep_best"])

@@ -35,7 +35,9 @@ from vhjax import parallel, preemption
 from vhjax.population.state import PopulationState, training_mask
 from vhjax.train.checkpoint import Checkpointer
 from vhjax.train.metrics_log import MetricsLog, print_progress
+from vhjax.train.progress import Progress
 from vhjax.train.workdir import workdir_lock
+from vhjax.train.writers import resolve_writers
 from vhjax.validation import check_int
 
 
@@ -165,9 +167,15 @@ def on_mesh(runner: Callable, mesh: Any) -> Callable:
 def run_loop(population: PopulationState, runner: Callable, data: Any, *, steps: int, eval_every: int,
              evaluate: Callable[[PopulationState], dict] | None = None, hooks: Sequence[Hook] = (),
              workdir: str | Path | None = None, checkpoint_every: int = 1, mesh: Any = None,
-             label: str = "", verbose: bool = True, log: MetricsLog | None = None) -> LoopResult:
+             label: str = "", verbose: bool = True, log: MetricsLog | None = None, writers: Any = "auto",
+             hparams: Sequence[dict] | None = None) -> LoopResult:
     """Train `population` to `steps` with `runner` (an engine chunk runner) on `data`; see the module
-    docstring. Returns when every member reached `steps`, or stopped, or diverged."""
+    docstring. Returns when every member reached `steps`, or stopped, or diverged.
+
+    `writers` get every row of the metrics log (`vhjax.train.writers`): 'auto' writes TensorBoard
+    event files under `workdir/tensorboard` when there is a workdir; None writes none. `hparams`:
+    per member, values shown in the HParams dashboard besides its per-member hyperparameters.
+    `verbose`: a progress bar (stderr a terminal) or a line per chunk with the ETA."""
     check_int("steps", steps, 1)
     check_int("eval_every", eval_every, 1)
     check_int("checkpoint_every", checkpoint_every, 1)
@@ -178,12 +186,13 @@ def run_loop(population: PopulationState, runner: Callable, data: Any, *, steps:
     with workdir_lock(workdir), preemption.watch(enabled=workdir is not None):
         return _run_locked(population, runner, data, steps=steps, eval_every=eval_every, evaluate=evaluate,
                            hooks=hooks, workdir=workdir, checkpoint_every=checkpoint_every, mesh=mesh, label=label,
-                           verbose=verbose, log=log)
+                           verbose=verbose, log=log, writers=writers, hparams=hparams)
 
 
 def _run_locked(population: PopulationState, runner: Callable, data: Any, *, steps: int, eval_every: int,
                 evaluate: Callable | None, hooks: Sequence[Hook], workdir: Path | None, checkpoint_every: int,
-                mesh: Any, label: str, verbose: bool, log: MetricsLog | None) -> LoopResult:
+                mesh: Any, label: str, verbose: bool, log: MetricsLog | None, writers: Any = "auto",
+                hparams: Sequence[dict] | None = None) -> LoopResult:
     log = log or MetricsLog(workdir / "metrics.jsonl" if workdir else None)
     hook_states = {hook.name: hook.init(population) for hook in hooks}
     checkpointer = Checkpointer(workdir / "checkpoints") if workdir else None
@@ -195,12 +204,15 @@ def _run_locked(population: PopulationState, runner: Callable, data: Any, *, ste
         hook_states = {k: {**restored["hooks"][k], **({"record": record["hooks"][k]} if record["hooks"].get(k) is not None
                                                        else {})} for k in hook_states}
         resumed_from = int(record["step"])
-        if verbose:
-            print_progress(f"{label}resumed from {workdir} at step {resumed_from}")
     log.truncate_after(resumed_from or 0)  # rows past the checkpoint (or of a run killed before one)
+    writers = resolve_writers(writers, workdir)
+    writers.start(population.size, member_hparams(population, hparams), resumed_from)
     if mesh is not None:
         runner, data = on_mesh(runner, mesh), parallel.replicate(data, mesh)
     step = resumed_from if resumed_from is not None else population_step(population)
+    progress = Progress(steps, step, label, verbose)
+    if resumed_from is not None:
+        progress.message(f"{label}resumed from {workdir} at step {resumed_from}")
     collected: list[dict] = []
     for chunk_number, length in enumerate(chunk_lengths(step, steps, eval_every)):
         if not bool(np.any(training_mask(population))):
@@ -215,26 +227,43 @@ def _run_locked(population: PopulationState, runner: Callable, data: Any, *, ste
         report = Report(step, steps, length, time.perf_counter() - tick, summarize_chunk(metrics), evaluation, {})
         for hook in hooks:
             hook_states[hook.name], population = hook.update(hook_states[hook.name], population, report)
-        write_logs(log, report, population)
+        write_logs(log, report, population, writers)
         last = step >= steps or not bool(np.any(training_mask(population)))
         preempted = checkpointer is not None and preemption.requested()
         if checkpointer is not None and ((chunk_number + 1) % checkpoint_every == 0 or last or preempted):
             arrays = {k: split_state(v)[0] for k, v in hook_states.items()}
             records = {k: split_state(v)[1] for k, v in hook_states.items()}
             checkpointer.save(step, {"population": population, "hooks": arrays}, {"step": step, "hooks": records})
-        if verbose:
-            print_progress(progress_line(label, report, population))
+        progress.update(length, progress_line(label, report, population))
         if preempted:  # SIGTERM/SIGINT: the checkpoint is written, exit 0 (the rerun resumes)
+            progress.close()
+            writers.close()
             checkpointer.close()
             print_progress(f"{label}{preemption.message(step, steps, workdir)}")
             raise preemption.Preempted(preemption.message(step, steps, workdir))
+    progress.close()
+    writers.close()
     if checkpointer is not None:
         checkpointer.close()
     step_metrics = {k: np.concatenate([m[k] for m in collected]) for k in (collected[0] if collected else {})}
     return LoopResult(population, hook_states, log.read(), step_metrics, resumed_from)
 
 
-def write_logs(log: MetricsLog, report: Report, population: PopulationState) -> None:
+def member_hparams(population: PopulationState, extra: Sequence[dict] | None = None) -> list[dict]:
+    """Per member: its scalar per-member hyperparameters (learning rate, ...; in a population those
+    that differ between members) and `extra`'s entries."""
+    from vhjax.population.exploit import get_member_hparams
+
+    values = {k: np.asarray(v) for k, v in get_member_hparams(population).items()}
+    scalars = {k: v for k, v in values.items() if v.shape == (population.size,)
+               and (population.size == 1 or np.unique(v).size > 1)}
+    rows = [{k: v[i].item() for k, v in scalars.items()} for i in range(population.size)]
+    if extra is not None:
+        rows = [{**row, **dict(more)} for row, more in zip(rows, extra)]
+    return rows
+
+
+def write_logs(log: MetricsLog, report: Report, population: PopulationState, writers: Any = None) -> None:
     """A 'train' row (chunk means, rate, hook logs) and one row per evaluated split. Values are per
     member lists, or plain numbers for a population of one (`fit`)."""
     single = population.size == 1
@@ -248,3 +277,15 @@ def write_logs(log: MetricsLog, report: Report, population: PopulationState) -> 
                                    "diverged_step": np.asarray(population.diverged_step),
                                    "stopped": np.asarray(population.stopped)}
         log.write(report.step, split, {**{k: value(v) for k, v in values.items()}, **extra})
+    if writers:
+        writers.write(report.step, "train", {**report.train, **report.logs, "member_steps_per_second": rate})
+        for split, values in report.eval.items():
+            writers.write(report.step, split, values)
+        from vhjax.population.exploit import get_member_hparams
+
+        # per member: the learning rate and the hyperparameters that differ between members (PBT changes them)
+        hparams = {k: np.asarray(v) for k, v in get_member_hparams(population).items()}
+        shown = {k: v for k, v in hparams.items() if v.shape == (population.size,)
+                 and (k == "learning_rate" or np.unique(v).size > 1)}
+        writers.write(report.step, "hparams", shown)
+        writers.flush()

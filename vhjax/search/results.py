@@ -230,23 +230,38 @@ class SearchResult:
 # ----------------------------------------------------------------------------- plots
 
 
-def save_plots(result: SearchResult, workdir: str) -> dict[str, str]:
+def figures(result: SearchResult) -> dict[str, Any]:
+    """The plots as matplotlib figures, name -> Figure (plots that do not apply are left out);
+    close them with `matplotlib.pyplot.close` when done."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    drawn = {name: draw(result, plt) for name, draw in _PLOTS}
+    return {name: figure for name, figure in drawn.items() if figure is not None}
+
+
+def save_plots(result: SearchResult, workdir: str) -> dict[str, str]:
+    import matplotlib.pyplot as plt
+
     os.makedirs(workdir, exist_ok=True)
     paths = {}
-    for name, draw in _PLOTS:
-        figure = draw(result, plt)
-        if figure is None:
-            continue
+    for name, figure in figures(result).items():
         path = os.path.join(workdir, f"{name}.png")
         figure.savefig(path, dpi=100, bbox_inches="tight")
         plt.close(figure)
         paths[name] = path
     return paths
+
+
+def fitness_label(result: SearchResult) -> str:
+    """The fitness axis label: the metric's name and direction ('accuracy (maximize)'); a
+    multi-objective search's fitness is its own scalar."""
+    if len(result.objectives) == 1:
+        name, direction = next(iter(result.objectives.items()))
+        return f"{name} ({direction})"
+    return f"fitness ({result.direction})"
 
 
 def _plot_history(result: SearchResult, plt):
@@ -259,7 +274,7 @@ def _plot_history(result: SearchResult, plt):
         low = min((t.fitness for t in done), default=0.0)
         axis.scatter([t.trial_id for t in failed], [low] * len(failed), marker="x", c="red",
                      s=15, label="failed")
-    axis.set(xlabel="trial id", ylabel="fitness", title="search history")
+    axis.set(xlabel="trial id", ylabel=fitness_label(result), title="search history")
     axis.legend()
     return figure
 
@@ -267,9 +282,16 @@ def _plot_history(result: SearchResult, plt):
 def _plot_best_so_far(result: SearchResult, plt):
     figure, axis = plt.subplots(figsize=(6, 4))
     curve = result.best_so_far()
-    axis.plot(np.arange(1, len(curve) + 1), curve)
-    axis.set(xlabel="trials", ylabel=f"best fitness ({result.direction})", title="best so far")
+    axis.plot(np.arange(1, len(curve) + 1), curve, drawstyle="steps-post")  # the best changes only at a trial
+    axis.set(xlabel="trials", ylabel=f"best {fitness_label(result)}", title="best so far")
+    _integer_ticks(axis.xaxis)
     return figure
+
+
+def _integer_ticks(axis) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _plot_pareto(result: SearchResult, plt):
@@ -300,10 +322,13 @@ def _plot_lineage(result: SearchResult, plt):
         parent = trials[child.parent_id]
         axis.plot([parent.generation, child.generation], [parent.slot, child.slot], c="C0",
                   alpha=0.5, lw=0.8)
-    axis.scatter([t.generation for t in trials.values()], [t.slot for t in trials.values()],
-                 c=[t.fitness if t.fitness is not None else np.nan for t in trials.values()],
-                 s=12, cmap="viridis")
+    points = axis.scatter([t.generation for t in trials.values()], [t.slot for t in trials.values()],
+                          c=[t.fitness if t.fitness is not None else np.nan for t in trials.values()],
+                          s=12, cmap="viridis", plotnonfinite=True)
+    figure.colorbar(points, ax=axis, label=fitness_label(result))
     axis.set(xlabel="generation", ylabel="slot", title="lineage (parent -> child)")
+    _integer_ticks(axis.xaxis)
+    _integer_ticks(axis.yaxis)
     return figure
 
 
