@@ -500,8 +500,8 @@ def _restore(store, strategy, init_key):
     except storage_lib.StoreDamaged:
         raise
     except Exception as error:  # msgpack's errors for damaged bytes are of many kinds
-        raise storage_lib.damaged(store.location, f"the saved strategy state cannot be read: "
-                                  f"{type(error).__name__}: {str(error)[:200]}") from None
+        detail = f"{type(error).__name__}: {str(error)[:200]}" if str(error) else type(error).__name__
+        raise storage_lib.damaged(store.location, f"the saved strategy state cannot be read ({detail})") from None
 
 
 def _run(store, fingerprint, evaluate, evaluator_name, space, strategy, strategy_name, objective_spec,

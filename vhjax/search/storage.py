@@ -241,7 +241,7 @@ class _SqliteBackend:
             if not os.path.exists(path):
                 _create_sqlite_file(path)
             elif os.path.isfile(path) and os.path.getsize(path) == 0:
-                raise damaged(path, "the file is empty (0 bytes)")
+                raise damaged(path, "the file is empty: 0 bytes")
         with self._guard():
             self._connection = sqlite3.connect(
                 path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False

@@ -1,0 +1,178 @@
+"""Fault injection: kill -9 at targeted points, two processes on one workdir, damaged store files.
+
+Each kill test runs a tiny scenario of `fault_scenarios` in a fresh process with `VHJAX_FAULT` set,
+so the process SIGKILLs itself at that point (as `kill -9` would), then resumes it here and asserts
+0 trials lost, 0 duplicated, none left `running`, and an outcome identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.search import fault_scenarios
+from vhjax.search import Float, Space, search
+from vhjax.search.storage import SQLITE_FILENAME, StoreDamaged, open_store
+from vhjax.train.workdir import WorkdirInUse
+
+REPO = Path(__file__).resolve().parents[2]
+_REFERENCE: dict[str, dict] = {}
+
+
+def reference(name: str, tmp_path_factory) -> dict:
+    """The outcome of an uninterrupted run (computed once per scenario)."""
+    if name not in _REFERENCE:
+        _REFERENCE[name] = fault_scenarios.run(name, str(tmp_path_factory.mktemp(f"reference_{name}")))
+    return _REFERENCE[name]
+
+
+def run_killed(name: str, workdir: Path, fault: str) -> None:
+    """Run scenario `name` in a new process that kills itself at `fault`; assert it died by SIGKILL."""
+    env = {**os.environ, "VHJAX_FAULT": fault, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "tests.search.fault_scenarios", name, str(workdir)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, (f"scenario {name!r} was not killed at {fault} "
+                                                f"(rc {done.returncode}): {done.stderr[-2000:]}")
+
+
+def assert_whole(outcome: dict, expected: dict) -> None:
+    if "rows" in expected:
+        assert outcome["running"] == 0, "trials left running"
+        assert outcome["distinct"] == outcome["count"], "duplicated trials"
+        assert outcome["count"] == expected["count"], "lost trials"
+    assert outcome == expected
+
+
+@pytest.mark.parametrize("name, fault", [
+    ("search", "store.add@2"),          # inside the transaction that inserts generation 1's rows
+    ("search", "search.evaluated@2"),   # generation 1 evaluated, nothing of it stored
+    ("search", "store.finish@3"),       # inside the transaction that records generation 2 + state
+    ("multifidelity", "store.finish@2"),
+    ("fit", "checkpoint.save@2"),       # second chunk evaluated and logged, its checkpoint not written
+    ("population", "checkpoint.save@1"),  # first chunk logged, no checkpoint at all yet
+    ("pbt", "checkpoint.save@2"),       # mid-training
+    ("pbt", "store.rounds"),            # training done, inside the transaction that stores its rounds
+])
+def test_killed_run_resumes_with_nothing_lost_or_duplicated(name, fault, tmp_path, tmp_path_factory):
+    expected = reference(name, tmp_path_factory)
+    run_killed(name, tmp_path, fault)
+    resumed = fault_scenarios.run(name, str(tmp_path))
+    assert_whole(resumed, expected)
+    assert fault_scenarios.run(name, str(tmp_path)) == expected  # and a further rerun changes nothing
+
+
+def test_pbt_store_cut_by_an_older_version_is_stored_again(tmp_path, tmp_path_factory):
+    """A store holding some rounds with trials left `running` and no 'stored' marker (written by the
+    per-round code this replaced) gets every round again, not 12 of 16 with 4 running."""
+    expected = reference("pbt", tmp_path_factory)
+    fault_scenarios.run("pbt", str(tmp_path))
+    with sqlite3.connect(tmp_path / SQLITE_FILENAME) as db:
+        db.execute("DELETE FROM vhjax_meta WHERE meta_key = 'pbt_rounds_stored'")
+        db.execute("DELETE FROM vhjax_trials WHERE generation = 2")
+        db.execute("UPDATE vhjax_trials SET status = 'running' WHERE generation = 1")
+    assert_whole(fault_scenarios.run("pbt", str(tmp_path)), expected)
+
+
+# ----------------------------------------------------------------------------- two processes
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+import numpy as np
+from vhjax.search import Float, Space, search
+
+def slow(batch):
+    Path(sys.argv[2]).write_text("started")
+    time.sleep(60)
+    return np.zeros(len(batch))
+
+search(slow, Space({"x": Float(0, 1)}), budget=1, workdir=sys.argv[1], verbose=False)
+"""
+
+
+def test_second_process_on_a_search_workdir_is_refused(tmp_path):
+    marker = tmp_path / "started"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "run"), str(marker)], cwd=REPO,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        deadline = time.time() + 120
+        while not marker.exists() and holder.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), "the first search never started"
+        with pytest.raises(WorkdirInUse, match=rf"in use by another process \(pid {holder.pid}\)"):
+            search(lambda b: np.zeros(len(b)), Space({"x": Float(0, 1)}), budget=1, workdir=tmp_path / "run",
+                   verbose=False)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # the lock dies with its holder: the killed search resumes here
+    done = search(lambda b: np.ones(len(b)), Space({"x": Float(0, 1)}), budget=1, workdir=tmp_path / "run",
+                  verbose=False)
+    assert [t.status for t in done.trials] == ["complete"]
+
+
+def test_shared_storage_is_not_locked(tmp_path):
+    """storage= may be shared on purpose (several workers on one database): no workdir lock there."""
+    path = tmp_path / "shared.sqlite"
+    kwargs = dict(budget=2, population=2, storage=path, verbose=False)
+    search(lambda b: np.zeros(len(b)), Space({"x": Float(0, 1)}), **kwargs)
+    assert not (tmp_path / ".lock").exists()
+
+
+# ----------------------------------------------------------------------------- damaged store files
+
+
+def _search(workdir: Path, budget: int = 4):
+    return search(lambda b: np.asarray([c["x"] for c in b]), Space({"x": Float(0, 1)}), budget=budget,
+                  population=2, workdir=workdir, verbose=False)
+
+
+def _damage(path: Path, how: str) -> None:
+    if how == "empty":
+        path.write_bytes(b"")
+        return
+    if how == "garbage":
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+        return
+    if how == "truncated":
+        data = path.read_bytes()
+        path.write_bytes(data[:len(data) // 2] + b"\x00" * 37)
+        return
+    with sqlite3.connect(path) as db:
+        if how == "json":
+            db.execute("UPDATE vhjax_trials SET params = '{not json' WHERE trial_id = 2")
+        elif how == "utf8":
+            db.execute("UPDATE vhjax_trials SET u = CAST(X'FFFE00' AS TEXT) WHERE trial_id = 3")
+        elif how == "status":
+            db.execute("UPDATE vhjax_trials SET status = 'exploded' WHERE trial_id = 1")
+        elif how == "state":
+            db.execute("UPDATE vhjax_strategy_state SET state = X'C1C1C1'")
+
+
+@pytest.mark.parametrize("how", ["empty", "garbage", "truncated", "json", "utf8", "status", "state"])
+def test_damaged_store_is_a_clear_error_naming_the_file(tmp_path, how):
+    _search(tmp_path)
+    path = tmp_path / SQLITE_FILENAME
+    with sqlite3.connect(path) as db:  # fold the WAL into the file so that damaging the file damages the data
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    _damage(path, how)
+    with pytest.raises(StoreDamaged, match="Move it away") as caught:
+        _search(tmp_path, budget=6)
+    assert str(path) in str(caught.value)
+    assert isinstance(caught.value, ValueError)
+
+
+def test_new_store_file_is_never_empty_and_leaves_no_temporary(tmp_path):
+    store = open_store(tmp_path)
+    store.close()
+    assert (tmp_path / SQLITE_FILENAME).stat().st_size > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [SQLITE_FILENAME]
+
