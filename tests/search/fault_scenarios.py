@@ -4,8 +4,7 @@
 the same for an uninterrupted run and a killed-then-resumed one when nothing was lost or duplicated
 (trial ids are left out: a generation cut before its commit is inserted again under new ids; a
 trial's parent is named by its (generation, slot)). `python -m tests.search.fault_scenarios NAME
-WORKDIR` runs one in a fresh process (the fault tests set `VHJAX_FAULT` there to kill it) and
-prints the outcome as one JSON line.
+WORKDIR --fault POINT` runs one in a fresh process that kills itself at POINT (see `main`).
 """
 
 from __future__ import annotations
@@ -88,5 +87,32 @@ def run(name: str, workdir: str) -> dict[str, Any]:
     raise ValueError(f"scenario {name!r} is unknown; allowed: {SCENARIOS}")
 
 
+def main(argv: list[str]) -> None:
+    """`NAME WORKDIR [--reference DIR] [--fault POINT[@N]] [--cache DIR]`: with --reference, first an
+    uninterrupted run there (its outcome printed as one JSON line); then the run in WORKDIR with the
+    fault armed (`VHJAX_FAULT`), whose outcome is printed if it is not killed. --cache: JAX's
+    persistent compilation cache in DIR, so the runs after the first load their programs."""
+    import argparse
+    import os
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("name", choices=SCENARIOS)
+    parser.add_argument("workdir")
+    parser.add_argument("--reference")
+    parser.add_argument("--fault")
+    parser.add_argument("--cache")
+    args = parser.parse_args(argv)
+    if args.cache:
+        from vhjax import compilation_cache
+
+        compilation_cache.enable(args.cache)
+    os.environ.pop("VHJAX_FAULT", None)
+    if args.reference:
+        print(json.dumps(run(args.name, args.reference)), flush=True)
+    if args.fault:
+        os.environ["VHJAX_FAULT"] = args.fault
+    print(json.dumps(run(args.name, args.workdir)), flush=True)
+
+
 if __name__ == "__main__":
-    print(json.dumps(run(sys.argv[1], sys.argv[2])), flush=True)
+    main(sys.argv[1:])

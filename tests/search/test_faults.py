@@ -1,12 +1,14 @@
 """Fault injection: kill -9 at targeted points, two processes on one workdir, damaged store files.
 
 Each kill test runs a tiny scenario of `fault_scenarios` in a fresh process with `VHJAX_FAULT` set,
-so the process SIGKILLs itself at that point (as `kill -9` would), then resumes it here and asserts
-0 trials lost, 0 duplicated, none left `running`, and an outcome identical to an uninterrupted run.
+so the process SIGKILLs itself at that point (as `kill -9` would), then resumes it in another and
+asserts 0 trials lost, 0 duplicated, none left `running`, and an outcome identical to an
+uninterrupted run. The runs share a persistent compilation cache, so only the first compiles.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -18,29 +20,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.search import fault_scenarios
 from vhjax.search import Float, Space, search
 from vhjax.search.storage import SQLITE_FILENAME, StoreDamaged, open_store
 from vhjax.train.workdir import WorkdirInUse
 
 REPO = Path(__file__).resolve().parents[2]
-_REFERENCE: dict[str, dict] = {}
 
 
-def reference(name: str, tmp_path_factory) -> dict:
-    """The outcome of an uninterrupted run (computed once per scenario)."""
-    if name not in _REFERENCE:
-        _REFERENCE[name] = fault_scenarios.run(name, str(tmp_path_factory.mktemp(f"reference_{name}")))
-    return _REFERENCE[name]
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """One persistent compilation cache for this module's runs: only the first run of a scenario compiles."""
+    return tmp_path_factory.mktemp("jax_cache")
 
 
-def run_killed(name: str, workdir: Path, fault: str) -> None:
-    """Run scenario `name` in a new process that kills itself at `fault`; assert it died by SIGKILL."""
-    env = {**os.environ, "VHJAX_FAULT": fault, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "tests.search.fault_scenarios", name, str(workdir)], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == -signal.SIGKILL, (f"scenario {name!r} was not killed at {fault} "
-                                                f"(rc {done.returncode}): {done.stderr[-2000:]}")
+def scenario(name: str, workdir: Path, cache: Path, *options: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("VHJAX_FAULT", None)
+    return subprocess.run([sys.executable, "-m", "tests.search.fault_scenarios", name, str(workdir), "--cache",
+                           str(cache), *options], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def outcomes(done: subprocess.CompletedProcess) -> list[dict]:
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
 def assert_whole(outcome: dict, expected: dict) -> None:
@@ -61,24 +62,30 @@ def assert_whole(outcome: dict, expected: dict) -> None:
     ("pbt", "checkpoint.save@2"),       # mid-training
     ("pbt", "store.rounds"),            # training done, inside the transaction that stores its rounds
 ])
-def test_killed_run_resumes_with_nothing_lost_or_duplicated(name, fault, tmp_path, tmp_path_factory):
-    expected = reference(name, tmp_path_factory)
-    run_killed(name, tmp_path, fault)
-    resumed = fault_scenarios.run(name, str(tmp_path))
-    assert_whole(resumed, expected)
-    assert fault_scenarios.run(name, str(tmp_path)) == expected  # and a further rerun changes nothing
+def test_killed_run_resumes_with_nothing_lost_or_duplicated(name, fault, tmp_path, cache):
+    """One process runs the scenario uninterrupted, then again in a fresh workdir until it kills itself
+    at `fault`; a second process resumes that workdir twice (the second time must change nothing)."""
+    killed = scenario(name, tmp_path / "cut", cache, "--reference", str(tmp_path / "full"), "--fault", fault)
+    assert killed.returncode == -signal.SIGKILL, f"not killed at {fault} (rc {killed.returncode}): {killed.stderr[-2000:]}"
+    [expected] = outcomes(killed)
+    resumed = scenario(name, tmp_path / "cut", cache, "--reference", str(tmp_path / "cut"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    first, again = outcomes(resumed)
+    assert_whole(first, expected)
+    assert again == expected
 
 
-def test_pbt_store_cut_by_an_older_version_is_stored_again(tmp_path, tmp_path_factory):
-    """A store holding some rounds with trials left `running` and no 'stored' marker (written by the
-    per-round code this replaced) gets every round again, not 12 of 16 with 4 running."""
-    expected = reference("pbt", tmp_path_factory)
-    fault_scenarios.run("pbt", str(tmp_path))
+def test_pbt_store_cut_by_an_older_version_is_stored_again(tmp_path, cache):
+    """A store holding some rounds with trials left `running` and no 'stored' marker (as the per-round
+    writes this replaced could leave it) gets every round again, not 12 of 16 with 4 running."""
+    [expected] = outcomes(scenario("pbt", tmp_path, cache))
     with sqlite3.connect(tmp_path / SQLITE_FILENAME) as db:
         db.execute("DELETE FROM vhjax_meta WHERE meta_key = 'pbt_rounds_stored'")
         db.execute("DELETE FROM vhjax_trials WHERE generation = 2")
         db.execute("UPDATE vhjax_trials SET status = 'running' WHERE generation = 1")
-    assert_whole(fault_scenarios.run("pbt", str(tmp_path)), expected)
+    again = scenario("pbt", tmp_path, cache)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert_whole(outcomes(again)[0], expected)
 
 
 # ----------------------------------------------------------------------------- two processes
