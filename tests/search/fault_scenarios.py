@@ -4,7 +4,7 @@
 the same for an uninterrupted run and a killed-then-resumed one when nothing was lost or duplicated
 (trial ids are left out: a generation cut before its commit is inserted again under new ids; a
 trial's parent is named by its (generation, slot)). `python -m tests.search.fault_scenarios NAME
-WORKDIR --fault POINT` runs one in a fresh process that kills itself at POINT (see `main`).
+kill:WORKDIR:POINT` runs one in a fresh process that kills itself at POINT (see `main`).
 """
 
 from __future__ import annotations
@@ -87,19 +87,36 @@ def run(name: str, workdir: str) -> dict[str, Any]:
     raise ValueError(f"scenario {name!r} is unknown; allowed: {SCENARIOS}")
 
 
+def legacy_cut(workdir: str) -> None:
+    """Leave a PBT store as the per-round writes of earlier versions could when killed: the last
+    round missing, the one before left `running`, and no marker that the rounds were stored."""
+    import sqlite3
+    from pathlib import Path
+
+    from vhjax.search.storage import SQLITE_FILENAME
+
+    with sqlite3.connect(Path(workdir) / SQLITE_FILENAME) as db:
+        db.execute("DELETE FROM vhjax_meta WHERE meta_key = 'pbt_rounds_stored'")
+        last = db.execute("SELECT MAX(generation) FROM vhjax_trials").fetchone()[0]
+        db.execute("DELETE FROM vhjax_trials WHERE generation = ?", (last,))
+        db.execute("UPDATE vhjax_trials SET status = 'running' WHERE generation = ?", (last - 1,))
+
+
 def main(argv: list[str]) -> None:
-    """`NAME WORKDIR [--reference DIR] [--fault POINT[@N]] [--cache DIR]`: with --reference, first an
-    uninterrupted run there (its outcome printed as one JSON line); then the run in WORKDIR with the
-    fault armed (`VHJAX_FAULT`), whose outcome is printed if it is not killed. --cache: JAX's
-    persistent compilation cache in DIR, so the runs after the first load their programs."""
+    """`NAME [--cache DIR] STEP...`, the steps done in order in this one process:
+
+    - `run:DIR`: run the scenario in DIR and print its outcome as one JSON line;
+    - `kill:DIR:POINT[@N]`: run it in DIR with `VHJAX_FAULT=POINT[@N]`: the process kills itself there;
+    - `legacycut:DIR`: `legacy_cut(DIR)` (PBT only).
+
+    --cache: JAX's persistent compilation cache in DIR, so only the first process compiles.
+    """
     import argparse
     import os
 
     parser = argparse.ArgumentParser()
     parser.add_argument("name", choices=SCENARIOS)
-    parser.add_argument("workdir")
-    parser.add_argument("--reference")
-    parser.add_argument("--fault")
+    parser.add_argument("steps", nargs="+")
     parser.add_argument("--cache")
     args = parser.parse_args(argv)
     if args.cache:
@@ -107,11 +124,18 @@ def main(argv: list[str]) -> None:
 
         compilation_cache.enable(args.cache)
     os.environ.pop("VHJAX_FAULT", None)
-    if args.reference:
-        print(json.dumps(run(args.name, args.reference)), flush=True)
-    if args.fault:
-        os.environ["VHJAX_FAULT"] = args.fault
-    print(json.dumps(run(args.name, args.workdir)), flush=True)
+    for step in args.steps:
+        action, _, rest = step.partition(":")
+        if action == "run":
+            print(json.dumps(run(args.name, rest)), flush=True)
+        elif action == "kill":
+            workdir, _, os.environ["VHJAX_FAULT"] = rest.rpartition(":")
+            run(args.name, workdir)
+            raise SystemExit(f"fault {os.environ['VHJAX_FAULT']} was never reached")
+        elif action == "legacycut":
+            legacy_cut(rest)
+        else:
+            raise SystemExit(f"unknown step {step!r}")
 
 
 if __name__ == "__main__":

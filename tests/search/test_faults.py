@@ -33,11 +33,11 @@ def cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("jax_cache")
 
 
-def scenario(name: str, workdir: Path, cache: Path, *options: str) -> subprocess.CompletedProcess:
+def scenario(name: str, cache: Path, *steps: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("VHJAX_FAULT", None)
-    return subprocess.run([sys.executable, "-m", "tests.search.fault_scenarios", name, str(workdir), "--cache",
-                           str(cache), *options], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "tests.search.fault_scenarios", name, "--cache", str(cache), *steps],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
 def outcomes(done: subprocess.CompletedProcess) -> list[dict]:
@@ -52,40 +52,35 @@ def assert_whole(outcome: dict, expected: dict) -> None:
     assert outcome == expected
 
 
-@pytest.mark.parametrize("name, fault", [
-    ("search", "store.add@2"),          # inside the transaction that inserts generation 1's rows
-    ("search", "search.evaluated@2"),   # generation 1 evaluated, nothing of it stored
-    ("search", "store.finish@3"),       # inside the transaction that records generation 2 + state
-    ("multifidelity", "store.finish@2"),
-    ("fit", "checkpoint.save@2"),       # second chunk evaluated and logged, its checkpoint not written
-    ("population", "checkpoint.save@1"),  # first chunk logged, no checkpoint at all yet
-    ("pbt", "checkpoint.save@2"),       # mid-training
-    ("pbt", "store.rounds"),            # training done, inside the transaction that stores its rounds
+@pytest.mark.parametrize("name, faults", [
+    # generation 1 evaluated, nothing of it stored; then inside the transaction recording generation 2
+    ("search", ["search.evaluated@2", "store.finish@2"]),
+    ("multifidelity", ["store.add@2"]),  # inside the transaction inserting generation 1's rows
+    ("fit", ["checkpoint.save@2"]),  # second chunk evaluated and logged, its checkpoint not written
+    ("population", ["checkpoint.save@1"]),  # first chunk evaluated and logged, no checkpoint at all yet
+    # mid-training; then, training done, inside the transaction storing the rounds
+    ("pbt", ["checkpoint.save@2", "store.rounds"]),
 ])
-def test_killed_run_resumes_with_nothing_lost_or_duplicated(name, fault, tmp_path, cache):
-    """One process runs the scenario uninterrupted, then again in a fresh workdir until it kills itself
-    at `fault`; a second process resumes that workdir twice (the second time must change nothing)."""
-    killed = scenario(name, tmp_path / "cut", cache, "--reference", str(tmp_path / "full"), "--fault", fault)
-    assert killed.returncode == -signal.SIGKILL, f"not killed at {fault} (rc {killed.returncode}): {killed.stderr[-2000:]}"
-    [expected] = outcomes(killed)
-    resumed = scenario(name, tmp_path / "cut", cache, "--reference", str(tmp_path / "cut"))
+def test_killed_run_resumes_with_nothing_lost_or_duplicated(name, faults, tmp_path, cache):
+    """A process runs the scenario uninterrupted, then again in a fresh workdir until it kills itself
+    at the first fault; each further process resumes that workdir until the next fault; the last one
+    resumes it to the end, twice (the second run must change nothing)."""
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    expected = None
+    for number, fault in enumerate(faults):
+        killed = scenario(name, cache, *([f"run:{full}"] if number == 0 else []), f"kill:{cut}:{fault}")
+        assert killed.returncode == -signal.SIGKILL, (f"not killed at {fault} (rc {killed.returncode}): "
+                                                      f"{killed.stderr[-2000:]}")
+        expected = expected or outcomes(killed)[0]
+    final = [f"run:{cut}", f"run:{cut}"] + ([f"legacycut:{cut}", f"run:{cut}"] if name == "pbt" else [])
+    resumed = scenario(name, cache, *final)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    first, again = outcomes(resumed)
+    first, *again = outcomes(resumed)
     assert_whole(first, expected)
-    assert again == expected
-
-
-def test_pbt_store_cut_by_an_older_version_is_stored_again(tmp_path, cache):
-    """A store holding some rounds with trials left `running` and no 'stored' marker (as the per-round
-    writes this replaced could leave it) gets every round again, not 12 of 16 with 4 running."""
-    [expected] = outcomes(scenario("pbt", tmp_path, cache))
-    with sqlite3.connect(tmp_path / SQLITE_FILENAME) as db:
-        db.execute("DELETE FROM vhjax_meta WHERE meta_key = 'pbt_rounds_stored'")
-        db.execute("DELETE FROM vhjax_trials WHERE generation = 2")
-        db.execute("UPDATE vhjax_trials SET status = 'running' WHERE generation = 1")
-    again = scenario("pbt", tmp_path, cache)
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert_whole(outcomes(again)[0], expected)
+    # a rerun changes nothing; for PBT, so does a rerun on a store cut as the per-round writes of
+    # earlier versions left it (a round missing, one `running`): every round is stored again
+    for outcome in again:
+        assert_whole(outcome, expected)
 
 
 # ----------------------------------------------------------------------------- two processes
