@@ -318,6 +318,20 @@ def metrics_from_output(output: Any, n: int, objective_names: Sequence[str],
             f"{where} output lacks metric(s) {missing} to optimize; it returned {sorted(metrics)}. "
             "Name the fitness metric with objectives=... (or return a 'fitness' entry)"
         )
+    for name in [*objective_names, *SPECIAL_METRICS]:
+        if name in metrics and metrics[name].shape != (n,):
+            raise ValueError(f"{where}: metric {name!r} has shape {metrics[name].shape}; allowed: ({n},), one "
+                             "number per candidate")
+    parent = metrics.get("parent_id")
+    if parent is not None:
+        given = parent[np.isfinite(parent) & (parent >= 0)]
+        if np.any((given != np.round(given)) | (given >= 2.0 ** 63)):
+            raise ValueError(f"{where}: 'parent_id' has value {parent.tolist()}; allowed: trial ids (integers >= 0), "
+                             "or -1 / NaN for none")
+    fidelity = metrics.get("fidelity")
+    if fidelity is not None and np.any(np.isinf(fidelity) | (fidelity < 0)):
+        raise ValueError(f"{where}: 'fidelity' has value {fidelity.tolist()}; allowed: finite budgets >= 0 "
+                         "(NaN: the proposal's)")
     return metrics
 
 
