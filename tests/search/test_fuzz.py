@@ -81,7 +81,8 @@ BASE = TrainConfig(dataset="digits", model="mlp", model_kwargs={"widths": (8,), 
                    eval_every=5, batch_size=16)
 FIELDS = ("learning_rate", "weight_decay", "batch_size", "steps", "eval_every", "seed", "clip_norm", "clip_value",
           "max_norm", "dropout_rate", "l2", "l1_ratio", "patience", "plateau_factor", "label_smoothing",
-          "checkpoint_every", "grad_accumulation", "keep_best", "shuffle", "monitor_mode")
+          "checkpoint_every", "grad_accumulation", "keep_best", "shuffle", "monitor_mode", "loss_weights",
+          "optimizer_kwargs", "lr_multipliers", "eval_metrics")
 
 
 @FUZZ

@@ -324,8 +324,8 @@ def metrics_from_output(output: Any, n: int, objective_names: Sequence[str],
                              "number per candidate")
     parent = metrics.get("parent_id")
     if parent is not None:
-        given = parent[np.isfinite(parent) & (parent >= 0)]
-        if np.any((given != np.round(given)) | (given >= 2.0 ** 63)):
+        given = parent[~np.isnan(parent) & (parent >= 0)]
+        if np.any(~np.isfinite(given) | (given != np.round(given)) | (given >= 2.0 ** 63)):
             raise ValueError(f"{where}: 'parent_id' has value {parent.tolist()}; allowed: trial ids (integers >= 0), "
                              "or -1 / NaN for none")
     fidelity = metrics.get("fidelity")
