@@ -195,7 +195,11 @@ def main() -> None:
             name = scenarios[number % len(scenarios)]
             soak_round(name, expected[name], seconds[name], cache, rng, root, totals)
     tallies = bad_inputs(200 if args.quick else args.bad_inputs, rng)
-    summary = {"scenarios": scenarios, "seconds": round(time.perf_counter() - start, 1), **dict(totals),
+    order = ("rounds", "kills tried (fault point)", "kills tried (random time)", "kills landed", "trials expected",
+             "trials lost", "trials duplicated", "trials left running", "results compared", "results identical",
+             "runs failed")
+    summary = {"scenarios": scenarios, "seconds": round(time.perf_counter() - start, 1),
+               **{key: totals[key] for key in order},
                "bad inputs": {kind: dict(counts) for kind, counts in sorted(tallies.items())}}
     for key, value in summary.items():
         print(f"{key:28s} {value}")
