@@ -15,7 +15,7 @@ from typing import Any
 
 # steps, eval_every and the interval keep every run to a few compiled chunks on a CPU
 _TRAIN = dict(dataset="digits", model="mlp", model_kwargs={"widths": (8,), "num_classes": 10}, learning_rate=3e-3,
-              batch_size=32, steps=30, eval_every=10, seed=0)
+              batch_size=32, steps=20, eval_every=10, seed=0)
 SCENARIOS = ("search", "multifidelity", "fit", "population", "pbt")
 
 

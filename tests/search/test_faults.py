@@ -56,10 +56,11 @@ def assert_whole(outcome: dict, expected: dict) -> None:
     # generation 1 evaluated, nothing of it stored; then inside the transaction recording generation 2
     ("search", ["search.evaluated@2", "store.finish@2"]),
     ("multifidelity", ["store.add@2"]),  # inside the transaction inserting generation 1's rows
-    ("fit", ["checkpoint.save@2"]),  # second chunk evaluated and logged, its checkpoint not written
+    ("fit", ["checkpoint.save@2"]),  # last chunk evaluated and logged, its checkpoint not written
     ("population", ["checkpoint.save@1"]),  # first chunk evaluated and logged, no checkpoint at all yet
-    # mid-training; then, training done, inside the transaction storing the rounds
-    ("pbt", ["checkpoint.save@2", "store.rounds"]),
+    # after the first round (evaluated, exploited), before its checkpoint; then, training done,
+    # inside the transaction storing the rounds
+    ("pbt", ["checkpoint.save@1", "store.rounds"]),
 ])
 def test_killed_run_resumes_with_nothing_lost_or_duplicated(name, faults, tmp_path, cache):
     """A process runs the scenario uninterrupted, then again in a fresh workdir until it kills itself
