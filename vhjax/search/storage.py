@@ -14,6 +14,10 @@ share one database:
   and the number of generations it has seen;
 - `vhjax_meta`: key/value pairs (the config fingerprint of the study).
 
+A new SQLite file is created whole (schema included) and linked into place, so an empty,
+foreign or damaged file (or a row that cannot be read) is reported as `StoreDamaged` naming
+the file, never silently started over.
+
 Every write is one transaction. SQLite writers take the write lock up front
 (`BEGIN IMMEDIATE`) and wait for each other (busy timeout), so concurrent
 processes writing to one file never lose a trial. Ids come from the database
