@@ -158,6 +158,11 @@ def validate(config: TrainConfig) -> None:
     every message names the field, the value and what is allowed (see `vhjax.validation`)."""
     from vhjax.hparams import BY_NAME
 
+    for name in ("loss_weights", "optimizer_kwargs", "lr_multipliers"):
+        require(isinstance(getattr(config, name), Mapping), f"config field {name!r}", getattr(config, name),
+                "a dict name -> value")
+    require(isinstance(config.eval_metrics, (str, list, tuple)), "config field 'eval_metrics'", config.eval_metrics,
+            "a metric name or a list of them")
     for name in ("batch_size", "steps", "eval_every", "eval_batch_size", "grad_accumulation", "checkpoint_every"):
         check_int(f"config field {name!r}", getattr(config, name), 1)
     check_int("config field 'seed'", config.seed, 0)

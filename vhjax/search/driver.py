@@ -46,6 +46,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import jax
 import numpy as np
 
+from vhjax import faults
 from vhjax.search import storage as storage_lib
 from vhjax.search.results import DIRECTIONS, SearchResult, TrialTable, fitness_sign, rank_trials
 from vhjax.search.storage import NewTrial, Trial, TrialResult
@@ -317,6 +318,20 @@ def metrics_from_output(output: Any, n: int, objective_names: Sequence[str],
             f"{where} output lacks metric(s) {missing} to optimize; it returned {sorted(metrics)}. "
             "Name the fitness metric with objectives=... (or return a 'fitness' entry)"
         )
+    for name in [*objective_names, *SPECIAL_METRICS]:
+        if name in metrics and metrics[name].shape != (n,):
+            raise ValueError(f"{where}: metric {name!r} has shape {metrics[name].shape}; allowed: ({n},), one "
+                             "number per candidate")
+    parent = metrics.get("parent_id")
+    if parent is not None:
+        given = parent[~np.isnan(parent) & (parent >= 0)]
+        if np.any(~np.isfinite(given) | (given != np.round(given)) | (given >= 2.0 ** 63)):
+            raise ValueError(f"{where}: 'parent_id' has value {parent.tolist()}; allowed: trial ids (integers >= 0), "
+                             "or -1 / NaN for none")
+    fidelity = metrics.get("fidelity")
+    if fidelity is not None and np.any(np.isinf(fidelity) | (fidelity < 0)):
+        raise ValueError(f"{where}: 'fidelity' has value {fidelity.tolist()}; allowed: finite budgets >= 0 "
+                         "(NaN: the proposal's)")
     return metrics
 
 
@@ -460,14 +475,11 @@ def search(
         population=int(population), seed=int(seed), objectives=objective_spec,
         objective_input=objective_input, objective=objective_fingerprint(objective),
     )
-    store = storage_lib.open_store(workdir, storage, study=study)
-    try:
+    with search_lock(workdir, storage), storage_lib.open_store(workdir, storage, study=study) as store:
         check_fingerprint(store, fingerprint)
         _run(store, fingerprint, evaluate, objective_name(objective), space, strategy_obj, strategy_name,
              objective_spec, int(budget), int(population), int(seed), verbose)
         trials = TrialTable(store.trials())
-    finally:
-        store.close()
     return SearchResult(
         trials=trials,
         direction=objective_spec[next(iter(objective_spec))],
@@ -479,6 +491,17 @@ def search(
     )
 
 
+def search_lock(workdir: Any, storage: Any):
+    """Hold the search workdir's lock (`workdir/.lock`) while a search writes its store there, so a
+    second process on the same workdir fails at once with `WorkdirInUse`. A `storage=` database is
+    not locked: several processes may share one on purpose."""
+    from pathlib import Path
+
+    from vhjax.train.workdir import workdir_lock
+
+    return workdir_lock(Path(workdir) if workdir is not None and storage is None else None)
+
+
 def _restore(store, strategy, init_key):
     """(strategy state, generations told) from the store, or a fresh state."""
     state = strategy.init(init_key)
@@ -486,7 +509,13 @@ def _restore(store, strategy, init_key):
     if saved is None:
         return state, 0
     generation, blob = saved
-    return storage_lib.state_from_bytes(blob, state), generation
+    try:
+        return storage_lib.state_from_bytes(blob, state), generation
+    except storage_lib.StoreDamaged:
+        raise
+    except Exception as error:  # msgpack's errors for damaged bytes are of many kinds
+        detail = f"{type(error).__name__}: {str(error)[:200]}" if str(error) else type(error).__name__
+        raise storage_lib.damaged(store.location, f"the saved strategy state cannot be read ({detail})") from None
 
 
 def _run(store, fingerprint, evaluate, evaluator_name, space, strategy, strategy_name, objective_spec,
@@ -526,6 +555,7 @@ def _run(store, fingerprint, evaluate, evaluator_name, space, strategy, strategy
             metrics.setdefault("fidelity", proposals.fidelity)
         metrics.setdefault("parent_id", np.array([-1 if p is None else p for p in parent_ids], np.float64))
         results = trial_results(trial_ids, metrics, objective_names)
+        faults.point("search.evaluated")
         current = minimized(results, objective_spec)
         fitness = current[:, 0] if current.shape[1] == 1 else pareto_shaped(history, current)
         state, _ = strategy.tell(asked_state, raw, jax.numpy.asarray(fitness, jax.numpy.float32))

@@ -9,7 +9,9 @@ earlier, or the member it copied). So `result.plot()` draws the PBT lineage, and
 the whole history. An interrupted run resumes from the training checkpoints in the workdir.
 
 This entry runs PBT inside one compiled training program (`fit_pbt`), so its trials reach the
-store when training ends. PBT as a strategy of the search protocol (`vhjax.search(objective,
+store when training ends, all rounds in one transaction: a run killed while training resumes from
+its checkpoints, one killed while storing stores everything again (nothing lost, duplicated or
+left `running`), and the rerun's trials are those of an uninterrupted run. PBT as a strategy of the search protocol (`vhjax.search(objective,
 space, 'pbt', ...)`, `vhjax.search.strategies.pbt`) stores every round as it is told instead;
 both use the exploit/explore primitives of `vhjax.population.exploit`.
 """
@@ -25,11 +27,14 @@ import numpy as np
 
 from vhjax.config import TrainConfig
 from vhjax.search import storage as storage_lib
-from vhjax.search.driver import check_fingerprint, config_fingerprint, space_fingerprint, write_fingerprint
+from vhjax.search.driver import (check_fingerprint, config_fingerprint, search_lock, space_fingerprint,
+                                 write_fingerprint)
 from vhjax.search.strategies.base import check_positive_int
 from vhjax.search.results import SearchResult, TrialTable
 from vhjax.search.space import Float, Space
-from vhjax.search.storage import NewTrial, TrialResult
+from vhjax.search.storage import NewTrial
+
+_STORED_KEY = "pbt_rounds_stored"  # written with the rounds: the store holds every round
 
 
 def explore_ranges(space: Space) -> dict[str, tuple[float, float, bool]]:
@@ -59,10 +64,9 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
         fraction=float(fraction), resample_probability=float(resample_probability), metric=metric,
         seed=int(seed), train_config=config.to_dict())
     initial = [space.decode(u) for u in np.asarray(space.sample(jax.random.key(seed), population))]
-    store = storage_lib.open_store(workdir, storage, study=study)
-    try:
+    with search_lock(workdir, storage), storage_lib.open_store(workdir, storage, study=study) as store:
         check_fingerprint(store, fingerprint)
-        if store.count_trials() == 0:
+        if store.get_meta(_STORED_KEY) is None:  # never stored whole (trials of an older, cut write go)
             training_dir = None if workdir is None else Path(workdir) / "training"
             result = fit_pbt(config, initial, ranges, interval=interval, fraction=fraction,
                              resample_probability=resample_probability, metric=metric, workdir=training_dir,
@@ -70,31 +74,30 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
             write_fingerprint(store, fingerprint)
             _store_rounds(store, space, result)
         trials = TrialTable(store.trials())
-    finally:
-        store.close()
     return SearchResult(trials=trials, direction="maximize", objectives={metric: "maximize"},
                         workdir=None if workdir is None else os.fspath(workdir), study=study, top_fidelity_only=True)
 
 
 def _store_rounds(store: storage_lib.TrialStore, space: Space, result: Any) -> None:
-    """One generation of trials per ready point, parents linking each member to what it continued."""
+    """One generation of finished trials per ready point, parents linking each member to what it
+    continued (itself one round earlier, or the member it copied); all rounds in ONE transaction,
+    with the marker that they are stored, so a kill at any point leaves all of them or none."""
     names = list(space.params)
-    previous: list[int] | None = None
+    generations, parent_slots = [], []
     for round_index, entry in enumerate(result.history):
         size = len(entry["score"])
-        params = [{name: float(np.ravel(entry[name][i])[0]) for name in names} for i in range(size)]
-        rows = [NewTrial(generation=round_index, slot=i, params=p, u=space.encode(p)) for i, p in enumerate(params)]
-        ids = store.add_trials(rows)
-        parents = [None] * size
-        if previous is not None:
+        slots: list[int | None] = [None] * size
+        if round_index:
             copied_from = result.lineage[round_index - 1]["parent"]
-            parents = [previous[source if source >= 0 else i] for i, source in enumerate(copied_from)]
-        outcomes = []
-        for i, trial_id in enumerate(ids):
+            slots = [source if source >= 0 else i for i, source in enumerate(copied_from)]
+        rows = []
+        for i in range(size):
+            params = {name: float(np.ravel(entry[name][i])[0]) for name in names}
             score = entry["score"][i]
             ok = score is not None and np.isfinite(score)
-            outcomes.append(TrialResult(trial_id=trial_id, status="complete" if ok else "failed",
-                                        fitness=float(score) if ok else None, metrics={"score": float(score) if ok else None},
-                                        fidelity=float(entry["step"]), parent_id=parents[i]))
-        store.finish_trials(outcomes)
-        previous = ids
+            rows.append(NewTrial(generation=round_index, slot=i, params=params, u=space.encode(params),
+                                 status="complete" if ok else "failed", fitness=float(score) if ok else None,
+                                 metrics={"score": float(score) if ok else None}, fidelity=float(entry["step"])))
+        generations.append(rows)
+        parent_slots.append(slots)
+    store.replace_trials(generations, parent_slots, meta={_STORED_KEY: str(len(generations))})

@@ -14,6 +14,10 @@ share one database:
   and the number of generations it has seen;
 - `vhjax_meta`: key/value pairs (the config fingerprint of the study).
 
+A new SQLite file is created whole (schema included) and linked into place, so an empty,
+foreign or damaged file (or a row that cannot be read) is reported as `StoreDamaged` naming
+the file, never silently started over.
+
 Every write is one transaction. SQLite writers take the write lock up front
 (`BEGIN IMMEDIATE`) and wait for each other (busy timeout), so concurrent
 processes writing to one file never lose a trial. Ids come from the database
@@ -40,10 +44,22 @@ import jax
 import numpy as np
 from flax import serialization
 
+from vhjax import faults
+
 TRIAL_STATUSES = ("running", "complete", "failed")
 DEFAULT_STUDY = "default"
 SQLITE_FILENAME = "trials.sqlite"
 _BUSY_TIMEOUT_S = 60.0
+
+
+class StoreDamaged(ValueError):
+    """The SQLite file of a trial store is empty, not a database, or holds rows that cannot be read."""
+
+
+def damaged(location: str, detail: str) -> StoreDamaged:
+    return StoreDamaged(
+        f"the trial store {location!r} is damaged ({detail}); it cannot be read or resumed. Move it away "
+        "(or delete it) to start the search again, or put back a good copy of it")
 
 
 # ----------------------------------------------------------------------------- rows
@@ -213,34 +229,89 @@ class _SqliteConnection:
 
 
 class _SqliteBackend:
-    """stdlib sqlite3, WAL mode; each transaction takes the write lock up front."""
+    """stdlib sqlite3, WAL mode; each transaction takes the write lock up front.
+
+    A new file is created whole (schema included) under a temporary name and linked into place, so
+    a process killed while creating it never leaves an empty `trials.sqlite`: an empty, foreign or
+    damaged file is therefore always reported (`StoreDamaged`, naming the file), never started over.
+    """
 
     dialect = "sqlite"
 
     def __init__(self, path: str):
+        self.path = path
         if path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self.path = path
-        self._connection = sqlite3.connect(
-            path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-        )
-        if path != ":memory:":
-            _retry_locked(lambda: self._connection.execute("PRAGMA journal_mode=WAL").fetchall())
-        self._connection.execute(f"PRAGMA busy_timeout={int(_BUSY_TIMEOUT_S * 1000)}")
-        self._connection.execute("PRAGMA synchronous=NORMAL")
+            if not os.path.exists(path):
+                _create_sqlite_file(path)
+            elif os.path.isfile(path) and os.path.getsize(path) == 0:
+                raise damaged(path, "the file is empty: 0 bytes")
+        with self._guard():
+            self._connection = sqlite3.connect(
+                path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+            if path != ":memory:":
+                _retry_locked(lambda: self._connection.execute("PRAGMA journal_mode=WAL").fetchall())
+            self._connection.execute(f"PRAGMA busy_timeout={int(_BUSY_TIMEOUT_S * 1000)}")
+            self._connection.execute("PRAGMA synchronous=NORMAL")
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """sqlite3's errors for a damaged file turned into `StoreDamaged` naming it."""
+        try:
+            yield
+        except sqlite3.OperationalError as error:
+            if "decode" in str(error).lower():  # a text column holding bytes that are not UTF-8
+                raise damaged(self.path, f"unreadable row: {error}") from None
+            if "unable to open" in str(error).lower():
+                raise ValueError(f"cannot open the trial store {self.path!r} ({error}); allowed: a writable "
+                                 "SQLite file path in an existing or creatable folder") from None
+            raise
+        except sqlite3.DatabaseError as error:
+            if type(error) is not sqlite3.DatabaseError:  # integrity, programming errors: not damage
+                raise
+            # 'file is not a database', 'database disk image is malformed'
+            raise damaged(self.path, str(error)) from None
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[_Connection]:
-        _retry_locked(lambda: self._connection.execute("BEGIN IMMEDIATE"))
-        try:
-            yield _SqliteConnection(self._connection)
-        except BaseException:
-            self._connection.execute("ROLLBACK")
-            raise
-        self._connection.execute("COMMIT")
+        with self._guard():
+            _retry_locked(lambda: self._connection.execute("BEGIN IMMEDIATE"))
+            try:
+                yield _SqliteConnection(self._connection)
+            except BaseException:
+                if self._connection.in_transaction:
+                    self._connection.execute("ROLLBACK")
+                raise
+            self._connection.execute("COMMIT")
 
     def close(self) -> None:
         self._connection.close()
+
+
+def _create_sqlite_file(path: str) -> None:
+    """Create `path` with the schema in place, atomically (never replacing a file another process made)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    temporary = os.path.join(folder, f".{name}.{os.getpid()}.new")
+    if os.path.exists(temporary):
+        os.unlink(temporary)
+    connection = sqlite3.connect(temporary)
+    try:
+        for statement in _schema("sqlite"):
+            connection.execute(statement)
+        connection.commit()
+    finally:
+        connection.close()
+    try:
+        os.link(temporary, path)  # fails if the file appeared meanwhile: then that one is used
+    except FileExistsError:
+        pass
+    except OSError:  # no hard links on this filesystem
+        if not os.path.exists(path):
+            os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
 
 
 class _SqlAlchemyConnection:
@@ -388,7 +459,33 @@ class TrialStore:
         """Insert trials in one transaction; returns their new ids in order."""
         now = time.time()
         with self._backend.transaction() as db:
-            return [self._insert(db, trial, now) for trial in trials]
+            ids = [self._insert(db, trial, now) for trial in trials]
+            faults.point("store.add")
+            return ids
+
+    def replace_trials(self, generations: Sequence[Sequence[NewTrial]],
+                       parent_slots: Sequence[Sequence[int | None]] | None = None,
+                       meta: Mapping[str, str] | None = None) -> list[list[int]]:
+        """Replace every trial of the study by `generations` of finished trials, in ONE transaction.
+
+        `parent_slots[g][i]` is the slot in generation g - 1 that trial i of generation g continued
+        (None: no parent); `meta` key/value pairs are written in the same transaction. A process
+        killed here leaves the study exactly as it was before the call.
+        """
+        now = time.time()
+        with self._backend.transaction() as db:
+            db.execute("DELETE FROM vhjax_trials WHERE study = :study", {"study": self.study})
+            ids: list[list[int]] = []
+            for index, rows in enumerate(generations):
+                slots = parent_slots[index] if parent_slots is not None else [None] * len(rows)
+                previous = ids[-1] if ids else []
+                ids.append([self._insert(db, dataclasses.replace(
+                    trial, parent_id=None if slot is None else previous[slot]), now)
+                    for trial, slot in zip(rows, slots)])
+            for key, value in (meta or {}).items():
+                self._set_meta(db, key, value)
+            faults.point("store.rounds")
+            return ids
 
     def _insert(self, db: _Connection, trial: NewTrial, now: float) -> int:
         _check_status(trial.status)
@@ -450,6 +547,7 @@ class TrialStore:
                 )
             if state is not None:
                 self._write_state(db, state, int(generation), now)
+            faults.point("store.finish")
 
     def delete_trials(self, trial_ids: Sequence[int]) -> None:
         with self._backend.transaction() as db:
@@ -472,7 +570,14 @@ class TrialStore:
         sql = f"SELECT {_TRIAL_COLUMNS} FROM vhjax_trials WHERE {' AND '.join(where)} ORDER BY trial_id"
         with self._backend.transaction() as db:
             rows = db.execute(sql, params)
-        return [_row_to_trial(row) for row in rows]
+        trials = []
+        for row in rows:
+            try:
+                trials.append(_row_to_trial(row))
+            except (ValueError, TypeError, KeyError) as error:  # JSONDecodeError is a ValueError
+                raise damaged(self.location, f"trial row {row[0]!r} cannot be read: {type(error).__name__}: "
+                              f"{str(error)[:200]}") from None
+        return trials
 
     def count_trials(self) -> int:
         with self._backend.transaction() as db:
@@ -527,6 +632,15 @@ class TrialStore:
             )
         return rows[0][0] if rows else None
 
+    def set_meta(self, key: str, value: str) -> None:
+        with self._backend.transaction() as db:
+            self._set_meta(db, key, value)
+
+    def _set_meta(self, db: _Connection, key: str, value: str) -> None:
+        params = {"study": self.study, "key": key, "value": value}
+        db.execute("DELETE FROM vhjax_meta WHERE study = :study AND meta_key = :key", params)
+        db.execute("INSERT INTO vhjax_meta (study, meta_key, meta_value) VALUES (:study, :key, :value)", params)
+
     def set_meta_if_absent(self, key: str, value: str) -> str:
         """Store `value` unless the key exists; returns the stored value (atomic)."""
         with self._backend.transaction() as db:
@@ -555,12 +669,17 @@ class TrialStore:
 def _row_to_trial(row: tuple) -> Trial:
     (trial_id, generation, slot, params, u, status, fitness, metrics, fidelity, parent_id,
      started_at, finished_at, study) = row
+    if status not in TRIAL_STATUSES:
+        raise ValueError(f"status {status!r} is not one of {TRIAL_STATUSES}")
+    params, u = json.loads(params), json.loads(u)
+    if not isinstance(params, dict) or not isinstance(u, list):
+        raise ValueError(f"params {params!r:.80} / u {u!r:.80} are not a JSON object / list")
     return Trial(
         trial_id=int(trial_id),
         generation=int(generation),
         slot=int(slot),
-        params=json.loads(params),
-        u=tuple(json.loads(u)),
+        params=params,
+        u=tuple(float(x) for x in u),
         status=status,
         fitness=None if fitness is None else float(fitness),
         metrics=json.loads(metrics) if metrics else {},

@@ -17,6 +17,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from vhjax import faults
+
 CHECKSUM_KEY = "__state_sha256__"
 
 
@@ -52,10 +54,12 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def save(self, step: int, state: Any, record: dict) -> None:
+        faults.point("checkpoint.save")
         record = {**record, CHECKSUM_KEY: state_checksum(state)}
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)), force=True)
         self._manager.wait_until_finished()
+        faults.point("checkpoint.saved")
 
     def _restore_step(self, step: int, template: Any) -> tuple[Any, dict]:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)

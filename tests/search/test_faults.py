@@ -1,0 +1,181 @@
+"""Fault injection: kill -9 at targeted points, two processes on one workdir, damaged store files.
+
+Each kill test runs a tiny scenario of `fault_scenarios` in a fresh process with `VHJAX_FAULT` set,
+so the process SIGKILLs itself at that point (as `kill -9` would), then resumes it in another and
+asserts 0 trials lost, 0 duplicated, none left `running`, and an outcome identical to an
+uninterrupted run. The runs share a persistent compilation cache, so only the first compiles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vhjax.search import Float, Space, search
+from vhjax.search.storage import SQLITE_FILENAME, StoreDamaged, open_store
+from vhjax.train.workdir import WorkdirInUse
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """One persistent compilation cache for this module's runs: only the first run of a scenario compiles."""
+    return tmp_path_factory.mktemp("jax_cache")
+
+
+def scenario(name: str, cache: Path, *steps: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("VHJAX_FAULT", None)
+    return subprocess.run([sys.executable, "-m", "tests.search.fault_scenarios", name, "--cache", str(cache), *steps],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def outcomes(done: subprocess.CompletedProcess) -> list[dict]:
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def assert_whole(outcome: dict, expected: dict) -> None:
+    if "rows" in expected:
+        assert outcome["running"] == 0, "trials left running"
+        assert outcome["distinct"] == outcome["count"], "duplicated trials"
+        assert outcome["count"] == expected["count"], "lost trials"
+    assert outcome == expected
+
+
+@pytest.mark.parametrize("name, faults", [
+    # generation 1 evaluated, nothing of it stored; then inside the transaction recording generation 2
+    ("search", ["search.evaluated@2", "store.finish@2"]),
+    ("multifidelity", ["store.add@2"]),  # inside the transaction inserting generation 1's rows
+    ("fit", ["checkpoint.save@2"]),  # last chunk evaluated and logged, its checkpoint not written
+    ("population", ["checkpoint.save@1"]),  # first chunk evaluated and logged, no checkpoint at all yet
+    # after the first round (evaluated, exploited), before its checkpoint; then, training done,
+    # inside the transaction storing the rounds
+    ("pbt", ["checkpoint.save@1", "store.rounds"]),
+])
+def test_killed_run_resumes_with_nothing_lost_or_duplicated(name, faults, tmp_path, cache):
+    """A process runs the scenario uninterrupted, then again in a fresh workdir until it kills itself
+    at the first fault; each further process resumes that workdir until the next fault; the last one
+    resumes it to the end, twice (the second run must change nothing)."""
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    expected = None
+    for number, fault in enumerate(faults):
+        killed = scenario(name, cache, *([f"run:{full}"] if number == 0 else []), f"kill:{cut}:{fault}")
+        assert killed.returncode == -signal.SIGKILL, (f"not killed at {fault} (rc {killed.returncode}): "
+                                                      f"{killed.stderr[-2000:]}")
+        expected = expected or outcomes(killed)[0]
+    final = [f"run:{cut}", f"run:{cut}"] + ([f"legacycut:{cut}", f"run:{cut}"] if name == "pbt" else [])
+    resumed = scenario(name, cache, *final)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    first, *again = outcomes(resumed)
+    assert_whole(first, expected)
+    # a rerun changes nothing; for PBT, so does a rerun on a store cut as the per-round writes of
+    # earlier versions left it (a round missing, one `running`): every round is stored again
+    for outcome in again:
+        assert_whole(outcome, expected)
+
+
+# ----------------------------------------------------------------------------- two processes
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+import numpy as np
+from vhjax.search import Float, Space, search
+
+def slow(batch):
+    Path(sys.argv[2]).write_text("started")
+    time.sleep(60)
+    return np.zeros(len(batch))
+
+search(slow, Space({"x": Float(0, 1)}), budget=1, workdir=sys.argv[1], verbose=False)
+"""
+
+
+def test_second_process_on_a_search_workdir_is_refused(tmp_path):
+    marker = tmp_path / "started"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "run"), str(marker)], cwd=REPO,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        deadline = time.time() + 120
+        while not marker.exists() and holder.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), "the first search never started"
+        with pytest.raises(WorkdirInUse, match=rf"in use by another process \(pid {holder.pid}\)"):
+            search(lambda b: np.zeros(len(b)), Space({"x": Float(0, 1)}), budget=1, workdir=tmp_path / "run",
+                   verbose=False)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # the lock dies with its holder: the killed search resumes here
+    done = search(lambda b: np.ones(len(b)), Space({"x": Float(0, 1)}), budget=1, workdir=tmp_path / "run",
+                  verbose=False)
+    assert [t.status for t in done.trials] == ["complete"]
+
+
+def test_shared_storage_is_not_locked(tmp_path):
+    """storage= may be shared on purpose (several workers on one database): no workdir lock there."""
+    path = tmp_path / "shared.sqlite"
+    kwargs = dict(budget=2, population=2, storage=path, verbose=False)
+    search(lambda b: np.zeros(len(b)), Space({"x": Float(0, 1)}), **kwargs)
+    assert not (tmp_path / ".lock").exists()
+
+
+# ----------------------------------------------------------------------------- damaged store files
+
+
+def _search(workdir: Path, budget: int = 4):
+    return search(lambda b: np.asarray([c["x"] for c in b]), Space({"x": Float(0, 1)}), budget=budget,
+                  population=2, workdir=workdir, verbose=False)
+
+
+def _damage(path: Path, how: str) -> None:
+    if how == "empty":
+        path.write_bytes(b"")
+        return
+    if how == "garbage":
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+        return
+    if how == "truncated":
+        data = path.read_bytes()
+        path.write_bytes(data[:len(data) // 2] + b"\x00" * 37)
+        return
+    with sqlite3.connect(path) as db:
+        if how == "json":
+            db.execute("UPDATE vhjax_trials SET params = '{not json' WHERE trial_id = 2")
+        elif how == "utf8":
+            db.execute("UPDATE vhjax_trials SET u = CAST(X'FFFE00' AS TEXT) WHERE trial_id = 3")
+        elif how == "status":
+            db.execute("UPDATE vhjax_trials SET status = 'exploded' WHERE trial_id = 1")
+        elif how == "state":
+            db.execute("UPDATE vhjax_strategy_state SET state = X'C1C1C1'")
+
+
+@pytest.mark.parametrize("how", ["empty", "garbage", "truncated", "json", "utf8", "status", "state"])
+def test_damaged_store_is_a_clear_error_naming_the_file(tmp_path, how):
+    _search(tmp_path)
+    path = tmp_path / SQLITE_FILENAME
+    with sqlite3.connect(path) as db:  # fold the WAL into the file so that damaging the file damages the data
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    _damage(path, how)
+    with pytest.raises(StoreDamaged, match="Move it away") as caught:
+        _search(tmp_path, budget=6)
+    assert str(path) in str(caught.value)
+    assert isinstance(caught.value, ValueError)
+
+
+def test_new_store_file_is_never_empty_and_leaves_no_temporary(tmp_path):
+    store = open_store(tmp_path)
+    store.close()
+    assert (tmp_path / SQLITE_FILENAME).stat().st_size > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [SQLITE_FILENAME]
+
