@@ -116,7 +116,8 @@ def test_loss_weights_per_member(entry):
 
 
 def test_every_entry_takes_a_mesh_and_any_population_size():
-    """2 forced CPU devices; populations of 1, 2 and 3 members (padded with inert members)."""
+    """2 forced CPU devices; populations of 1, 2 and 3 members (padded with inert members); the
+    search entries (search, multi-fidelity, tune) too."""
     import os
     import subprocess
     import sys
@@ -138,6 +139,21 @@ def test_every_entry_takes_a_mesh_and_any_population_size():
                                                           interval=10, mesh=mesh, verbose=False).members],
             "fit_kfold": fit_kfold(CONFIG, PAIR[:1], k=3, mesh=mesh, verbose=False).candidates[0]["folds"]["loss"],
         }
+        # the search entries train through the same loop: a generation of 3 on the mesh, a
+        # multi-fidelity search, and tune's running population of 3 slots (padded to 4)
+        import vhjax
+        from vhjax.search import Categorical, Space, TrainingObjective, search_multifidelity, tune
+        space = Space({"learning_rate": Categorical((3e-3, 5e-3, 1e-2))})
+        objective = TrainingObjective(CONFIG, metric="loss", mesh=mesh)
+        found = vhjax.search(objective, space, "grid", budget=3, population=3, direction="minimize", verbose=False)
+        out["search"] = sorted(t.fitness for t in found.trials)
+        halving = search_multifidelity(objective, space, "successive_halving", min_budget=10, max_budget=20,
+                                       max_trials=5, population=3, eta=2, generator="grid", direction="minimize",
+                                       verbose=False)
+        out["multifidelity"] = sorted(t.fitness for t in halving.trials)
+        tuned = tune(CONFIG, space, trials=3, population=3, min_steps=10, metric="loss", direction="minimize",
+                     sampler="random", pruner="none", mesh=mesh, verbose=False)
+        out["tune"] = sorted(row["value"] for row in tuned.timeline)
         print(json.dumps(out))
     """)
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
@@ -147,7 +163,7 @@ def test_every_entry_takes_a_mesh_and_any_population_size():
         done = subprocess.run([sys.executable, "-c", script, mode], env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
         outputs[mode] = json.loads(done.stdout.strip().splitlines()[-1])
-    for entry in ENTRIES:
+    for entry in (*ENTRIES, "search", "multifidelity", "tune"):
         np.testing.assert_allclose(outputs["mesh"][entry], outputs["single"][entry], rtol=1e-4)
 
 
