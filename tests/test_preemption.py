@@ -82,10 +82,11 @@ def test_signal_checkpoints_exits_zero_and_the_rerun_resumes(entry, sig, tmp_pat
 def test_request_stops_the_loop_in_process(tmp_path):
     """`preemption.request()` (what the handler does) after the first chunk is seen at the end of the
     next one: Preempted, exit code 0, resumable."""
-    import vhjax.population.loop as loop
+    import vhjax.train.progress as progress  # the loop's progress lines go through it
 
     calls = []
-    real = loop.print_progress
+    real = progress.print_progress
+    sigterm_before = signal.getsignal(signal.SIGTERM)
 
     def request_after_first(line):
         real(line)
@@ -93,31 +94,33 @@ def test_request_stops_the_loop_in_process(tmp_path):
         if len(calls) == 1:
             preemption.request("test")
 
-    loop.print_progress = request_after_first
+    progress.print_progress = request_after_first
     try:
         with pytest.raises(preemption.Preempted) as caught:
             fit(CONFIG, tmp_path, mesh=None)
     finally:
-        loop.print_progress = real
+        progress.print_progress = real
     assert caught.value.code == 0 and "preempted (test) at step 20/40" in str(caught.value)
     assert not preemption.local_request()  # cleared when the loop exits
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) is sigterm_before
     resumed = fit(CONFIG, tmp_path, mesh=None, verbose=False)
     assert resumed.metrics["eval"] == pytest.approx(fit(CONFIG, None, mesh=None, verbose=False).metrics["eval"])
 
 
 def test_without_a_workdir_signals_are_left_alone():
+    before = signal.getsignal(signal.SIGTERM)
     with preemption.watch(enabled=False):
-        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        assert signal.getsignal(signal.SIGTERM) is before
     with preemption.watch():
         assert signal.getsignal(signal.SIGTERM) is preemption._handle
         with preemption.watch():  # nested: the outer block keeps handling
             assert signal.getsignal(signal.SIGTERM) is preemption._handle
         assert signal.getsignal(signal.SIGTERM) is preemption._handle
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_first_sigint_requests_a_second_interrupts(capsys):
+    before = signal.getsignal(signal.SIGINT)  # pytest-xdist workers ignore SIGINT
     with preemption.watch():
         signal.raise_signal(signal.SIGINT)
         assert preemption.local_request() and preemption.requested()
@@ -125,4 +128,4 @@ def test_first_sigint_requests_a_second_interrupts(capsys):
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGINT)
     assert not preemption.local_request()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before

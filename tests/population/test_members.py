@@ -66,11 +66,12 @@ def test_unchecked_chunk_equals_checking_every_step_and_frozen_members_stay(batc
         jax.tree.map(jnp.copy, population), batches[20:30], 10)
     checked_losses = checked_metrics["loss"]
     population, losses = fit_members(population, loss_fn, OPTIMIZER, batches[20:30], 10)  # no check per step
-    np.testing.assert_array_equal(losses[:, 0], np.asarray(checked_losses)[:, 0])
+    # two different XLA programs (per-step checks or not): equal up to float rounding of fusions
+    np.testing.assert_allclose(losses[:, 0], np.asarray(checked_losses)[:, 0], rtol=1e-6, atol=1e-9)
     assert np.isnan(losses[:, 1]).all() and np.isnan(np.asarray(checked_losses)[:, 1]).all()
     for a, b, c in zip(jax.tree.leaves(population.members.params), jax.tree.leaves(checked.members.params), jax.tree.leaves(frozen)):
-        np.testing.assert_array_equal(a, b)
-        np.testing.assert_array_equal(np.asarray(a)[1], c)
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+        np.testing.assert_array_equal(np.asarray(a)[1], c)  # the diverged member stays exactly frozen
 
 
 def test_bad_input_is_named(batches):

@@ -99,5 +99,6 @@ def test_cli_search_spec_and_demo(tmp_path):
     demo = subprocess.run([sys.executable, "-m", "vhjax.cli", "demo", "--budget", "4", "--population", "2",
                            "--steps", "9", "--workdir", str(tmp_path / "d")], capture_output=True, text=True,
                           check=True).stdout
-    assert "tune | trials 4/4" in demo and "| rank | trial | arch.depth |" in demo and "best trial" in demo
+    assert "trials' worth" in demo and "| rank | trial | arch.depth |" in demo and "best trial" in demo
+    assert float(demo.split(" trials' worth")[-2].split("compute ")[-1].split("/")[0]) >= 4  # the budget is spent
     assert (tmp_path / "d" / "study.db").exists()

@@ -88,7 +88,8 @@ tune(CONFIG, SPACE, trials=int(sys.argv[2]), population=2, min_steps=12, storage
 
 
 def test_worker_processes_share_one_study(tmp_path):
-    """3 workers on one SQLite URL: 8 trials in all, none asked twice, every one finished."""
+    """3 workers on one SQLite URL: 8 trials (up to 2 more when the last asks race), none asked
+    twice, every one finished."""
     import os
     import subprocess
     import sys
@@ -100,5 +101,7 @@ def test_worker_processes_share_one_study(tmp_path):
     workers = [subprocess.Popen([sys.executable, "-c", WORKER, url, "8"], env=env) for _ in range(3)]
     assert [w.wait(timeout=900) for w in workers] == [0, 0, 0]
     study = optuna.load_study(study_name="vhjax", storage=url)
-    assert len(study.trials) == 8 and all(t.state.is_finished() for t in study.trials)
-    assert len({t.number for t in study.trials}) == 8
+    # the budget check and the ask of two workers can race (as with Optuna's MaxTrialsCallback):
+    # at most one trial more per other worker
+    assert 8 <= len(study.trials) <= 8 + 2 and all(t.state.is_finished() for t in study.trials)
+    assert len({t.number for t in study.trials}) == len(study.trials)

@@ -206,7 +206,8 @@ def _run_locked(population: PopulationState, runner: Callable, data: Any, *, ste
         resumed_from = int(record["step"])
     log.truncate_after(resumed_from or 0)  # rows past the checkpoint (or of a run killed before one)
     writers = resolve_writers(writers, workdir)
-    writers.start(population.size, member_hparams(population, hparams), resumed_from)
+    if writers:
+        writers.start(population.size, member_hparams(population, hparams), resumed_from)
     if mesh is not None:
         runner, data = on_mesh(runner, mesh), parallel.replicate(data, mesh)
     step = resumed_from if resumed_from is not None else population_step(population)
@@ -254,7 +255,10 @@ def member_hparams(population: PopulationState, extra: Sequence[dict] | None = N
     that differ between members) and `extra`'s entries."""
     from vhjax.population.exploit import get_member_hparams
 
-    values = {k: np.asarray(v) for k, v in get_member_hparams(population).items()}
+    try:
+        values = {k: np.asarray(v) for k, v in get_member_hparams(population).items()}
+    except ValueError:  # a member step of one's own, with no injectable optimizer hyperparameters
+        values = {}
     scalars = {k: v for k, v in values.items() if v.shape == (population.size,)
                and (population.size == 1 or np.unique(v).size > 1)}
     rows = [{k: v[i].item() for k, v in scalars.items()} for i in range(population.size)]

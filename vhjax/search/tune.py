@@ -328,7 +328,7 @@ def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget
             return budget_steps is not None and spent_steps(study) >= budget_steps
 
         def ask() -> tuple[Any, dict] | None:
-            if not has_waiting(study) and exhausted():
+            if exhausted() and not has_waiting(study):  # retries of interrupted trials are asked first
                 return None
             trial = study.ask(distributions)
             return trial, split_member(trial.number, to_member(trial.params))[1]
@@ -405,7 +405,8 @@ def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget
                     stopped[slot] = False
                 current = current.replace(stopped=jnp.asarray(stopped))
                 if verbose:
-                    print_progress(progress(timeline, trials, population, running, start, direction, metric))
+                    print_progress(progress(timeline, trials, budget, spent_steps(study) / config.steps, running, start,
+                                            direction, metric))
                 return state, current
 
             most = trials if trials is not None else int(np.ceil(budget * config.steps / min_steps))
@@ -423,16 +424,19 @@ def stack(values: list) -> Any:
     return np.asarray(values)
 
 
-def progress(timeline: list[dict], trials: int, population: int, running: list, start: float, direction: str,
-             metric: str) -> str:
-    """One line: trials finished / budget, states, best so far, elapsed, ETA."""
+def progress(timeline: list[dict], trials: int | None, budget: float | None, spent: float, running: list,
+             start: float, direction: str, metric: str) -> str:
+    """One line: trials finished (of `trials`), compute spent in full trials' worth (of `budget`),
+    states, best so far, elapsed, ETA (from whichever limit is nearer)."""
     done = [r for r in timeline if r["state"] == "COMPLETE"]
     pruned = sum(r["state"] == "PRUNED" for r in timeline)
     failed = sum(r["state"] == "FAIL" for r in timeline)
     best = (max if direction == "maximize" else min)((r["value"] for r in done), default=float("nan"))
     elapsed = time.perf_counter() - start
-    rate = len(timeline) / elapsed if elapsed > 0 else 0.0
-    eta = (trials - len(timeline)) / rate if rate > 0 else float("nan")
-    return (f"tune | trials {len(timeline)}/{trials} (complete {len(done)}, pruned {pruned}, failed {failed}, "
-            f"running {sum(t is not None for t in running)}) | best val {metric} {best:.4f} | "
+    fraction = max(len(timeline) / trials if trials else 0.0, spent / budget if budget else 0.0)
+    eta = elapsed * (1 - fraction) / fraction if 0 < fraction <= 1 else (0.0 if fraction > 1 else float("nan"))
+    count = f"trials {len(timeline)}" + (f"/{trials}" if trials else "")
+    compute = f" | compute {spent:.1f}" + (f"/{budget:g}" if budget else "") + " trials' worth"
+    return (f"tune | {count} (complete {len(done)}, pruned {pruned}, failed {failed}, "
+            f"running {sum(t is not None for t in running)}){compute} | best val {metric} {best:.4f} | "
             f"{elapsed:.0f} s elapsed, ETA {eta:.0f} s")
