@@ -10,13 +10,14 @@ import pytest
 from sklearn.datasets import load_digits
 
 from vhjax.config import TrainConfig
-from vhjax.population import fit, fit_population
+from vhjax.population import export_member, fit, fit_population
 from vhjax.models import MLP
 from vhjax.transfer import fit_from, layer_names, load_source, mode_config, transfer_params
 
 
 def digits_task(classes, per_class=None):
-    """Digits of `classes` relabelled 0..k-1: train (the first 1200 images, at most `per_class` each), test (the rest)."""
+    """Digits of `classes` relabelled 0..k-1: train (the first 1200 images, at most `per_class` each),
+    test (the rest)."""
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype(np.float32)
     splits = {}
@@ -42,7 +43,8 @@ def leaves_equal(a, b) -> bool:
 
 def member_params(result, index):
     member = result.members[index]
-    return jax.tree.map(lambda leaf: np.asarray(leaf[member["position"]]), result.states[member["bucket"]].members.params)
+    params = result.states[member["bucket"]].members.params
+    return jax.tree.map(lambda leaf: np.asarray(leaf[member["position"]]), params)
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +71,20 @@ def test_load_source_from_population_member_by_index_and_rank(tmp_path):
     best = result.best()["member"]
     assert leaves_equal(load_source(tmp_path / "pop", rank=0)["params"], member_params(result, best))
     assert leaves_equal(load_source(result, index=0)["params"], member_params(result, 0))
+    exported = export_member(tmp_path / "pop", tmp_path / "exported", index=1)  # plain orbax, loaded back
+    assert leaves_equal(load_source(exported)["params"], member_params(result, 1))
+    with pytest.raises(ValueError, match="rank and index"):
+        load_source(tmp_path / "pop", rank=0, index=1)
+
+
+def test_fit_from_writes_a_workdir_whose_members_load_back(pretrained, tmp_path):
+    source = load_source(pretrained[1])
+    config = dataclasses.replace(SOURCE_CONFIG, dataset=HIGH, steps=4, eval_every=2, batch_size=8)
+    result = fit_from(config, source, [{"seed": 0}, {"seed": 1, "learning_rate": 1e-3}], tmp_path / "run",
+                      verbose=False)
+    assert len(result.states) == 1  # seed and learning rate are per-member arrays: one program
+    assert leaves_equal(load_source(tmp_path / "run", index=1)["params"], member_params(result, 1))
+    assert (tmp_path / "run" / "result.json").is_file()
 
 
 def test_copied_layers_equal_the_source_and_the_head_is_fresh_when_classes_differ(pretrained):
@@ -145,7 +161,8 @@ def test_fine_tuning_a_pretrained_source_beats_training_from_scratch():
     images each of 600-1199, evaluated on 1200+. Same seeds, data order, steps and learning rate for both."""
     x, y = load_digits(return_X_y=True)
     x, y = (x / 16.0).astype(np.float32), y.astype(np.int32)
-    source_config = dataclasses.replace(SOURCE_CONFIG, dataset={"train": (x[:600], y[:600]), "test": (x[1200:], y[1200:])},
+    source_data = {"train": (x[:600], y[:600]), "test": (x[1200:], y[1200:])}
+    source_config = dataclasses.replace(SOURCE_CONFIG, dataset=source_data,
                                         model_kwargs={"widths": (32, 32), "num_classes": 10})
     source = load_source(fit(source_config, verbose=False))
     xs, ys = x[600:1200], y[600:1200]

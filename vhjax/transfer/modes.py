@@ -13,7 +13,6 @@ share a program.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence

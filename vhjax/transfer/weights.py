@@ -222,7 +222,8 @@ def transfer_params(source: Any, target: Any, *, skip: Sequence[str] = (), new_h
                           for path, s, t in problems)
         raise ValueError(f"the source does not fit the target model at {len(problems)} parameter(s) (head {head!r}, "
                          f"new_head={new_head}, skip={list(skip)}):\n{lines}\nallowed: equal shapes on every path "
-                         "copied; pass skip=[...] for layers to keep fresh, or head=... for the layer whose classes differ")
+                         "copied; pass skip=[...] for layers to keep fresh, or head=... for the layer whose classes "
+                         "differ")
     if not _is_variables(target):
         return merged[COLLECTIONS_KEY], TransferReport(copied, fresh, ignored)
     return merged, TransferReport(copied, fresh, ignored)
