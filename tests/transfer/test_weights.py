@@ -12,7 +12,7 @@ from sklearn.datasets import load_digits
 from vhjax.config import TrainConfig
 from vhjax.population import export_member, fit, fit_population
 from vhjax.models import MLP
-from vhjax.transfer import fit_from, layer_names, load_source, mode_config, transfer_params
+from vhjax.transfer import fit_from, gradual_unfreezing, layer_names, load_source, mode_config, transfer_params
 
 
 def digits_task(classes, per_class=None):
@@ -175,3 +175,20 @@ def test_fine_tuning_a_pretrained_source_beats_training_from_scratch():
     scratch = fit_population(config, members, verbose=False)
     for index in range(2):
         assert transferred.members[index]["eval"]["loss"] < scratch.members[index]["eval"]["loss"] - 0.1
+
+
+def test_gradual_unfreezing_unfreezes_one_more_layer_per_stage(pretrained):
+    source = load_source(pretrained[1])
+    config = dataclasses.replace(SOURCE_CONFIG, dataset=HIGH, steps=99, eval_every=3, batch_size=8)
+    stages = gradual_unfreezing(config, source, 3, member={"seed": 5}, skip=["head"], verbose=False)
+    assert len(stages) == 3  # hidden_0, hidden_1, head: the head first, then one more layer each stage
+    params = [member_params(result, 0) for result in stages]
+    assert leaves_equal(params[0]["hidden_0"], source["params"]["hidden_0"])
+    assert leaves_equal(params[0]["hidden_1"], source["params"]["hidden_1"])
+    assert not leaves_equal(params[0]["head"], params[1]["head"])
+    assert leaves_equal(params[1]["hidden_0"], source["params"]["hidden_0"])
+    assert not leaves_equal(params[1]["hidden_1"], params[0]["hidden_1"])
+    assert not leaves_equal(params[2]["hidden_0"], params[1]["hidden_0"])
+    assert all(int(result.states[0].members.step[0]) == 3 for result in stages)
+    with pytest.raises(ValueError, match="freeze"):
+        gradual_unfreezing(config, source, 3, member={"freeze": ("head/*",)})

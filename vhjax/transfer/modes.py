@@ -13,6 +13,7 @@ share a program.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -26,7 +27,7 @@ from vhjax.population.fit import (PopulationResult, bucket_members, bucket_seeds
                                   stack_dynamic, train_bucket, with_config_loss_weights)
 from vhjax.population.members import init_population
 from vhjax.train.workdir import prepare_workdir, save_preprocessing
-from vhjax.transfer.weights import COLLECTIONS_KEY, as_variables, layer_names, transfer_params
+from vhjax.transfer.weights import COLLECTIONS_KEY, as_variables, layer_names, load_source, transfer_params
 from vhjax.validation import check_choice, check_int
 
 MODES = ("direct", "feature_extractor", "fine_tune_last", "freeze", "full", "layerwise_lr")
@@ -141,3 +142,26 @@ def fit_from(config: TrainConfig, source: Any, members: Sequence[Mapping[str, An
     if root is not None:
         (root / "result.json").write_text(json.dumps(results, default=lambda v: np.asarray(v).tolist(), indent=1))
     return result
+
+
+def gradual_unfreezing(config: TrainConfig, source: Any, stage_steps: int, *, member: Mapping[str, Any] | None = None,
+                       layers: Sequence[str] | None = None, skip: Sequence[str] = (), new_head: bool = True,
+                       head: str | None = None, verbose: bool = True) -> list[PopulationResult]:
+    """Gradual unfreezing (ULMFiT-style) as stages: stage s trains the last s + 1 layers for `stage_steps`
+    steps, starting from stage s - 1's parameters (stage 0 from `source`, mapped as in `fit_from`), until
+    every layer trains. One member (`member`, a dict of config fields without `freeze`); returns each
+    stage's result. The engine's freeze set is fixed within a run, so each stage is its own `fit_from`
+    run: the optimizer state and the data order restart at every stage."""
+    check_int("stage_steps", stage_steps, 1)
+    member = dict(member or {})
+    if "freeze" in member:
+        raise ValueError("member sets 'freeze'; allowed: no freeze (gradual_unfreezing sets it per stage)")
+    names = list(layer_names(source) if layers is None else layers)
+    stage_config = dataclasses.replace(config, steps=stage_steps)
+    results: list[PopulationResult] = []
+    start, transfer = source, {"skip": skip, "new_head": new_head, "head": head}
+    for stage in range(len(names)):
+        fields = {**member, **mode_config("fine_tune_last", names, last=stage + 1, layers=names)}
+        results.append(fit_from(stage_config, start, [fields], verbose=verbose, **transfer))
+        start, transfer = load_source(results[-1], index=0), {}  # the next stage: this one's weights, all copied
+    return results
