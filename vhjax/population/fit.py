@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -250,7 +250,8 @@ def train_bucket(task: Task, population: PopulationState, workdir: Path | None, 
 
 def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], workdir: str | Path | None = None,
                    *, same_batches: bool = True, mesh: Any = "auto", isolation: str = "optimistic",
-                   member_group: int | str | None = "auto", verbose: bool = True) -> PopulationResult:
+                   member_group: int | str | None = "auto", verbose: bool = True,
+                   start: Callable[[Task, PopulationState], PopulationState] | None = None) -> PopulationResult:
     """Train every member; members with equal static config share one compiled, vmapped program.
 
     `members` are dicts of config fields: the per-member ones of `vhjax.hparams` (learning rate,
@@ -264,6 +265,9 @@ def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], wo
     is used as given; a data axis splits each member's batch over its devices. `isolation`:
     'optimistic' or 'per_step' (see `engine.PopulationRunner`); `member_group`: members trained
     together on a CPU ('auto': a divisor of the bucket size near 8; None: all at once).
+    `start(task, population)`: applied to every bucket's freshly initialised population before any
+    training (e.g. `vhjax.transfer.fit_from` copies pretrained weights in); a workdir's checkpoint,
+    when there is one, still wins.
     """
     check_choice("isolation", isolation, ISOLATION_MODES)
     if not members:
@@ -278,6 +282,8 @@ def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], wo
     populations = [init_population(task, len(indices), stack_dynamic(indices, members),
                                    seeds=bucket_seeds(config, indices, members), same_batches=same_batches)
                    for task, indices in tasks]
+    if start is not None:
+        populations = [start(task, population) for (task, _), population in zip(tasks, populations)]
     root = prepare_workdir(workdir, config)
     if root is not None:
         record_members(root / "members.json", members)

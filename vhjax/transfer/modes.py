@@ -14,19 +14,15 @@ share a program.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from vhjax.config import TrainConfig
-from vhjax.population.fit import (PopulationResult, bucket_members, bucket_seeds, bucket_task, record_members,
-                                  stack_dynamic, train_bucket, with_config_loss_weights)
-from vhjax.population.members import init_population
-from vhjax.train.workdir import prepare_workdir, save_preprocessing
+from vhjax.population.fit import (PopulationResult, bucket_members, bucket_task, fit_population, stack_dynamic,
+                                  with_config_loss_weights)
 from vhjax.transfer.weights import COLLECTIONS_KEY, as_variables, layer_names, load_source, transfer_params
 from vhjax.validation import check_choice, check_int
 
@@ -93,9 +89,8 @@ def fit_from(config: TrainConfig, source: Any, members: Sequence[Mapping[str, An
     bucket's model by `transfer_params(skip=, new_head=, head=)`, checked on shapes for every
     bucket before anything compiles. Each member keeps its own initialisation (its seed) where the
     source gives nothing (the new head, skipped paths). The optimizer state starts fresh. Training
-    is `fit_population`'s own bucket training (`train_bucket`, the one loop); a workdir resumes
-    from its checkpoints as usual (the checkpoint then wins over the source).
-    Single device, no TensorBoard writers (a first version; see docs/transfer.md).
+    is `fit_population` itself (its `start` argument puts the source in); a workdir resumes from
+    its checkpoints as usual (the checkpoint then wins over the source). Single device.
     """
     source = as_variables(source)
     transfer = {"skip": tuple(skip), "new_head": new_head, "head": head}
@@ -109,39 +104,8 @@ def fit_from(config: TrainConfig, source: Any, members: Sequence[Mapping[str, An
         example = jax.ShapeDtypeStruct((2, *task.train.x.shape[1:]), jnp.float32)
         shapes = jax.eval_shape(task.model.init, jax.random.key(0), example)
         transfer_params(source, {k: v for k, v in shapes.items() if k not in ("dropout",)}, **transfer)
-    root = prepare_workdir(workdir, config)
-    if root is not None:
-        record_members(root / "members.json", members)
-    results: list[dict | None] = [None] * len(members)
-    states, histories = [], []
-    for number, (task, indices) in enumerate(tasks):
-        population = init_population(task, len(indices), stack_dynamic(indices, members),
-                                     seeds=bucket_seeds(config, indices, members),
-                                     same_batches=same_batches)
-        population = _with_source(population, source, transfer)
-        label = f"bucket {number + 1}/{len(tasks)} ({task.config.model}, {len(indices)} members, from source) | "
-        bucket_dir = root / f"bucket_{number}" if root is not None else None
-        if bucket_dir is not None:
-            bucket_dir.mkdir(parents=True, exist_ok=True)
-            save_preprocessing(bucket_dir, task)
-        population, final, outcome = train_bucket(task, population, bucket_dir, label, mesh=None,
-                                                                 verbose=verbose, writers=None)
-        states.append(population)
-        histories.append(outcome.history)
-        best_step = outcome.hook_states.get("keep_best", {}).get("step")
-        for position, index in enumerate(indices):
-            diverged = int(population.diverged_step[position])
-            results[index] = {
-                "member": index, "bucket": number, "position": position, "config": dict(members[index]),
-                **{split: {k: float(v[position]) for k, v in values.items()} for split, values in final.items()},
-                "diverged_step": None if diverged < 0 else diverged,
-                "stopped": bool(population.stopped[position]),
-                "best_step": None if best_step is None or int(best_step[position]) < 0 else int(best_step[position]),
-            }
-    result = PopulationResult(results, states, histories)
-    if root is not None:
-        (root / "result.json").write_text(json.dumps(results, default=lambda v: np.asarray(v).tolist(), indent=1))
-    return result
+    return fit_population(config, members, workdir, same_batches=same_batches, mesh=None, verbose=verbose,
+                          start=lambda task, population: _with_source(population, source, transfer))
 
 
 def gradual_unfreezing(config: TrainConfig, source: Any, stage_steps: int, *, member: Mapping[str, Any] | None = None,
