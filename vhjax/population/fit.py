@@ -280,7 +280,8 @@ def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], wo
     tasks = [(bucket_task(bucket_config, stack_dynamic(indices, members)), indices)
              for bucket_config, indices in buckets]
     populations = [init_population(task, len(indices), stack_dynamic(indices, members),
-                                   seeds=bucket_seeds(config, indices, members), same_batches=same_batches)
+                                   seeds=bucket_seeds(config, indices, members), same_batches=same_batches,
+                                   data_seed=config.seed)
                    for task, indices in tasks]
     if start is not None:
         populations = [start(task, population) for (task, _), population in zip(tasks, populations)]

@@ -94,7 +94,7 @@ def fit_kfold(config: TrainConfig, candidates: Sequence[Mapping[str, Any]] = ({}
         raise ValueError(f"config field 'batch_size' has value {config.batch_size}; allowed: at most the "
                          f"{train_table.shape[1]} training examples of a fold")
     fold_of = np.tile(np.arange(k), len(candidates))
-    population = init_population(task, len(members), hparams, same_batches=False)
+    population = init_population(task, len(members), hparams, same_batches=False, data_seed=buckets[0][0].seed)
     batch_indices = make_fold_batch_indices(train_table[fold_of], config.batch_size, config.shuffle)
     mesh = parallel.resolve_mesh(mesh)
     group = default_member_group(len(members)) if mesh is None else None

@@ -51,22 +51,25 @@ def member_keys(seeds: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def init_population(task: Task, size: int, hparams: Mapping[str, Any] | None = None, *,
-                    seeds: Sequence[int] | None = None, same_batches: bool = True) -> PopulationState:
+                    seeds: Sequence[int] | None = None, same_batches: bool = True,
+                    data_seed: int | None = None) -> PopulationState:
     """P members of the task's classifier with their own seeds, keys and hyperparameters.
 
     `hparams` maps a hyperparameter name (state or optimizer) to P values or one shared value.
-    `seeds`: one per member (default: config.seed + i). With `same_batches`, every member sees the
-    batches of config.seed's data order at every step (a fair comparison); otherwise member i has
-    its own data order, that of `fit(seed=seeds[i])`. Everything is checked first, then one jitted
+    `seeds`: one per member (default: data_seed + i). With `same_batches`, every member sees the
+    batches of `data_seed`'s data order at every step (a fair comparison); otherwise member i has
+    its own data order, that of `fit(seed=seeds[i])`. `data_seed` defaults to the task config's
+    seed; callers that reuse one task across seeds (`bucket_task` ignores the seed) pass theirs. Everything is checked first, then one jitted
     program (compiled once per task and population size) builds the whole population.
     """
     check_int("population size", size, 1)
-    seeds = member_seeds(task.config.seed, size, seeds)
+    data_seed = task.config.seed if data_seed is None else data_seed
+    seeds = member_seeds(data_seed, size, seeds)
     check_member_archs(task, size, (hparams or {}).get("arch"))
     init_program, optimizer_defaults = _init_programs(task)
     state_hparams, optimizer_hparams = member_arrays(size, hparams or {}, task.default_hparams, optimizer_defaults)
     check_not_static_zero(task.static_zero, state_hparams)
-    return init_program(np.asarray(seeds, np.uint32), np.uint32(task.config.seed), state_hparams, optimizer_hparams,
+    return init_program(np.asarray(seeds, np.uint32), np.uint32(data_seed), state_hparams, optimizer_hparams,
                         same_batches)
 
 

@@ -140,7 +140,7 @@ def fit_pbt(config: TrainConfig, members: Sequence[Mapping[str, Any]], explore: 
     hparams = stack_dynamic(indices, members)
     task = bucket_task(bucket_config, {*hparams, *dict(explore)})
     population = init_population(task, len(members), hparams, seeds=bucket_seeds(config, indices, members),
-                                 same_batches=same_batches)
+                                 same_batches=same_batches, data_seed=config.seed)
     explore = check_explore(explore, list(get_member_hparams(population)))
     root = prepare_workdir(workdir, config)
     mesh = parallel.resolve_mesh(mesh)
