@@ -143,3 +143,18 @@ def test_precise_bn_evaluates_with_exact_statistics_and_leaves_training_alone():
     by_hand = make_eval_fn(task)(plain.state.replace(model_state=exact), jnp.asarray(task.eval.x),
                                  jnp.asarray(task.eval.y))
     assert precise.metrics["eval"]["loss"] == pytest.approx(float(by_hand["loss"]), rel=1e-5)
+
+
+def test_shared_batch_order_follows_the_calls_seed_not_the_cached_tasks():
+    """The task is built once for configs that differ only in the seed (a search's generations);
+    the shared data order must still be that of each call's own seed (it was the first call's)."""
+    from vhjax.population.members import member_keys
+
+    def shared_data_key(seed: int) -> np.ndarray:
+        result = fit_population(dataclasses.replace(CONFIG, seed=seed, steps=1, eval_every=1), [{}, {}],
+                                verbose=False)
+        return np.asarray(jax.random.key_data(result.states[0].members.data_key))
+
+    shared_data_key(0)  # builds and caches the task with seed 0
+    expected = np.asarray(jax.random.key_data(member_keys(jnp.asarray([7], jnp.uint32))[1][0]))
+    assert (shared_data_key(7) == expected).all()

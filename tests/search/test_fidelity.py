@@ -85,6 +85,12 @@ def test_training_objective_trains_each_budget_for_that_many_steps(tmp_path):
     assert result.best.fidelity == 90.0 and result.best.params["learning_rate"] != 1e-5
     steps = {int(d.name.split("_")[1]) for d in (tmp_path / "training").glob("generation_*/budget_*")}
     assert steps == {10, 30, 90}
+    by_id = {t.trial_id: t for t in result.trials}
+    promoted = [t for t in result.trials if t.parent_id is not None]
+    assert promoted  # each promotion continued from its parent's state: only the missing steps trained
+    assert all(t.metrics["trained_steps"] == t.fidelity - by_id[t.parent_id].fidelity for t in promoted)
+    scratch = [t for t in result.trials if t.parent_id is None]
+    assert all(t.metrics["trained_steps"] == t.fidelity for t in scratch)
 
 
 def counting(log):

@@ -102,3 +102,61 @@ def test_cli_search_spec_and_demo(tmp_path):
     assert "trials' worth" in demo and "| rank | trial | arch.depth |" in demo and "best trial" in demo
     assert float(demo.split(" trials' worth")[-2].split("compute ")[-1].split("/")[0]) >= 4  # the budget is spent
     assert (tmp_path / "d" / "study.db").exists()
+
+
+def _candidates(objective, params, generation, trial_ids, fidelity, parents):
+    import jax
+
+    from vhjax.search.driver import Candidates
+
+    return Candidates(np.zeros((len(params), 1)), params, trial_ids, generation, jax.random.key(0),
+                      fidelity=np.asarray(fidelity), parent_ids=parents)
+
+
+@pytest.mark.parametrize("on_disk", [True, False])
+def test_promoted_candidate_continues_from_its_parent(tmp_path, on_disk):
+    """A child with a parent trains only the missing steps, and equals the parent's run trained on."""
+    import dataclasses
+
+    config = dataclasses.replace(CONFIG, steps=30, eval_every=10, weight_decay=1e-4)
+    workdir = tmp_path / "continued" if on_disk else None
+    objective = TrainingObjective(config, workdir=workdir)
+    params = [{"learning_rate": 3e-3}, {"learning_rate": 1e-2}]
+    first = objective.evaluate(_candidates(objective, params, 0, [0, 1], [10, 10], [None, None]))
+    assert first["trained_steps"].tolist() == [10, 10]
+    promoted = objective.evaluate(_candidates(objective, params[1:], 1, [2], [30], [1]))
+    assert promoted["trained_steps"].tolist() == [20]  # from step 10 to 30, not from scratch
+    straight = TrainingObjective(config).evaluate(_candidates(objective, params, 0, [0, 1], [30, 30], [None, None]))
+    np.testing.assert_allclose(promoted["accuracy"][0], straight["accuracy"][1], atol=1e-6)
+    np.testing.assert_allclose(promoted["loss"][0], straight["loss"][1], rtol=1e-5)
+    assert promoted["accuracy"][0] != first["accuracy"][1] or promoted["loss"][0] < first["loss"][1]
+    if on_disk:  # saved per trial, so a resumed search in another process finds them
+        assert sorted(p.name for p in (workdir / "trial_states").iterdir()) == [
+            "trial_000000.npz", "trial_000001.npz", "trial_000002.npz"]
+        again = TrainingObjective(config, workdir=workdir)
+        assert again._parent_step(1, again._signature(config, params[1]), 30) == 10
+
+
+def test_child_with_another_static_config_or_no_parent_state_trains_from_scratch(tmp_path):
+    objective = TrainingObjective(CONFIG)
+    base = {"learning_rate": 3e-3}
+    objective.evaluate(_candidates(objective, [base], 0, [0], [20], [None]))
+    wider = {**base, "model_kwargs": {"max_width": 8, "max_depth": 2}}  # other shapes: a new bucket
+    out = objective.evaluate(_candidates(objective, [wider, base, base], 1, [1, 2, 3], [40, 40, 40], [0, 7, 0]))
+    assert out["trained_steps"].tolist() == [40, 40, 20]  # parent 7 was never trained
+    assert not TrainingObjective(CONFIG, continue_from_parent=False).evaluate(
+        _candidates(objective, [base], 1, [4], [40], [0]))["trained_steps"].tolist() == [20]
+
+
+def test_pbt_strategy_children_continue_from_their_parents():
+    """PBT through the search driver: every round trains `interval` more steps, never from step 0."""
+    import dataclasses
+
+    config = dataclasses.replace(CONFIG, steps=60, eval_every=20)
+    space = Space({"learning_rate": Categorical((1e-3, 3e-3, 1e-2))})
+    result = vhjax.search(TrainingObjective(config), space, "pbt", budget=8, population=4, verbose=False,
+                          strategy_kwargs={"population_size": 4, "interval": 10})
+    rounds = sorted({t.fidelity for t in result.trials})
+    assert rounds == [10.0, 20.0]
+    assert all(t.metrics["trained_steps"] == 10 for t in result.trials)  # round 2 continued: 10 steps, not 20
+    assert all(t.parent_id is not None for t in result.trials if t.fidelity == 20.0)

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from vhjax.config import TrainConfig, validate
+from vhjax.search.trial_states import TrialStates, carried_state, continue_members, static_signature
 
 MemberFn = Callable[[Mapping[str, Any]], dict]
 NESTED_FIELDS = ("arch", "model_kwargs", "optimizer_kwargs", "loss_weights")
@@ -68,6 +69,12 @@ class TrainingObjective:
         search killed in the middle of a generation resumes its training, not only its trials.
       to_member: candidate dict -> member dict (default `candidate_to_member`).
       mesh: a `vhjax.parallel.population_mesh` to shard members over devices.
+      continue_from_parent: a candidate with a parent trial (a multi-fidelity promotion, a PBT
+        child) whose saved state has the same static config continues from it instead of
+        retraining from scratch (`vhjax.search.trial_states`; states under `workdir/trial_states`,
+        in memory without a workdir). With a constant schedule continuing equals training the
+        parent's run on; a schedule spans each trial's own budget, so a decaying one is read at
+        the continued steps of the longer horizon.
     """
 
     config: TrainConfig
@@ -77,6 +84,7 @@ class TrainingObjective:
     to_member: MemberFn = candidate_to_member
     mesh: Any = None
     verbose: bool = False
+    continue_from_parent: bool = True
 
     def __post_init__(self):
         validate(self.config)
@@ -85,6 +93,7 @@ class TrainingObjective:
         if self.split == "test" and not self.config.test_split:
             raise ValueError("TrainingObjective: split 'test' needs config.test_split")
         self._full_arch = self._model_full_arch()
+        self._states = TrialStates(None if self.workdir is None else Path(self.workdir) / "trial_states")
 
     @property
     def fitness_metric(self) -> str:
@@ -96,7 +105,8 @@ class TrainingObjective:
         The search driver stores it with the study, so a workdir is never resumed with another
         training config (e.g. `steps` 40 -> 8) and trials of the two are never ranked together.
         """
-        return {"config": self.config.to_dict(), "metric": self.metric, "split": self.split}
+        return {"config": self.config.to_dict(), "metric": self.metric, "split": self.split,
+                "continue_from_parent": self.continue_from_parent}
 
     def _model_full_arch(self) -> dict | None:
         from vhjax.train.task import resolve_model
@@ -113,35 +123,74 @@ class TrainingObjective:
         return members
 
     def evaluate(self, candidates: Any) -> dict[str, np.ndarray]:
-        """Train the candidates as one population (one per budget in a multifidelity search).
+        """Train the candidates as one population per (budget, starting step) group.
 
-        `candidates.parent_ids` name the trial a promoted (multi-fidelity) or exploiting (PBT)
-        candidate would continue from. `fit_population` starts every member from scratch, so
-        this objective trains such a candidate from scratch up to its budget: correct results,
-        at the price of the parent's steps again.
+        Without fidelities every candidate trains `config.steps`. A candidate whose parent trial
+        (`candidates.parent_ids`: a multi-fidelity promotion, a PBT child) left a state with the
+        same static config continues from it (`continue_from_parent`): it trains only from the
+        parent's step to its budget. Each candidate's `trained_steps` is reported with its metrics.
         """
         members = self.members(list(candidates.params))
         config = dataclasses.replace(self.config, seed=self.config.seed + int(candidates.generation))
         workdir = None if self.workdir is None else Path(self.workdir) / f"generation_{candidates.generation:04d}"
         fidelity = getattr(candidates, "fidelity", None)
-        if fidelity is None:
-            return self._train(config, members, workdir)
-        budgets = np.asarray(fidelity).astype(int)
+        budgets = np.full(len(members), config.steps) if fidelity is None else np.asarray(fidelity).astype(int)
+        parents = list(getattr(candidates, "parent_ids", None) or [None] * len(members))
+        signatures = [self._signature(config, member) for member in members]
+        starts = [self._parent_step(parent, signature, int(budget))
+                  for parent, signature, budget in zip(parents, signatures, budgets)]
         merged: dict[str, np.ndarray] = {}
-        for budget in np.unique(budgets):
-            where = np.flatnonzero(budgets == budget)
-            steps_config = dataclasses.replace(config, steps=int(budget), eval_every=min(config.eval_every, int(budget)))
-            part_dir = None if workdir is None else workdir / f"budget_{int(budget)}"
-            part = self._train(steps_config, [members[i] for i in where], part_dir)
+        for budget, start in sorted({(int(b), s) for b, s in zip(budgets, starts)}):
+            where = [i for i in range(len(members)) if budgets[i] == budget and starts[i] == start]
+            part_config = dataclasses.replace(config, steps=budget, eval_every=min(config.eval_every, budget))
+            part_dir = None if workdir is None else (
+                workdir if fidelity is None and start == 0 else
+                workdir / (f"budget_{budget}" + (f"_from_{start}" if start else "")))
+            continue_from = None if start == 0 else [parents[i] for i in where]
+            part = self._train(part_config, [members[i] for i in where], part_dir, continue_from,
+                               [candidates.trial_ids[i] for i in where], [signatures[i] for i in where])
+            part["trained_steps"] = np.full(len(where), float(budget - start))
             for name, values in part.items():
                 merged.setdefault(name, np.full(len(members), np.nan))[where] = values
         return merged
 
-    def _train(self, config: TrainConfig, members: list[dict], workdir: Path | None) -> dict[str, np.ndarray]:
+    def _signature(self, config: TrainConfig, member: Mapping[str, Any]) -> str:
+        from vhjax.population.fit import bucket_members, with_config_loss_weights
+
+        return static_signature(bucket_members(config, [with_config_loss_weights(config, member)])[0][0])
+
+    def _parent_step(self, parent: int | None, signature: str, budget: int) -> int:
+        """The step a candidate starts from: its parent's, when it can continue from it; else 0."""
+        if parent is None or not self.continue_from_parent:
+            return 0
+        step = self._states.step(int(parent), signature)
+        return step if step is not None and 0 < step < budget else 0
+
+    def _train(self, config: TrainConfig, members: list[dict], workdir: Path | None,
+               continue_from: list[int] | None, trial_ids: list[int], signatures: list[str]) -> dict[str, np.ndarray]:
         from vhjax.population import fit_population
 
-        result = fit_population(config, members, workdir, mesh=self.mesh, verbose=self.verbose)
+        start = None if continue_from is None else self._starter(config, members, continue_from)
+        result = fit_population(config, members, workdir, mesh=self.mesh, verbose=self.verbose, start=start)
+        for trial_id, signature, member in zip(trial_ids, signatures, result.members):
+            if member["diverged_step"] is None:
+                state = carried_state(result.states[member["bucket"]].members, member["position"])
+                self._states.put(int(trial_id), signature, state)
         return member_metrics(result.members, self.metric, self.split)
+
+    def _starter(self, config: TrainConfig, members: list[dict], parents: list[int]) -> Callable:
+        """A `fit_population(start=...)` that puts each member's parent state into its bucket's population."""
+        from vhjax.population.fit import bucket_members, with_config_loss_weights
+
+        buckets = iter(bucket_members(config, [with_config_loss_weights(config, m) for m in members]))
+
+        def start(task: Any, population: Any) -> Any:
+            _, indices = next(buckets)
+            states = [self._states.restore(parents[i], carried_state(population.members, position))
+                      for position, i in enumerate(indices)]
+            return continue_members(population, states)
+
+        return start
 
 
 def member_metrics(members: list[dict], metric: str, split: str) -> dict[str, np.ndarray]:
