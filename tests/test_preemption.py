@@ -24,6 +24,7 @@ SCRIPT = textwrap.dedent("""
     import vhjax.population.loop as loop
     from vhjax.population import fit, fit_population
     from tests.population.test_entries import CONFIG, PAIR
+    from tests.test_preemption import search_metrics
 
     real_print = loop.print_progress
     def slow_print(line):  # chunks of a real run take seconds: leave the signal time to arrive
@@ -33,10 +34,23 @@ SCRIPT = textwrap.dedent("""
     entry, workdir = sys.argv[1], sys.argv[2]
     if entry == "fit":
         out = [fit(CONFIG, workdir, mesh=None).metrics["eval"]]
+    elif entry == "search":
+        out = search_metrics(workdir, verbose=True)
     else:
         out = [m["eval"] for m in fit_population(CONFIG, PAIR, workdir, mesh=None).members]
     print("RESULT " + json.dumps(out), flush=True)
 """)
+
+
+def search_metrics(workdir: Path, verbose: bool = False) -> list[dict]:
+    """A two-trial search whose generation trains as one population: each trial's metrics."""
+    import vhjax
+    from vhjax.search import Categorical, Space, TrainingObjective
+
+    objective = TrainingObjective(CONFIG, workdir=Path(workdir) / "training", verbose=verbose)
+    space = Space({"learning_rate": Categorical([m["learning_rate"] for m in PAIR])})
+    result = vhjax.search(objective, space, "grid", budget=2, population=2, workdir=workdir, verbose=verbose)
+    return [{"accuracy": t.metrics["accuracy"], "loss": t.metrics["loss"]} for t in result.trials]
 
 
 def start(entry: str, workdir: Path) -> subprocess.Popen:
@@ -45,7 +59,8 @@ def start(entry: str, workdir: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-@pytest.mark.parametrize("entry,sig", [("fit_population", signal.SIGTERM), ("fit", signal.SIGINT)])
+@pytest.mark.parametrize("entry,sig", [("fit_population", signal.SIGTERM), ("fit", signal.SIGINT),
+                                       ("search", signal.SIGTERM)])
 def test_signal_checkpoints_exits_zero_and_the_rerun_resumes(entry, sig, tmp_path):
     workdir = tmp_path / "run"
     process = start(entry, workdir)
@@ -70,6 +85,8 @@ def test_signal_checkpoints_exits_zero_and_the_rerun_resumes(entry, sig, tmp_pat
 
     if entry == "fit":
         full = [fit(CONFIG, tmp_path / "full", mesh=None, verbose=False).metrics["eval"]]
+    elif entry == "search":
+        full = search_metrics(tmp_path / "full")
     else:
         full = [m["eval"] for m in fit_population(CONFIG, PAIR, tmp_path / "full", mesh=None, verbose=False).members]
     assert len(resumed) == len(full)
