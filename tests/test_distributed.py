@@ -45,6 +45,23 @@ WORKER = textwrap.dedent("""
 """)
 
 
+SEARCH_WORKER = textwrap.dedent("""
+    import json, sys
+    process_id, port, workdir = sys.argv[1], sys.argv[2], sys.argv[3]
+    import vhjax.distributed
+    if process_id != "single":
+        vhjax.distributed.initialize(f"localhost:{port}", 2, int(process_id))
+    import vhjax
+    from vhjax.search import Categorical, Space, TrainingObjective
+    from tests.population.test_entries import CONFIG
+
+    space = Space({"learning_rate": Categorical((1e-3, 3e-3, 1e-2))})
+    result = vhjax.search(TrainingObjective(CONFIG), space, "random", budget=6, population=3, workdir=workdir)
+    print("RESULT " + json.dumps([[t.trial_id, t.params["learning_rate"], t.metrics["accuracy"], t.metrics["loss"]]
+                                  for t in result.trials]), flush=True)
+""")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("localhost", 0))
@@ -134,6 +151,29 @@ def test_a_data_axis_over_two_processes_trains_like_one_process():
     outputs = finish([start(str(i), port, "-", devices=2, mesh="members=2,data=2") for i in range(2)])
     assert_close(result(outputs[0]), result(single))
     assert result(outputs[1]) == result(outputs[0])
+
+
+def test_a_search_over_two_processes_asks_on_process_0_and_trains_like_one_process(tmp_path):
+    """The strategy and store run on process 0; both processes train each generation's population
+    over the 4-device mesh; the follower returns the same trials; only process 0 writes a store."""
+    def run(process_id: str, port: int, workdir: Path, devices: int) -> subprocess.Popen:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
+               "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+        return subprocess.Popen([sys.executable, "-c", SEARCH_WORKER, process_id, str(port), str(workdir)], cwd=ROOT,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    (single,) = finish([run("single", 0, tmp_path / "single", 4)])
+    port = free_port()
+    workdirs = [tmp_path / f"process_{i}" for i in range(2)]
+    outputs = finish([run(str(i), port, workdirs[i], 2) for i in range(2)])
+    want = result(single)
+    got = result(outputs[0])
+    assert [row[:2] for row in got] == [row[:2] for row in want]  # the same proposals
+    for a, b in zip(got, want):
+        assert a[2:] == pytest.approx(b[2:], rel=1e-5, abs=1e-6)
+    assert result(outputs[1]) == got
+    assert (workdirs[0] / "trials.sqlite").exists() and not (workdirs[1] / "trials.sqlite").exists()
+    assert "[vhjax.search]" in outputs[0] and "[vhjax.search]" not in outputs[1]
 
 
 def test_initialize_validates_its_arguments(monkeypatch):

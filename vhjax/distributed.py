@@ -97,6 +97,20 @@ def host_local_batch(local: Any, mesh: Any, spec: Any = None) -> Any:
     return jax.tree.map(lambda leaf: jax.make_array_from_process_local_data(sharding, np.asarray(leaf)), local)
 
 
+def broadcast_bytes(data: bytes | None) -> bytes:
+    """Process 0's `data` on every process (the others pass None); `data` itself with one process."""
+    if jax.process_count() == 1:
+        return data
+    from jax.experimental import multihost_utils
+
+    main = is_main_process()
+    length = int(multihost_utils.broadcast_one_to_all(np.int32(len(data) if main else 0)))
+    buffer = np.zeros(max(length, 1), np.uint8)
+    if main:
+        buffer[:length] = np.frombuffer(data, np.uint8)
+    return np.asarray(multihost_utils.broadcast_one_to_all(buffer)).tobytes()[:length]
+
+
 def process_slice(size: int) -> slice:
     """The rows `[start, stop)` of `size` that this process loads for `host_local_batch` (equal
     contiguous shares, in process order)."""

@@ -36,6 +36,7 @@ validated before anything is written: a call that fails on bad input leaves the 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -46,7 +47,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import jax
 import numpy as np
 
-from vhjax import faults
+from vhjax import distributed, faults
 from vhjax.search import storage as storage_lib
 from vhjax.search.results import DIRECTIONS, SearchResult, TrialTable, fitness_sign, rank_trials
 from vhjax.search.storage import NewTrial, Trial, TrialResult
@@ -475,11 +476,15 @@ def search(
         population=int(population), seed=int(seed), objectives=objective_spec,
         objective_input=objective_input, objective=objective_fingerprint(objective),
     )
-    with search_lock(workdir, storage), storage_lib.open_store(workdir, storage, study=study) as store:
-        check_fingerprint(store, fingerprint)
-        _run(store, fingerprint, evaluate, objective_name(objective), space, strategy_obj, strategy_name,
-             objective_spec, int(budget), int(population), int(seed), verbose)
-        trials = TrialTable(store.trials())
+    if not distributed.is_main_process():  # the strategy and the store live on process 0
+        trials = TrialTable(_follow(evaluate, space, int(seed)))
+    else:
+        with search_lock(workdir, storage), storage_lib.open_store(workdir, storage, study=study) as store:
+            check_fingerprint(store, fingerprint)
+            _run(store, fingerprint, evaluate, objective_name(objective), space, strategy_obj, strategy_name,
+                 objective_spec, int(budget), int(population), int(seed), verbose)
+            trials = TrialTable(store.trials())
+            _share({"trials": [dataclasses.asdict(t) for t in trials]})
     return SearchResult(
         trials=trials,
         direction=objective_spec[next(iter(objective_spec))],
@@ -547,9 +552,10 @@ def _run(store, fingerprint, evaluate, evaluator_name, space, strategy, strategy
         trial_ids = _start_generation(store, generation, proposals.u, params)
         parent_ids = [trial_of[p] if p >= 0 else None for p in proposals.parent.tolist()]
         has_fidelity = bool(np.any(proposals.fidelity > 0))
-        output = evaluate(Candidates(proposals.u, params, trial_ids, generation, eval_key,
-                                     fidelity=proposals.fidelity.copy() if has_fidelity else None,
-                                     parent_ids=parent_ids))
+        candidates = Candidates(proposals.u, params, trial_ids, generation, eval_key,
+                                fidelity=proposals.fidelity.copy() if has_fidelity else None, parent_ids=parent_ids)
+        _share({"candidates": _candidates_message(candidates)})
+        output = evaluate(candidates)
         metrics = metrics_from_output(output, m, objective_names, f"objective {evaluator_name!r}")
         if has_fidelity:
             metrics.setdefault("fidelity", proposals.fidelity)
@@ -569,6 +575,34 @@ def _run(store, fingerprint, evaluate, evaluator_name, space, strategy, strategy
             print(_progress_line(generation, len(trial_of), budget, leader, failed,
                                  time.perf_counter() - started, proposals.fidelity), flush=True)
         generation += 1
+
+
+def _share(message: dict) -> None:
+    """Send a message to the other processes of a multi-process run (nothing with one process)."""
+    if distributed.process_count() > 1:
+        distributed.broadcast_bytes(storage_lib.to_json(message).encode())
+
+
+def _candidates_message(candidates: Candidates) -> dict:
+    return {"u": np.asarray(candidates.u, np.float64).tolist(), "trial_ids": list(candidates.trial_ids),
+            "generation": int(candidates.generation), "parent_ids": candidates.parent_ids,
+            "fidelity": None if candidates.fidelity is None else np.asarray(candidates.fidelity).tolist()}
+
+
+def _follow(evaluate: Evaluator, space: Any, seed: int) -> list[Trial]:
+    """A process other than 0: evaluate each generation process 0 asks (every process takes part in
+    a population that spans processes), until process 0 sends the finished trials."""
+    _, run_key = jax.random.split(jax.random.key(seed))
+    while True:
+        message = json.loads(distributed.broadcast_bytes(None))
+        if "trials" in message:
+            return [Trial(**{**t, "u": tuple(t["u"])}) for t in message["trials"]]
+        asked = message["candidates"]
+        u = np.asarray(asked["u"], np.float64).reshape(len(asked["trial_ids"]), -1)
+        fidelity = None if asked["fidelity"] is None else np.asarray(asked["fidelity"])
+        _, eval_key = generation_keys(run_key, asked["generation"])
+        evaluate(Candidates(u, [space.decode(row) for row in u], asked["trial_ids"], asked["generation"], eval_key,
+                            fidelity=fidelity, parent_ids=asked["parent_ids"]))
 
 
 def _as_trial(result: TrialResult, generation: int) -> Trial:

@@ -68,7 +68,8 @@ class TrainingObjective:
       workdir: keeps each generation's population checkpoints (`generation_0000/`, ...), so a
         search killed in the middle of a generation resumes its training, not only its trials.
       to_member: candidate dict -> member dict (default `candidate_to_member`).
-      mesh: a `vhjax.parallel.population_mesh` to shard members over devices.
+      mesh: as `fit_population`'s: 'auto' (default) shards members over every device when there
+        are several, None keeps one device, or a `vhjax.parallel.population_mesh`.
       continue_from_parent: a candidate with a parent trial (a multi-fidelity promotion, a PBT
         child) whose saved state has the same static config continues from it instead of
         retraining from scratch (`vhjax.search.trial_states`; states under `workdir/trial_states`,
@@ -82,7 +83,7 @@ class TrainingObjective:
     split: str = "eval"
     workdir: str | Path | None = None
     to_member: MemberFn = candidate_to_member
-    mesh: Any = None
+    mesh: Any = "auto"
     verbose: bool = False
     continue_from_parent: bool = True
 
