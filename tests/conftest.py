@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from tests.postgres import postgres_server, postgres_url  # noqa: F401  (a throwaway PostgreSQL server)
+
 # Entry points that turn JAX's persistent compilation cache on by default (vhjax.search.tune)
 # leave it off in tests: each test compiles what it runs, and nothing is written to ~/.cache.
 os.environ.setdefault("VHJAX_CACHE_DIR", "off")

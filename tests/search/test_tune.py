@@ -87,15 +87,19 @@ tune(CONFIG, SPACE, trials=int(sys.argv[2]), population=2, min_steps=12, storage
 """
 
 
-def test_worker_processes_share_one_study(tmp_path):
-    """3 workers on one SQLite URL: 8 trials (up to 2 more when the last asks race), none asked
-    twice, every one finished."""
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_worker_processes_share_one_study(tmp_path, request, database):
+    """3 workers on one SQLite file or one PostgreSQL server: 8 trials (up to 2 more when the last
+    asks race), none asked twice, every one finished."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    if database == "sqlite":
+        url = f"sqlite:///{tmp_path / 'shared.db'}"
+    else:  # a study of its own on the session's server
+        url = request.getfixturevalue("postgres_url")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     optuna.create_study(study_name="vhjax", storage=url, direction="maximize")  # created once, up front
     workers = [subprocess.Popen([sys.executable, "-c", WORKER, url, "8"], env=env) for _ in range(3)]
@@ -105,3 +109,38 @@ def test_worker_processes_share_one_study(tmp_path):
     # at most one trial more per other worker
     assert 8 <= len(study.trials) <= 8 + 2 and all(t.state.is_finished() for t in study.trials)
     assert len({t.number for t in study.trials}) == len(study.trials)
+
+
+def test_a_killed_workers_running_trial_is_retried_by_another_worker(tmp_path):
+    """kill -9 of a worker mid-trial: after the grace period without its heartbeat, another worker
+    fails that trial and asks it again; nothing is left running and the budget is still met."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    optuna.create_study(study_name="vhjax", storage=url, direction="maximize")
+    doomed = subprocess.Popen([sys.executable, "-c", WORKER, url, "4"], env=env)
+    deadline = time.monotonic() + 300
+    running = []
+    while not running and time.monotonic() < deadline and doomed.poll() is None:
+        time.sleep(0.5)
+        study = optuna.load_study(study_name="vhjax", storage=url)
+        running = [t.number for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))]
+    assert running, "the worker never started a trial"
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait(timeout=60)
+    survivor = subprocess.run([sys.executable, "-c", WORKER, url, "4"], env=env, timeout=900)
+    assert survivor.returncode == 0
+    study = optuna.load_study(study_name="vhjax", storage=url)
+    states = {t.number: t.state for t in study.trials}
+    assert all(states[n] == optuna.trial.TrialState.FAIL for n in running), (running, states)  # by the heartbeat check
+    retried = {t.system_attrs.get("failed_trial") for t in study.trials} - {None}
+    assert set(running) <= retried  # and asked again
+    assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)  # ASHA prunes some
+    assert len(study.get_trials(states=done)) >= 4

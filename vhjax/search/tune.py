@@ -178,7 +178,7 @@ def open_study(workdir: Path | None, name: str, direction: str, sampler: Any, pr
     study = optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=sampler,
                                 pruner=pruner, load_if_exists=True)
     if shared:
-        optuna.storages.fail_stale_trials(study)
+        fail_stale(study)
         return study
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         # a finished trial's attributes are read-only: mark it while it is still running
@@ -186,6 +186,16 @@ def open_study(workdir: Path | None, name: str, direction: str, sampler: Any, pr
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         study.enqueue_trial(trial.params)
     return study
+
+
+def fail_stale(study: Any) -> None:
+    """Fail the running trials of a shared study whose heartbeat is older than the grace period
+    (their worker died); the storage's retry callback queues each again."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
 def counted_trials(study: Any) -> int:
@@ -328,9 +338,13 @@ def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget
             return budget_steps is not None and spent_steps(study) >= budget_steps
 
         def ask() -> tuple[Any, dict] | None:
+            if rdb is not None:  # a dead worker's trials, stale for grace_period: failed and queued again
+                fail_stale(study)
             if exhausted() and not has_waiting(study):  # retries of interrupted trials are asked first
                 return None
             trial = study.ask(distributions)
+            if rdb is not None:  # alive from the ask on: a kill before the first beat still goes stale
+                record_heartbeats(rdb, [trial])
             return trial, split_member(trial.number, to_member(trial.params))[1]
 
         def fresh_member(trial: Any, hparams: dict) -> PopulationState:
