@@ -365,11 +365,20 @@ class MaskObjective:
 # Baselines and the exhaustive optimum.
 
 
-def exhaustive_table(objective: MaskObjective) -> dict[str, dict[str, float]]:
-    """Every mask over the objective's units (one population of 2^n members): bits -> metrics."""
-    masks = all_masks(objective.units)
-    values = objective.run(masks)
-    return {bits_string(m): {k: float(v[i]) for k, v in values.items()} for i, m in enumerate(masks)}
+def exhaustive_table(objective: MaskObjective, *, population: int | None = None, workdir: Any = None,
+                     verbose: bool = False) -> dict[str, dict[str, float]]:
+    """Every mask over the objective's units, trained through the search driver (strategy 'grid',
+    `population` masks per generation, default all 2^n at once): bit string -> metrics."""
+    from vhjax.search import search
+
+    total = len(all_masks(objective.units))
+    result = search(objective, objective.space(), "grid", budget=total, population=population or total,
+                    workdir=workdir, verbose=verbose)
+    table = {}
+    for trial in result.trials:
+        table[result_mask(trial.params, objective.units)] = {k: float(v) for k, v in trial.metrics.items()
+                                                               if np.ndim(v) == 0}
+    return table
 
 
 def optimum(table: Mapping[str, Mapping[str, float]], metric: str = "accuracy",
