@@ -296,6 +296,7 @@ class MaskObjective:
 
     A candidate is a dict unit -> bool (`mask_space(units)`), read by `policy`. Metrics per
     candidate: the target's `metric` on `split` (default eval accuracy), `error` (1 - accuracy),
+    `test_<metric>` when the config has a test split (for reporting; the search never sees it),
     and with `source_data=(x, y)` also `source_error` and `energy = error + source_weight *
     source_error` (for simulated annealing: `search(..., objectives='energy', direction='minimize')`).
     Diverged members get NaN (a failed trial).
@@ -351,6 +352,8 @@ class MaskObjective:
         column = lambda split, name: np.where(alive, np.array([m[split].get(name, np.nan) for m in result.members],
                                                               np.float64), np.nan)
         out = {self.metric: column(self.split, self.metric), "error": 1.0 - column(self.split, "accuracy")}
+        if self.split == "eval" and "test" in result.members[0]:  # reported, never the fitness
+            out.update({f"test_{name}": column("test", name) for name in result.members[0]["test"]})
         if self.source_data is not None:
             out["source_error"] = 1.0 - column("source", "accuracy")
             out["energy"] = out["error"] + self.source_weight * out["source_error"]
