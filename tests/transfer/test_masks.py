@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -23,8 +24,9 @@ from vhjax.population import fit_population
 from vhjax.population.members import init_population, parameter_tensors
 from vhjax.population.fit import bucket_task
 from vhjax.search.strategies.base import flip_categorical, mutate_one_column
-from vhjax.transfer.masks import (MaskObjective, TransferMask, all_masks, baseline_mask, check_bits, exhaustive_table,
-                                  fit_masked, mask_units, optimum, reaches_optimum, result_mask)
+from vhjax.transfer.masks import (MaskObjective, TransferMask, _copy_by_rows, all_masks, baseline_mask, check_bits,
+                                  exhaustive_table, fit_masked, mask_from_bits, mask_units, optimum, reaches_optimum,
+                                  result_mask, tensor_rows)
 
 WIDTHS, CLASSES = (16, 16, 16), 4
 
@@ -78,6 +80,13 @@ def test_mask_units_are_the_source_layers_or_its_tensors():
     assert mask_units(SOURCE) == UNITS
     assert mask_units(SOURCE, "tensor")[:2] == ["hidden_0/bias", "hidden_0/kernel"]
     assert mask_units(SOURCE, "tensor")[-2:] == ["head/bias", "head/kernel"]
+
+
+def test_policies_read_one_bit_string_two_ways():
+    assert mask_from_bits("0110", UNITS, "copy") == TransferMask((0, 1, 1, 0), ONES)
+    assert mask_from_bits([False, True, True, False], UNITS, "train") == TransferMask(ONES, (0, 1, 1, 0))
+    assert mask_from_bits({"head": 1, "hidden_0": 0, "hidden_1": 0, "hidden_2": 1}, UNITS).copy == (0, 0, 1, 1)
+    assert baseline_mask("head_only", UNITS) == TransferMask(ONES, (0, 0, 0, 1), "head_only")
 
 
 def test_copy_policy_all_zeros_is_the_fresh_init_and_all_ones_the_source(trained):
@@ -185,3 +194,31 @@ def test_bad_masks_raise_before_compiling():
                                          r"8 finite numbers >= 0, one per parameter tensor"):
         fit_population(CONFIG, [{"update_scale": [1.0, 1.0]}], verbose=False)
     assert len(tensors) == 8 and time.perf_counter() - started < 5.0
+
+
+class NormNet(nn.Module):
+    """Dense, BatchNorm, Dense: a layer with batch statistics."""
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        h = nn.BatchNorm(use_running_average=not train, name="hidden_1")(nn.Dense(8, name="hidden_0")(x))
+        return nn.Dense(3, name="head")(nn.relu(h))
+
+
+def test_batch_statistics_follow_their_layers_copy_bit():
+    """The start hook alone (no training program): member 0 copies hidden_0 and head, member 1 hidden_1."""
+    x = np.random.default_rng(0).normal(size=(32, 5)).astype(np.float32)
+    y = (np.arange(32) % 3).astype(np.int32)
+    fresh = NormNet().init(jax.random.key(3), x[:2])
+    source = {"params": jax.tree.map(lambda a: np.asarray(a) + 1.0, fresh["params"]),
+              "batch_stats": jax.tree.map(lambda a: np.asarray(a) + 5.0, fresh["batch_stats"])}
+    config = TrainConfig(dataset={"train": (x, y), "test": (x, y)}, model=NormNet(), batch_size=16, steps=1)
+    task = bucket_task(config)
+    units, tensors = mask_units(source), parameter_tensors(task)
+    copy = np.stack([tensor_rows(TransferMask(bits, (1, 1, 1)), units, tensors)[0] for bits in ((1, 0, 1), (0, 1, 0))])
+    population = _copy_by_rows(init_population(task, 2, seeds=[0, 0]), source, {}, copy)
+    members = population.members
+    np.testing.assert_array_equal(np.asarray(members.model_state["batch_stats"]["hidden_1"]["mean"]),
+                                  [[0.0] * 8, [5.0] * 8])  # fresh (0) vs copied (5)
+    np.testing.assert_array_equal(np.asarray(members.params["hidden_1"]["scale"]), [[1.0] * 8, [2.0] * 8])
+    np.testing.assert_array_equal(np.asarray(members.params["head"]["bias"]), [[1.0] * 3, [0.0] * 3])
