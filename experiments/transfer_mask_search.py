@@ -17,8 +17,10 @@ target validation error + `--source-weight` x source-domain error), and the exha
 of `--population`, fewer than the 16 masks) and run once per search seed; "reached" counts the runs
 whose best mask is optimal in the exhaustive table (validation accuracy for GA and random, energy
 for SA). Each mask's fitness is deterministic: every member starts from the same seed and sees the
-same batches, so one population's masks differ only by their masks. Values are mean +- std of test
-accuracy over training seeds x search seeds (scratch, head only, ... : over training seeds).
+same batches, so one population's masks differ only by their masks. A training seed draws the
+labelled target signals and the validation split, the fresh initialisation and the batch order.
+Values are mean +- std of test accuracy over training seeds x search seeds (scratch, direct, head
+only, full and the exhaustive optimum: over training seeds).
 The protocol is ours; no published numbers exist for it.
 
 Command:  python experiments/transfer_mask_search.py            (full: 3 training seeds, 10 search seeds)
@@ -29,7 +31,6 @@ Runtime:  --quick 2.5 minutes on a 2-core CPU (shared, loaded); the full run has
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 
 import numpy as np
@@ -44,8 +45,9 @@ TARGET_ARGS = {"corr_noise_scale": 0.5, "iid_noise_scale": 0.05, "shear_scale": 
                "num_samples": 2000, "train_split": 0.5}
 
 
-def target_splits(per_class: int = 20, val: int = 500) -> dict:
-    """MNIST-1D from other generator settings: train (per_class per class), val, test (1000)."""
+def target_splits(seed: int, per_class: int = 20, val: int = 500) -> dict:
+    """MNIST-1D from other generator settings: train (`per_class` signals per class, drawn by `seed`),
+    val (500 of the other training signals, also by `seed`), test (the generator's 1000 test signals)."""
     from mnist1d.data import get_dataset_args, make_dataset
 
     from vhjax.data.builtin import preserved_global_rngs
@@ -56,9 +58,10 @@ def target_splits(per_class: int = 20, val: int = 500) -> dict:
     with preserved_global_rngs():
         data = make_dataset(args)
     x, y = data["x"].astype(np.float32), data["y"].astype(np.int32)
-    train = np.concatenate([np.flatnonzero(y == c)[:per_class] for c in range(10)])
-    rest = np.setdiff1d(np.arange(len(y)), train)[:val]
-    return {"train": (x[np.sort(train)], y[np.sort(train)]), "val": (x[rest], y[rest]),
+    order = np.random.default_rng(seed).permutation(len(y))
+    train = np.sort(np.concatenate([order[y[order] == c][:per_class] for c in range(10)]))
+    rest = np.setdiff1d(order, train)[:val]
+    return {"train": (x[train], y[train]), "val": (x[rest], y[rest]),
             "test": (data["x_test"].astype(np.float32), data["y_test"].astype(np.int32))}
 
 
@@ -123,15 +126,15 @@ def main() -> None:
         args.seeds, args.search_seeds = 1, 2
     started = time.perf_counter()
     source, source_data = source_model(widths, source_steps)
-    config = TrainConfig(dataset=target_splits(), eval_split="val", test_split="test", model="mlp",
-                         model_kwargs={"widths": widths, "num_classes": 10}, batch_size=50, steps=steps,
-                         eval_every=steps, learning_rate=3e-3)
+    configs = [TrainConfig(dataset=target_splits(seed), eval_split="val", test_split="test", model="mlp",
+                           model_kwargs={"widths": widths, "num_classes": 10}, batch_size=50, steps=steps,
+                           eval_every=steps, learning_rate=3e-3, seed=seed) for seed in range(args.seeds)]
     for policy in args.policies.split(","):
         rows: dict[str, list[float]] = {}
         reached: dict[str, list[bool]] = {}
         optimal_masks = []
         for seed in range(args.seeds):
-            objective = MaskObjective(dataclasses.replace(config, seed=seed), source, policy=policy,
+            objective = MaskObjective(configs[seed], source, policy=policy,
                                       source_data=source_data, source_weight=args.source_weight)
             for name, value in baseline_rows(objective).items():
                 rows.setdefault(name, []).append(value)
