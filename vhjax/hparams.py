@@ -63,7 +63,9 @@ TABLE: tuple[HParam, ...] = (
     HParam("loss_weights", "state", config_field=None, doc="weight of each named loss term (sorted by name)"),
 )
 BY_NAME = {hp.name: hp for hp in TABLE}
-PER_MEMBER_NAMES = tuple(BY_NAME) + ("arch",)  # arch: masks/one-hots of a searchable model
+# arch: masks/one-hots of a searchable model; update_scale: one multiplier of the updates per parameter
+# tensor (0 freezes it; `vhjax.transfer.masks`), shaped by the model, so checked by `init_population`
+PER_MEMBER_NAMES = tuple(BY_NAME) + ("arch", "update_scale")
 STATIC_ZERO_NAMES = tuple(hp.name for hp in TABLE if hp.static_zero)
 STATE_NAMES = tuple(hp.name for hp in TABLE if hp.where == "state")
 

@@ -73,7 +73,7 @@ def member_arrays(size: int, values: Mapping[str, Any], default_hparams: Mapping
     """
     known = known_hparams(default_hparams, optimizer_defaults)
     for name in values:
-        if name not in known and name != "arch":
+        if name not in known and name not in ("arch", "update_scale"):
             raise ValueError(f"unknown hyperparameter {name!r}; known for this task: {', '.join(known)}")
     state_arrays, optimizer_arrays = {}, {}
     for name, default in {**default_hparams, **optimizer_defaults}.items():
@@ -91,6 +91,8 @@ def member_arrays(size: int, values: Mapping[str, Any], default_hparams: Mapping
         check_values(name, array)
         target = state_arrays if name in default_hparams else optimizer_arrays
         target[name] = jnp.asarray(array)
+    if "update_scale" in values:  # checked and completed against the model by `init_population`
+        state_arrays["update_scale"] = jnp.asarray(values["update_scale"], jnp.float32)
     if "arch" in values:
         state_arrays["arch"] = jax.tree.map(jnp.asarray, values["arch"])
         for leaf in jax.tree.leaves(state_arrays["arch"]):

@@ -66,6 +66,8 @@ def init_population(task: Task, size: int, hparams: Mapping[str, Any] | None = N
     data_seed = task.config.seed if data_seed is None else data_seed
     seeds = member_seeds(data_seed, size, seeds)
     check_member_archs(task, size, (hparams or {}).get("arch"))
+    if (hparams or {}).get("update_scale") is not None:
+        hparams = {**hparams, "update_scale": member_update_scale(task, size, hparams["update_scale"])}
     init_program, optimizer_defaults = _init_programs(task)
     state_hparams, optimizer_hparams = member_arrays(size, hparams or {}, task.default_hparams, optimizer_defaults)
     check_not_static_zero(task.static_zero, state_hparams)
@@ -113,6 +115,35 @@ def check_member_archs(task: Task, size: int, arch: Any) -> None:
                          "set 'arch' (use a searchable model such as 'masked_mlp')")
     for member in range(size):
         task.model.check_arch(jax.tree.map(lambda leaf: np.asarray(leaf)[member], arch), member=member)
+
+
+def parameter_tensors(task: Task) -> list[str]:
+    """The model's parameter paths ('hidden_0/kernel', ...) in `jax.tree.leaves` order: the order of
+    the entries of a member's `update_scale`."""
+    example = jax.ShapeDtypeStruct((2, *task.train.x.shape[1:]), jnp.float32)
+    params = jax.eval_shape(task.model.init, jax.random.key(0), example)["params"]
+    paths = jax.tree_util.tree_flatten_with_path(params)[0]
+    return ["/".join(str(getattr(k, "key", k)) for k in path) for path, _ in paths]
+
+
+def member_update_scale(task: Task, size: int, values: Any) -> np.ndarray:
+    """(size, T) multipliers of each member's parameter updates, T = the model's parameter tensors
+    (`parameter_tensors`); a member given None gets ones (every tensor trains). Checked here, before
+    anything compiles: shape, finite and >= 0."""
+    tensors = parameter_tensors(task)
+    rows = list(values) if isinstance(values, (list, tuple)) else list(np.asarray(values, np.float32))
+    if len(rows) != size:
+        raise ValueError(f"hyperparameter 'update_scale' has {len(rows)} rows; allowed: {size} (one per member)")
+    out = np.ones((size, len(tensors)), np.float32)
+    for member, row in enumerate(rows):
+        if row is None:
+            continue
+        row = np.asarray(row, np.float32)
+        if row.shape != (len(tensors),) or not np.all(np.isfinite(row) & (row >= 0)):
+            raise ValueError(f"member {member}: hyperparameter 'update_scale' has value {row.tolist()!r}; allowed: "
+                             f"{len(tensors)} finite numbers >= 0, one per parameter tensor {tensors} (0 freezes it)")
+        out[member] = row
+    return out
 
 
 def population_batch_indices(task: Task) -> BatchIndices:

@@ -99,6 +99,15 @@ def per_example_loss(task: Task, hparams: dict, outputs: jax.Array, targets: jax
     return sum(weights[i] * losses.get_loss(name)(outputs, targets) for i, name in enumerate(task.loss_terms))
 
 
+def scale_updates(updates, scale: jax.Array):
+    """Each parameter tensor's update times its entry of `scale (T,)`, tensors in `jax.tree.leaves`
+    order (see `vhjax.transfer.masks.tensor_paths`); an entry 0 gives an update of exactly 0."""
+    leaves, treedef = jax.tree.flatten(updates)
+    scaled = [jnp.where(scale[i] == 0, jnp.zeros_like(leaf), leaf * scale[i].astype(leaf.dtype))
+              for i, leaf in enumerate(leaves)]
+    return jax.tree.unflatten(treedef, scaled)
+
+
 def make_train_step(task: Task) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
     """The pure train step of one member on one batch (x, y): augment, step the optimizer."""
     config = task.config
@@ -132,6 +141,8 @@ def make_train_step(task: Task) -> Callable[[TrainState, Batch], tuple[TrainStat
         (total, (data_loss, outputs, model_state)), grads = jax.value_and_grad(
             objective, has_aux=True)(state.params)
         updates, opt_state = task.optimizer.update(grads, state.opt_state, state.params)
+        if "update_scale" in hp:  # per-member, per-tensor multipliers of the updates (0: frozen)
+            updates = scale_updates(updates, hp["update_scale"])
         new_params = optax.apply_updates(state.params, updates)
         if config.max_norm is not None:
             new_params = regularizers.max_norm(new_params, config.max_norm, where=config.regularize)

@@ -17,9 +17,10 @@ import jax.numpy as jnp
 from flax import struct
 
 from vhjax.search.strategies.base import (Strategy, categorical_info, check_ask_size, check_choice, check_number,
-                                          check_positive_int, make, mutate, register_strategy)
+                                          check_positive_int, make, mutate, mutate_one_column, register_strategy)
 
 COOLINGS = ("exponential", "linear")
+MOVES = ("resample", "one_column")
 
 
 @struct.dataclass
@@ -54,10 +55,13 @@ def temperature_at(step: jax.Array, initial: float, final: float, num_steps: int
 def simulated_annealing(space: Any, *, num_chains: int = 8, initial_temperature: float = 1.0,
                         final_temperature: float = 1e-3, num_steps: int = 100,
                         cooling: str = "exponential", step_size: float = 0.1,
-                        categorical_rate: float | None = None) -> Strategy:
+                        categorical_rate: float | None = None, move: str = "resample") -> Strategy:
     """Batched SA chains; `ask(state, key, n)` needs `n <= num_chains` (chains 0..n-1 move).
 
     Temperatures are in fitness units: scale `initial_temperature` to typical fitness gaps.
+    `move`: 'resample' (Gaussian steps on continuous columns, categorical ones resampled with
+    probability `categorical_rate`) or 'one_column' (exactly one column changes: another category,
+    or a Gaussian step; over Booleans, the neighbour differs in one bit).
     """
     _, cards = categorical_info(space)
     dim = cards.shape[0]
@@ -68,6 +72,7 @@ def simulated_annealing(space: Any, *, num_chains: int = 8, initial_temperature:
         raise ValueError(f"final_temperature must be <= initial_temperature ({t0}); got {t1!r}")
     steps = check_positive_int("num_steps", num_steps)
     check_choice("cooling", cooling, COOLINGS)
+    check_choice("move", move, MOVES)
     sigma = check_number("step_size", step_size, 0.0)
     rate = check_number("categorical_rate", 1.0 / dim if categorical_rate is None else categorical_rate,
                         0.0, 1.0)
@@ -82,8 +87,11 @@ def simulated_annealing(space: Any, *, num_chains: int = 8, initial_temperature:
         n = check_ask_size(n, chains, "num_chains")
         current = state.current[:n]
         k_cat, k_cont = jax.random.split(key)
-        stepped = jnp.clip(current + sigma * jax.random.normal(k_cont, current.shape), 0.0, 1.0)
-        neighbour = mutate(k_cat, jnp.where(continuous, stepped, current), cards, rate, 0.0)
+        if move == "one_column":
+            neighbour = mutate_one_column(k_cat, current, cards, sigma)
+        else:
+            stepped = jnp.clip(current + sigma * jax.random.normal(k_cont, current.shape), 0.0, 1.0)
+            neighbour = mutate(k_cat, jnp.where(continuous, stepped, current), cards, rate, 0.0)
         started = jnp.isfinite(state.energy[:n])[:, None]  # a new chain first evaluates its start
         return state, jnp.where(started, neighbour, current)
 

@@ -298,6 +298,23 @@ def mutate(key: jax.Array, u: jax.Array, cardinalities: np.ndarray, rate: jax.Ar
     return jnp.where(chosen, moved, u)
 
 
+def flip_categorical(key: jax.Array, u: jax.Array, cardinalities: np.ndarray, rate: jax.Array,
+                     sigma: jax.Array) -> jax.Array:
+    """Per gene with probability `rate`: a DIFFERENT category (categorical; for a Boolean, a bit
+    flip) or a Gaussian step `sigma` (continuous). `mutate` resamples, which keeps the old
+    category with probability 1/k."""
+    k_mask, k_shift, k_gauss = jax.random.split(key, 3)
+    chosen = jax.random.uniform(k_mask, u.shape) < rate
+    cards = jnp.asarray(np.maximum(cardinalities, 1), jnp.int32)
+    old = jnp.clip(jnp.floor(u * cards), 0, cards - 1).astype(jnp.int32)
+    shift = jax.random.randint(k_shift, u.shape, 1, jnp.maximum(cards, 2))  # 1..k-1
+    other = ((old + shift) % cards + 0.5) / cards
+    stepped = jnp.clip(u + sigma * jax.random.normal(k_gauss, u.shape), 0.0, 1.0)
+    categorical = jnp.asarray(cardinalities > 1)
+    moved = jnp.where(categorical, other, jnp.where(jnp.asarray(cardinalities == 1), u, stepped))
+    return jnp.where(chosen, moved, u)
+
+
 def mutate_one_column(key: jax.Array, u: jax.Array, cardinalities: np.ndarray,
                       sigma: jax.Array) -> jax.Array:
     """Change ONE column of each row `u (n, D)`: a different category, or a Gaussian step."""

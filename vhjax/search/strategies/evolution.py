@@ -22,11 +22,12 @@ import jax.numpy as jnp
 from flax import struct
 
 from vhjax.search.strategies.base import (Strategy, categorical_info, check_ask_size, check_choice, check_number,
-                                          check_positive_int, failed_as_worst, make, mutate, mutate_one_column,
-                                          register_strategy)
+                                          check_positive_int, failed_as_worst, flip_categorical, make, mutate,
+                                          mutate_one_column, register_strategy)
 
 SELECTIONS = ("tournament", "roulette")
 CROSSOVERS = ("one_point", "uniform")
+CATEGORICAL_MUTATIONS = ("resample", "flip")
 
 
 @struct.dataclass
@@ -116,17 +117,22 @@ def genetic_algorithm(space: Any, *, population_size: int = 32, selection: str =
                       tournament_size: int = 3, crossover: str = "uniform",
                       crossover_rate: float = 0.9, mutation_rate: float | None = None,
                       mutation_sigma: float = 0.1, sigma_decay: float = 1.0,
-                      min_sigma: float = 1e-4, num_elites: int = 2) -> Strategy:
+                      min_sigma: float = 1e-4, num_elites: int = 2,
+                      categorical_mutation: str = "resample") -> Strategy:
     """A generational GA with elitism over the unit cube.
 
     `mutation_rate` defaults to `1 / D`; `mutation_sigma` (Gaussian step on continuous
     columns) is multiplied by `sigma_decay` every generation down to `min_sigma`.
+    `categorical_mutation`: 'resample' (a mutated categorical gene is drawn anew, so it may keep
+    its value) or 'flip' (it always takes another category: bit-flip mutation on Booleans).
     """
     is_categorical, cards = categorical_info(space)
     dim = cards.shape[0]
     size = check_positive_int("population_size", population_size, minimum=2)
     check_choice("selection", selection, SELECTIONS)
     check_choice("crossover", crossover, CROSSOVERS)
+    check_choice("categorical_mutation", categorical_mutation, CATEGORICAL_MUTATIONS)
+    mutate_genes = flip_categorical if categorical_mutation == "flip" else mutate
     tournament = check_positive_int("tournament_size", tournament_size)
     elites = check_positive_int("num_elites", num_elites, minimum=0)
     if elites >= size:
@@ -155,7 +161,7 @@ def genetic_algorithm(space: Any, *, population_size: int = 32, selection: str =
         do_cross = jax.random.uniform(k_do, (n, 1)) < crossover_p
         children = jnp.where(do_cross, cross(k_cross, a, b), a)
         sigma = jnp.maximum(sigma0 * decay ** state.generation.astype(jnp.float32), sigma_floor)
-        children = mutate(k_mut, children, cards, rate, sigma)
+        children = mutate_genes(k_mut, children, cards, rate, sigma)
         return state, _fill_first(state, k_fresh, children, size)
 
     def tell(state: PopulationState, u: jax.Array, fitness: jax.Array) -> PopulationState:
