@@ -203,6 +203,9 @@ def test_postgresql_store_with_concurrent_writers_and_a_search(postgres_url, tmp
                          study="resumed", verbose=False)
     assert calls == [4, 4, 4] and len(again.trials) == 12
     assert [t.params for t in again.trials][:8] == [t.params for t in first.trials]
+    plain = postgres_url.replace("postgresql+psycopg://", "postgresql://")  # the driver is chosen for us
+    with open_store(storage=plain, study="resumed") as store:
+        assert store.count_trials() == 12
 
 
 def test_url_without_sqlalchemy_says_how_to_install(monkeypatch):

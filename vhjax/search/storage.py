@@ -347,7 +347,7 @@ class _SqlAlchemyBackend:
         connect_args = {}
         if url.startswith("sqlite"):
             connect_args = {"timeout": _BUSY_TIMEOUT_S}
-        self._engine = sqlalchemy.create_engine(url, connect_args=connect_args)
+        self._engine = sqlalchemy.create_engine(sqlalchemy_url(url), connect_args=connect_args)
         self.dialect = self._engine.dialect.name
         if self.dialect == "sqlite":
             self._configure_sqlite()
@@ -693,6 +693,18 @@ def _row_to_trial(row: tuple) -> Trial:
 
 def is_database_url(storage: str) -> bool:
     return "://" in storage
+
+
+def sqlalchemy_url(url: str) -> str:
+    """`postgresql://...` names SQLAlchemy's default driver (psycopg2); when only psycopg 3 is
+    installed (the `sql` extra), use it: `postgresql+psycopg://...`. Other URLs as given."""
+    if not url.startswith("postgresql://"):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg") is not None:
+        return "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
 
 
 def check_storage(workdir: Any = None, storage: Any = None) -> None:

@@ -43,6 +43,7 @@ from vhjax.population.loop import Hook, Report, pad_members, run_loop
 from vhjax.population.members import init_population
 from vhjax.population.state import PopulationState, training_mask
 from vhjax.search.space import Categorical, Float, Int, Space
+from vhjax.search.storage import sqlalchemy_url
 from vhjax.search.training import candidate_to_member, complete_arch
 from vhjax.train.metrics_log import print_progress
 from vhjax.train.workdir import workdir_lock
@@ -161,7 +162,7 @@ def shared_storage(url: str, heartbeat_interval: int, grace_period: int) -> Any:
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+        return optuna.storages.RDBStorage(sqlalchemy_url(url), heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                                           heartbeat_stale_trial_callback=retry)
 
 
