@@ -130,7 +130,7 @@ N_PROCESSES, TRIALS_PER_PROCESS = 4, 25
 
 def _writer(location: str, use_url: bool, worker: int, barrier) -> None:
     store = open_store(storage=location) if use_url else open_store(location)
-    barrier.wait(timeout=60)  # all writers start together, so their transactions interleave
+    barrier.wait(timeout=300)  # all writers start together, so their transactions interleave
     try:
         for i in range(TRIALS_PER_PROCESS):
             (trial_id,) = store.add_trials([NewTrial(generation=worker, slot=i,
@@ -149,7 +149,7 @@ def _write_concurrently(location: str, use_url: bool) -> None:
     for process in processes:
         process.start()
     for process in processes:
-        process.join(timeout=120)
+        process.join(timeout=400)
     assert all(process.exitcode == 0 for process in processes)
 
 
