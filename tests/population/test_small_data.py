@@ -120,3 +120,42 @@ def test_drop_remainder_false_trains_every_example_each_epoch():
     assert dropped.members[0]["eval"]["loss"] != kept.members[0]["eval"]["loss"]
     with pytest.raises(ValueError, match="'drop_remainder' has value 1"):
         fit_population(dataclasses.replace(config, drop_remainder=1), [{"seed": 0}], verbose=False)
+
+
+def recomputed_accuracy(config: TrainConfig, result, batches: int) -> np.ndarray:
+    """Test accuracy of every member's final weights with BatchNorm statistics recomputed over
+    `batches` training batches (the library's precise-BN evaluation, checked by hand in test_loop)."""
+    from vhjax.population.fit import bucket_task
+    from vhjax.train.step import make_eval_fn
+
+    task = bucket_task(dataclasses.replace(config, precise_bn_batches=batches))
+    evaluate = jax.jit(jax.vmap(make_eval_fn(task), in_axes=(0, None, None)))
+    return np.asarray(evaluate(result.states[0].members, jnp.asarray(task.eval.x), jnp.asarray(task.eval.y))["accuracy"])
+
+
+@pytest.mark.slow
+def test_small_batch_eval_is_within_a_point_of_recomputed_statistics_and_was_not_before():
+    """Issue 17: 4 seeds as one population, batch 8, constant learning rate 1e-2. The accuracy the
+    loop reports must be within a point of the same weights evaluated with exact statistics over
+    the whole training set. With precise BN (`precise_bn_batches`) it is; the old behaviour
+    (momentum 0.9, identity shortcut, running averages) misses by more than a point."""
+    from tests.models.test_batchnorm import shifted_templates
+
+    x_train, y_train = (np.asarray(a) for a in shifted_templates(400, 1))
+    x_test, y_test = (np.asarray(a) for a in shifted_templates(1000, 2))
+    base = TrainConfig(dataset={"train": (x_train, y_train), "test": (x_test, y_test)}, model="resnet1d",
+                       model_kwargs={"widths": (8, 8), "kernel_sizes": (5, 3), "num_classes": 4}, batch_size=8, steps=300,
+                       eval_every=300, learning_rate=1e-2, eval_metrics=("accuracy",))
+    old = dataclasses.replace(base, model_kwargs={**base.model_kwargs, "norm_momentum": 0.9, "shortcut": "identity"})
+    new = dataclasses.replace(base, precise_bn_batches=50)  # 50 batches of 8: the whole training set
+
+    def gap(config):
+        result = fit_population(config, [{"seed": s} for s in range(4)], verbose=False)
+        reported = np.asarray([m["eval"]["accuracy"] for m in result.members])
+        exact = recomputed_accuracy(config, result, 50)
+        assert exact.mean() > 0.6  # the members learned something
+        return np.abs(reported - exact).mean()
+
+    new_gap, old_gap = gap(new), gap(old)
+    assert new_gap <= 0.01, new_gap
+    assert old_gap > 0.01, old_gap
