@@ -159,3 +159,18 @@ def test_small_batch_eval_is_within_a_point_of_recomputed_statistics_and_was_not
     new_gap, old_gap = gap(new), gap(old)
     assert new_gap <= 0.01, new_gap
     assert old_gap > 0.01, old_gap
+
+
+def test_a_seed_population_is_one_program_whose_member_i_is_fit_with_seed_i():
+    """By default (`same_batches='auto'`) members that set `seed` get their own data order too."""
+    from vhjax.population import fit
+
+    config = dataclasses.replace(CONFIG, steps=20)
+    population = fit_population(config, [{"seed": s} for s in (3, 4)], verbose=False)
+    assert len(population.states) == 1 and not population.states[0].same_batches
+    for s, member in zip((3, 4), population.members):
+        alone = fit(dataclasses.replace(config, seed=s), verbose=False)
+        assert member["eval"]["loss"] == pytest.approx(alone.metrics["eval"]["loss"], rel=1e-5)
+    assert fit_population(config, [{"learning_rate": 3e-3}], verbose=False).states[0].same_batches
+    with pytest.raises(ValueError, match="same_batches has value 'yes'"):
+        fit_population(config, [{"seed": 0}], same_batches="yes", verbose=False)
