@@ -9,16 +9,17 @@ Compared (each a `fit_population` of 10 members that differ only in `seed`: one 
   over `--precise-batches` training batches, `TrainConfig.precise_bn_batches`), computed here
   after training with the library's own eval function.
 
-Accuracy runs use `conv_impl='patch'` in both arms (the same arithmetic as 'xla', which is the old
-default and 15-24x slower vmapped on CPU); `--time-steps` times one vmapped training step of the 10
-members with 'xla' (old default) and 'auto' (new default, 'patch' on CPU) instead.
+Accuracy runs use `conv_impl='patch'` in both arms (the same arithmetic as 'xla', the old default);
+`--time-steps` times one vmapped training step of the 10 members with 'xla' (old default) and
+'auto' (new default, 'patch' on CPU) instead.
 
 Settings: MNIST-1D (4000 training series, batch 16) and a small-data MNIST-1D (`train[:10%]`, 400
 series, batch 8); test accuracy on the 1000 test series, mean ± std over the 10 seeds.
 
     PYTHONPATH=. python experiments/small_data_bn.py --steps 300
 
-Runtime: about 8 minutes on a 2-core CPU at `--steps 300`. Writes experiments/results/small_data_bn.json.
+Runtime: 677 s (11 min) on a 2-core CPU shared with other jobs at `--steps 300`. Writes
+experiments/results/small_data_bn.json; the table is in experiments/README.md.
 """
 
 from __future__ import annotations
