@@ -245,6 +245,15 @@ AUTO_CONV_MODELS = [
     ("densenet", {"growth_rate": 4, "block_sizes": (1, 1)}, (2, 8, 8, 3)),
     ("mobilenet", {"blocks": ((8, 1), (8, 2)), "stem_features": 8}, (2, 8, 8, 3)),
     ("cnn_rnn", {"conv_features": (4,), "hidden_size": 4}, (2, 12)),
+    ("cnn_transformer", {"conv_features": (4,), "width": 8, "num_heads": 2, "num_layers": 1}, (2, 12)),
+    ("cnn_self_attention", {"conv_features": (4,)}, (2, 6, 6, 1)),
+    ("nb201_cell_net", {"channels": 4}, (2, 12)),
+    ("nb201_cell_net", {"channels": 4}, (2, 6, 6, 1)),
+    ("capsnet", {"conv_features": 8, "conv_kernel": 3, "primary_capsules": 2, "primary_dim": 4,
+                 "primary_kernel": 3, "class_dim": 4}, (2, 9, 9, 1)),
+    ("conv_autoencoder", {"data_shape": (8, 8, 1), "features": (4, 6)}, (2, 8, 8, 1)),
+    ("gan_generator", {"data_shape": (8, 8, 1), "latent_dim": 4, "features": (6, 4)}, (2, 4)),
+    ("gan_discriminator", {"data_shape": (8, 8, 1), "features": (4, 6)}, (2, 8, 8, 1)),
 ]
 
 
@@ -267,6 +276,30 @@ def test_auto_conv_impl_is_patch_on_cpu_xla_elsewhere_and_matches_xla(name, kwar
     np.testing.assert_allclose(jit(model.apply)(variables, x), jit(xla.apply)(variables, x), rtol=1e-4, atol=1e-4)
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert resolve_conv_impl("auto") == "xla" and has_native_conv(model)
+
+
+@pytest.mark.parametrize("kernel, stride, padding, shape", [
+    (3, 2, "SAME", (2, 4, 5, 3)), (4, 2, "SAME", (2, 4, 4, 2)), (3, 2, "VALID", (2, 4, 5, 3)),
+    (2, 3, "SAME", (2, 3, 3, 1)), (5, 1, "SAME", (2, 7, 2)), (3, 3, "VALID", (1, 4, 2)),
+])
+def test_patch_conv_transpose_equals_flax_conv_transpose(kernel, stride, padding, shape):
+    from vhjax.models.patch_conv import PatchConvTranspose
+
+    dims = len(shape) - 2
+    args = (3, (kernel,) * dims, (stride,) * dims, padding)
+    x = normal(*shape)
+    variables = nn.ConvTranspose(*args).init(KEY, x)
+    expected = nn.ConvTranspose(*args).apply(variables, x)
+    np.testing.assert_allclose(PatchConvTranspose(*args).apply(variables, x), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="padding has value 'CIRCULAR'; allowed: 'SAME', 'VALID'"):
+        PatchConvTranspose(3, (kernel,) * dims, (stride,) * dims, "CIRCULAR").init(KEY, x)
+
+
+@pytest.mark.parametrize("name", ["nb201_cell_net", "capsnet", "conv_autoencoder", "gan_generator",
+                                  "gan_discriminator"])
+def test_conv_impl_field_is_checked(name):
+    with pytest.raises(ValueError, match="'conv_impl' has value 'fast'; allowed: one of 'auto', 'patch', 'xla'"):
+        get_model(name, conv_impl="fast")
 
 
 def test_batch_norm_state_updates_in_training_only():
@@ -592,3 +625,35 @@ def test_matmul_flop_count_includes_every_loop_iteration():
     assert long == pytest.approx(4 * short, rel=0.05)  # one recurrent step per position
     with pytest.raises(ValueError, match="'count' has value 'hlo'"):
         flops_per_example(mlp, (40,), count="hlo")
+
+
+@pytest.mark.parametrize("name, kwargs, inputs", [
+    ("transformer", {"num_layers": 2}, ((2, 6),)),
+    ("cnn_transformer", {"conv_features": (4,), "num_layers": 1}, ((2, 12),)),
+    ("transformer_seq2seq", {"src_vocab": 7, "tgt_vocab": 7, "num_layers": 1}, ((2, 5), (2, 4))),
+])
+def test_layer_norm_epsilon_is_a_field_that_reaches_every_layer_norm(name, kwargs, inputs):
+    kwargs = {"width": 8, "num_heads": 2, **kwargs}
+    args = [jnp.ones(shape, jnp.int32) if name == "transformer_seq2seq" else normal(*shape) for shape in inputs]
+    assert get_model(name, **kwargs).norm_epsilon == 1e-6  # flax's default, unchanged
+
+    def epsilons(epsilon):
+        model = get_model(name, **kwargs, norm_epsilon=epsilon)
+        seen = []
+
+        def record(next_fun, call_args, call_kwargs, context):
+            if isinstance(context.module, nn.LayerNorm) and context.method_name == "__call__":
+                seen.append(context.module.epsilon)
+            return next_fun(*call_args, **call_kwargs)
+
+        with nn.intercept_methods(record):
+            variables = jax.eval_shape(model.init, KEY, *args)
+        return seen, model, variables
+
+    seen, model, variables = epsilons(0.25)
+    assert len(seen) >= 3 and set(seen) == {0.25}, seen
+    variables = jax.tree_util.tree_map(lambda s: 0.3 * normal(*s.shape), variables)
+    small = get_model(name, **kwargs, norm_epsilon=1e-6)
+    assert not np.allclose(jit(model.apply)(variables, *args), jit(small.apply)(variables, *args), atol=1e-3)
+    with pytest.raises(ValueError, match="'norm_epsilon' has value 0; allowed: a finite number > 0.0"):
+        get_model(name, **kwargs, norm_epsilon=0)

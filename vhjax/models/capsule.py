@@ -8,7 +8,8 @@ coupling coefficients c_ij = softmax_j(b_ij) weight the predictions, v_j = squas
 and b_ij grows by the agreement u_hat_ij . v_j, for `routing_iterations` rounds.
 
 The model returns the class capsules' lengths (N, num_classes), each in [0, 1): scores, not
-logits; train with `margin_loss` (per-example, as vhjax losses are). Convs are 'VALID' as in the paper.
+logits; train with `margin_loss` (per-example, as vhjax losses are). Convs are 'VALID' as in the paper;
+`conv_impl` ('auto' by default: 'patch' on CPU, XLA's native conv elsewhere) picks their implementation.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import jax
 import jax.numpy as jnp
 
 from vhjax.models.layers import Dropout
+from vhjax.models.patch_conv import CONV_IMPLS, make_conv
 from vhjax.models.resnet import check_images, check_kernel_fits
-from vhjax.models.utils import check_positive, check_rate
+from vhjax.models.utils import check_choice, check_positive, check_rate
 
 
 def squash(s: jax.Array, axis: int = -1, eps: float = 1e-9) -> jax.Array:
@@ -77,24 +79,27 @@ class CapsNet(nn.Module):
     class_dim: int = 16
     routing_iterations: int = 3
     dropout_rate: float = 0.0
+    conv_impl: str = "auto"
 
     def __post_init__(self):
         for field in ("num_classes", "conv_features", "conv_kernel", "primary_capsules", "primary_dim",
                       "primary_kernel", "primary_strides", "class_dim", "routing_iterations"):
             check_positive("capsnet", field, getattr(self, field))
         check_rate("capsnet", "dropout_rate", self.dropout_rate)
+        check_choice("capsnet", "conv_impl", self.conv_impl, CONV_IMPLS)
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False, dropout_rate: Any = None) -> jax.Array:
         check_images("capsnet", x)
         check_kernel_fits("capsnet", "conv_kernel", self.conv_kernel, x.shape[1:3])
-        h = nn.relu(nn.Conv(self.conv_features, (self.conv_kernel,) * 2, padding="VALID", name="conv")(x))
+        h = nn.relu(make_conv(self.conv_impl, self.conv_features, (self.conv_kernel,) * 2, padding="VALID",
+                              name="conv")(x))
         check_kernel_fits("capsnet", "primary_kernel", self.primary_kernel, h.shape[1:3])
         rate = self.dropout_rate if dropout_rate is None else dropout_rate
         h = Dropout(name="dropout")(h, rate, deterministic=not train)
-        h = nn.Conv(self.primary_capsules * self.primary_dim, (self.primary_kernel,) * 2, self.primary_strides,
-                    padding="VALID", name="primary")(h)
+        h = make_conv(self.conv_impl, self.primary_capsules * self.primary_dim, (self.primary_kernel,) * 2,
+                      self.primary_strides, padding="VALID", name="primary")(h)
         primary = squash(h.reshape(x.shape[0], -1, self.primary_dim))
         classes = CapsuleLayer(self.num_classes, self.class_dim, self.routing_iterations, name="class_caps")(primary)
         return jnp.sqrt(jnp.sum(classes ** 2, axis=-1) + 1e-12)

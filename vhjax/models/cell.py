@@ -4,7 +4,8 @@ Every edge computes all five NAS-Bench-201 operations and mixes them with a weig
 row for a discrete cell (`arch={"ops": (6,) int}`) or softmax weights for DARTS
 (`arch={"weights": (6, 5) float}`). Members with different cells therefore share one compiled
 program under `jax.vmap`. Sequences `(N, L)` / `(N, L, C)` use 1-D convolutions, images
-`(N, H, W, C)` 2-D ones.
+`(N, H, W, C)` 2-D ones. `conv_impl` ('auto', 'patch', 'xla'; see vhjax.models.patch_conv) picks
+the convolution: by default 'patch' on CPU, XLA's native one elsewhere.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vhjax.models.layers import Dropout, add_channel_axis
-from vhjax.models.utils import check_positive, check_rate
+from vhjax.models.patch_conv import CONV_IMPLS, make_conv
+from vhjax.models.utils import check_choice, check_positive, check_rate
 
 # Same order as vhjax.search.space (models may not import search; a test checks they agree).
 NASBENCH201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
@@ -59,12 +61,13 @@ class MixedEdge(nn.Module):
     """All five operations on one edge, summed with weights `w (5,)` (none, skip, 1x1, 3x3, avg-pool)."""
 
     channels: int
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, w: jax.Array) -> jax.Array:
         dims = x.ndim - 2
-        conv1 = nn.Conv(self.channels, (1,) * dims, padding="SAME", use_bias=False, name="conv1x1")
-        conv3 = nn.Conv(self.channels, (3,) * dims, padding="SAME", use_bias=False, name="conv3x3")
+        conv1 = make_conv(self.conv_impl, self.channels, (1,) * dims, use_bias=False, name="conv1x1")
+        conv3 = make_conv(self.conv_impl, self.channels, (3,) * dims, use_bias=False, name="conv3x3")
         pool = nn.avg_pool(x, (3,) * dims, strides=(1,) * dims, padding="SAME", count_include_pad=False)
         outputs = (jnp.zeros_like(x), x, conv1(nn.relu(x)), conv3(nn.relu(x)), pool)
         return sum(w[k].astype(x.dtype) * out for k, out in enumerate(outputs))
@@ -74,6 +77,7 @@ class Cell(nn.Module):
     """Four nodes: node j sums its mixed edges from every earlier node; node 3 is the output."""
 
     channels: int
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, weights: jax.Array) -> jax.Array:
@@ -82,7 +86,7 @@ class Cell(nn.Module):
             total = 0.0
             for edge, (target, source) in enumerate(NASBENCH201_EDGES):
                 if target == to_node:
-                    total = total + MixedEdge(self.channels, name=f"edge_{target}_{source}")(nodes[source],
+                    total = total + MixedEdge(self.channels, self.conv_impl, name=f"edge_{target}_{source}")(nodes[source],
                                                                                            weights[edge])
             nodes.append(total)
         return nodes[3]
@@ -100,11 +104,13 @@ class NB201CellNet(nn.Module):
     num_cells: int = 1
     num_classes: int = 10
     dropout_rate: float = 0.0
+    conv_impl: str = "auto"
 
     def __post_init__(self):
         for field in ("channels", "num_cells", "num_classes"):
             check_positive("NB201CellNet", field, getattr(self, field))
         check_rate("NB201CellNet", "dropout_rate", self.dropout_rate)
+        check_choice("NB201CellNet", "conv_impl", self.conv_impl, CONV_IMPLS)
         super().__post_init__()
 
     def full_arch(self) -> dict[str, np.ndarray]:
@@ -145,9 +151,9 @@ class NB201CellNet(nn.Module):
         if weights.shape != (NUM_EDGES, NUM_OPS):
             raise ValueError(f"arch gives edge weights of shape {weights.shape}; allowed: ({NUM_EDGES}, {NUM_OPS})")
         rate = self.dropout_rate if dropout_rate is None else dropout_rate
-        h = nn.Conv(self.channels, (3,) * dims, padding="SAME", name="stem")(x)
+        h = make_conv(self.conv_impl, self.channels, (3,) * dims, name="stem")(x)
         for index in range(self.num_cells):
-            h = Cell(self.channels, name=f"cell_{index}")(h, weights)
+            h = Cell(self.channels, self.conv_impl, name=f"cell_{index}")(h, weights)
         h = h.mean(axis=tuple(range(1, 1 + dims)))
         h = Dropout()(h, rate, deterministic=not train)
         return nn.Dense(self.num_classes, name="head")(h)

@@ -13,6 +13,10 @@ Autoencoders are called `model.apply(variables, x, train=False, dropout_rate=Non
 reconstruction (shape of x; logits when `output_activation` is None). They use `setup`, so
 `method='encode'` / `method='decode'` reach the two halves. Decoders need the data shape up front:
 `data_shape` is a field, and inputs of another shape raise ValueError.
+
+The conv models (`ConvAutoencoder`, `Generator` and `Discriminator` of kind 'conv') have a
+`conv_impl` field ('auto' by default: vhjax's patch convolutions on CPU, XLA's native ones
+elsewhere; 'patch' or 'xla' to force one; see vhjax.models.patch_conv). Parameters are the same.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import optax
 
 from vhjax.models.activations import check_activation, get_activation
 from vhjax.models.layers import Dropout
+from vhjax.models.patch_conv import CONV_IMPLS, make_conv, make_conv_transpose
 from vhjax.models.resnet import check_int_tuple, check_kernel_fits
 from vhjax.models.utils import as_tuple, check_choice, check_positive, check_rate, set_normalized
 
@@ -137,11 +142,13 @@ class ConvEncoder(nn.Module):
     features: Sequence[int]
     kernel_size: int = 3
     activation: str = "relu"
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         for i, f in enumerate(self.features):
-            x = get_activation(self.activation)(nn.Conv(f, (self.kernel_size,) * 2, 2, name=f"conv_{i}")(x))
+            conv = make_conv(self.conv_impl, f, (self.kernel_size,) * 2, 2, name=f"conv_{i}")
+            x = get_activation(self.activation)(conv(x))
         return x
 
 
@@ -153,13 +160,15 @@ class ConvDecoder(nn.Module):
     channels: int
     kernel_size: int = 3
     activation: str = "relu"
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         window = (self.kernel_size,) * 2
         for i, f in enumerate(self.features):
-            x = get_activation(self.activation)(nn.ConvTranspose(f, window, (2, 2), name=f"deconv_{i}")(x))
-        return nn.ConvTranspose(self.channels, window, (2, 2), name="deconv_out")(x)
+            deconv = make_conv_transpose(self.conv_impl, f, window, 2, name=f"deconv_{i}")
+            x = get_activation(self.activation)(deconv(x))
+        return make_conv_transpose(self.conv_impl, self.channels, window, 2, name="deconv_out")(x)
 
 
 class ConvAutoencoder(nn.Module):
@@ -172,6 +181,7 @@ class ConvAutoencoder(nn.Module):
     activation: str = "relu"
     output_activation: str | None = None
     dropout_rate: float = 0.0  # kept for the zoo's interface; the conv autoencoder has no dropout
+    conv_impl: str = "auto"
 
     kind = "conv_autoencoder"
 
@@ -184,12 +194,13 @@ class ConvAutoencoder(nn.Module):
         check_activation(self.kind, "activation", self.activation)
         _check_output_activation(self.kind, self.output_activation)
         check_rate(self.kind, "dropout_rate", self.dropout_rate)
+        check_choice(self.kind, "conv_impl", self.conv_impl, CONV_IMPLS)
         super().__post_init__()
 
     def setup(self):
-        self.encoder = ConvEncoder(self.features, self.kernel_size, self.activation)
+        self.encoder = ConvEncoder(self.features, self.kernel_size, self.activation, self.conv_impl)
         self.decoder = ConvDecoder(tuple(reversed(self.features[:-1])), self.data_shape[-1], self.kernel_size,
-                                   self.activation)
+                                   self.activation, self.conv_impl)
 
     def encode(self, x: jax.Array, *, train: bool = False, dropout_rate: Any = None) -> jax.Array:
         _check_input(self.kind, x, self.data_shape)
@@ -282,6 +293,7 @@ class Generator(nn.Module):
     activation: str = "relu"
     output_activation: str | None = "tanh"
     dropout_rate: float = 0.0  # kept for the zoo's interface; unused
+    conv_impl: str = "auto"
 
     def __post_init__(self):
         shape = _check_data_shape("gan_generator", self)
@@ -293,6 +305,7 @@ class Generator(nn.Module):
         check_positive("gan_generator", "kernel_size", self.kernel_size)
         check_activation("gan_generator", "activation", self.activation)
         _check_output_activation("gan_generator", self.output_activation)
+        check_choice("gan_generator", "conv_impl", self.conv_impl, CONV_IMPLS)
         super().__post_init__()
 
     @nn.compact
@@ -309,7 +322,8 @@ class Generator(nn.Module):
         height, width, channels = self.data_shape
         h = act(nn.Dense(height // factor * width // factor * self.features[0], name="project")(z))
         h = h.reshape(z.shape[0], height // factor, width // factor, self.features[0])
-        h = ConvDecoder(self.features[1:], channels, self.kernel_size, self.activation, name="body")(h)
+        h = ConvDecoder(self.features[1:], channels, self.kernel_size, self.activation, self.conv_impl,
+                        name="body")(h)
         return _output(self.output_activation, h)
 
 
@@ -327,6 +341,7 @@ class Discriminator(nn.Module):
     kernel_size: int = 3
     activation: str = "leaky_relu"
     dropout_rate: float = 0.0
+    conv_impl: str = "auto"
 
     def __post_init__(self):
         shape = _check_data_shape("gan_discriminator", self)
@@ -340,6 +355,7 @@ class Discriminator(nn.Module):
             check_kernel_fits("gan_discriminator", "kernel_size", self.kernel_size, shape[:2])
         check_activation("gan_discriminator", "activation", self.activation)
         check_rate("gan_discriminator", "dropout_rate", self.dropout_rate)
+        check_choice("gan_discriminator", "conv_impl", self.conv_impl, CONV_IMPLS)
         super().__post_init__()
 
     @nn.compact
@@ -347,7 +363,7 @@ class Discriminator(nn.Module):
         _check_input("gan_discriminator", x, self.data_shape)
         rate = self.dropout_rate if dropout_rate is None else dropout_rate
         if self.kind == "conv":
-            h = ConvEncoder(self.features, self.kernel_size, self.activation, name="body")(x)
+            h = ConvEncoder(self.features, self.kernel_size, self.activation, self.conv_impl, name="body")(x)
             h = Dropout(name="dropout")(h.reshape(x.shape[0], -1), rate, deterministic=not train)
         else:
             h = MLPStack(self.features, self.activation, name="body")(x.reshape(x.shape[0], -1), rate, train)

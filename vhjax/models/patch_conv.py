@@ -6,9 +6,13 @@ and the contraction is an einsum, which `vmap` turns into one batched matmul. Pa
 flax Conv's layout and initialisers (`kernel` (*window, in, out), `bias` (out,)), so the two are
 interchangeable.
 
+`PatchConvTranspose` does the same for flax's `nn.ConvTranspose` (same parameters and output):
+the input is dilated by the strides and padded (one `lax.pad`), then convolved at stride 1.
+
 Every conv model of the zoo has a `conv_impl` field: 'patch' (this module), 'xla' (flax's
-`nn.Conv`, XLA's native convolution) or 'auto' (the default), which `resolve_conv_impl` turns
-into 'patch' on CPU and 'xla' on GPU/TPU, where the native convolution is the fast one.
+`nn.Conv` / `nn.ConvTranspose`, XLA's native convolution) or 'auto' (the default), which
+`resolve_conv_impl` turns into 'patch' on CPU and 'xla' on GPU/TPU, where the native convolution
+is the fast one. `make_conv` / `make_conv_transpose` build the layer of a given implementation.
 """
 
 from __future__ import annotations
@@ -104,3 +108,62 @@ class PatchConv(nn.Module):
         if self.use_bias:
             y = y + self.param("bias", self.bias_init, (self.features,))
         return y
+
+
+def transpose_padding(kernel: int, stride: int, padding: str) -> tuple[int, int]:
+    """(low, high) padding of the dilated input for a transposed conv, as `jax.lax.conv_transpose`
+    computes it for 'SAME' (output length n * stride) and 'VALID' (n * stride + max(k - stride, 0))."""
+    if padding == "SAME":
+        total = kernel + stride - 2
+        low = kernel - 1 if stride > kernel - 1 else -(-total // 2)
+    elif padding == "VALID":
+        total = kernel + stride - 2 + max(kernel - stride, 0)
+        low = kernel - 1
+    else:
+        raise ValueError(f"padding has value {padding!r}; allowed: 'SAME', 'VALID'")
+    return low, total - low
+
+
+class PatchConvTranspose(nn.Module):
+    """N-d transposed convolution equal to flax's `nn.ConvTranspose` (`transpose_kernel=False`,
+    padding 'SAME' or 'VALID'): zeros inserted between inputs (strides), padded, then patches @ kernel."""
+
+    features: int
+    kernel_size: Sequence[int]
+    strides: Sequence[int] | int = 1
+    padding: str = "SAME"
+    use_bias: bool = True
+    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+    bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel_size = tuple(self.kernel_size)
+        strides = (self.strides,) * len(kernel_size) if isinstance(self.strides, int) else tuple(self.strides)
+        kernel = self.param("kernel", self.kernel_init, (*kernel_size, x.shape[-1], self.features))
+        config = [(0, 0, 0)]
+        for k, s in zip(kernel_size, strides):
+            config.append((*transpose_padding(k, s, self.padding), s - 1))
+        dilated = jax.lax.pad(x, jnp.zeros((), x.dtype), config + [(0, 0, 0)])
+        patches = extract_patches(dilated, kernel_size, (1,) * len(kernel_size), [(0, 0)] * len(kernel_size))
+        y = patches @ kernel.reshape(-1, self.features)
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (self.features,))
+        return y
+
+
+def make_conv(impl: str, features: int, kernel_size: Sequence[int], strides: int | Sequence[int] = 1,
+              padding: str | int | Sequence[tuple[int, int]] = "SAME", **kwargs) -> nn.Module:
+    """`PatchConv` or `nn.Conv` (by `resolve_conv_impl(impl)`) with the same arguments and parameters."""
+    cls = PatchConv if resolve_conv_impl(impl) == "patch" else nn.Conv
+    return cls(features, tuple(kernel_size), strides, padding, **kwargs)
+
+
+def make_conv_transpose(impl: str, features: int, kernel_size: Sequence[int], strides: int | Sequence[int] = 1,
+                        padding: str = "SAME", **kwargs) -> nn.Module:
+    """`PatchConvTranspose` or `nn.ConvTranspose` (by `resolve_conv_impl(impl)`), same parameters."""
+    kernel_size = tuple(kernel_size)
+    strides = (strides,) * len(kernel_size) if isinstance(strides, int) else tuple(strides)
+    if resolve_conv_impl(impl) == "patch":
+        return PatchConvTranspose(features, kernel_size, strides, padding, **kwargs)
+    return nn.ConvTranspose(features, kernel_size, strides, padding, **kwargs)

@@ -35,7 +35,7 @@ from vhjax.models.activations import check_activation, get_activation
 from vhjax.models.batchnorm import RUNNING_VARS, BatchNorm
 from vhjax.models.initializers import get_initializer
 from vhjax.models.layers import Dropout, add_channel_axis, keyword_field
-from vhjax.models.patch_conv import CONV_IMPLS, PatchConv, resolve_conv_impl
+from vhjax.models.patch_conv import CONV_IMPLS, make_conv
 from vhjax.models.utils import (as_tuple, check_choice, check_number, check_positive, check_positive_ints,
                                 check_rate, set_normalized)
 
@@ -61,8 +61,7 @@ def conv(impl: str, features: int, kernel_size: Sequence[int], strides: int | Se
     strides = (strides,) * len(kernel_size) if isinstance(strides, int) else tuple(strides)
     padding = tuple(((k - 1) // 2, k // 2) for k in kernel_size)
     init = nn.initializers.zeros_init() if zero_init else get_initializer("he_normal")
-    cls = PatchConv if resolve_conv_impl(impl) == "patch" else nn.Conv
-    return cls(features, kernel_size, strides, padding, use_bias=use_bias, kernel_init=init, name=name)
+    return make_conv(impl, features, kernel_size, strides, padding, use_bias=use_bias, kernel_init=init, name=name)
 
 
 class Norm(nn.Module):

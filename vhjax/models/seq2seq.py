@@ -121,7 +121,8 @@ class TransformerSeq2Seq(_Seq2Seq, TransformerSizes):
         memory = self.encoder(self.activation)(
             drop(self.embed(src, self.src_vocab, "src_embed"), "src_dropout"), padding_mask(src_valid, src_valid),
             rate, train)
-        decoded = TransformerDecoder(self.num_layers, self.num_heads, mlp_dim, self.activation, name="decoder")(
+        decoded = TransformerDecoder(self.num_layers, self.num_heads, mlp_dim, self.activation, self.norm_epsilon,
+                                     name="decoder")(
             drop(self.embed(tgt_in, self.tgt_vocab, "tgt_embed"), "tgt_dropout"), memory,
             target_mask=tgt_valid[:, None, None, :], memory_mask=src_valid[:, None, None, :], rate=rate, train=train)
         return nn.Dense(self.tgt_vocab, name="out")(decoded)

@@ -1,7 +1,8 @@
 """Transformer building blocks (Vaswani et al. 2017) and a sequence classifier.
 
 Layers are pre-norm (`x + drop(sublayer(LayerNorm(x)))`, as in ViT/GPT-2, which trains without
-warm-up at small scale); stacks end with a LayerNorm. Attention is flax's
+warm-up at small scale); stacks end with a LayerNorm. Every LayerNorm adds `norm_epsilon` (a field
+of the encoder, decoder and models; default 1e-6, flax's) to the variance. Attention is flax's
 `MultiHeadDotProductAttention` (heads split `width`, concatenated, projected); the feed-forward
 sublayer is Dense(mlp_dim) -> GELU (or any named activation) -> Dense(width). Dropout (vhjax's,
 rate may be a per-member array) acts on each sublayer's output and the FFN hidden layer; there is
@@ -22,9 +23,10 @@ import numpy as np
 
 from vhjax.models.activations import check_activation, get_activation
 from vhjax.models.layers import Dropout, add_channel_axis, keyword_field
-from vhjax.models.utils import check_choice, check_positive, check_rate
+from vhjax.models.utils import check_choice, check_number, check_positive, check_rate
 
 POOLINGS = ("mean", "cls")
+DEFAULT_LAYER_NORM_EPSILON = 1e-6  # flax's nn.LayerNorm default
 
 
 def sinusoidal_positions(length: int, width: int) -> jax.Array:
@@ -82,13 +84,14 @@ class EncoderLayer(nn.Module):
     num_heads: int
     mlp_dim: int
     activation: str = "gelu"
+    norm_epsilon: float = DEFAULT_LAYER_NORM_EPSILON
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None, rate: Any, train: bool) -> jax.Array:
         drop = lambda h, name: Dropout(name=name)(h, rate, deterministic=not train)
-        h = nn.LayerNorm(name="ln_attn")(x)
+        h = nn.LayerNorm(self.norm_epsilon, name="ln_attn")(x)
         x = x + drop(_attention(self.num_heads, x.shape[-1], "attn")(h, h, mask=mask), "drop_attn")
-        h = nn.LayerNorm(name="ln_ffn")(x)
+        h = nn.LayerNorm(self.norm_epsilon, name="ln_ffn")(x)
         return x + drop(FeedForward(self.mlp_dim, self.activation, name="ffn")(h, rate, train), "drop_ffn")
 
 
@@ -98,17 +101,18 @@ class DecoderLayer(nn.Module):
     num_heads: int
     mlp_dim: int
     activation: str = "gelu"
+    norm_epsilon: float = DEFAULT_LAYER_NORM_EPSILON
 
     @nn.compact
     def __call__(self, x: jax.Array, memory: jax.Array, self_mask: jax.Array | None, cross_mask: jax.Array | None,
                  rate: Any, train: bool) -> jax.Array:
         drop = lambda h, name: Dropout(name=name)(h, rate, deterministic=not train)
         width = x.shape[-1]
-        h = nn.LayerNorm(name="ln_self")(x)
+        h = nn.LayerNorm(self.norm_epsilon, name="ln_self")(x)
         x = x + drop(_attention(self.num_heads, width, "self_attn")(h, h, mask=self_mask), "drop_self")
-        h = nn.LayerNorm(name="ln_cross")(x)
+        h = nn.LayerNorm(self.norm_epsilon, name="ln_cross")(x)
         x = x + drop(_attention(self.num_heads, width, "cross_attn")(h, memory, mask=cross_mask), "drop_cross")
-        h = nn.LayerNorm(name="ln_ffn")(x)
+        h = nn.LayerNorm(self.norm_epsilon, name="ln_ffn")(x)
         return x + drop(FeedForward(self.mlp_dim, self.activation, name="ffn")(h, rate, train), "drop_ffn")
 
 
@@ -119,13 +123,15 @@ class TransformerEncoder(nn.Module):
     num_heads: int = 4
     mlp_dim: int = 64
     activation: str = "gelu"
+    norm_epsilon: float = DEFAULT_LAYER_NORM_EPSILON
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None = None, rate: Any = 0.0,
                  train: bool = False) -> jax.Array:
         for i in range(self.num_layers):
-            x = EncoderLayer(self.num_heads, self.mlp_dim, self.activation, name=f"layer_{i}")(x, mask, rate, train)
-        return nn.LayerNorm(name="ln_out")(x)
+            x = EncoderLayer(self.num_heads, self.mlp_dim, self.activation, self.norm_epsilon,
+                             name=f"layer_{i}")(x, mask, rate, train)
+        return nn.LayerNorm(self.norm_epsilon, name="ln_out")(x)
 
 
 class TransformerDecoder(nn.Module):
@@ -136,6 +142,7 @@ class TransformerDecoder(nn.Module):
     num_heads: int = 4
     mlp_dim: int = 64
     activation: str = "gelu"
+    norm_epsilon: float = DEFAULT_LAYER_NORM_EPSILON
 
     @nn.compact
     def __call__(self, x: jax.Array, memory: jax.Array, target_mask: jax.Array | None = None,
@@ -144,9 +151,9 @@ class TransformerDecoder(nn.Module):
         if target_mask is not None:
             self_mask = self_mask & target_mask
         for i in range(self.num_layers):
-            x = DecoderLayer(self.num_heads, self.mlp_dim, self.activation, name=f"layer_{i}")(
+            x = DecoderLayer(self.num_heads, self.mlp_dim, self.activation, self.norm_epsilon, name=f"layer_{i}")(
                 x, memory, self_mask, memory_mask, rate, train)
-        return nn.LayerNorm(name="ln_out")(x)
+        return nn.LayerNorm(self.norm_epsilon, name="ln_out")(x)
 
 
 class TransformerSizes(nn.Module):
@@ -157,6 +164,7 @@ class TransformerSizes(nn.Module):
     num_heads: int = keyword_field(4)
     num_layers: int = keyword_field(2)
     mlp_dim: int | None = keyword_field(None)  # None: 2 * width
+    norm_epsilon: float = keyword_field(DEFAULT_LAYER_NORM_EPSILON)  # every LayerNorm's variance epsilon
 
     kind = "transformer"
 
@@ -165,12 +173,13 @@ class TransformerSizes(nn.Module):
         check_positive(self.kind, "num_layers", self.num_layers)
         if self.mlp_dim is not None:
             check_positive(self.kind, "mlp_dim", self.mlp_dim)
+        check_number(self.kind, "norm_epsilon", self.norm_epsilon, 0.0, low_inclusive=False)
         super().__post_init__()
 
     def encoder(self, activation: str, name: str = "encoder") -> TransformerEncoder:
-        """A `TransformerEncoder` of these sizes whose feed-forward layers use `activation`."""
+        """A `TransformerEncoder` of these sizes (and `norm_epsilon`) whose feed-forward layers use `activation`."""
         return TransformerEncoder(self.num_layers, self.num_heads, self.mlp_dim or 2 * self.width, activation,
-                                  name=name)
+                                  self.norm_epsilon, name=name)
 
 
 def embed_sequence(x: jax.Array, width: int, vocab_size: int | None, model: str) -> jax.Array:

@@ -129,21 +129,42 @@ def scan_steps(step: Callable, population: PopulationState, data: Any, indices: 
 
 
 def default_member_group(size: int) -> int | None:
-    """Members per group on a CPU: a divisor of `size` near 8 (the working set of a group stays in
-    cache), for any population size that has one in 4..16; None (all at once) elsewhere."""
+    """Members per group on a CPU, for any population size above 8: a group size in 4..16 (the
+    working set of a group stays in cache) that needs the fewest padding members (a divisor of
+    `size` needs none; see `run_in_groups`), then the one nearest 8; None (all at once) for 8
+    members or fewer and on other backends."""
     if jax.default_backend() != "cpu" or size <= 8:
         return None
-    divisors = [d for d in range(4, 17) if size % d == 0 and d < size]
-    return min(divisors, key=lambda d: (abs(d - 8), -d)) if divisors else None
+    sizes = range(4, min(16, size - 1) + 1)
+    return min(sizes, key=lambda d: (-size % d, abs(d - 8), -d))
+
+
+def pad_leading(tree: Any, count: int, axis: int = 0) -> Any:
+    """Every leaf with `count` copies of its last entry along `axis` appended."""
+    def pad(leaf):
+        last = lax.slice_in_dim(leaf, leaf.shape[axis] - 1, leaf.shape[axis], axis=axis)
+        return jnp.concatenate([leaf, jnp.repeat(last, count, axis=axis)], axis=axis)
+
+    return jax.tree.map(pad, tree)
 
 
 def run_in_groups(run: Callable, population: PopulationState, indices: jax.Array,
                   member_group: int | None) -> tuple[PopulationState, dict]:
-    """`run(group, indices)` over groups of `member_group` members in turn (or all at once)."""
+    """`run(group, indices)` over groups of `member_group` members in turn (or all at once).
+
+    A population whose size `member_group` does not divide is padded with copies of its last
+    member (and, with own batches, of its batch indices) to fill the last group; the copies'
+    results are dropped, and a copy computes exactly what its original does, so no member changes."""
     size = population.size
-    if member_group is None or member_group >= size or size % member_group:
+    if member_group is None or member_group >= size:
         return run(population, indices)
-    groups = size // member_group
+    extra = -size % member_group
+    if extra:
+        population = pad_leading(population, extra)
+        if not population.same_batches:
+            indices = pad_leading(indices, extra, axis=1)
+    padded = size + extra
+    groups = padded // member_group
     split = lambda leaf: leaf.reshape(groups, member_group, *leaf.shape[1:])
     grouped = jax.tree.map(split, population)
     if population.same_batches:
@@ -151,8 +172,9 @@ def run_in_groups(run: Callable, population: PopulationState, indices: jax.Array
     else:  # indices (steps, P, ...): each group takes its members' columns
         member_indices = jnp.moveaxis(indices.reshape(indices.shape[0], groups, member_group, *indices.shape[2:]), 1, 0)
         finished, metrics = lax.map(lambda pair: run(*pair), (grouped, member_indices))
-    merge = lambda leaf: leaf.reshape(size, *leaf.shape[2:])
-    metrics = jax.tree.map(lambda m: jnp.moveaxis(m, 0, 1).reshape(m.shape[1], size, *m.shape[3:]), metrics)
+    merge = lambda leaf: leaf.reshape(padded, *leaf.shape[2:])[:size]
+    metrics = jax.tree.map(lambda m: jnp.moveaxis(m, 0, 1).reshape(m.shape[1], padded, *m.shape[3:])[:, :size],
+                           metrics)
     return jax.tree.map(merge, finished), metrics
 
 

@@ -1,7 +1,9 @@
 """`fit_population` and `fit`: buckets of equal static config, each one program trained by the one loop.
 
 `fit(config)` is a population of one member (seed `config.seed`, its own data order); member i of
-a population with `same_batches=False` and seed s is exactly the model `fit(seed=s)` trains.
+a population with `same_batches=False` and seed s is exactly the model `fit(seed=s)` trains. That is
+the default when members set their `seed` (`same_batches='auto'`): a population of seeds is one
+program whose member i is `fit(seed=i)`, initialisation and data order alike.
 """
 
 from __future__ import annotations
@@ -174,6 +176,13 @@ def stack_dynamic(indices: list[int], members: Sequence[Mapping[str, Any]]) -> d
     return stacked
 
 
+def resolve_same_batches(same_batches: bool | str, members: Sequence[Mapping[str, Any]]) -> bool:
+    """'auto' -> False (each member its own seed's data order) when any member sets `seed`, else True."""
+    if same_batches == "auto":
+        return not any("seed" in member for member in members)
+    return bool(same_batches)
+
+
 def bucket_seeds(config: TrainConfig, indices: list[int], members: Sequence[Mapping[str, Any]]) -> list[int]:
     """Member i's seed: its own `seed` field, else config.seed + i."""
     seeds = []
@@ -251,7 +260,7 @@ def train_bucket(task: Task, population: PopulationState, workdir: Path | None, 
 
 
 def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], workdir: str | Path | None = None,
-                   *, same_batches: bool = True, mesh: Any = "auto", isolation: str = "optimistic",
+                   *, same_batches: bool | str = "auto", mesh: Any = "auto", isolation: str = "optimistic",
                    member_group: int | str | None = "auto", verbose: bool = True,
                    start: Callable[[Task, PopulationState], PopulationState] | None = None) -> PopulationResult:
     """Train every member; members with equal static config share one compiled, vmapped program.
@@ -261,6 +270,9 @@ def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], wo
     strengths and probabilities, loss weights, `arch` masks) and `seed` vary inside a program;
     any other field starts a new bucket. Member i's seed defaults to config.seed + i.
     The config's early stopping (`patience`), plateau and best-model keeping act per member.
+    `same_batches`: True: every member trains on config.seed's data order (a fair comparison of
+    hyperparameters); False: member i has its own seed's data order, so it is exactly
+    `fit(seed=...)`'s model; 'auto' (default): False when any member sets `seed`, else True.
     All validation happens before the first compilation. `mesh`: 'auto' (default) shards members
     over every local device when there are several (any population size: padded with inert
     members), None keeps one device, a `vhjax.parallel.population_mesh` (or 'members=M,data=D')
@@ -272,8 +284,10 @@ def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], wo
     when there is one, still wins.
     """
     check_choice("isolation", isolation, ISOLATION_MODES)
+    check_choice("same_batches", same_batches, (True, False, "auto"))
     if not members:
         raise ValueError("members has value []; allowed: at least one member (a dict of config fields)")
+    same_batches = resolve_same_batches(same_batches, members)
     if member_group not in ("auto", None):
         check_int("member_group", member_group, 1)
     members = [with_config_loss_weights(config, member) for member in members]

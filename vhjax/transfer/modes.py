@@ -82,7 +82,7 @@ def _with_source(population: Any, source: Mapping, transfer: Mapping[str, Any]) 
 
 def fit_from(config: TrainConfig, source: Any, members: Sequence[Mapping[str, Any]] = ({},),
              workdir: str | Path | None = None, *, skip: Sequence[str] = (), new_head: bool = True,
-             head: str | None = None, same_batches: bool = True, verbose: bool = True) -> PopulationResult:
+             head: str | None = None, same_batches: bool | str = "auto", verbose: bool = True) -> PopulationResult:
     """`fit_population(config, members, workdir)` with every member starting from `source`'s weights.
 
     `source`: anything `load_source` returns (Flax variables or params); it is mapped into each
