@@ -93,10 +93,14 @@ class PatchConv(nn.Module):
     kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
     bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
 
+    def sizes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(kernel size, strides) as tuples of one entry per spatial axis."""
+        kernel_size = tuple(self.kernel_size)
+        return kernel_size, (self.strides,) * len(kernel_size) if isinstance(self.strides, int) else tuple(self.strides)
+
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel_size = tuple(self.kernel_size)
-        strides = (self.strides,) * len(kernel_size) if isinstance(self.strides, int) else tuple(self.strides)
+        kernel_size, strides = self.sizes()
         channels = x.shape[-1]
         kernel = self.param("kernel", self.kernel_init, (*kernel_size, channels, self.features))
         pads = resolve_padding(self.padding, x.shape[1:-1], kernel_size, strides)
@@ -124,22 +128,13 @@ def transpose_padding(kernel: int, stride: int, padding: str) -> tuple[int, int]
     return low, total - low
 
 
-class PatchConvTranspose(nn.Module):
+class PatchConvTranspose(PatchConv):
     """N-d transposed convolution equal to flax's `nn.ConvTranspose` (`transpose_kernel=False`,
     padding 'SAME' or 'VALID'): zeros inserted between inputs (strides), padded, then patches @ kernel."""
 
-    features: int
-    kernel_size: Sequence[int]
-    strides: Sequence[int] | int = 1
-    padding: str = "SAME"
-    use_bias: bool = True
-    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
-    bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
-
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel_size = tuple(self.kernel_size)
-        strides = (self.strides,) * len(kernel_size) if isinstance(self.strides, int) else tuple(self.strides)
+        kernel_size, strides = self.sizes()
         kernel = self.param("kernel", self.kernel_init, (*kernel_size, x.shape[-1], self.features))
         config = [(0, 0, 0)]
         for k, s in zip(kernel_size, strides):
