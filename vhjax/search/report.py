@@ -28,7 +28,7 @@ import numpy as np
 from vhjax.search import storage as storage_lib
 from vhjax.search.results import SearchResult, TrialTable, figures, fitness_label
 from vhjax.search.storage import Trial
-from vhjax.validation import invalid
+from vhjax.validation import check_int, invalid
 
 REPORT_FILENAME = "report.html"
 _FINGERPRINT_KEY = "config_fingerprint"  # as written by vhjax.search.driver
@@ -247,6 +247,7 @@ def write_report(source: SearchResult | str | os.PathLike, out: str | os.PathLik
                  study: str = storage_lib.DEFAULT_STUDY, top: int = 10) -> Path:
     """Write the HTML report of a search (a workdir or a `SearchResult` with one) to `out`
     (default `WORKDIR/report.html`); returns its path."""
+    check_int("top", top, minimum=1)
     result = source if isinstance(source, SearchResult) else load_result(source, study)
     if result.workdir is None and out is None:
         raise invalid("out", out, "a path for the report (the search ran without a workdir)")
