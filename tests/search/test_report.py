@@ -60,6 +60,21 @@ def test_report_cli_and_clear_errors(workdir, tmp_path, capsys):
         write_report(workdir, tmp_path / "x.html", top=0)
 
 
+def test_report_of_a_tune_workdir_reads_its_optuna_study(tmp_path):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="vhjax", storage=f"sqlite:///{tmp_path / 'study.db'}", direction="minimize")
+    for i in range(6):
+        trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)})
+        trial.report(float(i), step=10)
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED) if i == 5 else study.tell(trial, 0.1 * i + 1.0)
+    page = write_report(tmp_path).read_text()
+    assert 'id="best-trial" data-trial-id="0"' in page and "value (minimize)" in page
+    assert "optuna.importance.get_param_importances" in page and "<td>lr</td>" in page
+    assert "5 complete" in page
+
+
 def test_spearman_fallback_ranks_the_parameter_that_matters(workdir):
     scores = spearman_importance(load_result(workdir).trials)
     assert set(scores) == {"x"} and 0.0 <= scores["x"] <= 1.0

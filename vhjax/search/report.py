@@ -10,6 +10,9 @@ correlation of each numeric parameter with the fitness instead.
 
     from vhjax.search.report import write_report
     write_report("runs/demo")  # -> runs/demo/report.html
+
+A workdir of `vhjax.search.tune` (`vhjax demo`) holds an Optuna study (`study.db`) instead of
+`trials.sqlite`; its trials are read with Optuna (pruned trials shown as 'pruned').
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from vhjax.search.storage import Trial
 from vhjax.validation import check_int, invalid
 
 REPORT_FILENAME = "report.html"
+OPTUNA_FILENAME = "study.db"  # the Optuna study of vhjax.search.tune (and `vhjax demo`)
 _FINGERPRINT_KEY = "config_fingerprint"  # as written by vhjax.search.driver
 
 
@@ -42,7 +46,8 @@ def stored_config(workdir: str | os.PathLike, study: str = storage_lib.DEFAULT_S
     path = Path(workdir) / storage_lib.SQLITE_FILENAME
     if not path.is_file():
         raise invalid("workdir", os.fspath(workdir), f"a search workdir holding {storage_lib.SQLITE_FILENAME} "
-                      "(written by vhjax.search / vhjax search)", FileNotFoundError)
+                      f"(vhjax.search / vhjax search) or {OPTUNA_FILENAME} (vhjax.search.tune / vhjax demo)",
+                      FileNotFoundError)
     with storage_lib.open_store(workdir, study=study) as store:
         trials = store.trials()
         stored = store.get_meta(_FINGERPRINT_KEY)
@@ -52,19 +57,60 @@ def stored_config(workdir: str | os.PathLike, study: str = storage_lib.DEFAULT_S
     return trials, json.loads(stored) if stored else {}
 
 
+def _optuna_trial(trial: Any) -> Trial:
+    """An Optuna FrozenTrial as a vhjax `Trial` (pruned trials: status 'pruned', fidelity = last step)."""
+    state = trial.state.name.lower()
+    status = {"complete": "complete", "fail": "failed", "running": "running", "waiting": "running"}.get(state, state)
+    metrics = {k: v for k, v in trial.user_attrs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    steps = max(trial.intermediate_values, default=None)
+    return Trial(trial_id=trial.number, generation=0, slot=0, params=dict(trial.params), u=(), status=status,
+                 fitness=trial.value if status == "complete" else None, metrics=metrics,
+                 fidelity=None if steps is None else float(steps))
+
+
+def load_optuna_study(workdir: str | os.PathLike, study: str | None = None) -> tuple[SearchResult, dict[str, Any]]:
+    """(result, distributions) of the Optuna study in `workdir/study.db` (`study`, or its only study)."""
+    import optuna
+
+    url = f"sqlite:///{(Path(workdir) / OPTUNA_FILENAME).absolute()}"
+    names = [summary.study_name for summary in optuna.get_all_study_summaries(url)]
+    if study not in names:
+        if len(names) != 1:
+            raise invalid("study", study, f"one of the studies in {url}: {names}")
+        study = names[0]
+    loaded = optuna.load_study(study_name=study, storage=url)
+    if not loaded.trials:
+        raise invalid("workdir", os.fspath(workdir), f"a workdir whose study {study!r} holds trials")
+    direction = loaded.direction.name.lower()
+    distributions = {k: v for t in loaded.trials for k, v in t.distributions.items()}
+    result = SearchResult(trials=TrialTable([_optuna_trial(t) for t in loaded.trials]), direction=direction,
+                          objectives={(loaded.metric_names or ["value"])[0]: direction},
+                          workdir=os.fspath(workdir), study=study)
+    return result, distributions
+
+
 def load_result(workdir: str | os.PathLike, study: str = storage_lib.DEFAULT_STUDY) -> SearchResult:
-    """The `SearchResult` of the search stored in `workdir` (as `vhjax.search` returned it)."""
+    """The `SearchResult` of the search stored in `workdir` (as `vhjax.search` returned it), or of
+    the Optuna study of `vhjax.search.tune` there (`study.db`)."""
+    return _load(workdir, study)[0]
+
+
+def _load(workdir: str | os.PathLike, study: str) -> tuple[SearchResult, dict[str, Any]]:
+    """(result, Optuna distributions of its parameters)."""
     from vhjax.search.driver import pareto_trials
 
+    if not (Path(workdir) / storage_lib.SQLITE_FILENAME).is_file() and (Path(workdir) / OPTUNA_FILENAME).is_file():
+        return load_optuna_study(workdir, study)
     trials, config = stored_config(workdir, study)
     objectives = dict(config.get("objectives") or {"fitness": "maximize"})
     table = TrialTable(trials)
-    return SearchResult(
+    result = SearchResult(
         trials=table, direction=objectives[next(iter(objectives))], objectives=objectives,
         pareto_front=pareto_trials(table, objectives) if len(objectives) > 1 else None,
         workdir=os.fspath(workdir), study=study,
         top_fidelity_only=any(t.fidelity is not None for t in trials),
     )
+    return result, optuna_distributions((config.get("space") or {}).get("params"))
 
 
 # ----------------------------------------------------------------------------- importance
@@ -150,9 +196,8 @@ def spearman_importance(trials: Sequence[Trial]) -> dict[str, float]:
     return dict(sorted(scores.items(), key=lambda item: -item[1]))
 
 
-def param_importance(result: SearchResult, space_params: Sequence[Mapping[str, Any]] | None) -> tuple[str, dict[str, float]]:
+def param_importance(result: SearchResult, distributions: Mapping[str, Any]) -> tuple[str, dict[str, float]]:
     """(method description, parameter -> importance): Optuna's fANOVA, else the Spearman fallback."""
-    distributions = optuna_distributions(space_params) if space_params else {}
     reason = "no stored space" if not distributions else "fewer than two completed trials"
     if distributions and len(_usable(result.trials)) >= 2:
         try:
@@ -248,13 +293,15 @@ def write_report(source: SearchResult | str | os.PathLike, out: str | os.PathLik
     """Write the HTML report of a search (a workdir or a `SearchResult` with one) to `out`
     (default `WORKDIR/report.html`); returns its path."""
     check_int("top", top, minimum=1)
-    result = source if isinstance(source, SearchResult) else load_result(source, study)
+    if isinstance(source, SearchResult):
+        result, distributions = source, {}
+        if source.workdir is not None and (Path(source.workdir) / storage_lib.SQLITE_FILENAME).is_file():
+            distributions = _load(source.workdir, source.study)[1]  # the stored space
+    else:
+        result, distributions = _load(source, study)
     if result.workdir is None and out is None:
         raise invalid("out", out, "a path for the report (the search ran without a workdir)")
-    space_params = None
-    if result.workdir is not None and (Path(result.workdir) / storage_lib.SQLITE_FILENAME).is_file():
-        space_params = (stored_config(result.workdir, result.study)[1].get("space") or {}).get("params")
     path = Path(out) if out is not None else Path(result.workdir) / REPORT_FILENAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(report_html(result, param_importance(result, space_params), top), encoding="utf-8")
+    path.write_text(report_html(result, param_importance(result, distributions), top), encoding="utf-8")
     return path
