@@ -75,6 +75,15 @@ def test_report_of_a_tune_workdir_reads_its_optuna_study(tmp_path):
     assert "5 complete" in page
 
 
+def test_report_draws_the_lineage_of_trials_with_parents(tmp_path):
+    def objective(batch, budgets):
+        return [-(p["x"] - 0.3) ** 2 for p in batch]
+
+    search(objective, SPACE, "successive_halving", budget=8, population=4, workdir=tmp_path, verbose=False,
+           strategy_kwargs={"min_budget": 1, "max_budget": 4})
+    assert 'id="plot-lineage"' in write_report(tmp_path).read_text()
+
+
 def test_spearman_fallback_ranks_the_parameter_that_matters(workdir):
     scores = spearman_importance(load_result(workdir).trials)
     assert set(scores) == {"x"} and 0.0 <= scores["x"] <= 1.0
