@@ -73,6 +73,16 @@ def build_parser(names: bool = False) -> argparse.ArgumentParser:
     export.add_argument("--split", default="eval", help="the ranking split")
     export.add_argument("--mode", default="max", help="'max' or 'min'")
 
+    report = commands.add_parser("report", help="write one self-contained HTML page about a search workdir",
+                                 description="Write WORKDIR/report.html (or --out): the leaderboard, parameter "
+                                             "importance (Optuna's fANOVA) and the search plots, embedded in one "
+                                             "page that opens in any browser.",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    report.add_argument("workdir", help="a search workdir (with trials.sqlite)")
+    report.add_argument("--out", default=None, help="the page's path (default: WORKDIR/report.html)")
+    report.add_argument("--study", default="default", help="the study inside the workdir's store")
+    report.add_argument("--top", type=int, default=10, help="trials in the leaderboard")
+
     demo = commands.add_parser("demo", help="the main job: search MNIST-1D networks with vhjax.search.tune",
                                description="Search learning rate, weight decay, dropout and MLP architecture on "
                                            "MNIST-1D with the recommended search (vhjax.search.tune): POPULATION "
@@ -208,8 +218,16 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_report(args: argparse.Namespace) -> int:
+    from vhjax.search.report import write_report
+
+    path = write_report(args.workdir, args.out, study=args.study, top=args.top)
+    print(f"report: {path}")
+    return 0
+
+
 COMMANDS = {"train": run_train, "search": run_search, "demo": run_demo, "launch": run_launch,
-            "export": run_export}
+            "export": run_export, "report": run_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -422,6 +422,14 @@ def _progress_line(generation: int, done: int, budget: int, ranked: Sequence[Tri
     return line
 
 
+def _progress(budget: int, done: int, verbose: bool):
+    """The generation progress: a tqdm bar over trials (rate, ETA) on a terminal, else one line per
+    generation with elapsed time and ETA; silent unless `verbose`, and on processes other than 0."""
+    from vhjax.train.progress import Progress
+
+    return Progress(budget, initial=done, label="[vhjax.search]", verbose=verbose, unit="trial")
+
+
 def search(
     objective: Any,
     space: Any,
@@ -457,7 +465,8 @@ def search(
       objectives: metric names (with `direction`) or a dict name -> direction;
         two or more make the search multi-objective (strategies are told Pareto ranks).
       storage: a database URL (SQLAlchemy) or an SQLite file path, instead of the workdir's file.
-      verbose: print progress after every generation.
+      verbose: progress over trials: a bar with rate and ETA when stderr is a terminal, else one
+        line per generation with its ETA (process 0 only).
       objective_input: 'params' (list of dicts) or 'encoded' (`u (n, D)`) for a callable objective.
       study: name of this search inside the store (several studies may share a database).
     Returns:
@@ -537,6 +546,7 @@ def _run(store, fingerprint, evaluate, evaluator_name, space, strategy, strategy
     leader = rank_trials(told, primary)[:1]  # running best, for the progress line
     failed = sum(t.status == "failed" for t in told)
     dim = int(space.dim)
+    progress = _progress(budget, len(trial_of), verbose)
     while len(trial_of) < budget:
         started = time.perf_counter()
         n = min(population, budget - len(trial_of))
@@ -545,8 +555,7 @@ def _run(store, fingerprint, evaluate, evaluator_name, space, strategy, strategy
         proposals = check_proposals(raw, n, dim, len(trial_of), strategy_name)
         m = proposals.u.shape[0]
         if m == 0:
-            if verbose:
-                print(f"[vhjax.search] strategy {strategy_name!r} has nothing more to propose", flush=True)
+            progress.message(f"[vhjax.search] strategy {strategy_name!r} has nothing more to propose")
             break
         params = [space.decode(row) for row in proposals.u]
         trial_ids = _start_generation(store, generation, proposals.u, params)
@@ -571,10 +580,10 @@ def _run(store, fingerprint, evaluate, evaluator_name, space, strategy, strategy
         trial_of += trial_ids
         leader = rank_trials(leader + [_as_trial(r, generation) for r in results], primary)[:1]
         failed += sum(r.status == "failed" for r in results)
-        if verbose:
-            print(_progress_line(generation, len(trial_of), budget, leader, failed,
-                                 time.perf_counter() - started, proposals.fidelity), flush=True)
+        progress.update(len(trial_ids), _progress_line(generation, len(trial_of), budget, leader, failed,
+                                                       time.perf_counter() - started, proposals.fidelity))
         generation += 1
+    progress.close()
 
 
 def _share(message: dict) -> None:

@@ -49,7 +49,8 @@ class Progress:
     The ETA extrapolates the steps per second measured since the loop started (the first chunk,
     which compiles, is included: early estimates are pessimistic)."""
 
-    def __init__(self, total: int, initial: int = 0, label: str = "", verbose: bool = True, bar: bool | None = None):
+    def __init__(self, total: int, initial: int = 0, label: str = "", verbose: bool = True, bar: bool | None = None,
+                 unit: str = "step"):
         verbose = verbose and is_main_process()  # in a multi-process run, process 0 reports
         self.total, self.step, self.label, self.verbose = total, initial, label, verbose
         self.start_step, self.start_time = initial, time.perf_counter()
@@ -59,7 +60,7 @@ class Progress:
 
             columns, lines = terminal_size(sys.stderr)
 
-            self._bar = tqdm(total=total, initial=initial, desc=label.rstrip(" |") or None, unit="step",
+            self._bar = tqdm(total=total, initial=initial, desc=label.rstrip(" |") or None, unit=unit,
                              file=sys.stderr, ncols=columns, nrows=lines, leave=True)
 
     def eta(self) -> float | None:
