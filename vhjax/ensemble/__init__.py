@@ -7,6 +7,7 @@ from vhjax.ensemble.combine import (RULES, average, caruana_selection, check_mem
 from vhjax.ensemble.members import (MemberGroup, group_logits, groups_from_population, mc_dropout_probs,
                                     members_from_search)
 from vhjax.ensemble.model import Ensemble
+from vhjax.ensemble.stacking import stack_kfold
 from vhjax.ensemble.train import (Trained, adversarial_training, bagging, boosting, bootstrap_tables, cosine_cycles,
                                   deep_ensemble, snapshot_ensemble, train_members)
 
@@ -14,4 +15,4 @@ __all__ = ["RULES", "Ensemble", "MemberGroup", "Trained", "adversarial_training"
            "bootstrap_tables", "caruana_selection", "check_member_probs", "check_weights", "combine_probs",
            "cosine_cycles", "deep_ensemble", "fit_stacking", "fit_weights", "group_logits",
            "groups_from_population", "majority_vote", "mc_dropout_probs", "member_scores", "members_from_search",
-           "snapshot_ensemble", "soft_vote", "stacking_predict", "train_members", "weighted_average"]
+           "snapshot_ensemble", "soft_vote", "stack_kfold", "stacking_predict", "train_members", "weighted_average"]

@@ -52,6 +52,26 @@ def check_member_probs(probs: Any, name: str = "member_probs") -> np.ndarray:
     return calibration.check_probabilities(name, array, ndim=3)
 
 
+def check_labels(labels: Any, examples: int, classes: int, name: str = "labels") -> np.ndarray:
+    """Integer labels (N,) in [0, classes), one per example of the member probabilities."""
+    array = np.asarray(labels)
+    if array.shape != (examples,):
+        raise ValueError(f"{name} has shape {array.shape}; allowed: one label per example, shape ({examples},)")
+    if array.size and (not np.issubdtype(array.dtype, np.integer) or array.min() < 0 or array.max() >= classes):
+        raise ValueError(f"{name} has values in [{array.min()}, {array.max()}] ({array.dtype}); allowed: integers "
+                         f"in [0, {classes - 1}]")
+    return array.astype(np.int32)
+
+
+def pool_members(member_probs: jax.Array, candidate_of: Any, count: int) -> jax.Array:
+    """(count, N, C): the mean probabilities of the members of each candidate (`candidate_of[m]`
+    is member m's candidate), e.g. the K fold models of a k-fold candidate."""
+    index = jnp.asarray(candidate_of, jnp.int32)
+    sums = jax.ops.segment_sum(member_probs, index, num_segments=count)
+    sizes = jax.ops.segment_sum(jnp.ones(index.shape, member_probs.dtype), index, num_segments=count)
+    return sums / sizes[:, None, None]
+
+
 def check_weights(weights: Any, size: int, name: str = "weights", *, normalized: bool = True) -> np.ndarray:
     """Weights as a float array of `size` non-negative values that (if `normalized`) sum to one."""
     w = np.asarray(weights, np.float64)
@@ -209,8 +229,8 @@ def fit_stacking(member_probs: Any, labels: Any, *, l2: float | Sequence[float] 
     grid = L2_GRID if l2 is None else tuple(np.atleast_1d(np.asarray(l2, np.float64)).tolist())
     if not grid or any(not (v >= 0) for v in grid):
         raise ValueError(f"l2 has value {l2!r}; allowed: a non-negative float, a list of them, or None")
-    labels = jnp.asarray(labels, jnp.int32)
     m, n, c = probs.shape
+    labels = jnp.asarray(check_labels(labels, n, c))
     features = stacking_features(probs)
     start = jnp.tile(jnp.eye(c), (m, 1)) / m
     fit = _stacking_program(int(steps), float(learning_rate))

@@ -26,7 +26,9 @@ class Ensemble:
     `rule`: 'average', 'weighted', 'caruana', 'vote' or 'stacking' (see `vhjax.ensemble.combine`).
     `weights`: one per member over all groups in order ('weighted', 'caruana', optional for 'vote').
     `meta`: the stacking meta-learner. `temperature`: applied to the combined prediction's
-    log-probabilities (fit with `calibrate`).
+    log-probabilities (fit with `calibrate`). `candidate_of`: optional, one candidate index per
+    member; members of a candidate are averaged first and the rule combines candidates (weights
+    and meta are then per candidate), e.g. the K fold models of each k-fold candidate (`stack_kfold`).
     """
 
     groups: list[MemberGroup]
@@ -34,14 +36,17 @@ class Ensemble:
     weights: np.ndarray | None = None
     meta: dict | None = None
     temperature: float = 1.0
+    candidate_of: np.ndarray | None = None
 
     def __post_init__(self):
         if not self.groups:
             raise ValueError("groups is empty; allowed: at least one MemberGroup with >= 1 member")
         if self.rule not in combine.RULES:
             raise ValueError(f"rule has value {self.rule!r}; allowed: {', '.join(combine.RULES)}")
+        if self.candidate_of is not None:
+            self.candidate_of = check_candidate_of(self.candidate_of, self.size)
         if self.weights is not None:
-            self.weights = combine.check_weights(self.weights, self.size, normalized=self.rule != "vote")
+            self.weights = combine.check_weights(self.weights, self.combined_size, normalized=self.rule != "vote")
         if self.rule in ("weighted", "caruana") and self.weights is None:
             raise ValueError(f"rule {self.rule!r} needs weights (fit them with Ensemble.fit)")
         if self.rule == "stacking" and self.meta is None:
@@ -61,6 +66,17 @@ class Ensemble:
         return sum(g.size for g in self.groups)
 
     @property
+    def combined_size(self) -> int:
+        """How many inputs the rule combines: candidates if `candidate_of` is set, else members."""
+        return self.size if self.candidate_of is None else int(self.candidate_of.max()) + 1
+
+    def pool(self, member_probs: jax.Array) -> jax.Array:
+        """Member probabilities (M, N, C) -> the rule's inputs: per-candidate means with `candidate_of`."""
+        if self.candidate_of is None:
+            return member_probs
+        return combine.pool_members(member_probs, self.candidate_of, self.combined_size)
+
+    @property
     def names(self) -> list[str]:
         return [n for g in self.groups for n in (g.names or [str(i) for i in range(g.size)])]
 
@@ -78,7 +94,7 @@ class Ensemble:
 
     def combine(self, member_probs: jax.Array) -> jax.Array:
         """Ensemble probabilities (N, C) from member probabilities (M, N, C), temperature applied."""
-        probs = combine.combine_probs(self.rule, member_probs, self.weights, self.meta)
+        probs = combine.combine_probs(self.rule, self.pool(member_probs), self.weights, self.meta)
         if self.temperature != 1.0:
             probs = jax.nn.softmax(jnp.log(jnp.clip(probs, 1e-12, 1.0)) / self.temperature, axis=-1)
         return probs
@@ -101,6 +117,8 @@ class Ensemble:
         y = jnp.asarray(y, jnp.int32)
         out = calibration.calibration_metrics(self.combine(member_probs), y, num_bins)
         out["members"] = {k: v.tolist() for k, v in combine.member_scores(member_probs, y).items()}
+        if self.candidate_of is not None:
+            out["candidates"] = {k: v.tolist() for k, v in combine.member_scores(self.pool(member_probs), y).items()}
         out["entropy"] = float(calibration.predictive_entropy(member_probs.mean(0)).mean())
         out["mutual_information"] = float(calibration.mutual_information(member_probs).mean())
         return out
@@ -108,7 +126,7 @@ class Ensemble:
     # --- fitting the combiner on validation data -----------------------------------------
     def fit(self, rule: str, x_val: Any, y_val: Any, **options: Any) -> "Ensemble":
         """A copy with the rule's parameters fit on validation data (weights, selection, meta-learner)."""
-        probs = self.member_probs(x_val)
+        probs = self.pool(self.member_probs(x_val))
         weights, meta = None, None
         if rule == "weighted":
             weights = combine.fit_weights(probs, y_val, **options)
@@ -124,12 +142,13 @@ class Ensemble:
 
     def calibrate(self, x_val: Any, y_val: Any) -> "Ensemble":
         """A copy with temperature scaling of the combined prediction fit on validation data."""
-        probs = combine.combine_probs(self.rule, self.member_probs(x_val), self.weights, self.meta)
+        probs = combine.combine_probs(self.rule, self.pool(self.member_probs(x_val)), self.weights, self.meta)
         temperature = calibration.fit_temperature(jnp.log(jnp.clip(probs, 1e-12, 1.0)), y_val)
         return dataclasses.replace(self, temperature=temperature)
 
     def select(self, indices: Sequence[int]) -> "Ensemble":
-        """A copy with only members `indices` (over all groups in order), rule 'average'."""
+        """A copy with only members `indices` (over all groups in order), rule 'average' (members of
+        one candidate are still averaged first)."""
         indices = sorted(int(i) for i in indices)
         if not indices or indices[0] < 0 or indices[-1] >= self.size:
             raise ValueError(f"indices has value {indices}; allowed: a non-empty subset of 0..{self.size - 1}")
@@ -139,15 +158,18 @@ class Ensemble:
             if local:
                 groups.append(g.take(local))
             start += g.size
-        return Ensemble(groups)
+        if self.candidate_of is None:
+            return Ensemble(groups)
+        _, renumbered = np.unique(self.candidate_of[indices], return_inverse=True)
+        return Ensemble(groups, candidate_of=renumbered)
 
     # --- cost -----------------------------------------------------------------------------
     def cost(self, x: Any, *, repeats: int = 5) -> dict[str, Any]:
         """Parameters (per member and used in total), FLOPs per example (XLA's count, summed over
         used members) and the measured latency of `predict_proba` on `x` (median of `repeats`)."""
         x = jnp.asarray(x)
-        weights = np.ones(self.size) if self.weights is None or self.rule == "vote" else self.weights
-        used = weights > 0
+        weights = np.ones(self.combined_size) if self.weights is None or self.rule == "vote" else self.weights
+        used = weights > 0 if self.candidate_of is None else weights[self.candidate_of] > 0
         per_member_params, per_member_flops = [], []
         for g in self.groups:
             n = param_count(g)
@@ -188,7 +210,8 @@ class Ensemble:
         np.savez(path / "arrays.npz", **arrays)
         record = {"format": FORMAT_VERSION, "rule": self.rule, "temperature": self.temperature,
                   "weights": None if self.weights is None else np.asarray(self.weights).tolist(),
-                  "groups": groups}
+                  "groups": groups,
+                  "candidate_of": None if self.candidate_of is None else self.candidate_of.tolist()}
         (path / "ensemble.json").write_text(json.dumps(record, indent=1))
         return path
 
@@ -217,4 +240,17 @@ class Ensemble:
             groups.append(MemberGroup(module, tree["variables"], tree.get("arch"), spec["model"], spec["names"]))
         meta = ({"kernel": arrays["meta/kernel"], "bias": arrays["meta/bias"]} if "meta/kernel" in arrays else None)
         weights = None if record["weights"] is None else np.asarray(record["weights"])
-        return cls(groups, record["rule"], weights, meta, record["temperature"])
+        candidate_of = record.get("candidate_of")
+        return cls(groups, record["rule"], weights, meta, record["temperature"],
+                   None if candidate_of is None else np.asarray(candidate_of))
+
+
+def check_candidate_of(candidate_of: Any, size: int) -> np.ndarray:
+    """One candidate index per member, every candidate 0..max used at least once."""
+    array = np.asarray(candidate_of)
+    if array.shape != (size,) or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"candidate_of has shape {array.shape} ({array.dtype}); allowed: one integer per member, "
+                         f"shape ({size},)")
+    if array.min() < 0 or set(np.unique(array).tolist()) != set(range(int(array.max()) + 1)):
+        raise ValueError(f"candidate_of has value {array.tolist()}; allowed: candidate indices 0..n-1, each used")
+    return array.astype(np.int64)

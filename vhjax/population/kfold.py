@@ -5,6 +5,10 @@ from the training indices of fold f (a per-member index table maps its batch pos
 examples) and is evaluated on fold f's held-out examples. Folds are stratified by label. Folds of
 unequal size are cut to the smallest (at most k - 1 examples are dropped), so all members share
 one shape.
+
+The result keeps the trained population and the task, so `out_of_fold_probs(result)` gives every
+training example's prediction by the one fold model that did not train on it (all folds, uncut):
+the level-1 training set of stacking (`vhjax.ensemble.stack_kfold`).
 """
 
 from __future__ import annotations
@@ -32,10 +36,19 @@ from vhjax.validation import check_int
 
 @dataclasses.dataclass
 class KFoldResult:
-    """Per candidate: its fold metrics and their mean and std; `folds` holds the index tables."""
+    """Per candidate: its fold metrics and their mean and std; `folds` holds the index tables
+    (train, held-out) of each fold. `population`: the final members, candidate-major (member
+    c * k + f is candidate c on fold f; kept-best parameters if the config keeps them); `task`:
+    the task they trained on (its `train` split is the one the folds index)."""
 
     candidates: list[dict]
     folds: list[tuple[np.ndarray, np.ndarray]]
+    population: Any = None
+    task: Any = None
+
+    @property
+    def k(self) -> int:
+        return len(self.folds)
 
     def table(self, metric: str = "accuracy") -> str:
         lines = ["| candidate | config | " + metric + " mean ± std | per fold |", "|---|---|---|---|"]
@@ -120,4 +133,58 @@ def fit_kfold(config: TrainConfig, candidates: Sequence[Mapping[str, Any]] = ({}
         rows = slice(c * k, (c + 1) * k)
         results.append({"candidate": c, "config": dict(candidates[c]),
                         "folds": {name: np.where(alive[rows], v[rows], np.nan).tolist() for name, v in final.items()}})
-    return KFoldResult(results, folds)
+    return KFoldResult(results, folds, population, task)
+
+
+def _check_result(result: Any) -> KFoldResult:
+    if not isinstance(result, KFoldResult) or result.population is None or result.task is None:
+        raise ValueError(f"result has value {type(result).__name__}; allowed: a KFoldResult from fit_kfold "
+                         "(with its population and task)")
+    return result
+
+
+def member_probs(result: KFoldResult, x: Any, *, batch_size: int = 1000) -> np.ndarray:
+    """(candidates, k, N, classes) probabilities of every fold model on `x` (preprocessed like
+    `result.task`'s splits), one vmapped apply over the members."""
+    result = _check_result(result)
+    count = len(result.candidates) * result.k
+    members = jax.tree.map(lambda leaf: leaf[:count], result.population.members)  # drop inert padding
+    apply = _apply_members(result.task, in_axis=None)
+    x = jnp.asarray(x)
+    probs = np.concatenate([np.asarray(apply(members, x[i:i + batch_size]))
+                            for i in range(0, x.shape[0], batch_size)], axis=1)
+    return probs.reshape(len(result.candidates), result.k, *probs.shape[1:])
+
+
+def out_of_fold_probs(result: KFoldResult) -> np.ndarray:
+    """(candidates, N_train, classes): each training example predicted by the fold model that held it out.
+
+    Every example of `result.task.train` lies in exactly one fold's held-out set (all of it, not
+    cut to the smallest fold), so every row is filled once. Member (c, f) evaluates only fold f's
+    held-out examples: one vmapped apply over members with a per-member input batch.
+    """
+    result = _check_result(result)
+    k, count = result.k, len(result.candidates) * result.k
+    held_out = [np.asarray(val) for _, val in result.folds]
+    width = max(len(v) for v in held_out)
+    table = np.stack([np.pad(v, (0, width - len(v)), mode="edge") for v in held_out])  # (k, V), padded by repeats
+    fold_of = np.tile(np.arange(k), len(result.candidates))
+    members = jax.tree.map(lambda leaf: leaf[:count], result.population.members)
+    x = np.asarray(result.task.train.x)
+    probs = np.asarray(_apply_members(result.task, in_axis=0)(members, jnp.asarray(x[table[fold_of]])))
+    probs = probs.reshape(len(result.candidates), k, width, -1)
+    out = np.full((len(result.candidates), len(x), probs.shape[-1]), np.nan, np.float32)
+    for f, v in enumerate(held_out):
+        out[:, v] = probs[:, f, :len(v)]
+    return out
+
+
+def _apply_members(task: Any, in_axis: int | None):
+    """jit(vmap(member -> softmax(apply))) with `x` shared (None) or per member (0)."""
+    from vhjax.train.step import apply_model
+
+    def one(state, x):
+        return jax.nn.softmax(apply_model(task, state.params, state.model_state, state.hparams, x, train=False)[0],
+                              axis=-1)
+
+    return jax.jit(jax.vmap(one, in_axes=(0, in_axis)))

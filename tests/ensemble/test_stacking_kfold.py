@@ -1,0 +1,98 @@
+"""Stacking on a k-fold population: out-of-fold predictions, the meta-learner, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from vhjax.config import TrainConfig
+from vhjax.ensemble import Ensemble, combine, stack_kfold
+from vhjax.population.kfold import fit_kfold, member_probs, out_of_fold_probs
+
+CONFIG = TrainConfig(dataset="digits", model="mlp", model_kwargs={"widths": (16,), "num_classes": 10},
+                     batch_size=32, steps=60, eval_every=60, seed=0)
+K = 3
+
+
+@pytest.fixture(scope="module")
+def result():
+    # deliberately different candidates: a learning rate too small to learn much, and a good one
+    return fit_kfold(CONFIG, [{"learning_rate": 1e-4}, {"learning_rate": 1e-2}], k=K, verbose=False)
+
+
+def test_out_of_fold_covers_every_example_once_with_its_held_out_model(result):
+    n = len(result.task.train.y)
+    held_out = np.concatenate([val for _, val in result.folds])
+    np.testing.assert_array_equal(np.sort(held_out), np.arange(n))  # each example held out exactly once
+    oof = out_of_fold_probs(result)
+    assert oof.shape == (2, n, 10) and np.all(np.isfinite(oof))
+    np.testing.assert_allclose(oof.sum(-1), 1.0, atol=1e-5)
+    # by hand: example i of fold 1's held-out set, predicted by candidate 1's fold-1 model
+    fold, candidate = 1, 1
+    i = int(result.folds[fold][1][3])
+    assert i not in set(result.folds[fold][0].tolist())
+    state = jax.tree.map(lambda leaf: leaf[candidate * K + fold], result.population.members)
+    logits = result.task.model.apply({"params": state.params, **state.model_state}, result.task.train.x[i:i + 1],
+                                     train=False)
+    np.testing.assert_allclose(oof[candidate, i], np.asarray(jax.nn.softmax(logits[0])), atol=1e-5)
+    # and every example's OOF row is its held-out fold model's row among all fold models' predictions
+    every = member_probs(result, result.task.train.x)  # (2, K, N, 10)
+    fold_of = np.empty(n, int)
+    for f, (_, val) in enumerate(result.folds):
+        fold_of[val] = f
+    np.testing.assert_allclose(oof, every[:, fold_of, np.arange(n)], atol=1e-5)
+
+
+def test_out_of_fold_is_not_in_fold_and_stacking_on_it_differs(result):
+    n, y = len(result.task.train.y), result.task.train.y
+    every = member_probs(result, result.task.train.x)
+    fold_of = np.empty(n, int)
+    for f, (_, val) in enumerate(result.folds):
+        fold_of[val] = f
+    in_fold = every[:, (fold_of + 1) % K, np.arange(n)]  # a model that trained on the example
+    assert not set(result.folds[1][1].tolist()) & set(result.folds[1][0].tolist())
+    oof = out_of_fold_probs(result)
+    assert np.abs(oof - in_fold).max() > 1e-2
+    good = 1
+    assert (in_fold[good].argmax(-1) == y).mean() >= (oof[good].argmax(-1) == y).mean()  # training data looks easier
+    leaky = combine.fit_stacking(in_fold, y, l2=0.01, steps=100)
+    honest = combine.fit_stacking(oof, y, l2=0.01, steps=100)
+    assert np.abs(leaky["kernel"] - honest["kernel"]).max() > 1e-3
+
+
+def test_stacking_on_out_of_fold_is_not_worse_than_the_best_candidate(result, tmp_path):
+    ensemble = stack_kfold(result, l2=(0.1, 1.0), folds=3, steps=200)
+    assert isinstance(ensemble, Ensemble) and ensemble.rule == "stacking"
+    assert ensemble.size == 2 * K and ensemble.combined_size == 2
+    assert ensemble.meta["kernel"].shape == (2 * 10, 10)
+    val = result.task.eval
+    report = ensemble.evaluate(val.x, val.y)
+    candidates = report["candidates"]
+    assert max(candidates["accuracy"]) - min(candidates["accuracy"]) > 0.2  # the candidates really differ
+    assert report["accuracy"] >= max(candidates["accuracy"]) - 0.03
+    assert report["nll"] <= min(candidates["nll"]) + 0.05
+    loaded = Ensemble.load(ensemble.save(tmp_path / "stack"))
+    np.testing.assert_array_equal(loaded.candidate_of, ensemble.candidate_of)
+    np.testing.assert_allclose(loaded.predict_proba(val.x[:20]), ensemble.predict_proba(val.x[:20]), atol=1e-6)
+
+
+def test_bad_input_is_named_before_compiling(result):
+    one = dataclasses.replace(result, candidates=result.candidates[:1])
+    with pytest.raises(ValueError, match=r"result.candidates has value 1 candidate\(s\); allowed: at least 2"):
+        stack_kfold(one)
+    with pytest.raises(ValueError, match=r"candidates has value \[0, 0\]; allowed: distinct indices in 0..1"):
+        stack_kfold(result, candidates=[0, 0])
+    with pytest.raises(ValueError, match=r"candidates has value \[1\]; allowed: at least 2"):
+        stack_kfold(result, candidates=[1])
+    with pytest.raises(ValueError, match="result has value dict; allowed: a KFoldResult"):
+        stack_kfold({})
+    oof = out_of_fold_probs(result)
+    n = oof.shape[1]
+    with pytest.raises(ValueError, match=rf"labels has shape \({n - 1},\); allowed: one label per example, "
+                                         rf"shape \({n},\)"):
+        combine.fit_stacking(oof, result.task.train.y[:-1])
+    with pytest.raises(ValueError, match=r"labels has values in \[0, 10\].*allowed: integers in \[0, 9\]"):
+        combine.fit_stacking(oof, np.where(np.arange(n) == 0, 10, result.task.train.y))
