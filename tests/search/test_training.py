@@ -144,8 +144,10 @@ def test_child_with_another_static_config_or_no_parent_state_trains_from_scratch
     wider = {**base, "model_kwargs": {"max_width": 8, "max_depth": 2}}  # other shapes: a new bucket
     out = objective.evaluate(_candidates(objective, [wider, base, base], 1, [1, 2, 3], [40, 40, 40], [0, 7, 0]))
     assert out["trained_steps"].tolist() == [40, 40, 20]  # parent 7 was never trained
-    assert not TrainingObjective(CONFIG, continue_from_parent=False).evaluate(
-        _candidates(objective, [base], 1, [4], [40], [0]))["trained_steps"].tolist() == [20]
+    unlinked = TrainingObjective(CONFIG, continue_from_parent=False, workdir=tmp_path / "unlinked")
+    assert unlinked.evaluate(_candidates(objective, [base], 0, [0], [20], [None]))["trained_steps"].tolist() == [20]
+    assert unlinked.evaluate(_candidates(objective, [base], 1, [1], [40], [0]))["trained_steps"].tolist() == [40]
+    assert not (tmp_path / "unlinked" / "trial_states").exists()  # nothing kept that nothing reads
 
 
 def test_pbt_strategy_children_continue_from_their_parents():

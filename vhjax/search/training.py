@@ -174,7 +174,7 @@ class TrainingObjective:
         start = None if continue_from is None else self._starter(config, members, continue_from)
         result = fit_population(config, members, workdir, mesh=self.mesh, verbose=self.verbose, start=start)
         for trial_id, signature, member in zip(trial_ids, signatures, result.members):
-            if member["diverged_step"] is None:
+            if self.continue_from_parent and member["diverged_step"] is None:
                 state = carried_state(result.states[member["bucket"]].members, member["position"])
                 self._states.put(int(trial_id), signature, state)
         return member_metrics(result.members, self.metric, self.split)
