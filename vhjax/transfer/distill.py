@@ -222,13 +222,14 @@ class DistillResult:
     students: list[dict]  # per student: kind, temperature, soft_weight, distill_steps, accuracy, agreement, ...
     split: str
 
-    def best(self, which: str = "distilled") -> dict:
-        """The student of this kind ('alone', 'distilled', 'mixed') with the highest accuracy."""
+    def best(self, which: str = "distilled", metric: str = "eval_accuracy") -> dict:
+        """The student of this kind ('alone', 'distilled', 'mixed') with the highest `metric` (default
+        the eval split's accuracy: with a separate test split, choose on eval and report test)."""
         rows = [row for row in self.students if row["kind"] == which]
         if not rows:
             raise ValueError(f"which has value {which!r}; allowed: a kind present among the students "
                              f"({sorted({r['kind'] for r in self.students})})")
-        return max(rows, key=lambda row: row["accuracy"])
+        return max(rows, key=lambda row: row[metric])
 
     def table(self) -> str:
         """Markdown: the teacher, then every student with its accuracy against the alone students of its
@@ -262,6 +263,7 @@ def student_rows(result: PopulationResult, values: Sequence[dict], tasks: Sequen
             rows[index] = {"member": index, "bucket": number, "kind": kind(values[index], steps), **values[index],
                            "distill_steps": int(values[index]["distill_steps"]),
                            "accuracy": result.members[index][split]["accuracy"],
+                           "eval_accuracy": result.members[index]["eval"]["accuracy"],
                            "agreement": float(agreement[position]), **cost}
         alone = [rows[i]["accuracy"] for i in indices if rows[i]["kind"] == "alone"]
         for index in indices:
