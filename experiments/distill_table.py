@@ -113,7 +113,8 @@ def main() -> None:
         lines += summary(name, runs)
         print(f"{name}: done at {time.perf_counter() - started:.0f}s", flush=True)
     print("\n".join(lines))
-    print(f"\nwall time {time.perf_counter() - started:.0f}s ({'--quick' if args.quick else 'full'}, {args.seeds} seeds)")
+    mode = "--quick" if args.quick else "full"
+    print(f"\nwall time {time.perf_counter() - started:.0f}s ({mode}, {args.seeds} seeds)")
 
 
 if __name__ == "__main__":

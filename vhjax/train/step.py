@@ -108,7 +108,8 @@ def scale_updates(updates, scale: jax.Array):
     return jax.tree.unflatten(treedef, scaled)
 
 
-def make_train_step(task: Task, data_loss: Callable | None = None) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+def make_train_step(task: Task, data_loss: Callable | None = None
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
     """The pure train step of one member on one batch (x, y): augment, step the optimizer.
 
     `data_loss(state, outputs, targets, batch) -> per-example loss` replaces the task's loss; the

@@ -323,6 +323,7 @@ def distill(config: TrainConfig, teacher: Any, students: Sequence[Mapping[str, A
                                                   train_data=data)
         states.append(population)
         histories.append(outcome.history)
+        best_step = outcome.hook_states.get("keep_best", {}).get("step")
         for position, index in enumerate(indices):
             diverged = int(population.diverged_step[position])
             results[index] = {
@@ -330,7 +331,7 @@ def distill(config: TrainConfig, teacher: Any, students: Sequence[Mapping[str, A
                 "config": {**dict(members[index]), **values[index]},
                 **{split: {k: float(v[position]) for k, v in vals.items()} for split, vals in final.items()},
                 "diverged_step": None if diverged < 0 else diverged, "stopped": bool(population.stopped[position]),
-                "best_step": None,
+                "best_step": None if best_step is None or int(best_step[position]) < 0 else int(best_step[position]),
             }
     result = PopulationResult(results, states, histories)
     task0 = tasks[0][0]
