@@ -240,9 +240,10 @@ class DistillResult:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
                  f"| teacher | teacher | | | | {t['accuracy']:.4f} | | 1.0000 | {t['params']} | {t['flops']:.4g} |"]
         for row in self.students:
-            delta = row["accuracy"] - row["alone_accuracy"] if np.isfinite(row["alone_accuracy"]) else float("nan")
+            alone = row["alone_accuracy"]
+            delta = f"{row['accuracy'] - alone:+.4f}" if np.isfinite(alone) else "(no alone student)"
             lines.append(f"| student {row['member']} | {row['kind']} | {row['temperature']:g} | {row['soft_weight']:g} "
-                         f"| {row['distill_steps']} | {row['accuracy']:.4f} | {delta:+.4f} | {row['agreement']:.4f} "
+                         f"| {row['distill_steps']} | {row['accuracy']:.4f} | {delta} | {row['agreement']:.4f} "
                          f"| {row['params']} | {row['flops']:.4g} |")
         return "\n".join(lines)
 
