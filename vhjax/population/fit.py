@@ -234,14 +234,19 @@ def compiled_programs(task: Task, member_group: int | None, isolation: str = "op
 def train_bucket(task: Task, population: PopulationState, workdir: Path | None, label: str, *,
                  mesh: Any = None, isolation: str = "optimistic", member_group: int | str | None = "auto",
                  verbose: bool = True, writers: Any = "auto",
-                 hparams: Sequence[dict] | None = None) -> tuple[PopulationState, dict, LoopResult]:
+                 hparams: Sequence[dict] | None = None, runner: Any = None,
+                 train_data: Any = None) -> tuple[PopulationState, dict, LoopResult]:
     """One bucket through the one loop with the config's hooks; returns the final population (each
-    member's best parameters when they are kept), its metrics per split and the loop's result."""
+    member's best parameters when they are kept), its metrics per split and the loop's result.
+    `runner` and `train_data` replace the classifier's chunk runner and its (x, y) training data
+    (e.g. `vhjax.transfer.distill`: a step that also reads a teacher's logits)."""
     config = task.config
     group = default_member_group(population.size) if member_group == "auto" and mesh is None else (
         None if member_group == "auto" else member_group)
     run_chunk, evaluate = compiled_programs(task, group, isolation, mesh)
-    train_data = (jnp.asarray(task.train.x), jnp.asarray(task.train.y))
+    run_chunk = run_chunk if runner is None else runner
+    if train_data is None:
+        train_data = (jnp.asarray(task.train.x), jnp.asarray(task.train.y))
     eval_data = (jnp.asarray(task.eval.x), jnp.asarray(task.eval.y))
     hooks = config_hooks(config)
     outcome = run_loop(population, run_chunk, train_data, steps=config.steps, eval_every=config.eval_every,

@@ -108,12 +108,16 @@ def scale_updates(updates, scale: jax.Array):
     return jax.tree.unflatten(treedef, scaled)
 
 
-def make_train_step(task: Task) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
-    """The pure train step of one member on one batch (x, y): augment, step the optimizer."""
+def make_train_step(task: Task, data_loss: Callable | None = None
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+    """The pure train step of one member on one batch (x, y): augment, step the optimizer.
+
+    `data_loss(state, outputs, targets, batch) -> per-example loss` replaces the task's loss; the
+    batch may then carry more than (x, y), e.g. a teacher's logits (`vhjax.transfer.distill`)."""
     config = task.config
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
-        x, y = batch
+        x, y = batch[0], batch[1]
         augment_key, dropout_key = jax.random.split(jax.random.fold_in(state.key, state.step))
         hp = state.hparams
         if task.augment_fn is not None:
@@ -126,19 +130,21 @@ def make_train_step(task: Task) -> Callable[[TrainState, Batch], tuple[TrainStat
         def objective(params):
             outputs, model_state = apply_model(task, params, state.model_state, hp, x, train=True,
                                                dropout_key=dropout_key)
-            data_loss = per_example_loss(task, hp, outputs, targets).mean()
+            per_example = (per_example_loss(task, hp, outputs, targets) if data_loss is None
+                           else data_loss(state, outputs, targets, batch))
+            loss = per_example.mean()
             # static-zero coefficients are left out: no penalty is computed for them
             coefficients = {name: hp[name] for name in regularizers.PENALTY_NAMES if name not in task.static_zero}
             if not coefficients:
-                return data_loss, (data_loss, outputs, model_state)
+                return loss, (loss, outputs, model_state)
             if task.penalty_multiplier is not None:  # adaptive L1/L2: coefficients follow a schedule
                 factor = task.penalty_multiplier(state.step)
                 coefficients = {name: value * factor for name, value in coefficients.items()}
             penalty = regularizers.penalty(params, coefficients, where=config.regularize,
                                            l1_ratio=config.l1_ratio)
-            return data_loss + penalty, (data_loss, outputs, model_state)
+            return loss + penalty, (loss, outputs, model_state)
 
-        (total, (data_loss, outputs, model_state)), grads = jax.value_and_grad(
+        (total, (mean_data_loss, outputs, model_state)), grads = jax.value_and_grad(
             objective, has_aux=True)(state.params)
         updates, opt_state = task.optimizer.update(grads, state.opt_state, state.params)
         if "update_scale" in hp:  # per-member, per-tensor multipliers of the updates (0: frozen)
@@ -148,7 +154,7 @@ def make_train_step(task: Task) -> Callable[[TrainState, Batch], tuple[TrainStat
             new_params = regularizers.max_norm(new_params, config.max_norm, where=config.regularize)
         new_state = state.replace(step=state.step + 1, params=new_params,
                                   opt_state=opt_state, model_state=model_state)
-        step_metrics = {"loss": total, "data_loss": data_loss, "accuracy": metrics.accuracy(outputs, y)}
+        step_metrics = {"loss": total, "data_loss": mean_data_loss, "accuracy": metrics.accuracy(outputs, y)}
         return new_state, step_metrics
 
     return train_step

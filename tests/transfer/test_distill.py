@@ -1,0 +1,135 @@
+"""Distillation: students over (temperature, soft weight) in one program, the mixed procedure, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from vhjax import losses
+from vhjax.config import TrainConfig
+from vhjax.population import fit, fit_population
+from vhjax.population.fit import bucket_task
+from vhjax.transfer import Teacher, distill
+from vhjax.transfer.distill import distill_loss
+
+
+def digits(train: int = 600):
+    x, y = load_digits(return_X_y=True)
+    x, y = (x / 16.0).astype(np.float32), y.astype(np.int32)
+    return {"train": (x[:train], y[:train]), "test": (x[1200:], y[1200:])}
+
+
+DATA = digits()
+TEACHER_CONFIG = TrainConfig(dataset=DATA, model="mlp", model_kwargs={"widths": (64,), "num_classes": 10},
+                             batch_size=32, steps=120, eval_every=120, seed=0)
+STUDENT_CONFIG = TrainConfig(dataset=DATA, model="mlp", model_kwargs={"widths": (8,), "num_classes": 10},
+                             batch_size=32, steps=40, eval_every=20, seed=0)
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return fit(TEACHER_CONFIG, verbose=False)
+
+
+def member_params(result, index):
+    member = result.members[index]
+    return jax.tree.map(lambda leaf: np.asarray(leaf[member["position"]]),
+                        result.states[member["bucket"]].members.params)
+
+
+def test_soft_weight_zero_is_the_student_trained_alone(teacher):
+    result = distill(STUDENT_CONFIG, teacher, [{"seed": 3, "soft_weight": 0.0, "temperature": 4.0}],
+                     teacher_model=TEACHER_CONFIG, verbose=False)
+    alone = fit_population(STUDENT_CONFIG, [{"seed": 3}], verbose=False)
+    for name in ("accuracy", "loss"):
+        assert result.population.members[0]["eval"][name] == pytest.approx(alone.members[0]["eval"][name], abs=1e-5)
+    for a, b in zip(jax.tree.leaves(member_params(result.population, 0)), jax.tree.leaves(member_params(alone, 0))):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert result.students[0]["kind"] == "alone"
+
+
+def test_loss_term_matches_distillation_loss_by_hand():
+    task = bucket_task(STUDENT_CONFIG)
+    rng = np.random.default_rng(0)
+    outputs, teacher_logits = (jnp.asarray(rng.normal(size=(4, 10)), jnp.float32) for _ in range(2))
+    labels = jnp.asarray([0, 3, 7, 9])
+    data_loss = distill_loss(task)
+    for temperature, weight in ((3.0, 1.0), (2.0, 0.3)):
+        hp = {**task.default_hparams, "temperature": jnp.float32(temperature), "soft_weight": jnp.float32(weight),
+              "distill_steps": jnp.float32(10)}
+        state = types.SimpleNamespace(hparams=hp, step=jnp.int32(0))
+        got = data_loss(state, outputs, labels, (None, labels, teacher_logits))
+        expected = losses.distillation_loss(outputs, teacher_logits, labels, temperature=temperature,
+                                            alpha=1.0 - weight)
+        np.testing.assert_allclose(got, expected, rtol=1e-5)
+        by_hand = weight * temperature**2 * jnp.sum(
+            jax.nn.softmax(teacher_logits / temperature) * (jax.nn.log_softmax(teacher_logits / temperature)
+                                                            - jax.nn.log_softmax(outputs / temperature)), -1)
+        by_hand = by_hand + (1 - weight) * -jax.nn.log_softmax(outputs)[jnp.arange(4), labels]
+        np.testing.assert_allclose(got, by_hand, rtol=1e-5)
+        # after distill_steps the member fine-tunes on hard labels only
+        late = data_loss(types.SimpleNamespace(hparams=hp, step=jnp.int32(10)), outputs, labels,
+                         (None, labels, teacher_logits))
+        np.testing.assert_allclose(late, losses.cross_entropy(outputs, labels), rtol=1e-5)
+
+
+def test_students_over_temperature_share_one_program_and_differ(teacher):
+    students = [{"seed": 0, "soft_weight": 0.9, "temperature": t} for t in (1.0, 4.0)]
+    students.append({"seed": 0, "soft_weight": 0.9, "temperature": 4.0, "distill_steps": 20})  # mixed
+    result = distill(STUDENT_CONFIG, teacher, students, teacher_model=TEACHER_CONFIG, verbose=False)
+    assert len(result.population.states) == 1  # one bucket: one compiled program
+    first, second, mixed = (member_params(result.population, i) for i in range(3))
+    assert not np.allclose(first["hidden_0"]["kernel"], second["hidden_0"]["kernel"])
+    assert not np.allclose(second["hidden_0"]["kernel"], mixed["hidden_0"]["kernel"])
+    assert [row["kind"] for row in result.students] == ["distilled", "distilled", "mixed"]
+    assert result.teacher["params"] > result.students[0]["params"]
+    assert result.teacher["flops"] > result.students[0]["flops"] > 0
+    assert "teacher" in result.table() and "mixed" in result.table()
+
+
+def test_distilled_student_moves_towards_the_teacher(teacher):
+    student = [{"seed": 0, "soft_weight": 1.0, "temperature": 2.0}]
+    short = distill(dataclasses.replace(STUDENT_CONFIG, steps=1, eval_every=1), teacher, student,
+                    teacher_model=TEACHER_CONFIG, verbose=False)
+    long = distill(dataclasses.replace(STUDENT_CONFIG, steps=80), teacher, student,
+                   teacher_model=TEACHER_CONFIG, verbose=False)
+    assert long.students[0]["agreement"] > short.students[0]["agreement"] + 0.2
+    steps, soft = long.population.curve(0, split="train", metric="data_loss")  # w = 1: the soft loss alone
+    assert soft[-1] < soft[0]
+
+
+def test_teacher_given_as_flax_variables_and_model(teacher):
+    plain = Teacher(bucket_task(TEACHER_CONFIG).model, {"params": jax.tree.map(np.asarray, teacher.state.params)})
+    result = distill(STUDENT_CONFIG, plain, [{"seed": 0}], verbose=False)
+    assert result.teacher["accuracy"] == pytest.approx(teacher.metrics["eval"]["accuracy"], abs=1e-6)
+
+
+@pytest.mark.parametrize("student, message", [
+    ({"temperature": 0.0}, "student 0: field 'temperature' has value 0.0; allowed: a finite number > 0"),
+    ({"temperature": -1.0}, "'temperature' has value -1.0"),
+    ({"soft_weight": 1.5}, "student 0: field 'soft_weight' has value 1.5; allowed: a finite number >= 0.0 and <= 1.0"),
+    ({"soft_weight": -0.1}, "'soft_weight' has value -0.1"),
+    ({"distill_steps": 41}, "'distill_steps' has value 41"),
+])
+def test_bad_distillation_values_raise_before_compiling(teacher, student, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        distill(STUDENT_CONFIG, teacher, [student], teacher_model=TEACHER_CONFIG, verbose=False)
+
+
+def test_teacher_with_other_classes_raises_before_compiling(teacher):
+    five = Teacher(bucket_task(TEACHER_CONFIG).model.clone(num_classes=5),
+                   {"params": {"hidden_0": teacher.state.params["hidden_0"],
+                               "head": {"kernel": np.zeros((64, 5), np.float32), "bias": np.zeros(5, np.float32)}}})
+    with pytest.raises(ValueError, match=r"teacher outputs have value 5 classes; allowed: 10"):
+        distill(STUDENT_CONFIG, five, [{}], verbose=False)
+
+
+def test_teacher_needs_its_model(teacher):
+    with pytest.raises(ValueError, match="teacher_model has value None"):
+        distill(STUDENT_CONFIG, teacher, [{}], verbose=False)

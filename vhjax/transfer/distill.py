@@ -1,0 +1,348 @@
+"""Knowledge distillation: a population of students taught by one teacher, in one program per bucket.
+
+    teacher = fit(teacher_config)                                   # or Flax variables, a workdir, ...
+    result = distill(student_config, teacher, [
+        {"temperature": t, "soft_weight": w, "seed": s}
+        for t in (1.0, 4.0) for w in (0.0, 0.5, 0.9) for s in range(3)],   # w = 0: the student alone
+        teacher_model=teacher_config)
+    print(result.table())
+
+The teacher's logits on the student's training set are computed once (batched, jitted) and carried
+with the training data; a student's batch gathers its teacher logits by the same indices as its
+inputs. Per example a student minimises
+
+    w * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - w) * hard(student, label)
+
+(`hard` is the config's loss, cross-entropy by default; the first term is `losses.distillation_loss`
+with no labels). `temperature` T, `soft_weight` w and `distill_steps` are per-member hyperparameters,
+so students over (T, w) share one compiled program. The "mixed" procedure (distil, then fine-tune on
+hard labels only) is a member with `distill_steps=N` < `config.steps`: after step N its soft weight is
+0. It is one continuous run: the optimizer state (and the learning-rate schedule) carries on into the
+fine-tuning stage, nothing is reset. The teacher sees un-augmented inputs (offline distillation);
+mixup/CutMix is refused (the teacher's logits would not match the mixed inputs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from vhjax import losses
+from vhjax.config import TrainConfig
+from vhjax.models.cost import flops_per_example
+from vhjax.models.utils import count_params
+from vhjax.population.engine import PopulationRunner, default_member_group
+from vhjax.population.fit import (PopulationResult, bucket_members, bucket_seeds, bucket_task, resolve_same_batches,
+                                  stack_dynamic, static_hparams, train_bucket, with_config_loss_weights)
+from vhjax.population.members import init_population, population_batch_indices
+from vhjax.population.state import PopulationState
+from vhjax.train.step import apply_model, make_train_step, per_example_loss
+from vhjax.train.task import Task, call_keywords, resolve_model
+from vhjax.transfer.weights import as_variables, load_source
+from vhjax.validation import check_int, check_number, invalid
+
+DISTILL_FIELDS = ("temperature", "soft_weight", "distill_steps")
+DEFAULTS = {"temperature": 1.0, "soft_weight": 0.5}
+
+
+# ----------------------------------------------------------------------------- checks (before compiling)
+
+
+def split_student(index: int, student: Mapping[str, Any], steps: int) -> tuple[dict, dict]:
+    """(the student's distillation values, its other config fields); raises on a value out of range."""
+    if not isinstance(student, Mapping):
+        raise invalid(f"student {index}", student, "a dict of config fields and temperature, soft_weight, "
+                      "distill_steps")
+    fields = {**DEFAULTS, "distill_steps": steps, **{k: student[k] for k in DISTILL_FIELDS if k in student}}
+    check_number(f"student {index}: field 'temperature'", fields["temperature"], 0.0, low_inclusive=False)
+    check_number(f"student {index}: field 'soft_weight'", fields["soft_weight"], 0.0, 1.0)
+    check_int(f"student {index}: field 'distill_steps'", fields["distill_steps"], 0, steps)
+    rest = {k: v for k, v in student.items() if k not in DISTILL_FIELDS}
+    return {k: float(v) for k, v in fields.items()}, rest
+
+
+def check_config(config: TrainConfig) -> None:
+    if config.mixing is not None:
+        raise invalid("config field 'mixing'", config.mixing, "None for distillation (the teacher's logits are "
+                      "for the unmixed inputs)")
+
+
+def output_classes(task: Task) -> int:
+    """The student model's number of outputs (the classes the soft targets must cover)."""
+    example = jax.ShapeDtypeStruct((2, *task.train.x.shape[1:]), jnp.float32)
+    variables = jax.eval_shape(task.model.init, jax.random.key(0), example)
+    return int(jax.eval_shape(lambda v, x: task.model.apply(v, x), variables, example).shape[-1])
+
+
+def teacher_output_shape(model: Any, variables: Mapping, input_shape: Sequence[int]) -> tuple[int, ...]:
+    """The teacher's output shape for one batch of 2 (shapes only); raises if the variables do not fit."""
+    example = jax.ShapeDtypeStruct((2, *input_shape), jnp.float32)
+    shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), dict(variables))
+    kwargs = {"train": False} if "train" in call_keywords(model) else {}
+    try:
+        return tuple(jax.eval_shape(lambda v, x: model.apply(v, x, **kwargs), shapes, example).shape)
+    except Exception as error:
+        raise ValueError(f"teacher variables do not fit teacher_model {type(model).__name__} on inputs of shape "
+                         f"(batch, {', '.join(map(str, input_shape))}): {error}") from error
+
+
+def check_teacher_classes(teacher_classes: int, student_classes: int, model_name: str) -> None:
+    if teacher_classes != student_classes:
+        raise ValueError(f"teacher outputs have value {teacher_classes} classes; allowed: {student_classes}, the "
+                         f"classes of student model {model_name!r} (soft targets need one logit per student class)")
+
+
+# ----------------------------------------------------------------------------- the teacher
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+    """A trained model to distil from: `model.apply(variables, x)` gives its logits."""
+
+    model: Any
+    variables: dict
+
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
+        return teacher_output_shape(self.model, self.variables, input_shape)
+
+    def logits(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+        """Logits on every example of `x`, in jitted batches (computed once, on the host as numpy)."""
+        return np.asarray(batched_apply(self.model, self.variables, jnp.asarray(x), batch_size))
+
+
+def as_teacher(teacher: Any, teacher_model: Any = None, **source: Any) -> Teacher:
+    """A `Teacher` from one, or from anything `load_source` takes plus its model (a flax Module, a
+    registered model name, or the TrainConfig it was trained with)."""
+    if isinstance(teacher, Teacher):
+        return teacher
+    if teacher_model is None:
+        raise invalid("teacher_model", None, "the teacher's flax Module, registered model name or TrainConfig "
+                      "(needed to run its variables)")
+    if isinstance(teacher_model, TrainConfig):
+        model = resolve_model(teacher_model)
+    elif isinstance(teacher_model, str):
+        model = resolve_model(TrainConfig(model=teacher_model))
+    else:
+        model = teacher_model
+    return Teacher(model, as_variables(load_source(teacher, **source)))
+
+
+def batched_apply(model: Any, variables: Mapping, x: jax.Array, batch_size: int) -> jax.Array:
+    """`model.apply(variables, x, train=False)` over `x` in fixed-size batches (one jitted program)."""
+    kwargs = {"train": False} if "train" in call_keywords(model) else {}
+    n = x.shape[0]
+    size = min(batch_size, n)
+    padded = -(-n // size) * size
+
+    @jax.jit
+    def run(variables, x):
+        batches = jnp.pad(x, [(0, padded - n)] + [(0, 0)] * (x.ndim - 1)).reshape(-1, size, *x.shape[1:])
+        out = lax.map(lambda xb: model.apply(variables, xb, **kwargs), batches)
+        return out.reshape(padded, *out.shape[2:])[:n]
+
+    return run(dict(variables), x)
+
+
+# ----------------------------------------------------------------------------- the member step
+
+
+def distill_loss(task: Task):
+    """`data_loss(state, outputs, targets, batch)` for `make_train_step`: batch = (x, y, teacher logits);
+    the member's hparams hold temperature, soft_weight and distill_steps."""
+
+    def data_loss(state, outputs, targets, batch):
+        hp = state.hparams
+        teacher = batch[2]
+        weight = jnp.where(state.step < hp["distill_steps"], hp["soft_weight"], 0.0)
+        soft = losses.distillation_loss(outputs, teacher.astype(outputs.dtype), None, temperature=hp["temperature"])
+        hard = per_example_loss(task, hp, outputs, targets)
+        return weight * soft + (1.0 - weight) * hard
+
+    return data_loss
+
+
+def distill_runner(task: Task, size: int) -> PopulationRunner:
+    """The engine's chunk runner of the distillation step on data (x, y, teacher logits)."""
+    return PopulationRunner(make_train_step(task, distill_loss(task)), population_batch_indices(task),
+                            member_group=default_member_group(size))
+
+
+def with_distill_hparams(population: PopulationState, values: Sequence[dict]) -> PopulationState:
+    """The population with each member's temperature, soft_weight and distill_steps in its hparams."""
+    arrays = {name: jnp.asarray([v[name] for v in values], jnp.float32) for name in DISTILL_FIELDS}
+    members = population.members
+    return population.replace(members=members.replace(hparams={**members.hparams, **arrays}))
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def predict(task: Task, population: PopulationState, x: jax.Array) -> np.ndarray:
+    """(P, N, classes) logits of every member on `x` (evaluation mode)."""
+    batch_size = task.config.eval_batch_size
+
+    def one(member):
+        apply = lambda xb: apply_model(task, member.params, member.model_state, member.hparams, xb, train=False)[0]
+        n, size = x.shape[0], min(batch_size, x.shape[0])
+        padded = -(-n // size) * size
+        batches = jnp.pad(x, [(0, padded - n)] + [(0, 0)] * (x.ndim - 1)).reshape(-1, size, *x.shape[1:])
+        out = lax.map(apply, batches)
+        return out.reshape(padded, *out.shape[2:])[:n]
+
+    return np.asarray(jax.jit(jax.vmap(one))(population.members))
+
+
+def model_cost(model: Any, input_shape: Sequence[int], params: Any) -> dict[str, float]:
+    """Parameter count and matmul FLOPs per example (NaN when the model cannot be traced with train=False)."""
+    try:
+        flops = flops_per_example(model, tuple(input_shape), count="matmul")
+    except Exception:  # a user's Module without train=: the size is still known
+        flops = float("nan")
+    return {"params": count_params(params), "flops": float(flops)}
+
+
+def kind(values: Mapping[str, float], steps: int) -> str:
+    """'alone' (no soft targets), 'distilled' (soft targets throughout) or 'mixed' (distil, then fine-tune)."""
+    if values["soft_weight"] == 0.0 or values["distill_steps"] == 0:
+        return "alone"
+    return "distilled" if values["distill_steps"] >= steps else "mixed"
+
+
+@dataclasses.dataclass
+class DistillResult:
+    """The students (a `PopulationResult`, members in the order given) and a report against the teacher."""
+
+    population: PopulationResult
+    teacher: dict  # accuracy, agreement (1.0), params, flops on `split`
+    students: list[dict]  # per student: kind, temperature, soft_weight, distill_steps, accuracy, agreement, ...
+    split: str
+
+    def best(self, which: str = "distilled", metric: str = "eval_accuracy") -> dict:
+        """The student of this kind ('alone', 'distilled', 'mixed') with the highest `metric` (default
+        the eval split's accuracy: with a separate test split, choose on eval and report test)."""
+        rows = [row for row in self.students if row["kind"] == which]
+        if not rows:
+            raise ValueError(f"which has value {which!r}; allowed: a kind present among the students "
+                             f"({sorted({r['kind'] for r in self.students})})")
+        return max(rows, key=lambda row: row[metric])
+
+    def table(self) -> str:
+        """Markdown: the teacher, then every student with its accuracy against the alone students of its
+        architecture (mean over them), its size and FLOPs."""
+        header = ["model", "kind", "T", "soft weight", "distil steps", f"{self.split} accuracy", "vs alone",
+                  "agreement", "params", "FLOPs/example"]
+        t = self.teacher
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+                 f"| teacher | teacher | | | | {t['accuracy']:.4f} | | 1.0000 | {t['params']} | {t['flops']:.4g} |"]
+        for row in self.students:
+            alone = row["alone_accuracy"]
+            delta = f"{row['accuracy'] - alone:+.4f}" if np.isfinite(alone) else "(no alone student)"
+            lines.append(f"| student {row['member']} | {row['kind']} | {row['temperature']:g} | {row['soft_weight']:g} "
+                         f"| {row['distill_steps']} | {row['accuracy']:.4f} | {delta} | {row['agreement']:.4f} "
+                         f"| {row['params']} | {row['flops']:.4g} |")
+        return "\n".join(lines)
+
+
+def student_rows(result: PopulationResult, values: Sequence[dict], tasks: Sequence[tuple[Task, list[int]]],
+                 teacher_predictions: np.ndarray, split: str, steps: int) -> list[dict]:
+    """One report row per student: accuracy on `split`, agreement with the teacher, size, FLOPs, and the
+    mean accuracy of the alone students of its bucket (same architecture and training config)."""
+    rows: list[dict] = [{} for _ in values]
+    teacher_labels = teacher_predictions.argmax(-1)
+    for number, (task, indices) in enumerate(tasks):
+        state = result.states[number]
+        data = task.test if split == "test" else task.eval
+        agreement = (predict(task, state, jnp.asarray(data.x)).argmax(-1) == teacher_labels[None]).mean(axis=1)
+        params = jax.tree.map(lambda leaf: leaf[0], state.members.params)
+        cost = model_cost(task.model, task.train.x.shape[1:], params)
+        for position, index in enumerate(indices):
+            rows[index] = {"member": index, "bucket": number, "kind": kind(values[index], steps), **values[index],
+                           "distill_steps": int(values[index]["distill_steps"]),
+                           "accuracy": result.members[index][split]["accuracy"],
+                           "eval_accuracy": result.members[index]["eval"]["accuracy"],
+                           "agreement": float(agreement[position]), **cost}
+        alone = [rows[i]["accuracy"] for i in indices if rows[i]["kind"] == "alone"]
+        for index in indices:
+            rows[index]["alone_accuracy"] = float(np.mean(alone)) if alone else float("nan")
+    return rows
+
+
+# ----------------------------------------------------------------------------- distill
+
+
+def distill(config: TrainConfig, teacher: Any, students: Sequence[Mapping[str, Any]] = ({},), *,
+            teacher_model: Any = None, source: Mapping[str, Any] | None = None, same_batches: bool | str = "auto",
+            verbose: bool = True) -> DistillResult:
+    """Train a population of students on `config`'s data with soft targets from `teacher`.
+
+    `teacher`: a `Teacher`, or anything `load_source` takes (a `fit` result, a population result or
+    workdir, exported member, Flax variables) with `teacher_model` (its Module, registered model name or
+    TrainConfig) and `source` (load_source's rank=/index=). Each student is a dict of config fields (as
+    a `fit_population` member) plus `temperature` (> 0, default 1), `soft_weight` (the weight of the
+    soft targets in [0, 1], default 0.5; 0 = the student trained alone) and `distill_steps` (0 ..
+    config.steps, default config.steps; fewer = the mixed procedure: hard labels only afterwards).
+    Students with equal static config share one compiled program whatever their (T, w, steps).
+    Everything, the teacher's classes included, is checked before anything compiles. Single device.
+    """
+    check_config(config)
+    if not students:
+        raise invalid("students", [], "at least one student (a dict of config fields)")
+    teacher = as_teacher(teacher, teacher_model, **dict(source or {}))
+    split_up = [split_student(i, s, config.steps) for i, s in enumerate(students)]
+    values = [v for v, _ in split_up]
+    members = [with_config_loss_weights(config, m) for _, m in split_up]
+    for index, member in enumerate(members):
+        if "mixing" in member and member["mixing"] is not None:
+            raise invalid(f"student {index}: field 'mixing'", member["mixing"], "None for distillation")
+    same_batches = resolve_same_batches(same_batches, members)
+    tasks = [(bucket_task(bucket_config, stack_dynamic(indices, members)), indices)
+             for bucket_config, indices in bucket_members(config, members)]
+    for task, _ in tasks:  # shapes only, before compiling
+        check_teacher_classes(teacher.output_shape(task.train.x.shape[1:])[-1], output_classes(task),
+                              str(task.config.model))
+    logits: dict[int, np.ndarray] = {}
+    results: list[dict | None] = [None] * len(members)
+    states, histories = [], []
+    for number, (task, indices) in enumerate(tasks):
+        key = id(task.train.x)
+        if key not in logits:  # once per training set
+            logits[key] = teacher.logits(task.train.x, task.config.eval_batch_size)
+        population = init_population(task, len(indices), stack_dynamic(indices, members),
+                                     seeds=bucket_seeds(config, indices, members), same_batches=same_batches,
+                                     data_seed=config.seed)
+        population = with_distill_hparams(population, [values[i] for i in indices])
+        data = (jnp.asarray(task.train.x), jnp.asarray(task.train.y), jnp.asarray(logits[key]))
+        label = f"distill bucket {number + 1}/{len(tasks)} ({task.config.model}, {len(indices)} students) | "
+        hparams = [{**static_hparams(task.config), **dict(members[i]), **values[i]} for i in indices]
+        population, final, outcome = train_bucket(task, population, None, label, verbose=verbose, writers=None,
+                                                  hparams=hparams, runner=distill_runner(task, len(indices)),
+                                                  train_data=data)
+        states.append(population)
+        histories.append(outcome.history)
+        best_step = outcome.hook_states.get("keep_best", {}).get("step")
+        for position, index in enumerate(indices):
+            diverged = int(population.diverged_step[position])
+            results[index] = {
+                "member": index, "bucket": number, "position": position,
+                "config": {**dict(members[index]), **values[index]},
+                **{split: {k: float(v[position]) for k, v in vals.items()} for split, vals in final.items()},
+                "diverged_step": None if diverged < 0 else diverged, "stopped": bool(population.stopped[position]),
+                "best_step": None if best_step is None or int(best_step[position]) < 0 else int(best_step[position]),
+            }
+    result = PopulationResult(results, states, histories)
+    task0 = tasks[0][0]
+    split = "test" if task0.test is not None else "eval"
+    data = task0.test if split == "test" else task0.eval
+    teacher_predictions = teacher.logits(data.x, task0.config.eval_batch_size)
+    teacher_row = {"accuracy": float((teacher_predictions.argmax(-1) == data.y).mean()), "agreement": 1.0,
+                   **model_cost(teacher.model, data.x.shape[1:], teacher.variables["params"])}
+    rows = student_rows(result, values, tasks, teacher_predictions, split, config.steps)
+    return DistillResult(result, teacher_row, rows, split)
+
+
+__all__ = ["DISTILL_FIELDS", "DistillResult", "Teacher", "as_teacher", "distill", "distill_loss", "distill_runner"]
