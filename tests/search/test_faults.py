@@ -56,8 +56,12 @@ def assert_whole(outcome: dict, expected: dict) -> None:
     # generation 1 evaluated, nothing of it stored; then inside the transaction recording generation 2
     ("search", ["search.evaluated@2", "store.finish@2"]),
     ("multifidelity", ["store.add@2"]),  # inside the transaction inserting generation 1's rows
-    ("fit", ["checkpoint.save@2"]),  # last chunk evaluated and logged, its checkpoint not written
-    ("population", ["checkpoint.save@1"]),  # first chunk evaluated and logged, no checkpoint at all yet
+    # last chunk evaluated and logged, its checkpoint not written; then, resumed from the first
+    # checkpoint, the last one written whole in orbax's temporary folder but not yet renamed
+    ("fit", ["checkpoint.save@2", "checkpoint.before_rename@1"]),
+    # first chunk evaluated and logged, no checkpoint at all yet; then the second checkpoint left
+    # in orbax's temporary folder, not renamed: the rerun resumes from the first
+    ("population", ["checkpoint.save@1", "checkpoint.before_rename@2"]),
     # after the first round (evaluated, exploited), before its checkpoint; then, training done,
     # inside the transaction storing the rounds
     ("pbt", ["checkpoint.save@1", "store.rounds"]),
@@ -73,6 +77,8 @@ def test_killed_run_resumes_with_nothing_lost_or_duplicated(name, faults, tmp_pa
         assert killed.returncode == -signal.SIGKILL, (f"not killed at {fault} (rc {killed.returncode}): "
                                                       f"{killed.stderr[-2000:]}")
         expected = expected or outcomes(killed)[0]
+        if fault.startswith("checkpoint.before_rename"):  # the kill left orbax's temporary folder behind
+            assert list(cut.rglob("*.orbax-checkpoint-tmp*")), "no temporary checkpoint folder left"
     final = [f"run:{cut}", f"run:{cut}"] + ([f"legacycut:{cut}", f"run:{cut}"] if name == "pbt" else [])
     resumed = scenario(name, cache, *final)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
