@@ -1,4 +1,5 @@
-"""Fault injection: kill -9 at targeted points, two processes on one workdir, damaged store files.
+"""Fault injection: kill -9 at targeted points, two processes on one workdir, damaged store files
+(workdir and SQL URL), an unreachable database server.
 
 Each kill test runs a tiny scenario of `fault_scenarios` in a fresh process with `VHJAX_FAULT` set,
 so the process SIGKILLs itself at that point (as `kill -9` would), then resumes it in another and
@@ -21,7 +22,7 @@ import numpy as np
 import pytest
 
 from vhjax.search import Float, Space, search
-from vhjax.search.storage import SQLITE_FILENAME, StoreDamaged, open_store
+from vhjax.search.storage import SQLITE_FILENAME, StoreDamaged, StoreUnreachable, open_store
 from vhjax.train.workdir import WorkdirInUse
 
 REPO = Path(__file__).resolve().parents[2]
@@ -139,9 +140,9 @@ def test_shared_storage_is_not_locked(tmp_path):
 # ----------------------------------------------------------------------------- damaged store files
 
 
-def _search(workdir: Path, budget: int = 4):
+def _search(workdir: Path | None, budget: int = 4, storage: str | None = None):
     return search(lambda b: np.asarray([c["x"] for c in b]), Space({"x": Float(0, 1)}), budget=budget,
-                  population=2, workdir=workdir, verbose=False)
+                  population=2, workdir=workdir, storage=storage, verbose=False)
 
 
 def _damage(path: Path, how: str) -> None:
@@ -177,6 +178,45 @@ def test_damaged_store_is_a_clear_error_naming_the_file(tmp_path, how):
         _search(tmp_path, budget=6)
     assert str(path) in str(caught.value)
     assert isinstance(caught.value, ValueError)
+
+
+@pytest.mark.parametrize("how", ["empty", "garbage", "truncated", "utf8"])
+def test_damaged_store_behind_a_sql_url_is_the_same_clear_error(tmp_path, how):
+    """`storage='sqlite:///path'` (SQLAlchemy): the same `StoreDamaged` naming the file, no driver error."""
+    pytest.importorskip("sqlalchemy")
+    path = tmp_path / "shared.sqlite"
+    _search(None, storage=f"sqlite:///{path}")
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    _damage(path, how)
+    with pytest.raises(StoreDamaged, match="Move it away") as caught:
+        _search(None, budget=6, storage=f"sqlite:///{path}")
+    assert str(path) in str(caught.value)
+
+
+def test_new_store_file_behind_a_sql_url_is_created_whole(tmp_path):
+    pytest.importorskip("sqlalchemy")
+    open_store(storage=f"sqlite:///{tmp_path / 'new.sqlite'}").close()
+    assert (tmp_path / "new.sqlite").stat().st_size > 0
+
+
+def test_unreachable_database_server_is_a_clear_error_before_any_work(tmp_path):
+    """A PostgreSQL URL whose server cannot be reached: `StoreUnreachable` naming the URL (password
+    masked), raised when the store is opened, before the objective is ever called."""
+    pytest.importorskip("sqlalchemy")
+    pytest.importorskip("psycopg")
+    called = []
+
+    def objective(batch):
+        called.append(batch)
+        return np.zeros(len(batch))
+
+    url = "postgresql+psycopg://user:secret@localhost:1/db"
+    with pytest.raises(StoreUnreachable, match="could not be reached") as caught:
+        search(objective, Space({"x": Float(0, 1)}), budget=2, storage=url, verbose=False)
+    assert "postgresql+psycopg://user:***@localhost:1/db" in str(caught.value)
+    assert "secret" not in str(caught.value)
+    assert not called
 
 
 def test_new_store_file_is_never_empty_and_leaves_no_temporary(tmp_path):
