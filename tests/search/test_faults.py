@@ -63,9 +63,10 @@ def assert_whole(outcome: dict, expected: dict) -> None:
     # first chunk evaluated and logged, no checkpoint at all yet; then the second checkpoint left
     # in orbax's temporary folder, not renamed: the rerun resumes from the first
     ("population", ["checkpoint.save@1", "checkpoint.before_rename@2"]),
-    # after the first round (evaluated, exploited), before its checkpoint; then, training done,
-    # inside the transaction storing the rounds
-    ("pbt", ["checkpoint.save@1", "store.rounds"]),
+    # after the first round (evaluated, exploited), before its checkpoint; then the second round's
+    # checkpoint not yet renamed from orbax's temporary folder; then, training done, inside the
+    # transaction storing the rounds
+    ("pbt", ["checkpoint.save@1", "checkpoint.before_rename@2", "store.rounds"]),
 ])
 def test_killed_run_resumes_with_nothing_lost_or_duplicated(name, faults, tmp_path, cache):
     """A process runs the scenario uninterrupted, then again in a fresh workdir until it kills itself
