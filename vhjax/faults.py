@@ -9,6 +9,8 @@ dictionary lookup and nothing else. The points:
   trials, recording a generation's outcomes with the strategy state, writing PBT's rounds);
 - `search.evaluated`: a generation evaluated, nothing of it stored yet;
 - `checkpoint.save`: a training chunk evaluated and logged, its checkpoint not written yet;
+- `checkpoint.before_rename`: orbax has written a checkpoint's temporary folder whole, not yet
+  renamed it to its step (the last instant before the checkpoint exists);
 - `checkpoint.saved`: right after a checkpoint is written.
 """
 
@@ -18,7 +20,8 @@ import os
 import signal
 
 ENV = "VHJAX_FAULT"
-POINTS = ("store.add", "store.finish", "store.rounds", "search.evaluated", "checkpoint.save", "checkpoint.saved")
+POINTS = ("store.add", "store.finish", "store.rounds", "search.evaluated", "checkpoint.save", "checkpoint.before_rename",
+          "checkpoint.saved")
 _reached: dict[str, int] = {}
 
 

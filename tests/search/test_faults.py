@@ -1,4 +1,5 @@
-"""Fault injection: kill -9 at targeted points, two processes on one workdir, damaged store files.
+"""Fault injection: kill -9 at targeted points, two processes on one workdir, damaged store files
+(workdir and SQL URL), an unreachable database server.
 
 Each kill test runs a tiny scenario of `fault_scenarios` in a fresh process with `VHJAX_FAULT` set,
 so the process SIGKILLs itself at that point (as `kill -9` would), then resumes it in another and
@@ -21,7 +22,7 @@ import numpy as np
 import pytest
 
 from vhjax.search import Float, Space, search
-from vhjax.search.storage import SQLITE_FILENAME, StoreDamaged, open_store
+from vhjax.search.storage import SQLITE_FILENAME, StoreDamaged, StoreUnreachable, open_store
 from vhjax.train.workdir import WorkdirInUse
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,11 +57,16 @@ def assert_whole(outcome: dict, expected: dict) -> None:
     # generation 1 evaluated, nothing of it stored; then inside the transaction recording generation 2
     ("search", ["search.evaluated@2", "store.finish@2"]),
     ("multifidelity", ["store.add@2"]),  # inside the transaction inserting generation 1's rows
-    ("fit", ["checkpoint.save@2"]),  # last chunk evaluated and logged, its checkpoint not written
-    ("population", ["checkpoint.save@1"]),  # first chunk evaluated and logged, no checkpoint at all yet
-    # after the first round (evaluated, exploited), before its checkpoint; then, training done,
-    # inside the transaction storing the rounds
-    ("pbt", ["checkpoint.save@1", "store.rounds"]),
+    # last chunk evaluated and logged, its checkpoint not written; then, resumed from the first
+    # checkpoint, the last one written whole in orbax's temporary folder but not yet renamed
+    ("fit", ["checkpoint.save@2", "checkpoint.before_rename@1"]),
+    # first chunk evaluated and logged, no checkpoint at all yet; then the second checkpoint left
+    # in orbax's temporary folder, not renamed: the rerun resumes from the first
+    ("population", ["checkpoint.save@1", "checkpoint.before_rename@2"]),
+    # after the first round (evaluated, exploited), before its checkpoint; then the second round's
+    # checkpoint not yet renamed from orbax's temporary folder; then, training done, inside the
+    # transaction storing the rounds
+    ("pbt", ["checkpoint.save@1", "checkpoint.before_rename@2", "store.rounds"]),
 ])
 def test_killed_run_resumes_with_nothing_lost_or_duplicated(name, faults, tmp_path, cache):
     """A process runs the scenario uninterrupted, then again in a fresh workdir until it kills itself
@@ -73,6 +79,8 @@ def test_killed_run_resumes_with_nothing_lost_or_duplicated(name, faults, tmp_pa
         assert killed.returncode == -signal.SIGKILL, (f"not killed at {fault} (rc {killed.returncode}): "
                                                       f"{killed.stderr[-2000:]}")
         expected = expected or outcomes(killed)[0]
+        if fault.startswith("checkpoint.before_rename"):  # the kill left orbax's temporary folder behind
+            assert list(cut.rglob("*.orbax-checkpoint-tmp*")), "no temporary checkpoint folder left"
     final = [f"run:{cut}", f"run:{cut}"] + ([f"legacycut:{cut}", f"run:{cut}"] if name == "pbt" else [])
     resumed = scenario(name, cache, *final)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -133,9 +141,9 @@ def test_shared_storage_is_not_locked(tmp_path):
 # ----------------------------------------------------------------------------- damaged store files
 
 
-def _search(workdir: Path, budget: int = 4):
+def _search(workdir: Path | None, budget: int = 4, storage: str | None = None):
     return search(lambda b: np.asarray([c["x"] for c in b]), Space({"x": Float(0, 1)}), budget=budget,
-                  population=2, workdir=workdir, verbose=False)
+                  population=2, workdir=workdir, storage=storage, verbose=False)
 
 
 def _damage(path: Path, how: str) -> None:
@@ -171,6 +179,45 @@ def test_damaged_store_is_a_clear_error_naming_the_file(tmp_path, how):
         _search(tmp_path, budget=6)
     assert str(path) in str(caught.value)
     assert isinstance(caught.value, ValueError)
+
+
+@pytest.mark.parametrize("how", ["empty", "garbage", "truncated", "utf8"])
+def test_damaged_store_behind_a_sql_url_is_the_same_clear_error(tmp_path, how):
+    """`storage='sqlite:///path'` (SQLAlchemy): the same `StoreDamaged` naming the file, no driver error."""
+    pytest.importorskip("sqlalchemy")
+    path = tmp_path / "shared.sqlite"
+    _search(None, storage=f"sqlite:///{path}")
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    _damage(path, how)
+    with pytest.raises(StoreDamaged, match="Move it away") as caught:
+        _search(None, budget=6, storage=f"sqlite:///{path}")
+    assert str(path) in str(caught.value)
+
+
+def test_new_store_file_behind_a_sql_url_is_created_whole(tmp_path):
+    pytest.importorskip("sqlalchemy")
+    open_store(storage=f"sqlite:///{tmp_path / 'new.sqlite'}").close()
+    assert (tmp_path / "new.sqlite").stat().st_size > 0
+
+
+def test_unreachable_database_server_is_a_clear_error_before_any_work(tmp_path):
+    """A PostgreSQL URL whose server cannot be reached: `StoreUnreachable` naming the URL (password
+    masked), raised when the store is opened, before the objective is ever called."""
+    pytest.importorskip("sqlalchemy")
+    pytest.importorskip("psycopg")
+    called = []
+
+    def objective(batch):
+        called.append(batch)
+        return np.zeros(len(batch))
+
+    url = "postgresql+psycopg://user:secret@localhost:1/db"
+    with pytest.raises(StoreUnreachable, match="could not be reached") as caught:
+        search(objective, Space({"x": Float(0, 1)}), budget=2, storage=url, verbose=False)
+    assert "postgresql+psycopg://user:***@localhost:1/db" in str(caught.value)
+    assert "secret" not in str(caught.value)
+    assert not called
 
 
 def test_new_store_file_is_never_empty_and_leaves_no_temporary(tmp_path):

@@ -56,6 +56,10 @@ class StoreDamaged(ValueError):
     """The SQLite file of a trial store is empty, not a database, or holds rows that cannot be read."""
 
 
+class StoreUnreachable(ConnectionError):
+    """The database server of a storage URL could not be reached."""
+
+
 def damaged(location: str, detail: str) -> StoreDamaged:
     return StoreDamaged(
         f"the trial store {location!r} is damaged ({detail}); it cannot be read or resumed. Move it away "
@@ -332,7 +336,12 @@ class _SqlAlchemyConnection:
 
 
 class _SqlAlchemyBackend:
-    """Any database SQLAlchemy speaks (PostgreSQL, MySQL, SQLite files, ...)."""
+    """Any database SQLAlchemy speaks (PostgreSQL, MySQL, SQLite files, ...).
+
+    As with the stdlib store, a damaged SQLite file is a `StoreDamaged` naming the file (a new one is
+    created whole first); a server that cannot be reached is a `StoreUnreachable` naming the URL
+    (password masked).
+    """
 
     def __init__(self, url: str):
         try:
@@ -349,8 +358,51 @@ class _SqlAlchemyBackend:
             connect_args = {"timeout": _BUSY_TIMEOUT_S}
         self._engine = sqlalchemy.create_engine(sqlalchemy_url(url), connect_args=connect_args)
         self.dialect = self._engine.dialect.name
+        self.path = self._engine.url.database if self.dialect == "sqlite" else None
+        if self.path in ("", ":memory:"):
+            self.path = None
+        self.location = self.path or self._engine.url.render_as_string(hide_password=True)
         if self.dialect == "sqlite":
+            self._prepare_sqlite_file()
             self._configure_sqlite()
+
+    def _prepare_sqlite_file(self) -> None:
+        """Create a new file whole, as the stdlib store does; an empty one is damage, not a new store."""
+        if self.path is None:
+            return
+        if not os.path.exists(self.path):
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            _create_sqlite_file(self.path)
+        elif os.path.isfile(self.path) and os.path.getsize(self.path) == 0:
+            raise damaged(self.path, "the file is empty: 0 bytes")
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """The driver's errors for a damaged SQLite file or an unreachable server made clear."""
+        try:
+            yield
+        except self._sqlalchemy.exc.DBAPIError as error:
+            clear = self._clear_error(error)
+            if clear is None:
+                raise
+            raise clear from None
+
+    def _clear_error(self, error) -> Exception | None:
+        """`StoreDamaged` / `StoreUnreachable` for `error` (SQLAlchemy's wrapper), or None."""
+        original = getattr(error, "orig", None)
+        if self.path is not None and isinstance(original, sqlite3.DatabaseError):
+            text = str(original)
+            if isinstance(original, sqlite3.OperationalError) and "decode" in text.lower():
+                return damaged(self.path, f"unreadable row: {text}")
+            if type(original) is sqlite3.DatabaseError:  # not a database, malformed
+                return damaged(self.path, text)
+            return None
+        if self.path is None and _is_connect_error(error):
+            return StoreUnreachable(
+                f"storage={self.location!r}: the database could not be reached "
+                f"({str(original or error).strip().splitlines()[0][:200]}); check that its server is "
+                "running and the URL's host, port, user and database are right")
+        return None
 
     def _configure_sqlite(self) -> None:
         event = self._sqlalchemy.event
@@ -372,17 +424,25 @@ class _SqlAlchemyBackend:
     def transaction(self) -> Iterator[_Connection]:
         returning = bool(getattr(self._engine.dialect, "insert_returning", False))
         begin = lambda: self._engine.begin()  # noqa: E731
-        context = _retry_locked(lambda: _entered(begin()))
-        connection, manager = context
-        try:
-            yield _SqlAlchemyConnection(connection, self._sqlalchemy.text, returning)
-        except BaseException as error:
-            manager.__exit__(type(error), error, error.__traceback__)
-            raise
-        manager.__exit__(None, None, None)
+        with self._guard():
+            context = _retry_locked(lambda: _entered(begin()))
+            connection, manager = context
+            try:
+                yield _SqlAlchemyConnection(connection, self._sqlalchemy.text, returning)
+            except BaseException as error:
+                manager.__exit__(type(error), error, error.__traceback__)
+                raise
+            manager.__exit__(None, None, None)
 
     def close(self) -> None:
         self._engine.dispose()
+
+
+def _is_connect_error(error: Exception) -> bool:
+    """True for a DBAPI error raised while connecting (refused, unknown host, timed out)."""
+    text = str(getattr(error, "orig", None) or error).lower()
+    return any(phrase in text for phrase in ("connection refused", "could not connect", "connection failed",
+                                              "could not translate host", "timeout expired", "can't connect"))
 
 
 def _entered(manager):
@@ -742,7 +802,8 @@ def open_store(
     if storage is not None:
         storage = os.fspath(storage)
         if is_database_url(storage):
-            return TrialStore(_SqlAlchemyBackend(storage), study, storage)
+            backend = _SqlAlchemyBackend(storage)
+            return TrialStore(backend, study, backend.location)
         return TrialStore(_SqliteBackend(storage), study, storage)
     if workdir is not None:
         path = os.path.join(os.fspath(workdir), SQLITE_FILENAME)

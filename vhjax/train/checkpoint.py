@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint.path import atomicity
 
 from vhjax import faults
 
@@ -38,16 +39,28 @@ def state_checksum(state: Any) -> str:
     return digest.hexdigest()
 
 
+class _FaultableTemporaryPath(atomicity.AtomicRenameTemporaryPath):
+    """Orbax's temporary checkpoint folder (renamed to its step when complete), with the
+    `checkpoint.before_rename` fault point just before a step folder's rename (not its items')."""
+
+    async def finalize(self) -> None:
+        if self._final_path.name.isdigit():  # the step folder; its items are named `state`, `record`
+            faults.point("checkpoint.before_rename")
+        await super().finalize()
+
+
 class Checkpointer:
     """Saves and restores (state, loop record) pairs under `directory`, keyed by step.
 
     Saving is synchronous: orbax writes into a temporary folder and renames it when complete, so a
-    process killed mid-save leaves the previous checkpoint intact.
+    process killed mid-save leaves the previous checkpoint intact; orbax ignores the leftover
+    temporary folder and replaces it when that step is saved again.
     """
 
     def __init__(self, directory: str | Path, max_to_keep: int = 2):
         self.directory = Path(directory).absolute()
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=False)
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=False,
+                                               temporary_path_class=_FaultableTemporaryPath)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
