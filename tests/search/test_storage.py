@@ -179,6 +179,28 @@ def test_database_url_via_sqlalchemy(tmp_path):
         assert same_file.count_trials() == N_PROCESSES * TRIALS_PER_PROCESS
 
 
+def _open_at_once(location: str, barrier, errors) -> None:
+    barrier.wait(timeout=300)
+    try:
+        open_store(storage=location).close()
+    except Exception as error:  # reported to the test, which names it
+        errors.put(repr(error)[:300])
+
+
+def test_processes_opening_a_new_postgresql_store_at_once_all_succeed(postgres_url):
+    """Before the schema lock: 'duplicate key value violates unique constraint
+    "pg_type_typname_nsp_index"' when several processes created the tables at the same moment."""
+    context = multiprocessing.get_context("spawn")
+    barrier, errors = context.Barrier(6), context.Queue()
+    processes = [context.Process(target=_open_at_once, args=(postgres_url, barrier, errors)) for _ in range(6)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=400)
+    failures = [errors.get() for _ in range(errors.qsize())] if not errors.empty() else []
+    assert failures == [] and all(process.exitcode == 0 for process in processes)
+
+
 def test_postgresql_store_with_concurrent_writers_and_a_search(postgres_url, tmp_path):
     """The same store on a real PostgreSQL server: 4 concurrent writers lose nothing, binary state
     round-trips, and a vhjax.search resumes from it (nothing recomputed)."""

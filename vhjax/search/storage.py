@@ -490,6 +490,8 @@ def _schema(dialect: str) -> list[str]:
 
 # ----------------------------------------------------------------------------- store
 
+_SCHEMA_LOCK_ID = 0x76686A6178  # "vhjax": the advisory lock that serializes schema creation
+
 _TRIAL_COLUMNS = (
     "trial_id, generation, slot, params, u, status, fitness, metrics, fidelity, parent_id, "
     "started_at, finished_at, study"
@@ -510,6 +512,10 @@ class TrialStore:
 
     def _create_schema(self) -> None:
         with self._backend.transaction() as db:
+            if self._backend.dialect == "postgresql":
+                # CREATE TABLE IF NOT EXISTS races between processes opening a new database at once
+                # (a duplicate-key error on PostgreSQL's catalog): one creator at a time
+                db.execute(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_ID})")
             for statement in _schema(self._backend.dialect):
                 db.execute(statement)
 
