@@ -22,11 +22,13 @@ LEARNING_RATES = Space({"learning_rate": Categorical((3e-3, 1e-2))})
 ENTRIES = ("search", "multifidelity")
 
 
-def run_entry(entry: str, config: TrainConfig, root: Path | None, space: Space = LEARNING_RATES) -> dict:
+def run_entry(entry: str, config: TrainConfig, root: Path | None, space: Space = LEARNING_RATES,
+              continue_from_parent: bool = True) -> dict:
     """Search `space` (two candidates); returns {params tuple: fitness} of the completed trials
-    (at their largest budget in a multi-fidelity search)."""
+    (at their largest budget in a multi-fidelity search, where the promoted one continues from its
+    rung-0 state unless `continue_from_parent` is False)."""
     training = None if root is None else root / "training"
-    objective = TrainingObjective(config, metric="loss", workdir=training)
+    objective = TrainingObjective(config, metric="loss", workdir=training, continue_from_parent=continue_from_parent)
     store = None if root is None else root / "store"
     if entry == "search":
         result = vhjax.search(objective, space, "grid", budget=2, population=2, workdir=store,
@@ -53,19 +55,28 @@ def budget_of(path: Path) -> int:
     return int(parts[-1].split("_")[1]) if parts else CONFIG.steps
 
 
+def start_of(path: Path) -> int:
+    """The step a run started from: its parent's for a continued promotion (`budget_B_from_S`), else 0."""
+    parts = [p for p in path.parts if p.startswith("budget_") and "_from_" in p]
+    return int(parts[-1].split("_from_")[1]) if parts else 0
+
+
 @pytest.mark.parametrize("entry", ENTRIES)
 def test_metrics_are_logged_at_every_evaluation(entry, tmp_path):
     run_entry(entry, CONFIG, tmp_path)
     paths = sorted((tmp_path / "training").rglob("metrics.jsonl"))
     assert paths
     for path, steps in zip(paths, eval_steps(tmp_path / "training")):
-        assert steps == list(range(10, budget_of(path) + 1, 10))
+        assert steps == list(range(start_of(path) + 10, budget_of(path) + 1, 10))
+    if entry == "multifidelity":  # the promoted run continued from its parent's step 20
+        assert [start_of(path) for path in paths] == [0, 20]
 
 
 @pytest.mark.parametrize("entry", ENTRIES)
 def test_early_stopping_ends_the_run(entry, tmp_path):
     config = dataclasses.replace(CONFIG, patience=1, monitor="loss", monitor_mode="max")
-    run_entry(entry, config, tmp_path)
+    # from scratch, so the promoted 40-step run must stop after its second evaluation too
+    run_entry(entry, config, tmp_path, continue_from_parent=False)
     runs = eval_steps(tmp_path / "training")
     assert runs and all(steps == [10, 20] for steps in runs)
 
