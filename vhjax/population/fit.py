@@ -325,20 +325,30 @@ def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], wo
                                                   hparams=hparams)
         states.append(population)
         histories.append(outcome.history)
-        best_step = outcome.hook_states.get("keep_best", {}).get("step")
-        for position, index in enumerate(indices):
-            diverged = int(population.diverged_step[position])
-            results[index] = {
-                "member": index, "bucket": number, "position": position, "config": dict(members[index]),
-                **{split: {k: float(v[position]) for k, v in values.items()} for split, values in final.items()},
-                "diverged_step": None if diverged < 0 else diverged,
-                "stopped": bool(population.stopped[position]),
-                "best_step": None if best_step is None or int(best_step[position]) < 0 else int(best_step[position]),
-            }
+        for index, record in member_records(number, indices, [dict(members[i]) for i in indices], population, final,
+                                            outcome).items():
+            results[index] = record
     result = PopulationResult(results, states, histories)
     if root is not None:
         (root / "result.json").write_text(json.dumps(results, default=lambda v: np.asarray(v).tolist(), indent=1))
     return result
+
+
+def member_records(number: int, indices: Sequence[int], configs: Sequence[dict], population: PopulationState,
+                   final: dict, outcome: LoopResult) -> dict[int, dict]:
+    """Member index -> its result record (metrics per split, divergence, stop, best step) in bucket `number`."""
+    best_step = outcome.hook_states.get("keep_best", {}).get("step")
+    records = {}
+    for position, (index, config) in enumerate(zip(indices, configs)):
+        diverged = int(population.diverged_step[position])
+        records[index] = {
+            "member": index, "bucket": number, "position": position, "config": config,
+            **{split: {k: float(v[position]) for k, v in values.items()} for split, values in final.items()},
+            "diverged_step": None if diverged < 0 else diverged,
+            "stopped": bool(population.stopped[position]),
+            "best_step": None if best_step is None or int(best_step[position]) < 0 else int(best_step[position]),
+        }
+    return records
 
 
 def static_hparams(config: TrainConfig) -> dict[str, Any]:

@@ -37,8 +37,9 @@ from vhjax.config import TrainConfig
 from vhjax.models.cost import flops_per_example
 from vhjax.models.utils import count_params
 from vhjax.population.engine import PopulationRunner, default_member_group
-from vhjax.population.fit import (PopulationResult, bucket_members, bucket_seeds, bucket_task, resolve_same_batches,
-                                  stack_dynamic, static_hparams, train_bucket, with_config_loss_weights)
+from vhjax.population.fit import (PopulationResult, bucket_members, bucket_seeds, bucket_task, member_records,
+                                  resolve_same_batches, stack_dynamic, static_hparams, train_bucket,
+                                  with_config_loss_weights)
 from vhjax.population.members import init_population, population_batch_indices
 from vhjax.population.state import PopulationState
 from vhjax.train.step import apply_model, make_train_step, per_example_loss
@@ -324,16 +325,9 @@ def distill(config: TrainConfig, teacher: Any, students: Sequence[Mapping[str, A
                                                   train_data=data)
         states.append(population)
         histories.append(outcome.history)
-        best_step = outcome.hook_states.get("keep_best", {}).get("step")
-        for position, index in enumerate(indices):
-            diverged = int(population.diverged_step[position])
-            results[index] = {
-                "member": index, "bucket": number, "position": position,
-                "config": {**dict(members[index]), **values[index]},
-                **{split: {k: float(v[position]) for k, v in vals.items()} for split, vals in final.items()},
-                "diverged_step": None if diverged < 0 else diverged, "stopped": bool(population.stopped[position]),
-                "best_step": None if best_step is None or int(best_step[position]) < 0 else int(best_step[position]),
-            }
+        configs = [{**dict(members[i]), **values[i]} for i in indices]
+        for index, record in member_records(number, indices, configs, population, final, outcome).items():
+            results[index] = record
     result = PopulationResult(results, states, histories)
     task0 = tasks[0][0]
     split = "test" if task0.test is not None else "eval"
