@@ -26,7 +26,6 @@ from vhjax.population.hooks import best_members, config_hooks
 from vhjax.population.loop import LoopResult, run_loop
 from vhjax.population.members import classifier_runner, init_population, make_population_eval
 from vhjax.population.state import PopulationState
-from vhjax.train.metrics_log import MetricsLog
 from vhjax.train.state import TrainState
 from vhjax.train.task import Task, build_task, with_member_hparams
 from vhjax.train.workdir import prepare_workdir, save_preprocessing
