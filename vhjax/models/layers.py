@@ -13,15 +13,37 @@ from flax.linen import kw_only_dataclasses
 from vhjax.models import activations
 
 
+def _mix32(x: jax.Array) -> jax.Array:
+    """MurmurHash3's 32-bit finalizer: a bijection of uint32 with full avalanche."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = x * jnp.uint32(0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def hashed_bits(key: jax.Array, count: int) -> jax.Array:
+    """`count` pseudo-random uint32 words: two words drawn from `key` seed a counter hash.
+
+    Word i is mix(mix(i * golden + s0) ^ s1): about 12 integer operations per word against
+    threefry's ~50, for randomness (dropout masks) where a statistically good, cheap stream
+    matters more than cryptographic strength. Distinct keys give independent-looking streams.
+    """
+    seed = jax.random.bits(key, (2,), jnp.uint32)
+    counter = jax.lax.iota(jnp.uint32, count)
+    return _mix32(_mix32(counter * jnp.uint32(0x9E3779B9) + seed[0]) ^ seed[1])
+
+
 def keep_mask(key: jax.Array, shape: tuple[int, ...], keep: jax.Array) -> tuple[jax.Array, jax.Array]:
     """A Bernoulli(`keep`) mask of `shape` from 8 random bits per unit, and the matching scale.
 
-    One 32-bit threefry word gives four units (a quarter of the hashing of a float draw per unit,
-    which dominates a small network's population step). `keep` is rounded to a multiple of 1/256;
-    the scale is 1 / that rounded value, so the layer stays unbiased, and `keep == 1` keeps all.
+    One 32-bit word of `hashed_bits` gives four units (a quarter of a float draw per unit, and a
+    counter hash instead of threefry: about 4x cheaper again; random bits dominated a small
+    network's population step). `keep` is rounded to a multiple of 1/256; the scale is 1 / that
+    rounded value, so the layer stays unbiased, and `keep == 1` keeps all.
     """
     size = math.prod(shape)
-    words = jax.random.bits(key, (-(-size // 4),), jnp.uint32)
+    words = hashed_bits(key, -(-size // 4))
     units = jax.lax.bitcast_convert_type(words, jnp.uint8).reshape(-1)[:size].reshape(shape)
     threshold = jnp.round(jnp.clip(keep, 0.0, 1.0) * 256.0)
     mask = units.astype(jnp.int32) < threshold.astype(jnp.int32)
