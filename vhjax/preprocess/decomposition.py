@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
 from vhjax.preprocess.base import (Arrays, Preprocessor, as_float32, check_choice, check_float, check_int, flat,
                                    make_preprocessor, register_preprocessor)
@@ -135,6 +134,8 @@ def lda(n_components: int | None = None, solver: str = "svd") -> Preprocessor:
         data = flat(x)
         available = min(np.unique(y).size - 1, data.shape[1])
         keep = _components("lda", n_components, available)
+        from sklearn.discriminant_analysis import LinearDiscriminantAnalysis  # imported when used: slow
+
         model = LinearDiscriminantAnalysis(solver=solver, n_components=keep).fit(data, y)
         centre = model.xbar_ if solver == "svd" else np.zeros(data.shape[1])
         return {"centre": as_float32(centre), "scalings": as_float32(model.scalings_[:, :keep])}

@@ -10,8 +10,6 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
-from sklearn.cluster import KMeans
-from sklearn.preprocessing import KBinsDiscretizer
 
 from vhjax.preprocess.base import (Arrays, Preprocessor, as_float32, check_choice, check_int, flat, make_preprocessor,
                                    register_preprocessor)
@@ -23,6 +21,8 @@ def kmeans_edges(column: np.ndarray, n_bins: int, seed: int) -> np.ndarray:
     """Inner bin edges of one feature: midpoints between sorted 1-D k-means centres (k-means++
     with several restarts; KBinsDiscretizer's fixed uniform start can split one cluster in two)."""
     distinct = np.unique(column).size
+    from sklearn.cluster import KMeans  # imported when used: scikit-learn is slow to import
+
     model = KMeans(n_clusters=min(n_bins, distinct), n_init=4, random_state=seed).fit(column[:, None])
     centres = np.sort(model.cluster_centers_[:, 0])
     return (centres[1:] + centres[:-1]) / 2.0
@@ -32,6 +32,8 @@ def binning_edges(data: np.ndarray, n_bins: int, strategy: str, seed: int) -> li
     """Inner bin edges per column of data (N, D)."""
     if strategy == "kmeans":
         return [kmeans_edges(column, n_bins, seed) for column in data.T]
+    from sklearn.preprocessing import KBinsDiscretizer
+
     binner = KBinsDiscretizer(n_bins=n_bins, encode="ordinal", strategy=strategy, subsample=None)
     with warnings.catch_warnings():  # constant or tied features lose bins; that is expected
         warnings.simplefilter("ignore", UserWarning)
@@ -73,6 +75,8 @@ def vector_quantize(n_clusters: int = 8, seed: int = 0) -> Preprocessor:
         if x.shape[0] < n_clusters:
             raise ValueError(f"preprocessor 'vector_quantize' option 'n_clusters' has value {n_clusters}; "
                              f"allowed: at most the number of training examples ({x.shape[0]})")
+        from sklearn.cluster import KMeans
+
         model = KMeans(n_clusters=n_clusters, n_init=4, random_state=seed).fit(flat(x))
         return {"centres": as_float32(model.cluster_centers_)}
 

@@ -15,7 +15,6 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.signal import savgol_coeffs
 
 from vhjax.preprocess.base import (Arrays, Preprocessor, check_choice, check_float, check_int, make_preprocessor,
                                    register_preprocessor)
@@ -105,7 +104,11 @@ def denoise(method: str = "median", window: int = 5, polyorder: int = 2) -> Prep
     if method == "savgol" and polyorder >= window:
         raise ValueError(
             f"preprocessor 'denoise' option 'polyorder' has value {polyorder}; allowed: less than window ({window})")
-    weights = savgol_coeffs(window, polyorder, use="dot") if method == "savgol" else None
+    weights = None
+    if method == "savgol":
+        from scipy.signal import savgol_coeffs  # imported when used: scipy.signal is slow to import
+
+        weights = savgol_coeffs(window, polyorder, use="dot")
 
     def apply(arrays: Arrays, x: jax.Array) -> jax.Array:
         x = x.astype(jnp.float32)

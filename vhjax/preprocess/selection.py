@@ -15,8 +15,6 @@ from typing import Callable
 
 import jax
 import numpy as np
-from sklearn.feature_selection import chi2, mutual_info_classif
-from sklearn.metrics import mutual_info_score
 
 from vhjax.preprocess.base import (Arrays, Preprocessor, as_float32, check_int, flat, make_preprocessor,
                                    register_preprocessor)
@@ -26,11 +24,19 @@ Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 def information_gain(x: np.ndarray, y: np.ndarray, n_bins: int) -> np.ndarray:
     """Information gain (nats) of each column of x (N, D) about y, after equal-width binning."""
+    from sklearn.metrics import mutual_info_score  # imported when used: scikit-learn is slow to import
+
     scores = []
     for column in x.T:
         edges = np.linspace(column.min(), column.max(), n_bins + 1)[1:-1]
         scores.append(mutual_info_score(y, np.searchsorted(edges, column, side="right")))
     return np.asarray(scores)
+
+
+def _mutual_info_classif(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
+    from sklearn.feature_selection import mutual_info_classif
+
+    return mutual_info_classif(x, y, random_state=seed)
 
 
 def _selector(name: str, k: int, options: dict, score: Scorer) -> Preprocessor:
@@ -59,6 +65,8 @@ def select_chi2(k: int = 10) -> Preprocessor:
         if np.any(x < 0):
             raise ValueError("preprocessor 'select_chi2' got x with negative values; allowed: x >= 0 "
                              "(counts or min-max scaled features)")
+        from sklearn.feature_selection import chi2  # imported when used: scikit-learn is slow to import
+
         return chi2(x, y)[0]
 
     return _selector("select_chi2", k, {}, score)
@@ -76,4 +84,4 @@ def select_mutual_info(k: int = 10, seed: int = 0) -> Preprocessor:
     """Keep the k features with the highest (nearest-neighbour estimated) mutual information."""
     seed = check_int("select_mutual_info", "seed", seed, 0)
     return _selector("select_mutual_info", k, {"seed": seed},
-                     lambda x, y: mutual_info_classif(x, y, random_state=seed))
+                     lambda x, y: _mutual_info_classif(x, y, seed))
