@@ -47,7 +47,7 @@ WORKER = textwrap.dedent("""
 
 SEARCH_WORKER = textwrap.dedent("""
     import json, sys
-    process_id, port, workdir = sys.argv[1], sys.argv[2], sys.argv[3]
+    process_id, port, workdir, population = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     import vhjax.distributed
     if process_id != "single":
         vhjax.distributed.initialize(f"localhost:{port}", 2, int(process_id))
@@ -56,7 +56,8 @@ SEARCH_WORKER = textwrap.dedent("""
     from tests.population.test_entries import CONFIG
 
     space = Space({"learning_rate": Categorical((1e-3, 3e-3, 1e-2))})
-    result = vhjax.search(TrainingObjective(CONFIG), space, "random", budget=6, population=3, workdir=workdir)
+    result = vhjax.search(TrainingObjective(CONFIG), space, "random", budget=6, population=population,
+                          workdir=workdir)
     print("RESULT " + json.dumps([[t.trial_id, t.params["learning_rate"], t.metrics["accuracy"], t.metrics["loss"]]
                                   for t in result.trials]), flush=True)
 """)
@@ -155,12 +156,14 @@ def test_a_data_axis_over_two_processes_trains_like_one_process():
 
 def test_a_search_over_two_processes_asks_on_process_0_and_trains_like_one_process(tmp_path):
     """The strategy and store run on process 0; both processes train each generation's population
-    over the 4-device mesh; the follower returns the same trials; only process 0 writes a store."""
-    def run(process_id: str, port: int, workdir: Path, devices: int) -> subprocess.Popen:
+    over the 4-device mesh; the follower returns the same trials; only process 0 writes a store.
+    Rerun with another population, process 0 refuses the workdir and the follower stops with it
+    (it does not wait for a message that never comes)."""
+    def run(process_id: str, port: int, workdir: Path, devices: int, population: int = 3) -> subprocess.Popen:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
                "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-        return subprocess.Popen([sys.executable, "-c", SEARCH_WORKER, process_id, str(port), str(workdir)], cwd=ROOT,
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen([sys.executable, "-c", SEARCH_WORKER, process_id, str(port), str(workdir), str(population)],
+                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     (single,) = finish([run("single", 0, tmp_path / "single", 4)])
     port = free_port()
@@ -174,6 +177,18 @@ def test_a_search_over_two_processes_asks_on_process_0_and_trains_like_one_proce
     assert result(outputs[1]) == got
     assert (workdirs[0] / "trials.sqlite").exists() and not (workdirs[1] / "trials.sqlite").exists()
     assert "[vhjax.search]" in outputs[0] and "[vhjax.search]" not in outputs[1]
+
+    port = free_port()
+    refused = [run(str(i), port, workdirs[i], 2, population=2) for i in range(2)]
+    try:
+        outputs = [process.communicate(timeout=300)[0] for process in refused]
+    finally:
+        for process in refused:
+            process.kill()
+    assert [process.returncode for process in refused] != [0, 0]
+    assert "different search configuration" in outputs[0]
+    assert "SearchAborted: process 0 of this search failed" in outputs[1]
+    assert "different search configuration" in outputs[1]
 
 
 def test_initialize_validates_its_arguments(monkeypatch):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 import types
 
-from vhjax.search.driver import Candidates, search
+from vhjax.search.driver import Candidates, SearchAborted, search
 from vhjax.search.fidelity import search_multifidelity
 from vhjax.search.pbt_search import search_pbt
 from vhjax.search.pareto import crowding_distance, hypervolume_2d, non_dominated, pareto_front, pareto_ranks
@@ -21,7 +21,7 @@ from vhjax.search.training import TrainingObjective, candidate_to_member
 from vhjax.search.tune import TuneResult, tune
 
 __all__ = ["Boolean", "Candidates", "Categorical", "Conditional", "Float", "Int", "NASBench201", "Proposals", "STRATEGIES",
-           "SearchResult", "Space", "Strategy", "TrainingObjective", "TrialTable", "candidate_to_member",
+           "SearchAborted", "SearchResult", "Space", "Strategy", "TrainingObjective", "TrialTable", "candidate_to_member",
            "cnn_space", "crowding_distance", "hypervolume_2d", "make_strategy", "mlp_space", "nasbench201_space",
            "non_dominated", "pareto_front", "pareto_ranks", "register_strategy", "search", "search_multifidelity", "search_pbt",
            "TuneResult", "tune"]

@@ -488,12 +488,17 @@ def search(
     if not distributed.is_main_process():  # the strategy and the store live on process 0
         trials = TrialTable(_follow(evaluate, space, int(seed)))
     else:
-        with search_lock(workdir, storage), storage_lib.open_store(workdir, storage, study=study) as store:
-            check_fingerprint(store, fingerprint)
-            _run(store, fingerprint, evaluate, objective_name(objective), space, strategy_obj, strategy_name,
-                 objective_spec, int(budget), int(population), int(seed), verbose)
-            trials = TrialTable(store.trials())
-            _share({"trials": [dataclasses.asdict(t) for t in trials]})
+        try:
+            with search_lock(workdir, storage), storage_lib.open_store(workdir, storage, study=study) as store:
+                check_fingerprint(store, fingerprint)
+                _run(store, fingerprint, evaluate, objective_name(objective), space, strategy_obj, strategy_name,
+                     objective_spec, int(budget), int(population), int(seed), verbose)
+                trials = TrialTable(store.trials())
+        except Exception as error:  # the others wait for process 0's next message: tell them it failed
+            if not getattr(error, DURING_EVALUATION, False):  # (in an evaluation they fail in their own)
+                _share({"error": f"{type(error).__name__}: {error}"})
+            raise
+        _share({"trials": [dataclasses.asdict(t) for t in trials]})
     return SearchResult(
         trials=trials,
         direction=objective_spec[next(iter(objective_spec))],
@@ -564,7 +569,11 @@ def _run(store, fingerprint, evaluate, evaluator_name, space, strategy, strategy
         candidates = Candidates(proposals.u, params, trial_ids, generation, eval_key,
                                 fidelity=proposals.fidelity.copy() if has_fidelity else None, parent_ids=parent_ids)
         _share({"candidates": _candidates_message(candidates)})
-        output = evaluate(candidates)
+        try:
+            output = evaluate(candidates)
+        except Exception as error:
+            setattr(error, DURING_EVALUATION, True)
+            raise
         metrics = metrics_from_output(output, m, objective_names, f"objective {evaluator_name!r}")
         if has_fidelity:
             metrics.setdefault("fidelity", proposals.fidelity)
@@ -598,12 +607,22 @@ def _candidates_message(candidates: Candidates) -> dict:
             "fidelity": None if candidates.fidelity is None else np.asarray(candidates.fidelity).tolist()}
 
 
+class SearchAborted(RuntimeError):
+    """Process 0 of a multi-process search failed (outside an evaluation); raised on the others."""
+
+
+# set on an exception raised by the objective: every process was evaluating, each fails in its own
+DURING_EVALUATION = "_vhjax_search_during_evaluation"
+
+
 def _follow(evaluate: Evaluator, space: Any, seed: int) -> list[Trial]:
     """A process other than 0: evaluate each generation process 0 asks (every process takes part in
-    a population that spans processes), until process 0 sends the finished trials."""
+    a population that spans processes), until process 0 sends the finished trials, or its error."""
     _, run_key = jax.random.split(jax.random.key(seed))
     while True:
         message = json.loads(distributed.broadcast_bytes(None))
+        if "error" in message:
+            raise SearchAborted(f"process 0 of this search failed, so this process stops too: {message['error']}")
         if "trials" in message:
             return [Trial(**{**t, "u": tuple(t["u"])}) for t in message["trials"]]
         asked = message["candidates"]
