@@ -111,6 +111,30 @@ def test_worker_processes_share_one_study(tmp_path, request, database):
     assert len({t.number for t in study.trials}) == len(study.trials)
 
 
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_asked_again(tmp_path):
+    """Optuna's stale check skips running trials without a heartbeat row; a worker killed between
+    the ask and its first heartbeat left such a trial running forever. After the grace period it
+    is failed and queued again; a young trial without a beat and a beating one are left alone."""
+    import time
+
+    from vhjax.search.tune import fail_stale, record_heartbeats, shared_storage
+
+    storage = shared_storage(f"sqlite:///{tmp_path / 'shared.db'}", heartbeat_interval=1, grace_period=2)
+    study = optuna.create_study(study_name="vhjax", storage=storage, direction="maximize")
+    orphan, beating = study.ask(), study.ask()
+    fail_stale(study)  # young: not failed yet
+    assert {t.state for t in study.trials} == {optuna.trial.TrialState.RUNNING}
+    time.sleep(2.5)
+    record_heartbeats(storage, [beating])
+    young = study.ask()
+    fail_stale(study)
+    states = {t.number: t.state for t in study.trials}
+    assert states[orphan.number] == optuna.trial.TrialState.FAIL
+    assert states[beating.number] == states[young.number] == optuna.trial.TrialState.RUNNING
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == orphan.number]
+    assert [t.state for t in retried] == [optuna.trial.TrialState.WAITING]
+
+
 def test_a_killed_workers_running_trial_is_retried_by_another_worker(tmp_path):
     """kill -9 of a worker mid-trial: after the grace period without its heartbeat, another worker
     fails that trial and asks it again; nothing is left running and the budget is still met."""

@@ -191,12 +191,44 @@ def open_study(workdir: Path | None, name: str, direction: str, sampler: Any, pr
 
 def fail_stale(study: Any) -> None:
     """Fail the running trials of a shared study whose heartbeat is older than the grace period
-    (their worker died); the storage's retry callback queues each again."""
+    (their worker died), and those that never beat although they started longer ago than that
+    (their worker died between the ask and its first heartbeat, which Optuna's check skips); the
+    storage's retry callback queues each again."""
     import optuna
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+        fail_never_beaten(study)
+
+
+def fail_never_beaten(study: Any) -> None:
+    """See `fail_stale`: running trials with no heartbeat row, started more than the grace period ago."""
+    import datetime
+
+    import optuna
+    from optuna.storages._rdb import models  # Optuna has no public query for a trial's heartbeat
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    storage = getattr(study._storage, "_backend", study._storage)
+    if not isinstance(storage, optuna.storages.RDBStorage) or storage.heartbeat_interval is None:
+        return
+    grace = storage.grace_period if storage.grace_period is not None else 2 * storage.heartbeat_interval
+    now = datetime.datetime.now()
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if trial.datetime_start is None or (now - trial.datetime_start).total_seconds() <= grace:
+            continue
+        with _create_scoped_session(storage.scoped_session) as session:
+            if models.TrialHeartbeatModel.where_trial_id(trial._trial_id, session) is not None:
+                continue  # it beats: Optuna's own check decides
+        try:
+            if not storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker failed (or finished) it first
+        callback = storage.get_heartbeat_stale_trial_callback()
+        if callback is not None:
+            callback(study, storage.get_trial(trial._trial_id))
 
 
 def counted_trials(study: Any) -> int:
