@@ -95,7 +95,9 @@ class TrainConfig:
     eval_every: int = 500
     eval_batch_size: int = 1000
     eval_metrics: Sequence[str] = ("loss", "accuracy", "macro_f1")
-    precise_bn_batches: int = 0  # > 0: recompute BatchNorm statistics over that many training batches before each eval
+    # BatchNorm statistics recomputed over that many training batches before each evaluation ("precise
+    # BN"); 'auto': the training set up to 10,000 examples (and 32 MiB of inputs); 0: running averages
+    precise_bn_batches: int | str = "auto"
     patience: int | None = None  # early stopping per member: evaluations without improvement
     monitor: str = "accuracy"
     monitor_mode: str = "max"
@@ -166,7 +168,10 @@ def validate(config: TrainConfig) -> None:
     for name in ("batch_size", "steps", "eval_every", "eval_batch_size", "grad_accumulation", "checkpoint_every"):
         check_int(f"config field {name!r}", getattr(config, name), 1)
     check_int("config field 'seed'", config.seed, 0)
-    check_int("config field 'precise_bn_batches'", config.precise_bn_batches, 0)
+    precise = config.precise_bn_batches
+    if precise != "auto":
+        require(is_number(precise) and float(precise).is_integer() and not isinstance(precise, float)
+                and precise >= 0, "config field 'precise_bn_batches'", precise, "'auto' or an integer >= 0")
     for name in ("patience", "plateau_patience"):
         if getattr(config, name) is not None:
             check_int(f"config field {name!r}", getattr(config, name), 1)

@@ -12,11 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vhjax.config import TrainConfig
+from vhjax.config import TrainConfig, validate
 from vhjax.population import fit, fit_population
 from vhjax.population.loop import pad_members
 from vhjax.population.members import init_population
-from vhjax.train import build_task, checkpoint
+from vhjax.train import build_task, checkpoint, init_state
 
 CONFIG = TrainConfig(dataset="digits", model="mlp", model_kwargs={"widths": (16,), "num_classes": 10},
                      learning_rate=3e-3, batch_size=32, steps=30, eval_every=10, seed=0)
@@ -129,12 +129,13 @@ def test_precise_bn_evaluates_with_exact_statistics_and_leaves_training_alone():
     from vhjax.train.step import make_eval_fn
 
     config = TrainConfig(dataset="mnist1d", model="fcn1d", model_kwargs={"widths": (8, 8), "kernel_sizes": (5, 3)},
-                         train_split="train[:400]", eval_split="test[:200]", batch_size=8, steps=20, eval_every=20)
+                         train_split="train[:400]", eval_split="test[:200]", batch_size=8, steps=20, eval_every=20,
+                         precise_bn_batches=0)
     plain = fit(config, verbose=False)
     precise = fit(dataclasses.replace(config, precise_bn_batches=10), verbose=False)
-    for a, b in zip(jax.tree.leaves(plain.state), jax.tree.leaves(precise.state)):  # training is the same
-        if not jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
-            np.testing.assert_array_equal(a, b)
+    training = lambda state: (state.params, state.opt_state, state.step)
+    for a, b in zip(jax.tree.leaves(training(plain.state)), jax.tree.leaves(training(precise.state))):
+        np.testing.assert_array_equal(a, b)  # training is the same (only the returned statistics differ)
     assert precise.metrics["eval"]["loss"] != plain.metrics["eval"]["loss"]
     task = build_task(config)
     xb = jnp.asarray(task.train.x[:80]).reshape(10, 8, *task.train.x.shape[1:])
@@ -143,6 +144,37 @@ def test_precise_bn_evaluates_with_exact_statistics_and_leaves_training_alone():
     by_hand = make_eval_fn(task)(plain.state.replace(model_state=exact), jnp.asarray(task.eval.x),
                                  jnp.asarray(task.eval.y))
     assert precise.metrics["eval"]["loss"] == pytest.approx(float(by_hand["loss"]), rel=1e-5)
+    for a, b in zip(jax.tree.leaves(exact["batch_stats"]), jax.tree.leaves(precise.state.model_state["batch_stats"])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # the returned model holds those statistics
+
+
+def test_precise_bn_auto_covers_the_training_set_within_its_caps_and_only_models_with_batchnorm():
+    from vhjax.train.step import AUTO_PRECISE_BN_EXAMPLES, make_eval_fn, precise_bn_count
+
+    auto = TrainConfig(dataset="mnist1d", batch_size=8)
+    assert precise_bn_count(auto, 403, 160) == 50  # the whole training set (the last partial batch left out)
+    assert precise_bn_count(auto, 10 ** 6, 160) == AUTO_PRECISE_BN_EXAMPLES // 8
+    assert precise_bn_count(auto, 10 ** 6, 4 << 20) == 1  # 32 MiB of inputs at most
+    assert precise_bn_count(dataclasses.replace(auto, precise_bn_batches=7), 403, 160) == 7
+    assert precise_bn_count(dataclasses.replace(auto, precise_bn_batches=0), 403, 160) == 0
+    with pytest.raises(ValueError, match="precise_bn_batches.*'auto' or an integer >= 0"):
+        validate(dataclasses.replace(auto, precise_bn_batches="all"))
+    # the default evaluates a BatchNorm model with recomputed statistics: equal to precise_bn_batches=k
+    config = TrainConfig(dataset="mnist1d", model="fcn1d", model_kwargs={"widths": (8, 8), "kernel_sizes": (5, 3)},
+                         train_split="train[:80]", eval_split="test[:50]", batch_size=8, steps=5, eval_every=5)
+    default, explicit = fit(config, verbose=False), fit(dataclasses.replace(config, precise_bn_batches=10), verbose=False)
+    assert default.metrics["eval"]["loss"] == pytest.approx(explicit.metrics["eval"]["loss"], rel=1e-6)
+    # the returned model is the evaluated one: its statistics are the recomputed ones, so plain
+    # evaluation with precise BN off reports the same numbers
+    task = build_task(config)
+    off = make_eval_fn(build_task(dataclasses.replace(config, precise_bn_batches=0)))
+    plain = off(default.state, jnp.asarray(task.eval.x), jnp.asarray(task.eval.y))
+    assert float(plain["loss"]) == pytest.approx(default.metrics["eval"]["loss"], rel=1e-5)
+    # a model without BatchNorm builds no batches at all (nothing becomes a constant of its program)
+    mlp = build_task(dataclasses.replace(config, model="mnist1d_mlp", model_kwargs={}))
+    state = init_state(mlp, jax.random.key(0))
+    make_eval_fn(mlp)(state, jnp.asarray(mlp.eval.x), jnp.asarray(mlp.eval.y))
+    assert "batch_stats" not in state.model_state
 
 
 def test_shared_batch_order_follows_the_calls_seed_not_the_cached_tasks():

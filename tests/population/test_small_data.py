@@ -137,7 +137,7 @@ def recomputed_accuracy(config: TrainConfig, result, batches: int) -> np.ndarray
 def test_small_batch_eval_is_within_a_point_of_recomputed_statistics_and_was_not_before():
     """Issue 17: 4 seeds as one population, batch 8, constant learning rate 1e-2. The accuracy the
     loop reports must be within a point of the same weights evaluated with exact statistics over
-    the whole training set. With precise BN (`precise_bn_batches`) it is; the old behaviour
+    the whole training set. With the default precise BN (`precise_bn_batches='auto'`) it is; the old behaviour
     (momentum 0.9, identity shortcut, running averages) misses by more than a point."""
     from tests.models.test_batchnorm import shifted_templates
 
@@ -146,8 +146,9 @@ def test_small_batch_eval_is_within_a_point_of_recomputed_statistics_and_was_not
     base = TrainConfig(dataset={"train": (x_train, y_train), "test": (x_test, y_test)}, model="resnet1d",
                        model_kwargs={"widths": (8, 8), "kernel_sizes": (5, 3), "num_classes": 4}, batch_size=8, steps=300,
                        eval_every=300, learning_rate=1e-2, eval_metrics=("accuracy",))
-    old = dataclasses.replace(base, model_kwargs={**base.model_kwargs, "norm_momentum": 0.9, "shortcut": "identity"})
-    new = dataclasses.replace(base, precise_bn_batches=50)  # 50 batches of 8: the whole training set
+    old = dataclasses.replace(base, model_kwargs={**base.model_kwargs, "norm_momentum": 0.9, "shortcut": "identity"},
+                              precise_bn_batches=0)
+    new = base  # default precise BN ('auto'): 50 batches of 8, the whole training set
 
     def gap(config):
         result = fit_population(config, [{"seed": s} for s in range(4)], verbose=False)

@@ -27,6 +27,7 @@ from vhjax.population.loop import LoopResult, run_loop
 from vhjax.population.members import classifier_runner, init_population, make_population_eval
 from vhjax.population.state import PopulationState
 from vhjax.train.state import TrainState
+from vhjax.train.step import precise_statistics
 from vhjax.train.task import Task, build_task, with_member_hparams
 from vhjax.train.workdir import prepare_workdir, save_preprocessing
 from vhjax.train.writers import TensorBoardWriter
@@ -230,6 +231,17 @@ def compiled_programs(task: Task, member_group: int | None, isolation: str = "op
     return run_chunk, evaluate
 
 
+_PRECISE: dict = {}
+
+
+def precise_members(task: Task) -> Callable:
+    """Jitted `members -> members` with precise-BN statistics (`train.step.precise_statistics`),
+    once per task."""
+    if _PRECISE.get(id(task), (None,))[0] is not task:
+        _PRECISE[id(task)] = (task, jax.jit(jax.vmap(precise_statistics(task))))
+    return _PRECISE[id(task)][1]
+
+
 def train_bucket(task: Task, population: PopulationState, workdir: Path | None, label: str, *,
                  mesh: Any = None, isolation: str = "optimistic", member_group: int | str | None = "auto",
                  verbose: bool = True, writers: Any = "auto",
@@ -256,6 +268,8 @@ def train_bucket(task: Task, population: PopulationState, workdir: Path | None, 
     final_population = population
     if "keep_best" in outcome.hook_states:
         final_population = best_members(population, outcome.hook_states["keep_best"])
+    if "batch_stats" in final_population.members.model_state:  # the returned models are the evaluated ones
+        final_population = final_population.replace(members=precise_members(task)(final_population.members))
     final = {"eval": evaluate(final_population, *eval_data)}
     if task.test is not None:
         final["test"] = evaluate(final_population, jnp.asarray(task.test.x), jnp.asarray(task.test.y))

@@ -6,7 +6,7 @@ train step is a chunk of training with no Python in the loop (vhjax.population.e
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -175,35 +175,67 @@ EVAL_METRICS: dict[str, Callable] = {
 }
 
 
+AUTO_PRECISE_BN_EXAMPLES = 10_000  # 'auto': the training set up to this many examples ...
+AUTO_PRECISE_BN_BYTES = 32 << 20  # ... and this many bytes of inputs (they are a constant of the program)
+
+
+def precise_bn_count(config: Any, train_size: int, example_bytes: int) -> int:
+    """How many training batches precise BN recomputes statistics over (0: off)."""
+    count = config.precise_bn_batches
+    if count == "auto":
+        examples = min(train_size, AUTO_PRECISE_BN_EXAMPLES, AUTO_PRECISE_BN_BYTES // max(example_bytes, 1))
+        count = examples // config.batch_size
+    return min(int(count), train_size // config.batch_size)
+
+
 def precise_bn_batches(task: Task) -> jax.Array | None:
-    """`config.precise_bn_batches` batches of training inputs (the first examples, in order), or None."""
-    count = task.config.precise_bn_batches
+    """The batches of training inputs precise BN runs over (the first examples, in order), or None."""
+    x = task.train.x
+    count = precise_bn_count(task.config, len(x), x[:1].nbytes)
     if not count:
         return None
     size = task.config.batch_size
-    count = min(count, len(task.train) // size)
-    return jnp.asarray(task.train.x[:count * size]).reshape(count, size, *task.train.x.shape[1:])
+    return jnp.asarray(x[:count * size]).reshape(count, size, *x.shape[1:])
+
+
+def precise_statistics(task: Task) -> Callable[[TrainState], TrainState]:
+    """`state -> state` with its BatchNorm statistics recomputed exactly over the precise-BN batches
+    (`precise_bn_batches`); the identity for models without BatchNorm or with precise BN off.
+    Idempotent (training-mode statistics do not depend on the running ones), so evaluating a state
+    that already holds them changes nothing. The batches are built on the first trace of a model
+    with BatchNorm (a model without pays nothing) and are a constant of the program."""
+    inputs: list = []
+
+    def apply(state: TrainState) -> TrainState:
+        if "batch_stats" not in state.model_state:
+            return state
+        if not inputs:
+            inputs.append(precise_bn_batches(task))
+        if inputs[0] is None:
+            return state
+        from vhjax.models import recompute_batch_stats
+
+        kwargs = {"dropout_rate": 0.0} if "dropout_rate" in task.model_call_kwargs else {}
+        return state.replace(model_state=recompute_batch_stats(
+            task.model, {"params": state.params, **state.model_state}, inputs[0], **kwargs))
+
+    return apply
 
 
 def make_eval_fn(task: Task) -> Callable:
     """`evaluate(state, x, y) -> metrics` of one member over a whole split, in fixed-size batches;
-    the metrics named in `config.eval_metrics` (see EVAL_METRICS). With `config.precise_bn_batches`
-    the member's BatchNorm statistics are first recomputed exactly over that many training batches
-    ("precise BN"; for evaluation only, training keeps its running averages)."""
+    the metrics named in `config.eval_metrics` (see EVAL_METRICS). A model with BatchNorm first has
+    its statistics recomputed exactly over `config.precise_bn_batches` training batches ("precise
+    BN", by default the training set up to 10,000 examples; for evaluation only, training keeps its
+    running averages; 0 evaluates with the running averages)."""
     batch_size = task.config.eval_batch_size
     num_classes = task.train.num_classes
     names = (task.config.eval_metrics,) if isinstance(task.config.eval_metrics, str) else tuple(task.config.eval_metrics)
 
-    precise = precise_bn_batches(task)
+    with_precise_statistics = precise_statistics(task)
 
     def evaluate(state: TrainState, x: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
-        if precise is not None:  # exact BatchNorm statistics over a fixed pass of training data
-            from vhjax.models import recompute_batch_stats
-
-            kwargs = {"dropout_rate": 0.0} if "dropout_rate" in task.model_call_kwargs else {}
-            model_state = recompute_batch_stats(task.model, {"params": state.params, **state.model_state}, precise,
-                                                **kwargs)
-            state = state.replace(model_state=model_state)
+        state = with_precise_statistics(state)
         n = x.shape[0]
         size = min(batch_size, n)
         padded = -(-n // size) * size
