@@ -40,9 +40,9 @@ from tests.search.fault_scenarios import SCENARIOS  # noqa: E402
 POINTS = {
     "search": ("store.add", "store.finish", "search.evaluated"),
     "multifidelity": ("store.add", "store.finish", "search.evaluated"),
-    "fit": ("checkpoint.save", "checkpoint.saved"),
-    "population": ("checkpoint.save", "checkpoint.saved"),
-    "pbt": ("checkpoint.save", "checkpoint.saved", "store.rounds"),
+    "fit": ("checkpoint.save", "checkpoint.before_rename", "checkpoint.saved"),
+    "population": ("checkpoint.save", "checkpoint.before_rename", "checkpoint.saved"),
+    "pbt": ("checkpoint.save", "checkpoint.before_rename", "checkpoint.saved", "store.rounds"),
 }
 
 
