@@ -380,7 +380,7 @@ class AdaptResult:
 
     population: PopulationResult
     rows: list[dict]  # per member: method, its adaptation values, seed, source and target accuracy
-    weights: np.ndarray  # importance weights of the source training examples (mean 1)
+    weights: np.ndarray  # importance weights of the source training examples (mean 1; the last bucket's)
 
     def summary(self, metric: str = "target_accuracy") -> str:
         """Markdown: per method (in first-seen order) mean ± std of `metric` over its members."""
