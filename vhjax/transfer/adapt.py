@@ -32,8 +32,8 @@ The oracle member (o = 1) trains on the labelled target batches instead of the s
 same program; BatchNorm statistics follow the source batches, the oracle's the target ones.
 
 All adaptation values are per-member hyperparameters, so members comparing methods share one
-compiled program. Not built: ADDA (adversarial discriminative adaptation with a separate target
-encoder, in stages); the hooks (early stopping, best-model keeping) see the source eval split only.
+compiled program. ADDA (a separate target encoder trained adversarially after a source model, in
+stages) is `adda`, run on the source-only members of an `adapt` result. The hooks (early stopping, best-model keeping) see the source eval split only.
 """
 
 from __future__ import annotations
@@ -218,6 +218,14 @@ def check_target(target: Any, input_shape: tuple, batch_size: int, oracle: bool,
     return splits
 
 
+def target_splits(task: Task, target: Any, oracle: bool) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    """`check_target` for the task's source, then the task's preprocessing applied to the target inputs."""
+    splits = check_target(target, task.train.x.shape[1:], task.config.batch_size, oracle, task.train.num_classes)
+    for fitted in task.preprocessing:
+        splits = {k: (np.asarray(transform(fitted, x)), y) for k, (x, y) in splits.items()}
+    return splits
+
+
 # ----------------------------------------------------------------------------- features
 
 
@@ -381,6 +389,8 @@ class AdaptResult:
     population: PopulationResult
     rows: list[dict]  # per member: method, its adaptation values, seed, source and target accuracy
     weights: np.ndarray  # importance weights of the source training examples (mean 1; the last bucket's)
+    tasks: list = dataclasses.field(default_factory=list)  # per bucket: its Task
+    adapted: list = dataclasses.field(default_factory=list)  # `adda` only: per bucket, the adapted members
 
     def summary(self, metric: str = "target_accuracy") -> str:
         """Markdown: per method (in first-seen order) mean ± std of `metric` over its members."""
@@ -424,13 +434,9 @@ def adapt(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, 
     same_batches = resolve_same_batches(same_batches, plain)
     tasks = [(bucket_task(bucket_config, stack_dynamic(indices, plain)), indices)
              for bucket_config, indices in bucket_members(config, plain)]
-    prepared = []
-    for task, indices in tasks:  # shapes only, before compiling
-        oracle = any(values[i]["oracle"] > 0 for i in indices)
-        splits = check_target(target, task.train.x.shape[1:], task.config.batch_size, oracle, task.train.num_classes)
-        for fitted in task.preprocessing:
-            splits = {k: (np.asarray(transform(fitted, x)), y) for k, (x, y) in splits.items()}
-        prepared.append((splits, feature_dim(task, feature_layer, task.default_hparams)))
+    prepared = [(target_splits(task, target, any(values[i]["oracle"] > 0 for i in indices)),
+                 feature_dim(task, feature_layer, task.default_hparams))  # shapes only, before compiling
+                for task, indices in tasks]
     discriminator = Discriminator(tuple(discriminator_widths))
     disc_optimizer = optax.adam(discriminator_learning_rate)
     results: list[dict | None] = [None] * len(members)
@@ -461,12 +467,135 @@ def adapt(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, 
         target_accuracy = (predict(task, population, jnp.asarray(x_test)).argmax(-1) == y_test[None]).mean(1)
         source_split = "test" if task.test is not None else "eval"
         for position, index in enumerate(indices):
-            rows[index] = {"member": index, "bucket": number, "method": method(values[index]), **values[index],
+            rows[index] = {"member": index, "bucket": number, "position": position, "method": method(values[index]),
+                           **values[index],
                            "seed": bucket_seeds(config, [index], plain)[0],
                            "source_accuracy": results[index][source_split]["accuracy"],
                            "target_accuracy": float(target_accuracy[position])}
-    return AdaptResult(PopulationResult(results, states, histories), rows, weights)
+    return AdaptResult(PopulationResult(results, states, histories), rows, weights, [task for task, _ in tasks])
 
 
-__all__ = ["ADAPT_FIELDS", "AdaptResult", "AdaptState", "Discriminator", "adapt", "adapt_step", "coral_loss",
+# ----------------------------------------------------------------------------- ADDA
+
+
+def adda_stage(task: Task, layer: str, discriminator: Discriminator, steps: int, learning_rate: float,
+               disc_learning_rate: float, width: int):
+    """One member's ADDA stage 2 (jit and vmap it): (source params, model state, hparams, key, source x,
+    target x) -> (target params, target model state, final discriminator and encoder losses)."""
+    size = task.config.batch_size
+    encoder_optimizer, disc_optimizer = optax.adam(learning_rate, b1=0.5), optax.adam(disc_learning_rate, b1=0.5)
+    bce = optax.sigmoid_binary_cross_entropy
+
+    def run(params, model_state, hparams, key, xs_all, xt_all):
+        disc_params = discriminator.init(jax.random.fold_in(key, 0xADDA), jnp.zeros((1, width)))["params"]
+
+        def body(carry, step):
+            target_params, target_state, encoder_opt, disc_params, disc_opt = carry
+            ks, kt, kd = jax.random.split(jax.random.fold_in(jax.random.fold_in(key, 0xADDA), step), 3)
+            xs = xs_all[jax.random.randint(ks, (size,), 0, xs_all.shape[0])]
+            xt = xt_all[jax.random.randint(kt, (size,), 0, xt_all.shape[0])]
+            f_s = apply_with_features(task, layer, params, model_state, hparams, xs, train=False)[1]
+
+            def encode(target_params):
+                _, f_t, state = apply_with_features(task, layer, target_params, target_state, hparams, xt, train=True,
+                                                    dropout_key=kd)
+                return f_t, state
+
+            def disc_loss(disc_params, f_t):  # the discriminator: source 0, target 1
+                logits = discriminator.apply({"params": disc_params}, jnp.concatenate([f_s, f_t]))
+                return bce(logits, jnp.r_[jnp.zeros(size), jnp.ones(size)]).mean()
+
+            def encoder_loss(target_params):  # the target encoder, inverted labels: its features called source
+                f_t, state = encode(target_params)
+                return bce(discriminator.apply({"params": disc_params}, f_t), jnp.zeros(size)).mean(), state
+
+            d_loss, d_grads = jax.value_and_grad(disc_loss)(disc_params, encode(target_params)[0])
+            (e_loss, state), e_grads = jax.value_and_grad(encoder_loss, has_aux=True)(target_params)
+            e_grads = {**e_grads, layer: jax.tree.map(jnp.zeros_like, e_grads[layer])}  # the head stays the source's
+            updates, encoder_opt = encoder_optimizer.update(e_grads, encoder_opt, target_params)
+            d_updates, disc_opt = disc_optimizer.update(d_grads, disc_opt, disc_params)
+            carry = (optax.apply_updates(target_params, updates), state, encoder_opt,
+                     optax.apply_updates(disc_params, d_updates), disc_opt)
+            return carry, jnp.stack([d_loss, e_loss])
+
+        carry = (params, model_state, encoder_optimizer.init(params), disc_params, disc_optimizer.init(disc_params))
+        (target_params, target_state, *_), losses = jax.lax.scan(body, carry, jnp.arange(steps))
+        return target_params, target_state, losses[-max(1, steps // 10):].mean(0)
+
+    return run
+
+
+def adda(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, target: Mapping[str, Any],
+         source: AdaptResult | None = None, steps: int | None = None, learning_rate: float = 2e-4,
+         feature_layer: str = "head", discriminator_widths: Sequence[int] = (64, 64),
+         discriminator_learning_rate: float = 2e-4, verbose: bool = True) -> AdaptResult:
+    """ADDA (Tzeng et al. 2017): adversarial discriminative domain adaptation, in two stages.
+
+    Stage 1, the source model: `source`, an `adapt` result on the same `config` and `target` whose
+    'source only' members are adapted (e.g. the source-only rows of a table's population), or, when
+    `source` is None, `adapt(config, members, target=target)` with members that set no adaptation field.
+    Stage 2, per source-only member, all members in one vmapped program per bucket: a target encoder
+    (every parameter but `feature_layer`'s, initialised from the source model) is trained for `steps`
+    (default config.steps) against a domain discriminator (an MLP of `discriminator_widths`) that learns
+    source features (frozen source model, evaluation mode) = 0 and target features = 1, the encoder with
+    the inverted label (GAN loss), both Adam(b1 = 0.5). The classifier head stays the source's. Batches
+    of config.batch_size drawn with replacement; no augmentation, no target labels.
+    Returns an `AdaptResult`: `rows` one per adapted member (method 'ADDA', its source and target test
+    accuracy with the target encoder), `population` stage 1's, `adapted` per bucket the adapted
+    members (a `PopulationState`). Everything is checked before anything compiles.
+    """
+    check_number("learning_rate", learning_rate, 0.0, low_inclusive=False)
+    check_number("discriminator_learning_rate", discriminator_learning_rate, 0.0, low_inclusive=False)
+    steps = config.steps if steps is None else steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise invalid("steps", steps, "a positive int (ADDA stage 2 steps)")
+    if isinstance(discriminator_widths, int) or not all(isinstance(w, int) and w > 0 for w in discriminator_widths):
+        raise invalid("discriminator_widths", discriminator_widths, "a sequence of positive integers")
+    discriminator = Discriminator(tuple(discriminator_widths))
+    if source is None:
+        for index, member in enumerate(members):
+            values = split_adapt_member(index, member)[0]
+            changed = sorted(k for k in ADAPT_FIELDS if k != "dann_schedule" and values[k] != DEFAULTS[k])
+            if changed:
+                raise invalid(f"member {index}: field {changed[0]!r}", values[changed[0]],
+                              "not set: ADDA's stage 1 is a source-only model")
+        task = bucket_task(config)
+        target_splits(task, target, False)
+        feature_dim(task, feature_layer, task.default_hparams)
+        source = adapt(config, members, target=target, feature_layer=feature_layer, verbose=verbose)
+    elif not isinstance(source, AdaptResult) or not source.tasks:
+        raise invalid("source", type(source).__name__, "an AdaptResult of `adapt` (stage 1) or None")
+    if not any(row["method"] == "source only" for row in source.rows):
+        raise invalid("source", "an AdaptResult without a 'source only' member", "one with at least one")
+    rows, adapted = [], []
+    for number, (task, state) in enumerate(zip(source.tasks, source.population.states)):
+        chosen = [row for row in source.rows if row["bucket"] == number and row["method"] == "source only"]
+        if not chosen:
+            continue
+        splits = target_splits(task, target, False)
+        (xt, _), (x_test, y_test) = splits["train"], splits["test"]
+        width = feature_dim(task, feature_layer, task.default_hparams)
+        positions = jnp.asarray([row["position"] for row in chosen])
+        members_ = jax.tree.map(lambda a: a[positions], state.members)
+        run = adda_stage(task, feature_layer, discriminator, steps, learning_rate, discriminator_learning_rate, width)
+        if verbose:
+            print(f"ADDA bucket {number + 1}/{len(source.tasks)}: {len(chosen)} members, {steps} steps", flush=True)
+        params, model_state, losses = jax.jit(jax.vmap(run, in_axes=(0, 0, 0, 0, None, None)))(
+            members_.params, members_.model_state, members_.hparams, members_.key, jnp.asarray(task.train.x),
+            jnp.asarray(xt))
+        population = state.replace(members=members_.replace(params=params, model_state=model_state))
+        adapted.append(population)
+        source_split = task.test if task.test is not None else task.eval
+        accuracy = lambda x, y: (predict(task, population, jnp.asarray(x)).argmax(-1) == np.asarray(y)[None]).mean(1)
+        target_accuracy, source_accuracy = accuracy(x_test, y_test), accuracy(source_split.x, source_split.y)
+        for position, row in enumerate(chosen):
+            rows.append({"member": row["member"], "bucket": number, "position": position, "method": "ADDA",
+                         "seed": row["seed"], "source_accuracy": float(source_accuracy[position]),
+                         "target_accuracy": float(target_accuracy[position]),
+                         "source_only_target_accuracy": row["target_accuracy"],
+                         "discriminator_loss": float(losses[position, 0]), "encoder_loss": float(losses[position, 1])})
+    return AdaptResult(source.population, rows, source.weights, source.tasks, adapted)
+
+
+__all__ = ["ADAPT_FIELDS", "AdaptResult", "AdaptState", "Discriminator", "adapt", "adapt_step", "adda", "coral_loss",
            "dann_lambda", "domain_weights", "mmd_loss", "reverse_gradient"]
