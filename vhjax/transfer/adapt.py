@@ -226,6 +226,16 @@ def target_splits(task: Task, target: Any, oracle: bool) -> dict[str, tuple[np.n
     return splits
 
 
+def check_widths(widths: Any) -> None:
+    if isinstance(widths, int) or not all(isinstance(w, int) and w > 0 for w in widths):
+        raise invalid("discriminator_widths", widths, "a sequence of positive integers")
+
+
+def accuracies(task: Task, population: PopulationState, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(P,) accuracy of every member on (x, y)."""
+    return (predict(task, population, jnp.asarray(x)).argmax(-1) == np.asarray(y)[None]).mean(1)
+
+
 # ----------------------------------------------------------------------------- features
 
 
@@ -422,8 +432,7 @@ def adapt(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, 
     """
     check_number("discriminator_learning_rate", discriminator_learning_rate, 0.0, low_inclusive=False)
     check_number("weight_clip", weight_clip, 1.0)
-    if isinstance(discriminator_widths, int) or not all(isinstance(w, int) and w > 0 for w in discriminator_widths):
-        raise invalid("discriminator_widths", discriminator_widths, "a sequence of positive integers")
+    check_widths(discriminator_widths)
     if config.mixing is not None:
         raise invalid("config field 'mixing'", config.mixing, "None for domain adaptation")
     if not members:
@@ -464,7 +473,7 @@ def adapt(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, 
         configs = [{**dict(plain[i]), **values[i]} for i in indices]
         for index, record in member_records(number, indices, configs, population, final, outcome).items():
             results[index] = record
-        target_accuracy = (predict(task, population, jnp.asarray(x_test)).argmax(-1) == y_test[None]).mean(1)
+        target_accuracy = accuracies(task, population, x_test, y_test)
         source_split = "test" if task.test is not None else "eval"
         for position, index in enumerate(indices):
             rows[index] = {"member": index, "bucket": number, "position": position, "method": method(values[index]),
@@ -549,8 +558,7 @@ def adda(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, t
     steps = config.steps if steps is None else steps
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise invalid("steps", steps, "a positive int (ADDA stage 2 steps)")
-    if isinstance(discriminator_widths, int) or not all(isinstance(w, int) and w > 0 for w in discriminator_widths):
-        raise invalid("discriminator_widths", discriminator_widths, "a sequence of positive integers")
+    check_widths(discriminator_widths)
     discriminator = Discriminator(tuple(discriminator_widths))
     if source is None:
         for index, member in enumerate(members):
@@ -586,8 +594,8 @@ def adda(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, t
         population = state.replace(members=members_.replace(params=params, model_state=model_state))
         adapted.append(population)
         source_split = task.test if task.test is not None else task.eval
-        accuracy = lambda x, y: (predict(task, population, jnp.asarray(x)).argmax(-1) == np.asarray(y)[None]).mean(1)
-        target_accuracy, source_accuracy = accuracy(x_test, y_test), accuracy(source_split.x, source_split.y)
+        target_accuracy = accuracies(task, population, x_test, y_test)
+        source_accuracy = accuracies(task, population, source_split.x, source_split.y)
         for position, row in enumerate(chosen):
             rows.append({"member": row["member"], "bucket": number, "position": position, "method": "ADDA",
                          "seed": row["seed"], "source_accuracy": float(source_accuracy[position]),
