@@ -108,13 +108,38 @@ def scale_updates(updates, scale: jax.Array):
     return jax.tree.unflatten(treedef, scaled)
 
 
+def with_penalty(task: Task, state: TrainState, params, loss: jax.Array) -> jax.Array:
+    """`loss` plus the member's regularisation penalty on `params` (static-zero coefficients are left
+    out: no penalty is computed for them; adaptive L1/L2 coefficients follow their schedule)."""
+    hp = state.hparams
+    coefficients = {name: hp[name] for name in regularizers.PENALTY_NAMES if name not in task.static_zero}
+    if not coefficients:
+        return loss
+    if task.penalty_multiplier is not None:
+        factor = task.penalty_multiplier(state.step)
+        coefficients = {name: value * factor for name, value in coefficients.items()}
+    return loss + regularizers.penalty(params, coefficients, where=task.config.regularize,
+                                       l1_ratio=task.config.l1_ratio)
+
+
+def apply_gradients(task: Task, state: TrainState, grads) -> tuple:
+    """(new params, new optimizer state): the optimizer's step, the member's per-tensor
+    `update_scale` (0: frozen) and the config's max-norm constraint."""
+    updates, opt_state = task.optimizer.update(grads, state.opt_state, state.params)
+    if "update_scale" in state.hparams:
+        updates = scale_updates(updates, state.hparams["update_scale"])
+    new_params = optax.apply_updates(state.params, updates)
+    if task.config.max_norm is not None:
+        new_params = regularizers.max_norm(new_params, task.config.max_norm, where=task.config.regularize)
+    return new_params, opt_state
+
+
 def make_train_step(task: Task, data_loss: Callable | None = None
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
     """The pure train step of one member on one batch (x, y): augment, step the optimizer.
 
     `data_loss(state, outputs, targets, batch) -> per-example loss` replaces the task's loss; the
     batch may then carry more than (x, y), e.g. a teacher's logits (`vhjax.transfer.distill`)."""
-    config = task.config
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
         x, y = batch[0], batch[1]
@@ -133,25 +158,11 @@ def make_train_step(task: Task, data_loss: Callable | None = None
             per_example = (per_example_loss(task, hp, outputs, targets) if data_loss is None
                            else data_loss(state, outputs, targets, batch))
             loss = per_example.mean()
-            # static-zero coefficients are left out: no penalty is computed for them
-            coefficients = {name: hp[name] for name in regularizers.PENALTY_NAMES if name not in task.static_zero}
-            if not coefficients:
-                return loss, (loss, outputs, model_state)
-            if task.penalty_multiplier is not None:  # adaptive L1/L2: coefficients follow a schedule
-                factor = task.penalty_multiplier(state.step)
-                coefficients = {name: value * factor for name, value in coefficients.items()}
-            penalty = regularizers.penalty(params, coefficients, where=config.regularize,
-                                           l1_ratio=config.l1_ratio)
-            return loss + penalty, (loss, outputs, model_state)
+            return with_penalty(task, state, params, loss), (loss, outputs, model_state)
 
         (total, (mean_data_loss, outputs, model_state)), grads = jax.value_and_grad(
             objective, has_aux=True)(state.params)
-        updates, opt_state = task.optimizer.update(grads, state.opt_state, state.params)
-        if "update_scale" in hp:  # per-member, per-tensor multipliers of the updates (0: frozen)
-            updates = scale_updates(updates, hp["update_scale"])
-        new_params = optax.apply_updates(state.params, updates)
-        if config.max_norm is not None:
-            new_params = regularizers.max_norm(new_params, config.max_norm, where=config.regularize)
+        new_params, opt_state = apply_gradients(task, state, grads)
         new_state = state.replace(step=state.step + 1, params=new_params,
                                   opt_state=opt_state, model_state=model_state)
         step_metrics = {"loss": total, "data_loss": mean_data_loss, "accuracy": metrics.accuracy(outputs, y)}

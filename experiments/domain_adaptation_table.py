@@ -1,0 +1,143 @@
+"""Domain adaptation tables: MNIST-1D -> shifted generator (1-D CNN), digits -> inverted / moved digits (MLP).
+
+Protocol (unsupervised domain adaptation; ours, no published numbers exist for it): target labels are
+read only by the oracle rows and by the reported target test accuracy. No weight is selected: every
+weight of a sweep is its own row (MMD and CORAL weight in {0.1, 1, 10}, DANN weight in {0.1, 0.3, 1}
+with the lambda_p schedule), so a reader sees the spread a user without target labels would face;
+the source test accuracy is reported next to it. One `vhjax.transfer.adapt` call trains every
+row x seed as a member of one population (one compiled program); ADDA (`vhjax.transfer.adda`)
+then adapts the source-only members of that population (stage 2: as many steps as stage 1).
+
+Pairs (shift choice criterion, fixed before any adaptation method ran: the first candidate whose
+oracle - source-only target accuracy gap is >= 15 points at 1 seed, 1000 steps):
+  mnist1d: source = MNIST-1D with the `mnist1d` package's default generator (vhjax's built-in
+    `mnist1d`: 4000 labelled training signals; its 1000 test signals give the source accuracy).
+    Candidates, in order: A = {max_translation 10, iid_noise_scale 0.05, seed 7} (the previous
+    table's shift): gap 12.1 points (source only 0.747, oracle 0.868) -> rejected; B = A +
+    {corr_noise_scale 0.6, shear_scale 1.5} (`TARGET_ARGS`). Target: B's 4000 training signals
+    unlabelled, its 1000 test signals reported. Model: vhjax's `mnist1d_cnn` (3 strided convs of 25
+    channels), features = the input of its head (125 wide); Adam 3e-3, batch 128 source + 128 target.
+  digits: scikit-learn's 8x8 digits / 16, shuffled with seed 0; source = the first 900 (720 train,
+    180 test), target = the other 897 with inverted intensities (1 - x): 600 unlabelled training
+    images, 297 test images. Candidates: inverted intensities only (gap 96 points at 1 seed: passed).
+    Model: MLP (64, 64), Adam 1e-3, batch 64; features = the head's input (64 wide).
+  digits-shift: as digits, the target moved 1 pixel right and 1 down and blurred (Gaussian, sigma
+    0.7) instead of inverted. Added AFTER the digits table was seen (every method failed on the
+    inverted target, source only at 0.001: a shift that flips the sign of the inputs); this
+    transformation was fixed before it ran and is reported whatever came out; its gap is read from
+    the 3-seed table itself, not a 1-seed probe.
+
+Command:  python experiments/domain_adaptation_table.py --pair mnist1d       (3 seeds, 1000 steps)
+          python experiments/domain_adaptation_table.py --pair digits        (3 seeds, 1000 steps)
+          python experiments/domain_adaptation_table.py --pair digits-shift  (3 seeds, 1000 steps)
+          ... --quick    (1 seed, 50 steps: a smoke test, nothing written)
+Runtime:  see experiments/README.md (2-core AMD EPYC, shared, JAX CPU).
+Writes:   experiments/results/domain_adaptation_<pair>.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vhjax.config import TrainConfig
+from vhjax.data.builtin import preserved_global_rngs
+from vhjax.transfer import adapt, adda
+
+TARGET_ARGS = {"max_translation": 10, "iid_noise_scale": 0.05, "corr_noise_scale": 0.6, "shear_scale": 1.5,
+               "seed": 7}
+ROWS = {"source only": {},
+        **{f"MMD {w:g}": {"mmd_weight": w} for w in (0.1, 1.0, 10.0)},
+        **{f"CORAL {w:g}": {"coral_weight": w} for w in (0.1, 1.0, 10.0)},
+        **{f"DANN {w:g}": {"dann_weight": w} for w in (0.1, 0.3, 1.0)},
+        "oracle": {"oracle": 1.0}}
+
+
+def shifted_mnist1d() -> tuple[None, dict]:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    for name, value in TARGET_ARGS.items():
+        setattr(args, name, value)
+    with preserved_global_rngs():
+        data = make_dataset(args)
+    return "mnist1d", {"train": (data["x"].astype(np.float32), data["y"].astype(np.int32)),
+                       "test": (data["x_test"].astype(np.float32), data["y_test"].astype(np.int32))}
+
+
+def shifted_blurred(x: np.ndarray) -> np.ndarray:
+    """8x8 images moved 1 pixel right and 1 down (zeros enter), then a Gaussian blur of sigma 0.7."""
+    from scipy.ndimage import gaussian_filter
+
+    images = np.zeros_like(x.reshape(-1, 8, 8))
+    images[:, 1:, 1:] = x.reshape(-1, 8, 8)[:, :-1, :-1]
+    return gaussian_filter(images, sigma=(0, 0.7, 0.7)).reshape(len(x), 64).astype(np.float32)
+
+
+def transformed_digits(pair: str) -> tuple[dict, dict]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    order = np.random.default_rng(0).permutation(len(digits.target))
+    x, y = (digits.data / 16.0).astype(np.float32)[order], digits.target.astype(np.int32)[order]
+    moved = 1.0 - x[900:] if pair == "digits" else shifted_blurred(x[900:])
+    return ({"train": (x[:720], y[:720]), "test": (x[720:900], y[720:900])},
+            {"train": (moved[:600], y[900:1500]), "test": (moved[600:], y[1500:])})
+
+
+def config_for(pair: str, dataset, steps: int) -> TrainConfig:
+    if pair == "mnist1d":
+        return TrainConfig(dataset=dataset, model="mnist1d_cnn", batch_size=128, steps=steps, eval_every=steps,
+                           learning_rate=3e-3, seed=0)
+    return TrainConfig(dataset=dataset, model="mlp", model_kwargs={"widths": (64, 64), "num_classes": 10},
+                       batch_size=64, steps=steps, eval_every=steps, learning_rate=1e-3, seed=0)
+
+
+def cells(rows: list[dict]) -> str:
+    out = []
+    for metric in ("target_accuracy", "source_accuracy"):
+        values = np.asarray([row[metric] for row in rows])
+        out.append(f"{values.mean():.4f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.4f}")
+    return f"| {len(rows)} | {' | '.join(out)} |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pair", choices=("mnist1d", "digits", "digits-shift"), default="mnist1d")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    seeds, steps = (1, 50) if args.quick else (args.seeds, args.steps)
+    dataset, target = shifted_mnist1d() if args.pair == "mnist1d" else transformed_digits(args.pair)
+    config = config_for(args.pair, dataset, steps)
+    members = [{"seed": seed, **values} for seed in range(seeds) for values in ROWS.values()]
+    names = [name for _ in range(seeds) for name in ROWS]
+    start = time.time()
+    result = adapt(config, members, target=target, verbose=False)
+    adapt_seconds = time.time() - start
+    adapted = adda(config, target=target, source=result, verbose=False)
+    adda_seconds = time.time() - start - adapt_seconds
+    lines = ["| method | seeds | target test accuracy | source test accuracy |", "|---|---|---|---|"]
+    for name in ROWS:
+        lines.append(f"| {name} " + cells([row for row, n in zip(result.rows, names) if n == name]))
+    lines.insert(-1, "| ADDA (from the source-only members) " + cells(adapted.rows))
+    shift = {"mnist1d": TARGET_ARGS, "digits": "inverted intensities",
+             "digits-shift": "moved 1 pixel right and down, Gaussian blur sigma 0.7"}[args.pair]
+    text = (f"{args.pair}: source -> target {shift}; {seeds} seeds, {steps} steps; one population of "
+            f"{len(members)} members ({adapt_seconds:.0f} s, compile included), then ADDA on its "
+            f"{len(adapted.rows)} source-only members ({adda_seconds:.0f} s). Every weight its own row (no "
+            f"selection). Mean ± std (ddof 1) over seeds. Protocol ours.\n\n" + "\n".join(lines) + "\n")
+    print(text)
+    if not args.quick:
+        out = Path(args.out or f"experiments/results/domain_adaptation_{args.pair}.md")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
