@@ -63,7 +63,7 @@ def test_killed_process_resumes(tmp_path):
         "from vhjax.config import TrainConfig\n"
         "def get_config():\n"
         "    return TrainConfig(dataset='digits', model='mlp', model_kwargs={'widths': (32,), 'num_classes': 10},\n"
-        "                       learning_rate=3e-3, batch_size=64, steps=3000, eval_every=50, seed=1)\n")
+        "                       learning_rate=3e-3, batch_size=64, steps=1000, eval_every=50, seed=1)\n")
     command = [sys.executable, "-m", "vhjax.cli", "train", str(config_file), "--quiet"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     killed = subprocess.Popen(command + ["--workdir", str(tmp_path / "cut")], env=env)
