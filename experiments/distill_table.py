@@ -12,7 +12,8 @@ The protocol is ours (Hinton et al. 2015's loss, our splits and sizes); no publi
 
 Command:  python experiments/distill_table.py                 (full: 3 seeds, both datasets)
           python experiments/distill_table.py --quick         (1 seed, few steps, small grid: a smoke test)
-          (--teacher-steps 1000 --tag _teacher1000: the same with a less-trained teacher)
+          (--teacher-steps 1000 --tag _teacher1000: the same with a less-trained teacher;
+           --datasets mnist1d --teacher-model mnist1d_cnn --tag _cnn_teacher: the MNIST-1D paper CNN as teacher)
 Runtime:  2-core AMD EPYC CPU, shared (load 6-9): --quick 40 s; the full command 3.0 min (176 s; 2026-12-02).
 Results:  experiments/results/distill_<dataset>.md (every student, all (T, w)); summary and reading in
           experiments/README.md ("Distillation").
@@ -51,8 +52,9 @@ def splits(name: str, seed: int) -> dict:
     return {split: (x[idx], y[idx]) for split, idx in parts.items()}
 
 
-def config(data: dict, widths: tuple, steps: int, seed: int) -> TrainConfig:
-    return TrainConfig(dataset=data, model="mlp", model_kwargs={"widths": widths, "num_classes": 10},
+def config(data: dict, widths: tuple, steps: int, seed: int, model: str = "mlp") -> TrainConfig:
+    kwargs = {"widths": widths, "num_classes": 10} if model == "mlp" else {}
+    return TrainConfig(dataset=data, model=model, model_kwargs=kwargs,
                        eval_split="val", test_split="test", batch_size=100, steps=steps, eval_every=steps,
                        learning_rate=3e-3, seed=seed)
 
@@ -66,7 +68,7 @@ def students(grid: list[tuple[float, float]], mixed_steps: int, seed: int) -> li
 
 def one_seed(name: str, seed: int, args) -> tuple[dict, list[dict]]:
     data = splits(name, seed)
-    teacher_config = config(data, tuple(args.teacher_widths), args.teacher_steps, seed)
+    teacher_config = config(data, tuple(args.teacher_widths), args.teacher_steps, seed, args.teacher_model)
     teacher = fit(teacher_config, verbose=False)
     student_config = config(data, tuple(args.student_widths), args.steps, seed)
     grid = list(itertools.product(args.temperatures, args.weights))
@@ -111,6 +113,8 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["mnist1d", "digits"])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--teacher-widths", type=int, nargs="+", default=[256, 256])
+    parser.add_argument("--teacher-model", default="mlp", help="mlp (of --teacher-widths) or a registered "
+                        "model name with its default kwargs, e.g. mnist1d_cnn")
     parser.add_argument("--student-widths", type=int, nargs="+", default=[16])
     parser.add_argument("--teacher-steps", type=int, default=4000)
     parser.add_argument("--steps", type=int, default=3000)
@@ -136,7 +140,8 @@ def main() -> None:
         print(f"{name}: done at {time.perf_counter() - started:.0f}s", flush=True)
         if out:
             Path(out).mkdir(parents=True, exist_ok=True)
-            settings = (f"{args.seeds} seeds; teacher MLP {args.teacher_widths}, {args.teacher_steps} steps; "
+            teacher = f"MLP {args.teacher_widths}" if args.teacher_model == "mlp" else args.teacher_model
+            settings = (f"{args.seeds} seeds; teacher {teacher}, {args.teacher_steps} steps; "
                         f"student MLP {args.student_widths}, {args.steps} steps (mixed: distil "
                         f"{int(0.7 * args.steps)}, then hard labels); grid T {args.temperatures} x w {args.weights}; "
                         f"test accuracy mean ± std over seeds; best (T, w) by mean val accuracy; {seconds:.0f} s")
