@@ -12,8 +12,11 @@ The protocol is ours (Hinton et al. 2015's loss, our splits and sizes); no publi
 
 Command:  python experiments/distill_table.py                 (full: 3 seeds, both datasets)
           python experiments/distill_table.py --quick         (1 seed, few steps, small grid: a smoke test)
-Runtime:  2-core AMD EPYC CPU, shared: --quick 1 minute (55 s); the full command has not been timed yet.
-Results:  not in experiments/README.md yet (the full command has not been run).
+          (--teacher-steps 1000 --tag _teacher1000: the same with a less-trained teacher;
+           --datasets mnist1d --teacher-model mnist1d_cnn --tag _cnn_teacher: the MNIST-1D paper CNN as teacher)
+Runtime:  2-core AMD EPYC CPU, shared (load 6-9): --quick 40 s; the full command 3.0 min (176 s; 2026-12-02).
+Results:  experiments/results/distill_<dataset>.md (every student, all (T, w)); summary and reading in
+          experiments/README.md ("Distillation").
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -48,8 +52,9 @@ def splits(name: str, seed: int) -> dict:
     return {split: (x[idx], y[idx]) for split, idx in parts.items()}
 
 
-def config(data: dict, widths: tuple, steps: int, seed: int) -> TrainConfig:
-    return TrainConfig(dataset=data, model="mlp", model_kwargs={"widths": widths, "num_classes": 10},
+def config(data: dict, widths: tuple, steps: int, seed: int, model: str = "mlp") -> TrainConfig:
+    kwargs = {"widths": widths, "num_classes": 10} if model == "mlp" else {}
+    return TrainConfig(dataset=data, model=model, model_kwargs=kwargs,
                        eval_split="val", test_split="test", batch_size=100, steps=steps, eval_every=steps,
                        learning_rate=3e-3, seed=seed)
 
@@ -63,7 +68,7 @@ def students(grid: list[tuple[float, float]], mixed_steps: int, seed: int) -> li
 
 def one_seed(name: str, seed: int, args) -> tuple[dict, list[dict]]:
     data = splits(name, seed)
-    teacher_config = config(data, tuple(args.teacher_widths), args.teacher_steps, seed)
+    teacher_config = config(data, tuple(args.teacher_widths), args.teacher_steps, seed, args.teacher_model)
     teacher = fit(teacher_config, verbose=False)
     student_config = config(data, tuple(args.student_widths), args.steps, seed)
     grid = list(itertools.product(args.temperatures, args.weights))
@@ -91,27 +96,60 @@ def summary(name: str, runs: list[tuple[dict, list[dict]]]) -> list[str]:
     return rows
 
 
+def all_rows(runs: list[tuple[dict, list[dict]]]) -> list[str]:
+    """Every student position: its settings, test accuracy mean +- std and mean val accuracy over seeds."""
+    rows = []
+    for i, row in enumerate(runs[0][1]):
+        test = [s[i]["accuracy"] for _, s in runs]
+        val = [s[i]["eval_accuracy"] for _, s in runs]
+        rows.append(f"| {row['kind']} | {row['temperature']:g} | {row['soft_weight']:g} | "
+                    f"{row['distill_steps']} | {np.mean(test):.4f} ± {np.std(test):.4f} | {np.mean(val):.4f} |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, few steps, small grid (a smoke test)")
     parser.add_argument("--datasets", nargs="+", default=["mnist1d", "digits"])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--teacher-widths", type=int, nargs="+", default=[256, 256])
+    parser.add_argument("--teacher-model", default="mlp", help="mlp (of --teacher-widths) or a registered "
+                        "model name with its default kwargs, e.g. mnist1d_cnn")
     parser.add_argument("--student-widths", type=int, nargs="+", default=[16])
     parser.add_argument("--teacher-steps", type=int, default=4000)
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0])
     parser.add_argument("--weights", type=float, nargs="+", default=[0.5, 0.9])
+    parser.add_argument("--out", default=None, help="folder for distill_<dataset>.md (default: "
+                        "experiments/results, not written with --quick)")
+    parser.add_argument("--tag", default="", help="file name suffix: distill_<dataset><tag>.md")
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.teacher_steps, args.steps = 1, 300, 200
         args.teacher_widths, args.temperatures, args.weights = [64], [1.0, 4.0], [0.9]
+    out = args.out or (None if args.quick else str(Path(__file__).parent / "results"))
     started = time.perf_counter()
-    lines = ["| dataset | model | setting | test accuracy | params | FLOPs/example |", "|---|---|---|---|---|---|"]
+    header = ["| dataset | model | setting | test accuracy | params | FLOPs/example |", "|---|---|---|---|---|---|"]
+    lines = list(header)
     for name in args.datasets:
+        begun = time.perf_counter()
         runs = [one_seed(name, seed, args) for seed in range(args.seeds)]
-        lines += summary(name, runs)
+        rows = summary(name, runs)
+        lines += rows
+        seconds = time.perf_counter() - begun
         print(f"{name}: done at {time.perf_counter() - started:.0f}s", flush=True)
+        if out:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            teacher = f"MLP {args.teacher_widths}" if args.teacher_model == "mlp" else args.teacher_model
+            settings = (f"{args.seeds} seeds; teacher {teacher}, {args.teacher_steps} steps; "
+                        f"student MLP {args.student_widths}, {args.steps} steps (mixed: distil "
+                        f"{int(0.7 * args.steps)}, then hard labels); grid T {args.temperatures} x w {args.weights}; "
+                        f"test accuracy mean ± std over seeds; best (T, w) by mean val accuracy; {seconds:.0f} s")
+            text = "\n".join([f"# Distillation: {name}", "", settings, "", *header, *rows,
+                              "", "All students (over seeds):", "",
+                              "| kind | T | w | distill steps | test acc (mean ± std) | val acc (mean) |",
+                              "|---|---|---|---|---|---|", *all_rows(runs)]) + "\n"
+            (Path(out) / f"distill_{name}{args.tag}.md").write_text(text)
     print("\n".join(lines))
     mode = "--quick" if args.quick else "full"
     print(f"\nwall time {time.perf_counter() - started:.0f}s ({mode}, {args.seeds} seeds)")
