@@ -452,7 +452,9 @@ def worker(args) -> None:
     record.update(contestant=args.worker, seed=args.seed, task=args.task, steps=args.steps,
                   wall=time.perf_counter() - PROCESS_START, compile_count=compiled.count,
                   compile_seconds=compiled.seconds, cache_hits=compiled.cache_hits,
-                  compiled_functions=dict(compiled.by_function.most_common(12)))
+                  compiled_functions=dict(compiled.by_function.most_common(12)),
+                  compile_seconds_by_function={name: round(seconds, 2) for name, seconds
+                                               in compiled.seconds_by_function.most_common(6)})
     Path(args.record).write_text(json.dumps(record))
 
 
@@ -555,9 +557,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"Command: `python experiments/bench_time_to_quality.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n")
     compiled = "\n".join(
         f"- {run['contestant']}: " + ", ".join(f"{name} x{count}" for name, count in run.get("compiled_functions", {}).items())
+        + "; seconds: " + ", ".join(f"{name} {sec:.1f}" for name, sec in run.get("compile_seconds_by_function", {}).items())
         for run in runs if run["seed"] == 0)
-    (results_dir / f"{stem}.md").write_text(header + "\n" + table + "\n\nMost compiled functions (seed 0, top 12):\n\n"
-                                            + compiled + "\n")
+    (results_dir / f"{stem}.md").write_text(header + "\n" + table + "\n\nMost compiled functions (seed 0, top 12; "
+                                            "compile seconds of the top 6):\n\n" + compiled + "\n")
     (results_dir / f"{stem}.json").write_text(json.dumps({"args": vars(args), "runs": runs, "summary": summary},
                                                          default=str))
     plot(runs, figures_dir / f"{stem}.png", f"{args.task}: best validation accuracy vs wall time")

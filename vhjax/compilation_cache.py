@@ -113,6 +113,7 @@ class Compilations:
     cache_hits: int = 0
     cache_misses: int = 0
     by_function: Counter = dataclasses.field(default_factory=Counter)  # jitted function name -> count
+    seconds_by_function: Counter = dataclasses.field(default_factory=Counter)  # name -> seconds
 
     @property
     def compiled(self) -> int:
@@ -138,6 +139,7 @@ def count_compilations() -> Iterator[Compilations]:
             seen.count += 1
             seen.seconds += float(duration)
             seen.by_function[str(kwargs.get("fun_name", "?"))] += 1
+            seen.seconds_by_function[str(kwargs.get("fun_name", "?"))] += float(duration)
 
     def on_event(event: str, **_: object) -> None:
         if event == CACHE_HIT_EVENT:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import threading
 import time
 import warnings
@@ -39,7 +40,7 @@ from vhjax import parallel
 from vhjax.config import TrainConfig, validate
 from vhjax.population.engine import default_member_group
 from vhjax.population.fit import bucket_task, compiled_programs, split_member
-from vhjax.population.loop import Hook, Report, pad_members, run_loop
+from vhjax.population.loop import Hook, Report, run_loop
 from vhjax.population.members import init_population
 from vhjax.population.state import PopulationState, training_mask
 from vhjax.search.space import Categorical, Float, Int, Space
@@ -287,6 +288,13 @@ def _replace_slot(population: PopulationState, slot: jax.Array, fresh: Populatio
 replace_slot = jax.jit(_replace_slot)
 
 
+@functools.partial(jax.jit, static_argnums=1)
+def tile_slots(fresh: PopulationState, size: int) -> PopulationState:
+    """A `size`-slot population of copies of the one-member `fresh` (slot 0 is it; `replace_slot`
+    puts the others' own members in)."""
+    return jax.tree.map(lambda leaf: jnp.repeat(leaf, size, axis=0), fresh)
+
+
 def spent_steps(study: Any) -> int:
     """Member-steps the study's trials trained (each its last reported step; interrupted trials'
     work is lost and does not count)."""
@@ -408,11 +416,12 @@ def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget
             slots = [pair for pair in first if pair is not None]
             running.extend(pair[0] for pair in slots)
             running.extend([None] * (population - len(slots)))
-            hparams = {name: stack([pair[1].get(name) for pair in slots]) for name in names}
-            seeds = [config.seed + pair[0].number for pair in slots]
-            members = init_population(task, len(slots), hparams, seeds=seeds, same_batches=False)
-            if len(slots) < population:  # fewer trials left than slots: pad with stopped members
-                members = pad_members(members, population)
+            # every slot from the one-member program the refills use (one init program, not two)
+            members = tile_slots(fresh_member(*slots[0]), population)
+            for slot, pair in enumerate(slots[1:], 1):
+                members = replace_slot(members, jnp.int32(slot), fresh_member(*pair))
+            if len(slots) < population:  # fewer trials left than slots: the rest stay stopped
+                members = members.replace(stopped=members.stopped.at[len(slots):].set(True))
 
             def update(state: dict, current: PopulationState, report: Report):
                 if rdb is not None:
