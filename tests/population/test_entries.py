@@ -203,3 +203,38 @@ def test_a_data_axis_splits_each_members_batch():
         outputs[mode] = json.loads(done.stdout.strip().splitlines()[-1])
     assert outputs["mesh"]["all_reduce"]
     np.testing.assert_allclose(outputs["mesh"]["loss"], outputs["single"]["loss"], rtol=1e-4)
+
+
+def test_a_bucket_program_gives_each_bucket_its_runner_data_and_member_extras():
+    """`fit_population(program=...)` (the seam `vhjax.transfer.distill` and `adapt` train through):
+    called once per bucket with its member indices; its runner and training data are the ones
+    trained with, its extras join each member's record config; the classifier's own runner and data
+    passed this way train exactly as without a program."""
+    from vhjax.population.fit import BucketProgram, compiled_programs
+
+    import jax.numpy as jnp
+
+    members = [{"learning_rate": 3e-3}, {"batch_size": 16}, {"learning_rate": 1e-2}]
+    calls, chunks = [], []
+
+    def program(task, population, indices):
+        run_chunk, _ = compiled_programs(task, None)
+        calls.append(list(indices))
+
+        def runner(population, data, length):
+            chunks.append(length)
+            return run_chunk(population, data, length)
+
+        return BucketProgram(population, runner=runner,
+                             train_data=(jnp.asarray(task.train.x), jnp.asarray(task.train.y)),
+                             extras=[{"tag": i} for i in indices])
+
+    seamed = fit_population(CONFIG, members, verbose=False, mesh=None, member_group=None, program=program)
+    plain = fit_population(CONFIG, members, verbose=False, mesh=None, member_group=None)
+    assert calls == [[0, 2], [1]] and sum(chunks) == 2 * CONFIG.steps
+    assert [m["config"] for m in seamed.members] == [{**m, "tag": i} for i, m in enumerate(members)]
+    for a, b in zip(seamed.members, plain.members):
+        assert a["eval"] == b["eval"] and a["bucket"] == b["bucket"] and a["position"] == b["position"]
+    with pytest.raises(ValueError, match="extras"):
+        fit_population(CONFIG, members[:1], verbose=False, mesh=None,
+                       program=lambda task, population, indices: BucketProgram(population, extras=[{}, {}]))

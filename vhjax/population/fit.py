@@ -277,10 +277,34 @@ def train_bucket(task: Task, population: PopulationState, workdir: Path | None, 
     return final_population, final, outcome
 
 
+BUCKET_LABEL = "bucket {number}/{buckets} ({model}, {size} members) | "
+
+
+@dataclasses.dataclass(frozen=True)
+class BucketProgram:
+    """What one bucket of `fit_population` trains: its population and, where not None, its own chunk
+    runner and training data (see `train_bucket`). `extras`: per member of the bucket (in its order),
+    fields shown with its hyperparameters and added to its result record's config (empty: none)."""
+
+    population: PopulationState
+    runner: Any = None
+    train_data: Any = None
+    extras: Sequence[Mapping[str, Any]] = ()
+
+
+def bucket_tasks(config: TrainConfig, members: Sequence[Mapping[str, Any]]) -> list[tuple[Task, list[int]]]:
+    """(task, member indices) per bucket of equal static config, in first-seen order (`bucket_task`'s
+    tasks: reused across calls with the same configs)."""
+    return [(bucket_task(bucket_config, stack_dynamic(indices, members)), indices)
+            for bucket_config, indices in bucket_members(config, members)]
+
+
 def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], workdir: str | Path | None = None,
                    *, same_batches: bool | str = "auto", mesh: Any = "auto", isolation: str = "optimistic",
                    member_group: int | str | None = "auto", verbose: bool = True,
-                   start: Callable[[Task, PopulationState], PopulationState] | None = None) -> PopulationResult:
+                   start: Callable[[Task, PopulationState], PopulationState] | None = None,
+                   program: Callable[[Task, PopulationState, list[int]], BucketProgram] | None = None,
+                   label: str = BUCKET_LABEL) -> PopulationResult:
     """Train every member; members with equal static config share one compiled, vmapped program.
 
     `members` are dicts of config fields: the per-member ones of `vhjax.hparams` (learning rate,
@@ -300,6 +324,11 @@ def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], wo
     `start(task, population)`: applied to every bucket's freshly initialised population before any
     training (e.g. `vhjax.transfer.fit_from` copies pretrained weights in); a workdir's checkpoint,
     when there is one, still wins.
+    `program(task, population, indices)`: called for each bucket just before it trains (after
+    `start`), with the member indices (into `members`) of the bucket; its `BucketProgram` replaces
+    the population and may give the bucket its own chunk runner, training data and per-member extras
+    (e.g. `vhjax.transfer.distill`: a teacher's logits and the students' temperatures). `label`: the
+    progress line's prefix, formatted with number, buckets, model and size.
     """
     check_choice("isolation", isolation, ISOLATION_MODES)
     check_choice("same_batches", same_batches, (True, False, "auto"))
@@ -310,9 +339,7 @@ def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], wo
         check_int("member_group", member_group, 1)
     members = [with_config_loss_weights(config, member) for member in members]
     mesh = parallel.resolve_mesh(mesh)
-    buckets = bucket_members(config, members)
-    tasks = [(bucket_task(bucket_config, stack_dynamic(indices, members)), indices)
-             for bucket_config, indices in buckets]
+    tasks = bucket_tasks(config, members)
     populations = [init_population(task, len(indices), stack_dynamic(indices, members),
                                    seeds=bucket_seeds(config, indices, members), same_batches=same_batches,
                                    data_seed=config.seed)
@@ -325,21 +352,27 @@ def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], wo
     results: list[dict | None] = [None] * len(members)
     states, histories = [], []
     for number, ((task, indices), population) in enumerate(zip(tasks, populations)):
-        label = f"bucket {number + 1}/{len(tasks)} ({task.config.model}, {len(indices)} members) | "
+        bucket = BucketProgram(population) if program is None else program(task, population, list(indices))
+        extras = bucket.extras or [{} for _ in indices]
+        if len(extras) != len(indices):
+            raise ValueError(f"program's extras have value {len(extras)} entries; allowed: {len(indices)}, one per "
+                             f"member of bucket {number}")
+        configs = [{**dict(members[i]), **dict(extra)} for i, extra in zip(indices, extras)]
+        text = label.format(number=number + 1, buckets=len(tasks), model=task.config.model, size=len(indices))
         bucket_dir = root / f"bucket_{number}" if root is not None else None
         if bucket_dir is not None:
             bucket_dir.mkdir(parents=True, exist_ok=True)
             save_preprocessing(bucket_dir, task)
         writers = [TensorBoardWriter(bucket_dir / "tensorboard", names=[f"member_{i:02d}" for i in indices])] \
             if bucket_dir is not None else None  # runs named by the member's index in `members`
-        hparams = [{**static_hparams(task.config), **dict(members[i])} for i in indices]
-        population, final, outcome = train_bucket(task, population, bucket_dir, label, mesh=mesh, isolation=isolation,
-                                                  member_group=member_group, verbose=verbose, writers=writers,
-                                                  hparams=hparams)
+        hparams = [{**static_hparams(task.config), **c} for c in configs]
+        population, final, outcome = train_bucket(task, bucket.population, bucket_dir, text, mesh=mesh,
+                                                  isolation=isolation, member_group=member_group, verbose=verbose,
+                                                  writers=writers, hparams=hparams, runner=bucket.runner,
+                                                  train_data=bucket.train_data)
         states.append(population)
         histories.append(outcome.history)
-        for index, record in member_records(number, indices, [dict(members[i]) for i in indices], population, final,
-                                            outcome).items():
+        for index, record in member_records(number, indices, configs, population, final, outcome).items():
             results[index] = record
     result = PopulationResult(results, states, histories)
     if root is not None:

@@ -51,10 +51,9 @@ import optax
 from vhjax import metrics
 from vhjax.config import TrainConfig
 from vhjax.population.engine import PopulationRunner, default_member_group
-from vhjax.population.fit import (PopulationResult, bucket_members, bucket_seeds, bucket_task, member_records,
-                                  resolve_same_batches, stack_dynamic, static_hparams, train_bucket,
-                                  with_config_loss_weights)
-from vhjax.population.members import init_population, population_batch_indices
+from vhjax.population.fit import (BucketProgram, PopulationResult, bucket_seeds, bucket_task, bucket_tasks,
+                                  fit_population, with_config_loss_weights)
+from vhjax.population.members import population_batch_indices
 from vhjax.population.state import PopulationState
 from vhjax.preprocess.base import transform
 from vhjax.train.state import TrainState
@@ -69,6 +68,7 @@ CHOICE_FIELDS = ("resample", "dann_schedule")  # 0 or 1
 ADAPT_FIELDS = (*WEIGHT_FIELDS, *FRACTION_FIELDS, *CHOICE_FIELDS)
 DEFAULTS = {"mmd_weight": 0.0, "coral_weight": 0.0, "dann_weight": 0.0, "reweight": 0.0, "oracle": 0.0,
             "resample": 0.0, "dann_schedule": 1.0}
+LABEL = "adapt bucket {number}/{buckets} ({model}, {size} members) | "
 
 
 # ----------------------------------------------------------------------------- the losses
@@ -440,48 +440,44 @@ def adapt(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, 
     split_up = [split_adapt_member(i, m) for i, m in enumerate(members)]
     values = [v for v, _ in split_up]
     plain = [with_config_loss_weights(config, m) for _, m in split_up]
-    same_batches = resolve_same_batches(same_batches, plain)
-    tasks = [(bucket_task(bucket_config, stack_dynamic(indices, plain)), indices)
-             for bucket_config, indices in bucket_members(config, plain)]
-    prepared = [(target_splits(task, target, any(values[i]["oracle"] > 0 for i in indices)),
-                 feature_dim(task, feature_layer, task.default_hparams))  # shapes only, before compiling
-                for task, indices in tasks]
+    tasks = bucket_tasks(config, plain)
+    prepared = {tuple(indices): (target_splits(task, target, any(values[i]["oracle"] > 0 for i in indices)),
+                                 feature_dim(task, feature_layer, task.default_hparams))  # shapes only, before compiling
+                for task, indices in tasks}
     discriminator = Discriminator(tuple(discriminator_widths))
     disc_optimizer = optax.adam(discriminator_learning_rate)
-    results: list[dict | None] = [None] * len(members)
-    states, histories, rows = [], [], [{} for _ in members]
+    trained: list[tuple[Task, list[int]]] = []  # per bucket, as trained
     weights = None
-    for number, ((task, indices), (splits, width)) in enumerate(zip(tasks, prepared)):
-        (xt, yt), (x_test, y_test) = splits["train"], splits["test"]
+
+    def program(task: Task, population: PopulationState, indices: list[int]) -> BucketProgram:
+        nonlocal weights
+        splits, width = prepared[tuple(indices)]
+        xt, yt = splits["train"]
         weights = domain_weights(task.train.x, xt, weight_clip, config.seed)
-        population = init_population(task, len(indices), stack_dynamic(indices, plain),
-                                     seeds=bucket_seeds(config, indices, plain), same_batches=same_batches,
-                                     data_seed=config.seed)
+        trained.append((task, indices))
         population = with_adapt_state(population, [values[i] for i in indices], discriminator, disc_optimizer, width)
-        size = task.config.batch_size
         runner = PopulationRunner(adapt_step(task, feature_layer, discriminator, disc_optimizer),
                                   adapt_batch_indices(task, len(xt), weights),
-                                  member_group=default_member_group(len(indices)), gather=adapt_gather(size))
+                                  member_group=default_member_group(len(indices)),
+                                  gather=adapt_gather(task.config.batch_size))
         yt = np.zeros(len(xt), np.int32) if yt is None else yt  # read by oracle members only
         data = tuple(jnp.asarray(a) for a in (task.train.x, task.train.y, weights, xt, yt))
-        label = f"adapt bucket {number + 1}/{len(tasks)} ({task.config.model}, {len(indices)} members) | "
-        hparams = [{**static_hparams(task.config), **dict(plain[i]), **values[i]} for i in indices]
-        population, final, outcome = train_bucket(task, population, None, label, verbose=verbose, writers=None,
-                                                  hparams=hparams, runner=runner, train_data=data)
-        states.append(population)
-        histories.append(outcome.history)
-        configs = [{**dict(plain[i]), **values[i]} for i in indices]
-        for index, record in member_records(number, indices, configs, population, final, outcome).items():
-            results[index] = record
+        return BucketProgram(population, runner=runner, train_data=data, extras=[values[i] for i in indices])
+
+    result = fit_population(config, plain, same_batches=same_batches, mesh=None, verbose=verbose, program=program,
+                            label=LABEL)
+    rows: list[dict] = [{} for _ in members]
+    for number, ((task, indices), population) in enumerate(zip(trained, result.states)):
+        x_test, y_test = prepared[tuple(indices)][0]["test"]
         target_accuracy = accuracies(task, population, x_test, y_test)
         source_split = "test" if task.test is not None else "eval"
         for position, index in enumerate(indices):
             rows[index] = {"member": index, "bucket": number, "position": position, "method": method(values[index]),
                            **values[index],
                            "seed": bucket_seeds(config, [index], plain)[0],
-                           "source_accuracy": results[index][source_split]["accuracy"],
+                           "source_accuracy": result.members[index][source_split]["accuracy"],
                            "target_accuracy": float(target_accuracy[position])}
-    return AdaptResult(PopulationResult(results, states, histories), rows, weights, [task for task, _ in tasks])
+    return AdaptResult(result, rows, weights, [task for task, _ in trained])
 
 
 # ----------------------------------------------------------------------------- ADDA

@@ -37,10 +37,8 @@ from vhjax.config import TrainConfig
 from vhjax.models.cost import flops_per_example
 from vhjax.models.utils import count_params
 from vhjax.population.engine import PopulationRunner, default_member_group
-from vhjax.population.fit import (PopulationResult, bucket_members, bucket_seeds, bucket_task, member_records,
-                                  resolve_same_batches, stack_dynamic, static_hparams, train_bucket,
-                                  with_config_loss_weights)
-from vhjax.population.members import init_population, population_batch_indices
+from vhjax.population.fit import BucketProgram, PopulationResult, bucket_tasks, fit_population, with_config_loss_weights
+from vhjax.population.members import population_batch_indices
 from vhjax.population.state import PopulationState
 from vhjax.train.step import apply_model, make_train_step, per_example_loss
 from vhjax.train.task import Task, call_keywords, resolve_model
@@ -49,6 +47,7 @@ from vhjax.validation import check_int, check_number, invalid
 
 DISTILL_FIELDS = ("temperature", "soft_weight", "distill_steps")
 DEFAULTS = {"temperature": 1.0, "soft_weight": 0.5}
+LABEL = "distill bucket {number}/{buckets} ({model}, {size} students) | "
 
 
 # ----------------------------------------------------------------------------- checks (before compiling)
@@ -300,35 +299,27 @@ def distill(config: TrainConfig, teacher: Any, students: Sequence[Mapping[str, A
     for index, member in enumerate(members):
         if "mixing" in member and member["mixing"] is not None:
             raise invalid(f"student {index}: field 'mixing'", member["mixing"], "None for distillation")
-    same_batches = resolve_same_batches(same_batches, members)
-    tasks = [(bucket_task(bucket_config, stack_dynamic(indices, members)), indices)
-             for bucket_config, indices in bucket_members(config, members)]
+    tasks = bucket_tasks(config, members)
     for task, _ in tasks:  # shapes only, before compiling
         check_teacher_classes(teacher.output_shape(task.train.x.shape[1:])[-1], output_classes(task),
                               str(task.config.model))
     logits: dict[int, np.ndarray] = {}
-    results: list[dict | None] = [None] * len(members)
-    states, histories = [], []
-    for number, (task, indices) in enumerate(tasks):
+    trained: list[tuple[Task, list[int]]] = []  # per bucket, as trained
+
+    def program(task: Task, population: PopulationState, indices: list[int]) -> BucketProgram:
         key = id(task.train.x)
         if key not in logits:  # once per training set
             logits[key] = teacher.logits(task.train.x, task.config.eval_batch_size)
-        population = init_population(task, len(indices), stack_dynamic(indices, members),
-                                     seeds=bucket_seeds(config, indices, members), same_batches=same_batches,
-                                     data_seed=config.seed)
-        population = with_distill_hparams(population, [values[i] for i in indices])
-        data = (jnp.asarray(task.train.x), jnp.asarray(task.train.y), jnp.asarray(logits[key]))
-        label = f"distill bucket {number + 1}/{len(tasks)} ({task.config.model}, {len(indices)} students) | "
-        hparams = [{**static_hparams(task.config), **dict(members[i]), **values[i]} for i in indices]
-        population, final, outcome = train_bucket(task, population, None, label, verbose=verbose, writers=None,
-                                                  hparams=hparams, runner=distill_runner(task, len(indices)),
-                                                  train_data=data)
-        states.append(population)
-        histories.append(outcome.history)
-        configs = [{**dict(members[i]), **values[i]} for i in indices]
-        for index, record in member_records(number, indices, configs, population, final, outcome).items():
-            results[index] = record
-    result = PopulationResult(results, states, histories)
+        trained.append((task, indices))
+        return BucketProgram(with_distill_hparams(population, [values[i] for i in indices]),
+                             runner=distill_runner(task, len(indices)),
+                             train_data=(jnp.asarray(task.train.x), jnp.asarray(task.train.y),
+                                         jnp.asarray(logits[key])),
+                             extras=[values[i] for i in indices])
+
+    result = fit_population(config, members, same_batches=same_batches, mesh=None, verbose=verbose,
+                            program=program, label=LABEL)
+    tasks = trained
     task0 = tasks[0][0]
     split = "test" if task0.test is not None else "eval"
     data = task0.test if split == "test" else task0.eval
