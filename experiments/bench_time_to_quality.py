@@ -513,6 +513,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--contestants", default=DEFAULT_CONTESTANTS)
     parser.add_argument("--reference", default="optuna_tpe", help="whose best validation accuracy sets the targets")
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 trials of 100 steps, 1 seed, population 2")
+    parser.add_argument("--tag", default="", help="suffix of the results' file names (keep an earlier run's tables)")
     parser.add_argument("--compilation-cache", default=None, metavar="DIR",
                         help="enable JAX's persistent compilation cache in DIR in every process (default: off)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -532,7 +533,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.reference not in contestants:
         parser.error(f"--reference {args.reference!r} must be one of the contestants {contestants}")
 
-    stem = "time_to_quality" + ("" if args.task == "mnist1d_cnn" else f"_{args.task}") + ("_quick" if args.quick else "")
+    stem = ("time_to_quality" + ("" if args.task == "mnist1d_cnn" else f"_{args.task}") + ("_quick" if args.quick else "")
+            + args.tag)
     results_dir, figures_dir = ROOT / "experiments" / "results", ROOT / "experiments" / "figures"
     results_dir.mkdir(parents=True, exist_ok=True)
     task = TASKS[args.task]
