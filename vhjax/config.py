@@ -135,13 +135,20 @@ class TrainConfig:
 
 
 def _describe(value: Any) -> Any:
-    """JSON for values that are not plain data: a sequence as a list, an object by its type."""
+    """JSON for values that are not plain data: a sequence as a list, a small array by its values,
+    a larger one by dtype, shape and a digest of its contents (so a workdir or a stored search
+    tells two datasets of the same shape apart), an object by its type."""
     if isinstance(value, (list, tuple)):
         return list(value)
     if hasattr(value, "tolist") and getattr(value, "size", 0) <= 16:
         return value.tolist()
     if hasattr(value, "shape"):
-        return f"<array {getattr(value, 'dtype', '')}{tuple(value.shape)}>"
+        import hashlib
+
+        import numpy as np
+
+        digest = hashlib.blake2b(np.ascontiguousarray(np.asarray(value)).tobytes(), digest_size=8).hexdigest()
+        return f"<array {getattr(value, 'dtype', '')}{tuple(value.shape)} {digest}>"
     return f"<{type(value).__module__}.{type(value).__qualname__}>"
 
 

@@ -75,6 +75,25 @@ def test_training_objective_fingerprint_is_its_training_config(tmp_path):
         vhjax.search(TrainingObjective(CONFIG), space, "grid", budget=2, verbose=False, workdir=tmp_path)
 
 
+def test_two_datasets_of_the_same_shape_are_different_objectives(tmp_path):
+    """Arrays in a config are described by dtype, shape and a digest of their contents: a stored
+    search (or a workdir) is not resumed with other data of the same shape."""
+    import dataclasses
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 64)).astype(np.float32), (np.arange(60) % 10).astype(np.int32)
+    first = dataclasses.replace(CONFIG, dataset={"train": (x, y), "test": (x, y)}, eval_split="test",
+                                train_split="train", test_split=None)
+    other = dataclasses.replace(first, dataset={"train": (x + 1.0, y), "test": (x, y)})
+    same = dataclasses.replace(first, dataset={"train": (x.copy(), y.copy()), "test": (x.copy(), y.copy())})
+    assert TrainingObjective(first).fingerprint() == TrainingObjective(same).fingerprint()
+    assert TrainingObjective(first).fingerprint() != TrainingObjective(other).fingerprint()
+    space = Space({"learning_rate": Categorical((1e-2,))})
+    vhjax.search(TrainingObjective(first), space, "grid", budget=1, verbose=False, workdir=tmp_path)
+    with pytest.raises(ValueError, match="different search configuration.*objective"):
+        vhjax.search(TrainingObjective(other), space, "grid", budget=1, verbose=False, workdir=tmp_path)
+
+
 def test_bad_objective_config_fails_before_training():
     with pytest.raises(ValueError, match="split 'val'"):
         TrainingObjective(CONFIG, split="val")
