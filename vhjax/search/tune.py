@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import threading
 import time
 import warnings
@@ -288,11 +287,10 @@ def _replace_slot(population: PopulationState, slot: jax.Array, fresh: Populatio
 replace_slot = jax.jit(_replace_slot)
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def tile_slots(fresh: PopulationState, size: int) -> PopulationState:
-    """A `size`-slot population of copies of the one-member `fresh` (slot 0 is it; `replace_slot`
-    puts the others' own members in)."""
-    return jax.tree.map(lambda leaf: jnp.repeat(leaf, size, axis=0), fresh)
+@jax.jit
+def concat_slots(parts: list[PopulationState]) -> PopulationState:
+    """One population whose slot i is the one-member population `parts[i]`."""
+    return jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *parts)
 
 
 def spent_steps(study: Any) -> int:
@@ -417,10 +415,9 @@ def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget
             running.extend(pair[0] for pair in slots)
             running.extend([None] * (population - len(slots)))
             # every slot from the one-member program the refills use (one init program, not two)
-            members = tile_slots(fresh_member(*slots[0]), population)
-            for slot, pair in enumerate(slots[1:], 1):
-                members = replace_slot(members, jnp.int32(slot), fresh_member(*pair))
-            if len(slots) < population:  # fewer trials left than slots: the rest stay stopped
+            fresh = [fresh_member(*pair) for pair in slots]
+            members = concat_slots(fresh + fresh[:1] * (population - len(slots)))
+            if len(slots) < population:  # fewer trials left than slots: the copies stay stopped
                 members = members.replace(stopped=members.stopped.at[len(slots):].set(True))
 
             def update(state: dict, current: PopulationState, report: Report):
