@@ -207,8 +207,15 @@ def fail_never_beaten(study: Any) -> None:
     import datetime
 
     import optuna
-    from optuna.storages._rdb import models  # Optuna has no public query for a trial's heartbeat
-    from optuna.storages._rdb.storage import _create_scoped_session
+
+    try:  # Optuna has no public query for a trial's heartbeat row; pyproject pins optuna < 6 for this
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+    except ImportError:  # a later Optuna moved them: leave never-beaten trials to the user, say so once
+        warnings.warn("this Optuna version has no optuna.storages._rdb models: trials killed before their first "
+                      "heartbeat stay RUNNING (fail them with optuna's API, or pin optuna<6)", RuntimeWarning,
+                      stacklevel=2)
+        return
 
     storage = getattr(study._storage, "_backend", study._storage)
     if not isinstance(storage, optuna.storages.RDBStorage) or storage.heartbeat_interval is None:
