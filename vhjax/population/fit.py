@@ -231,15 +231,16 @@ def compiled_programs(task: Task, member_group: int | None, isolation: str = "op
     return run_chunk, evaluate
 
 
-_PRECISE: dict = {}
+_PRECISE: dict[int, tuple] = {}  # task id -> (task, program); bounded like _PROGRAMS
 
 
 def precise_members(task: Task) -> Callable:
     """Jitted `members -> members` with precise-BN statistics (`train.step.precise_statistics`),
-    once per task."""
-    if _PRECISE.get(id(task), (None,))[0] is not task:
-        _PRECISE[id(task)] = (task, jax.jit(jax.vmap(precise_statistics(task))))
-    return _PRECISE[id(task)][1]
+    once per task (the same bounded cache as `compiled_programs`)."""
+    key = id(task)
+    if key in _PRECISE and _PRECISE[key][0] is not task:  # an id reused by a newer task
+        del _PRECISE[key]
+    return _remember(_PRECISE, key, lambda: (task, jax.jit(jax.vmap(precise_statistics(task)))))[1]
 
 
 def train_bucket(task: Task, population: PopulationState, workdir: Path | None, label: str, *,
