@@ -115,6 +115,8 @@ def record_inputs(workdir: str | Path | None, name: str, inputs: Any) -> None:
     from vhjax.config import _describe
 
     workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise ValueError(f"workdir has value {str(workdir)!r}, which is a file; allowed: a directory (new or existing)")
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / f"{name}.json"
     text = json.dumps(inputs, default=_describe, sort_keys=True, indent=1)

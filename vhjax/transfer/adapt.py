@@ -33,7 +33,10 @@ same program; BatchNorm statistics follow the source batches, the oracle's the t
 
 All adaptation values are per-member hyperparameters, so members comparing methods share one
 compiled program. ADDA (a separate target encoder trained adversarially after a source model, in
-stages) is `adda`, run on the source-only members of an `adapt` result. The hooks (early stopping, best-model keeping) see the source eval split only.
+stages) is `adda`, run on the source-only members of an `adapt` result; its stage 2 is a member step
+(`adda_step`) run by the same engine. The hooks (early stopping, best-model keeping) see the source
+eval split only. Without target labels, `select_member` picks a member by its DEV (or IWCV) estimate
+of the target risk: source eval losses weighted by the domain classifier's density ratio.
 """
 
 from __future__ import annotations
