@@ -33,6 +33,7 @@ def params(result, member):
                                         result.adapted[row["bucket"]].members.params))
 
 
+@pytest.mark.slow  # about 30 s on 2 shared cores (the fixtures: stage 1 and a full stage 2, about 40 s more)
 def test_interrupted_adda_resumes_identically_and_a_finished_workdir_restores(stage1, full, tmp_path,
                                                                                run_interrupted, monkeypatch):
     full, _ = full
@@ -52,6 +53,7 @@ def test_interrupted_adda_resumes_identically_and_a_finished_workdir_restores(st
     assert run().rows == full.rows  # restored, not retrained
 
 
+@pytest.mark.slow  # about 20 s on 2 shared cores: the replayed chunk compiles the per-step isolated step
 def test_a_diverging_adda_member_is_isolated_not_fatal(stage1, full):
     full, _ = full
     result = adda(STAGE, target=TARGET, source=stage1, learning_rate=[1e-3, 1e38], verbose=False)
@@ -65,8 +67,14 @@ def test_a_diverging_adda_member_is_isolated_not_fatal(stage1, full):
     assert select_member(result)["member"] == 0
 
 
+@pytest.mark.slow  # its fixtures train (a refusal itself compiles nothing)
 def test_adda_workdir_refuses_other_inputs(stage1, full):
     _, workdir = full
+    state = stage1.population.states[0]
+    moved = state.replace(members=state.members.replace(params=jax.tree.map(lambda a: a * 1.01, state.members.params)))
+    other_source = dataclasses.replace(stage1, population=dataclasses.replace(stage1.population, states=[moved]))
+    with pytest.raises(ValueError, match=r"other adda inputs \(fields source\)"):
+        adda(STAGE, target=TARGET, source=other_source, learning_rate=1e-3, workdir=workdir, verbose=False)
     with pytest.raises(ValueError, match=r"other adda inputs \(fields learning_rates\)"):
         adda(STAGE, target=TARGET, source=stage1, learning_rate=2e-3, workdir=workdir, verbose=False)
     other = {"train": TARGET["train"][0][::-1].copy(), "test": TARGET["test"]}
@@ -74,8 +82,11 @@ def test_adda_workdir_refuses_other_inputs(stage1, full):
         adda(STAGE, target=other, source=stage1, learning_rate=1e-3, workdir=workdir, verbose=False)
 
 
-def test_adda_learning_rates_are_checked_before_compiling(stage1):
+def test_adda_learning_rates_are_checked_before_compiling():
+    two = [{"seed": 0}, {"seed": 1}]
     with pytest.raises(ValueError, match=r"learning_rate has value 'a sequence of 3'; allowed: one number, or 2"):
-        adda(STAGE, target=TARGET, source=stage1, learning_rate=[1e-3] * 3, verbose=False)
+        adda(STAGE, two, target=TARGET, learning_rate=[1e-3] * 3, verbose=False)
     with pytest.raises(ValueError, match="learning_rate has value 0.0"):
-        adda(STAGE, target=TARGET, source=stage1, learning_rate=[1e-3, 0.0], verbose=False)
+        adda(STAGE, two, target=TARGET, learning_rate=[1e-3, 0.0], verbose=False)
+    with pytest.raises(ValueError, match="weight_clip has value 0.5"):
+        adda(STAGE, two, target=TARGET, weight_clip=0.5, verbose=False)

@@ -564,7 +564,8 @@ def adapt(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, 
                             program=program, label=LABEL)
     rows: list[dict] = [{} for _ in members]
     for number, ((task, indices), population) in enumerate(zip(trained, result.states)):
-        (x_test, y_test), target_size = prepared[tuple(indices)][0]["test"], len(prepared[tuple(indices)][0]["train"][0])
+        splits = prepared[tuple(indices)][0]
+        (x_test, y_test), target_size = splits["test"], len(splits["train"][0])
         target_accuracy = accuracies(task, population, x_test, y_test)
         risks = selection_risks(task, population, classifiers[number], target_size, weight_clip)
         source_split = "test" if task.test is not None else "eval"
@@ -712,7 +713,8 @@ def check_learning_rates(learning_rate: Any, count: int) -> list[float]:
     """One stage-2 learning rate per adapted member, from one for all or a sequence of `count`."""
     rates = [learning_rate] * count if not isinstance(learning_rate, (list, tuple, np.ndarray)) else list(learning_rate)
     if len(rates) != count:
-        raise invalid("learning_rate", f"a sequence of {len(rates)}", f"one number, or {count} (one per adapted member)")
+        raise invalid("learning_rate", f"a sequence of {len(rates)}",
+                      f"one number, or {count} (one per adapted member)")
     for rate in rates:
         check_number("learning_rate", rate, 0.0, low_inclusive=False)
     return [float(r) for r in rates]
@@ -772,7 +774,7 @@ def adda(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, t
     rates = check_learning_rates(learning_rate, len(chosen))
     for task in {id(source.tasks[row["bucket"]]): source.tasks[row["bucket"]] for row in chosen}.values():
         target_splits(task, target, False)
-        width = feature_dim(task, feature_layer, task.default_hparams)
+        feature_dim(task, feature_layer, task.default_hparams)  # raises on an unknown layer
     discriminator = Discriminator(tuple(discriminator_widths))
     optimizers = adda_optimizers(discriminator_learning_rate)
     stage = stage_config(config, steps)
@@ -796,8 +798,8 @@ def adda(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, t
         population = with_adda_state(population, jax.tree.map(stack, *[source_members[i].params for i in indices]),
                                      jax.tree.map(stack, *[source_members[i].model_state for i in indices]),
                                      [rates[i] for i in indices], discriminator, optimizers, width)
-        runner = adda_runner(task, feature_layer, discriminator, optimizers, len(xt), default_member_group(len(indices)),
-                             discriminator_learning_rate)
+        runner = adda_runner(task, feature_layer, discriminator, optimizers, len(xt),
+                             default_member_group(len(indices)), discriminator_learning_rate)
         return BucketProgram(population, runner=runner, train_data=(jnp.asarray(task.train.x), jnp.asarray(xt)),
                              extras=[{"learning_rate": rates[i]} for i in indices])
 

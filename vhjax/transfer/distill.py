@@ -185,8 +185,9 @@ def distill_runner(task: Task, size: int) -> PopulationRunner:
     if key not in _RUNNERS or _RUNNERS[key][0] is not task:
         if len(_RUNNERS) >= 4:
             _RUNNERS.pop(next(iter(_RUNNERS)))
-        _RUNNERS[key] = (task, PopulationRunner(make_train_step(task, distill_loss(task)),
-                                                population_batch_indices(task), member_group=default_member_group(size)))
+        runner = PopulationRunner(make_train_step(task, distill_loss(task)), population_batch_indices(task),
+                                  member_group=default_member_group(size))
+        _RUNNERS[key] = (task, runner)
     return _RUNNERS[key][1]
 
 
