@@ -90,3 +90,14 @@ def test_adda_learning_rates_are_checked_before_compiling():
         adda(STAGE, two, target=TARGET, learning_rate=[1e-3, 0.0], verbose=False)
     with pytest.raises(ValueError, match="weight_clip has value 0.5"):
         adda(STAGE, two, target=TARGET, weight_clip=0.5, verbose=False)
+
+
+def test_adapt_workdir_holding_other_target_inputs_is_refused_before_compiling(tmp_path):
+    from vhjax.train.workdir import record_inputs
+
+    record_inputs(tmp_path, "adapt", {"target": TARGET["train"][0][::-1].copy()})
+    with pytest.raises(ValueError, match=r"holds a run with other adapt inputs \(fields .*target"):
+        adapt(STAGE, [{}], target=TARGET, workdir=tmp_path, verbose=False)
+    with pytest.raises(ValueError, match=r"holds a run with other adapt inputs"):  # stage 1 of adda: workdir/source
+        record_inputs(tmp_path / "source", "adapt", {"target": None})
+        adda(STAGE, [{}], target=TARGET, workdir=tmp_path, verbose=False)
