@@ -133,3 +133,33 @@ def test_teacher_with_other_classes_raises_before_compiling(teacher):
 def test_teacher_needs_its_model(teacher):
     with pytest.raises(ValueError, match="teacher_model has value None"):
         distill(STUDENT_CONFIG, teacher, [{}], verbose=False)
+
+
+def test_interrupted_distillation_resumes_from_its_workdir_and_refuses_another_teacher(teacher, tmp_path,
+                                                                                      run_interrupted, monkeypatch):
+    from vhjax.population.engine import PopulationRunner
+
+    students = [{"seed": 0, "soft_weight": 0.9, "temperature": 4.0}, {"seed": 1, "soft_weight": 0.0}]
+    run = lambda workdir, who=teacher: distill(STUDENT_CONFIG, who, students, teacher_model=TEACHER_CONFIG,
+                                               workdir=workdir, verbose=False)
+    full = run(tmp_path / "full")
+    run_interrupted(lambda: run(tmp_path / "cut"), at_step=20)  # killed after the checkpoint at step 20 of 40
+    resumed = run(tmp_path / "cut")
+    assert resumed.students == full.students
+    for index in range(2):
+        for a, b in zip(jax.tree.leaves(member_params(resumed.population, index)),
+                        jax.tree.leaves(member_params(full.population, index))):
+            np.testing.assert_array_equal(a, b)
+
+    def no_training(self, *args):
+        raise AssertionError("a finished workdir trained again")
+
+    monkeypatch.setattr(PopulationRunner, "__call__", no_training)
+    assert run(tmp_path / "cut").students == full.students  # restored, not retrained
+    other = Teacher(bucket_task(TEACHER_CONFIG).model,
+                    {"params": jax.tree.map(lambda a: np.asarray(a) * 1.01, teacher.state.params)})
+    with pytest.raises(ValueError, match=r"other distill inputs \(fields teacher\)"):
+        run(tmp_path / "cut", other)
+    with pytest.raises(ValueError, match=r"other distill inputs \(fields students\)"):
+        distill(STUDENT_CONFIG, teacher, [{**students[0], "temperature": 2.0}, students[1]],
+                teacher_model=TEACHER_CONFIG, workdir=tmp_path / "cut", verbose=False)

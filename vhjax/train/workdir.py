@@ -88,3 +88,45 @@ def workdir_lock(workdir: Path | None) -> Iterator[None]:
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
+
+
+def content_digest(tree: Any) -> str:
+    """A short digest of a pytree's structure and of every leaf's dtype, shape and contents (e.g. a
+    teacher's variables or a source model's parameters in a workdir's fingerprint)."""
+    import hashlib
+
+    import jax
+    import numpy as np
+
+    leaves, treedef = jax.tree.flatten(tree)
+    digest = hashlib.blake2b(str(treedef).encode(), digest_size=8)
+    for leaf in leaves:
+        array = np.ascontiguousarray(np.asarray(leaf))
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def record_inputs(workdir: str | Path | None, name: str, inputs: Any) -> None:
+    """Write `workdir/<name>.json`, a JSON description of inputs that `config.json` and `members.json`
+    do not hold (arrays by dtype, shape and a content digest); refuse a workdir whose file differs."""
+    if workdir is None:
+        return
+    from vhjax.config import _describe
+
+    workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise ValueError(f"workdir has value {str(workdir)!r}, which is a file; allowed: a directory (new or existing)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / f"{name}.json"
+    text = json.dumps(inputs, default=_describe, sort_keys=True, indent=1)
+    if path.exists():
+        saved = json.loads(path.read_text())
+        current = json.loads(text)
+        changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k)) \
+            if isinstance(saved, dict) and isinstance(current, dict) else ["inputs"]
+        if changed:
+            raise ValueError(f"workdir {str(workdir)!r} holds a run with other {name} inputs (fields "
+                             f"{', '.join(changed)}); use a new workdir or the same inputs to resume")
+        return
+    path.write_text(text)

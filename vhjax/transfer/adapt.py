@@ -33,12 +33,16 @@ same program; BatchNorm statistics follow the source batches, the oracle's the t
 
 All adaptation values are per-member hyperparameters, so members comparing methods share one
 compiled program. ADDA (a separate target encoder trained adversarially after a source model, in
-stages) is `adda`, run on the source-only members of an `adapt` result. The hooks (early stopping, best-model keeping) see the source eval split only.
+stages) is `adda`, run on the source-only members of an `adapt` result; its stage 2 is a member step
+(`adda_step`) run by the same engine. The hooks (early stopping, best-model keeping) see the source
+eval split only. Without target labels, `select_member` picks a member by its DEV (or IWCV) estimate
+of the target risk: source eval losses weighted by the domain classifier's density ratio.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
@@ -48,8 +52,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vhjax import metrics
-from vhjax.config import TrainConfig
+from vhjax import metrics, optim
+from vhjax.config import SECTIONS, TrainConfig
 from vhjax.population.engine import PopulationRunner, default_member_group
 from vhjax.population.fit import (BucketProgram, PopulationResult, bucket_seeds, bucket_task, bucket_tasks,
                                   fit_population, with_config_loss_weights)
@@ -59,6 +63,7 @@ from vhjax.preprocess.base import transform
 from vhjax.train.state import TrainState
 from vhjax.train.step import apply_gradients, apply_model, chunk_batch_indices, per_example_loss, with_penalty
 from vhjax.train.task import Task
+from vhjax.train.workdir import content_digest, record_inputs
 from vhjax.transfer.distill import predict
 from vhjax.validation import check_choice, check_number, invalid
 
@@ -69,6 +74,7 @@ ADAPT_FIELDS = (*WEIGHT_FIELDS, *FRACTION_FIELDS, *CHOICE_FIELDS)
 DEFAULTS = {"mmd_weight": 0.0, "coral_weight": 0.0, "dann_weight": 0.0, "reweight": 0.0, "oracle": 0.0,
             "resample": 0.0, "dann_schedule": 1.0}
 LABEL = "adapt bucket {number}/{buckets} ({model}, {size} members) | "
+ADDA_LABEL = "ADDA bucket {number}/{buckets} ({model}, {size} members) | "
 
 
 # ----------------------------------------------------------------------------- the losses
@@ -137,19 +143,35 @@ class Discriminator(nn.Module):
 # ----------------------------------------------------------------------------- importance weights
 
 
-def domain_weights(source_x: np.ndarray, target_x: np.ndarray, clip: float = 10.0, seed: int = 0) -> np.ndarray:
-    """Importance weights p(target | x) / p(source | x) * n_s / n_t of the source examples from a
-    logistic-regression domain classifier on the flattened, standardised inputs; clipped at `clip`
-    and normalised to mean 1."""
+def domain_classifier(source_x: np.ndarray, target_x: np.ndarray, seed: int = 0) -> Any:
+    """A logistic-regression domain classifier (source 0, target 1) fitted on the flattened, standardised
+    inputs (an sklearn pipeline)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    xs, xt = np.reshape(source_x, (len(source_x), -1)), np.reshape(target_x, (len(target_x), -1))
+    xs, xt = flatten(source_x), flatten(target_x)
     classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=seed))
     classifier.fit(np.concatenate([xs, xt]), np.r_[np.zeros(len(xs)), np.ones(len(xt))])
-    p = np.clip(classifier.predict_proba(xs)[:, 1], 1e-6, 1 - 1e-6)
-    weights = np.minimum(p / (1 - p) * len(xs) / len(xt), clip)
+    return classifier
+
+
+def flatten(x: np.ndarray) -> np.ndarray:
+    return np.reshape(x, (len(x), -1))
+
+
+def density_ratio(classifier: Any, x: np.ndarray, source_size: int, target_size: int, clip: float) -> np.ndarray:
+    """p(target | x) / p(source | x) * n_s / n_t (an estimate of p_target(x) / p_source(x)), clipped at `clip`."""
+    p = np.clip(classifier.predict_proba(flatten(x))[:, 1], 1e-6, 1 - 1e-6)
+    return np.minimum(p / (1 - p) * source_size / target_size, clip)
+
+
+def domain_weights(source_x: np.ndarray, target_x: np.ndarray, clip: float = 10.0, seed: int = 0) -> np.ndarray:
+    """Importance weights p(target | x) / p(source | x) * n_s / n_t of the source examples from a
+    logistic-regression domain classifier on the flattened, standardised inputs; clipped at `clip`
+    and normalised to mean 1."""
+    classifier = domain_classifier(source_x, target_x, seed)
+    weights = density_ratio(classifier, source_x, len(source_x), len(target_x), clip)
     return (weights / weights.mean()).astype(np.float32)
 
 
@@ -234,6 +256,55 @@ def check_widths(widths: Any) -> None:
 def accuracies(task: Task, population: PopulationState, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """(P,) accuracy of every member on (x, y)."""
     return (predict(task, population, jnp.asarray(x)).argmax(-1) == np.asarray(y)[None]).mean(1)
+
+
+# ----------------------------------------------------------------------------- model selection without target labels
+
+SELECTION_CRITERIA = ("dev_risk", "iwcv_risk")
+
+
+def iwcv_risk(losses: np.ndarray, ratios: np.ndarray) -> np.ndarray:
+    """IWCV (Sugiyama et al. 2007): per member, the mean of its source validation losses (P, N) weighted
+    by the examples' density ratios p_target(x) / p_source(x) (N,): an estimate of its target risk."""
+    return np.mean(np.asarray(losses, np.float64) * np.asarray(ratios, np.float64), axis=-1)
+
+
+def dev_risk(losses: np.ndarray, ratios: np.ndarray) -> np.ndarray:
+    """DEV (You et al. 2019): IWCV with the density ratio as a control variate (its mean under the source
+    is 1): mean(w l) + eta (mean(w) - 1), eta = -Cov(w l, w) / Var(w), per member; lower variance than IWCV."""
+    losses, ratios = np.asarray(losses, np.float64), np.asarray(ratios, np.float64)
+    weighted, centred = losses * ratios, ratios - ratios.mean()
+    n = ratios.shape[-1]
+    variance = np.sum(centred**2) / (n - 1)
+    covariance = np.sum((weighted - weighted.mean(-1, keepdims=True)) * centred, axis=-1) / (n - 1)
+    eta = -covariance / variance if variance > 0 else np.zeros_like(covariance)
+    return weighted.mean(-1) + eta * (ratios.mean() - 1.0)
+
+
+def selection_risks(task: Task, population: PopulationState, classifier: Any, target_size: int,
+                    clip: float) -> dict[str, np.ndarray]:
+    """(P,) IWCV and DEV risks of every member: its per-example loss on the labelled source eval split,
+    weighted by the density ratios of the domain `classifier` (fitted on source train vs target train
+    inputs). Reads no target labels."""
+    x, y = task.eval.x, jnp.asarray(task.eval.y)
+    ratios = density_ratio(classifier, x, len(task.train.x), target_size, clip)
+    logits = jnp.asarray(predict(task, population, jnp.asarray(x)))
+    losses = np.asarray(jax.vmap(lambda hp, out: per_example_loss(task, hp, out, y))(population.members.hparams,
+                                                                                      logits))
+    return {"iwcv_risk": iwcv_risk(losses, ratios), "dev_risk": dev_risk(losses, ratios)}
+
+
+def select_member(result: "AdaptResult", criterion: str = "dev_risk") -> dict:
+    """The row of `result` (of `adapt` or `adda`) with the lowest label-free `criterion` ('dev_risk' or
+    'iwcv_risk') among the members that did not diverge; oracle members (trained on target labels) are
+    never chosen."""
+    check_choice("criterion", criterion, SELECTION_CRITERIA)
+    rows = [row for row in result.rows if row.get("oracle", 0.0) == 0 and row.get("diverged_step") is None
+            and np.isfinite(row[criterion])]
+    if not rows:
+        raise ValueError(f"result has value {len(result.rows)} rows, none selectable; allowed: at least one member "
+                         f"that is not an oracle, did not diverge and has a finite {criterion}")
+    return min(rows, key=lambda row: row[criterion])
 
 
 # ----------------------------------------------------------------------------- features
@@ -328,27 +399,37 @@ def adapt_step(task: Task, layer: str, discriminator: Discriminator, disc_optimi
     return step
 
 
+def target_draw(task: Task, target_size: int):
+    """`draw(data_key, start, length) -> (length, batch_size)`: a member's target batches (its own
+    permutations of the target inputs, from its data key folded with 1)."""
+    config = task.config
+    return lambda data_key, start, length: chunk_batch_indices(
+        jax.random.fold_in(data_key, 1), start, length, target_size, config.batch_size, config.shuffle,
+        config.drop_remainder)
+
+
+def member_draws(draw, population: PopulationState, length: int) -> jax.Array:
+    """`draw(data_key, start, length)` for the population: (length, ...) shared, or (length, P, ...) per member."""
+    members = population.members
+    if population.same_batches:
+        return draw(members.data_key[0], jnp.max(members.step), length)
+    return jnp.swapaxes(jax.vmap(lambda k, s: draw(k, s, length))(members.data_key, members.step), 0, 1)
+
+
 def adapt_batch_indices(task: Task, target_size: int, weights: np.ndarray):
     """Per step 3 * batch_size indices: the source batch (exactly `fit_population`'s), a source batch
     drawn in proportion to `weights`, and a target batch (its own permutations)."""
-    config, size = task.config, task.config.batch_size
-    source = population_batch_indices(task)
+    size = task.config.batch_size
+    source, target = population_batch_indices(task), target_draw(task, target_size)
     probabilities = jnp.asarray(weights / weights.sum())
 
     def extra(data_key, start, length):
-        target = chunk_batch_indices(jax.random.fold_in(data_key, 1), start, length, target_size, size,
-                                     config.shuffle, config.drop_remainder)
         draw = lambda s: jax.random.choice(jax.random.fold_in(jax.random.fold_in(data_key, 2), s), len(weights),
                                            (size,), p=probabilities)
-        return jnp.concatenate([jax.vmap(draw)(start + jnp.arange(length)), target], -1)
+        return jnp.concatenate([jax.vmap(draw)(start + jnp.arange(length)), target(data_key, start, length)], -1)
 
     def indices(population: PopulationState, length: int) -> jax.Array:
-        members = population.members
-        if population.same_batches:
-            more = extra(members.data_key[0], jnp.max(members.step), length)
-        else:
-            more = jnp.swapaxes(jax.vmap(lambda k, s: extra(k, s, length))(members.data_key, members.step), 0, 1)
-        return jnp.concatenate([source(population, length), more], -1)
+        return jnp.concatenate([source(population, length), member_draws(extra, population, length)], -1)
 
     return indices
 
@@ -401,6 +482,7 @@ class AdaptResult:
     weights: np.ndarray  # importance weights of the source training examples (mean 1; the last bucket's)
     tasks: list = dataclasses.field(default_factory=list)  # per bucket: its Task
     adapted: list = dataclasses.field(default_factory=list)  # `adda` only: per bucket, the adapted members
+    stage: PopulationResult | None = None  # `adda` only: stage 2's result (records, histories)
 
     def summary(self, metric: str = "target_accuracy") -> str:
         """Markdown: per method (in first-seen order) mean ± std of `metric` over its members."""
@@ -419,7 +501,7 @@ class AdaptResult:
 def adapt(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, target: Mapping[str, Any],
           feature_layer: str = "head", discriminator_widths: Sequence[int] = (32,),
           discriminator_learning_rate: float = 1e-3, weight_clip: float = 10.0, same_batches: bool | str = "auto",
-          verbose: bool = True) -> AdaptResult:
+          workdir: str | Path | None = None, verbose: bool = True) -> AdaptResult:
     """Train a population on `config`'s labelled (source) data, adapting to `target`'s inputs.
 
     `target`: {'train': unlabelled target inputs x (or (x, y); labels are read by oracle members only),
@@ -428,7 +510,10 @@ def adapt(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, 
     member) plus `mmd_weight`, `coral_weight`, `dann_weight` (>= 0, default 0), `dann_schedule` (1:
     DANN's lambda_p ramp, default; 0: constant), `reweight` (in [0, 1]: 0 unweighted, 1 the importance
     weights), `resample` (0 or 1) and `oracle` (in [0, 1]: the weight of the labelled target loss).
-    Everything is checked before anything compiles. Single device.
+    Every row also has the member's `diverged_step` and its label-free selection risks `iwcv_risk` and
+    `dev_risk` (`select_member`). `workdir`: checkpoints, resume and refusal as `fit_population`'s, the
+    target inputs and adaptation values included. Everything is checked before anything compiles. Single
+    device.
     """
     check_number("discriminator_learning_rate", discriminator_learning_rate, 0.0, low_inclusive=False)
     check_number("weight_clip", weight_clip, 1.0)
@@ -447,14 +532,25 @@ def adapt(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, 
     discriminator = Discriminator(tuple(discriminator_widths))
     disc_optimizer = optax.adam(discriminator_learning_rate)
     trained: list[tuple[Task, list[int]]] = []  # per bucket, as trained
+    classifiers: list = []  # per bucket, its domain classifier
     weights = None
+    if workdir is not None:  # what config.json and members.json do not say
+        oracle = any(v["oracle"] > 0 for v in values)
+        xt, yt = next(iter(prepared.values()))[0]["train"]
+        record_inputs(workdir, "adapt", {"target": xt, "target_labels": yt if oracle else None, "values": values,
+                                         "feature_layer": feature_layer, "weight_clip": weight_clip,
+                                         "discriminator_widths": list(discriminator_widths),
+                                         "discriminator_learning_rate": discriminator_learning_rate})
 
     def program(task: Task, population: PopulationState, indices: list[int]) -> BucketProgram:
         nonlocal weights
         splits, width = prepared[tuple(indices)]
         xt, yt = splits["train"]
-        weights = domain_weights(task.train.x, xt, weight_clip, config.seed)
+        classifier = domain_classifier(task.train.x, xt, config.seed)
+        weights = density_ratio(classifier, task.train.x, len(task.train.x), len(xt), weight_clip)
+        weights = (weights / weights.mean()).astype(np.float32)  # = domain_weights(task.train.x, xt, ...)
         trained.append((task, indices))
+        classifiers.append(classifier)
         population = with_adapt_state(population, [values[i] for i in indices], discriminator, disc_optimizer, width)
         runner = PopulationRunner(adapt_step(task, feature_layer, discriminator, disc_optimizer),
                                   adapt_batch_indices(task, len(xt), weights),
@@ -464,98 +560,199 @@ def adapt(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, 
         data = tuple(jnp.asarray(a) for a in (task.train.x, task.train.y, weights, xt, yt))
         return BucketProgram(population, runner=runner, train_data=data, extras=[values[i] for i in indices])
 
-    result = fit_population(config, plain, same_batches=same_batches, mesh=None, verbose=verbose, program=program,
-                            label=LABEL)
+    result = fit_population(config, plain, workdir, same_batches=same_batches, mesh=None, verbose=verbose,
+                            program=program, label=LABEL)
     rows: list[dict] = [{} for _ in members]
     for number, ((task, indices), population) in enumerate(zip(trained, result.states)):
-        x_test, y_test = prepared[tuple(indices)][0]["test"]
+        splits = prepared[tuple(indices)][0]
+        (x_test, y_test), target_size = splits["test"], len(splits["train"][0])
         target_accuracy = accuracies(task, population, x_test, y_test)
+        risks = selection_risks(task, population, classifiers[number], target_size, weight_clip)
         source_split = "test" if task.test is not None else "eval"
         for position, index in enumerate(indices):
             rows[index] = {"member": index, "bucket": number, "position": position, "method": method(values[index]),
                            **values[index],
                            "seed": bucket_seeds(config, [index], plain)[0],
                            "source_accuracy": result.members[index][source_split]["accuracy"],
-                           "target_accuracy": float(target_accuracy[position])}
+                           "target_accuracy": float(target_accuracy[position]),
+                           "diverged_step": result.members[index]["diverged_step"],
+                           **{name: float(risk[position]) for name, risk in risks.items()}}
     return AdaptResult(result, rows, weights, [task for task, _ in trained])
 
 
 # ----------------------------------------------------------------------------- ADDA
 
 
-def adda_stage(task: Task, layer: str, discriminator: Discriminator, steps: int, learning_rate: float,
-               disc_learning_rate: float, width: int):
-    """One member's ADDA stage 2 (jit and vmap it): (source params, model state, hparams, key, source x,
-    target x) -> (target params, target model state, final discriminator and encoder losses)."""
+@flax.struct.dataclass
+class AddaState(TrainState):
+    """An ADDA stage-2 member: `params`, `model_state` and `opt_state` are the target encoder's (its
+    Adam, learning rate injected per member), plus the frozen source model and the discriminator."""
+
+    source_params: Any = None
+    source_model_state: Any = None
+    disc_params: Any = None
+    disc_opt_state: Any = None
+
+
+def adda_optimizers(discriminator_learning_rate: float) -> tuple:
+    """(the target encoder's Adam(b1 = 0.5), learning rate injected; the discriminator's Adam(b1 = 0.5))."""
+    return (optax.inject_hyperparams(optax.adam)(learning_rate=2e-4, b1=0.5),
+            optax.adam(discriminator_learning_rate, b1=0.5))
+
+
+def adda_step(task: Task, layer: str, discriminator: Discriminator, encoder_optimizer: optax.GradientTransformation,
+              disc_optimizer: optax.GradientTransformation):
+    """ADDA's stage-2 member step on a batch (source x, target x): the discriminator learns source
+    features (frozen source model, evaluation mode) = 0 and target features = 1; the target encoder
+    (every parameter but `layer`'s) the inverted label; both from the same forward pass."""
     size = task.config.batch_size
-    encoder_optimizer, disc_optimizer = optax.adam(learning_rate, b1=0.5), optax.adam(disc_learning_rate, b1=0.5)
     bce = optax.sigmoid_binary_cross_entropy
+    domains = jnp.concatenate([jnp.zeros(size), jnp.ones(size)])
 
-    def run(params, model_state, hparams, key, xs_all, xt_all):
+    def step(state: AddaState, batch) -> tuple[AddaState, dict]:
+        xs, xt = batch
+        hp = state.hparams
+        dropout_key = jax.random.fold_in(jax.random.fold_in(state.key, 0xADDA), state.step)
+        f_s = apply_with_features(task, layer, state.source_params, state.source_model_state, hp, xs, train=False)[1]
+
+        def objective(params, disc_params):
+            _, f_t, model_state = apply_with_features(task, layer, params, state.model_state, hp, xt, train=True,
+                                                      dropout_key=dropout_key)
+            logits = discriminator.apply({"params": disc_params}, jnp.concatenate([f_s, jax.lax.stop_gradient(f_t)]))
+            disc_loss = bce(logits, domains).mean()
+            fooled = discriminator.apply({"params": jax.lax.stop_gradient(disc_params)}, f_t)
+            encoder_loss = bce(fooled, jnp.zeros(size)).mean()  # its features called source
+            return disc_loss + encoder_loss, (disc_loss, encoder_loss, model_state)
+
+        (loss, (disc_loss, encoder_loss, model_state)), (grads, disc_grads) = jax.value_and_grad(
+            objective, argnums=(0, 1), has_aux=True)(state.params, state.disc_params)
+        grads = {**grads, layer: jax.tree.map(jnp.zeros_like, grads[layer])}  # the head stays the source's
+        updates, opt_state = encoder_optimizer.update(grads, state.opt_state, state.params)
+        disc_updates, disc_opt_state = disc_optimizer.update(disc_grads, state.disc_opt_state, state.disc_params)
+        new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                                  opt_state=opt_state, model_state=model_state,
+                                  disc_params=optax.apply_updates(state.disc_params, disc_updates),
+                                  disc_opt_state=disc_opt_state)
+        return new_state, {"loss": loss, "discriminator_loss": disc_loss, "encoder_loss": encoder_loss}
+
+    return step
+
+
+def adda_batch_indices(task: Task, target_size: int):
+    """Per step 2 * batch_size indices: the source batch (`fit_population`'s) and a target batch."""
+    source, target = population_batch_indices(task), target_draw(task, target_size)
+    return lambda population, length: jnp.concatenate([source(population, length),
+                                                       member_draws(target, population, length)], -1)
+
+
+def adda_gather(batch_size: int):
+    return lambda data, index: (data[0][index[..., :batch_size]], data[1][index[..., batch_size:]])
+
+
+def with_adda_state(population: PopulationState, source_params: Any, source_model_state: Any,
+                    learning_rates: Sequence[float], discriminator: Discriminator, optimizers: tuple,
+                    width: int) -> PopulationState:
+    """The stage-2 population: each member's target encoder and frozen source model from the stacked
+    source parameters and model state, its encoder Adam at its learning rate, a fresh discriminator
+    (from the member's key folded with 0xADDA)."""
+    encoder_optimizer, disc_optimizer = optimizers
+    members = population.members
+
+    def init(key, params):
         disc_params = discriminator.init(jax.random.fold_in(key, 0xADDA), jnp.zeros((1, width)))["params"]
+        return encoder_optimizer.init(params), disc_params, disc_optimizer.init(disc_params)
 
-        def body(carry, step):
-            target_params, target_state, encoder_opt, disc_params, disc_opt = carry
-            ks, kt, kd = jax.random.split(jax.random.fold_in(jax.random.fold_in(key, 0xADDA), step), 3)
-            xs = xs_all[jax.random.randint(ks, (size,), 0, xs_all.shape[0])]
-            xt = xt_all[jax.random.randint(kt, (size,), 0, xt_all.shape[0])]
-            f_s = apply_with_features(task, layer, params, model_state, hparams, xs, train=False)[1]
+    opt_state, disc_params, disc_opt_state = jax.jit(jax.vmap(init))(members.key, source_params)
+    opt_state = optim.set_hyperparams(opt_state, learning_rate=jnp.asarray(learning_rates, jnp.float32))
+    fields = {f.name: getattr(members, f.name) for f in dataclasses.fields(TrainState)}
+    copy = lambda tree: jax.tree.map(jnp.copy, tree)  # own buffers: the engine may donate the encoder's
+    fields.update(params=copy(source_params), model_state=copy(source_model_state), opt_state=opt_state)
+    return population.replace(members=AddaState(**fields, source_params=source_params,
+                                                source_model_state=source_model_state,
+                                                disc_params=disc_params, disc_opt_state=disc_opt_state))
 
-            def encode(target_params):
-                _, f_t, state = apply_with_features(task, layer, target_params, target_state, hparams, xt, train=True,
-                                                    dropout_key=kd)
-                return f_t, state
 
-            def disc_loss(disc_params, f_t):  # the discriminator: source 0, target 1
-                logits = discriminator.apply({"params": disc_params}, jnp.concatenate([f_s, f_t]))
-                return bce(logits, jnp.r_[jnp.zeros(size), jnp.ones(size)]).mean()
+_RUNNERS: dict = {}  # (task id, settings) -> (task, runner): a rerun (resume, another learning rate) compiles nothing
 
-            def encoder_loss(target_params):  # the target encoder, inverted labels: its features called source
-                f_t, state = encode(target_params)
-                return bce(discriminator.apply({"params": disc_params}, f_t), jnp.zeros(size)).mean(), state
 
-            d_loss, d_grads = jax.value_and_grad(disc_loss)(disc_params, encode(target_params)[0])
-            (e_loss, state), e_grads = jax.value_and_grad(encoder_loss, has_aux=True)(target_params)
-            e_grads = {**e_grads, layer: jax.tree.map(jnp.zeros_like, e_grads[layer])}  # the head stays the source's
-            updates, encoder_opt = encoder_optimizer.update(e_grads, encoder_opt, target_params)
-            d_updates, disc_opt = disc_optimizer.update(d_grads, disc_opt, disc_params)
-            carry = (optax.apply_updates(target_params, updates), state, encoder_opt,
-                     optax.apply_updates(disc_params, d_updates), disc_opt)
-            return carry, jnp.stack([d_loss, e_loss])
+def adda_runner(task: Task, layer: str, discriminator: Discriminator, optimizers: tuple, target_size: int,
+                member_group: int | None, disc_learning_rate: float) -> PopulationRunner:
+    """The engine's chunk runner of ADDA's step, one per task and settings (the learning rates are state)."""
+    key = (id(task), layer, discriminator.widths, disc_learning_rate, target_size, member_group)
+    if key in _RUNNERS and _RUNNERS[key][0] is task:
+        return _RUNNERS[key][1]
+    if len(_RUNNERS) >= 4:
+        _RUNNERS.pop(next(iter(_RUNNERS)))
+    runner = PopulationRunner(adda_step(task, layer, discriminator, *optimizers), adda_batch_indices(task, target_size),
+                              member_group=member_group, gather=adda_gather(task.config.batch_size))
+    _RUNNERS[key] = (task, runner)
+    return runner
 
-        carry = (params, model_state, encoder_optimizer.init(params), disc_params, disc_optimizer.init(disc_params))
-        (target_params, target_state, *_), losses = jax.lax.scan(body, carry, jnp.arange(steps))
-        return target_params, target_state, losses[-max(1, steps // 10):].mean(0)
 
-    return run
+STAGE_SECTIONS = ("optimizer", "regularization", "augmentation")  # ADDA's own in stage 2, not the config's
+STAGE_MEMBER_FIELDS = (*SECTIONS["data"], *SECTIONS["model"], *SECTIONS["objective"], "batch_size",
+                       "eval_batch_size", "eval_metrics")  # what a stage-2 member keeps of its stage-1 fields
+
+
+def stage_config(config: TrainConfig, steps: int) -> TrainConfig:
+    """Stage 2's config: `config`'s data, model and loop, `steps` steps, the optimizer, regularisation and
+    augmentation sections at their defaults (unused: ADDA's step has its own), no early stopping, no
+    best-model keeping, no plateau, BatchNorm statistics as trained (no precise BN on source data)."""
+    defaults = TrainConfig()
+    reset = {name: getattr(defaults, name) for section in STAGE_SECTIONS for name in SECTIONS[section]}
+    return dataclasses.replace(config, **reset, steps=steps, eval_every=min(config.eval_every, steps), patience=None,
+                               keep_best=False, precise_bn_batches=0)
+
+
+def stage_member(record: Mapping[str, Any], seed: int) -> dict:
+    """A stage-2 member from a stage-1 member's record config: its data, model and objective fields, its seed."""
+    return {**{k: v for k, v in record["config"].items() if k in STAGE_MEMBER_FIELDS}, "seed": seed}
+
+
+def check_learning_rates(learning_rate: Any, count: int) -> list[float]:
+    """One stage-2 learning rate per adapted member, from one for all or a sequence of `count`."""
+    rates = [learning_rate] * count if not isinstance(learning_rate, (list, tuple, np.ndarray)) else list(learning_rate)
+    if len(rates) != count:
+        raise invalid("learning_rate", f"a sequence of {len(rates)}",
+                      f"one number, or {count} (one per adapted member)")
+    for rate in rates:
+        check_number("learning_rate", rate, 0.0, low_inclusive=False)
+    return [float(r) for r in rates]
 
 
 def adda(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, target: Mapping[str, Any],
-         source: AdaptResult | None = None, steps: int | None = None, learning_rate: float = 2e-4,
+         source: AdaptResult | None = None, steps: int | None = None, learning_rate: float | Sequence[float] = 2e-4,
          feature_layer: str = "head", discriminator_widths: Sequence[int] = (64, 64),
-         discriminator_learning_rate: float = 2e-4, verbose: bool = True) -> AdaptResult:
+         discriminator_learning_rate: float = 2e-4, weight_clip: float = 10.0, workdir: str | Path | None = None,
+         verbose: bool = True) -> AdaptResult:
     """ADDA (Tzeng et al. 2017): adversarial discriminative domain adaptation, in two stages.
 
     Stage 1, the source model: `source`, an `adapt` result on the same `config` and `target` whose
     'source only' members are adapted (e.g. the source-only rows of a table's population), or, when
     `source` is None, `adapt(config, members, target=target)` with members that set no adaptation field.
-    Stage 2, per source-only member, all members in one vmapped program per bucket: a target encoder
-    (every parameter but `feature_layer`'s, initialised from the source model) is trained for `steps`
-    (default config.steps) against a domain discriminator (an MLP of `discriminator_widths`) that learns
-    source features (frozen source model, evaluation mode) = 0 and target features = 1, the encoder with
-    the inverted label (GAN loss), both Adam(b1 = 0.5). The classifier head stays the source's. Batches
-    of config.batch_size drawn with replacement; no augmentation, no target labels.
+    Stage 2, per source-only member, trained by the population engine (`fit_population` with ADDA's
+    member step: chunks, divergence isolation, metrics history, checkpoints): a target encoder (every
+    parameter but `feature_layer`'s, initialised from the source model) is trained for `steps` (default
+    config.steps) against a domain discriminator (an MLP of `discriminator_widths`) that learns source
+    features (frozen source model, evaluation mode) = 0 and target features = 1, the encoder with the
+    inverted label (GAN loss), both Adam(b1 = 0.5); `learning_rate` is the encoder's, one for all or one
+    per adapted member (in the order of the result's rows). The classifier head stays the source's. No
+    augmentation, no target labels. `workdir`: stage 1 checkpoints in `workdir/source` (when trained
+    here), stage 2 in `workdir/adda`; a rerun resumes (a finished one restores); other source models,
+    target inputs or ADDA settings are refused.
     Returns an `AdaptResult`: `rows` one per adapted member (method 'ADDA', its source and target test
-    accuracy with the target encoder), `population` stage 1's, `adapted` per bucket the adapted
-    members (a `PopulationState`). Everything is checked before anything compiles.
+    accuracy with the target encoder, the discriminator's and encoder's losses over the last chunk, its
+    divergence step and the label-free selection risks), `population` stage 1's, `adapted` per stage-2
+    bucket the adapted members (a `PopulationState`), `stage` stage 2's `PopulationResult`.
+    Everything is checked before anything compiles.
     """
-    check_number("learning_rate", learning_rate, 0.0, low_inclusive=False)
     check_number("discriminator_learning_rate", discriminator_learning_rate, 0.0, low_inclusive=False)
+    check_number("weight_clip", weight_clip, 1.0)
     steps = config.steps if steps is None else steps
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise invalid("steps", steps, "a positive int (ADDA stage 2 steps)")
     check_widths(discriminator_widths)
-    discriminator = Discriminator(tuple(discriminator_widths))
+    root = Path(workdir) if workdir is not None else None
     if source is None:
         for index, member in enumerate(members):
             values = split_adapt_member(index, member)[0]
@@ -563,43 +760,80 @@ def adda(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, t
             if changed:
                 raise invalid(f"member {index}: field {changed[0]!r}", values[changed[0]],
                               "not set: ADDA's stage 1 is a source-only model")
+        rates = check_learning_rates(learning_rate, len(members))
         task = bucket_task(config)
         target_splits(task, target, False)
         feature_dim(task, feature_layer, task.default_hparams)
-        source = adapt(config, members, target=target, feature_layer=feature_layer, verbose=verbose)
+        source = adapt(config, members, target=target, feature_layer=feature_layer, weight_clip=weight_clip,
+                       workdir=None if root is None else root / "source", verbose=verbose)
     elif not isinstance(source, AdaptResult) or not source.tasks:
         raise invalid("source", type(source).__name__, "an AdaptResult of `adapt` (stage 1) or None")
-    if not any(row["method"] == "source only" for row in source.rows):
+    chosen = [row for row in source.rows if row["method"] == "source only"]
+    if not chosen:
         raise invalid("source", "an AdaptResult without a 'source only' member", "one with at least one")
-    rows, adapted = [], []
-    for number, (task, state) in enumerate(zip(source.tasks, source.population.states)):
-        chosen = [row for row in source.rows if row["bucket"] == number and row["method"] == "source only"]
-        if not chosen:
-            continue
+    rates = check_learning_rates(learning_rate, len(chosen))
+    for task in {id(source.tasks[row["bucket"]]): source.tasks[row["bucket"]] for row in chosen}.values():
+        target_splits(task, target, False)
+        feature_dim(task, feature_layer, task.default_hparams)  # raises on an unknown layer
+    discriminator = Discriminator(tuple(discriminator_widths))
+    optimizers = adda_optimizers(discriminator_learning_rate)
+    stage = stage_config(config, steps)
+    stage_members = [stage_member(source.population.members[row["member"]], row["seed"]) for row in chosen]
+    source_members = [jax.tree.map(lambda a, p=row["position"]: a[p], source.population.states[row["bucket"]].members)
+                      for row in chosen]
+    trained: list[tuple[Task, list[int]]] = []
+    if root is not None:  # what config.json and members.json do not say
+        record_inputs(root / "adda", "adda", {
+            "source": content_digest([(m.params, m.model_state) for m in source_members]),
+            "target": target_splits(source.tasks[chosen[0]["bucket"]], target, False)["train"][0],
+            "learning_rates": rates, "feature_layer": feature_layer,
+            "discriminator_widths": list(discriminator_widths),
+            "discriminator_learning_rate": discriminator_learning_rate})
+
+    def program(task: Task, population: PopulationState, indices: list[int]) -> BucketProgram:
+        trained.append((task, indices))
+        xt = target_splits(task, target, False)["train"][0]
+        width = feature_dim(task, feature_layer, task.default_hparams)
+        stack = lambda *leaves: jnp.stack(leaves)
+        population = with_adda_state(population, jax.tree.map(stack, *[source_members[i].params for i in indices]),
+                                     jax.tree.map(stack, *[source_members[i].model_state for i in indices]),
+                                     [rates[i] for i in indices], discriminator, optimizers, width)
+        runner = adda_runner(task, feature_layer, discriminator, optimizers, len(xt),
+                             default_member_group(len(indices)), discriminator_learning_rate)
+        return BucketProgram(population, runner=runner, train_data=(jnp.asarray(task.train.x), jnp.asarray(xt)),
+                             extras=[{"learning_rate": rates[i]} for i in indices])
+
+    result = fit_population(stage, stage_members, None if root is None else root / "adda", mesh=None,
+                            verbose=verbose, program=program, label=ADDA_LABEL)
+    rows: list[dict] = [{} for _ in chosen]
+    for number, ((task, indices), population) in enumerate(zip(trained, result.states)):
         splits = target_splits(task, target, False)
         (xt, _), (x_test, y_test) = splits["train"], splits["test"]
-        width = feature_dim(task, feature_layer, task.default_hparams)
-        positions = jnp.asarray([row["position"] for row in chosen])
-        members_ = jax.tree.map(lambda a: a[positions], state.members)
-        run = adda_stage(task, feature_layer, discriminator, steps, learning_rate, discriminator_learning_rate, width)
-        if verbose:
-            print(f"ADDA bucket {number + 1}/{len(source.tasks)}: {len(chosen)} members, {steps} steps", flush=True)
-        params, model_state, losses = jax.jit(jax.vmap(run, in_axes=(0, 0, 0, 0, None, None)))(
-            members_.params, members_.model_state, members_.hparams, members_.key, jnp.asarray(task.train.x),
-            jnp.asarray(xt))
-        population = state.replace(members=members_.replace(params=params, model_state=model_state))
-        adapted.append(population)
         source_split = task.test if task.test is not None else task.eval
         target_accuracy = accuracies(task, population, x_test, y_test)
         source_accuracy = accuracies(task, population, source_split.x, source_split.y)
-        for position, row in enumerate(chosen):
-            rows.append({"member": row["member"], "bucket": number, "position": position, "method": "ADDA",
-                         "seed": row["seed"], "source_accuracy": float(source_accuracy[position]),
-                         "target_accuracy": float(target_accuracy[position]),
-                         "source_only_target_accuracy": row["target_accuracy"],
-                         "discriminator_loss": float(losses[position, 0]), "encoder_loss": float(losses[position, 1])})
-    return AdaptResult(source.population, rows, source.weights, source.tasks, adapted)
+        risks = selection_risks(task, population, domain_classifier(task.train.x, xt, config.seed), len(xt),
+                                weight_clip)
+        last = last_train_row(result.histories[number])
+        for position, index in enumerate(indices):
+            row = chosen[index]
+            rows[index] = {"member": row["member"], "bucket": number, "position": position, "method": "ADDA",
+                           "seed": row["seed"], "learning_rate": rates[index],
+                           "source_accuracy": float(source_accuracy[position]),
+                           "target_accuracy": float(target_accuracy[position]),
+                           "source_only_target_accuracy": row["target_accuracy"],
+                           "discriminator_loss": float(np.reshape(last["discriminator_loss"], -1)[position]),
+                           "encoder_loss": float(np.reshape(last["encoder_loss"], -1)[position]),
+                           "diverged_step": result.members[index]["diverged_step"],
+                           **{name: float(values[position]) for name, values in risks.items()}}
+    return AdaptResult(source.population, rows, source.weights, source.tasks, list(result.states), result)
 
 
-__all__ = ["ADAPT_FIELDS", "AdaptResult", "AdaptState", "Discriminator", "adapt", "adapt_step", "adda", "coral_loss",
-           "dann_lambda", "domain_weights", "mmd_loss", "reverse_gradient"]
+def last_train_row(history: Sequence[dict]) -> dict:
+    """The metrics log's last 'train' row (chunk means per member)."""
+    return [row for row in history if row["split"] == "train"][-1]
+
+
+__all__ = ["ADAPT_FIELDS", "AdaptResult", "AdaptState", "AddaState", "Discriminator", "adapt", "adapt_step", "adda",
+           "adda_step", "coral_loss", "dann_lambda", "dev_risk", "domain_weights", "iwcv_risk", "mmd_loss",
+           "reverse_gradient", "select_member"]

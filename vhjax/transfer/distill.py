@@ -25,6 +25,7 @@ mixup/CutMix is refused (the teacher's logits would not match the mixed inputs).
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -42,6 +43,7 @@ from vhjax.population.members import population_batch_indices
 from vhjax.population.state import PopulationState
 from vhjax.train.step import apply_model, make_train_step, per_example_loss
 from vhjax.train.task import Task, call_keywords, resolve_model
+from vhjax.train.workdir import content_digest, record_inputs
 from vhjax.transfer.weights import as_variables, load_source
 from vhjax.validation import check_int, check_number, invalid
 
@@ -115,6 +117,13 @@ class Teacher:
         return np.asarray(batched_apply(self.model, self.variables, jnp.asarray(x), batch_size))
 
 
+def teacher_fingerprint(teacher: Teacher) -> dict[str, str]:
+    """What identifies a teacher in a workdir: its model's class and a digest of its variables."""
+    model = teacher.model
+    return {"model": f"{type(model).__module__}.{type(model).__qualname__}",
+            "variables": content_digest(teacher.variables)}
+
+
 def as_teacher(teacher: Any, teacher_model: Any = None, **source: Any) -> Teacher:
     """A `Teacher` from one, or from anything `load_source` takes plus its model (a flax Module, a
     registered model name, or the TrainConfig it was trained with)."""
@@ -166,10 +175,20 @@ def distill_loss(task: Task):
     return data_loss
 
 
+_RUNNERS: dict = {}  # (task id, size) -> (task, runner): a rerun (resume, other students) compiles nothing
+
+
 def distill_runner(task: Task, size: int) -> PopulationRunner:
-    """The engine's chunk runner of the distillation step on data (x, y, teacher logits)."""
-    return PopulationRunner(make_train_step(task, distill_loss(task)), population_batch_indices(task),
-                            member_group=default_member_group(size))
+    """The engine's chunk runner of the distillation step on data (x, y, teacher logits), one per task
+    and population size (the teacher's logits are data, the students' values state)."""
+    key = (id(task), size)
+    if key not in _RUNNERS or _RUNNERS[key][0] is not task:
+        if len(_RUNNERS) >= 4:
+            _RUNNERS.pop(next(iter(_RUNNERS)))
+        runner = PopulationRunner(make_train_step(task, distill_loss(task)), population_batch_indices(task),
+                                  member_group=default_member_group(size))
+        _RUNNERS[key] = (task, runner)
+    return _RUNNERS[key][1]
 
 
 def with_distill_hparams(population: PopulationState, values: Sequence[dict]) -> PopulationState:
@@ -277,7 +296,7 @@ def student_rows(result: PopulationResult, values: Sequence[dict], tasks: Sequen
 
 def distill(config: TrainConfig, teacher: Any, students: Sequence[Mapping[str, Any]] = ({},), *,
             teacher_model: Any = None, source: Mapping[str, Any] | None = None, same_batches: bool | str = "auto",
-            verbose: bool = True) -> DistillResult:
+            workdir: str | Path | None = None, verbose: bool = True) -> DistillResult:
     """Train a population of students on `config`'s data with soft targets from `teacher`.
 
     `teacher`: a `Teacher`, or anything `load_source` takes (a `fit` result, a population result or
@@ -287,6 +306,9 @@ def distill(config: TrainConfig, teacher: Any, students: Sequence[Mapping[str, A
     soft targets in [0, 1], default 0.5; 0 = the student trained alone) and `distill_steps` (0 ..
     config.steps, default config.steps; fewer = the mixed procedure: hard labels only afterwards).
     Students with equal static config share one compiled program whatever their (T, w, steps).
+    `workdir`: as `fit_population`'s (checkpoints after every evaluation, a rerun resumes, a finished
+    run is restored), with the teacher (its model class and a digest of its variables) and the students'
+    (T, w, steps) recorded in `workdir/distill.json`: another teacher or other values are refused.
     Everything, the teacher's classes included, is checked before anything compiles. Single device.
     """
     check_config(config)
@@ -303,6 +325,7 @@ def distill(config: TrainConfig, teacher: Any, students: Sequence[Mapping[str, A
     for task, _ in tasks:  # shapes only, before compiling
         check_teacher_classes(teacher.output_shape(task.train.x.shape[1:])[-1], output_classes(task),
                               str(task.config.model))
+    record_inputs(workdir, "distill", {"teacher": teacher_fingerprint(teacher), "students": values})
     logits: dict[int, np.ndarray] = {}
     trained: list[tuple[Task, list[int]]] = []  # per bucket, as trained
 
@@ -317,7 +340,7 @@ def distill(config: TrainConfig, teacher: Any, students: Sequence[Mapping[str, A
                                          jnp.asarray(logits[key])),
                              extras=[values[i] for i in indices])
 
-    result = fit_population(config, members, same_batches=same_batches, mesh=None, verbose=verbose,
+    result = fit_population(config, members, workdir, same_batches=same_batches, mesh=None, verbose=verbose,
                             program=program, label=LABEL)
     tasks = trained
     task0 = tasks[0][0]
