@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+import pytest
 
 from vhjax import models
 from vhjax.data import load
@@ -62,3 +63,15 @@ def test_bagging_in_a_workdir_resumes_and_extends_as_one_uninterrupted_run(tmp_p
                  extended.groups[0].variables, whole.groups[0].variables)
     assert not np.allclose(first.groups[0].variables["params"]["head"]["kernel"],
                            whole.groups[0].variables["params"]["head"]["kernel"])
+
+
+def test_bad_options_are_named_before_compiling():
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match=r"config has fields \['bogus'\]; allowed: TrainConfig fields"):
+        bagging(MODEL, X, Y, size=2, key=key, steps=5, config={"bogus": 1})
+    with pytest.raises(ValueError, match=r"learning_rate has 2 values; allowed: one value, or one per round \(3\)"):
+        boosting(MODEL, X, Y, rounds=3, key=key, steps=5, learning_rate=[0.1, 0.2])
+    with pytest.raises(ValueError, match="batch_size has value 64; allowed: at most the 30 rows"):
+        bagging(MODEL, X, Y, size=2, key=key, steps=5, fraction=0.05, batch_size=64)
+    with pytest.raises(ValueError, match="attack has value 'cw'"):
+        adversarial_training(MODEL, X, Y, epsilons=[0.1], key=key, steps=5, attack="cw")

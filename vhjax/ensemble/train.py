@@ -221,8 +221,8 @@ def ensemble_config(model: Any, x: np.ndarray, y: np.ndarray, *, steps: int, bat
     """The TrainConfig of `train_members`: (x, y) as the training and evaluation split, the model
     object, 'adamw' (Adam with decoupled weight decay) or 'momentum' SGD, and `fields` on top."""
     name, kwargs = ("adamw", {}) if optimizer == "adam" else ("momentum", {"momentum": float(momentum)})
-    config = TrainConfig(dataset=arrays_dataset(model, x, y), train_split="train", eval_split="train", model=model, steps=steps,
-                         batch_size=batch_size, optimizer=name, optimizer_kwargs=kwargs, seed=seed,
+    config = TrainConfig(dataset=arrays_dataset(model, x, y), train_split="train", eval_split="train", model=model,
+                         steps=steps, batch_size=batch_size, optimizer=name, optimizer_kwargs=kwargs, seed=seed,
                          eval_every=eval_every, eval_metrics=("loss", "accuracy"), schedule=schedule,
                          schedule_kwargs=dict(schedule_kwargs))
     if fields:
