@@ -43,7 +43,6 @@ from vhjax.population.state import PopulationState
 from vhjax.train.step import apply_model, chunk_batch_indices, make_train_step
 from vhjax.train.task import Task
 
-EXTRA_STATE = ("rows", "sample_logits", "epsilon")  # per-member state this module adds to the hparams
 
 
 @dataclasses.dataclass
