@@ -44,7 +44,6 @@ from vhjax.train.step import apply_model, chunk_batch_indices, make_train_step
 from vhjax.train.task import Task
 
 
-
 @dataclasses.dataclass
 class Trained:
     """A trained group (its members that did not diverge), its snapshots (one stacked variables
