@@ -163,6 +163,15 @@ def _cosine(total_steps: int | None, *, warmup_steps: int = 0, alpha: float = 0.
     return optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup_steps, total_steps, end_value=alpha)
 
 
+@SCHEDULES.register("cosine_cycles")
+def _cosine_cycles(total_steps: int | None, *, steps_per_cycle: int) -> Schedule:
+    """Cyclic cosine (snapshot ensembles, Huang et al. 2017): from 1 to 0 in every cycle of
+    `steps_per_cycle` steps, back to 1 at the start of the next."""
+    del total_steps
+    _check_positive_int("schedule_kwargs['steps_per_cycle']", steps_per_cycle)
+    return lambda step: 0.5 * (1.0 + jnp.cos(jnp.pi * (step % steps_per_cycle) / steps_per_cycle))
+
+
 def _check_positive_int(field: str, value: Any) -> None:
     validation.check_int(field, value, minimum=1)
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
 from vhjax.config import TrainConfig
 from vhjax.ensemble import Ensemble, combine, stack_kfold
-from vhjax.population.kfold import fit_kfold, member_probs, out_of_fold_probs
+from vhjax.population.fit import precise_members
+from vhjax.population.kfold import fit_kfold, fold_tables, member_probs, out_of_fold_probs
 
 CONFIG = TrainConfig(dataset="digits", model="mlp", model_kwargs={"widths": (16,), "num_classes": 10},
                      batch_size=32, steps=60, eval_every=60, seed=0)
@@ -96,3 +98,37 @@ def test_bad_input_is_named_before_compiling(result):
         combine.fit_stacking(oof, result.task.train.y[:-1])
     with pytest.raises(ValueError, match=r"labels has values in \[0, 10\].*allowed: integers in \[0, 9\]"):
         combine.fit_stacking(oof, np.where(np.arange(n) == 0, 10, result.task.train.y))
+
+
+class BatchNormNet(nn.Module):
+    """Dense, BatchNorm with slow running averages (momentum 0.99), head: after a few steps its running
+    statistics are far from the data's, so precise BN changes its predictions."""
+
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        h = nn.Dense(16)(x.reshape(x.shape[0], -1))
+        h = nn.BatchNorm(use_running_average=not train, momentum=0.99)(h)
+        return nn.Dense(self.num_classes, name="head")(nn.relu(h))
+
+
+def test_out_of_fold_predictions_of_a_batchnorm_model_use_the_precise_statistics_folds_were_scored_with():
+    config = dataclasses.replace(CONFIG, model=BatchNormNet(), model_kwargs={}, steps=40, eval_every=40)
+    result = fit_kfold(config, [{}], k=2, verbose=False)
+    members = result.population.members
+    np.testing.assert_allclose(  # the kept statistics are the precise ones (recomputing changes nothing)
+        jax.tree.leaves(precise_members(result.task)(members).model_state),
+        jax.tree.leaves(members.model_state), rtol=1e-5, atol=1e-6)
+    oof = out_of_fold_probs(result)[0]
+    y = result.task.train.y
+    _, held_out, _ = fold_tables(y, 2, 0)
+    for fold in range(2):  # each fold's reported accuracy is its out-of-fold predictions' accuracy
+        rows = held_out[fold]
+        assert (oof[rows].argmax(-1) == y[rows]).mean() == pytest.approx(
+            result.candidates[0]["folds"]["accuracy"][fold], abs=1e-6)
+    initial = jax.tree_util.tree_map_with_path(  # BatchNorm's initial statistics: mean 0, variance 1
+        lambda path, a: np.ones_like(a) if path[-1].key == "var" else np.zeros_like(a), members.model_state)
+    uncalibrated = dataclasses.replace(result, population=result.population.replace(
+        members=members.replace(model_state=initial)))
+    assert np.abs(out_of_fold_probs(uncalibrated)[0] - oof).max() > 1e-2  # the statistics matter here

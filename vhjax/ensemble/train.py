@@ -1,50 +1,69 @@
-"""Ensembles trained in one program: bagging, boosting (SAMME), snapshot ensembles, adversarial training
-with a per-member epsilon, and deep ensembles.
+"""Ensembles trained on the one engine: bagging, boosting (SAMME), snapshot ensembles, adversarial
+training with a per-member epsilon, and deep ensembles.
 
-Deep ensembles need no new engine: `fit_population` gives every member its own initialisation key,
-so P members with identical hyperparameters are a deep ensemble (`deep_ensemble`).
-
-The others need per-member data (a bootstrap sample, boosting weights), a cyclic schedule with
-snapshots, or an attack inside the step, which `fit_population` does not take today. They run on
-`train_members`, a small vmapped optax loop written here: one member's step on one batch,
-`jax.vmap` over members, `lax.scan` over steps, one compilation per (model, options). It is a plain
-classifier loop (Adam or SGD with momentum, cross-entropy, optional dropout and decoupled weight
-decay); models with batch statistics update them in train mode.
+Every one of them is `fit_population` (`vhjax.population.fit`), so it gets the engine's chunks,
+checkpoints and resume (`workdir`), divergence isolation (a diverging member is frozen and left
+out of the ensemble, not fatal), hooks, precise BN, and the config's losses and augmentation
+(`config={...}`: extra `TrainConfig` fields). `train_members` turns (model, x, y) and the old
+options into a `TrainConfig` on those arrays (evaluated on them) plus one member dict per member,
+and gives each bucket its own program (`BucketProgram`): the classifier step, or the step on
+FGSM/PGD examples, and a batch-index function reading extra per-member state. Per member:
+`learning_rate`, `weight_decay`, `dropout_rate`, the seed (initialisation and data order), and
+- bagging: `rows`, its bootstrap sample (batches are epochs over those rows);
+- boosting: `sample_logits`, the log of its example weights (batches drawn with them); one
+  `fit_population` per round;
+- adversarial training: `epsilon`, its attack budget (all budgets share one compiled program);
+- snapshot ensembles: the `cosine_cycles` learning-rate schedule, and a loop hook that keeps the
+  members' variables at every cycle end (chunks end there).
+Deep ensembles are plain `fit_population` members that differ only in their seed (`deep_ensemble`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from vhjax import validation
+from vhjax import optim, validation
+from vhjax.config import TrainConfig
+from vhjax.data import Dataset, from_arrays
 from vhjax.ensemble.members import MemberGroup
 from vhjax.ensemble.model import Ensemble
 from vhjax.inspect import attacks
+from vhjax.population.engine import PopulationRunner, default_member_group
+from vhjax.population.fit import BucketProgram, PopulationResult, fit_population, precise_members
+from vhjax.population.loop import Hook, Report
+from vhjax.population.members import population_batch_indices
+from vhjax.population.state import PopulationState
+from vhjax.train.step import apply_model, chunk_batch_indices, make_train_step
+from vhjax.train.task import Task
 
 
 @dataclasses.dataclass
 class Trained:
-    """A trained group, its snapshots (one stacked variables tree per snapshot step) and the loss
-    per logged step (steps // log_every, M)."""
+    """A trained group (its members that did not diverge), its snapshots (one stacked variables
+    tree per cycle end, diverged members left out), the mean training loss per chunk (chunks, M),
+    the engine's result, {member name: step} of the members that diverged, and per snapshot the
+    positions (into the members) it holds."""
 
     group: MemberGroup
     snapshots: list[dict]
     loss: np.ndarray
+    result: PopulationResult | None = None
+    diverged: dict[str, int] = dataclasses.field(default_factory=dict)
+    snapshot_members: list[np.ndarray] = dataclasses.field(default_factory=list)  # per snapshot: positions kept
 
 
 def _positive_int(name: str, value: Any) -> None:
     validation.check_int(name, value, minimum=1)
 
 
-def _per_member(name: str, value: Any, size: int, *, minimum: float = 0.0, strict: bool = False) -> jnp.ndarray:
+def _per_member(name: str, value: Any, size: int, *, minimum: float = 0.0, strict: bool = False) -> np.ndarray:
     array = np.broadcast_to(np.asarray(value, np.float64), (size,)) if np.ndim(value) == 0 else np.asarray(value)
     if array.shape != (size,):
         raise ValueError(f"{name} has shape {np.shape(value)}; allowed: a scalar or one value per member ({size},)")
@@ -53,31 +72,210 @@ def _per_member(name: str, value: Any, size: int, *, minimum: float = 0.0, stric
         i = int(np.argmax(bad))
         op = ">" if strict else ">="
         raise ValueError(f"{name} has value {float(array[i])!r} at member {i}; allowed: finite values {op} {minimum}")
-    return jnp.asarray(array, jnp.float32)
+    return array.astype(np.float32)
 
 
-@functools.lru_cache(maxsize=None)
 def cosine_cycles(steps_per_cycle: int) -> Callable[[jax.Array], jax.Array]:
-    """Learning-rate multiplier of snapshot ensembles (Huang et al. 2017): cosine from 1 to 0 in each cycle."""
+    """Learning-rate multiplier of snapshot ensembles (Huang et al. 2017): cosine from 1 to 0 in each
+    cycle; the `optim` schedule 'cosine_cycles' (what `snapshot_ensemble` trains with)."""
     _positive_int("steps_per_cycle", steps_per_cycle)
-    return lambda step: 0.5 * (1.0 + jnp.cos(jnp.pi * (step % steps_per_cycle) / steps_per_cycle))
+    return optim.make_schedule("cosine_cycles", {"steps_per_cycle": steps_per_cycle})
+
+
+def seed_of(key: jax.Array) -> int:
+    """A config seed drawn from a PRNG key (the old API takes keys, configs take seeds)."""
+    return int(jax.random.randint(key, (), 0, 2 ** 31 - 1))
+
+
+# ----------------------------------------------------------------------------- per-member programs
+
+
+def table_batch_indices(task: Task) -> Callable:
+    """Batch indices (length, P, B): member i's epochs run over its own rows (`hparams['rows']`)."""
+    config = task.config
+
+    def indices(population: PopulationState, length: int) -> jax.Array:
+        members = population.members
+
+        def one(data_key, step, rows):
+            positions = chunk_batch_indices(data_key, step, length, rows.shape[0], config.batch_size,
+                                            config.shuffle, config.drop_remainder)
+            return rows[positions]
+
+        return jnp.swapaxes(jax.vmap(one)(members.data_key, members.step, members.hparams["rows"]), 0, 1)
+
+    return indices
+
+
+def weighted_batch_indices(task: Task) -> Callable:
+    """Batch indices (length, P, B): member i's examples drawn with its weights (`hparams['sample_logits']`,
+    log-weights), with replacement; step s's batch is a function of (data key, s)."""
+    size = task.config.batch_size
+
+    def indices(population: PopulationState, length: int) -> jax.Array:
+        members = population.members
+
+        def one(data_key, step, logits):
+            draw = lambda s: jax.random.categorical(jax.random.fold_in(data_key, s), logits, shape=(size,))
+            return jax.vmap(draw)(step + jnp.arange(length))
+
+        return jnp.swapaxes(jax.vmap(one)(members.data_key, members.step, members.hparams["sample_logits"]), 0, 1)
+
+    return indices
+
+
+def adversarial_step(task: Task, attack: str, norm: str, attack_steps: int) -> Callable:
+    """The classifier step on FGSM or PGD examples of the member's budget `hparams['epsilon']` (0:
+    clean), attacked in evaluation mode with the member's current weights."""
+    train_step = make_train_step(task)
+
+    def step(state, batch):
+        x, y = batch[0], batch[1]
+        logits = lambda inputs: apply_model(task, state.params, state.model_state, state.hparams, inputs,
+                                            train=False)[0]
+        epsilon = state.hparams["epsilon"]
+        if attack == "fgsm":
+            x = attacks.fgsm(logits, x, y, epsilon, norm=norm)
+        else:
+            key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), 0xA77)
+            x = attacks.pgd(logits, x, y, epsilon, norm=norm, steps=attack_steps, key=key)
+        return train_step(state, (jax.lax.stop_gradient(x), y, *batch[2:]))
+
+    return step
+
+
+_RUNNERS: dict = {}
+
+
+def member_runner(task: Task, size: int, sampling: str, adversarial: tuple | None) -> PopulationRunner:
+    """The bucket's chunk runner, built once per (task, size, sampling, attack): boosting rounds and
+    repeated calls on the same arrays reuse its compilation."""
+    key = (id(task), size, sampling, adversarial)
+    if key not in _RUNNERS or _RUNNERS[key][0] is not task:
+        if len(_RUNNERS) >= 8:
+            _RUNNERS.pop(next(iter(_RUNNERS)))
+        step = make_train_step(task) if adversarial is None else adversarial_step(task, *adversarial)
+        indices = {"tables": table_batch_indices, "weights": weighted_batch_indices,
+                   "uniform": population_batch_indices}[sampling](task)
+        _RUNNERS[key] = (task, PopulationRunner(step, indices, member_group=default_member_group(size)))
+    return _RUNNERS[key][1]
+
+
+def with_extra_state(population: PopulationState, extra: Mapping[str, np.ndarray]) -> PopulationState:
+    """The members with `extra` (name -> (P, ...) arrays) added to their hparams."""
+    members = population.members
+    arrays = {name: jnp.asarray(value) for name, value in extra.items()}
+    return population.replace(members=members.replace(hparams={**members.hparams, **arrays}))
+
+
+def snapshot_hook(every: int, count: int) -> Hook:
+    """Keep every member's variables at steps every, 2 * every, ..., count * every (chunks end there);
+    the state (count, P, ...) is checkpointed with the population, so a resumed run keeps them."""
+
+    def init(population: PopulationState) -> dict:
+        members = population.members
+        empty = lambda leaf: jnp.zeros((count, *leaf.shape), leaf.dtype)
+        return {"params": jax.tree.map(empty, members.params),
+                "model_state": jax.tree.map(empty, members.model_state)}
+
+    def update(state: dict, population: PopulationState, report: Report):
+        if report.step % every or not 0 < report.step <= count * every:
+            return state, population
+        index = report.step // every - 1
+        put = lambda stack, leaf: stack.at[index].set(leaf)
+        members = population.members
+        return {"params": jax.tree.map(put, state["params"], members.params),
+                "model_state": jax.tree.map(put, state["model_state"], members.model_state)}, population
+
+    return Hook("snapshots", init, update)
+
+
+# ----------------------------------------------------------------------------- train_members
+
+
+_DATASETS: dict = {}
+
+
+def arrays_dataset(model: Any, x: np.ndarray, y: np.ndarray) -> Dataset:
+    """(x, y) as a Dataset with the model's number of outputs as its classes (at least max(y) + 1),
+    one object per (x, y, model), so the engine's task and programs are reused across calls (the
+    rounds of boosting, repeated ensembles on the same arrays)."""
+    key = (id(x), id(y), id(model))
+    cached = _DATASETS.get(key)
+    if cached is not None and cached[0] is x and cached[1] is y and cached[2] is model:
+        return cached[3]
+    outputs = jax.eval_shape(lambda v: model.apply(v, jnp.asarray(x[:2])),
+                             jax.eval_shape(model.init, jax.random.key(0), jnp.asarray(x[:2])))
+    classes = max(int(outputs.shape[-1]), int(y.max(initial=0)) + 1)
+    if len(_DATASETS) >= 8:
+        _DATASETS.pop(next(iter(_DATASETS)))
+    _DATASETS[key] = (x, y, model, from_arrays(x, y, num_classes=classes))
+    return _DATASETS[key][3]
+
+
+def ensemble_config(model: Any, x: np.ndarray, y: np.ndarray, *, steps: int, batch_size: int, optimizer: str,
+                    momentum: float, seed: int, eval_every: int, schedule: str, schedule_kwargs: Mapping,
+                    fields: Mapping[str, Any] | None) -> TrainConfig:
+    """The TrainConfig of `train_members`: (x, y) as the training and evaluation split, the model
+    object, 'adamw' (Adam with decoupled weight decay) or 'momentum' SGD, and `fields` on top."""
+    name, kwargs = ("adamw", {}) if optimizer == "adam" else ("momentum", {"momentum": float(momentum)})
+    config = TrainConfig(dataset=arrays_dataset(model, x, y), train_split="train", eval_split="train", model=model,
+                         steps=steps, batch_size=batch_size, optimizer=name, optimizer_kwargs=kwargs, seed=seed,
+                         eval_every=eval_every, eval_metrics=("loss", "accuracy"), schedule=schedule,
+                         schedule_kwargs=dict(schedule_kwargs))
+    if fields:
+        if not isinstance(fields, Mapping):
+            raise ValueError(f"config has value {fields!r}; allowed: a dict of TrainConfig fields")
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ValueError(f"config has fields {unknown}; allowed: TrainConfig fields ({', '.join(sorted(known))})")
+        config = dataclasses.replace(config, **dict(fields))
+    return config
+
+
+def check_sampling(index_tables: Any, example_weights: Any, size: int, n: int) -> tuple[str, dict]:
+    """('tables' | 'weights' | 'uniform', the per-member extra state it reads), checked."""
+    if index_tables is not None and example_weights is not None:
+        raise ValueError("give index_tables or example_weights, not both")
+    if index_tables is not None:
+        tables = np.asarray(index_tables)
+        if tables.ndim != 2 or tables.shape[0] != size or tables.size == 0 or tables.min() < 0 or tables.max() >= n:
+            raise ValueError(f"index_tables has shape {tables.shape}; allowed: ({size}, K) row ids in [0, {n})")
+        return "tables", {"rows": tables.astype(np.int32)}
+    if example_weights is not None:
+        weights = np.asarray(example_weights, np.float64)
+        if weights.shape != (size, n) or np.any(weights < 0) or not np.all(weights.sum(1) > 0):
+            raise ValueError(f"example_weights has shape {weights.shape}; allowed: ({size}, {n}) "
+                             "non-negative weights, each row with a positive sum")
+        with np.errstate(divide="ignore"):
+            logits = np.log(weights / weights.sum(1, keepdims=True))
+        return "weights", {"sample_logits": np.maximum(logits, -1e30).astype(np.float32)}
+    return "uniform", {}
 
 
 def train_members(model: Any, x: Any, y: Any, *, size: int, key: jax.Array, steps: int, batch_size: int = 100,
                   learning_rate: Any = 1e-2, optimizer: str = "adam", momentum: float = 0.9, weight_decay: Any = 0.0,
                   dropout_rate: Any = 0.0, index_tables: Any = None, example_weights: Any = None,
                   epsilon: Any = None, attack: str = "fgsm", norm: str = "linf", attack_steps: int = 5,
-                  schedule: Callable | None = None, snapshot_steps: Sequence[int] = (), log_every: int = 50,
-                  names: Sequence[str] | None = None, model_spec: dict | None = None) -> Trained:
-    """Train `size` members of `model` on (x, y), vmapped, and return them as a MemberGroup.
+                  schedule: str = "constant", schedule_kwargs: Mapping[str, Any] | None = None,
+                  snapshot_every: int | None = None, log_every: int = 50, names: Sequence[str] | None = None,
+                  model_spec: dict | None = None, workdir: str | Path | None = None,
+                  config: Mapping[str, Any] | None = None, verbose: bool = False,
+                  require_alive: bool = True) -> Trained | None:
+    """Train `size` members of `model` on (x, y) with `fit_population` and return them as a MemberGroup.
 
     Per member (scalar or (M,)): `learning_rate`, `weight_decay`, `dropout_rate`, `epsilon`.
-    Data per member: `index_tables` (M, K) draws each member's batches from its own rows (bagging);
-    `example_weights` (M, N) draws them with those probabilities (boosting by resampling); else
-    uniformly. `epsilon`: adversarial training on FGSM (`attack='fgsm'`) or PGD examples of that
-    budget under `norm` (0 = clean training). `schedule(step)` multiplies the learning rate;
-    `snapshot_steps` keeps copies of the members' variables after those steps. Everything is
-    checked before compiling.
+    Data per member: `index_tables` (M, K) runs each member's epochs over its own rows (bagging);
+    `example_weights` (M, N) draws its batches with those probabilities (boosting by resampling);
+    else every member has its own data order. `epsilon`: adversarial training on FGSM
+    (`attack='fgsm'`) or PGD examples of that budget under `norm` (0 = clean training).
+    `schedule`/`schedule_kwargs`: an `optim` schedule (a learning-rate multiplier); `snapshot_every`
+    keeps the members' variables at every multiple of it. Chunks of `log_every` steps (or
+    `snapshot_every`) end in an evaluation on (x, y). `workdir`: checkpoints, resume. `config`:
+    more TrainConfig fields (augment, loss, clip_norm, precise_bn_batches, ...). Diverging members
+    are isolated by the engine and left out of the group (`Trained.diverged`); if all diverge,
+    ValueError (None when not `require_alive`). Everything is checked before compiling.
     """
     x = np.asarray(x, np.float32)
     y = np.asarray(y, np.int32)
@@ -90,129 +288,91 @@ def train_members(model: Any, x: Any, y: Any, *, size: int, key: jax.Array, step
         raise ValueError(f"y has shape {y.shape}; allowed: ({n},) labels for x of shape {x.shape}")
     if batch_size > n:
         raise ValueError(f"batch_size has value {batch_size}; allowed: at most the {n} training examples")
-    if optimizer not in ("adam", "sgd"):
-        raise ValueError(f"optimizer has value {optimizer!r}; allowed: 'adam', 'sgd'")
+    validation.check_choice("optimizer", optimizer, ("adam", "sgd"))
     lr = _per_member("learning_rate", learning_rate, size, strict=True)
     wd = _per_member("weight_decay", weight_decay, size)
     rate = _per_member("dropout_rate", dropout_rate, size)
-    if np.any(np.asarray(rate) >= 1):
-        raise ValueError(f"dropout_rate has value {np.asarray(rate).tolist()}; allowed: [0, 1)")
+    if np.any(rate >= 1):
+        raise ValueError(f"dropout_rate has value {rate.tolist()}; allowed: [0, 1)")
     eps = None if epsilon is None else _per_member("epsilon", epsilon, size)
+    adversarial = None
     if eps is not None:
         attacks.check_norm(norm)
-        if attack not in ("fgsm", "pgd"):
-            raise ValueError(f"attack has value {attack!r}; allowed: 'fgsm', 'pgd'")
-    if index_tables is not None and example_weights is not None:
-        raise ValueError("give index_tables or example_weights, not both")
-    if index_tables is not None:
-        index_tables = np.asarray(index_tables)
-        if index_tables.ndim != 2 or index_tables.shape[0] != size or index_tables.size == 0 \
-                or index_tables.min() < 0 or index_tables.max() >= n:
-            raise ValueError(f"index_tables has shape {index_tables.shape}; allowed: ({size}, K) row ids in [0, {n})")
-    if example_weights is not None:
-        example_weights = np.asarray(example_weights, np.float64)
-        if example_weights.shape != (size, n) or np.any(example_weights < 0) \
-                or not np.all(example_weights.sum(1) > 0):
-            raise ValueError(f"example_weights has shape {example_weights.shape}; allowed: ({size}, {n}) "
-                             "non-negative weights, each row with a positive sum")
-    snapshot_steps = sorted({int(s) for s in snapshot_steps})
-    if snapshot_steps and (snapshot_steps[0] < 1 or snapshot_steps[-1] > steps):
-        raise ValueError(f"snapshot_steps has value {snapshot_steps}; allowed: steps in [1, {steps}]")
+        validation.check_choice("attack", attack, ("fgsm", "pgd"))
+        _positive_int("attack_steps", attack_steps)
+        adversarial = (attack, norm, int(attack_steps) if attack == "pgd" else 0)
+    sampling, extra = check_sampling(index_tables, example_weights, size, n)
+    if index_tables is not None and batch_size > extra["rows"].shape[1]:
+        raise ValueError(f"batch_size has value {batch_size}; allowed: at most the {extra['rows'].shape[1]} rows "
+                         "of a member's index table")
+    if eps is not None:
+        extra["epsilon"] = eps
+    if snapshot_every is not None:
+        _positive_int("snapshot_every", snapshot_every)
+    names = list(names) if names is not None else [str(i) for i in range(size)]
+    if len(names) != size:
+        raise ValueError(f"names has {len(names)} entries; allowed: {size}, one per member")
+    seed = seed_of(key)
+    train_config = ensemble_config(model, x, y, steps=steps, batch_size=batch_size, optimizer=optimizer,
+                                   momentum=momentum, seed=seed, eval_every=snapshot_every or log_every,
+                                   schedule=schedule, schedule_kwargs=schedule_kwargs or {}, fields=config)
+    members = []
+    for i in range(size):
+        member = {"seed": seed + i, "learning_rate": float(lr[i])}
+        if np.any(wd > 0):
+            member["weight_decay"] = float(wd[i])
+        if np.any(rate > 0):
+            member["dropout_rate"] = float(rate[i])
+        members.append(member)
+    count = 0 if snapshot_every is None else steps // snapshot_every
+    tasks: list[Task] = []
 
-    base = optax.scale_by_adam() if optimizer == "adam" else optax.trace(decay=momentum)
-    init_key, run_key = jax.random.split(key)
-    sample = jnp.asarray(x[:1])
-    variables = jax.vmap(lambda k: dict(model.init(k, sample)))(jax.random.split(init_key, size))
-    params = variables.pop("params")
-    model_state = variables
-    opt_state = jax.vmap(base.init)(params)
-    if example_weights is not None:
-        sampling, table = "weights", jnp.log(jnp.asarray(example_weights / example_weights.sum(1, keepdims=True),
-                                                          jnp.float32))
-    elif index_tables is not None:
-        sampling, table = "tables", jnp.asarray(index_tables, jnp.int32)
-    else:
-        sampling, table = "uniform", jnp.zeros((size, 1), jnp.int32)
-    adversarial = None if eps is None else (attack, norm, int(attack_steps))
-    run = _program(model, size, batch_size, optimizer, float(momentum), sampling, adversarial, schedule,
-                   tuple(model_state))
-    data = (jnp.asarray(x), jnp.asarray(y), table, lr, wd, rate, jnp.zeros(size) if eps is None else eps)
+    def program(task: Task, population: PopulationState, indices: list[int]) -> BucketProgram:
+        tasks.append(task)
+        rows = {name: value[np.asarray(indices)] for name, value in extra.items()}
+        hooks = [snapshot_hook(snapshot_every, count)] if count else []
+        data = (jnp.asarray(task.train.x), jnp.asarray(task.train.y))
+        return BucketProgram(with_extra_state(population, rows),
+                             runner=member_runner(task, len(indices), sampling, adversarial),
+                             train_data=data, extras=[{"name": names[i]} for i in indices], hooks=hooks)
 
-    keys = jax.random.split(run_key, steps)
-    bounds = [0, *snapshot_steps] + ([steps] if not snapshot_steps or snapshot_steps[-1] != steps else [])
-    carry = (params, model_state, opt_state)
-    snapshots, losses = [], []
-    # one compilation per distinct segment length (equal cycles compile once)
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        carry, loss = run(carry, jnp.int32(lo), keys[lo:hi], data)
-        losses.append(np.asarray(loss))
-        if hi in snapshot_steps:
-            snapshots.append({"params": carry[0], **carry[1]})
-    loss = np.concatenate(losses)[log_every - 1::log_every] if steps >= log_every else np.concatenate(losses)[-1:]
-    group = MemberGroup(model, {"params": carry[0], **carry[1]}, None, model_spec,
-                        list(names) if names is not None else [str(i) for i in range(size)])
-    return Trained(group, snapshots, loss)
+    result = fit_population(train_config, members, workdir, same_batches=False, mesh=None, verbose=verbose,
+                            program=program, label="ensemble ({size} members) | ")
+    return trained_from(result, tasks[0], model, names, model_spec, require_alive=require_alive)
 
 
-_PROGRAMS: dict = {}
-
-
-def _program(model, size, batch_size, optimizer, momentum, sampling, adversarial, schedule, state_names):
-    """The jitted scan over steps for these static options, built once and reused (boosting rounds,
-    seeds and datasets of equal shapes share one compilation)."""
-    key = (id(model), size, batch_size, optimizer, momentum, sampling, adversarial, id(schedule), state_names)
-    cached = _PROGRAMS.get(key)
-    if cached is not None and cached[0] is model and cached[1] is schedule:
-        return cached[2]
-    base = optax.scale_by_adam() if optimizer == "adam" else optax.trace(decay=momentum)
-    names = list(state_names)
-
-    def member_step(p, ms, os, member, lr_m, wd_m, drop_m, eps_m, step, k, xs, ys, table):
-        k_batch, k_drop, k_attack = jax.random.split(k, 3)
-        if sampling == "weights":
-            idx = jax.random.categorical(k_batch, table[member], shape=(batch_size,))
-        elif sampling == "tables":
-            idx = table[member, jax.random.randint(k_batch, (batch_size,), 0, table.shape[1])]
-        else:
-            idx = jax.random.randint(k_batch, (batch_size,), 0, xs.shape[0])
-        xb, yb = xs[idx], ys[idx]
-        if adversarial is not None:
-            attack, norm, attack_steps = adversarial
-            logits_fn = lambda inputs: model.apply({"params": p, **ms}, inputs, train=False, dropout_rate=0.0)
-            if attack == "fgsm":
-                xb = attacks.fgsm(logits_fn, xb, yb, eps_m, norm=norm)
-            else:
-                xb = attacks.pgd(logits_fn, xb, yb, eps_m, norm=norm, steps=attack_steps, key=k_attack)
-            xb = jax.lax.stop_gradient(xb)
-
-        def loss_fn(p_):
-            logits, new_ms = model.apply({"params": p_, **ms}, xb, train=True, dropout_rate=drop_m,
-                                         rngs={"dropout": k_drop}, mutable=names)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean(), dict(new_ms)
-
-        (loss, new_ms), grads = jax.value_and_grad(loss_fn, has_aux=True)(p)
-        updates, os = base.update(grads, os, p)
-        scale = lr_m * (schedule(step) if schedule is not None else 1.0)
-        p = jax.tree.map(lambda w, u: w - scale * (u + wd_m * w), p, updates)
-        return p, new_ms, os, loss
-
-    step_all = jax.vmap(member_step, in_axes=(0, 0, 0, 0, 0, 0, 0, 0, None, 0, None, None, None))
-
-    @jax.jit
-    def run(carry, start, keys, data):
-        xs, ys, table, lr, wd, rate, eps = data
-
-        def body(carry, inputs):
-            p, ms, os = carry
-            step, k = inputs
-            p, ms, os, loss = step_all(p, ms, os, jnp.arange(size), lr, wd, rate, eps, step,
-                                       jax.random.split(k, size), xs, ys, table)
-            return (p, ms, os), loss
-
-        return jax.lax.scan(body, carry, (start + jnp.arange(keys.shape[0]), keys))
-
-    _PROGRAMS[key] = (model, schedule, run)
-    return run
+def trained_from(result: PopulationResult, task: Task, model: Any, names: list[str], spec: dict | None, *,
+                 require_alive: bool = True) -> Trained | None:
+    """A `Trained` of `train_members`' one-bucket result: alive members, snapshots taken before a
+    member diverged (with precise BN statistics, as the final members have), chunk losses. When
+    every member diverged: ValueError, or None if not `require_alive`."""
+    state = result.states[0]
+    alive = np.asarray(state.alive)
+    diverged_step = np.asarray(state.diverged_step)
+    diverged = {names[i]: int(diverged_step[i]) for i in range(len(names)) if not alive[i]}
+    if not alive.any():
+        if not require_alive:
+            return None
+        raise ValueError(f"every member diverged (steps {diverged}); lower the learning rate or add clip_norm "
+                         "(config={'clip_norm': 1.0})")
+    keep = np.flatnonzero(alive)
+    members = state.members
+    group = MemberGroup(model, {"params": members.params, **dict(members.model_state)}, None, spec, names).take(keep)
+    snapshots = []
+    stored = result.hook_states[0].get("snapshots")
+    if stored is not None:
+        every = task.config.eval_every
+        for index in range(jax.tree.leaves(stored["params"])[0].shape[0]):
+            taken = np.flatnonzero(alive | (diverged_step > (index + 1) * every))
+            snapshot = members.replace(params=jax.tree.map(lambda s: s[index], stored["params"]),
+                                       model_state=jax.tree.map(lambda s: s[index], stored["model_state"]))
+            snapshot = precise_members(task)(snapshot) if "batch_stats" in snapshot.model_state else snapshot
+            variables = {"params": snapshot.params, **dict(snapshot.model_state)}
+            snapshots.append((jax.tree.map(lambda leaf: leaf[taken], variables), taken))
+    rows = [row for row in result.histories[0] if row["split"] == "train" and "loss" in row]
+    loss = np.asarray([np.reshape(row["loss"], -1) for row in rows], np.float64).reshape(len(rows), -1)
+    return Trained(group, [variables for variables, _ in snapshots], loss, result, diverged,
+                   [taken for _, taken in snapshots])
 
 
 def bootstrap_tables(key: jax.Array, size: int, n: int, fraction: float = 1.0) -> np.ndarray:
@@ -225,32 +385,54 @@ def bootstrap_tables(key: jax.Array, size: int, n: int, fraction: float = 1.0) -
 
 def bagging(model: Any, x: Any, y: Any, *, size: int, key: jax.Array, fraction: float = 1.0,
             **train_options: Any) -> Ensemble:
-    """Bagging (Breiman 1996): each member trains on its own bootstrap sample; predictions averaged."""
+    """Bagging (Breiman 1996): each member trains on its own bootstrap sample (its per-member row
+    table); predictions averaged. Members that diverged are left out. `train_options`: `train_members`'."""
     k_tables, k_train = jax.random.split(key)
     tables = bootstrap_tables(k_tables, size, len(np.asarray(y)), fraction)
     trained = train_members(model, x, y, size=size, key=k_train, index_tables=tables, **train_options)
     return Ensemble([trained.group])
 
 
-def boosting(model: Any, x: Any, y: Any, *, rounds: int, key: jax.Array, num_classes: int | None = None,
-             **train_options: Any) -> tuple[Ensemble, dict]:
-    """Multi-class AdaBoost, SAMME (Zhu et al. 2009), by resampling: round t trains a member on
-    batches drawn with the current example weights w; with weighted error err,
-    alpha = log((1 - err) / err) + log(K - 1); w *= exp(alpha * [misclassified]), renormalised.
+def per_round(name: str, value: Any, rounds: int) -> list:
+    """A boosting option given once or once per round."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        if len(value) != rounds:
+            raise ValueError(f"{name} has {len(value)} values; allowed: one value, or one per round ({rounds})")
+        return list(value)
+    return [value] * rounds
 
-    Stops early when a member is no better than chance (err >= 1 - 1/K) or perfect. The ensemble is
-    the alpha-weighted vote (`rule='vote'`). Returns (ensemble, {'alpha', 'error'} per round kept).
+
+def boosting(model: Any, x: Any, y: Any, *, rounds: int, key: jax.Array, num_classes: int | None = None,
+             learning_rate: Any = 1e-2, workdir: str | Path | None = None,
+             **train_options: Any) -> tuple[Ensemble, dict]:
+    """Multi-class AdaBoost, SAMME (Zhu et al. 2009), by resampling: round t is one `fit_population`
+    of one member whose batches are drawn with the current example weights w (its per-member
+    `sample_logits`); with weighted error err, alpha = log((1 - err) / err) + log(K - 1);
+    w *= exp(alpha * [misclassified]), renormalised.
+
+    Stops early when a member is no better than chance (err >= 1 - 1/K), perfect, or diverged
+    (the engine isolates it; the rounds before it are kept). `learning_rate`: one, or one per round.
+    `workdir`: round t checkpoints under `workdir/round_t` (a rerun resumes). The ensemble is the
+    alpha-weighted vote (`rule='vote'`). Returns (ensemble, {'alpha', 'error'} per round kept,
+    'diverged': the round that diverged or None).
     """
     _positive_int("rounds", rounds)
+    rates = per_round("learning_rate", learning_rate, rounds)
+    for t, rate in enumerate(rates):
+        _per_member(f"learning_rate of round {t}", rate, 1, strict=True)
     x = np.asarray(x, np.float32)
     y = np.asarray(y, np.int32)
     k = int(num_classes or (y.max() + 1))
     n = len(y)
     w = np.full(n, 1.0 / n)
-    groups, alphas, errors = [], [], []
+    groups, alphas, errors, diverged = [], [], [], None
     for t, round_key in enumerate(jax.random.split(key, rounds)):
+        round_dir = None if workdir is None else Path(workdir) / f"round_{t}"
         trained = train_members(model, x, y, size=1, key=round_key, example_weights=w[None], names=[f"round{t}"],
-                                **train_options)
+                                learning_rate=rates[t], workdir=round_dir, require_alive=False, **train_options)
+        if trained is None:  # isolated by the engine: the rounds before it stand
+            diverged = t
+            break
         logits = model.apply(trained.group.member(0), jnp.asarray(x), train=False, dropout_rate=0.0)
         miss = np.asarray(jnp.argmax(logits, -1)) != y
         err = float(np.sum(w * miss))
@@ -266,28 +448,37 @@ def boosting(model: Any, x: Any, y: Any, *, rounds: int, key: jax.Array, num_cla
         w = w * np.exp(alpha * miss)
         w = w / w.sum()
     if not groups:
-        raise ValueError("boosting: the first member is no better than chance; nothing to ensemble")
+        reason = "diverged" if diverged == 0 else "is no better than chance"
+        raise ValueError(f"boosting: the first member {reason}; nothing to ensemble")
     variables = jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *[g.variables for g in groups])
     group = MemberGroup(model, variables, None, groups[0].model_spec, [g.names[0] for g in groups])
-    return Ensemble([group], rule="vote", weights=np.asarray(alphas)), {"alpha": alphas, "error": errors}
+    return (Ensemble([group], rule="vote", weights=np.asarray(alphas)),
+            {"alpha": alphas, "error": errors, "diverged": diverged})
 
 
 def snapshot_ensemble(model: Any, x: Any, y: Any, *, cycles: int, steps_per_cycle: int, key: jax.Array,
                       size: int = 1, **train_options: Any) -> tuple[Ensemble, Trained]:
-    """Snapshot ensemble (Huang et al. 2017): one run with a cyclic cosine learning rate; the
-    members are the weights at the end of every cycle (`size` runs give size * cycles members)."""
+    """Snapshot ensemble (Huang et al. 2017): one run with the cyclic cosine learning rate (schedule
+    'cosine_cycles'); the members are the weights at the end of every cycle, kept by a loop hook
+    (`size` runs give size * cycles members; a run that diverged gives only its snapshots before)."""
     _positive_int("cycles", cycles)
+    _positive_int("steps_per_cycle", steps_per_cycle)
     trained = train_members(model, x, y, size=size, key=key, steps=cycles * steps_per_cycle,
-                            schedule=cosine_cycles(steps_per_cycle),
-                            snapshot_steps=[c * steps_per_cycle for c in range(1, cycles + 1)], **train_options)
+                            schedule="cosine_cycles", schedule_kwargs={"steps_per_cycle": steps_per_cycle},
+                            snapshot_every=steps_per_cycle, **train_options)
+    kept = [(c, r) for c, taken in enumerate(trained.snapshot_members) for r in taken]
+    if not kept:
+        raise ValueError(f"every run diverged before its first cycle ended (steps {trained.diverged}); nothing "
+                         "to ensemble")
     variables = jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *trained.snapshots)
-    names = [f"run{r}/cycle{c + 1}" for c in range(cycles) for r in range(size)]
+    names = [f"run{r}/cycle{c + 1}" for c, r in kept]
     return Ensemble([MemberGroup(model, variables, None, trained.group.model_spec, names)]), trained
 
 
 def adversarial_training(model: Any, x: Any, y: Any, *, epsilons: Sequence[float], key: jax.Array,
                          **train_options: Any) -> Trained:
-    """A population over epsilon: member i trains on adversarial examples of budget epsilons[i]."""
+    """A population over epsilon: member i trains on adversarial examples of budget epsilons[i]
+    (a per-member value: every budget in one compiled program)."""
     eps = np.asarray(epsilons, np.float64)
     if eps.ndim != 1 or eps.size == 0:
         raise ValueError(f"epsilons has value {np.asarray(epsilons).tolist()}; allowed: a non-empty list of budgets")

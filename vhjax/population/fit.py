@@ -44,6 +44,7 @@ class PopulationResult:
     members: list[dict]
     states: list[PopulationState]
     histories: list[list[dict]] = dataclasses.field(default_factory=list)  # per bucket: metrics log rows
+    hook_states: list[dict] = dataclasses.field(default_factory=list)  # per bucket: each hook's final state
 
     def best(self, metric: str = "accuracy", split: str = "eval", mode: str = "max") -> dict:
         """The best member that did not diverge; raises if every member diverged."""
@@ -247,11 +248,12 @@ def train_bucket(task: Task, population: PopulationState, workdir: Path | None, 
                  mesh: Any = None, isolation: str = "optimistic", member_group: int | str | None = "auto",
                  verbose: bool = True, writers: Any = "auto",
                  hparams: Sequence[dict] | None = None, runner: Any = None,
-                 train_data: Any = None) -> tuple[PopulationState, dict, LoopResult]:
+                 train_data: Any = None, hooks: Sequence[Any] = ()) -> tuple[PopulationState, dict, LoopResult]:
     """One bucket through the one loop with the config's hooks; returns the final population (each
     member's best parameters when they are kept), its metrics per split and the loop's result.
     `runner` and `train_data` replace the classifier's chunk runner and its (x, y) training data
-    (e.g. `vhjax.transfer.distill`: a step that also reads a teacher's logits)."""
+    (e.g. `vhjax.transfer.distill`: a step that also reads a teacher's logits); `hooks` run after
+    the config's (e.g. `vhjax.ensemble` snapshots at cycle ends)."""
     config = task.config
     group = default_member_group(population.size) if member_group == "auto" and mesh is None else (
         None if member_group == "auto" else member_group)
@@ -260,7 +262,7 @@ def train_bucket(task: Task, population: PopulationState, workdir: Path | None, 
     if train_data is None:
         train_data = (jnp.asarray(task.train.x), jnp.asarray(task.train.y))
     eval_data = (jnp.asarray(task.eval.x), jnp.asarray(task.eval.y))
-    hooks = config_hooks(config)
+    hooks = [*config_hooks(config), *hooks]
     outcome = run_loop(population, run_chunk, train_data, steps=config.steps, eval_every=config.eval_every,
                        evaluate=lambda p: {"eval": evaluate(p, *eval_data)}, hooks=hooks, workdir=workdir,
                        checkpoint_every=config.checkpoint_every, mesh=mesh, label=label, verbose=verbose,
@@ -285,12 +287,14 @@ BUCKET_LABEL = "bucket {number}/{buckets} ({model}, {size} members) | "
 class BucketProgram:
     """What one bucket of `fit_population` trains: its population and, where not None, its own chunk
     runner and training data (see `train_bucket`). `extras`: per member of the bucket (in its order),
-    fields shown with its hyperparameters and added to its result record's config (empty: none)."""
+    fields shown with its hyperparameters and added to its result record's config (empty: none).
+    `hooks`: loop hooks run after the config's; their final states are the result's `hook_states`."""
 
     population: PopulationState
     runner: Any = None
     train_data: Any = None
     extras: Sequence[Mapping[str, Any]] = ()
+    hooks: Sequence[Any] = ()
 
 
 def bucket_tasks(config: TrainConfig, members: Sequence[Mapping[str, Any]]) -> list[tuple[Task, list[int]]]:
@@ -351,7 +355,7 @@ def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], wo
     if root is not None:
         record_members(root / "members.json", members)
     results: list[dict | None] = [None] * len(members)
-    states, histories = [], []
+    states, histories, hook_states = [], [], []
     for number, ((task, indices), population) in enumerate(zip(tasks, populations)):
         bucket = BucketProgram(population) if program is None else program(task, population, list(indices))
         extras = bucket.extras or [{} for _ in indices]
@@ -370,12 +374,13 @@ def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], wo
         population, final, outcome = train_bucket(task, bucket.population, bucket_dir, text, mesh=mesh,
                                                   isolation=isolation, member_group=member_group, verbose=verbose,
                                                   writers=writers, hparams=hparams, runner=bucket.runner,
-                                                  train_data=bucket.train_data)
+                                                  train_data=bucket.train_data, hooks=bucket.hooks)
         states.append(population)
         histories.append(outcome.history)
+        hook_states.append(outcome.hook_states)
         for index, record in member_records(number, indices, configs, population, final, outcome).items():
             results[index] = record
-    result = PopulationResult(results, states, histories)
+    result = PopulationResult(results, states, histories, hook_states)
     if root is not None:
         (root / "result.json").write_text(json.dumps(results, default=lambda v: np.asarray(v).tolist(), indent=1))
     return result

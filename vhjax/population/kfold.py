@@ -8,7 +8,9 @@ one shape.
 
 The result keeps the trained population and the task, so `out_of_fold_probs(result)` gives every
 training example's prediction by the one fold model that did not train on it (all folds, uncut):
-the level-1 training set of stacking (`vhjax.ensemble.stack_kfold`).
+the level-1 training set of stacking (`vhjax.ensemble.stack_kfold`). A model with BatchNorm keeps
+the precise-BN statistics its folds were evaluated with (`fit.precise_members`, from
+`precise_bn_batches`), so out-of-fold and test predictions use them too, as `fit_population`'s do.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from vhjax import parallel
 from vhjax.config import TrainConfig
 from vhjax.data import kfold_indices
 from vhjax.population.engine import default_member_group
-from vhjax.population.fit import bucket_members, bucket_task, stack_dynamic
+from vhjax.population.fit import bucket_members, bucket_task, precise_members, stack_dynamic
 from vhjax.population.hooks import best_members, config_hooks
 from vhjax.population.loop import run_loop
 from vhjax.population.members import classifier_runner, init_population
@@ -38,7 +40,8 @@ from vhjax.validation import check_int
 class KFoldResult:
     """Per candidate: its fold metrics and their mean and std; `folds` holds the index tables
     (train, held-out) of each fold. `population`: the final members, candidate-major (member
-    c * k + f is candidate c on fold f; kept-best parameters if the config keeps them); `task`:
+    c * k + f is candidate c on fold f; kept-best parameters if the config keeps them; precise-BN
+    statistics for models with BatchNorm, as evaluated); `task`:
     the task they trained on (its `train` split is the one the folds index)."""
 
     candidates: list[dict]
@@ -126,6 +129,8 @@ def fit_kfold(config: TrainConfig, candidates: Sequence[Mapping[str, Any]] = ({}
     population = outcome.population
     if "keep_best" in outcome.hook_states:
         population = best_members(population, outcome.hook_states["keep_best"])
+    if "batch_stats" in population.members.model_state:  # the kept models are the evaluated ones (precise BN)
+        population = population.replace(members=precise_members(task)(population.members))
     final = {name: np.asarray(v) for name, v in evaluate_folds(population)["eval"].items()}
     alive = np.asarray(population.alive)
     results = []
