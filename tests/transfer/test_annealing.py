@@ -19,18 +19,21 @@ Y = (X[:, 0] - X[:, 1] > 0).astype(np.int32) + (X[:, 2] > 0.3).astype(np.int32)
 SOURCE = {"params": jax.tree.map(np.asarray, MLP(widths=(8,), num_classes=3).init(jax.random.key(9), X[:2])["params"])}
 CONFIG = TrainConfig(dataset={"train": (X[:64], Y[:64]), "test": (X[64:], Y[64:])}, model="mlp",
                      model_kwargs={"widths": (8,), "num_classes": 3}, batch_size=32, steps=10, seed=0)
-TEMPERATURES = [0.0, 0.0, 0.02, 0.05]
+TEMPERATURES = [0.0, 0.0, 0.02, 0.05, 0.0]
+STEP_SIZES = [0.1, 0.3, 0.1, 0.1, 10.0]  # the last chain overshoots: it proposes uphill moves at T = 0
 
 
 @pytest.fixture(scope="module")
 def annealed():
-    return anneal(CONFIG, SOURCE, chains=4, steps=40, temperature=TEMPERATURES, step_size=[0.1, 0.3, 0.1, 0.1],
+    return anneal(CONFIG, SOURCE, chains=5, steps=40, temperature=TEMPERATURES, step_size=STEP_SIZES,
                   schedule="exponential", decay=0.95, source_data=(X[64:96], Y[64:96]), source_weight=0.5)
 
 
 def test_annealing_lowers_the_energy_of_every_chain(annealed):
-    assert annealed.energy.shape == (4, 41) and annealed.accepted.shape == (4, 40)
-    assert np.all(annealed.energy[:, -1] < annealed.energy[:, 0] - 0.05), annealed.energy[:, [0, -1]]
+    assert annealed.energy.shape == (5, 41) and annealed.accepted.shape == (5, 40)
+    assert np.all(annealed.energy[:4, -1] < annealed.energy[:4, 0] - 0.05), annealed.energy[:, [0, -1]]
+    assert annealed.energy[4, -1] <= annealed.energy[4, 0]  # T = 0: never up
+    assert len(annealed.population.states) == 1  # the chains: one bucket of fit_population
     assert np.all(annealed.best_energy <= annealed.energy.min(axis=1) + 1e-6)
     # the recorded energy is the current state's: it changes only when a proposal is accepted
     moved = annealed.energy[:, 1:] != annealed.energy[:, :-1]
@@ -41,8 +44,10 @@ def test_annealing_lowers_the_energy_of_every_chain(annealed):
 def test_every_downhill_move_is_accepted_and_zero_temperature_never_goes_uphill(annealed):
     delta = annealed.proposed - annealed.energy[:, :-1]
     assert np.all(annealed.accepted[delta <= 0])
-    assert delta[:2].max() > 0  # the T = 0 chains did propose uphill moves ...
-    assert not np.any(annealed.accepted[:2][delta[:2] > 0])  # ... and took none
+    zero = np.array(TEMPERATURES) == 0
+    assert (delta[zero] > 0).sum() >= 5  # the T = 0 chains proposed uphill moves ...
+    assert not np.any(annealed.accepted[zero][delta[zero] > 0])  # ... and took none
+    assert np.any(annealed.accepted[~zero][delta[~zero] > 0])  # warm chains took some
 
 
 def test_metropolis_rule_with_fixed_random_numbers():
