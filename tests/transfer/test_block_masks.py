@@ -70,7 +70,8 @@ def test_block_masks_copy_and_freeze_whole_blocks_in_one_bucket(trained):
     for block, copied in zip(BLOCKS, (1, 0, 1, 0)):
         for layer in layers_of(block, source):
             assert equal(copied_frozen[layer], source[layer] if copied else fresh[layer]), (block, layer)
-        kernels = lambda tree: {l: tree[l] for l in layers_of(block, source) if "kernel" in str(jax.tree.structure(tree[l]))}
+        kernels = lambda tree: {name: tree[name] for name in layers_of(block, source)
+                                if "kernel" in str(jax.tree.structure(tree[name]))}
         assert not equal(kernels(fresh), kernels(source)), block  # a fresh init differs from the source
     partly = params[2]  # every block copied; stage1 and head fine-tuned, stage0 and stem frozen
     for block, trains in zip(BLOCKS, (0, 1, 0, 1)):

@@ -16,12 +16,13 @@ from vhjax.transfer.modes import fit_from, mode_config, mode_member, mode_scale
 
 X = np.random.default_rng(1).normal(size=(96, 6)).astype(np.float32)
 Y = (X[:, 0] + X[:, 1] > 0).astype(np.int32) + (X[:, 2] > 0.5).astype(np.int32)
-SOURCE = {"params": jax.tree.map(np.asarray, MLP(widths=(8, 8), num_classes=3).init(jax.random.key(4), X[:2])["params"])}
+SOURCE = {"params": jax.tree.map(np.asarray,
+                                  MLP(widths=(8, 8), num_classes=3).init(jax.random.key(4), X[:2])["params"])}
 CONFIG = TrainConfig(dataset={"train": (X[:64], Y[:64]), "test": (X[64:], Y[64:])}, model="mlp",
                      model_kwargs={"widths": (8, 8), "num_classes": 3}, batch_size=16, steps=6, eval_every=6,
                      learning_rate=1e-2, seed=3)
-MODES = [("direct", {}), ("feature_extractor", {}), ("fine_tune_last", {"last": 2}), ("freeze", {"frozen": ["hidden_1"]}),
-         ("full", {}), ("layerwise_lr", {"decay": 0.5})]
+MODES = [("direct", {}), ("feature_extractor", {}), ("fine_tune_last", {"last": 2}),
+         ("freeze", {"frozen": ["hidden_1"]}), ("full", {}), ("layerwise_lr", {"decay": 0.5})]
 STATIC = ["feature_extractor", "fine_tune_last", "freeze", "layerwise_lr"]  # the modes with static fields
 
 

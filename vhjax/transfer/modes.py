@@ -121,7 +121,8 @@ def mode_member(mode: str, **options: Any) -> dict[str, Any]:
     if unknown:
         raise invalid("mode_options", dict(options), f"keys among {list(MODE_OPTIONS)}; unknown: {unknown}")
     last = options.get("last", 1)
-    names = list(options.get("layers") or [f"layer_{i}" for i in range(last + 1 if isinstance(last, int) else 2)])
+    count = min(last, 1024) + 1 if isinstance(last, int) and not isinstance(last, bool) else 2  # enough layers
+    names = list(options.get("layers") or [f"layer_{i}" for i in range(count)])
     mode_config(mode, {name: {} for name in names}, **{**options, "layers": names})  # the options' values
     return {"mode": mode, "mode_options": dict(options)}
 
