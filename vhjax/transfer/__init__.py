@@ -1,13 +1,15 @@
 """Transfer learning: pretrained weights, mapping by layer path, fine-tuning modes, transfer masks and their
-search, distillation, domain adaptation (see docs/transfer.md)."""
+search, simulated annealing over weights, distillation, domain adaptation (see docs/transfer.md)."""
 
 from vhjax.transfer.adapt import AdaptResult, adapt, adda, select_member
+from vhjax.transfer.annealing import AnnealResult, anneal
 from vhjax.transfer.distill import DistillResult, Teacher, distill
 from vhjax.transfer.masks import (MaskObjective, TransferMask, baseline_mask, exhaustive_table, fit_masked,
                                   mask_space, mask_units)
-from vhjax.transfer.modes import MODES, fit_from, gradual_unfreezing, mode_config
+from vhjax.transfer.modes import MODES, fit_from, gradual_unfreezing, mode_config, mode_member, mode_scale
 from vhjax.transfer.weights import TransferReport, layer_names, load_source, transfer_params
 
-__all__ = ["AdaptResult", "adapt", "adda", "select_member", "DistillResult", "MODES", "Teacher", "distill", "MaskObjective", "TransferMask", "TransferReport", "baseline_mask", "exhaustive_table", "fit_from",
+__all__ = ["AdaptResult", "AnnealResult", "DistillResult", "MODES", "MaskObjective", "Teacher", "TransferMask",
+           "TransferReport", "adapt", "adda", "anneal", "baseline_mask", "distill", "exhaustive_table", "fit_from",
            "fit_masked", "gradual_unfreezing", "layer_names", "load_source", "mask_space", "mask_units", "mode_config",
-           "transfer_params"]
+           "mode_member", "mode_scale", "select_member", "transfer_params"]

@@ -7,8 +7,9 @@
     vhjax.search(objective, mask_space(units), "genetic", population=8, budget=32,
                  strategy_kwargs={"categorical_mutation": "flip", "population_size": 8})
 
-A mask is one bit per unit: per layer (`granularity='layer'`, the source's `layer_names`) or per
-parameter tensor (`'tensor'`, e.g. 'hidden_0/kernel'). Two readings of the bits (`policy`):
+A mask is one bit per unit: per layer (`granularity='layer'`, the source's `layer_names`), per
+block (`'block'`, a group of layers the model defines: see `block_of`) or per parameter tensor
+(`'tensor'`, e.g. 'hidden_0/kernel'). Two readings of the bits (`policy`):
 
 - 'copy' (a): bit 1 copies the source's tensors, bit 0 keeps the target's fresh initialisation;
   every tensor trains.
@@ -28,6 +29,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import re
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -41,7 +43,7 @@ from vhjax.transfer.weights import COLLECTIONS_KEY, as_variables, flatten, layer
 from vhjax.validation import check_choice, check_number, invalid
 
 POLICIES = ("copy", "train")
-GRANULARITIES = ("layer", "tensor")
+GRANULARITIES = ("layer", "block", "tensor")
 BASELINES = ("scratch", "full", "head_only")
 MAX_EXHAUSTIVE_UNITS = 12  # 4096 masks
 
@@ -63,15 +65,53 @@ def bits_string(bits: Sequence[int]) -> str:
     return "".join(str(int(b)) for b in bits)
 
 
+NUMBERED_GROUP = re.compile(r"^(.*?\d+)_.+$")  # 'stage1_block0' -> 'stage1', 'block_0_conv' -> 'block_0'
+NUMBERED = re.compile(r"\d+$")
+
+
+def block_of(path: str, layers: Sequence[str] = ()) -> str:
+    """The block (a group of layers) a parameter path belongs to; `layers`: the model's top-level
+    layers. The first rule that applies:
+
+    1. a layer named `<group><number>_<rest>` belongs to block `<group><number>` (ResNet
+       'stage1_block0' -> 'stage1': a stage; 'block_0_conv' -> 'block_0');
+    2. a layer named `<other>_<rest>`, `<other>` another layer, joins `<other>`'s block
+       ('stem_norm' -> 'stem');
+    3. a path `<layer>/<child><number>/<module>/...` (a container of numbered sub-modules) belongs
+       to block `<layer>/<child><number>` (transformer 'encoder/layer_0/attn/query/kernel' ->
+       'encoder/layer_0'); the container's other children are block `<layer>` ('encoder/ln_out');
+    4. otherwise the path's layer is a block of its own ('head', 'embed', 'hidden_0')."""
+    parts = path.split("/")
+    layer = parts[0]
+    match = NUMBERED_GROUP.match(layer)
+    if match:
+        return match.group(1)
+    owners = [other for other in layers if other != layer and layer.startswith(f"{other}_")]
+    if owners:
+        return max(owners, key=len)
+    if len(parts) >= 4 and NUMBERED.search(parts[1]):
+        return f"{layer}/{parts[1]}"
+    return layer
+
+
 def mask_units(source: Any, granularity: str = "layer") -> list[str]:
-    """The units a mask has one bit for, input to output: the source's layers, or its parameter
-    tensors ('hidden_0/bias', 'hidden_0/kernel', ...) layer by layer."""
+    """The units a mask has one bit for, input to output: the source's layers, its blocks (`block_of`;
+    a ValueError when every block would be a single layer, e.g. an MLP), or its parameter tensors
+    ('hidden_0/bias', 'hidden_0/kernel', ...) layer by layer."""
     check_choice("granularity", granularity, GRANULARITIES)
     layers = layer_names(source)
     if granularity == "layer":
         return layers
     params = flatten(as_variables(source)[COLLECTIONS_KEY])
-    return [path for layer in layers for path in sorted(params) if path.split("/")[0] == layer]
+    tensors = [path for layer in layers for path in sorted(params) if path.split("/")[0] == layer]
+    if granularity == "tensor":
+        return tensors
+    blocks = list(dict.fromkeys(block_of(path, layers) for path in tensors))
+    if blocks == layers:
+        raise invalid("granularity", granularity, f"'layer' or 'tensor' for this model: it has no blocks (no layer "
+                      f"named <group><n>_..., none named after another layer, no numbered sub-modules; its "
+                      f"layers: {layers})")
+    return blocks
 
 
 def check_bits(mask: Any, units: Sequence[str], field: str = "mask") -> tuple[int, ...]:
@@ -153,21 +193,27 @@ def mask_space(units: Sequence[str]):
 # Units -> per-tensor rows of the target model.
 
 
-def unit_of(path: str, units: Sequence[str]) -> str | None:
-    """The unit a parameter path belongs to: itself (tensor units) or its layer; None if neither."""
+def unit_of(path: str, units: Sequence[str], granularity: str = "layer", layers: Sequence[str] = ()) -> str | None:
+    """The unit a parameter path belongs to: itself (tensor units), its block (`granularity='block'`,
+    `layers`: the model's top-level layers) or its layer; None if none is a unit."""
     if path in units:
         return path
+    if granularity == "block":
+        block = block_of(path, layers)
+        return block if block in units else None
     layer = path.split("/")[0]
     return layer if layer in units else None
 
 
-def tensor_rows(mask: TransferMask, units: Sequence[str], tensors: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def tensor_rows(mask: TransferMask, units: Sequence[str], tensors: Sequence[str], granularity: str = "layer"
+                ) -> tuple[np.ndarray, np.ndarray]:
     """(copy (T,), train (T,)) over the target's parameter tensors (in `parameter_tensors` order);
     a target tensor outside every unit (e.g. a layer the source lacks) is fresh and trains."""
     index = {unit: i for i, unit in enumerate(units)}
+    layers = list(dict.fromkeys(path.split("/")[0] for path in tensors))
     copy, train = np.zeros(len(tensors), bool), np.ones(len(tensors), np.float32)
     for t, path in enumerate(tensors):
-        unit = unit_of(path, units)
+        unit = unit_of(path, units, granularity, layers)
         if unit is not None:
             copy[t], train[t] = bool(mask.copy[index[unit]]), float(mask.train[index[unit]])
     return copy, train
@@ -207,8 +253,8 @@ def _copy_by_rows(population: Any, source: Mapping, transfer: Mapping[str, Any],
 
 
 def masked_members(config: TrainConfig, source: Any, masks: Sequence[TransferMask], units: Sequence[str],
-                   member: Mapping[str, Any] | None = None, *, transfer: Mapping[str, Any] | None = None
-                   ) -> tuple[list[dict], dict[str, np.ndarray]]:
+                   member: Mapping[str, Any] | None = None, *, transfer: Mapping[str, Any] | None = None,
+                   granularity: str = "layer") -> tuple[list[dict], dict[str, np.ndarray]]:
     """(members for `fit_population`, copy rows by bucket key): member i is `member`'s fields with
     `seed = config.seed` and `update_scale` = mask i's train bits over the target's tensors.
     Checks the source against every bucket's model on shapes (no compiling)."""
@@ -225,7 +271,7 @@ def masked_members(config: TrainConfig, source: Any, masks: Sequence[TransferMas
         shapes = jax.eval_shape(task.model.init, jax.random.key(0), example)
         transfer_params(source, {k: v for k, v in shapes.items() if k != "dropout"}, **dict(transfer or {}))
         tensors = parameter_tensors(task)
-        rows = [tensor_rows(masks[i], units, tensors) for i in indices]
+        rows = [tensor_rows(masks[i], units, tensors, granularity) for i in indices]
         copy_rows[_task_key(bucket_config)] = np.stack([c for c, _ in rows])
         for i, (_, train) in zip(indices, rows):
             members[i]["update_scale"] = train.tolist()
@@ -250,7 +296,8 @@ def fit_masked(config: TrainConfig, source: Any, masks: Sequence[Any], *, policy
         raise invalid("masks", list(masks), "at least one mask")
     masks = [mask_from_bits(m, units, policy, field=f"masks[{i}]") for i, m in enumerate(masks)]
     transfer = {"skip": tuple(skip), "new_head": new_head, "head": head}
-    members, copy_rows = masked_members(config, source, masks, units, member, transfer=transfer)
+    members, copy_rows = masked_members(config, source, masks, units, member, transfer=transfer,
+                                        granularity=granularity)
     tasks: list[Any] = []
 
     def start(task: Any, population: Any) -> Any:

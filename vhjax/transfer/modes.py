@@ -9,11 +9,25 @@ A mode is a dict of config fields (`freeze` globs, `lr_multipliers`), so it is a
 modes are different buckets: one compiled program per mode, all run by one call (and one loop,
 `vhjax.population.loop.run_loop`); members of the same mode (e.g. over learning rate or seed)
 share a program.
+
+Modes in one program: a member `{**mode_member("layerwise_lr", decay=0.5), "seed": 0}` of
+`fit_from` is the same mode as per-member data: `fit_from` turns it into the member's
+`update_scale` (one multiplier of the updates per parameter tensor, 0 = frozen; `mode_scale`),
+so members of any modes share ONE bucket and compiled program. Scaling a tensor's final update
+by m is exactly what `lr_multipliers` does (and 0 what `freeze` does), so the result equals the
+static path's.
+
+    members = [{**mode_member(m), "seed": 0} for m in ("direct", "feature_extractor", "full")]
+    result = fit_from(config, source, members)                 # one bucket
+
+Gradual unfreezing stays a sequence of runs (`gradual_unfreezing`): its stages restart the
+optimizer state and the data order, which a time-varying scale in one run would not reproduce.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -23,10 +37,13 @@ import jax.numpy as jnp
 from vhjax.config import TrainConfig
 from vhjax.population.fit import (PopulationResult, bucket_members, bucket_task, fit_population, stack_dynamic,
                                   with_config_loss_weights)
+from vhjax.population.members import parameter_tensors
 from vhjax.transfer.weights import COLLECTIONS_KEY, as_variables, layer_names, load_source, transfer_params
-from vhjax.validation import check_choice, check_int
+from vhjax.validation import check_choice, check_int, invalid
 
 MODES = ("direct", "feature_extractor", "fine_tune_last", "freeze", "full", "layerwise_lr")
+MODE_OPTIONS = ("last", "frozen", "decay", "layers")
+MODE_KEYS = ("mode", "mode_options")
 
 
 def _globs(layers: Sequence[str]) -> tuple[str, ...]:
@@ -70,6 +87,68 @@ def mode_config(mode: str, params: Any, *, last: int = 1, frozen: Sequence[str] 
     return {"lr_multipliers": {f"{layer}/*": float(decay ** (n - 1 - j)) for j, layer in enumerate(layers[:-1])}}
 
 
+def mode_scale(mode: str, tensors: Sequence[str], **options: Any) -> list[float]:
+    """One multiplier of the updates per parameter tensor (`tensors`: paths in `parameter_tensors`
+    order) for `mode` (options as in `mode_config`; `layers` default the tensors' layers in
+    `layer_names` order): 0 where `mode_config`'s `freeze` globs match, else the first matching
+    `lr_multipliers` glob's value, else 1 (the rules of `vhjax.train.controls.layerwise`)."""
+    unknown = sorted(set(options) - set(MODE_OPTIONS))
+    if unknown:
+        raise invalid("mode_options", dict(options), f"keys among {list(MODE_OPTIONS)}; unknown: {unknown}")
+    tensors = list(tensors)
+    layers = options.pop("layers", None)
+    layers = list(layer_names({path.split("/")[0]: {} for path in tensors}) if layers is None else layers)
+    fields = mode_config(mode, {layer: {} for layer in layers}, layers=layers, **options)
+    freeze, multipliers = tuple(fields.get("freeze", ())), dict(fields.get("lr_multipliers", {}))
+    for pattern in (*freeze, *multipliers):
+        if not any(fnmatch.fnmatchcase(path, pattern) for path in tensors):
+            raise invalid(f"mode {mode!r}", pattern, f"globs matching the model's parameters ({tensors[:12]})")
+
+    def scale(path: str) -> float:
+        if any(fnmatch.fnmatchcase(path, pattern) for pattern in freeze):
+            return 0.0
+        return next((float(v) for p, v in multipliers.items() if fnmatch.fnmatchcase(path, p)), 1.0)
+
+    return [scale(path) for path in tensors]
+
+
+def mode_member(mode: str, **options: Any) -> dict[str, Any]:
+    """A `fit_from` member's fields for `mode` as per-member data (`update_scale`, so members of
+    different modes share one bucket): `{"mode": mode, "mode_options": options}`; `options`
+    as in `mode_config` (last, frozen, decay, layers). Checked here (names and values)."""
+    check_choice("mode", mode, MODES)
+    unknown = sorted(set(options) - set(MODE_OPTIONS))
+    if unknown:
+        raise invalid("mode_options", dict(options), f"keys among {list(MODE_OPTIONS)}; unknown: {unknown}")
+    last = options.get("last", 1)
+    count = min(last, 1024) + 1 if isinstance(last, int) and not isinstance(last, bool) else 2  # enough layers
+    names = list(options.get("layers") or [f"layer_{i}" for i in range(count)])
+    mode_config(mode, {name: {} for name in names}, **{**options, "layers": names})  # the options' values
+    return {"mode": mode, "mode_options": dict(options)}
+
+
+def split_modes(members: Sequence[Mapping[str, Any]]) -> tuple[list[dict], list[tuple[str, dict] | None]]:
+    """(members without the mode keys, each member's (mode, options) or None)."""
+    plain, modes = [], []
+    for index, member in enumerate(members):
+        member = dict(member)
+        if "mode" not in member:
+            if "mode_options" in member:
+                raise invalid(f"members[{index}]['mode_options']", member["mode_options"], "no value without 'mode'")
+            plain.append(member)
+            modes.append(None)
+            continue
+        clash = [key for key in ("update_scale", "freeze", "lr_multipliers") if key in member]
+        if clash:
+            raise invalid(f"members[{index}]", {k: member[k] for k in clash},
+                          "no update_scale, freeze or lr_multipliers with 'mode' (the mode sets them)")
+        mode, options = member.pop("mode"), dict(member.pop("mode_options", None) or {})
+        check_choice(f"members[{index}]['mode']", mode, MODES)
+        plain.append(member)
+        modes.append((mode, options))
+    return plain, modes
+
+
 def _with_source(population: Any, source: Mapping, transfer: Mapping[str, Any]) -> Any:
     """The population with the source's tensors copied into every member (each keeps its own fresh head)."""
     members = population.members
@@ -85,6 +164,9 @@ def fit_from(config: TrainConfig, source: Any, members: Sequence[Mapping[str, An
              head: str | None = None, same_batches: bool | str = "auto", verbose: bool = True) -> PopulationResult:
     """`fit_population(config, members, workdir)` with every member starting from `source`'s weights.
 
+    A member may give its fine-tuning mode as data, `{**mode_member(mode, **options), ...}`: it
+    becomes the member's `update_scale` over its bucket's tensors (`mode_scale`), so members of
+    different modes share one bucket (one compiled program).
     `source`: anything `load_source` returns (Flax variables or params); it is mapped into each
     bucket's model by `transfer_params(skip=, new_head=, head=)`, checked on shapes for every
     bucket before anything compiles. Each member keeps its own initialisation (its seed) where the
@@ -96,14 +178,22 @@ def fit_from(config: TrainConfig, source: Any, members: Sequence[Mapping[str, An
     transfer = {"skip": tuple(skip), "new_head": new_head, "head": head}
     if not members:
         raise ValueError("members has value []; allowed: at least one member (a dict of config fields)")
+    members, modes = split_modes(members)
     members = [with_config_loss_weights(config, member) for member in members]
     buckets = bucket_members(config, members)
     tasks = [(bucket_task(bucket_config, stack_dynamic(indices, members)), indices)
              for bucket_config, indices in buckets]
-    for task, _ in tasks:  # shapes only: a source that does not fit raises here, before compiling
+    for task, indices in tasks:  # shapes only: a source that does not fit raises here, before compiling
         example = jax.ShapeDtypeStruct((2, *task.train.x.shape[1:]), jnp.float32)
         shapes = jax.eval_shape(task.model.init, jax.random.key(0), example)
         transfer_params(source, {k: v for k, v in shapes.items() if k not in ("dropout",)}, **transfer)
+        with_mode = [i for i in indices if modes[i] is not None]
+        tensors = parameter_tensors(task) if with_mode else []
+        for i in with_mode:
+            try:
+                members[i]["update_scale"] = mode_scale(modes[i][0], tensors, **modes[i][1])
+            except ValueError as error:
+                raise ValueError(f"members[{i}]: {error}") from None
     return fit_population(config, members, workdir, same_batches=same_batches, mesh=None, verbose=verbose,
                           start=lambda task, population: _with_source(population, source, transfer))
 
