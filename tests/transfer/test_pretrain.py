@@ -166,7 +166,7 @@ class NoHead(nn.Module):
     ({}, [{"temperature": 0.0}], "member 0: field 'temperature' has value 0.0"),
     ({}, [{"temperature": -1.0}], "member 0: field 'temperature' has value -1.0"),
     ({"method": "autoencoder"}, [{"noise": -0.1}], "member 0: field 'noise' has value -0.1"),
-    ({"method": "autoencoder"}, [{"temperature": 0.5}], "member 0: field 'temperature' has value 0.5; allowed: not set"),
+    ({"method": "autoencoder"}, [{"temperature": 0.5}], "field 'temperature' has value 0.5; allowed: not set"),
     ({"head_widths": (0,)}, [{}], "head_widths has value \\(0,\\); allowed: a sequence of positive integers"),
     ({"augment": []}, [{}], "augment has value \\[\\]; allowed: a non-empty list"),
     ({"feature_layer": "penultimate"}, [{}], "feature_layer has value 'penultimate'"),

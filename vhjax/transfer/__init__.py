@@ -1,13 +1,15 @@
 """Transfer learning: pretrained weights, mapping by layer path, fine-tuning modes, transfer masks and their
-search, distillation, domain adaptation (see docs/transfer.md)."""
+search, distillation, domain adaptation, self-supervised pretraining (see docs/transfer.md)."""
 
 from vhjax.transfer.adapt import AdaptResult, adapt, adda
 from vhjax.transfer.distill import DistillResult, Teacher, distill
 from vhjax.transfer.masks import (MaskObjective, TransferMask, baseline_mask, exhaustive_table, fit_masked,
                                   mask_space, mask_units)
 from vhjax.transfer.modes import MODES, fit_from, gradual_unfreezing, mode_config
+from vhjax.transfer.pretrain import PretrainResult, pretrain
 from vhjax.transfer.weights import TransferReport, layer_names, load_source, transfer_params
 
 __all__ = ["AdaptResult", "adapt", "adda", "DistillResult", "MODES", "Teacher", "distill", "MaskObjective", "TransferMask", "TransferReport", "baseline_mask", "exhaustive_table", "fit_from",
            "fit_masked", "gradual_unfreezing", "layer_names", "load_source", "mask_space", "mask_units", "mode_config",
            "transfer_params"]
+__all__ += ["PretrainResult", "pretrain"]

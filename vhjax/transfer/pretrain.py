@@ -109,7 +109,7 @@ def split_pretrain_member(index: int, member: Mapping[str, Any], method: str) ->
     return {name: float(value)}, {k: v for k, v in member.items() if k not in METHOD_FIELDS.values()}
 
 
-def check_config(config: TrainConfig, method: str) -> None:
+def check_config(config: TrainConfig) -> None:
     """Refuse what has no meaning without labels: mixing, and early stopping, best-model keeping or
     plateau on the eval split (the classifier head is not trained; monitor_split='train' watches the
     pretraining loss)."""
@@ -123,7 +123,6 @@ def check_config(config: TrainConfig, method: str) -> None:
         if config.keep_best:
             raise invalid("config field 'keep_best'", True, "False for pretraining, or monitor_split='train' (the "
                           "eval split's metrics are the untrained classifier head's)")
-    del method
 
 
 def default_augment(input_shape: Sequence[int]) -> tuple:
@@ -310,7 +309,8 @@ class PretrainResult:
     def summary(self) -> str:
         """Markdown: one row per member, ranked by eval pretraining loss."""
         name = METHOD_FIELDS[self.method]
-        lines = [f"| rank | member | {name} | learning rate | seed | train loss | eval loss |", "|---|---|---|---|---|---|---|"]
+        lines = [f"| rank | member | {name} | learning rate | seed | train loss | eval loss |",
+                 "|---|---|---|---|---|---|---|"]
         for rank, index in enumerate(self.ranked()):
             row = self.rows[index]
             lines.append(f"| {rank} | {index} | {row[name]:g} | {row['learning_rate']:.3g} | {row['seed']} | "
@@ -334,8 +334,9 @@ def pretrain(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), 
     `temperature` or `noise`; members of equal static config share one compiled program. `augment`:
     SimCLR's views (augmentation entries), default the config's `augment`, else a default for the data's
     kind (`SEQUENCE_AUGMENT` or `IMAGE_AUGMENT`); their strengths and probabilities are per member as in
-    `fit_population`. The head MLP has Adam at `head_learning_rate` (default: each member's learning
-    rate). Labels are never read. Everything is checked before anything compiles. Single device.
+    `fit_population` (the autoencoder uses `augment` or the config's, if any, as extra corruption). The
+    head MLP has Adam at `head_learning_rate` (default: each member's learning rate). Labels are never
+    read. Everything is checked before anything compiles. Single device; no workdir.
     """
     check_choice("method", method, METHODS)
     check_widths("head_widths", head_widths)
@@ -345,7 +346,7 @@ def pretrain(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), 
         check_number("head_learning_rate", head_learning_rate, 0.0, low_inclusive=False)
     if not members:
         raise invalid("members", [], "at least one member (a dict of config fields)")
-    check_config(config, method)
+    check_config(config)
     split_up = [split_pretrain_member(i, m, method) for i, m in enumerate(members)]
     plain = [with_config_loss_weights(config, m) for _, m in split_up]
     for index, member in enumerate(plain):
@@ -358,13 +359,14 @@ def pretrain(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), 
     tasks = bucket_tasks(config, plain)
     widths = {tuple(indices): feature_dim(task, feature_layer, task.default_hparams)  # shapes only
               for task, indices in tasks}
-    input_size = int(np.prod(tasks[0][0].train.x.shape[1:]))
-    head = MLPHead(tuple(head_widths), projection_dim if method == "simclr" else input_size)
+    heads = {tuple(indices): MLPHead(tuple(head_widths), projection_dim if method == "simclr"
+                                     else int(np.prod(task.train.x.shape[1:]))) for task, indices in tasks}
     head_optimizer = optax.scale_by_adam()
     trained: list[tuple[Task, list[int]]] = []
 
     def program(task: Task, population: PopulationState, indices: list[int]) -> BucketProgram:
         trained.append((task, indices))
+        head = heads[tuple(indices)]
         population = with_pretrain_state(population, [values[i] for i in indices], head, head_optimizer,
                                          widths[tuple(indices)])
         runner = PopulationRunner(pretrain_step(task, feature_layer, method, head, head_optimizer),
@@ -377,7 +379,8 @@ def pretrain(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), 
                             label=LABEL)
     rows: list[dict] = [{} for _ in members]
     for number, ((task, indices), state) in enumerate(zip(trained, result.states)):
-        train_losses, losses = eval_losses(task, feature_layer, method, head, state, (task.train.x, task.eval.x))
+        train_losses, losses = eval_losses(task, feature_layer, method, heads[tuple(indices)], state,
+                                           (task.train.x, task.eval.x))
         for position, index in enumerate(indices):
             rows[index] = {"member": index, "bucket": number, "position": position, "method": method,
                            **{k: v for k, v in values[index].items() if k != "head_learning_rate"},
