@@ -1,5 +1,6 @@
 """Transfer learning: pretrained weights, mapping by layer path, fine-tuning modes, transfer masks and their
-search, simulated annealing over weights, distillation, domain adaptation (see docs/transfer.md)."""
+search, simulated annealing over weights, distillation, domain adaptation, self-supervised pretraining (see
+docs/transfer.md)."""
 
 from vhjax.transfer.adapt import AdaptResult, adapt, adda, select_member
 from vhjax.transfer.annealing import AnnealResult, anneal
@@ -7,9 +8,10 @@ from vhjax.transfer.distill import DistillResult, Teacher, distill
 from vhjax.transfer.masks import (MaskObjective, TransferMask, baseline_mask, exhaustive_table, fit_masked,
                                   mask_space, mask_units)
 from vhjax.transfer.modes import MODES, fit_from, gradual_unfreezing, mode_config, mode_member, mode_scale
+from vhjax.transfer.pretrain import PretrainResult, pretrain
 from vhjax.transfer.weights import TransferReport, layer_names, load_source, transfer_params
 
-__all__ = ["AdaptResult", "AnnealResult", "DistillResult", "MODES", "MaskObjective", "Teacher", "TransferMask",
-           "TransferReport", "adapt", "adda", "anneal", "baseline_mask", "distill", "exhaustive_table", "fit_from",
-           "fit_masked", "gradual_unfreezing", "layer_names", "load_source", "mask_space", "mask_units", "mode_config",
-           "mode_member", "mode_scale", "select_member", "transfer_params"]
+__all__ = ["AdaptResult", "AnnealResult", "DistillResult", "MODES", "MaskObjective", "PretrainResult", "Teacher",
+           "TransferMask", "TransferReport", "adapt", "adda", "anneal", "baseline_mask", "distill", "exhaustive_table",
+           "fit_from", "fit_masked", "gradual_unfreezing", "layer_names", "load_source", "mask_space", "mask_units",
+           "mode_config", "mode_member", "mode_scale", "pretrain", "select_member", "transfer_params"]

@@ -32,7 +32,10 @@ def _is_variables(tree: Any) -> bool:
 
 
 def as_variables(tree: Any) -> dict:
-    """`{"params": ..., other collections}` from Flax variables or a bare params tree."""
+    """`{"params": ..., other collections}` from Flax variables or a bare params tree (or a pretraining
+    result's best encoder, see `vhjax.transfer.pretrain`)."""
+    if callable(getattr(tree, "encoder_variables", None)):  # a PretrainResult: its encoder, without heads
+        return tree.encoder_variables()
     if _is_variables(tree):
         return {name: value for name, value in tree.items()}
     if isinstance(tree, Mapping):
@@ -55,9 +58,13 @@ def load_source(source: Any, *, rank: int | None = None, index: int | None = Non
     `fit_population` workdir (the member by `index` or by `rank` on `split` `metric`, 0 = best,
     chosen exactly as `vhjax.population.export_member` chooses it); a `fit` workdir (its latest
     checkpoint, or the kept best parameters when the run kept them); a folder written by
-    `export_member` (plain orbax)."""
+    `export_member` (plain orbax); a `PretrainResult` of `vhjax.transfer.pretrain` (a member's encoder,
+    by `index` or by `rank` on its eval pretraining loss, 0 = lowest; no classifier head, no projection or
+    decoder MLP, so a target keeps a fresh head)."""
     if rank is not None and index is not None:
         raise ValueError("rank and index are both given; allowed: one of them")
+    if callable(getattr(source, "encoder_variables", None)):  # a PretrainResult
+        return _numpy(source.encoder_variables(rank=rank, index=index))
     if hasattr(source, "members") and hasattr(source, "states"):  # PopulationResult
         member, _ = choose_member(source.members, rank, index, metric, split, mode)
         return _numpy(member_variables(source, member))
@@ -128,7 +135,10 @@ def _natural(name: str) -> list:
 def layer_names(params: Mapping) -> list[str]:
     """The top-level modules of a params tree, input to output: sorted by name with numbers compared
     as numbers (hidden_2 before hidden_10), and a module named 'head' last. This is the order the
-    registered models (mlp, cnn, ...) create their layers in; give `layers=` explicitly otherwise."""
+    registered models (mlp, cnn, ...) create their layers in; give `layers=` explicitly otherwise.
+    A `PretrainResult` gives its model's layers, the head included (its encoders have no head)."""
+    if callable(getattr(params, "encoder_layers", None)):
+        return list(params.encoder_layers())
     params = as_variables(params)[COLLECTIONS_KEY]
     return sorted(params, key=lambda name: (name == "head", _natural(name)))
 
