@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.population.test_entries import CONFIG
 from vhjax import distributed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,9 +39,14 @@ WORKER = textwrap.dedent("""
         real = loop.print_progress
         loop.print_progress = lambda line: (real(line), time.sleep(0.5))
     members = PAIR + [{"learning_rate": 5e-3}]  # 3 members over 4 devices: one inert pad
-    mesh = population_mesh() if spec == "all" else mesh_from_spec(spec)
+    if spec == "across":  # members=2,data=2 with the data axis over the processes: [[p0, p1], [p0, p1]]
+        order = sorted(jax.devices(), key=lambda d: (jax.local_devices(d.process_index).index(d), d.process_index))
+        mesh = population_mesh(order, data_parallel=2)
+    else:
+        mesh = population_mesh() if spec == "all" else mesh_from_spec(spec)
     result = fit_population(CONFIG, members, None if workdir == "-" else workdir, mesh=mesh)
     print("DEVICES", len(jax.devices()), len(jax.local_devices()), flush=True)
+    print("ROWS " + json.dumps(result.batch_rows), flush=True)
     print("RESULT " + json.dumps([m["eval"] for m in result.members]), flush=True)
 """)
 
@@ -97,6 +103,11 @@ def result(output: str) -> list[dict]:
     return json.loads(output.split("RESULT ")[1].splitlines()[0])
 
 
+def rows(output: str) -> list:
+    """Per bucket: the batch rows the process gathered (`PopulationResult.batch_rows`)."""
+    return json.loads(output.split("ROWS ")[1].splitlines()[0])
+
+
 def assert_close(got: list[dict], want: list[dict]) -> None:
     assert len(got) == len(want)
     for a, b in zip(got, want):
@@ -117,6 +128,8 @@ def test_two_processes_train_like_one_and_resume_after_sigterm(tmp_path):
     assert "DEVICES 4 4" in single_out and all("DEVICES 4 2" in out for out in outputs)
     assert_close(result(outputs[0]), result(single_out))
     assert result(outputs[1]) == result(outputs[0])
+    # members over the processes, one batch for all: each process needs every row of each batch
+    assert rows(outputs[0]) == rows(outputs[1]) == [CONFIG.steps * CONFIG.batch_size] and rows(single_out) == [None]
     assert "step 40/40" in outputs[0] and "step 40/40" not in outputs[1]  # progress from process 0 only
     assert eval_steps(tmp_path / "full") == [10, 20, 30, 40]  # written once, by process 0
 
@@ -146,12 +159,16 @@ def test_two_processes_train_like_one_and_resume_after_sigterm(tmp_path):
 
 
 def test_a_data_axis_over_two_processes_trains_like_one_process():
-    """members=2,data=2: each member's batch split over 2 devices, its gradient reduced across them."""
+    """members=2,data=2 with the data axis over the 2 processes: each member's batch split over a
+    device of each process, its gradient reduced across them; each process gathers only its half of
+    every batch (its rows, from its host copy of the data) and the members end as in one process."""
     port = free_port()
-    (single,) = finish([start("single", 0, "-", devices=4, mesh="members=2,data=2")])
-    outputs = finish([start(str(i), port, "-", devices=2, mesh="members=2,data=2") for i in range(2)])
+    (single,) = finish([start("single", 0, "-", devices=4, mesh="across")])
+    outputs = finish([start(str(i), port, "-", devices=2, mesh="across") for i in range(2)])
     assert_close(result(outputs[0]), result(single))
     assert result(outputs[1]) == result(outputs[0])
+    assert rows(single) == [None]  # one process: the data on the devices, batches gathered in the program
+    assert rows(outputs[0]) == rows(outputs[1]) == [CONFIG.steps * CONFIG.batch_size // 2]
 
 
 def test_a_search_over_two_processes_asks_on_process_0_and_trains_like_one_process(tmp_path):

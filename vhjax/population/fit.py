@@ -44,6 +44,9 @@ class PopulationResult:
     members: list[dict]
     states: list[PopulationState]
     histories: list[list[dict]] = dataclasses.field(default_factory=list)  # per bucket: metrics log rows
+    # per bucket: the training-batch rows this process gathered on a mesh spanning processes (each
+    # process its own share of every batch, `vhjax.population.feed`); None where the data is on device
+    batch_rows: list[int | None] = dataclasses.field(default_factory=list)
 
     def best(self, metric: str = "accuracy", split: str = "eval", mode: str = "max") -> dict:
         """The best member that did not diverge; raises if every member diverged."""
@@ -256,8 +259,9 @@ def train_bucket(task: Task, population: PopulationState, workdir: Path | None, 
         None if member_group == "auto" else member_group)
     run_chunk, evaluate = compiled_programs(task, group, isolation, mesh)
     run_chunk = run_chunk if runner is None else runner
-    if train_data is None:
-        train_data = (jnp.asarray(task.train.x), jnp.asarray(task.train.y))
+    if train_data is None:  # on a mesh spanning processes each process gathers its batch rows on the host
+        to_array = np.asarray if mesh is not None and parallel.spans_processes(mesh) else jnp.asarray
+        train_data = (to_array(task.train.x), to_array(task.train.y))
     eval_data = (jnp.asarray(task.eval.x), jnp.asarray(task.eval.y))
     hooks = config_hooks(config)
     outcome = run_loop(population, run_chunk, train_data, steps=config.steps, eval_every=config.eval_every,
@@ -350,7 +354,7 @@ def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], wo
     if root is not None:
         record_members(root / "members.json", members)
     results: list[dict | None] = [None] * len(members)
-    states, histories = [], []
+    states, histories, batch_rows = [], [], []
     for number, ((task, indices), population) in enumerate(zip(tasks, populations)):
         bucket = BucketProgram(population) if program is None else program(task, population, list(indices))
         extras = bucket.extras or [{} for _ in indices]
@@ -372,9 +376,10 @@ def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], wo
                                                   train_data=bucket.train_data)
         states.append(population)
         histories.append(outcome.history)
+        batch_rows.append(outcome.batch_rows)
         for index, record in member_records(number, indices, configs, population, final, outcome).items():
             results[index] = record
-    result = PopulationResult(results, states, histories)
+    result = PopulationResult(results, states, histories, batch_rows)
     if root is not None:
         (root / "result.json").write_text(json.dumps(results, default=lambda v: np.asarray(v).tolist(), indent=1))
     return result

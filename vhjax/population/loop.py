@@ -79,6 +79,7 @@ class LoopResult:
     history: list[dict]
     step_metrics: dict[str, np.ndarray]  # name -> (steps trained in this call, P)
     resumed_from: int | None
+    batch_rows: int | None = None  # per-host batches: the batch rows this process gathered (`on_mesh`)
 
 
 def chunk_lengths(start: int, total: int, every: int) -> list[int]:
@@ -147,20 +148,38 @@ def pad_members(population: PopulationState, multiple: int) -> PopulationState:
     return padded.replace(stopped=padded.stopped.at[population.size:].set(True))
 
 
+def feeds_per_host(runner: Callable, mesh: Any) -> bool:
+    """Whether each process gathers only its own rows of every batch (`vhjax.population.feed`): on a
+    mesh that spans processes, with a runner whose batches are rows of the data."""
+    from vhjax.population import feed
+
+    return mesh is not None and parallel.spans_processes(mesh) and feed.can_feed(runner)
+
+
 def on_mesh(runner: Callable, mesh: Any) -> Callable:
     """`runner` with the members sharded over the mesh's members axis; any population size works:
-    it is padded with inert members for the chunk and cut back after (they are never reported)."""
+    it is padded with inert members for the chunk and cut back after (they are never reported).
+    On a mesh that spans processes (`feeds_per_host`), `data` stays in host memory and each process
+    gathers only its rows of each chunk's batches; `run.batch_rows` counts them (else None)."""
+    from vhjax.population import feed
+
     multiple = mesh.shape[parallel.MEMBERS]
+    fed = feeds_per_host(runner, mesh)
 
     def run(population: PopulationState, data: Any, length: int):
         size = population.size
         padded = parallel.shard_members(pad_members(population, multiple), mesh)
-        end, metrics = runner(padded, data, length)
+        if fed:
+            end, metrics, rows = feed.run_fed(runner, padded, data, length, mesh)
+            run.batch_rows += rows
+        else:
+            end, metrics = runner(padded, data, length)
         if parallel.spans_processes(mesh):  # every process reads, evaluates and checkpoints the whole population
             return parallel.gather_members(end, metrics, size, mesh)
         cut = lambda leaf: leaf[:size]
         return jax.tree.map(cut, end), {k: v[:, :size] for k, v in metrics.items()}
 
+    run.batch_rows = 0 if fed else None
     return run
 
 
@@ -208,8 +227,9 @@ def _run_locked(population: PopulationState, runner: Callable, data: Any, *, ste
     writers = resolve_writers(writers, workdir)
     if writers:
         writers.start(population.size, member_hparams(population, hparams), resumed_from)
-    if mesh is not None:
-        runner, data = on_mesh(runner, mesh), parallel.replicate(data, mesh)
+    if mesh is not None:  # per-host batches: the data stays in host memory, else a copy on every device
+        data = jax.tree.map(np.asarray, data) if feeds_per_host(runner, mesh) else parallel.replicate(data, mesh)
+        runner = on_mesh(runner, mesh)
     step = resumed_from if resumed_from is not None else population_step(population)
     progress = Progress(steps, step, label, verbose)
     if resumed_from is not None:
@@ -247,7 +267,8 @@ def _run_locked(population: PopulationState, runner: Callable, data: Any, *, ste
     if checkpointer is not None:
         checkpointer.close()
     step_metrics = {k: np.concatenate([m[k] for m in collected]) for k in (collected[0] if collected else {})}
-    return LoopResult(population, hook_states, log.read(), step_metrics, resumed_from)
+    return LoopResult(population, hook_states, log.read(), step_metrics, resumed_from,
+                      getattr(runner, "batch_rows", None))
 
 
 def member_hparams(population: PopulationState, extra: Sequence[dict] | None = None) -> list[dict]:
