@@ -54,6 +54,7 @@ WORKER = textwrap.dedent("""
 SEARCH_WORKER = textwrap.dedent("""
     import json, sys
     process_id, port, workdir, population = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    fail = sys.argv[5] == "fail"
     import vhjax.distributed
     if process_id != "single":
         vhjax.distributed.initialize(f"localhost:{port}", 2, int(process_id))
@@ -62,8 +63,14 @@ SEARCH_WORKER = textwrap.dedent("""
     from tests.population.test_entries import CONFIG
 
     space = Space({"learning_rate": Categorical((1e-3, 3e-3, 1e-2))})
-    result = vhjax.search(TrainingObjective(CONFIG), space, "random", budget=6, population=population,
-                          workdir=workdir)
+    objective = TrainingObjective(CONFIG)
+    if fail:  # process 1 alone fails before training generation 1 (process 0 is then in its first chunk)
+        def evaluate(candidates, real=objective.evaluate):
+            if candidates.generation == 1 and vhjax.distributed.process_index() == 1:
+                raise RuntimeError("a file only process 1 lacks")
+            return real(candidates)
+        object.__setattr__(objective, "evaluate", evaluate)
+    result = vhjax.search(objective, space, "random", budget=6, population=population, workdir=workdir)
     print("RESULT " + json.dumps([[t.trial_id, t.params["learning_rate"], t.metrics["accuracy"], t.metrics["loss"]]
                                   for t in result.trials]), flush=True)
 """)
@@ -175,11 +182,14 @@ def test_a_search_over_two_processes_asks_on_process_0_and_trains_like_one_proce
     """The strategy and store run on process 0; both processes train each generation's population
     over the 4-device mesh; the follower returns the same trials; only process 0 writes a store.
     Rerun with another population, process 0 refuses the workdir and the follower stops with it
-    (it does not wait for a message that never comes)."""
-    def run(process_id: str, port: int, workdir: Path, devices: int, population: int = 3) -> subprocess.Popen:
+    (it does not wait for a message that never comes). An objective that fails on process 1 only
+    stops both at once, process 0 with `SearchAborted` naming process 1 and its error."""
+    def run(process_id: str, port: int, workdir: Path, devices: int, population: int = 3,
+            fail: bool = False) -> subprocess.Popen:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
                "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-        return subprocess.Popen([sys.executable, "-c", SEARCH_WORKER, process_id, str(port), str(workdir), str(population)],
+        return subprocess.Popen([sys.executable, "-c", SEARCH_WORKER, process_id, str(port), str(workdir), str(population),
+                                 "fail" if fail else "-"],
                                 cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     (single,) = finish([run("single", 0, tmp_path / "single", 4)])
@@ -206,6 +216,20 @@ def test_a_search_over_two_processes_asks_on_process_0_and_trains_like_one_proce
     assert "different search configuration" in outputs[0]
     assert "SearchAborted: process 0 of this search failed" in outputs[1]
     assert "different search configuration" in outputs[1]
+
+    # an evaluation error on process 1 only: it raises its error, as one process's search would, and
+    # process 0 (already waiting before its first training chunk) stops with SearchAborted naming it
+    port = free_port()
+    failing = [run(str(i), port, tmp_path / f"fail_{i}", 2, fail=True) for i in range(2)]
+    try:  # without the agreement process 0 would wait in its first chunk's collectives (TimeoutExpired)
+        outputs = [process.communicate(timeout=300)[0] for process in failing]
+    finally:
+        for process in failing:
+            process.kill()
+    assert failing[0].returncode != 0 and failing[1].returncode != 0
+    assert "RuntimeError: a file only process 1 lacks" in outputs[1]
+    assert ("SearchAborted: process 1 of this search failed while evaluating generation 1 (trials [4, 5, 6]), so "
+            "this process stops too: RuntimeError: a file only process 1 lacks") in outputs[0], outputs[0][-3000:]
 
 
 def test_initialize_validates_its_arguments(monkeypatch):

@@ -21,6 +21,7 @@ on the same workdir resumes exactly, the metrics log cut back to the checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 import warnings
@@ -31,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vhjax import parallel, preemption
+from vhjax import distributed, parallel, preemption
 from vhjax.population.state import PopulationState, training_mask
 from vhjax.train.checkpoint import Checkpointer
 from vhjax.train.metrics_log import MetricsLog, print_progress
@@ -160,13 +161,17 @@ def on_mesh(runner: Callable, mesh: Any) -> Callable:
     """`runner` with the members sharded over the mesh's members axis; any population size works:
     it is padded with inert members for the chunk and cut back after (they are never reported).
     On a mesh that spans processes (`feeds_per_host`), `data` stays in host memory and each process
-    gathers only its rows of each chunk's batches; `run.batch_rows` counts them (else None)."""
+    gathers only its rows of each chunk's batches; `run.batch_rows` counts them (else None). Before
+    each chunk the processes agree (`distributed.agree`): one that failed (`report_failure`) makes
+    the others raise `PeerFailed` instead of waiting in the chunk's collectives."""
     from vhjax.population import feed
 
     multiple = mesh.shape[parallel.MEMBERS]
     fed = feeds_per_host(runner, mesh)
 
     def run(population: PopulationState, data: Any, length: int):
+        if parallel.spans_processes(mesh):  # a process that failed would never join the chunk's collectives
+            distributed.agree("training chunk")
         size = population.size
         padded = parallel.shard_members(pad_members(population, multiple), mesh)
         if fed:
@@ -202,10 +207,24 @@ def run_loop(population: PopulationState, runner: Callable, data: Any, *, steps:
     if len(set(names)) != len(names):
         raise ValueError(f"hooks have value {names!r}; allowed: distinct hook names")
     workdir = Path(workdir) if workdir is not None else None
-    with workdir_lock(workdir), preemption.watch(enabled=workdir is not None):
+    with workdir_lock(workdir), preemption.watch(enabled=workdir is not None), _reported(mesh):
         return _run_locked(population, runner, data, steps=steps, eval_every=eval_every, evaluate=evaluate,
                            hooks=hooks, workdir=workdir, checkpoint_every=checkpoint_every, mesh=mesh, label=label,
                            verbose=verbose, log=log, writers=writers, hparams=hparams)
+
+
+@contextlib.contextmanager
+def _reported(mesh: Any):
+    """On a mesh that spans processes, an error of this process is reported to the others
+    (`distributed.report_failure`), which raise `PeerFailed` before their next chunk."""
+    try:
+        yield
+    except distributed.PeerFailed:  # another process's failure, reported already
+        raise
+    except Exception as error:
+        if mesh is not None and parallel.spans_processes(mesh):
+            distributed.report_failure(error)
+        raise
 
 
 def _run_locked(population: PopulationState, runner: Callable, data: Any, *, steps: int, eval_every: int,
