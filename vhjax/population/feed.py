@@ -75,7 +75,7 @@ _INDICES: dict = {}
 
 def chunk_indices(runner: PopulationRunner, population: PopulationState, length: int, mesh: Mesh) -> np.ndarray:
     """The chunk's batch indices on every process (one jitted program per runner, mesh and length)."""
-    key = (id(runner), id(mesh), length)
+    key = (id(runner), mesh, length)
     if _INDICES.get(key, (None,))[0] is not runner:
         if len(_INDICES) >= 16:
             _INDICES.pop(next(iter(_INDICES)))
