@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.population.test_entries import CONFIG
 from vhjax import distributed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,9 +39,14 @@ WORKER = textwrap.dedent("""
         real = loop.print_progress
         loop.print_progress = lambda line: (real(line), time.sleep(0.5))
     members = PAIR + [{"learning_rate": 5e-3}]  # 3 members over 4 devices: one inert pad
-    mesh = population_mesh() if spec == "all" else mesh_from_spec(spec)
+    if spec == "across":  # members=2,data=2 with the data axis over the processes: [[p0, p1], [p0, p1]]
+        order = sorted(jax.devices(), key=lambda d: (jax.local_devices(d.process_index).index(d), d.process_index))
+        mesh = population_mesh(order, data_parallel=2)
+    else:
+        mesh = population_mesh() if spec == "all" else mesh_from_spec(spec)
     result = fit_population(CONFIG, members, None if workdir == "-" else workdir, mesh=mesh)
     print("DEVICES", len(jax.devices()), len(jax.local_devices()), flush=True)
+    print("ROWS " + json.dumps(result.batch_rows), flush=True)
     print("RESULT " + json.dumps([m["eval"] for m in result.members]), flush=True)
 """)
 
@@ -48,6 +54,7 @@ WORKER = textwrap.dedent("""
 SEARCH_WORKER = textwrap.dedent("""
     import json, sys
     process_id, port, workdir, population = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    fail = sys.argv[5] == "fail"
     import vhjax.distributed
     if process_id != "single":
         vhjax.distributed.initialize(f"localhost:{port}", 2, int(process_id))
@@ -56,8 +63,14 @@ SEARCH_WORKER = textwrap.dedent("""
     from tests.population.test_entries import CONFIG
 
     space = Space({"learning_rate": Categorical((1e-3, 3e-3, 1e-2))})
-    result = vhjax.search(TrainingObjective(CONFIG), space, "random", budget=6, population=population,
-                          workdir=workdir)
+    objective = TrainingObjective(CONFIG)
+    if fail:  # process 1 alone fails before training generation 1 (process 0 is then in its first chunk)
+        def evaluate(candidates, real=objective.evaluate):
+            if candidates.generation == 1 and vhjax.distributed.process_index() == 1:
+                raise RuntimeError("a file only process 1 lacks")
+            return real(candidates)
+        object.__setattr__(objective, "evaluate", evaluate)
+    result = vhjax.search(objective, space, "random", budget=6, population=population, workdir=workdir)
     print("RESULT " + json.dumps([[t.trial_id, t.params["learning_rate"], t.metrics["accuracy"], t.metrics["loss"]]
                                   for t in result.trials]), flush=True)
 """)
@@ -97,6 +110,11 @@ def result(output: str) -> list[dict]:
     return json.loads(output.split("RESULT ")[1].splitlines()[0])
 
 
+def rows(output: str) -> list:
+    """Per bucket: the batch rows the process gathered (`PopulationResult.batch_rows`)."""
+    return json.loads(output.split("ROWS ")[1].splitlines()[0])
+
+
 def assert_close(got: list[dict], want: list[dict]) -> None:
     assert len(got) == len(want)
     for a, b in zip(got, want):
@@ -117,6 +135,8 @@ def test_two_processes_train_like_one_and_resume_after_sigterm(tmp_path):
     assert "DEVICES 4 4" in single_out and all("DEVICES 4 2" in out for out in outputs)
     assert_close(result(outputs[0]), result(single_out))
     assert result(outputs[1]) == result(outputs[0])
+    # members over the processes, one batch for all: each process needs every row of each batch
+    assert rows(outputs[0]) == rows(outputs[1]) == [CONFIG.steps * CONFIG.batch_size] and rows(single_out) == [None]
     assert "step 40/40" in outputs[0] and "step 40/40" not in outputs[1]  # progress from process 0 only
     assert eval_steps(tmp_path / "full") == [10, 20, 30, 40]  # written once, by process 0
 
@@ -146,23 +166,30 @@ def test_two_processes_train_like_one_and_resume_after_sigterm(tmp_path):
 
 
 def test_a_data_axis_over_two_processes_trains_like_one_process():
-    """members=2,data=2: each member's batch split over 2 devices, its gradient reduced across them."""
+    """members=2,data=2 with the data axis over the 2 processes: each member's batch split over a
+    device of each process, its gradient reduced across them; each process gathers only its half of
+    every batch (its rows, from its host copy of the data) and the members end as in one process."""
     port = free_port()
-    (single,) = finish([start("single", 0, "-", devices=4, mesh="members=2,data=2")])
-    outputs = finish([start(str(i), port, "-", devices=2, mesh="members=2,data=2") for i in range(2)])
+    (single,) = finish([start("single", 0, "-", devices=4, mesh="across")])
+    outputs = finish([start(str(i), port, "-", devices=2, mesh="across") for i in range(2)])
     assert_close(result(outputs[0]), result(single))
     assert result(outputs[1]) == result(outputs[0])
+    assert rows(single) == [None]  # one process: the data on the devices, batches gathered in the program
+    assert rows(outputs[0]) == rows(outputs[1]) == [CONFIG.steps * CONFIG.batch_size // 2]
 
 
 def test_a_search_over_two_processes_asks_on_process_0_and_trains_like_one_process(tmp_path):
     """The strategy and store run on process 0; both processes train each generation's population
     over the 4-device mesh; the follower returns the same trials; only process 0 writes a store.
     Rerun with another population, process 0 refuses the workdir and the follower stops with it
-    (it does not wait for a message that never comes)."""
-    def run(process_id: str, port: int, workdir: Path, devices: int, population: int = 3) -> subprocess.Popen:
+    (it does not wait for a message that never comes). An objective that fails on process 1 only
+    stops both at once, process 0 with `SearchAborted` naming process 1 and its error."""
+    def run(process_id: str, port: int, workdir: Path, devices: int, population: int = 3,
+            fail: bool = False) -> subprocess.Popen:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
                "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-        return subprocess.Popen([sys.executable, "-c", SEARCH_WORKER, process_id, str(port), str(workdir), str(population)],
+        return subprocess.Popen([sys.executable, "-c", SEARCH_WORKER, process_id, str(port), str(workdir), str(population),
+                                 "fail" if fail else "-"],
                                 cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     (single,) = finish([run("single", 0, tmp_path / "single", 4)])
@@ -189,6 +216,20 @@ def test_a_search_over_two_processes_asks_on_process_0_and_trains_like_one_proce
     assert "different search configuration" in outputs[0]
     assert "SearchAborted: process 0 of this search failed" in outputs[1]
     assert "different search configuration" in outputs[1]
+
+    # an evaluation error on process 1 only: it raises its error, as one process's search would, and
+    # process 0 (already waiting before its first training chunk) stops with SearchAborted naming it
+    port = free_port()
+    failing = [run(str(i), port, tmp_path / f"fail_{i}", 2, fail=True) for i in range(2)]
+    try:  # without the agreement process 0 would wait in its first chunk's collectives (TimeoutExpired)
+        outputs = [process.communicate(timeout=300)[0] for process in failing]
+    finally:
+        for process in failing:
+            process.kill()
+    assert failing[0].returncode != 0 and failing[1].returncode != 0
+    assert "RuntimeError: a file only process 1 lacks" in outputs[1]
+    assert ("SearchAborted: process 1 of this search failed while evaluating generation 1 (trials [4, 5, 6]), so "
+            "this process stops too: RuntimeError: a file only process 1 lacks") in outputs[0], outputs[0][-3000:]
 
 
 def test_initialize_validates_its_arguments(monkeypatch):

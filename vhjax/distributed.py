@@ -11,11 +11,14 @@ the arguments or from the environment (`VHJAX_COORDINATOR`, `VHJAX_NUM_PROCESSES
 `VHJAX_PROCESS_ID`). On CPU, cross-process collectives use gloo.
 
 What each process does in the loop (`vhjax.population.loop.on_mesh`): it holds the same
-in-memory data and the same initial population (both are built from seeds); the training
+in-memory data (on the host) and the same initial population (both are built from seeds); it
+gathers only its own rows of each chunk's batches (`vhjax.population.feed`); the training
 chunk is one program over the global mesh (each process computes its members' shards); after
 the chunk the population is copied to every device, so every process evaluates, runs the hooks
 and checkpoints the same values (orbax writes from every process, into one shared folder).
 Progress lines and the metrics log come from process 0 only (`is_main_process`).
+Before each chunk the processes agree (`agree`); one that failed has reported it
+(`report_failure`), so the others raise `PeerFailed` instead of waiting in a collective.
 `host_local_batch` assembles a global array from per-process slices
 (`jax.make_array_from_process_local_data`) for data each host loads only its share of.
 """
@@ -23,6 +26,7 @@ Progress lines and the metrics log come from process 0 only (`is_main_process`).
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Sequence
 
 import jax
@@ -109,6 +113,65 @@ def broadcast_bytes(data: bytes | None) -> bytes:
     if main:
         buffer[:length] = np.frombuffer(data, np.uint8)
     return np.asarray(multihost_utils.broadcast_one_to_all(buffer)).tobytes()[:length]
+
+
+FAILED_KEY, ARRIVED_KEY = "vhjax/failed/", "vhjax/arrived/"
+_ARRIVALS: dict[str, int] = {}
+
+
+class PeerFailed(RuntimeError):
+    """Another process of this run reported a failure (`report_failure`); raised by `agree`."""
+
+    def __init__(self, process: int, error: str):
+        super().__init__(f"process {process} failed: {error}")
+        self.process, self.error = process, error
+
+
+def _client() -> Any:
+    from jax._src.distributed import global_state
+
+    return global_state.client
+
+
+def report_failure(error: BaseException) -> None:
+    """Tell the other processes that this one failed with `error` (the coordination service's
+    key-value store, no collective): they raise `PeerFailed` at their next `agree` instead of
+    waiting in a collective this process never joins. A failure is final for the runtime: every
+    later `agree` of the other processes raises it too (start new processes to run again)."""
+    if jax.process_count() == 1:
+        return
+    try:
+        _client().key_value_set(f"{FAILED_KEY}{jax.process_index()}", f"{type(error).__name__}: {error}"[:2000])
+    except Exception:  # reported already (the first failure is the one the others see)
+        pass
+
+
+def agree(stage: str, timeout: float = 600.0) -> None:
+    """Wait until every process has reached `stage` (its n-th `agree(stage)`) or one of them has
+    reported a failure: then `PeerFailed` names it and its error. Called before collectives that a
+    failed process would never join (the loop before each chunk on a mesh spanning processes, a
+    search after each evaluation). With one process it returns at once."""
+    count, me = jax.process_count(), jax.process_index()
+    if count == 1:
+        return
+    client = _client()
+    _ARRIVALS[stage] = _ARRIVALS.get(stage, 0) + 1
+    prefix = f"{ARRIVED_KEY}{stage}/{_ARRIVALS[stage]}/"
+    client.key_value_set(f"{prefix}{me}", "1")
+    deadline, pause = time.monotonic() + timeout, 0.001
+    while True:
+        failed = sorted((int(key.rsplit("/", 1)[1]), value) for key, value in client.key_value_dir_get(FAILED_KEY))
+        failed = [(process, error) for process, error in failed if process != me]
+        if failed:
+            raise PeerFailed(*failed[0])
+        arrived = {int(key.rsplit("/", 1)[1]) for key, _ in client.key_value_dir_get(prefix)}
+        if len(arrived) == count:
+            return
+        if time.monotonic() > deadline:
+            missing = sorted(set(range(count)) - arrived)
+            raise TimeoutError(f"processes {missing} did not reach {stage!r} within {timeout:.0f} s")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 def process_slice(size: int) -> slice:

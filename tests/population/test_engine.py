@@ -286,3 +286,25 @@ def test_static_zero_hyperparameters_refused_unless_rebuilt(task):
     assert rebuilt.static_zero == {"l1", "elastic_net"}
     population = init_population(rebuilt, 2, {"dropout_rate": [0.0, 0.3], "l2": [0.0, 1e-3]})
     set_member_hparams(population, l2=jnp.array([1e-3, 0.0]))
+
+
+def test_batches_gathered_on_the_host_train_like_batches_gathered_in_the_program(task, data):
+    """`vhjax.population.feed` (per-host batches on a multi-process mesh) in one process: the chunk's
+    indices, its batches gathered from host arrays and `run_batches` (own batches, member groups,
+    a diverging member replayed) give the members the in-program gather gives."""
+    from vhjax import parallel
+    from vhjax.population import feed
+
+    mesh = parallel.population_mesh(jax.devices()[:1])
+    population = init_population(task, 3, {"learning_rate": [1e-3, 1e30, 3e-3]}, same_batches=False)
+    runner = classifier_runner(task, 2)
+    want, want_metrics = runner(jax.tree.map(jnp.copy, population), data, 5)
+    indices = feed.chunk_indices(runner, population, 5, mesh)
+    assert indices.shape == (5, 3, BASE.batch_size)
+    batches, rows = feed.chunk_batches(tuple(np.asarray(leaf) for leaf in data), indices, mesh, False)
+    assert rows == 5 * 3 * BASE.batch_size and batches[0].shape == (5, 3, BASE.batch_size, *data[0].shape[1:])
+    got, got_metrics = runner.run_batches(jax.tree.map(jnp.copy, population), batches)
+    assert runner.replayed_chunks == 2 and got.alive.tolist() == want.alive.tolist() == [True, False, True]
+    for a, b in zip(jax.tree.leaves(want.members.params), jax.tree.leaves(got.members.params)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(want_metrics["loss"], got_metrics["loss"])

@@ -88,6 +88,11 @@ def gather_batch(data: Any, index: jax.Array) -> Any:
     return jax.tree.map(lambda leaf: leaf[index], data)
 
 
+def take_batch(_: Any, batch: Any) -> Any:
+    """The gather of a chunk whose batches were gathered before the program: the step's batch itself."""
+    return batch
+
+
 def make_population_step(member_step: MemberStep, *, isolate: bool = True
                          ) -> Callable[[PopulationState, Any], tuple[PopulationState, dict]]:
     """`step(population, batch) -> (population, metrics (P,))`: every member in one program.
@@ -169,9 +174,9 @@ def run_in_groups(run: Callable, population: PopulationState, indices: jax.Array
     grouped = jax.tree.map(split, population)
     if population.same_batches:
         finished, metrics = lax.map(lambda group: run(group, indices), grouped)
-    else:  # indices (steps, P, ...): each group takes its members' columns
-        member_indices = jnp.moveaxis(indices.reshape(indices.shape[0], groups, member_group, *indices.shape[2:]), 1, 0)
-        finished, metrics = lax.map(lambda pair: run(*pair), (grouped, member_indices))
+    else:  # indices (steps, P, ...) (or batches): each group takes its members' columns
+        columns = lambda leaf: jnp.moveaxis(leaf.reshape(leaf.shape[0], groups, member_group, *leaf.shape[2:]), 1, 0)
+        finished, metrics = lax.map(lambda pair: run(*pair), (grouped, jax.tree.map(columns, indices)))
     merge = lambda leaf: leaf.reshape(padded, *leaf.shape[2:])[:size]
     metrics = jax.tree.map(lambda m: jnp.moveaxis(m, 0, 1).reshape(m.shape[1], padded, *m.shape[3:])[:, :size],
                            metrics)
@@ -189,6 +194,8 @@ class PopulationRunner:
     The input population must not be used afterwards (its buffers may be donated).
     `place(batch, same_batches) -> batch` places each gathered batch (`parallel.batch_placement`:
     split over a mesh's data axis, so each member's gradient is reduced across those devices).
+    `run_batches(population, batches)` trains on a chunk's batches gathered outside the program
+    (`vhjax.population.feed`: each process of a multi-host mesh gathers only its rows).
     """
 
     def __init__(self, member_step: MemberStep, batch_indices: BatchIndices, *, member_group: int | None = None,
@@ -196,30 +203,43 @@ class PopulationRunner:
         if isolation not in ISOLATION_MODES:
             raise ValueError(f"isolation={isolation!r}; allowed: {', '.join(map(repr, ISOLATION_MODES))}")
         self.isolation = isolation
+        self.batch_indices, self.gather = batch_indices, gather
         free, isolated = make_population_step(member_step, isolate=False), make_population_step(member_step)
 
-        def run_free(population: PopulationState, data, length: int):
-            run = lambda group, indices: scan_steps(free, group, data, indices, gather, place)
-            end, metrics = run_in_groups(run, population, batch_indices(population, length), member_group)
+        def free_chunk(population: PopulationState, data, indices, take: Gather):
+            run = lambda group, group_indices: scan_steps(free, group, data, group_indices, take, place)
+            end, metrics = run_in_groups(run, population, indices, member_group)
             finite = jax.vmap(lambda m: all_finite(member_params(m)))(end.members)
             finite = finite & jnp.all(jnp.isfinite(metrics["loss"]), axis=0)
             clean = ~jnp.any(population.training & ~finite)
             end = end.replace(members=keep_where(population.training, end.members, population.members))
             return end, nan_where_frozen(population.training, metrics, member_axis=1), clean
 
-        def run_isolated(population: PopulationState, data, length: int):
-            run = lambda group, indices: scan_steps(isolated, group, data, indices, gather, place)
-            return run_in_groups(run, population, batch_indices(population, length), member_group)
+        def isolated_chunk(population: PopulationState, data, indices, take: Gather):
+            run = lambda group, group_indices: scan_steps(isolated, group, data, group_indices, take, place)
+            return run_in_groups(run, population, indices, member_group)
 
-        self._free_chunk = jax.jit(run_free, static_argnums=2)  # keeps its input: the restart point
-        self._isolated_chunk = jax.jit(run_isolated, static_argnums=2, donate_argnums=0)
+        self._free_chunk = jax.jit(lambda p, data, length: free_chunk(p, data, batch_indices(p, length), gather),
+                                   static_argnums=2)  # keeps its input: the restart point
+        self._isolated_chunk = jax.jit(lambda p, data, length: isolated_chunk(p, data, batch_indices(p, length), gather),
+                                       static_argnums=2, donate_argnums=0)
+        self._free_fed = jax.jit(lambda p, batches: free_chunk(p, None, batches, take_batch))
+        self._isolated_fed = jax.jit(lambda p, batches: isolated_chunk(p, None, batches, take_batch), donate_argnums=0)
         self.replayed_chunks = 0
 
     def __call__(self, population: PopulationState, data: Any, length: int) -> tuple[PopulationState, dict]:
+        return self._optimistic(self._free_chunk, self._isolated_chunk, population, data, length)
+
+    def run_batches(self, population: PopulationState, batches: Any) -> tuple[PopulationState, dict]:
+        """One chunk on its batches, gathered already: every leaf `(length, B, ...)` shared by the
+        members, or `(length, P, B, ...)` one per member (as `gather` would have built them)."""
+        return self._optimistic(self._free_fed, self._isolated_fed, population, batches)
+
+    def _optimistic(self, free_chunk: Callable, isolated_chunk: Callable, population: PopulationState, *args):
         if self.isolation == "per_step":
-            return self._isolated_chunk(population, data, length)
-        end, metrics, clean = self._free_chunk(population, data, length)
+            return isolated_chunk(population, *args)
+        end, metrics, clean = free_chunk(population, *args)
         if bool(clean):
             return end, metrics
         self.replayed_chunks += 1
-        return self._isolated_chunk(population, data, length)
+        return isolated_chunk(population, *args)

@@ -45,6 +45,9 @@ class PopulationResult:
     states: list[PopulationState]
     histories: list[list[dict]] = dataclasses.field(default_factory=list)  # per bucket: metrics log rows
     hook_states: list[dict] = dataclasses.field(default_factory=list)  # per bucket: each hook's final state
+    # per bucket: the training-batch rows this process gathered on a mesh spanning processes (each
+    # process its own share of every batch, `vhjax.population.feed`); None where the data is on device
+    batch_rows: list[int | None] = dataclasses.field(default_factory=list)
 
     def best(self, metric: str = "accuracy", split: str = "eval", mode: str = "max") -> dict:
         """The best member that did not diverge; raises if every member diverged."""
@@ -259,8 +262,9 @@ def train_bucket(task: Task, population: PopulationState, workdir: Path | None, 
         None if member_group == "auto" else member_group)
     run_chunk, evaluate = compiled_programs(task, group, isolation, mesh)
     run_chunk = run_chunk if runner is None else runner
-    if train_data is None:
-        train_data = (jnp.asarray(task.train.x), jnp.asarray(task.train.y))
+    if train_data is None:  # on a mesh spanning processes each process gathers its batch rows on the host
+        to_array = np.asarray if mesh is not None and parallel.spans_processes(mesh) else jnp.asarray
+        train_data = (to_array(task.train.x), to_array(task.train.y))
     eval_data = (jnp.asarray(task.eval.x), jnp.asarray(task.eval.y))
     hooks = [*config_hooks(config), *hooks]
     outcome = run_loop(population, run_chunk, train_data, steps=config.steps, eval_every=config.eval_every,
@@ -355,7 +359,7 @@ def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], wo
     if root is not None:
         record_members(root / "members.json", members)
     results: list[dict | None] = [None] * len(members)
-    states, histories, hook_states = [], [], []
+    states, histories, hook_states, batch_rows = [], [], [], []
     for number, ((task, indices), population) in enumerate(zip(tasks, populations)):
         bucket = BucketProgram(population) if program is None else program(task, population, list(indices))
         extras = bucket.extras or [{} for _ in indices]
@@ -378,9 +382,10 @@ def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], wo
         states.append(population)
         histories.append(outcome.history)
         hook_states.append(outcome.hook_states)
+        batch_rows.append(outcome.batch_rows)
         for index, record in member_records(number, indices, configs, population, final, outcome).items():
             results[index] = record
-    result = PopulationResult(results, states, histories, hook_states)
+    result = PopulationResult(results, states, histories, hook_states, batch_rows)
     if root is not None:
         (root / "result.json").write_text(json.dumps(results, default=lambda v: np.asarray(v).tolist(), indent=1))
     return result

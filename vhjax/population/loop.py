@@ -21,6 +21,7 @@ on the same workdir resumes exactly, the metrics log cut back to the checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 import warnings
@@ -31,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vhjax import parallel, preemption
+from vhjax import distributed, parallel, preemption
 from vhjax.population.state import PopulationState, training_mask
 from vhjax.train.checkpoint import Checkpointer
 from vhjax.train.metrics_log import MetricsLog, print_progress
@@ -79,6 +80,7 @@ class LoopResult:
     history: list[dict]
     step_metrics: dict[str, np.ndarray]  # name -> (steps trained in this call, P)
     resumed_from: int | None
+    batch_rows: int | None = None  # per-host batches: the batch rows this process gathered (`on_mesh`)
 
 
 def chunk_lengths(start: int, total: int, every: int) -> list[int]:
@@ -147,20 +149,42 @@ def pad_members(population: PopulationState, multiple: int) -> PopulationState:
     return padded.replace(stopped=padded.stopped.at[population.size:].set(True))
 
 
+def feeds_per_host(runner: Callable, mesh: Any) -> bool:
+    """Whether each process gathers only its own rows of every batch (`vhjax.population.feed`): on a
+    mesh that spans processes, with a runner whose batches are rows of the data."""
+    from vhjax.population import feed
+
+    return mesh is not None and parallel.spans_processes(mesh) and feed.can_feed(runner)
+
+
 def on_mesh(runner: Callable, mesh: Any) -> Callable:
     """`runner` with the members sharded over the mesh's members axis; any population size works:
-    it is padded with inert members for the chunk and cut back after (they are never reported)."""
+    it is padded with inert members for the chunk and cut back after (they are never reported).
+    On a mesh that spans processes (`feeds_per_host`), `data` stays in host memory and each process
+    gathers only its rows of each chunk's batches; `run.batch_rows` counts them (else None). Before
+    each chunk the processes agree (`distributed.agree`): one that failed (`report_failure`) makes
+    the others raise `PeerFailed` instead of waiting in the chunk's collectives."""
+    from vhjax.population import feed
+
     multiple = mesh.shape[parallel.MEMBERS]
+    fed = feeds_per_host(runner, mesh)
 
     def run(population: PopulationState, data: Any, length: int):
+        if parallel.spans_processes(mesh):  # a process that failed would never join the chunk's collectives
+            distributed.agree("training chunk")
         size = population.size
         padded = parallel.shard_members(pad_members(population, multiple), mesh)
-        end, metrics = runner(padded, data, length)
+        if fed:
+            end, metrics, rows = feed.run_fed(runner, padded, data, length, mesh)
+            run.batch_rows += rows
+        else:
+            end, metrics = runner(padded, data, length)
         if parallel.spans_processes(mesh):  # every process reads, evaluates and checkpoints the whole population
             return parallel.gather_members(end, metrics, size, mesh)
         cut = lambda leaf: leaf[:size]
         return jax.tree.map(cut, end), {k: v[:, :size] for k, v in metrics.items()}
 
+    run.batch_rows = 0 if fed else None
     return run
 
 
@@ -183,10 +207,24 @@ def run_loop(population: PopulationState, runner: Callable, data: Any, *, steps:
     if len(set(names)) != len(names):
         raise ValueError(f"hooks have value {names!r}; allowed: distinct hook names")
     workdir = Path(workdir) if workdir is not None else None
-    with workdir_lock(workdir), preemption.watch(enabled=workdir is not None):
+    with workdir_lock(workdir), preemption.watch(enabled=workdir is not None), _reported(mesh):
         return _run_locked(population, runner, data, steps=steps, eval_every=eval_every, evaluate=evaluate,
                            hooks=hooks, workdir=workdir, checkpoint_every=checkpoint_every, mesh=mesh, label=label,
                            verbose=verbose, log=log, writers=writers, hparams=hparams)
+
+
+@contextlib.contextmanager
+def _reported(mesh: Any):
+    """On a mesh that spans processes, an error of this process is reported to the others
+    (`distributed.report_failure`), which raise `PeerFailed` before their next chunk."""
+    try:
+        yield
+    except distributed.PeerFailed:  # another process's failure, reported already
+        raise
+    except Exception as error:
+        if mesh is not None and parallel.spans_processes(mesh):
+            distributed.report_failure(error)
+        raise
 
 
 def _run_locked(population: PopulationState, runner: Callable, data: Any, *, steps: int, eval_every: int,
@@ -208,8 +246,9 @@ def _run_locked(population: PopulationState, runner: Callable, data: Any, *, ste
     writers = resolve_writers(writers, workdir)
     if writers:
         writers.start(population.size, member_hparams(population, hparams), resumed_from)
-    if mesh is not None:
-        runner, data = on_mesh(runner, mesh), parallel.replicate(data, mesh)
+    if mesh is not None:  # per-host batches: the data stays in host memory, else a copy on every device
+        data = jax.tree.map(np.asarray, data) if feeds_per_host(runner, mesh) else parallel.replicate(data, mesh)
+        runner = on_mesh(runner, mesh)
     step = resumed_from if resumed_from is not None else population_step(population)
     progress = Progress(steps, step, label, verbose)
     if resumed_from is not None:
@@ -247,7 +286,8 @@ def _run_locked(population: PopulationState, runner: Callable, data: Any, *, ste
     if checkpointer is not None:
         checkpointer.close()
     step_metrics = {k: np.concatenate([m[k] for m in collected]) for k in (collected[0] if collected else {})}
-    return LoopResult(population, hook_states, log.read(), step_metrics, resumed_from)
+    return LoopResult(population, hook_states, log.read(), step_metrics, resumed_from,
+                      getattr(runner, "batch_rows", None))
 
 
 def member_hparams(population: PopulationState, extra: Sequence[dict] | None = None) -> list[dict]:

@@ -569,11 +569,7 @@ def _run(store, fingerprint, evaluate, evaluator_name, space, strategy, strategy
         candidates = Candidates(proposals.u, params, trial_ids, generation, eval_key,
                                 fidelity=proposals.fidelity.copy() if has_fidelity else None, parent_ids=parent_ids)
         _share({"candidates": _candidates_message(candidates)})
-        try:
-            output = evaluate(candidates)
-        except Exception as error:
-            setattr(error, DURING_EVALUATION, True)
-            raise
+        output = _evaluate_agreed(evaluate, candidates)
         metrics = metrics_from_output(output, m, objective_names, f"objective {evaluator_name!r}")
         if has_fidelity:
             metrics.setdefault("fidelity", proposals.fidelity)
@@ -608,7 +604,36 @@ def _candidates_message(candidates: Candidates) -> dict:
 
 
 class SearchAborted(RuntimeError):
-    """Process 0 of a multi-process search failed (outside an evaluation); raised on the others."""
+    """Another process of a multi-process search failed; raised on the others (process 0 outside an
+    evaluation, or any process inside one: see `_evaluate_agreed`)."""
+
+
+def _evaluate_agreed(evaluate: Evaluator, candidates: Candidates) -> Any:
+    """The objective on this process. With several processes they agree after it (and the loop
+    before each training chunk) that none failed: an error in one process's evaluation is raised
+    there, as one process's search raises it, and every other process raises `SearchAborted`
+    naming that process and its error, instead of waiting in a collective until a timeout."""
+    try:
+        output = evaluate(candidates)
+    except distributed.PeerFailed as error:
+        raise _aborted(error, candidates) from error
+    except Exception as error:
+        distributed.report_failure(error)
+        setattr(error, DURING_EVALUATION, True)
+        raise
+    try:
+        distributed.agree("search evaluation")
+    except distributed.PeerFailed as error:
+        raise _aborted(error, candidates) from error
+    return output
+
+
+def _aborted(error: distributed.PeerFailed, candidates: Candidates) -> SearchAborted:
+    aborted = SearchAborted(f"process {error.process} of this search failed while evaluating generation "
+                            f"{candidates.generation} (trials {list(candidates.trial_ids)}), so this process "
+                            f"stops too: {error.error}")
+    setattr(aborted, DURING_EVALUATION, True)  # the failed process listens to no message
+    return aborted
 
 
 # set on an exception raised by the objective: every process was evaluating, each fails in its own
@@ -629,8 +654,9 @@ def _follow(evaluate: Evaluator, space: Any, seed: int) -> list[Trial]:
         u = np.asarray(asked["u"], np.float64).reshape(len(asked["trial_ids"]), -1)
         fidelity = None if asked["fidelity"] is None else np.asarray(asked["fidelity"])
         _, eval_key = generation_keys(run_key, asked["generation"])
-        evaluate(Candidates(u, [space.decode(row) for row in u], asked["trial_ids"], asked["generation"], eval_key,
-                            fidelity=fidelity, parent_ids=asked["parent_ids"]))
+        _evaluate_agreed(evaluate, Candidates(u, [space.decode(row) for row in u], asked["trial_ids"],
+                                              asked["generation"], eval_key, fidelity=fidelity,
+                                              parent_ids=asked["parent_ids"]))
 
 
 def _as_trial(result: TrialResult, generation: int) -> Trial:
