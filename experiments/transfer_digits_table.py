@@ -30,8 +30,12 @@ mask is optimal (validation accuracy) in the exhaustive table. Random, GA and SA
 `--search-seeds` times per training seed; mean +- std (ddof 0) of test accuracy over training seeds
 (x search seeds for the searches). The protocol is ours; no published numbers exist for it.
 
-Command:  python experiments/transfer_digits_table.py           (full: 3 training seeds)
-          python experiments/transfer_digits_table.py --quick   (1 seed, tiny steps; the smoke test)
+Command:  python experiments/transfer_digits_table.py           (full: 3 training seeds, policy copy)
+          python experiments/transfer_digits_table.py --quick   (1 seed, tiny steps)
+          (the measured run: one process per direction, `--directions D --out F --cache-dir C`, then
+          `--merge F1 F2`; `--policies copy,train` adds policy train, not measured yet)
+Runtime:  2-core AMD EPYC CPU, shared with other jobs (load 13-22): full 26.4 min with the two
+          directions side by side; --quick 11 min under that load (about 4 CPU-minutes).
 Results:  experiments/results/transfer_digits_table.json, experiments/figures/transfer_search_fitness.png,
           experiments/README.md "Transfer: MNIST (5,000 real digits) <-> scikit-learn digits".
 """
@@ -196,7 +200,7 @@ def fitness_figure(results: dict, path: Path, policy: str = "copy") -> None:
     import matplotlib.pyplot as plt
 
     shown = [d for d in DIRECTIONS if d in results]
-    fig, axes = plt.subplots(1, len(shown), figsize=(5.2 * len(shown), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(shown), figsize=(5.2 * len(shown) + 2.4, 3.8), squeeze=False)
     colours = {"random (best of)": "tab:gray", "GA": "tab:blue", "SA": "tab:orange"}
     styles = ["-", "--", "-."]
     for ax, direction in zip(axes[0], [d for d in DIRECTIONS if d in results]):
@@ -205,16 +209,19 @@ def fitness_figure(results: dict, path: Path, policy: str = "copy") -> None:
             for label, _ in SEARCHES:
                 curves = np.array([run["best_so_far"] for e in entries for run in e["searches"][label]])
                 generations = np.arange(1, curves.shape[1] + 1)
-                ax.step(generations, curves.mean(axis=0), where="post", color=colours[label],
+                mean = curves.mean(axis=0)  # generation g drawn over [g - 0.5, g + 0.5]
+                ax.step(np.append(generations - 0.5, generations[-1] + 0.5), np.append(mean, mean[-1]), where="post", color=colours[label],
                         linestyle=styles[k % 3], label=f"{label}, {size}/class")
             ax.axhline(np.mean([e["optimum_val"] for e in entries]), color="black", linestyle=styles[k % 3],
                        linewidth=0.8, alpha=0.6, label=f"exhaustive optimum, {size}/class")
         ax.set_xticks(generations)
+        ax.set_xlim(0.5, generations[-1] + 0.5)
         ax.set_xlabel("generation (masks trained = generation x population)")
         ax.set_ylabel("best validation accuracy so far")
         ax.set_title(f"{direction} (policy {policy})")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="center right")
+    fig.tight_layout(rect=(0, 0, 0.84, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
