@@ -158,7 +158,7 @@ def one_setting(data: dict, source: dict, args, direction: str, per_class: int, 
     target = direction.split("->")[1]
     config = target_config(target_splits(data[target], per_class, seed, VALIDATION[target]), args.widths,
                            args.steps, seed)
-    out = {"modes": mode_rows(config, source), "policies": {}}
+    out = {"modes": mode_rows(config, source) if args.modes else {}, "policies": {}}
     for policy in policies:
         objective = MaskObjective(config, source, policy=policy)
         scratch = objective.run([baseline_mask("scratch", objective.units)])
@@ -183,7 +183,8 @@ def table_rows(results: list[dict], policy: str) -> dict[str, tuple[list[float],
     policy_entries = [r["policies"][policy] for r in results]
     rows["scratch"] = ([e["scratch"] for e in policy_entries], "")
     for mode, _ in (*MODE_ROWS, ("gradual_unfreezing", {})):
-        rows[mode] = ([r["modes"][mode] for r in results], "")
+        if all(mode in r["modes"] for r in results):
+            rows[mode] = ([r["modes"][mode] for r in results], "")
     for label, _ in SEARCHES:
         runs = [run for e in policy_entries for run in e["searches"][label]]
         rows[label] = ([run["test_accuracy"] for run in runs], f"{sum(run['reached'] for run in runs)}/{len(runs)}")
@@ -248,6 +249,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--budget", type=int, default=12, help="masks trained per random/GA/SA run (< 16)")
     parser.add_argument("--population", type=int, default=4, help="masks per generation (SA: chains)")
     parser.add_argument("--policies", default="copy", help="comma-separated: copy, train")
+    parser.add_argument("--no-modes", dest="modes", action="store_false", help="skip the fine-tune mode rows")
     parser.add_argument("--directions", default=",".join(DIRECTIONS), help=f"comma-separated among {DIRECTIONS}")
     parser.add_argument("--merge", nargs="+", default=None,
                         help="JSON files of runs over other directions: merge them, report, write --out and the figure")
