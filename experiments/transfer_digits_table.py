@@ -33,7 +33,7 @@ mask is optimal (validation accuracy) in the exhaustive table. Random, GA and SA
 Command:  python experiments/transfer_digits_table.py           (full: 3 training seeds, policy copy)
           python experiments/transfer_digits_table.py --quick   (1 seed, tiny steps)
           (the measured run: one process per direction, `--directions D --out F --cache-dir C`, then
-          `--merge F1 F2`; `--policies copy,train` adds policy train, not measured yet)
+          `--merge F1 F2`; policy train: `--no-modes --policies train`, merged into ..._train.json)
 Runtime:  2-core AMD EPYC CPU, shared with other jobs (load 13-22): full 26.4 min with the two
           directions side by side; --quick 11 min under that load (about 4 CPU-minutes).
 Results:  experiments/results/transfer_digits_table.json, experiments/figures/transfer_search_fitness.png,
