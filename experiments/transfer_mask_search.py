@@ -26,6 +26,7 @@ The protocol is ours; no published numbers exist for it.
 
 Command:  python experiments/transfer_mask_search.py            (full: 3 training seeds, 10 search seeds)
           python experiments/transfer_mask_search.py --quick    (smaller MLP, fewer steps, 1 x 2 seeds)
+          --figure experiments/figures/transfer_mask_search_fitness.png  (best-so-far fitness per generation)
 Runtime:  2-core AMD EPYC CPU, shared with other jobs: full 5.4 minutes, --quick 2.5 minutes.
 Results:  experiments/README.md, "Transfer-mask search".
 """
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -88,8 +90,10 @@ def baseline_rows(objective: MaskObjective) -> dict[str, float]:
     return {mask.name: float(values["test_accuracy"][i]) for i, mask in enumerate(masks)}
 
 
-def search_runs(objective: MaskObjective, table: dict, strategy: str, args, seeds: range) -> list[tuple[float, bool]]:
-    """(test accuracy of the best mask, whether it is optimal) per search seed."""
+def search_runs(objective: MaskObjective, table: dict, strategy: str, args, seeds: range,
+                curves: list | None = None) -> list[tuple[float, bool]]:
+    """(test accuracy of the best mask, whether it is optimal) per search seed; with `curves`, each
+    run's best validation accuracy so far per generation is appended to it."""
     kwargs, extra = {}, {}
     metric, direction = "accuracy", "maximize"
     if strategy == "genetic":
@@ -105,8 +109,41 @@ def search_runs(objective: MaskObjective, table: dict, strategy: str, args, seed
         result = vsearch.search(objective, objective.space(), strategy, budget=args.budget,
                                 population=args.population, seed=seed, verbose=False, strategy_kwargs=kwargs, **extra)
         found = result_mask(result.best.params, objective.units)
+        if curves is not None:
+            per_generation = [max(t.metrics["accuracy"] for t in result.trials if t.generation == g)
+                              for g in sorted({t.generation for t in result.trials})]
+            curves.append(np.maximum.accumulate(per_generation).tolist())
         runs.append((table[found]["test_accuracy"], reaches_optimum(found, table, metric, direction)))
     return runs
+
+
+def fitness_figure(data: dict, path: Path) -> None:
+    """Best validation accuracy so far over generations (mean over runs) for random, GA and SA, one
+    panel per policy; the exhaustive optimum (mean over training seeds) dotted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"random (best of)": "tab:gray", "GA": "tab:blue", "SA": "tab:orange"}
+    fig, axes = plt.subplots(1, len(data), figsize=(5.0 * len(data), 3.6), squeeze=False)
+    for ax, (policy, curves) in zip(axes[0], data.items()):
+        for label, colour in colours.items():
+            mean = np.mean(np.array(curves[label]), axis=0)
+            generations = np.arange(1, len(mean) + 1)  # generation g drawn over [g - 0.5, g + 0.5]
+            ax.step(np.append(generations - 0.5, generations[-1] + 0.5), np.append(mean, mean[-1]), where="post",
+                    color=colour, label=label)
+        ax.axhline(np.mean(curves["optimum"]), color="black", linestyle=":", label="exhaustive optimum")
+        ax.set_xticks(generations)
+        ax.set_xlim(0.5, generations[-1] + 0.5)
+        ax.set_xlabel("generation (masks trained = generation x population)")
+        ax.set_ylabel("best validation accuracy so far")
+        ax.set_title(f"MNIST-1D -> shifted MNIST-1D, policy {policy}")
+    axes[0][-1].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def summary(values: list[float]) -> str:
@@ -122,6 +159,9 @@ def main() -> None:
     parser.add_argument("--population", type=int, default=4, help="masks per generation (SA: chains)")
     parser.add_argument("--source-weight", type=float, default=0.1, help="weight of the source error in SA's energy")
     parser.add_argument("--policies", default="copy,train", help="comma-separated: copy, train")
+    parser.add_argument("--figure", default=None,
+                        help="PNG of the best validation accuracy so far per generation (e.g. "
+                             "experiments/figures/transfer_mask_search_fitness.png)")
     args = parser.parse_args()
     widths, source_steps, steps = ((100, 100, 100), 3000, 200) if not args.quick else ((32, 32, 32), 600, 60)
     if args.quick:
@@ -131,6 +171,7 @@ def main() -> None:
     configs = [TrainConfig(dataset=target_splits(seed), eval_split="val", test_split="test", model="mlp",
                            model_kwargs={"widths": widths, "num_classes": 10}, batch_size=50, steps=steps,
                            eval_every=steps, learning_rate=3e-3, seed=seed) for seed in range(args.seeds)]
+    figure_data: dict = {}
     for policy in args.policies.split(","):
         rows: dict[str, list[float]] = {}
         reached: dict[str, list[bool]] = {}
@@ -143,11 +184,13 @@ def main() -> None:
             table = exhaustive_table(objective)
             best, _ = optimum(table)
             lowest, _ = optimum(table, "energy", "minimize")
+            figure_data.setdefault(policy, {}).setdefault("optimum", []).append(table[best[0]]["accuracy"])
             optimal_masks.append(f"{'/'.join(best)} (energy: {'/'.join(lowest)})")
             rows.setdefault("exhaustive optimum", []).append(table[best[0]]["test_accuracy"])
             searches = range(args.search_seeds)
             for label, strategy in (("random (best of)", "random"), ("GA", "genetic"), ("SA", "simulated_annealing")):
-                runs = search_runs(objective, table, strategy, args, searches)
+                runs = search_runs(objective, table, strategy, args, searches,
+                                   figure_data.setdefault(policy, {}).setdefault(label, []))
                 rows.setdefault(label, []).extend(value for value, _ in runs)
                 reached.setdefault(label, []).extend(ok for _, ok in runs)
             print(f"[{policy}] seed {seed} done, {time.perf_counter() - started:.0f}s", flush=True)
@@ -163,6 +206,8 @@ def main() -> None:
             print(f"| {name} | {summary(rows[name])} | {trained} | {hit} |")
         print("per training seed (scratch, direct, head_only, full, exhaustive optimum): " + "; ".join(
             f"{name} {[round(v, 3) for v in rows[name]]}" for name in (*order[:4], order[-1])))
+    if args.figure:
+        fitness_figure(figure_data, Path(args.figure))
     print(f"\nwall time {time.perf_counter() - started:.0f}s ({'--quick' if args.quick else 'full'}: {args.seeds} "
           f"training seed(s) x {args.search_seeds} search seed(s), budget {args.budget}, population {args.population})")
 
