@@ -5,7 +5,7 @@ rates log-spaced in [1e-3, 3e-2] and 5 identical members (learning rate 3e-3): t
 small "search", the last 5 a deep ensemble (each member has its own initialisation and data order).
 All members train with dropout 0.1 (so MC dropout applies). Splits: train[:90%] to train,
 train[90%:] as validation (member selection, ensemble weights, stacking, temperature), test to report.
-Bagging, snapshot and boosting ensembles run on `vhjax.ensemble.train_members` (own vmapped loop),
+Bagging, snapshot and boosting ensembles run on `vhjax.ensemble.train_members` (the population engine),
 as does adversarial training with a per-member epsilon.
 
 Command:  python experiments/ensembles_tables.py --seeds 3
@@ -104,7 +104,7 @@ def run_seed(name: str, seed: int, args, figures: bool, reused: dict | None = No
     best_only = population.select([best])
     mc = best_only.mc_dropout_proba(test.x, key, samples=20, dropout_rate=0.1)
     rows["MC dropout (best member, 20 samples)"] = scores(mc.mean(0), test.y)
-    # ensembles on the own vmapped loop: same model, Adam at the deep-ensemble rate, same steps
+    # ensembles through train_members: same model, Adam at the deep-ensemble rate, same steps
     model = MODELS[name]
     opts = dict(steps=steps, batch_size=100, learning_rate=DEEP_LR, dropout_rate=0.1)
     own_rows = ("bagging (5 bootstrap members)", "snapshot ensemble (5 cosine cycles, 1 run)",
