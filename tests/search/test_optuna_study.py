@@ -103,3 +103,13 @@ def test_trials_optuna_added_are_left_out_of_the_search(tmp_path):
     study.enqueue_trial({"x": 0.0})
     with open_store(tmp_path) as store:
         assert store.count_trials() == 4 and len(store.trials()) == 3
+
+
+def test_a_study_that_stored_nothing_takes_the_directions_of_the_next_call(tmp_path):
+    with open_store(tmp_path, objectives={"loss": "minimize"}):
+        pass  # e.g. a call refused on bad input after opening the store
+    with open_store(tmp_path, objectives={"acc": "maximize", "cost": "minimize"}) as store:
+        store.add_trials([])
+    study = optuna.load_study(study_name="default", storage=_url(tmp_path))
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
+    assert study.system_attrs["vhjax:objectives"] == ["acc", "cost"]

@@ -422,12 +422,12 @@ class TrialStore:
                     study_id = self._rdb.get_study_id_from_name(self.study)
             if objectives is None:
                 return study_id
-            if self._rdb.get_study_directions(study_id) == wanted or self._rdb.get_n_trials(study_id) \
-                    or self._rdb.get_study_system_attrs(study_id):
+            attrs = self._rdb.get_study_system_attrs(study_id)
+            blank = not self._rdb.get_n_trials(study_id) and not set(attrs) - {optuna_study.OBJECTIVES_ATTR}
+            if self._rdb.get_study_directions(study_id) == wanted or not blank:
                 break  # (other directions with trials or state: the fingerprint check refuses it)
             self._rdb.delete_study(study_id)  # created by a call that stored nothing: made anew
-        attrs = self._rdb.get_study_system_attrs(study_id)
-        if optuna_study.OBJECTIVES_ATTR not in attrs and self._rdb.get_study_directions(study_id) == wanted:
+        if (blank or optuna_study.OBJECTIVES_ATTR not in attrs) and self._rdb.get_study_directions(study_id) == wanted:
             self._rdb.set_study_system_attr(study_id, optuna_study.OBJECTIVES_ATTR, list(objectives))
         return study_id
 
