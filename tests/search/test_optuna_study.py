@@ -112,4 +112,4 @@ def test_a_study_that_stored_nothing_takes_the_directions_of_the_next_call(tmp_p
         store.add_trials([])
     study = optuna.load_study(study_name="default", storage=_url(tmp_path))
     assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
-    assert study.system_attrs["vhjax:objectives"] == ["acc", "cost"]
+    assert study._storage.get_study_system_attrs(study._study_id)["vhjax:objectives"] == ["acc", "cost"]

@@ -459,7 +459,8 @@ class TrialStore:
             _check_status(trial.status)
         now = time.time()
         with self._transaction(lock_study=True) as session:
-            ids = [self._insert(session, trial, now) for trial in trials]
+            first = self._count(session)
+            ids = [self._insert(session, trial, now, first + i) for i, trial in enumerate(trials)]
             faults.point("store.add")
             return ids
 
@@ -487,8 +488,8 @@ class TrialStore:
                 slots = parent_slots[index] if parent_slots is not None else [None] * len(rows)
                 previous = ids[-1] if ids else []
                 ids.append([self._insert(session, dataclasses.replace(
-                    trial, parent_id=None if slot is None else previous[slot]), now)
-                    for trial, slot in zip(rows, slots)])
+                    trial, parent_id=None if slot is None else previous[slot]), now, sum(map(len, ids)) + i)
+                    for i, (trial, slot) in enumerate(zip(rows, slots))])
             for key, value in (meta or {}).items():
                 self._set_study_attr(session, optuna_study.META_PREFIX + key, value)
             faults.point("store.rounds")
@@ -507,10 +508,18 @@ class TrialStore:
             return None
         return values if all(math.isfinite(v) for v in values) else None
 
-    def _insert(self, session: Any, trial: NewTrial, now: float) -> int:
+    def _count(self, session: Any) -> int:
+        from optuna.storages._rdb import models
+
+        return session.query(models.TrialModel).filter(models.TrialModel.study_id == self._study_id).count()
+
+    def _insert(self, session: Any, trial: NewTrial, now: float, number: int) -> int:
+        """One Optuna trial, whole (rows of Optuna's tables); `number` its index in the study."""
         import datetime
 
-        from optuna.trial import FrozenTrial, TrialState
+        from optuna.distributions import distribution_to_json
+        from optuna.storages._rdb import models
+        from optuna.trial import TrialState
 
         fields = _plain({
             "generation": int(trial.generation), "slot": int(trial.slot), "params": dict(trial.params),
@@ -519,18 +528,34 @@ class TrialStore:
             "parent_id": None if trial.parent_id is None else int(trial.parent_id),
             "started_at": now, "finished_at": None if trial.status == "running" else now,
         })
+        started = datetime.datetime.fromtimestamp(now)
+        model = models.TrialModel(study_id=self._study_id, number=number, state=TrialState[_STATES[trial.status]],
+                                  datetime_start=started,
+                                  datetime_complete=None if trial.status == "running" else started)
+        session.add(model)
+        session.flush()  # its id
         params, distributions = optuna_study.optuna_params(trial.params, self._distributions)
+        for name, value in params.items():
+            session.add(models.TrialParamModel(
+                trial_id=model.trial_id, param_name=name, param_value=distributions[name].to_internal_repr(value),
+                distribution_json=distribution_to_json(distributions[name])))
+        self._add_values(session, model.trial_id, self._values(trial.status, fields["fitness"], fields["metrics"]))
         user_attrs = optuna_study.dashboard_attrs(fields)
         if trial.status == "failed":
             user_attrs["fail_reason"] = optuna_study.FAIL_REASON
-        started = datetime.datetime.fromtimestamp(now)
-        template = FrozenTrial(
-            number=0, state=TrialState[_STATES[trial.status]], value=None,
-            values=self._values(trial.status, fields["fitness"], fields["metrics"]),
-            datetime_start=started, datetime_complete=None if trial.status == "running" else started,
-            params=params, distributions=distributions, user_attrs=user_attrs,
-            system_attrs={optuna_study.TRIAL_ATTR: fields}, intermediate_values={}, trial_id=0)
-        return int(self._rdb._get_prepared_new_trial(self._study_id, template, session).trial_id)
+        for key, value in user_attrs.items():
+            session.add(models.TrialUserAttributeModel(trial_id=model.trial_id, key=key, value_json=json.dumps(value)))
+        session.add(models.TrialSystemAttributeModel(trial_id=model.trial_id, key=optuna_study.TRIAL_ATTR,
+                                                     value_json=json.dumps(fields)))
+        return int(model.trial_id)
+
+    @staticmethod
+    def _add_values(session: Any, trial_id: int, values: Sequence[float] | None) -> None:
+        from optuna.storages._rdb import models
+
+        for objective, value in enumerate(values or []):
+            stored, kind = models.TrialValueModel.value_to_stored_repr(value)
+            session.add(models.TrialValueModel(trial_id=trial_id, objective=objective, value=stored, value_type=kind))
 
     def finish_trials(
         self,
@@ -555,11 +580,21 @@ class TrialStore:
             _check_status(result.status)
         now = time.time()
         with self._transaction() as session:
+            ids = [int(result.trial_id) for result in results]
+            trials = {m.trial_id: m for m in session.query(models.TrialModel).filter(
+                models.TrialModel.trial_id.in_(ids), models.TrialModel.study_id == self._study_id)}
+            system = {a.trial_id: a for a in session.query(models.TrialSystemAttributeModel).filter(
+                models.TrialSystemAttributeModel.trial_id.in_(ids),
+                models.TrialSystemAttributeModel.key == optuna_study.TRIAL_ATTR)}
+            user = {(a.trial_id, a.key): a for a in session.query(models.TrialUserAttributeModel).filter(
+                models.TrialUserAttributeModel.trial_id.in_(ids))}
             for result in results:
-                model = models.TrialModel.find_or_raise_by_id(int(result.trial_id), session)
-                if model.study_id != self._study_id:
+                model = trials.get(int(result.trial_id))
+                if model is None:
                     raise KeyError(f"trial {result.trial_id} is not in study {self.study!r}")
-                attr = models.TrialSystemAttributeModel.find_by_trial_and_key(model, optuna_study.TRIAL_ATTR, session)
+                if model.state.is_finished():
+                    raise ValueError(f"trial {result.trial_id} is already finished ({model.state.name})")
+                attr = system[model.trial_id]
                 fields = json.loads(attr.value_json)
                 fields.update(_plain({"fitness": _finite_or_none(result.fitness), "metrics": dict(result.metrics),
                                       "finished_at": now}))
@@ -567,18 +602,19 @@ class TrialStore:
                     fields["fidelity"] = float(result.fidelity)
                 if result.parent_id is not None:
                     fields["parent_id"] = int(result.parent_id)
-                self._rdb._set_trial_attr_without_commit(
-                    session, models.TrialSystemAttributeModel, model.trial_id, optuna_study.TRIAL_ATTR, fields)
+                attr.value_json = json.dumps(fields)
                 user_attrs = optuna_study.dashboard_attrs(fields)
                 if result.status == "failed":
                     user_attrs["fail_reason"] = optuna_study.FAIL_REASON
                 for key, value in user_attrs.items():
-                    self._rdb._set_trial_attr_without_commit(
-                        session, models.TrialUserAttributeModel, model.trial_id, key, value)
-                for objective, value in enumerate(self._values(result.status, fields["fitness"],
-                                                               fields["metrics"]) or []):
-                    self._rdb._set_trial_value_without_commit(session, model, objective, value)
-                model.state = TrialState[_STATES[result.status]]
+                    if (model.trial_id, key) in user:
+                        user[model.trial_id, key].value_json = json.dumps(value)
+                    else:
+                        session.add(models.TrialUserAttributeModel(trial_id=model.trial_id, key=key,
+                                                                   value_json=json.dumps(value)))
+                self._add_values(session, model.trial_id, self._values(result.status, fields["fitness"],
+                                                                       fields["metrics"]))
+                model.state = TrialState[_STATES[result.status]]  # written last: the trial's outcome
                 model.datetime_complete = None if result.status == "running" else datetime.datetime.fromtimestamp(now)
             if state is not None:
                 self._write_state(session, state, int(generation))
@@ -595,37 +631,41 @@ class TrialStore:
 
     def trials(self, *, status: str | None = None, generation: int | None = None) -> list[Trial]:
         """Trials of this study ordered by id, optionally filtered (trials Optuna added without
-        vhjax's fields are left out)."""
+        vhjax's fields are left out). Reads the trials' states and `vhjax:trial` attributes only."""
+        from optuna.storages._rdb import models
+
         if status is not None:
             _check_status(status)
-        with self._guard():
+        attr = models.TrialSystemAttributeModel
+        with self._transaction() as session:
             try:
-                frozen = _retry_locked(lambda: self._rdb.get_all_trials(self._study_id, deepcopy=False))
-            except (ValueError, TypeError, LookupError) as error:  # JSONDecodeError, unknown state
+                rows = [(trial_id, state, value) for trial_id, state, value in session.query(
+                    models.TrialModel.trial_id, models.TrialModel.state, attr.value_json).join(
+                    attr, attr.trial_id == models.TrialModel.trial_id).filter(
+                    models.TrialModel.study_id == self._study_id, attr.key == optuna_study.TRIAL_ATTR).order_by(
+                    models.TrialModel.trial_id)]
+            except LookupError as error:  # a state that is not one of Optuna's
                 raise damaged(self.location, f"a trial cannot be read: {type(error).__name__}: "
                               f"{str(error)[:200]}") from None
         trials = []
-        for trial in sorted(frozen, key=lambda t: t._trial_id):
-            fields = trial.system_attrs.get(optuna_study.TRIAL_ATTR)
-            if fields is None:
-                continue
+        for trial_id, state, value in rows:
             try:
-                trials.append(self._to_trial(trial, fields))
-            except (ValueError, TypeError, KeyError) as error:
-                raise damaged(self.location, f"trial {trial._trial_id!r} cannot be read: {type(error).__name__}: "
+                trials.append(self._to_trial(trial_id, state, json.loads(value)))
+            except (ValueError, TypeError, KeyError) as error:  # JSONDecodeError is a ValueError
+                raise damaged(self.location, f"trial {trial_id!r} cannot be read: {type(error).__name__}: "
                               f"{str(error)[:200]}") from None
         return [t for t in trials if (status is None or t.status == status)
                 and (generation is None or t.generation == int(generation))]
 
-    def _to_trial(self, trial: Any, fields: Mapping[str, Any]) -> Trial:
-        status = _STATUSES.get(trial.state.name)
+    def _to_trial(self, trial_id: int, state: Any, fields: Mapping[str, Any]) -> Trial:
+        status = _STATUSES.get(state.name)
         if status is None:
-            raise ValueError(f"state {trial.state.name} is not one of {sorted(_STATUSES)}")
+            raise ValueError(f"state {state.name} is not one of {sorted(_STATUSES)}")
         params, u = fields["params"], fields["u"]
         if not isinstance(params, dict) or not isinstance(u, list):
             raise ValueError(f"params {params!r:.80} / u {u!r:.80} are not a JSON object / list")
         number = lambda key, kind: None if fields.get(key) is None else kind(fields[key])  # noqa: E731
-        return Trial(trial_id=int(trial._trial_id), generation=int(fields["generation"]), slot=int(fields["slot"]),
+        return Trial(trial_id=int(trial_id), generation=int(fields["generation"]), slot=int(fields["slot"]),
                      params=params, u=tuple(float(x) for x in u), status=status, fitness=number("fitness", float),
                      metrics=dict(fields.get("metrics") or {}), fidelity=number("fidelity", float),
                      parent_id=number("parent_id", int), started_at=fields.get("started_at"),
