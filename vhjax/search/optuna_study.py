@@ -42,10 +42,14 @@ def distributions(space: Any) -> dict[str, Any]:
             out[name] = od.IntDistribution(int(param.low), int(param.high), log=bool(param.log))
         elif isinstance(param, Float):
             out[name] = od.FloatDistribution(float(param.low), float(param.high), log=bool(param.log))
-        elif isinstance(param, Categorical) and all(
-                type(c) in _PRIMITIVE for c in param.choices) and len(set(map(repr, param.choices))) == len(param.choices):
+        elif isinstance(param, Categorical) and _plain_choices(param.choices):
             out[name] = od.CategoricalDistribution(tuple(param.choices))
     return out
+
+
+def _plain_choices(choices: Any) -> bool:
+    """Choices Optuna stores as they are: distinct None / bool / int / float / str values."""
+    return all(type(c) in _PRIMITIVE for c in choices) and len(set(map(repr, choices))) == len(choices)
 
 
 def optuna_params(params: Mapping[str, Any], dists: Mapping[str, Any]) -> tuple[dict, dict]:

@@ -372,6 +372,12 @@ _STATES = {"running": "RUNNING", "complete": "COMPLETE", "failed": "FAIL"}
 _STATUSES = {state: status for status, state in _STATES.items()}
 
 
+def orm_session(engine: Any) -> Any:
+    from sqlalchemy import orm
+
+    return orm.Session(bind=engine)
+
+
 def _plain(value: Any) -> Any:
     """JSON data (NumPy/JAX values as Python ones, NaN kept) as Optuna's attributes hold it."""
     return json.loads(to_json(value))
@@ -423,7 +429,7 @@ class TrialStore:
             if objectives is None:
                 return study_id
             attrs = self._rdb.get_study_system_attrs(study_id)
-            blank = not self._rdb.get_n_trials(study_id) and not set(attrs) - {optuna_study.OBJECTIVES_ATTR}
+            blank = not self._n_trials(study_id) and not set(attrs) - {optuna_study.OBJECTIVES_ATTR}
             if self._rdb.get_study_directions(study_id) == wanted or not blank:
                 break  # (other directions with trials or state: the fingerprint check refuses it)
             self._rdb.delete_study(study_id)  # created by a call that stored nothing: made anew
@@ -672,8 +678,14 @@ class TrialStore:
                      finished_at=fields.get("finished_at"), study=self.study)
 
     def count_trials(self) -> int:
-        with self._guard():
-            return int(self._rdb.get_n_trials(self._study_id))
+        return self._n_trials(self._study_id)
+
+    def _n_trials(self, study_id: int) -> int:
+        """Trials of a study, counted without reading them (Optuna's `get_n_trials` reads them all)."""
+        from optuna.storages._rdb import models
+
+        with _guard(self.path, self.location), contextlib.closing(orm_session(self._rdb.engine)) as session:
+            return int(session.query(models.TrialModel).filter(models.TrialModel.study_id == study_id).count())
 
     # -- strategy state
 
@@ -691,7 +703,8 @@ class TrialStore:
         study = models.StudyModel.find_or_raise_by_id(self._study_id, session)
         attr = models.StudySystemAttributeModel.find_by_study_and_key(study, key, session)
         if attr is None:
-            session.add(models.StudySystemAttributeModel(study_id=self._study_id, key=key, value_json=json.dumps(value)))
+            session.add(models.StudySystemAttributeModel(study_id=self._study_id, key=key,
+                                                         value_json=json.dumps(value)))
         else:
             attr.value_json = json.dumps(value)
 
@@ -806,7 +819,8 @@ def open_store(
 
         url = sqlalchemy_url(os.fspath(storage))
         parsed = sqlalchemy.engine.make_url(url)
-        path = parsed.database if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") else None
+        on_disk = parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
+        path = parsed.database if on_disk else None
         location = path or parsed.render_as_string(hide_password=True)
         if path is not None:
             return _open_sqlite_file(path, study, objectives, space, url=url)
