@@ -93,13 +93,20 @@ def legacy_cut(workdir: str) -> None:
     import sqlite3
     from pathlib import Path
 
-    from vhjax.search.storage import SQLITE_FILENAME
+    from vhjax.search.storage import SQLITE_FILENAME, open_store
 
-    with sqlite3.connect(Path(workdir) / SQLITE_FILENAME) as db:
-        db.execute("DELETE FROM vhjax_meta WHERE meta_key = 'pbt_rounds_stored'")
-        last = db.execute("SELECT MAX(generation) FROM vhjax_trials").fetchone()[0]
-        db.execute("DELETE FROM vhjax_trials WHERE generation = ?", (last,))
-        db.execute("UPDATE vhjax_trials SET status = 'running' WHERE generation = ?", (last - 1,))
+    with open_store(workdir) as store:
+        trials = store.trials()
+    last = max(t.generation for t in trials)
+    cut = [t.trial_id for t in trials if t.generation == last]
+    reopened = [t.trial_id for t in trials if t.generation == last - 1]
+    with sqlite3.connect(Path(workdir) / SQLITE_FILENAME) as db:  # Optuna's tables
+        db.execute("DELETE FROM study_system_attributes WHERE key = 'vhjax:meta:pbt_rounds_stored'")
+        for table in ("trial_values", "trial_params", "trial_system_attributes", "trial_user_attributes", "trials"):
+            db.execute(f"DELETE FROM {table} WHERE trial_id IN ({','.join(map(str, cut))})")
+        db.execute(f"DELETE FROM trial_values WHERE trial_id IN ({','.join(map(str, reopened))})")
+        db.execute(f"UPDATE trials SET state = 'RUNNING', datetime_complete = NULL "
+                   f"WHERE trial_id IN ({','.join(map(str, reopened))})")
 
 
 def main(argv: list[str]) -> None:

@@ -157,15 +157,16 @@ def _damage(path: Path, how: str) -> None:
         data = path.read_bytes()
         path.write_bytes(data[:len(data) // 2] + b"\x00" * 37)
         return
-    with sqlite3.connect(path) as db:
+    with sqlite3.connect(path) as db:  # Optuna's tables; vhjax's fields are the attribute 'vhjax:trial'
         if how == "json":
-            db.execute("UPDATE vhjax_trials SET params = '{not json' WHERE trial_id = 2")
+            db.execute("UPDATE trial_system_attributes SET value_json = '{not json' WHERE trial_id = 2")
         elif how == "utf8":
-            db.execute("UPDATE vhjax_trials SET u = CAST(X'FFFE00' AS TEXT) WHERE trial_id = 3")
+            db.execute("UPDATE trial_system_attributes SET value_json = CAST(X'FFFE00' AS TEXT) WHERE trial_id = 3")
         elif how == "status":
-            db.execute("UPDATE vhjax_trials SET status = 'exploded' WHERE trial_id = 1")
-        elif how == "state":
-            db.execute("UPDATE vhjax_strategy_state SET state = X'C1C1C1'")
+            db.execute("UPDATE trials SET state = 'EXPLODED' WHERE trial_id = 1")
+        elif how == "state":  # valid base64 of bytes that are not a msgpack strategy state
+            db.execute("""UPDATE study_system_attributes SET value_json = '{"generation": 2, "state": "wcHB"}'
+                          WHERE key = 'vhjax:state'""")
 
 
 @pytest.mark.parametrize("how", ["empty", "garbage", "truncated", "json", "utf8", "status", "state"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import multiprocessing
-import sys
 import time
 from typing import NamedTuple
 
@@ -228,9 +227,3 @@ def test_postgresql_store_with_concurrent_writers_and_a_search(postgres_url, tmp
     plain = postgres_url.replace("postgresql+psycopg://", "postgresql://")  # the driver is chosen for us
     with open_store(storage=plain, study="resumed") as store:
         assert store.count_trials() == 12
-
-
-def test_url_without_sqlalchemy_says_how_to_install(monkeypatch):
-    monkeypatch.setitem(sys.modules, "sqlalchemy", None)
-    with pytest.raises(ImportError, match="pip install"):
-        open_store(storage="postgresql://user@localhost/db")

@@ -489,7 +489,8 @@ def search(
         trials = TrialTable(_follow(evaluate, space, int(seed)))
     else:
         try:
-            with search_lock(workdir, storage), storage_lib.open_store(workdir, storage, study=study) as store:
+            with search_lock(workdir, storage), storage_lib.open_store(workdir, storage, study=study, objectives=objective_spec,
+                                                                       space=space) as store:
                 check_fingerprint(store, fingerprint)
                 _run(store, fingerprint, evaluate, objective_name(objective), space, strategy_obj, strategy_name,
                      objective_spec, int(budget), int(population), int(seed), verbose)

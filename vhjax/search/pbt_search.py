@@ -64,7 +64,8 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
         fraction=float(fraction), resample_probability=float(resample_probability), metric=metric,
         seed=int(seed), train_config=config.to_dict())
     initial = [space.decode(u) for u in np.asarray(space.sample(jax.random.key(seed), population))]
-    with search_lock(workdir, storage), storage_lib.open_store(workdir, storage, study=study) as store:
+    with search_lock(workdir, storage), storage_lib.open_store(workdir, storage, study=study, objectives={metric: "maximize"},
+                                                                   space=space) as store:
         check_fingerprint(store, fingerprint)
         if store.get_meta(_STORED_KEY) is None:  # never stored whole (trials of an older, cut write go)
             training_dir = None if workdir is None else Path(workdir) / "training"

@@ -1,27 +1,26 @@
-"""The results store of a search: trials and strategy state in SQL.
+"""The results store of a search: an Optuna study (trials, strategy state, metadata).
 
-A workdir keeps its store in `workdir/trials.sqlite` (stdlib `sqlite3`, WAL
-mode). A database URL (`'postgresql://...'`, `'sqlite:///path'`, ...) goes
-through SQLAlchemy, an optional dependency imported only when a URL is given.
+A search is stored through Optuna's RDB storage (`optuna.storages.RDBStorage`): in
+`workdir/trials.sqlite`, in an SQLite file given as `storage=`, or in any database URL Optuna
+speaks (`'postgresql://...'`, `'mysql://...'`, `'sqlite:///path'`). So `optuna.load_study`,
+optuna-dashboard, `optuna.importance` and `optuna.visualization` read a vhjax search as it is.
 
-Three tables, every row tagged with a `study` name so that several searches can
-share one database:
+- each vhjax trial is one Optuna trial: params with the distributions of the vhjax space,
+  value(s) in the study's direction(s), state RUNNING / COMPLETE / FAIL; vhjax's own fields
+  (unit-cube point, generation, slot, parent trial, fidelity, metrics) in the trial system
+  attribute `vhjax:trial` (metrics and lineage also as user attributes, for the dashboard);
+- the strategy state (msgpack bytes, base64) with the number of generations it has seen, and
+  key/value metadata (the config fingerprint), are study system attributes.
 
-- `vhjax_trials`: one row per trial (candidate params as JSON, encoded vector,
-  fidelity, metrics JSON, fitness, status in {running, complete, failed},
-  timestamps, parent trial id, generation, slot in the generation);
-- `vhjax_strategy_state`: the serialized strategy state after the last `tell`
-  and the number of generations it has seen;
-- `vhjax_meta`: key/value pairs (the config fingerprint of the study).
-
-A new SQLite file is created whole (schema included) and linked into place, so an empty,
-foreign or damaged file (or a row that cannot be read) is reported as `StoreDamaged` naming
-the file, never silently started over.
-
-Every write is one transaction. SQLite writers take the write lock up front
-(`BEGIN IMMEDIATE`) and wait for each other (busy timeout), so concurrent
-processes writing to one file never lose a trial. Ids come from the database
-(autoincrement), so they are distinct across writers.
+Every write (a generation's new trials; its results with the new strategy state; PBT's rounds
+replacing the study's trials) is ONE database transaction on Optuna's tables, so a process
+killed at any point leaves it whole or absent. A new SQLite file is created whole (Optuna's
+schema included) and linked into place, so an empty, foreign or damaged file (or a row that
+cannot be read) is reported as `StoreDamaged` naming the file, never silently started over; a
+server that cannot be reached is `StoreUnreachable`; a store of the pre-Optuna format (tables
+`vhjax_trials`, ...) is `StoreOutdated`. SQLite writers take the write lock up front
+(`BEGIN IMMEDIATE`) and wait for each other, so concurrent processes never lose a trial. Trial ids
+are Optuna's trial ids (distinct across writers).
 
 Strategy states are pytrees. `state_to_bytes` stores their leaves with msgpack
 (NumPy arrays keep dtype and shape; typed PRNG keys are stored as key data);
@@ -31,6 +30,7 @@ Strategy states are pytrees. `state_to_bytes` stores their leaves with msgpack
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import json
@@ -38,13 +38,14 @@ import math
 import os
 import sqlite3
 import time
-from typing import Any, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
 from flax import serialization
 
 from vhjax import faults
+from vhjax.search import optuna_study
 
 TRIAL_STATUSES = ("running", "complete", "failed")
 DEFAULT_STUDY = "default"
@@ -183,23 +184,8 @@ def _restore_leaf(value: Any, like: Any) -> Any:
     return value
 
 
-# ----------------------------------------------------------------------------- backends
 
-
-class _Connection(Protocol):
-    """What the store needs from a backend inside one transaction."""
-
-    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple]: ...
-
-    def insert(self, sql: str, params: Mapping[str, Any], id_column: str) -> int: ...
-
-
-class _Backend(Protocol):
-    dialect: str
-
-    def transaction(self) -> contextlib.AbstractContextManager[_Connection]: ...
-
-    def close(self) -> None: ...
+# ----------------------------------------------------------------------------- the Optuna storage
 
 
 def _is_locked_error(error: Exception) -> bool:
@@ -221,91 +207,108 @@ def _retry_locked(fn, timeout_s: float = _BUSY_TIMEOUT_S):
             delay = min(delay * 2, 0.5)
 
 
-class _SqliteConnection:
-    def __init__(self, connection: sqlite3.Connection):
-        self._connection = connection
+def _causes(error: BaseException) -> list[BaseException]:
+    """`error`, the driver error SQLAlchemy wraps (`.orig`) and what it was raised from, in order."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain:
+        chain.append(current)
+        original = getattr(current, "orig", None)
+        if isinstance(original, BaseException) and original not in chain:
+            chain.append(original)
+        current = current.__cause__ or current.__context__
+    return chain
 
-    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple]:
-        return self._connection.execute(sql, dict(params or {})).fetchall()
 
-    def insert(self, sql: str, params: Mapping[str, Any], id_column: str) -> int:
-        return int(self._connection.execute(sql, dict(params)).lastrowid)
+def _is_connect_error(error: BaseException) -> bool:
+    """True for a DBAPI error raised while connecting (refused, unknown host, timed out)."""
+    text = " ".join(str(e) for e in _causes(error)).lower()
+    return any(phrase in text for phrase in ("connection refused", "could not connect", "connection failed",
+                                              "could not translate host", "timeout expired", "can't connect"))
 
 
-class _SqliteBackend:
-    """stdlib sqlite3, WAL mode; each transaction takes the write lock up front.
+def _clear_error(error: BaseException, path: str | None, location: str) -> Exception | None:
+    """`StoreDamaged` / `StoreUnreachable` / ValueError for a driver error, or None (not ours to explain)."""
+    for cause in _causes(error):
+        if isinstance(cause, sqlite3.Error):
+            text = str(cause)
+            if isinstance(cause, sqlite3.OperationalError) and "decode" in text.lower():
+                return damaged(location, f"unreadable row: {text}")
+            if isinstance(cause, sqlite3.OperationalError) and "unable to open" in text.lower():
+                return ValueError(f"cannot open the trial store {location!r} ({text}); allowed: a writable "
+                                  "SQLite file path in an existing or creatable folder")
+            if type(cause) is sqlite3.DatabaseError:  # 'file is not a database', 'malformed'
+                return damaged(location, text)
+            return None
+    if path is None and _is_connect_error(error):
+        first = next((str(e) for e in reversed(_causes(error)) if str(e).strip()), str(error))
+        return StoreUnreachable(
+            f"storage={location!r}: the database could not be reached ({first.strip().splitlines()[0][:200]}); "
+            "check that its server is running and the URL's host, port, user and database are right")
+    return None
 
-    A new file is created whole (schema included) under a temporary name and linked into place, so
-    a process killed while creating it never leaves an empty `trials.sqlite`: an empty, foreign or
-    damaged file is therefore always reported (`StoreDamaged`, naming the file), never started over.
-    """
 
-    dialect = "sqlite"
-
-    def __init__(self, path: str):
-        self.path = path
-        if path != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            if not os.path.exists(path):
-                _create_sqlite_file(path)
-            elif os.path.isfile(path) and os.path.getsize(path) == 0:
-                raise damaged(path, "the file is empty: 0 bytes")
-        with self._guard():
-            self._connection = sqlite3.connect(
-                path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-            )
-            if path != ":memory:":
-                _retry_locked(lambda: self._connection.execute("PRAGMA journal_mode=WAL").fetchall())
-            self._connection.execute(f"PRAGMA busy_timeout={int(_BUSY_TIMEOUT_S * 1000)}")
-            self._connection.execute("PRAGMA synchronous=NORMAL")
-
-    @contextlib.contextmanager
-    def _guard(self) -> Iterator[None]:
-        """sqlite3's errors for a damaged file turned into `StoreDamaged` naming it."""
-        try:
-            yield
-        except sqlite3.OperationalError as error:
-            if "decode" in str(error).lower():  # a text column holding bytes that are not UTF-8
-                raise damaged(self.path, f"unreadable row: {error}") from None
-            if "unable to open" in str(error).lower():
-                raise ValueError(f"cannot open the trial store {self.path!r} ({error}); allowed: a writable "
-                                 "SQLite file path in an existing or creatable folder") from None
+@contextlib.contextmanager
+def _guard(path: str | None, location: str) -> Iterator[None]:
+    """Driver errors for a damaged SQLite file or an unreachable server made clear."""
+    try:
+        yield
+    except (StoreDamaged, StoreUnreachable):
+        raise
+    except Exception as error:
+        clear = _clear_error(error, path, location)
+        if clear is None:
             raise
-        except sqlite3.DatabaseError as error:
-            if type(error) is not sqlite3.DatabaseError:  # integrity, programming errors: not damage
-                raise
-            # 'file is not a database', 'database disk image is malformed'
-            raise damaged(self.path, str(error)) from None
+        raise clear from None
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[_Connection]:
-        with self._guard():
-            _retry_locked(lambda: self._connection.execute("BEGIN IMMEDIATE"))
-            try:
-                yield _SqliteConnection(self._connection)
-            except BaseException:
-                if self._connection.in_transaction:
-                    self._connection.execute("ROLLBACK")
-                raise
-            self._connection.execute("COMMIT")
 
-    def close(self) -> None:
-        self._connection.close()
+class StoreOutdated(ValueError):
+    """A store written by vhjax before its studies were Optuna studies (tables `vhjax_trials`, ...)."""
+
+
+def _outdated(location: str) -> StoreOutdated:
+    return StoreOutdated(
+        f"the trial store {location!r} was written by an older vhjax (tables vhjax_trials, "
+        "vhjax_strategy_state, vhjax_meta); searches are now stored as Optuna studies and this store "
+        "cannot be resumed. Rerun the search in a new workdir (or storage), or read the old file with "
+        "the vhjax version that wrote it")
+
+
+def _check_sqlite_file(path: str) -> None:
+    """An existing SQLite file must be non-empty, a database, and not of the pre-Optuna format."""
+    if not os.path.isfile(path):
+        return
+    if os.path.getsize(path) == 0:
+        raise damaged(path, "the file is empty: 0 bytes")
+    with _guard(path, path), contextlib.closing(sqlite3.connect(path, timeout=_BUSY_TIMEOUT_S)) as db:
+        names = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "vhjax_trials" in names and "studies" not in names:
+        raise _outdated(path)
+
+
+def _rdb(url: str, memory: bool = False):
+    """Optuna's `RDBStorage` for `url` (SQLite: a busy timeout; in memory: one shared connection)."""
+    import optuna
+    import sqlalchemy
+
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        engine_kwargs["connect_args"] = {"timeout": _BUSY_TIMEOUT_S, "check_same_thread": False}
+        if memory:
+            engine_kwargs["poolclass"] = sqlalchemy.pool.StaticPool
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
 
 
 def _create_sqlite_file(path: str) -> None:
-    """Create `path` with the schema in place, atomically (never replacing a file another process made)."""
+    """Create `path` with Optuna's schema in place, atomically (never replacing a file another process made)."""
     folder, name = os.path.split(os.path.abspath(path))
     temporary = os.path.join(folder, f".{name}.{os.getpid()}.new")
     if os.path.exists(temporary):
         os.unlink(temporary)
-    connection = sqlite3.connect(temporary)
-    try:
-        for statement in _schema("sqlite"):
-            connection.execute(statement)
-        connection.commit()
-    finally:
-        connection.close()
+    storage = _rdb(f"sqlite:///{temporary}")
+    storage.engine.dispose()
+    with contextlib.closing(sqlite3.connect(temporary)) as db:
+        db.execute("PRAGMA journal_mode=WAL").fetchall()
     try:
         os.link(temporary, path)  # fails if the file appeared meanwhile: then that one is used
     except FileExistsError:
@@ -314,218 +317,156 @@ def _create_sqlite_file(path: str) -> None:
         if not os.path.exists(path):
             os.replace(temporary, path)
     finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+        for leftover in (temporary, temporary + "-wal", temporary + "-shm"):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
 
 
-class _SqlAlchemyConnection:
-    def __init__(self, connection, text, returning: bool):
-        self._connection = connection
-        self._text = text
-        self._returning = returning
+def _configure_sqlite(engine) -> None:
+    """WAL, busy timeout, and every transaction taking the write lock up front (`BEGIN IMMEDIATE`),
+    so that concurrent writers wait for each other instead of failing."""
+    from sqlalchemy import event
 
-    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple]:
-        result = self._connection.execute(self._text(sql), dict(params or {}))
-        return [tuple(row) for row in result] if result.returns_rows else []
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        _retry_locked(lambda: cursor.execute("PRAGMA journal_mode=WAL").fetchall())
+        cursor.execute(f"PRAGMA busy_timeout={int(_BUSY_TIMEOUT_S * 1000)}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
 
-    def insert(self, sql: str, params: Mapping[str, Any], id_column: str) -> int:
-        if self._returning:
-            result = self._connection.execute(self._text(f"{sql} RETURNING {id_column}"), dict(params))
-            return int(result.scalar_one())
-        return int(self._connection.execute(self._text(sql), dict(params)).lastrowid)
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened while Optuna checked the schema go; new ones are configured
 
 
-class _SqlAlchemyBackend:
-    """Any database SQLAlchemy speaks (PostgreSQL, MySQL, SQLite files, ...).
+_SCHEMA_LOCK_ID = 0x76686A6178  # "vhjax": the advisory lock that serializes schema creation
 
-    As with the stdlib store, a damaged SQLite file is a `StoreDamaged` naming the file (a new one is
-    created whole first); a server that cannot be reached is a `StoreUnreachable` naming the URL
-    (password masked).
-    """
 
-    def __init__(self, url: str):
-        try:
-            import sqlalchemy
-        except ImportError as error:  # optional dependency
-            raise ImportError(
-                f"storage={url!r} is a database URL, which needs SQLAlchemy; install it with "
-                "`pip install 'vhjax[sql]'` (or `pip install sqlalchemy`), or pass a workdir "
-                "to use the built-in SQLite store"
-            ) from error
-        self._sqlalchemy = sqlalchemy
-        connect_args = {}
-        if url.startswith("sqlite"):
-            connect_args = {"timeout": _BUSY_TIMEOUT_S}
-        self._engine = sqlalchemy.create_engine(sqlalchemy_url(url), connect_args=connect_args)
-        self.dialect = self._engine.dialect.name
-        self.path = self._engine.url.database if self.dialect == "sqlite" else None
-        if self.path in ("", ":memory:"):
-            self.path = None
-        self.location = self.path or self._engine.url.render_as_string(hide_password=True)
-        if self.dialect == "sqlite":
-            self._prepare_sqlite_file()
-            self._configure_sqlite()
+def _open_url(url: str, location: str):
+    """`RDBStorage` of a database URL; on PostgreSQL the schema is created under an advisory lock
+    (CREATE TABLE races between processes opening a new database at once)."""
+    import sqlalchemy
 
-    def _prepare_sqlite_file(self) -> None:
-        """Create a new file whole, as the stdlib store does; an empty one is damage, not a new store."""
-        if self.path is None:
-            return
-        if not os.path.exists(self.path):
-            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            _create_sqlite_file(self.path)
-        elif os.path.isfile(self.path) and os.path.getsize(self.path) == 0:
-            raise damaged(self.path, "the file is empty: 0 bytes")
-
-    @contextlib.contextmanager
-    def _guard(self) -> Iterator[None]:
-        """The driver's errors for a damaged SQLite file or an unreachable server made clear."""
-        try:
-            yield
-        except self._sqlalchemy.exc.DBAPIError as error:
-            clear = self._clear_error(error)
-            if clear is None:
-                raise
-            raise clear from None
-
-    def _clear_error(self, error) -> Exception | None:
-        """`StoreDamaged` / `StoreUnreachable` for `error` (SQLAlchemy's wrapper), or None."""
-        original = getattr(error, "orig", None)
-        if self.path is not None and isinstance(original, sqlite3.DatabaseError):
-            text = str(original)
-            if isinstance(original, sqlite3.OperationalError) and "decode" in text.lower():
-                return damaged(self.path, f"unreadable row: {text}")
-            if type(original) is sqlite3.DatabaseError:  # not a database, malformed
-                return damaged(self.path, text)
-            return None
-        if self.path is None and _is_connect_error(error):
-            return StoreUnreachable(
-                f"storage={self.location!r}: the database could not be reached "
-                f"({str(original or error).strip().splitlines()[0][:200]}); check that its server is "
-                "running and the URL's host, port, user and database are right")
-        return None
-
-    def _configure_sqlite(self) -> None:
-        event = self._sqlalchemy.event
-
-        @event.listens_for(self._engine, "connect")
-        def _on_connect(dbapi_connection, _record):
-            dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
-            cursor = dbapi_connection.cursor()
-            if self._engine.url.database not in (None, "", ":memory:"):
-                _retry_locked(lambda: cursor.execute("PRAGMA journal_mode=WAL").fetchall())
-            cursor.execute(f"PRAGMA busy_timeout={int(_BUSY_TIMEOUT_S * 1000)}")
-            cursor.close()
-
-        @event.listens_for(self._engine, "begin")
-        def _on_begin(connection):
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[_Connection]:
-        returning = bool(getattr(self._engine.dialect, "insert_returning", False))
-        begin = lambda: self._engine.begin()  # noqa: E731
-        with self._guard():
-            context = _retry_locked(lambda: _entered(begin()))
-            connection, manager = context
+    if not url.startswith("postgresql"):
+        return _rdb(url)
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text(f"SELECT pg_advisory_lock({_SCHEMA_LOCK_ID})"))
             try:
-                yield _SqlAlchemyConnection(connection, self._sqlalchemy.text, returning)
-            except BaseException as error:
-                manager.__exit__(type(error), error, error.__traceback__)
-                raise
-            manager.__exit__(None, None, None)
-
-    def close(self) -> None:
-        self._engine.dispose()
-
-
-def _is_connect_error(error: Exception) -> bool:
-    """True for a DBAPI error raised while connecting (refused, unknown host, timed out)."""
-    text = str(getattr(error, "orig", None) or error).lower()
-    return any(phrase in text for phrase in ("connection refused", "could not connect", "connection failed",
-                                              "could not translate host", "timeout expired", "can't connect"))
-
-
-def _entered(manager):
-    return manager.__enter__(), manager
-
-
-_SCHEMA_TYPES = {
-    # dialect: (autoincrement id column, blob type, double type)
-    "sqlite": ("INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB", "REAL"),
-    "postgresql": ("BIGSERIAL PRIMARY KEY", "BYTEA", "DOUBLE PRECISION"),
-    "mysql": ("BIGINT AUTO_INCREMENT PRIMARY KEY", "LONGBLOB", "DOUBLE"),
-    "mariadb": ("BIGINT AUTO_INCREMENT PRIMARY KEY", "LONGBLOB", "DOUBLE"),
-}
-
-
-def _schema(dialect: str) -> list[str]:
-    id_type, blob, double = _SCHEMA_TYPES.get(dialect, _SCHEMA_TYPES["postgresql"])
-    return [
-        f"""CREATE TABLE IF NOT EXISTS vhjax_trials (
-            trial_id {id_type},
-            study VARCHAR(255) NOT NULL,
-            generation INTEGER NOT NULL,
-            slot INTEGER NOT NULL,
-            params TEXT NOT NULL,
-            u TEXT NOT NULL,
-            fidelity {double},
-            metrics TEXT,
-            fitness {double},
-            status VARCHAR(16) NOT NULL,
-            started_at {double} NOT NULL,
-            finished_at {double},
-            parent_id BIGINT)""",
-        f"""CREATE TABLE IF NOT EXISTS vhjax_strategy_state (
-            study VARCHAR(255) PRIMARY KEY,
-            generation INTEGER NOT NULL,
-            state {blob} NOT NULL,
-            updated_at {double} NOT NULL)""",
-        """CREATE TABLE IF NOT EXISTS vhjax_meta (
-            study VARCHAR(255) NOT NULL,
-            meta_key VARCHAR(255) NOT NULL,
-            meta_value TEXT NOT NULL,
-            PRIMARY KEY (study, meta_key))""",
-    ]
+                return _rdb(url)
+            finally:
+                connection.execute(sqlalchemy.text(f"SELECT pg_advisory_unlock({_SCHEMA_LOCK_ID})"))
+                connection.commit()
+    finally:
+        engine.dispose()
 
 
 # ----------------------------------------------------------------------------- store
 
-_SCHEMA_LOCK_ID = 0x76686A6178  # "vhjax": the advisory lock that serializes schema creation
+_STATES = {"running": "RUNNING", "complete": "COMPLETE", "failed": "FAIL"}
+_STATUSES = {state: status for status, state in _STATES.items()}
 
-_TRIAL_COLUMNS = (
-    "trial_id, generation, slot, params, u, status, fitness, metrics, fidelity, parent_id, "
-    "started_at, finished_at, study"
-)
+
+def orm_session(engine: Any) -> Any:
+    from sqlalchemy import orm
+
+    return orm.Session(bind=engine)
+
+
+def _plain(value: Any) -> Any:
+    """JSON data (NumPy/JAX values as Python ones, NaN kept) as Optuna's attributes hold it."""
+    return json.loads(to_json(value))
 
 
 class TrialStore:
-    """Trials, strategy state and metadata of one study in one database.
+    """Trials, strategy state and metadata of one search: one Optuna study.
 
-    Build it with `open_store`. Safe for several processes writing at once.
+    Build it with `open_store`. Each vhjax trial is an Optuna trial (params with the space's
+    distributions, value(s), state; vhjax's fields in the system attribute `vhjax:trial`); the
+    strategy state and metadata are study system attributes. Every method is one database
+    transaction, so a process killed at any point leaves each call's writes whole or absent. Safe
+    for several processes writing at once.
     """
 
-    def __init__(self, backend: _Backend, study: str = DEFAULT_STUDY, location: str = ""):
-        self._backend = backend
+    def __init__(self, rdb: Any, study: str = DEFAULT_STUDY, location: str = "", *, path: str | None = None,
+                 objectives: Mapping[str, str] | None = None, space: Any = None):
+        self._rdb = rdb
         self.study = study
         self.location = location
-        _retry_locked(self._create_schema)
+        self.path = path
+        self._distributions = optuna_study.distributions(space) if space is not None else {}
+        with self._guard():
+            self._study_id = _retry_locked(lambda: self._open_study(objectives))
+            self._directions = len(self._rdb.get_study_directions(self._study_id))
+            self._names = list(self._rdb.get_study_system_attrs(self._study_id).get(optuna_study.OBJECTIVES_ATTR, []))
 
-    def _create_schema(self) -> None:
-        with self._backend.transaction() as db:
-            if self._backend.dialect == "postgresql":
-                # CREATE TABLE IF NOT EXISTS races between processes opening a new database at once
-                # (a duplicate-key error on PostgreSQL's catalog): one creator at a time
-                db.execute(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_ID})")
-            for statement in _schema(self._backend.dialect):
-                db.execute(statement)
+    @property
+    def storage(self) -> Any:
+        """The Optuna storage (`optuna.load_study(study_name=store.study, storage=store.storage)`)."""
+        return self._rdb
+
+    def _guard(self) -> contextlib.AbstractContextManager[None]:
+        return _guard(self.path, self.location)
+
+    def _open_study(self, objectives: Mapping[str, str] | None) -> int:
+        from optuna.exceptions import DuplicatedStudyError
+        from optuna.study import StudyDirection
+
+        wanted = [StudyDirection[d.upper()] for d in optuna_study.directions(objectives)]
+        for _ in range(2):
+            try:
+                study_id = self._rdb.get_study_id_from_name(self.study)
+            except KeyError:
+                try:
+                    study_id = self._rdb.create_new_study(wanted, self.study)
+                except DuplicatedStudyError:
+                    study_id = self._rdb.get_study_id_from_name(self.study)
+            if objectives is None:
+                return study_id
+            attrs = self._rdb.get_study_system_attrs(study_id)
+            blank = not self._n_trials(study_id) and not set(attrs) - {optuna_study.OBJECTIVES_ATTR}
+            if self._rdb.get_study_directions(study_id) == wanted or not blank:
+                break  # (other directions with trials or state: the fingerprint check refuses it)
+            self._rdb.delete_study(study_id)  # created by a call that stored nothing: made anew
+        if (blank or optuna_study.OBJECTIVES_ATTR not in attrs) and self._rdb.get_study_directions(study_id) == wanted:
+            self._rdb.set_study_system_attr(study_id, optuna_study.OBJECTIVES_ATTR, list(objectives))
+        return study_id
+
+    @contextlib.contextmanager
+    def _transaction(self, lock_study: bool = False) -> Iterator[Any]:
+        """One SQLAlchemy session on Optuna's tables, committed whole (or rolled back)."""
+        from optuna.storages._rdb import models
+        from sqlalchemy import orm
+
+        with self._guard():
+            session = orm.Session(bind=self._rdb.engine)
+            try:
+                _retry_locked(session.connection)  # BEGIN (IMMEDIATE on SQLite)
+                if lock_study:  # trial numbers are counted: one writer of this study at a time
+                    models.StudyModel.find_or_raise_by_id(self._study_id, session, for_update=True)
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+            finally:
+                session.close()
 
     # -- trials
 
     def add_trials(self, trials: Sequence[NewTrial]) -> list[int]:
         """Insert trials in one transaction; returns their new ids in order."""
+        for trial in trials:
+            _check_status(trial.status)
         now = time.time()
-        with self._backend.transaction() as db:
-            ids = [self._insert(db, trial, now) for trial in trials]
+        with self._transaction(lock_study=True) as session:
+            first = self._count(session)
+            ids = [self._insert(session, trial, now, first + i) for i, trial in enumerate(trials)]
             faults.point("store.add")
             return ids
 
@@ -538,45 +479,89 @@ class TrialStore:
         (None: no parent); `meta` key/value pairs are written in the same transaction. A process
         killed here leaves the study exactly as it was before the call.
         """
+        from optuna.storages._rdb import models
+
+        for rows in generations:
+            for trial in rows:
+                _check_status(trial.status)
         now = time.time()
-        with self._backend.transaction() as db:
-            db.execute("DELETE FROM vhjax_trials WHERE study = :study", {"study": self.study})
+        with self._transaction(lock_study=True) as session:
+            for model in session.query(models.TrialModel).filter(models.TrialModel.study_id == self._study_id):
+                session.delete(model)
+            session.flush()
             ids: list[list[int]] = []
             for index, rows in enumerate(generations):
                 slots = parent_slots[index] if parent_slots is not None else [None] * len(rows)
                 previous = ids[-1] if ids else []
-                ids.append([self._insert(db, dataclasses.replace(
-                    trial, parent_id=None if slot is None else previous[slot]), now)
-                    for trial, slot in zip(rows, slots)])
+                ids.append([self._insert(session, dataclasses.replace(
+                    trial, parent_id=None if slot is None else previous[slot]), now, sum(map(len, ids)) + i)
+                    for i, (trial, slot) in enumerate(zip(rows, slots))])
             for key, value in (meta or {}).items():
-                self._set_meta(db, key, value)
+                self._set_study_attr(session, optuna_study.META_PREFIX + key, value)
             faults.point("store.rounds")
             return ids
 
-    def _insert(self, db: _Connection, trial: NewTrial, now: float) -> int:
-        _check_status(trial.status)
-        finished = None if trial.status == "running" else now
-        return db.insert(
-            "INSERT INTO vhjax_trials (study, generation, slot, params, u, status, fitness, "
-            "metrics, fidelity, parent_id, started_at, finished_at) VALUES (:study, :generation, "
-            ":slot, :params, :u, :status, :fitness, :metrics, :fidelity, :parent_id, :started_at, "
-            ":finished_at)",
-            {
-                "study": self.study,
-                "generation": int(trial.generation),
-                "slot": int(trial.slot),
-                "params": to_json(dict(trial.params)),
-                "u": to_json([float(x) for x in trial.u]),
-                "status": trial.status,
-                "fitness": _finite_or_none(trial.fitness),
-                "metrics": to_json(dict(trial.metrics or {})),
-                "fidelity": _finite_or_none(trial.fidelity),
-                "parent_id": None if trial.parent_id is None else int(trial.parent_id),
-                "started_at": now,
-                "finished_at": finished,
-            },
-            "trial_id",
-        )
+    def _values(self, status: str, fitness: float | None, metrics: Mapping[str, Any]) -> list[float] | None:
+        """The Optuna value(s) of a finished trial: the fitness, or one metric per objective."""
+        if status != "complete":
+            return None
+        raw = [fitness] if self._directions == 1 else [metrics.get(name) for name in self._names]
+        if len(raw) != self._directions:
+            return None
+        try:
+            values = [float(v) for v in raw]
+        except (TypeError, ValueError):
+            return None
+        return values if all(math.isfinite(v) for v in values) else None
+
+    def _count(self, session: Any) -> int:
+        from optuna.storages._rdb import models
+
+        return session.query(models.TrialModel).filter(models.TrialModel.study_id == self._study_id).count()
+
+    def _insert(self, session: Any, trial: NewTrial, now: float, number: int) -> int:
+        """One Optuna trial, whole (rows of Optuna's tables); `number` its index in the study."""
+        import datetime
+
+        from optuna.distributions import distribution_to_json
+        from optuna.storages._rdb import models
+        from optuna.trial import TrialState
+
+        fields = _plain({
+            "generation": int(trial.generation), "slot": int(trial.slot), "params": dict(trial.params),
+            "u": [float(x) for x in trial.u], "fitness": _finite_or_none(trial.fitness),
+            "metrics": dict(trial.metrics or {}), "fidelity": _finite_or_none(trial.fidelity),
+            "parent_id": None if trial.parent_id is None else int(trial.parent_id),
+            "started_at": now, "finished_at": None if trial.status == "running" else now,
+        })
+        started = datetime.datetime.fromtimestamp(now)
+        model = models.TrialModel(study_id=self._study_id, number=number, state=TrialState[_STATES[trial.status]],
+                                  datetime_start=started,
+                                  datetime_complete=None if trial.status == "running" else started)
+        session.add(model)
+        session.flush()  # its id
+        params, distributions = optuna_study.optuna_params(trial.params, self._distributions)
+        for name, value in params.items():
+            session.add(models.TrialParamModel(
+                trial_id=model.trial_id, param_name=name, param_value=distributions[name].to_internal_repr(value),
+                distribution_json=distribution_to_json(distributions[name])))
+        self._add_values(session, model.trial_id, self._values(trial.status, fields["fitness"], fields["metrics"]))
+        user_attrs = optuna_study.dashboard_attrs(fields)
+        if trial.status == "failed":
+            user_attrs["fail_reason"] = optuna_study.FAIL_REASON
+        for key, value in user_attrs.items():
+            session.add(models.TrialUserAttributeModel(trial_id=model.trial_id, key=key, value_json=json.dumps(value)))
+        session.add(models.TrialSystemAttributeModel(trial_id=model.trial_id, key=optuna_study.TRIAL_ATTR,
+                                                     value_json=json.dumps(fields)))
+        return int(model.trial_id)
+
+    @staticmethod
+    def _add_values(session: Any, trial_id: int, values: Sequence[float] | None) -> None:
+        from optuna.storages._rdb import models
+
+        for objective, value in enumerate(values or []):
+            stored, kind = models.TrialValueModel.value_to_stored_repr(value)
+            session.add(models.TrialValueModel(trial_id=trial_id, objective=objective, value=stored, value_type=kind))
 
     def finish_trials(
         self,
@@ -587,174 +572,194 @@ class TrialStore:
     ) -> None:
         """Record trial outcomes and (optionally) the strategy state, in ONE transaction.
 
-        `generation` is the number of generations the saved `state` has been told.
+        `generation` is the number of generations the saved `state` has been told. A trial's
+        vhjax fields and user attributes are written first, its value(s) and state last.
         """
+        import datetime
+
+        from optuna.storages._rdb import models
+        from optuna.trial import TrialState
+
         if (state is None) != (generation is None):
             raise ValueError("pass both state and generation, or neither")
+        for result in results:
+            _check_status(result.status)
         now = time.time()
-        with self._backend.transaction() as db:
+        with self._transaction() as session:
+            ids = [int(result.trial_id) for result in results]
+            trials = {m.trial_id: m for m in session.query(models.TrialModel).filter(
+                models.TrialModel.trial_id.in_(ids), models.TrialModel.study_id == self._study_id)}
+            system = {a.trial_id: a for a in session.query(models.TrialSystemAttributeModel).filter(
+                models.TrialSystemAttributeModel.trial_id.in_(ids),
+                models.TrialSystemAttributeModel.key == optuna_study.TRIAL_ATTR)}
+            user = {(a.trial_id, a.key): a for a in session.query(models.TrialUserAttributeModel).filter(
+                models.TrialUserAttributeModel.trial_id.in_(ids))}
             for result in results:
-                _check_status(result.status)
-                db.execute(
-                    "UPDATE vhjax_trials SET status = :status, fitness = :fitness, "
-                    "metrics = :metrics, fidelity = COALESCE(:fidelity, fidelity), "
-                    "parent_id = COALESCE(:parent_id, parent_id), finished_at = :finished_at "
-                    "WHERE trial_id = :trial_id AND study = :study",
-                    {
-                        "status": result.status,
-                        "fitness": _finite_or_none(result.fitness),
-                        "metrics": to_json(dict(result.metrics)),
-                        "fidelity": _finite_or_none(result.fidelity),
-                        "parent_id": None if result.parent_id is None else int(result.parent_id),
-                        "finished_at": now,
-                        "trial_id": int(result.trial_id),
-                        "study": self.study,
-                    },
-                )
+                model = trials.get(int(result.trial_id))
+                if model is None:
+                    raise KeyError(f"trial {result.trial_id} is not in study {self.study!r}")
+                if model.state.is_finished():
+                    raise ValueError(f"trial {result.trial_id} is already finished ({model.state.name})")
+                attr = system[model.trial_id]
+                fields = json.loads(attr.value_json)
+                fields.update(_plain({"fitness": _finite_or_none(result.fitness), "metrics": dict(result.metrics),
+                                      "finished_at": now}))
+                if result.fidelity is not None and math.isfinite(result.fidelity):
+                    fields["fidelity"] = float(result.fidelity)
+                if result.parent_id is not None:
+                    fields["parent_id"] = int(result.parent_id)
+                attr.value_json = json.dumps(fields)
+                user_attrs = optuna_study.dashboard_attrs(fields)
+                if result.status == "failed":
+                    user_attrs["fail_reason"] = optuna_study.FAIL_REASON
+                for key, value in user_attrs.items():
+                    if (model.trial_id, key) in user:
+                        user[model.trial_id, key].value_json = json.dumps(value)
+                    else:
+                        session.add(models.TrialUserAttributeModel(trial_id=model.trial_id, key=key,
+                                                                   value_json=json.dumps(value)))
+                self._add_values(session, model.trial_id, self._values(result.status, fields["fitness"],
+                                                                       fields["metrics"]))
+                model.state = TrialState[_STATES[result.status]]  # written last: the trial's outcome
+                model.datetime_complete = None if result.status == "running" else datetime.datetime.fromtimestamp(now)
             if state is not None:
-                self._write_state(db, state, int(generation), now)
+                self._write_state(session, state, int(generation))
             faults.point("store.finish")
 
     def delete_trials(self, trial_ids: Sequence[int]) -> None:
-        with self._backend.transaction() as db:
+        from optuna.storages._rdb import models
+
+        with self._transaction() as session:
             for trial_id in trial_ids:
-                db.execute(
-                    "DELETE FROM vhjax_trials WHERE trial_id = :trial_id AND study = :study",
-                    {"trial_id": int(trial_id), "study": self.study},
-                )
+                model = session.get(models.TrialModel, int(trial_id))
+                if model is not None and model.study_id == self._study_id:
+                    session.delete(model)
 
     def trials(self, *, status: str | None = None, generation: int | None = None) -> list[Trial]:
-        """Trials of this study ordered by id, optionally filtered."""
-        where, params = ["study = :study"], {"study": self.study}
+        """Trials of this study ordered by id, optionally filtered (trials Optuna added without
+        vhjax's fields are left out). Reads the trials' states and `vhjax:trial` attributes only."""
+        from optuna.storages._rdb import models
+
         if status is not None:
             _check_status(status)
-            where.append("status = :status")
-            params["status"] = status
-        if generation is not None:
-            where.append("generation = :generation")
-            params["generation"] = int(generation)
-        sql = f"SELECT {_TRIAL_COLUMNS} FROM vhjax_trials WHERE {' AND '.join(where)} ORDER BY trial_id"
-        with self._backend.transaction() as db:
-            rows = db.execute(sql, params)
-        trials = []
-        for row in rows:
+        attr = models.TrialSystemAttributeModel
+        with self._transaction() as session:
             try:
-                trials.append(_row_to_trial(row))
-            except (ValueError, TypeError, KeyError) as error:  # JSONDecodeError is a ValueError
-                raise damaged(self.location, f"trial row {row[0]!r} cannot be read: {type(error).__name__}: "
+                rows = [(trial_id, state, value) for trial_id, state, value in session.query(
+                    models.TrialModel.trial_id, models.TrialModel.state, attr.value_json).join(
+                    attr, attr.trial_id == models.TrialModel.trial_id).filter(
+                    models.TrialModel.study_id == self._study_id, attr.key == optuna_study.TRIAL_ATTR).order_by(
+                    models.TrialModel.trial_id)]
+            except LookupError as error:  # a state that is not one of Optuna's
+                raise damaged(self.location, f"a trial cannot be read: {type(error).__name__}: "
                               f"{str(error)[:200]}") from None
-        return trials
+        trials = []
+        for trial_id, state, value in rows:
+            try:
+                trials.append(self._to_trial(trial_id, state, json.loads(value)))
+            except (ValueError, TypeError, KeyError) as error:  # JSONDecodeError is a ValueError
+                raise damaged(self.location, f"trial {trial_id!r} cannot be read: {type(error).__name__}: "
+                              f"{str(error)[:200]}") from None
+        return [t for t in trials if (status is None or t.status == status)
+                and (generation is None or t.generation == int(generation))]
+
+    def _to_trial(self, trial_id: int, state: Any, fields: Mapping[str, Any]) -> Trial:
+        status = _STATUSES.get(state.name)
+        if status is None:
+            raise ValueError(f"state {state.name} is not one of {sorted(_STATUSES)}")
+        params, u = fields["params"], fields["u"]
+        if not isinstance(params, dict) or not isinstance(u, list):
+            raise ValueError(f"params {params!r:.80} / u {u!r:.80} are not a JSON object / list")
+        number = lambda key, kind: None if fields.get(key) is None else kind(fields[key])  # noqa: E731
+        return Trial(trial_id=int(trial_id), generation=int(fields["generation"]), slot=int(fields["slot"]),
+                     params=params, u=tuple(float(x) for x in u), status=status, fitness=number("fitness", float),
+                     metrics=dict(fields.get("metrics") or {}), fidelity=number("fidelity", float),
+                     parent_id=number("parent_id", int), started_at=fields.get("started_at"),
+                     finished_at=fields.get("finished_at"), study=self.study)
 
     def count_trials(self) -> int:
-        with self._backend.transaction() as db:
-            rows = db.execute(
-                "SELECT COUNT(*) FROM vhjax_trials WHERE study = :study", {"study": self.study}
-            )
-        return int(rows[0][0])
+        return self._n_trials(self._study_id)
+
+    def _n_trials(self, study_id: int) -> int:
+        """Trials of a study, counted without reading them (Optuna's `get_n_trials` reads them all)."""
+        from optuna.storages._rdb import models
+
+        with _guard(self.path, self.location), contextlib.closing(orm_session(self._rdb.engine)) as session:
+            return int(session.query(models.TrialModel).filter(models.TrialModel.study_id == study_id).count())
 
     # -- strategy state
 
     def save_state(self, state: bytes, generation: int) -> None:
-        with self._backend.transaction() as db:
-            self._write_state(db, state, int(generation), time.time())
+        with self._transaction() as session:
+            self._write_state(session, state, int(generation))
 
-    def _write_state(self, db: _Connection, state: bytes, generation: int, now: float) -> None:
-        params = {"study": self.study, "generation": generation, "state": state, "now": now}
-        exists = db.execute(
-            "SELECT 1 FROM vhjax_strategy_state WHERE study = :study", {"study": self.study}
-        )
-        if exists:
-            db.execute(
-                "UPDATE vhjax_strategy_state SET generation = :generation, state = :state, "
-                "updated_at = :now WHERE study = :study",
-                params,
-            )
+    def _write_state(self, session: Any, state: bytes, generation: int) -> None:
+        self._set_study_attr(session, optuna_study.STATE_ATTR,
+                             {"generation": generation, "state": base64.b64encode(bytes(state)).decode("ascii")})
+
+    def _set_study_attr(self, session: Any, key: str, value: Any) -> None:
+        from optuna.storages._rdb import models
+
+        study = models.StudyModel.find_or_raise_by_id(self._study_id, session)
+        attr = models.StudySystemAttributeModel.find_by_study_and_key(study, key, session)
+        if attr is None:
+            session.add(models.StudySystemAttributeModel(study_id=self._study_id, key=key,
+                                                         value_json=json.dumps(value)))
         else:
-            db.execute(
-                "INSERT INTO vhjax_strategy_state (study, generation, state, updated_at) "
-                "VALUES (:study, :generation, :state, :now)",
-                params,
-            )
+            attr.value_json = json.dumps(value)
+
+    def _study_attrs(self) -> dict[str, Any]:
+        with self._guard():
+            try:
+                return _retry_locked(lambda: self._rdb.get_study_system_attrs(self._study_id))
+            except ValueError as error:  # JSONDecodeError
+                raise damaged(self.location, f"a study attribute cannot be read: {str(error)[:200]}") from None
 
     def load_state(self) -> tuple[int, bytes] | None:
         """`(generations told, state bytes)` of the last saved state, or None."""
-        with self._backend.transaction() as db:
-            rows = db.execute(
-                "SELECT generation, state FROM vhjax_strategy_state WHERE study = :study",
-                {"study": self.study},
-            )
-        if not rows:
+        saved = self._study_attrs().get(optuna_study.STATE_ATTR)
+        if saved is None:
             return None
-        generation, state = rows[0]
-        return int(generation), bytes(state)
+        try:
+            return int(saved["generation"]), base64.b64decode(saved["state"], validate=True)
+        except (TypeError, ValueError, KeyError) as error:  # binascii.Error is a ValueError
+            raise damaged(self.location, f"the saved strategy state cannot be read ({type(error).__name__})") from None
 
     # -- metadata
 
     def get_meta(self, key: str) -> str | None:
-        with self._backend.transaction() as db:
-            rows = db.execute(
-                "SELECT meta_value FROM vhjax_meta WHERE study = :study AND meta_key = :key",
-                {"study": self.study, "key": key},
-            )
-        return rows[0][0] if rows else None
+        return self._study_attrs().get(optuna_study.META_PREFIX + key)
 
     def set_meta(self, key: str, value: str) -> None:
-        with self._backend.transaction() as db:
-            self._set_meta(db, key, value)
-
-    def _set_meta(self, db: _Connection, key: str, value: str) -> None:
-        params = {"study": self.study, "key": key, "value": value}
-        db.execute("DELETE FROM vhjax_meta WHERE study = :study AND meta_key = :key", params)
-        db.execute("INSERT INTO vhjax_meta (study, meta_key, meta_value) VALUES (:study, :key, :value)", params)
+        with self._transaction() as session:
+            self._set_study_attr(session, optuna_study.META_PREFIX + key, value)
 
     def set_meta_if_absent(self, key: str, value: str) -> str:
         """Store `value` unless the key exists; returns the stored value (atomic)."""
-        with self._backend.transaction() as db:
-            rows = db.execute(
-                "SELECT meta_value FROM vhjax_meta WHERE study = :study AND meta_key = :key",
-                {"study": self.study, "key": key},
-            )
-            if rows:
-                return rows[0][0]
-            db.execute(
-                "INSERT INTO vhjax_meta (study, meta_key, meta_value) VALUES (:study, :key, :value)",
-                {"study": self.study, "key": key, "value": value},
-            )
-            return value
+        from optuna.storages._rdb import models
+        from sqlalchemy.exc import IntegrityError
+
+        try:
+            with self._transaction() as session:
+                study = models.StudyModel.find_or_raise_by_id(self._study_id, session)
+                attr = models.StudySystemAttributeModel.find_by_study_and_key(
+                    study, optuna_study.META_PREFIX + key, session)
+                if attr is not None:
+                    return json.loads(attr.value_json)
+                self._set_study_attr(session, optuna_study.META_PREFIX + key, value)
+                return value
+        except IntegrityError:  # another writer inserted it first (PostgreSQL, MySQL)
+            return self.get_meta(key)
 
     def close(self) -> None:
-        self._backend.close()
+        self._rdb.remove_session()
+        self._rdb.engine.dispose()
 
     def __enter__(self) -> "TrialStore":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _row_to_trial(row: tuple) -> Trial:
-    (trial_id, generation, slot, params, u, status, fitness, metrics, fidelity, parent_id,
-     started_at, finished_at, study) = row
-    if status not in TRIAL_STATUSES:
-        raise ValueError(f"status {status!r} is not one of {TRIAL_STATUSES}")
-    params, u = json.loads(params), json.loads(u)
-    if not isinstance(params, dict) or not isinstance(u, list):
-        raise ValueError(f"params {params!r:.80} / u {u!r:.80} are not a JSON object / list")
-    return Trial(
-        trial_id=int(trial_id),
-        generation=int(generation),
-        slot=int(slot),
-        params=params,
-        u=tuple(float(x) for x in u),
-        status=status,
-        fitness=None if fitness is None else float(fitness),
-        metrics=json.loads(metrics) if metrics else {},
-        fidelity=None if fidelity is None else float(fidelity),
-        parent_id=None if parent_id is None else int(parent_id),
-        started_at=started_at,
-        finished_at=finished_at,
-        study=study,
-    )
 
 
 def is_database_url(storage: str) -> bool:
@@ -793,25 +798,55 @@ def open_store(
     storage: str | os.PathLike | None = None,
     *,
     study: str = DEFAULT_STUDY,
+    objectives: Mapping[str, str] | None = None,
+    space: Any = None,
 ) -> TrialStore:
-    """Open (creating if needed) the store of a study.
+    """Open (creating if needed) the store of a study: an Optuna study in Optuna's RDB storage.
 
-    - `storage` a database URL (`'postgresql://user@host/db'`, `'sqlite:///path.sqlite'`):
-      SQLAlchemy;
-    - `storage` a file path: that SQLite file (stdlib);
-    - else `workdir/trials.sqlite` (stdlib);
+    - `storage` a database URL (`'postgresql://user@host/db'`, `'sqlite:///path.sqlite'`);
+    - `storage` a file path: that SQLite file;
+    - else `workdir/trials.sqlite`;
     - neither: an in-memory SQLite database (nothing persists).
+
+    `objectives` (name -> 'maximize'/'minimize') give a new study its Optuna directions (default
+    one, maximized); `space` gives its parameters Optuna distributions.
     """
     if not isinstance(study, str) or not study:
         raise ValueError(f"study must be a non-empty string; got {study!r}")
     check_storage(workdir, storage)
+    if storage is not None and is_database_url(os.fspath(storage)):
+        import sqlalchemy
+
+        url = sqlalchemy_url(os.fspath(storage))
+        parsed = sqlalchemy.engine.make_url(url)
+        on_disk = parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
+        path = parsed.database if on_disk else None
+        location = path or parsed.render_as_string(hide_password=True)
+        if path is not None:
+            return _open_sqlite_file(path, study, objectives, space, url=url)
+        with _guard(None, location):
+            rdb = _open_url(url, location)
+            if sqlalchemy.inspect(rdb.engine).has_table("vhjax_trials") and study not in {
+                    s.study_name for s in rdb.get_all_studies()}:
+                raise _outdated(location)
+        return TrialStore(rdb, study, location, objectives=objectives, space=space)
     if storage is not None:
-        storage = os.fspath(storage)
-        if is_database_url(storage):
-            backend = _SqlAlchemyBackend(storage)
-            return TrialStore(backend, study, backend.location)
-        return TrialStore(_SqliteBackend(storage), study, storage)
+        return _open_sqlite_file(os.fspath(storage), study, objectives, space)
     if workdir is not None:
-        path = os.path.join(os.fspath(workdir), SQLITE_FILENAME)
-        return TrialStore(_SqliteBackend(path), study, path)
-    return TrialStore(_SqliteBackend(":memory:"), study, ":memory:")
+        return _open_sqlite_file(os.path.join(os.fspath(workdir), SQLITE_FILENAME), study, objectives, space)
+    with _guard(None, ":memory:"):
+        rdb = _rdb("sqlite://", memory=True)
+    return TrialStore(rdb, study, ":memory:", objectives=objectives, space=space)
+
+
+def _open_sqlite_file(path: str, study: str, objectives: Any, space: Any, url: str | None = None) -> TrialStore:
+    """A SQLite file, created whole when new; empty, damaged or old-format files refused (naming it)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if not os.path.exists(path):
+        with _guard(path, path):
+            _create_sqlite_file(path)
+    _check_sqlite_file(path)
+    with _guard(path, path):
+        rdb = _rdb(url or f"sqlite:///{os.path.abspath(path)}")
+        _configure_sqlite(rdb.engine)
+    return TrialStore(rdb, study, path, path=path, objectives=objectives, space=space)
