@@ -113,3 +113,38 @@ def test_a_study_that_stored_nothing_takes_the_directions_of_the_next_call(tmp_p
     study = optuna.load_study(study_name="default", storage=_url(tmp_path))
     assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
     assert study._storage.get_study_system_attrs(study._study_id)["vhjax:objectives"] == ["acc", "cost"]
+
+
+def _wsgi_get(app, path: str) -> dict:
+    """GET `path` from a WSGI app in-process; its JSON body (asserting status 200)."""
+    import json
+    from wsgiref.util import setup_testing_defaults
+
+    environ, status = {"PATH_INFO": path}, []
+    setup_testing_defaults(environ)
+    body = b"".join(app(environ, lambda code, headers, exc_info=None: status.append(code)))
+    assert status == ["200 OK"], (path, status, body[:300])
+    return json.loads(body)
+
+
+def test_optuna_dashboard_and_plots_read_a_search_workdir(tmp_path):
+    """optuna-dashboard's own server (its WSGI app, in-process) and Optuna's plots on a vhjax workdir."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    optuna_dashboard = pytest.importorskip("optuna_dashboard")  # in the `test` extra: CI always has it
+    result = search(objective, SPACE, "random", budget=12, population=4, workdir=tmp_path, seed=0, verbose=False)
+    app = optuna_dashboard.wsgi(_url(tmp_path))
+    [summary] = _wsgi_get(app, "/api/studies")["study_summaries"]
+    assert summary["study_name"] == "default" and summary["directions"] == ["maximize"]
+    detail = _wsgi_get(app, f"/api/studies/{summary['study_id']}")
+    assert len(detail["trials"]) == 12
+    complete = [t for t in detail["trials"] if t["state"] == "Complete"]
+    assert len(complete) == sum(t.status == "complete" for t in result.trials) > 0
+    assert {p["name"] for p in detail["trials"][0]["params"]} == {"x", "lr", "n", "kind"}
+
+    study = optuna.load_study(study_name="default", storage=_url(tmp_path))
+    with pytest.warns(optuna.exceptions.ExperimentalWarning):
+        axes = optuna.visualization.matplotlib.plot_optimization_history(study)
+    plotted = sum(len(collection.get_offsets()) for collection in axes.collections)
+    assert plotted >= len(complete)  # every complete trial is a point (plus the best-so-far line)

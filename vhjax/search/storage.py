@@ -53,6 +53,19 @@ SQLITE_FILENAME = "trials.sqlite"
 _BUSY_TIMEOUT_S = 60.0
 
 
+@contextlib.contextmanager
+def _quiet_optuna() -> Iterator[None]:
+    """Optuna's INFO messages off inside the block (its verbosity restored after)."""
+    import optuna
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(max(verbosity, optuna.logging.WARNING))
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
 class StoreDamaged(ValueError):
     """The SQLite file of a trial store is empty, not a database, or holds rows that cannot be read."""
 
@@ -423,7 +436,8 @@ class TrialStore:
                 study_id = self._rdb.get_study_id_from_name(self.study)
             except KeyError:
                 try:
-                    study_id = self._rdb.create_new_study(wanted, self.study)
+                    with _quiet_optuna():  # Optuna logs "A new study created" at INFO; vhjax's progress says enough
+                        study_id = self._rdb.create_new_study(wanted, self.study)
                 except DuplicatedStudyError:
                     study_id = self._rdb.get_study_id_from_name(self.study)
             if objectives is None:
