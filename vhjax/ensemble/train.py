@@ -41,6 +41,7 @@ from vhjax.population.loop import Hook, Report
 from vhjax.population.members import population_batch_indices
 from vhjax.population.state import PopulationState
 from vhjax.train.step import apply_model, chunk_batch_indices, make_train_step
+from vhjax.train.workdir import record_inputs
 from vhjax.train.task import Task
 
 
@@ -336,8 +337,11 @@ def train_members(model: Any, x: Any, y: Any, *, size: int, key: jax.Array, step
                              runner=member_runner(task, len(indices), sampling, adversarial),
                              train_data=data, extras=[{"name": names[i]} for i in indices], hooks=hooks)
 
+    # per-member data (bootstrap rows, example weights, epsilons) is not in config.json / members.json
+    record_inputs(workdir, "ensemble", {**{name: np.asarray(value) for name, value in extra.items()},
+                                        "sampling": sampling, "adversarial": adversarial, "names": names})
     result = fit_population(train_config, members, workdir, same_batches=False, mesh=None, verbose=verbose,
-                            program=program, label="ensemble ({size} members) | ")
+                            program=program, label=f"ensemble ({size} members) | ")
     return trained_from(result, tasks[0], model, names, model_spec, require_alive=require_alive)
 
 
