@@ -219,12 +219,23 @@ class PopulationRunner:
             run = lambda group, group_indices: scan_steps(isolated, group, data, group_indices, take, place)
             return run_in_groups(run, population, indices, member_group)
 
-        self._free_chunk = jax.jit(lambda p, data, length: free_chunk(p, data, batch_indices(p, length), gather),
-                                   static_argnums=2)  # keeps its input: the restart point
-        self._isolated_chunk = jax.jit(lambda p, data, length: isolated_chunk(p, data, batch_indices(p, length), gather),
-                                       static_argnums=2, donate_argnums=0)
-        self._free_fed = jax.jit(lambda p, batches: free_chunk(p, None, batches, take_batch))
-        self._isolated_fed = jax.jit(lambda p, batches: isolated_chunk(p, None, batches, take_batch), donate_argnums=0)
+        # named programs: compile counts and profiles (`count_compilations().by_function`) name them
+        def run_free(population: PopulationState, data, length: int):
+            return free_chunk(population, data, batch_indices(population, length), gather)
+
+        def run_isolated(population: PopulationState, data, length: int):
+            return isolated_chunk(population, data, batch_indices(population, length), gather)
+
+        def run_free_fed(population: PopulationState, batches):
+            return free_chunk(population, None, batches, take_batch)
+
+        def run_isolated_fed(population: PopulationState, batches):
+            return isolated_chunk(population, None, batches, take_batch)
+
+        self._free_chunk = jax.jit(run_free, static_argnums=2)  # keeps its input: the restart point
+        self._isolated_chunk = jax.jit(run_isolated, static_argnums=2, donate_argnums=0)
+        self._free_fed = jax.jit(run_free_fed)
+        self._isolated_fed = jax.jit(run_isolated_fed, donate_argnums=0)
         self.replayed_chunks = 0
 
     def __call__(self, population: PopulationState, data: Any, length: int) -> tuple[PopulationState, dict]:
