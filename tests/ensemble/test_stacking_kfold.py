@@ -6,13 +6,15 @@ import dataclasses
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from vhjax.config import TrainConfig
 from vhjax.ensemble import Ensemble, combine, stack_kfold
 from vhjax.population.fit import precise_members
-from vhjax.population.kfold import fit_kfold, fold_tables, member_probs, out_of_fold_probs
+from vhjax.population.kfold import fit_kfold, fold_precise_batches, fold_tables, member_probs, out_of_fold_probs
+from vhjax.train.step import recompute_statistics
 
 CONFIG = TrainConfig(dataset="digits", model="mlp", model_kwargs={"widths": (16,), "num_classes": 10},
                      batch_size=32, steps=60, eval_every=60, seed=0)
@@ -117,9 +119,15 @@ def test_out_of_fold_predictions_of_a_batchnorm_model_use_the_precise_statistics
     config = dataclasses.replace(CONFIG, model=BatchNormNet(), model_kwargs={}, steps=40, eval_every=40)
     result = fit_kfold(config, [{}], k=2, verbose=False)
     members = result.population.members
-    np.testing.assert_allclose(  # the kept statistics are the precise ones (recomputing changes nothing)
-        jax.tree.leaves(precise_members(result.task)(members).model_state),
+    x = np.asarray(result.task.train.x)
+    train_table, _, _ = fold_tables(result.task.train.y, 2, 0)
+    own = fold_precise_batches(config, x, train_table)  # each fold model's own training examples only
+    assert own is not None and own.shape[:1] == (2,)
+    np.testing.assert_allclose(  # the kept statistics are recomputed over the fold's own training batches
+        jax.tree.leaves(jax.vmap(recompute_statistics(result.task))(members, jnp.asarray(own)).model_state),
         jax.tree.leaves(members.model_state), rtol=1e-5, atol=1e-6)
+    whole = jax.tree.leaves(precise_members(result.task)(members).model_state)  # the whole train split's inputs
+    assert max(np.abs(a - b).max() for a, b in zip(whole, jax.tree.leaves(members.model_state))) > 1e-4
     oof = out_of_fold_probs(result)[0]
     y = result.task.train.y
     _, held_out, _ = fold_tables(y, 2, 0)

@@ -9,8 +9,10 @@ one shape.
 The result keeps the trained population and the task, so `out_of_fold_probs(result)` gives every
 training example's prediction by the one fold model that did not train on it (all folds, uncut):
 the level-1 training set of stacking (`vhjax.ensemble.stack_kfold`). A model with BatchNorm keeps
-the precise-BN statistics its folds were evaluated with (`fit.precise_members`, from
-`precise_bn_batches`), so out-of-fold and test predictions use them too, as `fit_population`'s do.
+the precise-BN statistics its folds were evaluated with, so out-of-fold and test predictions use
+them too, as `fit_population`'s do. Member (c, f)'s statistics are recomputed over fold f's own
+training examples (`fold_precise_batches`): a held-out example's input never enters the statistics
+of the model that scores it.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from vhjax import parallel
 from vhjax.config import TrainConfig
 from vhjax.data import kfold_indices
 from vhjax.population.engine import default_member_group
-from vhjax.population.fit import bucket_members, bucket_task, precise_members, stack_dynamic
+from vhjax.population.fit import bucket_members, bucket_task, stack_dynamic
 from vhjax.population.hooks import best_members, config_hooks
 from vhjax.population.loop import run_loop
 from vhjax.population.members import classifier_runner, init_population
-from vhjax.train.step import chunk_batch_indices, make_eval_fn
+from vhjax.train.step import (AUTO_PRECISE_BN_BYTES, chunk_batch_indices, make_eval_fn, precise_bn_count,
+                              recompute_statistics)
 from vhjax.train.workdir import prepare_workdir
 from vhjax.validation import check_int
 
@@ -69,6 +72,23 @@ def fold_tables(labels: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.n
     val_size = min(len(val) for _, val in folds)
     return (np.stack([train[:train_size] for train, _ in folds]), np.stack([val[:val_size] for _, val in folds]),
             folds)
+
+
+def fold_precise_batches(config: TrainConfig, x: np.ndarray, member_tables: np.ndarray) -> np.ndarray | None:
+    """(P, count, batch size, *input shape): each member's precise-BN batches, the first examples of
+    its own training table (`precise_bn_count` per fold; under 'auto' all members' batches together
+    stay within the byte bound one set of batches has). None where precise BN is off."""
+    members, fold_size = member_tables.shape
+    example_bytes = x[:1].nbytes
+    if config.precise_bn_batches == "auto":
+        example_bytes = max(example_bytes * members, 1)
+        if fold_size * example_bytes > AUTO_PRECISE_BN_BYTES:
+            fold_size = max(AUTO_PRECISE_BN_BYTES // example_bytes, config.batch_size)
+    count = precise_bn_count(config, fold_size, example_bytes)
+    if not count:
+        return None
+    rows = member_tables[:, :count * config.batch_size]
+    return x[rows].reshape(members, count, config.batch_size, *x.shape[1:])
 
 
 def make_fold_batch_indices(member_tables: np.ndarray, batch_size: int, shuffle: bool):
@@ -116,8 +136,19 @@ def fit_kfold(config: TrainConfig, candidates: Sequence[Mapping[str, Any]] = ({}
     group = default_member_group(len(members)) if mesh is None else None
     place = parallel.batch_placement(mesh) if mesh is not None and mesh.shape[parallel.DATA] > 1 else None
     runner = classifier_runner(task, group, batch_indices, place=place)
-    evaluate = jax.jit(jax.vmap(make_eval_fn(task), in_axes=(0, 0, 0)))
     val_x, val_y = jnp.asarray(x[val_table[fold_of]]), jnp.asarray(y[val_table[fold_of]])
+    precise_x = (fold_precise_batches(config, np.asarray(x), train_table[fold_of])
+                 if "batch_stats" in population.members.model_state else None)
+    if precise_x is None:
+        recompute = lambda members: members
+        evaluate = jax.jit(jax.vmap(make_eval_fn(task), in_axes=(0, 0, 0)))
+    else:  # each member's BatchNorm statistics from its own fold's training examples
+        precise_x = jnp.asarray(precise_x)
+        one_member, evaluate_one = recompute_statistics(task), make_eval_fn(task, precise=False)
+        recompute_all = jax.jit(jax.vmap(one_member))
+        evaluate_all = jax.jit(jax.vmap(lambda state, px, vx, vy: evaluate_one(one_member(state, px), vx, vy)))
+        recompute = lambda members: recompute_all(members, precise_x)
+        evaluate = lambda members, vx, vy: evaluate_all(members, precise_x, vx, vy)
     evaluate_folds = lambda p: {"eval": evaluate(p.members, val_x, val_y)}
     root = prepare_workdir(workdir, config)
     outcome = run_loop(population, runner, (jnp.asarray(x), jnp.asarray(y)), steps=config.steps,
@@ -129,8 +160,7 @@ def fit_kfold(config: TrainConfig, candidates: Sequence[Mapping[str, Any]] = ({}
     population = outcome.population
     if "keep_best" in outcome.hook_states:
         population = best_members(population, outcome.hook_states["keep_best"])
-    if "batch_stats" in population.members.model_state:  # the kept models are the evaluated ones (precise BN)
-        population = population.replace(members=precise_members(task)(population.members))
+    population = population.replace(members=recompute(population.members))  # the kept models are the evaluated ones
     final = {name: np.asarray(v) for name, v in evaluate_folds(population)["eval"].items()}
     alive = np.asarray(population.alive)
     results = []

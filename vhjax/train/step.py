@@ -209,6 +209,23 @@ def precise_bn_batches(task: Task) -> jax.Array | None:
     return jnp.asarray(x[:count * size]).reshape(count, size, *x.shape[1:])
 
 
+def recompute_statistics(task: Task) -> Callable[[TrainState, jax.Array], TrainState]:
+    """`(state, batches) -> state` with its BatchNorm statistics recomputed exactly over `batches`
+    (count, batch size, *input shape) of training inputs; the identity for a model without BatchNorm.
+    For callers whose members see different training examples (k-fold: each member its own fold's)."""
+
+    def apply(state: TrainState, batches: jax.Array) -> TrainState:
+        if "batch_stats" not in state.model_state:
+            return state
+        from vhjax.models import recompute_batch_stats
+
+        kwargs = {"dropout_rate": 0.0} if "dropout_rate" in task.model_call_kwargs else {}
+        return state.replace(model_state=recompute_batch_stats(
+            task.model, {"params": state.params, **state.model_state}, batches, **kwargs))
+
+    return apply
+
+
 def precise_statistics(task: Task) -> Callable[[TrainState], TrainState]:
     """`state -> state` with its BatchNorm statistics recomputed exactly over the precise-BN batches
     (`precise_bn_batches`); the identity for models without BatchNorm or with precise BN off.
@@ -216,34 +233,30 @@ def precise_statistics(task: Task) -> Callable[[TrainState], TrainState]:
     that already holds them changes nothing. The batches are built on the first trace of a model
     with BatchNorm (a model without pays nothing) and are a constant of the program."""
     inputs: list = []
+    recompute = recompute_statistics(task)
 
     def apply(state: TrainState) -> TrainState:
         if "batch_stats" not in state.model_state:
             return state
         if not inputs:
             inputs.append(precise_bn_batches(task))
-        if inputs[0] is None:
-            return state
-        from vhjax.models import recompute_batch_stats
-
-        kwargs = {"dropout_rate": 0.0} if "dropout_rate" in task.model_call_kwargs else {}
-        return state.replace(model_state=recompute_batch_stats(
-            task.model, {"params": state.params, **state.model_state}, inputs[0], **kwargs))
+        return state if inputs[0] is None else recompute(state, inputs[0])
 
     return apply
 
 
-def make_eval_fn(task: Task) -> Callable:
+def make_eval_fn(task: Task, *, precise: bool = True) -> Callable:
     """`evaluate(state, x, y) -> metrics` of one member over a whole split, in fixed-size batches;
     the metrics named in `config.eval_metrics` (see EVAL_METRICS). A model with BatchNorm first has
     its statistics recomputed exactly over `config.precise_bn_batches` training batches ("precise
     BN", by default the training set up to 10,000 examples; for evaluation only, training keeps its
-    running averages; 0 evaluates with the running averages)."""
+    running averages; 0 evaluates with the running averages). `precise=False`: the state's own
+    statistics as they are (a caller that recomputed them itself, e.g. per k-fold member)."""
     batch_size = task.config.eval_batch_size
     num_classes = task.train.num_classes
     names = (task.config.eval_metrics,) if isinstance(task.config.eval_metrics, str) else tuple(task.config.eval_metrics)
 
-    with_precise_statistics = precise_statistics(task)
+    with_precise_statistics = precise_statistics(task) if precise else (lambda state: state)
 
     def evaluate(state: TrainState, x: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
         state = with_precise_statistics(state)
