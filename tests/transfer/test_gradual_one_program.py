@@ -129,3 +129,16 @@ def test_mode_start_and_bad_input_raise_before_compiling():
                                          r"2.5\]; allowed"):
         fit_population(CONFIG, [{"update_start": [0, 0, 0, 0, 0, 2.5]}], verbose=False)
     assert time.perf_counter() - started < 10.0
+
+
+def test_update_factors_gate_the_scale_by_the_start_step_and_are_absent_without_either():
+    from vhjax.train.step import update_factors
+
+    start, scale = np.asarray([0, 2, 5], np.int32), np.asarray([1.0, 0.5, 0.0], np.float32)
+    assert update_factors({}, np.int32(3)) is None  # static absence: nothing is scaled or computed
+    np.testing.assert_array_equal(update_factors({"update_start": start}, np.int32(2)), [1, 1, 0])
+    np.testing.assert_array_equal(update_factors({"update_start": start, "update_scale": scale}, np.int32(1)),
+                                  [1, 0, 0])
+    np.testing.assert_array_equal(update_factors({"update_start": start, "update_scale": scale}, np.int32(9)),
+                                  [1, 0.5, 0])
+    np.testing.assert_array_equal(update_factors({"update_scale": scale}, np.int32(0)), scale)

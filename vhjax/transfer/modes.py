@@ -20,8 +20,15 @@ static path's.
     members = [{**mode_member(m), "seed": 0} for m in ("direct", "feature_extractor", "full")]
     result = fit_from(config, source, members)                 # one bucket
 
-Gradual unfreezing stays a sequence of runs (`gradual_unfreezing`): its stages restart the
-optimizer state and the data order, which a time-varying scale in one run would not reproduce.
+Gradual unfreezing in one program: `mode_member("gradual", stage_steps=k)` also gives the member an
+`update_start` (the step from which each parameter tensor updates; `mode_start`): the head trains
+from step 0 and each earlier layer joins k steps after the next one (ULMFiT). A tensor's update is
+multiplied by `step >= start` (times its `update_scale`), so a 'gradual' member shares the bucket of
+every other mode; with k = 0 it is exactly 'full' (with `decay=`, exactly 'layerwise_lr'). Like
+ULMFiT's own procedure it is one run with one optimizer: the optimizer state is not restarted when
+a layer joins (and it advances for a waiting layer too: only its update is zeroed, so Adam's moments
+are warm when it joins), nor is the data order. `gradual_unfreezing` is the other reading, kept as
+it was: a sequence of runs, one per stage, each restarting the optimizer state and the data order.
 """
 
 from __future__ import annotations
@@ -221,8 +228,9 @@ def fit_from(config: TrainConfig, source: Any, members: Sequence[Mapping[str, An
     """`fit_population(config, members, workdir)` with every member starting from `source`'s weights.
 
     A member may give its fine-tuning mode as data, `{**mode_member(mode, **options), ...}`: it
-    becomes the member's `update_scale` over its bucket's tensors (`mode_scale`), so members of
-    different modes share one bucket (one compiled program).
+    becomes the member's `update_scale` over its bucket's tensors (`mode_scale`), and for 'gradual'
+    its `update_start` (`mode_start`), so members of different modes share one bucket (one
+    compiled program).
     `source`: anything `load_source` returns (Flax variables or params); it is mapped into each
     bucket's model by `transfer_params(skip=, new_head=, head=)`, checked on shapes for every
     bucket before anything compiles. Each member keeps its own initialisation (its seed) where the
@@ -263,8 +271,9 @@ def gradual_unfreezing(config: TrainConfig, source: Any, stage_steps: int, *, me
     """Gradual unfreezing (ULMFiT-style) as stages: stage s trains the last s + 1 layers for `stage_steps`
     steps, starting from stage s - 1's parameters (stage 0 from `source`, mapped as in `fit_from`), until
     every layer trains. One member (`member`, a dict of config fields without `freeze`); returns each
-    stage's result. The engine's freeze set is fixed within a run, so each stage is its own `fit_from`
-    run: the optimizer state and the data order restart at every stage."""
+    stage's result. Each stage is its own `fit_from` run: the optimizer state and the data order
+    restart at every stage. The one-run version (ULMFiT's: one optimizer throughout), a member of a
+    population next to other modes, is `mode_member("gradual", stage_steps=...)` in `fit_from`."""
     check_int("stage_steps", stage_steps, 1)
     member = dict(member or {})
     if "freeze" in member:
