@@ -105,7 +105,9 @@ def mode_scale(mode: str, tensors: Sequence[str], **options: Any) -> list[float]
     """One multiplier of the updates per parameter tensor (`tensors`: paths in `parameter_tensors`
     order) for `mode` (options as in `mode_config`; `layers` default the tensors' layers in
     `layer_names` order): 0 where `mode_config`'s `freeze` globs match, else the first matching
-    `lr_multipliers` glob's value, else 1 (the rules of `vhjax.train.controls.layerwise`)."""
+    `lr_multipliers` glob's value, else 1 (the rules of `vhjax.train.controls.layerwise`).
+    'gradual': 1 everywhere, or 'layerwise_lr''s multipliers when `decay` is given (its start
+    steps are `mode_start`'s)."""
     check_options(mode, options)
     tensors = list(tensors)
     if mode == "gradual":  # every tensor trains once started: at 1, or at layerwise_lr's multipliers
