@@ -64,8 +64,11 @@ TABLE: tuple[HParam, ...] = (
 )
 BY_NAME = {hp.name: hp for hp in TABLE}
 # arch: masks/one-hots of a searchable model; update_scale: one multiplier of the updates per parameter
-# tensor (0 freezes it; `vhjax.transfer.masks`), shaped by the model, so checked by `init_population`
-PER_MEMBER_NAMES = tuple(BY_NAME) + ("arch", "update_scale")
+# tensor (0 freezes it; `vhjax.transfer.masks`); update_start: the step from which each parameter tensor
+# updates (gradual unfreezing in one run; `vhjax.transfer.modes`); shaped by the model, so checked by
+# `init_population`
+MODEL_SHAPED_NAMES = ("arch", "update_scale", "update_start")
+PER_MEMBER_NAMES = tuple(BY_NAME) + MODEL_SHAPED_NAMES
 STATIC_ZERO_NAMES = tuple(hp.name for hp in TABLE if hp.static_zero)
 STATE_NAMES = tuple(hp.name for hp in TABLE if hp.where == "state")
 

@@ -173,7 +173,7 @@ def stack_dynamic(indices: list[int], members: Sequence[Mapping[str, Any]]) -> d
                 raise ValueError(f"member {index} sets no 'arch' while others in its bucket do; allowed: every "
                                  "member of a searchable model's bucket gives its arch")
             stacked[name] = jax.tree.map(lambda *leaves: np.stack(leaves), *values)
-        elif name == "update_scale":  # rows checked against the model by `init_population`
+        elif name in ("update_scale", "update_start"):  # rows checked against the model by `init_population`
             stacked[name] = values
         else:
             stacked[name] = values if any(v is None for v in values) else np.asarray(values)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vhjax.hparams import check_values
+from vhjax.hparams import MODEL_SHAPED_NAMES, check_values
 
 
 def known_hparams(default_hparams: Mapping[str, Any], optimizer_defaults: Mapping[str, Any]) -> list[str]:
@@ -73,7 +73,7 @@ def member_arrays(size: int, values: Mapping[str, Any], default_hparams: Mapping
     """
     known = known_hparams(default_hparams, optimizer_defaults)
     for name in values:
-        if name not in known and name not in ("arch", "update_scale"):
+        if name not in known and name not in MODEL_SHAPED_NAMES:
             raise ValueError(f"unknown hyperparameter {name!r}; known for this task: {', '.join(known)}")
     state_arrays, optimizer_arrays = {}, {}
     for name, default in {**default_hparams, **optimizer_defaults}.items():
@@ -93,6 +93,8 @@ def member_arrays(size: int, values: Mapping[str, Any], default_hparams: Mapping
         target[name] = jnp.asarray(array)
     if "update_scale" in values:  # checked and completed against the model by `init_population`
         state_arrays["update_scale"] = jnp.asarray(values["update_scale"], jnp.float32)
+    if "update_start" in values:  # likewise; steps, compared with the member's int32 step counter
+        state_arrays["update_start"] = jnp.asarray(values["update_start"], jnp.int32)
     if "arch" in values:
         state_arrays["arch"] = jax.tree.map(jnp.asarray, values["arch"])
         for leaf in jax.tree.leaves(state_arrays["arch"]):

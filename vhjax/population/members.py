@@ -68,6 +68,8 @@ def init_population(task: Task, size: int, hparams: Mapping[str, Any] | None = N
     check_member_archs(task, size, (hparams or {}).get("arch"))
     if (hparams or {}).get("update_scale") is not None:
         hparams = {**hparams, "update_scale": member_update_scale(task, size, hparams["update_scale"])}
+    if (hparams or {}).get("update_start") is not None:
+        hparams = {**hparams, "update_start": member_update_start(task, size, hparams["update_start"])}
     init_program, optimizer_defaults = _init_programs(task)
     state_hparams, optimizer_hparams = member_arrays(size, hparams or {}, task.default_hparams, optimizer_defaults)
     check_not_static_zero(task.static_zero, state_hparams)
@@ -143,6 +145,48 @@ def member_update_scale(task: Task, size: int, values: Any) -> np.ndarray:
             raise ValueError(f"member {member}: hyperparameter 'update_scale' has value {row.tolist()!r}; allowed: "
                              f"{len(tensors)} finite numbers >= 0, one per parameter tensor {tensors} (0 freezes it)")
         out[member] = row
+    return out
+
+
+STEP_LIMIT = 2**31 - 1  # the member's step counter is int32
+
+
+def whole_steps(row: Any, count: int) -> np.ndarray | None:
+    """`row` as `count` int32 steps, or None unless it is `count` whole numbers in [0, STEP_LIMIT]."""
+    try:
+        numbers = np.asarray(row)
+        values = numbers.astype(np.float64)
+    except (TypeError, ValueError):
+        return None
+    if numbers.dtype == bool or values.shape != (count,):
+        return None
+    ok = np.isfinite(values) & (values >= 0) & (values <= STEP_LIMIT) & (values == np.round(values))
+    return values.astype(np.int32) if ok.all() else None
+
+
+def _shown(row: Any) -> Any:
+    return np.asarray(row).tolist() if isinstance(row, np.ndarray) else row
+
+
+def member_update_start(task: Task, size: int, values: Any) -> np.ndarray:
+    """(size, T) int32 steps from which each member's parameter tensors update (tensor t's update is
+    multiplied by `step >= start`), T = the model's parameter tensors (`parameter_tensors`); a member
+    given None gets zeros (every tensor updates from step 0). Checked here, before anything compiles:
+    shape, and whole numbers in [0, 2**31 - 1]."""
+    tensors = parameter_tensors(task)
+    rows = list(values) if isinstance(values, (list, tuple)) else list(np.atleast_1d(np.asarray(values)))
+    if len(rows) != size:
+        raise ValueError(f"hyperparameter 'update_start' has {len(rows)} rows; allowed: {size} (one per member)")
+    out = np.zeros((size, len(tensors)), np.int32)
+    for member, row in enumerate(rows):
+        if row is None:
+            continue
+        steps = whole_steps(row, len(tensors))
+        if steps is None:
+            raise ValueError(f"member {member}: hyperparameter 'update_start' has value {_shown(row)!r}; allowed: "
+                             f"{len(tensors)} whole numbers in [0, {STEP_LIMIT}], one per parameter tensor {tensors} "
+                             "(the step from which the tensor updates; 0: from the start)")
+        out[member] = steps
     return out
 
 

@@ -122,12 +122,25 @@ def with_penalty(task: Task, state: TrainState, params, loss: jax.Array) -> jax.
                                        l1_ratio=task.config.l1_ratio)
 
 
+def update_factors(hparams: dict, step: jax.Array) -> jax.Array | None:
+    """The per-tensor multipliers of this step's updates: `update_scale` (T,) where the member has
+    it, times `step >= update_start` (T,) where it has that (gradual unfreezing in one run); None
+    when it has neither (nothing is scaled, nothing is computed)."""
+    scale, start = hparams.get("update_scale"), hparams.get("update_start")
+    if start is None:
+        return scale
+    started = step >= start
+    return started.astype(jnp.float32) if scale is None else jnp.where(started, scale, jnp.zeros_like(scale))
+
+
 def apply_gradients(task: Task, state: TrainState, grads) -> tuple:
     """(new params, new optimizer state): the optimizer's step, the member's per-tensor
-    `update_scale` (0: frozen) and the config's max-norm constraint."""
+    `update_scale` (0: frozen) and `update_start` (no update before that step), and the config's
+    max-norm constraint. The optimizer state advances for every tensor, started or not."""
     updates, opt_state = task.optimizer.update(grads, state.opt_state, state.params)
-    if "update_scale" in state.hparams:
-        updates = scale_updates(updates, state.hparams["update_scale"])
+    factors = update_factors(state.hparams, state.step)
+    if factors is not None:
+        updates = scale_updates(updates, factors)
     new_params = optax.apply_updates(state.params, updates)
     if task.config.max_norm is not None:
         new_params = regularizers.max_norm(new_params, task.config.max_norm, where=task.config.regularize)
