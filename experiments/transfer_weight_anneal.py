@@ -6,7 +6,7 @@ settings, 20 labelled signals per class, 500 validation signals, 1000 test signa
 fine-tune steps. Rows per training seed:
 
 - scratch: the target model from its fresh initialisation (Adam, the config's learning rate);
-- every mode of `vhjax.transfer.MODES`, the members of ONE `fit_from` population and one bucket
+- every static mode (`vhjax.transfer.STATIC_MODES`; gradual unfreezing not measured here), the members of ONE `fit_from` population and one bucket
   (`mode_member`: the mode as per-member update scales): direct, feature_extractor,
   fine_tune_last (last 2 layers), freeze (hidden_0), full, layerwise_lr (decay 0.5);
 - SA over weights (`vhjax.transfer.anneal`): `--chains` chains as the members of one program, each
