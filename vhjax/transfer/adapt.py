@@ -36,7 +36,8 @@ compiled program. ADDA (a separate target encoder trained adversarially after a 
 stages) is `adda`, run on the source-only members of an `adapt` result; its stage 2 is a member step
 (`adda_step`) run by the same engine. The hooks (early stopping, best-model keeping) see the source
 eval split only. Without target labels, `select_member` picks a member by its DEV (or IWCV) estimate
-of the target risk: source eval losses weighted by the domain classifier's density ratio.
+of the target risk: source eval losses weighted by a density ratio (IWCV: the input-space domain
+classifier's; DEV: a logistic-regression domain classifier per member on that member's features).
 """
 
 from __future__ import annotations
