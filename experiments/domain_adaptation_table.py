@@ -27,25 +27,35 @@ oracle - source-only target accuracy gap is >= 15 points at 1 seed, 1000 steps):
     transformation was fixed before it ran and is reported whatever came out; its gap is read from
     the 3-seed table itself, not a 1-seed probe.
 
+Label-free selection (issue 13 §4): per seed, the candidates are the 10 swept rows (not the oracle)
+and the ADDA member; `vhjax.transfer.select_member` picks one by IWCV (input-space density ratio) and
+one by DEV (each member's feature-space density ratio), reading no target label. The selection table
+compares their target test accuracy with source only, the median candidate and the best candidate
+(an oracle pick: by target test accuracy), and counts how often each pick is the best.
+
 Command:  python experiments/domain_adaptation_table.py --pair mnist1d       (3 seeds, 1000 steps)
           python experiments/domain_adaptation_table.py --pair digits        (3 seeds, 1000 steps)
           python experiments/domain_adaptation_table.py --pair digits-shift  (3 seeds, 1000 steps)
           ... --quick    (1 seed, 50 steps: a smoke test, nothing written)
 Runtime:  see experiments/README.md (2-core AMD EPYC, shared, JAX CPU).
-Writes:   experiments/results/domain_adaptation_<pair>.md
+          ... --select-from experiments/results/domain_adaptation_<pair>.json  (the selection table of a
+              finished run's rows, nothing trained)
+Writes:   experiments/results/domain_adaptation_<pair>.md and .json (every member's row: accuracies, risks)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+import types
 from pathlib import Path
 
 import numpy as np
 
 from vhjax.config import TrainConfig
 from vhjax.data.builtin import preserved_global_rngs
-from vhjax.transfer import adapt, adda
+from vhjax.transfer import adapt, adda, select_member
 
 TARGET_ARGS = {"max_translation": 10, "iid_noise_scale": 0.05, "corr_noise_scale": 0.6, "shear_scale": 1.5,
                "seed": 7}
@@ -104,6 +114,46 @@ def cells(rows: list[dict]) -> str:
     return f"| {len(rows)} | {' | '.join(out)} |"
 
 
+def candidates(rows: list[dict], seed: int) -> list[dict]:
+    """A seed's selectable members: every row of that seed but the oracle (ADDA included), not diverged."""
+    return [row for row in rows if row["seed"] == seed and row["name"] != "oracle" and row["diverged_step"] is None]
+
+
+def selections(rows: list[dict]) -> dict[str, list[dict]]:
+    """Per selection rule, the member it keeps for each seed (in seed order)."""
+    seeds = sorted({row["seed"] for row in rows})
+    pools = [candidates(rows, seed) for seed in seeds]
+    median = lambda pool: sorted(pool, key=lambda row: row["target_accuracy"])[(len(pool) - 1) // 2]
+    return {"source only": [next(r for r in pool if r["name"] == "source only") for pool in pools],
+            "IWCV pick (`iwcv_risk`)": [select_member(types.SimpleNamespace(rows=pool), "iwcv_risk") for pool in pools],
+            "DEV pick (`dev_risk`)": [select_member(types.SimpleNamespace(rows=pool), "dev_risk") for pool in pools],
+            "median candidate (lower median)": [median(pool) for pool in pools],
+            "best candidate (oracle pick: target labels)": [max(pool, key=lambda r: r["target_accuracy"])
+                                                           for pool in pools]}
+
+
+def selection_table(rows: list[dict]) -> str:
+    """Markdown: per rule, the kept members' target test accuracy (mean ± std over seeds), how often the
+    kept member is the seed's best candidate, and the kept members' names per seed."""
+    chosen = selections(rows)
+    best = chosen["best candidate (oracle pick: target labels)"]
+    lines = ["| selection | target test accuracy | is the best candidate | kept, per seed |", "|---|---|---|---|"]
+    for rule, kept in chosen.items():
+        values = np.asarray([row["target_accuracy"] for row in kept])
+        hits = sum(row["target_accuracy"] >= top["target_accuracy"] for row, top in zip(kept, best))
+        names = ", ".join(f"{row['name']} ({row['target_accuracy']:.3f})" for row in kept)
+        lines.append(f"| {rule} | {values.mean():.4f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.4f} | "
+                     f"{hits}/{len(kept)} | {names} |")
+    return "\n".join(lines)
+
+
+def member_rows(result, adapted, names: list[str]) -> list[dict]:
+    """Every member's row (the swept ones, then ADDA's) with its table name, JSON-ready."""
+    keep = ("seed", "method", "target_accuracy", "source_accuracy", "iwcv_risk", "dev_risk", "diverged_step")
+    rows = [{"name": name, **{k: row[k] for k in keep}} for row, name in zip(result.rows, names)]
+    return rows + [{"name": "ADDA", **{k: row[k] for k in keep}} for row in adapted.rows]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pair", choices=("mnist1d", "digits", "digits-shift"), default="mnist1d")
@@ -111,7 +161,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--select-from", default=None, help="a JSON this script wrote: print its selection table")
     args = parser.parse_args()
+    if args.select_from:
+        print(selection_table(json.loads(Path(args.select_from).read_text())["rows"]))
+        return
     seeds, steps = (1, 50) if args.quick else (args.seeds, args.steps)
     dataset, target = shifted_mnist1d() if args.pair == "mnist1d" else transformed_digits(args.pair)
     config = config_for(args.pair, dataset, steps)
@@ -132,11 +186,17 @@ def main() -> None:
             f"{len(members)} members ({adapt_seconds:.0f} s, compile included), then ADDA on its "
             f"{len(adapted.rows)} source-only members ({adda_seconds:.0f} s). Every weight its own row (no "
             f"selection). Mean ± std (ddof 1) over seeds. Protocol ours.\n\n" + "\n".join(lines) + "\n")
+    rows = member_rows(result, adapted, names)
+    text += (f"\nLabel-free selection among each seed's {len(candidates(rows, 0))} candidates (the swept rows and "
+             f"ADDA, not the oracle); total wall time {time.time() - start:.0f} s.\n\n" + selection_table(rows) + "\n")
     print(text)
     if not args.quick:
         out = Path(args.out or f"experiments/results/domain_adaptation_{args.pair}.md")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
+        out.with_suffix(".json").write_text(json.dumps(
+            {"pair": args.pair, "seeds": seeds, "steps": steps, "adapt_seconds": adapt_seconds,
+             "adda_seconds": adda_seconds, "rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

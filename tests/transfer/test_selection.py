@@ -1,17 +1,22 @@
 """Unsupervised model selection for domain adaptation: DEV and IWCV by hand, DEV's lower variance,
-`select_member` reading no target labels and ranking an adapted member above a broken one."""
+`select_member` reading no target labels and ranking an adapted member above a broken one, DEV's
+density ratios from a domain classifier per member on its own features (logistic regression equal to
+scikit-learn's)."""
 
 from __future__ import annotations
 
 import dataclasses
 import types
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.transfer.test_adapt import CONFIG, TARGET
+from tests.transfer.test_adapt import CONFIG, SHORT, TARGET
 from vhjax.transfer import adapt, select_member
-from vhjax.transfer.adapt import dev_risk, iwcv_risk
+from vhjax.transfer.adapt import dev_risk, feature_density_ratios, iwcv_risk, logistic_regression, member_features
+from vhjax.transfer.distill import predict
 
 
 def test_dev_and_iwcv_by_hand():
@@ -70,3 +75,46 @@ def test_selection_reads_no_target_labels_and_ranks_adapted_above_broken():
     print([(r["method"], r["dev_risk"], r["iwcv_risk"], r["target_accuracy"]) for r in result.rows])
     assert dev[2] > max(dev[0], dev[1]) + 0.1
     assert result.rows[2]["source_accuracy"] < 0.7 < min(r["source_accuracy"] for r in result.rows[:2])
+
+
+def test_logistic_regression_matches_scikit_learn():
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 4)).astype(np.float32)
+    labels = (x @ [1.5, -1.0, 0.0, 0.5] + 0.3 + rng.logistic(size=300) > 0).astype(np.float32)
+    w = np.asarray(logistic_regression(jnp.asarray(x), jnp.asarray(labels), 1.0 / len(x)))
+    reference = LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000).fit(x, labels)
+    np.testing.assert_allclose(w[:-1], reference.coef_[0], atol=2e-4)
+    assert w[-1] == pytest.approx(reference.intercept_[0], abs=2e-4)
+
+
+def test_dev_ratios_are_each_members_own_from_its_features():
+    # member 0's features do not tell the domains apart, member 1's are shifted along their first axis
+    rng = np.random.default_rng(0)
+    source = rng.normal(size=(2, 400, 3))
+    target = rng.normal(size=(2, 600, 3)) + np.array([[0.0, 0, 0], [1.0, 0, 0]])[:, None]
+    ratios = feature_density_ratios(source, target, clip=50.0)
+    assert ratios.shape == (2, 400)
+    assert np.std(ratios[0]) < 0.3 and abs(np.mean(ratios[0]) - 1.0) < 0.1
+    # the true ratio of member 1 is exp(f_0 - 1/2): the estimate follows it
+    truth = np.exp(source[1, :, 0] - 0.5)
+    assert np.corrcoef(np.log(ratios[1]), np.log(truth))[0, 1] > 0.95
+    assert np.std(ratios[1]) > 3 * np.std(ratios[0])
+    # so DEV estimates each member's own target risk: a loss of 2 where member 1's f_0 > 0 has target
+    # risk 2 P(f_0 > 0) = 1 under member 0's (unshifted) features, 2 Phi(1) = 1.68 under member 1's
+    losses = np.broadcast_to(np.where(source[1, :, 0] > 0, 2.0, 0.0), (2, 400))
+    np.testing.assert_allclose(dev_risk(losses, ratios), [1.0, 2 * 0.8413], atol=0.1)
+
+
+def test_adapt_dev_risk_uses_each_members_feature_space():
+    members = [{"seed": 0}, {"seed": 1, "learning_rate": 3e-2}]  # one bucket, two feature spaces
+    result = adapt(SHORT, members, target=TARGET, verbose=False)
+    task, population = result.tasks[0], result.population.states[0]
+    x = task.eval.x
+    features = [member_features(task, population, "head", a) for a in (x, TARGET["train"][0])]
+    ratios = feature_density_ratios(*features, clip=10.0)
+    assert not np.allclose(ratios[0], ratios[1], rtol=0.05)
+    logits = np.asarray(predict(task, population, jnp.asarray(x)))
+    losses = -np.take_along_axis(jax.nn.log_softmax(logits), task.eval.y[None, :, None], -1)[..., 0]
+    np.testing.assert_allclose([row["dev_risk"] for row in result.rows], dev_risk(losses, ratios), rtol=1e-4)

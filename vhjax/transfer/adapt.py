@@ -36,7 +36,8 @@ compiled program. ADDA (a separate target encoder trained adversarially after a 
 stages) is `adda`, run on the source-only members of an `adapt` result; its stage 2 is a member step
 (`adda_step`) run by the same engine. The hooks (early stopping, best-model keeping) see the source
 eval split only. Without target labels, `select_member` picks a member by its DEV (or IWCV) estimate
-of the target risk: source eval losses weighted by the domain classifier's density ratio.
+of the target risk: source eval losses weighted by a density ratio (IWCV: the input-space domain
+classifier's; DEV: a logistic-regression domain classifier per member on that member's features).
 """
 
 from __future__ import annotations
@@ -271,27 +272,86 @@ def iwcv_risk(losses: np.ndarray, ratios: np.ndarray) -> np.ndarray:
 
 def dev_risk(losses: np.ndarray, ratios: np.ndarray) -> np.ndarray:
     """DEV (You et al. 2019): IWCV with the density ratio as a control variate (its mean under the source
-    is 1): mean(w l) + eta (mean(w) - 1), eta = -Cov(w l, w) / Var(w), per member; lower variance than IWCV."""
-    losses, ratios = np.asarray(losses, np.float64), np.asarray(ratios, np.float64)
-    weighted, centred = losses * ratios, ratios - ratios.mean()
+    is 1): mean(w l) + eta (mean(w) - 1), eta = -Cov(w l, w) / Var(w), per member; lower variance than IWCV.
+    `ratios` is (N,), shared by the members, or (P, N), each member's own (DEV's feature-space ratios)."""
+    losses, ratios = np.broadcast_arrays(np.asarray(losses, np.float64), np.asarray(ratios, np.float64))
+    weighted, centred = losses * ratios, ratios - ratios.mean(-1, keepdims=True)
     n = ratios.shape[-1]
-    variance = np.sum(centred**2) / (n - 1)
+    variance = np.sum(centred**2, axis=-1) / (n - 1)
     covariance = np.sum((weighted - weighted.mean(-1, keepdims=True)) * centred, axis=-1) / (n - 1)
-    eta = -covariance / variance if variance > 0 else np.zeros_like(covariance)
-    return weighted.mean(-1) + eta * (ratios.mean() - 1.0)
+    eta = np.where(variance > 0, -covariance / np.where(variance > 0, variance, 1.0), 0.0)
+    return weighted.mean(-1) + eta * (ratios.mean(-1) - 1.0)
 
 
-def selection_risks(task: Task, population: PopulationState, classifier: Any, target_size: int,
+def logistic_regression(x: jax.Array, labels: jax.Array, l2: float | jax.Array, iterations: int = 25) -> jax.Array:
+    """(D + 1,) weights (the bias last) minimising mean BCE(x w + b, labels) + l2 / 2 * |w|^2 (the bias not
+    penalised; l2 = 1 / N is scikit-learn's LogisticRegression(C=1)): Newton steps, each the best of 8
+    step lengths 1, 1/2, ..., 1/128 (never worse than the previous point). Pure JAX, so it vmaps."""
+    n, d = x.shape
+    a = jnp.concatenate([x, jnp.ones((n, 1), x.dtype)], 1)
+    penalty = jnp.concatenate([jnp.full((d,), l2, x.dtype), jnp.zeros((1,), x.dtype)])
+    lengths = 0.5 ** jnp.arange(8, dtype=x.dtype)
+
+    def objective(w):
+        z = a @ w
+        return jnp.mean(jnp.logaddexp(0.0, z) - labels * z) + 0.5 * jnp.sum(penalty * w * w)
+
+    def newton(w, _):
+        p = jax.nn.sigmoid(a @ w)
+        gradient = a.T @ (p - labels) / n + penalty * w
+        hessian = (a.T * (p * (1 - p))) @ a / n + jnp.diag(penalty + 1e-6)
+        candidates = w[None] - lengths[:, None] * jnp.linalg.solve(hessian, gradient)[None]
+        values = jax.vmap(objective)(candidates)
+        best = jnp.argmin(values)
+        return jnp.where(values[best] < objective(w), candidates[best], w), None
+
+    return jax.lax.scan(newton, jnp.zeros(d + 1, x.dtype), None, length=iterations)[0]
+
+
+@jax.jit
+def _fold_ratios(source: jax.Array, fit_source: jax.Array, fit_target: jax.Array) -> jax.Array:
+    """One member, one fold: p(target | f) / p(source | f) * n_s / n_t of the `source` features, from a
+    logistic regression on the standardised `fit_source` (0) vs `fit_target` (1) features."""
+    pooled = jnp.concatenate([fit_source, fit_target])
+    mean, std = pooled.mean(0), pooled.std(0)
+    scale = lambda f: (f - mean) / jnp.where(std > 1e-6, std, 1.0)
+    labels = jnp.concatenate([jnp.zeros(len(fit_source)), jnp.ones(len(fit_target))])
+    w = logistic_regression(scale(pooled), labels, 1.0 / len(pooled))
+    logit = scale(source) @ w[:-1] + w[-1]
+    return jnp.exp(jnp.clip(logit, -30.0, 30.0)) * len(fit_source) / len(fit_target)
+
+
+def feature_density_ratios(source: np.ndarray, target: np.ndarray, clip: float, folds: int = 2) -> np.ndarray:
+    """DEV's density ratios (P, N_s): per member, p_target(f) / p_source(f) of its source validation
+    features `source` (P, N_s, D), from a logistic-regression domain classifier of its own, fitted on its
+    held-out source features vs its target features `target` (P, N_t, D) (standardised; scikit-learn's
+    C = 1), cross-fitted: each source example's ratio comes from the classifier of the `folds` - 1 folds
+    (every `folds`-th example) it is not in. Clipped at `clip`. Vmapped over the members."""
+    source, target = jnp.asarray(source, jnp.float32), jnp.asarray(target, jnp.float32)
+    ratios = np.zeros(source.shape[:2], np.float32)
+    source_fold, target_fold = np.arange(source.shape[1]) % folds, np.arange(target.shape[1]) % folds
+    for fold in range(folds):
+        held = source_fold == fold
+        ratios[:, held] = np.asarray(jax.vmap(_fold_ratios)(source[:, held], source[:, ~held],
+                                                            target[:, target_fold != fold]))
+    return np.minimum(ratios, clip)
+
+
+def selection_risks(task: Task, population: PopulationState, layer: str, classifier: Any, target_x: np.ndarray,
                     clip: float) -> dict[str, np.ndarray]:
     """(P,) IWCV and DEV risks of every member: its per-example loss on the labelled source eval split,
-    weighted by the density ratios of the domain `classifier` (fitted on source train vs target train
-    inputs). Reads no target labels."""
+    weighted by density ratios: IWCV's from the input-space domain `classifier` (fitted on source train vs
+    target train inputs, the same for every member), DEV's from each member's own domain classifier on
+    its features (`layer`'s input) of the source eval vs target train inputs (`feature_density_ratios`).
+    Reads no target labels."""
     x, y = task.eval.x, jnp.asarray(task.eval.y)
-    ratios = density_ratio(classifier, x, len(task.train.x), target_size, clip)
+    ratios = density_ratio(classifier, x, len(task.train.x), len(target_x), clip)
     logits = jnp.asarray(predict(task, population, jnp.asarray(x)))
     losses = np.asarray(jax.vmap(lambda hp, out: per_example_loss(task, hp, out, y))(population.members.hparams,
                                                                                       logits))
-    return {"iwcv_risk": iwcv_risk(losses, ratios), "dev_risk": dev_risk(losses, ratios)}
+    features = feature_density_ratios(member_features(task, population, layer, x),
+                                      member_features(task, population, layer, target_x), clip)
+    return {"iwcv_risk": iwcv_risk(losses, ratios), "dev_risk": dev_risk(losses, features)}
 
 
 def select_member(result: "AdaptResult", criterion: str = "dev_risk") -> dict:
@@ -340,6 +400,22 @@ def feature_dim(task: Task, layer: str, hparams: dict) -> int:
         return apply_with_features(task, layer, params, variables, hparams, x, train=False)[1]
 
     return int(jax.eval_shape(features, example).shape[-1])
+
+
+def member_features(task: Task, population: PopulationState, layer: str, x: np.ndarray) -> np.ndarray:
+    """(P, N, D) features (`layer`'s input) of every member on `x`, evaluation mode, in eval batches."""
+    x = jnp.asarray(x)
+    size = min(task.config.eval_batch_size, x.shape[0])
+    padded = -(-x.shape[0] // size) * size
+    batches = jnp.pad(x, [(0, padded - x.shape[0])] + [(0, 0)] * (x.ndim - 1)).reshape(-1, size, *x.shape[1:])
+
+    def one(member):
+        apply = lambda xb: apply_with_features(task, layer, member.params, member.model_state, member.hparams, xb,
+                                               train=False)[1]
+        out = jax.lax.map(apply, batches)
+        return out.reshape(padded, -1)[:x.shape[0]]
+
+    return np.asarray(jax.jit(jax.vmap(one))(population.members))
 
 
 # ----------------------------------------------------------------------------- the member step
@@ -565,9 +641,9 @@ def adapt(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, 
     rows: list[dict] = [{} for _ in members]
     for number, ((task, indices), population) in enumerate(zip(trained, result.states)):
         splits = prepared[tuple(indices)][0]
-        (x_test, y_test), target_size = splits["test"], len(splits["train"][0])
+        x_test, y_test = splits["test"]
         target_accuracy = accuracies(task, population, x_test, y_test)
-        risks = selection_risks(task, population, classifiers[number], target_size, weight_clip)
+        risks = selection_risks(task, population, feature_layer, classifiers[number], splits["train"][0], weight_clip)
         source_split = "test" if task.test is not None else "eval"
         for position, index in enumerate(indices):
             rows[index] = {"member": index, "bucket": number, "position": position, "method": method(values[index]),
@@ -812,7 +888,7 @@ def adda(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, t
         source_split = task.test if task.test is not None else task.eval
         target_accuracy = accuracies(task, population, x_test, y_test)
         source_accuracy = accuracies(task, population, source_split.x, source_split.y)
-        risks = selection_risks(task, population, domain_classifier(task.train.x, xt, config.seed), len(xt),
+        risks = selection_risks(task, population, feature_layer, domain_classifier(task.train.x, xt, config.seed), xt,
                                 weight_clip)
         last = last_train_row(result.histories[number])
         for position, index in enumerate(indices):
@@ -836,4 +912,4 @@ def last_train_row(history: Sequence[dict]) -> dict:
 
 __all__ = ["ADAPT_FIELDS", "AdaptResult", "AdaptState", "AddaState", "Discriminator", "adapt", "adapt_step", "adda",
            "adda_step", "coral_loss", "dann_lambda", "dev_risk", "domain_weights", "iwcv_risk", "mmd_loss",
-           "reverse_gradient", "select_member"]
+           "feature_density_ratios", "logistic_regression", "reverse_gradient", "select_member"]
