@@ -6,9 +6,10 @@ settings, 20 labelled signals per class, 500 validation signals, 1000 test signa
 fine-tune steps. Rows per training seed:
 
 - scratch: the target model from its fresh initialisation (Adam, the config's learning rate);
-- every static mode (`vhjax.transfer.STATIC_MODES`; gradual unfreezing not measured here), the members of ONE `fit_from` population and one bucket
-  (`mode_member`: the mode as per-member update scales): direct, feature_extractor,
-  fine_tune_last (last 2 layers), freeze (hidden_0), full, layerwise_lr (decay 0.5);
+- every mode of `vhjax.transfer.MODES`, the members of ONE `fit_from` population and one bucket
+  (`mode_member`: the mode as per-member update scales and start steps): direct, feature_extractor,
+  fine_tune_last (last 2 layers), freeze (hidden_0), full, layerwise_lr (decay 0.5), gradual
+  (unfreezing in one run: the head from step 0, each earlier layer 50 steps after the next);
 - SA over weights (`vhjax.transfer.anneal`): `--chains` chains as the members of one program, each
   step a gradient step of size `--step-size` plus Gaussian noise sqrt(2 * step_size * T) and
   Metropolis acceptance; energy = target validation error + `--source-weight` x source-domain
@@ -26,6 +27,7 @@ Values are mean +- std (ddof 0) of test accuracy over training seeds. The protoc
 
 Command:  python experiments/transfer_weight_anneal.py            (full: 3 training seeds)
           python experiments/transfer_weight_anneal.py --quick    (smaller MLP, fewer steps, 1 seed)
+          python experiments/transfer_weight_anneal.py --modes-only  (the fine-tune modes' rows only)
 Runtime:  2-core AMD EPYC CPU, shared with other jobs (load average 14-17): full 18.6 minutes, --quick 3.4 minutes.
 Results:  experiments/README.md, "Transfer-mask search" (sub-table "Fine-tune modes and SA over weights").
 """
@@ -54,7 +56,8 @@ from vhjax.transfer.annealing import energy_fn  # noqa: E402
 from vhjax.transfer.modes import mode_member  # noqa: E402
 
 MODE_ROWS = (("direct", {}), ("feature_extractor", {}), ("fine_tune_last", {"last": 2}),
-             ("freeze", {"frozen": ["hidden_0"]}), ("full", {}), ("layerwise_lr", {"decay": 0.5}))
+             ("freeze", {"frozen": ["hidden_0"]}), ("full", {}), ("layerwise_lr", {"decay": 0.5}),
+             ("gradual", {"stage_steps": 50}))
 ROWS = ("scratch", *(mode for mode, _ in MODE_ROWS), "SA, best-energy weights", "SA, final weights",
         "plain SGD fine-tune (SA ablation)")
 
@@ -134,7 +137,9 @@ def anneal_rows(config: TrainConfig, source: dict, source_data: tuple, args) -> 
 
 
 def run_seed(config: TrainConfig, source: dict, source_data: tuple, args) -> tuple[dict[str, float], dict]:
-    """Every row for one training seed, and the annealing's energies."""
+    """Every row for one training seed (only the modes' with `--modes-only`), and the annealing's energies."""
+    if args.modes_only:
+        return mode_rows(config, source), {}
     rows = {"scratch": scratch_row(config), **mode_rows(config, source)}
     annealed, detail = anneal_rows(config, source, source_data, args)
     return {**rows, **annealed}, detail
@@ -149,6 +154,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="comma-separated initial temperature per SA chain (their number = chains)")
     parser.add_argument("--final-fraction", type=float, default=0.01, help="T at the last step / T0 (exp. cooling)")
     parser.add_argument("--step-size", type=float, default=0.05, help="SA gradient step size = the ablation's SGD lr")
+    parser.add_argument("--modes-only", action="store_true", help="only the fine-tune modes' rows (one population)")
     return parser.parse_args(argv)
 
 
@@ -166,9 +172,10 @@ def main(argv=None) -> dict[str, list[float]]:
             rows.setdefault(name, []).append(value)
         print(f"seed {seed}: {detail}; {time.perf_counter() - started:.0f}s", flush=True)
     print("\n| method | test accuracy |\n|---|---|")
-    for name in ROWS:
+    shown = [name for name in ROWS if name in rows]
+    for name in shown:
         print(f"| {name} | {summary(rows[name])} |")
-    print("per training seed: " + "; ".join(f"{name} {[round(v, 3) for v in rows[name]]}" for name in ROWS))
+    print("per training seed: " + "; ".join(f"{name} {[round(v, 3) for v in rows[name]]}" for name in shown))
     print(f"\nwall time {time.perf_counter() - started:.0f}s ({'--quick' if args.quick else 'full'}: {args.seeds} "
           f"training seed(s), {steps} steps, chains T0 {args.temperatures}, step size {args.step_size})")
     return rows
