@@ -254,12 +254,6 @@ def loss_evaluator(task: Task, layer: str, method: str, head: MLPHead, splits: S
     return lambda population: np.asarray(program(population.members, data))
 
 
-def eval_losses(task: Task, layer: str, method: str, head: MLPHead, population: PopulationState,
-                splits: Sequence[np.ndarray], batches: int = 4) -> np.ndarray:
-    """(S, P): `loss_evaluator`'s losses of `population` (compiled for this call)."""
-    return loss_evaluator(task, layer, method, head, splits, batches)(population)
-
-
 def held_out_evaluation(losses) -> Any:
     """The bucket's evaluation for the engine: {'eval': {'loss': (P,)}}, the pretraining loss on the
     eval split's inputs (`losses` a `loss_evaluator` of (train inputs, eval inputs))."""
@@ -349,7 +343,6 @@ def pretrain_inputs(config: TrainConfig, method: str, values: Sequence[dict], ta
             "inputs": content_digest([(task.train.x, task.eval.x) for task, _ in tasks])}
 
 
-
 def pretrain(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, method: str = "simclr",
              augment: Sequence[Any] | None = None, feature_layer: str = "head",
              head_widths: Sequence[int] = (64,), projection_dim: int = 32, head_learning_rate: float | None = None,
@@ -420,13 +413,13 @@ def pretrain(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), 
                             program=program, label=LABEL)
     rows: list[dict] = [{} for _ in members]
     for number, ((task, indices), state) in enumerate(zip(trained, result.states)):
-        train_losses, eval_losses_ = losses[number](state)
+        train_losses, held_out = losses[number](state)
         for position, index in enumerate(indices):
             rows[index] = {"member": index, "bucket": number, "position": position, "method": method,
                            **{k: v for k, v in values[index].items() if k != "head_learning_rate"},
                            "learning_rate": float(plain[index].get("learning_rate", config.learning_rate)),
                            "seed": bucket_seeds(config, [index], plain)[0], "train_loss": float(train_losses[position]),
-                           "eval_loss": float(eval_losses_[position]),
+                           "eval_loss": float(held_out[position]),
                            "diverged_step": result.members[index]["diverged_step"]}
     layers = layer_names(jax.tree.map(lambda leaf: leaf[0], result.states[0].members.params))
     return PretrainResult(result, rows, method, feature_layer, layers)
