@@ -1,9 +1,11 @@
 """Self-supervised pretraining: NT-Xent, temperature per member, the autoencoder learning, labels never read,
-the encoder as a transfer source (no heads), pretrained features beating random ones with few labels, bad input."""
+the held-out pretraining loss as the evaluation, resume from a workdir and its refusals, the encoder as a
+transfer source (no heads), pretrained features beating random ones with few labels, bad input."""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 
 import flax.linen as nn
 import jax
@@ -15,13 +17,17 @@ from vhjax.config import TrainConfig
 from vhjax.data import load
 from vhjax.models.mlp import MLP
 from vhjax.population import fit_population
+from vhjax.population.engine import PopulationRunner
 from vhjax.transfer import fit_from, load_source, mode_config, transfer_params
 from vhjax.transfer.pretrain import nt_xent, pretrain
 
+pretrain_module = importlib.import_module("vhjax.transfer.pretrain")  # the module (the package exports the function)
 TRAIN, TEST = load("digits", "train"), load("digits", "test")  # (N, 8, 8, 1) images in [0, 1]
 TINY = TrainConfig(dataset={"train": (TRAIN.x[:256], TRAIN.y[:256]), "test": (TEST.x[:128], TEST.y[:128])},
                    model="mlp", model_kwargs={"widths": (16,), "num_classes": 10}, batch_size=64, steps=20,
                    eval_every=20, learning_rate=3e-3)
+TWO_CHUNKS = dataclasses.replace(TINY, eval_every=10)  # a checkpoint at step 10 and at step 20 (with a workdir)
+OVER_TEMPERATURE = [{"temperature": 0.1, "seed": 0}, {"temperature": 1.0, "seed": 0}]
 
 
 def hidden(result, index):
@@ -74,7 +80,7 @@ def test_temperature_is_per_member_under_vmap():
 
 @pytest.fixture(scope="module")
 def over_temperature():
-    return pretrain(TINY, [{"temperature": 0.1, "seed": 0}, {"temperature": 1.0, "seed": 0}], verbose=False)
+    return pretrain(TWO_CHUNKS, OVER_TEMPERATURE, verbose=False)
 
 
 def test_members_over_temperature_share_one_program(over_temperature):
@@ -89,9 +95,9 @@ def test_members_over_temperature_share_one_program(over_temperature):
 
 def test_labels_are_never_read(over_temperature):
     labels = np.random.default_rng(0).permutation(TRAIN.y[:256])
-    shuffled = dataclasses.replace(TINY, dataset={"train": (TRAIN.x[:256], labels),
-                                                  "test": (TEST.x[:128], TEST.y[:128])})
-    other = pretrain(shuffled, [{"temperature": 0.1, "seed": 0}, {"temperature": 1.0, "seed": 0}], verbose=False)
+    shuffled = dataclasses.replace(TWO_CHUNKS, dataset={"train": (TRAIN.x[:256], labels),
+                                                        "test": (TEST.x[:128], TEST.y[:128])})
+    other = pretrain(shuffled, OVER_TEMPERATURE, verbose=False)
     for index in (0, 1):
         for x, y in zip(jax.tree.leaves(hidden(other, index)), jax.tree.leaves(hidden(over_temperature, index))):
             np.testing.assert_array_equal(x, y)  # bit-identical
@@ -111,6 +117,79 @@ def test_autoencoder_reconstruction_error_falls():
         row = result.rows[member]
         assert row["eval_loss"] < losses[0] and np.isfinite(row["train_loss"])
     assert [row["noise"] for row in result.rows] == [0.0, 0.3]
+
+
+def test_the_engine_evaluates_the_held_out_pretraining_loss_not_a_classifier(over_temperature):
+    for index, row in enumerate(over_temperature.rows):
+        record = over_temperature.population.members[index]
+        assert sorted(record["eval"]) == ["loss"] and "test" not in record  # no untrained-head accuracy
+        assert record["eval"]["loss"] == pytest.approx(row["eval_loss"], rel=1e-6)
+    steps, losses = over_temperature.population.curve(0, split="eval", metric="loss")
+    assert steps.tolist() == [10, 20] and np.all(np.isfinite(losses))
+    assert losses[-1] == pytest.approx(over_temperature.rows[0]["eval_loss"], rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- the workdir
+
+
+def member_arrays(result):
+    """Every member's encoder and projection head parameters (numpy leaves, members first)."""
+    members = result.population.states[0].members
+    return [np.asarray(leaf) for leaf in jax.tree.leaves((members.params, members.head_params, members.opt_state))]
+
+
+@pytest.mark.slow  # three short pretraining programs (interrupted, resumed, restored): about a minute on 2 shared cores
+def test_interrupted_pretraining_resumes_identically_and_a_finished_workdir_restores(over_temperature, tmp_path,
+                                                                                     run_interrupted, monkeypatch):
+    run = lambda: pretrain(TWO_CHUNKS, OVER_TEMPERATURE, workdir=tmp_path, verbose=False)
+    run_interrupted(run, at_step=10)
+    assert (tmp_path / "bucket_0" / "checkpoints").exists() and (tmp_path / "pretrain.json").exists()
+    resumed = run()
+    assert resumed.population.histories[0][-1]["step"] == 20
+    for a, b in zip(member_arrays(resumed), member_arrays(over_temperature)):  # as if never interrupted
+        np.testing.assert_array_equal(a, b)
+    assert resumed.rows == over_temperature.rows
+
+    def no_training(self, *args):
+        raise AssertionError("a finished workdir trained again")
+
+    monkeypatch.setattr(PopulationRunner, "__call__", no_training)
+    restored = run()
+    assert restored.rows == over_temperature.rows
+    for a, b in zip(member_arrays(restored), member_arrays(over_temperature)):
+        np.testing.assert_array_equal(a, b)
+
+
+class Stop(Exception):
+    """Raised in place of training: the checks and the workdir's record ran."""
+
+
+def test_pretrain_workdir_refuses_other_inputs_by_name_before_training(tmp_path, monkeypatch):
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(pretrain_module, "fit_population", stop)
+    with pytest.raises(Stop):  # records workdir/pretrain.json, then would train
+        pretrain(TINY, OVER_TEMPERATURE, workdir=tmp_path, verbose=False)
+    with pytest.raises(Stop):  # the same inputs resume
+        pretrain(TINY, OVER_TEMPERATURE, workdir=tmp_path, verbose=False)
+    other_data = dataclasses.replace(TINY, dataset={"train": (TRAIN.x[256:512], TRAIN.y[256:512]),
+                                                    "test": (TEST.x[:128], TEST.y[:128])})
+    refused = [
+        (dict(config=other_data), r"fields inputs\)"),
+        (dict(augment=[("gaussian_noise", 0.1)]), r"fields augment\)"),
+        (dict(members=[{"temperature": 0.2, "seed": 0}, {"temperature": 1.0, "seed": 0}]), r"fields values\)"),
+        (dict(method="autoencoder", members=[{"seed": 0}, {"seed": 0}]), r"fields augment, method, projection_dim, "
+                                                                        r"values\)"),
+        (dict(head_widths=(32,)), r"fields head_widths\)"),
+    ]
+    for change, fields in refused:
+        kwargs = {"config": TINY, "members": OVER_TEMPERATURE, **change}
+        with pytest.raises(ValueError, match=r"holds a run with other pretrain inputs \(" + fields):
+            pretrain(kwargs.pop("config"), kwargs.pop("members"), workdir=tmp_path, verbose=False, **kwargs)
+    watched = dataclasses.replace(TINY, patience=2, monitor="loss", monitor_mode="min", keep_best=True)
+    with pytest.raises(Stop):  # early stopping and best-model keeping on the held-out pretraining loss pass the checks
+        pretrain(watched, OVER_TEMPERATURE, verbose=False)
 
 
 # ----------------------------------------------------------------------------- the source

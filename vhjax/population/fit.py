@@ -251,13 +251,17 @@ def train_bucket(task: Task, population: PopulationState, workdir: Path | None, 
                  mesh: Any = None, isolation: str = "optimistic", member_group: int | str | None = "auto",
                  verbose: bool = True, writers: Any = "auto",
                  hparams: Sequence[dict] | None = None, runner: Any = None,
-                 train_data: Any = None, hooks: Sequence[Any] = ()) -> tuple[PopulationState, dict, LoopResult]:
+                 train_data: Any = None, hooks: Sequence[Any] = (),
+                 evaluate: Callable[[PopulationState], dict] | None = None) -> tuple[PopulationState, dict, LoopResult]:
     """One bucket through the one loop with the config's hooks; returns the final population (each
     member's best parameters when they are kept), its metrics per split and the loop's result.
     `runner` and `train_data` replace the classifier's chunk runner and its (x, y) training data
     (e.g. `vhjax.transfer.distill`: a step that also reads a teacher's logits); `hooks` run after
-    the config's (e.g. `vhjax.ensemble` snapshots at cycle ends)."""
+    the config's (e.g. `vhjax.ensemble` snapshots at cycle ends); `evaluate(population) -> {split:
+    {metric: (P,)}}` replaces the classifier's evaluation on the eval / test splits, periodic and final
+    (e.g. `vhjax.transfer.pretrain`: the pretraining loss on held-out inputs)."""
     config = task.config
+    own_evaluate = evaluate  # the caller's, if any (the name is the classifier's program below)
     group = default_member_group(population.size) if member_group == "auto" and mesh is None else (
         None if member_group == "auto" else member_group)
     run_chunk, evaluate = compiled_programs(task, group, isolation, mesh)
@@ -268,7 +272,8 @@ def train_bucket(task: Task, population: PopulationState, workdir: Path | None, 
     eval_data = (jnp.asarray(task.eval.x), jnp.asarray(task.eval.y))
     hooks = [*config_hooks(config), *hooks]
     outcome = run_loop(population, run_chunk, train_data, steps=config.steps, eval_every=config.eval_every,
-                       evaluate=lambda p: {"eval": evaluate(p, *eval_data)}, hooks=hooks, workdir=workdir,
+                       evaluate=own_evaluate or (lambda p: {"eval": evaluate(p, *eval_data)}), hooks=hooks,
+                       workdir=workdir,
                        checkpoint_every=config.checkpoint_every, mesh=mesh, label=label, verbose=verbose,
                        writers=writers, hparams=hparams)
     population = outcome.population
@@ -277,9 +282,12 @@ def train_bucket(task: Task, population: PopulationState, workdir: Path | None, 
         final_population = best_members(population, outcome.hook_states["keep_best"])
     if "batch_stats" in final_population.members.model_state:  # the returned models are the evaluated ones
         final_population = final_population.replace(members=precise_members(task)(final_population.members))
-    final = {"eval": evaluate(final_population, *eval_data)}
-    if task.test is not None:
-        final["test"] = evaluate(final_population, jnp.asarray(task.test.x), jnp.asarray(task.test.y))
+    if own_evaluate is not None:
+        final = own_evaluate(final_population)
+    else:
+        final = {"eval": evaluate(final_population, *eval_data)}
+        if task.test is not None:
+            final["test"] = evaluate(final_population, jnp.asarray(task.test.x), jnp.asarray(task.test.y))
     final = {split: {k: np.asarray(v) for k, v in values.items()} for split, values in final.items()}
     return final_population, final, outcome
 
@@ -292,13 +300,16 @@ class BucketProgram:
     """What one bucket of `fit_population` trains: its population and, where not None, its own chunk
     runner and training data (see `train_bucket`). `extras`: per member of the bucket (in its order),
     fields shown with its hyperparameters and added to its result record's config (empty: none).
-    `hooks`: loop hooks run after the config's; their final states are the result's `hook_states`."""
+    `hooks`: loop hooks run after the config's; their final states are the result's `hook_states`.
+    `evaluate`: where not None, `evaluate(population) -> {split: {metric: (P,)}}` replaces the
+    classifier's evaluation (periodic, and the result records' final metrics)."""
 
     population: PopulationState
     runner: Any = None
     train_data: Any = None
     extras: Sequence[Mapping[str, Any]] = ()
     hooks: Sequence[Any] = ()
+    evaluate: Callable[[PopulationState], dict] | None = None
 
 
 def bucket_tasks(config: TrainConfig, members: Sequence[Mapping[str, Any]]) -> list[tuple[Task, list[int]]]:
@@ -378,7 +389,8 @@ def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], wo
         population, final, outcome = train_bucket(task, bucket.population, bucket_dir, text, mesh=mesh,
                                                   isolation=isolation, member_group=member_group, verbose=verbose,
                                                   writers=writers, hparams=hparams, runner=bucket.runner,
-                                                  train_data=bucket.train_data, hooks=bucket.hooks)
+                                                  train_data=bucket.train_data, hooks=bucket.hooks,
+                                                  evaluate=bucket.evaluate)
         states.append(population)
         histories.append(outcome.history)
         hook_states.append(outcome.hook_states)

@@ -12,7 +12,8 @@ gradient-based neighbour, `w' = w - step_size * grad + sqrt(2 * step_size * T) *
 gradient of the target training loss on one random minibatch; a Langevin-like move whose noise
 grows with the temperature T), and accepts it by the Metropolis rule: always when the energy does
 not rise, with probability exp(-dE / T) when it does (never at T = 0). The energy is the target
-`eval` split's loss (or error) + `source_weight` x the same on `source_data`. The temperature
+`eval` split's loss (or error) + `source_weight` x the same on `source_data` (every example of
+each, or with `energy_batch=n` a fixed random subset of n of each, drawn once). The temperature
 cools per chain: 'exponential' T_k = T0 * decay^k, 'linear' T_k = T0 * (1 - k / steps).
 
 The chains are the members of one `fit_population` bucket (one compiled program): `anneal`
@@ -20,11 +21,15 @@ gives the bucket its own `PopulationRunner` whose member step is the annealing s
 (`fit_population(program=...)`), and each member's state is an `AnnealState` (its `TrainState`
 plus its current and best energy, best weights and the per-step records). Chain c is member c
 (seed `config.seed + c`: its own data order and, where the head is fresh, its own head).
+With `workdir=`, the engine checkpoints the chains' states (current and best weights and energies,
+step, records of energies and acceptances, per-chain keys) every `config.eval_every` steps: a rerun
+resumes with the same chains as an uninterrupted run, a finished one is restored.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import flax
@@ -38,6 +43,7 @@ from vhjax.population.fit import BucketProgram, PopulationResult, bucket_task, f
 from vhjax.population.members import population_batch_indices
 from vhjax.train.state import TrainState
 from vhjax.train.step import apply_model, per_example_loss
+from vhjax.train.workdir import content_digest, record_inputs
 from vhjax.transfer.weights import COLLECTIONS_KEY, as_variables, transfer_params
 from vhjax.validation import check_choice, check_int, check_number, invalid
 
@@ -147,6 +153,23 @@ def energy_fn(task: Any, kind: str, data: Sequence[tuple[np.ndarray, np.ndarray]
     return energy
 
 
+def energy_subset(size: int, energy_batch: int | None, seed: int) -> np.ndarray:
+    """The examples (indices, sorted) of a split of `size` that the energy reads: all of them when
+    `energy_batch` is None or >= size, else a fixed random subset of `energy_batch` drawn once from `seed`."""
+    if energy_batch is None or energy_batch >= size:
+        return np.arange(size)
+    return np.sort(np.random.default_rng(seed).choice(size, energy_batch, replace=False))
+
+
+def energy_splits(splits: Sequence[tuple[Any, Any]], energy_batch: int | None, seed: int) -> list[tuple[Any, Any]]:
+    """Each (x, y) split cut to its `energy_subset` (split i's drawn from seed `seed + i`)."""
+    out = []
+    for index, (x, y) in enumerate(splits):
+        take = energy_subset(len(x), energy_batch, seed + index)
+        out.append((np.asarray(x)[take], np.asarray(y)[take]))
+    return out
+
+
 def temperature_at(schedule: str, steps: int, hparams: Mapping[str, jax.Array], step: jax.Array) -> jax.Array:
     """A chain's temperature at `step` (traced): `temperatures` for one chain."""
     initial = hparams["sa_temperature"]
@@ -211,14 +234,23 @@ def with_anneal_state(population: Any, energy, steps: int, settings: Mapping[str
 def anneal(config: TrainConfig, source: Any, chains: int = 4, *, steps: int = 50, temperature: Any = 0.01,
            step_size: Any = 1e-2, schedule: str = "exponential", decay: Any = 0.95, energy: str = "loss",
            source_data: tuple[Any, Any] | None = None, source_weight: float = 0.0, skip: Sequence[str] = (),
-           new_head: bool = True, head: str | None = None, verbose: bool = False) -> AnnealResult:
+           new_head: bool = True, head: str | None = None, energy_batch: int | None = None,
+           workdir: str | Path | None = None, verbose: bool = False) -> AnnealResult:
     """Run `chains` simulated-annealing chains over the transferred weights for `steps` steps, the
     chains the members of one `fit_population` bucket (one compiled program). `temperature` (T0),
     `step_size` and `decay`: a number or one value per chain. `schedule`: 'exponential' or 'linear'
     cooling. `energy`: 'loss' or 'error' of the target's eval split, plus `source_weight` x the
     same on `source_data=(x, y)` (source-domain examples, the target's classes). Minibatches of
     `config.batch_size` from the train split, chain c's data order and noise from seed
-    `config.seed + c`. Every input is checked before anything compiles."""
+    `config.seed + c`. `energy_batch`: None (default) evaluates the energy on every example of each
+    split, every step; n: on a fixed random subset of at most n examples of each (drawn once from
+    `config.seed`, `energy_subset`), n / size of the cost per step, the same subset throughout so the
+    Metropolis rule compares like with like. `workdir`: as `fit_population`'s (a checkpoint of every
+    chain's state after each `config.eval_every` steps; a rerun resumes exactly, a finished run is
+    restored), with what config.json and members.json do not hold (a digest of the source's and of
+    `source_data`'s contents, the per-chain settings, schedule, energy, steps, energy_batch, transfer
+    options) recorded in `workdir/anneal.json`: other ones are refused by name. Every input is checked
+    before anything compiles."""
     check_int("chains", chains, 1)
     check_int("steps", steps, 1)
     check_choice("schedule", schedule, SCHEDULES)
@@ -229,6 +261,8 @@ def anneal(config: TrainConfig, source: Any, chains: int = 4, *, steps: int = 50
     check_number("source_weight", source_weight, 0.0)
     if source_weight and source_data is None:
         raise invalid("source_weight", source_weight, "0 unless source_data=(x, y) is given")
+    if energy_batch is not None:
+        check_int("energy_batch", energy_batch, 1)
     config = dataclasses.replace(config, steps=steps, eval_every=min(config.eval_every, steps))
     task = bucket_task(config)
     if source_data is not None:
@@ -244,7 +278,14 @@ def anneal(config: TrainConfig, source: Any, chains: int = 4, *, steps: int = 50
     data, weights = [(task.eval.x, task.eval.y)], [1.0]
     if source_data is not None and source_weight:
         data, weights = data + [source_data], weights + [float(source_weight)]
-    energy_of = energy_fn(task, energy, data, weights)
+    energy_of = energy_fn(task, energy, energy_splits(data, energy_batch, config.seed), weights)
+    record_inputs(workdir, "anneal", {
+        "source": content_digest(source), "source_data": None if source_data is None else content_digest(
+            tuple(np.asarray(a) for a in source_data)), "source_weight": float(source_weight),
+        "steps": steps, "schedule": schedule, "energy": energy, "energy_batch": energy_batch,
+        **{name: settings[key].tolist() for name, key in (("temperature", "sa_temperature"),
+                                                           ("step_size", "sa_step_size"), ("decay", "sa_decay"))},
+        "transfer": {"skip": list(skip), "new_head": new_head, "head": head}})
     kept: dict[str, Any] = {}  # the transferred collections the energies used (fit_population returns
     # BatchNorm statistics recomputed by its precise-BN step)
 
@@ -257,7 +298,7 @@ def anneal(config: TrainConfig, source: Any, chains: int = 4, *, steps: int = 50
                    "decay": float(settings["sa_decay"][i])} for i in indices]
         return BucketProgram(population, runner=runner, extras=extras)
 
-    result = fit_population(config, [{"seed": config.seed + c} for c in range(chains)], same_batches=False,
+    result = fit_population(config, [{"seed": config.seed + c} for c in range(chains)], workdir, same_batches=False,
                             mesh=None, verbose=verbose, start=lambda _, population: start_weights(source, population,
                                                                                                transfer),
                             program=program)

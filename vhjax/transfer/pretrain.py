@@ -18,14 +18,18 @@ one member step each, run by `fit_population`'s engine (one compiled program per
 
 Per member: the learning rate (and every other per-member config field), `temperature` or `noise`,
 and the seed. The projection / decoder MLP has its own Adam at the member's learning rate (or
-`head_learning_rate`). Training reads the inputs only: the labels never enter the program (the
-engine's periodic evaluation runs the untrained classifier head on the eval split and means
-nothing here; `PretrainResult.rows` hold each member's pretraining loss on the eval inputs).
+`head_learning_rate`). Training reads the inputs only: the labels never enter the program. The
+engine's evaluation is the pretraining loss on the first batches of the eval split's inputs
+(its 'eval' `loss`, every `eval_every` steps; the untrained classifier head is never evaluated);
+`PretrainResult.rows` hold each member's pretraining loss on the training and eval inputs.
+`workdir=`: checkpoints through the engine; a rerun resumes exactly, a finished run restores, a
+workdir with other inputs (data, method, augmentations, member values, heads) is refused by name.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
@@ -44,6 +48,7 @@ from vhjax.population.state import PopulationState
 from vhjax.train.state import TrainState
 from vhjax.train.step import apply_gradients, with_penalty
 from vhjax.train.task import Task
+from vhjax.train.workdir import content_digest, record_inputs
 from vhjax.transfer.adapt import apply_with_features, feature_dim
 from vhjax.transfer.weights import COLLECTIONS_KEY, flatten, layer_names, unflatten
 from vhjax.validation import check_choice, check_number, invalid
@@ -111,18 +116,17 @@ def split_pretrain_member(index: int, member: Mapping[str, Any], method: str) ->
 
 def check_config(config: TrainConfig) -> None:
     """Refuse what has no meaning without labels: mixing, and early stopping, best-model keeping or
-    plateau on the eval split (the classifier head is not trained; monitor_split='train' watches the
-    pretraining loss)."""
+    plateau on anything but a pretraining loss (the eval split's one metric is `loss`, the pretraining
+    loss on its inputs; monitor_split='train' watches the training batches)."""
     if config.mixing is not None:
         raise invalid("config field 'mixing'", config.mixing, "None for self-supervised pretraining")
-    if config.monitor_split != "train":
-        for name in ("patience", "plateau_patience"):
-            if getattr(config, name) is not None:
-                raise invalid(f"config field {name!r}", getattr(config, name), "None for pretraining, or "
-                              "monitor_split='train' with monitor='loss', monitor_mode='min' (the pretraining loss)")
-        if config.keep_best:
-            raise invalid("config field 'keep_best'", True, "False for pretraining, or monitor_split='train' (the "
-                          "eval split's metrics are the untrained classifier head's)")
+    watches = [name for name in ("patience", "plateau_patience") if getattr(config, name) is not None]
+    watches += ["keep_best"] if config.keep_best else []
+    if config.monitor_split == "eval" and watches and (config.monitor, config.monitor_mode) != ("loss", "min"):
+        name = watches[0]
+        raise invalid(f"config field {name!r}", getattr(config, name), "None for pretraining, or monitor='loss' with "
+                      "monitor_mode='min' (on the eval split: the pretraining loss on its inputs; with "
+                      "monitor_split='train': the training batches' loss)")
 
 
 def default_augment(input_shape: Sequence[int]) -> tuple:
@@ -231,10 +235,11 @@ def with_pretrain_state(population: PopulationState, values: Sequence[dict], hea
     return population.replace(members=PretrainState(**fields, head_params=head_params, head_opt_state=head_opt_state))
 
 
-def eval_losses(task: Task, layer: str, method: str, head: MLPHead, population: PopulationState,
-                splits: Sequence[np.ndarray], batches: int = 4) -> np.ndarray:
-    """(S, P): each member's pretraining loss on the first `batches` batches of every split in `splits`
-    (as many batches for each, at most what the smallest holds; evaluation mode, fixed views). One program."""
+def loss_evaluator(task: Task, layer: str, method: str, head: MLPHead, splits: Sequence[np.ndarray],
+                   batches: int = 4):
+    """`losses(population) -> (S, P)`: each member's pretraining loss on the first `batches` batches of
+    every split in `splits` (as many batches for each, at most what the smallest holds; evaluation
+    mode, fixed views). One program, compiled once; the batches are stacked once."""
     size = min([task.config.batch_size, *(len(x) for x in splits)])
     count = max(1, min([batches, *(len(x) // size for x in splits)]))
     data = jnp.stack([jnp.asarray(x[:count * size]).reshape(count, size, *x.shape[1:]) for x in splits])
@@ -245,8 +250,14 @@ def eval_losses(task: Task, layer: str, method: str, head: MLPHead, population: 
                                    train=False)[1][0]
         return jax.lax.map(loss, jnp.arange(count)).mean()
 
-    return np.asarray(jax.jit(jax.vmap(jax.vmap(one, in_axes=(0, None)), in_axes=(None, 0)))(population.members,
-                                                                                             data))
+    program = jax.jit(jax.vmap(jax.vmap(one, in_axes=(0, None)), in_axes=(None, 0)))
+    return lambda population: np.asarray(program(population.members, data))
+
+
+def held_out_evaluation(losses) -> Any:
+    """The bucket's evaluation for the engine: {'eval': {'loss': (P,)}}, the pretraining loss on the
+    eval split's inputs (`losses` a `loss_evaluator` of (train inputs, eval inputs))."""
+    return lambda population: {"eval": {"loss": losses(population)[1]}}
 
 
 # ----------------------------------------------------------------------------- the result
@@ -321,10 +332,22 @@ class PretrainResult:
 # ----------------------------------------------------------------------------- pretrain
 
 
+def pretrain_inputs(config: TrainConfig, method: str, values: Sequence[dict], tasks: Sequence[tuple[Task, list[int]]],
+                    feature_layer: str, head_widths: Sequence[int], projection_dim: int) -> dict:
+    """What a pretraining workdir records besides config.json and members.json: the method, each
+    member's temperature / noise and head learning rate, the heads, the feature layer, the
+    augmentations and a digest of every bucket's training and eval inputs (after preprocessing)."""
+    return {"method": method, "values": list(values), "feature_layer": feature_layer,
+            "head_widths": list(head_widths), "projection_dim": projection_dim if method == "simclr" else None,
+            "augment": list(config.augment or ()),
+            "inputs": content_digest([(task.train.x, task.eval.x) for task, _ in tasks])}
+
+
 def pretrain(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, method: str = "simclr",
              augment: Sequence[Any] | None = None, feature_layer: str = "head",
              head_widths: Sequence[int] = (64,), projection_dim: int = 32, head_learning_rate: float | None = None,
-             same_batches: bool | str = "auto", verbose: bool = True) -> PretrainResult:
+             same_batches: bool | str = "auto", workdir: str | Path | None = None,
+             verbose: bool = True) -> PretrainResult:
     """Pretrain a population of encoders (config's model up to `feature_layer`) on config's training inputs.
 
     `method`: 'simclr' (two augmented views, projection MLP `head_widths` -> `projection_dim`, NT-Xent
@@ -336,7 +359,14 @@ def pretrain(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), 
     kind (`SEQUENCE_AUGMENT` or `IMAGE_AUGMENT`); their strengths and probabilities are per member as in
     `fit_population` (the autoencoder uses `augment` or the config's, if any, as extra corruption). The
     head MLP has Adam at `head_learning_rate` (default: each member's learning rate). Labels are never
-    read. Everything is checked before anything compiles. Single device; no workdir.
+    read. The engine evaluates each member's pretraining loss on the eval split's inputs (the
+    'eval' `loss`, also the result records' final 'eval' metric; early stopping and best-model
+    keeping may watch it: monitor='loss', monitor_mode='min'); no classifier is evaluated.
+    `workdir`: as `fit_population`'s (checkpoints after every evaluation, a rerun resumes, a finished
+    run is restored), with the method, the members' temperature / noise and head learning rate, the
+    heads, the feature layer, the augmentations and a digest of the training and eval inputs recorded
+    in `workdir/pretrain.json`: other ones are refused by name. Everything is checked before anything
+    compiles. Single device.
     """
     check_choice("method", method, METHODS)
     check_widths("head_widths", head_widths)
@@ -362,31 +392,34 @@ def pretrain(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), 
     heads = {tuple(indices): MLPHead(tuple(head_widths), projection_dim if method == "simclr"
                                      else int(np.prod(task.train.x.shape[1:]))) for task, indices in tasks}
     head_optimizer = optax.scale_by_adam()
+    record_inputs(workdir, "pretrain", pretrain_inputs(config, method, values, tasks, feature_layer, head_widths,
+                                                       projection_dim))
     trained: list[tuple[Task, list[int]]] = []
+    losses: list = []  # per bucket, its `loss_evaluator` on (train inputs, eval inputs)
 
     def program(task: Task, population: PopulationState, indices: list[int]) -> BucketProgram:
         trained.append((task, indices))
         head = heads[tuple(indices)]
+        losses.append(loss_evaluator(task, feature_layer, method, head, (task.train.x, task.eval.x)))
         population = with_pretrain_state(population, [values[i] for i in indices], head, head_optimizer,
                                          widths[tuple(indices)])
         runner = PopulationRunner(pretrain_step(task, feature_layer, method, head, head_optimizer),
                                   population_batch_indices(task), member_group=default_member_group(len(indices)))
         return BucketProgram(population, runner=runner, train_data=(jnp.asarray(task.train.x),),  # inputs only
                              extras=[{k: v for k, v in values[i].items() if k != "head_learning_rate"}
-                                     for i in indices])
+                                     for i in indices], evaluate=held_out_evaluation(losses[-1]))
 
-    result = fit_population(config, plain, same_batches=same_batches, mesh=None, verbose=verbose, program=program,
-                            label=LABEL)
+    result = fit_population(config, plain, workdir, same_batches=same_batches, mesh=None, verbose=verbose,
+                            program=program, label=LABEL)
     rows: list[dict] = [{} for _ in members]
     for number, ((task, indices), state) in enumerate(zip(trained, result.states)):
-        train_losses, losses = eval_losses(task, feature_layer, method, heads[tuple(indices)], state,
-                                           (task.train.x, task.eval.x))
+        train_losses, held_out = losses[number](state)
         for position, index in enumerate(indices):
             rows[index] = {"member": index, "bucket": number, "position": position, "method": method,
                            **{k: v for k, v in values[index].items() if k != "head_learning_rate"},
                            "learning_rate": float(plain[index].get("learning_rate", config.learning_rate)),
                            "seed": bucket_seeds(config, [index], plain)[0], "train_loss": float(train_losses[position]),
-                           "eval_loss": float(losses[position]),
+                           "eval_loss": float(held_out[position]),
                            "diverged_step": result.members[index]["diverged_step"]}
     layers = layer_names(jax.tree.map(lambda leaf: leaf[0], result.states[0].members.params))
     return PretrainResult(result, rows, method, feature_layer, layers)
