@@ -264,3 +264,75 @@ def test_module_entry_initializes_from_the_environment_and_runs_the_script(tmp_p
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "RAN True 1 ['a', '--b']" in done.stdout
+
+
+class FakeStore:
+    """The coordination service's key-value calls that `agree` uses, shared by threads."""
+
+    def __init__(self):
+        import threading
+
+        self.values, self.lock = {}, threading.Lock()
+
+    def key_value_set(self, key, value):
+        with self.lock:
+            assert key not in self.values, f"{key} set twice"  # the real store refuses it too
+            self.values[key] = value
+
+    def key_value_dir_get(self, prefix):
+        with self.lock:
+            return [(key, value) for key, value in self.values.items() if key.startswith(prefix)]
+
+    def key_value_delete(self, key):
+        with self.lock:
+            self.values.pop(key, None)
+
+
+def test_agree_deletes_its_keys_of_finished_rounds_and_still_waits_for_everyone():
+    import threading
+
+    store, count, rounds = FakeStore(), 3, 6
+    progress = {me: 0 for me in range(count)}
+    errors = []
+
+    def process(me):
+        try:
+            for round_ in range(1, rounds + 1):
+                time.sleep(0.02 * me)  # process 2 arrives last every round
+                distributed.wait_for_all(store, "chunk", round_, me, count, timeout=30)
+                assert min(progress.values()) >= round_ - 1  # nobody had left this round's previous one unfinished
+                progress[me] = round_
+        except BaseException as error:  # reported by the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=process, args=(me,)) for me in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    assert progress == {me: rounds for me in range(count)}
+    prefix = distributed.ARRIVED_KEY + "chunk/"
+    assert sorted(store.values) == [f"{prefix}{rounds}/{me}" for me in range(count)]  # only the last round's
+
+
+AGREE_WORKER = textwrap.dedent("""
+    import sys
+    import vhjax.distributed as d
+    d.initialize(f"localhost:{sys.argv[2]}", 2, int(sys.argv[1]))
+    for _ in range(5):
+        d.agree("step", timeout=60)
+    d.agree("last", timeout=60)  # both have left every "step" round: round 5's keys stay, the rest are gone
+    print("KEYS", sorted(key.split("arrived/")[1] for key, _ in d._client().key_value_dir_get(d.ARRIVED_KEY + "step/")))
+    d.agree("read", timeout=60)  # neither process leaves (and stops the service) before the other has read
+    d.shutdown()
+""")
+
+
+def test_agree_over_two_processes_leaves_only_the_last_rounds_keys():
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    processes = [subprocess.Popen([sys.executable, "-c", AGREE_WORKER, str(i), str(port)], cwd=ROOT, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    for out in finish(processes, timeout=120):
+        assert "KEYS ['step/5/0', 'step/5/1']" in out, out[-2000:]

@@ -137,7 +137,8 @@ def report_failure(error: BaseException) -> None:
     """Tell the other processes that this one failed with `error` (the coordination service's
     key-value store, no collective): they raise `PeerFailed` at their next `agree` instead of
     waiting in a collective this process never joins. A failure is final for the runtime: every
-    later `agree` of the other processes raises it too (start new processes to run again)."""
+    later `agree` of the other processes raises it too (start new processes to run again), so its
+    key (one per process at most) stays in the store."""
     if jax.process_count() == 1:
         return
     try:
@@ -154,9 +155,20 @@ def agree(stage: str, timeout: float = 600.0) -> None:
     count, me = jax.process_count(), jax.process_index()
     if count == 1:
         return
-    client = _client()
     _ARRIVALS[stage] = _ARRIVALS.get(stage, 0) + 1
-    prefix = f"{ARRIVED_KEY}{stage}/{_ARRIVALS[stage]}/"
+    wait_for_all(_client(), stage, _ARRIVALS[stage], me, count, timeout)
+
+
+def _arrival_prefix(stage: str, round_: int) -> str:
+    return f"{ARRIVED_KEY}{stage}/{round_}/"
+
+
+def wait_for_all(client: Any, stage: str, round_: int, me: int, count: int, timeout: float) -> None:
+    """`agree`'s round `round_` of `stage` for process `me` of `count`, on a coordination-service
+    `client` (key_value_set, key_value_dir_get, key_value_delete). Once every process has arrived at
+    this round, all have left the previous one, so this process deletes its key of that round: the
+    store holds at most two rounds of keys per stage however long the run."""
+    prefix = _arrival_prefix(stage, round_)
     client.key_value_set(f"{prefix}{me}", "1")
     deadline, pause = time.monotonic() + timeout, 0.001
     while True:
@@ -166,6 +178,8 @@ def agree(stage: str, timeout: float = 600.0) -> None:
             raise PeerFailed(*failed[0])
         arrived = {int(key.rsplit("/", 1)[1]) for key, _ in client.key_value_dir_get(prefix)}
         if len(arrived) == count:
+            if round_ > 1:
+                client.key_value_delete(f"{_arrival_prefix(stage, round_ - 1)}{me}")
             return
         if time.monotonic() > deadline:
             missing = sorted(set(range(count)) - arrived)

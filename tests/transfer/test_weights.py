@@ -11,8 +11,9 @@ from sklearn.datasets import load_digits
 
 from vhjax.config import TrainConfig
 from vhjax.population import export_member, fit, fit_population
-from vhjax.models import MLP
+from vhjax.models import MLP, get_model
 from vhjax.transfer import fit_from, gradual_unfreezing, layer_names, load_source, mode_config, transfer_params
+from vhjax.transfer.weights import forward_layers
 
 
 def digits_task(classes, per_class=None):
@@ -138,6 +139,37 @@ def test_mode_configs():
         mode_config("fine_tune_last", params, last=6)
     with pytest.raises(ValueError, match="mode"):
         mode_config("gradual", params)
+
+
+ZOO = {"mlp": np.zeros((2, 5), np.float32), "cnn2d": np.zeros((2, 8, 8, 1), np.float32),
+       "cnn1d": np.zeros((2, 16, 1), np.float32), "resnet": np.zeros((2, 8, 8, 1), np.float32),
+       "resnet18": np.zeros((2, 8, 8, 1), np.float32), "mobilenet": np.zeros((2, 8, 8, 1), np.float32),
+       "transformer": np.zeros((2, 6), np.int32)}
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_layer_names_are_the_forward_order_of_the_zoo_models(name):
+    model = get_model(name, num_classes=3)
+    variables = jax.eval_shape(model.init, jax.random.key(0), ZOO[name])
+    assert layer_names(variables) == forward_layers(model, ZOO[name])  # the order the forward pass calls them
+
+
+def test_fine_tune_last_of_a_resnet_trains_its_last_stage_and_head_and_never_the_stem():
+    variables = jax.eval_shape(get_model("resnet", stage_sizes=(1, 1), widths=(4, 8), stem_features=4,
+                                         num_classes=3).init, jax.random.key(0), ZOO["resnet"])
+    assert layer_names(variables) == ["stem", "stem_norm", "stage0_block0", "stage1_block0", "head"]
+    assert mode_config("fine_tune_last", variables, last=2) == {
+        "freeze": ("stem/*", "stem_norm/*", "stage0_block0/*")}
+    assert mode_config("feature_extractor", variables)["freeze"][:2] == ("stem/*", "stem_norm/*")
+
+
+def test_forward_layers_orders_a_model_whose_names_do_not():
+    model, x = get_model("fcn1d", num_classes=3), np.zeros((2, 16, 1), np.float32)
+    forward = forward_layers(model, x)
+    assert forward == ["conv_0", "norm_0", "conv_1", "norm_1", "conv_2", "norm_2", "head"]
+    assert layer_names(jax.eval_shape(model.init, jax.random.key(0), x)) != forward  # by name: the convs first
+    assert mode_config("fine_tune_last", {name: {} for name in forward}, last=3, layers=forward) == {
+        "freeze": ("conv_0/*", "norm_0/*", "conv_1/*", "norm_1/*")}
 
 
 def test_feature_extractor_keeps_the_body_bit_identical_and_trains_the_head(pretrained):

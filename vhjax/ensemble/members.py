@@ -8,13 +8,14 @@ searchable models. Predictions are one vmapped `apply` over the member axis.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from vhjax import models
+from vhjax.memo import Memo
 
 
 @dataclasses.dataclass
@@ -72,17 +73,15 @@ def group_logits(group: MemberGroup, x: Any, *, batch_size: int = 1000) -> jax.A
     return jnp.concatenate(outs, axis=1)
 
 
-_LOGITS_CACHE: dict = {}
+_LOGITS_CACHE: Memo[Callable] = Memo(8)
 
 
 def _logits_fn(model: Any, has_arch: bool):
-    key = (id(model), has_arch)
-    if key not in _LOGITS_CACHE or _LOGITS_CACHE[key][0] is not model:
-        def one(variables, arch, x):
-            return apply_member(model, variables, x, arch if has_arch else None)
+    def one(variables, arch, x):
+        return apply_member(model, variables, x, arch if has_arch else None)
 
-        _LOGITS_CACHE[key] = (model, jax.jit(jax.vmap(one, in_axes=(0, 0 if has_arch else None, None))))
-    return _LOGITS_CACHE[key][1]
+    return _LOGITS_CACHE.get((model,), lambda: jax.jit(jax.vmap(one, in_axes=(0, 0 if has_arch else None, None))),
+                             settings=has_arch)
 
 
 def mc_dropout_probs(group: MemberGroup, x: Any, key: jax.Array, *, samples: int = 20,

@@ -35,6 +35,7 @@ from vhjax.data import Dataset, from_arrays
 from vhjax.ensemble.members import MemberGroup
 from vhjax.ensemble.model import Ensemble
 from vhjax.inspect import attacks
+from vhjax.memo import Memo
 from vhjax.population.engine import PopulationRunner, default_member_group
 from vhjax.population.fit import BucketProgram, PopulationResult, fit_population, precise_members
 from vhjax.population.loop import Hook, Report
@@ -145,21 +146,20 @@ def adversarial_step(task: Task, attack: str, norm: str, attack_steps: int) -> C
     return step
 
 
-_RUNNERS: dict = {}
+_RUNNERS: Memo[PopulationRunner] = Memo(8)
 
 
 def member_runner(task: Task, size: int, sampling: str, adversarial: tuple | None) -> PopulationRunner:
     """The bucket's chunk runner, built once per (task, size, sampling, attack): boosting rounds and
     repeated calls on the same arrays reuse its compilation."""
-    key = (id(task), size, sampling, adversarial)
-    if key not in _RUNNERS or _RUNNERS[key][0] is not task:
-        if len(_RUNNERS) >= 8:
-            _RUNNERS.pop(next(iter(_RUNNERS)))
+
+    def build() -> PopulationRunner:
         step = make_train_step(task) if adversarial is None else adversarial_step(task, *adversarial)
         indices = {"tables": table_batch_indices, "weights": weighted_batch_indices,
                    "uniform": population_batch_indices}[sampling](task)
-        _RUNNERS[key] = (task, PopulationRunner(step, indices, member_group=default_member_group(size)))
-    return _RUNNERS[key][1]
+        return PopulationRunner(step, indices, member_group=default_member_group(size))
+
+    return _RUNNERS.get((task,), build, settings=(size, sampling, adversarial))
 
 
 def with_extra_state(population: PopulationState, extra: Mapping[str, np.ndarray]) -> PopulationState:
@@ -194,24 +194,21 @@ def snapshot_hook(every: int, count: int) -> Hook:
 # ----------------------------------------------------------------------------- train_members
 
 
-_DATASETS: dict = {}
+_DATASETS: Memo[Dataset] = Memo(8)
 
 
 def arrays_dataset(model: Any, x: np.ndarray, y: np.ndarray) -> Dataset:
     """(x, y) as a Dataset with the model's number of outputs as its classes (at least max(y) + 1),
     one object per (x, y, model), so the engine's task and programs are reused across calls (the
     rounds of boosting, repeated ensembles on the same arrays)."""
-    key = (id(x), id(y), id(model))
-    cached = _DATASETS.get(key)
-    if cached is not None and cached[0] is x and cached[1] is y and cached[2] is model:
-        return cached[3]
-    outputs = jax.eval_shape(lambda v: model.apply(v, jnp.asarray(x[:2])),
-                             jax.eval_shape(model.init, jax.random.key(0), jnp.asarray(x[:2])))
-    classes = max(int(outputs.shape[-1]), int(y.max(initial=0)) + 1)
-    if len(_DATASETS) >= 8:
-        _DATASETS.pop(next(iter(_DATASETS)))
-    _DATASETS[key] = (x, y, model, from_arrays(x, y, num_classes=classes))
-    return _DATASETS[key][3]
+
+    def build() -> Dataset:
+        outputs = jax.eval_shape(lambda v: model.apply(v, jnp.asarray(x[:2])),
+                                 jax.eval_shape(model.init, jax.random.key(0), jnp.asarray(x[:2])))
+        classes = max(int(outputs.shape[-1]), int(y.max(initial=0)) + 1)
+        return from_arrays(x, y, num_classes=classes)
+
+    return _DATASETS.get((x, y, model), build)
 
 
 def ensemble_config(model: Any, x: np.ndarray, y: np.ndarray, *, steps: int, batch_size: int, optimizer: str,

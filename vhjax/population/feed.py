@@ -11,13 +11,14 @@ end exactly as with the batches gathered inside the program.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vhjax import parallel
+from vhjax.memo import Memo
 from vhjax.population.engine import PopulationRunner, gather_batch
 from vhjax.population.state import PopulationState
 
@@ -70,18 +71,15 @@ def chunk_batches(data: Any, indices: np.ndarray, mesh: Mesh, same_batches: bool
     return jax.tree.unflatten(tree, out), rows
 
 
-_INDICES: dict = {}
+_INDICES: Memo[Callable] = Memo(16)
 
 
 def chunk_indices(runner: PopulationRunner, population: PopulationState, length: int, mesh: Mesh) -> np.ndarray:
     """The chunk's batch indices on every process (one jitted program per runner, mesh and length)."""
-    key = (id(runner), mesh, length)
-    if _INDICES.get(key, (None,))[0] is not runner:
-        if len(_INDICES) >= 16:
-            _INDICES.pop(next(iter(_INDICES)))
-        replicated = NamedSharding(mesh, PartitionSpec())
-        _INDICES[key] = (runner, jax.jit(lambda p: runner.batch_indices(p, length), out_shardings=replicated))
-    return np.asarray(_INDICES[key][1](population))
+    program = _INDICES.get((runner,), lambda: jax.jit(lambda p: runner.batch_indices(p, length),
+                                                      out_shardings=NamedSharding(mesh, PartitionSpec())),
+                           settings=(mesh, length))
+    return np.asarray(program(population))
 
 
 def run_fed(runner: PopulationRunner, population: PopulationState, data: Any, length: int,

@@ -21,6 +21,7 @@ from vhjax import parallel
 from vhjax.augment import pipeline_from_config
 from vhjax.config import TrainConfig
 from vhjax.hparams import PER_MEMBER_NAMES, STATIC_ZERO_NAMES
+from vhjax.memo import Memo
 from vhjax.population.engine import ISOLATION_MODES, default_member_group
 from vhjax.population.hooks import best_members, config_hooks
 from vhjax.population.loop import LoopResult, run_loop
@@ -197,17 +198,9 @@ def bucket_seeds(config: TrainConfig, indices: list[int], members: Sequence[Mapp
     return seeds
 
 
-_TASKS: dict[tuple[str, tuple[str, ...]], Task] = {}  # (config without seed, traced static zeros)
-_PROGRAMS: dict[tuple[int, int | None, str], tuple] = {}  # (task id, member group, isolation)
-_CACHE_SIZE = 8
-
-
-def _remember(cache: dict, key: Any, make: Any) -> Any:
-    if key not in cache:
-        if len(cache) >= _CACHE_SIZE:
-            cache.pop(next(iter(cache)))
-        cache[key] = make()
-    return cache[key]
+_TASKS: Memo[Task] = Memo(8)  # per (config without seed, traced static zeros) and the user's objects in it
+_PROGRAMS: Memo[tuple] = Memo(8)  # per (task, mesh) and (member group, isolation)
+_PRECISE: Memo[Callable] = Memo(8)  # per task
 
 
 def bucket_task(config: TrainConfig, member_names: Any = ()) -> Task:
@@ -215,36 +208,26 @@ def bucket_task(config: TrainConfig, member_names: Any = ()) -> Task:
     generations of a search), so their jitted programs are compiled once. Validates on first build.
     `member_names`: the hyperparameters the members set (these are traced even if the config's are 0)."""
     traced = tuple(sorted(set(member_names) & set(STATIC_ZERO_NAMES)))
-    objects = tuple(id(getattr(config, name)) for name in ("model", "loss", "dataset")
+    objects = tuple(getattr(config, name) for name in ("model", "loss", "dataset")
                     if not isinstance(getattr(config, name), str))  # the user's own model, loss or data
-    key = (json.dumps({**config.to_dict(), "seed": None}, sort_keys=True), traced, objects)
-    return _remember(_TASKS, key, lambda: with_member_hparams(build_task(config), traced))
+    settings = (json.dumps({**config.to_dict(), "seed": None}, sort_keys=True), traced)
+    return _TASKS.get(objects, lambda: with_member_hparams(build_task(config), traced), settings=settings)
 
 
 def compiled_programs(task: Task, member_group: int | None, isolation: str = "optimistic",
                       mesh: Any = None) -> tuple[Any, Any]:
     """(chunk runner, population evaluation) of a task, jitted once per task, member grouping,
     isolation and mesh (a mesh with a data axis splits each member's batch over it)."""
-    key = (id(task), member_group, isolation, id(mesh))
-    if key in _PROGRAMS and _PROGRAMS[key][0] is not task:  # an id reused by a newer task
-        del _PROGRAMS[key]
     place = parallel.batch_placement(mesh) if mesh is not None and mesh.shape[parallel.DATA] > 1 else None
-    _, run_chunk, evaluate = _remember(_PROGRAMS, key, lambda: (
-        task, classifier_runner(task, member_group, isolation=isolation, place=place),
-        jax.jit(make_population_eval(task))))
-    return run_chunk, evaluate
-
-
-_PRECISE: dict[int, tuple] = {}  # task id -> (task, program); bounded like _PROGRAMS
+    return _PROGRAMS.get((task, mesh), lambda: (
+        classifier_runner(task, member_group, isolation=isolation, place=place),
+        jax.jit(make_population_eval(task))), settings=(member_group, isolation))
 
 
 def precise_members(task: Task) -> Callable:
     """Jitted `members -> members` with precise-BN statistics (`train.step.precise_statistics`),
-    once per task (the same bounded cache as `compiled_programs`)."""
-    key = id(task)
-    if key in _PRECISE and _PRECISE[key][0] is not task:  # an id reused by a newer task
-        del _PRECISE[key]
-    return _remember(_PRECISE, key, lambda: (task, jax.jit(jax.vmap(precise_statistics(task)))))[1]
+    once per task (a bounded cache like `compiled_programs`)."""
+    return _PRECISE.get((task,), lambda: jax.jit(jax.vmap(precise_statistics(task))))
 
 
 def train_bucket(task: Task, population: PopulationState, workdir: Path | None, label: str, *,

@@ -21,6 +21,7 @@ import numpy as np
 import optax
 
 from vhjax import optim
+from vhjax.memo import Memo
 from vhjax.population.engine import BatchIndices, PopulationRunner, default_member_group
 from vhjax.population.hparams import check_not_static_zero, member_arrays, per_member_values
 from vhjax.population.state import PopulationState, new_population
@@ -77,16 +78,16 @@ def init_population(task: Task, size: int, hparams: Mapping[str, Any] | None = N
                         same_batches)
 
 
-_INIT_PROGRAMS: dict[int, tuple[Task, Callable, dict]] = {}
+_INIT_PROGRAMS: Memo[tuple[Callable, dict]] = Memo(8)
 
 
 def _init_programs(task: Task) -> tuple[Callable, dict]:
     """(the jitted program that initialises a whole population, the optimizer's default
     hyperparameters), built once per task: not ~100 small operations run one by one."""
-    cached = _INIT_PROGRAMS.get(id(task))
-    if cached is not None and cached[0] is task:
-        return cached[1], cached[2]
+    return _INIT_PROGRAMS.get((task,), lambda: _build_init_programs(task))
 
+
+def _build_init_programs(task: Task) -> tuple[Callable, dict]:
     def init(seeds, data_seed, state_hparams, optimizer_hparams, same_batches):
         keys, own_data_keys = member_keys(seeds)
         if same_batches:
@@ -102,10 +103,7 @@ def _init_programs(task: Task) -> tuple[Callable, dict]:
     defaults = jax.jit(lambda: optim.get_hyperparams(task.optimizer.init(
         jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params))))()
     defaults = {name: np.asarray(value) for name, value in defaults.items()}
-    if len(_INIT_PROGRAMS) >= 8:
-        _INIT_PROGRAMS.pop(next(iter(_INIT_PROGRAMS)))
-    _INIT_PROGRAMS[id(task)] = (task, jax.jit(init, static_argnums=4), defaults)
-    return _INIT_PROGRAMS[id(task)][1], defaults
+    return jax.jit(init, static_argnums=4), defaults
 
 
 def check_member_archs(task: Task, size: int, arch: Any) -> None:

@@ -55,6 +55,7 @@ import optax
 
 from vhjax import metrics, optim
 from vhjax.config import SECTIONS, TrainConfig
+from vhjax.memo import Memo
 from vhjax.population.engine import PopulationRunner, default_member_group
 from vhjax.population.fit import (BucketProgram, PopulationResult, bucket_seeds, bucket_task, bucket_tasks,
                                   fit_population, with_config_loss_weights)
@@ -748,21 +749,16 @@ def with_adda_state(population: PopulationState, source_params: Any, source_mode
                                                 disc_params=disc_params, disc_opt_state=disc_opt_state))
 
 
-_RUNNERS: dict = {}  # (task id, settings) -> (task, runner): a rerun (resume, another learning rate) compiles nothing
+_RUNNERS: Memo[PopulationRunner] = Memo(4)  # per task and settings: a rerun (resume, new learning rate) compiles nothing
 
 
 def adda_runner(task: Task, layer: str, discriminator: Discriminator, optimizers: tuple, target_size: int,
                 member_group: int | None, disc_learning_rate: float) -> PopulationRunner:
     """The engine's chunk runner of ADDA's step, one per task and settings (the learning rates are state)."""
-    key = (id(task), layer, discriminator.widths, disc_learning_rate, target_size, member_group)
-    if key in _RUNNERS and _RUNNERS[key][0] is task:
-        return _RUNNERS[key][1]
-    if len(_RUNNERS) >= 4:
-        _RUNNERS.pop(next(iter(_RUNNERS)))
-    runner = PopulationRunner(adda_step(task, layer, discriminator, *optimizers), adda_batch_indices(task, target_size),
-                              member_group=member_group, gather=adda_gather(task.config.batch_size))
-    _RUNNERS[key] = (task, runner)
-    return runner
+    settings = (layer, discriminator.widths, disc_learning_rate, target_size, member_group)
+    return _RUNNERS.get((task,), lambda: PopulationRunner(
+        adda_step(task, layer, discriminator, *optimizers), adda_batch_indices(task, target_size),
+        member_group=member_group, gather=adda_gather(task.config.batch_size)), settings=settings)
 
 
 STAGE_SECTIONS = ("optimizer", "regularization", "augmentation")  # ADDA's own in stage 2, not the config's

@@ -35,6 +35,7 @@ from jax import lax
 
 from vhjax import losses
 from vhjax.config import TrainConfig
+from vhjax.memo import Memo
 from vhjax.models.cost import flops_per_example
 from vhjax.models.utils import count_params
 from vhjax.population.engine import PopulationRunner, default_member_group
@@ -175,20 +176,15 @@ def distill_loss(task: Task):
     return data_loss
 
 
-_RUNNERS: dict = {}  # (task id, size) -> (task, runner): a rerun (resume, other students) compiles nothing
+_RUNNERS: Memo[PopulationRunner] = Memo(4)  # per task and size: a rerun (resume, other students) compiles nothing
 
 
 def distill_runner(task: Task, size: int) -> PopulationRunner:
     """The engine's chunk runner of the distillation step on data (x, y, teacher logits), one per task
     and population size (the teacher's logits are data, the students' values state)."""
-    key = (id(task), size)
-    if key not in _RUNNERS or _RUNNERS[key][0] is not task:
-        if len(_RUNNERS) >= 4:
-            _RUNNERS.pop(next(iter(_RUNNERS)))
-        runner = PopulationRunner(make_train_step(task, distill_loss(task)), population_batch_indices(task),
-                                  member_group=default_member_group(size))
-        _RUNNERS[key] = (task, runner)
-    return _RUNNERS[key][1]
+    return _RUNNERS.get((task,), lambda: PopulationRunner(
+        make_train_step(task, distill_loss(task)), population_batch_indices(task),
+        member_group=default_member_group(size)), settings=size)
 
 
 def with_distill_hparams(population: PopulationState, values: Sequence[dict]) -> PopulationState:

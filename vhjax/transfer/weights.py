@@ -20,6 +20,8 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import flax.linen as nn
+import jax
 import numpy as np
 
 from vhjax.population.export import MEMBER_FILE, choose_member, member_variables, restore_bucket
@@ -132,15 +134,51 @@ def _natural(name: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
+INPUT_LAYERS = ("stem", "embed")  # the zoo's input side (ResNet, MobileNet, DenseNet, NB201; transformers)
+OUTPUT_LAYERS = ("final", "head")  # the output side, in this order (DenseNet's final_norm; every classifier's head)
+
+
+def _side(name: str, names: Sequence[str]) -> int:
+    return next((i for i, n in enumerate(names) if name == n or name.startswith(f"{n}_")), -1)
+
+
+def layer_order(name: str) -> tuple:
+    """`layer_names`' sort key of a top-level module name: input side, middle (by name with numbers
+    compared as numbers), output side."""
+    inputs, outputs = _side(name, INPUT_LAYERS), _side(name, OUTPUT_LAYERS)
+    side = (0, inputs) if inputs >= 0 else (2, outputs) if outputs >= 0 else (1, 0)
+    return (*side, _natural(name))
+
+
 def layer_names(params: Mapping) -> list[str]:
-    """The top-level modules of a params tree, input to output: sorted by name with numbers compared
-    as numbers (hidden_2 before hidden_10), and a module named 'head' last. This is the order the
-    registered models (mlp, cnn, ...) create their layers in; give `layers=` explicitly otherwise.
-    A `PretrainResult` gives its model's layers, the head included (its encoders have no head)."""
+    """The top-level modules of a params tree, input to output (Flax stores them sorted by name, so the
+    order comes from the names): first the input side ('stem', 'embed' and layers named `stem_...`, e.g.
+    the ResNet's 'stem', 'stem_norm'), then the other layers by name with numbers compared as numbers
+    (hidden_2 before hidden_10, stage0_block1 before stage1_block0), then `final_...` layers and 'head'.
+    This is the forward order of the zoo's mlp, cnn, resnet, mobilenet and transformer; give `layers=`
+    explicitly for a model whose names do not follow it (`forward_layers(model, x)`). A `PretrainResult` gives its model's layers,
+    the head included (its encoders have no head)."""
     if callable(getattr(params, "encoder_layers", None)):
         return list(params.encoder_layers())
     params = as_variables(params)[COLLECTIONS_KEY]
-    return sorted(params, key=lambda name: (name == "head", _natural(name)))
+    return sorted(params, key=layer_order)
+
+
+def forward_layers(model: Any, x: Any) -> list[str]:
+    """The model's top-level modules with parameters in the order its forward pass first calls them on
+    input `x` (shapes only, nothing runs): the `layers=` of a model whose names `layer_names` cannot order
+    (e.g. one whose norms 'norm_0', 'norm_1' follow convolutions 'conv_0', 'conv_1')."""
+    order: list[str] = []
+
+    def record(call: Any, args: Any, kwargs: Any, context: Any) -> Any:
+        path = context.module.scope.path if context.module.scope is not None else ()
+        if path and path[0] not in order:
+            order.append(path[0])
+        return call(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    return [name for name in order if name in variables.get(COLLECTIONS_KEY, {})]
 
 
 def default_head(params: Mapping) -> str:
