@@ -29,9 +29,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    """One persistent compilation cache for this module's runs: only the first run of a scenario compiles."""
-    return tmp_path_factory.mktemp("jax_cache")
+def cache(session_compilation_cache) -> Path:
+    """The session's persistent compilation cache for child processes (tests/conftest.py): only the
+    first run of a scenario compiles (or none, when another test's child compiled its programs)."""
+    return session_compilation_cache[1]
 
 
 def scenario(name: str, cache: Path, *steps: str) -> subprocess.CompletedProcess:
