@@ -126,26 +126,6 @@ def parameter_tensors(task: Task) -> list[str]:
     return ["/".join(str(getattr(k, "key", k)) for k in path) for path, _ in paths]
 
 
-def member_update_scale(task: Task, size: int, values: Any) -> np.ndarray:
-    """(size, T) multipliers of each member's parameter updates, T = the model's parameter tensors
-    (`parameter_tensors`); a member given None gets ones (every tensor trains). Checked here, before
-    anything compiles: shape, finite and >= 0."""
-    tensors = parameter_tensors(task)
-    rows = list(values) if isinstance(values, (list, tuple)) else list(np.asarray(values, np.float32))
-    if len(rows) != size:
-        raise ValueError(f"hyperparameter 'update_scale' has {len(rows)} rows; allowed: {size} (one per member)")
-    out = np.ones((size, len(tensors)), np.float32)
-    for member, row in enumerate(rows):
-        if row is None:
-            continue
-        row = np.asarray(row, np.float32)
-        if row.shape != (len(tensors),) or not np.all(np.isfinite(row) & (row >= 0)):
-            raise ValueError(f"member {member}: hyperparameter 'update_scale' has value {row.tolist()!r}; allowed: "
-                             f"{len(tensors)} finite numbers >= 0, one per parameter tensor {tensors} (0 freezes it)")
-        out[member] = row
-    return out
-
-
 STEP_LIMIT = 2**31 - 1  # the member's step counter is int32
 
 
@@ -166,26 +146,51 @@ def _shown(row: Any) -> Any:
     return np.asarray(row).tolist() if isinstance(row, np.ndarray) else row
 
 
+def per_tensor_rows(name: str, task: Task, size: int, values: Any, default: float, dtype: Any,
+                    convert: Any, allowed: str, meaning: str) -> np.ndarray:
+    """(size, T) rows of a per-member, per-parameter-tensor hyperparameter (T: `parameter_tensors`),
+    a member given None gets `default` everywhere; `convert(row, T)` returns the checked row or None,
+    which raises a ValueError naming the member, the value, `allowed` and the values' `meaning`."""
+    tensors = parameter_tensors(task)
+    rows = list(values) if isinstance(values, (list, tuple)) else list(np.atleast_1d(np.asarray(values)))
+    if len(rows) != size:
+        raise ValueError(f"hyperparameter {name!r} has {len(rows)} rows; allowed: {size} (one per member)")
+    out = np.full((size, len(tensors)), default, dtype)
+    for member, row in enumerate(rows):
+        if row is None:
+            continue
+        checked = convert(row, len(tensors))
+        if checked is None:
+            raise ValueError(f"member {member}: hyperparameter {name!r} has value {_shown(row)!r}; allowed: "
+                             f"{len(tensors)} {allowed}, one per parameter tensor {tensors} ({meaning})")
+        out[member] = checked
+    return out
+
+
+def _nonnegative_floats(row: Any, count: int) -> np.ndarray | None:
+    try:
+        row = np.asarray(row, np.float32)
+    except (TypeError, ValueError):
+        return None
+    return row if row.shape == (count,) and np.all(np.isfinite(row) & (row >= 0)) else None
+
+
+def member_update_scale(task: Task, size: int, values: Any) -> np.ndarray:
+    """(size, T) multipliers of each member's parameter updates, T = the model's parameter tensors
+    (`parameter_tensors`); a member given None gets ones (every tensor trains). Checked here, before
+    anything compiles: shape, finite and >= 0."""
+    return per_tensor_rows("update_scale", task, size, values, 1.0, np.float32, _nonnegative_floats,
+                           "finite numbers >= 0", "0 freezes it")
+
+
 def member_update_start(task: Task, size: int, values: Any) -> np.ndarray:
     """(size, T) int32 steps from which each member's parameter tensors update (tensor t's update is
     multiplied by `step >= start`), T = the model's parameter tensors (`parameter_tensors`); a member
     given None gets zeros (every tensor updates from step 0). Checked here, before anything compiles:
     shape, and whole numbers in [0, 2**31 - 1]."""
-    tensors = parameter_tensors(task)
-    rows = list(values) if isinstance(values, (list, tuple)) else list(np.atleast_1d(np.asarray(values)))
-    if len(rows) != size:
-        raise ValueError(f"hyperparameter 'update_start' has {len(rows)} rows; allowed: {size} (one per member)")
-    out = np.zeros((size, len(tensors)), np.int32)
-    for member, row in enumerate(rows):
-        if row is None:
-            continue
-        steps = whole_steps(row, len(tensors))
-        if steps is None:
-            raise ValueError(f"member {member}: hyperparameter 'update_start' has value {_shown(row)!r}; allowed: "
-                             f"{len(tensors)} whole numbers in [0, {STEP_LIMIT}], one per parameter tensor {tensors} "
-                             "(the step from which the tensor updates; 0: from the start)")
-        out[member] = steps
-    return out
+    return per_tensor_rows("update_start", task, size, values, 0, np.int32, whole_steps,
+                           f"whole numbers in [0, {STEP_LIMIT}]",
+                           "the step from which the tensor updates; 0: from the start")
 
 
 def population_batch_indices(task: Task) -> BatchIndices:
