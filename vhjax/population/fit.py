@@ -53,6 +53,11 @@ class PopulationResult:
     def best(self, metric: str = "accuracy", split: str = "eval", mode: str = "max") -> dict:
         """The best member that did not diverge; raises if every member diverged."""
         check_choice("mode", mode, ("max", "min"))
+        recorded = sorted({f"{name}/{key}" for m in self.members for name, values in m.items()
+                           if isinstance(values, dict) and name != "config" for key in values})
+        if any(metric not in (m.get(split) or {}) for m in self.members if m["diverged_step"] is None):
+            raise ValueError(f"split/metric has value {split + '/' + metric!r}; allowed: one every member "
+                             f"records, among {recorded}")
         alive = [m for m in self.members if m["diverged_step"] is None and np.isfinite(m[split][metric])]
         if not alive:
             raise ValueError(f"every member of the population of {len(self.members)} diverged or has a non-finite "
