@@ -249,10 +249,9 @@ def train_bucket(task: Task, population: PopulationState, workdir: Path | None, 
     {metric: (P,)}}` replaces the classifier's evaluation on the eval / test splits, periodic and final
     (e.g. `vhjax.transfer.pretrain`: the pretraining loss on held-out inputs)."""
     config = task.config
-    own_evaluate = evaluate  # the caller's, if any (the name is the classifier's program below)
     group = default_member_group(population.size) if member_group == "auto" and mesh is None else (
         None if member_group == "auto" else member_group)
-    run_chunk, evaluate = compiled_programs(task, group, isolation, mesh)
+    run_chunk, classify = compiled_programs(task, group, isolation, mesh)
     run_chunk = run_chunk if runner is None else runner
     if train_data is None:  # on a mesh spanning processes each process gathers its batch rows on the host
         to_array = np.asarray if mesh is not None and parallel.spans_processes(mesh) else jnp.asarray
@@ -260,7 +259,7 @@ def train_bucket(task: Task, population: PopulationState, workdir: Path | None, 
     eval_data = (jnp.asarray(task.eval.x), jnp.asarray(task.eval.y))
     hooks = [*config_hooks(config), *hooks]
     outcome = run_loop(population, run_chunk, train_data, steps=config.steps, eval_every=config.eval_every,
-                       evaluate=own_evaluate or (lambda p: {"eval": evaluate(p, *eval_data)}), hooks=hooks,
+                       evaluate=evaluate or (lambda p: {"eval": classify(p, *eval_data)}), hooks=hooks,
                        workdir=workdir,
                        checkpoint_every=config.checkpoint_every, mesh=mesh, label=label, verbose=verbose,
                        writers=writers, hparams=hparams)
@@ -270,12 +269,12 @@ def train_bucket(task: Task, population: PopulationState, workdir: Path | None, 
         final_population = best_members(population, outcome.hook_states["keep_best"])
     if "batch_stats" in final_population.members.model_state:  # the returned models are the evaluated ones
         final_population = final_population.replace(members=precise_members(task)(final_population.members))
-    if own_evaluate is not None:
-        final = own_evaluate(final_population)
+    if evaluate is not None:
+        final = evaluate(final_population)
     else:
-        final = {"eval": evaluate(final_population, *eval_data)}
+        final = {"eval": classify(final_population, *eval_data)}
         if task.test is not None:
-            final["test"] = evaluate(final_population, jnp.asarray(task.test.x), jnp.asarray(task.test.y))
+            final["test"] = classify(final_population, jnp.asarray(task.test.x), jnp.asarray(task.test.y))
     final = {split: {k: np.asarray(v) for k, v in values.items()} for split, values in final.items()}
     return final_population, final, outcome
 
