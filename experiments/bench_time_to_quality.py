@@ -35,7 +35,7 @@ TPE + pruner (their time / the contestant's time; > 1 means faster). Writes
 experiments/results/time_to_quality[_TASK].{md,json} and experiments/figures/time_to_quality[_TASK].png.
 
 Command:  python experiments/bench_time_to_quality.py [--task mnist1d_cnn] [--trials 64] [--steps 1500]
-          [--seeds 3] [--population 16] [--contestants optuna_tpe,optuna_random,optuna_tpe_hb,vhjax_tpe,vhjax_random]
+          [--seeds 3] [--population 16] [--cpu-devices auto] [--contestants optuna_tpe,optuna_random,optuna_tpe_hb,vhjax_tpe,vhjax_random]
 Smoke run (about a minute, writes *_quick.* files):  python experiments/bench_time_to_quality.py --quick
 """
 
@@ -399,7 +399,7 @@ def run_vhjax(args, strategy: str) -> dict:
     objective = TrainingObjective(vhjax_config(task, args.steps, args.seed), to_member=vhjax_member(task))
     timeline: list = []
     vhjax.search(TimedObjective(objective, timeline), space, strategy, budget=args.trials,
-                 population=args.population, seed=args.seed, verbose=False)
+                 population=args.population or 16, seed=args.seed, verbose=False)
     return {"trials": args.trials, "completed": len(timeline), "pruned": 0,
             "member_steps": args.trials * args.steps, "timeline": timeline}
 
@@ -418,10 +418,14 @@ def run_vhjax_tune(args, sampler: str) -> dict:
             timeline.append((time.perf_counter() - PROCESS_START, row["value"], row["test"]))
 
     result = tune(vhjax_config(task, args.steps, args.seed), space, budget=args.trials, population=args.population,
-                  sampler=sampler, seed=args.seed, callback=record, mesh=None, verbose=False,
+                  sampler=sampler, seed=args.seed, callback=record, mesh="auto", verbose=False,
                   compilation_cache=args.compilation_cache or False)  # cold unless the bench turns it on for all
     states = [row["state"] for row in result.timeline]
-    return {"trials": len(states), "completed": len(timeline), "pruned": states.count("PRUNED"),
+    from vhjax import parallel
+    from vhjax.search.tune import default_population
+
+    population = args.population or default_population(parallel.resolve_mesh("auto"))
+    return {"population": population, "trials": len(states), "completed": len(timeline), "pruned": states.count("PRUNED"),
             "member_steps": int(sum(row["steps"] for row in result.timeline)), "timeline": timeline}
 
 
@@ -441,6 +445,10 @@ CONTESTANTS: dict[str, Callable[[Any], dict]] = {
 
 def worker(args) -> None:
     """One contestant, one seed, in this (fresh) process; writes its record to --record."""
+    if args.worker.startswith("vhjax") and args.cpu_devices != "1":  # before JAX starts: vhjax's recommended setup
+        from vhjax.hardware import use_cpu_devices
+
+        use_cpu_devices(args.cpu_devices if args.cpu_devices == "auto" else int(args.cpu_devices))
     if args.compilation_cache:
         from vhjax import compilation_cache
 
@@ -449,7 +457,9 @@ def worker(args) -> None:
 
     with count_compilations() as compiled:
         record = CONTESTANTS[args.worker](args)
-    record.update(contestant=args.worker, seed=args.seed, task=args.task, steps=args.steps,
+    import jax
+
+    record.update(contestant=args.worker, seed=args.seed, devices=len(jax.devices()), task=args.task, steps=args.steps,
                   wall=time.perf_counter() - PROCESS_START, compile_count=compiled.count,
                   compile_seconds=compiled.seconds, cache_hits=compiled.cache_hits,
                   compiled_functions=dict(compiled.by_function.most_common(12)),
@@ -461,7 +471,9 @@ def worker(args) -> None:
 def run_worker(args, contestant: str, seed: int, record: Path) -> dict:
     command = [sys.executable, os.path.abspath(__file__), "--worker", contestant, "--seed", str(seed),
                "--record", str(record), "--task", args.task, "--trials", str(args.trials),
-               "--steps", str(args.steps), "--population", str(args.population)]
+               "--steps", str(args.steps), "--cpu-devices", args.cpu_devices]
+    if args.population is not None:
+        command += ["--population", str(args.population)]
     if args.compilation_cache:
         command += ["--compilation-cache", args.compilation_cache]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
@@ -470,7 +482,8 @@ def run_worker(args, contestant: str, seed: int, record: Path) -> dict:
     run = json.loads(record.read_text())
     print(f"  {contestant:14s} seed {seed}: {run['completed']}/{run['trials']} trials completed, "
           f"best val {final_pick(run['timeline'])[0]:.3f}, {run['wall']:.1f} s in process "
-          f"({time.perf_counter() - started:.1f} s with start-up), {run['compile_count']} compilations "
+          f"({time.perf_counter() - started:.1f} s with start-up), {run['devices']} device(s)"
+          f"{', population ' + str(run['population']) if 'population' in run else ''}, {run['compile_count']} compilations "
           f"({run['compile_seconds']:.1f} s)", flush=True)
     return run
 
@@ -509,13 +522,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--trials", type=int, default=64)
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--population", type=int, default=16, help="vhjax: candidates trained together")
+    parser.add_argument("--population", type=int, default=None,
+                        help="vhjax: candidates trained together (default: tune's own default, "
+                             "4 per CPU device; vhjax_tpe/vhjax_random: 16)")
     parser.add_argument("--contestants", default=DEFAULT_CONTESTANTS)
     parser.add_argument("--reference", default="optuna_tpe", help="whose best validation accuracy sets the targets")
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 trials of 100 steps, 1 seed, population 2")
     parser.add_argument("--tag", default="", help="suffix of the results' file names (keep an earlier run's tables)")
     parser.add_argument("--compilation-cache", default=None, metavar="DIR",
                         help="enable JAX's persistent compilation cache in DIR in every process (default: off)")
+    parser.add_argument("--cpu-devices", default="auto",
+                        help="vhjax contestants: split the CPU into this many JAX devices ('auto': one per core, "
+                             "vhjax.hardware.use_cpu_devices; '1': one device); the Optuna contestants train one "
+                             "trial at a time on one device either way")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--record", default=None, help=argparse.SUPPRESS)
@@ -539,7 +558,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     results_dir.mkdir(parents=True, exist_ok=True)
     task = TASKS[args.task]
     print(f"{args.task}: {task.describe}; {args.trials} trials x {args.steps} steps, {args.seeds} seed(s), "
-          f"vhjax population {args.population}", flush=True)
+          f"vhjax population {args.population or 'default'}", flush=True)
     started = time.perf_counter()
     runs = []
     for seed in range(args.seeds):
@@ -553,7 +572,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     header = (f"Task {args.task}: {task.describe}. Searched: " + ", ".join(
         f"{n} in [{lo:g}, {hi:g}]{' (log)' if log else ''}" for n, lo, hi, log in task.space)
         + f". {args.trials} trials x {args.steps} Adam steps (batch 100) per contestant and seed, {args.seeds} seed(s); "
-        f"vhjax population {args.population}. Times are medians over seeds, from each process's start "
+        f"vhjax population {args.population or 'default (tune: 4 per CPU device)'}, vhjax CPU devices {args.cpu_devices}. Times are medians over seeds, from each process's start "
         f"(imports, data, compilation, evaluation included). JAX {jax.__version__} on "
         f"{jax.devices()[0].platform}, {os.cpu_count()} CPU(s). Total wall time {time.perf_counter() - started:.0f} s.\n\n"
         f"Command: `python experiments/bench_time_to_quality.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n")

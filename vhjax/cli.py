@@ -92,7 +92,7 @@ def build_parser(names: bool = False) -> argparse.ArgumentParser:
                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _search_flags(demo)
     demo.add_argument("--steps", type=int, default=1500, help="training steps per member (default 1500)")
-    demo.set_defaults(budget=16, population=16, strategy="tpe", workdir="runs/demo", seed=0)
+    demo.set_defaults(budget=16, strategy="tpe", workdir="runs/demo", seed=0)  # population: tune's default
 
     from vhjax.launch import add_arguments
 
@@ -114,6 +114,10 @@ def _search_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress lines (verbose=False)")
     parser.add_argument("--mesh", default="auto", help="devices: 'auto' (all), 'none', or 'members=M,data=D' "
                                                        "(default: auto)")
+    parser.add_argument("--cpu-devices", default="auto",
+                        help="on a CPU, split it into this many JAX devices so members train in parallel on the "
+                             "cores: 'auto' (one per core, or JAX_NUM_CPU_DEVICES / XLA_FLAGS' device count when "
+                             "set) or a number; 1 keeps one device (default: auto)")
 
 
 def run_search(args: argparse.Namespace) -> int:
@@ -226,6 +230,11 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_count(text: str) -> int | str:
+    """'3' -> 3; anything else is returned as given (`use_cpu_devices` names what is allowed)."""
+    return int(text) if text.strip().isdigit() else text
+
+
 COMMANDS = {"train": run_train, "search": run_search, "demo": run_demo, "launch": run_launch,
             "export": run_export, "report": run_report}
 
@@ -247,6 +256,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif config_overrides and args.command != "train":
         print(f"vhjax {args.command}: error: --config.* overrides are for train and search", file=sys.stderr)
         return 2
+    if getattr(args, "cpu_devices", None) is not None:  # search, demo: before JAX starts
+        from vhjax.hardware import use_cpu_devices
+
+        try:
+            use_cpu_devices(parse_count(args.cpu_devices))
+        except (ValueError, RuntimeError) as error:
+            print(f"vhjax {args.command}: error: --cpu-devices: {error}", file=sys.stderr)
+            return 2
     try:
         return COMMANDS[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, WorkdirInUse, CheckpointError) as error:

@@ -38,7 +38,7 @@ def demo_config(steps: int = 1500, seed: int = 0, max_width: int = 256, max_dept
                        test_split="test", seed=seed)
 
 
-def run_demo(*, budget: float = 16, population: int = 16, steps: int = 1500, strategy: str = "tpe",
+def run_demo(*, budget: float = 16, population: int | None = None, steps: int = 1500, strategy: str = "tpe",
              workdir: str | Path | None = "runs/demo", seed: int = 0, mesh: Any = "auto",
              verbose: bool = True) -> TuneResult:
     """Run the demo search and print its leaderboard; returns the TuneResult."""

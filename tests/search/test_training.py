@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import vhjax
+from vhjax import hardware
 from vhjax.config import TrainConfig
 from vhjax.search import Categorical, Int, Space, TrainingObjective, candidate_to_member
 from vhjax.search.training import complete_arch
@@ -119,8 +120,17 @@ def test_cli_search_spec_and_demo(tmp_path):
                            "--steps", "9", "--workdir", str(tmp_path / "d")], capture_output=True, text=True,
                           check=True).stdout
     assert "trials' worth" in demo and "| rank | trial | arch.depth |" in demo and "best trial" in demo
+    cores = hardware.cpu_cores()  # --cpu-devices auto: one CPU device per core, the slots sharded over them
+    assert (f"2 slots on {cores} cpu devices (members sharded" if cores > 1 else "2 slots on 1 cpu device") in demo
     assert float(demo.split(" trials' worth")[-2].split("compute ")[-1].split("/")[0]) >= 4  # the budget is spent
     assert (tmp_path / "d" / "study.db").exists()
+
+
+def test_cli_refuses_a_bad_cpu_device_count_by_name(capsys):
+    from vhjax.cli import main
+
+    assert main(["demo", "--cpu-devices", "none", "--budget", "1"]) == 2  # before anything compiles
+    assert "--cpu-devices: count has value 'none'; allowed: a positive int or 'auto'" in capsys.readouterr().err
 
 
 def _candidates(objective, params, generation, trial_ids, fidelity, parents):
