@@ -16,6 +16,7 @@ Contestants (`--contestants`, comma-separated; add one by adding a function to C
   vhjax_tune_random  the same with random sampling
   vhjax_tpe      vhjax.search(TrainingObjective(config), space, 'tpe', population=P)
   vhjax_random   the same with 'random'
+  NAME:P         a vhjax contestant with population P (e.g. vhjax_tune:16 beside vhjax_tune)
 The Optuna contestants are a competent user's trainer: a Flax/optax step jitted once, with every
 hyperparameter a traced argument (`optax.inject_hyperparams(optax.adamw)`, dropout rate and
 augmentation strength as arrays), data on the device, `lax.scan` over chunks of steps, the same
@@ -456,7 +457,10 @@ def worker(args) -> None:
     from vhjax.compilation_cache import count_compilations
 
     with count_compilations() as compiled:
-        record = CONTESTANTS[args.worker](args)
+        name, _, population = args.worker.partition(":")  # 'vhjax_tune:16': that contestant, population 16
+        if population:
+            args.population = int(population)
+        record = CONTESTANTS[name](args)
     import jax
 
     record.update(contestant=args.worker, seed=args.seed, devices=len(jax.devices()), task=args.task, steps=args.steps,
@@ -546,7 +550,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.steps % REPORTS_PER_TRIAL or args.steps <= 0:
         parser.error(f"--steps {args.steps}: must be a positive multiple of {REPORTS_PER_TRIAL} (the pruner's rungs)")
     contestants = [c.strip() for c in args.contestants.split(",") if c.strip()]
-    unknown = [c for c in contestants if c not in CONTESTANTS]
+    unknown = [c for c in contestants if c.split(":")[0] not in CONTESTANTS
+               or (":" in c and not (c.startswith("vhjax") and c.split(":")[1].isdigit()))]
     if unknown:
         parser.error(f"unknown contestant(s) {unknown}; known: {', '.join(CONTESTANTS)}")
     if args.reference not in contestants:
