@@ -12,7 +12,7 @@ The baseline's rate does not depend on P (trials run one after another), so it i
 min(P, 4) trials.
 
 Command:  python experiments/bench_population.py [--steps 200] [--sizes 1 8 64 256] [--repeats 3]
-          [--models "paper CNN with dropout + weight decay + augmentation" ...]
+          [--models "paper CNN with dropout + weight decay + augmentation" ...] [--cpu-devices 2]
 The "with dropout + weight decay + augmentation" rows give every member dropout 0.1, weight decay
 1e-4 and random shifts of up to 10% of the length (traced per-member values, as in a search).
 Each rate is the best of `--repeats` timed runs after a warm-up run (single runs on a shared VM vary by 10-20%).
@@ -29,7 +29,10 @@ import numpy as np
 
 from vhjax.config import TrainConfig
 from vhjax.population import classifier_runner, init_population
+from vhjax.hardware import use_cpu_devices
+from vhjax.parallel import population_mesh
 from vhjax.population.engine import default_member_group
+from vhjax.population.loop import on_mesh
 from vhjax.train import build_task, init_state, make_train_step
 from vhjax.train.step import chunk_batch_indices
 
@@ -90,8 +93,12 @@ def baseline_rate(task, data, trials: int, steps: int, repeats: int = 1) -> floa
 
 
 def population_rate(task, data, size: int, steps: int, repeats: int = 1) -> float:
-    """Member-steps/s of vhjax's population: one scanned, vmapped program (best of `repeats`)."""
-    run = classifier_runner(task, default_member_group(size))
+    """Member-steps/s of vhjax's population: one scanned, vmapped program (best of `repeats`);
+    on several devices the members are sharded over them (`mesh='auto'`, no member groups)."""
+    if jax.device_count() > 1:
+        run = on_mesh(classifier_runner(task), population_mesh())
+    else:
+        run = classifier_runner(task, default_member_group(size))
     population = init_population(task, size, {"learning_rate": np.geomspace(1e-3, 1e-2, size).astype(np.float32)})
     population, metrics = run(population, data, steps)  # compile and warm up
     jax.block_until_ready(metrics["loss"])
@@ -110,7 +117,11 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 8, 64, 256])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; the best is reported")
+    parser.add_argument("--cpu-devices", type=int, default=1,
+                        help="split the CPU into this many JAX devices (vhjax.hardware.use_cpu_devices); the "
+                             "population is sharded over them, the one-trial baseline runs on one")
     args = parser.parse_args()
+    use_cpu_devices(args.cpu_devices)
 
     device = jax.devices()[0]
     peak = matmul_peak()

@@ -30,6 +30,11 @@ def resolve_mesh(mesh: Any) -> Mesh | None:
     return mesh
 
 
+def member_shards(mesh: Mesh | None) -> int:
+    """Devices on the mesh's members axis (1 without a mesh): the shards the members are split into."""
+    return 1 if mesh is None else mesh.shape[MEMBERS]
+
+
 def shard_members(tree: Any, mesh: Mesh) -> Any:
     """Place every leaf's leading (member) axis over the mesh's `members` axis."""
     size = mesh.shape[MEMBERS]

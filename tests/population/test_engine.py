@@ -242,7 +242,8 @@ def test_sharded_population_matches_single_device(tmp_path):
                              learning_rate=3e-3, batch_size=32, steps=40, eval_every=20)
         members = [{"learning_rate": 1e-3 * (i + 1)} for i in range(8)]
         mesh = population_mesh() if sys.argv[1] == "sharded" else None
-        result = fit_population(config, members, mesh=mesh, verbose=False)
+        # sharded: one member from each of the 4 devices per group (member_group=1, 2 groups)
+        result = fit_population(config, members, mesh=mesh, member_group=1 if mesh else None, verbose=False)
         sharding = result.states[0].members.step.sharding
         print(json.dumps({"devices": jax.device_count(), "spread": len(sharding.device_set),
                           "acc": [m["eval"]["accuracy"] for m in result.members],
@@ -262,13 +263,17 @@ def test_sharded_population_matches_single_device(tmp_path):
 def test_member_chunks_give_the_same_result_as_one_vmap(task, data):
     population = init_population(task, 4, {"learning_rate": [1e-3, 2e-3, 3e-3, 4e-3]},
                                  same_batches=False)
-    results = []
-    results.append(run_checked_every_step(task, jax.tree.map(jnp.copy, population), data, 4)[0])
-    for chunk in (None, 2):
-        results.append(classifier_runner(task, chunk)(jax.tree.map(jnp.copy, population), data, 4)[0])
+    results, losses = [run_checked_every_step(task, jax.tree.map(jnp.copy, population), data, 4)[0]], []
+    # groups of 2 in turn; and a group of 1 from each of 2 shards (members 0, 2 then 1, 3), as on a 2-device mesh
+    for chunk, shards in ((None, 1), (2, 1), (1, 2)):
+        end, metrics = classifier_runner(task, chunk, shards=shards)(jax.tree.map(jnp.copy, population), data, 4)
+        results.append(end)
+        losses.append(np.asarray(metrics["loss"]))
     for other in results[1:]:
         for a, b in zip(jax.tree.leaves(results[0].members.params), jax.tree.leaves(other.members.params)):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    for loss in losses[1:]:  # (steps, P) in the members' own order
+        np.testing.assert_allclose(loss, losses[0], rtol=1e-6)
 
 
 def test_static_zero_hyperparameters_refused_unless_rebuilt(task):

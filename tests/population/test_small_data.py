@@ -78,6 +78,9 @@ def test_default_member_group_for_any_population_size(monkeypatch):
     assert jax.default_backend() == "cpu"
     assert [default_member_group(n) for n in (1, 8, 10, 12, 16, 24, 64)] == [None, None, 5, 6, 8, 8, 8]
     assert all(default_member_group(n) is not None for n in range(9, 130))  # primes too (padded groups)
+    # on a mesh: chosen for one shard's members (16 on 2 devices: 8 each, all at once; 64: 32 each, 8)
+    assert [default_member_group(n, 2) for n in (16, 64, 40)] == [None, 8, 10]
+    assert default_member_group(40, 4) == 5
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert default_member_group(10) is None
 

@@ -142,3 +142,19 @@ def test_update_factors_gate_the_scale_by_the_start_step_and_are_absent_without_
     np.testing.assert_array_equal(update_factors({"update_start": start, "update_scale": scale}, np.int32(9)),
                                   [1, 0.5, 0])
     np.testing.assert_array_equal(update_factors({"update_scale": scale}, np.int32(0)), scale)
+
+
+def test_max_norm_leaves_frozen_and_not_started_tensors_as_they_are():
+    """max_norm projects only tensors that moved: a frozen extractor and layers before their start
+    step keep the source weights (whose units are far above the bound), the trained head obeys it."""
+    bound = 0.05
+    members = [{**mode_member("feature_extractor"), "seed": 3}, {**mode_member("gradual", stage_steps=4), "seed": 3}]
+    result = fit_from(dataclasses.replace(CONFIG, steps=3, max_norm=bound), SOURCE, members, None,
+                      same_batches=True, verbose=False)
+    for index in range(2):
+        record = result.members[index]
+        params = jax.tree.map(lambda leaf: np.asarray(leaf[record["position"]]),
+                              result.states[record["bucket"]].members.params)
+        assert unchanged(params, "hidden_0") and unchanged(params, "hidden_1")
+        assert np.linalg.norm(SOURCE["params"]["hidden_0"]["kernel"], axis=0).min() > 10 * bound
+        assert np.linalg.norm(params["head"]["kernel"], axis=0).max() <= bound * (1 + 1e-5)

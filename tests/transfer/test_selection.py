@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from tests.transfer.test_adapt import CONFIG, SHORT, TARGET
+from vhjax.compilation_cache import count_compilations
 from vhjax.transfer import adapt, select_member
 from vhjax.transfer.adapt import dev_risk, feature_density_ratios, iwcv_risk, logistic_regression, member_features
 from vhjax.transfer.distill import predict
@@ -113,6 +114,9 @@ def test_adapt_dev_risk_uses_each_members_feature_space():
     task, population = result.tasks[0], result.population.states[0]
     x = task.eval.x
     features = [member_features(task, population, "head", a) for a in (x, TARGET["train"][0])]
+    with count_compilations() as again:  # the program is kept per task and layer
+        np.testing.assert_array_equal(member_features(task, population, "head", x), features[0])
+    assert again.count == 0
     ratios = feature_density_ratios(*features, clip=10.0)
     assert not np.allclose(ratios[0], ratios[1], rtol=0.05)
     logits = np.asarray(predict(task, population, jnp.asarray(x)))

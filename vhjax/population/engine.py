@@ -133,11 +133,13 @@ def scan_steps(step: Callable, population: PopulationState, data: Any, indices: 
                     population, indices)
 
 
-def default_member_group(size: int) -> int | None:
+def default_member_group(size: int, shards: int = 1) -> int | None:
     """Members per group on a CPU, for any population size above 8: a group size in 4..16 (the
     working set of a group stays in cache) that needs the fewest padding members (a divisor of
     `size` needs none; see `run_in_groups`), then the one nearest 8; None (all at once) for 8
-    members or fewer and on other backends."""
+    members or fewer and on other backends. With `shards` (devices on a mesh's members axis) the
+    group is chosen for one shard's members (`run_in_groups` takes a group from every shard)."""
+    size = -(-size // shards)
     if jax.default_backend() != "cpu" or size <= 8:
         return None
     sizes = range(4, min(16, size - 1) + 1)
@@ -154,33 +156,51 @@ def pad_leading(tree: Any, count: int, axis: int = 0) -> Any:
 
 
 def run_in_groups(run: Callable, population: PopulationState, indices: jax.Array,
-                  member_group: int | None) -> tuple[PopulationState, dict]:
+                  member_group: int | None, shards: int = 1) -> tuple[PopulationState, dict]:
     """`run(group, indices)` over groups of `member_group` members in turn (or all at once).
 
     A population whose size `member_group` does not divide is padded with copies of its last
     member (and, with own batches, of its batch indices) to fill the last group; the copies'
-    results are dropped, and a copy computes exactly what its original does, so no member changes."""
+    results are dropped, and a copy computes exactly what its original does, so no member changes.
+    `shards`: the members axis is split into that many contiguous shards (one per device of a
+    mesh's members axis); group i then takes `member_group` members from every shard, so each
+    device trains its own members in every iteration (groups cut along the shards would leave
+    all devices but one idle). When the shards do not split into whole groups, all members
+    train at once."""
     size = population.size
-    if member_group is None or member_group >= size:
+    if member_group is None or member_group * shards >= size:
         return run(population, indices)
-    extra = -size % member_group
+    if shards > 1 and (size % shards or (size // shards) % member_group):
+        return run(population, indices)
+    extra = -size % member_group if shards == 1 else 0
     if extra:
         population = pad_leading(population, extra)
         if not population.same_batches:
             indices = pad_leading(indices, extra, axis=1)
     padded = size + extra
-    groups = padded // member_group
-    split = lambda leaf: leaf.reshape(groups, member_group, *leaf.shape[1:])
+    groups = padded // (member_group * shards)
+    width = member_group * shards  # members per iteration: member_group from each shard
+
+    def split(leaf, axis=0):  # (..., P, ...) -> (groups, ..., width, ...)
+        shape = leaf.shape
+        leaf = leaf.reshape(*shape[:axis], shards, groups, member_group, *shape[axis + 1:])
+        leaf = jnp.moveaxis(leaf, axis + 1, 0)  # (groups, ..., shards, member_group, ...)
+        return leaf.reshape(groups, *shape[:axis], width, *shape[axis + 1:])
+
+    def merge(leaf, axis=0):  # (groups, ..., width, ...) -> (..., P, ...), the inverse of split
+        shape = leaf.shape[1:]
+        leaf = leaf.reshape(groups, *shape[:axis], shards, member_group, *shape[axis + 1:])
+        leaf = jnp.moveaxis(leaf, 0, axis + 1)  # (..., shards, groups, member_group, ...)
+        return leaf.reshape(*shape[:axis], padded, *shape[axis + 1:])
+
     grouped = jax.tree.map(split, population)
     if population.same_batches:
         finished, metrics = lax.map(lambda group: run(group, indices), grouped)
     else:  # indices (steps, P, ...) (or batches): each group takes its members' columns
-        columns = lambda leaf: jnp.moveaxis(leaf.reshape(leaf.shape[0], groups, member_group, *leaf.shape[2:]), 1, 0)
-        finished, metrics = lax.map(lambda pair: run(*pair), (grouped, jax.tree.map(columns, indices)))
-    merge = lambda leaf: leaf.reshape(padded, *leaf.shape[2:])[:size]
-    metrics = jax.tree.map(lambda m: jnp.moveaxis(m, 0, 1).reshape(m.shape[1], padded, *m.shape[3:])[:, :size],
-                           metrics)
-    return jax.tree.map(merge, finished), metrics
+        columns = jax.tree.map(lambda leaf: split(leaf, axis=1), indices)
+        finished, metrics = lax.map(lambda pair: run(*pair), (grouped, columns))
+    finished = jax.tree.map(lambda leaf: merge(leaf)[:size], finished)
+    return finished, jax.tree.map(lambda m: merge(m, axis=1)[:, :size], metrics)
 
 
 class PopulationRunner:
@@ -199,7 +219,8 @@ class PopulationRunner:
     """
 
     def __init__(self, member_step: MemberStep, batch_indices: BatchIndices, *, member_group: int | None = None,
-                 isolation: str = "optimistic", gather: Gather = gather_batch, place: Callable | None = None):
+                 isolation: str = "optimistic", gather: Gather = gather_batch, place: Callable | None = None,
+                 shards: int = 1):
         if isolation not in ISOLATION_MODES:
             raise ValueError(f"isolation={isolation!r}; allowed: {', '.join(map(repr, ISOLATION_MODES))}")
         self.isolation = isolation
@@ -208,7 +229,7 @@ class PopulationRunner:
 
         def free_chunk(population: PopulationState, data, indices, take: Gather):
             run = lambda group, group_indices: scan_steps(free, group, data, group_indices, take, place)
-            end, metrics = run_in_groups(run, population, indices, member_group)
+            end, metrics = run_in_groups(run, population, indices, member_group, shards)
             finite = jax.vmap(lambda m: all_finite(member_params(m)))(end.members)
             finite = finite & jnp.all(jnp.isfinite(metrics["loss"]), axis=0)
             clean = ~jnp.any(population.training & ~finite)
@@ -217,7 +238,7 @@ class PopulationRunner:
 
         def isolated_chunk(population: PopulationState, data, indices, take: Gather):
             run = lambda group, group_indices: scan_steps(isolated, group, data, group_indices, take, place)
-            return run_in_groups(run, population, indices, member_group)
+            return run_in_groups(run, population, indices, member_group, shards)
 
         # named programs: compile counts and profiles (`count_compilations().by_function`) name them
         def run_free(population: PopulationState, data, length: int):

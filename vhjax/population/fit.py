@@ -225,7 +225,7 @@ def compiled_programs(task: Task, member_group: int | None, isolation: str = "op
     isolation and mesh (a mesh with a data axis splits each member's batch over it)."""
     place = parallel.batch_placement(mesh) if mesh is not None and mesh.shape[parallel.DATA] > 1 else None
     return _PROGRAMS.get((task, mesh), lambda: (
-        classifier_runner(task, member_group, isolation=isolation, place=place),
+        classifier_runner(task, member_group, isolation=isolation, place=place, shards=parallel.member_shards(mesh)),
         jax.jit(make_population_eval(task))), settings=(member_group, isolation))
 
 
@@ -249,8 +249,8 @@ def train_bucket(task: Task, population: PopulationState, workdir: Path | None, 
     {metric: (P,)}}` replaces the classifier's evaluation on the eval / test splits, periodic and final
     (e.g. `vhjax.transfer.pretrain`: the pretraining loss on held-out inputs)."""
     config = task.config
-    group = default_member_group(population.size) if member_group == "auto" and mesh is None else (
-        None if member_group == "auto" else member_group)
+    group = default_member_group(population.size, parallel.member_shards(mesh)) if member_group == "auto" \
+        else member_group
     run_chunk, classify = compiled_programs(task, group, isolation, mesh)
     run_chunk = run_chunk if runner is None else runner
     if train_data is None:  # on a mesh spanning processes each process gathers its batch rows on the host

@@ -133,9 +133,9 @@ def fit_kfold(config: TrainConfig, candidates: Sequence[Mapping[str, Any]] = ({}
     population = init_population(task, len(members), hparams, same_batches=False, data_seed=buckets[0][0].seed)
     batch_indices = make_fold_batch_indices(train_table[fold_of], config.batch_size, config.shuffle)
     mesh = parallel.resolve_mesh(mesh)
-    group = default_member_group(len(members)) if mesh is None else None
+    group = default_member_group(len(members), parallel.member_shards(mesh))
     place = parallel.batch_placement(mesh) if mesh is not None and mesh.shape[parallel.DATA] > 1 else None
-    runner = classifier_runner(task, group, batch_indices, place=place)
+    runner = classifier_runner(task, group, batch_indices, place=place, shards=parallel.member_shards(mesh))
     val_x, val_y = jnp.asarray(x[val_table[fold_of]]), jnp.asarray(y[val_table[fold_of]])
     precise_x = (fold_precise_batches(config, np.asarray(x), train_table[fold_of])
                  if "batch_stats" in population.members.model_state else None)

@@ -210,10 +210,11 @@ def population_batch_indices(task: Task) -> BatchIndices:
 
 
 def classifier_runner(task: Task, member_group: int | None = None, batch_indices: BatchIndices | None = None,
-                      isolation: str = "optimistic", place: Callable | None = None) -> PopulationRunner:
+                      isolation: str = "optimistic", place: Callable | None = None,
+                      shards: int = 1) -> PopulationRunner:
     """The engine's chunk runner for the task's classifier step (see `engine.PopulationRunner`)."""
     return PopulationRunner(make_train_step(task), batch_indices or population_batch_indices(task),
-                            member_group=member_group, isolation=isolation, place=place)
+                            member_group=member_group, isolation=isolation, place=place, shards=shards)
 
 
 def make_population_eval(task: Task) -> Callable[[PopulationState, jax.Array, jax.Array], dict]:

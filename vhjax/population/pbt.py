@@ -144,7 +144,7 @@ def fit_pbt(config: TrainConfig, members: Sequence[Mapping[str, Any]], explore: 
     explore = check_explore(explore, list(get_member_hparams(population)))
     root = prepare_workdir(workdir, config)
     mesh = parallel.resolve_mesh(mesh)
-    run_chunk, evaluate = compiled_programs(task, default_member_group(len(members)) if mesh is None else None,
+    run_chunk, evaluate = compiled_programs(task, default_member_group(len(members), parallel.member_shards(mesh)),
                                             mesh=mesh)
     eval_data = (jnp.asarray(task.eval.x), jnp.asarray(task.eval.y))
     hooks = [pbt_hook(explore, seed=config.seed, fraction=fraction, resample_probability=resample_probability,

@@ -374,7 +374,7 @@ def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget
         population = default_population(mesh) if population is None else population
         if verbose:
             print(f"tune | {population} slots on {devices_line(mesh)}", flush=True)
-        run_chunk, evaluate = compiled_programs(task, default_member_group(population) if mesh is None else None,
+        run_chunk, evaluate = compiled_programs(task, default_member_group(population, parallel.member_shards(mesh)),
                                                 mesh=mesh)
         eval_data = (jnp.asarray(task.eval.x), jnp.asarray(task.eval.y))
         test_data = None if task.test is None else (jnp.asarray(task.test.x), jnp.asarray(task.test.y))

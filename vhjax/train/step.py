@@ -136,15 +136,25 @@ def update_factors(hparams: dict, step: jax.Array) -> jax.Array | None:
 def apply_gradients(task: Task, state: TrainState, grads) -> tuple:
     """(new params, new optimizer state): the optimizer's step, the member's per-tensor
     `update_scale` (0: frozen) and `update_start` (no update before that step), and the config's
-    max-norm constraint. The optimizer state advances for every tensor, started or not."""
+    max-norm constraint, which leaves a tensor whose update is zeroed (frozen, not started) as it
+    is. The optimizer state advances for every tensor, started or not."""
     updates, opt_state = task.optimizer.update(grads, state.opt_state, state.params)
     factors = update_factors(state.hparams, state.step)
     if factors is not None:
         updates = scale_updates(updates, factors)
     new_params = optax.apply_updates(state.params, updates)
     if task.config.max_norm is not None:
-        new_params = regularizers.max_norm(new_params, task.config.max_norm, where=task.config.regularize)
+        projected = regularizers.max_norm(new_params, task.config.max_norm, where=task.config.regularize)
+        new_params = projected if factors is None else keep_unmoved(projected, state.params, factors)
     return new_params, opt_state
+
+
+def keep_unmoved(params, old_params, factors: jax.Array):
+    """`params` with every tensor whose factor (T,) is 0 restored from `old_params`."""
+    leaves, treedef = jax.tree.flatten(params)
+    old = jax.tree.leaves(old_params)
+    kept = [jnp.where(factors[i] == 0, before, after) for i, (after, before) in enumerate(zip(leaves, old))]
+    return jax.tree.unflatten(treedef, kept)
 
 
 def make_train_step(task: Task, data_loss: Callable | None = None

@@ -404,19 +404,29 @@ def feature_dim(task: Task, layer: str, hparams: dict) -> int:
 
 
 def member_features(task: Task, population: PopulationState, layer: str, x: np.ndarray) -> np.ndarray:
-    """(P, N, D) features (`layer`'s input) of every member on `x`, evaluation mode, in eval batches."""
+    """(P, N, D) features (`layer`'s input) of every member on `x`, evaluation mode, in eval batches
+    (one program per task and layer, compiled once per input shape)."""
     x = jnp.asarray(x)
     size = min(task.config.eval_batch_size, x.shape[0])
     padded = -(-x.shape[0] // size) * size
     batches = jnp.pad(x, [(0, padded - x.shape[0])] + [(0, 0)] * (x.ndim - 1)).reshape(-1, size, *x.shape[1:])
+    features = _FEATURES.get((task,), lambda: features_program(task, layer), settings=layer)
+    return np.asarray(features(population.members, batches))[:, :x.shape[0]]
 
-    def one(member):
+
+def features_program(task: Task, layer: str):
+    """`features(members, batches (K, B, ...)) -> (P, K * B, D)`, jitted."""
+
+    def one(member, batches):
         apply = lambda xb: apply_with_features(task, layer, member.params, member.model_state, member.hparams, xb,
                                                train=False)[1]
         out = jax.lax.map(apply, batches)
-        return out.reshape(padded, -1)[:x.shape[0]]
+        return out.reshape(out.shape[0] * out.shape[1], -1)  # (K, B, ...) -> (K * B, D)
 
-    return np.asarray(jax.jit(jax.vmap(one))(population.members))
+    return jax.jit(jax.vmap(one, in_axes=(0, None)))
+
+
+_FEATURES: Memo = Memo(4)  # per task and layer: DEV's selection after every adapt run compiles nothing new
 
 
 # ----------------------------------------------------------------------------- the member step
