@@ -3,7 +3,9 @@
 (a) baseline: each trial is trained alone by a Python loop of jitted train steps (the
     Optuna-style way: one `jax.jit(step)` call per step, one trial after another);
 (b) vhjax: P members in one compiled program (`classifier_runner`: vmapped step under
-    `lax.scan`, members in groups of 8 on CPU, divergence isolation checked per chunk).
+    `lax.scan`, members in groups of 8 on CPU, divergence isolation checked per chunk); with
+    `--cpu-devices D` the CPU is split into D JAX devices and the members are sharded over them
+    (`on_mesh`; groups cut within each device's shard), while the baseline stays on one device.
 Both use the same model, optimizer, batch size and data, on the device this runs on.
 Reported: member-steps/s of each, the ratio b/a, and vhjax's achieved FLOP/s as a fraction of the
 device's float32 matmul peak, measured in the same run.
