@@ -97,8 +97,9 @@ def baseline_rate(task, data, trials: int, steps: int, repeats: int = 1) -> floa
 def population_rate(task, data, size: int, steps: int, repeats: int = 1) -> float:
     """Member-steps/s of vhjax's population: one scanned, vmapped program (best of `repeats`);
     on several devices the members are sharded over them (`mesh='auto'`, no member groups)."""
-    if jax.device_count() > 1:
-        run = on_mesh(classifier_runner(task), population_mesh())
+    if jax.device_count() > 1:  # as fit_population / tune: groups cut within each device's shard
+        shards = jax.device_count()
+        run = on_mesh(classifier_runner(task, default_member_group(size, shards), shards=shards), population_mesh())
     else:
         run = classifier_runner(task, default_member_group(size))
     population = init_population(task, size, {"learning_rate": np.geomspace(1e-3, 1e-2, size).astype(np.float32)})

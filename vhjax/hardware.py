@@ -53,9 +53,10 @@ def use_cpu_devices(count: int | str = "auto") -> int:
 
     A population's members are sharded over the devices (`mesh='auto'`), so each core trains its
     own share of the members in parallel instead of all members sharing one device's intra-op
-    threads: on a 2-core CPU the MNIST-1D paper CNN with dropout and augmentation trains about
-    1.5x more member-steps/s (experiments/README.md, "Population speed"). Programs on one device
-    (a single model) are unaffected. It must run before JAX computes anything (JAX's
+    threads: on a 2-core CPU the MNIST-1D paper CNN with dropout and augmentation trains
+    1.3-1.8x more member-steps/s (experiments/README.md, "Population speed"). A program placed on
+    one device (a single model) runs on that device alone; whether it loses speed by the split is
+    not measured (`vhjax train` leaves the CPU whole). It must run before JAX computes anything (JAX's
     `jax_num_cpu_devices`; the environment variable JAX_NUM_CPU_DEVICES does the same); GPU and
     TPU devices are not changed. Called later with another count, it raises instead of silently
     doing nothing. 'auto' leaves a count the user set already (JAX_NUM_CPU_DEVICES, or XLA_FLAGS
