@@ -54,7 +54,8 @@ def use_cpu_devices(count: int | str = "auto") -> int:
     A population's members are sharded over the devices (`mesh='auto'`), so each core trains its
     own share of the members in parallel instead of all members sharing one device's intra-op
     threads: on a 2-core CPU the MNIST-1D paper CNN with dropout and augmentation trains
-    1.3-1.8x more member-steps/s (experiments/README.md, "Population speed"). A program placed on
+    1.4-1.8x more member-steps/s at 64 members, 1.0-1.3x at 16 (experiments/README.md,
+    "Population speed"). A program placed on
     one device (a single model) runs on that device alone; whether it loses speed by the split is
     not measured (`vhjax train` leaves the CPU whole). It must run before JAX computes anything (JAX's
     `jax_num_cpu_devices`; the environment variable JAX_NUM_CPU_DEVICES does the same); GPU and
