@@ -488,17 +488,20 @@ def default_population(mesh: Any) -> int:
     `vhjax.hardware.use_cpu_devices`: there 8 slots spent a 64-trial MNIST-1D budget in 71 s
     against 87 s for 16, at the same quality; each trial reaches its rungs sooner), on
     accelerators 16 (not measured: no GPU run yet)."""
-    devices = 1 if mesh is None else mesh.shape[parallel.MEMBERS]
-    platform = jax.devices()[0].platform if mesh is None else mesh.devices.flat[0].platform
-    return 4 * devices if platform == "cpu" else 16
+    return 4 * parallel.member_shards(mesh) if mesh_platform(mesh) == "cpu" else 16
+
+
+def mesh_platform(mesh: Any) -> str:
+    """'cpu', 'gpu' or 'tpu': the mesh's devices' platform (the default device's without a mesh)."""
+    return (jax.devices()[0] if mesh is None else mesh.devices.flat[0]).platform
 
 
 def devices_line(mesh: Any) -> str:
     """E.g. '2 cpu devices (members sharded over them)' or '1 cpu device'."""
+    shards = parallel.member_shards(mesh)
     if mesh is None:
-        return f"1 {jax.devices()[0].platform} device"
-    devices = mesh.devices.flat[0]
-    return f"{mesh.devices.size} {devices.platform} devices (members sharded over them)"
+        return f"1 {mesh_platform(mesh)} device"
+    return f"{mesh.devices.size} {mesh_platform(mesh)} devices (members sharded over {shards} of them)"
 
 
 def stack(values: list) -> Any:
