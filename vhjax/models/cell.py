@@ -19,6 +19,7 @@ import numpy as np
 
 from vhjax.models.layers import Dropout, add_channel_axis
 from vhjax.models.patch_conv import CONV_IMPLS, make_conv
+from vhjax.models.slice_pool import avg_pool
 from vhjax.models.utils import check_choice, check_positive, check_rate
 
 # Same order as vhjax.search.space (models may not import search; a test checks they agree).
@@ -68,7 +69,7 @@ class MixedEdge(nn.Module):
         dims = x.ndim - 2
         conv1 = make_conv(self.conv_impl, self.channels, (1,) * dims, use_bias=False, name="conv1x1")
         conv3 = make_conv(self.conv_impl, self.channels, (3,) * dims, use_bias=False, name="conv3x3")
-        pool = nn.avg_pool(x, (3,) * dims, strides=(1,) * dims, padding="SAME", count_include_pad=False)
+        pool = avg_pool(self.conv_impl, x, (3,) * dims, (1,) * dims, "SAME", count_include_pad=False)
         outputs = (jnp.zeros_like(x), x, conv1(nn.relu(x)), conv3(nn.relu(x)), pool)
         return sum(w[k].astype(x.dtype) * out for k, out in enumerate(outputs))
 

@@ -16,6 +16,7 @@ import jax
 
 from vhjax.models.layers import ACTIVATIONS, Dropout, add_channel_axis, get_activation
 from vhjax.models.patch_conv import CONV_IMPLS, PatchConv, resolve_conv_impl, resolve_padding
+from vhjax.models.slice_pool import avg_pool, max_pool
 from vhjax.models.utils import (as_tuple, check_choice, check_positive, check_positive_ints, check_rate,
                                 set_normalized)
 
@@ -152,8 +153,8 @@ class _ConvNet(nn.Module):
         if min(x.shape[1:-1]) < self.pool_window:
             raise ValueError(f"{self.kind} field 'pool_window' has value {self.pool_window}, larger than the "
                              f"spatial shape {tuple(x.shape[1:-1])} after conv layer {index}")
-        pool = nn.max_pool if self.pooling == "max" else nn.avg_pool
-        return pool(x, window, strides, padding="VALID")
+        pool = max_pool if self.pooling == "max" else avg_pool
+        return pool(self.conv_impl, x, window, strides)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False, dropout_rate: Any = None) -> jax.Array:

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from vhjax.models.resnet import ConvClassifier, ConvNormModule, check_int_tuple
+from vhjax.models.slice_pool import avg_pool, max_pool
 from vhjax.models.utils import check_choice, check_number, check_positive
 
 
@@ -45,7 +46,7 @@ class Transition(ConvNormModule):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         h = self.conv(self.features, (1, 1), name="conv")(self.norm_act(x, train, "norm"))
-        return nn.avg_pool(h, (2, 2), (2, 2), padding="VALID") if min(h.shape[1:3]) >= 2 else h
+        return avg_pool(self.conv_impl, h, (2, 2), (2, 2)) if min(h.shape[1:3]) >= 2 else h
 
 
 class DenseNet(ConvClassifier):
@@ -80,7 +81,7 @@ class DenseNet(ConvClassifier):
         features = self.init_features or 2 * self.growth_rate
         h = self.conv(features, (self.stem_kernel,) * 2, self.stem_strides, name="stem")(x)
         if self.stem_pool:  # ImageNet stem: norm, act, 3x3/2 max pool
-            h = nn.max_pool(self.norm_act(h, train, "stem_norm"), (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+            h = max_pool(self.conv_impl, self.norm_act(h, train, "stem_norm"), (3, 3), (2, 2), ((1, 1), (1, 1)))
         for b, size in enumerate(self.block_sizes):
             for i in range(size):
                 h = DenseLayer(self.growth_rate, self.bottleneck, self.bn_size, **self.norm_config(),

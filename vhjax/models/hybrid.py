@@ -31,6 +31,7 @@ from vhjax.models.layers import Dropout, add_channel_axis, keyword_field
 from vhjax.models.resnet import CONV_IMPLS, check_int_tuple, check_kernel_fits, conv
 from vhjax.models.rnn import readout_features
 from vhjax.models.transformer import TransformerSizes, sinusoidal_positions
+from vhjax.models.slice_pool import max_pool
 from vhjax.models.utils import check_choice, check_positive, check_rate
 
 RNN_CELLS = ("lstm", "gru", "simple")
@@ -53,7 +54,7 @@ class ConvStack(nn.Module):
             x = get_activation(self.activation)(conv(self.conv_impl, f, (self.kernel_size,) * dims,
                                                      name=f"conv_{i}")(x))
             if min(x.shape[1:-1]) >= 2:
-                x = nn.max_pool(x, (2,) * dims, (2,) * dims)
+                x = max_pool(self.conv_impl, x, (2,) * dims, (2,) * dims)
         return x
 
 

@@ -36,6 +36,7 @@ from vhjax.models.batchnorm import RUNNING_VARS, BatchNorm
 from vhjax.models.initializers import get_initializer
 from vhjax.models.layers import Dropout, add_channel_axis, keyword_field
 from vhjax.models.patch_conv import CONV_IMPLS, make_conv
+from vhjax.models.slice_pool import max_pool
 from vhjax.models.utils import (as_tuple, check_choice, check_number, check_positive, check_positive_ints,
                                 check_rate, set_normalized)
 
@@ -306,7 +307,7 @@ class ResNet(ConvClassifier):
         h = self.conv(self.stem_features, (self.stem_kernel,) * 2, self.stem_strides, name="stem")(x)
         h = self.norm_act(h, train, "stem_norm")
         if self.stem_pool:
-            h = nn.max_pool(h, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+            h = max_pool(self.conv_impl, h, (3, 3), (2, 2), ((1, 1), (1, 1)))
         block_cls = BottleneckBlock if self.block == "bottleneck" else ResidualBlock
         for stage, (size, width) in enumerate(zip(self.stage_sizes, self.widths)):
             for index in range(size):
