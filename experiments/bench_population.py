@@ -13,11 +13,13 @@ device's float32 matmul peak, measured in the same run.
 The baseline's rate does not depend on P (trials run one after another), so it is measured on
 min(P, 4) trials.
 
-Command:  python experiments/bench_population.py [--steps 200] [--sizes 1 8 64 256] [--repeats 3]
+Command:  python experiments/bench_population.py [--steps 200] [--sizes 1 8 64 256] [--repeats 5]
           [--models "paper CNN with dropout + weight decay + augmentation" ...] [--cpu-devices 2]
 The "with dropout + weight decay + augmentation" rows give every member dropout 0.1, weight decay
 1e-4 and random shifts of up to 10% of the length (traced per-member values, as in a search).
-Each rate is the best of `--repeats` timed runs after a warm-up run (single runs on a shared VM vary by 10-20%).
+Baseline and population runs alternate `--repeats` times after a warm-up run (A, B, A, B: single runs
+on a shared VM vary by 10-20%, and a host that slows down for a while slows both); each rate is the
+best of its runs, the ratio the median of the per-pair ratios.
 """
 
 from __future__ import annotations
@@ -71,8 +73,9 @@ def step_flops(task, data) -> float:
     return float(analysis.get("flops", float("nan")))
 
 
-def baseline_rate(task, data, trials: int, steps: int, repeats: int = 1) -> float:
-    """Member-steps/s of a Python loop of jitted steps, trials one after another (best of `repeats`)."""
+def baseline_runner(task, data, trials: int, steps: int):
+    """A timed run of the baseline: a Python loop of jitted steps, trials one after another.
+    Returns a function that trains `trials` trials and gives member-steps/s (compiled here)."""
     step = jax.jit(make_train_step(task))
     x_all, y_all = data
     size, batch_size = len(task.train), task.config.batch_size
@@ -84,34 +87,44 @@ def baseline_rate(task, data, trials: int, steps: int, repeats: int = 1) -> floa
             state, metrics = step(state, (x_all[index], y_all[index]))
         jax.block_until_ready(metrics["loss"])
 
-    train_trial(100)  # compile
-    best = 0.0
-    for _ in range(repeats):
+    def timed() -> float:
         start = time.perf_counter()
         for seed in range(trials):
             train_trial(seed)
-        best = max(best, trials * steps / (time.perf_counter() - start))
-    return best
+        return trials * steps / (time.perf_counter() - start)
+
+    train_trial(100)  # compile
+    return timed
 
 
-def population_rate(task, data, size: int, steps: int, repeats: int = 1) -> float:
-    """Member-steps/s of vhjax's population: one scanned, vmapped program (best of `repeats`);
-    on several devices the members are sharded over them (`mesh='auto'`, no member groups)."""
-    if jax.device_count() > 1:  # as fit_population / tune: groups cut within each device's shard
+def population_runner(task, data, size: int, steps: int):
+    """A timed run of vhjax's population: one scanned, vmapped program (groups of members; on several
+    devices the members are sharded over them, groups cut within each device's shard, as
+    fit_population and tune do). Returns a function that gives member-steps/s (compiled here)."""
+    if jax.device_count() > 1:
         shards = jax.device_count()
         run = on_mesh(classifier_runner(task, default_member_group(size, shards), shards=shards), population_mesh())
     else:
         run = classifier_runner(task, default_member_group(size))
-    population = init_population(task, size, {"learning_rate": np.geomspace(1e-3, 1e-2, size).astype(np.float32)})
-    population, metrics = run(population, data, steps)  # compile and warm up
-    jax.block_until_ready(metrics["loss"])
-    best = 0.0
-    for _ in range(repeats):
+    state = {"population": init_population(task, size, {"learning_rate": np.geomspace(1e-3, 1e-2, size).astype(np.float32)})}
+
+    def timed() -> float:
         start = time.perf_counter()
-        population, metrics = run(population, data, steps)
+        state["population"], metrics = run(state["population"], data, steps)
         jax.block_until_ready(metrics["loss"])
-        best = max(best, size * steps / (time.perf_counter() - start))
-    return best
+        return size * steps / (time.perf_counter() - start)
+
+    timed()  # compile and warm up
+    return timed
+
+
+def paired_rates(baseline, population, repeats: int) -> tuple[float, float, float]:
+    """Alternate baseline and population runs `repeats` times (A, B, A, B: a host that slows down for
+    a while slows both); return (best baseline rate, best population rate, median of the per-pair
+    ratios)."""
+    pairs = [(baseline(), population()) for _ in range(repeats)]
+    return (max(base for base, _ in pairs), max(ours for _, ours in pairs),
+            float(np.median([ours / base for base, ours in pairs])))
 
 
 def main() -> None:
@@ -119,7 +132,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 8, 64, 256])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; the best is reported")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="alternating (baseline, population) pairs per row; rates: best, ratio: median of pairs")
     parser.add_argument("--cpu-devices", type=int, default=1,
                         help="split the CPU into this many JAX devices (vhjax.hardware.use_cpu_devices); the "
                              "population is sharded over them, the one-trial baseline runs on one")
@@ -140,10 +154,10 @@ def main() -> None:
         data = (jnp.asarray(task.train.x), jnp.asarray(task.train.y))
         flops = step_flops(task, data)
         for size in args.sizes:
-            base = baseline_rate(task, data, min(size, 4), args.steps, args.repeats)
-            ours = population_rate(task, data, size, args.steps, args.repeats)
+            base, ours, ratio = paired_rates(baseline_runner(task, data, min(size, 4), args.steps),
+                                             population_runner(task, data, size, args.steps), args.repeats)
             achieved = ours * flops
-            print(f"| {label} | {size} | {base:,.0f} | {ours:,.0f} | {ours / base:.1f} | "
+            print(f"| {label} | {size} | {base:,.0f} | {ours:,.0f} | {ratio:.1f} | "
                   f"{achieved / 1e9:.1f} | {100 * achieved / peak:.0f}% |", flush=True)
 
 

@@ -88,7 +88,7 @@ def shift_variants(members: int) -> dict:
 
 def train_step_rate(impl: str, members: int, steps: int) -> float:
     """Member-steps/s of the paper CNN population (dropout 0.1) with PRNG implementation `impl`."""
-    from bench_population import population_rate  # experiments/ is on sys.path when run as a script
+    from bench_population import population_runner  # experiments/ is on sys.path when run as a script
     from vhjax.config import TrainConfig
     from vhjax.train import build_task
 
@@ -98,7 +98,8 @@ def train_step_rate(impl: str, members: int, steps: int) -> float:
                              batch_size=100, steps=steps, dropout_rate=0.1)
         task = build_task(config)
         data = (jnp.asarray(task.train.x), jnp.asarray(task.train.y))
-        return population_rate(task, data, members, steps, repeats=3)
+        timed = population_runner(task, data, members, steps)
+        return max(timed() for _ in range(3))
     finally:
         jax.config.update("jax_default_prng_impl", "threefry2x32")
 
