@@ -191,8 +191,20 @@ def _fmt(value: float, digits: int = 0, suffix: str = "") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     if math.isinf(value):
-        return "not reached" if not suffix == "x" else "inf"
+        return "not reached"
     return f"{value:,.{digits}f}{suffix}"
+
+
+def _fmt_speedup(value: float) -> str:
+    """A speed-up cell, `speedup`'s conventions in words: inf -> only this contestant reached the
+    level, 0 -> only the other one did, NaN -> neither."""
+    if isinstance(value, float) and math.isinf(value):
+        return "only this one reached"
+    if value == 0.0:
+        return "not reached"
+    if isinstance(value, float) and math.isnan(value):
+        return "neither reached"
+    return _fmt(value, 2, "x")
 
 
 def markdown_table(summary: dict[str, dict], reference: str, fractions: Sequence[float] = FRACTIONS) -> str:
@@ -210,7 +222,7 @@ def markdown_table(summary: dict[str, dict], reference: str, fractions: Sequence
                  f"{_fmt(row['test'], 3)} ± {_fmt(row['test_std'], 3)}"]
         for fraction in fractions:
             cells.append(f"{_fmt(row[f'time_{fraction:g}'], 1)} ({row[f'reached_{fraction:g}']}/{row['seeds']})")
-        cells += [_fmt(row[f"speedup_{f:g}_vs_{o}"], 2, "x") for o in others for f in fractions]
+        cells += [_fmt_speedup(row[f"speedup_{f:g}_vs_{o}"]) for o in others for f in fractions]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -75,6 +75,14 @@ def test_summary_uses_the_same_seeds_reference_and_medians():
     lines = table.splitlines()
     assert len(lines) == 2 + 3 and all(line.count("|") == lines[0].count("|") for line in lines)
     assert "not reached (1/2)" in lines[4] and "2.10x" in lines[3]
+    assert lines[4].rstrip(" |").endswith("not reached")  # optuna_random's speed-up at 100%: never, not "0.00x"
+
+
+def test_speedup_cells_say_who_reached():
+    assert bench._fmt_speedup(2.1) == "2.10x"
+    assert bench._fmt_speedup(bench.speedup(30.0, math.inf)) == "not reached"
+    assert bench._fmt_speedup(bench.speedup(math.inf, 10.0)) == "only this one reached"
+    assert bench._fmt_speedup(bench.speedup(math.inf, math.inf)) == "neither reached"
 
 
 def test_summary_needs_the_reference():
