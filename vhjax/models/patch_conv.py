@@ -63,16 +63,20 @@ def resolve_padding(padding, spatial: Sequence[int], kernel: Sequence[int], stri
 
 def extract_patches(x: jax.Array, kernel: Sequence[int], strides: Sequence[int], pads) -> jax.Array:
     """(N, *spatial, C) -> (N, *out_spatial, prod(kernel) * C) by strided slicing."""
-    x = jnp.pad(x, [(0, 0), *pads, (0, 0)])
-    spatial = x.shape[1:-1]
-    outputs = [conv_output_length(n, k, s, 0, 0) for n, k, s in zip(spatial, kernel, strides)]
+    return jnp.concatenate(window_slices(jnp.pad(x, [(0, 0), *pads, (0, 0)]), kernel, strides), axis=-1)
+
+
+def window_slices(x, kernel: Sequence[int], strides: Sequence[int]) -> list:
+    """The prod(kernel) strided slices x[:, i::s, j::s, ..., :] of an already padded (N, *spatial, C)
+    array, each cut to the output length: slice w holds every window's entry at offset w."""
+    outputs = [conv_output_length(n, k, s, 0, 0) for n, k, s in zip(x.shape[1:-1], kernel, strides)]
     slices = []
     for offsets in _window_offsets(kernel):
         index = [slice(None)]
         for offset, stride, count in zip(offsets, strides, outputs):
             index.append(slice(offset, offset + stride * (count - 1) + 1, stride))
         slices.append(x[tuple(index) + (slice(None),)])
-    return jnp.concatenate(slices, axis=-1)
+    return slices
 
 
 def _window_offsets(kernel: Sequence[int]) -> list[tuple[int, ...]]:

@@ -15,7 +15,7 @@ where several inputs of a window tie for the maximum the slices share the gradie
 
 from __future__ import annotations
 
-import itertools
+import functools
 from typing import Sequence
 
 import flax.linen as nn
@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vhjax.models.patch_conv import resolve_conv_impl
+from vhjax.models.patch_conv import resolve_conv_impl, resolve_padding, window_slices
 
 Padding = str | Sequence[tuple[int, int]]
 
@@ -58,22 +58,13 @@ def _pad(x, window: Sequence[int], strides: Sequence[int], padding: Padding, val
     if len(window) != len(spatial):
         raise ValueError(f"pooling window {tuple(window)} has {len(window)} dimensions; the input "
                          f"{tuple(x.shape)} has {len(spatial)} spatial ones")
-    if isinstance(padding, str):
-        pads = jax.lax.padtype_to_pads(spatial, tuple(window), tuple(strides), padding)
-    else:
-        pads = [tuple(pair) for pair in padding]
+    pads = resolve_padding(padding, spatial, window, strides)
     if not any(low or high for low, high in pads):
         return x
-    widths = [(0, 0)] + [(int(low), int(high)) for low, high in pads] + [(0, 0)]
+    widths = [(0, 0), *pads, (0, 0)]
     return (np.pad if isinstance(x, np.ndarray) else jnp.pad)(x, widths, constant_values=value)
 
 
 def _reduce_slices(x, window: Sequence[int], strides: Sequence[int], combine):
-    """combine(...) of the prod(window) slices x[:, i::s, j::s, ...] cut to the output's length."""
-    outputs = [(n - k) // s + 1 for n, k, s in zip(x.shape[1:-1], window, strides)]
-    result = None
-    for offsets in itertools.product(*(range(k) for k in window)):
-        index = (slice(None),) + tuple(slice(o, o + s * (m - 1) + 1, s)
-                                       for o, s, m in zip(offsets, strides, outputs)) + (slice(None),)
-        result = x[index] if result is None else combine(result, x[index])
-    return result
+    """combine(...) over the window's strided slices of the padded `x` (`window_slices`)."""
+    return functools.reduce(combine, window_slices(x, window, strides))
