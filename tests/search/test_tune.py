@@ -7,7 +7,7 @@ import pytest
 
 from vhjax.config import TrainConfig
 from vhjax.search.space import Categorical, Float, Space
-from vhjax.search.tune import spent_steps, tune
+from vhjax.search.tune import next_decision, spent_steps, tune
 
 CONFIG = TrainConfig(dataset="digits", model="mlp", model_kwargs={"widths": (16,), "num_classes": 10}, batch_size=32,
                      steps=36, train_split="train[:90%]", eval_split="train[90%:]", test_split="test", seed=0)
@@ -47,10 +47,26 @@ def test_a_compute_budget_tries_more_candidates_than_it_has_trials_worth(tmp_pat
     result = tune(CONFIG, SPACE, budget=4, population=4, min_steps=4, eta=3, workdir=tmp_path, verbose=False)
     steps = CONFIG.steps
     spent = spent_steps(result.study)
-    assert 4 * steps <= spent <= 4 * steps + 4 * steps  # at most the running slots' work past the budget
+    # past the budget at most what the running slots trained beyond their committed rungs
+    assert 4 * steps <= spent <= 4 * steps + 3 * steps
     assert len(result.timeline) > 4 and any(row["state"] == "PRUNED" for row in result.timeline)
     extended = tune(CONFIG, SPACE, budget=6, population=4, min_steps=4, eta=3, workdir=tmp_path, verbose=False)
     assert spent_steps(extended.study) >= 6 * steps and extended.timeline  # a larger budget extends it
+
+
+def test_next_decision_is_the_next_rung_evaluation_or_end():
+    assert [next_decision(s, "asha", 4, 3, 40) for s in (0, 4, 8, 12, 35, 36)] == [4, 12, 12, 36, 36, 40]
+    assert [next_decision(s, "median", 4, 3, 40) for s in (0, 4, 38)] == [4, 8, 40]
+    assert next_decision(8, "none", 4, 3, 40) == 40
+
+
+@pytest.mark.parametrize("budget", [1, 2])
+def test_a_budget_smaller_than_the_slots_starts_only_the_trials_it_pays_for(tmp_path, budget):
+    """Without a pruner each running trial commits to its end, so a budget of 1 (2) trials' worth
+    with 4 slots runs 1 (2) trials, not 4; spent equals the budget exactly."""
+    result = tune(CONFIG, SPACE, budget=budget, population=4, min_steps=4, pruner="none", workdir=tmp_path,
+                  verbose=False)
+    assert len(result.timeline) == budget and spent_steps(result.study) == budget * CONFIG.steps
 
 
 def test_trials_left_running_by_a_killed_search_are_asked_again(tmp_path):

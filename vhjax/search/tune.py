@@ -310,6 +310,31 @@ def spent_steps(study: Any) -> int:
     return total
 
 
+def next_decision(step: int, pruner: str, min_steps: int, eta: int, steps: int) -> int:
+    """The step a trial at `step` trains to at the least before `pruner` can stop it: ASHA's next
+    rung (min_steps x eta^k), the median rule's next evaluation, the end without a pruner."""
+    if pruner == "asha":
+        rung = min_steps
+        while rung <= step:
+            rung *= eta
+        return min(rung, steps)
+    if pruner == "median":
+        return min(step + min_steps, steps)
+    return steps
+
+
+def committed_steps(study: Any, pruner: str, min_steps: int, eta: int, steps: int) -> int:
+    """Member-steps the running trials (of every worker of the study) will still train at the least:
+    each from its last reported step to its next decision (`next_decision`)."""
+    import optuna
+
+    total = 0
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        step = max(trial.intermediate_values, default=0)
+        total += next_decision(step, pruner, min_steps, eta, steps) - step
+    return total
+
+
 def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget: float | None = None,
          population: int | None = None, min_steps: int | None = None,
          eta: int = 3, metric: str = "accuracy", direction: str = "maximize", sampler: str = "tpe",
@@ -387,7 +412,11 @@ def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget
         def exhausted() -> bool:
             if trials is not None and counted_trials(study) >= trials:
                 return True
-            return budget_steps is not None and spent_steps(study) >= budget_steps
+            if budget_steps is None:
+                return False
+            # what the running trials will train at the least counts already: the last asks do not
+            # start trials the budget cannot pay for (a budget of 1 with 8 slots runs one trial)
+            return spent_steps(study) + committed_steps(study, pruner, min_steps, eta, config.steps) >= budget_steps
 
         def ask() -> tuple[Any, dict] | None:
             if rdb is not None:  # a dead worker's trials, stale for grace_period: failed and queued again
