@@ -303,11 +303,13 @@ def concat_slots(parts: list[PopulationState]) -> PopulationState:
 def spent_steps(study: Any) -> int:
     """Member-steps the study's trials trained (each its last reported step; interrupted trials'
     work is lost and does not count)."""
-    total = 0
-    for trial in study.get_trials(deepcopy=False):
-        if not trial.user_attrs.get(INTERRUPTED) and trial.intermediate_values:
-            total += max(trial.intermediate_values)
-    return total
+    return trained_steps(study.get_trials(deepcopy=False))
+
+
+def trained_steps(trials: list) -> int:
+    """`spent_steps` of these trials (one read of the storage serves several sums)."""
+    return sum(max(trial.intermediate_values) for trial in trials
+               if not trial.user_attrs.get(INTERRUPTED) and trial.intermediate_values)
 
 
 def next_decision(step: int, pruner: str, min_steps: int, eta: int, steps: int) -> int:
@@ -323,16 +325,14 @@ def next_decision(step: int, pruner: str, min_steps: int, eta: int, steps: int) 
     return steps
 
 
-def committed_steps(study: Any, pruner: str, min_steps: int, eta: int, steps: int) -> int:
-    """Member-steps the running trials (of every worker of the study) will still train at the least:
-    each from its last reported step to its next decision (`next_decision`)."""
+def committed_steps(trials: list, pruner: str, min_steps: int, eta: int, steps: int) -> int:
+    """Member-steps the running ones of `trials` (of every worker of the study) will still train at
+    the least: each from its last reported step to its next decision (`next_decision`)."""
     import optuna
 
-    total = 0
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        step = max(trial.intermediate_values, default=0)
-        total += next_decision(step, pruner, min_steps, eta, steps) - step
-    return total
+    running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    return sum(next_decision(step, pruner, min_steps, eta, steps) - step
+               for step in (max(t.intermediate_values, default=0) for t in running))
 
 
 def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget: float | None = None,
@@ -416,7 +416,8 @@ def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget
                 return False
             # what the running trials will train at the least counts already: the last asks do not
             # start trials the budget cannot pay for (a budget of 1 with 8 slots runs one trial)
-            return spent_steps(study) + committed_steps(study, pruner, min_steps, eta, config.steps) >= budget_steps
+            now = study.get_trials(deepcopy=False)
+            return trained_steps(now) + committed_steps(now, pruner, min_steps, eta, config.steps) >= budget_steps
 
         def ask() -> tuple[Any, dict] | None:
             if rdb is not None:  # a dead worker's trials, stale for grace_period: failed and queued again
