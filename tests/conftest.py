@@ -7,6 +7,12 @@ import os
 import pytest
 
 from tests.postgres import postgres_server, postgres_url  # noqa: F401  (a throwaway PostgreSQL server)
+from tests.xla_flags import FAST_COMPILE
+
+# Compile the tiny test programs without LLVM's optimization passes (tests/xla_flags.py); set before
+# any test starts JAX's backend, kept beside flags the user set, and inherited by child processes.
+if FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
 
 # Entry points that turn JAX's persistent compilation cache on by default (vhjax.search.tune)
 # leave it off in tests: each test compiles what it runs, and nothing is written to ~/.cache.

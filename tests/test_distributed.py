@@ -19,6 +19,7 @@ import pytest
 
 from tests.population.test_entries import CONFIG
 from vhjax import distributed
+from tests.xla_flags import xla_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,7 +85,7 @@ def free_port() -> int:
 
 def start(process_id: str, port: int, workdir: Path | str, devices: int, slow: bool = False,
           mesh: str = "all") -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": xla_flags(devices),
            "JAX_PLATFORMS": "cpu"}
     return subprocess.Popen([sys.executable, "-c", WORKER, process_id, str(port), str(workdir), "slow" if slow else "-", mesh],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -187,7 +188,7 @@ def test_a_search_over_two_processes_asks_on_process_0_and_trains_like_one_proce
     def run(process_id: str, port: int, workdir: Path, devices: int, population: int = 3,
             fail: bool = False) -> subprocess.Popen:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
-               "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+               "XLA_FLAGS": xla_flags(devices)}
         return subprocess.Popen([sys.executable, "-c", SEARCH_WORKER, process_id, str(port), str(workdir), str(population),
                                  "fail" if fail else "-"],
                                 cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.xla_flags import xla_flags
 from vhjax import hardware
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +55,7 @@ def test_a_search_on_two_cpu_devices_matches_one_device():
     from tests.search.test_tune import CONFIG, SPACE
     from vhjax.search.tune import tune
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": ""}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": xla_flags()}
     env.pop("JAX_NUM_CPU_DEVICES", None)
     child = subprocess.run([sys.executable, "-c", CHILD], env=env, cwd=ROOT, capture_output=True, text=True,
                            timeout=600)

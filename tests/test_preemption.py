@@ -16,6 +16,7 @@ import pytest
 from vhjax import preemption
 from vhjax.population import fit, fit_population
 from tests.population.test_entries import CONFIG, PAIR
+from tests.xla_flags import xla_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,7 +55,7 @@ def search_metrics(workdir: Path, verbose: bool = False) -> list[dict]:
 
 
 def start(entry: str, workdir: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": xla_flags(devices=1)}
     return subprocess.Popen([sys.executable, "-c", SCRIPT, entry, str(workdir)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

@@ -18,6 +18,7 @@ from vhjax.config import TrainConfig
 from vhjax.population import (classifier_runner, copy_members, fit_population, get_member_hparams, init_population,
                               new_population, perturb, resample, set_member_hparams, truncation_sources)
 from vhjax.train import build_task
+from tests.xla_flags import xla_flags
 
 BASE = TrainConfig(dataset="digits", model="mlp", model_kwargs={"widths": (16,), "num_classes": 10},
                    learning_rate=3e-3, batch_size=32, steps=60, eval_every=30, seed=0)
@@ -249,7 +250,7 @@ def test_sharded_population_matches_single_device(tmp_path):
                           "acc": [m["eval"]["accuracy"] for m in result.members],
                           "loss": [m["eval"]["loss"] for m in result.members]}))
     """)
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags(devices=4)}
     outputs = {}
     for mode in ("sharded", "single"):
         completed = subprocess.run([sys.executable, "-c", script, mode], env=env, capture_output=True, text=True, check=True)

@@ -13,6 +13,7 @@ import pytest
 
 from vhjax.config import TrainConfig
 from vhjax.population import fit, fit_kfold, fit_pbt, fit_population
+from tests.xla_flags import xla_flags
 
 CONFIG = TrainConfig(dataset="digits", model="mlp", model_kwargs={"widths": (16,), "num_classes": 10},
                      learning_rate=3e-3, batch_size=32, steps=40, eval_every=10, seed=0)
@@ -156,7 +157,7 @@ def test_every_entry_takes_a_mesh_and_any_population_size():
         out["tune"] = sorted(row["value"] for row in tuned.timeline)
         print(json.dumps(out))
     """)
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    env = {**os.environ, "XLA_FLAGS": xla_flags(devices=2),
            "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     outputs = {}
     for mode in ("mesh", "single"):
@@ -194,7 +195,7 @@ def test_a_data_axis_splits_each_members_batch():
             hlo = runner._free_chunk.lower(population, data, 2).compile().as_text()
         print(json.dumps({"loss": [m["eval"]["loss"] for m in result.members], "all_reduce": "all-reduce" in hlo}))
     """)
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    env = {**os.environ, "XLA_FLAGS": xla_flags(devices=4),
            "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     outputs = {}
     for mode in ("mesh", "single"):
