@@ -21,6 +21,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from vhjax.hardware import DEVICE_COUNT_FLAG
+
 ROOT = Path(__file__).resolve().parents[1]
 
 WORKER = textwrap.dedent("""
@@ -52,7 +54,7 @@ def free_port() -> int:
 
 def measure(devices_per_process: int, processes: int, population: int, steps: int) -> float:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}"}
+           "XLA_FLAGS": f"{DEVICE_COUNT_FLAG}={devices_per_process}"}
     port = free_port()
     ids = ["single"] if processes == 1 else [str(i) for i in range(processes)]
     runs = [subprocess.Popen([sys.executable, "-c", WORKER, i, str(port), str(population), str(steps)], cwd=ROOT,

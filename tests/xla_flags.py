@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 
+from vhjax.hardware import DEVICE_COUNT_FLAG
+
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 
 
 def xla_flags(devices: int | None = None, inherited: str | None = None) -> str:

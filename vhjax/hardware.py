@@ -6,6 +6,9 @@ import os
 import platform
 from pathlib import Path
 
+# XLA's flag that splits the host CPU into this many devices (XLA_FLAGS)
+DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+
 
 def cpu_name() -> str:
     """The CPU model name (from /proc/cpuinfo where there is one)."""
@@ -43,7 +46,7 @@ def user_cpu_device_count() -> int | None:
     if jax.config.jax_num_cpu_devices > 0:
         return int(jax.config.jax_num_cpu_devices)
     for flag in os.environ.get("XLA_FLAGS", "").split():
-        if flag.startswith("--xla_force_host_platform_device_count="):
+        if flag.startswith(f"{DEVICE_COUNT_FLAG}="):
             return int(flag.split("=", 1)[1])
     return None
 
