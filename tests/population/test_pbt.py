@@ -55,6 +55,27 @@ def test_bad_pbt_input_fails_before_training(kwargs, match):
         fit_pbt(CONFIG, MEMBERS, arguments.pop("explore"), **arguments, verbose=False)
 
 
+def test_search_pbt_rounds_default_to_a_tenth_of_the_run():
+    from vhjax.search.pbt_search import default_interval
+
+    assert [default_interval(steps) for steps in (1500, 90, 5)] == [150, 9, 1]
+
+
+def test_search_pbt_stores_float32_values_at_a_bound_inside_the_range():
+    from vhjax.search import Float, Space
+    from vhjax.search.pbt_search import member_params
+
+    space = Space({"weight_decay": Float(1e-5, 1e-1, log=True), "dropout_rate": Float(0.0, 0.5)})
+    entry = {"weight_decay": np.float32([1e-5, 1e-1, 3e-3]), "dropout_rate": np.float32([[0.5], [0.0], [0.25]])}
+    assert float(np.float32(1e-5)) < 1e-5 and float(np.float32(1e-1)) > 1e-1  # float32 rounds both bounds outward
+    rows = [member_params(space, entry, i) for i in range(3)]
+    assert rows[0] == {"weight_decay": 1e-5, "dropout_rate": 0.5}
+    assert rows[1] == {"weight_decay": 1e-1, "dropout_rate": 0.0}
+    assert rows[2]["weight_decay"] == pytest.approx(3e-3) and rows[2]["dropout_rate"] == 0.25
+    for row in rows:
+        space.encode(row)  # the store's check: raises for a value outside the range
+
+
 def test_search_pbt_stores_every_round_with_lineage(tmp_path):
     from vhjax.search import Float, Space, search_pbt
 
@@ -66,6 +87,12 @@ def test_search_pbt_stores_every_round_with_lineage(tmp_path):
     later = [t for t in result.trials if t.generation > 0]
     assert all(t.parent_id is not None and by_id[t.parent_id].generation == t.generation - 1 for t in later)
     assert result.best.fidelity == 90.0
+    final = [t for t in result.trials if t.fidelity == 90.0]
+    assert all(t.metrics["eval_accuracy"] == pytest.approx(t.fitness) for t in final)  # the same members
+    assert all(0.0 <= t.metrics["test_accuracy"] <= 1.0 for t in final)
+    assert len({t.metrics["test_accuracy"] for t in final}) > 1  # each member's own test value
+    assert "test_accuracy" not in result.trials[0].metrics  # only the returned members were tested
+    assert result.best_metrics["test_accuracy"] == result.best.metrics["test_accuracy"]
     assert "lineage" in result.plot()
     again = search_pbt(config, space, population=4, interval=30, workdir=tmp_path, verbose=False)
     assert len(again.trials) == 12  # nothing trained or stored twice

@@ -6,7 +6,9 @@ in one compiled program with exploit/explore every `interval` steps (`vhjax.popu
 Every member at every ready point becomes a trial: its hyperparameters, the validation score as
 fitness, the step as fidelity and, as parent, the trial it continued from (itself one round
 earlier, or the member it copied). So `result.plot()` draws the PBT lineage, and the store holds
-the whole history. An interrupted run resumes from the training checkpoints in the workdir.
+the whole history. The last round's trials also hold the returned members' final metrics on
+every split (`eval_accuracy`, `test_accuracy`, ...), so `result.best_metrics["test_accuracy"]` is
+the test value of the pick. An interrupted run resumes from the training checkpoints in the workdir.
 
 This entry runs PBT inside one compiled training program (`fit_pbt`), so its trials reach the
 store when training ends, all rounds in one transaction: a run killed while training resumes from
@@ -48,14 +50,26 @@ def explore_ranges(space: Space) -> dict[str, tuple[float, float, bool]]:
     return ranges
 
 
-def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: int, fraction: float = 0.25,
+DEFAULT_ROUNDS = 10  # interval=None: exploit/explore every config.steps // 10 steps
+
+
+def default_interval(steps: int) -> int:
+    """Steps between PBT rounds when none is given: a tenth of the run, at least 1."""
+    return max(1, steps // DEFAULT_ROUNDS)
+
+
+def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: int | None = None, fraction: float = 0.25,
                resample_probability: float = 0.25, metric: str = "accuracy", workdir: str | os.PathLike | None = None,
                storage: str | None = None, seed: int = 0, verbose: bool = True,
                study: str = storage_lib.DEFAULT_STUDY) -> SearchResult:
-    """Run PBT over `space` with `population` members for `config.steps` steps; see the module doc."""
+    """Run PBT over `space` with `population` members for `config.steps` steps; see the module doc.
+
+    `interval` (steps between exploit/explore rounds) defaults to `config.steps // 10`.
+    """
     from vhjax.population.pbt import fit_pbt
 
     check_positive_int("population", population, minimum=2)
+    interval = default_interval(config.steps) if interval is None else interval
     check_positive_int("seed", seed, minimum=0)
     ranges = explore_ranges(space)
     storage_lib.check_storage(workdir, storage)
@@ -82,9 +96,10 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
 def _store_rounds(store: storage_lib.TrialStore, space: Space, result: Any) -> None:
     """One generation of finished trials per ready point, parents linking each member to what it
     continued (itself one round earlier, or the member it copied); all rounds in ONE transaction,
-    with the marker that they are stored, so a kill at any point leaves all of them or none."""
-    names = list(space.params)
+    with the marker that they are stored, so a kill at any point leaves all of them or none. The last
+    round's trials carry the members' final metrics per split as well (`test_accuracy`, ...)."""
     generations, parent_slots = [], []
+    last = len(result.history) - 1
     for round_index, entry in enumerate(result.history):
         size = len(entry["score"])
         slots: list[int | None] = [None] * size
@@ -93,12 +108,30 @@ def _store_rounds(store: storage_lib.TrialStore, space: Space, result: Any) -> N
             slots = [source if source >= 0 else i for i, source in enumerate(copied_from)]
         rows = []
         for i in range(size):
-            params = {name: float(np.ravel(entry[name][i])[0]) for name in names}
+            params = member_params(space, entry, i)
             score = entry["score"][i]
             ok = score is not None and np.isfinite(score)
+            metrics = {"score": float(score) if ok else None}
+            if round_index == last:
+                metrics.update(final_metrics(result.members[i]))
             rows.append(NewTrial(generation=round_index, slot=i, params=params, u=space.encode(params),
                                  status="complete" if ok else "failed", fitness=float(score) if ok else None,
-                                 metrics={"score": float(score) if ok else None}, fidelity=float(entry["step"])))
+                                 metrics=metrics, fidelity=float(entry["step"])))
         generations.append(rows)
         parent_slots.append(slots)
     store.replace_trials(generations, parent_slots, meta={_STORED_KEY: str(len(generations))})
+
+
+def member_params(space: Space, entry: dict, member: int) -> dict[str, float]:
+    """Member `member`'s hyperparameters in one history round, as the space's values. Training
+    holds them in float32, where a bound such as 1e-5 rounds to just outside the range; they are
+    clipped back to the parameter's [low, high]."""
+    return {name: min(max(float(np.ravel(entry[name][member])[0]), float(param.low)), float(param.high))
+            for name, param in space.params.items()}
+
+
+def final_metrics(member: dict) -> dict[str, float | None]:
+    """A returned member's metrics as `<split>_<name>` (`eval_accuracy`, `test_loss`, ...); None
+    where not finite."""
+    return {f"{split}_{name}": (float(value) if np.isfinite(value) else None)
+            for split in ("eval", "test") if split in member for name, value in member[split].items()}
