@@ -14,6 +14,9 @@ Contestants (`--contestants`, comma-separated; add one by adding a function to C
                  the compute of N full trials (pruned trials count the steps they trained)
                  (Optuna TPE proposes, one running population, ASHA rungs inside it, slots refilled)
   vhjax_tune_random  the same with random sampling
+  vhjax_pbt      vhjax.search.search_pbt: population based training of P members (default 32, half the
+                 compute of 64 trials) drawn from the space, exploit/explore every steps/10 steps on the
+                 validation accuracy; every member's final (validation, test) counts, at the end
   vhjax_tpe      vhjax.search(TrainingObjective(config), space, 'tpe', population=P)
   vhjax_random   the same with 'random'
   NAME:P         a vhjax contestant with population P (e.g. vhjax_tune:16 beside vhjax_tune)
@@ -61,6 +64,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 FRACTIONS = (0.98, 1.0)
 DEFAULT_CONTESTANTS = "optuna_tpe,optuna_tpe_hb,vhjax_tune,vhjax_tpe"
+DEFAULT_PBT_POPULATION = 32  # vhjax_pbt: half the compute of the default 64 trials
 REPORTS_PER_TRIAL = 10  # chunks per trial: the pruner's rungs, and the Optuna trainer's scan length
 
 
@@ -442,7 +446,28 @@ def run_vhjax_tune(args, sampler: str) -> dict:
             "member_steps": int(sum(row["steps"] for row in result.timeline)), "timeline": timeline}
 
 
+def run_vhjax_pbt(args) -> dict:
+    """Population based training, `vhjax.search.search_pbt`: P members drawn from the task's space,
+    `steps` steps each in one compiled program, exploit/explore every steps/10 steps; the members'
+    final validation and test accuracies are the trials (counted when the run ends, so nothing of
+    PBT's intermediate rounds is credited)."""
+    from vhjax.search import Float, Space, search_pbt
+
+    task = TASKS[args.task]
+    names = {"augment": "aug_strength"}
+    space = Space({names.get(name, name): Float(low, high, log=log) for name, low, high, log in task.space})
+    population = args.population or DEFAULT_PBT_POPULATION
+    result = search_pbt(vhjax_config(task, args.steps, args.seed), space, population=population,
+                        interval=args.steps // REPORTS_PER_TRIAL, seed=args.seed, verbose=False)
+    now = time.perf_counter() - PROCESS_START
+    final = [trial for trial in result.trials.completed() if trial.fidelity == args.steps]
+    timeline = [(now, trial.fitness, trial.metrics["test_accuracy"]) for trial in final]
+    return {"population": population, "trials": population, "completed": len(timeline), "pruned": 0,
+            "member_steps": population * args.steps, "timeline": timeline}
+
+
 CONTESTANTS: dict[str, Callable[[Any], dict]] = {
+    "vhjax_pbt": run_vhjax_pbt,
     "vhjax_tune": lambda args: run_vhjax_tune(args, "tpe"),
     "vhjax_tune_random": lambda args: run_vhjax_tune(args, "random"),
     "optuna_tpe": lambda args: run_optuna(args, "tpe", pruner=False),
@@ -589,7 +614,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     header = (f"Task {args.task}: {task.describe}. Searched: " + ", ".join(
         f"{n} in [{lo:g}, {hi:g}]{' (log)' if log else ''}" for n, lo, hi, log in task.space)
         + f". {args.trials} trials x {args.steps} Adam steps (batch 100) per contestant and seed, {args.seeds} seed(s); "
-        f"vhjax population {args.population or 'default (tune: 4 per CPU device)'}, vhjax CPU devices {args.cpu_devices}. Times are medians over seeds, from each process's start "
+        f"vhjax population {args.population or f'default (tune: 4 per CPU device, pbt: {DEFAULT_PBT_POPULATION})'}, vhjax CPU devices {args.cpu_devices}. Times are medians over seeds, from each process's start "
         f"(imports, data, compilation, evaluation included). JAX {jax.__version__} on "
         f"{jax.devices()[0].platform}, {os.cpu_count()} CPU(s). Total wall time {time.perf_counter() - started:.0f} s.\n\n"
         f"Command: `python experiments/bench_time_to_quality.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n")
