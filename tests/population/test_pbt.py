@@ -93,6 +93,9 @@ def test_search_pbt_stores_every_round_with_lineage(tmp_path):
     assert len({t.metrics["test_accuracy"] for t in final}) > 1  # each member's own test value
     assert "test_accuracy" not in result.trials[0].metrics  # only the returned members were tested
     assert result.best_metrics["test_accuracy"] == result.best.metrics["test_accuracy"]
+    schedule = result.ancestry()  # the pick's hyperparameters round by round
+    assert [t.fidelity for t in schedule] == [30.0, 60.0, 90.0] and schedule[-1] == result.best
+    assert all(later.parent_id == earlier.trial_id for earlier, later in zip(schedule, schedule[1:]))
     assert "lineage" in result.plot()
     again = search_pbt(config, space, population=4, interval=30, workdir=tmp_path, verbose=False)
     assert len(again.trials) == 12  # nothing trained or stored twice

@@ -1,5 +1,6 @@
 """Search plots: the metric's name on the axes, best-so-far as steps, the lineage plot with a colour
-bar and integer generation ticks (checked on the returned matplotlib figures)."""
+bar and integer generation ticks (checked on the returned matplotlib figures); the lineage of one
+trial as a list (`SearchResult.ancestry`)."""
 
 from __future__ import annotations
 
@@ -51,3 +52,12 @@ def test_lineage_has_a_colour_bar_and_integer_generation_ticks():
     finally:
         for figure in drawn.values():
             plt.close(figure)
+
+
+def test_ancestry_follows_parents_oldest_first_and_stops_at_a_missing_parent():
+    searched = result()
+    assert [t.trial_id for t in searched.ancestry()] == [1, 4, 7]  # the best (0.9) and its parents
+    assert [t.trial_id for t in searched.ancestry(searched.trials[5])] == [2, 5]
+    cut = SearchResult(trials=TrialTable(list(searched.trials)[3:]), direction="maximize",
+                       objectives={"accuracy": "maximize"})
+    assert [t.trial_id for t in cut.ancestry()] == [4, 7]  # trial 1 is not among these trials

@@ -211,6 +211,13 @@ class SearchResult:
     def best_so_far(self) -> np.ndarray:
         return best_so_far(self.trials, self.direction)
 
+    def ancestry(self, trial: Trial | None = None) -> list[Trial]:
+        """`trial` (default: the best) and the trials it continued from, oldest first: a PBT pick's
+        hyperparameter schedule (one trial per round, with its step as fidelity), a promoted
+        configuration's rungs."""
+        trial = self.best if trial is None else trial
+        return [] if trial is None else trial_ancestry(self.trials, trial)
+
     def leaderboard(self, top: int = 10, columns: Mapping[str, str] | Sequence[str] | None = None) -> str:
         """The best `top` completed trials as markdown; `columns` are table columns or column -> title."""
         best = TrialTable(self.top(top), keep_order=True)
@@ -225,6 +232,16 @@ class SearchResult:
         if target is None:
             raise ValueError("plot needs a workdir: the search ran without one, pass plot(workdir)")
         return save_plots(self, os.fspath(target))
+
+
+def trial_ancestry(trials: Sequence[Trial], trial: Trial) -> list[Trial]:
+    """`trial` and its parents (`parent_id`, followed while the parent is among `trials`), oldest first."""
+    by_id = {t.trial_id: t for t in trials}
+    chain, seen = [trial], {trial.trial_id}
+    while chain[-1].parent_id is not None and chain[-1].parent_id in by_id and chain[-1].parent_id not in seen:
+        chain.append(by_id[chain[-1].parent_id])
+        seen.add(chain[-1].trial_id)
+    return chain[::-1]
 
 
 # ----------------------------------------------------------------------------- plots
