@@ -63,7 +63,7 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FRACTIONS = (0.98, 1.0)
-DEFAULT_CONTESTANTS = "optuna_tpe,optuna_tpe_hb,vhjax_tune,vhjax_tpe"
+DEFAULT_CONTESTANTS = "optuna_tpe,optuna_tpe_hb,vhjax_tune,vhjax_pbt"
 DEFAULT_PBT_POPULATION = 32  # vhjax_pbt: half the compute of the default 64 trials
 REPORTS_PER_TRIAL = 10  # chunks per trial: the pruner's rungs, and the Optuna trainer's scan length
 
@@ -565,7 +565,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--population", type=int, default=None,
                         help="vhjax: candidates trained together (default: tune's own default, "
-                             "4 per CPU device; vhjax_tpe/vhjax_random: 16)")
+                             "4 per CPU device; vhjax_tpe/vhjax_random: 16; vhjax_pbt: 32)")
     parser.add_argument("--contestants", default=DEFAULT_CONTESTANTS)
     parser.add_argument("--reference", default="optuna_tpe", help="whose best validation accuracy sets the targets")
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 trials of 100 steps, 1 seed, population 2")
