@@ -421,13 +421,20 @@ def run_vhjax(args, strategy: str) -> dict:
             "member_steps": args.trials * args.steps, "timeline": timeline}
 
 
+def vhjax_space(task: Task):
+    """The task's search space as a vhjax `Space` of per-member fields (`augment` is `aug_strength`)."""
+    from vhjax.search import Float, Space
+
+    names = {"augment": "aug_strength"}
+    return Space({names.get(name, name): Float(low, high, log=log) for name, low, high, log in task.space})
+
+
 def run_vhjax_tune(args, sampler: str) -> dict:
     """vhjax's recommended search: `tune` (Optuna sampler, one running population, ASHA in program)."""
-    from vhjax.search import Float, Space, tune
+    from vhjax.search import tune
 
     task = TASKS[args.task]
-    names = {"augment": "aug_strength"}
-    space = Space({names.get(name, name): Float(low, high, log=log) for name, low, high, log in task.space})
+    space = vhjax_space(task)
     timeline: list = []
 
     def record(row: dict) -> None:
@@ -451,11 +458,10 @@ def run_vhjax_pbt(args) -> dict:
     `steps` steps each in one compiled program, exploit/explore every steps/10 steps; the members'
     final validation and test accuracies are the trials (counted when the run ends, so nothing of
     PBT's intermediate rounds is credited)."""
-    from vhjax.search import Float, Space, search_pbt
+    from vhjax.search import search_pbt
 
     task = TASKS[args.task]
-    names = {"augment": "aug_strength"}
-    space = Space({names.get(name, name): Float(low, high, log=log) for name, low, high, log in task.space})
+    space = vhjax_space(task)
     population = args.population or DEFAULT_PBT_POPULATION
     result = search_pbt(vhjax_config(task, args.steps, args.seed), space, population=population,
                         interval=args.steps // REPORTS_PER_TRIAL, seed=args.seed, verbose=False)
