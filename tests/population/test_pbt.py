@@ -99,3 +99,49 @@ def test_search_pbt_stores_every_round_with_lineage(tmp_path):
     assert "lineage" in result.plot()
     again = search_pbt(config, space, population=4, interval=30, workdir=tmp_path, verbose=False)
     assert len(again.trials) == 12  # nothing trained or stored twice
+
+
+def test_pbt_keep_best_returns_each_slots_best_evaluated_parameters():
+    # half the members copy and redraw a learning rate up to 1e4: a copy that then scores lower than
+    # before the copy must return its own evaluated parameters, not those it copied
+    config = dataclasses.replace(CONFIG, steps=60, keep_best=True)
+    pbt = fit_pbt(config, MEMBERS, {"learning_rate": (1e-5, 1e4, True)}, interval=30, fraction=0.5,
+                  resample_probability=1.0, verbose=False)
+    assert any(entry["score"][1] < pbt.history[0]["score"][1] for entry in pbt.history[1:])  # the case above
+    for i, member in enumerate(pbt.members):
+        scores = [entry["score"][i] for entry in pbt.history]
+        best_round = int(np.argmax(scores))  # the first round of the slot's best score
+        assert member["eval"]["accuracy"] == pytest.approx(scores[best_round])  # re-evaluated: those parameters
+        assert member["best_step"] == pbt.history[best_round]["step"]
+
+
+def test_search_pbt_streams_rounds_and_keeps_the_best_round_of_each_slot(tmp_path):
+    from vhjax.search import Float, Space, search_pbt
+
+    space = Space({"learning_rate": Float(1e-5, 1e-1, log=True)})
+    config = dataclasses.replace(CONFIG, steps=90, keep_best=True)
+    rows = []
+    result = search_pbt(config, space, population=4, interval=30, workdir=tmp_path, callback=rows.append,
+                        verbose=False)
+    assert [(row["round"], row["step"], row["member"]) for row in rows] == [
+        (r, 30 * (r + 1), m) for r in range(3) for m in range(4)]
+    stored = {(t.generation, t.slot): t for t in result.trials}
+    assert all(stored[row["round"], row["member"]].fitness == pytest.approx(row["value"]) for row in rows)
+    assert all(row["params"] == stored[row["round"], row["member"]].params for row in rows)
+    assert rows[-1]["seconds"] > rows[0]["seconds"] > 0
+    tested = [t for t in result.trials if "test_accuracy" in t.metrics]
+    assert sorted(t.slot for t in tested) == [0, 1, 2, 3]  # one returned member per slot, at its kept round
+    for t in tested:
+        slot_scores = [stored[g, t.slot].fitness for g in range(3)]
+        assert t.generation == int(np.argmax(slot_scores)) and t.metrics["eval_accuracy"] == pytest.approx(t.fitness)
+    assert result.best.fitness == max(t.fitness for t in result.trials)  # the pick of any round
+    assert result.best_metrics["test_accuracy"] == result.best.metrics["test_accuracy"]
+
+
+def test_search_pbt_keep_best_must_rank_as_pbt_does():
+    from vhjax.search import Float, Space, search_pbt
+
+    space = Space({"learning_rate": Float(1e-5, 1e-1, log=True)})
+    config = dataclasses.replace(CONFIG, keep_best=True, monitor="loss", monitor_mode="min")
+    with pytest.raises(ValueError, match="'monitor'.*allowed with keep_best"):
+        search_pbt(config, space, population=4, interval=30, verbose=False)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -87,8 +87,9 @@ def exploit_and_explore(key: jax.Array, population: Any, scores: jax.Array,
 
 
 def pbt_hook(explore: Mapping[str, Range], *, seed: int, fraction: float = 0.25, resample_probability: float = 0.25,
-             split: str = "eval", metric: str = "accuracy") -> Hook:
-    """Exploit/explore after every evaluation but the last; lineage and history in the record."""
+             split: str = "eval", metric: str = "accuracy", on_round: Callable[[dict], None] | None = None) -> Hook:
+    """Exploit/explore after every evaluation but the last; lineage and history in the record.
+    `on_round(entry)` receives each round's history entry as soon as the round is evaluated."""
     frozen = tuple(explore.items())
     round_fn = jax.jit(exploit_and_explore, static_argnames=("explore", "fraction", "resample_probability"))
 
@@ -101,6 +102,8 @@ def pbt_hook(explore: Mapping[str, Range], *, seed: int, fraction: float = 0.25,
         lineage, history = list(state["record"]["lineage"]), list(state["record"]["history"])
         history.append({"step": report.step, "score": scores.tolist(),
                         **{k: np.asarray(hparams[k]).tolist() for k in explore}})
+        if on_round is not None:
+            on_round(history[-1])
         copied = 0
         if report.step < report.total_steps:
             key = jax.random.fold_in(jax.random.key(seed), report.step)
@@ -119,12 +122,16 @@ def pbt_hook(explore: Mapping[str, Range], *, seed: int, fraction: float = 0.25,
 def fit_pbt(config: TrainConfig, members: Sequence[Mapping[str, Any]], explore: Mapping[str, Range], *,
             interval: int, fraction: float = 0.25, resample_probability: float = 0.25, metric: str = "accuracy",
             workdir: str | Path | None = None, same_batches: bool = False, mesh: Any = "auto",
-            verbose: bool = True) -> PBTResult:
+            on_round: Callable[[dict], None] | None = None, verbose: bool = True) -> PBTResult:
     """Train `members` (dicts of per-member fields, one bucket) with PBT for `config.steps` steps.
 
     `explore` maps hyperparameter names (e.g. 'learning_rate', 'weight_decay', 'dropout_rate',
     'aug_strength') to `(low, high[, log])`; `metric` (maximized) on the eval split ranks members.
-    The config's early stopping, plateau and best-model keeping work here too.
+    The config's early stopping, plateau and best-model keeping work here too: they see each
+    evaluated member before exploit/explore replaces it, so `keep_best` returns each member slot's
+    best evaluated parameters (`best_step` in the result: the round they were evaluated at).
+    `on_round(entry)` receives each round's `history` entry as soon as it is evaluated (rounds a
+    resumed run had finished are not sent again).
     """
     check_int("interval", interval, 1, config.steps)
     check_number("fraction", fraction, 0.0, 0.5, low_inclusive=False)
@@ -147,22 +154,26 @@ def fit_pbt(config: TrainConfig, members: Sequence[Mapping[str, Any]], explore: 
     run_chunk, evaluate = compiled_programs(task, default_member_group(len(members), parallel.member_shards(mesh)),
                                             mesh=mesh)
     eval_data = (jnp.asarray(task.eval.x), jnp.asarray(task.eval.y))
-    hooks = [pbt_hook(explore, seed=config.seed, fraction=fraction, resample_probability=resample_probability,
-                      metric=metric), *config_hooks(bucket_config)]
+    hooks = [*config_hooks(bucket_config),  # before PBT's copies: keep_best keeps what was evaluated
+             pbt_hook(explore, seed=config.seed, fraction=fraction, resample_probability=resample_probability,
+                      metric=metric, on_round=on_round)]
     outcome = run_loop(population, run_chunk, (jnp.asarray(task.train.x), jnp.asarray(task.train.y)),
                        steps=config.steps, eval_every=interval, evaluate=lambda p: {"eval": evaluate(p, *eval_data)},
                        hooks=hooks, workdir=root, checkpoint_every=config.checkpoint_every, mesh=mesh, label="pbt | ",
                        verbose=verbose)
     population = outcome.population
+    best_steps = [None] * len(members)
     if "keep_best" in outcome.hook_states:
         population = best_members(population, outcome.hook_states["keep_best"])
+        best_steps = [None if step < 0 else int(step) for step in np.asarray(outcome.hook_states["keep_best"]["step"])]
     final = {"eval": evaluate(population, *eval_data)}
     if task.test is not None:
         final["test"] = evaluate(population, jnp.asarray(task.test.x), jnp.asarray(task.test.y))
     hparams = get_member_hparams(population)
     results = [{"member": i, **{split: {k: float(v[i]) for k, v in values.items()} for split, values in final.items()},
                 "hparams": {k: np.asarray(hparams[k][i]).tolist() for k in explore},
-                "diverged_step": None if int(population.diverged_step[i]) < 0 else int(population.diverged_step[i])}
+                "diverged_step": None if int(population.diverged_step[i]) < 0 else int(population.diverged_step[i]),
+                "best_step": best_steps[i]}
                for i in range(len(members))]
     record = outcome.hook_states["pbt"]["record"]
     result = PBTResult(results, record["lineage"], record["history"])

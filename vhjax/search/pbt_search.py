@@ -8,7 +8,11 @@ fitness, the step as fidelity and, as parent, the trial it continued from (itsel
 earlier, or the member it copied). So `result.plot()` draws the PBT lineage, and the store holds
 the whole history. The last round's trials also hold the returned members' final metrics on
 every split (`eval_accuracy`, `test_accuracy`, ...), so `result.best_metrics["test_accuracy"]` is
-the test value of the pick. An interrupted run resumes from the training checkpoints in the workdir.
+the test value of the pick. With `config.keep_best`, each member slot returns its best evaluated
+parameters instead: those metrics go to the trial of the round they were evaluated at, and the
+pick is the best trial of any round (the one whose parameters the search returns).
+`callback(row)` receives every member's score as soon as its round is evaluated (the store gets
+them when training ends). An interrupted run resumes from the training checkpoints in the workdir.
 
 This entry runs PBT inside one compiled training program (`fit_pbt`), so its trials reach the
 store when training ends, all rounds in one transaction: a run killed while training resumes from
@@ -21,8 +25,9 @@ both use the exploit/explore primitives of `vhjax.population.exploit`.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -60,17 +65,21 @@ def default_interval(steps: int) -> int:
 
 def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: int | None = None, fraction: float = 0.25,
                resample_probability: float = 0.25, metric: str = "accuracy", workdir: str | os.PathLike | None = None,
-               storage: str | None = None, seed: int = 0, verbose: bool = True,
-               study: str = storage_lib.DEFAULT_STUDY) -> SearchResult:
+               storage: str | None = None, seed: int = 0, callback: Callable[[dict], None] | None = None,
+               verbose: bool = True, study: str = storage_lib.DEFAULT_STUDY) -> SearchResult:
     """Run PBT over `space` with `population` members for `config.steps` steps; see the module doc.
 
     `interval` (steps between exploit/explore rounds) defaults to `config.steps // 10`.
+    `callback(row)` is called for every member of every round as soon as the round is evaluated,
+    with `row = {"seconds", "round", "step", "member", "state", "value", "params"}` (`state`
+    'COMPLETE' or 'FAIL' for a diverged member; `seconds` since the call started).
     """
     from vhjax.population.pbt import fit_pbt
 
     check_positive_int("population", population, minimum=2)
     interval = default_interval(config.steps) if interval is None else interval
     check_positive_int("seed", seed, minimum=0)
+    check_monitor(config, metric)
     ranges = explore_ranges(space)
     storage_lib.check_storage(workdir, storage)
     fingerprint = config_fingerprint(
@@ -83,23 +92,55 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
         check_fingerprint(store, fingerprint)
         if store.get_meta(_STORED_KEY) is None:  # never stored whole (trials of an older, cut write go)
             training_dir = None if workdir is None else Path(workdir) / "training"
+            on_round = None if callback is None else round_reporter(space, interval, callback, time.perf_counter())
             result = fit_pbt(config, initial, ranges, interval=interval, fraction=fraction,
                              resample_probability=resample_probability, metric=metric, workdir=training_dir,
-                             verbose=verbose)
+                             on_round=on_round, verbose=verbose)
             write_fingerprint(store, fingerprint)
             _store_rounds(store, space, result)
         trials = TrialTable(store.trials())
     return SearchResult(trials=trials, direction="maximize", objectives={metric: "maximize"},
-                        workdir=None if workdir is None else os.fspath(workdir), study=study, top_fidelity_only=True)
+                        workdir=None if workdir is None else os.fspath(workdir), study=study,
+                        top_fidelity_only=not keeps_best(config))
+
+
+def keeps_best(config: TrainConfig) -> bool:
+    """Whether training returns each member's best evaluated parameters (early stopping keeps them too)."""
+    return bool(config.keep_best or config.patience)
+
+
+def check_monitor(config: TrainConfig, metric: str) -> None:
+    """Best-model keeping must rank rounds as PBT does, or the kept parameters are not the best trial's."""
+    if keeps_best(config) and (config.monitor_split, config.monitor, config.monitor_mode) != ("eval", metric, "max"):
+        raise ValueError(f"config fields 'monitor_split', 'monitor', 'monitor_mode' have value "
+                         f"{(config.monitor_split, config.monitor, config.monitor_mode)!r}; allowed with keep_best or "
+                         f"patience in search_pbt: ('eval', {metric!r}, 'max'), the score PBT ranks members by")
+
+
+def round_reporter(space: Space, interval: int, callback: Callable[[dict], None],
+                   start: float) -> Callable[[dict], None]:
+    """`on_round` for `fit_pbt`: one callback row per member of an evaluated round."""
+
+    def on_round(entry: dict) -> None:
+        round_index, seconds = -(-int(entry["step"]) // interval) - 1, time.perf_counter() - start
+        for i, score in enumerate(entry["score"]):
+            ok = score is not None and np.isfinite(score)
+            callback({"seconds": seconds, "round": round_index, "step": int(entry["step"]), "member": i,
+                      "state": "COMPLETE" if ok else "FAIL", "value": float(score) if ok else None,
+                      "params": member_params(space, entry, i)})
+
+    return on_round
 
 
 def _store_rounds(store: storage_lib.TrialStore, space: Space, result: Any) -> None:
     """One generation of finished trials per ready point, parents linking each member to what it
     continued (itself one round earlier, or the member it copied); all rounds in ONE transaction,
     with the marker that they are stored, so a kill at any point leaves all of them or none. The last
-    round's trials carry the members' final metrics per split as well (`test_accuracy`, ...)."""
+    round's trials (with keep_best: the rounds of the kept parameters) carry the returned members'
+    metrics per split as well (`test_accuracy`, ...)."""
     generations, parent_slots = [], []
-    last = len(result.history) - 1
+    steps = [int(entry["step"]) for entry in result.history]
+    returned = [returned_round(member, steps) for member in result.members]
     for round_index, entry in enumerate(result.history):
         size = len(entry["score"])
         slots: list[int | None] = [None] * size
@@ -112,7 +153,7 @@ def _store_rounds(store: storage_lib.TrialStore, space: Space, result: Any) -> N
             score = entry["score"][i]
             ok = score is not None and np.isfinite(score)
             metrics = {"score": float(score) if ok else None}
-            if round_index == last:
+            if returned[i] == round_index:
                 metrics.update(final_metrics(result.members[i]))
             rows.append(NewTrial(generation=round_index, slot=i, params=params, u=space.encode(params),
                                  status="complete" if ok else "failed", fitness=float(score) if ok else None,
@@ -120,6 +161,12 @@ def _store_rounds(store: storage_lib.TrialStore, space: Space, result: Any) -> N
         generations.append(rows)
         parent_slots.append(slots)
     store.replace_trials(generations, parent_slots, meta={_STORED_KEY: str(len(generations))})
+
+
+def returned_round(member: dict, steps: list[int]) -> int:
+    """The round whose parameters a returned member holds: its kept best round, else the last."""
+    best_step = member.get("best_step")
+    return len(steps) - 1 if best_step is None else steps.index(best_step)
 
 
 def member_params(space: Space, entry: dict, member: int) -> dict[str, float]:
