@@ -60,35 +60,60 @@ def early_stopping(*, split: str = "eval", metric: str = "accuracy", mode: str =
 
 def keep_best(*, split: str = "eval", metric: str = "accuracy", mode: str = "max") -> Hook:
     """Keep each member's parameters and model state (e.g. BatchNorm statistics) at its best value
-    of the monitored metric; `best_members(population, state)` swaps them in."""
+    of the monitored metric; `best_members(population, state)` swaps them in. Each update is one
+    compiled program (not one per parameter leaf)."""
     check_choice("mode", mode, ("max", "min"))
     sign = 1.0 if mode == "max" else -1.0
 
     def init(population: PopulationState) -> dict:
         members = population.members
-        return {"value": jnp.full(population.size, -jnp.inf, jnp.float32), "step": jnp.full(population.size, -1),
-                "params": jax.tree.map(jnp.copy, members.params),
-                "model_state": jax.tree.map(jnp.copy, members.model_state)}
+        return _initial_kept(members.params, members.model_state, jnp.asarray(members.step))
 
     def update(state: dict, population: PopulationState, report: Report):
         value = sign * monitored(report, population, split, metric)
-        better = jnp.isfinite(value) & (value > state["value"])
         members = population.members
-        return {"value": jnp.where(better, value, state["value"]),
-                "step": jnp.where(better, jnp.asarray(members.step), state["step"]),
-                "params": keep_where(better, members.params, state["params"]),
-                "model_state": keep_where(better, members.model_state, state["model_state"])}, population
+        step = jnp.asarray(members.step)
+        value = placed_like(value, step)
+        state = placed_like(state, {"value": step, "step": step, "params": members.params,
+                                    "model_state": members.model_state})  # training moves members onto the mesh
+        return _kept_update(state, value, members.params, members.model_state, step), population
 
     return Hook("keep_best", init, update)
 
 
+def placed_like(state: Any, current: Any) -> Any:
+    """`state` with the device placement of `current` (same tree), so one compiled update serves
+    every call; a no-op once they match."""
+    if all(a.sharding == b.sharding for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(current))):
+        return state
+    return jax.device_put(state, jax.tree.map(lambda a: a.sharding, current))
+
+
+@jax.jit
+def _initial_kept(params: Any, model_state: Any, step: jax.Array) -> dict:
+    """Nothing kept yet: value -inf, step -1, copies of the current parameters and model state."""
+    return {"value": jnp.full(step.shape, -jnp.inf, jnp.float32), "step": jnp.full(step.shape, -1, step.dtype),
+            "params": jax.tree.map(jnp.copy, params), "model_state": jax.tree.map(jnp.copy, model_state)}
+
+
+@jax.jit
+def _kept_update(state: dict, value: jax.Array, params: Any, model_state: Any, step: jax.Array) -> dict:
+    """Members whose (sign-adjusted) value beats their kept one take the current parameters."""
+    better = jnp.isfinite(value) & (value > state["value"])
+    return {"value": jnp.where(better, value, state["value"]), "step": jnp.where(better, step, state["step"]),
+            "params": keep_where(better, params, state["params"]),
+            "model_state": keep_where(better, model_state, state["model_state"])}
+
+
 def best_members(population: PopulationState, state: dict) -> PopulationState:
     """The population with each member's kept best parameters (members never evaluated keep theirs)."""
-    seen = state["step"] >= 0
     members = population.members
-    return population.replace(members=members.replace(
-        params=keep_where(seen, state["params"], members.params),
-        model_state=keep_where(seen, state["model_state"], members.model_state)))
+    params, model_state = _swap_in_kept(state["step"] >= 0, (state["params"], state["model_state"]),
+                                        (members.params, members.model_state))
+    return population.replace(members=members.replace(params=params, model_state=model_state))
+
+
+_swap_in_kept = jax.jit(keep_where)
 
 
 def reduce_on_plateau(*, split: str = "eval", metric: str = "accuracy", mode: str = "max", patience: int,
