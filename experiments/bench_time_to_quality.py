@@ -16,7 +16,10 @@ Contestants (`--contestants`, comma-separated; add one by adding a function to C
   vhjax_tune_random  the same with random sampling
   vhjax_pbt      vhjax.search.search_pbt: population based training of P members (default 32, half the
                  compute of 64 trials) drawn from the space, exploit/explore every steps/10 steps on the
-                 validation accuracy; every member's final (validation, test) counts, at the end
+                 validation accuracy, `keep_best=True`: each member slot returns its best evaluated
+                 parameters, so every round's validation scores count when the callback reports them
+                 (test: of the returned parameters)
+  vhjax_pbt_final  the same without keep_best: only the members' final (validation, test) count, at the end
   vhjax_tpe      vhjax.search(TrainingObjective(config), space, 'tpe', population=P)
   vhjax_random   the same with 'random'
   NAME:P         a vhjax contestant with population P (e.g. vhjax_tune:16 beside vhjax_tune)
@@ -453,27 +456,45 @@ def run_vhjax_tune(args, sampler: str) -> dict:
             "member_steps": int(sum(row["steps"] for row in result.timeline)), "timeline": timeline}
 
 
-def run_vhjax_pbt(args) -> dict:
+def run_vhjax_pbt(args, keep_best: bool = True) -> dict:
     """Population based training, `vhjax.search.search_pbt`: P members drawn from the task's space,
-    `steps` steps each in one compiled program, exploit/explore every steps/10 steps; the members'
-    final validation and test accuracies are the trials (counted when the run ends, so nothing of
-    PBT's intermediate rounds is credited)."""
+    `steps` steps each in one compiled program, exploit/explore every steps/10 steps.
+
+    keep_best (the recommended use): every member slot returns its best evaluated parameters, so a
+    round's validation score counts when `search_pbt`'s callback reports it (the search holds those
+    parameters from then on); the test accuracy is that of the returned parameters (the trial of
+    each slot's kept round). keep_best=False (`vhjax_pbt_final`): only the members' final
+    (validation, test) count, when the run ends.
+    """
     from vhjax.search import search_pbt
 
     task = TASKS[args.task]
     space = vhjax_space(task)
     population = args.population or DEFAULT_PBT_POPULATION
-    result = search_pbt(vhjax_config(task, args.steps, args.seed), space, population=population,
-                        interval=args.steps // REPORTS_PER_TRIAL, seed=args.seed, verbose=False)
+    config = dataclasses.replace(vhjax_config(task, args.steps, args.seed), keep_best=keep_best)
+    rounds: list = []
+
+    def record(row: dict) -> None:
+        rounds.append((time.perf_counter() - PROCESS_START, row["round"], row["member"], row["value"]))
+
+    result = search_pbt(config, space, population=population, interval=args.steps // REPORTS_PER_TRIAL,
+                        seed=args.seed, callback=record, verbose=False)
     now = time.perf_counter() - PROCESS_START
-    final = [trial for trial in result.trials.completed() if trial.fidelity == args.steps]
-    timeline = [(now, trial.fitness, trial.metrics["test_accuracy"]) for trial in final]
-    return {"population": population, "trials": population, "completed": len(timeline), "pruned": 0,
+    if keep_best:
+        tests = {(t.generation, t.slot): t.metrics["test_accuracy"] for t in result.trials
+                 if "test_accuracy" in t.metrics}
+        timeline = [(seconds, math.nan if value is None else value, tests.get((round_index, member), math.nan))
+                    for seconds, round_index, member, value in rounds]
+    else:
+        final = [trial for trial in result.trials.completed() if trial.fidelity == args.steps]
+        timeline = [(now, trial.fitness, trial.metrics["test_accuracy"]) for trial in final]
+    return {"population": population, "trials": population, "completed": population, "pruned": 0,
             "member_steps": population * args.steps, "timeline": timeline}
 
 
 CONTESTANTS: dict[str, Callable[[Any], dict]] = {
     "vhjax_pbt": run_vhjax_pbt,
+    "vhjax_pbt_final": lambda args: run_vhjax_pbt(args, keep_best=False),
     "vhjax_tune": lambda args: run_vhjax_tune(args, "tpe"),
     "vhjax_tune_random": lambda args: run_vhjax_tune(args, "random"),
     "optuna_tpe": lambda args: run_optuna(args, "tpe", pruner=False),
