@@ -23,10 +23,15 @@ from vhjax.train import controls
 from vhjax.validation import check_choice
 
 
+def monitored_on_host(report: Report, population: PopulationState, split: str, metric: str) -> np.ndarray:
+    """The metric per member as float32 on the host, NaN for members that diverged."""
+    values = report.metric(split, metric).astype(np.float32)
+    return np.where(np.asarray(population.alive), values, np.float32(np.nan))
+
+
 def monitored(report: Report, population: PopulationState, split: str, metric: str) -> jax.Array:
     """The metric per member as float32, NaN for members that diverged."""
-    values = report.metric(split, metric).astype(np.float32)
-    return jnp.asarray(np.where(np.asarray(population.alive), values, np.nan))
+    return jnp.asarray(monitored_on_host(report, population, split, metric))
 
 
 def monitored_or_worst(report: Report, population: PopulationState, split: str, metric: str, mode: str) -> jax.Array:
@@ -70,7 +75,7 @@ def keep_best(*, split: str = "eval", metric: str = "accuracy", mode: str = "max
         return _initial_kept(members.params, members.model_state, jnp.asarray(members.step))
 
     def update(state: dict, population: PopulationState, report: Report):
-        value = sign * monitored(report, population, split, metric)
+        value = jnp.asarray(np.float32(sign) * monitored_on_host(report, population, split, metric))  # no program
         members = population.members
         step = jnp.asarray(members.step)
         value = placed_like(value, step)
