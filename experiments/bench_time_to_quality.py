@@ -16,10 +16,10 @@ Contestants (`--contestants`, comma-separated; add one by adding a function to C
   vhjax_tune_random  the same with random sampling
   vhjax_pbt      vhjax.search.search_pbt: population based training of P members (default 32, half the
                  compute of 64 trials) drawn from the space, exploit/explore every steps/10 steps on the
-                 validation accuracy, `keep_best=True`: each member slot returns its best evaluated
+                 validation accuracy; every member's final (validation, test) counts, at the end
+  vhjax_pbt_best the same with `keep_best=True`: each member slot returns its best evaluated
                  parameters, so every round's validation scores count when the callback reports them
                  (test: of the returned parameters)
-  vhjax_pbt_final  the same without keep_best: only the members' final (validation, test) count, at the end
   vhjax_tpe      vhjax.search(TrainingObjective(config), space, 'tpe', population=P)
   vhjax_random   the same with 'random'
   NAME:P         a vhjax contestant with population P (e.g. vhjax_tune:16 beside vhjax_tune)
@@ -456,15 +456,15 @@ def run_vhjax_tune(args, sampler: str) -> dict:
             "member_steps": int(sum(row["steps"] for row in result.timeline)), "timeline": timeline}
 
 
-def run_vhjax_pbt(args, keep_best: bool = True) -> dict:
+def run_vhjax_pbt(args, keep_best: bool = False) -> dict:
     """Population based training, `vhjax.search.search_pbt`: P members drawn from the task's space,
     `steps` steps each in one compiled program, exploit/explore every steps/10 steps.
 
-    keep_best (the recommended use): every member slot returns its best evaluated parameters, so a
-    round's validation score counts when `search_pbt`'s callback reports it (the search holds those
-    parameters from then on); the test accuracy is that of the returned parameters (the trial of
-    each slot's kept round). keep_best=False (`vhjax_pbt_final`): only the members' final
-    (validation, test) count, when the run ends.
+    keep_best=False (`vhjax_pbt`, the documented default): only the members' final (validation,
+    test) count, when the run ends. keep_best=True (`vhjax_pbt_best`): every member slot returns its
+    best evaluated parameters, so a round's validation score counts when `search_pbt`'s callback
+    reports it (the search holds those parameters from then on); the test accuracy is that of the
+    returned parameters (the trial of each slot's kept round).
     """
     from vhjax.search import search_pbt
 
@@ -494,7 +494,7 @@ def run_vhjax_pbt(args, keep_best: bool = True) -> dict:
 
 CONTESTANTS: dict[str, Callable[[Any], dict]] = {
     "vhjax_pbt": run_vhjax_pbt,
-    "vhjax_pbt_final": lambda args: run_vhjax_pbt(args, keep_best=False),
+    "vhjax_pbt_best": lambda args: run_vhjax_pbt(args, keep_best=True),
     "vhjax_tune": lambda args: run_vhjax_tune(args, "tpe"),
     "vhjax_tune_random": lambda args: run_vhjax_tune(args, "random"),
     "optuna_tpe": lambda args: run_optuna(args, "tpe", pruner=False),
