@@ -113,6 +113,7 @@ def test_pbt_keep_best_returns_each_slots_best_evaluated_parameters():
         best_round = int(np.argmax(scores))  # the first round of the slot's best score
         assert member["eval"]["accuracy"] == pytest.approx(scores[best_round])  # re-evaluated: those parameters
         assert member["best_step"] == pbt.history[best_round]["step"]
+        assert member["hparams"]["learning_rate"] == pbt.history[best_round]["learning_rate"][i]  # of that round
 
 
 def test_search_pbt_streams_rounds_and_keeps_the_best_round_of_each_slot(tmp_path):

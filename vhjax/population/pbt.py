@@ -127,9 +127,10 @@ def fit_pbt(config: TrainConfig, members: Sequence[Mapping[str, Any]], explore: 
 
     `explore` maps hyperparameter names (e.g. 'learning_rate', 'weight_decay', 'dropout_rate',
     'aug_strength') to `(low, high[, log])`; `metric` (maximized) on the eval split ranks members.
-    The config's early stopping, plateau and best-model keeping work here too: they see each
-    evaluated member before exploit/explore replaces it, so `keep_best` returns each member slot's
-    best evaluated parameters (`best_step` in the result: the round they were evaluated at).
+    The config's early stopping, plateau and best-model keeping work here too; best-model keeping
+    sees each evaluated member before exploit/explore replaces it, so `keep_best` returns each
+    member slot's best evaluated parameters (`best_step` in the result: the round they were
+    evaluated at; `hparams`: those of that round).
     `on_round(entry)` receives each round's `history` entry as soon as it is evaluated (rounds a
     resumed run had finished are not sent again).
     """
@@ -154,9 +155,10 @@ def fit_pbt(config: TrainConfig, members: Sequence[Mapping[str, Any]], explore: 
     run_chunk, evaluate = compiled_programs(task, default_member_group(len(members), parallel.member_shards(mesh)),
                                             mesh=mesh)
     eval_data = (jnp.asarray(task.eval.x), jnp.asarray(task.eval.y))
-    hooks = [*config_hooks(bucket_config),  # before PBT's copies: keep_best keeps what was evaluated
-             pbt_hook(explore, seed=config.seed, fraction=fraction, resample_probability=resample_probability,
-                      metric=metric, on_round=on_round)]
+    pbt = pbt_hook(explore, seed=config.seed, fraction=fraction, resample_probability=resample_probability,
+                   metric=metric, on_round=on_round)
+    extra = config_hooks(bucket_config)  # keep_best before PBT's copies: it keeps what was evaluated
+    hooks = [*[h for h in extra if h.name == "keep_best"], pbt, *[h for h in extra if h.name != "keep_best"]]
     outcome = run_loop(population, run_chunk, (jnp.asarray(task.train.x), jnp.asarray(task.train.y)),
                        steps=config.steps, eval_every=interval, evaluate=lambda p: {"eval": evaluate(p, *eval_data)},
                        hooks=hooks, workdir=root, checkpoint_every=config.checkpoint_every, mesh=mesh, label="pbt | ",
@@ -169,14 +171,23 @@ def fit_pbt(config: TrainConfig, members: Sequence[Mapping[str, Any]], explore: 
     final = {"eval": evaluate(population, *eval_data)}
     if task.test is not None:
         final["test"] = evaluate(population, jnp.asarray(task.test.x), jnp.asarray(task.test.y))
-    hparams = get_member_hparams(population)
+    record = outcome.hook_states["pbt"]["record"]
+    hparams = returned_hparams(get_member_hparams(population), record["history"], best_steps, explore)
     results = [{"member": i, **{split: {k: float(v[i]) for k, v in values.items()} for split, values in final.items()},
-                "hparams": {k: np.asarray(hparams[k][i]).tolist() for k in explore},
+                "hparams": hparams[i],
                 "diverged_step": None if int(population.diverged_step[i]) < 0 else int(population.diverged_step[i]),
                 "best_step": best_steps[i]}
                for i in range(len(members))]
-    record = outcome.hook_states["pbt"]["record"]
     result = PBTResult(results, record["lineage"], record["history"])
     if root is not None:
         (root / "pbt.json").write_text(json.dumps(dataclasses.asdict(result), indent=1))
     return result
+
+
+def returned_hparams(current: Mapping[str, Any], history: Sequence[dict], best_steps: Sequence[int | None],
+                     explore: Mapping[str, Range]) -> list[dict]:
+    """Each returned member's hyperparameters: those it was evaluated with at its kept round
+    (keep_best), else its current ones."""
+    rounds = {entry["step"]: entry for entry in history}
+    return [{k: (np.asarray(current[k][i]).tolist() if step is None else rounds[step][k][i]) for k in explore}
+            for i, step in enumerate(best_steps)]
