@@ -89,7 +89,8 @@ def exploit_and_explore(key: jax.Array, population: Any, scores: jax.Array,
 def pbt_hook(explore: Mapping[str, Range], *, seed: int, fraction: float = 0.25, resample_probability: float = 0.25,
              split: str = "eval", metric: str = "accuracy", on_round: Callable[[dict], None] | None = None) -> Hook:
     """Exploit/explore after every evaluation but the last; lineage and history in the record.
-    `on_round(entry)` receives each round's history entry as soon as the round is evaluated."""
+    `on_round(entry)` receives each round's history entry, with its index as `round`, as soon as
+    the round is evaluated."""
     frozen = tuple(explore.items())
     round_fn = jax.jit(exploit_and_explore, static_argnames=("explore", "fraction", "resample_probability"))
 
@@ -103,7 +104,7 @@ def pbt_hook(explore: Mapping[str, Range], *, seed: int, fraction: float = 0.25,
         history.append({"step": report.step, "score": scores.tolist(),
                         **{k: np.asarray(hparams[k]).tolist() for k in explore}})
         if on_round is not None:
-            on_round(history[-1])
+            on_round({**history[-1], "round": len(history) - 1})
         copied = 0
         if report.step < report.total_steps:
             key = jax.random.fold_in(jax.random.key(seed), report.step)
@@ -131,8 +132,8 @@ def fit_pbt(config: TrainConfig, members: Sequence[Mapping[str, Any]], explore: 
     sees each evaluated member before exploit/explore replaces it, so `keep_best` returns each
     member slot's best evaluated parameters (`best_step` in the result: the round they were
     evaluated at; `hparams`: those of that round).
-    `on_round(entry)` receives each round's `history` entry as soon as it is evaluated (rounds a
-    resumed run had finished are not sent again).
+    `on_round(entry)` receives each round's `history` entry (and its index as `round`) as soon as
+    it is evaluated (rounds a resumed run had finished are not sent again).
     """
     check_int("interval", interval, 1, config.steps)
     check_number("fraction", fraction, 0.0, 0.5, low_inclusive=False)

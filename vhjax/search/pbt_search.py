@@ -92,7 +92,7 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
         check_fingerprint(store, fingerprint)
         if store.get_meta(_STORED_KEY) is None:  # never stored whole (trials of an older, cut write go)
             training_dir = None if workdir is None else Path(workdir) / "training"
-            on_round = None if callback is None else round_reporter(space, interval, callback, time.perf_counter())
+            on_round = None if callback is None else round_reporter(space, callback, time.perf_counter())
             result = fit_pbt(config, initial, ranges, interval=interval, fraction=fraction,
                              resample_probability=resample_probability, metric=metric, workdir=training_dir,
                              on_round=on_round, verbose=verbose)
@@ -117,15 +117,14 @@ def check_monitor(config: TrainConfig, metric: str) -> None:
                          f"patience in search_pbt: ('eval', {metric!r}, 'max'), the score PBT ranks members by")
 
 
-def round_reporter(space: Space, interval: int, callback: Callable[[dict], None],
-                   start: float) -> Callable[[dict], None]:
+def round_reporter(space: Space, callback: Callable[[dict], None], start: float) -> Callable[[dict], None]:
     """`on_round` for `fit_pbt`: one callback row per member of an evaluated round."""
 
     def on_round(entry: dict) -> None:
-        round_index, seconds = -(-int(entry["step"]) // interval) - 1, time.perf_counter() - start
+        seconds = time.perf_counter() - start
         for i, score in enumerate(entry["score"]):
             ok = score is not None and np.isfinite(score)
-            callback({"seconds": seconds, "round": round_index, "step": int(entry["step"]), "member": i,
+            callback({"seconds": seconds, "round": entry["round"], "step": int(entry["step"]), "member": i,
                       "state": "COMPLETE" if ok else "FAIL", "value": float(score) if ok else None,
                       "params": member_params(space, entry, i)})
 
