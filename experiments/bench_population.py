@@ -15,6 +15,8 @@ min(P, 4) trials.
 
 Command:  python experiments/bench_population.py [--steps 200] [--sizes 1 8 64 256] [--repeats 5]
           [--models "paper CNN with dropout + weight decay + augmentation" ...] [--cpu-devices 2]
+(`--help` lists the models; the default is the first five, the others split the realistic CNN row
+into its parts and choose its convolution: vhjax's patch convolution or XLA's native one.)
 The "with dropout + weight decay + augmentation" rows give every member dropout 0.1, weight decay
 1e-4 and random shifts of up to 10% of the length (traced per-member values, as in a search).
 Baseline and population runs alternate `--repeats` times after a warm-up run (A, B, A, B: single runs
@@ -48,7 +50,18 @@ MODELS = {  # label -> (registry name, model kwargs, config overrides)
     "MLP 512x3": ("mlp", {"widths": (512, 512, 512), "num_classes": 10}, {}),
     "paper CNN with dropout + weight decay + augmentation": ("mnist1d_cnn", {}, REGULARIZED),
     "paper MLP with dropout + weight decay + augmentation": ("mnist1d_mlp", {}, REGULARIZED),
+    # Not run by default: what a realistic CNN step's cost is made of, and the convolution choice on a
+    # GPU ('auto' is vhjax's patch convolution on CPU, XLA's native one elsewhere; models/patch_conv.py)
+    "paper CNN with dropout": ("mnist1d_cnn", {}, {"dropout_rate": REGULARIZED["dropout_rate"]}),
+    "paper CNN with augmentation": ("mnist1d_cnn", {}, {"augment": REGULARIZED["augment"]}),
+    "paper CNN, patch conv": ("mnist1d_cnn", {"conv_impl": "patch"}, {}),
+    "paper CNN, patch conv, with dropout + weight decay + augmentation": ("mnist1d_cnn", {"conv_impl": "patch"},
+                                                                         REGULARIZED),
+    "paper CNN, XLA conv, with dropout + weight decay + augmentation": ("mnist1d_cnn", {"conv_impl": "xla"},
+                                                                       REGULARIZED),
 }
+DEFAULT_MODELS = ["paper MLP", "paper CNN", "MLP 512x3", "paper CNN with dropout + weight decay + augmentation",
+                  "paper MLP with dropout + weight decay + augmentation"]
 
 
 def matmul_peak(size: int = 2048, repeats: int = 10) -> float:
@@ -131,7 +144,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 8, 64, 256])
-    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=list(MODELS), metavar="MODEL",
+                        help=f"rows to measure (default: the first five); known: {'; '.join(MODELS)}")
     parser.add_argument("--repeats", type=int, default=5,
                         help="alternating (baseline, population) pairs per row; rates: best, ratio: median of pairs")
     parser.add_argument("--cpu-devices", type=int, default=1,

@@ -43,6 +43,7 @@ experiments/results/time_to_quality[_TASK].{md,json} and experiments/figures/tim
 
 Command:  python experiments/bench_time_to_quality.py [--task mnist1d_cnn] [--trials 64] [--steps 1500]
           [--seeds 3] [--population 16] [--cpu-devices auto] [--contestants optuna_tpe,optuna_random,optuna_tpe_hb,vhjax_tpe,vhjax_random]
+          [--conv-impl auto|patch|xla] [--time-budget SECONDS] [--compilation-cache DIR] [--tag _NAME]
 Smoke run (about a minute, writes *_quick.* files):  python experiments/bench_time_to_quality.py --quick
 """
 
@@ -372,10 +373,13 @@ def run_optuna(args, sampler_name: str, pruner: bool) -> dict:
 # --- the vhjax contestants -----------------------------------------------------------------------
 
 
-def vhjax_config(task: Task, steps: int, seed: int):
+def vhjax_config(task: Task, steps: int, seed: int, conv_impl: str = "auto"):
+    """The vhjax contestants' training config; `conv_impl` other than 'auto' picks the model's
+    convolution (vhjax.models.patch_conv: 'patch' or XLA's native 'xla')."""
     from vhjax.config import TrainConfig
 
-    return TrainConfig(dataset=task.dataset, model=task.model, model_kwargs=task.model_kwargs, optimizer="adamw",
+    model_kwargs = {**task.model_kwargs, **({} if conv_impl == "auto" else {"conv_impl": conv_impl})}
+    return TrainConfig(dataset=task.dataset, model=task.model, model_kwargs=model_kwargs, optimizer="adamw",
                        learning_rate=1e-3, weight_decay=1e-4, dropout_rate=0.1,
                        augment=({"name": task.augmentation, "strength": 0.1},),
                        batch_size=100, steps=steps, eval_every=steps, train_split=SPLITS[0],
@@ -416,7 +420,8 @@ def run_vhjax(args, strategy: str) -> dict:
 
     task = TASKS[args.task]
     space = Space({name: Float(low, high, log=log) for name, low, high, log in task.space})
-    objective = TrainingObjective(vhjax_config(task, args.steps, args.seed), to_member=vhjax_member(task))
+    objective = TrainingObjective(vhjax_config(task, args.steps, args.seed, args.conv_impl),
+                                  to_member=vhjax_member(task))
     timeline: list = []
     vhjax.search(TimedObjective(objective, timeline), space, strategy, budget=args.trials,
                  population=args.population or 16, seed=args.seed, verbose=False)
@@ -444,7 +449,7 @@ def run_vhjax_tune(args, sampler: str) -> dict:
         if row["state"] == "COMPLETE":
             timeline.append((time.perf_counter() - PROCESS_START, row["value"], row["test"]))
 
-    result = tune(vhjax_config(task, args.steps, args.seed), space, budget=args.trials, population=args.population,
+    result = tune(vhjax_config(task, args.steps, args.seed, args.conv_impl), space, budget=args.trials, population=args.population,
                   sampler=sampler, seed=args.seed, callback=record, mesh="auto", verbose=False,
                   compilation_cache=args.compilation_cache or False)  # cold unless the bench turns it on for all
     states = [row["state"] for row in result.timeline]
@@ -471,7 +476,7 @@ def run_vhjax_pbt(args, keep_best: bool = False) -> dict:
     task = TASKS[args.task]
     space = vhjax_space(task)
     population = args.population or DEFAULT_PBT_POPULATION
-    config = dataclasses.replace(vhjax_config(task, args.steps, args.seed), keep_best=keep_best)
+    config = dataclasses.replace(vhjax_config(task, args.steps, args.seed, args.conv_impl), keep_best=keep_best)
     rounds: list = []
 
     def record(row: dict) -> None:
@@ -539,7 +544,7 @@ def worker(args) -> None:
 def run_worker(args, contestant: str, seed: int, record: Path) -> dict:
     command = [sys.executable, os.path.abspath(__file__), "--worker", contestant, "--seed", str(seed),
                "--record", str(record), "--task", args.task, "--trials", str(args.trials),
-               "--steps", str(args.steps), "--cpu-devices", args.cpu_devices]
+               "--steps", str(args.steps), "--cpu-devices", args.cpu_devices, "--conv-impl", args.conv_impl]
     if args.population is not None:
         command += ["--population", str(args.population)]
     if args.compilation_cache:
@@ -554,6 +559,11 @@ def run_worker(args, contestant: str, seed: int, record: Path) -> dict:
           f"{', population ' + str(run['population']) if 'population' in run else ''}, {run['compile_count']} compilations "
           f"({run['compile_seconds']:.1f} s)", flush=True)
     return run
+
+
+def another_round_fits(elapsed: float, rounds_done: int, budget: float | None) -> bool:
+    """Whether one more seed's round, as long as the mean round so far, ends within `budget` seconds."""
+    return budget is None or elapsed + elapsed / rounds_done <= budget
 
 
 def plot(runs: Sequence[dict], path: Path, title: str) -> None:
@@ -596,6 +606,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--contestants", default=DEFAULT_CONTESTANTS)
     parser.add_argument("--reference", default="optuna_tpe", help="whose best validation accuracy sets the targets")
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 trials of 100 steps, 1 seed, population 2")
+    parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                        help="start another seed's round only if the rounds so far say it ends within SECONDS "
+                             "of the benchmark's start (a device lease); the table covers the seeds finished")
     parser.add_argument("--tag", default="", help="suffix of the results' file names (keep an earlier run's tables)")
     parser.add_argument("--compilation-cache", default=None, metavar="DIR",
                         help="enable JAX's persistent compilation cache in DIR in every process (default: off)")
@@ -603,6 +616,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="vhjax contestants: split the CPU into this many JAX devices ('auto': one per core, "
                              "vhjax.hardware.use_cpu_devices; '1': one device); the Optuna contestants train one "
                              "trial at a time on one device either way")
+    parser.add_argument("--conv-impl", choices=("auto", "patch", "xla"), default="auto",
+                        help="vhjax contestants' convolution ('auto': vhjax's patch convolution on CPU, XLA's "
+                             "native one on GPU/TPU); the Optuna trainer keeps 'auto'")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--record", default=None, help=argparse.SUPPRESS)
@@ -631,17 +647,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = time.perf_counter()
     runs = []
     for seed in range(args.seeds):
+        if seed and not another_round_fits(time.perf_counter() - started, seed, args.time_budget):
+            print(f"stopping after {seed} seed(s): another round would pass --time-budget {args.time_budget:g} s",
+                  flush=True)
+            break
         for contestant in contestants:  # interleaved: A, B, ... for seed 0, then seed 1, ...
             runs.append(run_worker(args, contestant, seed, results_dir / f".{stem}_{contestant}_{seed}.json"))
             (results_dir / f".{stem}_{contestant}_{seed}.json").unlink()
+    seeds_run = len({run["seed"] for run in runs})
     summary = summarize(runs, args.reference)
     table = markdown_table(summary, args.reference)
     import jax
 
     header = (f"Task {args.task}: {task.describe}. Searched: " + ", ".join(
         f"{n} in [{lo:g}, {hi:g}]{' (log)' if log else ''}" for n, lo, hi, log in task.space)
-        + f". {args.trials} trials x {args.steps} Adam steps (batch 100) per contestant and seed, {args.seeds} seed(s); "
-        f"vhjax population {args.population or f'default (tune: 4 per CPU device, pbt: {DEFAULT_PBT_POPULATION})'}, vhjax CPU devices {args.cpu_devices}. Times are medians over seeds, from each process's start "
+        + f". {args.trials} trials x {args.steps} Adam steps (batch 100) per contestant and seed, {seeds_run} seed(s); "
+        f"vhjax population {args.population or f'default (tune: 4 per CPU device, 16 on an accelerator; pbt: {DEFAULT_PBT_POPULATION})'}, vhjax CPU devices {args.cpu_devices}, vhjax convolution {args.conv_impl}. Times are medians over seeds, from each process's start "
         f"(imports, data, compilation, evaluation included). JAX {jax.__version__} on "
         f"{jax.devices()[0].platform}, {os.cpu_count()} CPU(s). Total wall time {time.perf_counter() - started:.0f} s.\n\n"
         f"Command: `python experiments/bench_time_to_quality.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n")

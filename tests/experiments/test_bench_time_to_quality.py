@@ -98,3 +98,17 @@ def test_contestant_registry_and_candidate_mapping():
     assert member == {"learning_rate": 1e-3, "weight_decay": 1e-4, "dropout_rate": 0.2,
                       "augment": ({"name": "shift", "strength": 0.1},)}
     assert [name for name, *_ in task.space] == ["learning_rate", "weight_decay", "dropout_rate", "augment"]
+
+
+def test_another_round_fits_the_time_budget():
+    assert bench.another_round_fits(100.0, 1, None)  # no budget: every seed runs
+    assert bench.another_round_fits(100.0, 1, 200.0)  # 100 s + another 100 s round ends at the budget
+    assert not bench.another_round_fits(100.0, 1, 199.0)
+    assert bench.another_round_fits(200.0, 2, 300.0) and not bench.another_round_fits(200.0, 2, 299.0)
+
+
+def test_conv_impl_reaches_only_the_vhjax_model():
+    task = bench.TASKS["digits_cnn"]
+    assert bench.vhjax_config(task, 100, 0).model_kwargs == task.model_kwargs  # 'auto': the model's default
+    patch = bench.vhjax_config(task, 100, 0, "patch").model_kwargs
+    assert patch == {**task.model_kwargs, "conv_impl": "patch"} and "conv_impl" not in task.model_kwargs
