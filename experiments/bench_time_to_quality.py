@@ -449,8 +449,8 @@ def run_vhjax_tune(args, sampler: str) -> dict:
         if row["state"] == "COMPLETE":
             timeline.append((time.perf_counter() - PROCESS_START, row["value"], row["test"]))
 
-    result = tune(vhjax_config(task, args.steps, args.seed, args.conv_impl), space, budget=args.trials, population=args.population,
-                  sampler=sampler, seed=args.seed, callback=record, mesh="auto", verbose=False,
+    result = tune(vhjax_config(task, args.steps, args.seed, args.conv_impl), space, budget=args.trials,
+                  population=args.population, sampler=sampler, seed=args.seed, callback=record, mesh="auto", verbose=False,
                   compilation_cache=args.compilation_cache or False)  # cold unless the bench turns it on for all
     states = [row["state"] for row in result.timeline]
     from vhjax import parallel
