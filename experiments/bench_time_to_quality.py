@@ -483,7 +483,8 @@ def run_vhjax_pbt(args, keep_best: bool = False) -> dict:
         rounds.append((time.perf_counter() - PROCESS_START, row["round"], row["member"], row["value"]))
 
     result = search_pbt(config, space, population=population, interval=args.steps // REPORTS_PER_TRIAL,
-                        seed=args.seed, callback=record, verbose=False)
+                        seed=args.seed, callback=record, verbose=False,
+                        compilation_cache=args.compilation_cache or False)  # cold unless the bench turns it on for all
     now = time.perf_counter() - PROCESS_START
     if keep_best:
         tests = {(t.generation, t.slot): t.metrics["test_accuracy"] for t in result.trials

@@ -12,9 +12,9 @@ inside a `with` block, from JAX's monitoring events:
         run_search()
     print(compiled.count, compiled.seconds, compiled.cache_hits)
 
-`vhjax.search.tune` turns it on by default (`compilation_cache=True`: the default directory;
-`VHJAX_CACHE_DIR=off` or `compilation_cache=False` keeps it off), so rerunning or resuming a search
-loads its programs.
+`vhjax.search.tune` and `vhjax.search.search_pbt` turn it on by default (`compilation_cache=True`:
+the default directory; `VHJAX_CACHE_DIR=off` or `compilation_cache=False` keeps it off), so
+rerunning or resuming a search loads its programs.
 
 Thresholds: JAX caches only programs that took at least 1 s to compile by default; `enable` sets
 the minimum compile time to 0 and lifts the entry size limit, so the small programs of a CPU run

@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from vhjax import compilation_cache
 from vhjax.config import TrainConfig
 from vhjax.population import fit_population
 from vhjax.population.pbt import fit_pbt
@@ -97,7 +98,13 @@ def test_search_pbt_stores_every_round_with_lineage(tmp_path):
     assert [t.fidelity for t in schedule] == [30.0, 60.0, 90.0] and schedule[-1] == result.best
     assert all(later.parent_id == earlier.trial_id for earlier, later in zip(schedule, schedule[1:]))
     assert "lineage" in result.plot()
-    again = search_pbt(config, space, population=4, interval=30, workdir=tmp_path, verbose=False)
+    assert compilation_cache.enabled_dir() is None  # the default (True) respects VHJAX_CACHE_DIR=off (conftest)
+    try:  # a path turns JAX's persistent compilation cache on there, as tune's does
+        again = search_pbt(config, space, population=4, interval=30, workdir=tmp_path, verbose=False,
+                           compilation_cache=str(tmp_path / "jax_cache"))
+        assert compilation_cache.enabled_dir() == str((tmp_path / "jax_cache").resolve())
+    finally:
+        compilation_cache.disable()  # the suite's own cache comes back before the next test (conftest)
     assert len(again.trials) == 12  # nothing trained or stored twice
 
 

@@ -32,6 +32,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from vhjax import compilation_cache as vhjax_cache
 from vhjax.config import TrainConfig
 from vhjax.search import storage as storage_lib
 from vhjax.search.driver import (check_fingerprint, config_fingerprint, search_lock, space_fingerprint,
@@ -66,13 +67,16 @@ def default_interval(steps: int) -> int:
 def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: int | None = None, fraction: float = 0.25,
                resample_probability: float = 0.25, metric: str = "accuracy", workdir: str | os.PathLike | None = None,
                storage: str | None = None, seed: int = 0, callback: Callable[[dict], None] | None = None,
-               verbose: bool = True, study: str = storage_lib.DEFAULT_STUDY) -> SearchResult:
+               compilation_cache: bool | str = True, verbose: bool = True,
+               study: str = storage_lib.DEFAULT_STUDY) -> SearchResult:
     """Run PBT over `space` with `population` members for `config.steps` steps; see the module doc.
 
     `interval` (steps between exploit/explore rounds) defaults to `config.steps // 10`.
     `callback(row)` is called for every member of every round as soon as the round is evaluated,
     with `row = {"seconds", "round", "step", "member", "state", "value", "params"}` (`state`
     'COMPLETE' or 'FAIL' for a diverged member; `seconds` since the call started).
+    `compilation_cache`: JAX's persistent compilation cache, as in `tune` (True: on in the default
+    directory, see `vhjax.compilation_cache`; a path; False: leave it off), so a rerun loads its programs.
     """
     from vhjax.population.pbt import fit_pbt
 
@@ -87,6 +91,7 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
         fraction=float(fraction), resample_probability=float(resample_probability), metric=metric,
         seed=int(seed), train_config=config.to_dict())
     initial = [space.decode(u) for u in np.asarray(space.sample(jax.random.key(seed), population))]
+    vhjax_cache.use(compilation_cache)
     with search_lock(workdir, storage), storage_lib.open_store(workdir, storage, study=study, objectives={metric: "maximize"},
                                                                    space=space) as store:
         check_fingerprint(store, fingerprint)
