@@ -19,6 +19,31 @@ MEMBERS = [{"learning_rate": lr} for lr in (1e-5, 1e-5, 1e-5, 1e-2)]
 EXPLORE = {"learning_rate": (1e-5, 1e-1, True)}
 
 
+def test_explore_values_perturbs_clips_and_redraws_each_hyperparameter_from_one_draw():
+    import jax
+    import jax.numpy as jnp
+
+    from vhjax.population.exploit import explore_values
+
+    values = {"learning_rate": jnp.full((2000,), 1e-3), "l2": jnp.full((2000, 3), 0.5)}  # l2: one per layer
+    ranges = {"learning_rate": (1e-4, 1e-2, True), "l2": (0.0, 0.55, False)}
+    same = explore_values(jax.random.key(0), values, ranges, factors=(1.0,), resample_probability=0.0)
+    assert all(np.array_equal(same[k], values[k]) for k in values)  # the identity at zero strength
+    moved = explore_values(jax.random.key(0), values, ranges, factors=(0.5, 2.0))
+    np.testing.assert_allclose(np.unique(np.round(np.asarray(moved["learning_rate"]), 6)), [5e-4, 2e-3])
+    l2 = np.asarray(moved["l2"])
+    np.testing.assert_allclose(np.unique(np.round(l2, 6)), [0.25, 0.55])  # 1.0 clipped to the range's top
+    assert np.all(l2 == l2[:, :1])  # one factor per member for a per-layer value
+    halves = np.asarray(moved["learning_rate"]) < 1e-3
+    assert 0.45 < halves.mean() < 0.55
+    assert abs(np.corrcoef(halves, l2[:, 0] < 0.5)[0, 1]) < 0.1  # each hyperparameter's factor its own
+    redrawn = explore_values(jax.random.key(1), values, ranges, resample_probability=0.25)
+    fresh = np.asarray(redrawn["learning_rate"])
+    fresh = fresh[~np.isclose(fresh, 8e-4) & ~np.isclose(fresh, 1.2e-3)]
+    assert 0.2 < fresh.size / 2000 < 0.3 and fresh.min() >= 1e-4 and fresh.max() <= 1e-2
+    assert 0.3 < np.mean(fresh < 1e-3) < 0.7  # log-uniform: half of [1e-4, 1e-2] lies below 1e-3
+
+
 def test_pbt_rescues_bad_members_and_beats_no_exploitation():
     pbt = fit_pbt(CONFIG, MEMBERS, EXPLORE, interval=30, fraction=0.25, verbose=False)
     plain = fit_population(CONFIG, MEMBERS, verbose=False, same_batches=False)
@@ -109,12 +134,15 @@ def test_search_pbt_stores_every_round_with_lineage(tmp_path):
 
 
 def test_pbt_keep_best_returns_each_slots_best_evaluated_parameters():
-    # half the members copy and redraw a learning rate up to 1e4: a copy that then scores lower than
-    # before the copy must return its own evaluated parameters, not those it copied
+    # half the members copy and redraw a learning rate in [1, 1e4], which wrecks them: the worst of the
+    # good members (~0.6 accuracy) then scores lower than before the copy and must return its own
+    # evaluated parameters, not those it copied
     config = dataclasses.replace(CONFIG, steps=60, keep_best=True)
-    pbt = fit_pbt(config, MEMBERS, {"learning_rate": (1e-5, 1e4, True)}, interval=30, fraction=0.5,
+    members = [{"learning_rate": lr} for lr in (1e-2, 1e-2, 1e-2, 1e-5)]
+    pbt = fit_pbt(config, members, {"learning_rate": (1.0, 1e4, True)}, interval=30, fraction=0.5,
                   resample_probability=1.0, verbose=False)
-    assert any(entry["score"][1] < pbt.history[0]["score"][1] for entry in pbt.history[1:])  # the case above
+    assert any(entry["score"][i] < pbt.history[0]["score"][i]  # the case above, in some slot
+               for entry in pbt.history[1:] for i in range(len(members)))
     for i, member in enumerate(pbt.members):
         scores = [entry["score"][i] for entry in pbt.history]
         best_round = int(np.argmax(scores))  # the first round of the slot's best score

@@ -23,7 +23,7 @@ import numpy as np
 
 from vhjax import parallel
 from vhjax.config import TrainConfig
-from vhjax.population.exploit import (copy_members, explore_value, get_member_hparams, set_member_hparams,
+from vhjax.population.exploit import (copy_members, explore_values, get_member_hparams, set_member_hparams,
                                       truncation_sources)
 from vhjax.population.fit import bucket_members, bucket_seeds, bucket_task, compiled_programs, stack_dynamic
 from vhjax.population.hooks import best_members, config_hooks
@@ -72,17 +72,14 @@ def exploit_and_explore(key: jax.Array, population: Any, scores: jax.Array,
     `explore` is a tuple of (name, (low, high, log)) pairs (hashable: a static argument under jit).
     """
     explore = dict(explore)
-    select_key, *keys = jax.random.split(key, 1 + len(explore))
+    select_key, explore_key = jax.random.split(key)
     source = truncation_sources(select_key, scores, fraction)
     population = copy_members(population, source)
     copied = source != jnp.arange(source.shape[0])
-    current = get_member_hparams(population)
-    updates = {}
-    for (name, value_range), explore_key in zip(explore.items(), keys):
-        values = current[name]
-        moved = explore_value(explore_key, values, value_range, resample_probability=resample_probability)
-        mask = copied.reshape((-1,) + (1,) * (values.ndim - 1))
-        updates[name] = jnp.where(mask, moved, values)
+    current = {name: values for name, values in get_member_hparams(population).items() if name in explore}
+    moved = explore_values(explore_key, current, explore, resample_probability=resample_probability)
+    updates = {name: jnp.where(copied.reshape((-1,) + (1,) * (values.ndim - 1)), moved[name], values)
+               for name, values in current.items()}
     return set_member_hparams(population, **updates), source
 
 

@@ -92,18 +92,27 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
         seed=int(seed), train_config=config.to_dict())
     initial = [space.decode(u) for u in np.asarray(space.sample(jax.random.key(seed), population))]
     vhjax_cache.use(compilation_cache)
-    with search_lock(workdir, storage), storage_lib.open_store(workdir, storage, study=study, objectives={metric: "maximize"},
-                                                                   space=space) as store:
-        check_fingerprint(store, fingerprint)
-        if store.get_meta(_STORED_KEY) is None:  # never stored whole (trials of an older, cut write go)
-            training_dir = None if workdir is None else Path(workdir) / "training"
-            on_round = None if callback is None else round_reporter(space, callback, time.perf_counter())
-            result = fit_pbt(config, initial, ranges, interval=interval, fraction=fraction,
-                             resample_probability=resample_probability, metric=metric, workdir=training_dir,
-                             on_round=on_round, verbose=verbose)
-            write_fingerprint(store, fingerprint)
-            _store_rounds(store, space, result)
-        trials = TrialTable(store.trials())
+
+    def train():
+        training_dir = None if workdir is None else Path(workdir) / "training"
+        on_round = None if callback is None else round_reporter(space, callback, time.perf_counter())
+        return fit_pbt(config, initial, ranges, interval=interval, fraction=fraction,
+                       resample_probability=resample_probability, metric=metric, workdir=training_dir,
+                       on_round=on_round, verbose=verbose)
+
+    def opened():
+        return storage_lib.open_store(workdir, storage, study=study, objectives={metric: "maximize"}, space=space)
+
+    with search_lock(workdir, storage):
+        if workdir is None and storage is None:  # nothing to resume: the in-memory store opens (about
+            result = train()                     # half a second) when the rounds are there to store
+            with opened() as store:
+                trials = _store(store, space, result, fingerprint)
+        else:
+            with opened() as store:
+                check_fingerprint(store, fingerprint)
+                stored = store.get_meta(_STORED_KEY) is not None  # else never stored whole: an older, cut write goes
+                trials = TrialTable(store.trials()) if stored else _store(store, space, train(), fingerprint)
     return SearchResult(trials=trials, direction="maximize", objectives={metric: "maximize"},
                         workdir=None if workdir is None else os.fspath(workdir), study=study,
                         top_fidelity_only=not keeps_best(config))
@@ -134,6 +143,13 @@ def round_reporter(space: Space, callback: Callable[[dict], None], start: float)
                       "params": member_params(space, entry, i)})
 
     return on_round
+
+
+def _store(store: storage_lib.TrialStore, space: Space, result: Any, fingerprint: str) -> TrialTable:
+    """Write a finished run's fingerprint and rounds; the store's trials."""
+    write_fingerprint(store, fingerprint)
+    _store_rounds(store, space, result)
+    return TrialTable(store.trials())
 
 
 def _store_rounds(store: storage_lib.TrialStore, space: Space, result: Any) -> None:
