@@ -131,6 +131,9 @@ def test_search_pbt_stores_every_round_with_lineage(tmp_path):
     finally:
         compilation_cache.disable()  # the suite's own cache comes back before the next test (conftest)
     assert len(again.trials) == 12  # nothing trained or stored twice
+    in_memory = search_pbt(config, space, population=4, interval=30, verbose=False)  # stored after training
+    assert [(t.generation, t.slot, t.fitness, t.params, t.parent_id is None) for t in in_memory.trials] == [
+        (t.generation, t.slot, t.fitness, t.params, t.parent_id is None) for t in result.trials]
 
 
 def test_pbt_keep_best_returns_each_slots_best_evaluated_parameters():
