@@ -15,8 +15,9 @@ Contestants (`--contestants`, comma-separated; add one by adding a function to C
                  (Optuna TPE proposes, one running population, ASHA rungs inside it, slots refilled)
   vhjax_tune_random  the same with random sampling
   vhjax_pbt      vhjax.search.search_pbt: population based training of P members (default 32, half the
-                 compute of 64 trials) drawn from the space, exploit/explore every steps/10 steps on the
-                 validation accuracy; every member's final (validation, test) counts, at the end
+                 compute of 64 trials) drawn from the space, exploit/explore every steps/10 steps (or
+                 --pbt-interval) on the validation accuracy; every member's final (validation, test)
+                 counts, at the end
   vhjax_pbt_best the same with `keep_best=True`: each member slot returns its best evaluated
                  parameters, so every round's validation scores count when the callback reports them
                  (test: of the returned parameters)
@@ -43,7 +44,7 @@ experiments/results/time_to_quality[_TASK].{md,json} and experiments/figures/tim
 
 Command:  python experiments/bench_time_to_quality.py [--task mnist1d_cnn] [--trials 64] [--steps 1500]
           [--seeds 3] [--population 16] [--cpu-devices auto] [--contestants optuna_tpe,optuna_random,optuna_tpe_hb,vhjax_tpe,vhjax_random]
-          [--conv-impl auto|patch|xla] [--time-budget SECONDS] [--compilation-cache DIR] [--tag _NAME]
+          [--conv-impl auto|patch|xla] [--pbt-interval STEPS] [--time-budget SECONDS] [--compilation-cache DIR] [--tag _NAME]
 Smoke run (about a minute, writes *_quick.* files):  python experiments/bench_time_to_quality.py --quick
 """
 
@@ -482,7 +483,7 @@ def run_vhjax_pbt(args, keep_best: bool = False) -> dict:
     def record(row: dict) -> None:
         rounds.append((time.perf_counter() - PROCESS_START, row["round"], row["member"], row["value"]))
 
-    result = search_pbt(config, space, population=population, interval=args.steps // REPORTS_PER_TRIAL,
+    result = search_pbt(config, space, population=population, interval=args.pbt_interval,  # None: its default
                         seed=args.seed, callback=record, verbose=False,
                         compilation_cache=args.compilation_cache or False)  # cold unless the bench turns it on for all
     now = time.perf_counter() - PROCESS_START
@@ -546,6 +547,8 @@ def run_worker(args, contestant: str, seed: int, record: Path) -> dict:
     command = [sys.executable, os.path.abspath(__file__), "--worker", contestant, "--seed", str(seed),
                "--record", str(record), "--task", args.task, "--trials", str(args.trials),
                "--steps", str(args.steps), "--cpu-devices", args.cpu_devices, "--conv-impl", args.conv_impl]
+    if args.pbt_interval is not None:
+        command += ["--pbt-interval", str(args.pbt_interval)]
     if args.population is not None:
         command += ["--population", str(args.population)]
     if args.compilation_cache:
@@ -617,6 +620,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="vhjax contestants: split the CPU into this many JAX devices ('auto': one per core, "
                              "vhjax.hardware.use_cpu_devices; '1': one device); the Optuna contestants train one "
                              "trial at a time on one device either way")
+    parser.add_argument("--pbt-interval", type=int, default=None, metavar="STEPS",
+                        help="vhjax_pbt, vhjax_pbt_best: steps between exploit/explore rounds (default: "
+                             "search_pbt's, a tenth of --steps)")
     parser.add_argument("--conv-impl", choices=("auto", "patch", "xla"), default="auto",
                         help="vhjax contestants' convolution ('auto': vhjax's patch convolution on CPU, XLA's "
                              "native one on GPU/TPU); the Optuna trainer keeps 'auto'")
@@ -643,6 +649,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     results_dir, figures_dir = ROOT / "experiments" / "results", ROOT / "experiments" / "figures"
     results_dir.mkdir(parents=True, exist_ok=True)
     task = TASKS[args.task]
+    from vhjax.search.pbt_search import default_interval
+
     print(f"{args.task}: {task.describe}; {args.trials} trials x {args.steps} steps, {args.seeds} seed(s), "
           f"vhjax population {args.population or 'default'}", flush=True)
     started = time.perf_counter()
@@ -663,7 +671,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     header = (f"Task {args.task}: {task.describe}. Searched: " + ", ".join(
         f"{n} in [{lo:g}, {hi:g}]{' (log)' if log else ''}" for n, lo, hi, log in task.space)
         + f". {args.trials} trials x {args.steps} Adam steps (batch 100) per contestant and seed, {seeds_run} seed(s); "
-        f"vhjax population {args.population or f'default (tune: 4 per CPU device, 16 on an accelerator; pbt: {DEFAULT_PBT_POPULATION})'}, vhjax CPU devices {args.cpu_devices}, vhjax convolution {args.conv_impl}. Times are medians over seeds, from each process's start "
+        f"vhjax population {args.population or f'default (tune: 4 per CPU device, 16 on an accelerator; pbt: {DEFAULT_PBT_POPULATION})'}, vhjax CPU devices {args.cpu_devices}, vhjax convolution {args.conv_impl}, PBT interval {args.pbt_interval or f'default ({default_interval(args.steps)} steps)'}. Times are medians over seeds, from each process's start "
         f"(imports, data, compilation, evaluation included). JAX {jax.__version__} on "
         f"{jax.devices()[0].platform}, {os.cpu_count()} CPU(s). Total wall time {time.perf_counter() - started:.0f} s.\n\n"
         f"Command: `python experiments/bench_time_to_quality.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n")
