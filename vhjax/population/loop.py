@@ -181,6 +181,8 @@ def on_mesh(runner: Callable, mesh: Any) -> Callable:
             end, metrics = runner(padded, data, length)
         if parallel.spans_processes(mesh):  # every process reads, evaluates and checkpoints the whole population
             return parallel.gather_members(end, metrics, size, mesh)
+        if padded.size == size:  # nothing to cut (slicing every leaf costs a dispatch per leaf and chunk)
+            return end, metrics
         cut = lambda leaf: leaf[:size]
         return jax.tree.map(cut, end), {k: v[:, :size] for k, v in metrics.items()}
 

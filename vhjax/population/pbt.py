@@ -170,10 +170,11 @@ def fit_pbt(config: TrainConfig, members: Sequence[Mapping[str, Any]], explore: 
     if task.test is not None:
         final["test"] = evaluate(population, jnp.asarray(task.test.x), jnp.asarray(task.test.y))
     record = outcome.hook_states["pbt"]["record"]
-    hparams = returned_hparams(get_member_hparams(population), record["history"], best_steps, explore)
+    # on the host once: indexing device arrays member by member dispatches (and compiles) a gather each
+    final, current, diverged = jax.device_get((final, get_member_hparams(population), population.diverged_step))
+    hparams = returned_hparams(current, record["history"], best_steps, explore)
     results = [{"member": i, **{split: {k: float(v[i]) for k, v in values.items()} for split, values in final.items()},
-                "hparams": hparams[i],
-                "diverged_step": None if int(population.diverged_step[i]) < 0 else int(population.diverged_step[i]),
+                "hparams": hparams[i], "diverged_step": None if int(diverged[i]) < 0 else int(diverged[i]),
                 "best_step": best_steps[i]}
                for i in range(len(members))]
     result = PBTResult(results, record["lineage"], record["history"])
