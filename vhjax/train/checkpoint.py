@@ -7,6 +7,7 @@ warning and the previous good one is used; if none is good, a `CheckpointError` 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import warnings
@@ -15,8 +16,6 @@ from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
-from orbax.checkpoint.path import atomicity
 
 from vhjax import faults
 
@@ -39,14 +38,27 @@ def state_checksum(state: Any) -> str:
     return digest.hexdigest()
 
 
-class _FaultableTemporaryPath(atomicity.AtomicRenameTemporaryPath):
+@functools.cache
+def _orbax():
+    """orbax.checkpoint, imported on first use (about 0.16 s that a run without a workdir never pays)."""
+    import orbax.checkpoint as ocp
+
+    return ocp
+
+
+@functools.cache
+def _faultable_temporary_path() -> type:
     """Orbax's temporary checkpoint folder (renamed to its step when complete), with the
     `checkpoint.before_rename` fault point just before a step folder's rename (not its items')."""
+    from orbax.checkpoint.path import atomicity
 
-    async def finalize(self) -> None:
-        if self._final_path.name.isdigit():  # the step folder; its items are named `state`, `record`
-            faults.point("checkpoint.before_rename")
-        await super().finalize()
+    class FaultableTemporaryPath(atomicity.AtomicRenameTemporaryPath):
+        async def finalize(self) -> None:
+            if self._final_path.name.isdigit():  # the step folder; its items are named `state`, `record`
+                faults.point("checkpoint.before_rename")
+            await super().finalize()
+
+    return FaultableTemporaryPath
 
 
 class Checkpointer:
@@ -59,8 +71,9 @@ class Checkpointer:
 
     def __init__(self, directory: str | Path, max_to_keep: int = 2):
         self.directory = Path(directory).absolute()
+        ocp = _orbax()
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=False,
-                                               temporary_path_class=_FaultableTemporaryPath)
+                                               temporary_path_class=_faultable_temporary_path())
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
@@ -69,12 +82,14 @@ class Checkpointer:
     def save(self, step: int, state: Any, record: dict) -> None:
         faults.point("checkpoint.save")
         record = {**record, CHECKSUM_KEY: state_checksum(state)}
+        ocp = _orbax()
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)), force=True)
         self._manager.wait_until_finished()
         faults.point("checkpoint.saved")
 
     def _restore_step(self, step: int, template: Any) -> tuple[Any, dict]:
+        ocp = _orbax()
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), record=ocp.args.JsonRestore()))
