@@ -14,6 +14,7 @@ from vhjax.augment.sequence import (max_offset, random_factors, random_offsets, 
                                     shift_axis)
 from vhjax.augment.sequence_extra import (MIN_WINDOW_FRACTION, interpolate_at, warp_positions_from_speeds,
                                           warp_speeds)
+from vhjax.counter_hash import hashed_bernoulli
 
 KEY = jax.random.key(7)
 X3 = jax.random.normal(jax.random.key(1), (9, 20, 2))
@@ -70,7 +71,7 @@ def test_with_probability_selects_whole_examples_with_one_draw():
     shift = with_probability(get_augmentation("shift", mode="roll"))
     out = np.asarray(shift(KEY, X2, jnp.float32(0.2), jnp.float32(0.5)))
     augment_key, mask_key = jax.random.split(KEY)
-    chosen = np.asarray(jax.random.bernoulli(mask_key, 0.5, (X2.shape[0],)))
+    chosen = np.asarray(hashed_bernoulli(mask_key, 0.5, X2.shape[0]))
     shifted = np.asarray(get_augmentation("shift", mode="roll")(augment_key, X2, jnp.float32(0.2)))
     np.testing.assert_array_equal(out, np.where(chosen[:, None], shifted, X2))
     assert 0 < chosen.sum() < X2.shape[0]

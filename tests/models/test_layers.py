@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vhjax.models.layers import Dropout, hashed_bits, keep_mask
+from vhjax.models.layers import Dropout, keep_mask
 
 
 @pytest.mark.parametrize("keep", [0.0, 0.1, 0.5, 0.8, 1.0])
@@ -22,19 +22,6 @@ def test_keep_mask_units_are_independent_across_calls_and_keys():
     b, _ = keep_mask(jax.random.key(2), (4096,), jnp.float32(0.5))
     agreement = float(jnp.mean(a == b))
     assert 0.45 < agreement < 0.55  # independent fair coins agree half the time
-
-
-def test_hashed_bits_are_balanced_uncorrelated_and_differ_per_vmapped_key():
-    words = np.asarray(hashed_bits(jax.random.key(5), 1 << 16))
-    bits = np.unpackbits(words.view(np.uint8)).reshape(-1, 32).astype(np.float64)
-    assert np.all(np.abs(bits.mean(0) - 0.5) < 0.01)  # every bit position is a fair coin
-    neighbours = np.corrcoef(bits[:-1].ravel(), bits[1:].ravel())[0, 1]
-    assert abs(neighbours) < 0.01  # consecutive counters do not give related words
-    assert len(np.unique(words)) > 0.99 * len(words)
-    per_member = np.asarray(jax.vmap(lambda k: hashed_bits(k, 4096))(jax.random.split(jax.random.key(6), 3)))
-    low = per_member & 1
-    for i, j in ((0, 1), (0, 2), (1, 2)):
-        assert 0.45 < np.mean(low[i] == low[j]) < 0.55  # members' streams are independent
 
 
 def test_dropout_is_unbiased_and_identity_at_rate_zero():

@@ -101,7 +101,8 @@ def test_member_without_adaptation_trains_as_fit_population():
 
 @pytest.mark.slow  # about 20 s on 2 shared cores: 6 members, 300 steps
 def test_dann_beats_source_only_and_the_oracle_bounds_them_in_one_program():
-    members = [{"seed": s, **m} for s in (0, 1) for m in ({}, {"dann_weight": 1.0}, {"oracle": 1.0})]
+    # four seeds: DANN at 300 steps varies from seed to seed (target accuracy 0.74 to 0.96)
+    members = [{"seed": s, **m} for s in range(4) for m in ({}, {"dann_weight": 1.0}, {"oracle": 1.0})]
     result = adapt(CONFIG, members, target=TARGET, verbose=False)
     assert len(result.population.states) == 1  # one bucket: one compiled program
     by_method = {}

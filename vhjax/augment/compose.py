@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vhjax import validation
+from vhjax.counter_hash import hashed_bernoulli
 from vhjax.registry import Registry
 
 Augmentation = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
@@ -103,7 +104,7 @@ def with_probability(augmentation: Augmentation) -> ChainedAugmentation:
     def apply(key: jax.Array, x: jax.Array, strength: jax.Array, prob: jax.Array) -> jax.Array:
         strength, prob = check_strength(strength), check_strength(prob, "prob")
         augment_key, mask_key = jax.random.split(key)
-        chosen = jax.random.bernoulli(mask_key, prob, (x.shape[0],))
+        chosen = hashed_bernoulli(mask_key, prob, x.shape[0])
         return select_examples(chosen, augmentation(augment_key, x, strength), x)
 
     return apply

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from vhjax import validation
+from vhjax.counter_hash import hashed_randint, hashed_uniform
 from vhjax.augment.compose import Augmentation, check_rank, check_strength, identity_at_zero, register_augmentation
 
 SHIFT_MODES = ("zero", "edge", "roll")
@@ -83,7 +84,7 @@ def max_offset(strength: jax.Array, length: int) -> jax.Array:
 
 def random_offset(key: jax.Array, limit: jax.Array) -> jax.Array:
     """A uniform integer in [-limit, limit]; `limit` may be traced."""
-    return jax.random.randint(key, (), -limit, limit + 1)
+    return random_offsets(key, (), limit)
 
 
 def random_factor(key: jax.Array, strength: jax.Array) -> jax.Array:
@@ -91,15 +92,14 @@ def random_factor(key: jax.Array, strength: jax.Array) -> jax.Array:
     return random_factors(key, (), strength)
 
 
-def random_offsets(key: jax.Array, count: int, limit: jax.Array) -> jax.Array:
-    """`count` uniform integers in [-limit, limit] from one draw; `limit` may be traced."""
-    return jax.random.randint(key, (count,), -limit, limit + 1)
+def random_offsets(key: jax.Array, count: int | tuple[int, ...], limit: jax.Array) -> jax.Array:
+    """`count` uniform integers in [-limit, limit] from one counter-hash draw; `limit` may be traced."""
+    return hashed_randint(key, count, -limit, limit + 1)
 
 
 def random_factors(key: jax.Array, shape: tuple[int, ...] | int, strength: jax.Array) -> jax.Array:
     """Uniform factors in [1 - strength, 1 + strength] (at least MIN_SCALE_FACTOR), one draw."""
-    shape = (shape,) if isinstance(shape, int) else shape
-    spread = jax.random.uniform(key, shape, minval=-1.0, maxval=1.0)
+    spread = 2.0 * hashed_uniform(key, shape) - 1.0
     return jnp.maximum(1.0 + strength * spread, MIN_SCALE_FACTOR)
 
 

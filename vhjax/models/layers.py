@@ -10,28 +10,8 @@ import jax
 import jax.numpy as jnp
 from flax.linen import kw_only_dataclasses
 
+from vhjax.counter_hash import hashed_bits
 from vhjax.models import activations
-
-
-def _mix32(x: jax.Array) -> jax.Array:
-    """MurmurHash3's 32-bit finalizer: a bijection of uint32 with full avalanche."""
-    x = x ^ (x >> 16)
-    x = x * jnp.uint32(0x85EBCA6B)
-    x = x ^ (x >> 13)
-    x = x * jnp.uint32(0xC2B2AE35)
-    return x ^ (x >> 16)
-
-
-def hashed_bits(key: jax.Array, count: int) -> jax.Array:
-    """`count` pseudo-random uint32 words: two words drawn from `key` seed a counter hash.
-
-    Word i is mix(mix(i * golden + s0) ^ s1): about 12 integer operations per word against
-    threefry's ~50, for randomness (dropout masks) where a statistically good, cheap stream
-    matters more than cryptographic strength. Distinct keys give independent-looking streams.
-    """
-    seed = jax.random.bits(key, (2,), jnp.uint32)
-    counter = jax.lax.iota(jnp.uint32, count)
-    return _mix32(_mix32(counter * jnp.uint32(0x9E3779B9) + seed[0]) ^ seed[1])
 
 
 def keep_mask(key: jax.Array, shape: tuple[int, ...], keep: jax.Array) -> tuple[jax.Array, jax.Array]:
