@@ -2,10 +2,11 @@
 
 A train step draws a few arrays every step (dropout masks, each example's augmentation choice and
 offset, an epoch's example order). JAX's threefry costs ~50 integer operations per 32-bit word
-and, on a CPU, is lowered as a loop: three small threefry draws per step were about 5% of a small
-CNN population's step and a few tenths of a second of its compilation. Here two words drawn from
-the key (one threefry call) seed a counter hash: word i = mix(mix(i * golden + s0) ^ s1), with
-`mix` MurmurHash3's 32-bit finalizer (about 12 operations per word). Statistically good for masks
+and, on a CPU, is lowered as a loop; drawing those arrays with it (and an epoch's permutation with
+threefry and two sorts) cost a small CNN population's training program about half a second of
+compilation (experiments/README.md, "Cheaper random numbers in the training step"). Here two
+words drawn from the key (one threefry call) seed a counter hash: word i = mix(mix(i * golden + s0)
+^ s1), with `mix` MurmurHash3's 32-bit finalizer (about 12 operations per word). Good for masks
 and augmentation draws (tests/test_counter_hash.py), not cryptographic; distinct keys give
 independent-looking streams, so vmapped keys (one per member) give each member its own.
 """

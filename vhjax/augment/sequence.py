@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 
 from vhjax import validation
-from vhjax.counter_hash import hashed_randint, hashed_uniform
 from vhjax.augment.compose import Augmentation, check_rank, check_strength, identity_at_zero, register_augmentation
+from vhjax.counter_hash import hashed_randint, hashed_uniform
 
 SHIFT_MODES = ("zero", "edge", "roll")
 RESAMPLE_MODES = ("zero", "edge")
