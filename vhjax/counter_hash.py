@@ -55,6 +55,9 @@ def hashed_randint(key: jax.Array, shape: tuple[int, ...] | int, low: jax.Array,
     """int32 uniform in [low, high) of `shape`; `low`/`high` may be traced (high > low). The bias
     of mapping 24 random bits onto the range is below range / 2**24."""
     low, high = jnp.asarray(low, jnp.int32), jnp.asarray(high, jnp.int32)
-    span = (high - low).astype(jnp.float32)
-    offset = jnp.floor(hashed_uniform(key, shape) * span).astype(jnp.int32)
-    return low + jnp.minimum(offset, high - low - 1)
+    return low + uniform_index(hashed_uniform(key, shape), high - low)
+
+
+def uniform_index(u: jax.Array, count) -> jax.Array:
+    """`floor(u * count)`, at most `count - 1`: a uniform index in [0, count) for each uniform `u` in [0, 1)."""
+    return jnp.minimum((u * count).astype(jnp.int32), count - 1)
