@@ -314,3 +314,38 @@ def test_batches_gathered_on_the_host_train_like_batches_gathered_in_the_program
     for a, b in zip(jax.tree.leaves(want.members.params), jax.tree.leaves(got.members.params)):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(want_metrics["loss"], got_metrics["loss"])
+
+
+def test_a_group_with_no_training_member_is_skipped():
+    """Member groups run in turn; a group whose members are all stopped does not run at all (its
+    steps execute no member step), and nothing else changes."""
+    from flax import struct
+
+    from vhjax.population.engine import PopulationRunner
+
+    @struct.dataclass
+    class Member:
+        params: jax.Array
+        step: jax.Array
+
+    executed = []
+
+    def member_step(member, batch):
+        jax.debug.callback(lambda: executed.append(1))  # once per executed step of a group
+        new = member.replace(params=member.params + batch.mean(), step=member.step + 1)
+        return new, {"loss": new.params}
+
+    indices = lambda population, length: jnp.tile(jnp.arange(2), (length, 1))
+    runner = PopulationRunner(member_step, indices, member_group=2)
+    population = new_population(Member(jnp.arange(4.0), jnp.zeros(4, jnp.int32)))
+    data = jnp.array([1.0, 2.0])
+    for stopped, runs in (([False] * 4, 6), ([False, False, True, True], 3), ([False, True, False, True], 6),
+                          ([True] * 4, 0)):
+        executed.clear()
+        end, metrics = runner(population.replace(stopped=jnp.array(stopped)), data, 3)
+        jax.block_until_ready(end)
+        assert len(executed) == runs  # 2 groups x 3 steps, less the groups with no training member
+        expected = np.where(stopped, np.arange(4.0), np.arange(4.0) + 4.5)  # 3 steps of +1.5, or unchanged
+        np.testing.assert_allclose(end.members.params, expected)
+        loss = np.asarray(metrics["loss"])
+        assert np.isnan(loss[:, np.array(stopped)]).all() and np.isfinite(loss[:, ~np.array(stopped)]).all()

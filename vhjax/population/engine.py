@@ -155,6 +155,22 @@ def pad_leading(tree: Any, count: int, axis: int = 0) -> Any:
     return jax.tree.map(pad, tree)
 
 
+def skipping_idle(run: Callable) -> Callable:
+    """`run(group, indices)` that skips a group none of whose members trains (stopped or
+    diverged): the group comes back unchanged, its step metrics NaN. A population whose stopped
+    members fill whole groups then costs only its training members' compute."""
+
+    def guarded(group: PopulationState, indices: Any):
+        def idle(group, indices):
+            shapes = jax.eval_shape(run, group, indices)[1]
+            return group, jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan if jnp.issubdtype(s.dtype, jnp.inexact) else 0,
+                                                         s.dtype), shapes)
+
+        return lax.cond(jnp.any(group.training), run, idle, group, indices)
+
+    return guarded
+
+
 def run_in_groups(run: Callable, population: PopulationState, indices: jax.Array,
                   member_group: int | None, shards: int = 1) -> tuple[PopulationState, dict]:
     """`run(group, indices)` over groups of `member_group` members in turn (or all at once).
@@ -194,6 +210,7 @@ def run_in_groups(run: Callable, population: PopulationState, indices: jax.Array
         return leaf.reshape(*shape[:axis], padded, *shape[axis + 1:])
 
     grouped = jax.tree.map(split, population)
+    run = skipping_idle(run)
     if population.same_batches:
         finished, metrics = lax.map(lambda group: run(group, indices), grouped)
     else:  # indices (steps, P, ...) (or batches): each group takes its members' columns
