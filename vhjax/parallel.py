@@ -59,7 +59,7 @@ def put(leaf: Any, sharding: NamedSharding) -> jax.Array:
     jax.Array, PRNG keys included) becomes the global array's shards on this process's devices,
     without communication (`jax.make_array_from_callback`); a global array is resharded."""
     if sharding.is_fully_addressable:
-        return jax.device_put(leaf, sharding)
+        return spread(leaf, sharding)
     if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
         return _reshard(sharding)(leaf)  # one program over every process
     if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
@@ -67,6 +67,17 @@ def put(leaf: Any, sharding: NamedSharding) -> jax.Array:
         return jax.random.wrap_key_data(put(jax.random.key_data(leaf), sharding), impl=impl)
     host = np.asarray(leaf)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def spread(leaf: Any, sharding: Any) -> Any:
+    """`jax.device_put(leaf, sharding)` within this process; an array on one device that goes onto
+    several is split on the host (JAX would compile a slicing program for every leaf shape)."""
+    if not (isinstance(leaf, jax.Array) and len(leaf.sharding.device_set) == 1 < len(sharding.device_set)):
+        return jax.device_put(leaf, sharding)
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        impl = jax.random.key_impl(leaf)
+        return jax.random.wrap_key_data(spread(jax.random.key_data(leaf), sharding), impl=impl)
+    return jax.device_put(np.asarray(leaf), sharding)
 
 
 def batch_placement(mesh: Mesh):

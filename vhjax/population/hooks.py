@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vhjax import parallel
 from vhjax.population.engine import keep_where
 from vhjax.population.exploit import get_member_hparams, set_member_hparams
 from vhjax.population.loop import Hook, Report
@@ -91,7 +92,7 @@ def placed_like(state: Any, current: Any) -> Any:
     every call; a no-op once they match."""
     if all(a.sharding == b.sharding for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(current))):
         return state
-    return jax.device_put(state, jax.tree.map(lambda a: a.sharding, current))
+    return jax.tree.map(lambda a, b: parallel.spread(a, b.sharding), state, current)
 
 
 @jax.jit
