@@ -21,6 +21,8 @@ Contestants (`--contestants`, comma-separated; add one by adding a function to C
   vhjax_pbt_best the same with `keep_best=True`: each member slot returns its best evaluated
                  parameters, so every round's validation scores count when the callback reports them
                  (test: of the returned parameters)
+  vhjax_pbt_shrink  vhjax_pbt_best with a shrinking population (`shrink`): after the third of ten rounds
+                 only the best half of the members trains on (the others stop; their compute is skipped)
   vhjax_tpe      vhjax.search(TrainingObjective(config), space, 'tpe', population=P)
   vhjax_random   the same with 'random'
   NAME:P         a vhjax contestant with population P (e.g. vhjax_tune:16 beside vhjax_tune)
@@ -462,7 +464,7 @@ def run_vhjax_tune(args, sampler: str) -> dict:
             "member_steps": int(sum(row["steps"] for row in result.timeline)), "timeline": timeline}
 
 
-def run_vhjax_pbt(args, keep_best: bool = False) -> dict:
+def run_vhjax_pbt(args, keep_best: bool = False, shrink: bool = False) -> dict:
     """Population based training, `vhjax.search.search_pbt`: P members drawn from the task's space,
     `steps` steps each in one compiled program, exploit/explore every steps/10 steps.
 
@@ -470,9 +472,13 @@ def run_vhjax_pbt(args, keep_best: bool = False) -> dict:
     test) count, when the run ends. keep_best=True (`vhjax_pbt_best`): every member slot returns its
     best evaluated parameters, so a round's validation score counts when `search_pbt`'s callback
     reports it (the search holds those parameters from then on); the test accuracy is that of the
-    returned parameters (the trial of each slot's kept round).
+    returned parameters (the trial of each slot's kept round). shrink=True (`vhjax_pbt_shrink`,
+    with keep_best): `shrink={2: P // 2}` with the default ten rounds (after 3/10 of the rounds
+    in general), the population that docs/tune.md recommends for time to quality.
     """
+    from vhjax.population.pbt import pbt_rounds
     from vhjax.search import search_pbt
+    from vhjax.search.pbt_search import default_interval
 
     task = TASKS[args.task]
     space = vhjax_space(task)
@@ -483,9 +489,11 @@ def run_vhjax_pbt(args, keep_best: bool = False) -> dict:
     def record(row: dict) -> None:
         rounds.append((time.perf_counter() - PROCESS_START, row["round"], row["member"], row["value"]))
 
+    rounds_total = pbt_rounds(args.steps, args.pbt_interval or default_interval(args.steps))
     result = search_pbt(config, space, population=population, interval=args.pbt_interval,  # None: its default
                         seed=args.seed, callback=record, verbose=False,
-                        compilation_cache=args.compilation_cache or False)  # cold unless the bench turns it on for all
+                        compilation_cache=args.compilation_cache or False,  # cold unless the bench turns it on for all
+                        shrink={max(0, 3 * rounds_total // 10 - 1): population // 2} if shrink and population >= 4 else None)
     now = time.perf_counter() - PROCESS_START
     if keep_best:
         tests = {(t.generation, t.slot): t.metrics["test_accuracy"] for t in result.trials
@@ -502,6 +510,7 @@ def run_vhjax_pbt(args, keep_best: bool = False) -> dict:
 CONTESTANTS: dict[str, Callable[[Any], dict]] = {
     "vhjax_pbt": run_vhjax_pbt,
     "vhjax_pbt_best": lambda args: run_vhjax_pbt(args, keep_best=True),
+    "vhjax_pbt_shrink": lambda args: run_vhjax_pbt(args, keep_best=True, shrink=True),
     "vhjax_tune": lambda args: run_vhjax_tune(args, "tpe"),
     "vhjax_tune_random": lambda args: run_vhjax_tune(args, "random"),
     "optuna_tpe": lambda args: run_optuna(args, "tpe", pruner=False),
@@ -621,7 +630,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "vhjax.hardware.use_cpu_devices; '1': one device); the Optuna contestants train one "
                              "trial at a time on one device either way")
     parser.add_argument("--pbt-interval", type=int, default=None, metavar="STEPS",
-                        help="vhjax_pbt, vhjax_pbt_best: steps between exploit/explore rounds (default: "
+                        help="vhjax_pbt, vhjax_pbt_best, vhjax_pbt_shrink: steps between exploit/explore rounds (default: "
                              "search_pbt's, a tenth of --steps)")
     parser.add_argument("--conv-impl", choices=("auto", "patch", "xla"), default="auto",
                         help="vhjax contestants' convolution ('auto': vhjax's patch convolution on CPU, XLA's "

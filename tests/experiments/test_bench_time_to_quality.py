@@ -91,7 +91,8 @@ def test_summary_needs_the_reference():
 
 
 def test_contestant_registry_and_candidate_mapping():
-    assert {"optuna_tpe", "optuna_random", "optuna_tpe_hb", "vhjax_tpe", "vhjax_random", "vhjax_pbt", "vhjax_pbt_best"} <= set(bench.CONTESTANTS)
+    assert {"optuna_tpe", "optuna_random", "optuna_tpe_hb", "vhjax_tpe", "vhjax_random", "vhjax_pbt", "vhjax_pbt_best",
+            "vhjax_pbt_shrink"} <= set(bench.CONTESTANTS)
     task = bench.TASKS["mnist1d_cnn"]
     member = bench.vhjax_member(task)({"learning_rate": 1e-3, "weight_decay": 1e-4, "dropout_rate": 0.2,
                                        "augment": 0.1})

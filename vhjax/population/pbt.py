@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -24,7 +25,7 @@ import numpy as np
 from vhjax import parallel
 from vhjax.config import TrainConfig
 from vhjax.population.exploit import (copy_members, explore_values, get_member_hparams, set_member_hparams,
-                                      truncation_sources)
+                                      shrink_sources, truncation_sources)
 from vhjax.population.fit import bucket_members, bucket_seeds, bucket_task, compiled_programs, stack_dynamic
 from vhjax.population.hooks import best_members, config_hooks
 from vhjax.population.loop import Hook, Report, run_loop
@@ -66,47 +67,124 @@ def check_explore(explore: Mapping[str, Range], known: Sequence[str]) -> dict[st
 
 def exploit_and_explore(key: jax.Array, population: Any, scores: jax.Array,
                         explore: tuple[tuple[str, Range], ...], fraction: float,
-                        resample_probability: float) -> tuple[Any, jax.Array]:
+                        resample_probability: float, kept_slots: jax.Array | None = None) -> tuple[Any, jax.Array]:
     """One PBT round on the device: (new population, source index per member).
 
     `explore` is a tuple of (name, (low, high, log)) pairs (hashable: a static argument under jit).
+    Stopped members take no part. `kept_slots` (P,) bool, a shrinking round: the best members move
+    into these slots (`shrink_sources`) and the others stop, before the exploit among those kept;
+    the source index then says where each member's state came from over both moves.
     """
     explore = dict(explore)
     select_key, explore_key = jax.random.split(key)
-    source = truncation_sources(select_key, scores, fraction)
-    population = copy_members(population, source)
-    copied = source != jnp.arange(source.shape[0])
+    size = scores.shape[0]
+    if kept_slots is None:  # no shrinking in this run
+        moved, stopped = jnp.arange(size), population.stopped
+    else:
+        moved, stopped = shrink_sources(scores, ~population.stopped, kept_slots), population.stopped | ~kept_slots
+    source = truncation_sources(select_key, scores[moved], fraction, eligible=~stopped)
+    population = copy_members(population, moved[source]).replace(stopped=stopped)  # one gather for both moves
+    copied = source != jnp.arange(size)
     current = {name: values for name, values in get_member_hparams(population).items() if name in explore}
-    moved = explore_values(explore_key, current, explore, resample_probability=resample_probability)
-    updates = {name: jnp.where(copied.reshape((-1,) + (1,) * (values.ndim - 1)), moved[name], values)
+    explored = explore_values(explore_key, current, explore, resample_probability=resample_probability)
+    updates = {name: jnp.where(copied.reshape((-1,) + (1,) * (values.ndim - 1)), explored[name], values)
                for name, values in current.items()}
-    return set_member_hparams(population, **updates), source
+    return set_member_hparams(population, **updates), moved[source]
+
+
+def pbt_round(seed: int, step: int, population: Any, scores: jax.Array, explore: tuple[tuple[str, Range], ...],
+              fraction: float, resample_probability: float, kept_slots: jax.Array | None = None) -> tuple[Any, jax.Array]:
+    """`exploit_and_explore` with the round's key `fold_in(key(seed), step)` made in the same program."""
+    key = jax.random.fold_in(jax.random.key(seed), step)
+    return exploit_and_explore(key, population, scores, explore, fraction, resample_probability, kept_slots)
+
+
+def kept_slot_mask(size: int, kept: int, shards: int = 1) -> np.ndarray:
+    """The `kept` slots a shrinking population keeps training: the first `kept / shards` of each
+    device's contiguous block of members when both divide evenly (so every device keeps the same
+    load and the stopped members fill whole member groups, which the engine skips), else the first
+    `kept` slots."""
+    mask = np.zeros(size, bool)
+    share = kept_per_shard(size, kept, shards)
+    if share is None:
+        mask[:kept] = True
+    else:
+        for shard in range(shards):
+            mask[shard * (size // shards): shard * (size // shards) + share] = True
+    return mask
+
+
+def kept_per_shard(size: int, kept: int, shards: int) -> int | None:
+    """Each device's share of `kept` members, or None where they do not split evenly."""
+    return kept // shards if size % shards == 0 and kept % shards == 0 else None
+
+
+def pbt_rounds(steps: int, interval: int) -> int:
+    """Evaluated rounds of a PBT run: one every `interval` steps and one at the end."""
+    return -(-steps // interval)
+
+
+def check_shrink(shrink: Mapping[int, int] | None, population: int, rounds: int) -> dict[int, int]:
+    """`shrink` as `{round: members kept}`, checked before anything compiles: rounds are integers in
+    [0, rounds - 2] (the last round has no exploit), sizes integers in [2, population - 1] that
+    fall as the rounds rise."""
+    if shrink is None:
+        return {}
+    if not isinstance(shrink, Mapping) or (shrink and population < 3):
+        raise ValueError(f"shrink has value {shrink!r}; allowed: a mapping {{round: members kept}} or None "
+                         f"(None for a population of fewer than 3 members)")
+    checked = {}
+    for round_index, kept in sorted(shrink.items(), key=lambda item: item[0] if isinstance(item[0], int) else -1):
+        check_int(f"shrink round {round_index!r}", round_index, 0, rounds - 2)
+        check_int(f"shrink[{round_index}]", kept, 2, population - 1)
+        if checked and kept >= min(checked.values()):
+            raise ValueError(f"shrink[{round_index}] has value {kept}; allowed: fewer members than the "
+                             f"{min(checked.values())} kept at an earlier round")
+        checked[int(round_index)] = int(kept)
+    return checked
+
+
+def shrink_member_group(size: int, shards: int, kept_sizes: Sequence[int]) -> int | None:
+    """The engine's member group for a population that shrinks to each of `kept_sizes`: the default
+    group cut down to divide every device's share of the kept members, so the stopped members fill
+    whole groups (which the engine skips)."""
+    group = default_member_group(size, shards)
+    for kept in kept_sizes:
+        share = kept_per_shard(size, kept, shards)
+        if group is not None and share is not None:
+            group = math.gcd(group, share)
+    return group
 
 
 def pbt_hook(explore: Mapping[str, Range], *, seed: int, fraction: float = 0.25, resample_probability: float = 0.25,
-             split: str = "eval", metric: str = "accuracy", on_round: Callable[[dict], None] | None = None) -> Hook:
+             split: str = "eval", metric: str = "accuracy", on_round: Callable[[dict], None] | None = None,
+             shrink: Mapping[int, int] | None = None, shards: int = 1) -> Hook:
     """Exploit/explore after every evaluation but the last; lineage and history in the record.
     `on_round(entry)` receives each round's history entry, with its index as `round`, as soon as
-    the round is evaluated."""
+    the round is evaluated. `shrink` maps a round index to the members kept training from then on
+    (`kept_slot_mask` with `shards` places them)."""
     frozen = tuple(explore.items())
-    round_fn = jax.jit(exploit_and_explore, static_argnames=("explore", "fraction", "resample_probability"))
+    round_fn = jax.jit(pbt_round, static_argnames=("explore", "fraction", "resample_probability"))
+    shrink = dict(shrink or {})
 
     def init(population: PopulationState) -> dict:
         return {"record": {"lineage": [], "history": []}}
 
     def update(state: dict, population: PopulationState, report: Report):
-        scores = np.where(np.asarray(population.alive), report.metric(split, metric), np.nan)
+        stopped = np.asarray(population.stopped)
+        scores = np.where(np.asarray(population.alive) & ~stopped, report.metric(split, metric), np.nan)
         hparams = get_member_hparams(population)
         lineage, history = list(state["record"]["lineage"]), list(state["record"]["history"])
         history.append({"step": report.step, "score": scores.tolist(),
-                        **{k: np.asarray(hparams[k]).tolist() for k in explore}})
+                        **{k: np.asarray(hparams[k]).tolist() for k in explore}, "stopped": stopped.tolist()})
         if on_round is not None:
             on_round({**history[-1], "round": len(history) - 1})
         copied = 0
         if report.step < report.total_steps:
-            key = jax.random.fold_in(jax.random.key(seed), report.step)
-            population, source = round_fn(key, population, jnp.asarray(scores, jnp.float32), frozen, fraction,
-                                          resample_probability)
+            size = len(scores)
+            kept = kept_slot_mask(size, shrink.get(len(history) - 1, size), shards) if shrink else None
+            population, source = round_fn(seed, report.step, population, scores.astype(np.float32), frozen, fraction,
+                                          resample_probability, kept)  # host arrays: placed by the program
             source = np.asarray(source)
             parents = np.where(source == np.arange(len(source)), -1, source)
             lineage.append({"step": report.step, "parent": parents.tolist()})
@@ -120,7 +198,8 @@ def pbt_hook(explore: Mapping[str, Range], *, seed: int, fraction: float = 0.25,
 def fit_pbt(config: TrainConfig, members: Sequence[Mapping[str, Any]], explore: Mapping[str, Range], *,
             interval: int, fraction: float = 0.25, resample_probability: float = 0.25, metric: str = "accuracy",
             workdir: str | Path | None = None, same_batches: bool = False, mesh: Any = "auto",
-            on_round: Callable[[dict], None] | None = None, verbose: bool = True) -> PBTResult:
+            on_round: Callable[[dict], None] | None = None, shrink: Mapping[int, int] | None = None,
+            verbose: bool = True) -> PBTResult:
     """Train `members` (dicts of per-member fields, one bucket) with PBT for `config.steps` steps.
 
     `explore` maps hyperparameter names (e.g. 'learning_rate', 'weight_decay', 'dropout_rate',
@@ -137,6 +216,7 @@ def fit_pbt(config: TrainConfig, members: Sequence[Mapping[str, Any]], explore: 
     check_number("resample_probability", resample_probability, 0.0, 1.0)
     if len(members) < 2:
         raise ValueError(f"members has {len(members)} entries; allowed: at least two members")
+    shrink = check_shrink(shrink, len(members), pbt_rounds(config.steps, interval))
     config = dataclasses.replace(config, eval_every=interval)
     buckets = bucket_members(config, members)
     if len(buckets) != 1:
@@ -150,11 +230,12 @@ def fit_pbt(config: TrainConfig, members: Sequence[Mapping[str, Any]], explore: 
     explore = check_explore(explore, list(get_member_hparams(population)))
     root = prepare_workdir(workdir, config)
     mesh = parallel.resolve_mesh(mesh)
-    run_chunk, evaluate = compiled_programs(task, default_member_group(len(members), parallel.member_shards(mesh)),
+    shards = parallel.member_shards(mesh)
+    run_chunk, evaluate = compiled_programs(task, shrink_member_group(len(members), shards, (shrink or {}).values()),
                                             mesh=mesh)
     eval_data = (jnp.asarray(task.eval.x), jnp.asarray(task.eval.y))
     pbt = pbt_hook(explore, seed=config.seed, fraction=fraction, resample_probability=resample_probability,
-                   metric=metric, on_round=on_round)
+                   metric=metric, on_round=on_round, shrink=shrink, shards=shards)
     extra = config_hooks(bucket_config)  # keep_best before PBT's copies: it keeps what was evaluated
     hooks = [*[h for h in extra if h.name == "keep_best"], pbt, *[h for h in extra if h.name != "keep_best"]]
     outcome = run_loop(population, run_chunk, (jnp.asarray(task.train.x), jnp.asarray(task.train.y)),

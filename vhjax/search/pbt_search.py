@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
@@ -38,6 +38,7 @@ from vhjax.search import storage as storage_lib
 from vhjax.search.driver import (check_fingerprint, config_fingerprint, search_lock, space_fingerprint,
                                  write_fingerprint)
 from vhjax.search.strategies.base import check_positive_int
+from vhjax.validation import check_int
 from vhjax.search.results import SearchResult, TrialTable
 from vhjax.search.space import Float, Space
 from vhjax.search.storage import NewTrial
@@ -68,7 +69,7 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
                resample_probability: float = 0.25, metric: str = "accuracy", workdir: str | os.PathLike | None = None,
                storage: str | None = None, seed: int = 0, callback: Callable[[dict], None] | None = None,
                compilation_cache: bool | str = True, verbose: bool = True,
-               study: str = storage_lib.DEFAULT_STUDY) -> SearchResult:
+               study: str = storage_lib.DEFAULT_STUDY, shrink: Mapping[int, int] | None = None) -> SearchResult:
     """Run PBT over `space` with `population` members for `config.steps` steps; see the module doc.
 
     `interval` (steps between exploit/explore rounds) defaults to `config.steps // 10`.
@@ -77,11 +78,16 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
     'COMPLETE' or 'FAIL' for a diverged member; `seconds` since the call started).
     `compilation_cache`: JAX's persistent compilation cache, as in `tune` (True: on in the default
     directory, see `vhjax.compilation_cache`; a path; False: leave it off), so a rerun loads its programs.
+    `shrink` (`{round: members}`, e.g. `{2: population // 2}`): after that round's evaluation only
+    the best `members` go on training (a shrinking population; see `fit_pbt`); the others' trials
+    end there.
     """
-    from vhjax.population.pbt import fit_pbt
+    from vhjax.population.pbt import check_shrink, fit_pbt, pbt_rounds
 
     check_positive_int("population", population, minimum=2)
     interval = default_interval(config.steps) if interval is None else interval
+    check_int("interval", interval, 1, config.steps)
+    shrink = check_shrink(shrink, population, pbt_rounds(config.steps, interval)) or None
     check_positive_int("seed", seed, minimum=0)
     check_monitor(config, metric)
     ranges = explore_ranges(space)
@@ -89,7 +95,7 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
     fingerprint = config_fingerprint(
         space=space_fingerprint(space), strategy="pbt", population=int(population), interval=int(interval),
         fraction=float(fraction), resample_probability=float(resample_probability), metric=metric,
-        seed=int(seed), train_config=config.to_dict())
+        seed=int(seed), train_config=config.to_dict(), **({} if shrink is None else {"shrink": sorted(shrink.items())}))
     initial = [space.decode(u) for u in np.asarray(space.sample(jax.random.key(seed), population))]
     vhjax_cache.use(compilation_cache)
 
@@ -98,7 +104,7 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
         on_round = None if callback is None else round_reporter(space, callback, time.perf_counter())
         return fit_pbt(config, initial, ranges, interval=interval, fraction=fraction,
                        resample_probability=resample_probability, metric=metric, workdir=training_dir,
-                       on_round=on_round, verbose=verbose)
+                       on_round=on_round, shrink=shrink, verbose=verbose)
 
     def opened():
         return storage_lib.open_store(workdir, storage, study=study, objectives={metric: "maximize"}, space=space)
@@ -132,17 +138,25 @@ def check_monitor(config: TrainConfig, metric: str) -> None:
 
 
 def round_reporter(space: Space, callback: Callable[[dict], None], start: float) -> Callable[[dict], None]:
-    """`on_round` for `fit_pbt`: one callback row per member of an evaluated round."""
+    """`on_round` for `fit_pbt`: one callback row per training member of an evaluated round (the
+    members a shrinking population stopped have none)."""
 
     def on_round(entry: dict) -> None:
         seconds = time.perf_counter() - start
-        for i, score in enumerate(entry["score"]):
+        for i in active_slots(entry):
+            score = entry["score"][i]
             ok = score is not None and np.isfinite(score)
             callback({"seconds": seconds, "round": entry["round"], "step": int(entry["step"]), "member": i,
                       "state": "COMPLETE" if ok else "FAIL", "value": float(score) if ok else None,
                       "params": member_params(space, entry, i)})
 
     return on_round
+
+
+def active_slots(entry: dict) -> list[int]:
+    """The member slots still training at a history round (all but those a shrink stopped)."""
+    stopped = entry.get("stopped") or [False] * len(entry["score"])
+    return [i for i, off in enumerate(stopped) if not off]
 
 
 def _store(store: storage_lib.TrialStore, space: Space, result: Any, fingerprint: str) -> TrialTable:
@@ -158,35 +172,38 @@ def _store_rounds(store: storage_lib.TrialStore, space: Space, result: Any) -> N
     with the marker that they are stored, so a kill at any point leaves all of them or none. The last
     round's trials (with keep_best: the rounds of the kept parameters) carry the returned members'
     metrics per split as well (`test_accuracy`, ...)."""
-    generations, parent_slots = [], []
+    generations, parent_positions, positions = [], [], {}
     steps = [int(entry["step"]) for entry in result.history]
-    returned = [returned_round(member, steps) for member in result.members]
+    last_active = {i: r for r, entry in enumerate(result.history) for i in active_slots(entry)}
+    returned = [returned_round(member, steps, last_active[i]) for i, member in enumerate(result.members)]
     for round_index, entry in enumerate(result.history):
-        size = len(entry["score"])
-        slots: list[int | None] = [None] * size
-        if round_index:
-            copied_from = result.lineage[round_index - 1]["parent"]
-            slots = [source if source >= 0 else i for i, source in enumerate(copied_from)]
-        rows = []
-        for i in range(size):
+        copied_from = result.lineage[round_index - 1]["parent"] if round_index else None
+        rows, parents, current = [], [], {}
+        for i in active_slots(entry):
             params = member_params(space, entry, i)
             score = entry["score"][i]
             ok = score is not None and np.isfinite(score)
             metrics = {"score": float(score) if ok else None}
             if returned[i] == round_index:
                 metrics.update(final_metrics(result.members[i]))
+            current[i] = len(rows)
             rows.append(NewTrial(generation=round_index, slot=i, params=params, u=space.encode(params),
                                  status="complete" if ok else "failed", fitness=float(score) if ok else None,
                                  metrics=metrics, fidelity=float(entry["step"])))
+            parents.append(None if copied_from is None else positions[copied_from[i] if copied_from[i] >= 0 else i])
         generations.append(rows)
-        parent_slots.append(slots)
-    store.replace_trials(generations, parent_slots, meta={_STORED_KEY: str(len(generations))})
+        parent_positions.append(parents)
+        positions = current
+    store.replace_trials(generations, parent_positions, meta={_STORED_KEY: str(len(generations))})
 
 
-def returned_round(member: dict, steps: list[int]) -> int:
-    """The round whose parameters a returned member holds: its kept best round, else the last."""
+def returned_round(member: dict, steps: list[int], last_active: int | None = None) -> int:
+    """The round whose parameters a returned member holds: its kept best round, else the last round
+    its slot trained (`last_active`; the last round unless a shrink stopped it)."""
     best_step = member.get("best_step")
-    return len(steps) - 1 if best_step is None else steps.index(best_step)
+    if best_step is not None:
+        return steps.index(best_step)
+    return len(steps) - 1 if last_active is None else last_active
 
 
 def member_params(space: Space, entry: dict, member: int) -> dict[str, float]:

@@ -485,13 +485,13 @@ class TrialStore:
             return ids
 
     def replace_trials(self, generations: Sequence[Sequence[NewTrial]],
-                       parent_slots: Sequence[Sequence[int | None]] | None = None,
+                       parents: Sequence[Sequence[int | None]] | None = None,
                        meta: Mapping[str, str] | None = None) -> list[list[int]]:
         """Replace every trial of the study by `generations` of finished trials, in ONE transaction.
 
-        `parent_slots[g][i]` is the slot in generation g - 1 that trial i of generation g continued
-        (None: no parent); `meta` key/value pairs are written in the same transaction. A process
-        killed here leaves the study exactly as it was before the call.
+        `parents[g][i]` is the position, in generation g - 1's list, of the trial that trial i of
+        generation g continued (None: no parent); `meta` key/value pairs are written in the same
+        transaction. A process killed here leaves the study exactly as it was before the call.
         """
         from optuna.storages._rdb import models
 
@@ -505,11 +505,11 @@ class TrialStore:
             session.flush()
             ids: list[list[int]] = []
             for index, rows in enumerate(generations):
-                slots = parent_slots[index] if parent_slots is not None else [None] * len(rows)
+                links = parents[index] if parents is not None else [None] * len(rows)
                 previous = ids[-1] if ids else []
                 ids.append([self._insert(session, dataclasses.replace(
-                    trial, parent_id=None if slot is None else previous[slot]), now, sum(map(len, ids)) + i)
-                    for i, (trial, slot) in enumerate(zip(rows, slots))])
+                    trial, parent_id=None if link is None else previous[link]), now, sum(map(len, ids)) + i)
+                    for i, (trial, link) in enumerate(zip(rows, links))])
             for key, value in (meta or {}).items():
                 self._set_study_attr(session, optuna_study.META_PREFIX + key, value)
             faults.point("store.rounds")
