@@ -504,7 +504,15 @@ def run_vhjax_pbt(args, keep_best: bool = False, shrink: bool = False) -> dict:
         final = [trial for trial in result.trials.completed() if trial.fidelity == args.steps]
         timeline = [(now, trial.fitness, trial.metrics["test_accuracy"]) for trial in final]
     return {"population": population, "trials": population, "completed": population, "pruned": 0,
-            "member_steps": population * args.steps, "timeline": timeline}
+            "member_steps": trained_member_steps(result.trials), "timeline": timeline}
+
+
+def trained_member_steps(trials) -> int:
+    """Member-steps a PBT run trained: each round's trials (the members that trained in it; fewer
+    after a shrink) times the steps since the round before."""
+    steps = sorted({int(t.fidelity) for t in trials})
+    count = {step: sum(int(t.fidelity) == step for t in trials) for step in steps}
+    return sum(count[step] * (step - previous) for previous, step in zip([0, *steps], steps))
 
 
 CONTESTANTS: dict[str, Callable[[Any], dict]] = {

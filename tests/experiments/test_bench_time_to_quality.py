@@ -113,3 +113,11 @@ def test_conv_impl_reaches_only_the_vhjax_model():
     assert bench.vhjax_config(task, 100, 0).model_kwargs == task.model_kwargs  # 'auto': the model's default
     patch = bench.vhjax_config(task, 100, 0, "patch").model_kwargs
     assert patch == {**task.model_kwargs, "conv_impl": "patch"} and "conv_impl" not in task.model_kwargs
+
+
+def test_pbt_member_steps_count_only_the_members_that_trained():
+    from types import SimpleNamespace
+
+    trials = [SimpleNamespace(fidelity=float(step)) for step, count in ((150, 32), (300, 32), (450, 16), (600, 16))
+              for _ in range(count)]
+    assert bench.trained_member_steps(trials) == 150 * (32 + 32 + 16 + 16)
