@@ -79,17 +79,19 @@ def exploit_and_explore(key: jax.Array, population: Any, scores: jax.Array,
     select_key, explore_key = jax.random.split(key)
     size = scores.shape[0]
     if kept_slots is None:  # no shrinking in this run
-        moved, stopped = jnp.arange(size), population.stopped
+        stopped = population.stopped
+        source = origin = truncation_sources(select_key, scores, fraction, eligible=~stopped)
     else:
         moved, stopped = shrink_sources(scores, ~population.stopped, kept_slots), population.stopped | ~kept_slots
-    source = truncation_sources(select_key, scores[moved], fraction, eligible=~stopped)
-    population = copy_members(population, moved[source]).replace(stopped=stopped)  # one gather for both moves
+        source = truncation_sources(select_key, scores[moved], fraction, eligible=~stopped)
+        origin = moved[source]
+    population = copy_members(population, origin).replace(stopped=stopped)  # one gather for both moves
     copied = source != jnp.arange(size)
     current = {name: values for name, values in get_member_hparams(population).items() if name in explore}
     explored = explore_values(explore_key, current, explore, resample_probability=resample_probability)
     updates = {name: jnp.where(copied.reshape((-1,) + (1,) * (values.ndim - 1)), explored[name], values)
                for name, values in current.items()}
-    return set_member_hparams(population, **updates), moved[source]
+    return set_member_hparams(population, **updates), origin
 
 
 def pbt_round(seed: int, step: int, population: Any, scores: jax.Array, explore: tuple[tuple[str, Range], ...],
