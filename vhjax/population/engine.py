@@ -162,9 +162,8 @@ def skipping_idle(run: Callable) -> Callable:
 
     def guarded(group: PopulationState, indices: Any):
         def idle(group, indices):
-            shapes = jax.eval_shape(run, group, indices)[1]
-            return group, jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan if jnp.issubdtype(s.dtype, jnp.inexact) else 0,
-                                                         s.dtype), shapes)
+            blank = lambda s: jnp.full(s.shape, jnp.nan if jnp.issubdtype(s.dtype, jnp.inexact) else 0, s.dtype)
+            return group, jax.tree.map(blank, jax.eval_shape(run, group, indices)[1])
 
         return lax.cond(jnp.any(group.training), run, idle, group, indices)
 

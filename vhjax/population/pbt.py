@@ -95,7 +95,8 @@ def exploit_and_explore(key: jax.Array, population: Any, scores: jax.Array,
 
 
 def pbt_round(seed: int, step: int, population: Any, scores: jax.Array, explore: tuple[tuple[str, Range], ...],
-              fraction: float, resample_probability: float, kept_slots: jax.Array | None = None) -> tuple[Any, jax.Array]:
+              fraction: float, resample_probability: float,
+              kept_slots: jax.Array | None = None) -> tuple[Any, jax.Array]:
     """`exploit_and_explore` with the round's key `fold_in(key(seed), step)` made in the same program."""
     key = jax.random.fold_in(jax.random.key(seed), step)
     return exploit_and_explore(key, population, scores, explore, fraction, resample_probability, kept_slots)
@@ -136,7 +137,8 @@ def check_shrink(shrink: Mapping[int, int] | None, population: int, rounds: int)
         raise ValueError(f"shrink has value {shrink!r}; allowed: a mapping {{round: members kept}} or None "
                          f"(None for a population of fewer than 3 members)")
     checked = {}
-    for round_index, kept in sorted(shrink.items(), key=lambda item: item[0] if isinstance(item[0], int) else -1):
+    in_order = sorted(shrink.items(), key=lambda item: item[0] if isinstance(item[0], (int, np.integer)) else -1)
+    for round_index, kept in in_order:
         check_int(f"shrink round {round_index!r}", round_index, 0, rounds - 2)
         check_int(f"shrink[{round_index}]", kept, 2, population - 1)
         if checked and kept >= min(checked.values()):
@@ -212,6 +214,11 @@ def fit_pbt(config: TrainConfig, members: Sequence[Mapping[str, Any]], explore: 
     evaluated at; `hparams`: those of that round).
     `on_round(entry)` receives each round's `history` entry (and its index as `round`) as soon as
     it is evaluated (rounds a resumed run had finished are not sent again).
+    `shrink` (`{round: members}`): after that round's evaluation the best `members` move into slots
+    that fill whole member groups on every device and the others stop; a stopped member (by a
+    shrink or by early stopping) takes no further part in exploit/explore, and on a CPU the engine
+    skips its group's compute. History entries say which members were stopped (`stopped`); their
+    scores are NaN from then on.
     """
     check_int("interval", interval, 1, config.steps)
     check_number("fraction", fraction, 0.0, 0.5, low_inclusive=False)

@@ -37,11 +37,11 @@ from vhjax.config import TrainConfig
 from vhjax.search import storage as storage_lib
 from vhjax.search.driver import (check_fingerprint, config_fingerprint, search_lock, space_fingerprint,
                                  write_fingerprint)
-from vhjax.search.strategies.base import check_positive_int
-from vhjax.validation import check_int
 from vhjax.search.results import SearchResult, TrialTable
 from vhjax.search.space import Float, Space
 from vhjax.search.storage import NewTrial
+from vhjax.search.strategies.base import check_positive_int
+from vhjax.validation import check_int
 
 _STORED_KEY = "pbt_rounds_stored"  # written with the rounds: the store holds every round
 
