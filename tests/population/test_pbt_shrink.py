@@ -125,3 +125,12 @@ def test_no_shrink_is_plain_pbt():
     plain = fit_pbt(config, MEMBERS, EXPLORE, interval=30, verbose=False)
     assert all(not any(entry["stopped"]) for entry in plain.history)
     assert plain.lineage[0]["parent"].count(-1) == 6  # a quarter of 8 copied
+
+
+def test_an_interrupted_shrinking_run_resumes_identically(tmp_path, run_interrupted):
+    full = fit_pbt(CONFIG, MEMBERS, EXPLORE, interval=30, shrink={0: 4}, workdir=tmp_path / "full", verbose=False)
+    run_interrupted(lambda: fit_pbt(CONFIG, MEMBERS, EXPLORE, interval=30, shrink={0: 4}, workdir=tmp_path / "cut",
+                                    verbose=False), at_step=60)  # after the shrink: stopped members in the checkpoint
+    resumed = fit_pbt(CONFIG, MEMBERS, EXPLORE, interval=30, shrink={0: 4}, workdir=tmp_path / "cut", verbose=False)
+    assert resumed.lineage == full.lineage and resumed.history[-1]["stopped"] == full.history[-1]["stopped"]
+    assert [m["eval"] for m in resumed.members] == [m["eval"] for m in full.members]
