@@ -490,10 +490,11 @@ def run_vhjax_pbt(args, keep_best: bool = False, shrink: bool = False) -> dict:
         rounds.append((time.perf_counter() - PROCESS_START, row["round"], row["member"], row["value"]))
 
     rounds_total = pbt_rounds(args.steps, args.pbt_interval or default_interval(args.steps))
+    halving = {max(0, 3 * rounds_total // 10 - 1): population // 2} if shrink and population >= 4 else None
     result = search_pbt(config, space, population=population, interval=args.pbt_interval,  # None: its default
                         seed=args.seed, callback=record, verbose=False,
                         compilation_cache=args.compilation_cache or False,  # cold unless the bench turns it on for all
-                        shrink={max(0, 3 * rounds_total // 10 - 1): population // 2} if shrink and population >= 4 else None)
+                        shrink=halving)
     now = time.perf_counter() - PROCESS_START
     if keep_best:
         tests = {(t.generation, t.slot): t.metrics["test_accuracy"] for t in result.trials
@@ -638,8 +639,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "vhjax.hardware.use_cpu_devices; '1': one device); the Optuna contestants train one "
                              "trial at a time on one device either way")
     parser.add_argument("--pbt-interval", type=int, default=None, metavar="STEPS",
-                        help="vhjax_pbt, vhjax_pbt_best, vhjax_pbt_shrink: steps between exploit/explore rounds (default: "
-                             "search_pbt's, a tenth of --steps)")
+                        help="vhjax_pbt, vhjax_pbt_best, vhjax_pbt_shrink: steps between exploit/explore rounds "
+                             "(default: search_pbt's, a tenth of --steps)")
     parser.add_argument("--conv-impl", choices=("auto", "patch", "xla"), default="auto",
                         help="vhjax contestants' convolution ('auto': vhjax's patch convolution on CPU, XLA's "
                              "native one on GPU/TPU); the Optuna trainer keeps 'auto'")

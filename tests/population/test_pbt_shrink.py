@@ -88,6 +88,9 @@ def test_search_pbt_stores_the_trials_of_a_shrinking_population(tmp_path):
         if trial.generation:
             parent = by_id[trial.parent_id]
             assert parent.generation == trial.generation - 1
+    first = sorted((t for t in result.trials if t.generation == 0), key=lambda t: t.fitness)
+    best_four = {t.slot for t in first[-4:]}
+    assert all(by_id[t.parent_id].slot in best_four for t in result.trials if t.generation == 1)  # the kept ones
     stopped = [t for t in result.trials if t.generation == 0 and t.slot not in
                {u.slot for u in result.trials if u.generation == 1}]
     assert len(stopped) == 4 and all("test_accuracy" in t.metrics for t in stopped)  # returned at their last round
