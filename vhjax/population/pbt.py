@@ -240,7 +240,7 @@ def fit_pbt(config: TrainConfig, members: Sequence[Mapping[str, Any]], explore: 
     root = prepare_workdir(workdir, config)
     mesh = parallel.resolve_mesh(mesh)
     shards = parallel.member_shards(mesh)
-    run_chunk, evaluate = compiled_programs(task, shrink_member_group(len(members), shards, (shrink or {}).values()),
+    run_chunk, evaluate = compiled_programs(task, shrink_member_group(len(members), shards, shrink.values()),
                                             mesh=mesh)
     eval_data = (jnp.asarray(task.eval.x), jnp.asarray(task.eval.y))
     pbt = pbt_hook(explore, seed=config.seed, fraction=fraction, resample_probability=resample_probability,

@@ -197,13 +197,11 @@ def _store_rounds(store: storage_lib.TrialStore, space: Space, result: Any) -> N
     store.replace_trials(generations, parent_positions, meta={_STORED_KEY: str(len(generations))})
 
 
-def returned_round(member: dict, steps: list[int], last_active: int | None = None) -> int:
+def returned_round(member: dict, steps: list[int], last_active: int) -> int:
     """The round whose parameters a returned member holds: its kept best round, else the last round
     its slot trained (`last_active`; the last round unless a shrink stopped it)."""
     best_step = member.get("best_step")
-    if best_step is not None:
-        return steps.index(best_step)
-    return len(steps) - 1 if last_active is None else last_active
+    return last_active if best_step is None else steps.index(best_step)
 
 
 def member_params(space: Space, entry: dict, member: int) -> dict[str, float]:
