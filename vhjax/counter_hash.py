@@ -17,6 +17,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 GOLDEN = 0x9E3779B9  # 2^32 / golden ratio: the counter's stride (a Weyl sequence)
@@ -59,5 +60,7 @@ def hashed_randint(key: jax.Array, shape: tuple[int, ...] | int, low: jax.Array,
 
 
 def uniform_index(u: jax.Array, count) -> jax.Array:
-    """`floor(u * count)`, at most `count - 1`: a uniform index in [0, count) for each uniform `u` in [0, 1)."""
-    return jnp.minimum((u * count).astype(jnp.int32), count - 1)
+    """`floor(u * count)`, at most `count - 1`: a uniform index in [0, count) for each uniform `u` in
+    [0, 1) (NumPy in, NumPy out: host-side decisions use it too)."""
+    xp = jnp if isinstance(u, jax.Array) or isinstance(count, jax.Array) else np
+    return xp.minimum((u * count).astype(np.int32), count - 1)

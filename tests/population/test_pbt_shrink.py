@@ -137,3 +137,54 @@ def test_an_interrupted_shrinking_run_resumes_identically(tmp_path, run_interrup
     resumed = fit_pbt(CONFIG, MEMBERS, EXPLORE, interval=30, shrink={0: 4}, workdir=tmp_path / "cut", verbose=False)
     assert resumed.lineage == full.lineage and resumed.history[-1]["stopped"] == full.history[-1]["stopped"]
     assert [m["eval"] for m in resumed.members] == [m["eval"] for m in full.members]
+
+
+@pytest.mark.parametrize("shrinking", [False, True])
+def test_the_host_decision_is_the_in_program_round(shrinking):
+    """`fit_pbt` decides a round on the host with NumPy (nothing compiled); on the same uniforms
+    that decision, applied, is `exploit_and_explore`'s round inside a program."""
+    from vhjax.population.exploit import get_member_hparams
+    from vhjax.population.members import init_population
+    from vhjax.population.pbt import apply_decision, exploit_and_explore, pbt_decision, pbt_draws
+    from vhjax.train.task import build_task, with_member_hparams
+
+    task = with_member_hparams(build_task(CONFIG), ["dropout_rate"])
+    population = init_population(task, 8, {"learning_rate": list(RATES), "dropout_rate": [0.1] * 8})
+    population = population.replace(stopped=jnp.array([False] * 7 + [True]))  # an early-stopped member
+    scores = np.array([0.1, 0.9, 0.5, 0.8, np.nan, 0.7, 0.2, np.nan], np.float32)
+    explore = {"learning_rate": (1e-5, 1e-1, True), "dropout_rate": (0.0, 0.5, False)}
+    kept = kept_slot_mask(8, 4) if shrinking else None
+    key = jax.random.key(3)
+    hparams = {name: np.asarray(value) for name, value in get_member_hparams(population).items()}
+    uniforms = np.asarray(jax.random.uniform(key, (pbt_draws(8, hparams, explore),)))
+    origin, stopped, explored = pbt_decision(uniforms, scores, hparams, np.asarray(population.stopped), explore,
+                                             0.25, 0.5, kept)
+    assert isinstance(origin, np.ndarray) and all(isinstance(v, np.ndarray) for v in explored.values())
+    on_device, device_origin = jax.jit(exploit_and_explore, static_argnums=(3, 4, 5))(
+        key, population, jnp.asarray(scores), tuple(explore.items()), 0.25, 0.5, kept)
+    np.testing.assert_array_equal(origin, device_origin)
+    if shrinking:  # the best four move into slots 0-3, the others stop
+        assert stopped.tolist() == [False] * 4 + [True] * 4 and set(origin[:4].tolist()) <= {1, 2, 3, 5}
+    else:  # the stopped member is neither copied nor a donor
+        assert stopped.tolist() == [False] * 7 + [True] and origin[7] == 7 and 7 not in origin[:7]
+    assert (origin != np.arange(8)).any()  # the round copies someone
+    on_host = apply_decision(population, origin, stopped, explored)
+    for name, value in get_member_hparams(on_device).items():
+        np.testing.assert_allclose(get_member_hparams(on_host)[name], value, rtol=1e-6)
+    np.testing.assert_array_equal(on_host.stopped, on_device.stopped)
+    for host_leaf, device_leaf in zip(jax.tree.leaves(on_host.members.params), jax.tree.leaves(on_device.members.params)):
+        np.testing.assert_array_equal(host_leaf, device_leaf)
+
+
+def test_pbt_rounds_compile_one_small_copy_program_and_nothing_per_round():
+    """Four rounds, one of them shrinking: the rounds' decisions compile nothing (NumPy on the
+    host) and their copy is one program, compiled once (its inputs are placed like the population)."""
+    from vhjax.compilation_cache import count_compilations
+
+    members = [{"learning_rate": lr} for lr in RATES[:6]]  # a size no other test compiles for
+    with count_compilations() as seen:
+        result = fit_pbt(dataclasses.replace(CONFIG, steps=100), members, EXPLORE, interval=20, shrink={1: 4},
+                         verbose=False)
+    assert len(result.lineage) == 4 and sum(result.history[-1]["stopped"]) == 2
+    assert seen.by_function["jit(apply_decision)"] == 1 and seen.by_function["jit(run_free)"] == 1
+    assert not [name for name in seen.by_function if "explore" in name or "uniform" in name or "argsort" in name]

@@ -149,11 +149,12 @@ def test_toy_pbt_reaches_optimum_and_beats_every_ablation():
 
 
 def test_fit_pbt_and_the_strategy_share_one_truncation_rule():
-    """`truncation_sources` (fit_pbt, higher is better) is `truncation_select` on the same ranks."""
+    """`truncation_sources` (higher is better) is `truncation_select` on the same ranks; fit_pbt's
+    round and `truncation_select` both call `truncation_select_with`."""
     import vhjax.population.pbt as population_pbt
     from vhjax.search.strategies import pbt as pbt_strategy
 
-    assert population_pbt.truncation_sources is pbt.truncation_sources
+    assert population_pbt.truncation_select_with is pbt.truncation_select_with
     assert pbt_strategy.exploit_explore is pbt.exploit_explore
     for size, fraction in ((4, 0.25), (10, 0.25), (10, 0.2), (7, 0.5)):
         scores = jax.random.normal(jax.random.fold_in(KEY, size), (size,))

@@ -4,10 +4,12 @@ Every `interval` steps all members are evaluated on the validation split; the bo
 copy parameters, optimizer state and hyperparameters of a random member of the top `fraction`
 (exploit), then the copied hyperparameters named in `explore` are perturbed and, with
 `resample_probability`, redrawn from their range (explore), with the one set of PBT primitives
-(`population.exploit`). Training, evaluation, exploit and explore all act on the whole population
-at once; nothing leaves the device but the scores. Lineage (who copied whom, at which step) and
-each round's hyperparameters are the hook's record, checkpointed with the population, so an
-interrupted run resumes exactly.
+(`population.exploit`). Training, evaluation and the copy act on the whole population at once on
+the device; the round's decision (who copies whom, the explored values: a few numbers per member,
+`pbt_decision`) is made on the host from the scores, so it compiles nothing (as a compiled program
+it cost 0.5 s of compilation on a CPU and 4.4 s on a GPU, more than all its rounds' work). Lineage
+(who copied whom, at which step) and each round's hyperparameters are the hook's record,
+checkpointed with the population, so an interrupted run resumes exactly.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from vhjax import parallel
+from vhjax.compile_options import light_jit
 from vhjax.config import TrainConfig
-from vhjax.population.exploit import (copy_members, explore_values, get_member_hparams, set_member_hparams,
-                                      shrink_sources, truncation_sources)
+from vhjax.population.exploit import (array_namespace, copy_members, explore_draws, explore_values_with,
+                                      get_member_hparams, set_member_hparams, shrink_sources,
+                                      truncation_select_with)
 from vhjax.population.fit import bucket_members, bucket_seeds, bucket_task, compiled_programs, stack_dynamic
 from vhjax.population.hooks import best_members, config_hooks
 from vhjax.population.loop import Hook, Report, run_loop
@@ -65,41 +69,65 @@ def check_explore(explore: Mapping[str, Range], known: Sequence[str]) -> dict[st
     return checked
 
 
-def exploit_and_explore(key: jax.Array, population: Any, scores: jax.Array,
-                        explore: tuple[tuple[str, Range], ...], fraction: float,
-                        resample_probability: float, kept_slots: jax.Array | None = None) -> tuple[Any, jax.Array]:
-    """One PBT round on the device: (new population, source index per member).
+def pbt_decision(uniforms: Any, scores: Any, hparams: Mapping[str, Any], stopped: Any,
+                 explore: Mapping[str, Range], fraction: float, resample_probability: float,
+                 kept_slots: Any | None = None) -> tuple[Any, Any, dict[str, Any]]:
+    """One PBT round decided from its `uniforms` (`pbt_draws` of them, in [0, 1)): `(origin (P,),
+    stopped (P,), explored hparams)`, where slot i's state comes from member `origin[i]`.
 
-    `explore` is a tuple of (name, (low, high, log)) pairs (hashable: a static argument under jit).
     Stopped members take no part. `kept_slots` (P,) bool, a shrinking round: the best members move
     into these slots (`shrink_sources`) and the others stop, before the exploit among those kept;
-    the source index then says where each member's state came from over both moves.
+    `origin` covers both moves. `hparams` holds the current values of (at least) the explored
+    hyperparameters; the result holds them after the copy and the explore. NumPy arrays in, NumPy
+    out, nothing compiled (the PBT hook); JAX arrays inside a program (`exploit_and_explore`).
     """
-    explore = dict(explore)
-    select_key, explore_key = jax.random.split(key)
+    xp = array_namespace(uniforms, scores, stopped)
     size = scores.shape[0]
+    select_u, explore_u = uniforms[:size], uniforms[size:]
     if kept_slots is None:  # no shrinking in this run
-        stopped = population.stopped
-        source = origin = truncation_sources(select_key, scores, fraction, eligible=~stopped)
+        source = origin = truncation_select_with(select_u, scores, fraction, maximize=True, eligible=~stopped)[0]
     else:
-        moved, stopped = shrink_sources(scores, ~population.stopped, kept_slots), population.stopped | ~kept_slots
-        source = truncation_sources(select_key, scores[moved], fraction, eligible=~stopped)
+        moved, stopped = shrink_sources(scores, ~stopped, kept_slots), stopped | ~xp.asarray(kept_slots, bool)
+        source = truncation_select_with(select_u, scores[moved], fraction, maximize=True, eligible=~stopped)[0]
         origin = moved[source]
-    population = copy_members(population, origin).replace(stopped=stopped)  # one gather for both moves
-    copied = source != jnp.arange(size)
-    current = {name: values for name, values in get_member_hparams(population).items() if name in explore}
-    explored = explore_values(explore_key, current, explore, resample_probability=resample_probability)
-    updates = {name: jnp.where(copied.reshape((-1,) + (1,) * (values.ndim - 1)), explored[name], values)
+    copied = source != xp.arange(size)
+    current = {name: xp.asarray(hparams[name])[origin] for name in explore}
+    explored = explore_values_with(explore_u, current, explore, resample_probability=resample_probability)
+    updates = {name: xp.where(copied.reshape((-1,) + (1,) * (values.ndim - 1)), explored[name], values)
                for name, values in current.items()}
-    return set_member_hparams(population, **updates), origin
+    return origin, stopped, updates
 
 
-def pbt_round(seed: int, step: int, population: Any, scores: jax.Array, explore: tuple[tuple[str, Range], ...],
-              fraction: float, resample_probability: float,
-              kept_slots: jax.Array | None = None) -> tuple[Any, jax.Array]:
-    """`exploit_and_explore` with the round's key `fold_in(key(seed), step)` made in the same program."""
-    key = jax.random.fold_in(jax.random.key(seed), step)
-    return exploit_and_explore(key, population, scores, explore, fraction, resample_probability, kept_slots)
+def pbt_draws(size: int, hparams: Mapping[str, Any], explore: Mapping[str, Range]) -> int:
+    """The uniforms one round's `pbt_decision` takes: a donor draw per member, then the explore's."""
+    return size + explore_draws({name: hparams[name] for name in explore})
+
+
+def apply_decision(population: PopulationState, origin: Any, stopped: Any,
+                   hparams: Mapping[str, Any]) -> PopulationState:
+    """A decided round on the population: every slot's state copied from `origin`, `stopped` set,
+    the explored `hparams` set (one gather per state leaf)."""
+    return set_member_hparams(copy_members(population, origin).replace(stopped=stopped), **hparams)
+
+
+def exploit_and_explore(key: jax.Array, population: PopulationState, scores: jax.Array,
+                        explore: tuple[tuple[str, Range], ...], fraction: float, resample_probability: float,
+                        kept_slots: jax.Array | None = None) -> tuple[PopulationState, jax.Array]:
+    """One PBT round inside a program: `pbt_decision` on one uniform draw from `key`, applied;
+    returns (new population, origin per member). `explore` is a tuple of (name, (low, high, log))
+    pairs (hashable: a static argument under jit)."""
+    explore = dict(explore)
+    hparams = get_member_hparams(population)
+    uniforms = jax.random.uniform(key, (pbt_draws(scores.shape[0], hparams, explore),))
+    origin, stopped, explored = pbt_decision(uniforms, jnp.asarray(scores), hparams, population.stopped, explore,
+                                             fraction, resample_probability, kept_slots)
+    return apply_decision(population, origin, stopped, explored), origin
+
+
+def round_uniforms(seed: int, step: int, count: int) -> np.ndarray:
+    """The host-side round's uniforms: float32 in [0, 1) from NumPy's generator seeded by (seed,
+    step), so a resumed run draws them again."""
+    return np.random.default_rng([seed % 2 ** 32, step]).random(count, dtype=np.float32)
 
 
 def kept_slot_mask(size: int, kept: int, shards: int = 1) -> np.ndarray:
@@ -160,6 +188,12 @@ def shrink_member_group(size: int, shards: int, kept_sizes: Sequence[int]) -> in
     return group
 
 
+def placed_as(value: np.ndarray, like: jax.Array) -> Any:
+    """A host array placed as `like` is (committed to its sharding, or left for the program to place
+    where `like` is uncommitted), so one compiled program serves every round."""
+    return parallel.put(value, like.sharding) if like.committed else value
+
+
 def pbt_hook(explore: Mapping[str, Range], *, seed: int, fraction: float = 0.25, resample_probability: float = 0.25,
              split: str = "eval", metric: str = "accuracy", on_round: Callable[[dict], None] | None = None,
              shrink: Mapping[int, int] | None = None, shards: int = 1) -> Hook:
@@ -167,8 +201,8 @@ def pbt_hook(explore: Mapping[str, Range], *, seed: int, fraction: float = 0.25,
     `on_round(entry)` receives each round's history entry, with its index as `round`, as soon as
     the round is evaluated. `shrink` maps a round index to the members kept training from then on
     (`kept_slot_mask` with `shards` places them)."""
-    frozen = tuple(explore.items())
-    round_fn = jax.jit(pbt_round, static_argnames=("explore", "fraction", "resample_probability"))
+    explore = dict(explore)
+    apply = light_jit(apply_decision, run_once=True)  # ~1 ms of work a round, optimised or not
     shrink = dict(shrink or {})
 
     def init(population: PopulationState) -> dict:
@@ -178,18 +212,22 @@ def pbt_hook(explore: Mapping[str, Range], *, seed: int, fraction: float = 0.25,
         stopped = np.asarray(population.stopped)
         scores = np.where(np.asarray(population.alive) & ~stopped, report.metric(split, metric), np.nan)
         hparams = get_member_hparams(population)
+        current = {name: np.asarray(hparams[name]) for name in explore}
         lineage, history = list(state["record"]["lineage"]), list(state["record"]["history"])
         history.append({"step": report.step, "score": scores.tolist(),
-                        **{k: np.asarray(hparams[k]).tolist() for k in explore}, "stopped": stopped.tolist()})
+                        **{name: value.tolist() for name, value in current.items()}, "stopped": stopped.tolist()})
         if on_round is not None:
             on_round({**history[-1], "round": len(history) - 1})
         copied = 0
         if report.step < report.total_steps:
             size = len(scores)
             kept = kept_slot_mask(size, shrink.get(len(history) - 1, size), shards) if shrink else None
-            population, source = round_fn(seed, report.step, population, scores.astype(np.float32), frozen, fraction,
-                                          resample_probability, kept)  # host arrays: placed by the program
-            source = np.asarray(source)
+            uniforms = round_uniforms(seed, report.step, pbt_draws(size, current, explore))
+            source, now_stopped, explored = pbt_decision(uniforms, scores.astype(np.float32), current, stopped,
+                                                         explore, fraction, resample_probability, kept)
+            like = (population.stopped, population.stopped, {name: hparams[name] for name in explore})
+            decision = jax.tree.map(placed_as, (source, now_stopped, explored), like)
+            population = apply(population, *decision)
             parents = np.where(source == np.arange(len(source)), -1, source)
             lineage.append({"step": report.step, "parent": parents.tolist()})
             copied = int((parents >= 0).sum())

@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import jax
 import numpy as np
 
 from vhjax import compilation_cache as vhjax_cache
@@ -96,7 +95,8 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
         space=space_fingerprint(space), strategy="pbt", population=int(population), interval=int(interval),
         fraction=float(fraction), resample_probability=float(resample_probability), metric=metric,
         seed=int(seed), train_config=config.to_dict(), **({} if shrink is None else {"shrink": sorted(shrink.items())}))
-    initial = [space.decode(u) for u in np.asarray(space.sample(jax.random.key(seed), population))]
+    # the first members drawn on the host: `space.sample`'s device draw compiled a program (0.15 s on a CPU)
+    initial = [space.decode(u) for u in np.random.default_rng(seed).random((population, space.dim), np.float32)]
     vhjax_cache.use(compilation_cache)
 
     def train():
