@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vhjax import parallel
+from vhjax.compile_options import light_jit
 from vhjax.augment import pipeline_from_config
 from vhjax.config import TrainConfig
 from vhjax.hparams import PER_MEMBER_NAMES, STATIC_ZERO_NAMES
@@ -226,7 +227,7 @@ def compiled_programs(task: Task, member_group: int | None, isolation: str = "op
     place = parallel.batch_placement(mesh) if mesh is not None and mesh.shape[parallel.DATA] > 1 else None
     return _PROGRAMS.get((task, mesh), lambda: (
         classifier_runner(task, member_group, isolation=isolation, place=place, shards=parallel.member_shards(mesh)),
-        jax.jit(make_population_eval(task))), settings=(member_group, isolation))
+        light_jit(make_population_eval(task))), settings=(member_group, isolation))
 
 
 def precise_members(task: Task) -> Callable:

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vhjax import parallel
+from vhjax.compile_options import light_jit
 from vhjax.population.engine import keep_where
 from vhjax.population.exploit import get_member_hparams, set_member_hparams
 from vhjax.population.loop import Hook, Report
@@ -95,14 +96,14 @@ def placed_like(state: Any, current: Any) -> Any:
     return jax.tree.map(lambda a, b: parallel.spread(a, b.sharding), state, current)
 
 
-@jax.jit
+@light_jit
 def _initial_kept(params: Any, model_state: Any, step: jax.Array) -> dict:
     """Nothing kept yet: value -inf, step -1, copies of the current parameters and model state."""
     return {"value": jnp.full(step.shape, -jnp.inf, jnp.float32), "step": jnp.full(step.shape, -1, step.dtype),
             "params": jax.tree.map(jnp.copy, params), "model_state": jax.tree.map(jnp.copy, model_state)}
 
 
-@jax.jit
+@light_jit
 def _kept_update(state: dict, value: jax.Array, params: Any, model_state: Any, step: jax.Array) -> dict:
     """Members whose (sign-adjusted) value beats their kept one take the current parameters."""
     better = jnp.isfinite(value) & (value > state["value"])
@@ -119,7 +120,7 @@ def best_members(population: PopulationState, state: dict) -> PopulationState:
     return population.replace(members=members.replace(params=params, model_state=model_state))
 
 
-_swap_in_kept = jax.jit(keep_where)
+_swap_in_kept = light_jit(keep_where)
 
 
 def reduce_on_plateau(*, split: str = "eval", metric: str = "accuracy", mode: str = "max", patience: int,

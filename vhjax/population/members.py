@@ -21,6 +21,7 @@ import numpy as np
 import optax
 
 from vhjax import optim
+from vhjax.compile_options import light_jit
 from vhjax.memo import Memo
 from vhjax.population.engine import BatchIndices, PopulationRunner, default_member_group
 from vhjax.population.hparams import check_not_static_zero, member_arrays, per_member_values
@@ -82,10 +83,9 @@ _INIT_PROGRAMS: Memo[tuple[Callable, dict]] = Memo(8)
 
 # The init program runs once per search but is large (a threefry draw and a truncated normal per
 # parameter tensor: ~2,000 HLO lines for the MNIST-1D CNN); XLA's CPU backend spent 3.5-4.7 s
-# optimising it, more than it then saved (0.35 s unoptimised; it runs in 6 ms instead of 1 ms).
-# Every population, fit() and search initialises through this one program, so members stay equal
-# across entry points and population sizes.
-RUN_ONCE_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+# optimising it, more than it then saved (0.35 s unoptimised; it runs in 6 ms instead of 1 ms):
+# a light program run once (`vhjax.compile_options`). Every population, fit() and search
+# initialises through this one program, so members stay equal across entry points and population sizes.
 
 
 def _init_programs(task: Task) -> tuple[Callable, dict]:
@@ -110,7 +110,7 @@ def _build_init_programs(task: Task) -> tuple[Callable, dict]:
     defaults = jax.jit(lambda: optim.get_hyperparams(task.optimizer.init(
         jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params))))()
     defaults = {name: np.asarray(value) for name, value in defaults.items()}
-    return jax.jit(init, static_argnums=4, compiler_options=RUN_ONCE_COMPILER_OPTIONS), defaults
+    return light_jit(init, run_once=True, static_argnums=4), defaults
 
 
 def check_member_archs(task: Task, size: int, arch: Any) -> None:

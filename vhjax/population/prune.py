@@ -8,6 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from vhjax.compile_options import light_jit
 from vhjax.config import TrainConfig
 from vhjax.models.pruning import apply_masks, magnitude_masks, masked_updates, sparsity_of
 from vhjax.population.fit import fit
@@ -38,7 +39,7 @@ def prune_and_finetune(config: TrainConfig, sparsity: float, *, scope: str = "gl
     task = build_task(config)
     if state is None:
         state = fit(config, verbose=verbose).state
-    evaluate = jax.jit(make_eval_fn(task))
+    evaluate = light_jit(make_eval_fn(task))
     eval_data = (jnp.asarray(task.eval.x), jnp.asarray(task.eval.y))
     as_floats = lambda values: {k: float(v) for k, v in values.items()}
     dense = as_floats(evaluate(state, *eval_data))

@@ -36,6 +36,7 @@ import numpy as np
 
 from vhjax import compilation_cache as vhjax_cache
 from vhjax import parallel
+from vhjax.compile_options import light_jit
 from vhjax.config import TrainConfig, validate
 from vhjax.population.engine import default_member_group
 from vhjax.population.fit import bucket_task, compiled_programs, split_member
@@ -291,10 +292,10 @@ def _replace_slot(population: PopulationState, slot: jax.Array, fresh: Populatio
                               stopped=population.stopped.at[slot].set(False))
 
 
-replace_slot = jax.jit(_replace_slot)
+replace_slot = light_jit(_replace_slot)
 
 
-@jax.jit
+@light_jit
 def concat_slots(parts: list[PopulationState]) -> PopulationState:
     """One population whose slot i is the one-member population `parts[i]`."""
     return jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *parts)
