@@ -174,6 +174,9 @@ def test_a_killed_workers_running_trial_is_retried_by_another_worker(tmp_path):
     assert running, "the worker never started a trial"
     doomed.send_signal(signal.SIGKILL)
     doomed.wait(timeout=60)
+    # past the grace period (3 s), so the survivor's first ask finds the orphans stale: a survivor that
+    # started up and met its budget sooner would leave them running for a later worker
+    time.sleep(3.5)
     survivor = subprocess.run([sys.executable, "-c", WORKER, url, "4"], env=env, timeout=900)
     assert survivor.returncode == 0
     study = optuna.load_study(study_name="vhjax", storage=url)
