@@ -1,15 +1,14 @@
 """XLA compile options for vhjax's light programs: evaluation, hook updates, PBT's copy, init.
 
 A search compiles one heavy program (the training chunk) and a handful of light ones that run
-once or once a round and do little work. On a CPU, XLA's newer fusion emitters cost those light
-programs 20-45% more compilation than its older emitters for the same run time (MNIST-1D CNN
-search: evaluation 0.24 -> 0.14 s, population init 0.28 -> 0.17 s), while a training chunk can run
-27% slower with the older ones (paper MLP with dropout and augmentation, 16 members), so only the
-light programs use them (`light_jit`); programs that run once and do almost nothing skip XLA's
-backend optimisation as well (`light_jit(..., run_once=True)`). The options are probed once per
-process with a tiny program and dropped where this jaxlib does not know them; other backends
-ignore the CPU option. Measurements: experiments/README.md, "Light programs and a host-side PBT
-round".
+once or once a round and do little work. On a CPU, XLA's older fusion emitters compile those light
+programs in 20-45% less time than its newer ones (MNIST-1D CNN search: each evaluation program
+0.24 -> 0.15 s, the initialisation 0.25 -> 0.15 s); the training chunk keeps the newer ones, with
+which it can run 27% faster (paper MLP with dropout and augmentation, 16 members). So only light
+programs use them (`light_jit`); those that run once skip XLA's backend optimisation as well
+(`light_jit(..., run_once=True)`). The options are probed once per process with a tiny program and
+dropped where this jaxlib does not know them; other backends ignore the CPU option. Measurements:
+experiments/README.md, "Light programs and a host-side PBT round".
 """
 
 from __future__ import annotations
