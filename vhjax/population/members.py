@@ -85,7 +85,8 @@ _INIT_PROGRAMS: Memo[tuple[Callable, dict]] = Memo(8)
 # parameter tensor: ~2,000 HLO lines for the MNIST-1D CNN); XLA's CPU backend spent 3.5-4.7 s
 # optimising it, more than it then saved (0.35 s unoptimised; it runs in 6 ms instead of 1 ms):
 # a light program run once (`vhjax.compile_options`). Every population, fit() and search
-# initialises through this one program, so members stay equal across entry points and population sizes.
+# initialises through this one program, so members stay equal across entry points and population
+# sizes.
 
 
 def _init_programs(task: Task) -> tuple[Callable, dict]:
