@@ -172,7 +172,8 @@ def test_the_host_decision_is_the_in_program_round(shrinking):
     for name, value in get_member_hparams(on_device).items():
         np.testing.assert_allclose(get_member_hparams(on_host)[name], value, rtol=1e-6)
     np.testing.assert_array_equal(on_host.stopped, on_device.stopped)
-    for host_leaf, device_leaf in zip(jax.tree.leaves(on_host.members.params), jax.tree.leaves(on_device.members.params)):
+    for host_leaf, device_leaf in zip(jax.tree.leaves(on_host.members.params),
+                                      jax.tree.leaves(on_device.members.params)):
         np.testing.assert_array_equal(host_leaf, device_leaf)
 
 
