@@ -84,12 +84,11 @@ def pbt_decision(uniforms: Any, scores: Any, hparams: Mapping[str, Any], stopped
     xp = array_namespace(uniforms, scores, stopped)
     size = scores.shape[0]
     select_u, explore_u = uniforms[:size], uniforms[size:]
-    if kept_slots is None:  # no shrinking in this run
-        source = origin = truncation_select_with(select_u, scores, fraction, maximize=True, eligible=~stopped)[0]
-    else:
+    moved = xp.arange(size, dtype=np.int32)  # no shrinking in this round: nobody moves before the exploit
+    if kept_slots is not None:
         moved, stopped = shrink_sources(scores, ~stopped, kept_slots), stopped | ~xp.asarray(kept_slots, bool)
-        source = truncation_select_with(select_u, scores[moved], fraction, maximize=True, eligible=~stopped)[0]
-        origin = moved[source]
+    source = truncation_select_with(select_u, scores[moved], fraction, maximize=True, eligible=~stopped)[0]
+    origin = moved[source]
     copied = source != xp.arange(size)
     current = {name: xp.asarray(hparams[name])[origin] for name in explore}
     explored = explore_values_with(explore_u, current, explore, resample_probability=resample_probability)
