@@ -125,8 +125,9 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
 
 def gather_members(population: Any, metrics: dict, size: int, mesh: Mesh) -> tuple[Any, dict]:
-    """The first `size` members (and their `(steps, P)` metrics) copied to every device of a mesh
-    that spans processes: each process can then read, evaluate and checkpoint the population."""
+    """The first `size` members (and their `(steps, P)` metrics) copied to every device of the mesh,
+    in one program: over several processes each process can then read, evaluate and checkpoint the
+    population; within one it drops the padding members (`loop.padded_on_mesh`)."""
     return _gather_program(size, NamedSharding(mesh, PartitionSpec()))(population, metrics)
 
 

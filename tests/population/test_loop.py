@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -17,6 +20,8 @@ from vhjax.population import fit, fit_population
 from vhjax.population.loop import pad_members
 from vhjax.population.members import init_population
 from vhjax.train import build_task, checkpoint, init_state
+
+from tests.xla_flags import xla_flags
 
 CONFIG = TrainConfig(dataset="digits", model="mlp", model_kwargs={"widths": (16,), "num_classes": 10},
                      learning_rate=3e-3, batch_size=32, steps=30, eval_every=10, seed=0)
@@ -82,6 +87,57 @@ def test_padding_members_are_inert():
     padded = pad_members(population, 4)
     assert padded.size == 4 and padded.stopped.tolist() == [False, False, False, True]
     assert pad_members(population, 3) is population
+
+
+PADDED_ON_A_MESH = """
+import json, jax, jax.numpy as jnp, numpy as np
+from jax import monitoring
+from tests.population.test_loop import CONFIG
+from vhjax import parallel
+from vhjax.population.loop import on_mesh
+from vhjax.population.members import classifier_runner, init_population
+from vhjax.train import build_task
+
+compiled = []
+monitoring.register_event_duration_secs_listener(
+    lambda event, seconds, **kw: compiled.append(kw.get("fun_name")) if event.endswith("backend_compile_duration") else None)
+task = build_task(CONFIG)
+start = init_population(task, 3, {"learning_rate": [1e-3, 2e-3, 3e-3]})
+data = (jnp.asarray(task.train.x), jnp.asarray(task.train.y))
+alone = classifier_runner(task)
+expected, _ = alone(*alone(jax.tree.map(jnp.copy, start), data, 2)[:1], data, 2)
+mesh = parallel.population_mesh()
+run = on_mesh(classifier_runner(task, shards=4), mesh)
+on_devices = parallel.replicate(data, mesh)
+population, _ = run(start, on_devices, 2)
+counts = []
+for chunk in range(3):  # from the first chunk's output, from the second's, from the start again
+    before = len(compiled)
+    population, metrics = run(population if chunk < 2 else start, on_devices, 2)
+    counts.append(compiled[before:])
+print(json.dumps({"compiled": counts, "size": population.size, "stopped": np.asarray(population.stopped).tolist(),
+                  "steps": metrics["loss"].shape[1],
+                  "error": max(float(np.max(np.abs(a - b))) for a, b in zip(
+                      jax.tree.leaves(expected.members.params), jax.tree.leaves(run(
+                          run(start, on_devices, 2)[0], on_devices, 2)[0].members.params)))}))
+"""
+
+
+def test_a_padded_population_on_a_mesh_is_padded_and_cut_in_one_program_each():
+    """3 members on 4 forced CPU devices: a chunk after the first pads its population in one program
+    and cuts it back in one (leaf by leaf they were dozens of small asynchronous programs with
+    collectives, which deadlocked XLA's CPU client on a loaded 2-core machine), and the members
+    train exactly as on one device."""
+    env = {**os.environ, "XLA_FLAGS": xla_flags(devices=4), "PYTHONPATH": str(Path(__file__).parents[2])}
+    completed = subprocess.run([sys.executable, "-c", PADDED_ON_A_MESH], env=env, capture_output=True, text=True,
+                               cwd=Path(__file__).parents[2], timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    out = json.loads(completed.stdout.strip().splitlines()[-1])
+    second_chunk, *later = out["compiled"]
+    assert len(second_chunk) <= 2, second_chunk  # the padding program (and the cut, on first use)
+    assert later == [[], []], later  # placements seen before: nothing new
+    assert out["size"] == 3 and out["stopped"] == [False, False, False] and out["steps"] == 3
+    assert out["error"] < 1e-6
 
 
 def test_seed_population_members_are_the_models_fit_trains():

@@ -115,12 +115,15 @@ def _kept_update(state: dict, value: jax.Array, params: Any, model_state: Any, s
 def best_members(population: PopulationState, state: dict) -> PopulationState:
     """The population with each member's kept best parameters (members never evaluated keep theirs)."""
     members = population.members
-    params, model_state = _swap_in_kept(state["step"] >= 0, (state["params"], state["model_state"]),
+    params, model_state = _swap_in_kept(state["step"], (state["params"], state["model_state"]),
                                         (members.params, members.model_state))
     return population.replace(members=members.replace(params=params, model_state=model_state))
 
 
-_swap_in_kept = light_jit(keep_where)
+@light_jit
+def _swap_in_kept(kept_step: jax.Array, kept: Any, current: Any) -> Any:
+    """`kept` for the members with a kept step (>= 0), else `current`."""
+    return keep_where(kept_step >= 0, kept, current)
 
 
 def reduce_on_plateau(*, split: str = "eval", metric: str = "accuracy", mode: str = "max", patience: int,

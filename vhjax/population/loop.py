@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import time
 import warnings
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from vhjax import distributed, parallel, preemption
 from vhjax.population.state import PopulationState, training_mask
@@ -149,6 +151,26 @@ def pad_members(population: PopulationState, multiple: int) -> PopulationState:
     return padded.replace(stopped=padded.stopped.at[population.size:].set(True))
 
 
+def padded_on_mesh(population: PopulationState, multiple: int, mesh: Any) -> PopulationState:
+    """The population padded to a multiple of `multiple` members (`pad_members`) and sharded over
+    the mesh's members axis. A population on the mesh's devices already (every chunk after the
+    first) is padded in one program: leaf by leaf, a chunk's padding and cutting were dozens of
+    small asynchronous programs with collectives, which on a 2-core host with 4 CPU devices filled
+    a device's queue of in-flight computations (XLA's CPU client allows 32) while its 4 worker
+    threads waited in a collective for that device: a deadlock (tests/test_distributed.py)."""
+    if population.size % multiple == 0:
+        return parallel.shard_members(population, mesh)  # no copy once the members are sharded so
+    devices = set(mesh.devices.flat)
+    if all(isinstance(leaf, jax.Array) and leaf.sharding.device_set == devices for leaf in jax.tree.leaves(population)):
+        return _padding_program(multiple, NamedSharding(mesh, PartitionSpec(parallel.MEMBERS)))(population)
+    return parallel.shard_members(pad_members(population, multiple), mesh)
+
+
+@functools.cache
+def _padding_program(multiple: int, sharding: NamedSharding) -> Callable:
+    return jax.jit(functools.partial(pad_members, multiple=multiple), out_shardings=sharding)
+
+
 def feeds_per_host(runner: Callable, mesh: Any) -> bool:
     """Whether each process gathers only its own rows of every batch (`vhjax.population.feed`): on a
     mesh that spans processes, with a runner whose batches are rows of the data."""
@@ -173,18 +195,17 @@ def on_mesh(runner: Callable, mesh: Any) -> Callable:
         if parallel.spans_processes(mesh):  # a process that failed would never join the chunk's collectives
             distributed.agree("training chunk")
         size = population.size
-        padded = parallel.shard_members(pad_members(population, multiple), mesh)
+        padded = padded_on_mesh(population, multiple, mesh)
         if fed:
             end, metrics, rows = feed.run_fed(runner, padded, data, length, mesh)
             run.batch_rows += rows
         else:
             end, metrics = runner(padded, data, length)
-        if parallel.spans_processes(mesh):  # every process reads, evaluates and checkpoints the whole population
+        # across processes every process reads, evaluates and checkpoints the whole population; padding
+        # members are cut off in one program (see `padded_on_mesh`)
+        if parallel.spans_processes(mesh) or padded.size != size:
             return parallel.gather_members(end, metrics, size, mesh)
-        if padded.size == size:  # nothing to cut (slicing every leaf costs a dispatch per leaf and chunk)
-            return end, metrics
-        cut = lambda leaf: leaf[:size]
-        return jax.tree.map(cut, end), {k: v[:, :size] for k, v in metrics.items()}
+        return end, metrics
 
     run.batch_rows = 0 if fed else None
     return run
