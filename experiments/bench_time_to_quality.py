@@ -21,8 +21,11 @@ Contestants (`--contestants`, comma-separated; add one by adding a function to C
   vhjax_pbt_best the same with `keep_best=True`: each member slot returns its best evaluated
                  parameters, so every round's validation scores count when the callback reports them
                  (test: of the returned parameters)
-  vhjax_pbt_shrink  vhjax_pbt_best with a shrinking population (`shrink`): after the third of ten rounds
-                 only the best half of the members trains on (the others stop; their compute is skipped)
+  vhjax_pbt_shrink  vhjax_pbt_best as docs/tune.md recommends it for time to quality: a round every
+                 thirtieth of the steps (or --pbt-interval) and a shrinking population (`shrink`): after
+                 3/10 of the rounds only the best half of the members trains on (the others stop; their
+                 compute is skipped). Before 2026-12-05 (session 37) it ran ten rounds unless
+                 --pbt-interval was given (pass --pbt-interval STEPS/10 to rerun those tables)
   vhjax_tpe      vhjax.search(TrainingObjective(config), space, 'tpe', population=P)
   vhjax_random   the same with 'random'
   NAME:P         a vhjax contestant with population P (e.g. vhjax_tune:16 beside vhjax_tune)
@@ -45,7 +48,7 @@ TPE + pruner (their time / the contestant's time; > 1 means faster). Writes
 experiments/results/time_to_quality[_TASK].{md,json} and experiments/figures/time_to_quality[_TASK].png.
 
 Command:  python experiments/bench_time_to_quality.py [--task mnist1d_cnn] [--trials 64] [--steps 1500]
-          [--seeds 3] [--population 16] [--cpu-devices auto] [--contestants optuna_tpe,optuna_random,optuna_tpe_hb,vhjax_tpe,vhjax_random]
+          [--seeds 3] [--first-seed 0] [--population 16] [--cpu-devices auto] [--contestants optuna_tpe,optuna_random,optuna_tpe_hb,vhjax_tpe,vhjax_random]
           [--conv-impl auto|patch|xla] [--pbt-interval STEPS] [--time-budget SECONDS] [--compilation-cache DIR] [--tag _NAME]
 Smoke run (about a minute, writes *_quick.* files):  python experiments/bench_time_to_quality.py --quick
 """
@@ -72,6 +75,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FRACTIONS = (0.98, 1.0)
 DEFAULT_CONTESTANTS = "optuna_tpe,optuna_tpe_hb,vhjax_tune,vhjax_pbt"
 DEFAULT_PBT_POPULATION = 32  # vhjax_pbt: half the compute of the default 64 trials
+SHRINK_ROUNDS = 30  # vhjax_pbt_shrink: a round every thirtieth of the steps, as docs/tune.md recommends
 REPORTS_PER_TRIAL = 10  # chunks per trial: the pruner's rungs, and the Optuna trainer's scan length
 
 
@@ -473,8 +477,8 @@ def run_vhjax_pbt(args, keep_best: bool = False, shrink: bool = False) -> dict:
     best evaluated parameters, so a round's validation score counts when `search_pbt`'s callback
     reports it (the search holds those parameters from then on); the test accuracy is that of the
     returned parameters (the trial of each slot's kept round). shrink=True (`vhjax_pbt_shrink`,
-    with keep_best): `shrink={2: P // 2}` with the default ten rounds (after 3/10 of the rounds
-    in general), the population that docs/tune.md recommends for time to quality.
+    with keep_best): what docs/tune.md recommends for time to quality, a round every thirtieth of
+    the steps (unless --pbt-interval) and `shrink={8: P // 2}` (after 3/10 of the rounds).
     """
     from vhjax.population.pbt import pbt_rounds
     from vhjax.search import search_pbt
@@ -489,9 +493,10 @@ def run_vhjax_pbt(args, keep_best: bool = False, shrink: bool = False) -> dict:
     def record(row: dict) -> None:
         rounds.append((time.perf_counter() - PROCESS_START, row["round"], row["member"], row["value"]))
 
-    rounds_total = pbt_rounds(args.steps, args.pbt_interval or default_interval(args.steps))
-    halving = {max(0, 3 * rounds_total // 10 - 1): population // 2} if shrink and population >= 4 else None
-    result = search_pbt(config, space, population=population, interval=args.pbt_interval,  # None: its default
+    interval = args.pbt_interval or (max(1, args.steps // SHRINK_ROUNDS) if shrink else default_interval(args.steps))
+    halving = {max(0, 3 * pbt_rounds(args.steps, interval) // 10 - 1): population // 2} \
+        if shrink and population >= 4 else None
+    result = search_pbt(config, space, population=population, interval=interval,
                         seed=args.seed, callback=record, verbose=False,
                         compilation_cache=args.compilation_cache or False,  # cold unless the bench turns it on for all
                         shrink=halving)
@@ -622,6 +627,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--trials", type=int, default=64)
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds FIRST .. FIRST + SEEDS - 1 (fresh seeds confirm a setting chosen on others)")
     parser.add_argument("--population", type=int, default=None,
                         help="vhjax: candidates trained together (default: tune's own default, "
                              "4 per CPU device; vhjax_tpe/vhjax_random: 16; vhjax_pbt: 32)")
@@ -640,7 +647,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "trial at a time on one device either way")
     parser.add_argument("--pbt-interval", type=int, default=None, metavar="STEPS",
                         help="vhjax_pbt, vhjax_pbt_best, vhjax_pbt_shrink: steps between exploit/explore rounds "
-                             "(default: search_pbt's, a tenth of --steps)")
+                             "(default: search_pbt's, a tenth of --steps; vhjax_pbt_shrink a thirtieth)")
     parser.add_argument("--conv-impl", choices=("auto", "patch", "xla"), default="auto",
                         help="vhjax contestants' convolution ('auto': vhjax's patch convolution on CPU, XLA's "
                              "native one on GPU/TPU); the Optuna trainer keeps 'auto'")
@@ -673,9 +680,10 @@ def main(argv: Sequence[str] | None = None) -> None:
           f"vhjax population {args.population or 'default'}", flush=True)
     started = time.perf_counter()
     runs = []
-    for seed in range(args.seeds):
-        if seed and not another_round_fits(time.perf_counter() - started, seed, args.time_budget):
-            print(f"stopping after {seed} seed(s): another round would pass --time-budget {args.time_budget:g} s",
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        done = seed - args.first_seed
+        if done and not another_round_fits(time.perf_counter() - started, done, args.time_budget):
+            print(f"stopping after {done} seed(s): another round would pass --time-budget {args.time_budget:g} s",
                   flush=True)
             break
         for contestant in contestants:  # interleaved: A, B, ... for seed 0, then seed 1, ...
@@ -689,15 +697,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     header = (f"Task {args.task}: {task.describe}. Searched: " + ", ".join(
         f"{n} in [{lo:g}, {hi:g}]{' (log)' if log else ''}" for n, lo, hi, log in task.space)
         + f". {args.trials} trials x {args.steps} Adam steps (batch 100) per contestant and seed, {seeds_run} seed(s); "
-        f"vhjax population {args.population or f'default (tune: 4 per CPU device, 16 on an accelerator; pbt: {DEFAULT_PBT_POPULATION})'}, vhjax CPU devices {args.cpu_devices}, vhjax convolution {args.conv_impl}, PBT interval {args.pbt_interval or f'default ({default_interval(args.steps)} steps)'}. Times are medians over seeds, from each process's start "
+        f"vhjax population {args.population or f'default (tune: 4 per CPU device, 16 on an accelerator; pbt: {DEFAULT_PBT_POPULATION})'}, vhjax CPU devices {args.cpu_devices}, vhjax convolution {args.conv_impl}, PBT interval {args.pbt_interval or f'default ({default_interval(args.steps)} steps; vhjax_pbt_shrink {max(1, args.steps // SHRINK_ROUNDS)})'}, seeds {args.first_seed}-{args.first_seed + seeds_run - 1}. Times are medians over seeds, from each process's start "
         f"(imports, data, compilation, evaluation included). JAX {jax.__version__} on "
         f"{jax.devices()[0].platform}, {os.cpu_count()} CPU(s). Total wall time {time.perf_counter() - started:.0f} s.\n\n"
         f"Command: `python experiments/bench_time_to_quality.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n")
     compiled = "\n".join(
         f"- {run['contestant']}: " + ", ".join(f"{name} x{count}" for name, count in run.get("compiled_functions", {}).items())
         + "; seconds: " + ", ".join(f"{name} {sec:.1f}" for name, sec in run.get("compile_seconds_by_function", {}).items())
-        for run in runs if run["seed"] == 0)
-    (results_dir / f"{stem}.md").write_text(header + "\n" + table + "\n\nMost compiled functions (seed 0, top 12; "
+        for run in runs if run["seed"] == args.first_seed)
+    (results_dir / f"{stem}.md").write_text(header + "\n" + table + f"\n\nMost compiled functions (seed {args.first_seed}, top 12; "
                                             "compile seconds of the top 6):\n\n" + compiled + "\n")
     (results_dir / f"{stem}.json").write_text(json.dumps({"args": vars(args), "runs": runs, "summary": summary},
                                                          default=str))
