@@ -21,11 +21,12 @@ Contestants (`--contestants`, comma-separated; add one by adding a function to C
   vhjax_pbt_best the same with `keep_best=True`: each member slot returns its best evaluated
                  parameters, so every round's validation scores count when the callback reports them
                  (test: of the returned parameters)
-  vhjax_pbt_shrink  vhjax_pbt_best as docs/tune.md recommends it for time to quality: a round every
-                 thirtieth of the steps (or --pbt-interval) and a shrinking population (`shrink`): after
-                 3/10 of the rounds only the best half of the members trains on (the others stop; their
-                 compute is skipped). Before 2026-12-05 (session 37) it ran ten rounds unless
-                 --pbt-interval was given (pass --pbt-interval STEPS/10 to rerun those tables)
+  vhjax_pbt_shrink  vhjax_pbt_best as docs/tune.md recommends it for time to quality: about 30
+                 rounds (`even_interval(steps, 30)`, a divisor of the steps; or --pbt-interval) and a
+                 shrinking population (`shrink`): after 3/10 of the rounds only the best half of the
+                 members trains on (the others stop; their compute is skipped). Before 2026-12-05
+                 (session 37) it ran ten rounds unless --pbt-interval was given (pass --pbt-interval
+                 STEPS/10 to rerun those tables)
   vhjax_tpe      vhjax.search(TrainingObjective(config), space, 'tpe', population=P)
   vhjax_random   the same with 'random'
   NAME:P         a vhjax contestant with population P (e.g. vhjax_tune:16 beside vhjax_tune)
@@ -75,7 +76,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FRACTIONS = (0.98, 1.0)
 DEFAULT_CONTESTANTS = "optuna_tpe,optuna_tpe_hb,vhjax_tune,vhjax_pbt"
 DEFAULT_PBT_POPULATION = 32  # vhjax_pbt: half the compute of the default 64 trials
-SHRINK_ROUNDS = 30  # vhjax_pbt_shrink: a round every thirtieth of the steps, as docs/tune.md recommends
+SHRINK_ROUNDS = 30  # vhjax_pbt_shrink: about 30 rounds (`even_interval`), as docs/tune.md recommends
 REPORTS_PER_TRIAL = 10  # chunks per trial: the pruner's rungs, and the Optuna trainer's scan length
 
 
@@ -477,12 +478,12 @@ def run_vhjax_pbt(args, keep_best: bool = False, shrink: bool = False) -> dict:
     best evaluated parameters, so a round's validation score counts when `search_pbt`'s callback
     reports it (the search holds those parameters from then on); the test accuracy is that of the
     returned parameters (the trial of each slot's kept round). shrink=True (`vhjax_pbt_shrink`,
-    with keep_best): what docs/tune.md recommends for time to quality, a round every thirtieth of
-    the steps (unless --pbt-interval) and `shrink={8: P // 2}` (after 3/10 of the rounds).
+    with keep_best): what docs/tune.md recommends for time to quality, about 30 rounds
+    (`even_interval(steps, 30)`, unless --pbt-interval) and `P // 2` members kept after 3/10 of them.
     """
     from vhjax.population.pbt import pbt_rounds
     from vhjax.search import search_pbt
-    from vhjax.search.pbt_search import default_interval
+    from vhjax.search.pbt_search import default_interval, even_interval
 
     task = TASKS[args.task]
     space = vhjax_space(task)
@@ -493,7 +494,7 @@ def run_vhjax_pbt(args, keep_best: bool = False, shrink: bool = False) -> dict:
     def record(row: dict) -> None:
         rounds.append((time.perf_counter() - PROCESS_START, row["round"], row["member"], row["value"]))
 
-    interval = args.pbt_interval or (max(1, args.steps // SHRINK_ROUNDS) if shrink else default_interval(args.steps))
+    interval = args.pbt_interval or (even_interval(args.steps, SHRINK_ROUNDS) if shrink else default_interval(args.steps))
     halving = {max(0, 3 * pbt_rounds(args.steps, interval) // 10 - 1): population // 2} \
         if shrink and population >= 4 else None
     result = search_pbt(config, space, population=population, interval=interval,
@@ -647,7 +648,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "trial at a time on one device either way")
     parser.add_argument("--pbt-interval", type=int, default=None, metavar="STEPS",
                         help="vhjax_pbt, vhjax_pbt_best, vhjax_pbt_shrink: steps between exploit/explore rounds "
-                             "(default: search_pbt's, a tenth of --steps; vhjax_pbt_shrink a thirtieth)")
+                             "(default: search_pbt's, about a tenth of --steps; vhjax_pbt_shrink about a thirtieth)")
     parser.add_argument("--conv-impl", choices=("auto", "patch", "xla"), default="auto",
                         help="vhjax contestants' convolution ('auto': vhjax's patch convolution on CPU, XLA's "
                              "native one on GPU/TPU); the Optuna trainer keeps 'auto'")
@@ -674,7 +675,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     results_dir, figures_dir = ROOT / "experiments" / "results", ROOT / "experiments" / "figures"
     results_dir.mkdir(parents=True, exist_ok=True)
     task = TASKS[args.task]
-    from vhjax.search.pbt_search import default_interval
+    from vhjax.search.pbt_search import default_interval, even_interval
 
     print(f"{args.task}: {task.describe}; {args.trials} trials x {args.steps} steps, {args.seeds} seed(s), "
           f"vhjax population {args.population or 'default'}", flush=True)
@@ -697,7 +698,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     header = (f"Task {args.task}: {task.describe}. Searched: " + ", ".join(
         f"{n} in [{lo:g}, {hi:g}]{' (log)' if log else ''}" for n, lo, hi, log in task.space)
         + f". {args.trials} trials x {args.steps} Adam steps (batch 100) per contestant and seed, {seeds_run} seed(s); "
-        f"vhjax population {args.population or f'default (tune: 4 per CPU device, 16 on an accelerator; pbt: {DEFAULT_PBT_POPULATION})'}, vhjax CPU devices {args.cpu_devices}, vhjax convolution {args.conv_impl}, PBT interval {args.pbt_interval or f'default ({default_interval(args.steps)} steps; vhjax_pbt_shrink {max(1, args.steps // SHRINK_ROUNDS)})'}, seeds {args.first_seed}-{args.first_seed + seeds_run - 1}. Times are medians over seeds, from each process's start "
+        f"vhjax population {args.population or f'default (tune: 4 per CPU device, 16 on an accelerator; pbt: {DEFAULT_PBT_POPULATION})'}, vhjax CPU devices {args.cpu_devices}, vhjax convolution {args.conv_impl}, PBT interval {args.pbt_interval or f'default ({default_interval(args.steps)} steps; vhjax_pbt_shrink {even_interval(args.steps, SHRINK_ROUNDS)})'}, seeds {args.first_seed}-{args.first_seed + seeds_run - 1}. Times are medians over seeds, from each process's start "
         f"(imports, data, compilation, evaluation included). JAX {jax.__version__} on "
         f"{jax.devices()[0].platform}, {os.cpu_count()} CPU(s). Total wall time {time.perf_counter() - started:.0f} s.\n\n"
         f"Command: `python experiments/bench_time_to_quality.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n")

@@ -81,10 +81,15 @@ def test_bad_pbt_input_fails_before_training(kwargs, match):
         fit_pbt(CONFIG, MEMBERS, arguments.pop("explore"), **arguments, verbose=False)
 
 
-def test_search_pbt_rounds_default_to_a_tenth_of_the_run():
-    from vhjax.search.pbt_search import default_interval
+def test_search_pbt_rounds_default_to_a_tenth_of_the_run_in_chunks_of_one_length():
+    from vhjax.search.pbt_search import default_interval, even_interval
 
     assert [default_interval(steps) for steps in (1500, 90, 5)] == [150, 9, 1]
+    assert default_interval(1001) == 91 and 1001 % 91 == 0  # 7 * 13: no shorter last chunk to compile
+    assert [even_interval(1500, 30), even_interval(500, 30), even_interval(97, 10)] == [50, 20, 1]
+    assert even_interval(12, 5) == 2 and even_interval(30, 12) == 3  # 2.4: 2 is nearest; 2.5: the larger of 2, 3
+    with pytest.raises(ValueError, match="rounds"):
+        even_interval(100, 0)
 
 
 def test_search_pbt_stores_float32_values_at_a_bound_inside_the_range():

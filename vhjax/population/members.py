@@ -129,7 +129,7 @@ def parameter_tensors(task: Task) -> list[str]:
     """The model's parameter paths ('hidden_0/kernel', ...) in `jax.tree.leaves` order: the order of
     the entries of a member's `update_scale`."""
     example = jax.ShapeDtypeStruct((2, *task.train.x.shape[1:]), jnp.float32)
-    params = jax.eval_shape(task.model.init, jax.random.key(0), example)["params"]
+    params = jax.eval_shape(lambda x: task.model.init(jax.random.key(0), x), example)["params"]
     paths = jax.tree_util.tree_flatten_with_path(params)[0]
     return ["/".join(str(getattr(k, "key", k)) for k in path) for path, _ in paths]
 

@@ -231,7 +231,7 @@ def check_parameter_patterns(model: Any, data: Dataset, config: TrainConfig) -> 
     from vhjax.train import controls
 
     example = jax.ShapeDtypeStruct((2, *data.x.shape[1:]), jnp.float32)
-    params = jax.eval_shape(model.init, jax.random.key(0), example)["params"]
+    params = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), example)["params"]
     controls.check_patterns_match(params, tuple(config.freeze), "freeze")
     controls.check_patterns_match(params, tuple(config.lr_multipliers), "lr_multipliers")
 
@@ -241,8 +241,8 @@ def check_model_fits_data(model: Any, data: Dataset, model_name: str) -> jax.Sha
     Returns the outputs' shape for a batch of 2."""
     example = jax.ShapeDtypeStruct((2, *data.x.shape[1:]), jnp.float32)
     try:
-        variables = jax.eval_shape(model.init, jax.random.key(0), example)
-        out = jax.eval_shape(lambda v, x: model.apply(v, x), variables, example)
+        # one trace, the key made inside it (an eager key would compile a program of its own)
+        out, _ = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x), example)
     except Exception as error:  # the model cannot consume this input at all
         raise ValueError(
             f"model {model_name!r} cannot take inputs of shape (batch, {', '.join(map(str, data.x.shape[1:]))}) "
