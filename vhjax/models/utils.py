@@ -17,11 +17,20 @@ def count_params(params: Any) -> int:
     return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))
 
 
-def output_shape(model: nn.Module, input_shape: Sequence[int]) -> tuple[int, ...]:
-    """Shape of `model`'s output for an input of `input_shape` (batch included); nothing is computed."""
+def abstract_variables(model: nn.Module, input_shape: Sequence[int]) -> Any:
+    """`model`'s variables for a float32 input of `input_shape` (batch included), as
+    `jax.ShapeDtypeStruct`s: nothing is computed. The key is made inside the trace (an eager key
+    would compile a program of its own)."""
     example = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
-    variables = jax.eval_shape(model.init, jax.random.key(0), example)
-    return tuple(jax.eval_shape(model.apply, variables, example).shape)
+    return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), example)
+
+
+def output_shape(model: nn.Module, input_shape: Sequence[int]) -> tuple[int, ...]:
+    """Shape of `model`'s output for an input of `input_shape` (batch included); nothing is computed
+    (one trace of `init_with_output`)."""
+    example = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
+    out, _ = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x), example)
+    return tuple(out.shape)
 
 
 # --- config checks, run in each model's __post_init__ so bad configs fail before tracing; messages in

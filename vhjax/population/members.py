@@ -23,6 +23,7 @@ import optax
 from vhjax import optim
 from vhjax.compile_options import light_jit
 from vhjax.memo import Memo
+from vhjax.models.utils import abstract_variables
 from vhjax.population.engine import BatchIndices, PopulationRunner, default_member_group
 from vhjax.population.hparams import check_not_static_zero, member_arrays, per_member_values
 from vhjax.population.state import PopulationState, new_population
@@ -128,8 +129,7 @@ def check_member_archs(task: Task, size: int, arch: Any) -> None:
 def parameter_tensors(task: Task) -> list[str]:
     """The model's parameter paths ('hidden_0/kernel', ...) in `jax.tree.leaves` order: the order of
     the entries of a member's `update_scale`."""
-    example = jax.ShapeDtypeStruct((2, *task.train.x.shape[1:]), jnp.float32)
-    params = jax.eval_shape(lambda x: task.model.init(jax.random.key(0), x), example)["params"]
+    params = abstract_variables(task.model, (2, *task.train.x.shape[1:]))["params"]
     paths = jax.tree_util.tree_flatten_with_path(params)[0]
     return ["/".join(str(getattr(k, "key", k)) for k in path) for path, _ in paths]
 

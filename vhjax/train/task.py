@@ -14,6 +14,7 @@ from vhjax import augment, losses, models, optim
 from vhjax.config import TrainConfig, validate
 from vhjax.data import Dataset, load
 from vhjax.hparams import STATIC_ZERO_NAMES
+from vhjax.models.utils import abstract_variables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,8 +231,7 @@ def check_parameter_patterns(model: Any, data: Dataset, config: TrainConfig) -> 
         return
     from vhjax.train import controls
 
-    example = jax.ShapeDtypeStruct((2, *data.x.shape[1:]), jnp.float32)
-    params = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), example)["params"]
+    params = abstract_variables(model, (2, *data.x.shape[1:]))["params"]
     controls.check_patterns_match(params, tuple(config.freeze), "freeze")
     controls.check_patterns_match(params, tuple(config.lr_multipliers), "lr_multipliers")
 

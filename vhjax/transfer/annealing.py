@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vhjax.config import TrainConfig
+from vhjax.models.utils import abstract_variables
 from vhjax.population.engine import PopulationRunner, default_member_group
 from vhjax.population.fit import BucketProgram, PopulationResult, bucket_task, fit_population
 from vhjax.population.members import population_batch_indices
@@ -272,8 +273,7 @@ def anneal(config: TrainConfig, source: Any, chains: int = 4, *, steps: int = 50
                           f"(x, y) with x of shape (n, {', '.join(map(str, task.train.x.shape[1:]))}) and y (n,)")
     source = as_variables(source)
     transfer = {"skip": tuple(skip), "new_head": new_head, "head": head}
-    example = jax.ShapeDtypeStruct((2, *task.train.x.shape[1:]), jnp.float32)  # shapes only, before compiling
-    shapes = jax.eval_shape(task.model.init, jax.random.key(0), example)
+    shapes = abstract_variables(task.model, (2, *task.train.x.shape[1:]))  # shapes only, before compiling
     transfer_params(source, {k: v for k, v in shapes.items() if k != "dropout"}, **transfer)
     data, weights = [(task.eval.x, task.eval.y)], [1.0]
     if source_data is not None and source_weight:

@@ -37,7 +37,7 @@ from vhjax import losses
 from vhjax.config import TrainConfig
 from vhjax.memo import Memo
 from vhjax.models.cost import flops_per_example
-from vhjax.models.utils import count_params
+from vhjax.models.utils import count_params, output_shape
 from vhjax.population.engine import PopulationRunner, default_member_group
 from vhjax.population.fit import BucketProgram, PopulationResult, bucket_tasks, fit_population, with_config_loss_weights
 from vhjax.population.members import population_batch_indices
@@ -77,9 +77,7 @@ def check_config(config: TrainConfig) -> None:
 
 def output_classes(task: Task) -> int:
     """The student model's number of outputs (the classes the soft targets must cover)."""
-    example = jax.ShapeDtypeStruct((2, *task.train.x.shape[1:]), jnp.float32)
-    variables = jax.eval_shape(task.model.init, jax.random.key(0), example)
-    return int(jax.eval_shape(lambda v, x: task.model.apply(v, x), variables, example).shape[-1])
+    return output_shape(task.model, (2, *task.train.x.shape[1:]))[-1]
 
 
 def teacher_output_shape(model: Any, variables: Mapping, input_shape: Sequence[int]) -> tuple[int, ...]:

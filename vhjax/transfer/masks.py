@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vhjax.config import TrainConfig
+from vhjax.models.utils import abstract_variables
 from vhjax.population.fit import PopulationResult, bucket_members, bucket_task, fit_population, stack_dynamic
 from vhjax.population.members import parameter_tensors
 from vhjax.transfer.weights import COLLECTIONS_KEY, as_variables, flatten, layer_names, transfer_params
@@ -267,8 +268,7 @@ def masked_members(config: TrainConfig, source: Any, masks: Sequence[TransferMas
     copy_rows: dict[str, np.ndarray] = {}
     for bucket_config, indices in buckets:
         task = bucket_task(bucket_config, stack_dynamic(indices, members))
-        example = jax.ShapeDtypeStruct((2, *task.train.x.shape[1:]), jnp.float32)
-        shapes = jax.eval_shape(task.model.init, jax.random.key(0), example)
+        shapes = abstract_variables(task.model, (2, *task.train.x.shape[1:]))
         transfer_params(source, {k: v for k, v in shapes.items() if k != "dropout"}, **dict(transfer or {}))
         tensors = parameter_tensors(task)
         rows = [tensor_rows(masks[i], units, tensors, granularity) for i in indices]

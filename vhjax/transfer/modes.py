@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from vhjax.config import TrainConfig
+from vhjax.models.utils import abstract_variables
 from vhjax.population.fit import (PopulationResult, bucket_members, bucket_task, fit_population, stack_dynamic,
                                   with_config_loss_weights)
 from vhjax.population.members import STEP_LIMIT, parameter_tensors
@@ -250,8 +251,7 @@ def fit_from(config: TrainConfig, source: Any, members: Sequence[Mapping[str, An
     tasks = [(bucket_task(bucket_config, stack_dynamic(indices, members)), indices)
              for bucket_config, indices in buckets]
     for task, indices in tasks:  # shapes only: a source that does not fit raises here, before compiling
-        example = jax.ShapeDtypeStruct((2, *task.train.x.shape[1:]), jnp.float32)
-        shapes = jax.eval_shape(task.model.init, jax.random.key(0), example)
+        shapes = abstract_variables(task.model, (2, *task.train.x.shape[1:]))
         transfer_params(source, {k: v for k, v in shapes.items() if k not in ("dropout",)}, **transfer)
         with_mode = [i for i in indices if modes[i] is not None]
         tensors = parameter_tensors(task) if with_mode else []
