@@ -57,15 +57,15 @@ def measure(variant: str, size: int, group: int | None) -> str:
     runner = classifier_runner(task, member_group=group, batch_indices=indices)
     data = (jnp.asarray(task.train.x), jnp.asarray(task.train.y))
     start = time.perf_counter()
-    lowered = runner._free_chunk.lower(population, data, CHUNK)
+    lowered = runner._free_chunk.lower(population, data, CHUNK, np.int32(CHUNK))
     traced = time.perf_counter() - start
     start = time.perf_counter()
     compiled = lowered.compile()
     compile_seconds = time.perf_counter() - start
-    jax.block_until_ready(compiled(population, data))
+    jax.block_until_ready(compiled(population, data, np.int32(CHUNK)))
     start = time.perf_counter()
     for _ in range(3):
-        jax.block_until_ready(compiled(population, data))
+        jax.block_until_ready(compiled(population, data, np.int32(CHUNK)))
     chunk = (time.perf_counter() - start) / 3
     return (f"| {variant} | {size} | {group or 'all'} | {traced:.2f} | {compile_seconds:.2f} | {chunk:.3f} | "
             f"{size * CHUNK / chunk:,.0f} |")

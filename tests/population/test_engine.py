@@ -108,6 +108,47 @@ def test_frozen_member_stays_frozen_in_later_chunks(task, data):
     assert not np.array_equal(before, np.asarray(jax.tree.leaves(population.members.params)[0])[0])
 
 
+def test_a_chunk_trains_only_its_active_steps_in_the_program_of_its_full_length(task, data):
+    from vhjax.compilation_cache import count_compilations
+
+    hparams = {"learning_rate": [1e-3, 1e30, 3e-3]}  # member 1 diverges within the first steps
+    runner = classifier_runner(task)
+    with count_compilations() as seen:
+        part, part_metrics = runner(init_population(task, 3, hparams), data, 8, active=5)
+        runner(init_population(task, 3, hparams), data, 8)
+    assert seen.by_function["jit(run_free)"] == 1  # 5 of 8 steps: the 8-step program
+    alone, alone_metrics = classifier_runner(task)(init_population(task, 3, hparams), data, 5)
+    assert np.asarray(part.members.step)[[0, 2]].tolist() == [5, 5]
+    assert part.alive.tolist() == [True, False, True] and part.diverged_step.tolist() == alone.diverged_step.tolist()
+    for a, b in zip(jax.tree.leaves(part.members.params), jax.tree.leaves(alone.members.params)):
+        np.testing.assert_allclose(np.asarray(a)[[0, 2]], np.asarray(b)[[0, 2]], rtol=1e-5, atol=1e-6)
+    loss = np.asarray(part_metrics["loss"])
+    assert loss.shape == (8, 3) and np.isnan(loss[5:]).all()  # rows of the steps not run
+    np.testing.assert_allclose(loss[:5, [0, 2]], np.asarray(alone_metrics["loss"])[:, [0, 2]], rtol=1e-5)
+    with pytest.raises(ValueError, match="active has value 9; allowed: 1..8"):
+        runner(init_population(task, 3, hparams), data, 8, active=9)
+
+
+def test_without_a_traced_loop_bound_a_chunk_is_a_scan_of_its_length(task, data, monkeypatch):
+    """As on GPUs (`traced_loop_bound`): full chunks train as before, a shorter one is refused."""
+    from vhjax.population import engine
+    from vhjax.population.loop import run_chunk
+
+    hparams = {"learning_rate": [1e-3, 3e-3]}
+    traced, _ = classifier_runner(task)(init_population(task, 2, hparams), data, 4)
+    monkeypatch.setattr(engine, "traced_loop_bound", lambda: False)
+    runner = classifier_runner(task)
+    assert not runner.accepts_active_steps
+    scanned, metrics = runner(init_population(task, 2, hparams), data, 4)
+    assert np.isfinite(np.asarray(metrics["loss"])).all() and np.asarray(scanned.members.step).tolist() == [4, 4]
+    for a, b in zip(jax.tree.leaves(traced.members.params), jax.tree.leaves(scanned.members.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="active has value 3; allowed on cpu: 4"):
+        runner(init_population(task, 2, hparams), data, 4, active=3)
+    short, metrics = run_chunk(runner, init_population(task, 2, hparams), data, 3, full=4)  # its own program
+    assert metrics["loss"].shape == (3, 2) and np.asarray(short.members.step).tolist() == [3, 3]
+
+
 def test_same_batches_option(task):
     same = init_population(task, 3, same_batches=True)
     own = init_population(task, 3, same_batches=False)

@@ -192,7 +192,7 @@ def test_a_data_axis_splits_each_members_batch():
             from vhjax import parallel
             population = parallel.shard_members(init_population(task, 2, {"learning_rate": [3e-3, 1e-2]}), mesh)
             data = parallel.replicate((jnp.asarray(task.train.x), jnp.asarray(task.train.y)), mesh)
-            hlo = runner._free_chunk.lower(population, data, 2).compile().as_text()
+            hlo = runner._free_chunk.lower(population, data, 2, 2).compile().as_text()
         print(json.dumps({"loss": [m["eval"]["loss"] for m in result.members], "all_reduce": "all-reduce" in hlo}))
     """)
     env = {**os.environ, "XLA_FLAGS": xla_flags(devices=4),

@@ -81,6 +81,20 @@ def test_raising_steps_extends_a_finished_run(tmp_path):
         fit(dataclasses.replace(CONFIG, steps=20), tmp_path, verbose=False)
 
 
+def test_a_last_chunk_that_eval_every_does_not_divide_runs_in_the_program_of_a_full_chunk(tmp_path):
+    from vhjax.compilation_cache import count_compilations
+
+    members = [{"learning_rate": 3e-3}, {"learning_rate": 1e-2}]
+    uneven = dataclasses.replace(CONFIG, steps=25, eval_every=10)  # chunks of 10, 10 and 5 steps
+    with count_compilations() as seen:
+        result = fit_population(uneven, members, tmp_path, verbose=False)
+    assert seen.by_function["jit(run_free)"] == 1, dict(seen.by_function)
+    assert eval_steps(tmp_path / "bucket_0") == [10, 20, 25]
+    even = fit_population(dataclasses.replace(uneven, eval_every=5), members, verbose=False)  # the same 25 steps
+    for got, want in zip(result.members, even.members):
+        np.testing.assert_allclose(got["eval"]["loss"], want["eval"]["loss"], rtol=1e-4)
+
+
 def test_padding_members_are_inert():
     task = build_task(CONFIG)
     population = init_population(task, 3)

@@ -1,4 +1,4 @@
-"""The population engine: any one-member step, vmapped over members, run in scanned chunks.
+"""The population engine: any one-member step, vmapped over members, run in chunks of steps.
 
 A *member step* is a pure function for ONE member, `step(member, batch) -> (member, metrics)`,
 where `member` is a pytree with a `step` field (the built-in classifier's is a `TrainState`) and
@@ -7,7 +7,8 @@ where `member` is a pytree with a `step` field (the built-in classifier's is a `
 loss) another; a GAN's alternating step or a user's own step are others.
 
 The engine vmaps the member step over the population, keeps Python out of the inner loop with
-`lax.scan`, and isolates divergence optimistically. Checking every member for non-finite values
+a loop of steps inside one program (its bound traced: a shorter chunk runs in a full chunk's
+program), and isolates divergence optimistically. Checking every member for non-finite values
 after every step, and selecting between its old and new state, costs as much memory traffic as the
 optimizer itself (on CPU a 512-wide MLP trained with Adam ran 25-30% slower with it). Divergence
 is rare, so a chunk of steps runs optimistically:
@@ -35,6 +36,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from vhjax.population.state import PopulationState
@@ -124,13 +126,40 @@ def make_population_step(member_step: MemberStep, *, isolate: bool = True
     return step
 
 
-def scan_steps(step: Callable, population: PopulationState, data: Any, indices: jax.Array,
-               gather: Gather = gather_batch, place: Callable | None = None):
-    """`lax.scan` of `step` over the chunk's batch indices, gathering each batch from `data` (and
-    placing it with `place`, e.g. a sharding constraint that splits it over a data axis)."""
+def batch_step(step: Callable, gather: Gather = gather_batch, place: Callable | None = None) -> Callable:
+    """`one(population, data, index) -> (population, metrics)`: gathers the step's batch from `data`
+    (placed with `place`, e.g. a sharding constraint that splits it over a data axis) and trains one
+    step. Jitted, so the traces of a chunk that use it (its metrics' shapes, the loop body, an idle
+    group's branch) trace the step once; inside a program the call is inlined."""
     place = place or (lambda batch, same: batch)
-    return lax.scan(lambda carry, index: step(carry, place(gather(data, index), carry.same_batches)),
-                    population, indices)
+    return jax.jit(lambda members, data, index: step(members, place(gather(data, index), members.same_batches)))
+
+
+def traced_loop_bound() -> bool:
+    """Whether a chunk program loops over a traced number of steps (`scan_steps`): yes, except on
+    GPUs, where a while loop without a trip count known when compiling reads its predicate on the
+    host every iteration (a synchronisation per step); there a chunk is a `lax.scan` of its length."""
+    return jax.default_backend() != "gpu"
+
+
+def scan_steps(one: Callable, population: PopulationState, data: Any, indices: Any, active: jax.Array):
+    """The chunk's first `active` steps of `one` (`batch_step`; `active` a traced count, at most the
+    `length` rows of `indices`). A loop with a traced bound (`traced_loop_bound`), so a chunk of any
+    length up to `length` runs in the program compiled for `length`; metrics are `(length, ...)`,
+    NaN (0 for integers) in the rows of steps not run. Without one (GPUs), `active` must be `length`."""
+    if not traced_loop_bound():
+        return lax.scan(lambda members, index: one(members, data, index), population, indices)
+    row = lambda i: jax.tree.map(lambda leaf: lax.dynamic_index_in_dim(leaf, i, keepdims=False), indices)
+    length = jax.tree.leaves(indices)[0].shape[0]
+    blank = lambda s: jnp.full((length, *s.shape), jnp.nan if jnp.issubdtype(s.dtype, jnp.inexact) else 0, s.dtype)
+    rows = jax.tree.map(blank, jax.eval_shape(one, population, data, row(0))[1])
+
+    def body(i, carry):
+        members, rows = carry
+        members, metrics = one(members, data, row(i))
+        return members, jax.tree.map(lambda r, m: lax.dynamic_update_index_in_dim(r, m, i, 0), rows, metrics)
+
+    return lax.fori_loop(0, active, body, (population, rows))
 
 
 def default_member_group(size: int, shards: int = 1) -> int | None:
@@ -220,7 +249,9 @@ def run_in_groups(run: Callable, population: PopulationState, indices: jax.Array
 
 
 class PopulationRunner:
-    """`runner(population, data, length) -> (population, metrics (length, P))`: one chunk of training.
+    """`runner(population, data, length) -> (population, metrics (length, P))`: one chunk of training;
+    `runner(population, data, length, active)` trains only its first `active` steps in the same
+    program (`run_loop` runs a chunk shorter than its `eval_every` so: one compilation per runner).
 
     Diverging members are isolated exactly as by the per-step isolated step (see the module
     docstring); `replayed_chunks` counts the chunks that were run again.
@@ -234,6 +265,11 @@ class PopulationRunner:
     (`vhjax.population.feed`: each process of a multi-host mesh gathers only its rows).
     """
 
+    @property
+    def accepts_active_steps(self) -> bool:
+        """Whether a shorter chunk runs in a full one's program (`run_loop`; `traced_loop_bound`)."""
+        return traced_loop_bound()
+
     def __init__(self, member_step: MemberStep, batch_indices: BatchIndices, *, member_group: int | None = None,
                  isolation: str = "optimistic", gather: Gather = gather_batch, place: Callable | None = None,
                  shards: int = 1):
@@ -243,31 +279,34 @@ class PopulationRunner:
         self.batch_indices, self.gather = batch_indices, gather
         free, isolated = make_population_step(member_step, isolate=False), make_population_step(member_step)
 
-        def free_chunk(population: PopulationState, data, indices, take: Gather):
-            run = lambda group, group_indices: scan_steps(free, group, data, group_indices, take, place)
+        def free_chunk(population: PopulationState, data, indices, take: Gather, active):
+            one = batch_step(free, take, place)
+            run = lambda group, group_indices: scan_steps(one, group, data, group_indices, active)
             end, metrics = run_in_groups(run, population, indices, member_group, shards)
             finite = jax.vmap(lambda m: all_finite(member_params(m)))(end.members)
-            finite = finite & jnp.all(jnp.isfinite(metrics["loss"]), axis=0)
+            skipped = jnp.arange(metrics["loss"].shape[0]) >= active  # rows of steps not run: NaN
+            finite = finite & jnp.all(jnp.isfinite(metrics["loss"]) | skipped[:, None], axis=0)
             clean = ~jnp.any(population.training & ~finite)
             end = end.replace(members=keep_where(population.training, end.members, population.members))
             return end, nan_where_frozen(population.training, metrics, member_axis=1), clean
 
-        def isolated_chunk(population: PopulationState, data, indices, take: Gather):
-            run = lambda group, group_indices: scan_steps(isolated, group, data, group_indices, take, place)
+        def isolated_chunk(population: PopulationState, data, indices, take: Gather, active):
+            one = batch_step(isolated, take, place)
+            run = lambda group, group_indices: scan_steps(one, group, data, group_indices, active)
             return run_in_groups(run, population, indices, member_group, shards)
 
         # named programs: compile counts and profiles (`count_compilations().by_function`) name them
-        def run_free(population: PopulationState, data, length: int):
-            return free_chunk(population, data, batch_indices(population, length), gather)
+        def run_free(population: PopulationState, data, length: int, active):
+            return free_chunk(population, data, batch_indices(population, length), gather, active)
 
-        def run_isolated(population: PopulationState, data, length: int):
-            return isolated_chunk(population, data, batch_indices(population, length), gather)
+        def run_isolated(population: PopulationState, data, length: int, active):
+            return isolated_chunk(population, data, batch_indices(population, length), gather, active)
 
-        def run_free_fed(population: PopulationState, batches):
-            return free_chunk(population, None, batches, take_batch)
+        def run_free_fed(population: PopulationState, batches, active):
+            return free_chunk(population, None, batches, take_batch, active)
 
-        def run_isolated_fed(population: PopulationState, batches):
-            return isolated_chunk(population, None, batches, take_batch)
+        def run_isolated_fed(population: PopulationState, batches, active):
+            return isolated_chunk(population, None, batches, take_batch, active)
 
         self._free_chunk = jax.jit(run_free, static_argnums=2)  # keeps its input: the restart point
         self._isolated_chunk = jax.jit(run_isolated, static_argnums=2, donate_argnums=0)
@@ -275,13 +314,20 @@ class PopulationRunner:
         self._isolated_fed = jax.jit(run_isolated_fed, donate_argnums=0)
         self.replayed_chunks = 0
 
-    def __call__(self, population: PopulationState, data: Any, length: int) -> tuple[PopulationState, dict]:
-        return self._optimistic(self._free_chunk, self._isolated_chunk, population, data, length)
+    def __call__(self, population: PopulationState, data: Any, length: int,
+                 active: int | None = None) -> tuple[PopulationState, dict]:
+        """`active` (default `length`): train only the chunk's first `active` steps, in the program
+        compiled for `length` (the rows of the other steps' metrics are NaN)."""
+        return self._optimistic(self._free_chunk, self._isolated_chunk, population, data, length,
+                                active_steps(active, length))
 
-    def run_batches(self, population: PopulationState, batches: Any) -> tuple[PopulationState, dict]:
+    def run_batches(self, population: PopulationState, batches: Any,
+                    active: int | None = None) -> tuple[PopulationState, dict]:
         """One chunk on its batches, gathered already: every leaf `(length, B, ...)` shared by the
-        members, or `(length, P, B, ...)` one per member (as `gather` would have built them)."""
-        return self._optimistic(self._free_fed, self._isolated_fed, population, batches)
+        members, or `(length, P, B, ...)` one per member (as `gather` would have built them);
+        `active` as in `__call__`."""
+        length = jax.tree.leaves(batches)[0].shape[0]
+        return self._optimistic(self._free_fed, self._isolated_fed, population, batches, active_steps(active, length))
 
     def _optimistic(self, free_chunk: Callable, isolated_chunk: Callable, population: PopulationState, *args):
         if self.isolation == "per_step":
@@ -291,3 +337,15 @@ class PopulationRunner:
             return end, metrics
         self.replayed_chunks += 1
         return isolated_chunk(population, *args)
+
+
+def active_steps(active: int | None, length: int) -> np.int32:
+    """The steps of a chunk of `length` to train (`active`, default all) as the chunk programs'
+    traced count: one program serves every count."""
+    active = length if active is None else int(active)
+    if not 1 <= active <= length:
+        raise ValueError(f"active has value {active}; allowed: 1..{length} (the chunk's length)")
+    if active < length and not traced_loop_bound():
+        raise ValueError(f"active has value {active}; allowed on {jax.default_backend()}: {length} (the chunk's "
+                         "length: its loop has a fixed trip count here, see `traced_loop_bound`)")
+    return np.int32(active)

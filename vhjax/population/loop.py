@@ -1,4 +1,4 @@
-"""The one training loop: chunks of scanned steps, evaluation, hooks, checkpoints, resume.
+"""The one training loop: chunks of compiled steps, evaluation, hooks, checkpoints, resume.
 
     run_loop(population, runner, data, steps=..., eval_every=..., evaluate=..., hooks=[...])
 
@@ -191,7 +191,7 @@ def on_mesh(runner: Callable, mesh: Any) -> Callable:
     multiple = mesh.shape[parallel.MEMBERS]
     fed = feeds_per_host(runner, mesh)
 
-    def run(population: PopulationState, data: Any, length: int):
+    def run(population: PopulationState, data: Any, length: int, active: int | None = None):
         if parallel.spans_processes(mesh):  # a process that failed would never join the chunk's collectives
             distributed.agree("training chunk")
         size = population.size
@@ -200,7 +200,7 @@ def on_mesh(runner: Callable, mesh: Any) -> Callable:
             end, metrics, rows = feed.run_fed(runner, padded, data, length, mesh)
             run.batch_rows += rows
         else:
-            end, metrics = runner(padded, data, length)
+            end, metrics = runner(padded, data, length, *(() if active is None else (active,)))
         # across processes every process reads, evaluates and checkpoints the whole population; padding
         # members are cut off in one program (see `padded_on_mesh`)
         if parallel.spans_processes(mesh) or padded.size != size:
@@ -208,7 +208,28 @@ def on_mesh(runner: Callable, mesh: Any) -> Callable:
         return end, metrics
 
     run.batch_rows = 0 if fed else None
+    run.accepts_active_steps = accepts_active_steps(runner) and not fed  # per-host batches: each length its own
     return run
+
+
+def accepts_active_steps(runner: Callable) -> bool:
+    """Whether `runner(population, data, length, active)` trains the first `active` steps of a chunk
+    of `length` in that length's program (`engine.PopulationRunner` and, unless its batches are
+    gathered per host, `on_mesh` of one do)."""
+    return bool(getattr(runner, "accepts_active_steps", False))
+
+
+def run_chunk(runner: Callable, population: PopulationState, data: Any, length: int,
+              full: int) -> tuple[PopulationState, dict[str, np.ndarray]]:
+    """A chunk of `length` steps; one shorter than the loop's `full` chunks (a last chunk that
+    `eval_every` does not divide, the first after a start between boundaries) runs in the full
+    chunks' program when the runner can (`accepts_active_steps`), so a run compiles its training
+    chunk once. Metrics come back on the host, one row per step trained."""
+    if length < full and accepts_active_steps(runner):
+        population, metrics = runner(population, data, full, length)
+    else:
+        population, metrics = runner(population, data, length)
+    return population, {k: np.asarray(v)[:length] for k, v in metrics.items()}
 
 
 def run_loop(population: PopulationState, runner: Callable, data: Any, *, steps: int, eval_every: int,
@@ -277,15 +298,15 @@ def _run_locked(population: PopulationState, runner: Callable, data: Any, *, ste
     if resumed_from is not None:
         progress.message(f"{label}resumed from {workdir} at step {resumed_from}")
     collected: list[dict] = []
+    full = min(eval_every, steps)  # the length of a chunk program
     for chunk_number, length in enumerate(chunk_lengths(step, steps, eval_every)):
         if not bool(np.any(training_mask(population))):
             break
         tick = time.perf_counter()
-        population, metrics = runner(population, data, length)
+        population, metrics = run_chunk(runner, population, data, length, full)
         evaluation = {split: {k: np.asarray(v) for k, v in values.items()}
                       for split, values in (evaluate(population) if evaluate else {}).items()}
         step += length
-        metrics = {k: np.asarray(v) for k, v in metrics.items()}
         collected.append(metrics)
         report = Report(step, steps, length, time.perf_counter() - tick, summarize_chunk(metrics), evaluation, {})
         for hook in hooks:

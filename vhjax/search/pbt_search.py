@@ -62,9 +62,10 @@ DEFAULT_ROUNDS = 10  # interval=None: exploit/explore about every tenth of confi
 
 def even_interval(steps: int, rounds: int) -> int:
     """Steps between PBT rounds for about `rounds` rounds: the divisor of `steps` nearest `steps /
-    rounds` (the larger of two as near), so every training chunk has one length and compiles once (a
-    shorter last chunk is a second training program: 2-3 s of compilation for the digits CNN on a
-    2-core CPU). `even_interval(1500, 30)` is 50; `even_interval(500, 30)` is 20 (25 rounds)."""
+    rounds` (the larger of two as near), so the rounds are evenly spaced, none of them a short last
+    one (which trains in the program of a full chunk: it costs no compilation, but its members are
+    compared after fewer steps). `even_interval(1500, 30)` is 50; `even_interval(500, 30)` is 20
+    (25 rounds)."""
     check_int("steps", steps, 1)
     check_int("rounds", rounds, 1)
     small = [d for d in range(1, math.isqrt(steps) + 1) if steps % d == 0]
@@ -85,8 +86,8 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
     """Run PBT over `space` with `population` members for `config.steps` steps; see the module doc.
 
     `interval` (steps between exploit/explore rounds) defaults to about a tenth of `config.steps`
-    (`default_interval`: a divisor, so the training program compiles once; `even_interval(steps,
-    rounds)` gives such an interval for other round counts).
+    (`default_interval`: a divisor, so the rounds are evenly spaced; `even_interval(steps, rounds)`
+    gives such an interval for other round counts; any interval compiles one training program).
     `callback(row)` is called for every member of every round as soon as the round is evaluated,
     with `row = {"seconds", "round", "step", "member", "state", "value", "params"}` (`state`
     'COMPLETE' or 'FAIL' for a diverged member; `seconds` since the call started).
