@@ -17,20 +17,22 @@ def count_params(params: Any) -> int:
     return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))
 
 
-def abstract_variables(model: nn.Module, input_shape: Sequence[int]) -> Any:
-    """`model`'s variables for a float32 input of `input_shape` (batch included), as
-    `jax.ShapeDtypeStruct`s: nothing is computed. The key is made inside the trace (an eager key
-    would compile a program of its own)."""
+def abstract_init(model: nn.Module, input_shape: Sequence[int]) -> tuple[Any, Any]:
+    """(outputs, variables) of `model` for a float32 input of `input_shape` (batch included), as
+    `jax.ShapeDtypeStruct`s: one trace of `init_with_output`, nothing computed. The key is made
+    inside the trace (an eager key would compile a program of its own)."""
     example = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
-    return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), example)
+    return jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x), example)
+
+
+def abstract_variables(model: nn.Module, input_shape: Sequence[int]) -> Any:
+    """`model`'s variables for an input of `input_shape`, as `jax.ShapeDtypeStruct`s (`abstract_init`)."""
+    return abstract_init(model, input_shape)[1]
 
 
 def output_shape(model: nn.Module, input_shape: Sequence[int]) -> tuple[int, ...]:
-    """Shape of `model`'s output for an input of `input_shape` (batch included); nothing is computed
-    (one trace of `init_with_output`)."""
-    example = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
-    out, _ = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x), example)
-    return tuple(out.shape)
+    """Shape of `model`'s output for an input of `input_shape` (batch included; `abstract_init`)."""
+    return tuple(abstract_init(model, input_shape)[0].shape)
 
 
 # --- config checks, run in each model's __post_init__ so bad configs fail before tracing; messages in

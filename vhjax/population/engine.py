@@ -126,6 +126,13 @@ def make_population_step(member_step: MemberStep, *, isolate: bool = True
     return step
 
 
+def blank_like(shapes: Any, leading: tuple[int, ...] = ()) -> Any:
+    """Arrays of `shapes` (`jax.ShapeDtypeStruct`s) with `leading` axes in front: NaN, 0 for
+    integers (the metrics of steps or members that did not train)."""
+    fill = lambda s: jnp.full((*leading, *s.shape), jnp.nan if jnp.issubdtype(s.dtype, jnp.inexact) else 0, s.dtype)
+    return jax.tree.map(fill, shapes)
+
+
 def batch_step(step: Callable, gather: Gather = gather_batch, place: Callable | None = None) -> Callable:
     """`one(population, data, index) -> (population, metrics)`: gathers the step's batch from `data`
     (placed with `place`, e.g. a sharding constraint that splits it over a data axis) and trains one
@@ -151,8 +158,7 @@ def scan_steps(one: Callable, population: PopulationState, data: Any, indices: A
         return lax.scan(lambda members, index: one(members, data, index), population, indices)
     row = lambda i: jax.tree.map(lambda leaf: lax.dynamic_index_in_dim(leaf, i, keepdims=False), indices)
     length = jax.tree.leaves(indices)[0].shape[0]
-    blank = lambda s: jnp.full((length, *s.shape), jnp.nan if jnp.issubdtype(s.dtype, jnp.inexact) else 0, s.dtype)
-    rows = jax.tree.map(blank, jax.eval_shape(one, population, data, row(0))[1])
+    rows = blank_like(jax.eval_shape(one, population, data, row(0))[1], (length,))
 
     def body(i, carry):
         members, rows = carry
@@ -191,8 +197,7 @@ def skipping_idle(run: Callable) -> Callable:
 
     def guarded(group: PopulationState, indices: Any):
         def idle(group, indices):
-            blank = lambda s: jnp.full(s.shape, jnp.nan if jnp.issubdtype(s.dtype, jnp.inexact) else 0, s.dtype)
-            return group, jax.tree.map(blank, jax.eval_shape(run, group, indices)[1])
+            return group, blank_like(jax.eval_shape(run, group, indices)[1])
 
         return lax.cond(jnp.any(group.training), run, idle, group, indices)
 

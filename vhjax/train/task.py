@@ -14,7 +14,7 @@ from vhjax import augment, losses, models, optim
 from vhjax.config import TrainConfig, validate
 from vhjax.data import Dataset, load
 from vhjax.hparams import STATIC_ZERO_NAMES
-from vhjax.models.utils import abstract_variables
+from vhjax.models.utils import abstract_init
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,8 +73,8 @@ def build_task(config: TrainConfig) -> Task:
             f"config field 'batch_size' has value {config.batch_size}; allowed: at most the "
             f"{len(train)} examples of split {config.train_split!r}")
     train, evaluation, test, preprocessing = preprocess_splits(config.preprocess, train, evaluation, test)
-    outputs = check_model_fits_data(model, train, model_label(config.model))
-    check_parameter_patterns(model, train, config)
+    outputs, variables = traced_on_data(model, train, model_label(config.model))
+    check_parameter_patterns(variables["params"], config)
     dropout = config.dropout_rate if config.dropout_rate is not None else getattr(model, "dropout_rate", 0.0)
     hparams = {
         "l1": jnp.float32(config.l1),
@@ -225,13 +225,12 @@ def check_loss_terms(outputs: jax.ShapeDtypeStruct, data: Dataset, names: tuple[
                              "a batch of 2; allowed: one value per example")
 
 
-def check_parameter_patterns(model: Any, data: Dataset, config: TrainConfig) -> None:
-    """`freeze` and `lr_multipliers` globs must each match a parameter of the model."""
+def check_parameter_patterns(params: Any, config: TrainConfig) -> None:
+    """`freeze` and `lr_multipliers` globs must each match one of the model's `params` (abstract or not)."""
     if not config.freeze and not config.lr_multipliers:
         return
     from vhjax.train import controls
 
-    params = abstract_variables(model, (2, *data.x.shape[1:]))["params"]
     controls.check_patterns_match(params, tuple(config.freeze), "freeze")
     controls.check_patterns_match(params, tuple(config.lr_multipliers), "lr_multipliers")
 
@@ -239,10 +238,14 @@ def check_parameter_patterns(model: Any, data: Dataset, config: TrainConfig) -> 
 def check_model_fits_data(model: Any, data: Dataset, model_name: str) -> jax.ShapeDtypeStruct:
     """Trace the model on the data's shape; raise ValueError with expected vs actual shapes.
     Returns the outputs' shape for a batch of 2."""
-    example = jax.ShapeDtypeStruct((2, *data.x.shape[1:]), jnp.float32)
+    return traced_on_data(model, data, model_name)[0]
+
+
+def traced_on_data(model: Any, data: Dataset, model_name: str) -> tuple[jax.ShapeDtypeStruct, Any]:
+    """(outputs, variables) of the model for a batch of 2 of the data's shape, abstract (one trace,
+    `models.utils.abstract_init`), after `check_model_fits_data`'s checks."""
     try:
-        # one trace, the key made inside it (an eager key would compile a program of its own)
-        out, _ = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x), example)
+        out, variables = abstract_init(model, (2, *data.x.shape[1:]))
     except Exception as error:  # the model cannot consume this input at all
         raise ValueError(
             f"model {model_name!r} cannot take inputs of shape (batch, {', '.join(map(str, data.x.shape[1:]))}) "
@@ -251,4 +254,4 @@ def check_model_fits_data(model: Any, data: Dataset, model_name: str) -> jax.Sha
         raise ValueError(
             f"model {model_name!r} outputs shape (batch, {', '.join(map(str, out.shape[1:]))}) but dataset "
             f"{data.name!r} has {data.num_classes} classes: expected (batch, {data.num_classes})")
-    return out
+    return out, variables
