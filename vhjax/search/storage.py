@@ -149,6 +149,17 @@ def to_json(value: Any) -> str:
     return json.dumps(value, default=_json_default, sort_keys=True)
 
 
+def value_rows(trial_id: int, values: Sequence[float] | None) -> list[dict]:
+    """A trial's rows of Optuna's value table, one per objective (none for no values)."""
+    from optuna.storages._rdb import models
+
+    rows = []
+    for objective, value in enumerate(values or []):
+        stored, kind = models.TrialValueModel.value_to_stored_repr(value)
+        rows.append({"trial_id": int(trial_id), "objective": objective, "value": stored, "value_type": kind})
+    return rows
+
+
 def _finite_or_none(value: float | None) -> float | None:
     # SQLite stores NaN as NULL anyway; say so explicitly for every backend.
     if value is None:
@@ -479,8 +490,7 @@ class TrialStore:
             _check_status(trial.status)
         now = time.time()
         with self._transaction(lock_study=True) as session:
-            first = self._count(session)
-            ids = [self._insert(session, trial, now, first + i) for i, trial in enumerate(trials)]
+            ids = self._insert_trials(session, trials, now, self._count(session))
             faults.point("store.add")
             return ids
 
@@ -507,9 +517,9 @@ class TrialStore:
             for index, rows in enumerate(generations):
                 links = parents[index] if parents is not None else [None] * len(rows)
                 previous = ids[-1] if ids else []
-                ids.append([self._insert(session, dataclasses.replace(
-                    trial, parent_id=None if link is None else previous[link]), now, sum(map(len, ids)) + i)
-                    for i, (trial, link) in enumerate(zip(rows, links))])
+                linked = [dataclasses.replace(trial, parent_id=None if link is None else previous[link])
+                          for trial, link in zip(rows, links)]
+                ids.append(self._insert_trials(session, linked, now, sum(map(len, ids))))
             for key, value in (meta or {}).items():
                 self._set_study_attr(session, optuna_study.META_PREFIX + key, value)
             faults.point("store.rounds")
@@ -533,49 +543,52 @@ class TrialStore:
 
         return session.query(models.TrialModel).filter(models.TrialModel.study_id == self._study_id).count()
 
-    def _insert(self, session: Any, trial: NewTrial, now: float, number: int) -> int:
-        """One Optuna trial, whole (rows of Optuna's tables); `number` its index in the study."""
+    def _insert_trials(self, session: Any, trials: Sequence[NewTrial], now: float, first_number: int) -> list[int]:
+        """Trials, whole (rows of Optuna's tables), numbered from `first_number` in the study; their
+        ids in order. The trials' rows are flushed together and the rows that hang off them (params,
+        values, attributes) written as bulk inserts: a flush per trial with ORM objects for its rows
+        cost 2 ms, 1.4 s of a 624-trial PBT run's storing."""
         import datetime
 
+        import sqlalchemy
         from optuna.distributions import distribution_to_json
         from optuna.storages._rdb import models
         from optuna.trial import TrialState
 
-        fields = _plain({
-            "generation": int(trial.generation), "slot": int(trial.slot), "params": dict(trial.params),
-            "u": [float(x) for x in trial.u], "fitness": _finite_or_none(trial.fitness),
-            "metrics": dict(trial.metrics or {}), "fidelity": _finite_or_none(trial.fidelity),
-            "parent_id": None if trial.parent_id is None else int(trial.parent_id),
-            "started_at": now, "finished_at": None if trial.status == "running" else now,
-        })
         started = datetime.datetime.fromtimestamp(now)
-        model = models.TrialModel(study_id=self._study_id, number=number, state=TrialState[_STATES[trial.status]],
-                                  datetime_start=started,
-                                  datetime_complete=None if trial.status == "running" else started)
-        session.add(model)
-        session.flush()  # its id
-        params, distributions = optuna_study.optuna_params(trial.params, self._distributions)
-        for name, value in params.items():
-            session.add(models.TrialParamModel(
-                trial_id=model.trial_id, param_name=name, param_value=distributions[name].to_internal_repr(value),
-                distribution_json=distribution_to_json(distributions[name])))
-        self._add_values(session, model.trial_id, self._values(trial.status, fields["fitness"], fields["metrics"]))
-        user_attrs = optuna_study.dashboard_attrs(fields)
-        if trial.status == "failed":
-            user_attrs["fail_reason"] = optuna_study.FAIL_REASON
-        for key, value in user_attrs.items():
-            session.add(models.TrialUserAttributeModel(trial_id=model.trial_id, key=key, value_json=json.dumps(value)))
-        session.add(models.TrialSystemAttributeModel(trial_id=model.trial_id, key=optuna_study.TRIAL_ATTR,
-                                                     value_json=json.dumps(fields)))
-        return int(model.trial_id)
-
-    @staticmethod
-    def _add_values(session: Any, trial_id: int, values: Sequence[float] | None) -> None:
-        from optuna.storages._rdb import models
-
-        for objective, value in enumerate(values or []):
-            stored, kind = models.TrialValueModel.value_to_stored_repr(value)
-            session.add(models.TrialValueModel(trial_id=trial_id, objective=objective, value=stored, value_type=kind))
+        added = [models.TrialModel(study_id=self._study_id, number=first_number + i, state=TrialState[_STATES[t.status]],
+                                   datetime_start=started, datetime_complete=None if t.status == "running" else started)
+                 for i, t in enumerate(trials)]
+        session.add_all(added)
+        session.flush()  # the trials' ids, in order
+        ids = [int(model.trial_id) for model in added]
+        rows: dict[Any, list[dict]] = {models.TrialParamModel: [], models.TrialValueModel: [],
+                                       models.TrialUserAttributeModel: [], models.TrialSystemAttributeModel: []}
+        for trial_id, trial in zip(ids, trials):
+            fields = _plain({
+                "generation": int(trial.generation), "slot": int(trial.slot), "params": dict(trial.params),
+                "u": [float(x) for x in trial.u], "fitness": _finite_or_none(trial.fitness),
+                "metrics": dict(trial.metrics or {}), "fidelity": _finite_or_none(trial.fidelity),
+                "parent_id": None if trial.parent_id is None else int(trial.parent_id),
+                "started_at": now, "finished_at": None if trial.status == "running" else now,
+            })
+            params, distributions = optuna_study.optuna_params(trial.params, self._distributions)
+            rows[models.TrialParamModel] += [
+                {"trial_id": trial_id, "param_name": name, "param_value": distributions[name].to_internal_repr(value),
+                 "distribution_json": distribution_to_json(distributions[name])} for name, value in params.items()]
+            rows[models.TrialValueModel] += value_rows(trial_id, self._values(trial.status, fields["fitness"],
+                                                                              fields["metrics"]))
+            user_attrs = optuna_study.dashboard_attrs(fields)
+            if trial.status == "failed":
+                user_attrs["fail_reason"] = optuna_study.FAIL_REASON
+            rows[models.TrialUserAttributeModel] += [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
+                                                     for key, value in user_attrs.items()]
+            rows[models.TrialSystemAttributeModel].append(
+                {"trial_id": trial_id, "key": optuna_study.TRIAL_ATTR, "value_json": json.dumps(fields)})
+        for model, table_rows in rows.items():
+            if table_rows:
+                session.execute(sqlalchemy.insert(model), table_rows)
+        return ids
 
     def finish_trials(
         self,
@@ -632,8 +645,8 @@ class TrialStore:
                     else:
                         session.add(models.TrialUserAttributeModel(trial_id=model.trial_id, key=key,
                                                                    value_json=json.dumps(value)))
-                self._add_values(session, model.trial_id, self._values(result.status, fields["fitness"],
-                                                                       fields["metrics"]))
+                for row in value_rows(model.trial_id, self._values(result.status, fields["fitness"], fields["metrics"])):
+                    session.add(models.TrialValueModel(**row))
                 model.state = TrialState[_STATES[result.status]]  # written last: the trial's outcome
                 model.datetime_complete = None if result.status == "running" else datetime.datetime.fromtimestamp(now)
             if state is not None:
