@@ -227,3 +227,33 @@ def test_postgresql_store_with_concurrent_writers_and_a_search(postgres_url, tmp
     plain = postgres_url.replace("postgresql+psycopg://", "postgresql://")  # the driver is chosen for us
     with open_store(storage=plain, study="resumed") as store:
         assert store.count_trials() == 12
+
+
+def test_replaced_generations_link_parents_and_plain_optuna_reads_them(tmp_path):
+    import optuna
+
+    from vhjax.search import Float, Space
+
+    space = Space({"lr": Float(1e-4, 1e-1, log=True)})
+
+    def row(generation, slot, fitness, status="complete"):
+        return NewTrial(generation=generation, slot=slot, params={"lr": 10.0 ** -(slot + 1)}, u=[0.5],
+                        fitness=fitness, status=status, fidelity=float(generation + 1), metrics={"score": fitness})
+
+    generations = [[row(0, 0, 0.5), row(0, 1, 0.7), row(0, 2, None, "failed")],
+                   [row(1, 0, 0.8), row(1, 1, 0.75), row(1, 2, 0.6)]]
+    with open_store(tmp_path, objectives={"score": "maximize"}, space=space) as store:
+        store.add_trials([row(9, 0, 0.1)])  # replaced: gone afterwards
+        ids = store.replace_trials(generations, [[None, None, None], [1, 1, None]], meta={"stored": "2"})
+        trials = store.trials()
+        assert store.get_meta("stored") == "2"
+    assert [t.trial_id for t in trials] == ids[0] + ids[1]
+    assert [t.parent_id for t in trials] == [None, None, None, ids[0][1], ids[0][1], None]
+    assert [t.status for t in trials] == ["complete", "complete", "failed", "complete", "complete", "complete"]
+    study = optuna.load_study(study_name="default", storage=f"sqlite:///{tmp_path / 'trials.sqlite'}")
+    theirs = study.get_trials(deepcopy=False)
+    assert [t.number for t in theirs] == list(range(6))
+    assert [t.value for t in theirs] == [0.5, 0.7, None, 0.8, 0.75, 0.6]
+    assert [t.params["lr"] for t in theirs] == [0.1, 0.01, 0.001] * 2
+    assert "fail_reason" in theirs[2].user_attrs and theirs[4].user_attrs["generation"] == 1
+    assert study.best_trial.number == 3
