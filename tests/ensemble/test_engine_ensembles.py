@@ -38,7 +38,7 @@ def test_boosting_stops_at_a_diverged_round_and_keeps_the_rounds_before():
 
 
 def test_snapshot_ensemble_keeps_only_the_runs_that_did_not_diverge():
-    ensemble, trained = snapshot_ensemble(MODEL, X, Y, cycles=2, steps_per_cycle=30, size=2, key=jax.random.key(1),
+    ensemble, trained = snapshot_ensemble(MODEL, X, Y, cycles=2, steps_per_cycle=60, size=2, key=jax.random.key(1),
                                           learning_rate=[1e-2, DIVERGES], **OPTIONS)
     assert ensemble.names == ["run0/cycle1", "run0/cycle2"]
     assert set(trained.diverged) == {"1"} and trained.diverged["1"] < 30
