@@ -8,7 +8,9 @@ compilation (experiments/README.md, "Cheaper random numbers in the training step
 words drawn from the key (one threefry call) seed a counter hash: word i = mix(mix(i * golden + s0)
 ^ s1), with `mix` MurmurHash3's 32-bit finalizer (about 12 operations per word). Good for masks
 and augmentation draws (tests/test_counter_hash.py), not cryptographic; distinct keys give
-independent-looking streams, so vmapped keys (one per member) give each member its own.
+independent-looking streams, so vmapped keys (one per member) give each member its own. A stream
+of (key, tag), such as a member's epoch order, takes its two seed words from the key's data and the
+tag by the hash alone (`tagged_seed`: no threefry call at all).
 """
 
 from __future__ import annotations
@@ -89,4 +91,3 @@ def uniform_index(u: jax.Array, count) -> jax.Array:
     [0, 1) (NumPy in, NumPy out: host-side decisions use it too)."""
     xp = jnp if isinstance(u, jax.Array) or isinstance(count, jax.Array) else np
     return xp.minimum((u * count).astype(np.int32), count - 1)
-
