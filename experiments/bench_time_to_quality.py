@@ -45,13 +45,16 @@ evaluation and search overhead are all inside the clock. Compilations are counte
 Reported per contestant (over seeds): trials, member-steps, wall time, compile time and count,
 best validation accuracy, test accuracy of the pick, time to reach 98% and 100% of Optuna TPE's
 best validation accuracy of the same seed, and the speed-ups against Optuna TPE and against
-TPE + pruner (their time / the contestant's time; > 1 means faster). Writes
+TPE + pruner (their time / the contestant's time of the medians; > 1 means faster), and the mean
+of the per-seed speed-ups against Optuna TPE at 100% (a missed seed counts 0). Writes
 experiments/results/time_to_quality[_TASK].{md,json} and experiments/figures/time_to_quality[_TASK].png.
 
 Command:  python experiments/bench_time_to_quality.py [--task mnist1d_cnn] [--trials 64] [--steps 1500]
           [--seeds 3] [--first-seed 0] [--population 16] [--cpu-devices auto] [--contestants optuna_tpe,optuna_random,optuna_tpe_hb,vhjax_tpe,vhjax_random]
           [--conv-impl auto|patch|xla] [--pbt-interval STEPS] [--time-budget SECONDS] [--compilation-cache DIR] [--tag _NAME]
 Smoke run (about a minute, writes *_quick.* files):  python experiments/bench_time_to_quality.py --quick
+Pooled table of earlier runs (each seed against its own run's reference; runs nothing):
+          python experiments/bench_time_to_quality.py --pool experiments/results/time_to_quality_session39_*.json
 """
 
 from __future__ import annotations
@@ -165,12 +168,15 @@ def summarize(runs: Sequence[dict], reference: str, fractions: Sequence[float] =
 
     `runs` are worker records (`contestant`, `seed`, `timeline`, `trials`, `member_steps`,
     `wall`, `compile_count`, `compile_seconds`). Times are medians over seeds (inf when the
-    contestant missed the target in half the seeds or more); `reached` counts the seeds.
+    contestant missed the target in half the seeds or more); `reached` counts the seeds;
+    `mean_speedup_<f>` is the mean over seeds of each seed's speed-up against the reference (a
+    seed the contestant missed counts 0), the "mean over seeds" of issue 11's targets.
     """
-    targets = {}
+    targets, reference_times = {}, {}
     for run in runs:
         if run["contestant"] == reference:
             targets[run["seed"]] = final_pick(run["timeline"])[0]
+            reference_times[run["seed"]] = {f: time_to_reach(run["timeline"], f * targets[run["seed"]]) for f in fractions}
     if not targets:
         raise ValueError(f"no run of the reference contestant {reference!r}; contestants: "
                          f"{sorted({r['contestant'] for r in runs})}")
@@ -193,6 +199,9 @@ def summarize(runs: Sequence[dict], reference: str, fractions: Sequence[float] =
             times = [time_to_reach(run["timeline"], fraction * targets[run["seed"]]) for run in mine]
             row[f"time_{fraction:g}"] = median_or_inf(times)
             row[f"reached_{fraction:g}"] = int(sum(math.isfinite(t) for t in times))
+            per_seed = [speedup(reference_times[run["seed"]][fraction], t) for run, t in zip(mine, times)]
+            per_seed = [x for x in per_seed if not math.isnan(x)]
+            row[f"mean_speedup_{fraction:g}"] = float(np.mean(per_seed)) if per_seed else math.nan
         summary[name] = row
     for name, row in summary.items():
         for other in (reference, "optuna_tpe_hb"):
@@ -231,6 +240,7 @@ def markdown_table(summary: dict[str, dict], reference: str, fractions: Sequence
     for fraction in fractions:
         head.append(f"s to {100 * fraction:g}% of {reference} best (reached)")
     head += [f"speed-up vs {o} at {100 * f:g}%" for o in others for f in fractions]
+    head.append(f"mean of per-seed speed-ups vs {reference} at 100% (misses 0)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in summary.items():
         cells = [name, str(row["seeds"]), _fmt(row["trials"]), _fmt(row["member_steps"]), _fmt(row["wall"], 1),
@@ -239,6 +249,7 @@ def markdown_table(summary: dict[str, dict], reference: str, fractions: Sequence
         for fraction in fractions:
             cells.append(f"{_fmt(row[f'time_{fraction:g}'], 1)} ({row[f'reached_{fraction:g}']}/{row['seeds']})")
         cells += [_fmt_speedup(row[f"speedup_{f:g}_vs_{o}"]) for o in others for f in fractions]
+        cells.append(_fmt(row["mean_speedup_1"], 2, "x"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -594,6 +605,16 @@ def another_round_fits(elapsed: float, rounds_done: int, budget: float | None) -
     return budget is None or elapsed + elapsed / rounds_done <= budget
 
 
+def pooled_runs(paths: Sequence[str | Path]) -> list[dict]:
+    """The worker records of earlier runs' result files, each seed named `<file stem>:<seed>`, so
+    that every seed keeps the target of its own run (the reference's best in that run)."""
+    runs = []
+    for path in paths:
+        for run in json.loads(Path(path).read_text())["runs"]:
+            runs.append({**run, "seed": f"{Path(path).stem}:{run['seed']}"})
+    return runs
+
+
 def plot(runs: Sequence[dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -652,12 +673,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--conv-impl", choices=("auto", "patch", "xla"), default="auto",
                         help="vhjax contestants' convolution ('auto': vhjax's patch convolution on CPU, XLA's "
                              "native one on GPU/TPU); the Optuna trainer keeps 'auto'")
+    parser.add_argument("--pool", nargs="+", default=None, metavar="JSON",
+                        help="run nothing: print the table of earlier runs' result files pooled, each seed "
+                             "against its own run's reference (e.g. experiments/results/time_to_quality_session39_*.json)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--record", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return worker(args)
+    if args.pool:
+        runs = pooled_runs(args.pool)
+        print(f"{len({run['seed'] for run in runs})} seeds from {len(args.pool)} file(s)\n")
+        print(markdown_table(summarize(runs, args.reference), args.reference))
+        return
     if args.quick:
         args.trials, args.steps, args.seeds, args.population = 4, 100, 1, 2
     if args.steps % REPORTS_PER_TRIAL or args.steps <= 0:

@@ -70,12 +70,30 @@ def test_summary_uses_the_same_seeds_reference_and_medians():
     assert rand["speedup_0.98_vs_optuna_tpe"] == 0.0
     assert ours["test"] == pytest.approx((0.90 + 0.74) / 2) and ours["best_val"] == pytest.approx((0.92 + 0.75) / 2)
     assert "speedup_1_vs_optuna_tpe_hb" not in ours  # no pruner contestant in these runs
+    # the mean of per-seed speed-ups: seed 0 30/16, seed 1 12/4; optuna_random missed both (0 each)
+    assert ours["mean_speedup_1"] == pytest.approx((30.0 / 16.0 + 12.0 / 4.0) / 2)
+    assert rand["mean_speedup_1"] == 0.0 and tpe["mean_speedup_1"] == 1.0
 
     table = bench.markdown_table(summary, "optuna_tpe")
     lines = table.splitlines()
     assert len(lines) == 2 + 3 and all(line.count("|") == lines[0].count("|") for line in lines)
     assert "not reached (1/2)" in lines[4] and "2.10x" in lines[3]
-    assert lines[4].rstrip(" |").endswith("not reached")  # optuna_random's speed-up at 100%: never, not "0.00x"
+    assert lines[4].rstrip(" |").endswith("not reached | 0.00x")  # speed-up at 100%: never; mean of per-seed: 0
+    assert lines[3].rstrip(" |").endswith("2.44x")
+
+
+def test_pooled_runs_keep_each_seed_against_its_own_reference(tmp_path):
+    import json
+
+    first = [run("optuna_tpe", 0, OPTUNA), run("vhjax_tpe", 0, FAST)]
+    second = [run("optuna_tpe", 0, [(12.0, 0.70, 0.70)]), run("vhjax_tpe", 0, [(4.0, 0.75, 0.74)])]  # seed 0 again
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path, runs in zip(paths, (first, second)):
+        path.write_text(json.dumps({"runs": runs}))
+    pooled = bench.pooled_runs(paths)
+    assert sorted({r["seed"] for r in pooled}) == ["a:0", "b:0"]
+    ours = bench.summarize(pooled, "optuna_tpe")["vhjax_tpe"]
+    assert ours["reached_1"] == 2 and ours["mean_speedup_1"] == pytest.approx((30.0 / 16.0 + 12.0 / 4.0) / 2)
 
 
 def test_speedup_cells_say_who_reached():
