@@ -8,9 +8,7 @@ compilation (experiments/README.md, "Cheaper random numbers in the training step
 words drawn from the key (one threefry call) seed a counter hash: word i = mix(mix(i * golden + s0)
 ^ s1), with `mix` MurmurHash3's 32-bit finalizer (about 12 operations per word). Good for masks
 and augmentation draws (tests/test_counter_hash.py), not cryptographic; distinct keys give
-independent-looking streams, so vmapped keys (one per member) give each member its own. A stream
-of (key, tag), such as a member's epoch order, takes its two seed words from the key's data and the
-tag by the hash alone (`tagged_seed`: no threefry call at all).
+independent-looking streams, so vmapped keys (one per member) give each member its own.
 """
 
 from __future__ import annotations
@@ -35,36 +33,11 @@ def mix32(x: jax.Array) -> jax.Array:
     return x ^ (x >> 16)
 
 
-def hashed_words(seed: jax.Array, count: int) -> jax.Array:
-    """`count` pseudo-random uint32 words of the stream seeded by two uint32 words `seed`."""
-    counter = lax.iota(jnp.uint32, count)
-    return mix32(mix32(counter * jnp.uint32(GOLDEN) + seed[0]) ^ seed[1])
-
-
 def hashed_bits(key: jax.Array, count: int) -> jax.Array:
     """`count` pseudo-random uint32 words from `key` (two words drawn from it seed the hash)."""
-    return hashed_words(jax.random.bits(key, (2,), jnp.uint32), count)
-
-
-SEED_SALTS = (0x243F6A88, 0x85A308D3)  # pi's first hex digits: one per seed word (two independent chains)
-
-
-def tagged_seed(key: jax.Array, tag: jax.Array) -> jax.Array:
-    """Two seed words for (key, tag), `tag` a traced integer (an epoch), from the key's own data
-    words by the hash alone: each word chains `mix32` over the tag and the key's words from its own
-    salt. For streams that a key and a count define, where `jax.random.fold_in` and `bits` would
-    cost two threefry loops to compile (an epoch's example order, vmapped over a population's
-    members and the chunk's epochs: 0.23 of its 0.30 s of CPU compilation)."""
-    words = jax.random.key_data(key).reshape(-1).astype(jnp.uint32)
-    tag = jnp.asarray(tag).astype(jnp.uint32)
-
-    def chain(salt: int) -> jax.Array:
-        h = mix32(tag * jnp.uint32(GOLDEN) ^ jnp.uint32(salt))
-        for index in range(words.shape[0]):
-            h = mix32(h ^ words[index])
-        return h
-
-    return jnp.stack([chain(salt) for salt in SEED_SALTS])
+    seed = jax.random.bits(key, (2,), jnp.uint32)
+    counter = lax.iota(jnp.uint32, count)
+    return mix32(mix32(counter * jnp.uint32(GOLDEN) + seed[0]) ^ seed[1])
 
 
 def hashed_uniform(key: jax.Array, shape: tuple[int, ...] | int) -> jax.Array:
