@@ -10,9 +10,13 @@ Contestants (`--contestants`, comma-separated; add one by adding a function to C
   optuna_tpe     Optuna TPE (multivariate), one trial at a time
   optuna_random  Optuna random sampling, one trial at a time
   optuna_tpe_hb  Optuna TPE + HyperbandPruner, validation accuracy reported every steps/10
-  vhjax_tune     vhjax.search.tune(config, space, budget=N, population=P): the recommended search, with
-                 the compute of N full trials (pruned trials count the steps they trained)
-                 (Optuna TPE proposes, one running population, ASHA rungs inside it, slots refilled)
+  vhjax_tune     vhjax.search.tune(config, space, budget=N): the recommended search, one call. On this
+                 space of Floats its 'auto' method is the shrinking keep_best PBT of N/2 members
+                 (`vhjax.search.tune_pbt`; the same run as vhjax_pbt_shrink). Before 2026-12-05
+                 (session 40) vhjax_tune was the sampler-and-pruner method, now vhjax_tune_asha
+  vhjax_tune_asha  tune(..., sampler='tpe'): Optuna TPE proposes, one running population of P slots,
+                 ASHA rungs inside it, slots refilled; the compute of N full trials (pruned trials
+                 count the steps they trained)
   vhjax_tune_random  the same with random sampling
   vhjax_pbt      vhjax.search.search_pbt: population based training of P members (default 32, half the
                  compute of 64 trials) drawn from the space, exploit/explore every steps/10 steps (or
@@ -29,7 +33,7 @@ Contestants (`--contestants`, comma-separated; add one by adding a function to C
                  STEPS/10 to rerun those tables)
   vhjax_tpe      vhjax.search(TrainingObjective(config), space, 'tpe', population=P)
   vhjax_random   the same with 'random'
-  NAME:P         a vhjax contestant with population P (e.g. vhjax_tune:16 beside vhjax_tune)
+  NAME:P         a vhjax contestant with population P (e.g. vhjax_tune_asha:16 beside vhjax_tune_asha)
 The Optuna contestants are a competent user's trainer: a Flax/optax step jitted once, with every
 hyperparameter a traced argument (`optax.inject_hyperparams(optax.adamw)`, dropout rate and
 augmentation strength as arrays), data on the device, `lax.scan` over chunks of steps, the same
@@ -77,7 +81,7 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FRACTIONS = (0.98, 1.0)
-DEFAULT_CONTESTANTS = "optuna_tpe,optuna_tpe_hb,vhjax_tune,vhjax_pbt"
+DEFAULT_CONTESTANTS = "optuna_tpe,optuna_tpe_hb,vhjax_tune"
 DEFAULT_PBT_POPULATION = 32  # vhjax_pbt: half the compute of the default 64 trials
 SHRINK_ROUNDS = 30  # vhjax_pbt_shrink: about 30 rounds (`even_interval`), as docs/tune.md recommends
 REPORTS_PER_TRIAL = 10  # chunks per trial: the pruner's rungs, and the Optuna trainer's scan length
@@ -456,27 +460,38 @@ def vhjax_space(task: Task):
     return Space({names.get(name, name): Float(low, high, log=log) for name, low, high, log in task.space})
 
 
-def run_vhjax_tune(args, sampler: str) -> dict:
-    """vhjax's recommended search: `tune` (Optuna sampler, one running population, ASHA in program)."""
+def run_vhjax_tune(args, sampler: str | None = None) -> dict:
+    """vhjax's recommended search: `tune(config, space, budget=N)`. On this space of Floats its
+    'auto' method is PBT (`vhjax.search.tune_pbt`: N/2 members, 30 rounds, the best half after 3/10
+    of them, each slot's best evaluated parameters kept); with a `sampler` (`vhjax_tune_asha`,
+    `vhjax_tune_random`) it is the sampler-and-pruner method (Optuna proposes, one running
+    population, ASHA in program). A trial counts when the callback reports it; its test value is
+    the stored one (PBT: of the returned parameters)."""
     from vhjax.search import tune
 
     task = TASKS[args.task]
     space = vhjax_space(task)
-    timeline: list = []
+    seconds: dict = {}
 
     def record(row: dict) -> None:
-        if row["state"] == "COMPLETE":
-            timeline.append((time.perf_counter() - PROCESS_START, row["value"], row["test"]))
+        seconds[row["trial"]] = time.perf_counter() - PROCESS_START
 
     result = tune(vhjax_config(task, args.steps, args.seed, args.conv_impl), space, budget=args.trials,
-                  population=args.population, sampler=sampler, seed=args.seed, callback=record, mesh="auto", verbose=False,
-                  compilation_cache=args.compilation_cache or False)  # cold unless the bench turns it on for all
+                  population=args.population, sampler=sampler, seed=args.seed, callback=record, mesh="auto",
+                  verbose=False, compilation_cache=args.compilation_cache or False)  # cold unless the bench turns it on for all
+    done = [row for row in result.timeline if row["state"] == "COMPLETE"]
+    timeline = [(seconds[row["trial"]], row["value"], math.nan if row["test"] is None else row["test"]) for row in done]
+    if result.method == "pbt":
+        fidelities = [row["steps"] for row in result.timeline]
+        members = sum(row["steps"] == fidelities[0] for row in result.timeline)
+        return {"population": members, "trials": members, "completed": members, "pruned": 0,
+                "member_steps": trained_member_steps(fidelities), "timeline": timeline}
     states = [row["state"] for row in result.timeline]
     from vhjax import parallel
     from vhjax.search.tune import default_population
 
     population = args.population or default_population(parallel.resolve_mesh("auto"))
-    return {"population": population, "trials": len(states), "completed": len(timeline), "pruned": states.count("PRUNED"),
+    return {"population": population, "trials": len(states), "completed": len(done), "pruned": states.count("PRUNED"),
             "member_steps": int(sum(row["steps"] for row in result.timeline)), "timeline": timeline}
 
 
@@ -522,14 +537,15 @@ def run_vhjax_pbt(args, keep_best: bool = False, shrink: bool = False) -> dict:
         final = [trial for trial in result.trials.completed() if trial.fidelity == args.steps]
         timeline = [(now, trial.fitness, trial.metrics["test_accuracy"]) for trial in final]
     return {"population": population, "trials": population, "completed": population, "pruned": 0,
-            "member_steps": trained_member_steps(result.trials), "timeline": timeline}
+            "member_steps": trained_member_steps(t.fidelity for t in result.trials), "timeline": timeline}
 
 
-def trained_member_steps(trials) -> int:
-    """Member-steps a PBT run trained: each round's trials (the members that trained in it; fewer
-    after a shrink) times the steps since the round before."""
-    steps = sorted({int(t.fidelity) for t in trials})
-    count = {step: sum(int(t.fidelity) == step for t in trials) for step in steps}
+def trained_member_steps(fidelities) -> int:
+    """Member-steps a PBT run trained, from its trials' fidelities (steps): each round's trials (the
+    members that trained in it; fewer after a shrink) times the steps since the round before."""
+    fidelities = [int(f) for f in fidelities]
+    steps = sorted(set(fidelities))
+    count = {step: fidelities.count(step) for step in steps}
     return sum(count[step] * (step - previous) for previous, step in zip([0, *steps], steps))
 
 
@@ -537,7 +553,8 @@ CONTESTANTS: dict[str, Callable[[Any], dict]] = {
     "vhjax_pbt": run_vhjax_pbt,
     "vhjax_pbt_best": lambda args: run_vhjax_pbt(args, keep_best=True),
     "vhjax_pbt_shrink": lambda args: run_vhjax_pbt(args, keep_best=True, shrink=True),
-    "vhjax_tune": lambda args: run_vhjax_tune(args, "tpe"),
+    "vhjax_tune": run_vhjax_tune,
+    "vhjax_tune_asha": lambda args: run_vhjax_tune(args, "tpe"),
     "vhjax_tune_random": lambda args: run_vhjax_tune(args, "random"),
     "optuna_tpe": lambda args: run_optuna(args, "tpe", pruner=False),
     "optuna_random": lambda args: run_optuna(args, "random", pruner=False),
@@ -727,7 +744,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     header = (f"Task {args.task}: {task.describe}. Searched: " + ", ".join(
         f"{n} in [{lo:g}, {hi:g}]{' (log)' if log else ''}" for n, lo, hi, log in task.space)
         + f". {args.trials} trials x {args.steps} Adam steps (batch 100) per contestant and seed, {seeds_run} seed(s); "
-        f"vhjax population {args.population or f'default (tune: 4 per CPU device, 16 on an accelerator; pbt: {DEFAULT_PBT_POPULATION})'}, vhjax CPU devices {args.cpu_devices}, vhjax convolution {args.conv_impl}, PBT interval {args.pbt_interval or f'default ({default_interval(args.steps)} steps; vhjax_pbt_shrink {even_interval(args.steps, SHRINK_ROUNDS)})'}, seeds {args.first_seed}-{args.first_seed + seeds_run - 1}. Times are medians over seeds, from each process's start "
+        f"vhjax population {args.population or f'default (tune: half the trials, its PBT method; tune_asha: 4 per CPU device, 16 on an accelerator; pbt: {DEFAULT_PBT_POPULATION})'}, vhjax CPU devices {args.cpu_devices}, vhjax convolution {args.conv_impl}, PBT interval {args.pbt_interval or f'default ({default_interval(args.steps)} steps; vhjax_pbt_shrink {even_interval(args.steps, SHRINK_ROUNDS)})'}, seeds {args.first_seed}-{args.first_seed + seeds_run - 1}. Times are medians over seeds, from each process's start "
         f"(imports, data, compilation, evaluation included). JAX {jax.__version__} on "
         f"{jax.devices()[0].platform}, {os.cpu_count()} CPU(s). Total wall time {time.perf_counter() - started:.0f} s.\n\n"
         f"Command: `python experiments/bench_time_to_quality.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n")

@@ -10,10 +10,11 @@
 #
 # `run` installs those wheels into /tmp/site (the image's own JAX, Flax, Optax, Orbax and CUDA
 # stay), generates MNIST-1D once so no contestant's clock pays for it, and runs the benchmark with
-# SEEDS seeds (default 1) of Optuna TPE and TPE + pruner against vhjax `tune` (16 slots, its
-# accelerator default) and the shrinking keep_best `search_pbt` docs/tune.md recommends for time to
-# quality (32 members, 30 rounds; session 32 ran `tune:64` and plain PBT instead, see
-# experiments/README.md "On a GPU"); CONTESTANTS overrides the list; no seed round starts that would end
+# SEEDS seeds (default 1) of Optuna TPE and TPE + pruner against vhjax `tune` (`vhjax_tune`: its
+# 'auto' method, here the shrinking keep_best PBT of 32 members and 30 rounds) and `tune`'s
+# sampler-and-pruner method (`vhjax_tune_asha`, 16 slots, its accelerator default; session 32 ran
+# that as `vhjax_tune`, with `tune:64` and plain PBT, see experiments/README.md "On a GPU");
+# CONTESTANTS overrides the list; no seed round starts that would end
 # after TIME_BUDGET seconds (default 400). The table, JSON and plot go to experiments/results and
 # figures (tag _gpu) and, where $OUT is set, are copied there. QUICK=1 runs the benchmark's smoke
 # settings instead (4 trials of 100 steps), to check the set-up. On an H200 (session 32) `run` took
@@ -34,7 +35,7 @@ WHEELS=(
 )
 PURE_SOURCES=(promise==2.3)  # published as source only: built into a pure-Python wheel here
 SEEDS=${SEEDS:-1}
-CONTESTANTS=${CONTESTANTS:-optuna_tpe,optuna_tpe_hb,vhjax_tune,vhjax_pbt_shrink}
+CONTESTANTS=${CONTESTANTS:-optuna_tpe,optuna_tpe_hb,vhjax_tune,vhjax_tune_asha}
 TIME_BUDGET=${TIME_BUDGET:-400}  # seconds: no seed round is started that would end later (device lease)
 
 download() {
@@ -78,7 +79,7 @@ profile() {
     "paper CNN" "paper CNN with dropout" "paper CNN with augmentation" \
     "paper CNN with dropout + weight decay + augmentation" \
     "paper CNN, patch conv, with dropout + weight decay + augmentation" || echo "bench_population: rc $?"
-  timeout 150 python3 experiments/bench_time_to_quality.py --seeds 1 --contestants optuna_tpe,vhjax_tune,vhjax_pbt \
+  timeout 150 python3 experiments/bench_time_to_quality.py --seeds 1 --contestants optuna_tpe,vhjax_tune,vhjax_tune_asha \
     --cpu-devices 1 --conv-impl patch --tag _gpu_patch || echo "bench_time_to_quality: rc $?"
   if [[ -n "${OUT:-}" ]]; then
     cp experiments/results/time_to_quality_gpu_patch.* "$OUT"/ || true

@@ -134,8 +134,5 @@ def test_conv_impl_reaches_only_the_vhjax_model():
 
 
 def test_pbt_member_steps_count_only_the_members_that_trained():
-    from types import SimpleNamespace
-
-    trials = [SimpleNamespace(fidelity=float(step)) for step, count in ((150, 32), (300, 32), (450, 16), (600, 16))
-              for _ in range(count)]
-    assert bench.trained_member_steps(trials) == 150 * (32 + 32 + 16 + 16)
+    fidelities = [float(step) for step, count in ((150, 32), (300, 32), (450, 16), (600, 16)) for _ in range(count)]
+    assert bench.trained_member_steps(fidelities) == 150 * (32 + 32 + 16 + 16)

@@ -187,3 +187,9 @@ def test_a_killed_workers_running_trial_is_retried_by_another_worker(tmp_path):
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)  # ASHA prunes some
     assert len(study.get_trials(states=done)) >= 4
+
+
+def test_a_sampler_and_pruner_study_refuses_the_pbt_method(searched):
+    workdir, _ = searched
+    with pytest.raises(ValueError, match="made by method 'asha'"):
+        tune(CONFIG, SPACE, budget=8, workdir=workdir, verbose=False)  # 'auto' resolves to PBT here

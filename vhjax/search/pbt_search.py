@@ -82,7 +82,8 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
                resample_probability: float = 0.25, metric: str = "accuracy", workdir: str | os.PathLike | None = None,
                storage: str | None = None, seed: int = 0, callback: Callable[[dict], None] | None = None,
                compilation_cache: bool | str = True, verbose: bool = True,
-               study: str = storage_lib.DEFAULT_STUDY, shrink: Mapping[int, int] | None = None) -> SearchResult:
+               study: str = storage_lib.DEFAULT_STUDY, shrink: Mapping[int, int] | None = None,
+               mesh: Any = "auto") -> SearchResult:
     """Run PBT over `space` with `population` members for `config.steps` steps; see the module doc.
 
     `interval` (steps between exploit/explore rounds) defaults to about a tenth of `config.steps`
@@ -95,7 +96,7 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
     directory, see `vhjax.compilation_cache`; a path; False: leave it off), so a rerun loads its programs.
     `shrink` (`{round: members}`, e.g. `{2: population // 2}`): after that round's evaluation only
     the best `members` go on training (a shrinking population; see `fit_pbt`); the others' trials
-    end there.
+    end there. `mesh` as in `fit_population` ('auto': the members sharded over every device).
     """
     from vhjax.population.pbt import check_shrink, fit_pbt, pbt_rounds
 
@@ -120,7 +121,7 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
         on_round = None if callback is None else round_reporter(space, callback, time.perf_counter())
         return fit_pbt(config, initial, ranges, interval=interval, fraction=fraction,
                        resample_probability=resample_probability, metric=metric, workdir=training_dir,
-                       on_round=on_round, shrink=shrink, verbose=verbose)
+                       on_round=on_round, shrink=shrink, mesh=mesh, verbose=verbose)
 
     def opened():
         return storage_lib.open_store(workdir, storage, study=study, objectives={metric: "maximize"}, space=space)

@@ -41,14 +41,16 @@ _FINGERPRINT_KEY = "config_fingerprint"  # as written by vhjax.search.driver
 # ----------------------------------------------------------------------------- loading
 
 
-def stored_config(workdir: str | os.PathLike, study: str = storage_lib.DEFAULT_STUDY) -> tuple[list[Trial], dict]:
-    """(trials, search configuration) of the study stored in `workdir`; clear errors when there is none."""
-    path = Path(workdir) / storage_lib.SQLITE_FILENAME
+def stored_config(workdir: str | os.PathLike, study: str = storage_lib.DEFAULT_STUDY,
+                  filename: str = storage_lib.SQLITE_FILENAME) -> tuple[list[Trial], dict]:
+    """(trials, search configuration) of the study stored in `workdir` (in `filename`: a vhjax
+    search's `trials.sqlite`, or the `study.db` of `tune`'s PBT method); clear errors when there is none."""
+    path = Path(workdir) / filename
     if not path.is_file():
         raise invalid("workdir", os.fspath(workdir), f"a search workdir holding {storage_lib.SQLITE_FILENAME} "
                       f"(vhjax.search / vhjax search) or {OPTUNA_FILENAME} (vhjax.search.tune / vhjax demo)",
                       FileNotFoundError)
-    with storage_lib.open_store(workdir, study=study) as store:
+    with storage_lib.open_store(storage=path, study=study) as store:
         trials = store.trials()
         stored = store.get_meta(_FINGERPRINT_KEY)
     if not trials:
@@ -73,12 +75,7 @@ def load_optuna_study(workdir: str | os.PathLike, study: str | None = None) -> t
     import optuna
 
     url = f"sqlite:///{(Path(workdir) / OPTUNA_FILENAME).absolute()}"
-    names = [summary.study_name for summary in optuna.get_all_study_summaries(url)]
-    if study not in names:
-        if len(names) != 1:
-            raise invalid("study", study, f"one of the studies in {url}: {names}")
-        study = names[0]
-    loaded = optuna.load_study(study_name=study, storage=url)
+    loaded = optuna.load_study(study_name=optuna_study_name(workdir, study), storage=url)
     if not loaded.trials:
         raise invalid("workdir", os.fspath(workdir), f"a workdir whose study {study!r} holds trials")
     direction = loaded.direction.name.lower()
@@ -87,6 +84,19 @@ def load_optuna_study(workdir: str | os.PathLike, study: str | None = None) -> t
                           objectives={(loaded.metric_names or ["value"])[0]: direction},
                           workdir=os.fspath(workdir), study=study)
     return result, distributions
+
+
+def optuna_study_name(workdir: str | os.PathLike, study: str | None) -> str:
+    """`study` if `workdir/study.db` holds it, else that file's only study (else a clear error)."""
+    import optuna
+
+    url = f"sqlite:///{(Path(workdir) / OPTUNA_FILENAME).absolute()}"
+    names = [summary.study_name for summary in optuna.get_all_study_summaries(url)]
+    if study not in names:
+        if len(names) != 1:
+            raise invalid("study", study, f"one of the studies in {url}: {names}")
+        study = names[0]
+    return study
 
 
 def load_result(workdir: str | os.PathLike, study: str = storage_lib.DEFAULT_STUDY) -> SearchResult:
@@ -99,18 +109,31 @@ def _load(workdir: str | os.PathLike, study: str) -> tuple[SearchResult, dict[st
     """(result, Optuna distributions of its parameters)."""
     from vhjax.search.driver import pareto_trials
 
-    if not (Path(workdir) / storage_lib.SQLITE_FILENAME).is_file() and (Path(workdir) / OPTUNA_FILENAME).is_file():
-        return load_optuna_study(workdir, study)
-    trials, config = stored_config(workdir, study)
+    from vhjax.search.tune_pbt import made_by_pbt
+
+    filename = storage_lib.SQLITE_FILENAME
+    if not (Path(workdir) / filename).is_file() and (Path(workdir) / OPTUNA_FILENAME).is_file():
+        study = optuna_study_name(workdir, study)
+        if not made_by_pbt(Path(workdir) / OPTUNA_FILENAME, study):
+            return load_optuna_study(workdir, study)
+        filename = OPTUNA_FILENAME  # tune's PBT method: a vhjax store, with lineage and the search's configuration
+    trials, config = stored_config(workdir, study, filename)
     objectives = dict(config.get("objectives") or {"fitness": "maximize"})
     table = TrialTable(trials)
     result = SearchResult(
         trials=table, direction=objectives[next(iter(objectives))], objectives=objectives,
         pareto_front=pareto_trials(table, objectives) if len(objectives) > 1 else None,
         workdir=os.fspath(workdir), study=study,
-        top_fidelity_only=any(t.fidelity is not None for t in trials),
+        # a PBT that kept each slot's best evaluated parameters picks among every round (as search_pbt returned it)
+        top_fidelity_only=any(t.fidelity is not None for t in trials) and not kept_best(config),
     )
     return result, optuna_distributions((config.get("space") or {}).get("params"))
+
+
+def kept_best(config: Mapping[str, Any]) -> bool:
+    """Whether a stored search configuration trained with best-model keeping (or early stopping)."""
+    train = config.get("train_config") or {}
+    return bool(train.get("keep_best") or train.get("patience"))
 
 
 # ----------------------------------------------------------------------------- importance

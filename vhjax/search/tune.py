@@ -1,5 +1,9 @@
 """`tune`: the recommended search for "I have N trials worth of compute".
 
+Two methods behind one call (`method='auto'` picks, see `vhjax.search.tune_pbt.choose_method`): on
+a space of real numbers with a budget, one shrinking PBT run (`vhjax.search.tune_pbt`); otherwise
+the sampler-and-pruner method this module implements:
+
 An Optuna study proposes the trials (TPE by default) and keeps them (a plain Optuna study:
 `optuna.load_study`, optuna-dashboard and `optuna.importance` work on it). `population` trials
 train at once as the slots of ONE running population (one compiled program, fixed shape, so it
@@ -46,6 +50,7 @@ from vhjax.population.state import PopulationState, training_mask
 from vhjax.search.space import Categorical, Float, Int, Space
 from vhjax.search.storage import sqlalchemy_url
 from vhjax.search.training import candidate_to_member, complete_arch
+from vhjax.search.tune_pbt import MIN_POPULATION, check_study_method, choose_method, run_pbt_tune
 from vhjax.train.metrics_log import print_progress
 from vhjax.train.workdir import workdir_lock
 from vhjax.validation import check_choice, check_int, check_number
@@ -64,13 +69,16 @@ class TuneResult:
     seconds: float
     metric: str
     direction: str
+    method: str = "asha"  # 'asha' or 'pbt' (see `tune`'s method)
 
     def best(self) -> dict:
-        """The best completed trial: params, validation value, test value, steps."""
+        """The best completed trial: params, validation value, test value, steps. Among equal
+        values, a trial with a test value first (PBT: the rounds whose parameters were returned)."""
         done = [row for row in self.timeline if row["state"] == "COMPLETE" and np.isfinite(row["value"])]
         if not done:
             raise ValueError("no trial completed; there is no best trial")
-        pick = (max if self.direction == "maximize" else min)(done, key=lambda row: row["value"])
+        sign = 1 if self.direction == "maximize" else -1
+        pick = max(done, key=lambda row: (sign * row["value"], row["test"] is not None))
         return {**pick, "params": self.study.trials[pick["trial"]].params}
 
     def leaderboard(self, top: int = 10) -> str:
@@ -338,13 +346,21 @@ def committed_steps(trials: list, pruner: str, min_steps: int, eta: int, steps: 
 
 def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget: float | None = None,
          population: int | None = None, min_steps: int | None = None,
-         eta: int = 3, metric: str = "accuracy", direction: str = "maximize", sampler: str = "tpe",
-         pruner: str = "asha", workdir: str | Path | None = None, study_name: str = "vhjax", seed: int = 0,
+         eta: int | None = None, metric: str = "accuracy", direction: str = "maximize", sampler: str | None = None,
+         pruner: str | None = None, workdir: str | Path | None = None, study_name: str = "vhjax", seed: int = 0,
          callback: Callable[[dict], None] | None = None, mesh: Any = "auto", storage: str | None = None,
          heartbeat_interval: int = 60, grace_period: int = 180, compilation_cache: bool | str = True,
-         verbose: bool = True) -> TuneResult:
+         verbose: bool = True, method: str = "auto") -> TuneResult:
     """Search `space` with at most `trials` trials and/or `budget` full trials' worth of training
     (trials of at most `config.steps` steps each); see the module docstring.
+
+    `method`: 'asha' (an Optuna sampler proposes, the pruner stops trials inside the running
+    population), 'pbt' (`vhjax.search.tune_pbt`: one shrinking population based training run of
+    budget // 2 members, the fastest to a good model on the benchmarks; a space of Floats only) or
+    'auto' (the default: 'pbt' where it applies, see `tune_pbt.choose_method`: Floats only, a
+    budget, no trials cap, maximized, one process, no sampler/pruner/min_steps/eta given; else 'asha').
+    `sampler` ('tpe', the default, or 'random'), `pruner` ('asha', the default, 'median' or 'none'),
+    `min_steps` and `eta` (default 3) belong to 'asha'.
 
     `config` gives everything fixed (data, model, optimizer, steps, eval_split for selection,
     test_split for reporting the pick); `min_steps` is the first rung and the evaluation interval
@@ -370,16 +386,29 @@ def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget
         check_number("budget", budget, low=0, low_inclusive=False)
     if population is not None:
         check_int("population", population, 1)
-    check_int("eta", eta, 2)
     check_choice("direction", direction, ("maximize", "minimize"))
+    check_choice("metric", metric, tuple(config.eval_metrics))
+    if not isinstance(space, Space):
+        raise TypeError(f"space has value {space!r}; allowed: a vhjax.search.Space")
+    method = choose_method(method, space, budget=budget, trials=trials, direction=direction, storage=storage,
+                           asha_only={"sampler": sampler, "pruner": pruner, "min_steps": min_steps, "eta": eta})
+    root = None if workdir is None else Path(workdir)
+    if method == "pbt":
+        check_study_method(root, study_name, method)
+        if population is not None:
+            check_int("population", population, MIN_POPULATION)
+        return run_pbt_tune(config, space, budget=budget, population=population, metric=metric, workdir=root,
+                            study_name=study_name, seed=seed, callback=callback, mesh=mesh,
+                            compilation_cache=compilation_cache, verbose=verbose)
+    sampler = "tpe" if sampler is None else sampler
+    pruner = "asha" if pruner is None else pruner
+    eta = 3 if eta is None else eta
+    check_int("eta", eta, 2)
     check_choice("sampler", sampler, SAMPLERS)
     check_choice("pruner", pruner, PRUNERS)
-    check_choice("metric", metric, tuple(config.eval_metrics))
     min_steps = default_min_steps(config.steps, eta) if min_steps is None else check_int("min_steps", min_steps, 1)
     if config.steps % min_steps:
         raise ValueError(f"min_steps has value {min_steps}; allowed: a divisor of config.steps ({config.steps})")
-    if not isinstance(space, Space):
-        raise TypeError(f"space has value {space!r}; allowed: a vhjax.search.Space")
     distributions = optuna_distributions(space)
     from vhjax.train.task import resolve_model
 
@@ -388,7 +417,7 @@ def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget
     config = dataclasses.replace(config, eval_every=min_steps)
     task = bucket_task(config, names)
     vhjax_cache.use(compilation_cache)
-    root = None if workdir is None else Path(workdir)
+    check_study_method(root, study_name, method)
     if root is not None:
         root.mkdir(parents=True, exist_ok=True)
     with workdir_lock(root if storage is None else None):  # one worker per workdir study

@@ -1,0 +1,98 @@
+"""tune's PBT method: a budget as one shrinking PBT run, chosen by 'auto' where it applies."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from vhjax.config import TrainConfig
+from vhjax.search.space import Float, Int, Space
+from vhjax.search.tune import tune
+from vhjax.search.tune_pbt import choose_method, pbt_population, pbt_schedule, trial_number
+
+CONFIG = TrainConfig(dataset="digits", model="mlp", model_kwargs={"widths": (16,), "num_classes": 10}, batch_size=32,
+                     steps=60, train_split="train[:90%]", eval_split="train[90%:]", test_split="test", seed=0)
+SPACE = Space({"learning_rate": Float(1e-5, 3e-2, log=True), "weight_decay": Float(1e-6, 1e-2, log=True)})
+
+
+def test_a_budget_maps_to_half_as_many_members_and_the_benchmarked_schedule():
+    assert [pbt_population(b, 2) for b in (64, 20, 16, 8, 3)] == [32, 8, 8, 4, 4]
+    assert pbt_population(64, 1) == 32 and pbt_population(22, 1) == 10
+    assert pbt_schedule(1500, 32) == (50, {8: 16})  # 30 rounds, the best half after round 8
+    assert pbt_schedule(60, 4) == (2, {8: 2})
+    # trial numbers: rounds 0-8 hold 4 trials each, later rounds the 2 kept members
+    assert [trial_number(r, p, 4, {8: 2}) for r, p in ((0, 0), (1, 3), (8, 3), (9, 0), (10, 1))] == [0, 7, 35, 36, 39]
+
+
+def test_auto_takes_pbt_only_where_it_applies_and_pbt_names_what_does_not_fit():
+    def chosen(space=SPACE, **kwargs):
+        args = {"budget": 64, "trials": None, "direction": "maximize", "storage": None, "asha_only": {}, **kwargs}
+        return choose_method(args.pop("method", "auto"), space, **args)
+
+    assert chosen() == "pbt"
+    with_int = Space({"learning_rate": Float(1e-4, 1e-1, log=True), "arch.width": Int(8, 64)})
+    assert chosen(with_int) == "asha"
+    assert chosen(trials=64) == "asha" and chosen(budget=None, trials=64) == "asha"
+    assert chosen(budget=4) == "asha" and chosen(direction="minimize") == "asha"
+    assert chosen(storage="postgresql://db") == "asha" and chosen(asha_only={"pruner": "median"}) == "asha"
+    assert chosen(asha_only={"pruner": None, "sampler": None}) == "pbt"
+    with pytest.raises(ValueError, match="arch.width"):
+        chosen(with_int, method="pbt")
+    with pytest.raises(ValueError, match="given: min_steps, sampler"):
+        chosen(method="pbt", asha_only={"sampler": "tpe", "min_steps": 10})
+    with pytest.raises(ValueError, match="method has value 'hyperband'"):
+        chosen(method="hyperband")
+
+
+@pytest.fixture(scope="module")
+def pbt_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("tune_pbt")
+    rows = []
+    return workdir, rows, tune(CONFIG, SPACE, budget=8, workdir=workdir, callback=rows.append, verbose=False)
+
+
+def test_a_float_space_with_a_budget_runs_the_shrinking_pbt(pbt_run):
+    workdir, rows, result = pbt_run
+    assert result.method == "pbt"
+    # 4 members for rounds 0-8, then the best 2 for rounds 9-29: every member at every round a trial
+    assert len(result.timeline) == len(rows) == 9 * 4 + 21 * 2
+    study = optuna.load_study(study_name="vhjax", storage=f"sqlite:///{workdir / 'study.db'}")
+    assert len(study.trials) == 78
+    for row in rows:  # the callback's trial numbers are the study's
+        trial = study.trials[row["trial"]]
+        assert (trial.user_attrs["generation"], trial.user_attrs["slot"]) == (row["round"], row["member"])
+        assert trial.value == pytest.approx(row["value"]) and trial.user_attrs["fidelity"] == row["steps"]
+    best = result.best()
+    first_round = max(row["value"] for row in rows if row["round"] == 0)
+    assert best["value"] == max(row["value"] for row in rows) and best["value"] > max(first_round, 0.6)
+    assert best["test"] is not None and best["test"] > 0.6  # the pick is returned parameters, tested
+    assert "| rank | trial | learning_rate | weight_decay |" in result.leaderboard()
+
+
+def test_a_pbt_study_resumes_whole_and_refuses_the_other_method(pbt_run):
+    workdir, _, result = pbt_run
+    rows = []
+    again = tune(CONFIG, SPACE, budget=8, workdir=workdir, callback=rows.append, verbose=False)
+    assert not rows and again.best()["trial"] == result.best()["trial"]  # stored: nothing trains again
+    with pytest.raises(ValueError, match="made by method 'pbt'"):
+        tune(CONFIG, SPACE, trials=2, population=2, workdir=workdir, verbose=False)
+
+
+def test_load_result_reads_the_pbt_study_with_its_lineage_and_pick(pbt_run):
+    from vhjax.search.report import load_result
+
+    workdir, _, result = pbt_run
+    loaded = load_result(workdir)
+    best = result.best()
+    assert len(loaded.trials) == 78 and not loaded.top_fidelity_only  # kept best: every round can be the pick
+    assert loaded.best.fitness == pytest.approx(best["value"])
+    assert loaded.best_metrics["test_accuracy"] == pytest.approx(best["test"])
+    assert sum(t.parent_id is not None for t in loaded.trials) == 78 - 4  # all but the first round's
+
+
+def test_without_a_workdir_the_study_is_built_in_memory():
+    result = tune(CONFIG, Space({"learning_rate": Float(1e-3, 3e-2, log=True)}), budget=8, verbose=False)
+    best = result.best()
+    assert result.method == "pbt" and len(result.study.trials) == 78
+    assert result.study.best_trial.value == pytest.approx(best["value"])
+    assert result.study.trials[best["trial"]].user_attrs["test_accuracy"] == pytest.approx(best["test"])

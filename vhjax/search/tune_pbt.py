@@ -1,0 +1,188 @@
+"""`tune`'s PBT method: a budget of N trials' worth as one shrinking population based training run.
+
+On a space of real-valued hyperparameters only, `tune(config, space, budget=N)` trains N // 2
+members (a multiple of twice the member shards, at least 4) for `config.steps` steps in one
+compiled program, with exploit/explore every thirtieth of the run, each slot keeping its best
+evaluated parameters, and only the best half training on after 3/10 of the rounds: the setting
+that reached Optuna TPE's best validation accuracy soonest on the MNIST-1D benchmark
+(experiments/README.md, "Time to quality"). It trains about a third of the budget (0.65 x N/2 full
+trials' worth). Every member at every round is a trial of the Optuna study (`search_pbt`), so the
+result is a `TuneResult` like the sampler-and-pruner method's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from vhjax.config import TrainConfig
+from vhjax.search.space import Float, Space
+
+ROUNDS = 30  # about a thirtieth of the steps between rounds (`even_interval`)
+SHRINK_AT = 0.3  # the best half trains on after this fraction of the rounds
+MIN_POPULATION = 4
+
+
+def pbt_space(space: Space) -> bool:
+    """Whether PBT can search `space`: every parameter an unconditional `Float` (PBT perturbs reals)."""
+    return bool(space.params) and all(type(p) is Float and p.condition is None for p in space.params.values())
+
+
+def pbt_population(budget: float, shards: int) -> int:
+    """Members for a budget of `budget` full trials' worth: half of it, cut to a multiple of twice
+    the member shards (so the kept half fills whole member groups on every device), at least 4."""
+    unit = 2 * max(1, shards)
+    return max(MIN_POPULATION, int(budget // 2) // unit * unit)
+
+
+def pbt_schedule(steps: int, population: int) -> tuple[int, dict[int, int]]:
+    """(interval, shrink): rounds about every thirtieth of `steps`, the best half kept after 3/10."""
+    from vhjax.population.pbt import pbt_rounds
+    from vhjax.search.pbt_search import even_interval
+
+    interval = even_interval(steps, ROUNDS)
+    rounds = pbt_rounds(steps, interval)
+    shrink_round = max(0, math.floor(SHRINK_AT * rounds) - 1)
+    return interval, ({shrink_round: population // 2} if rounds >= 2 and population // 2 >= 2 else {})
+
+
+def trial_number(round_index: int, position: int, population: int, shrink: Mapping[int, int]) -> int:
+    """The study's number of the `position`-th training member of round `round_index` (the store
+    numbers the rounds' trials in order; after a shrink round only the kept members have trials)."""
+    def members(r: int) -> int:
+        return min((kept for at, kept in shrink.items() if at < r), default=population)
+
+    return sum(members(r) for r in range(round_index)) + position
+
+
+def run_pbt_tune(config: TrainConfig, space: Space, *, budget: float, population: int | None, metric: str,
+                 workdir: Path | None, study_name: str, seed: int, callback: Callable[[dict], None] | None,
+                 mesh: Any, compilation_cache: bool | str, verbose: bool) -> Any:
+    """Run the PBT method (see the module doc); a `TuneResult` whose study holds every round's trials."""
+    from vhjax import parallel
+    from vhjax.search.pbt_search import search_pbt
+    from vhjax.search.tune import TuneResult, devices_line
+
+    mesh = parallel.resolve_mesh(mesh)
+    population = pbt_population(budget, parallel.member_shards(mesh)) if population is None else population
+    interval, shrink = pbt_schedule(config.steps, population)
+    if verbose:
+        kept = "".join(f", the best {kept} after round {at}" for at, kept in shrink.items())
+        print(f"tune | method pbt: {population} members, a round every {interval} steps{kept}; "
+              f"{devices_line(mesh)}", flush=True)
+    config = dataclasses.replace(config, keep_best=True, monitor_split="eval", monitor=metric, monitor_mode="max")
+    start = time.perf_counter()
+    seconds: dict[int, float] = {}
+    seen: dict[int, int] = {}
+
+    def on_row(row: dict) -> None:
+        position = seen.get(row["round"], 0)
+        seen[row["round"]] = position + 1
+        number = trial_number(row["round"], position, population, shrink)
+        seconds[number] = time.perf_counter() - start
+        if callback is not None:
+            callback({"seconds": seconds[number], "trial": number, "state": row["state"], "value": row["value"],
+                      "test": None, "steps": row["step"], "round": row["round"], "member": row["member"]})
+
+    storage = None if workdir is None else str(workdir / "study.db")
+    result = search_pbt(config, space, population=population, interval=interval, metric=metric, workdir=workdir,
+                        storage=storage, seed=seed, callback=on_row, compilation_cache=compilation_cache,
+                        verbose=verbose, study=study_name, shrink=shrink or None, mesh=mesh)
+    study = optuna_study(result.trials, space, study_name, storage)
+    timeline = [{"seconds": seconds.get(trial.number, math.nan), "trial": trial.number,
+                 "state": "COMPLETE" if trial.state.name == "COMPLETE" else "FAIL",
+                 "value": trial.value if trial.value is not None else math.nan,
+                 "test": trial.user_attrs.get(f"test_{metric}"), "steps": int(trial.user_attrs.get("fidelity", 0))}
+                for trial in study.get_trials(deepcopy=False)]
+    return TuneResult(study, timeline, time.perf_counter() - start, metric, "maximize", method="pbt")
+
+
+def optuna_study(trials: Any, space: Space, name: str, storage: str | None) -> Any:
+    """The Optuna study of a PBT run: loaded from its SQLite file, or (run without a workdir) built
+    in memory from the finished trials."""
+    import optuna
+
+    from vhjax.search import optuna_study as attrs
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if storage is not None:
+        return optuna.load_study(study_name=name, storage=f"sqlite:///{Path(storage).absolute()}")
+    distributions = attrs.distributions(space)
+    study = optuna.create_study(study_name=name, direction="maximize")
+    study.add_trials([optuna.trial.create_trial(
+        params=trial.params, distributions=distributions,
+        value=trial.fitness if trial.status == "complete" else None,
+        state=optuna.trial.TrialState.COMPLETE if trial.status == "complete" else optuna.trial.TrialState.FAIL,
+        user_attrs={**{k: v for k, v in trial.metrics.items() if v is not None}, "generation": trial.generation,
+                    "slot": trial.slot, "fidelity": trial.fidelity,
+                    **({} if trial.parent_id is None else {"parent_id": trial.parent_id})})
+        for trial in trials])
+    return study
+
+
+METHODS = ("auto", "pbt", "asha")
+
+
+def choose_method(method: str, space: Space, *, budget: float | None, trials: int | None, direction: str,
+                  storage: str | None, asha_only: Mapping[str, Any]) -> str:
+    """'pbt' or 'asha' for `tune`. 'auto' is PBT when it applies: a space of unconditional Floats,
+    a `budget` of at least 8 trials' worth (no `trials` cap), a maximized metric, one process (no
+    shared `storage`) and none of the sampler-and-pruner arguments (`asha_only`, those not None)
+    given; else ASHA. 'pbt' where it does not apply is an error naming what does not fit."""
+    from vhjax.validation import check_choice
+
+    check_choice("method", method, METHODS)
+    given = sorted(name for name, value in asha_only.items() if value is not None)
+    misfits = []
+    if not pbt_space(space):
+        misfits.append("every parameter an unconditional Float (PBT perturbs reals); the space has "
+                       + ", ".join(f"{n}={p!r}" for n, p in space.params.items()
+                                   if type(p) is not Float or p.condition is not None))
+    if trials is not None:
+        misfits.append(f"no trials cap (trials has value {trials}; give budget=N trials' worth)")
+    if budget is None or budget < 2 * MIN_POPULATION:
+        misfits.append(f"budget of at least {2 * MIN_POPULATION} trials' worth (budget has value {budget})")
+    if direction != "maximize":
+        misfits.append(f"direction 'maximize' (has value {direction!r})")
+    if storage is not None:
+        misfits.append("one process (storage has a value: shared studies take the sampler-and-pruner method)")
+    if given:
+        misfits.append("no sampler-and-pruner arguments (given: " + ", ".join(given) + ")")
+    if method == "pbt" and misfits:
+        raise ValueError("method has value 'pbt'; it needs " + "; ".join(misfits))
+    if method == "auto":
+        return "asha" if misfits else "pbt"
+    return method
+
+
+def check_study_method(workdir: Path | None, study_name: str, method: str) -> None:
+    """Refuse to resume a workdir study made by the other method (their trials mean different things:
+    a PBT study's trials are every member at every round)."""
+    path = None if workdir is None else workdir / "study.db"
+    made = None if path is None or not path.exists() else made_by_pbt(path, study_name)
+    if made is not None and made != (method == "pbt"):
+        made = "pbt" if made else "asha"
+        raise ValueError(f"method resolves to {method!r}, but the study {study_name!r} in {path} was made by method "
+                         f"{made!r}; allowed: method={made!r} to resume it, or a new workdir or study_name")
+
+
+def made_by_pbt(path: Path, study_name: str) -> bool | None:
+    """Whether the study `study_name` in the SQLite file `path` was written by the PBT method (a
+    vhjax store: its configuration in the study's attributes); None if it holds no trials."""
+    import optuna
+
+    from vhjax.search.optuna_study import META_PREFIX
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{path.absolute()}")
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+        if not storage.get_n_trials(study_id):
+            return None
+        return any(key.startswith(META_PREFIX) for key in storage.get_study_system_attrs(study_id))
+    except KeyError:
+        return None
+    finally:
+        storage.engine.dispose()
