@@ -154,3 +154,10 @@ def count_compilations() -> Iterator[Compilations]:
     finally:
         monitoring.unregister_event_duration_listener(on_duration)
         monitoring.unregister_event_listener(on_event)
+
+
+def compilations_record(compiled: Compilations) -> dict:
+    """What a search stores about its compilations: count, seconds, persistent-cache loads, and the
+    count per jitted function."""
+    return {"count": compiled.count, "seconds": round(compiled.seconds, 3), "from_cache": compiled.cache_hits,
+            "by_function": dict(compiled.by_function)}

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import optuna
 import pytest
 
 from vhjax.config import TrainConfig
 from vhjax.search.space import Float, Int, Space
+from vhjax.search.storage import open_store
 from vhjax.search.tune import tune
 from vhjax.search.tune_pbt import choose_method, pbt_population, pbt_schedule, trial_number
 
@@ -67,6 +70,11 @@ def test_a_float_space_with_a_budget_runs_the_shrinking_pbt(pbt_run):
     assert best["value"] == max(row["value"] for row in rows) and best["value"] > max(first_round, 0.6)
     assert best["test"] is not None and best["test"] > 0.6  # the pick is returned parameters, tested
     assert "| rank | trial | learning_rate | weight_decay |" in result.leaderboard()
+    # one training program for 30 rounds and a shrink, its count stored with the study
+    assert result.compilations["by_function"]["jit(run_free)"] == 1
+    assert study.user_attrs["compilations"] == result.compilations
+    with open_store(storage=workdir / "study.db", study="vhjax") as store:  # search_pbt's record of its training
+        assert json.loads(store.get_meta("compilations"))["by_function"]["jit(run_free)"] == 1
 
 
 def test_a_pbt_study_resumes_whole_and_refuses_the_other_method(pbt_run):

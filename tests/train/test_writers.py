@@ -4,6 +4,7 @@ progress output of the loop (lines with step counts and ETA when not a terminal,
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 
 import pytest
@@ -100,6 +101,9 @@ def test_progress_lines_when_not_a_terminal(capsys):
     assert [line.split(" | ")[0] for line in lines] == ["step 10/30", "step 20/30", "step 30/30"]
     assert all("eta " in line and "elapsed " in line for line in lines)
     assert lines[-1].endswith("eta 0s")
+    # every line names the programs compiled since the loop started; none after the first chunk
+    compiled = [re.search(r"\| compiled (\d+) \(\d+\.\d s", line) for line in lines]
+    assert all(compiled) and len({m.group(1) for m in compiled}) == 1
 
 
 def test_quiet_prints_nothing(capsys):

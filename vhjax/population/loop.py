@@ -35,6 +35,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from vhjax import distributed, parallel, preemption
+from vhjax.compilation_cache import count_compilations
 from vhjax.population.state import PopulationState, training_mask
 from vhjax.train.checkpoint import Checkpointer
 from vhjax.train.metrics_log import MetricsLog, print_progress
@@ -116,8 +117,9 @@ def summarize_chunk(metrics: dict) -> dict[str, np.ndarray]:
                 else np.asarray(values) for name, values in metrics.items()}
 
 
-def progress_line(label: str, report: Report, population: PopulationState) -> str:
-    """One line per chunk: step, rate, train loss, the first evaluation metric, divergence."""
+def progress_line(label: str, report: Report, population: PopulationState, compiled: Any = None) -> str:
+    """One line per chunk: step, rate, train loss, the first evaluation metric, divergence, and the
+    programs compiled since the loop started (`compiled`: a `count_compilations` record)."""
     alive = np.asarray(population.alive)
     stopped = np.asarray(population.stopped)
     parts = [f"{label}step {report.step}/{report.total_steps}",
@@ -137,7 +139,15 @@ def progress_line(label: str, report: Report, population: PopulationState) -> st
         parts.append(f"diverged {int((~alive).sum())}" + (f" stopped {int((stopped & alive).sum())}" if stopped.any() else ""))
     elif not alive[0]:
         parts.append("diverged")
+    if compiled is not None:
+        parts.append(compilations_text(compiled))
     return " | ".join(parts)
+
+
+def compilations_text(compiled: Any) -> str:
+    """'compiled 3 (2.1 s)'; programs loaded from the persistent cache named: '(2.1 s; 2 from the cache)'."""
+    loaded = f"; {compiled.cache_hits} from the cache" if compiled.cache_hits else ""
+    return f"compiled {compiled.count} ({compiled.seconds:.1f} s{loaded})"
 
 
 def pad_members(population: PopulationState, multiple: int) -> PopulationState:
@@ -299,32 +309,33 @@ def _run_locked(population: PopulationState, runner: Callable, data: Any, *, ste
         progress.message(f"{label}resumed from {workdir} at step {resumed_from}")
     collected: list[dict] = []
     full = min(eval_every, steps)  # the length of a chunk program
-    for chunk_number, length in enumerate(chunk_lengths(step, steps, eval_every)):
-        if not bool(np.any(training_mask(population))):
-            break
-        tick = time.perf_counter()
-        population, metrics = run_chunk(runner, population, data, length, full)
-        evaluation = {split: {k: np.asarray(v) for k, v in values.items()}
-                      for split, values in (evaluate(population) if evaluate else {}).items()}
-        step += length
-        collected.append(metrics)
-        report = Report(step, steps, length, time.perf_counter() - tick, summarize_chunk(metrics), evaluation, {})
-        for hook in hooks:
-            hook_states[hook.name], population = hook.update(hook_states[hook.name], population, report)
-        write_logs(log, report, population, writers)
-        last = step >= steps or not bool(np.any(training_mask(population)))
-        preempted = checkpointer is not None and preemption.requested()
-        if checkpointer is not None and ((chunk_number + 1) % checkpoint_every == 0 or last or preempted):
-            arrays = {k: split_state(v)[0] for k, v in hook_states.items()}
-            records = {k: split_state(v)[1] for k, v in hook_states.items()}
-            checkpointer.save(step, {"population": population, "hooks": arrays}, {"step": step, "hooks": records})
-        progress.update(length, progress_line(label, report, population))
-        if preempted:  # SIGTERM/SIGINT: the checkpoint is written, exit 0 (the rerun resumes)
-            progress.close()
-            writers.close()
-            checkpointer.close()
-            print_progress(f"{label}{preemption.message(step, steps, workdir)}")
-            raise preemption.Preempted(preemption.message(step, steps, workdir))
+    with count_compilations() as compiled:  # the progress lines name the programs compiled
+        for chunk_number, length in enumerate(chunk_lengths(step, steps, eval_every)):
+            if not bool(np.any(training_mask(population))):
+                break
+            tick = time.perf_counter()
+            population, metrics = run_chunk(runner, population, data, length, full)
+            evaluation = {split: {k: np.asarray(v) for k, v in values.items()}
+                          for split, values in (evaluate(population) if evaluate else {}).items()}
+            step += length
+            collected.append(metrics)
+            report = Report(step, steps, length, time.perf_counter() - tick, summarize_chunk(metrics), evaluation, {})
+            for hook in hooks:
+                hook_states[hook.name], population = hook.update(hook_states[hook.name], population, report)
+            write_logs(log, report, population, writers)
+            last = step >= steps or not bool(np.any(training_mask(population)))
+            preempted = checkpointer is not None and preemption.requested()
+            if checkpointer is not None and ((chunk_number + 1) % checkpoint_every == 0 or last or preempted):
+                arrays = {k: split_state(v)[0] for k, v in hook_states.items()}
+                records = {k: split_state(v)[1] for k, v in hook_states.items()}
+                checkpointer.save(step, {"population": population, "hooks": arrays}, {"step": step, "hooks": records})
+            progress.update(length, progress_line(label, report, population, compiled))
+            if preempted:  # SIGTERM/SIGINT: the checkpoint is written, exit 0 (the rerun resumes)
+                progress.close()
+                writers.close()
+                checkpointer.close()
+                print_progress(f"{label}{preemption.message(step, steps, workdir)}")
+                raise preemption.Preempted(preemption.message(step, steps, workdir))
     progress.close()
     writers.close()
     if checkpointer is not None:

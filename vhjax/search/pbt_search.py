@@ -24,6 +24,7 @@ both use the exploit/explore primitives of `vhjax.population.exploit`.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -119,23 +120,25 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
     def train():
         training_dir = None if workdir is None else Path(workdir) / "training"
         on_round = None if callback is None else round_reporter(space, callback, time.perf_counter())
-        return fit_pbt(config, initial, ranges, interval=interval, fraction=fraction,
-                       resample_probability=resample_probability, metric=metric, workdir=training_dir,
-                       on_round=on_round, shrink=shrink, mesh=mesh, verbose=verbose)
+        with vhjax_cache.count_compilations() as compiled:
+            result = fit_pbt(config, initial, ranges, interval=interval, fraction=fraction,
+                             resample_probability=resample_probability, metric=metric, workdir=training_dir,
+                             on_round=on_round, shrink=shrink, mesh=mesh, verbose=verbose)
+        return result, vhjax_cache.compilations_record(compiled)
 
     def opened():
         return storage_lib.open_store(workdir, storage, study=study, objectives={metric: "maximize"}, space=space)
 
     with search_lock(workdir, storage):
         if workdir is None and storage is None:  # nothing to resume: the in-memory store opens (about
-            result = train()                     # half a second) when the rounds are there to store
+            trained = train()                    # half a second) when the rounds are there to store
             with opened() as store:
-                trials = _store(store, space, result, fingerprint)
+                trials = _store(store, space, *trained, fingerprint)
         else:
             with opened() as store:
                 check_fingerprint(store, fingerprint)
                 stored = store.get_meta(_STORED_KEY) is not None  # else never stored whole: an older, cut write goes
-                trials = TrialTable(store.trials()) if stored else _store(store, space, train(), fingerprint)
+                trials = TrialTable(store.trials()) if stored else _store(store, space, *train(), fingerprint)
     return SearchResult(trials=trials, direction="maximize", objectives={metric: "maximize"},
                         workdir=None if workdir is None else os.fspath(workdir), study=study,
                         top_fidelity_only=not keeps_best(config))
@@ -176,14 +179,17 @@ def active_slots(entry: dict) -> list[int]:
     return [i for i, off in enumerate(stopped) if not off]
 
 
-def _store(store: storage_lib.TrialStore, space: Space, result: Any, fingerprint: str) -> TrialTable:
-    """Write a finished run's fingerprint and rounds; the store's trials."""
+def _store(store: storage_lib.TrialStore, space: Space, result: Any, compilations: dict,
+           fingerprint: str) -> TrialTable:
+    """Write a finished run's fingerprint and rounds (with the training's compilations, meta
+    `compilations`); the store's trials."""
     write_fingerprint(store, fingerprint)
-    _store_rounds(store, space, result)
+    _store_rounds(store, space, result, {"compilations": json.dumps(compilations)})
     return TrialTable(store.trials())
 
 
-def _store_rounds(store: storage_lib.TrialStore, space: Space, result: Any) -> None:
+def _store_rounds(store: storage_lib.TrialStore, space: Space, result: Any,
+                  meta: Mapping[str, str] | None = None) -> None:
     """One generation of finished trials per ready point, parents linking each member to what it
     continued (itself one round earlier, or the member it copied); all rounds in ONE transaction,
     with the marker that they are stored, so a kill at any point leaves all of them or none. The last
@@ -211,7 +217,7 @@ def _store_rounds(store: storage_lib.TrialStore, space: Space, result: Any) -> N
         generations.append(rows)
         parent_positions.append(parents)
         positions = current
-    store.replace_trials(generations, parent_positions, meta={_STORED_KEY: str(len(generations))})
+    store.replace_trials(generations, parent_positions, meta={**(meta or {}), _STORED_KEY: str(len(generations))})
 
 
 def returned_round(member: dict, steps: list[int], last_active: int) -> int:

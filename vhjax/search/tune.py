@@ -44,7 +44,7 @@ from vhjax.compile_options import light_jit
 from vhjax.config import TrainConfig, validate
 from vhjax.population.engine import default_member_group
 from vhjax.population.fit import bucket_task, compiled_programs, split_member
-from vhjax.population.loop import Hook, Report, run_loop
+from vhjax.population.loop import Hook, Report, compilations_text, run_loop
 from vhjax.population.members import init_population
 from vhjax.population.state import PopulationState, training_mask
 from vhjax.search.space import Categorical, Float, Int, Space
@@ -70,6 +70,7 @@ class TuneResult:
     metric: str
     direction: str
     method: str = "asha"  # 'asha' or 'pbt' (see `tune`'s method)
+    compilations: dict | None = None  # this call's XLA programs (`compilation_cache.compilations_record`)
 
     def best(self) -> dict:
         """The best completed trial: params, validation value, test value, steps. Among equal
@@ -360,7 +361,9 @@ def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget
     'auto' (the default: 'pbt' where it applies, see `tune_pbt.choose_method`: Floats only, a
     budget, no trials cap, maximized, one process, no sampler/pruner/min_steps/eta given; else 'asha').
     `sampler` ('tpe', the default, or 'random'), `pruner` ('asha', the default, 'median' or 'none'),
-    `min_steps` and `eta` (default 3) belong to 'asha'.
+    `min_steps` and `eta` (default 3) belong to 'asha'. With 'pbt', `callback` receives every
+    member's row as soon as its round is evaluated (with `round` and `member`; `test` None) and
+    `population` overrides budget // 2.
 
     `config` gives everything fixed (data, model, optimizer, steps, eval_split for selection,
     test_split for reporting the pick); `min_steps` is the first rung and the evaluation interval
@@ -420,7 +423,7 @@ def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget
     check_study_method(root, study_name, method)
     if root is not None:
         root.mkdir(parents=True, exist_ok=True)
-    with workdir_lock(root if storage is None else None):  # one worker per workdir study
+    with workdir_lock(root if storage is None else None), vhjax_cache.count_compilations() as compiled:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         rdb = None if storage is None else shared_storage(storage, heartbeat_interval, grace_period)
         study = open_study(root, study_name, direction, make_sampler(sampler, seed), make_pruner(pruner, min_steps, eta),
@@ -532,7 +535,7 @@ def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget
                 current = current.replace(stopped=jnp.asarray(stopped))
                 if verbose:
                     print_progress(progress(timeline, trials, budget, spent_steps(study) / config.steps, running, start,
-                                            direction, metric))
+                                            direction, metric) + " | " + compilations_text(compiled))
                 return state, current
 
             most = trials if trials is not None else int(np.ceil(budget * config.steps / min_steps))
@@ -540,7 +543,9 @@ def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget
             run_loop(members, run_chunk, (jnp.asarray(task.train.x), jnp.asarray(task.train.y)), steps=bound,
                      eval_every=min_steps, evaluate=lambda p: {"eval": evaluate(p, *eval_data)},
                      hooks=[Hook("tune", lambda p: {}, update)], mesh=mesh, verbose=False)
-        return TuneResult(study, timeline, time.perf_counter() - start, metric, direction)
+        record = vhjax_cache.compilations_record(compiled)
+        study.set_user_attr("compilations", record)  # stored with the study (this call's programs)
+        return TuneResult(study, timeline, time.perf_counter() - start, metric, direction, compilations=record)
 
 
 def default_population(mesh: Any) -> int:

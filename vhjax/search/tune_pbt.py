@@ -63,6 +63,7 @@ def run_pbt_tune(config: TrainConfig, space: Space, *, budget: float, population
                  mesh: Any, compilation_cache: bool | str, verbose: bool) -> Any:
     """Run the PBT method (see the module doc); a `TuneResult` whose study holds every round's trials."""
     from vhjax import parallel
+    from vhjax.compilation_cache import compilations_record, count_compilations
     from vhjax.search.pbt_search import search_pbt
     from vhjax.search.tune import TuneResult, devices_line
 
@@ -88,16 +89,20 @@ def run_pbt_tune(config: TrainConfig, space: Space, *, budget: float, population
                       "test": None, "steps": row["step"], "round": row["round"], "member": row["member"]})
 
     storage = None if workdir is None else str(workdir / "study.db")
-    result = search_pbt(config, space, population=population, interval=interval, metric=metric, workdir=workdir,
-                        storage=storage, seed=seed, callback=on_row, compilation_cache=compilation_cache,
-                        verbose=verbose, study=study_name, shrink=shrink or None, mesh=mesh)
+    with count_compilations() as compiled:
+        result = search_pbt(config, space, population=population, interval=interval, metric=metric, workdir=workdir,
+                            storage=storage, seed=seed, callback=on_row, compilation_cache=compilation_cache,
+                            verbose=verbose, study=study_name, shrink=shrink or None, mesh=mesh)
     study = optuna_study(result.trials, space, study_name, storage)
+    record = compilations_record(compiled)
+    study.set_user_attr("compilations", record)  # stored with the study (this call's programs)
     timeline = [{"seconds": seconds.get(trial.number, math.nan), "trial": trial.number,
                  "state": "COMPLETE" if trial.state.name == "COMPLETE" else "FAIL",
                  "value": trial.value if trial.value is not None else math.nan,
                  "test": trial.user_attrs.get(f"test_{metric}"), "steps": int(trial.user_attrs.get("fidelity", 0))}
                 for trial in study.get_trials(deepcopy=False)]
-    return TuneResult(study, timeline, time.perf_counter() - start, metric, "maximize", method="pbt")
+    return TuneResult(study, timeline, time.perf_counter() - start, metric, "maximize", method="pbt",
+                      compilations=record)
 
 
 def optuna_study(trials: Any, space: Space, name: str, storage: str | None) -> Any:
