@@ -75,7 +75,7 @@ import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, Callable, Sequence  # noqa: E402
+from typing import Any, Callable, Mapping, Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -622,13 +622,22 @@ def another_round_fits(elapsed: float, rounds_done: int, budget: float | None) -
     return budget is None or elapsed + elapsed / rounds_done <= budget
 
 
-def pooled_runs(paths: Sequence[str | Path]) -> list[dict]:
+# the same run under an earlier name: since session 40 `vhjax_tune` is the shrinking keep_best PBT
+POOL_NAMES = {"vhjax_pbt_shrink": "vhjax_tune"}
+
+
+def pooled_runs(paths: Sequence[str | Path], names: Mapping[str, str] = POOL_NAMES) -> list[dict]:
     """The worker records of earlier runs' result files, each seed named `<file stem>:<seed>`, so
-    that every seed keeps the target of its own run (the reference's best in that run)."""
+    that every seed keeps the target of its own run (the reference's best in that run). Contestants
+    are renamed by `names` (a file that holds both names keeps its own)."""
     runs = []
     for path in paths:
-        for run in json.loads(Path(path).read_text())["runs"]:
-            runs.append({**run, "seed": f"{Path(path).stem}:{run['seed']}"})
+        records = json.loads(Path(path).read_text())["runs"]
+        present = {run["contestant"] for run in records}
+        for run in records:
+            name = names.get(run["contestant"], run["contestant"])
+            runs.append({**run, "seed": f"{Path(path).stem}:{run['seed']}",
+                         "contestant": run["contestant"] if name in present else name})
     return runs
 
 

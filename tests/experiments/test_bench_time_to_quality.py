@@ -94,6 +94,12 @@ def test_pooled_runs_keep_each_seed_against_its_own_reference(tmp_path):
     assert sorted({r["seed"] for r in pooled}) == ["a:0", "b:0"]
     ours = bench.summarize(pooled, "optuna_tpe")["vhjax_tpe"]
     assert ours["reached_1"] == 2 and ours["mean_speedup_1"] == pytest.approx((30.0 / 16.0 + 12.0 / 4.0) / 2)
+    # an earlier name of the same run is pooled under today's, unless its file holds both names
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"runs": [run("vhjax_pbt_shrink", 0, FAST)]}))
+    both = tmp_path / "both.json"
+    both.write_text(json.dumps({"runs": [run("vhjax_pbt_shrink", 0, FAST), run("vhjax_tune", 0, FAST)]}))
+    assert [r["contestant"] for r in bench.pooled_runs([old, both])] == ["vhjax_tune", "vhjax_pbt_shrink", "vhjax_tune"]
 
 
 def test_speedup_cells_say_who_reached():
