@@ -98,9 +98,13 @@ def test_load_result_reads_the_pbt_study_with_its_lineage_and_pick(pbt_run):
     assert sum(t.parent_id is not None for t in loaded.trials) == 78 - 4  # all but the first round's
 
 
-def test_without_a_workdir_the_study_is_built_in_memory():
-    result = tune(CONFIG, Space({"learning_rate": Float(1e-3, 3e-2, log=True)}), budget=8, verbose=False)
+def test_without_a_workdir_the_study_is_built_in_memory(capsys):
+    result = tune(CONFIG, Space({"learning_rate": Float(1e-3, 3e-2, log=True)}), budget=8, verbose=True)
     best = result.best()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("tune | method pbt: 4 members, a round every 2 steps, the best 2 after round 8")
+    assert f"best val accuracy {best['value']:.4f} (trial {best['trial']}" in lines[-1] and "78 trials" in lines[-1]
+    assert all("| compiled " in line for line in lines[1:])  # the rounds' progress lines and the summary
     assert result.method == "pbt" and len(result.study.trials) == 78
     assert result.study.best_trial.value == pytest.approx(best["value"])
     assert result.study.trials[best["trial"]].user_attrs["test_accuracy"] == pytest.approx(best["test"])

@@ -64,6 +64,7 @@ def run_pbt_tune(config: TrainConfig, space: Space, *, budget: float, population
     """Run the PBT method (see the module doc); a `TuneResult` whose study holds every round's trials."""
     from vhjax import parallel
     from vhjax.compilation_cache import compilations_record, count_compilations
+    from vhjax.population.loop import compilations_text
     from vhjax.search.pbt_search import search_pbt
     from vhjax.search.tune import TuneResult, devices_line
 
@@ -101,8 +102,20 @@ def run_pbt_tune(config: TrainConfig, space: Space, *, budget: float, population
                  "value": trial.value if trial.value is not None else math.nan,
                  "test": trial.user_attrs.get(f"test_{metric}"), "steps": int(trial.user_attrs.get("fidelity", 0))}
                 for trial in study.get_trials(deepcopy=False)]
-    return TuneResult(study, timeline, time.perf_counter() - start, metric, "maximize", method="pbt",
-                      compilations=record)
+    result = TuneResult(study, timeline, time.perf_counter() - start, metric, "maximize", method="pbt",
+                        compilations=record)
+    if verbose:
+        print(summary_line(result) + " | " + compilations_text(compiled), flush=True)
+    return result
+
+
+def summary_line(result: Any) -> str:
+    """The PBT method's last progress line: the pick (best round of any member), its test value, the trials."""
+    best = result.best()
+    test = "" if best["test"] is None else f", test {result.metric} {best['test']:.4f}"
+    return (f"tune | method pbt: best val {result.metric} {best['value']:.4f} (trial {best['trial']}, step "
+            f"{best['steps']}){test} | {len(result.timeline)} trials (every member at every round) in "
+            f"{result.seconds:.0f} s")
 
 
 def optuna_study(trials: Any, space: Space, name: str, storage: str | None) -> Any:
