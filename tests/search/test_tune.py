@@ -102,7 +102,7 @@ import sys
 from tests.search.test_tune import CONFIG, SPACE
 from vhjax.search.tune import tune
 tune(CONFIG, SPACE, trials=int(sys.argv[2]), population=2, min_steps=12, storage=sys.argv[1], mesh=None,
-     heartbeat_interval=1, grace_period=3, verbose=False)
+     heartbeat_interval=1, grace_period=int(sys.argv[3]), verbose=False)
 """
 
 
@@ -121,7 +121,9 @@ def test_worker_processes_share_one_study(tmp_path, request, database):
         url = request.getfixturevalue("postgres_url")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     optuna.create_study(study_name="vhjax", storage=url, direction="maximize")  # created once, up front
-    workers = [subprocess.Popen([sys.executable, "-c", WORKER, url, "8"], env=env) for _ in range(3)]
+    # a grace period no live worker's heartbeat misses on a loaded machine (tracing holds the GIL for
+    # seconds): here no trial may go stale; the killed-worker test below uses 3 s
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, url, "8", "60"], env=env) for _ in range(3)]
     assert [w.wait(timeout=900) for w in workers] == [0, 0, 0]
     study = optuna.load_study(study_name="vhjax", storage=url)
     # the budget check and the ask of two workers can race (as with Optuna's MaxTrialsCallback):
@@ -167,7 +169,7 @@ def test_a_killed_workers_running_trial_is_retried_by_another_worker(tmp_path):
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     optuna.create_study(study_name="vhjax", storage=url, direction="maximize")
-    doomed = subprocess.Popen([sys.executable, "-c", WORKER, url, "4"], env=env)
+    doomed = subprocess.Popen([sys.executable, "-c", WORKER, url, "4", "3"], env=env)
     deadline = time.monotonic() + 300
     running = []
     while not running and time.monotonic() < deadline and doomed.poll() is None:
@@ -180,7 +182,7 @@ def test_a_killed_workers_running_trial_is_retried_by_another_worker(tmp_path):
     # past the grace period (3 s), so the survivor's first ask finds the orphans stale: a survivor that
     # started up and met its budget sooner would leave them running for a later worker
     time.sleep(3.5)
-    survivor = subprocess.run([sys.executable, "-c", WORKER, url, "4"], env=env, timeout=900)
+    survivor = subprocess.run([sys.executable, "-c", WORKER, url, "4", "3"], env=env, timeout=900)
     assert survivor.returncode == 0
     study = optuna.load_study(study_name="vhjax", storage=url)
     states = {t.number: t.state for t in study.trials}
