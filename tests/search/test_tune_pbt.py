@@ -82,6 +82,7 @@ def test_a_pbt_study_resumes_whole_and_refuses_the_other_method(pbt_run):
     rows = []
     again = tune(CONFIG, SPACE, budget=8, workdir=workdir, callback=rows.append, verbose=False)
     assert not rows and again.best()["trial"] == result.best()["trial"]  # stored: nothing trains again
+    assert again.compilations == result.compilations  # the run's count, read back from the store
     with pytest.raises(ValueError, match="made by method 'pbt'"):
         tune(CONFIG, SPACE, trials=2, population=2, workdir=workdir, verbose=False)
 

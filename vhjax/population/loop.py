@@ -35,7 +35,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from vhjax import distributed, parallel, preemption
-from vhjax.compilation_cache import count_compilations
+from vhjax.compilation_cache import compilations_text, count_compilations
 from vhjax.population.state import PopulationState, training_mask
 from vhjax.train.checkpoint import Checkpointer
 from vhjax.train.metrics_log import MetricsLog, print_progress
@@ -142,12 +142,6 @@ def progress_line(label: str, report: Report, population: PopulationState, compi
     if compiled is not None:
         parts.append(compilations_text(compiled))
     return " | ".join(parts)
-
-
-def compilations_text(compiled: Any) -> str:
-    """'compiled 3 (2.1 s)'; programs loaded from the persistent cache named: '(2.1 s; 2 from the cache)'."""
-    loaded = f"; {compiled.cache_hits} from the cache" if compiled.cache_hits else ""
-    return f"compiled {compiled.count} ({compiled.seconds:.1f} s{loaded})"
 
 
 def pad_members(population: PopulationState, multiple: int) -> PopulationState:

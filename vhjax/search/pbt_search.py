@@ -131,17 +131,21 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
 
     with search_lock(workdir, storage):
         if workdir is None and storage is None:  # nothing to resume: the in-memory store opens (about
-            trained = train()                    # half a second) when the rounds are there to store
+            result, compilations = train()      # half a second) when the rounds are there to store
             with opened() as store:
-                trials = _store(store, space, *trained, fingerprint)
+                trials = _store(store, space, result, compilations, fingerprint)
         else:
             with opened() as store:
                 check_fingerprint(store, fingerprint)
-                stored = store.get_meta(_STORED_KEY) is not None  # else never stored whole: an older, cut write goes
-                trials = TrialTable(store.trials()) if stored else _store(store, space, *train(), fingerprint)
+                if store.get_meta(_STORED_KEY) is not None:  # else never stored whole: an older, cut write goes
+                    trials = TrialTable(store.trials())
+                    compilations = json.loads(store.get_meta("compilations") or "null")  # the run's, as stored
+                else:
+                    result, compilations = train()
+                    trials = _store(store, space, result, compilations, fingerprint)
     return SearchResult(trials=trials, direction="maximize", objectives={metric: "maximize"},
                         workdir=None if workdir is None else os.fspath(workdir), study=study,
-                        top_fidelity_only=not keeps_best(config))
+                        top_fidelity_only=not keeps_best(config), compilations=compilations)
 
 
 def keeps_best(config: TrainConfig) -> bool:

@@ -178,6 +178,7 @@ class SearchResult:
     workdir: str | None = None
     study: str = "default"
     top_fidelity_only: bool = False  # multifidelity: rank only trials at the largest budget reached
+    compilations: dict | None = None  # search_pbt: its training's XLA programs (`compilations_record`)
 
     def _ranked(self) -> list[Trial]:
         trials = list(self.trials)

@@ -44,7 +44,7 @@ from vhjax.compile_options import light_jit
 from vhjax.config import TrainConfig, validate
 from vhjax.population.engine import default_member_group
 from vhjax.population.fit import bucket_task, compiled_programs, split_member
-from vhjax.population.loop import Hook, Report, compilations_text, run_loop
+from vhjax.population.loop import Hook, Report, run_loop
 from vhjax.population.members import init_population
 from vhjax.population.state import PopulationState, training_mask
 from vhjax.search.space import Categorical, Float, Int, Space
@@ -70,7 +70,7 @@ class TuneResult:
     metric: str
     direction: str
     method: str = "asha"  # 'asha' or 'pbt' (see `tune`'s method)
-    compilations: dict | None = None  # this call's XLA programs (`compilation_cache.compilations_record`)
+    compilations: dict | None = None  # XLA programs (`compilations_record`): asha this call's, pbt its training's
 
     def best(self) -> dict:
         """The best completed trial: params, validation value, test value, steps. Among equal
@@ -535,7 +535,7 @@ def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget
                 current = current.replace(stopped=jnp.asarray(stopped))
                 if verbose:
                     print_progress(progress(timeline, trials, budget, spent_steps(study) / config.steps, running, start,
-                                            direction, metric) + " | " + compilations_text(compiled))
+                                            direction, metric) + " | " + vhjax_cache.compilations_text(compiled))
                 return state, current
 
             most = trials if trials is not None else int(np.ceil(budget * config.steps / min_steps))

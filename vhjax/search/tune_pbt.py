@@ -63,8 +63,6 @@ def run_pbt_tune(config: TrainConfig, space: Space, *, budget: float, population
                  mesh: Any, compilation_cache: bool | str, verbose: bool) -> Any:
     """Run the PBT method (see the module doc); a `TuneResult` whose study holds every round's trials."""
     from vhjax import parallel
-    from vhjax.compilation_cache import compilations_record, count_compilations
-    from vhjax.population.loop import compilations_text
     from vhjax.search.pbt_search import search_pbt
     from vhjax.search.tune import TuneResult, devices_line
 
@@ -90,32 +88,35 @@ def run_pbt_tune(config: TrainConfig, space: Space, *, budget: float, population
                       "test": None, "steps": row["step"], "round": row["round"], "member": row["member"]})
 
     storage = None if workdir is None else str(workdir / "study.db")
-    with count_compilations() as compiled:
-        result = search_pbt(config, space, population=population, interval=interval, metric=metric, workdir=workdir,
-                            storage=storage, seed=seed, callback=on_row, compilation_cache=compilation_cache,
-                            verbose=verbose, study=study_name, shrink=shrink or None, mesh=mesh)
+    result = search_pbt(config, space, population=population, interval=interval, metric=metric, workdir=workdir,
+                        storage=storage, seed=seed, callback=on_row, compilation_cache=compilation_cache,
+                        verbose=verbose, study=study_name, shrink=shrink or None, mesh=mesh)
     study = optuna_study(result.trials, space, study_name, storage)
-    record = compilations_record(compiled)
-    study.set_user_attr("compilations", record)  # stored with the study (this call's programs)
+    record = result.compilations  # the training's programs, as search_pbt stored them
+    study.set_user_attr("compilations", record)  # where Optuna users look (tune's other method too)
     timeline = [{"seconds": seconds.get(trial.number, math.nan), "trial": trial.number,
                  "state": "COMPLETE" if trial.state.name == "COMPLETE" else "FAIL",
                  "value": trial.value if trial.value is not None else math.nan,
                  "test": trial.user_attrs.get(f"test_{metric}"), "steps": int(trial.user_attrs.get("fidelity", 0))}
                 for trial in study.get_trials(deepcopy=False)]
-    result = TuneResult(study, timeline, time.perf_counter() - start, metric, "maximize", method="pbt",
-                        compilations=record)
+    tuned = TuneResult(study, timeline, time.perf_counter() - start, metric, "maximize", method="pbt",
+                       compilations=record)
     if verbose:
-        print(summary_line(result) + " | " + compilations_text(compiled), flush=True)
-    return result
+        print(summary_line(tuned), flush=True)
+    return tuned
 
 
 def summary_line(result: Any) -> str:
-    """The PBT method's last progress line: the pick (best round of any member), its test value, the trials."""
+    """The PBT method's last progress line: the pick (best round of any member), its test value, the
+    trials, the training's compilations."""
+    from vhjax.compilation_cache import compilations_text
+
     best = result.best()
     test = "" if best["test"] is None else f", test {result.metric} {best['test']:.4f}"
+    compiled = "" if result.compilations is None else " | " + compilations_text(result.compilations)
     return (f"tune | method pbt: best val {result.metric} {best['value']:.4f} (trial {best['trial']}, step "
             f"{best['steps']}){test} | {len(result.timeline)} trials (every member at every round) in "
-            f"{result.seconds:.0f} s")
+            f"{result.seconds:.0f} s{compiled}")
 
 
 def optuna_study(trials: Any, space: Space, name: str, storage: str | None) -> Any:
