@@ -83,7 +83,6 @@ ROOT = Path(__file__).resolve().parents[1]
 FRACTIONS = (0.98, 1.0)
 DEFAULT_CONTESTANTS = "optuna_tpe,optuna_tpe_hb,vhjax_tune"
 DEFAULT_PBT_POPULATION = 32  # vhjax_pbt: half the compute of the default 64 trials
-SHRINK_ROUNDS = 30  # vhjax_pbt_shrink: about 30 rounds (`even_interval`), as docs/tune.md recommends
 REPORTS_PER_TRIAL = 10  # chunks per trial: the pruner's rungs, and the Optuna trainer's scan length
 
 
@@ -510,6 +509,7 @@ def run_vhjax_pbt(args, keep_best: bool = False, shrink: bool = False) -> dict:
     from vhjax.population.pbt import pbt_rounds
     from vhjax.search import search_pbt
     from vhjax.search.pbt_search import default_interval, even_interval
+    from vhjax.search.tune_pbt import ROUNDS, halving
 
     task = TASKS[args.task]
     space = vhjax_space(task)
@@ -520,13 +520,12 @@ def run_vhjax_pbt(args, keep_best: bool = False, shrink: bool = False) -> dict:
     def record(row: dict) -> None:
         rounds.append((time.perf_counter() - PROCESS_START, row["round"], row["member"], row["value"]))
 
-    interval = args.pbt_interval or (even_interval(args.steps, SHRINK_ROUNDS) if shrink else default_interval(args.steps))
-    halving = {max(0, 3 * pbt_rounds(args.steps, interval) // 10 - 1): population // 2} \
-        if shrink and population >= 4 else None
+    interval = args.pbt_interval or (even_interval(args.steps, ROUNDS) if shrink else default_interval(args.steps))
+    kept = halving(pbt_rounds(args.steps, interval), population) if shrink else None  # as tune's PBT method
     result = search_pbt(config, space, population=population, interval=interval,
                         seed=args.seed, callback=record, verbose=False,
                         compilation_cache=args.compilation_cache or False,  # cold unless the bench turns it on for all
-                        shrink=halving)
+                        shrink=kept or None)
     now = time.perf_counter() - PROCESS_START
     if keep_best:
         tests = {(t.generation, t.slot): t.metrics["test_accuracy"] for t in result.trials
@@ -731,6 +730,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     results_dir.mkdir(parents=True, exist_ok=True)
     task = TASKS[args.task]
     from vhjax.search.pbt_search import default_interval, even_interval
+    from vhjax.search.tune_pbt import ROUNDS
 
     print(f"{args.task}: {task.describe}; {args.trials} trials x {args.steps} steps, {args.seeds} seed(s), "
           f"vhjax population {args.population or 'default'}", flush=True)
@@ -753,7 +753,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     header = (f"Task {args.task}: {task.describe}. Searched: " + ", ".join(
         f"{n} in [{lo:g}, {hi:g}]{' (log)' if log else ''}" for n, lo, hi, log in task.space)
         + f". {args.trials} trials x {args.steps} Adam steps (batch 100) per contestant and seed, {seeds_run} seed(s); "
-        f"vhjax population {args.population or f'default (tune: half the trials, its PBT method; tune_asha: 4 per CPU device, 16 on an accelerator; pbt: {DEFAULT_PBT_POPULATION})'}, vhjax CPU devices {args.cpu_devices}, vhjax convolution {args.conv_impl}, PBT interval {args.pbt_interval or f'default ({default_interval(args.steps)} steps; vhjax_pbt_shrink {even_interval(args.steps, SHRINK_ROUNDS)})'}, seeds {args.first_seed}-{args.first_seed + seeds_run - 1}. Times are medians over seeds, from each process's start "
+        f"vhjax population {args.population or f'default (tune: half the trials, its PBT method; tune_asha: 4 per CPU device, 16 on an accelerator; pbt: {DEFAULT_PBT_POPULATION})'}, vhjax CPU devices {args.cpu_devices}, vhjax convolution {args.conv_impl}, PBT interval {args.pbt_interval or f'default ({default_interval(args.steps)} steps; vhjax_pbt_shrink {even_interval(args.steps, ROUNDS)})'}, seeds {args.first_seed}-{args.first_seed + seeds_run - 1}. Times are medians over seeds, from each process's start "
         f"(imports, data, compilation, evaluation included). JAX {jax.__version__} on "
         f"{jax.devices()[0].platform}, {os.cpu_count()} CPU(s). Total wall time {time.perf_counter() - started:.0f} s.\n\n"
         f"Command: `python experiments/bench_time_to_quality.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n")

@@ -44,9 +44,14 @@ def pbt_schedule(steps: int, population: int) -> tuple[int, dict[int, int]]:
     from vhjax.search.pbt_search import even_interval
 
     interval = even_interval(steps, ROUNDS)
-    rounds = pbt_rounds(steps, interval)
+    return interval, halving(pbt_rounds(steps, interval), population)
+
+
+def halving(rounds: int, population: int) -> dict[int, int]:
+    """`search_pbt`'s `shrink` for `rounds` rounds: the best half kept after 3/10 of them (none
+    when there is no round to halve at or the half would be under 2 members)."""
     shrink_round = max(0, math.floor(SHRINK_AT * rounds) - 1)
-    return interval, ({shrink_round: population // 2} if rounds >= 2 and population // 2 >= 2 else {})
+    return {shrink_round: population // 2} if rounds >= 2 and population // 2 >= 2 else {}
 
 
 def trial_number(round_index: int, position: int, population: int, shrink: Mapping[int, int]) -> int:
