@@ -31,7 +31,7 @@ from vhjax.population.state import PopulationState
 from vhjax.train.state import TrainState
 from vhjax.train.step import precise_statistics
 from vhjax.train.task import Task, build_task, with_member_hparams
-from vhjax.train.workdir import prepare_workdir, save_preprocessing
+from vhjax.train.workdir import prepare_workdir, save_preprocessing, write_text_atomically
 from vhjax.train.writers import TensorBoardWriter
 from vhjax.validation import check_choice, check_int
 
@@ -387,7 +387,8 @@ def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], wo
             results[index] = record
     result = PopulationResult(results, states, histories, hook_states, batch_rows)
     if root is not None:
-        (root / "result.json").write_text(json.dumps(results, default=lambda v: np.asarray(v).tolist(), indent=1))
+        write_text_atomically(root / "result.json",
+                              json.dumps(results, default=lambda v: np.asarray(v).tolist(), indent=1))
     return result
 
 
@@ -419,7 +420,7 @@ def record_members(path: Path, members: Sequence[Mapping[str, Any]]) -> None:
     if path.exists() and json.loads(path.read_text()) != json.loads(text):
         raise ValueError(f"workdir {str(path.parent)!r} holds a population with other members; "
                          "use a new workdir or the same members to resume")
-    path.write_text(text)
+    write_text_atomically(path, text)
 
 
 def fit(config: TrainConfig, workdir: str | Path | None = None, *, mesh: Any = None,
@@ -448,6 +449,6 @@ def fit(config: TrainConfig, workdir: str | Path | None = None, *, mesh: Any = N
     stopped = bool(outcome.population.stopped[0])
     result = FitResult(state, metrics, outcome.history, stopped, best_step)
     if root is not None:
-        (root / "result.json").write_text(json.dumps(
+        write_text_atomically(root / "result.json", json.dumps(
             {"metrics": metrics, "steps": int(state.step), "stopped_early": stopped, "best_step": best_step}, indent=2))
     return result

@@ -36,7 +36,7 @@ from vhjax.population.loop import Hook, Report, run_loop
 from vhjax.population.members import init_population
 from vhjax.population.engine import default_member_group
 from vhjax.population.state import PopulationState
-from vhjax.train.workdir import prepare_workdir
+from vhjax.train.workdir import prepare_workdir, write_text_atomically
 from vhjax.validation import check_int, check_number
 
 Range = tuple[float, float, bool]  # (low, high, log scale)
@@ -306,7 +306,7 @@ def fit_pbt(config: TrainConfig, members: Sequence[Mapping[str, Any]], explore: 
                for i in range(len(members))]
     result = PBTResult(results, record["lineage"], record["history"])
     if root is not None:
-        (root / "pbt.json").write_text(json.dumps(dataclasses.asdict(result), indent=1))
+        write_text_atomically(root / "pbt.json", json.dumps(dataclasses.asdict(result), indent=1))
     return result
 
 

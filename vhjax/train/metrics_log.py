@@ -54,7 +54,9 @@ class MetricsLog:
         if not self.path.exists():
             return
         kept = [row for row in self.read() if row["step"] <= step]
-        self.path.write_text("".join(json.dumps(row) + "\n" for row in kept))
+        from vhjax.train.workdir import write_text_atomically
+
+        write_text_atomically(self.path, "".join(json.dumps(row) + "\n" for row in kept))
 
 
 def format_progress(step: int, total: int, steps_per_second: float, train: Mapping[str, float],

@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -37,10 +38,25 @@ def prepare_workdir(workdir: str | Path | None, config: TrainConfig) -> Path | N
                 f"workdir {str(workdir)!r} holds a run with a different config (fields {', '.join(refused)}); "
                 "use a new workdir or the same config to resume (only 'steps' may be raised, to extend the run)")
         if extended:
-            config_path.write_text(json.dumps(current, indent=2))
+            write_text_atomically(config_path, json.dumps(current, indent=2))
     else:
-        config_path.write_text(json.dumps(current, indent=2))
+        write_text_atomically(config_path, json.dumps(current, indent=2))
     return workdir
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, then rename it over `path`: a reader (another
+    process of a multi-process run writing the same file, or a resume) never sees half a file."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.chmod(temporary, 0o644)  # mkstemp creates 0600
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
 
 
 def save_preprocessing(workdir: Path | None, task: Any) -> None:
@@ -50,7 +66,7 @@ def save_preprocessing(workdir: Path | None, task: Any) -> None:
     from vhjax import preprocess
 
     for index, fitted in enumerate(task.preprocessing):
-        (workdir / f"preprocess_{index}.json").write_text(preprocess.to_json(fitted))
+        write_text_atomically(workdir / f"preprocess_{index}.json", preprocess.to_json(fitted))
 
 
 class WorkdirInUse(RuntimeError):
@@ -129,4 +145,4 @@ def record_inputs(workdir: str | Path | None, name: str, inputs: Any) -> None:
             raise ValueError(f"workdir {str(workdir)!r} holds a run with other {name} inputs (fields "
                              f"{', '.join(changed)}); use a new workdir or the same inputs to resume")
         return
-    path.write_text(text)
+    write_text_atomically(path, text)
