@@ -12,8 +12,10 @@ Contestants (`--contestants`, comma-separated; add one by adding a function to C
   optuna_tpe_hb  Optuna TPE + HyperbandPruner, validation accuracy reported every steps/10
   vhjax_tune     vhjax.search.tune(config, space, budget=N): the recommended search, one call. On this
                  space of Floats its 'auto' method is the shrinking keep_best PBT of N/2 members
-                 (`vhjax.search.tune_pbt`; the same run as vhjax_pbt_shrink). Before 2026-12-05
-                 (session 40) vhjax_tune was the sampler-and-pruner method, now vhjax_tune_asha
+                 (`vhjax.search.tune_pbt`; its first run is the same as vhjax_pbt_shrink), restarted
+                 from new random members as long as the budget lasts (since session 41: three runs
+                 for N=64; the first run alone before). Before 2026-12-05 (session 40) vhjax_tune
+                 was the sampler-and-pruner method, now vhjax_tune_asha
   vhjax_tune_asha  tune(..., sampler='tpe'): Optuna TPE proposes, one running population of P slots,
                  ASHA rungs inside it, slots refilled; the compute of N full trials (pruned trials
                  count the steps they trained)
@@ -482,8 +484,9 @@ def run_vhjax_tune(args, sampler: str | None = None) -> dict:
     timeline = [(seconds[row["trial"]], row["value"], math.nan if row["test"] is None else row["test"]) for row in done]
     if result.method == "pbt":
         fidelities = [row["steps"] for row in result.timeline]
-        members = sum(row["steps"] == fidelities[0] for row in result.timeline)
-        return {"population": members, "trials": members, "completed": members, "pruned": 0,
+        members = sum(row["steps"] == fidelities[0] for row in result.timeline)  # every run's first round
+        population = sum(row["steps"] == fidelities[0] and row["restart"] == 0 for row in result.timeline)
+        return {"population": population, "trials": members, "completed": members, "pruned": 0,
                 "member_steps": trained_member_steps(fidelities), "timeline": timeline}
     states = [row["state"] for row in result.timeline]
     from vhjax import parallel

@@ -11,7 +11,8 @@ from vhjax.config import TrainConfig
 from vhjax.search.space import Float, Int, Space
 from vhjax.search.storage import open_store
 from vhjax.search.tune import tune
-from vhjax.search.tune_pbt import choose_method, pbt_population, pbt_schedule, trial_number
+from vhjax.search.tune_pbt import (choose_method, pbt_population, pbt_runs, pbt_schedule, run_member_steps,
+                                   run_seed, trial_number)
 
 CONFIG = TrainConfig(dataset="digits", model="mlp", model_kwargs={"widths": (16,), "num_classes": 10}, batch_size=32,
                      steps=60, train_split="train[:90%]", eval_split="train[90%:]", test_split="test", seed=0)
@@ -25,6 +26,14 @@ def test_a_budget_maps_to_half_as_many_members_and_the_benchmarked_schedule():
     assert pbt_schedule(60, 4) == (2, {8: 2})
     # trial numbers: rounds 0-8 hold 4 trials each, later rounds the 2 kept members
     assert [trial_number(r, p, 4, {8: 2}) for r, p in ((0, 0), (1, 3), (8, 3), (9, 0), (10, 1))] == [0, 7, 35, 36, 39]
+
+
+def test_the_budget_pays_for_as_many_runs_as_fit_in_it():
+    # one run of 32 members: 9 rounds of 32, 21 of 16, 50 steps each = 20.8 trials' worth of 1500 steps
+    assert run_member_steps(1500, 50, 32, {8: 16}) == (9 * 32 + 21 * 16) * 50 == 31_200
+    assert [pbt_runs(b, 1500, 50, 32, {8: 16}) for b in (64, 62.4, 62.3, 41.6, 20, 1)] == [3, 3, 2, 2, 1, 1]
+    assert run_member_steps(61, 2, 4, {8: 2}) == (9 * 4 + 21 * 2) * 2 + 2 * 1  # a last round of one step
+    assert run_seed(5, 0) == 5 and len({run_seed(s, r) for s in range(4) for r in range(3)}) == 12
 
 
 def test_auto_takes_pbt_only_where_it_applies_and_pbt_names_what_does_not_fit():
@@ -57,24 +66,32 @@ def pbt_run(tmp_path_factory):
 def test_a_float_space_with_a_budget_runs_the_shrinking_pbt(pbt_run):
     workdir, rows, result = pbt_run
     assert result.method == "pbt"
-    # 4 members for rounds 0-8, then the best 2 for rounds 9-29: every member at every round a trial
-    assert len(result.timeline) == len(rows) == 9 * 4 + 21 * 2
-    study = optuna.load_study(study_name="vhjax", storage=f"sqlite:///{workdir / 'study.db'}")
-    assert len(study.trials) == 78
+    # 4 members for rounds 0-8, then the best 2 for rounds 9-29: every member at every round a trial;
+    # one run trains 156 of the budget's 480 member-steps, so three runs (two restarts)
+    assert len(result.timeline) == len(rows) == 3 * (9 * 4 + 21 * 2)
+    assert [row["restart"] for row in rows] == [0] * 78 + [1] * 78 + [2] * 78
+    for run, name in enumerate(("vhjax", "vhjax-restart-1", "vhjax-restart-2")):  # each run a study in study.db
+        stored = optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 'study.db'}")
+        assert [t.value for t in stored.trials] == [r["value"] for r in rows[78 * run:78 * (run + 1)]]
+        assert (workdir / ("training" if run == 0 else f"restart_{run}/training")).is_dir()
+    firsts = [{tuple(sorted(t.params.items())) for t in result.study.trials[78 * run:78 * run + 4]} for run in range(3)]
+    assert not firsts[0] & firsts[1] and not firsts[1] & firsts[2]  # each run from its own random first members
     for row in rows:  # the callback's trial numbers are the study's
-        trial = study.trials[row["trial"]]
+        trial = result.study.trials[row["trial"]]
         assert (trial.user_attrs["generation"], trial.user_attrs["slot"]) == (row["round"], row["member"])
         assert trial.value == pytest.approx(row["value"]) and trial.user_attrs["fidelity"] == row["steps"]
+        assert trial.user_attrs["restart"] == row["restart"]
     best = result.best()
     first_round = max(row["value"] for row in rows if row["round"] == 0)
     assert best["value"] == max(row["value"] for row in rows) and best["value"] > max(first_round, 0.6)
     assert best["test"] is not None and best["test"] > 0.6  # the pick is returned parameters, tested
     assert "| rank | trial | learning_rate | weight_decay |" in result.leaderboard()
-    # one training program for 30 rounds and a shrink, its count stored with the study
+    # one training program for 3 x 30 rounds and the shrinks: the restarts compile nothing
     assert result.compilations["by_function"]["jit(run_free)"] == 1
-    assert study.user_attrs["compilations"] == result.compilations
-    with open_store(storage=workdir / "study.db", study="vhjax") as store:  # search_pbt's record of its training
-        assert json.loads(store.get_meta("compilations"))["by_function"]["jit(run_free)"] == 1
+    assert result.study.user_attrs["compilations"] == result.compilations
+    for name, programs in (("vhjax", 1), ("vhjax-restart-1", 0)):  # search_pbt's record of each run's training
+        with open_store(storage=workdir / "study.db", study=name) as store:
+            assert json.loads(store.get_meta("compilations"))["by_function"].get("jit(run_free)", 0) == programs
 
 
 def test_a_pbt_study_resumes_whole_and_refuses_the_other_method(pbt_run):
@@ -93,19 +110,38 @@ def test_load_result_reads_the_pbt_study_with_its_lineage_and_pick(pbt_run):
     workdir, _, result = pbt_run
     loaded = load_result(workdir)
     best = result.best()
-    assert len(loaded.trials) == 78 and not loaded.top_fidelity_only  # kept best: every round can be the pick
-    assert loaded.best.fitness == pytest.approx(best["value"])
+    assert len(loaded.trials) == 3 * 78 and not loaded.top_fidelity_only  # kept best: every round can be the pick
+    assert loaded.best.fitness == pytest.approx(best["value"])  # the restarts' trials read along
     assert loaded.best_metrics["test_accuracy"] == pytest.approx(best["test"])
-    assert sum(t.parent_id is not None for t in loaded.trials) == 78 - 4  # all but the first round's
+    assert sum(t.parent_id is not None for t in loaded.trials) == 3 * (78 - 4)  # all but each run's first round
 
 
 def test_without_a_workdir_the_study_is_built_in_memory(capsys):
     result = tune(CONFIG, Space({"learning_rate": Float(1e-3, 3e-2, log=True)}), budget=8, verbose=True)
     best = result.best()
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("tune | method pbt: 4 members, a round every 2 steps, the best 2 after round 8")
-    assert f"best val accuracy {best['value']:.4f} (trial {best['trial']}" in lines[-1] and "78 trials" in lines[-1]
-    assert all("| compiled " in line for line in lines[1:])  # the rounds' progress lines and the summary
-    assert result.method == "pbt" and len(result.study.trials) == 78
+    assert lines[0].startswith("tune | method pbt: 3 runs (restarts) of 4 members, a round every 2 steps, the best 2 "
+                               "after round 8")
+    assert f"best val accuracy {best['value']:.4f} (trial {best['trial']}" in lines[-1] and "234 trials" in lines[-1]
+    restarts = [line for line in lines if line.startswith("tune | method pbt: restart")]
+    assert [line[:33] for line in restarts] == ["tune | method pbt: restart 1 of 2", "tune | method pbt: restart 2 of 2"]
+    assert all("| compiled " in line for line in lines[1:] if line not in restarts)  # rounds' lines, the summary
+    assert result.method == "pbt" and len(result.study.trials) == 234
     assert result.study.best_trial.value == pytest.approx(best["value"])
     assert result.study.trials[best["trial"]].user_attrs["test_accuracy"] == pytest.approx(best["test"])
+
+
+def test_a_call_stopped_in_a_restart_resumes_it_and_ends_as_an_unstopped_one(pbt_run, tmp_path):
+    _, _, result = pbt_run
+
+    def stop_in_restart_1(row):
+        if row["restart"] == 1 and row["round"] == 12:
+            raise KeyboardInterrupt  # as a Ctrl-C in the middle of the second run
+
+    with pytest.raises(KeyboardInterrupt):
+        tune(CONFIG, SPACE, budget=8, workdir=tmp_path, callback=stop_in_restart_1, verbose=False)
+    rows = []
+    resumed = tune(CONFIG, SPACE, budget=8, workdir=tmp_path, callback=rows.append, verbose=False)
+    assert {row["restart"] for row in rows} == {1, 2}  # the first run is read back, not trained again
+    assert min(row["round"] for row in rows if row["restart"] == 1) > 0  # the second resumes from its checkpoint
+    assert [row["value"] for row in resumed.timeline] == pytest.approx([row["value"] for row in result.timeline])

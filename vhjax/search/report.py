@@ -91,7 +91,10 @@ def optuna_study_name(workdir: str | os.PathLike, study: str | None) -> str:
     import optuna
 
     url = f"sqlite:///{(Path(workdir) / OPTUNA_FILENAME).absolute()}"
+    from vhjax.search.tune_pbt import is_restart_study
+
     names = [summary.study_name for summary in optuna.get_all_study_summaries(url)]
+    names = [name for name in names if name == study or not is_restart_study(name)]  # tune PBT's restarts go along
     if study not in names:
         if len(names) != 1:
             raise invalid("study", study, f"one of the studies in {url}: {names}")
@@ -109,7 +112,7 @@ def _load(workdir: str | os.PathLike, study: str) -> tuple[SearchResult, dict[st
     """(result, Optuna distributions of its parameters)."""
     from vhjax.search.driver import pareto_trials
 
-    from vhjax.search.tune_pbt import made_by_pbt
+    from vhjax.search.tune_pbt import made_by_pbt, restart_studies
 
     filename = storage_lib.SQLITE_FILENAME
     if not (Path(workdir) / filename).is_file() and (Path(workdir) / OPTUNA_FILENAME).is_file():
@@ -118,6 +121,9 @@ def _load(workdir: str | os.PathLike, study: str) -> tuple[SearchResult, dict[st
             return load_optuna_study(workdir, study)
         filename = OPTUNA_FILENAME  # tune's PBT method: a vhjax store, with lineage and the search's configuration
     trials, config = stored_config(workdir, study, filename)
+    if filename == OPTUNA_FILENAME:  # tune PBT's restarts: their own studies in the file (store ids are unique in it)
+        trials += [t for name in restart_studies(Path(workdir) / filename, study)
+                   for t in stored_config(workdir, name, filename)[0]]
     objectives = dict(config.get("objectives") or {"fitness": "maximize"})
     table = TrialTable(trials)
     result = SearchResult(

@@ -1,13 +1,17 @@
-"""`tune`'s PBT method: a budget of N trials' worth as one shrinking population based training run.
+"""`tune`'s PBT method: a budget of N trials' worth as shrinking population based training runs.
 
 On a space of real-valued hyperparameters only, `tune(config, space, budget=N)` trains N // 2
 members (a multiple of twice the member shards, at least 4) for `config.steps` steps in one
 compiled program, with exploit/explore every thirtieth of the run, each slot keeping its best
 evaluated parameters, and only the best half training on after 3/10 of the rounds: the setting
 that reached Optuna TPE's best validation accuracy soonest on the MNIST-1D benchmark
-(experiments/README.md, "Time to quality"). It trains about a third of the budget (0.65 x N/2 full
-trials' worth). Every member at every round is a trial of the Optuna study (`search_pbt`), so the
-result is a `TuneResult` like the sampler-and-pruner method's.
+(experiments/README.md, "Time to quality"). One such run trains 0.65 x N/2 full trials' worth, so
+the budget pays for several: the method runs as many as fit in it (three for any N of 8 or more
+with the default population), each from its own random first population (restarts; the later ones
+reuse the first one's compiled programs), and picks the best round of any of them. Every member at
+every round of every run is a trial (`search_pbt`), so the result is a `TuneResult` like the
+sampler-and-pruner method's. With a workdir, run r > 0 trains in `workdir/restart_<r>` and stores
+its trials as the study `<study_name>-restart-<r>` of the same `workdir/study.db`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from vhjax.search.space import Float, Space
 ROUNDS = 30  # about a thirtieth of the steps between rounds (`even_interval`)
 SHRINK_AT = 0.3  # the best half trains on after this fraction of the rounds
 MIN_POPULATION = 4
+RESTART_STUDY = "{study}-restart-{run}"  # the study of run `run` > 0 in the workdir's study.db
 
 
 def pbt_space(space: Space) -> bool:
@@ -63,52 +68,149 @@ def trial_number(round_index: int, position: int, population: int, shrink: Mappi
     return sum(members(r) for r in range(round_index)) + position
 
 
+def run_trials(population: int, rounds: int, shrink: Mapping[int, int]) -> int:
+    """Trials one run stores: every training member at every round."""
+    return trial_number(rounds, 0, population, shrink)
+
+
+def run_member_steps(steps: int, interval: int, population: int, shrink: Mapping[int, int]) -> int:
+    """Member-steps one shrinking run trains: each round's training members times its steps."""
+    from vhjax.population.pbt import pbt_rounds
+
+    rounds = pbt_rounds(steps, interval)
+    return sum((trial_number(r + 1, 0, population, shrink) - trial_number(r, 0, population, shrink))
+               * (min(steps, (r + 1) * interval) - r * interval) for r in range(rounds))
+
+
+def pbt_runs(budget: float, steps: int, interval: int, population: int, shrink: Mapping[int, int]) -> int:
+    """How many runs `budget` full trials' worth pays for (at least one)."""
+    return max(1, int(budget * steps // run_member_steps(steps, interval, population, shrink)))
+
+
+def run_seed(seed: int, run: int) -> int:
+    """Run `run`'s seed: `seed` for the first, else one drawn from (seed, run), so the restarts of
+    `seed` do not repeat the first runs of `seed + 1`, `seed + 2`, ..."""
+    import numpy as np
+
+    return seed if run == 0 else int(np.random.SeedSequence((seed, run)).generate_state(1)[0])
+
+
+def restart_study(study_name: str, run: int) -> str:
+    """The name of run `run`'s study in the workdir's study.db (the first run's: `study_name`)."""
+    return study_name if run == 0 else RESTART_STUDY.format(study=study_name, run=run)
+
+
+def restart_studies(path: Path, study_name: str) -> list[str]:
+    """The restarts' studies of the PBT method's study `study_name` in the SQLite file `path`, in run order."""
+    import optuna
+
+    names = {summary.study_name for summary in optuna.get_all_study_summaries(f"sqlite:///{path.absolute()}")}
+    runs = []
+    while restart_study(study_name, len(runs) + 1) in names:
+        runs.append(restart_study(study_name, len(runs) + 1))
+    return runs
+
+
+def is_restart_study(name: str) -> bool:
+    """Whether `name` is a PBT method restart's study (see `RESTART_STUDY`)."""
+    stem, _, run = name.rpartition("-restart-")
+    return bool(stem) and run.isdigit()
+
+
 def run_pbt_tune(config: TrainConfig, space: Space, *, budget: float, population: int | None, metric: str,
                  workdir: Path | None, study_name: str, seed: int, callback: Callable[[dict], None] | None,
                  mesh: Any, compilation_cache: bool | str, verbose: bool) -> Any:
-    """Run the PBT method (see the module doc); a `TuneResult` whose study holds every round's trials."""
+    """Run the PBT method (see the module doc); a `TuneResult` whose study holds every run's trials."""
     from vhjax import parallel
-    from vhjax.search.pbt_search import search_pbt
+    from vhjax.population.pbt import pbt_rounds
     from vhjax.search.tune import TuneResult, devices_line
 
     mesh = parallel.resolve_mesh(mesh)
     population = pbt_population(budget, parallel.member_shards(mesh)) if population is None else population
     interval, shrink = pbt_schedule(config.steps, population)
+    runs = pbt_runs(budget, config.steps, interval, population, shrink)
+    per_run = run_trials(population, pbt_rounds(config.steps, interval), shrink)  # trials of each run
     if verbose:
         kept = "".join(f", the best {kept} after round {at}" for at, kept in shrink.items())
-        print(f"tune | method pbt: {population} members, a round every {interval} steps{kept}; "
+        each = f"{runs} runs (restarts) of " if runs > 1 else ""
+        print(f"tune | method pbt: {each}{population} members, a round every {interval} steps{kept}; "
               f"{devices_line(mesh)}", flush=True)
     config = dataclasses.replace(config, keep_best=True, monitor_split="eval", monitor=metric, monitor_mode="max")
     start = time.perf_counter()
     seconds: dict[int, float] = {}
-    seen: dict[int, int] = {}
-
-    def on_row(row: dict) -> None:
-        position = seen.get(row["round"], 0)
-        seen[row["round"]] = position + 1
-        number = trial_number(row["round"], position, population, shrink)
-        seconds[number] = time.perf_counter() - start
-        if callback is not None:
-            callback({"seconds": seconds[number], "trial": number, "state": row["state"], "value": row["value"],
-                      "test": None, "steps": row["step"], "round": row["round"], "member": row["member"]})
-
-    storage = None if workdir is None else str(workdir / "study.db")
-    result = search_pbt(config, space, population=population, interval=interval, metric=metric, workdir=workdir,
-                        storage=storage, seed=seed, callback=on_row, compilation_cache=compilation_cache,
-                        verbose=verbose, study=study_name, shrink=shrink or None, mesh=mesh)
-    study = optuna_study(result.trials, space, study_name, storage)
-    record = result.compilations  # the training's programs, as search_pbt stored them
+    results = []
+    for run in range(runs):
+        if verbose and run > 0:
+            best = max((t.fitness for r in results for t in r.trials if t.fitness is not None), default=math.nan)
+            print(f"tune | method pbt: restart {run} of {runs - 1} (a new random first population); best val "
+                  f"{metric} so far {best:.4f}", flush=True)
+        on_row = trial_reporter(run * per_run, population, shrink, start, seconds, callback, run)
+        run_dir = None if workdir is None else (workdir if run == 0 else workdir / f"restart_{run}")
+        results.append(search_pbt_run(config, space, population, interval, shrink, metric, run_dir,
+                                      None if workdir is None else workdir / "study.db", restart_study(study_name, run),
+                                      run_seed(seed, run), on_row, compilation_cache, verbose, mesh))
+    record = combined_compilations([result.compilations for result in results])  # the training's programs
+    if workdir is not None and runs == 1:
+        study = optuna_study([], space, study_name, str(workdir / "study.db"))
+    else:  # in memory: every run's trials in one study (on disk each run is a study of its own)
+        study = optuna_study([(run, result.trials) for run, result in enumerate(results)], space, study_name, None)
     study.set_user_attr("compilations", record)  # where Optuna users look (tune's other method too)
     timeline = [{"seconds": seconds.get(trial.number, math.nan), "trial": trial.number,
                  "state": "COMPLETE" if trial.state.name == "COMPLETE" else "FAIL",
                  "value": trial.value if trial.value is not None else math.nan,
-                 "test": trial.user_attrs.get(f"test_{metric}"), "steps": int(trial.user_attrs.get("fidelity", 0))}
+                 "test": trial.user_attrs.get(f"test_{metric}"), "steps": int(trial.user_attrs.get("fidelity", 0)),
+                 "restart": trial.user_attrs.get("restart", 0)}
                 for trial in study.get_trials(deepcopy=False)]
     tuned = TuneResult(study, timeline, time.perf_counter() - start, metric, "maximize", method="pbt",
                        compilations=record)
     if verbose:
         print(summary_line(tuned), flush=True)
     return tuned
+
+
+def search_pbt_run(config: TrainConfig, space: Space, population: int, interval: int, shrink: dict[int, int],
+                   metric: str, workdir: Path | None, storage: Path | None, study: str, seed: int,
+                   on_row: Callable[[dict], None], compilation_cache: bool | str, verbose: bool, mesh: Any) -> Any:
+    """One shrinking keep_best PBT run (`search_pbt`); resumed, or read back whole, from `workdir`."""
+    from vhjax.search.pbt_search import search_pbt
+
+    return search_pbt(config, space, population=population, interval=interval, metric=metric, workdir=workdir,
+                      storage=None if storage is None else str(storage), seed=seed, callback=on_row,
+                      compilation_cache=compilation_cache, verbose=verbose, study=study, shrink=shrink or None,
+                      mesh=mesh)
+
+
+def trial_reporter(offset: int, population: int, shrink: Mapping[int, int], start: float, seconds: dict[int, float],
+                   callback: Callable[[dict], None] | None, run: int) -> Callable[[dict], None]:
+    """`search_pbt`'s callback for run `run`: each row's tune trial number (the run's own numbering
+    after `offset` trials of earlier runs) and time since `start`, recorded in `seconds` and passed
+    to `callback`."""
+    seen: dict[int, int] = {}
+
+    def on_row(row: dict) -> None:
+        position = seen.get(row["round"], 0)
+        seen[row["round"]] = position + 1
+        number = offset + trial_number(row["round"], position, population, shrink)
+        seconds[number] = time.perf_counter() - start
+        if callback is not None:
+            callback({"seconds": seconds[number], "trial": number, "state": row["state"], "value": row["value"],
+                      "test": None, "steps": row["step"], "round": row["round"], "member": row["member"],
+                      "restart": run})
+
+    return on_row
+
+
+def combined_compilations(records: list[dict | None]) -> dict | None:
+    """One `compilations_record` for several runs' (counts, seconds and functions added up)."""
+    records = [record for record in records if record is not None]
+    if not records:
+        return None
+    functions: dict[str, int] = {}
+    for record in records:
+        for name, count in record.get("by_function", {}).items():
+            functions[name] = functions.get(name, 0) + count
+    return {"count": sum(r["count"] for r in records), "seconds": round(sum(r["seconds"] for r in records), 3),
+            "from_cache": sum(r.get("from_cache", 0) for r in records), "by_function": functions}
 
 
 def summary_line(result: Any) -> str:
@@ -124,9 +226,10 @@ def summary_line(result: Any) -> str:
             f"{result.seconds:.0f} s{compiled}")
 
 
-def optuna_study(trials: Any, space: Space, name: str, storage: str | None) -> Any:
-    """The Optuna study of a PBT run: loaded from its SQLite file, or (run without a workdir) built
-    in memory from the finished trials."""
+def optuna_study(runs: list[tuple[int, Any]], space: Space, name: str, storage: str | None) -> Any:
+    """The Optuna study of a PBT method call: loaded from its SQLite file (one run stored there), or
+    built in memory from `runs`, (run, finished trials) pairs, numbered in that order, each trial
+    with its run as the user attribute `restart`."""
     import optuna
 
     from vhjax.search import optuna_study as attrs
@@ -136,14 +239,18 @@ def optuna_study(trials: Any, space: Space, name: str, storage: str | None) -> A
         return optuna.load_study(study_name=name, storage=f"sqlite:///{Path(storage).absolute()}")
     distributions = attrs.distributions(space)
     study = optuna.create_study(study_name=name, direction="maximize")
-    study.add_trials([optuna.trial.create_trial(
-        params=trial.params, distributions=distributions,
-        value=trial.fitness if trial.status == "complete" else None,
-        state=optuna.trial.TrialState.COMPLETE if trial.status == "complete" else optuna.trial.TrialState.FAIL,
-        user_attrs={**{k: v for k, v in trial.metrics.items() if v is not None}, "generation": trial.generation,
-                    "slot": trial.slot, "fidelity": trial.fidelity,
-                    **({} if trial.parent_id is None else {"parent_id": trial.parent_id})})
-        for trial in trials])
+    offset = 0
+    for run, trials in runs:
+        number = {trial.trial_id: offset + i for i, trial in enumerate(trials)}  # store ids -> study numbers
+        study.add_trials([optuna.trial.create_trial(
+            params=trial.params, distributions=distributions,
+            value=trial.fitness if trial.status == "complete" else None,
+            state=optuna.trial.TrialState.COMPLETE if trial.status == "complete" else optuna.trial.TrialState.FAIL,
+            user_attrs={**{k: v for k, v in trial.metrics.items() if v is not None}, "generation": trial.generation,
+                        "slot": trial.slot, "fidelity": trial.fidelity, "restart": run,
+                        **({} if trial.parent_id is None else {"parent_id": number[trial.parent_id]})})
+            for trial in trials])
+        offset += len(trials)
     return study
 
 
