@@ -15,7 +15,9 @@ Contestants (`--contestants`, comma-separated; add one by adding a function to C
                  (`vhjax.search.tune_pbt`; its first run is the same as vhjax_pbt_shrink), restarted
                  from new random members as long as the budget lasts (since session 41: three runs
                  for N=64; the first run alone before). Before 2026-12-05 (session 40) vhjax_tune
-                 was the sampler-and-pruner method, now vhjax_tune_asha
+                 was the sampler-and-pruner method, now vhjax_tune_asha. The table adds
+                 vhjax_tune_first_run: not a process of its own, the vhjax_tune run's rows up to its
+                 first restart (its wall: the first run's last row), an ablation in the same run
   vhjax_tune_asha  tune(..., sampler='tpe'): Optuna TPE proposes, one running population of P slots,
                  ASHA rungs inside it, slots refilled; the compute of N full trials (pruned trials
                  count the steps they trained)
@@ -486,8 +488,11 @@ def run_vhjax_tune(args, sampler: str | None = None) -> dict:
         fidelities = [row["steps"] for row in result.timeline]
         members = sum(row["steps"] == fidelities[0] for row in result.timeline)  # every run's first round
         population = sum(row["steps"] == fidelities[0] and row["restart"] == 0 for row in result.timeline)
+        first = [row for row in result.timeline if row["restart"] == 0]  # the first run's trials come first
         return {"population": population, "trials": members, "completed": members, "pruned": 0,
-                "member_steps": trained_member_steps(fidelities), "timeline": timeline}
+                "member_steps": trained_member_steps(fidelities), "timeline": timeline,
+                "first_run": {"trials": population, "timeline": timeline[:sum(r["state"] == "COMPLETE" for r in first)],
+                              "member_steps": trained_member_steps([row["steps"] for row in first])}}
     states = [row["state"] for row in result.timeline]
     from vhjax import parallel
     from vhjax.search.tune import default_population
@@ -540,6 +545,19 @@ def run_vhjax_pbt(args, keep_best: bool = False, shrink: bool = False) -> dict:
         timeline = [(now, trial.fitness, trial.metrics["test_accuracy"]) for trial in final]
     return {"population": population, "trials": population, "completed": population, "pruned": 0,
             "member_steps": trained_member_steps(t.fidelity for t in result.trials), "timeline": timeline}
+
+
+def first_run_rows(runs: Sequence[dict]) -> list[dict]:
+    """`vhjax_tune_first_run` rows: each `vhjax_tune` run's first PBT run alone (its trials up to
+    the first restart; what `tune` ran before session 41), an ablation measured in the same process."""
+    rows = []
+    for run in runs:
+        if run["contestant"] == "vhjax_tune" and run.get("first_run"):
+            first = run["first_run"]
+            rows.append({**{k: v for k, v in run.items() if k != "first_run"}, "contestant": "vhjax_tune_first_run",
+                         "trials": first["trials"], "completed": first["trials"], "member_steps": first["member_steps"],
+                         "timeline": first["timeline"], "wall": max(t for t, *_ in first["timeline"])})
+    return rows
 
 
 def trained_member_steps(fidelities) -> int:
@@ -749,6 +767,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             runs.append(run_worker(args, contestant, seed, results_dir / f".{stem}_{contestant}_{seed}.json"))
             (results_dir / f".{stem}_{contestant}_{seed}.json").unlink()
     seeds_run = len({run["seed"] for run in runs})
+    runs += first_run_rows(runs)
     summary = summarize(runs, args.reference)
     table = markdown_table(summary, args.reference)
     import jax

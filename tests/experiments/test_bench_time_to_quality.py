@@ -142,3 +142,15 @@ def test_conv_impl_reaches_only_the_vhjax_model():
 def test_pbt_member_steps_count_only_the_members_that_trained():
     fidelities = [float(step) for step, count in ((150, 32), (300, 32), (450, 16), (600, 16)) for _ in range(count)]
     assert bench.trained_member_steps(fidelities) == 150 * (32 + 32 + 16 + 16)
+
+
+def test_the_first_run_alone_is_an_ablation_row_of_the_same_run():
+    tune_run = {**run("vhjax_tune", 0, [(4.0, 0.60, 0.60), (9.0, 0.85, 0.84), (20.0, 0.92, 0.90)]),
+                "first_run": {"trials": 2, "timeline": [(4.0, 0.60, 0.60), (9.0, 0.85, 0.84)], "member_steps": 50}}
+    runs = [run("optuna_tpe", 0, OPTUNA), tune_run]
+    rows = bench.first_run_rows(runs)
+    assert [(r["contestant"], r["wall"], r["member_steps"]) for r in rows] == [("vhjax_tune_first_run", 9.0, 50)]
+    summary = bench.summarize(runs + rows, "optuna_tpe")
+    # TPE's best 0.90 (at 30 s): the whole call reaches it at 20 s (1.5x), its first run alone never
+    assert summary["vhjax_tune"]["mean_speedup_1"] == pytest.approx(1.5)
+    assert summary["vhjax_tune_first_run"]["reached_1"] == 0 and summary["vhjax_tune_first_run"]["mean_speedup_1"] == 0

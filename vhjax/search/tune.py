@@ -1,7 +1,7 @@
 """`tune`: the recommended search for "I have N trials worth of compute".
 
 Two methods behind one call (`method='auto'` picks, see `vhjax.search.tune_pbt.choose_method`): on
-a space of real numbers with a budget, one shrinking PBT run (`vhjax.search.tune_pbt`); otherwise
+a space of real numbers with a budget, shrinking PBT runs (`vhjax.search.tune_pbt`); otherwise
 the sampler-and-pruner method this module implements:
 
 An Optuna study proposes the trials (TPE by default) and keeps them (a plain Optuna study:
@@ -356,13 +356,14 @@ def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget
     (trials of at most `config.steps` steps each); see the module docstring.
 
     `method`: 'asha' (an Optuna sampler proposes, the pruner stops trials inside the running
-    population), 'pbt' (`vhjax.search.tune_pbt`: one shrinking population based training run of
-    budget // 2 members, the fastest to a good model on the benchmarks; a space of Floats only) or
+    population), 'pbt' (`vhjax.search.tune_pbt`: shrinking population based training runs of
+    budget // 2 members, as many as the budget pays for, the fastest to a good model on the
+    benchmarks; a space of Floats only) or
     'auto' (the default: 'pbt' where it applies, see `tune_pbt.choose_method`: Floats only, a
     budget, no trials cap, maximized, one process, no sampler/pruner/min_steps/eta given; else 'asha').
     `sampler` ('tpe', the default, or 'random'), `pruner` ('asha', the default, 'median' or 'none'),
     `min_steps` and `eta` (default 3) belong to 'asha'. With 'pbt', `callback` receives every
-    member's row as soon as its round is evaluated (with `round` and `member`; `test` None) and
+    member's row as soon as its round is evaluated (with `round`, `member`, `restart`; `test` None) and
     `population` overrides budget // 2.
 
     `config` gives everything fixed (data, model, optimizer, steps, eval_split for selection,
