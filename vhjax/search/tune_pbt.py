@@ -6,12 +6,13 @@ compiled program, with exploit/explore every thirtieth of the run, each slot kee
 evaluated parameters, and only the best half training on after 3/10 of the rounds: the setting
 that reached Optuna TPE's best validation accuracy soonest on the MNIST-1D benchmark
 (experiments/README.md, "Time to quality"). One such run trains 0.65 x N/2 full trials' worth, so
-the budget pays for several: the method runs as many as fit in it (three for any N of 8 or more
-with the default population), each from its own random first population (restarts; the later ones
-reuse the first one's compiled programs), and picks the best round of any of them. Every member at
-every round of every run is a trial (`search_pbt`), so the result is a `TuneResult` like the
-sampler-and-pruner method's. With a workdir, run r > 0 trains in `workdir/restart_<r>` and stores
-its trials as the study `<study_name>-restart-<r>` of the same `workdir/study.db`.
+the budget pays for several: the method runs as many as fit in it (three when the population is
+N / 2, as for N=64; more when it is cut down or set smaller), each from its own random first
+population (restarts; the later ones reuse the first one's compiled programs), and picks the best
+round of any of them. Every member at every round of every run is a trial (`search_pbt`), so the
+result is a `TuneResult` like the sampler-and-pruner method's. With a workdir, run r > 0 trains in
+`workdir/restart_<r>` and stores its trials as the study `<study_name>-restart-<r>` of the same
+`workdir/study.db`.
 """
 
 from __future__ import annotations
