@@ -164,6 +164,20 @@ def compilations_text(compiled: Compilations | dict) -> str:
     return f"compiled {record['count']} ({record['seconds']:.1f} s{loaded})"
 
 
+def combined_records(records: list[dict | None]) -> dict | None:
+    """One `compilations_record` for several (counts, seconds and per-function counts added up);
+    None if there is none."""
+    records = [record for record in records if record is not None]
+    if not records:
+        return None
+    functions: dict[str, int] = {}
+    for record in records:
+        for name, count in record["by_function"].items():
+            functions[name] = functions.get(name, 0) + count
+    return {"count": sum(r["count"] for r in records), "seconds": round(sum(r["seconds"] for r in records), 3),
+            "from_cache": sum(r["from_cache"] for r in records), "by_function": functions}
+
+
 def compilations_record(compiled: Compilations) -> dict:
     """What a search stores about its compilations: count, seconds, persistent-cache loads, and the
     count per jitted function."""

@@ -145,3 +145,12 @@ def test_a_call_stopped_in_a_restart_resumes_it_and_ends_as_an_unstopped_one(pbt
     assert {row["restart"] for row in rows} == {1, 2}  # the first run is read back, not trained again
     assert min(row["round"] for row in rows if row["restart"] == 1) > 0  # the second resumes from its checkpoint
     assert [row["value"] for row in resumed.timeline] == pytest.approx([row["value"] for row in result.timeline])
+
+
+def test_a_budget_for_one_run_trains_one_and_returns_the_stored_study(tmp_path):
+    # 8 members train 0.65 x 8 = 5.2 trials' worth: a budget of 8 pays for one run, no restart
+    result = tune(CONFIG, SPACE, budget=8, population=8, workdir=tmp_path, verbose=False)
+    assert len(result.timeline) == 9 * 8 + 21 * 4 and {row["restart"] for row in result.timeline} == {0}
+    assert [s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'study.db'}")] == ["vhjax"]
+    stored = optuna.load_study(study_name="vhjax", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert stored.user_attrs["compilations"] == result.compilations  # the returned study is the stored one

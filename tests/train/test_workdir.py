@@ -1,11 +1,11 @@
-"""Workdir files are replaced whole: a reader never sees half of one."""
+"""Files replaced whole (`vhjax.atomic_files`): a reader never sees half of one."""
 
 import json
 import threading
 
 import pytest
 
-from vhjax.train.workdir import write_text_atomically
+from vhjax.atomic_files import write_text_atomically
 
 
 def test_a_reader_never_sees_a_half_written_file(tmp_path):

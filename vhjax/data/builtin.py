@@ -13,13 +13,13 @@ import contextlib
 import importlib.metadata
 import os
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+from vhjax.atomic_files import replace_atomically
 from vhjax.data.dataset import Dataset, register_dataset
 
 CACHE_ENV = "VHJAX_CACHE"
@@ -68,18 +68,8 @@ def generate_mnist1d() -> dict[str, np.ndarray]:
 
 
 def save_npz_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write to a temporary file in the same folder, then rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, **arrays)
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600; a shared cache must be readable
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temporary)
-        raise
+    """`np.savez` to `path`, replaced whole (`vhjax.atomic_files`): readers never see half a file."""
+    replace_atomically(path, lambda file: np.savez(file, **arrays), binary=True)
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray] | None:

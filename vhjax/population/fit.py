@@ -31,7 +31,8 @@ from vhjax.population.state import PopulationState
 from vhjax.train.state import TrainState
 from vhjax.train.step import precise_statistics
 from vhjax.train.task import Task, build_task, with_member_hparams
-from vhjax.train.workdir import prepare_workdir, save_preprocessing, write_text_atomically
+from vhjax.atomic_files import write_text_atomically
+from vhjax.train.workdir import prepare_workdir, save_preprocessing
 from vhjax.train.writers import TensorBoardWriter
 from vhjax.validation import check_choice, check_int
 

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vhjax import parallel
+from vhjax.atomic_files import write_text_atomically
 from vhjax.compile_options import light_jit
 from vhjax.config import TrainConfig
 from vhjax.population.exploit import (array_namespace, copy_members, explore_draws, explore_values_with,
@@ -36,7 +37,7 @@ from vhjax.population.loop import Hook, Report, run_loop
 from vhjax.population.members import init_population
 from vhjax.population.engine import default_member_group
 from vhjax.population.state import PopulationState
-from vhjax.train.workdir import prepare_workdir, write_text_atomically
+from vhjax.train.workdir import prepare_workdir
 from vhjax.validation import check_int, check_number
 
 Range = tuple[float, float, bool]  # (low, high, log scale)

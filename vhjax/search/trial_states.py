@@ -16,7 +16,6 @@ search still finds them; without one, the most recent `capacity` states are kept
 from __future__ import annotations
 
 import json
-import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
@@ -26,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vhjax import optim
+from vhjax.atomic_files import replace_atomically
 
 CARRIED_FIELDS = ("step", "params", "model_state", "opt_state", "key", "data_key")
 _UNSTATIC = ("seed", "steps", "eval_every")  # config fields that may differ between a parent and its child
@@ -65,12 +65,9 @@ class TrialStates:
             while len(self._memory) > self.capacity:
                 self._memory.popitem(last=False)
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self._path(trial_id)
-        temporary = path.with_name(path.stem + ".tmp.npz")
-        np.savez(temporary, __signature__=np.asarray(signature), __step__=np.asarray(step),
-                 __treedef__=np.asarray(str(treedef)), **{f"leaf_{i}": leaf for i, leaf in enumerate(leaves)})
-        os.replace(temporary, path)
+        replace_atomically(self._path(trial_id), lambda file: np.savez(
+            file, __signature__=np.asarray(signature), __step__=np.asarray(step), __treedef__=np.asarray(str(treedef)),
+            **{f"leaf_{i}": leaf for i, leaf in enumerate(leaves)}), binary=True)
 
     def _get(self, trial_id: int) -> tuple[str, int, str, list] | None:
         if self.directory is None:

@@ -122,8 +122,12 @@ def run_pbt_tune(config: TrainConfig, space: Space, *, budget: float, population
                  workdir: Path | None, study_name: str, seed: int, callback: Callable[[dict], None] | None,
                  mesh: Any, compilation_cache: bool | str, verbose: bool) -> Any:
     """Run the PBT method (see the module doc); a `TuneResult` whose study holds every run's trials."""
+    import optuna
+
     from vhjax import parallel
+    from vhjax.compilation_cache import combined_records
     from vhjax.population.pbt import pbt_rounds
+    from vhjax.search.pbt_search import search_pbt
     from vhjax.search.tune import TuneResult, devices_line
 
     mesh = parallel.resolve_mesh(mesh)
@@ -139,22 +143,24 @@ def run_pbt_tune(config: TrainConfig, space: Space, *, budget: float, population
     config = dataclasses.replace(config, keep_best=True, monitor_split="eval", monitor=metric, monitor_mode="max")
     start = time.perf_counter()
     seconds: dict[int, float] = {}
+    storage = None if workdir is None else str(workdir / "study.db")  # every run's study in one file
     results = []
     for run in range(runs):
         if verbose and run > 0:
             best = max((t.fitness for r in results for t in r.trials if t.fitness is not None), default=math.nan)
             print(f"tune | method pbt: restart {run} of {runs - 1} (a new random first population); best val "
                   f"{metric} so far {best:.4f}", flush=True)
-        on_row = trial_reporter(run * per_run, population, shrink, start, seconds, callback, run)
-        run_dir = None if workdir is None else (workdir if run == 0 else workdir / f"restart_{run}")
-        results.append(search_pbt_run(config, space, population, interval, shrink, metric, run_dir,
-                                      None if workdir is None else workdir / "study.db", restart_study(study_name, run),
-                                      run_seed(seed, run), on_row, compilation_cache, verbose, mesh))
-    record = combined_compilations([result.compilations for result in results])  # the training's programs
-    if workdir is not None and runs == 1:
-        study = optuna_study([], space, study_name, str(workdir / "study.db"))
+        results.append(search_pbt(
+            config, space, population=population, interval=interval, metric=metric,
+            workdir=None if workdir is None else (workdir if run == 0 else workdir / f"restart_{run}"),
+            storage=storage, seed=run_seed(seed, run), study=restart_study(study_name, run), shrink=shrink or None,
+            callback=trial_reporter(run * per_run, population, shrink, start, seconds, callback, run),
+            compilation_cache=compilation_cache, verbose=verbose, mesh=mesh))
+    record = combined_records([result.compilations for result in results])  # the training's programs
+    if storage is not None and runs == 1:
+        study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{Path(storage).absolute()}")
     else:  # in memory: every run's trials in one study (on disk each run is a study of its own)
-        study = optuna_study([(run, result.trials) for run, result in enumerate(results)], space, study_name, None)
+        study = optuna_study([(run, result.trials) for run, result in enumerate(results)], space, study_name)
     study.set_user_attr("compilations", record)  # where Optuna users look (tune's other method too)
     timeline = [{"seconds": seconds.get(trial.number, math.nan), "trial": trial.number,
                  "state": "COMPLETE" if trial.state.name == "COMPLETE" else "FAIL",
@@ -167,18 +173,6 @@ def run_pbt_tune(config: TrainConfig, space: Space, *, budget: float, population
     if verbose:
         print(summary_line(tuned), flush=True)
     return tuned
-
-
-def search_pbt_run(config: TrainConfig, space: Space, population: int, interval: int, shrink: dict[int, int],
-                   metric: str, workdir: Path | None, storage: Path | None, study: str, seed: int,
-                   on_row: Callable[[dict], None], compilation_cache: bool | str, verbose: bool, mesh: Any) -> Any:
-    """One shrinking keep_best PBT run (`search_pbt`); resumed, or read back whole, from `workdir`."""
-    from vhjax.search.pbt_search import search_pbt
-
-    return search_pbt(config, space, population=population, interval=interval, metric=metric, workdir=workdir,
-                      storage=None if storage is None else str(storage), seed=seed, callback=on_row,
-                      compilation_cache=compilation_cache, verbose=verbose, study=study, shrink=shrink or None,
-                      mesh=mesh)
 
 
 def trial_reporter(offset: int, population: int, shrink: Mapping[int, int], start: float, seconds: dict[int, float],
@@ -201,19 +195,6 @@ def trial_reporter(offset: int, population: int, shrink: Mapping[int, int], star
     return on_row
 
 
-def combined_compilations(records: list[dict | None]) -> dict | None:
-    """One `compilations_record` for several runs' (counts, seconds and functions added up)."""
-    records = [record for record in records if record is not None]
-    if not records:
-        return None
-    functions: dict[str, int] = {}
-    for record in records:
-        for name, count in record.get("by_function", {}).items():
-            functions[name] = functions.get(name, 0) + count
-    return {"count": sum(r["count"] for r in records), "seconds": round(sum(r["seconds"] for r in records), 3),
-            "from_cache": sum(r.get("from_cache", 0) for r in records), "by_function": functions}
-
-
 def summary_line(result: Any) -> str:
     """The PBT method's last progress line: the pick (best round of any member), its test value, the
     trials, the training's compilations."""
@@ -227,17 +208,14 @@ def summary_line(result: Any) -> str:
             f"{result.seconds:.0f} s{compiled}")
 
 
-def optuna_study(runs: list[tuple[int, Any]], space: Space, name: str, storage: str | None) -> Any:
-    """The Optuna study of a PBT method call: loaded from its SQLite file (one run stored there), or
-    built in memory from `runs`, (run, finished trials) pairs, numbered in that order, each trial
-    with its run as the user attribute `restart`."""
+def optuna_study(runs: list[tuple[int, Any]], space: Space, name: str) -> Any:
+    """An in-memory Optuna study of a PBT method call's runs: `runs` are (run, finished trials)
+    pairs, numbered in that order, each trial with its run as the user attribute `restart`."""
     import optuna
 
     from vhjax.search import optuna_study as attrs
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if storage is not None:
-        return optuna.load_study(study_name=name, storage=f"sqlite:///{Path(storage).absolute()}")
     distributions = attrs.distributions(space)
     study = optuna.create_study(study_name=name, direction="maximize")
     offset = 0

@@ -54,7 +54,7 @@ class MetricsLog:
         if not self.path.exists():
             return
         kept = [row for row in self.read() if row["step"] <= step]
-        from vhjax.train.workdir import write_text_atomically
+        from vhjax.atomic_files import write_text_atomically
 
         write_text_atomically(self.path, "".join(json.dumps(row) + "\n" for row in kept))
 

@@ -6,10 +6,10 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from vhjax.atomic_files import write_text_atomically
 from vhjax.config import TrainConfig
 
 EXTENSIBLE_FIELDS = ("steps",)  # may be raised on an existing workdir: the run is extended
@@ -42,21 +42,6 @@ def prepare_workdir(workdir: str | Path | None, config: TrainConfig) -> Path | N
     else:
         write_text_atomically(config_path, json.dumps(current, indent=2))
     return workdir
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write `text` to a temporary file beside `path`, then rename it over `path`: a reader (another
-    process of a multi-process run writing the same file, or a resume) never sees half a file."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
 
 
 def save_preprocessing(workdir: Path | None, task: Any) -> None:
