@@ -1,7 +1,8 @@
 """`search_pbt(...)`: population based training as a search, with its trials and lineage stored.
 
-The initial population is drawn from a space of real-valued hyperparameters (each `Float`
-names a dynamic member field: learning_rate, weight_decay, dropout_rate, l2, ...); training runs
+The initial population is spread over a space of real-valued hyperparameters (scrambled Sobol
+points, `initial_units`; each `Float` names a dynamic member field: learning_rate, weight_decay,
+dropout_rate, l2, ...); training runs
 in one compiled program with exploit/explore every `interval` steps (`vhjax.population.pbt`).
 Every member at every ready point becomes a trial: its hyperparameters, the validation score as
 fitness, the step as fidelity and, as parent, the trial it continued from (itself one round
@@ -42,7 +43,7 @@ from vhjax.search.results import SearchResult, TrialTable
 from vhjax.search.space import Float, Space
 from vhjax.search.storage import NewTrial
 from vhjax.search.strategies.base import check_positive_int
-from vhjax.validation import check_int
+from vhjax.validation import check_choice, check_int
 
 _STORED_KEY = "pbt_rounds_stored"  # written with the rounds: the store holds every round
 
@@ -79,12 +80,34 @@ def default_interval(steps: int) -> int:
     return even_interval(steps, DEFAULT_ROUNDS)
 
 
+INITIAL_DESIGNS = ("sobol", "random")
+
+
+def initial_units(dim: int, population: int, seed: int, design: str = "sobol") -> np.ndarray:
+    """The first population's points in `[0, 1)^dim` (float32, one row per member). 'sobol': the
+    first `population` points of a scrambled Sobol sequence seeded by `seed`, so every parameter's
+    values spread over its range (for 2**m members, one in each 1/2**m of it); 'random': uniform
+    draws. A small population of random draws can leave a region empty, such as every strong
+    regularizer with a usable learning rate, which PBT's short-horizon selection then never finds
+    (experiments/README.md, "A space-filling first population")."""
+    import warnings
+
+    from scipy.stats import qmc
+
+    check_choice("initial", design, INITIAL_DESIGNS)
+    if design == "random":
+        return np.random.default_rng(seed).random((population, dim), np.float32)
+    with warnings.catch_warnings():  # scipy warns that a count other than 2**m loses the balance
+        warnings.simplefilter("ignore", UserWarning)
+        return qmc.Sobol(dim, scramble=True, seed=seed).random(population).astype(np.float32)
+
+
 def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: int | None = None, fraction: float = 0.25,
                resample_probability: float = 0.25, metric: str = "accuracy", workdir: str | os.PathLike | None = None,
                storage: str | None = None, seed: int = 0, callback: Callable[[dict], None] | None = None,
                compilation_cache: bool | str = True, verbose: bool = True,
                study: str = storage_lib.DEFAULT_STUDY, shrink: Mapping[int, int] | None = None,
-               mesh: Any = "auto") -> SearchResult:
+               mesh: Any = "auto", initial: str = "sobol") -> SearchResult:
     """Run PBT over `space` with `population` members for `config.steps` steps; see the module doc.
 
     `interval` (steps between exploit/explore rounds) defaults to about a tenth of `config.steps`
@@ -98,6 +121,8 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
     `shrink` (`{round: members}`, e.g. `{2: population // 2}`): after that round's evaluation only
     the best `members` go on training (a shrinking population; see `fit_pbt`); the others' trials
     end there. `mesh` as in `fit_population` ('auto': the members sharded over every device).
+    `initial`: how the first population is drawn from the space, 'sobol' (scrambled Sobol points,
+    spread over every range; the default) or 'random' (uniform draws); see `initial_units`.
     """
     from vhjax.population.pbt import check_shrink, fit_pbt, pbt_rounds
 
@@ -106,22 +131,24 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
     check_int("interval", interval, 1, config.steps)
     shrink = check_shrink(shrink, population, pbt_rounds(config.steps, interval)) or None
     check_positive_int("seed", seed, minimum=0)
+    check_choice("initial", initial, INITIAL_DESIGNS)
     check_monitor(config, metric)
     ranges = explore_ranges(space)
     storage_lib.check_storage(workdir, storage)
     fingerprint = config_fingerprint(
         space=space_fingerprint(space), strategy="pbt", population=int(population), interval=int(interval),
         fraction=float(fraction), resample_probability=float(resample_probability), metric=metric,
-        seed=int(seed), train_config=config.to_dict(), **({} if shrink is None else {"shrink": sorted(shrink.items())}))
-    # the first members drawn on the host: `space.sample`'s device draw compiled a program (0.15 s on a CPU)
-    initial = [space.decode(u) for u in np.random.default_rng(seed).random((population, space.dim), np.float32)]
+        seed=int(seed), train_config=config.to_dict(), initial=initial,
+        **({} if shrink is None else {"shrink": sorted(shrink.items())}))
+    # the first members made on the host: `space.sample`'s device draw compiled a program (0.15 s on a CPU)
+    members = [space.decode(u) for u in initial_units(space.dim, population, seed, initial)]
     vhjax_cache.use(compilation_cache)
 
     def train():
         training_dir = None if workdir is None else Path(workdir) / "training"
         on_round = None if callback is None else round_reporter(space, callback, time.perf_counter())
         with vhjax_cache.count_compilations() as compiled:
-            result = fit_pbt(config, initial, ranges, interval=interval, fraction=fraction,
+            result = fit_pbt(config, members, ranges, interval=interval, fraction=fraction,
                              resample_probability=resample_probability, metric=metric, workdir=training_dir,
                              on_round=on_round, shrink=shrink, mesh=mesh, verbose=verbose)
         return result, vhjax_cache.compilations_record(compiled)

@@ -7,8 +7,9 @@ evaluated parameters, and only the best half training on after 3/10 of the round
 that reached Optuna TPE's best validation accuracy soonest on the MNIST-1D benchmark
 (experiments/README.md, "Time to quality"). One such run trains 0.65 x N/2 full trials' worth, so
 the budget pays for several: the method runs as many as fit in it (three when the population is
-N / 2, as for N=64; more when it is cut down or set smaller), each from its own random first
-population (restarts; the later ones reuse the first one's compiled programs), and picks the best
+N / 2, as for N=64; more when it is cut down or set smaller), each from its own first population
+(scrambled Sobol points spread over the space, seeded per run; restarts: the later ones reuse the
+first one's compiled programs), and picks the best
 round of any of them. Every member at every round of every run is a trial (`search_pbt`), so the
 result is a `TuneResult` like the sampler-and-pruner method's. With a workdir, run r > 0 trains in
 `workdir/restart_<r>` and stores its trials as the study `<study_name>-restart-<r>` of the same
@@ -148,7 +149,7 @@ def run_pbt_tune(config: TrainConfig, space: Space, *, budget: float, population
     for run in range(runs):
         if verbose and run > 0:
             best = max((t.fitness for r in results for t in r.trials if t.fitness is not None), default=math.nan)
-            print(f"tune | method pbt: restart {run} of {runs - 1} (a new random first population); best val "
+            print(f"tune | method pbt: restart {run} of {runs - 1} (a new first population); best val "
                   f"{metric} so far {best:.4f}", flush=True)
         results.append(search_pbt(
             config, space, population=population, interval=interval, metric=metric,
