@@ -92,6 +92,24 @@ def test_search_pbt_rounds_default_to_a_tenth_of_the_run_in_chunks_of_one_length
         even_interval(100, 0)
 
 
+def test_the_first_population_spreads_every_parameter_over_its_range(monkeypatch):
+    from vhjax.search import Float, Space, search_pbt
+    from vhjax.search.pbt_search import initial_units
+
+    points = initial_units(4, 32, seed=7)
+    assert points.shape == (32, 4) and points.dtype == np.float32
+    def strata(p):  # which 1/32 of each parameter's range each member's value falls in
+        return [sorted(np.floor(p[:, d] * 32).astype(int).tolist()) for d in range(p.shape[1])]
+    assert strata(points) == [list(range(32))] * 4  # one member in each 1/32 of every range
+    assert strata(initial_units(4, 32, seed=7, design="random")) != [list(range(32))] * 4  # draws leave gaps
+    assert np.array_equal(points, initial_units(4, 32, seed=7)) and not np.array_equal(points, initial_units(4, 32, 8))
+    assert initial_units(3, 24, seed=1).shape == (24, 3)  # any population size
+    monkeypatch.setattr("vhjax.population.pbt.fit_pbt", lambda *a, **k: pytest.fail("trained"))
+    space = Space({"learning_rate": Float(1e-5, 1e-1, log=True)})
+    with pytest.raises(ValueError, match="initial has value 'grid'; allowed: one of 'sobol', 'random'"):
+        search_pbt(CONFIG, space, population=4, initial="grid", verbose=False)
+
+
 def test_search_pbt_stores_float32_values_at_a_bound_inside_the_range():
     from vhjax.search import Float, Space
     from vhjax.search.pbt_search import member_params
@@ -109,11 +127,15 @@ def test_search_pbt_stores_float32_values_at_a_bound_inside_the_range():
 
 def test_search_pbt_stores_every_round_with_lineage(tmp_path):
     from vhjax.search import Float, Space, search_pbt
+    from vhjax.search.pbt_search import initial_units
 
     space = Space({"learning_rate": Float(1e-5, 1e-1, log=True)})
     config = dataclasses.replace(CONFIG, steps=90)
     result = search_pbt(config, space, population=4, interval=30, workdir=tmp_path, verbose=False)
     assert len(result.trials) == 12 and sorted({t.fidelity for t in result.trials}) == [30.0, 60.0, 90.0]
+    first = sorted((t for t in result.trials if t.generation == 0), key=lambda t: t.slot)
+    sobol = [space.decode(u) for u in initial_units(space.dim, 4, seed=0)]  # the default first population
+    assert [t.params["learning_rate"] for t in first] == pytest.approx([p["learning_rate"] for p in sobol], rel=1e-6)
     by_id = {t.trial_id: t for t in result.trials}
     later = [t for t in result.trials if t.generation > 0]
     assert all(t.parent_id is not None and by_id[t.parent_id].generation == t.generation - 1 for t in later)
