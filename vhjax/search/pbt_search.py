@@ -2,8 +2,8 @@
 
 The initial population is spread over a space of real-valued hyperparameters (scrambled Sobol
 points, `initial_units`; each `Float` names a dynamic member field: learning_rate, weight_decay,
-dropout_rate, l2, ...); training runs
-in one compiled program with exploit/explore every `interval` steps (`vhjax.population.pbt`).
+dropout_rate, l2, ...); training runs in one compiled program with exploit/explore every
+`interval` steps (`vhjax.population.pbt`).
 Every member at every ready point becomes a trial: its hyperparameters, the validation score as
 fitness, the step as fidelity and, as parent, the trial it continued from (itself one round
 earlier, or the member it copied). So `result.plot()` draws the PBT lineage, and the store holds

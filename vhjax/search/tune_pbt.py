@@ -9,11 +9,10 @@ that reached Optuna TPE's best validation accuracy soonest on the MNIST-1D bench
 the budget pays for several: the method runs as many as fit in it (three when the population is
 N / 2, as for N=64; more when it is cut down or set smaller), each from its own first population
 (scrambled Sobol points spread over the space, seeded per run; restarts: the later ones reuse the
-first one's compiled programs), and picks the best
-round of any of them. Every member at every round of every run is a trial (`search_pbt`), so the
-result is a `TuneResult` like the sampler-and-pruner method's. With a workdir, run r > 0 trains in
-`workdir/restart_<r>` and stores its trials as the study `<study_name>-restart-<r>` of the same
-`workdir/study.db`.
+first one's compiled programs), and picks the best round of any of them. Every member at every
+round of every run is a trial (`search_pbt`), so the result is a `TuneResult` like the
+sampler-and-pruner method's. With a workdir, run r > 0 trains in `workdir/restart_<r>` and stores
+its trials as the study `<study_name>-restart-<r>` of the same `workdir/study.db`.
 """
 
 from __future__ import annotations
