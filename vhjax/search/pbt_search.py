@@ -138,8 +138,9 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
     fingerprint = config_fingerprint(
         space=space_fingerprint(space), strategy="pbt", population=int(population), interval=int(interval),
         fraction=float(fraction), resample_probability=float(resample_probability), metric=metric,
-        seed=int(seed), train_config=config.to_dict(), initial=initial,
-        **({} if shrink is None else {"shrink": sorted(shrink.items())}))
+        seed=int(seed), train_config=config.to_dict(),
+        **({} if shrink is None else {"shrink": sorted(shrink.items())}),
+        **({} if initial == "random" else {"initial": initial}))  # a workdir of uniform draws resumes with 'random'
     # the first members made on the host: `space.sample`'s device draw compiled a program (0.15 s on a CPU)
     members = [space.decode(u) for u in initial_units(space.dim, population, seed, initial)]
     vhjax_cache.use(compilation_cache)
