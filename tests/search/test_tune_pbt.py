@@ -75,7 +75,7 @@ def test_a_float_space_with_a_budget_runs_the_shrinking_pbt(pbt_run):
         assert [t.value for t in stored.trials] == [r["value"] for r in rows[78 * run:78 * (run + 1)]]
         assert (workdir / ("training" if run == 0 else f"restart_{run}/training")).is_dir()
     firsts = [{tuple(sorted(t.params.items())) for t in result.study.trials[78 * run:78 * run + 4]} for run in range(3)]
-    assert not firsts[0] & firsts[1] and not firsts[1] & firsts[2]  # each run from its own first members (its own Sobol scramble)
+    assert not firsts[0] & firsts[1] and not firsts[1] & firsts[2]  # each run its own Sobol scramble
     for row in rows:  # the callback's trial numbers are the study's
         trial = result.study.trials[row["trial"]]
         assert (trial.user_attrs["generation"], trial.user_attrs["slot"]) == (row["round"], row["member"])

@@ -90,16 +90,12 @@ def initial_units(dim: int, population: int, seed: int, design: str = "sobol") -
     draws. A small population of random draws can leave a region empty, such as every strong
     regularizer with a usable learning rate, which PBT's short-horizon selection then never finds
     (experiments/README.md, "A space-filling first population")."""
-    import warnings
-
-    from scipy.stats import qmc
+    from vhjax.search.strategies.basic import sobol_points
 
     check_choice("initial", design, INITIAL_DESIGNS)
     if design == "random":
         return np.random.default_rng(seed).random((population, dim), np.float32)
-    with warnings.catch_warnings():  # scipy warns that a count other than 2**m loses the balance
-        warnings.simplefilter("ignore", UserWarning)
-        return qmc.Sobol(dim, scramble=True, seed=seed).random(population).astype(np.float32)
+    return sobol_points(dim, population, seed).astype(np.float32)
 
 
 def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: int | None = None, fraction: float = 0.25,
@@ -131,7 +127,6 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
     check_int("interval", interval, 1, config.steps)
     shrink = check_shrink(shrink, population, pbt_rounds(config.steps, interval)) or None
     check_positive_int("seed", seed, minimum=0)
-    check_choice("initial", initial, INITIAL_DESIGNS)
     check_monitor(config, metric)
     ranges = explore_ranges(space)
     storage_lib.check_storage(workdir, storage)
