@@ -104,6 +104,28 @@ def test_a_pbt_study_resumes_whole_and_refuses_the_other_method(pbt_run):
         tune(CONFIG, SPACE, trials=2, population=2, workdir=workdir, verbose=False)
 
 
+def test_runs_stored_with_uniform_first_members_resume_as_they_were_made(tmp_path, monkeypatch):
+    from vhjax.search import tune_pbt
+
+    made = {}
+
+    def as_before(path, study):  # the first populations of uniform draws, as before the Sobol default
+        made[study] = "random"
+        return "random"
+
+    monkeypatch.setattr(tune_pbt, "first_population_design", as_before)
+    before = tune(CONFIG, SPACE, budget=8, workdir=tmp_path, verbose=False)
+    assert made == {"vhjax": "random", "vhjax-restart-1": "random", "vhjax-restart-2": "random"}
+    monkeypatch.undo()
+    assert [tune_pbt.first_population_design(tmp_path / "study.db", s) for s in (*made, "absent")] == [
+        "random", "random", "random", "sobol"]  # read from each run's stored configuration; a new run: Sobol
+    rows = []
+    again = tune(CONFIG, SPACE, budget=8, workdir=tmp_path, callback=rows.append, verbose=False)
+    assert not rows and [r["value"] for r in again.timeline] == [r["value"] for r in before.timeline]  # nothing retrained
+    fresh = tune(CONFIG, SPACE, budget=8, verbose=False)  # today's default draws other first members
+    assert [r["value"] for r in fresh.timeline][:4] != [r["value"] for r in before.timeline][:4]
+
+
 def test_load_result_reads_the_pbt_study_with_its_lineage_and_pick(pbt_run):
     from vhjax.search.report import load_result
 

@@ -56,7 +56,7 @@ from vhjax.search.strategies.base import Proposals, check_positive_int, pareto_s
 OBJECTIVE_INPUTS = ("params", "encoded")
 SPECIAL_METRICS = ("parent_id", "fidelity")
 EXTENDABLE_KWARGS = ("n_iterations",)  # raising these extends a search: left out of the fingerprint
-_FINGERPRINT_KEY = "config_fingerprint"
+FINGERPRINT_KEY = "config_fingerprint"
 
 
 class Candidates(NamedTuple):
@@ -261,7 +261,7 @@ def config_fingerprint(**config: Any) -> str:
 
 def check_fingerprint(store: storage_lib.TrialStore, fingerprint: str) -> None:
     """Refuse a store written by another configuration (reads only; `write_fingerprint` writes)."""
-    stored = store.get_meta(_FINGERPRINT_KEY)
+    stored = store.get_meta(FINGERPRINT_KEY)
     if stored is None or stored == fingerprint:
         return
     old, new = json.loads(stored), json.loads(fingerprint)
@@ -275,7 +275,7 @@ def check_fingerprint(store: storage_lib.TrialStore, fingerprint: str) -> None:
 
 def write_fingerprint(store: storage_lib.TrialStore, fingerprint: str) -> None:
     """Record the configuration once something was computed with it (then `check_fingerprint`)."""
-    if store.set_meta_if_absent(_FINGERPRINT_KEY, fingerprint) != fingerprint:
+    if store.set_meta_if_absent(FINGERPRINT_KEY, fingerprint) != fingerprint:
         check_fingerprint(store, fingerprint)
 
 

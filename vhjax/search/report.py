@@ -35,7 +35,6 @@ from vhjax.validation import check_int, invalid
 
 REPORT_FILENAME = "report.html"
 OPTUNA_FILENAME = "study.db"  # the Optuna study of vhjax.search.tune (and `vhjax demo`)
-_FINGERPRINT_KEY = "config_fingerprint"  # as written by vhjax.search.driver
 
 
 # ----------------------------------------------------------------------------- loading
@@ -45,6 +44,8 @@ def stored_config(workdir: str | os.PathLike, study: str = storage_lib.DEFAULT_S
                   filename: str = storage_lib.SQLITE_FILENAME) -> tuple[list[Trial], dict]:
     """(trials, search configuration) of the study stored in `workdir` (in `filename`: a vhjax
     search's `trials.sqlite`, or the `study.db` of `tune`'s PBT method); clear errors when there is none."""
+    from vhjax.search.driver import FINGERPRINT_KEY
+
     path = Path(workdir) / filename
     if not path.is_file():
         raise invalid("workdir", os.fspath(workdir), f"a search workdir holding {storage_lib.SQLITE_FILENAME} "
@@ -52,7 +53,7 @@ def stored_config(workdir: str | os.PathLike, study: str = storage_lib.DEFAULT_S
                       FileNotFoundError)
     with storage_lib.open_store(storage=path, study=study) as store:
         trials = store.trials()
-        stored = store.get_meta(_FINGERPRINT_KEY)
+        stored = store.get_meta(FINGERPRINT_KEY)
     if not trials:
         raise invalid("workdir", os.fspath(workdir), f"a workdir whose study {study!r} holds trials "
                       f"({path} has none)")
