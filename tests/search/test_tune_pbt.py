@@ -105,20 +105,24 @@ def test_a_pbt_study_resumes_whole_and_refuses_the_other_method(pbt_run):
 
 
 def test_runs_stored_with_uniform_first_members_resume_as_they_were_made(tmp_path, monkeypatch):
-    from vhjax.search import tune_pbt
+    from vhjax.search import pbt_search
 
     made = {}
+    search_pbt = pbt_search.search_pbt
 
-    def as_before(path, study):  # the first populations of uniform draws, as before the Sobol default
-        made[study] = "random"
-        return "random"
+    def as_before(*args, **kwargs):  # the first populations of uniform draws, as before the Sobol default
+        made[kwargs["study"]] = "random"
+        return search_pbt(*args, **kwargs, initial="random")
 
-    monkeypatch.setattr(tune_pbt, "first_population_design", as_before)
+    monkeypatch.setattr(pbt_search, "search_pbt", as_before)
     before = tune(CONFIG, SPACE, budget=8, workdir=tmp_path, verbose=False)
     assert made == {"vhjax": "random", "vhjax-restart-1": "random", "vhjax-restart-2": "random"}
     monkeypatch.undo()
-    assert [tune_pbt.first_population_design(tmp_path / "study.db", s) for s in (*made, "absent")] == [
-        "random", "random", "random", "sobol"]  # read from each run's stored configuration; a new run: Sobol
+    designs = []
+    for study in (*made, "absent"):  # read from each run's stored configuration; a new run: Sobol
+        with open_store(storage=tmp_path / "study.db", study=study) as store:
+            designs.append(pbt_search.stored_design(store))
+    assert designs == ["random", "random", "random", "sobol"]
     rows = []
     again = tune(CONFIG, SPACE, budget=8, workdir=tmp_path, callback=rows.append, verbose=False)
     assert not rows and [r["value"] for r in again.timeline] == [r["value"] for r in before.timeline]  # nothing retrained

@@ -37,8 +37,8 @@ import numpy as np
 from vhjax import compilation_cache as vhjax_cache
 from vhjax.config import TrainConfig
 from vhjax.search import storage as storage_lib
-from vhjax.search.driver import (check_fingerprint, config_fingerprint, search_lock, space_fingerprint,
-                                 write_fingerprint)
+from vhjax.search.driver import (FINGERPRINT_KEY, check_fingerprint, config_fingerprint, search_lock,
+                                 space_fingerprint, write_fingerprint)
 from vhjax.search.results import SearchResult, TrialTable
 from vhjax.search.space import Float, Space
 from vhjax.search.storage import NewTrial
@@ -98,12 +98,19 @@ def initial_units(dim: int, population: int, seed: int, design: str = "sobol") -
     return sobol_points(dim, population, seed).astype(np.float32)
 
 
+def stored_design(store: storage_lib.TrialStore) -> str:
+    """The first-population design of the run stored in `store`: the one its configuration names,
+    'random' where it names none (stored before the Sobol default), 'sobol' when nothing is stored."""
+    stored = store.get_meta(FINGERPRINT_KEY)
+    return "sobol" if stored is None else json.loads(stored).get("initial", "random")
+
+
 def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: int | None = None, fraction: float = 0.25,
                resample_probability: float = 0.25, metric: str = "accuracy", workdir: str | os.PathLike | None = None,
                storage: str | None = None, seed: int = 0, callback: Callable[[dict], None] | None = None,
                compilation_cache: bool | str = True, verbose: bool = True,
                study: str = storage_lib.DEFAULT_STUDY, shrink: Mapping[int, int] | None = None,
-               mesh: Any = "auto", initial: str = "sobol") -> SearchResult:
+               mesh: Any = "auto", initial: str | None = None) -> SearchResult:
     """Run PBT over `space` with `population` members for `config.steps` steps; see the module doc.
 
     `interval` (steps between exploit/explore rounds) defaults to about a tenth of `config.steps`
@@ -118,7 +125,9 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
     the best `members` go on training (a shrinking population; see `fit_pbt`); the others' trials
     end there. `mesh` as in `fit_population` ('auto': the members sharded over every device).
     `initial`: how the first population is drawn from the space, 'sobol' (scrambled Sobol points,
-    spread over every range; the default) or 'random' (uniform draws); see `initial_units`.
+    spread over every range) or 'random' (uniform draws); see `initial_units`. None (the default):
+    the design of the run stored in the workdir or storage (`stored_design`: a run stored before
+    the Sobol default resumes with its uniform draws), else 'sobol'.
     """
     from vhjax.population.pbt import check_shrink, fit_pbt, pbt_rounds
 
@@ -128,19 +137,23 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
     shrink = check_shrink(shrink, population, pbt_rounds(config.steps, interval)) or None
     check_positive_int("seed", seed, minimum=0)
     check_monitor(config, metric)
+    if initial is not None:
+        check_choice("initial", initial, INITIAL_DESIGNS)
     ranges = explore_ranges(space)
     storage_lib.check_storage(workdir, storage)
-    fingerprint = config_fingerprint(
-        space=space_fingerprint(space), strategy="pbt", population=int(population), interval=int(interval),
-        fraction=float(fraction), resample_probability=float(resample_probability), metric=metric,
-        seed=int(seed), train_config=config.to_dict(),
-        **({} if shrink is None else {"shrink": sorted(shrink.items())}),
-        **({} if initial == "random" else {"initial": initial}))  # a workdir of uniform draws resumes with 'random'
-    # the first members made on the host: `space.sample`'s device draw compiled a program (0.15 s on a CPU)
-    members = [space.decode(u) for u in initial_units(space.dim, population, seed, initial)]
     vhjax_cache.use(compilation_cache)
 
-    def train():
+    def fingerprint(design: str) -> str:
+        return config_fingerprint(
+            space=space_fingerprint(space), strategy="pbt", population=int(population), interval=int(interval),
+            fraction=float(fraction), resample_probability=float(resample_probability), metric=metric,
+            seed=int(seed), train_config=config.to_dict(),
+            **({} if shrink is None else {"shrink": sorted(shrink.items())}),
+            **({} if design == "random" else {"initial": design}))  # a store of uniform draws names no design
+
+    def train(design: str):
+        # the first members made on the host: `space.sample`'s device draw compiled a program (0.15 s on a CPU)
+        members = [space.decode(u) for u in initial_units(space.dim, population, seed, design)]
         training_dir = None if workdir is None else Path(workdir) / "training"
         on_round = None if callback is None else round_reporter(space, callback, time.perf_counter())
         with vhjax_cache.count_compilations() as compiled:
@@ -154,18 +167,20 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
 
     with search_lock(workdir, storage):
         if workdir is None and storage is None:  # nothing to resume: the in-memory store opens (about
-            result, compilations = train()      # half a second) when the rounds are there to store
+            design = initial or "sobol"         # half a second) when the rounds are there to store
+            result, compilations = train(design)
             with opened() as store:
-                trials = _store(store, space, result, compilations, fingerprint)
+                trials = _store(store, space, result, compilations, fingerprint(design))
         else:
             with opened() as store:
-                check_fingerprint(store, fingerprint)
+                design = initial or stored_design(store)
+                check_fingerprint(store, fingerprint(design))
                 if store.get_meta(_STORED_KEY) is not None:  # else never stored whole: an older, cut write goes
                     trials = TrialTable(store.trials())
                     compilations = json.loads(store.get_meta("compilations") or "null")  # the run's, as stored
                 else:
-                    result, compilations = train()
-                    trials = _store(store, space, result, compilations, fingerprint)
+                    result, compilations = train(design)
+                    trials = _store(store, space, result, compilations, fingerprint(design))
     return SearchResult(trials=trials, direction="maximize", objectives={metric: "maximize"},
                         workdir=None if workdir is None else os.fspath(workdir), study=study,
                         top_fidelity_only=not keeps_best(config), compilations=compilations)

@@ -154,7 +154,6 @@ def run_pbt_tune(config: TrainConfig, space: Space, *, budget: float, population
             config, space, population=population, interval=interval, metric=metric,
             workdir=None if workdir is None else (workdir if run == 0 else workdir / f"restart_{run}"),
             storage=storage, seed=run_seed(seed, run), study=restart_study(study_name, run), shrink=shrink or None,
-            initial=first_population_design(None if storage is None else Path(storage), restart_study(study_name, run)),
             callback=trial_reporter(run * per_run, population, shrink, start, seconds, callback, run),
             compilation_cache=compilation_cache, verbose=verbose, mesh=mesh))
     record = combined_records([result.compilations for result in results])  # the training's programs
@@ -283,13 +282,6 @@ def check_study_method(workdir: Path | None, study_name: str, method: str) -> No
 def made_by_pbt(path: Path, study_name: str) -> bool | None:
     """Whether the study `study_name` in the SQLite file `path` was written by the PBT method (a
     vhjax store: its configuration in the study's attributes); None if it holds no trials."""
-    meta = stored_meta(path, study_name)
-    return None if meta is None else bool(meta)
-
-
-def stored_meta(path: Path, study_name: str) -> dict[str, Any] | None:
-    """The vhjax metadata (config fingerprint, ...) of the study `study_name` in the SQLite file
-    `path`: empty for a study Optuna alone wrote, None if the study is absent or holds no trials."""
     import optuna
 
     from vhjax.search.optuna_study import META_PREFIX
@@ -299,22 +291,8 @@ def stored_meta(path: Path, study_name: str) -> dict[str, Any] | None:
         study_id = storage.get_study_id_from_name(study_name)
         if not storage.get_n_trials(study_id):
             return None
-        return {key[len(META_PREFIX):]: value for key, value in storage.get_study_system_attrs(study_id).items()
-                if key.startswith(META_PREFIX)}
+        return any(key.startswith(META_PREFIX) for key in storage.get_study_system_attrs(study_id))
     except KeyError:
         return None
     finally:
         storage.engine.dispose()
-
-
-def first_population_design(path: Path | None, study_name: str) -> str:
-    """`search_pbt`'s `initial` for a run whose study is `study_name` in the SQLite file `path`: the
-    design its stored configuration names ('random' where it names none: a run stored before the
-    Sobol default), so a finished run resumes as it was made; 'sobol' for a run not stored yet."""
-    import json
-
-    from vhjax.search.driver import FINGERPRINT_KEY
-
-    meta = None if path is None or not path.exists() else stored_meta(path, study_name)
-    fingerprint = (meta or {}).get(FINGERPRINT_KEY)
-    return "sobol" if fingerprint is None else json.loads(fingerprint).get("initial", "random")
