@@ -180,3 +180,24 @@ def test_a_budget_for_one_run_trains_one_and_returns_the_stored_study(tmp_path):
     assert [s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'study.db'}")] == ["vhjax"]
     stored = optuna.load_study(study_name="vhjax", storage=f"sqlite:///{tmp_path / 'study.db'}")
     assert stored.user_attrs["compilations"] == result.compilations  # the returned study is the stored one
+
+
+def test_tunes_pick_replays_from_the_run_that_made_it(pbt_run):
+    from vhjax.search import TuneResult, replay_pbt
+
+    _, _, result = pbt_run
+    best = result.best()
+    replay = replay_pbt(CONFIG, result, seeds=1, verbose=False)
+    pick = replay.picks[0]
+    assert pick.run == best["restart"] and pick.trial.fitness == pytest.approx(best["value"])
+    assert pick.trial.metrics["test_accuracy"] == pytest.approx(best["test"])
+    assert pick.schedule[-1].end == best["steps"] and replay.members[0]["steps"] == best["steps"]
+    assert pick.schedule[-1].params == pytest.approx(best["params"])
+    from vhjax.search.report import load_result
+
+    stored = replay_pbt(CONFIG, load_result(pbt_run[0]), seeds=1, verbose=False)  # every run's trials, read back
+    assert stored.picks[0].trial.fitness == pick.trial.fitness  # (a tie may pick another trial of that value)
+    assert stored.members[0]["steps"] == stored.picks[0].schedule[-1].end
+    asha = TuneResult(None, [], 0.0, "accuracy", "maximize", method="asha")
+    with pytest.raises(ValueError, match="result has method 'asha'; allowed: a PBT search"):
+        replay_pbt(CONFIG, asha, verbose=False)

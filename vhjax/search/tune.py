@@ -71,6 +71,7 @@ class TuneResult:
     direction: str
     method: str = "asha"  # 'asha' or 'pbt' (see `tune`'s method)
     compilations: dict | None = None  # XLA programs (`compilations_record`): asha this call's, pbt its training's
+    runs: list = dataclasses.field(default_factory=list)  # pbt: each run's `SearchResult` (lineage; `replay_pbt`)
 
     def best(self) -> dict:
         """The best completed trial: params, validation value, test value, steps. Among equal

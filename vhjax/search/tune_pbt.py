@@ -169,7 +169,7 @@ def run_pbt_tune(config: TrainConfig, space: Space, *, budget: float, population
                  "restart": trial.user_attrs.get("restart", 0)}
                 for trial in study.get_trials(deepcopy=False)]
     tuned = TuneResult(study, timeline, time.perf_counter() - start, metric, "maximize", method="pbt",
-                       compilations=record)
+                       compilations=record, runs=results)
     if verbose:
         print(summary_line(tuned), flush=True)
     return tuned
