@@ -392,8 +392,10 @@ def run_optuna(args, sampler_name: str, pruner: bool) -> dict:
         return val
 
     study.optimize(objective, n_trials=args.trials)
+    done = [t for t in study.trials if t.value is not None]
     return {"trials": args.trials, "completed": len(timeline), "pruned": counters["pruned"],
-            "member_steps": counters["member_steps"], "timeline": timeline}
+            "member_steps": counters["member_steps"], "timeline": timeline,
+            "best_params": max(done, key=lambda t: t.value).params if done else None}
 
 
 # --- the vhjax contestants -----------------------------------------------------------------------

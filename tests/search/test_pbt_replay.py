@@ -64,8 +64,10 @@ def test_a_change_takes_effect_at_its_step_and_a_shorter_schedule_stops_there(tm
     short = fit_population(dataclasses.replace(CONFIG, steps=30), [{"learning_rate": 1e-2, "seed": 0}], verbose=False)
     assert [m["test"] for m in replay.members] == [short.members[0]["test"]] * 2
     assert [m["steps"] for m in replay.members] == [90, 30]
-    without_change = replay_pbt(CONFIG, made_result(trial(0, 0, 0, 1e-2, None)), seeds=1, verbose=False)
-    assert without_change.members[0]["test"] == short.members[0]["test"]  # (the one-round pick, alone)
+    held = replay_pbt(CONFIG, frozen, top=2, seeds=1, until=90, verbose=False)  # pick 1 goes on at its last values
+    full = fit_population(CONFIG, [{"learning_rate": 1e-2, "seed": 0}], verbose=False)
+    assert [m["test"] for m in held.members] == [short.members[0]["test"], full.members[0]["test"]]
+    assert [m["steps"] for m in held.members] == [90, 90]
     rows = replay.summary()
     assert rows[0]["pbt_eval"] == 0.8 and rows[0]["test_mean"] == short.members[0]["test"]["accuracy"]
     assert rows[0]["test_std"] == 0.0 and "| 0 | 0 | 2 | 3 (90) | 0.8000 |" in replay.table()
@@ -94,8 +96,8 @@ def test_bad_input_is_refused_before_anything_trains():
         replay_pbt(CONFIG, result, seeds=[1, 1], verbose=False)
     with pytest.raises(ValueError, match="'steps' has value 30; allowed: at least the schedule's last step, 60"):
         replay_pbt(dataclasses.replace(CONFIG, steps=30), result, verbose=False)
-    with pytest.raises(ValueError, match="'schedule' has value 'cosine'"):  # the pick ends before config.steps
-        replay_pbt(dataclasses.replace(CONFIG, schedule="cosine"), result, verbose=False)
+    with pytest.raises(ValueError, match="until has value 50; allowed: an integer in \\[60, 90\\]"):
+        replay_pbt(CONFIG, result, until=50, verbose=False)
     with pytest.raises(ValueError, match="trials has value \\[9\\]"):
         replay_pbt(CONFIG, result, trials=[trial(9, 0, 0, 1e-2, None)], verbose=False)
     with pytest.raises(ValueError, match="schedule 1 has rounds of \\[20\\] steps"):  # picks of runs with other intervals

@@ -27,11 +27,6 @@ from vhjax.search.results import trial_ancestry
 from vhjax.search.storage import Trial
 from vhjax.validation import check_int
 
-# learning-rate schedules whose shape depends on the run's length: a replay shorter than the PBT run
-# would squeeze them
-LENGTH_DEPENDENT_SCHEDULES = ("cosine",)
-
-
 @dataclasses.dataclass(frozen=True)
 class ScheduleRound:
     """Steps `start` (exclusive) to `end` (inclusive) of a schedule train with `params`."""
@@ -81,17 +76,18 @@ def member_values(schedules: Sequence[Sequence[ScheduleRound]], step: int, names
     return {name: np.asarray([row[name] for row in rows], np.float64) for name in names}
 
 
-def schedule_hook(schedules: Sequence[Sequence[ScheduleRound]]) -> Any:
-    """A loop hook: member i follows `schedules[i]`. After each evaluation, the members whose
-    schedule ends there stop; the others take the values of the round that starts there. It keeps no
-    state, so a run resumed from a checkpoint continues the same schedule."""
+def schedule_hook(schedules: Sequence[Sequence[ScheduleRound]], ends: Sequence[int] | None = None) -> Any:
+    """A loop hook: member i follows `schedules[i]` and stops at step `ends[i]` (default: its
+    schedule's last step; later, it keeps the last round's values). After each evaluation, the
+    members that end there stop; the others take the values of the round that starts there. It keeps
+    no state, so a run resumed from a checkpoint continues the same schedule."""
     import jax
 
     from vhjax.compile_options import light_jit
     from vhjax.population.loop import Hook
     from vhjax.population.pbt import placed_as
 
-    ends = np.asarray([schedule[-1].end for schedule in schedules])
+    ends = np.asarray([schedule[-1].end for schedule in schedules] if ends is None else ends)
     names = list(schedules[0][0].params)
     apply = light_jit(apply_schedule, run_once=True)
 
@@ -211,20 +207,18 @@ def replay_seeds(seeds: int | Sequence[int], base: int) -> list[int]:
 
 
 def replay_config(config: TrainConfig, interval: int, steps: int) -> TrainConfig:
-    """The config a replay trains with: evaluations at the schedule's rounds, no early stopping or
+    """The config a replay trains with: the search's (so a learning-rate schedule spans the same
+    `config.steps`, whatever step a member stops at), evaluations at the rounds, no early stopping or
     best-model keeping (the schedule says how long each member trains)."""
     if steps > config.steps:
         raise ValueError(f"config field 'steps' has value {config.steps}; allowed: at least the schedule's last "
                          f"step, {steps} (the config the PBT search ran with)")
-    if steps < config.steps and config.schedule in LENGTH_DEPENDENT_SCHEDULES:
-        raise ValueError(f"config field 'schedule' has value {config.schedule!r}, which spans config.steps="
-                         f"{config.steps}, but the pick ends at step {steps}; allowed: a schedule whose shape does not "
-                         f"depend on the run's length ({', '.join(LENGTH_DEPENDENT_SCHEDULES)} do), or picks of the last round")
     return dataclasses.replace(config, eval_every=interval, keep_best=False, patience=None)
 
 
 def replay_pbt(config: TrainConfig, result: Any, *, top: int = 1, trials: Sequence[Trial] | None = None,
-               seeds: int | Sequence[int] = 3, metric: str = "accuracy", workdir: str | os.PathLike | None = None,
+               seeds: int | Sequence[int] = 3, until: int | None = None, metric: str = "accuracy",
+               workdir: str | os.PathLike | None = None,
                mesh: Any = "auto", verbose: bool = True) -> ReplayResult:
     """Train the schedules of PBT picks again from scratch, each over `seeds`, in one population.
 
@@ -233,7 +227,9 @@ def replay_pbt(config: TrainConfig, result: Any, *, top: int = 1, trials: Sequen
     `top` best trials (over every run of a `tune` call; of a `SearchResult`, its `top(k)`) or, for a
     `SearchResult`, the given `trials`. `seeds`: a count n (seeds
     config.seed .. config.seed + n - 1) or the seeds themselves; member i of a replay has its own
-    initialisation and data order. Evaluations run at the schedule's rounds; `keep_best` and
+    initialisation and data order. `until`: train every replay to that step (at least each pick's
+    last round, at most `config.steps`), the last round's values held after it; default: each pick
+    stops at its last round. Evaluations run at the schedule's rounds; `keep_best` and
     `patience` are off. `workdir`: checkpoints, so an interrupted replay resumes. Returns a
     `ReplayResult` (`.table()`: PBT's values beside the replays' mean ± std).
     """
@@ -258,10 +254,12 @@ def replay_pbt(config: TrainConfig, result: Any, *, top: int = 1, trials: Sequen
     picks = [Pick(run, t, pbt_schedule(runs[run].trials, t)) for run, t in chosen]
     interval, steps = schedule_boundaries([p.schedule for p in picks])
     config = replay_config(config, interval, steps)
+    if until is not None:
+        check_int("until", until, steps, config.steps)
     seeds = replay_seeds(seeds, config.seed)
     pairs = [(number, seed) for number in range(len(picks)) for seed in seeds]
     members = [{**picks[number].schedule[0].params, "seed": seed} for number, seed in pairs]
-    hook = schedule_hook([picks[number].schedule for number, _ in pairs])
+    hook = schedule_hook([picks[number].schedule for number, _ in pairs], None if until is None else [until] * len(pairs))
     trained = fit_population(config, members, workdir=workdir, same_batches=False, mesh=mesh, verbose=verbose,
                              program=lambda task, population, indices: BucketProgram(population, hooks=[hook]),
                              label="replay | ")
