@@ -27,6 +27,7 @@ from vhjax.search.results import trial_ancestry
 from vhjax.search.storage import Trial
 from vhjax.validation import check_int
 
+
 @dataclasses.dataclass(frozen=True)
 class ScheduleRound:
     """Steps `start` (exclusive) to `end` (inclusive) of a schedule train with `params`."""
@@ -225,12 +226,13 @@ def replay_pbt(config: TrainConfig, result: Any, *, top: int = 1, trials: Sequen
     `result`: what `search_pbt` or `tune` (its PBT method) returned; `config`: the config that search
     ran with; `vhjax.search.report.load_result(workdir)` of either works too. The picks are the
     `top` best trials (over every run of a `tune` call; of a `SearchResult`, its `top(k)`) or, for a
-    `SearchResult`, the given `trials`. `seeds`: a count n (seeds
-    config.seed .. config.seed + n - 1) or the seeds themselves; member i of a replay has its own
+    `SearchResult`, the given `trials`. `seeds`: a count n (seeds config.seed .. config.seed + n - 1)
+    or the seeds themselves; member i of a replay has its own
     initialisation and data order. `until`: train every replay to that step (at least each pick's
     last round, at most `config.steps`), the last round's values held after it; default: each pick
     stops at its last round. Evaluations run at the schedule's rounds; `keep_best` and
-    `patience` are off. `workdir`: checkpoints, so an interrupted replay resumes. Returns a
+    `patience` are off. `metric`: the one the search ranked by (the summary shows each pick's stored
+    `test_<metric>`). `workdir`: checkpoints, so an interrupted replay resumes. Returns a
     `ReplayResult` (`.table()`: PBT's values beside the replays' mean ± std).
     """
     from vhjax.population.fit import BucketProgram, fit_population

@@ -197,7 +197,7 @@ def trial_reporter(offset: int, population: int, shrink: Mapping[int, int], star
 
 def summary_line(result: Any) -> str:
     """The PBT method's last progress line: the pick (best round of any member), its test value, the
-    trials, the training's compilations."""
+    trials, the training's compilations, and how to retrain the pick."""
     from vhjax.compilation_cache import compilations_text
 
     best = result.best()
@@ -205,7 +205,8 @@ def summary_line(result: Any) -> str:
     compiled = "" if result.compilations is None else " | " + compilations_text(result.compilations)
     return (f"tune | method pbt: best val {result.metric} {best['value']:.4f} (trial {best['trial']}, step "
             f"{best['steps']}){test} | {len(result.timeline)} trials (every member at every round) in "
-            f"{result.seconds:.0f} s{compiled}")
+            f"{result.seconds:.0f} s{compiled} | its values changed during training: retrain it with "
+            f"vhjax.search.replay_pbt(config, result), not as constants")
 
 
 def optuna_study(runs: list[tuple[int, Any]], space: Space, name: str) -> Any:
