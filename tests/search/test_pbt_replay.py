@@ -13,7 +13,7 @@ from vhjax.search.pbt_replay import pbt_schedule
 from vhjax.search.storage import Trial
 
 CONFIG = TrainConfig(dataset="digits", model="mlp", model_kwargs={"widths": (16,), "num_classes": 10},
-                     batch_size=32, steps=90, eval_every=90, train_split="train[:80%]",
+                     batch_size=32, steps=90, eval_every=30, train_split="train[:80%]",
                      eval_split="train[80%:]", test_split="test", seed=0)
 
 
