@@ -103,11 +103,17 @@ def pbt_draws(size: int, hparams: Mapping[str, Any], explore: Mapping[str, Range
     return size + explore_draws({name: hparams[name] for name in explore})
 
 
+def apply_values(population: PopulationState, stopped: Any, hparams: Mapping[str, Any]) -> PopulationState:
+    """The population with `stopped` set and the named hyperparameters replaced (a round's values:
+    PBT's explored ones, a replayed schedule's)."""
+    return set_member_hparams(population.replace(stopped=stopped), **hparams)
+
+
 def apply_decision(population: PopulationState, origin: Any, stopped: Any,
                    hparams: Mapping[str, Any]) -> PopulationState:
     """A decided round on the population: every slot's state copied from `origin`, `stopped` set,
     the explored `hparams` set (one gather per state leaf)."""
-    return set_member_hparams(copy_members(population, origin).replace(stopped=stopped), **hparams)
+    return apply_values(copy_members(population, origin), stopped, hparams)
 
 
 def exploit_and_explore(key: jax.Array, population: PopulationState, scores: jax.Array,

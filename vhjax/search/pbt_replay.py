@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -86,14 +86,14 @@ def schedule_hook(schedules: Sequence[Sequence[ScheduleRound]], ends: Sequence[i
 
     from vhjax.compile_options import light_jit
     from vhjax.population.loop import Hook
-    from vhjax.population.pbt import placed_as
+    from vhjax.population.pbt import apply_values, placed_as
 
     ends = np.asarray([schedule[-1].end for schedule in schedules] if ends is None else ends)
     names = list(schedules[0][0].params)
-    apply = light_jit(apply_schedule, run_once=True)
+    apply = light_jit(apply_values, run_once=True)
 
     def init(population: Any) -> dict:
-        return {"record": {"ends": ends.tolist()}}
+        return {}
 
     def update(state: dict, population: Any, report: Any):
         from vhjax.population.exploit import get_member_hparams
@@ -107,13 +107,6 @@ def schedule_hook(schedules: Sequence[Sequence[ScheduleRound]], ends: Sequence[i
         return state, apply(population, *decision)
 
     return Hook("pbt_replay", init, update)
-
-
-def apply_schedule(population: Any, stopped: Any, hparams: Mapping[str, Any]) -> Any:
-    """The population with `stopped` set and the named hyperparameters replaced."""
-    from vhjax.population.exploit import set_member_hparams
-
-    return set_member_hparams(population.replace(stopped=stopped), **hparams)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,7 +162,9 @@ class ReplayResult:
 
 
 def is_tune_result(result: Any) -> bool:
-    return getattr(result, "method", None) is not None
+    from vhjax.search.tune import TuneResult
+
+    return isinstance(result, TuneResult)
 
 
 def search_runs(result: Any) -> list[Any]:
