@@ -196,7 +196,8 @@ def test_tunes_pick_replays_from_the_run_that_made_it(pbt_run):
     from vhjax.search.report import load_result
 
     stored = replay_pbt(CONFIG, load_result(pbt_run[0]), seeds=1, verbose=False)  # every run's trials, read back
-    assert stored.picks[0].trial.fitness == pick.trial.fitness  # (a tie may pick another trial of that value)
+    assert stored.picks[0].trial.params == pick.trial.params  # the same trial: ties rank alike in both
+    assert stored.picks[0].trial.fidelity == pick.trial.fidelity and stored.picks[0].trial.metrics == pick.trial.metrics
     assert stored.members[0]["steps"] == stored.picks[0].schedule[-1].end
     asha = TuneResult(None, [], 0.0, "accuracy", "maximize", method="asha")
     with pytest.raises(ValueError, match="result has method 'asha'; allowed: a PBT search"):

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vhjax.config import TrainConfig
-from vhjax.search.results import trial_ancestry
+from vhjax.search.results import rank_key, rank_trials, trial_ancestry
 from vhjax.search.storage import Trial
 from vhjax.validation import check_int
 
@@ -182,12 +182,12 @@ def search_runs(result: Any) -> list[Any]:
     return [result]
 
 
-def ranked_picks(runs: Sequence[Any], top: int, metric: str) -> list[tuple[int, Trial]]:
-    """The `top` best completed trials over every run, as (run, trial), best first; among equal
-    validation values those whose parameters were returned (tested) first, as `tune` ranks them."""
-    done = [(run, t) for run, result in enumerate(runs) for t in result.trials
-            if t.status == "complete" and t.fitness is not None and np.isfinite(t.fitness)]
-    done.sort(key=lambda pair: (-pair[1].fitness, f"test_{metric}" not in pair[1].metrics))
+def ranked_picks(runs: Sequence[Any], top: int) -> list[tuple[int, Trial]]:
+    """The `top` best completed trials over every run, as (run, trial), best first: the order of
+    `results.rank_key`, then the earlier run and the lower trial id, as `TuneResult.top` ranks the
+    same trials (numbered run by run) and `SearchResult.top` ranks them read back from a workdir."""
+    done = [(run, t) for run, result in enumerate(runs) for t in rank_trials(result.trials, "maximize")]
+    done.sort(key=lambda pair: (*rank_key(pair[1], "maximize"), pair[0], pair[1].trial_id))
     return done[:top]
 
 
@@ -245,7 +245,7 @@ def replay_pbt(config: TrainConfig, result: Any, *, top: int = 1, trials: Sequen
                              f"(not found: {missing})")
         chosen = [(0, t) for t in trials]
     else:  # a search_pbt result ranks its own trials (without keep_best: the last round's)
-        chosen = ranked_picks(runs, top, metric) if is_tune_result(result) else [(0, t) for t in result.top(top)]
+        chosen = ranked_picks(runs, top) if is_tune_result(result) else [(0, t) for t in result.top(top)]
         if not chosen:
             raise ValueError("result has no completed trial; there is nothing to replay")
     picks = [Pick(run, t, pbt_schedule(runs[run].trials, t)) for run, t in chosen]

@@ -142,12 +142,24 @@ def fitness_sign(direction: str) -> float:
     return 1.0 if direction == "maximize" else -1.0
 
 
+def was_tested(trial: Trial) -> bool:
+    """Whether the trial carries a test-split value (PBT with keep_best: the round whose parameters
+    a member returned, which the search then evaluated on every split)."""
+    return any(key.startswith("test_") and value is not None for key, value in trial.metrics.items())
+
+
+def rank_key(trial: Trial, direction: str) -> tuple[float, bool]:
+    """How trials rank, best first: by fitness, and among equal fitness the tested ones first
+    (`was_tested`); callers break the remaining ties by order (`rank_trials`: the lower trial id)."""
+    return -fitness_sign(direction) * trial.fitness, not was_tested(trial)
+
+
 def rank_trials(trials: Sequence[Trial], direction: str) -> list[Trial]:
-    """Completed trials with a finite fitness, best first (ties: lower trial id first)."""
-    sign = fitness_sign(direction)
+    """Completed trials with a finite fitness, best first (`rank_key`; then the lower trial id)."""
+    fitness_sign(direction)  # a bad direction is an error even with nothing to rank
     scored = [t for t in trials if t.status == "complete" and t.fitness is not None
               and math.isfinite(t.fitness)]
-    return sorted(scored, key=lambda t: (-sign * t.fitness, t.trial_id))
+    return sorted(scored, key=lambda t: (*rank_key(t, direction), t.trial_id))
 
 
 def best_so_far(trials: Sequence[Trial], direction: str) -> np.ndarray:

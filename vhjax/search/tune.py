@@ -73,20 +73,24 @@ class TuneResult:
     compilations: dict | None = None  # XLA programs (`compilations_record`): asha this call's, pbt its training's
     runs: list = dataclasses.field(default_factory=list)  # pbt: each run's `SearchResult` (lineage; `replay_pbt`)
 
-    def best(self) -> dict:
-        """The best completed trial: params, validation value, test value, steps. Among equal
-        values, a trial with a test value first (PBT: the rounds whose parameters were returned)."""
-        done = [row for row in self.timeline if row["state"] == "COMPLETE" and np.isfinite(row["value"])]
-        if not done:
-            raise ValueError("no trial completed; there is no best trial")
+    def top(self, k: int) -> list[dict]:
+        """The k best completed trials' timeline rows, best first: by value, among equal values those
+        with a test value first (PBT: the rounds whose parameters were returned), then the lower
+        trial number; the order `SearchResult.top` gives the same trials read back from the workdir."""
         sign = 1 if self.direction == "maximize" else -1
-        pick = max(done, key=lambda row: (sign * row["value"], row["test"] is not None))
-        return {**pick, "params": self.study.trials[pick["trial"]].params}
+        done = [row for row in self.timeline if row["state"] == "COMPLETE" and np.isfinite(row["value"])]
+        return sorted(done, key=lambda row: (-sign * row["value"], row["test"] is None, row["trial"]))[:k]
+
+    def best(self) -> dict:
+        """The best completed trial (`top(1)`): params, validation value, test value, steps."""
+        ranked = self.top(1)
+        if not ranked:
+            raise ValueError("no trial completed; there is no best trial")
+        return {**ranked[0], "params": self.study.trials[ranked[0]["trial"]].params}
 
     def leaderboard(self, top: int = 10) -> str:
-        """Markdown: the best completed trials first."""
-        sign = 1 if self.direction == "maximize" else -1
-        rows = sorted((r for r in self.timeline if r["state"] == "COMPLETE"), key=lambda r: -sign * r["value"])[:top]
+        """Markdown: the best completed trials first (`top`)."""
+        rows = self.top(top)
         names = sorted({k for r in rows for k in self.study.trials[r["trial"]].params})
         header = ["rank", "trial", *names, f"val {self.metric}", f"test {self.metric}", "finished at"]
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
