@@ -28,19 +28,21 @@ from vhjax import parallel
 from vhjax.atomic_files import write_text_atomically
 from vhjax.compile_options import light_jit
 from vhjax.config import TrainConfig
-from vhjax.population.exploit import (array_namespace, copy_members, explore_draws, explore_values_with,
+from vhjax.population.exploit import (Range, array_namespace, copy_members, explore_draws, explore_values_with,
                                       get_member_hparams, set_member_hparams, shrink_sources,
                                       truncation_select_with)
 from vhjax.population.fit import bucket_members, bucket_seeds, bucket_task, compiled_programs, stack_dynamic
 from vhjax.population.hooks import best_members, config_hooks
 from vhjax.population.loop import Hook, Report, run_loop
 from vhjax.population.members import init_population
+from vhjax.population.pbt_guide import guided_explore, score_changes
 from vhjax.population.engine import default_member_group
 from vhjax.population.state import PopulationState
 from vhjax.train.workdir import prepare_workdir
 from vhjax.validation import check_int, check_number
 
-Range = tuple[float, float, bool]  # (low, high, log scale)
+
+MAX_CANDIDATES = 64  # explore draws per copied member (`fit_pbt`'s `candidates`)
 
 
 @dataclasses.dataclass
@@ -72,7 +74,7 @@ def check_explore(explore: Mapping[str, Range], known: Sequence[str]) -> dict[st
 
 def pbt_decision(uniforms: Any, scores: Any, hparams: Mapping[str, Any], stopped: Any,
                  explore: Mapping[str, Range], fraction: float, resample_probability: float,
-                 kept_slots: Any | None = None) -> tuple[Any, Any, dict[str, Any]]:
+                 kept_slots: Any | None = None, guide: Callable | None = None) -> tuple[Any, Any, dict[str, Any]]:
     """One PBT round decided from its `uniforms` (`pbt_draws` of them, in [0, 1)): `(origin (P,),
     stopped (P,), explored hparams)`, where slot i's state comes from member `origin[i]`.
 
@@ -81,6 +83,8 @@ def pbt_decision(uniforms: Any, scores: Any, hparams: Mapping[str, Any], stopped
     `origin` covers both moves. `hparams` holds the current values of (at least) the explored
     hyperparameters; the result holds them after the copy and the explore. NumPy arrays in, NumPy
     out, nothing compiled (the PBT hook); JAX arrays inside a program (`exploit_and_explore`).
+    `guide(copied (P,), values after the copy, explored values) -> explored values` may replace the
+    copied slots' explored values (the host hook's guided explore, `pbt_guide`).
     """
     xp = array_namespace(uniforms, scores, stopped)
     size = scores.shape[0]
@@ -93,6 +97,8 @@ def pbt_decision(uniforms: Any, scores: Any, hparams: Mapping[str, Any], stopped
     copied = source != xp.arange(size)
     current = {name: xp.asarray(hparams[name])[origin] for name in explore}
     explored = explore_values_with(explore_u, current, explore, resample_probability=resample_probability)
+    if guide is not None:
+        explored = guide(copied, current, explored)
     updates = {name: xp.where(copied.reshape((-1,) + (1,) * (values.ndim - 1)), explored[name], values)
                for name, values in current.items()}
     return origin, stopped, updates
@@ -202,11 +208,13 @@ def placed_as(value: np.ndarray, like: jax.Array) -> Any:
 
 def pbt_hook(explore: Mapping[str, Range], *, seed: int, fraction: float = 0.25, resample_probability: float = 0.25,
              split: str = "eval", metric: str = "accuracy", on_round: Callable[[dict], None] | None = None,
-             shrink: Mapping[int, int] | None = None, shards: int = 1) -> Hook:
+             shrink: Mapping[int, int] | None = None, shards: int = 1, candidates: int = 1) -> Hook:
     """Exploit/explore after every evaluation but the last; lineage and history in the record.
     `on_round(entry)` receives each round's history entry, with its index as `round`, as soon as
     the round is evaluated. `shrink` maps a round index to the members kept training from then on
-    (`kept_slot_mask` with `shards` places them)."""
+    (`kept_slot_mask` with `shards` places them). `candidates` > 1: each copied member's explored
+    values are the best of that many explore draws by a Gaussian process of recent rounds
+    (`pbt_guide`)."""
     explore = dict(explore)
     apply = light_jit(apply_decision, run_once=True)  # ~1 ms of work a round, optimised or not
     shrink = dict(shrink or {})
@@ -228,9 +236,12 @@ def pbt_hook(explore: Mapping[str, Range], *, seed: int, fraction: float = 0.25,
         if report.step < report.total_steps:
             size = len(scores)
             kept = kept_slot_mask(size, shrink.get(len(history) - 1, size), shards) if shrink else None
-            uniforms = round_uniforms(seed, report.step, pbt_draws(size, current, explore))
-            source, now_stopped, explored = pbt_decision(uniforms, scores.astype(np.float32), current, stopped,
-                                                         explore, fraction, resample_probability, kept)
+            draws = pbt_draws(size, current, explore)  # the same first draws whatever `candidates` is
+            uniforms = round_uniforms(seed, report.step, draws + (candidates - 1) * explore_draws(current))
+            guide = guided_explore(uniforms[draws:], score_changes(history, lineage, explore), explore,
+                                   resample_probability, candidates)
+            source, now_stopped, explored = pbt_decision(uniforms[:draws], scores.astype(np.float32), current, stopped,
+                                                         explore, fraction, resample_probability, kept, guide)
             like = (population.stopped, population.stopped, {name: hparams[name] for name in explore})
             decision = jax.tree.map(placed_as, (source, now_stopped, explored), like)
             population = apply(population, *decision)
@@ -247,7 +258,7 @@ def fit_pbt(config: TrainConfig, members: Sequence[Mapping[str, Any]], explore: 
             interval: int, fraction: float = 0.25, resample_probability: float = 0.25, metric: str = "accuracy",
             workdir: str | Path | None = None, same_batches: bool = False, mesh: Any = "auto",
             on_round: Callable[[dict], None] | None = None, shrink: Mapping[int, int] | None = None,
-            verbose: bool = True) -> PBTResult:
+            candidates: int = 1, verbose: bool = True) -> PBTResult:
     """Train `members` (dicts of per-member fields, one bucket) with PBT for `config.steps` steps.
 
     `explore` maps hyperparameter names (e.g. 'learning_rate', 'weight_decay', 'dropout_rate',
@@ -263,8 +274,12 @@ def fit_pbt(config: TrainConfig, members: Sequence[Mapping[str, Any]], explore: 
     shrink or by early stopping) takes no further part in exploit/explore, and on a CPU the engine
     skips its group's compute. History entries say which members were stopped (`stopped`); their
     scores are NaN from then on.
+    `candidates` (1: plain PBT): explore draws per copied member, of which a Gaussian process of the
+    last rounds' score changes keeps the one of the highest upper confidence bound (after PB2; see
+    `vhjax.population.pbt_guide`).
     """
     check_int("interval", interval, 1, config.steps)
+    check_int("candidates", candidates, 1, MAX_CANDIDATES)
     check_number("fraction", fraction, 0.0, 0.5, low_inclusive=False)
     check_number("resample_probability", resample_probability, 0.0, 1.0)
     if len(members) < 2:
@@ -288,7 +303,7 @@ def fit_pbt(config: TrainConfig, members: Sequence[Mapping[str, Any]], explore: 
                                             mesh=mesh)
     eval_data = (jnp.asarray(task.eval.x), jnp.asarray(task.eval.y))
     pbt = pbt_hook(explore, seed=config.seed, fraction=fraction, resample_probability=resample_probability,
-                   metric=metric, on_round=on_round, shrink=shrink, shards=shards)
+                   metric=metric, on_round=on_round, shrink=shrink, shards=shards, candidates=candidates)
     extra = config_hooks(bucket_config)  # keep_best before PBT's copies: it keeps what was evaluated
     hooks = [*[h for h in extra if h.name == "keep_best"], pbt, *[h for h in extra if h.name != "keep_best"]]
     outcome = run_loop(population, run_chunk, (jnp.asarray(task.train.x), jnp.asarray(task.train.y)),

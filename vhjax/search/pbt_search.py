@@ -3,7 +3,8 @@
 The initial population is spread over a space of real-valued hyperparameters (scrambled Sobol
 points, `initial_units`; each `Float` names a dynamic member field: learning_rate, weight_decay,
 dropout_rate, l2, ...); training runs in one compiled program with exploit/explore every
-`interval` steps (`vhjax.population.pbt`).
+`interval` steps (`vhjax.population.pbt`; `candidates` > 1: each copied member's new values the
+best of that many explore draws by a Gaussian process of the last rounds, `vhjax.population.pbt_guide`).
 Every member at every ready point becomes a trial: its hyperparameters, the validation score as
 fitness, the step as fidelity and, as parent, the trial it continued from (itself one round
 earlier, or the member it copied). So `result.plot()` draws the PBT lineage, and the store holds
@@ -110,7 +111,7 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
                storage: str | None = None, seed: int = 0, callback: Callable[[dict], None] | None = None,
                compilation_cache: bool | str = True, verbose: bool = True,
                study: str = storage_lib.DEFAULT_STUDY, shrink: Mapping[int, int] | None = None,
-               mesh: Any = "auto", initial: str | None = None) -> SearchResult:
+               mesh: Any = "auto", initial: str | None = None, candidates: int = 1) -> SearchResult:
     """Run PBT over `space` with `population` members for `config.steps` steps; see the module doc.
 
     `interval` (steps between exploit/explore rounds) defaults to about a tenth of `config.steps`
@@ -128,8 +129,11 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
     spread over every range) or 'random' (uniform draws); see `initial_units`. None (the default):
     the design of the run stored in the workdir or storage (`stored_design`: a run stored before
     the Sobol default resumes with its uniform draws), else 'sobol'.
+    `candidates`: explore draws per copied member, of which the one a Gaussian process of the last
+    rounds' score changes rates best is kept (`fit_pbt`, `vhjax.population.pbt_guide`); 1 (the
+    default) is plain PBT.
     """
-    from vhjax.population.pbt import check_shrink, fit_pbt, pbt_rounds
+    from vhjax.population.pbt import MAX_CANDIDATES, check_shrink, fit_pbt, pbt_rounds
 
     check_positive_int("population", population, minimum=2)
     interval = default_interval(config.steps) if interval is None else interval
@@ -139,6 +143,7 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
     check_monitor(config, metric)
     if initial is not None:
         check_choice("initial", initial, INITIAL_DESIGNS)
+    check_int("candidates", candidates, 1, MAX_CANDIDATES)
     ranges = explore_ranges(space)
     storage_lib.check_storage(workdir, storage)
     vhjax_cache.use(compilation_cache)
@@ -149,7 +154,8 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
             fraction=float(fraction), resample_probability=float(resample_probability), metric=metric,
             seed=int(seed), train_config=config.to_dict(),
             **({} if shrink is None else {"shrink": sorted(shrink.items())}),
-            **({} if design == "random" else {"initial": design}))  # a store of uniform draws names no design
+            **({} if design == "random" else {"initial": design}),  # a store of uniform draws names no design
+            **({} if candidates == 1 else {"candidates": candidates}))  # nor one of plain PBT a count
 
     def train(design: str):
         # the first members made on the host: `space.sample`'s device draw compiled a program (0.15 s on a CPU)
@@ -159,7 +165,7 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
         with vhjax_cache.count_compilations() as compiled:
             result = fit_pbt(config, members, ranges, interval=interval, fraction=fraction,
                              resample_probability=resample_probability, metric=metric, workdir=training_dir,
-                             on_round=on_round, shrink=shrink, mesh=mesh, verbose=verbose)
+                             on_round=on_round, shrink=shrink, candidates=candidates, mesh=mesh, verbose=verbose)
         return result, vhjax_cache.compilations_record(compiled)
 
     def opened():
