@@ -238,8 +238,8 @@ def pbt_hook(explore: Mapping[str, Range], *, seed: int, fraction: float = 0.25,
             kept = kept_slot_mask(size, shrink.get(len(history) - 1, size), shards) if shrink else None
             draws = pbt_draws(size, current, explore)  # the same first draws whatever `candidates` is
             uniforms = round_uniforms(seed, report.step, draws + (candidates - 1) * explore_draws(current))
-            guide = guided_explore(uniforms[draws:], score_changes(history, lineage, explore), explore,
-                                   resample_probability, candidates)
+            data = score_changes(history, lineage, explore) if candidates > 1 else None
+            guide = guided_explore(uniforms[draws:], data, explore, resample_probability, candidates)
             source, now_stopped, explored = pbt_decision(uniforms[:draws], scores.astype(np.float32), current, stopped,
                                                          explore, fraction, resample_probability, kept, guide)
             like = (population.stopped, population.stopped, {name: hparams[name] for name in explore})
