@@ -16,12 +16,11 @@ round), a few milliseconds a round, nothing compiled; a resumed run chooses the 
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from vhjax.population.exploit import Range, explore_draws, explore_values_with
+from vhjax.population.exploit import Range, explore_draws, explore_values_with, to_unit
 
 GP_WINDOW = 4  # rounds of score changes the model sees
 GP_LENGTH_SCALE = 0.2  # in the unit cube of the explored values
@@ -30,18 +29,11 @@ GP_NOISE = 0.5  # observation variance of standardised score changes (signal var
 UCB_KAPPA = 1.0  # mean + kappa * standard deviation
 
 
-def unit_values(values: Any, value_range: Range) -> np.ndarray:
-    """Values -> unit-cube coordinates of their range (log-scaled where the range is), rows per member."""
-    low, high, log = value_range
-    values = np.asarray(values, np.float64).reshape(np.shape(values)[0], -1)
-    if log:
-        return (np.log(values) - math.log(low)) / (math.log(high) - math.log(low))
-    return (values - low) / (high - low)
-
-
 def encode(hparams: Mapping[str, Any], explore: Mapping[str, Range]) -> np.ndarray:
-    """(P, D) unit coordinates of the explored hyperparameters, in `explore`'s order."""
-    return np.concatenate([unit_values(hparams[name], value_range) for name, value_range in explore.items()], axis=1)
+    """(P, D) unit coordinates of the explored hyperparameters (`exploit.to_unit`, one column per
+    entry), in `explore`'s order."""
+    return np.concatenate([to_unit(np.asarray(hparams[name], np.float64).reshape(np.shape(hparams[name])[0], -1),
+                                   value_range) for name, value_range in explore.items()], axis=1)
 
 
 def score_changes(history: Sequence[Mapping[str, Any]], lineage: Sequence[Mapping[str, Any]],
