@@ -78,8 +78,23 @@ def test_summary_uses_the_same_seeds_reference_and_medians():
     lines = table.splitlines()
     assert len(lines) == 2 + 3 and all(line.count("|") == lines[0].count("|") for line in lines)
     assert "not reached (1/2)" in lines[4] and "2.10x" in lines[3]
-    assert lines[4].rstrip(" |").endswith("not reached | 0.00x")  # speed-up at 100%: never; mean of per-seed: 0
-    assert lines[3].rstrip(" |").endswith("2.44x")
+    assert lines[4].rstrip(" |").endswith("not reached | 0.00x (0.00-0.00)")  # at 100%: never; mean of per-seed: 0
+    # the interval of two seeds' ratios 1.875 and 3: resamples give the means 1.875, 2.4375 and 3
+    assert lines[3].rstrip(" |").endswith("2.44x (1.88-3.00)")
+    assert ours["mean_speedup_1_interval"] == pytest.approx((1.875, 3.0))
+
+
+def test_bootstrap_interval_holds_the_mean_and_narrows_with_more_seeds():
+    ratios = [0.0, 0.9, 1.5, 2.2, 3.1, 4.0, 4.6, 5.3]
+    low, high = bench.bootstrap_interval(ratios)
+    mean = sum(ratios) / len(ratios)
+    assert low < mean < high and 0.0 <= low and high <= 5.3
+    wide = high - low
+    low, high = bench.bootstrap_interval(ratios * 6)  # six times the seeds, the same spread
+    assert low < mean < high and high - low < wide / 2  # about 1/sqrt(6) as wide
+    assert bench.bootstrap_interval([2.5] * 5) == (2.5, 2.5)
+    assert bench.bootstrap_interval(ratios) == bench.bootstrap_interval(ratios)  # a fixed generator
+    assert all(math.isnan(x) for x in bench.bootstrap_interval([]))
 
 
 def test_pooled_runs_keep_each_seed_against_its_own_reference(tmp_path):
