@@ -43,6 +43,9 @@ def test_tune_result_top_best_and_leaderboard_share_the_order():
     assert ranks == ["2", "1", "3"]
     with pytest.raises(ValueError, match="no trial completed"):
         TuneResult(study, rows[-1:], 1.0, "accuracy", "maximize").best()
+    # minimizing (a loss): the lowest value first, the tested one first among equals, as SearchResult ranks
+    low = [{**row, "value": v} for row, v in zip(rows[:4], (0.3, 0.1, 0.1, 0.1))]
+    assert [row["trial"] for row in TuneResult(study, low[::-1], 1.0, "loss", "minimize").top(4)] == [2, 1, 3, 0]
 
 
 def test_picks_over_runs_rank_as_the_runs_read_back_as_one_store():

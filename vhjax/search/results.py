@@ -148,10 +148,15 @@ def was_tested(trial: Trial) -> bool:
     return any(key.startswith("test_") and value is not None for key, value in trial.metrics.items())
 
 
+def rank_order(value: float, tested: bool, direction: str) -> tuple[float, bool]:
+    """The ranking rule, best first: by value, and among equal values the tested ones first;
+    callers break the remaining ties by order (the lower trial id or number)."""
+    return -fitness_sign(direction) * value, not tested
+
+
 def rank_key(trial: Trial, direction: str) -> tuple[float, bool]:
-    """How trials rank, best first: by fitness, and among equal fitness the tested ones first
-    (`was_tested`); callers break the remaining ties by order (`rank_trials`: the lower trial id)."""
-    return -fitness_sign(direction) * trial.fitness, not was_tested(trial)
+    """`rank_order` of a trial: its fitness, and whether it was tested (`was_tested`)."""
+    return rank_order(trial.fitness, was_tested(trial), direction)
 
 
 def rank_trials(trials: Sequence[Trial], direction: str) -> list[Trial]:

@@ -47,6 +47,7 @@ from vhjax.population.fit import bucket_task, compiled_programs, split_member
 from vhjax.population.loop import Hook, Report, run_loop
 from vhjax.population.members import init_population
 from vhjax.population.state import PopulationState, training_mask
+from vhjax.search.results import rank_order
 from vhjax.search.space import Categorical, Float, Int, Space
 from vhjax.search.storage import sqlalchemy_url
 from vhjax.search.training import candidate_to_member, complete_arch
@@ -77,9 +78,9 @@ class TuneResult:
         """The k best completed trials' timeline rows, best first: by value, among equal values those
         with a test value first (PBT: the rounds whose parameters were returned), then the lower
         trial number; the order `SearchResult.top` gives the same trials read back from the workdir."""
-        sign = 1 if self.direction == "maximize" else -1
         done = [row for row in self.timeline if row["state"] == "COMPLETE" and np.isfinite(row["value"])]
-        return sorted(done, key=lambda row: (-sign * row["value"], row["test"] is None, row["trial"]))[:k]
+        return sorted(done, key=lambda row: (*rank_order(row["value"], row["test"] is not None, self.direction),
+                                             row["trial"]))[:k]
 
     def best(self) -> dict:
         """The best completed trial (`top(1)`): params, validation value, test value, steps."""
