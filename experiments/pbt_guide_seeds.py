@@ -34,18 +34,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def worker(seed: int, candidates: int) -> dict:
     """One first run in this process: its rounds' (seconds, value), the pick's val/test."""
-    import dataclasses
-
     from vhjax.hardware import use_cpu_devices
 
     use_cpu_devices("auto")  # before JAX starts, as the benchmark's vhjax workers
     import bench_time_to_quality as bench
     from vhjax.search import search_pbt
-    from vhjax.search.tune_pbt import pbt_schedule
+    from vhjax.search.tune_pbt import pbt_schedule, run_config
 
     task = bench.TASKS["mnist1d_cnn"]
-    config = dataclasses.replace(bench.vhjax_config(task, 1500, seed), keep_best=True, monitor_split="eval",
-                                 monitor="accuracy", monitor_mode="max")
+    config = run_config(bench.vhjax_config(task, 1500, seed), "accuracy")
     interval, shrink = pbt_schedule(config.steps, 32)
     rows = []
 

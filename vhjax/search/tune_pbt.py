@@ -44,6 +44,12 @@ def pbt_population(budget: float, shards: int) -> int:
     return max(MIN_POPULATION, int(budget // 2) // unit * unit)
 
 
+def run_config(config: TrainConfig, metric: str) -> TrainConfig:
+    """The configuration every PBT run of `tune` trains: each slot keeps its best parameters as
+    evaluated on the validation split by `metric` (higher is better)."""
+    return dataclasses.replace(config, keep_best=True, monitor_split="eval", monitor=metric, monitor_mode="max")
+
+
 def pbt_schedule(steps: int, population: int) -> tuple[int, dict[int, int]]:
     """(interval, shrink): rounds about every thirtieth of `steps`, the best half kept after 3/10."""
     from vhjax.population.pbt import pbt_rounds
@@ -140,7 +146,7 @@ def run_pbt_tune(config: TrainConfig, space: Space, *, budget: float, population
         each = f"{runs} runs (restarts) of " if runs > 1 else ""
         print(f"tune | method pbt: {each}{population} members, a round every {interval} steps{kept}; "
               f"{devices_line(mesh)}", flush=True)
-    config = dataclasses.replace(config, keep_best=True, monitor_split="eval", monitor=metric, monitor_mode="max")
+    config = run_config(config, metric)
     start = time.perf_counter()
     seconds: dict[int, float] = {}
     storage = None if workdir is None else str(workdir / "study.db")  # every run's study in one file
