@@ -196,3 +196,18 @@ def test_resnet_and_transformer_spaces_build_working_models():
             variables = jax.eval_shape(model.init, jax.random.key(1), x)
             out = jax.eval_shape(model.apply, variables, x)
             assert out.shape == (2, 5) and jnp.issubdtype(out.dtype, jnp.floating)
+
+
+def test_check_points_takes_partial_points_in_their_domains_and_names_what_does_not_fit():
+    space = Space({"lr": Float(1e-4, 1e-1, log=True), "depth": Int(1, 4), "act": Categorical(["relu", "gelu"])})
+    assert space.check_points([{"lr": 1e-3}, {"depth": 2, "act": "gelu"}, {}]) == [
+        {"lr": 1e-3}, {"depth": 2, "act": "gelu"}, {}]
+    for points, error, match in [
+            ([{"depth": 2.5}], TypeError, r"enqueue\[0\]: parameter 'depth': value must be an integer; got 2.5"),
+            ([{"act": "tanh"}], ValueError, r"enqueue\[0\]: parameter 'act': value 'tanh' is not one of"),
+            ([{}, {"lr": 1.0}], ValueError, r"enqueue\[1\]: parameter 'lr': value 1.0 is outside \[0.0001, 0.1\]"),
+            ([{"width": 8}], ValueError, r"enqueue\[0\]: unknown parameter\(s\) \['width'\]; allowed: \['lr', "),
+            ([{}, {}, {}], ValueError, r"enqueue has 3 points; allowed: at most the population \(2\)"),
+            ("lr", TypeError, r"enqueue has value 'lr'; allowed: a list of dicts")]:
+        with pytest.raises(error, match=match):
+            space.check_points(points, most=2, most_name="the population")

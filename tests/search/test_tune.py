@@ -85,6 +85,21 @@ def test_trials_left_running_by_a_killed_search_are_asked_again(tmp_path):
     assert len(retried) == 1 and retried[0].state.is_finished()
 
 
+def test_enqueued_points_are_the_first_trials_and_a_resumed_search_does_not_queue_them_again(tmp_path):
+    space = Space({"learning_rate": Float(1e-5, 3e-2, log=True), "weight_decay": Float(1e-6, 1e-2, log=True)})
+    points = [{"learning_rate": 3e-3, "weight_decay": 1e-4}, {"learning_rate": 1e-2}]  # the second: wd drawn
+    result = tune(CONFIG, space, trials=3, population=2, min_steps=12, sampler="random", workdir=tmp_path,
+                  enqueue=points, verbose=False)
+    first, second, third = result.study.trials
+    assert first.params == points[0] and second.params["learning_rate"] == points[1]["learning_rate"]
+    assert 1e-6 <= second.params["weight_decay"] <= 1e-2 and third.params["learning_rate"] not in (3e-3, 1e-2)
+    assert all(t.state.is_finished() for t in result.study.trials)
+    extended = tune(CONFIG, space, trials=4, population=2, min_steps=12, sampler="random", workdir=tmp_path,
+                    enqueue=points[:1], verbose=False)
+    assert len(extended.study.trials) == 4 and len(extended.timeline) == 1  # one new trial: point 0 ran already
+    assert extended.study.trials[3].params != points[0]
+
+
 @pytest.mark.parametrize("space,kwargs,match", [
     (Space({"model_kwargs.widths": Categorical([(8,), (16,)])}), {}, r"change the compiled program"),
     (SPACE, {"min_steps": 5}, r"min_steps has value 5; allowed: a divisor"),
@@ -92,10 +107,21 @@ def test_trials_left_running_by_a_killed_search_are_asked_again(tmp_path):
     (SPACE, {"trials": 0}, r"trials has value 0"),
     (SPACE, {"trials": None, "budget": 0}, r"budget has value 0; allowed: a finite number > 0"),
     (SPACE, {"trials": None}, r"trials and budget both have value None"),
+    (SPACE, {"enqueue": [{"lr": 1e-3}]}, r"enqueue\[0\]: unknown parameter\(s\) \['lr'\]; allowed: \['learning_rate'\]"),
+    (SPACE, {"enqueue": [{}, {"learning_rate": 0.5}]},
+     r"enqueue\[1\]: parameter 'learning_rate': value 0.5 is outside \[1e-05, 0.03\]"),
+    (SPACE, {"enqueue": [{}] * 5}, r"enqueue has 5 points; allowed: at most trials \(4\)"),
 ])
 def test_bad_input_fails_before_compiling(space, kwargs, match):
     with pytest.raises(ValueError, match=match):
         tune(CONFIG, space, **{"trials": 4, **kwargs}, verbose=False)
+
+
+def test_enqueue_must_be_a_list_of_dicts():
+    with pytest.raises(TypeError, match=r"enqueue has value \{'learning_rate': 0.001\}; allowed: a list of dicts"):
+        tune(CONFIG, SPACE, trials=4, enqueue={"learning_rate": 1e-3}, verbose=False)
+    with pytest.raises(TypeError, match=r"enqueue\[0\] has value 0.001; allowed: a dict"):
+        tune(CONFIG, SPACE, trials=4, enqueue=[1e-3], verbose=False)
 
 
 WORKER = """

@@ -8,6 +8,7 @@ import optuna
 import pytest
 
 from vhjax.config import TrainConfig
+from vhjax.search.pbt_search import initial_units
 from vhjax.search.space import Float, Int, Space
 from vhjax.search.storage import open_store
 from vhjax.search.tune import tune
@@ -180,6 +181,22 @@ def test_a_budget_for_one_run_trains_one_and_returns_the_stored_study(tmp_path):
     assert [s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'study.db'}")] == ["vhjax"]
     stored = optuna.load_study(study_name="vhjax", storage=f"sqlite:///{tmp_path / 'study.db'}")
     assert stored.user_attrs["compilations"] == result.compilations  # the returned study is the stored one
+
+
+def test_enqueued_points_are_the_first_members_and_belong_to_the_stored_run(tmp_path):
+    points = [{"learning_rate": 3e-3, "weight_decay": 1e-4}, {"learning_rate": 1e-2}]  # the second: wd drawn
+    result = tune(CONFIG, SPACE, budget=8, population=8, workdir=tmp_path, enqueue=points, verbose=False)
+    first = {t.user_attrs["slot"]: t.params for t in result.study.trials if t.user_attrs["generation"] == 0}
+    sobol = [SPACE.decode(u) for u in initial_units(SPACE.dim, 8, 0, "sobol")]  # the run's seed is tune's, 0
+    assert first[0] == pytest.approx(points[0], rel=1e-6)
+    assert first[1] == pytest.approx({**sobol[1], **points[1]}, rel=1e-6)
+    assert all(first[i] == pytest.approx(sobol[i], rel=1e-6) for i in range(2, 8))
+    again = tune(CONFIG, SPACE, budget=8, population=8, workdir=tmp_path, enqueue=points, verbose=False)
+    assert [row["value"] for row in again.timeline] == [row["value"] for row in result.timeline]  # read back
+    with pytest.raises(ValueError, match=r"different search configuration .*enqueue: stored \["):
+        tune(CONFIG, SPACE, budget=8, population=8, workdir=tmp_path, enqueue=points[:1], verbose=False)
+    with pytest.raises(ValueError, match=r"enqueue has 9 points; allowed: at most the population \(8\)"):
+        tune(CONFIG, SPACE, budget=8, population=8, enqueue=[{}] * 9, verbose=False)
 
 
 def test_tunes_pick_replays_from_the_run_that_made_it(pbt_run):

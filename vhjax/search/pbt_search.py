@@ -31,7 +31,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -99,6 +99,11 @@ def initial_units(dim: int, population: int, seed: int, design: str = "sobol") -
     return sobol_points(dim, population, seed).astype(np.float32)
 
 
+def enqueued_members(members: list[dict[str, Any]], points: Sequence[Mapping[str, float]]) -> list[dict[str, Any]]:
+    """The first population with member i's values replaced by those point i gives (the others kept)."""
+    return [{**member, **(points[i] if i < len(points) else {})} for i, member in enumerate(members)]
+
+
 def stored_design(store: storage_lib.TrialStore) -> str:
     """The first-population design of the run stored in `store`: the one its configuration names,
     'random' where it names none (stored before the Sobol default), 'sobol' when nothing is stored."""
@@ -111,7 +116,8 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
                storage: str | None = None, seed: int = 0, callback: Callable[[dict], None] | None = None,
                compilation_cache: bool | str = True, verbose: bool = True,
                study: str = storage_lib.DEFAULT_STUDY, shrink: Mapping[int, int] | None = None,
-               mesh: Any = "auto", initial: str | None = None, candidates: int = 1) -> SearchResult:
+               mesh: Any = "auto", initial: str | None = None, candidates: int = 1,
+               enqueue: Sequence[Mapping[str, Any]] = ()) -> SearchResult:
     """Run PBT over `space` with `population` members for `config.steps` steps; see the module doc.
 
     `interval` (steps between exploit/explore rounds) defaults to about a tenth of `config.steps`
@@ -132,6 +138,9 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
     `candidates`: explore draws per copied member, of which the one a Gaussian process of the last
     rounds' score changes rates best is kept (`fit_pbt`, `vhjax.population.pbt_guide`); 1 (the
     default) is plain PBT.
+    `enqueue`: parameter values to train first (as Optuna's `study.enqueue_trial`), one dict per
+    member of the first population, at most `population`; point i sets slot i's values, and the
+    parameters it omits keep that slot's drawn ones (`enqueued_members`).
     """
     from vhjax.population.pbt import MAX_CANDIDATES, check_shrink, fit_pbt, pbt_rounds
 
@@ -145,6 +154,8 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
         check_choice("initial", initial, INITIAL_DESIGNS)
     check_int("candidates", candidates, 1, MAX_CANDIDATES)
     ranges = explore_ranges(space)
+    points = [{name: float(value) for name, value in point.items()}  # Floats: the stored configuration names them
+              for point in space.check_points(enqueue, most=population, most_name="the population")]
     storage_lib.check_storage(workdir, storage)
     vhjax_cache.use(compilation_cache)
 
@@ -155,11 +166,12 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
             seed=int(seed), train_config=config.to_dict(),
             **({} if shrink is None else {"shrink": sorted(shrink.items())}),
             **({} if design == "random" else {"initial": design}),  # a store of uniform draws names no design
-            **({} if candidates == 1 else {"candidates": candidates}))  # nor one of plain PBT a count
+            **({} if candidates == 1 else {"candidates": candidates}),  # nor one of plain PBT a count
+            **({"enqueue": points} if points else {}))
 
     def train(design: str):
         # the first members made on the host: `space.sample`'s device draw compiled a program (0.15 s on a CPU)
-        members = [space.decode(u) for u in initial_units(space.dim, population, seed, design)]
+        members = enqueued_members([space.decode(u) for u in initial_units(space.dim, population, seed, design)], points)
         training_dir = None if workdir is None else Path(workdir) / "training"
         on_round = None if callback is None else round_reporter(space, callback, time.perf_counter())
         with vhjax_cache.count_compilations() as compiled:

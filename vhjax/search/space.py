@@ -362,6 +362,28 @@ class Space:
             row[self.names.index(name)] = self.params[name].encode(values[name], f"parameter {name!r}")
         return row
 
+    def check_values(self, values: Mapping[str, Any], label: str = "values") -> dict[str, Any]:
+        """Some or all parameters' values, each checked against its parameter's domain: a dict of
+        them, or an error naming the parameter, the value and what is allowed."""
+        if not isinstance(values, Mapping):
+            raise TypeError(f"{label} has value {values!r}; allowed: a dict of parameter name -> value")
+        unknown = sorted(set(values) - set(self.params), key=str)
+        if unknown:
+            raise ValueError(f"{label}: unknown parameter(s) {unknown}; allowed: {self.names}")
+        for name, value in values.items():
+            self.params[name].encode(value, f"{label}: parameter {name!r}")
+        return dict(values)
+
+    def check_points(self, points: Sequence[Mapping[str, Any]], label: str = "enqueue", most: int | None = None,
+                     most_name: str = "") -> list[dict[str, Any]]:
+        """A list of points (dicts of some or all parameters' values, `check_values`), at most
+        `most` of them (`most_name` says what bounds them), or an error naming what does not fit."""
+        if isinstance(points, (str, bytes, Mapping)) or not isinstance(points, Sequence):
+            raise TypeError(f"{label} has value {points!r}; allowed: a list of dicts of parameter values")
+        if most is not None and len(points) > most:
+            raise ValueError(f"{label} has {len(points)} points; allowed: at most {most_name} ({most})")
+        return [self.check_values(point, f"{label}[{i}]") for i, point in enumerate(points)]
+
     def _canonical(self, row: np.ndarray) -> np.ndarray:
         """The same candidate with inactive columns set to 0.5."""
         return self.encode(self.decode(row))

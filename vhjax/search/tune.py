@@ -32,7 +32,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -357,7 +357,7 @@ def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget
          pruner: str | None = None, workdir: str | Path | None = None, study_name: str = "vhjax", seed: int = 0,
          callback: Callable[[dict], None] | None = None, mesh: Any = "auto", storage: str | None = None,
          heartbeat_interval: int = 60, grace_period: int = 180, compilation_cache: bool | str = True,
-         verbose: bool = True, method: str = "auto") -> TuneResult:
+         verbose: bool = True, method: str = "auto", enqueue: Sequence[Mapping[str, Any]] = ()) -> TuneResult:
     """Search `space` with at most `trials` trials and/or `budget` full trials' worth of training
     (trials of at most `config.steps` steps each); see the module docstring.
 
@@ -383,6 +383,13 @@ def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget
     after `grace_period` seconds without a heartbeat); default: `workdir/study.db`, one worker.
     `compilation_cache`: JAX's persistent compilation cache (True: the default directory, see
     `vhjax.compilation_cache`; a path; False: leave it off), so a rerun loads its programs.
+    `enqueue`: parameter values to try first (Optuna's `study.enqueue_trial`, Ray Tune's
+    `points_to_evaluate`), a list of dicts of some or all of the space's parameters, each checked
+    against its range before anything compiles. 'asha': the first trials, a parameter a point omits
+    drawn by the sampler; a point the study holds already (a resumed search) is not queued again;
+    queued points are asked before the budget is checked, so all of them run. 'pbt': the first run's
+    first members (at most its population), a parameter a point omits taken from that member's
+    Sobol point.
     """
     import optuna
 
@@ -402,6 +409,7 @@ def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget
         raise TypeError(f"space has value {space!r}; allowed: a vhjax.search.Space")
     method = choose_method(method, space, budget=budget, trials=trials, direction=direction, storage=storage,
                            asha_only={"sampler": sampler, "pruner": pruner, "min_steps": min_steps, "eta": eta})
+    points = space.check_points(enqueue, most=trials, most_name="trials")
     root = None if workdir is None else Path(workdir)
     if method == "pbt":
         check_study_method(root, study_name, method)
@@ -409,7 +417,7 @@ def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget
             check_int("population", population, MIN_POPULATION)
         return run_pbt_tune(config, space, budget=budget, population=population, metric=metric, workdir=root,
                             study_name=study_name, seed=seed, callback=callback, mesh=mesh,
-                            compilation_cache=compilation_cache, verbose=verbose)
+                            compilation_cache=compilation_cache, verbose=verbose, enqueue=points)
     sampler = "tpe" if sampler is None else sampler
     pruner = "asha" if pruner is None else pruner
     eta = 3 if eta is None else eta
@@ -435,6 +443,8 @@ def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget
         rdb = None if storage is None else shared_storage(storage, heartbeat_interval, grace_period)
         study = open_study(root, study_name, direction, make_sampler(sampler, seed), make_pruner(pruner, min_steps, eta),
                            rdb)
+        for point in points:  # asked first; one the study holds already (a resumed search) is not queued again
+            study.enqueue_trial(point, skip_if_exists=True)
         mesh = parallel.resolve_mesh(mesh)
         population = default_population(mesh) if population is None else population
         if verbose:

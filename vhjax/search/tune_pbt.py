@@ -21,7 +21,7 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from vhjax.config import TrainConfig
 from vhjax.search.space import Float, Space
@@ -126,8 +126,10 @@ def is_restart_study(name: str) -> bool:
 
 def run_pbt_tune(config: TrainConfig, space: Space, *, budget: float, population: int | None, metric: str,
                  workdir: Path | None, study_name: str, seed: int, callback: Callable[[dict], None] | None,
-                 mesh: Any, compilation_cache: bool | str, verbose: bool) -> Any:
-    """Run the PBT method (see the module doc); a `TuneResult` whose study holds every run's trials."""
+                 mesh: Any, compilation_cache: bool | str, verbose: bool,
+                 enqueue: Sequence[Mapping[str, Any]] = ()) -> Any:
+    """Run the PBT method (see the module doc); a `TuneResult` whose study holds every run's trials.
+    `enqueue`: the first run's first members' values (`search_pbt`)."""
     import optuna
 
     from vhjax import parallel
@@ -161,7 +163,7 @@ def run_pbt_tune(config: TrainConfig, space: Space, *, budget: float, population
             workdir=None if workdir is None else (workdir if run == 0 else workdir / f"restart_{run}"),
             storage=storage, seed=run_seed(seed, run), study=restart_study(study_name, run), shrink=shrink or None,
             callback=trial_reporter(run * per_run, population, shrink, start, seconds, callback, run),
-            compilation_cache=compilation_cache, verbose=verbose, mesh=mesh))
+            compilation_cache=compilation_cache, verbose=verbose, mesh=mesh, enqueue=enqueue if run == 0 else ()))
     record = combined_records([result.compilations for result in results])  # the training's programs
     if storage is not None and runs == 1:
         study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{Path(storage).absolute()}")
