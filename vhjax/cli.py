@@ -92,6 +92,8 @@ def build_parser(names: bool = False) -> argparse.ArgumentParser:
                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _search_flags(demo)
     demo.add_argument("--steps", type=int, default=1500, help="training steps per member (default 1500)")
+    demo.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                      help="end the search at its first evaluation after SECONDS (rerun to go on; default: none)")
     demo.set_defaults(budget=16, strategy="tpe", workdir="runs/demo", seed=0)  # population: tune's default
 
     from vhjax.launch import add_arguments
@@ -185,7 +187,8 @@ def run_demo(args: argparse.Namespace) -> int:
     from vhjax.demo import run_demo as demo
 
     demo(budget=args.budget, population=args.population, steps=args.steps, strategy=args.strategy,
-         workdir=args.workdir, seed=args.seed, mesh=None if args.mesh == "none" else args.mesh, verbose=not args.quiet)
+         workdir=args.workdir, seed=args.seed, mesh=None if args.mesh == "none" else args.mesh, verbose=not args.quiet,
+         timeout=args.timeout)
     return 0
 
 

@@ -40,10 +40,11 @@ def demo_config(steps: int = 1500, seed: int = 0, max_width: int = 256, max_dept
 
 def run_demo(*, budget: float = 16, population: int | None = None, steps: int = 1500, strategy: str = "tpe",
              workdir: str | Path | None = "runs/demo", seed: int = 0, mesh: Any = "auto",
-             verbose: bool = True) -> TuneResult:
-    """Run the demo search and print its leaderboard; returns the TuneResult."""
+             verbose: bool = True, timeout: float | None = None) -> TuneResult:
+    """Run the demo search and print its leaderboard; returns the TuneResult. `timeout`: seconds
+    after which the search ends at its next evaluation (`tune`)."""
     result = tune(demo_config(steps, seed), demo_space(), budget=budget, population=population, sampler=strategy,
-                  workdir=workdir, seed=seed, mesh=mesh, verbose=verbose)
+                  workdir=workdir, seed=seed, mesh=mesh, verbose=verbose, timeout=timeout)
     print()
     print(result.leaderboard(10))
     best = result.best()

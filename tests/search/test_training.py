@@ -131,6 +131,11 @@ def test_cli_refuses_a_bad_cpu_device_count_by_name(capsys):
 
     assert main(["demo", "--cpu-devices", "none", "--budget", "1"]) == 2  # before anything compiles
     assert "--cpu-devices: count has value 'none'; allowed: a positive int or 'auto'" in capsys.readouterr().err
+    import jax
+
+    jax.devices()  # JAX runs already, so 'auto' keeps this worker's devices
+    assert main(["demo", "--cpu-devices", "auto", "--timeout", "-5"]) == 2  # tune refuses it first thing
+    assert "timeout has value -5.0; allowed: a finite number > 0" in capsys.readouterr().err
 
 
 def _candidates(objective, params, generation, trial_ids, fidelity, parents):

@@ -100,6 +100,17 @@ def test_enqueued_points_are_the_first_trials_and_a_resumed_search_does_not_queu
     assert extended.study.trials[3].params != points[0]
 
 
+def test_a_timeout_prunes_the_running_trials_at_the_next_evaluation_and_a_rerun_goes_on(tmp_path):
+    result = tune(CONFIG, SPACE, trials=6, population=2, min_steps=12, pruner="none", workdir=tmp_path, timeout=1e-3,
+                  verbose=False)  # the first population starts; its first evaluation comes after the deadline
+    assert result.timed_out and [row["state"] for row in result.timeline] == ["PRUNED", "PRUNED"]
+    assert [row["steps"] for row in result.timeline] == [12, 12]
+    assert all(t.user_attrs["timed_out"] and max(t.intermediate_values) == 12 for t in result.study.trials)
+    rerun = tune(CONFIG, SPACE, trials=4, population=2, min_steps=12, pruner="none", workdir=tmp_path, verbose=False)
+    assert not rerun.timed_out and [row["state"] for row in rerun.timeline] == ["COMPLETE", "COMPLETE"]
+    assert len(rerun.study.trials) == 4 and rerun.best()["trial"] in (2, 3)
+
+
 @pytest.mark.parametrize("space,kwargs,match", [
     (Space({"model_kwargs.widths": Categorical([(8,), (16,)])}), {}, r"change the compiled program"),
     (SPACE, {"min_steps": 5}, r"min_steps has value 5; allowed: a divisor"),
@@ -111,6 +122,7 @@ def test_enqueued_points_are_the_first_trials_and_a_resumed_search_does_not_queu
     (SPACE, {"enqueue": [{}, {"learning_rate": 0.5}]},
      r"enqueue\[1\]: parameter 'learning_rate': value 0.5 is outside \[1e-05, 0.03\]"),
     (SPACE, {"enqueue": [{}] * 5}, r"enqueue has 5 points; allowed: at most trials \(4\)"),
+    (SPACE, {"timeout": 0}, r"timeout has value 0; allowed: a finite number > 0"),
 ])
 def test_bad_input_fails_before_compiling(space, kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -32,7 +32,7 @@ from vhjax.population.exploit import (Range, array_namespace, copy_members, expl
                                       get_member_hparams, set_member_hparams, shrink_sources,
                                       truncation_select_with)
 from vhjax.population.fit import bucket_members, bucket_seeds, bucket_task, compiled_programs, stack_dynamic
-from vhjax.population.hooks import best_members, config_hooks
+from vhjax.population.hooks import best_members, config_hooks, stop_when
 from vhjax.population.loop import Hook, Report, run_loop
 from vhjax.population.members import init_population
 from vhjax.population.pbt_guide import guided_explore, score_changes
@@ -258,7 +258,7 @@ def fit_pbt(config: TrainConfig, members: Sequence[Mapping[str, Any]], explore: 
             interval: int, fraction: float = 0.25, resample_probability: float = 0.25, metric: str = "accuracy",
             workdir: str | Path | None = None, same_batches: bool = False, mesh: Any = "auto",
             on_round: Callable[[dict], None] | None = None, shrink: Mapping[int, int] | None = None,
-            candidates: int = 1, verbose: bool = True) -> PBTResult:
+            candidates: int = 1, verbose: bool = True, stop: Callable[[], bool] | None = None) -> PBTResult:
     """Train `members` (dicts of per-member fields, one bucket) with PBT for `config.steps` steps.
 
     `explore` maps hyperparameter names (e.g. 'learning_rate', 'weight_decay', 'dropout_rate',
@@ -277,6 +277,8 @@ def fit_pbt(config: TrainConfig, members: Sequence[Mapping[str, Any]], explore: 
     `candidates` (1: plain PBT): explore draws per copied member, of which a Gaussian process of the
     last rounds' score changes keeps the one of the highest upper confidence bound (after PB2; see
     `vhjax.population.pbt_guide`).
+    `stop() -> bool` (e.g. a deadline) is asked after each round; once true the run ends there, each
+    slot returning its kept (else last) parameters (`hooks.stop_when`).
     """
     check_int("interval", interval, 1, config.steps)
     check_int("candidates", candidates, 1, MAX_CANDIDATES)
@@ -305,7 +307,8 @@ def fit_pbt(config: TrainConfig, members: Sequence[Mapping[str, Any]], explore: 
     pbt = pbt_hook(explore, seed=config.seed, fraction=fraction, resample_probability=resample_probability,
                    metric=metric, on_round=on_round, shrink=shrink, shards=shards, candidates=candidates)
     extra = config_hooks(bucket_config)  # keep_best before PBT's copies: it keeps what was evaluated
-    hooks = [*[h for h in extra if h.name == "keep_best"], pbt, *[h for h in extra if h.name != "keep_best"]]
+    hooks = [*[h for h in extra if h.name == "keep_best"], pbt, *[h for h in extra if h.name != "keep_best"],
+             *([] if stop is None else [stop_when(stop)])]
     outcome = run_loop(population, run_chunk, (jnp.asarray(task.train.x), jnp.asarray(task.train.y)),
                        steps=config.steps, eval_every=interval, evaluate=lambda p: {"eval": evaluate(p, *eval_data)},
                        hooks=hooks, workdir=root, checkpoint_every=config.checkpoint_every, mesh=mesh, label="pbt | ",

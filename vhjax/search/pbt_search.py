@@ -117,7 +117,7 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
                compilation_cache: bool | str = True, verbose: bool = True,
                study: str = storage_lib.DEFAULT_STUDY, shrink: Mapping[int, int] | None = None,
                mesh: Any = "auto", initial: str | None = None, candidates: int = 1,
-               enqueue: Sequence[Mapping[str, Any]] = ()) -> SearchResult:
+               enqueue: Sequence[Mapping[str, Any]] = (), stop: Callable[[], bool] | None = None) -> SearchResult:
     """Run PBT over `space` with `population` members for `config.steps` steps; see the module doc.
 
     `interval` (steps between exploit/explore rounds) defaults to about a tenth of `config.steps`
@@ -141,6 +141,8 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
     `enqueue`: parameter values to train first (as Optuna's `study.enqueue_trial`), one dict per
     member of the first population, at most `population`; point i sets slot i's values, and the
     parameters it omits keep that slot's drawn ones (`enqueued_members`).
+    `stop() -> bool` (e.g. `tune`'s deadline) is asked after each round; once true the training ends
+    there and the run is stored with the rounds it has (`fit_pbt`).
     """
     from vhjax.population.pbt import MAX_CANDIDATES, check_shrink, fit_pbt, pbt_rounds
 
@@ -177,7 +179,8 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
         with vhjax_cache.count_compilations() as compiled:
             result = fit_pbt(config, members, ranges, interval=interval, fraction=fraction,
                              resample_probability=resample_probability, metric=metric, workdir=training_dir,
-                             on_round=on_round, shrink=shrink, candidates=candidates, mesh=mesh, verbose=verbose)
+                             on_round=on_round, shrink=shrink, candidates=candidates, mesh=mesh, verbose=verbose,
+                             stop=stop)
         return result, vhjax_cache.compilations_record(compiled)
 
     def opened():

@@ -47,6 +47,7 @@ from vhjax.population.fit import bucket_task, compiled_programs, split_member
 from vhjax.population.loop import Hook, Report, run_loop
 from vhjax.population.members import init_population
 from vhjax.population.state import PopulationState, training_mask
+from vhjax.search.deadline import Deadline
 from vhjax.search.results import rank_order
 from vhjax.search.space import Categorical, Float, Int, Space
 from vhjax.search.storage import sqlalchemy_url
@@ -73,6 +74,7 @@ class TuneResult:
     method: str = "asha"  # 'asha' or 'pbt' (see `tune`'s method)
     compilations: dict | None = None  # XLA programs (`compilations_record`): asha this call's, pbt its training's
     runs: list = dataclasses.field(default_factory=list)  # pbt: each run's `SearchResult` (lineage; `replay_pbt`)
+    timed_out: bool = False  # the `timeout` passed: the search ended at the evaluation after it
 
     def top(self, k: int) -> list[dict]:
         """The k best completed trials' timeline rows, best first: by value, among equal values those
@@ -357,7 +359,8 @@ def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget
          pruner: str | None = None, workdir: str | Path | None = None, study_name: str = "vhjax", seed: int = 0,
          callback: Callable[[dict], None] | None = None, mesh: Any = "auto", storage: str | None = None,
          heartbeat_interval: int = 60, grace_period: int = 180, compilation_cache: bool | str = True,
-         verbose: bool = True, method: str = "auto", enqueue: Sequence[Mapping[str, Any]] = ()) -> TuneResult:
+         verbose: bool = True, method: str = "auto", enqueue: Sequence[Mapping[str, Any]] = (),
+         timeout: float | None = None) -> TuneResult:
     """Search `space` with at most `trials` trials and/or `budget` full trials' worth of training
     (trials of at most `config.steps` steps each); see the module docstring.
 
@@ -390,9 +393,16 @@ def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget
     queued points are asked before the budget is checked, so all of them run. 'pbt': the first run's
     first members (at most its population), a parameter a point omits taken from that member's
     Sobol point.
+    `timeout`: seconds of wall time from the call after which the search starts nothing new and ends
+    at its next evaluation (Optuna's `optimize(timeout=...)`, Ray Tune's `time_budget_s`): 'asha'
+    refills no slot, and the trials running then end as pruned (user attribute `timed_out`); 'pbt'
+    ends the running run at its next round (each slot returning its best evaluated parameters) and
+    starts no further run. The first population always starts. `result.timed_out` says whether the
+    timeout ended it; rerunning the call in its workdir goes on (new trials, or the runs not started).
     """
     import optuna
 
+    deadline = Deadline(timeout)
     validate(config)
     if trials is None and budget is None:
         raise ValueError("trials and budget both have value None; allowed: a number of trials (trials=64) and/or "
@@ -417,7 +427,7 @@ def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget
             check_int("population", population, MIN_POPULATION)
         return run_pbt_tune(config, space, budget=budget, population=population, metric=metric, workdir=root,
                             study_name=study_name, seed=seed, callback=callback, mesh=mesh,
-                            compilation_cache=compilation_cache, verbose=verbose, enqueue=points)
+                            compilation_cache=compilation_cache, verbose=verbose, enqueue=points, deadline=deadline)
     sampler = "tpe" if sampler is None else sampler
     pruner = "asha" if pruner is None else pruner
     eta = 3 if eta is None else eta
@@ -533,6 +543,12 @@ def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget
                         finished[slot] = "COMPLETE"
                     elif trial.should_prune():
                         finished[slot] = "PRUNED"
+                timed_out = deadline.passed()
+                if timed_out:  # the running trials end here, pruned by the timeout
+                    for slot, trial in enumerate(running):
+                        if trial is not None and slot not in finished:
+                            trial.set_user_attr("timed_out", True)
+                            finished[slot] = "PRUNED"
                 if not finished:
                     return state, current
                 tests = evaluate(current, *test_data)[metric] if test_data is not None and "COMPLETE" in finished.values() \
@@ -541,7 +557,7 @@ def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget
                 for slot, outcome in finished.items():
                     test = None if tests is None or outcome != "COMPLETE" else float(tests[slot])
                     finish(slot, outcome, float(values[slot]), int(steps[slot]), test)
-                    pair = ask()
+                    pair = None if timed_out else ask()
                     if pair is None:
                         running[slot] = None
                         stopped[slot] = True
@@ -562,7 +578,12 @@ def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget
                      hooks=[Hook("tune", lambda p: {}, update)], mesh=mesh, verbose=False)
         record = vhjax_cache.compilations_record(compiled)
         study.set_user_attr("compilations", record)  # stored with the study (this call's programs)
-        return TuneResult(study, timeline, time.perf_counter() - start, metric, direction, compilations=record)
+        if verbose and deadline.reached:
+            print(f"tune | timeout ({timeout:g} s): {len(timeline)} trials ended in this call, "
+                  "those running at the deadline pruned there (user attribute timed_out); rerun the call to go on",
+                  flush=True)
+        return TuneResult(study, timeline, time.perf_counter() - start, metric, direction, compilations=record,
+                          timed_out=deadline.reached)
 
 
 def default_population(mesh: Any) -> int:

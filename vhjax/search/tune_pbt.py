@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from vhjax.config import TrainConfig
+from vhjax.search.deadline import Deadline
 from vhjax.search.space import Float, Space
 
 ROUNDS = 30  # about a thirtieth of the steps between rounds (`even_interval`)
@@ -127,14 +128,14 @@ def is_restart_study(name: str) -> bool:
 def run_pbt_tune(config: TrainConfig, space: Space, *, budget: float, population: int | None, metric: str,
                  workdir: Path | None, study_name: str, seed: int, callback: Callable[[dict], None] | None,
                  mesh: Any, compilation_cache: bool | str, verbose: bool,
-                 enqueue: Sequence[Mapping[str, Any]] = ()) -> Any:
+                 enqueue: Sequence[Mapping[str, Any]] = (), deadline: Deadline | None = None) -> Any:
     """Run the PBT method (see the module doc); a `TuneResult` whose study holds every run's trials.
-    `enqueue`: the first run's first members' values (`search_pbt`)."""
+    `enqueue`: the first run's first members' values (`search_pbt`). `deadline`: once it has passed,
+    the running run ends at its next round and no further run starts."""
     import optuna
 
     from vhjax import parallel
     from vhjax.compilation_cache import combined_records
-    from vhjax.population.pbt import pbt_rounds
     from vhjax.search.pbt_search import search_pbt
     from vhjax.search.tune import TuneResult, devices_line
 
@@ -142,7 +143,7 @@ def run_pbt_tune(config: TrainConfig, space: Space, *, budget: float, population
     population = pbt_population(budget, parallel.member_shards(mesh)) if population is None else population
     interval, shrink = pbt_schedule(config.steps, population)
     runs = pbt_runs(budget, config.steps, interval, population, shrink)
-    per_run = run_trials(population, pbt_rounds(config.steps, interval), shrink)  # trials of each run
+    deadline = deadline or Deadline(None)
     if verbose:
         kept = "".join(f", the best {kept} after round {at}" for at, kept in shrink.items())
         each = f"{runs} runs (restarts) of " if runs > 1 else ""
@@ -154,6 +155,8 @@ def run_pbt_tune(config: TrainConfig, space: Space, *, budget: float, population
     storage = None if workdir is None else str(workdir / "study.db")  # every run's study in one file
     results = []
     for run in range(runs):
+        if run > 0 and deadline.passed():
+            break
         if verbose and run > 0:
             best = max((t.fitness for r in results for t in r.trials if t.fitness is not None), default=math.nan)
             print(f"tune | method pbt: restart {run} of {runs - 1} (a new first population); best val "
@@ -162,8 +165,14 @@ def run_pbt_tune(config: TrainConfig, space: Space, *, budget: float, population
             config, space, population=population, interval=interval, metric=metric,
             workdir=None if workdir is None else (workdir if run == 0 else workdir / f"restart_{run}"),
             storage=storage, seed=run_seed(seed, run), study=restart_study(study_name, run), shrink=shrink or None,
-            callback=trial_reporter(run * per_run, population, shrink, start, seconds, callback, run),
-            compilation_cache=compilation_cache, verbose=verbose, mesh=mesh, enqueue=enqueue if run == 0 else ()))
+            callback=trial_reporter(sum(len(r.trials) for r in results), population, shrink, start, seconds, callback,
+                                    run),
+            compilation_cache=compilation_cache, verbose=verbose, mesh=mesh, enqueue=enqueue if run == 0 else (),
+            stop=deadline.passed if deadline.at is not None else None))
+    if verbose and deadline.reached:
+        left = f"; the {runs - len(results)} runs left start when the call is rerun" if len(results) < runs else ""
+        print(f"tune | method pbt: timeout ({deadline.timeout:g} s): {len(results)} of {runs} runs "
+              f"trained (one the deadline came in ended at its next round){left}", flush=True)
     record = combined_records([result.compilations for result in results])  # the training's programs
     if storage is not None and runs == 1:
         study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{Path(storage).absolute()}")
@@ -177,7 +186,7 @@ def run_pbt_tune(config: TrainConfig, space: Space, *, budget: float, population
                  "restart": trial.user_attrs.get("restart", 0)}
                 for trial in study.get_trials(deepcopy=False)]
     tuned = TuneResult(study, timeline, time.perf_counter() - start, metric, "maximize", method="pbt",
-                       compilations=record, runs=results)
+                       compilations=record, runs=results, timed_out=deadline.reached)
     if verbose:
         print(summary_line(tuned), flush=True)
     return tuned
