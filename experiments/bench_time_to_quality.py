@@ -22,6 +22,9 @@ Contestants (`--contestants`, comma-separated; add one by adding a function to C
                  ASHA rungs inside it, slots refilled; the compute of N full trials (pruned trials
                  count the steps they trained)
   vhjax_tune_random  the same with random sampling
+  vhjax_tune_timeout  vhjax_tune with `timeout=--timeout` seconds: its pick when it ends against every
+                 other contestant's pick among the trials it had finished by then (a second table:
+                 what each gives you in the same time; `fixed_time_summary`)
   vhjax_pbt      vhjax.search.search_pbt: population based training of P members (default 32, half the
                  compute of 64 trials) drawn from the space, exploit/explore every steps/10 steps (or
                  --pbt-interval) on the validation accuracy; every member's final (validation, test)
@@ -153,6 +156,51 @@ def final_pick(timeline: Sequence[Sequence[float]]) -> tuple[float, float]:
     if not curve or curve[-1][1] == -math.inf:
         return math.nan, math.nan
     return curve[-1][1], curve[-1][2]
+
+
+def pick_at(timeline: Sequence[Sequence[float]], seconds: float) -> tuple[float, float]:
+    """(best validation accuracy, test accuracy of that trial) among the trials finished within
+    `seconds` of the process's start; NaNs when none had."""
+    return final_pick([row for row in timeline if row[0] <= seconds])
+
+
+def fixed_time_summary(runs: Sequence[dict], timed: str) -> dict[str, dict]:
+    """Per contestant: the picks each had when the `timed` contestant's process ended (per seed: that
+    run's wall time, so every other contestant gets at least as long): mean best validation, mean
+    and std of the test accuracy of the pick, and against `timed` the seeds whose pick tested lower,
+    equal and higher. `timed` is the contestant given a `timeout`, whose pick is its final one."""
+    ends = {run["seed"]: run["wall"] for run in runs if run["contestant"] == timed}
+    if not ends:
+        raise ValueError(f"no run of the timed contestant {timed!r}; contestants: "
+                         f"{sorted({r['contestant'] for r in runs})}")
+    picks = {(run["contestant"], run["seed"]): (final_pick(run["timeline"]) if run["contestant"] == timed
+                                                 else pick_at(run["timeline"], ends[run["seed"]]))
+             for run in runs if run["seed"] in ends}
+    summary = {}
+    for name in dict.fromkeys(contestant for contestant, _ in picks):
+        seeds = [seed for contestant, seed in picks if contestant == name]
+        vals = [picks[name, seed][0] for seed in seeds]
+        tests = [picks[name, seed][1] for seed in seeds]
+        against = [np.sign(picks[timed, seed][1] - picks[name, seed][1]) for seed in seeds]
+        summary[name] = {"seeds": len(seeds), "seconds": float(np.median([ends[s] for s in seeds])),
+                         "best_val": float(np.nanmean(vals)), "test": float(np.nanmean(tests)),
+                         "test_std": float(np.nanstd(tests, ddof=1)) if len(tests) > 1 else 0.0,
+                         "timed_lower_equal_higher": [int(sum(a < 0 for a in against)),
+                                                      int(sum(a == 0 for a in against)),
+                                                      int(sum(a > 0 for a in against))]}
+    return summary
+
+
+def fixed_time_table(summary: dict[str, dict], timed: str) -> str:
+    """`fixed_time_summary` as a markdown table."""
+    lines = ["| contestant | seeds | at s (median) | best val. | test of pick | "
+             f"{timed}'s pick tests lower / equal / higher |", "|---|---|---|---|---|---|"]
+    for name, row in summary.items():
+        lower, equal, higher = row["timed_lower_equal_higher"]
+        lines.append(f"| {name} | {row['seeds']} | {_fmt(row['seconds'], 1)} | {_fmt(row['best_val'], 3)} | "
+                     f"{_fmt(row['test'], 3)} ± {_fmt(row['test_std'], 3)} | "
+                     + ("-" if name == timed else f"{lower} / {equal} / {higher}") + " |")
+    return "\n".join(lines)
 
 
 def median_or_inf(values: Sequence[float]) -> float:
@@ -500,7 +548,8 @@ def run_vhjax_tune(args, sampler: str | None = None) -> dict:
 
     result = tune(vhjax_config(task, args.steps, args.seed, args.conv_impl), space, budget=args.trials,
                   population=args.population, sampler=sampler, seed=args.seed, callback=record, mesh="auto",
-                  verbose=False, compilation_cache=args.compilation_cache or False)  # cold unless the bench turns it on for all
+                  verbose=False, compilation_cache=args.compilation_cache or False,  # cold unless the bench turns it on for all
+                  timeout=args.timeout if args.worker.startswith("vhjax_tune_timeout") else None)
     done = [row for row in result.timeline if row["state"] == "COMPLETE"]
     timeline = [(seconds[row["trial"]], row["value"], math.nan if row["test"] is None else row["test"]) for row in done]
     if result.method == "pbt":
@@ -595,6 +644,7 @@ CONTESTANTS: dict[str, Callable[[Any], dict]] = {
     "vhjax_tune": run_vhjax_tune,
     "vhjax_tune_asha": lambda args: run_vhjax_tune(args, "tpe"),
     "vhjax_tune_random": lambda args: run_vhjax_tune(args, "random"),
+    "vhjax_tune_timeout": run_vhjax_tune,  # tune(..., timeout=--timeout): see `fixed_time_summary`
     "optuna_tpe": lambda args: run_optuna(args, "tpe", pruner=False),
     "optuna_random": lambda args: run_optuna(args, "random", pruner=False),
     "optuna_tpe_hb": lambda args: run_optuna(args, "tpe", pruner=True),
@@ -644,6 +694,8 @@ def run_worker(args, contestant: str, seed: int, record: Path) -> dict:
         command += ["--population", str(args.population)]
     if args.compilation_cache:
         command += ["--compilation-cache", args.compilation_cache]
+    if args.timeout is not None:
+        command += ["--timeout", str(args.timeout)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     started = time.perf_counter()
     subprocess.run(command, check=True, env=env)
@@ -738,6 +790,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--conv-impl", choices=("auto", "patch", "xla"), default="auto",
                         help="vhjax contestants' convolution ('auto': vhjax's patch convolution on CPU, XLA's "
                              "native one on GPU/TPU); the Optuna trainer keeps 'auto'")
+    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                        help="vhjax_tune_timeout: tune(..., timeout=SECONDS); the run then also gets a table of "
+                             "every contestant's pick when that process ended (`fixed_time_summary`)")
     parser.add_argument("--pool", nargs="+", default=None, metavar="JSON",
                         help="run nothing: print the table of earlier runs' result files pooled, each seed "
                              "against its own run's reference (e.g. experiments/results/time_to_quality_session39_*.json)")
@@ -763,6 +818,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"unknown contestant(s) {unknown}; known: {', '.join(CONTESTANTS)}")
     if args.reference not in contestants:
         parser.error(f"--reference {args.reference!r} must be one of the contestants {contestants}")
+    if ("vhjax_tune_timeout" in contestants) != (args.timeout is not None):
+        parser.error("--timeout and the contestant vhjax_tune_timeout go together (one without the other: "
+                     f"--timeout {args.timeout}, contestants {contestants})")
 
     stem = ("time_to_quality" + ("" if args.task == "mnist1d_cnn" else f"_{args.task}") + ("_quick" if args.quick else "")
             + args.tag)
@@ -789,6 +847,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     runs += first_run_rows(runs)
     summary = summarize(runs, args.reference)
     table = markdown_table(summary, args.reference)
+    if args.timeout is not None:
+        table += (f"\n\nPicks when vhjax_tune_timeout (--timeout {args.timeout:g}) ended, each seed at that process's "
+                  "wall time; the others' picks among the trials they had finished by then:\n\n"
+                  + fixed_time_table(fixed_time_summary(runs, "vhjax_tune_timeout"), "vhjax_tune_timeout"))
     import jax
 
     header = (f"Task {args.task}: {task.describe}. Searched: " + ", ".join(

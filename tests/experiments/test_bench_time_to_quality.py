@@ -169,3 +169,21 @@ def test_the_first_run_alone_is_an_ablation_row_of_the_same_run():
     # TPE's best 0.90 (at 30 s): the whole call reaches it at 20 s (1.5x), its first run alone never
     assert summary["vhjax_tune"]["mean_speedup_1"] == pytest.approx(1.5)
     assert summary["vhjax_tune_first_run"]["reached_1"] == 0 and summary["vhjax_tune_first_run"]["mean_speedup_1"] == 0
+
+
+def test_picks_at_a_fixed_time_give_the_others_as_long_as_the_timed_run_took():
+    assert bench.pick_at(OPTUNA, 25.0) == (0.80, 0.79) and bench.pick_at(OPTUNA, 30.0) == (0.90, 0.86)
+    assert all(math.isnan(x) for x in bench.pick_at(OPTUNA, 5.0))  # nothing finished yet
+    timed = [(9.0, 0.88, math.nan), (20.0, 0.93, math.nan), (30.0, 0.95, 0.91)]  # its pick's test known at the end
+    runs = [run("vhjax_tune_timeout", 0, timed), run("optuna_tpe", 0, OPTUNA),  # seed 0: ends at 30 s
+            run("vhjax_tune_timeout", 1, [(12.0, 0.70, 0.65)]), run("optuna_tpe", 1, [(10.0, 0.75, 0.74)])]
+    summary = bench.fixed_time_summary(runs, "vhjax_tune_timeout")
+    tpe, ours = summary["optuna_tpe"], summary["vhjax_tune_timeout"]
+    assert tpe["seconds"] == ours["seconds"] == pytest.approx(21.0)  # the timed runs' walls, 30 and 12 s
+    assert tpe["best_val"] == pytest.approx((0.90 + 0.75) / 2) and tpe["test"] == pytest.approx((0.86 + 0.74) / 2)
+    assert ours["test"] == pytest.approx((0.91 + 0.65) / 2)
+    assert tpe["timed_lower_equal_higher"] == [1, 0, 1]  # seed 1: 0.65 < 0.74; seed 0: 0.91 > 0.86
+    lines = bench.fixed_time_table(summary, "vhjax_tune_timeout").splitlines()
+    assert lines[3].endswith("| 1 / 0 / 1 |") and lines[2].endswith("| - |")
+    with pytest.raises(ValueError, match="no run of the timed contestant"):
+        bench.fixed_time_summary([run("optuna_tpe", 0, OPTUNA)], "vhjax_tune_timeout")
