@@ -183,6 +183,27 @@ def test_pbt_keep_best_returns_each_slots_best_evaluated_parameters():
         assert member["hparams"]["learning_rate"] == pbt.history[best_round]["learning_rate"][i]  # of that round
 
 
+def test_a_stop_ends_the_run_at_that_round_and_a_run_resumes_with_or_without_one(tmp_path):
+    config = dataclasses.replace(CONFIG, steps=8, keep_best=True)
+    asked = []
+
+    def stop():  # true from its second call on: after round 1
+        asked.append(1)
+        return len(asked) >= 2
+
+    stopped = fit_pbt(config, MEMBERS, EXPLORE, interval=2, stop=stop, verbose=False)
+    assert [entry["step"] for entry in stopped.history] == [2, 4] and len(asked) == 2
+    assert all(member["best_step"] in (2, 4) for member in stopped.members)  # each slot's kept round
+    # a stop keeps no state in the checkpoints: a run started with one resumes without one, and back
+    first = fit_pbt(dataclasses.replace(config, steps=4), MEMBERS, EXPLORE, interval=2, workdir=tmp_path / "a",
+                    stop=lambda: False, verbose=False)
+    resumed = fit_pbt(config, MEMBERS, EXPLORE, interval=2, workdir=tmp_path / "a", verbose=False)
+    assert [entry["step"] for entry in first.history] == [2, 4] and len(resumed.history) == 4
+    fit_pbt(dataclasses.replace(config, steps=4), MEMBERS, EXPLORE, interval=2, workdir=tmp_path / "b", verbose=False)
+    again = fit_pbt(config, MEMBERS, EXPLORE, interval=2, workdir=tmp_path / "b", stop=lambda: False, verbose=False)
+    assert [entry["score"] for entry in again.history] == [entry["score"] for entry in resumed.history]
+
+
 def test_search_pbt_streams_rounds_and_keeps_the_best_round_of_each_slot(tmp_path):
     from vhjax.search import Float, Space, search_pbt
 

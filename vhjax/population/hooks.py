@@ -9,7 +9,7 @@ is checkpointed with the population and a resumed run continues exactly.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -144,19 +144,6 @@ def reduce_on_plateau(*, split: str = "eval", metric: str = "accuracy", mode: st
         return {"control": new}, set_member_hparams(population, learning_rate=rates)
 
     return Hook("reduce_on_plateau", init, update)
-
-
-def stop_when(stop: Callable[[], bool]) -> Hook:
-    """Stop every member once `stop()` is true (asked after each chunk's evaluation, e.g. a
-    deadline): the loop ends after that chunk, as when every member has stopped early, and best-model
-    keeping returns what was kept."""
-
-    def update(state: dict, population: PopulationState, report: Report):
-        if not stop():
-            return state, population
-        return state, population.replace(stopped=population.stopped | True)
-
-    return Hook("stop_when", lambda population: {}, update)
 
 
 def config_hooks(config: Any) -> list[Hook]:

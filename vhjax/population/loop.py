@@ -240,9 +240,12 @@ def run_loop(population: PopulationState, runner: Callable, data: Any, *, steps:
              evaluate: Callable[[PopulationState], dict] | None = None, hooks: Sequence[Hook] = (),
              workdir: str | Path | None = None, checkpoint_every: int = 1, mesh: Any = None,
              label: str = "", verbose: bool = True, log: MetricsLog | None = None, writers: Any = "auto",
-             hparams: Sequence[dict] | None = None) -> LoopResult:
+             hparams: Sequence[dict] | None = None, stop: Callable[[], bool] | None = None) -> LoopResult:
     """Train `population` to `steps` with `runner` (an engine chunk runner) on `data`; see the module
     docstring. Returns when every member reached `steps`, or stopped, or diverged.
+    `stop() -> bool` (e.g. a deadline) is asked after each chunk's hooks; once true every member
+    stops, so the loop ends after that chunk (checkpointed as its last). It is not a hook: it keeps
+    no state, so a run resumes whether or not the rerun passes one (`stop_requested`).
 
     `writers` get every row of the metrics log (`vhjax.train.writers`): 'auto' writes TensorBoard
     event files under `workdir/tensorboard` when there is a workdir; None writes none. `hparams`:
@@ -258,7 +261,17 @@ def run_loop(population: PopulationState, runner: Callable, data: Any, *, steps:
     with workdir_lock(workdir), preemption.watch(enabled=workdir is not None), _reported(mesh):
         return _run_locked(population, runner, data, steps=steps, eval_every=eval_every, evaluate=evaluate,
                            hooks=hooks, workdir=workdir, checkpoint_every=checkpoint_every, mesh=mesh, label=label,
-                           verbose=verbose, log=log, writers=writers, hparams=hparams)
+                           verbose=verbose, log=log, writers=writers, hparams=hparams, stop=stop)
+
+
+def stop_requested(stop: Callable[[], bool] | None, mesh: Any) -> bool:
+    """`stop()`, as process 0 answers it when the mesh spans processes (so all end the same chunk)."""
+    if stop is None:
+        return False
+    if mesh is None or not parallel.spans_processes(mesh):
+        return bool(stop())
+    mine = (b"1" if stop() else b"0") if distributed.is_main_process() else None
+    return distributed.broadcast_bytes(mine) == b"1"
 
 
 @contextlib.contextmanager
@@ -278,7 +291,7 @@ def _reported(mesh: Any):
 def _run_locked(population: PopulationState, runner: Callable, data: Any, *, steps: int, eval_every: int,
                 evaluate: Callable | None, hooks: Sequence[Hook], workdir: Path | None, checkpoint_every: int,
                 mesh: Any, label: str, verbose: bool, log: MetricsLog | None, writers: Any = "auto",
-                hparams: Sequence[dict] | None = None) -> LoopResult:
+                hparams: Sequence[dict] | None = None, stop: Callable[[], bool] | None = None) -> LoopResult:
     log = log or MetricsLog(workdir / "metrics.jsonl" if workdir else None)
     hook_states = {hook.name: hook.init(population) for hook in hooks}
     checkpointer = Checkpointer(workdir / "checkpoints") if workdir else None
@@ -316,6 +329,8 @@ def _run_locked(population: PopulationState, runner: Callable, data: Any, *, ste
             report = Report(step, steps, length, time.perf_counter() - tick, summarize_chunk(metrics), evaluation, {})
             for hook in hooks:
                 hook_states[hook.name], population = hook.update(hook_states[hook.name], population, report)
+            if stop_requested(stop, mesh):
+                population = population.replace(stopped=population.stopped | True)
             write_logs(log, report, population, writers)
             last = step >= steps or not bool(np.any(training_mask(population)))
             preempted = checkpointer is not None and preemption.requested()

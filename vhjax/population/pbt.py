@@ -32,7 +32,7 @@ from vhjax.population.exploit import (Range, array_namespace, copy_members, expl
                                       get_member_hparams, set_member_hparams, shrink_sources,
                                       truncation_select_with)
 from vhjax.population.fit import bucket_members, bucket_seeds, bucket_task, compiled_programs, stack_dynamic
-from vhjax.population.hooks import best_members, config_hooks, stop_when
+from vhjax.population.hooks import best_members, config_hooks
 from vhjax.population.loop import Hook, Report, run_loop
 from vhjax.population.members import init_population
 from vhjax.population.pbt_guide import guided_explore, score_changes
@@ -278,7 +278,7 @@ def fit_pbt(config: TrainConfig, members: Sequence[Mapping[str, Any]], explore: 
     last rounds' score changes keeps the one of the highest upper confidence bound (after PB2; see
     `vhjax.population.pbt_guide`).
     `stop() -> bool` (e.g. a deadline) is asked after each round; once true the run ends there, each
-    slot returning its kept (else last) parameters (`hooks.stop_when`).
+    slot returning its kept (else last) parameters (`run_loop`'s `stop`).
     """
     check_int("interval", interval, 1, config.steps)
     check_int("candidates", candidates, 1, MAX_CANDIDATES)
@@ -307,12 +307,11 @@ def fit_pbt(config: TrainConfig, members: Sequence[Mapping[str, Any]], explore: 
     pbt = pbt_hook(explore, seed=config.seed, fraction=fraction, resample_probability=resample_probability,
                    metric=metric, on_round=on_round, shrink=shrink, shards=shards, candidates=candidates)
     extra = config_hooks(bucket_config)  # keep_best before PBT's copies: it keeps what was evaluated
-    hooks = [*[h for h in extra if h.name == "keep_best"], pbt, *[h for h in extra if h.name != "keep_best"],
-             *([] if stop is None else [stop_when(stop)])]
+    hooks = [*[h for h in extra if h.name == "keep_best"], pbt, *[h for h in extra if h.name != "keep_best"]]
     outcome = run_loop(population, run_chunk, (jnp.asarray(task.train.x), jnp.asarray(task.train.y)),
                        steps=config.steps, eval_every=interval, evaluate=lambda p: {"eval": evaluate(p, *eval_data)},
                        hooks=hooks, workdir=root, checkpoint_every=config.checkpoint_every, mesh=mesh, label="pbt | ",
-                       verbose=verbose)
+                       verbose=verbose, stop=stop)
     population = outcome.population
     best_steps = [None] * len(members)
     if "keep_best" in outcome.hook_states:
