@@ -76,11 +76,6 @@ def trial_number(round_index: int, position: int, population: int, shrink: Mappi
     return sum(members(r) for r in range(round_index)) + position
 
 
-def run_trials(population: int, rounds: int, shrink: Mapping[int, int]) -> int:
-    """Trials one run stores: every training member at every round."""
-    return trial_number(rounds, 0, population, shrink)
-
-
 def run_member_steps(steps: int, interval: int, population: int, shrink: Mapping[int, int]) -> int:
     """Member-steps one shrinking run trains: each round's training members times its steps."""
     from vhjax.population.pbt import pbt_rounds
