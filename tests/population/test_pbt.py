@@ -183,7 +183,7 @@ def test_pbt_keep_best_returns_each_slots_best_evaluated_parameters():
         assert member["hparams"]["learning_rate"] == pbt.history[best_round]["learning_rate"][i]  # of that round
 
 
-def test_a_stop_ends_the_run_at_that_round_and_a_run_resumes_with_or_without_one(tmp_path):
+def test_a_stop_ends_the_run_at_that_round_the_rerun_continues_it_and_a_run_resumes_with_or_without_one(tmp_path):
     config = dataclasses.replace(CONFIG, steps=8, keep_best=True)
     asked = []
 
@@ -192,8 +192,17 @@ def test_a_stop_ends_the_run_at_that_round_and_a_run_resumes_with_or_without_one
         return len(asked) >= 2
 
     stopped = fit_pbt(config, MEMBERS, EXPLORE, interval=2, stop=stop, verbose=False)
-    assert [entry["step"] for entry in stopped.history] == [2, 4] and len(asked) == 2
+    assert [entry["step"] for entry in stopped.history] == [2, 4] and len(asked) == 2 and stopped.cut_at == 4
     assert all(member["best_step"] in (2, 4) for member in stopped.members)  # each slot's kept round
+    whole = fit_pbt(config, MEMBERS, EXPLORE, interval=2, verbose=False)
+    assert whole.cut_at is None and stopped.history == whole.history[:2]
+    # a run cut in its workdir continues there as the uncut run trains, whether or not the rerun has a stop
+    asked.clear()
+    fit_pbt(config, MEMBERS, EXPLORE, interval=2, workdir=tmp_path / "cut", stop=stop, verbose=False)
+    continued = fit_pbt(config, MEMBERS, EXPLORE, interval=2, workdir=tmp_path / "cut", stop=lambda: False,
+                        verbose=False)
+    assert continued.cut_at is None and continued.history == whole.history
+    assert continued.lineage == whole.lineage and continued.members == whole.members
     # a stop keeps no state in the checkpoints: a run started with one resumes without one, and back
     first = fit_pbt(dataclasses.replace(config, steps=4), MEMBERS, EXPLORE, interval=2, workdir=tmp_path / "a",
                     stop=lambda: False, verbose=False)

@@ -199,21 +199,26 @@ def test_enqueued_points_are_the_first_members_and_belong_to_the_stored_run(tmp_
         tune(CONFIG, SPACE, budget=8, population=8, enqueue=[{}] * 9, verbose=False)
 
 
-def test_a_timeout_ends_the_run_at_its_next_round_and_a_rerun_trains_the_runs_left(pbt_run, tmp_path, capsys):
+def test_a_timeout_ends_the_run_at_its_next_round_and_a_rerun_continues_it_as_an_unlimited_call(
+        pbt_run, tmp_path, capsys):
     _, _, whole = pbt_run
     result = tune(CONFIG, SPACE, budget=8, workdir=tmp_path, timeout=1e-3, verbose=True)
-    assert result.timed_out and len(result.runs) == 1  # no restart after the deadline
+    assert result.timed_out and len(result.runs) == 1 and result.runs[0].cut_at == 2  # no restart after it
     assert [row["steps"] for row in result.timeline] == [2] * 4  # the first run's first round, then it ended
     best = result.best()
     assert best["test"] is not None and best["value"] == max(row["value"] for row in result.timeline)
-    assert "tune | method pbt: timeout (0.001 s): 1 of 3 runs trained" in capsys.readouterr().out
+    assert ("tune | method pbt: timeout (0.001 s): 1 of 3 runs trained, the last cut at step 2 of 60 (its next round "
+            "after the deadline); rerunning the call in its workdir continues the cut run and trains the 2 runs not "
+            "started") in capsys.readouterr().out
     rerun = tune(CONFIG, SPACE, budget=8, workdir=tmp_path, verbose=False)
-    assert not rerun.timed_out and len(rerun.runs) == 3 and len(rerun.timeline) == 4 + 2 * 78
-    first_read_back = rerun.timeline[:4]  # read back; the restarts trained now, their rows timed from this call
-    assert [row["value"] for row in first_read_back] == [row["value"] for row in result.timeline]
-    assert all(row["seconds"] > 0 for row in rerun.timeline[4:])
-    # the restarts are the whole search's restarts: the same seeds and rounds
-    assert [row["value"] for row in rerun.timeline[4:]] == [row["value"] for row in whole.timeline[78:]]
+    assert not rerun.timed_out and len(rerun.runs) == 3 and all(run.cut_at is None for run in rerun.runs)
+    # the cut run went on from its checkpoint: every run's rounds are those of the unlimited call
+    assert [(row["steps"], row["value"], row["test"]) for row in rerun.timeline] == [
+        (row["steps"], row["value"], row["test"]) for row in whole.timeline]
+    assert rerun.best() == {**whole.best(), "seconds": rerun.best()["seconds"]}
+    assert all(row["seconds"] > 0 for row in rerun.timeline[4:])  # trained in this call
+    again = tune(CONFIG, SPACE, budget=8, workdir=tmp_path, verbose=False)  # now read back whole
+    assert [row["value"] for row in again.timeline] == [row["value"] for row in whole.timeline]
 
 
 def test_tunes_pick_replays_from_the_run_that_made_it(pbt_run):

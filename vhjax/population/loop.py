@@ -84,6 +84,7 @@ class LoopResult:
     step_metrics: dict[str, np.ndarray]  # name -> (steps trained in this call, P)
     resumed_from: int | None
     batch_rows: int | None = None  # per-host batches: the batch rows this process gathered (`on_mesh`)
+    cut_at: int | None = None  # the step a `stop` ended the loop at (None: it ran to its end)
 
 
 def chunk_lengths(start: int, total: int, every: int) -> list[int]:
@@ -243,9 +244,11 @@ def run_loop(population: PopulationState, runner: Callable, data: Any, *, steps:
              hparams: Sequence[dict] | None = None, stop: Callable[[], bool] | None = None) -> LoopResult:
     """Train `population` to `steps` with `runner` (an engine chunk runner) on `data`; see the module
     docstring. Returns when every member reached `steps`, or stopped, or diverged.
-    `stop() -> bool` (e.g. a deadline) is asked after each chunk's hooks; once true every member
-    stops, so the loop ends after that chunk (checkpointed as its last). It is not a hook: it keeps
-    no state, so a run resumes whether or not the rerun passes one (`stop_requested`).
+    `stop() -> bool` (e.g. a deadline) is asked after each chunk's hooks; once true the loop ends
+    after that chunk, checkpointed as it is (no member marked stopped), and `cut_at` in the result
+    is its step: running the loop again on the workdir continues it to `steps` exactly as an uncut
+    run. It is not a hook: it keeps no state, so a run resumes whether or not the rerun passes one
+    (`stop_requested`).
 
     `writers` get every row of the metrics log (`vhjax.train.writers`): 'auto' writes TensorBoard
     event files under `workdir/tensorboard` when there is a workdir; None writes none. `hparams`:
@@ -316,6 +319,7 @@ def _run_locked(population: PopulationState, runner: Callable, data: Any, *, ste
         progress.message(f"{label}resumed from {workdir} at step {resumed_from}")
     collected: list[dict] = []
     full = min(eval_every, steps)  # the length of a chunk program
+    cut = False
     with count_compilations() as compiled:  # the progress lines name the programs compiled
         for chunk_number, length in enumerate(chunk_lengths(step, steps, eval_every)):
             if not bool(np.any(training_mask(population))):
@@ -329,12 +333,11 @@ def _run_locked(population: PopulationState, runner: Callable, data: Any, *, ste
             report = Report(step, steps, length, time.perf_counter() - tick, summarize_chunk(metrics), evaluation, {})
             for hook in hooks:
                 hook_states[hook.name], population = hook.update(hook_states[hook.name], population, report)
-            if stop_requested(stop, mesh):
-                population = population.replace(stopped=population.stopped | True)
-            write_logs(log, report, population, writers)
             last = step >= steps or not bool(np.any(training_mask(population)))
+            cut = not last and stop_requested(stop, mesh)
+            write_logs(log, report, population, writers)
             preempted = checkpointer is not None and preemption.requested()
-            if checkpointer is not None and ((chunk_number + 1) % checkpoint_every == 0 or last or preempted):
+            if checkpointer is not None and ((chunk_number + 1) % checkpoint_every == 0 or last or cut or preempted):
                 arrays = {k: split_state(v)[0] for k, v in hook_states.items()}
                 records = {k: split_state(v)[1] for k, v in hook_states.items()}
                 checkpointer.save(step, {"population": population, "hooks": arrays}, {"step": step, "hooks": records})
@@ -345,13 +348,17 @@ def _run_locked(population: PopulationState, runner: Callable, data: Any, *, ste
                 checkpointer.close()
                 print_progress(f"{label}{preemption.message(step, steps, workdir)}")
                 raise preemption.Preempted(preemption.message(step, steps, workdir))
+            if cut:
+                progress.message(f"{label}stopped at step {step} of {steps} (a stop was requested)"
+                                 + ("; running again on the workdir continues" if workdir else ""))
+                break
     progress.close()
     writers.close()
     if checkpointer is not None:
         checkpointer.close()
     step_metrics = {k: np.concatenate([m[k] for m in collected]) for k in (collected[0] if collected else {})}
     return LoopResult(population, hook_states, log.read(), step_metrics, resumed_from,
-                      getattr(runner, "batch_rows", None))
+                      getattr(runner, "batch_rows", None), step if cut else None)
 
 
 def member_hparams(population: PopulationState, extra: Sequence[dict] | None = None) -> list[dict]:

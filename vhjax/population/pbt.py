@@ -52,6 +52,7 @@ class PBTResult:
     members: list[dict]
     lineage: list[dict]  # {"step", "parent": [P] (-1: kept its own state)}
     history: list[dict]  # {"step", "score": [P], hparam name: [P, ...]}
+    cut_at: int | None = None  # the step a `stop` ended the run at (None: it trained to the end)
 
     def best(self, split: str = "eval", metric: str = "accuracy") -> dict:
         return max(self.members, key=lambda m: m[split][metric])
@@ -278,7 +279,8 @@ def fit_pbt(config: TrainConfig, members: Sequence[Mapping[str, Any]], explore: 
     last rounds' score changes keeps the one of the highest upper confidence bound (after PB2; see
     `vhjax.population.pbt_guide`).
     `stop() -> bool` (e.g. a deadline) is asked after each round; once true the run ends there, each
-    slot returning its kept (else last) parameters (`run_loop`'s `stop`).
+    slot returning its kept (else last) parameters, with `cut_at` its step (`run_loop`'s `stop`);
+    called again with the same workdir, the run continues from there as an uncut run trains.
     """
     check_int("interval", interval, 1, config.steps)
     check_int("candidates", candidates, 1, MAX_CANDIDATES)
@@ -328,7 +330,7 @@ def fit_pbt(config: TrainConfig, members: Sequence[Mapping[str, Any]], explore: 
                 "hparams": hparams[i], "diverged_step": None if int(diverged[i]) < 0 else int(diverged[i]),
                 "best_step": best_steps[i]}
                for i in range(len(members))]
-    result = PBTResult(results, record["lineage"], record["history"])
+    result = PBTResult(results, record["lineage"], record["history"], outcome.cut_at)
     if root is not None:
         write_text_atomically(root / "pbt.json", json.dumps(dataclasses.asdict(result), indent=1))
     return result

@@ -47,6 +47,7 @@ from vhjax.search.strategies.base import check_positive_int
 from vhjax.validation import check_choice, check_int
 
 _STORED_KEY = "pbt_rounds_stored"  # written with the rounds: the store holds every round
+_CUT_KEY = "pbt_cut_at_step"  # written with them: the step a `stop` ended the run at ('': none did)
 
 
 def explore_ranges(space: Space) -> dict[str, tuple[float, float, bool]]:
@@ -142,7 +143,9 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
     member of the first population, at most `population`; point i sets slot i's values, and the
     parameters it omits keep that slot's drawn ones (`enqueued_members`).
     `stop() -> bool` (e.g. `tune`'s deadline) is asked after each round; once true the training ends
-    there and the run is stored with the rounds it has (`fit_pbt`).
+    there and the run is stored with the rounds it has (`fit_pbt`). Called again with the same
+    workdir, such a cut run continues from its training checkpoint and is stored again whole, its
+    trials then those of an uncut run (without a workdir there is no checkpoint: it stays as stored).
     """
     from vhjax.population.pbt import MAX_CANDIDATES, check_shrink, fit_pbt, pbt_rounds
 
@@ -190,21 +193,26 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
         if workdir is None and storage is None:  # nothing to resume: the in-memory store opens (about
             design = initial or "sobol"         # half a second) when the rounds are there to store
             result, compilations = train(design)
+            cut_at = result.cut_at
             with opened() as store:
                 trials = _store(store, space, result, compilations, fingerprint(design))
         else:
             with opened() as store:
                 design = initial or stored_design(store)
                 check_fingerprint(store, fingerprint(design))
-                if store.get_meta(_STORED_KEY) is not None:  # else never stored whole: an older, cut write goes
+                continues = workdir is not None and bool(store.get_meta(_CUT_KEY))  # a stop cut the stored run
+                if store.get_meta(_STORED_KEY) is not None and not continues:  # else: never stored whole (an
+                    # older write a kill cut short goes), or cut by a stop: training goes on from its checkpoint
                     trials = TrialTable(store.trials())
                     compilations = json.loads(store.get_meta("compilations") or "null")  # the run's, as stored
+                    cut_at = int(store.get_meta(_CUT_KEY)) if store.get_meta(_CUT_KEY) else None
                 else:
                     result, compilations = train(design)
+                    cut_at = result.cut_at
                     trials = _store(store, space, result, compilations, fingerprint(design))
     return SearchResult(trials=trials, direction="maximize", objectives={metric: "maximize"},
                         workdir=None if workdir is None else os.fspath(workdir), study=study,
-                        top_fidelity_only=not keeps_best(config), compilations=compilations)
+                        top_fidelity_only=not keeps_best(config), compilations=compilations, cut_at=cut_at)
 
 
 def keeps_best(config: TrainConfig) -> bool:
@@ -280,7 +288,8 @@ def _store_rounds(store: storage_lib.TrialStore, space: Space, result: Any,
         generations.append(rows)
         parent_positions.append(parents)
         positions = current
-    store.replace_trials(generations, parent_positions, meta={**(meta or {}), _STORED_KEY: str(len(generations))})
+    store.replace_trials(generations, parent_positions, meta={
+        **(meta or {}), _STORED_KEY: str(len(generations)), _CUT_KEY: "" if result.cut_at is None else str(result.cut_at)})
 
 
 def returned_round(member: dict, steps: list[int], last_active: int) -> int:

@@ -196,6 +196,7 @@ class SearchResult:
     study: str = "default"
     top_fidelity_only: bool = False  # multifidelity: rank only trials at the largest budget reached
     compilations: dict | None = None  # search_pbt: its training's XLA programs (`compilations_record`)
+    cut_at: int | None = None  # search_pbt: the step a `stop` ended its run at (None: it trained to the end)
 
     def _ranked(self) -> list[Trial]:
         trials = list(self.trials)

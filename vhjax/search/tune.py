@@ -398,7 +398,8 @@ def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget
     refills no slot, and the trials running then end as pruned (user attribute `timed_out`); 'pbt'
     ends the running run at its next round (each slot returning its best evaluated parameters) and
     starts no further run. The first population always starts. `result.timed_out` says whether the
-    timeout ended it; rerunning the call in its workdir goes on (new trials, or the runs not started).
+    timeout ended it; rerunning the call in its workdir goes on ('asha': new trials; 'pbt': the cut run
+    continues from its checkpoint and the runs not started train, as in a call without a timeout).
     """
     import optuna
 

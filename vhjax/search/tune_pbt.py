@@ -165,9 +165,7 @@ def run_pbt_tune(config: TrainConfig, space: Space, *, budget: float, population
             compilation_cache=compilation_cache, verbose=verbose, mesh=mesh, enqueue=enqueue if run == 0 else (),
             stop=deadline.passed if deadline.at is not None else None))
     if verbose and deadline.reached:
-        left = f"; the {runs - len(results)} runs left start when the call is rerun" if len(results) < runs else ""
-        print(f"tune | method pbt: timeout ({deadline.timeout:g} s): {len(results)} of {runs} runs "
-              f"trained (one the deadline came in ended at its next round){left}", flush=True)
+        print(timeout_line(deadline.timeout, results, runs, config.steps, workdir is not None), flush=True)
     record = combined_records([result.compilations for result in results])  # the training's programs
     if storage is not None and runs == 1:
         study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{Path(storage).absolute()}")
@@ -185,6 +183,17 @@ def run_pbt_tune(config: TrainConfig, space: Space, *, budget: float, population
     if verbose:
         print(summary_line(tuned), flush=True)
     return tuned
+
+
+def timeout_line(timeout: float, results: Sequence[Any], runs: int, steps: int, resumable: bool) -> str:
+    """The progress line of a call the timeout ended: the runs trained, where the one the deadline
+    came in was cut, and what a rerun in the workdir does."""
+    cut_at = results[-1].cut_at
+    cut = "" if cut_at is None else f", the last cut at step {cut_at} of {steps} (its next round after the deadline)"
+    left = [*([] if cut_at is None else ["continues the cut run"]),
+            *([f"trains the {runs - len(results)} runs not started"] if len(results) < runs else [])]
+    rerun = f"; rerunning the call in its workdir {' and '.join(left)}" if resumable and left else ""
+    return f"tune | method pbt: timeout ({timeout:g} s): {len(results)} of {runs} runs trained{cut}{rerun}"
 
 
 def trial_reporter(offset: int, population: int, shrink: Mapping[int, int], start: float, seconds: dict[int, float],
