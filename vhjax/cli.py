@@ -92,8 +92,6 @@ def build_parser(names: bool = False) -> argparse.ArgumentParser:
                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _search_flags(demo)
     demo.add_argument("--steps", type=int, default=1500, help="training steps per member (default 1500)")
-    demo.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                      help="end the search at its first evaluation after SECONDS (rerun to go on; default: none)")
     demo.set_defaults(budget=16, strategy="tpe", workdir="runs/demo", seed=0)  # population: tune's default
 
     from vhjax.launch import add_arguments
@@ -114,6 +112,9 @@ def _search_flags(parser: argparse.ArgumentParser) -> None:
                                                         "(default: the spec's)")
     parser.add_argument("--seed", type=int, default=None, help="(default: the spec's)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines (verbose=False)")
+    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                        help="after SECONDS nothing new starts and the search ends at its next evaluation "
+                             "(rerun in the workdir to go on; default: none, or for a spec its own)")
     parser.add_argument("--mesh", default="auto", help="devices: 'auto' (all), 'none', or 'members=M,data=D' "
                                                        "(default: auto)")
     parser.add_argument("--cpu-devices", default="auto",
@@ -131,7 +132,7 @@ def run_search(args: argparse.Namespace) -> int:
     if "get_search" not in spec:
         raise ValueError(f"search spec {args.spec!r} defines no get_search()")
     kwargs = dict(spec["get_search"]())
-    for name in ("budget", "population", "strategy", "workdir", "seed"):
+    for name in ("budget", "population", "strategy", "workdir", "seed", "timeout"):
         if getattr(args, name) is not None:
             kwargs[name] = getattr(args, name)
     kwargs["verbose"] = not args.quiet

@@ -216,6 +216,35 @@ def test_resume_with_a_larger_budget_continues(tmp_path):
     assert counter.calls == 2 and _signature(extended) == _signature(straight)
 
 
+def test_a_timeout_ends_the_search_after_the_running_generation_and_a_rerun_goes_on(tmp_path, capsys):
+    kwargs = dict(budget=20, population=4, seed=3)
+    counter = CountingObjective()
+    cut = search(counter, BoxSpace(), hill_climber(), workdir=tmp_path / "a", timeout=1e-3, **kwargs)
+    assert cut.timed_out and counter.calls == 1 and len(cut.trials) == 4  # the call's first generation runs
+    printed = capsys.readouterr()
+    assert "timeout (0.001 s): 4 of 20 trials done; rerunning the call in its workdir goes on" in printed.out + printed.err
+    rerun = CountingObjective()
+    resumed = search(rerun, BoxSpace(), hill_climber(), workdir=tmp_path / "a", verbose=False, **kwargs)
+    straight = search(peak, BoxSpace(), hill_climber(), verbose=False, **kwargs)
+    assert not resumed.timed_out and rerun.calls == 4 and _signature(resumed) == _signature(straight)
+    roomy = search(peak, BoxSpace(), hill_climber(), timeout=3600, verbose=False, **kwargs)
+    assert not roomy.timed_out and _signature(roomy) == _signature(straight)
+
+
+def test_the_cli_passes_a_timeout_to_the_search(tmp_path, capsys):
+    from vhjax.cli import main
+
+    spec = tmp_path / "spec.py"
+    spec.write_text("from vhjax.search import Float, Space\n"
+                    "def get_search():\n"
+                    "    return dict(objective=lambda ps: [1 - (p['x'] - 0.3) ** 2 for p in ps],\n"
+                    "                space=Space({'x': Float(0.0, 1.0)}), strategy='random', budget=12, population=3)\n")
+    assert main(["search", str(spec), "--timeout", "0.001", "--quiet", "--workdir", str(tmp_path / "s")]) == 0
+    assert "| rank |" in capsys.readouterr().out
+    with open_store(tmp_path / "s") as store:
+        assert len(store.trials(status="complete")) == 3  # the first generation, then the deadline
+
+
 def test_resume_through_database_url(tmp_path):
     pytest.importorskip("sqlalchemy")
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
@@ -332,6 +361,7 @@ def test_progress_is_printed(capsys):
     (dict(budget=4, direction="max"), "direction"),
     (dict(budget=4, objective_input="dicts"), "objective_input"),
     (dict(budget=4, objectives={"a": "up"}), "objectives"),
+    (dict(budget=4, timeout=0), r"timeout has value 0; allowed: a finite number > 0"),
 ])
 def test_bad_input_is_rejected_before_running(kwargs, message):
     calls = CountingObjective()

@@ -61,6 +61,16 @@ def test_interrupted_search_resumes_without_reevaluating(tmp_path):
         [(t.params, t.fidelity, t.fitness) for t in full.trials]
 
 
+def test_a_timeout_ends_the_schedule_after_a_generation_and_a_rerun_finishes_it(tmp_path):
+    kwargs = dict(min_budget=1, max_budget=9, max_trials=100, population=3, workdir=tmp_path, verbose=False)
+    cut = search_multifidelity(noisy_quadratic, SPACE, "hyperband", timeout=1e-3, **kwargs)
+    assert cut.timed_out and len(cut.trials) == 3  # the first generation, then the deadline
+    finished = search_multifidelity(noisy_quadratic, SPACE, "hyperband", **kwargs)
+    straight = search_multifidelity(noisy_quadratic, SPACE, "hyperband", **{**kwargs, "workdir": None})
+    assert not finished.timed_out and [(t.params, t.fidelity, t.fitness) for t in finished.trials] == \
+        [(t.params, t.fidelity, t.fitness) for t in straight.trials]
+
+
 @pytest.mark.parametrize("kwargs,match", [
     ({"scheduler": "bohb"}, "scheduler 'bohb' is unknown; allowed: successive_halving, hyperband, asha"),
     ({"max_trials": 5}, r"max_trials=5 is smaller than one rung of successive_halving \(9 configurations"),

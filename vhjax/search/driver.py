@@ -49,6 +49,7 @@ import numpy as np
 
 from vhjax import distributed, faults
 from vhjax.search import storage as storage_lib
+from vhjax.search.deadline import Deadline
 from vhjax.search.results import DIRECTIONS, SearchResult, TrialTable, fitness_sign, rank_trials
 from vhjax.search.storage import NewTrial, Trial, TrialResult
 from vhjax.search.strategies.base import Proposals, check_positive_int, pareto_shaped
@@ -446,6 +447,7 @@ def search(
     verbose: bool = True,
     objective_input: str = "params",
     study: str = storage_lib.DEFAULT_STUDY,
+    timeout: float | None = None,
 ) -> SearchResult:
     """Search `space` for the best candidates of `objective`, `population` at a time.
 
@@ -469,11 +471,16 @@ def search(
         line per generation with its ETA (process 0 only).
       objective_input: 'params' (list of dicts) or 'encoded' (`u (n, D)`) for a callable objective.
       study: name of this search inside the store (several studies may share a database).
+      timeout: seconds of wall time from the call after which no new generation starts (as
+        Optuna's `optimize(timeout=...)`; the running one finishes and is stored, and the call's
+        first generation always runs); `result.timed_out` says whether it ended the search, and
+        rerunning the call in its workdir goes on to the budget.
     Returns:
       A `SearchResult` (trial table, best trial, Pareto front, plots); when the strategy
       proposes fidelities, the best trial is taken among those at the largest budget reached.
     """
     validate_search(population=population, budget=budget, seed=seed, space=space)
+    deadline = Deadline(timeout)
     evaluate = as_evaluator(objective, objective_input)
     objective_spec = resolve_objectives(objective, objectives, direction)
     strategy_kwargs = dict(strategy_kwargs or {})
@@ -493,7 +500,7 @@ def search(
                                                                        space=space) as store:
                 check_fingerprint(store, fingerprint)
                 _run(store, fingerprint, evaluate, objective_name(objective), space, strategy_obj, strategy_name,
-                     objective_spec, int(budget), int(population), int(seed), verbose)
+                     objective_spec, int(budget), int(population), int(seed), verbose, deadline)
                 trials = TrialTable(store.trials())
         except Exception as error:  # the others wait for process 0's next message: tell them it failed
             if not getattr(error, DURING_EVALUATION, False):  # (in an evaluation they fail in their own)
@@ -508,6 +515,7 @@ def search(
         workdir=None if workdir is None else os.fspath(workdir),
         study=study,
         top_fidelity_only=any(t.fidelity is not None for t in trials),
+        timed_out=deadline.reached,
     )
 
 
@@ -539,8 +547,9 @@ def _restore(store, strategy, init_key):
 
 
 def _run(store, fingerprint, evaluate, evaluator_name, space, strategy, strategy_name, objective_spec,
-         budget, population, seed, verbose):
-    """The generation loop; everything it learns goes to the store."""
+         budget, population, seed, verbose, deadline: Deadline):
+    """The generation loop; everything it learns goes to the store. Once `deadline` has passed no
+    generation starts after the call's first."""
     objective_names = list(objective_spec)
     primary = objective_spec[objective_names[0]]
     init_key, run_key = jax.random.split(jax.random.key(seed))
@@ -553,7 +562,12 @@ def _run(store, fingerprint, evaluate, evaluator_name, space, strategy, strategy
     failed = sum(t.status == "failed" for t in told)
     dim = int(space.dim)
     progress = _progress(budget, len(trial_of), verbose)
+    first = len(trial_of)
     while len(trial_of) < budget:
+        if len(trial_of) > first and deadline.passed():
+            progress.message(f"[vhjax.search] timeout ({deadline.timeout:g} s): {len(trial_of)} of {budget} trials "
+                             "done; rerunning the call in its workdir goes on")
+            break
         started = time.perf_counter()
         n = min(population, budget - len(trial_of))
         ask_key, eval_key = generation_keys(run_key, generation)

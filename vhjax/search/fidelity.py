@@ -54,6 +54,7 @@ def search_multifidelity(
     direction: str = "maximize",
     verbose: bool = True,
     study: str = storage_lib.DEFAULT_STUDY,
+    timeout: float | None = None,
 ) -> SearchResult:
     """Search with a multifidelity scheduler; budgets are training steps (integers).
 
@@ -67,6 +68,7 @@ def search_multifidelity(
       population: jobs asked and evaluated per generation.
       generator: a strategy name proposing new configurations (default uniform random; e.g.
         'tpe' or 'bayesopt' for a BOHB-like search), built with `generator_kwargs`.
+      timeout: seconds after which no new generation starts (`vhjax.search.search`'s `timeout`).
     Returns:
       A `SearchResult`; `fidelity` holds each trial's budget; `result.best` is the best trial
       at the largest budget reached.
@@ -90,4 +92,4 @@ def search_multifidelity(
                          f"({rung} configurations at budget {min_budget}); allowed: max_trials >= {rung}")
     return search(objective, space, scheduler, budget=max_trials, population=population, workdir=workdir,
                   seed=seed, direction=direction, strategy_kwargs=kwargs, storage=storage, verbose=verbose,
-                  study=study)
+                  study=study, timeout=timeout)

@@ -197,6 +197,7 @@ class SearchResult:
     top_fidelity_only: bool = False  # multifidelity: rank only trials at the largest budget reached
     compilations: dict | None = None  # search_pbt: its training's XLA programs (`compilations_record`)
     cut_at: int | None = None  # search_pbt: the step a `stop` ended its run at (None: it trained to the end)
+    timed_out: bool = False  # search: its `timeout` passed, so it ended before its budget
 
     def _ranked(self) -> list[Trial]:
         trials = list(self.trials)
