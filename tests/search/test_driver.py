@@ -231,6 +231,28 @@ def test_a_timeout_ends_the_search_after_the_running_generation_and_a_rerun_goes
     assert not roomy.timed_out and _signature(roomy) == _signature(straight)
 
 
+def test_the_callback_gets_every_finished_trial_once_as_stored(tmp_path):
+    sent = []
+    kwargs = dict(budget=10, population=4, seed=1, verbose=False)
+    result = search(peak, BoxSpace(), hill_climber(), workdir=tmp_path, callback=sent.append, **kwargs)
+    assert sent == list(result.trials) and [t.generation for t in sent] == [0] * 4 + [1] * 4 + [2] * 2
+    assert all(t.status == "complete" and t.fitness == pytest.approx(peak([t.params])[0]) for t in sent)
+    more = []  # a larger budget: only the new generations are sent
+    extended = search(peak, BoxSpace(), hill_climber(), workdir=tmp_path, callback=more.append,
+                      **{**kwargs, "budget": 14})
+    assert more == list(extended.trials)[10:] and len(more) == 4
+
+    def stop_at_generation_1(trial):  # a stop of the user's own: the generation is stored first
+        if trial.generation == 1:
+            raise RuntimeError("enough")
+
+    with pytest.raises(RuntimeError, match="enough"):
+        search(peak, BoxSpace(), hill_climber(), workdir=tmp_path / "stopped", callback=stop_at_generation_1, **kwargs)
+    rerun = CountingObjective()
+    resumed = search(rerun, BoxSpace(), hill_climber(), workdir=tmp_path / "stopped", **kwargs)
+    assert rerun.calls == 1 and _signature(resumed) == _signature(result)  # only generation 2 was left
+
+
 def test_the_cli_passes_a_timeout_to_the_search(tmp_path, capsys):
     from vhjax.cli import main
 

@@ -65,7 +65,9 @@ def test_a_timeout_ends_the_schedule_after_a_generation_and_a_rerun_finishes_it(
     kwargs = dict(min_budget=1, max_budget=9, max_trials=100, population=3, workdir=tmp_path, verbose=False)
     cut = search_multifidelity(noisy_quadratic, SPACE, "hyperband", timeout=1e-3, **kwargs)
     assert cut.timed_out and len(cut.trials) == 3  # the first generation, then the deadline
-    finished = search_multifidelity(noisy_quadratic, SPACE, "hyperband", **kwargs)
+    sent = []
+    finished = search_multifidelity(noisy_quadratic, SPACE, "hyperband", callback=sent.append, **kwargs)
+    assert sent == list(finished.trials)[3:]  # each trial this call finished, with its budget and parent
     straight = search_multifidelity(noisy_quadratic, SPACE, "hyperband", **{**kwargs, "workdir": None})
     assert not finished.timed_out and [(t.params, t.fidelity, t.fitness) for t in finished.trials] == \
         [(t.params, t.fidelity, t.fitness) for t in straight.trials]

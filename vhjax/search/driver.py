@@ -448,6 +448,7 @@ def search(
     objective_input: str = "params",
     study: str = storage_lib.DEFAULT_STUDY,
     timeout: float | None = None,
+    callback: Callable[[Trial], None] | None = None,
 ) -> SearchResult:
     """Search `space` for the best candidates of `objective`, `population` at a time.
 
@@ -475,6 +476,10 @@ def search(
         Optuna's `optimize(timeout=...)`; the running one finishes and is stored, and the call's
         first generation always runs); `result.timed_out` says whether it ended the search, and
         rerunning the call in its workdir goes on to the budget.
+      callback: called with each finished trial (a `Trial` as `result.trials` holds it: params,
+        status, fitness, metrics, fidelity, parent) once its generation is stored, in slot order
+        (as Optuna's `optimize(callbacks=...)`; on process 0; trials a resumed call read back are
+        not sent again).
     Returns:
       A `SearchResult` (trial table, best trial, Pareto front, plots); when the strategy
       proposes fidelities, the best trial is taken among those at the largest budget reached.
@@ -500,7 +505,7 @@ def search(
                                                                        space=space) as store:
                 check_fingerprint(store, fingerprint)
                 _run(store, fingerprint, evaluate, objective_name(objective), space, strategy_obj, strategy_name,
-                     objective_spec, int(budget), int(population), int(seed), verbose, deadline)
+                     objective_spec, int(budget), int(population), int(seed), verbose, deadline, callback)
                 trials = TrialTable(store.trials())
         except Exception as error:  # the others wait for process 0's next message: tell them it failed
             if not getattr(error, DURING_EVALUATION, False):  # (in an evaluation they fail in their own)
@@ -547,9 +552,9 @@ def _restore(store, strategy, init_key):
 
 
 def _run(store, fingerprint, evaluate, evaluator_name, space, strategy, strategy_name, objective_spec,
-         budget, population, seed, verbose, deadline: Deadline):
+         budget, population, seed, verbose, deadline: Deadline, callback: Callable[[Trial], None] | None = None):
     """The generation loop; everything it learns goes to the store. Once `deadline` has passed no
-    generation starts after the call's first."""
+    generation starts after the call's first; `callback` gets each generation's trials once stored."""
     objective_names = list(objective_spec)
     primary = objective_spec[objective_names[0]]
     init_key, run_key = jax.random.split(jax.random.key(seed))
@@ -596,6 +601,9 @@ def _run(store, fingerprint, evaluate, evaluator_name, space, strategy, strategy
         state, _ = strategy.tell(asked_state, raw, jax.numpy.asarray(fitness, jax.numpy.float32))
         write_fingerprint(store, fingerprint)
         store.finish_trials(results, state=storage_lib.state_to_bytes(state), generation=generation + 1)
+        if callback is not None:
+            for trial in sorted(store.trials(generation=generation), key=lambda t: t.slot):
+                callback(trial)
         history = np.concatenate([history, current])
         trial_of += trial_ids
         leader = rank_trials(leader + [_as_trial(r, generation) for r in results], primary)[:1]

@@ -16,13 +16,14 @@ Hyperband, a larger `n_iterations`) extends the finished search.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from vhjax.search import storage as storage_lib
 from vhjax.search.driver import search
 from vhjax.search.results import SearchResult
+from vhjax.search.storage import Trial
 from vhjax.search.strategies.base import check_positive_int, space_dim
 
 SCHEDULERS = ("successive_halving", "hyperband", "asha")
@@ -55,6 +56,7 @@ def search_multifidelity(
     verbose: bool = True,
     study: str = storage_lib.DEFAULT_STUDY,
     timeout: float | None = None,
+    callback: Callable[[Trial], None] | None = None,
 ) -> SearchResult:
     """Search with a multifidelity scheduler; budgets are training steps (integers).
 
@@ -69,6 +71,7 @@ def search_multifidelity(
       generator: a strategy name proposing new configurations (default uniform random; e.g.
         'tpe' or 'bayesopt' for a BOHB-like search), built with `generator_kwargs`.
       timeout: seconds after which no new generation starts (`vhjax.search.search`'s `timeout`).
+      callback: called with each finished trial (`vhjax.search.search`'s `callback`).
     Returns:
       A `SearchResult`; `fidelity` holds each trial's budget; `result.best` is the best trial
       at the largest budget reached.
@@ -92,4 +95,4 @@ def search_multifidelity(
                          f"({rung} configurations at budget {min_budget}); allowed: max_trials >= {rung}")
     return search(objective, space, scheduler, budget=max_trials, population=population, workdir=workdir,
                   seed=seed, direction=direction, strategy_kwargs=kwargs, storage=storage, verbose=verbose,
-                  study=study, timeout=timeout)
+                  study=study, timeout=timeout, callback=callback)
