@@ -213,6 +213,26 @@ def test_a_stop_ends_the_run_at_that_round_the_rerun_continues_it_and_a_run_resu
     assert [entry["score"] for entry in again.history] == [entry["score"] for entry in resumed.history]
 
 
+@pytest.mark.parametrize("main, mine, sent", [(True, True, b"1"), (True, False, b"0"), (False, None, None)])
+def test_on_a_mesh_over_processes_every_process_takes_process_0s_stop(monkeypatch, main, mine, sent):
+    from vhjax import distributed, parallel
+    from vhjax.population import loop
+
+    asked, broadcast = [], []
+    monkeypatch.setattr(parallel, "spans_processes", lambda mesh: True)
+    monkeypatch.setattr(distributed, "is_main_process", lambda: main)
+    monkeypatch.setattr(distributed, "broadcast_bytes", lambda data: broadcast.append(data) or b"1")
+
+    def stop():
+        asked.append(1)
+        return mine
+
+    # process 0 asks its own stop and sends the answer; another process sends nothing and follows it
+    assert loop.stop_requested(stop, mesh=object()) is True
+    assert broadcast == [sent] and len(asked) == int(main)
+    assert loop.stop_requested(None, mesh=object()) is False and len(broadcast) == 1  # no stop: no collective
+
+
 def test_search_pbt_streams_rounds_and_keeps_the_best_round_of_each_slot(tmp_path):
     from vhjax.search import Float, Space, search_pbt
 
