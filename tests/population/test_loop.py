@@ -106,8 +106,11 @@ def test_padding_members_are_inert():
 PADDED_ON_A_MESH = """
 import json, jax, jax.numpy as jnp, numpy as np
 from jax import monitoring
+import dataclasses
+from tests.datasets import tiny_classification
 from tests.population.test_loop import CONFIG
 from vhjax import parallel
+CONFIG = dataclasses.replace(CONFIG, dataset=tiny_classification())  # not the digits: no second loading them
 from vhjax.population.loop import on_mesh
 from vhjax.population.members import classifier_runner, init_population
 from vhjax.train import build_task

@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 # steps, eval_every and the interval keep every run to a few compiled chunks on a CPU
-_TRAIN = dict(dataset="digits", model="mlp", model_kwargs={"widths": (8,), "num_classes": 10}, learning_rate=3e-3,
+_TRAIN = dict(model="mlp", model_kwargs={"widths": (8,), "num_classes": 10}, learning_rate=3e-3,
               batch_size=32, steps=20, eval_every=10, seed=0)
 SCENARIOS = ("search", "multifidelity", "fit", "population", "pbt")
 
@@ -58,7 +58,9 @@ def run(name: str, workdir: str) -> dict[str, Any]:
     from vhjax.config import TrainConfig
     from vhjax.search import search, search_multifidelity, search_pbt
 
-    config = TrainConfig(**_TRAIN)
+    from tests.datasets import tiny_classification  # not the digits: no second spent loading them
+
+    config = TrainConfig(**_TRAIN, dataset=tiny_classification())
     if name == "search":
         result = search(_objective, _space(), "random", budget=12, population=3,
                                      workdir=workdir, seed=1, verbose=False)

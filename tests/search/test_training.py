@@ -105,15 +105,22 @@ def test_cli_search_spec_and_demo(tmp_path):
     spec.write_text(textwrap.dedent("""
         from vhjax.config import TrainConfig
         from vhjax.search import Float, Space, TrainingObjective
+        from tests.datasets import tiny_classification  # not the digits: no second spent loading them
 
         def get_search():
-            config = TrainConfig(dataset="digits", model="mlp", model_kwargs={"widths": (8,), "num_classes": 10},
-                                 batch_size=32, steps=20, eval_every=20)
+            config = TrainConfig(dataset=tiny_classification(), model="mlp",
+                                 model_kwargs={"widths": (8,), "num_classes": 10}, batch_size=32, steps=20,
+                                 eval_every=20)
             return dict(objective=TrainingObjective(config), space=Space({"learning_rate": Float(1e-3, 1e-1, log=True)}),
                         strategy="random", budget=4, population=2)
     """))
+    import os
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     out = subprocess.run([sys.executable, "-m", "vhjax.cli", "search", str(spec), "--budget", "2", "--quiet",
-                          "--workdir", str(tmp_path / "s")], capture_output=True, text=True, check=True).stdout
+                          "--workdir", str(tmp_path / "s")], capture_output=True, text=True, check=True,
+                         env=env).stdout
     assert "| rank | trial_id | params.learning_rate | fitness |" in out
     assert (tmp_path / "s" / "trials.sqlite").exists() and (tmp_path / "s" / "best_so_far.png").exists()
     demo = subprocess.run([sys.executable, "-m", "vhjax.cli", "demo", "--budget", "4", "--population", "2",

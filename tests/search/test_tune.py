@@ -137,9 +137,11 @@ def test_enqueue_must_be_a_list_of_dicts():
 
 
 WORKER = """
-import sys
+import dataclasses, sys
+from tests.datasets import tiny_classification
 from tests.search.test_tune import CONFIG, SPACE
 from vhjax.search.tune import tune
+CONFIG = dataclasses.replace(CONFIG, dataset=tiny_classification())  # not the digits: no second loading them
 tune(CONFIG, SPACE, trials=int(sys.argv[2]), population=2, min_steps=12, storage=sys.argv[1], mesh=None,
      heartbeat_interval=1, grace_period=int(sys.argv[3]), verbose=False)
 """

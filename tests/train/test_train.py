@@ -59,13 +59,15 @@ def test_interrupted_run_resumes_to_identical_metrics(tmp_path, run_interrupted)
 def test_killed_process_resumes(tmp_path):
     """SIGKILL a real `vhjax train` process mid-run, rerun it: same result as an uninterrupted run."""
     config_file = tmp_path / "cfg.py"
-    config_file.write_text(
+    config_file.write_text(  # the data made in the file: loading the digits costs each process a second
         "from vhjax.config import TrainConfig\n"
+        "from tests.datasets import tiny_classification\n"
         "def get_config():\n"
-        "    return TrainConfig(dataset='digits', model='mlp', model_kwargs={'widths': (32,), 'num_classes': 10},\n"
+        "    return TrainConfig(dataset=tiny_classification(), model='mlp',\n"
+        "                       model_kwargs={'widths': (32,), 'num_classes': 10},\n"
         "                       learning_rate=3e-3, batch_size=64, steps=1000, eval_every=50, seed=1)\n")
     command = [sys.executable, "-m", "vhjax.cli", "train", str(config_file), "--quiet"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
     killed = subprocess.Popen(command + ["--workdir", str(tmp_path / "cut")], env=env)
     checkpoints = tmp_path / "cut" / "checkpoints"
     deadline = time.time() + 120
