@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -275,27 +276,33 @@ def test_unknown_member_field():
 
 def test_sharded_population_matches_single_device(tmp_path):
     """4 forced CPU devices, P = 8 (two members per device): same results as one device."""
+    # one child with the 4 devices runs both modes in turn (the programs they share compile once)
     script = textwrap.dedent("""
         import json, sys, jax
         from vhjax.config import TrainConfig
         from vhjax.population import fit_population
         from vhjax.parallel import population_mesh
-        config = TrainConfig(dataset="digits", model="mlp", model_kwargs={"widths": (16,), "num_classes": 10},
-                             learning_rate=3e-3, batch_size=32, steps=40, eval_every=20)
+        from tests.datasets import tiny_classification  # not the digits: no second spent loading them
+        config = TrainConfig(dataset=tiny_classification(), model="mlp",
+                             model_kwargs={"widths": (16,), "num_classes": 10}, learning_rate=3e-3, batch_size=32,
+                             steps=40, eval_every=20)
         members = [{"learning_rate": 1e-3 * (i + 1)} for i in range(8)]
-        mesh = population_mesh() if sys.argv[1] == "sharded" else None
-        # sharded: one member from each of the 4 devices per group (member_group=1, 2 groups)
-        result = fit_population(config, members, mesh=mesh, member_group=1 if mesh else None, verbose=False)
-        sharding = result.states[0].members.step.sharding
-        print(json.dumps({"devices": jax.device_count(), "spread": len(sharding.device_set),
-                          "acc": [m["eval"]["accuracy"] for m in result.members],
-                          "loss": [m["eval"]["loss"] for m in result.members]}))
+        for mode in sys.argv[1:]:
+            mesh = population_mesh() if mode == "sharded" else None
+            # sharded: one member from each of the 4 devices per group (member_group=1, 2 groups)
+            result = fit_population(config, members, mesh=mesh, member_group=1 if mesh else None, verbose=False)
+            sharding = result.states[0].members.step.sharding
+            print(mode, json.dumps({"devices": jax.device_count(), "spread": len(sharding.device_set),
+                                    "acc": [m["eval"]["accuracy"] for m in result.members],
+                                    "loss": [m["eval"]["loss"] for m in result.members]}))
     """)
-    env = {**os.environ, "XLA_FLAGS": xla_flags(devices=4)}
-    outputs = {}
-    for mode in ("sharded", "single"):
-        completed = subprocess.run([sys.executable, "-c", script, mode], env=env, capture_output=True, text=True, check=True)
-        outputs[mode] = json.loads(completed.stdout.strip().splitlines()[-1])
+    env = {**os.environ, "XLA_FLAGS": xla_flags(devices=4), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    completed = subprocess.run([sys.executable, "-c", script, "sharded", "single"], env=env, capture_output=True,
+                               text=True, check=True)
+    outputs = dict(line.split(" ", 1) for line in completed.stdout.splitlines()
+                   if line.startswith(("sharded {", "single {")))
+    outputs = {mode: json.loads(line) for mode, line in outputs.items()}
+    assert sorted(outputs) == ["sharded", "single"], completed.stdout[-3000:]
     assert outputs["sharded"]["devices"] == 4 and outputs["sharded"]["spread"] == 4
     assert outputs["single"]["spread"] == 1
     np.testing.assert_allclose(outputs["sharded"]["loss"], outputs["single"]["loss"], rtol=1e-4)

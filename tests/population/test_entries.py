@@ -138,46 +138,51 @@ def test_every_entry_takes_a_mesh_and_any_population_size():
     import sys
     import textwrap
 
+    # one child with 2 devices runs both modes, the mesh over them and then no mesh (what a second
+    # child would run): the programs they share (initialisation, small helpers) compile once
     script = textwrap.dedent("""
         import json, sys
         from vhjax.parallel import population_mesh
         from vhjax.population import fit, fit_kfold, fit_pbt, fit_population
         import dataclasses
+        from tests.datasets import tiny_classification
         from tests.population.test_entries import CONFIG, PAIR
-        CONFIG = dataclasses.replace(CONFIG, steps=20)
-        mesh = population_mesh() if sys.argv[1] == "mesh" else None
+        CONFIG = dataclasses.replace(CONFIG, steps=20, dataset=tiny_classification())  # no second loading the digits
         three = PAIR + [{"learning_rate": 5e-3}]
-        out = {
-            "fit": fit(CONFIG, mesh=mesh, verbose=False).metrics["eval"]["loss"],
-            "fit_population": [m["eval"]["loss"] for m in fit_population(CONFIG, three, mesh=mesh, verbose=False).members],
-            "fit_pbt": [m["eval"]["loss"] for m in fit_pbt(CONFIG, three, {"learning_rate": (1e-4, 1e-1, True)},
-                                                          interval=10, mesh=mesh, verbose=False).members],
-            "fit_kfold": fit_kfold(CONFIG, PAIR[:1], k=3, mesh=mesh, verbose=False).candidates[0]["folds"]["loss"],
-        }
-        # the search entries train through the same loop: a generation of 3 on the mesh, a
-        # multi-fidelity search, and tune's running population of 3 slots (padded to 4)
-        import vhjax
-        from vhjax.search import Categorical, Space, TrainingObjective, search_multifidelity, tune
-        space = Space({"learning_rate": Categorical((3e-3, 5e-3, 1e-2))})
-        objective = TrainingObjective(CONFIG, metric="loss", mesh=mesh)
-        found = vhjax.search(objective, space, "grid", budget=3, population=3, direction="minimize", verbose=False)
-        out["search"] = sorted(t.fitness for t in found.trials)
-        halving = search_multifidelity(objective, space, "successive_halving", min_budget=10, max_budget=20,
-                                       max_trials=5, population=3, eta=2, generator="grid", direction="minimize",
-                                       verbose=False)
-        out["multifidelity"] = sorted(t.fitness for t in halving.trials)
-        tuned = tune(CONFIG, space, trials=3, population=3, min_steps=10, metric="loss", direction="minimize",
-                     sampler="random", pruner="none", mesh=mesh, verbose=False)
-        out["tune"] = sorted(row["value"] for row in tuned.timeline)
-        print(json.dumps(out))
+        for mode in sys.argv[1:]:
+            mesh = population_mesh() if mode == "mesh" else None
+            out = {
+                "fit": fit(CONFIG, mesh=mesh, verbose=False).metrics["eval"]["loss"],
+                "fit_population": [m["eval"]["loss"]
+                                   for m in fit_population(CONFIG, three, mesh=mesh, verbose=False).members],
+                "fit_pbt": [m["eval"]["loss"] for m in fit_pbt(CONFIG, three, {"learning_rate": (1e-4, 1e-1, True)},
+                                                              interval=10, mesh=mesh, verbose=False).members],
+                "fit_kfold": fit_kfold(CONFIG, PAIR[:1], k=3, mesh=mesh, verbose=False).candidates[0]["folds"]["loss"],
+            }
+            # the search entries train through the same loop: a generation of 3 on the mesh, a
+            # multi-fidelity search, and tune's running population of 3 slots (padded to 4)
+            import vhjax
+            from vhjax.search import Categorical, Space, TrainingObjective, search_multifidelity, tune
+            space = Space({"learning_rate": Categorical((3e-3, 5e-3, 1e-2))})
+            objective = TrainingObjective(CONFIG, metric="loss", mesh=mesh)
+            found = vhjax.search(objective, space, "grid", budget=3, population=3, direction="minimize", verbose=False)
+            out["search"] = sorted(t.fitness for t in found.trials)
+            halving = search_multifidelity(objective, space, "successive_halving", min_budget=10, max_budget=20,
+                                           max_trials=5, population=3, eta=2, generator="grid", direction="minimize",
+                                           verbose=False)
+            out["multifidelity"] = sorted(t.fitness for t in halving.trials)
+            tuned = tune(CONFIG, space, trials=3, population=3, min_steps=10, metric="loss", direction="minimize",
+                         sampler="random", pruner="none", mesh=mesh, verbose=False)
+            out["tune"] = sorted(row["value"] for row in tuned.timeline)
+            print(mode, json.dumps(out))
     """)
     env = {**os.environ, "XLA_FLAGS": xla_flags(devices=2),
            "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    outputs = {}
-    for mode in ("mesh", "single"):
-        done = subprocess.run([sys.executable, "-c", script, mode], env=env, capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr[-3000:]
-        outputs[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+    done = subprocess.run([sys.executable, "-c", script, "mesh", "single"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    outputs = dict(line.split(" ", 1) for line in done.stdout.splitlines() if line.startswith(("mesh {", "single {")))
+    outputs = {mode: json.loads(line) for mode, line in outputs.items()}
+    assert sorted(outputs) == ["mesh", "single"], done.stdout[-3000:]
     for entry in (*ENTRIES, "search", "multifidelity", "tune"):
         np.testing.assert_allclose(outputs["mesh"][entry], outputs["single"][entry], rtol=1e-4)
 
@@ -190,32 +195,38 @@ def test_a_data_axis_splits_each_members_batch():
     import sys
     import textwrap
 
+    # one child with the 4 devices runs both modes in turn (the programs they share compile once)
     script = textwrap.dedent("""
         import json, sys
         import jax, jax.numpy as jnp
         from vhjax.parallel import mesh_from_spec
         from vhjax.population import fit_population, init_population
         from vhjax.population.fit import bucket_task, compiled_programs
+        import dataclasses
+        from tests.datasets import tiny_classification
         from tests.population.test_entries import CONFIG, PAIR
-        mesh = mesh_from_spec("members=2,data=2") if sys.argv[1] == "mesh" else None
-        result = fit_population(CONFIG, PAIR, mesh=mesh, verbose=False)
-        hlo = ""
-        if mesh is not None:
-            task = bucket_task(CONFIG, ["learning_rate"])
-            runner, _ = compiled_programs(task, None, mesh=mesh)
-            from vhjax import parallel
-            population = parallel.shard_members(init_population(task, 2, {"learning_rate": [3e-3, 1e-2]}), mesh)
-            data = parallel.replicate((jnp.asarray(task.train.x), jnp.asarray(task.train.y)), mesh)
-            hlo = runner._free_chunk.lower(population, data, 2, 2).compile().as_text()
-        print(json.dumps({"loss": [m["eval"]["loss"] for m in result.members], "all_reduce": "all-reduce" in hlo}))
+        CONFIG = dataclasses.replace(CONFIG, dataset=tiny_classification())  # no second loading the digits
+        for mode in sys.argv[1:]:
+            mesh = mesh_from_spec("members=2,data=2") if mode == "mesh" else None
+            result = fit_population(CONFIG, PAIR, mesh=mesh, verbose=False)
+            hlo = ""
+            if mesh is not None:
+                task = bucket_task(CONFIG, ["learning_rate"])
+                runner, _ = compiled_programs(task, None, mesh=mesh)
+                from vhjax import parallel
+                population = parallel.shard_members(init_population(task, 2, {"learning_rate": [3e-3, 1e-2]}), mesh)
+                data = parallel.replicate((jnp.asarray(task.train.x), jnp.asarray(task.train.y)), mesh)
+                hlo = runner._free_chunk.lower(population, data, 2, 2).compile().as_text()
+            print(mode, json.dumps({"loss": [m["eval"]["loss"] for m in result.members],
+                                    "all_reduce": "all-reduce" in hlo}))
     """)
     env = {**os.environ, "XLA_FLAGS": xla_flags(devices=4),
            "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    outputs = {}
-    for mode in ("mesh", "single"):
-        done = subprocess.run([sys.executable, "-c", script, mode], env=env, capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr[-3000:]
-        outputs[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+    done = subprocess.run([sys.executable, "-c", script, "mesh", "single"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    outputs = dict(line.split(" ", 1) for line in done.stdout.splitlines() if line.startswith(("mesh {", "single {")))
+    outputs = {mode: json.loads(line) for mode, line in outputs.items()}
+    assert sorted(outputs) == ["mesh", "single"], done.stdout[-3000:]
     assert outputs["mesh"]["all_reduce"]
     np.testing.assert_allclose(outputs["mesh"]["loss"], outputs["single"]["loss"], rtol=1e-4)
 
