@@ -31,14 +31,16 @@ WORKER = textwrap.dedent("""
         vhjax.distributed.initialize(f"localhost:{port}", 2, int(process_id))
     import dataclasses
     import jax
-    import vhjax.population.loop as loop
+    import vhjax.train.progress as progress
     from vhjax.parallel import mesh_from_spec, population_mesh
     from vhjax.population import fit_population
+    from tests.datasets import tiny_classification
     from tests.population.test_entries import CONFIG, PAIR
 
+    CONFIG = dataclasses.replace(CONFIG, dataset=tiny_classification())  # not the digits: no second loading them
     if slow:  # chunks of a real run take seconds: leave the signal time to arrive
-        real = loop.print_progress
-        loop.print_progress = lambda line: (real(line), time.sleep(0.5))
+        real = progress.print_progress  # the loop's progress lines go through it
+        progress.print_progress = lambda line: (real(line), time.sleep(0.5))
     members = PAIR + [{"learning_rate": 5e-3}]  # 3 members over 4 devices: one inert pad
     if spec == "across":  # members=2,data=2 with the data axis over the processes: [[p0, p1], [p0, p1]]
         order = sorted(jax.devices(), key=lambda d: (jax.local_devices(d.process_index).index(d), d.process_index))
@@ -61,8 +63,11 @@ SEARCH_WORKER = textwrap.dedent("""
         vhjax.distributed.initialize(f"localhost:{port}", 2, int(process_id))
     import vhjax
     from vhjax.search import Categorical, Space, TrainingObjective
+    import dataclasses
+    from tests.datasets import tiny_classification
     from tests.population.test_entries import CONFIG
 
+    CONFIG = dataclasses.replace(CONFIG, dataset=tiny_classification())  # not the digits: no second loading them
     space = Space({"learning_rate": Categorical((1e-3, 3e-3, 1e-2))})
     objective = TrainingObjective(CONFIG)
     if fail:  # process 1 alone fails before training generation 1 (process 0 is then in its first chunk)

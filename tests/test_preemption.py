@@ -3,6 +3,7 @@ rerunning resumes and ends exactly where an uninterrupted run ends."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -14,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from vhjax import preemption
-from vhjax.population import fit, fit_population
+from vhjax.population import fit
+from tests.datasets import tiny_classification
 from tests.population.test_entries import CONFIG, PAIR
 from tests.xla_flags import xla_flags
 
@@ -22,25 +24,32 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent("""
     import json, sys, time
-    import vhjax.population.loop as loop
+    import vhjax.train.progress as progress  # the loop's progress lines go through it
     from vhjax.population import fit, fit_population
-    from tests.population.test_entries import CONFIG, PAIR
-    from tests.test_preemption import search_metrics
+    from tests.population.test_entries import PAIR
+    from tests.test_preemption import SIGNALLED, search_metrics
 
-    real_print = loop.print_progress
-    def slow_print(line):  # chunks of a real run take seconds: leave the signal time to arrive
-        real_print(line)
-        time.sleep(0.5)
-    loop.print_progress = slow_print
+    if len(sys.argv) == 3:  # the run to signal: chunks of a real run take seconds, leave the signal time to arrive
+        real_print = progress.print_progress
+        def slow_print(line):
+            real_print(line)
+            time.sleep(0.5)
+        progress.print_progress = slow_print
+
+    def run(entry, workdir, verbose):
+        if entry == "fit":
+            return [fit(SIGNALLED, workdir, mesh=None, verbose=verbose).metrics["eval"]]
+        if entry == "search":
+            return search_metrics(workdir, verbose=verbose)
+        return [m["eval"] for m in fit_population(SIGNALLED, PAIR, workdir, mesh=None, verbose=verbose).members]
+
     entry, workdir = sys.argv[1], sys.argv[2]
-    if entry == "fit":
-        out = [fit(CONFIG, workdir, mesh=None).metrics["eval"]]
-    elif entry == "search":
-        out = search_metrics(workdir, verbose=True)
-    else:
-        out = [m["eval"] for m in fit_population(CONFIG, PAIR, workdir, mesh=None).members]
-    print("RESULT " + json.dumps(out), flush=True)
+    print("RESULT " + json.dumps(run(entry, workdir, True)), flush=True)
+    if len(sys.argv) > 3:  # then the uninterrupted run to compare with, in a fresh workdir (its programs compiled)
+        print("FULL " + json.dumps(run(entry, sys.argv[3], False)), flush=True)
 """)
+# what the signalled runs train: CONFIG on data made here (loading the digits costs each process a second)
+SIGNALLED = dataclasses.replace(CONFIG, dataset=tiny_classification())
 
 
 def search_metrics(workdir: Path, verbose: bool = False) -> list[dict]:
@@ -48,16 +57,17 @@ def search_metrics(workdir: Path, verbose: bool = False) -> list[dict]:
     import vhjax
     from vhjax.search import Categorical, Space, TrainingObjective
 
-    objective = TrainingObjective(CONFIG, workdir=Path(workdir) / "training", verbose=verbose)
+    objective = TrainingObjective(SIGNALLED, workdir=Path(workdir) / "training", verbose=verbose)
     space = Space({"learning_rate": Categorical([m["learning_rate"] for m in PAIR])})
     result = vhjax.search(objective, space, "grid", budget=2, population=2, workdir=workdir, verbose=verbose)
     return [{"accuracy": t.metrics["accuracy"], "loss": t.metrics["loss"]} for t in result.trials]
 
 
-def start(entry: str, workdir: Path) -> subprocess.Popen:
+def start(entry: str, workdir: Path, full: Path | None = None) -> subprocess.Popen:
+    """The entry run in `workdir` in a child process; with `full`, then uninterrupted in `full` too."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": xla_flags(devices=1)}
-    return subprocess.Popen([sys.executable, "-c", SCRIPT, entry, str(workdir)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen([sys.executable, "-c", SCRIPT, entry, str(workdir), *([str(full)] if full else [])],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 @pytest.mark.parametrize("entry,sig", [("fit_population", signal.SIGTERM), ("fit", signal.SIGINT),
@@ -78,18 +88,13 @@ def test_signal_checkpoints_exits_zero_and_the_rerun_resumes(entry, sig, tmp_pat
     stopped = int(output.split("preempted (")[1].split(" at step ")[1].split("/")[0])
     assert 10 <= stopped < 40
 
-    rerun = start(entry, workdir)
+    # the rerun resumes; after it, the same process runs the uninterrupted reference in a fresh workdir
+    rerun = start(entry, workdir, full=tmp_path / "full")
     output, _ = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, output
     assert f"resumed from {workdir}" in output and f"at step {stopped}" in output
-    resumed = json.loads(output.split("RESULT ")[1])
-
-    if entry == "fit":
-        full = [fit(CONFIG, tmp_path / "full", mesh=None, verbose=False).metrics["eval"]]
-    elif entry == "search":
-        full = search_metrics(tmp_path / "full")
-    else:
-        full = [m["eval"] for m in fit_population(CONFIG, PAIR, tmp_path / "full", mesh=None, verbose=False).members]
+    resumed = json.loads(output.split("RESULT ")[1].splitlines()[0])
+    full = json.loads(output.split("FULL ")[1].splitlines()[0])
     assert len(resumed) == len(full)
     for got, want in zip(resumed, full):
         assert got == pytest.approx(want, rel=1e-6)
