@@ -259,6 +259,28 @@ def test_digits_shapes_range_and_stratified_split():
     np.testing.assert_array_equal(load("digits", "train").y, train.y)  # deterministic
 
 
+def test_digits_split_is_made_once_and_read_back_from_the_cache(tmp_path, monkeypatch):
+    made = builtin.split_digits()
+    calls = []
+    monkeypatch.setattr(builtin, "split_digits", lambda: calls.append(1) or made)
+    monkeypatch.setenv(builtin.CACHE_ENV, str(tmp_path))
+    first = load("digits", "train")
+    assert calls == [1] and builtin.digits_cache_path(tmp_path).exists()
+    assert "sklearn" in builtin.digits_cache_path(tmp_path).name  # a new scikit-learn splits anew
+
+    def no_split():
+        raise AssertionError("the digits were split again instead of read from the cache")
+
+    monkeypatch.setattr(builtin, "split_digits", no_split)
+    again, test = load("digits", "train"), load("digits", "test")
+    for got, want in ((again.x, made["x_train"]), (again.y, made["y_train"]), (test.x, made["x_test"]),
+                      (test.y, made["y_test"]), (first.x, made["x_train"])):
+        np.testing.assert_array_equal(got, want)
+    builtin.digits_cache_path(tmp_path).write_bytes(b"half a file")  # a damaged cache is made again
+    monkeypatch.setattr(builtin, "split_digits", lambda: calls.append(1) or made)
+    assert len(load("digits", "test")) == 360 and calls == [1, 1]
+
+
 # -- Dataset and names -------------------------------------------------------------------------
 
 def test_dataset_validates_fields():

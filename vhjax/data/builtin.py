@@ -4,7 +4,8 @@ MNIST-1D (Greydanus, "Scaling Down Deep Learning", 2020) is generated locally wi
 package's default arguments (4000 train / 1000 test signals of 40 positions, 10 classes);
 `mnist1d.data.make_dataset` only computes, it never touches the network (the download lives in
 `get_dataset`, which is not used). The result is cached as .npz under `data_dir`, else
-`$VHJAX_CACHE`, else `~/.cache/vhjax/`.
+`$VHJAX_CACHE`, else `~/.cache/vhjax/`. The digits' split is cached there too: scikit-learn's
+import costs a process about a second, its split a few milliseconds.
 """
 
 from __future__ import annotations
@@ -116,14 +117,9 @@ def load_mnist1d_shuffled(data_dir: str | None = None) -> dict[str, Dataset]:
             for split, data in load_mnist1d(data_dir).items()}
 
 
-@register_dataset("digits")
-def load_digits(data_dir: str | None = None) -> dict[str, Dataset]:
-    """scikit-learn's 8x8 digits (1797 images, 10 classes) as (N, 8, 8, 1) in [0, 1].
-
-    Split 80/20, stratified by class, with `DIGITS_SPLIT_SEED`: 1437 train / 360 test.
-    `data_dir` is unused (the data ships with scikit-learn).
-    """
-    del data_dir
+def split_digits() -> dict[str, np.ndarray]:
+    """scikit-learn's digits as (N, 8, 8, 1) in [0, 1], split 80/20 stratified by class with
+    `DIGITS_SPLIT_SEED` (`train_test_split`): 1437 train / 360 test."""
     from sklearn.datasets import load_digits as sklearn_digits
     from sklearn.model_selection import train_test_split
 
@@ -132,5 +128,33 @@ def load_digits(data_dir: str | None = None) -> dict[str, Dataset]:
     y = bunch.target.astype(np.int32)
     x_train, x_test, y_train, y_test = train_test_split(
         x, y, test_size=DIGITS_TEST_FRACTION, stratify=y, random_state=DIGITS_SPLIT_SEED)
-    return {"train": Dataset(x_train, y_train, 10, "digits", "train"),
-            "test": Dataset(x_test, y_test, 10, "digits", "test")}
+    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+
+
+def digits_cache_path(directory: Path) -> Path:
+    """Cache file name: the scikit-learn version and the split's settings, so a change of any splits anew."""
+    version = importlib.metadata.version("scikit-learn")
+    return directory / f"digits-sklearn{version}-test{DIGITS_TEST_FRACTION:g}-seed{DIGITS_SPLIT_SEED}.npz"
+
+
+def digits_arrays(data_dir: str | None = None) -> dict[str, np.ndarray]:
+    """The digits' split from the cache, made with scikit-learn and cached on first use."""
+    path = digits_cache_path(cache_dir(data_dir))
+    arrays = read_npz(path)
+    if arrays is None or not {"x_train", "y_train", "x_test", "y_test"} <= arrays.keys():
+        arrays = split_digits()
+        save_npz_atomically(path, arrays)
+    return arrays
+
+
+@register_dataset("digits")
+def load_digits(data_dir: str | None = None) -> dict[str, Dataset]:
+    """scikit-learn's 8x8 digits (1797 images, 10 classes) as (N, 8, 8, 1) in [0, 1].
+
+    Split 80/20, stratified by class, with `DIGITS_SPLIT_SEED`: 1437 train / 360 test
+    (`split_digits`). The split is cached as for MNIST-1D (`data_dir`, else `$VHJAX_CACHE`, else
+    ~/.cache/vhjax), so only a process that makes it imports scikit-learn.
+    """
+    arrays = digits_arrays(data_dir)
+    return {split: Dataset(arrays[f"x_{split}"], arrays[f"y_{split}"], 10, "digits", split)
+            for split in ("train", "test")}
