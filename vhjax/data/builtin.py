@@ -16,7 +16,7 @@ import os
 import random
 import zipfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -82,14 +82,19 @@ def read_npz(path: Path) -> dict[str, np.ndarray] | None:
         return None
 
 
-def mnist1d_arrays(data_dir: str | None = None) -> dict[str, np.ndarray]:
-    """MNIST-1D arrays from the cache, generating and caching them on first use."""
-    path = mnist1d_cache_path(cache_dir(data_dir))
+def cached_splits(path: Path, make: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The train/test arrays (`x_train`, `y_train`, `x_test`, `y_test`) cached at `path`, made by
+    `make()` and cached when the file is missing, unreadable or incomplete."""
     arrays = read_npz(path)
     if arrays is None or not {"x_train", "y_train", "x_test", "y_test"} <= arrays.keys():
-        arrays = generate_mnist1d()
+        arrays = make()
         save_npz_atomically(path, arrays)
     return arrays
+
+
+def mnist1d_arrays(data_dir: str | None = None) -> dict[str, np.ndarray]:
+    """MNIST-1D arrays from the cache, generating and caching them on first use."""
+    return cached_splits(mnist1d_cache_path(cache_dir(data_dir)), generate_mnist1d)
 
 
 def paper_shuffle_permutation(length: int = MNIST1D_LENGTH, seed: int = PAPER_SHUFFLE_SEED) -> np.ndarray:
@@ -139,12 +144,7 @@ def digits_cache_path(directory: Path) -> Path:
 
 def digits_arrays(data_dir: str | None = None) -> dict[str, np.ndarray]:
     """The digits' split from the cache, made with scikit-learn and cached on first use."""
-    path = digits_cache_path(cache_dir(data_dir))
-    arrays = read_npz(path)
-    if arrays is None or not {"x_train", "y_train", "x_test", "y_test"} <= arrays.keys():
-        arrays = split_digits()
-        save_npz_atomically(path, arrays)
-    return arrays
+    return cached_splits(digits_cache_path(cache_dir(data_dir)), split_digits)
 
 
 @register_dataset("digits")
