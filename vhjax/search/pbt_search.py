@@ -200,12 +200,11 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
             with opened() as store:
                 design = initial or stored_design(store)
                 check_fingerprint(store, fingerprint(design))
-                continues = workdir is not None and bool(store.get_meta(_CUT_KEY))  # a stop cut the stored run
-                if store.get_meta(_STORED_KEY) is not None and not continues:  # else: never stored whole (an
-                    # older write a kill cut short goes), or cut by a stop: training goes on from its checkpoint
+                cut_at = int(store.get_meta(_CUT_KEY) or 0) or None  # a stop cut the stored run there
+                if store.get_meta(_STORED_KEY) is not None and not (cut_at and workdir is not None):  # else: never
+                    # stored whole (an older write a kill cut short goes), or cut: training goes on from its checkpoint
                     trials = TrialTable(store.trials())
                     compilations = json.loads(store.get_meta("compilations") or "null")  # the run's, as stored
-                    cut_at = int(store.get_meta(_CUT_KEY)) if store.get_meta(_CUT_KEY) else None
                 else:
                     result, compilations = train(design)
                     cut_at = result.cut_at
