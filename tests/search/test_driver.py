@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
+import json
 from typing import NamedTuple
 
 import jax
@@ -11,7 +13,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vhjax.search import driver
 from vhjax.search.driver import Candidates, search
 from vhjax.search.storage import open_store
 from vhjax.search.strategies.base import make, pareto_shaped
@@ -251,6 +252,41 @@ def test_the_callback_gets_every_finished_trial_once_as_stored(tmp_path):
     rerun = CountingObjective()
     resumed = search(rerun, BoxSpace(), hill_climber(), workdir=tmp_path / "stopped", **kwargs)
     assert rerun.calls == 1 and _signature(resumed) == _signature(result)  # only generation 2 was left
+
+
+def test_a_callback_returning_true_stops_after_its_generation_and_a_rerun_goes_on(tmp_path, capsys):
+    kwargs = dict(budget=20, population=4, seed=3)
+    sent = []
+
+    def enough_after_generation_1(trial):
+        sent.append(trial)
+        return trial.generation == 1 and trial.slot == 0  # the generation's other trials are still sent
+
+    counter = CountingObjective()
+    stopped = search(counter, BoxSpace(), hill_climber(), workdir=tmp_path, callback=enough_after_generation_1,
+                     **kwargs)
+    assert stopped.stopped and not stopped.timed_out and counter.calls == 2 and len(stopped.trials) == 8
+    assert sent == list(stopped.trials)
+    printed = capsys.readouterr()
+    assert "stopped by the callback: 8 of 20 trials done; rerunning the call in its workdir goes on" in (
+        printed.out + printed.err)
+    rerun = CountingObjective()
+    resumed = search(rerun, BoxSpace(), hill_climber(), workdir=tmp_path, verbose=False, callback=lambda t: None,
+                     **kwargs)
+    straight = search(peak, BoxSpace(), hill_climber(), verbose=False, **kwargs)
+    assert not resumed.stopped and rerun.calls == 3 and _signature(resumed) == _signature(straight)
+
+
+def test_a_follower_process_returns_process_0s_trials_and_whether_the_search_ended_early(monkeypatch):
+    from vhjax import distributed
+
+    kwargs = dict(budget=8, population=4, seed=3, verbose=False)
+    lead = search(peak, BoxSpace(), hill_climber(), timeout=1e-3, **kwargs)  # as process 0 ends it
+    message = {"trials": [dataclasses.asdict(t) for t in lead.trials], "timed_out": True, "stopped": False}
+    monkeypatch.setattr(distributed, "is_main_process", lambda: False)
+    monkeypatch.setattr(distributed, "broadcast_bytes", lambda data: json.dumps(message).encode())
+    follower = search(peak, BoxSpace(), hill_climber(), timeout=3600, **kwargs)  # its own clock never ran out
+    assert follower.timed_out and not follower.stopped and list(follower.trials) == list(lead.trials)
 
 
 def test_the_cli_passes_a_timeout_to_the_search(tmp_path, capsys):

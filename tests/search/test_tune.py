@@ -111,6 +111,21 @@ def test_a_timeout_prunes_the_running_trials_at_the_next_evaluation_and_a_rerun_
     assert len(rerun.study.trials) == 4 and rerun.best()["trial"] in (2, 3)
 
 
+def test_a_callback_returning_true_refills_no_slot_and_prunes_the_running_trial_at_its_next_evaluation(tmp_path):
+    def enough(row):
+        return row["state"] == "COMPLETE"
+
+    kwargs = dict(trials=6, population=2, min_steps=12, pruner="none", workdir=tmp_path, verbose=False)
+    result = tune(CONFIG, SPACE, callback=enough, **kwargs)
+    assert result.stopped and not result.timed_out
+    # slot 0's trial completes first (or both at once); the other slot's trial ends at its next evaluation
+    assert [row["state"] for row in result.timeline][0] == "COMPLETE" and len(result.study.trials) == 2
+    pruned = [t for t in result.study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert all(t.user_attrs["stopped"] and "timed_out" not in t.user_attrs for t in pruned)
+    rerun = tune(CONFIG, SPACE, **kwargs)
+    assert not rerun.stopped and len(rerun.study.trials) == 6 and len(rerun.timeline) == 4
+
+
 @pytest.mark.parametrize("space,kwargs,match", [
     (Space({"model_kwargs.widths": Categorical([(8,), (16,)])}), {}, r"change the compiled program"),
     (SPACE, {"min_steps": 5}, r"min_steps has value 5; allowed: a divisor"),

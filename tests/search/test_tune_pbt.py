@@ -207,8 +207,8 @@ def test_a_timeout_ends_the_run_at_its_next_round_and_a_rerun_continues_it_as_an
     assert [row["steps"] for row in result.timeline] == [2] * 4  # the first run's first round, then it ended
     best = result.best()
     assert best["test"] is not None and best["value"] == max(row["value"] for row in result.timeline)
-    assert ("tune | method pbt: timeout (0.001 s): 1 of 3 runs trained, the last cut at step 2 of 60 (its next round "
-            "after the deadline); rerunning the call in its workdir continues the cut run and trains the 2 runs not "
+    assert ("tune | method pbt: timeout (0.001 s): 1 of 3 runs trained, the last cut at step 2 of 60 (the round it "
+            "ended at); rerunning the call in its workdir continues the cut run and trains the 2 runs not "
             "started") in capsys.readouterr().out
     rerun = tune(CONFIG, SPACE, budget=8, workdir=tmp_path, verbose=False)
     assert not rerun.timed_out and len(rerun.runs) == 3 and all(run.cut_at is None for run in rerun.runs)
@@ -219,6 +219,22 @@ def test_a_timeout_ends_the_run_at_its_next_round_and_a_rerun_continues_it_as_an
     assert all(row["seconds"] > 0 for row in rerun.timeline[4:])  # trained in this call
     again = tune(CONFIG, SPACE, budget=8, workdir=tmp_path, verbose=False)  # now read back whole
     assert [row["value"] for row in again.timeline] == [row["value"] for row in whole.timeline]
+
+
+def test_a_callback_returning_true_ends_the_run_after_that_round_and_starts_no_restart(tmp_path, capsys):
+    rows = []
+
+    def enough_at_round_3(row):
+        rows.append(row)
+        return row["round"] == 3 and row["member"] == 0  # the round's other members are still sent
+
+    result = tune(CONFIG, SPACE, budget=8, workdir=tmp_path, callback=enough_at_round_3, verbose=True)
+    assert result.stopped and not result.timed_out and len(result.runs) == 1 and result.runs[0].stopped
+    assert result.runs[0].cut_at == 8 and {row["round"] for row in rows} == {0, 1, 2, 3} and len(rows) == 16
+    assert [row["steps"] for row in result.timeline] == [2] * 4 + [4] * 4 + [6] * 4 + [8] * 4
+    assert ("tune | method pbt: stopped by the callback: 1 of 3 runs trained, the last cut at step 8 of 60 (the round "
+            "it ended at); rerunning the call in its workdir continues the cut run and trains the 2 runs not "
+            "started") in capsys.readouterr().out
 
 
 def test_tunes_pick_replays_from_the_run_that_made_it(pbt_run):

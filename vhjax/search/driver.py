@@ -49,7 +49,7 @@ import numpy as np
 
 from vhjax import distributed, faults
 from vhjax.search import storage as storage_lib
-from vhjax.search.deadline import Deadline
+from vhjax.search.deadline import Deadline, asks_stop
 from vhjax.search.results import DIRECTIONS, SearchResult, TrialTable, fitness_sign, rank_trials
 from vhjax.search.storage import NewTrial, Trial, TrialResult
 from vhjax.search.strategies.base import Proposals, check_positive_int, pareto_shaped
@@ -448,7 +448,7 @@ def search(
     objective_input: str = "params",
     study: str = storage_lib.DEFAULT_STUDY,
     timeout: float | None = None,
-    callback: Callable[[Trial], None] | None = None,
+    callback: Callable[[Trial], bool | None] | None = None,
 ) -> SearchResult:
     """Search `space` for the best candidates of `objective`, `population` at a time.
 
@@ -479,7 +479,9 @@ def search(
       callback: called with each finished trial (a `Trial` as `result.trials` holds it: params,
         status, fitness, metrics, fidelity, parent) once its generation is stored, in slot order
         (as Optuna's `optimize(callbacks=...)`; on process 0; trials a resumed call read back are
-        not sent again).
+        not sent again). Returning True stops the search as the timeout does (the generation's
+        other trials are still sent, no new generation starts, `result.stopped`, a rerun in the
+        workdir goes on).
     Returns:
       A `SearchResult` (trial table, best trial, Pareto front, plots); when the strategy
       proposes fidelities, the best trial is taken among those at the largest budget reached.
@@ -498,7 +500,9 @@ def search(
         objective_input=objective_input, objective=objective_fingerprint(objective),
     )
     if not distributed.is_main_process():  # the strategy and the store live on process 0
-        trials = TrialTable(_follow(evaluate, space, int(seed)))
+        followed, ended = _follow(evaluate, space, int(seed))
+        trials = TrialTable(followed)
+        deadline.reached, deadline.stopped = ended["timed_out"], ended["stopped"]
     else:
         try:
             with search_lock(workdir, storage), storage_lib.open_store(workdir, storage, study=study, objectives=objective_spec,
@@ -511,7 +515,8 @@ def search(
             if not getattr(error, DURING_EVALUATION, False):  # (in an evaluation they fail in their own)
                 _share({"error": f"{type(error).__name__}: {error}"})
             raise
-        _share({"trials": [dataclasses.asdict(t) for t in trials]})
+        _share({"trials": [dataclasses.asdict(t) for t in trials], "timed_out": deadline.reached,
+                "stopped": deadline.stopped})
     return SearchResult(
         trials=trials,
         direction=objective_spec[next(iter(objective_spec))],
@@ -521,6 +526,7 @@ def search(
         study=study,
         top_fidelity_only=any(t.fidelity is not None for t in trials),
         timed_out=deadline.reached,
+        stopped=deadline.stopped,
     )
 
 
@@ -552,7 +558,7 @@ def _restore(store, strategy, init_key):
 
 
 def _run(store, fingerprint, evaluate, evaluator_name, space, strategy, strategy_name, objective_spec,
-         budget, population, seed, verbose, deadline: Deadline, callback: Callable[[Trial], None] | None = None):
+         budget, population, seed, verbose, deadline: Deadline, callback: Callable[[Trial], bool | None] | None = None):
     """The generation loop; everything it learns goes to the store. Once `deadline` has passed no
     generation starts after the call's first; `callback` gets each generation's trials once stored."""
     objective_names = list(objective_spec)
@@ -570,8 +576,9 @@ def _run(store, fingerprint, evaluate, evaluator_name, space, strategy, strategy
     first = len(trial_of)
     while len(trial_of) < budget:
         if len(trial_of) > first and deadline.passed():
-            progress.message(f"[vhjax.search] timeout ({deadline.timeout:g} s): {len(trial_of)} of {budget} trials "
-                             "done; rerunning the call in its workdir goes on")
+            why = "stopped by the callback" if deadline.stopped else f"timeout ({deadline.timeout:g} s)"
+            progress.message(f"[vhjax.search] {why}: {len(trial_of)} of {budget} trials done; rerunning the call "
+                             "in its workdir goes on")
             break
         started = time.perf_counter()
         n = min(population, budget - len(trial_of))
@@ -603,7 +610,8 @@ def _run(store, fingerprint, evaluate, evaluator_name, space, strategy, strategy
         store.finish_trials(results, state=storage_lib.state_to_bytes(state), generation=generation + 1)
         if callback is not None:
             for trial in sorted(store.trials(generation=generation), key=lambda t: t.slot):
-                callback(trial)
+                if asks_stop(callback(trial)):
+                    deadline.stop()
         history = np.concatenate([history, current])
         trial_of += trial_ids
         leader = rank_trials(leader + [_as_trial(r, generation) for r in results], primary)[:1]
@@ -663,16 +671,18 @@ def _aborted(error: distributed.PeerFailed, candidates: Candidates) -> SearchAbo
 DURING_EVALUATION = "_vhjax_search_during_evaluation"
 
 
-def _follow(evaluate: Evaluator, space: Any, seed: int) -> list[Trial]:
+def _follow(evaluate: Evaluator, space: Any, seed: int) -> tuple[list[Trial], dict]:
     """A process other than 0: evaluate each generation process 0 asks (every process takes part in
-    a population that spans processes), until process 0 sends the finished trials, or its error."""
+    a population that spans processes), until process 0 sends the finished trials (returned with
+    whether the timeout or a callback ended the search: {'timed_out', 'stopped'}), or its error."""
     _, run_key = jax.random.split(jax.random.key(seed))
     while True:
         message = json.loads(distributed.broadcast_bytes(None))
         if "error" in message:
             raise SearchAborted(f"process 0 of this search failed, so this process stops too: {message['error']}")
         if "trials" in message:
-            return [Trial(**{**t, "u": tuple(t["u"])}) for t in message["trials"]]
+            return ([Trial(**{**t, "u": tuple(t["u"])}) for t in message["trials"]],
+                    {"timed_out": message["timed_out"], "stopped": message["stopped"]})
         asked = message["candidates"]
         u = np.asarray(asked["u"], np.float64).reshape(len(asked["trial_ids"]), -1)
         fidelity = None if asked["fidelity"] is None else np.asarray(asked["fidelity"])

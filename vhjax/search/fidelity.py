@@ -56,7 +56,7 @@ def search_multifidelity(
     verbose: bool = True,
     study: str = storage_lib.DEFAULT_STUDY,
     timeout: float | None = None,
-    callback: Callable[[Trial], None] | None = None,
+    callback: Callable[[Trial], bool | None] | None = None,
 ) -> SearchResult:
     """Search with a multifidelity scheduler; budgets are training steps (integers).
 

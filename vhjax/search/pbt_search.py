@@ -40,6 +40,7 @@ from vhjax.config import TrainConfig
 from vhjax.search import storage as storage_lib
 from vhjax.search.driver import (FINGERPRINT_KEY, check_fingerprint, config_fingerprint, search_lock,
                                  space_fingerprint, write_fingerprint)
+from vhjax.search.deadline import Deadline, asks_stop
 from vhjax.search.results import SearchResult, TrialTable
 from vhjax.search.space import Float, Space
 from vhjax.search.storage import NewTrial
@@ -114,7 +115,7 @@ def stored_design(store: storage_lib.TrialStore) -> str:
 
 def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: int | None = None, fraction: float = 0.25,
                resample_probability: float = 0.25, metric: str = "accuracy", workdir: str | os.PathLike | None = None,
-               storage: str | None = None, seed: int = 0, callback: Callable[[dict], None] | None = None,
+               storage: str | None = None, seed: int = 0, callback: Callable[[dict], bool | None] | None = None,
                compilation_cache: bool | str = True, verbose: bool = True,
                study: str = storage_lib.DEFAULT_STUDY, shrink: Mapping[int, int] | None = None,
                mesh: Any = "auto", initial: str | None = None, candidates: int = 1,
@@ -126,7 +127,9 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
     gives such an interval for other round counts; any interval compiles one training program).
     `callback(row)` is called for every member of every round as soon as the round is evaluated,
     with `row = {"seconds", "round", "step", "member", "state", "value", "params"}` (`state`
-    'COMPLETE' or 'FAIL' for a diverged member; `seconds` since the call started).
+    'COMPLETE' or 'FAIL' for a diverged member; `seconds` since the call started); returning True
+    stops the run after that round as `stop` does (the round's other rows are still sent;
+    `result.stopped`).
     `compilation_cache`: JAX's persistent compilation cache, as in `tune` (True: on in the default
     directory, see `vhjax.compilation_cache`; a path; False: leave it off), so a rerun loads its programs.
     `shrink` (`{round: members}`, e.g. `{2: population // 2}`): after that round's evaluation only
@@ -178,13 +181,18 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
         # the first members made on the host: `space.sample`'s device draw compiled a program (0.15 s on a CPU)
         members = enqueued_members([space.decode(u) for u in initial_units(space.dim, population, seed, design)], points)
         training_dir = None if workdir is None else Path(workdir) / "training"
-        on_round = None if callback is None else round_reporter(space, callback, time.perf_counter())
+        on_round = None if callback is None else round_reporter(space, callback, time.perf_counter(), asked.stop)
         with vhjax_cache.count_compilations() as compiled:
             result = fit_pbt(config, members, ranges, interval=interval, fraction=fraction,
                              resample_probability=resample_probability, metric=metric, workdir=training_dir,
                              on_round=on_round, shrink=shrink, candidates=candidates, mesh=mesh, verbose=verbose,
-                             stop=stop)
+                             stop=None if stop is None and callback is None else stopping)
         return result, vhjax_cache.compilations_record(compiled)
+
+    asked = Deadline(None)  # stopped once a callback returns True
+
+    def stopping() -> bool:
+        return asked.stopped or bool(stop is not None and stop())
 
     def opened():
         return storage_lib.open_store(workdir, storage, study=study, objectives={metric: "maximize"}, space=space)
@@ -211,7 +219,8 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
                     trials = _store(store, space, result, compilations, fingerprint(design))
     return SearchResult(trials=trials, direction="maximize", objectives={metric: "maximize"},
                         workdir=None if workdir is None else os.fspath(workdir), study=study,
-                        top_fidelity_only=not keeps_best(config), compilations=compilations, cut_at=cut_at)
+                        top_fidelity_only=not keeps_best(config), compilations=compilations, cut_at=cut_at,
+                        stopped=asked.stopped)
 
 
 def keeps_best(config: TrainConfig) -> bool:
@@ -227,18 +236,21 @@ def check_monitor(config: TrainConfig, metric: str) -> None:
                          f"patience in search_pbt: ('eval', {metric!r}, 'max'), the score PBT ranks members by")
 
 
-def round_reporter(space: Space, callback: Callable[[dict], None], start: float) -> Callable[[dict], None]:
+def round_reporter(space: Space, callback: Callable[[dict], bool | None], start: float,
+                   on_stop: Callable[[], None]) -> Callable[[dict], None]:
     """`on_round` for `fit_pbt`: one callback row per training member of an evaluated round (the
-    members a shrinking population stopped have none)."""
+    members a shrinking population stopped have none); `on_stop()` once a row's call returns True."""
 
     def on_round(entry: dict) -> None:
         seconds = time.perf_counter() - start
         for i in active_slots(entry):
             score = entry["score"][i]
             ok = score is not None and np.isfinite(score)
-            callback({"seconds": seconds, "round": entry["round"], "step": int(entry["step"]), "member": i,
-                      "state": "COMPLETE" if ok else "FAIL", "value": float(score) if ok else None,
-                      "params": member_params(space, entry, i)})
+            answer = callback({"seconds": seconds, "round": entry["round"], "step": int(entry["step"]), "member": i,
+                               "state": "COMPLETE" if ok else "FAIL", "value": float(score) if ok else None,
+                               "params": member_params(space, entry, i)})
+            if asks_stop(answer):
+                on_stop()
 
     return on_round
 

@@ -198,6 +198,7 @@ class SearchResult:
     compilations: dict | None = None  # search_pbt: its training's XLA programs (`compilations_record`)
     cut_at: int | None = None  # search_pbt: the step a `stop` ended its run at (None: it trained to the end)
     timed_out: bool = False  # search: its `timeout` passed, so it ended before its budget
+    stopped: bool = False  # search, search_pbt: a callback returned True, so it ended before its budget
 
     def _ranked(self) -> list[Trial]:
         trials = list(self.trials)

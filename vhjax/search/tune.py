@@ -47,7 +47,7 @@ from vhjax.population.fit import bucket_task, compiled_programs, split_member
 from vhjax.population.loop import Hook, Report, run_loop
 from vhjax.population.members import init_population
 from vhjax.population.state import PopulationState, training_mask
-from vhjax.search.deadline import Deadline
+from vhjax.search.deadline import Deadline, asks_stop
 from vhjax.search.results import rank_order
 from vhjax.search.space import Categorical, Float, Int, Space
 from vhjax.search.storage import sqlalchemy_url
@@ -75,6 +75,7 @@ class TuneResult:
     compilations: dict | None = None  # XLA programs (`compilations_record`): asha this call's, pbt its training's
     runs: list = dataclasses.field(default_factory=list)  # pbt: each run's `SearchResult` (lineage; `replay_pbt`)
     timed_out: bool = False  # the `timeout` passed: the search ended at the evaluation after it
+    stopped: bool = False  # the callback returned True: the search ended at the evaluation after it
 
     def top(self, k: int) -> list[dict]:
         """The k best completed trials' timeline rows, best first: by value, among equal values those
@@ -357,7 +358,7 @@ def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget
          population: int | None = None, min_steps: int | None = None,
          eta: int | None = None, metric: str = "accuracy", direction: str = "maximize", sampler: str | None = None,
          pruner: str | None = None, workdir: str | Path | None = None, study_name: str = "vhjax", seed: int = 0,
-         callback: Callable[[dict], None] | None = None, mesh: Any = "auto", storage: str | None = None,
+         callback: Callable[[dict], bool | None] | None = None, mesh: Any = "auto", storage: str | None = None,
          heartbeat_interval: int = 60, grace_period: int = 180, compilation_cache: bool | str = True,
          verbose: bool = True, method: str = "auto", enqueue: Sequence[Mapping[str, Any]] = (),
          timeout: float | None = None) -> TuneResult:
@@ -400,6 +401,9 @@ def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget
     starts no further run. The first population always starts. `result.timed_out` says whether the
     timeout ended it; rerunning the call in its workdir goes on ('asha': new trials; 'pbt': the cut run
     continues from its checkpoint and the runs not started train, as in a call without a timeout).
+    A `callback` that returns True stops the search the same way, at once ('asha': no slot is
+    refilled, the running trials end at their next evaluation, user attribute `stopped`; 'pbt': the
+    run ends after that round, the round's other rows still sent); `result.stopped` says so.
     """
     import optuna
 
@@ -506,8 +510,8 @@ def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget
             row = {"seconds": time.perf_counter() - start, "trial": trial.number, "state": state, "value": value,
                    "test": test, "steps": steps}
             timeline.append(row)
-            if callback is not None:
-                callback(row)
+            if callback is not None and asks_stop(callback(row)):
+                deadline.stop()
 
         with heartbeats(rdb, running, heartbeat_interval):  # from the first ask on
             first = [ask() for _ in range(population)]
@@ -544,11 +548,10 @@ def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget
                         finished[slot] = "COMPLETE"
                     elif trial.should_prune():
                         finished[slot] = "PRUNED"
-                timed_out = deadline.passed()
-                if timed_out:  # the running trials end here, pruned by the timeout
+                if deadline.passed():  # the running trials end here, pruned by the timeout or the stop
                     for slot, trial in enumerate(running):
                         if trial is not None and slot not in finished:
-                            trial.set_user_attr("timed_out", True)
+                            trial.set_user_attr("timed_out" if deadline.reached else "stopped", True)
                             finished[slot] = "PRUNED"
                 if not finished:
                     return state, current
@@ -558,7 +561,7 @@ def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget
                 for slot, outcome in finished.items():
                     test = None if tests is None or outcome != "COMPLETE" else float(tests[slot])
                     finish(slot, outcome, float(values[slot]), int(steps[slot]), test)
-                    pair = None if timed_out else ask()
+                    pair = None if deadline.passed() else ask()  # (a callback may have asked to stop)
                     if pair is None:
                         running[slot] = None
                         stopped[slot] = True
@@ -579,12 +582,13 @@ def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget
                      hooks=[Hook("tune", lambda p: {}, update)], mesh=mesh, verbose=False)
         record = vhjax_cache.compilations_record(compiled)
         study.set_user_attr("compilations", record)  # stored with the study (this call's programs)
-        if verbose and deadline.reached:
-            print(f"tune | timeout ({timeout:g} s): {len(timeline)} trials ended in this call, "
-                  "those running at the deadline pruned there (user attribute timed_out); rerun the call to go on",
-                  flush=True)
+        if verbose and deadline.ended:
+            why, attribute = ((f"timeout ({timeout:g} s)", "timed_out") if deadline.reached
+                              else ("stopped by the callback", "stopped"))
+            print(f"tune | {why}: {len(timeline)} trials ended in this call, those still running pruned at the "
+                  f"next evaluation (user attribute {attribute}); rerun the call to go on", flush=True)
         return TuneResult(study, timeline, time.perf_counter() - start, metric, direction, compilations=record,
-                          timed_out=deadline.reached)
+                          timed_out=deadline.reached, stopped=deadline.stopped)
 
 
 def default_population(mesh: Any) -> int:

@@ -121,7 +121,7 @@ def is_restart_study(name: str) -> bool:
 
 
 def run_pbt_tune(config: TrainConfig, space: Space, *, budget: float, population: int | None, metric: str,
-                 workdir: Path | None, study_name: str, seed: int, callback: Callable[[dict], None] | None,
+                 workdir: Path | None, study_name: str, seed: int, callback: Callable[[dict], bool | None] | None,
                  mesh: Any, compilation_cache: bool | str, verbose: bool,
                  enqueue: Sequence[Mapping[str, Any]] = (), deadline: Deadline | None = None) -> Any:
     """Run the PBT method (see the module doc); a `TuneResult` whose study holds every run's trials.
@@ -164,8 +164,11 @@ def run_pbt_tune(config: TrainConfig, space: Space, *, budget: float, population
                                     run),
             compilation_cache=compilation_cache, verbose=verbose, mesh=mesh, enqueue=enqueue if run == 0 else (),
             stop=deadline.passed if deadline.at is not None else None))
-    if verbose and deadline.reached:
-        print(timeout_line(deadline.timeout, results, runs, config.steps, workdir is not None), flush=True)
+        if results[-1].stopped:  # the callback asked: no further run starts
+            deadline.stop()
+    if verbose and deadline.ended:
+        why = "stopped by the callback" if deadline.stopped else f"timeout ({deadline.timeout:g} s)"
+        print(ended_line(why, results, runs, config.steps, workdir is not None), flush=True)
     record = combined_records([result.compilations for result in results])  # the training's programs
     if storage is not None and runs == 1:
         study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{Path(storage).absolute()}")
@@ -179,39 +182,40 @@ def run_pbt_tune(config: TrainConfig, space: Space, *, budget: float, population
                  "restart": trial.user_attrs.get("restart", 0)}
                 for trial in study.get_trials(deepcopy=False)]
     tuned = TuneResult(study, timeline, time.perf_counter() - start, metric, "maximize", method="pbt",
-                       compilations=record, runs=results, timed_out=deadline.reached)
+                       compilations=record, runs=results, timed_out=deadline.reached, stopped=deadline.stopped)
     if verbose:
         print(summary_line(tuned), flush=True)
     return tuned
 
 
-def timeout_line(timeout: float, results: Sequence[Any], runs: int, steps: int, resumable: bool) -> str:
-    """The progress line of a call the timeout ended: the runs trained, where the one the deadline
-    came in was cut, and what a rerun in the workdir does."""
+def ended_line(why: str, results: Sequence[Any], runs: int, steps: int, resumable: bool) -> str:
+    """The progress line of a call the timeout or a callback's stop (`why`) ended: the runs trained,
+    where the last was cut, and what a rerun in the workdir does."""
     cut_at = results[-1].cut_at
-    cut = "" if cut_at is None else f", the last cut at step {cut_at} of {steps} (its next round after the deadline)"
+    cut = "" if cut_at is None else f", the last cut at step {cut_at} of {steps} (the round it ended at)"
     left = [*([] if cut_at is None else ["continues the cut run"]),
             *([f"trains the {runs - len(results)} runs not started"] if len(results) < runs else [])]
     rerun = f"; rerunning the call in its workdir {' and '.join(left)}" if resumable and left else ""
-    return f"tune | method pbt: timeout ({timeout:g} s): {len(results)} of {runs} runs trained{cut}{rerun}"
+    return f"tune | method pbt: {why}: {len(results)} of {runs} runs trained{cut}{rerun}"
 
 
 def trial_reporter(offset: int, population: int, shrink: Mapping[int, int], start: float, seconds: dict[int, float],
-                   callback: Callable[[dict], None] | None, run: int) -> Callable[[dict], None]:
+                   callback: Callable[[dict], bool | None] | None, run: int) -> Callable[[dict], bool | None]:
     """`search_pbt`'s callback for run `run`: each row's tune trial number (the run's own numbering
     after `offset` trials of earlier runs) and time since `start`, recorded in `seconds` and passed
-    to `callback`."""
+    to `callback`, whose answer it returns (True: stop)."""
     seen: dict[int, int] = {}
 
-    def on_row(row: dict) -> None:
+    def on_row(row: dict) -> bool | None:
         position = seen.get(row["round"], 0)
         seen[row["round"]] = position + 1
         number = offset + trial_number(row["round"], position, population, shrink)
         seconds[number] = time.perf_counter() - start
         if callback is not None:
-            callback({"seconds": seconds[number], "trial": number, "state": row["state"], "value": row["value"],
-                      "test": None, "steps": row["step"], "round": row["round"], "member": row["member"],
-                      "restart": run})
+            return callback({"seconds": seconds[number], "trial": number, "state": row["state"],
+                             "value": row["value"], "test": None, "steps": row["step"], "round": row["round"],
+                             "member": row["member"], "restart": run})
+        return None
 
     return on_row
 
