@@ -7,7 +7,7 @@ import pytest
 
 from vhjax.config import TrainConfig
 from vhjax.search.space import Categorical, Float, Space
-from vhjax.search.tune import next_decision, spent_steps, tune
+from vhjax.search.tune import best_text, next_decision, spent_steps, tune
 
 CONFIG = TrainConfig(dataset="digits", model="mlp", model_kwargs={"widths": (16,), "num_classes": 10}, batch_size=32,
                      steps=36, train_split="train[:90%]", eval_split="train[90%:]", test_split="test", seed=0)
@@ -124,6 +124,17 @@ def test_a_callback_returning_true_refills_no_slot_and_prunes_the_running_trial_
     assert all(t.user_attrs["stopped"] and "timed_out" not in t.user_attrs for t in pruned)
     rerun = tune(CONFIG, SPACE, **kwargs)
     assert not rerun.stopped and len(rerun.study.trials) == 6 and len(rerun.timeline) == 4
+
+
+def test_the_progress_lines_best_names_pruned_values_as_such_until_a_trial_completes():
+    pruned = [{"state": "PRUNED", "value": 0.62}, {"state": "PRUNED", "value": 0.55}, {"state": "FAIL", "value": 0.9}]
+    assert best_text([], "maximize", "accuracy") == "best val accuracy - (no trial completed yet)"
+    assert best_text(pruned, "maximize", "accuracy") == (
+        "best val accuracy - (no trial completed yet; best pruned trial 0.6200 at its last rung)")
+    assert best_text(pruned, "minimize", "loss").endswith("best pruned trial 0.5500 at its last rung)")
+    done = pruned + [{"state": "COMPLETE", "value": 0.58}, {"state": "COMPLETE", "value": 0.57}]
+    assert best_text(done, "maximize", "accuracy") == "best val accuracy 0.5800"  # completed trials only
+    assert best_text(done, "minimize", "loss") == "best val loss 0.5700"
 
 
 @pytest.mark.parametrize("space,kwargs,match", [

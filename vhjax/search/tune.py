@@ -627,12 +627,23 @@ def progress(timeline: list[dict], trials: int | None, budget: float | None, spe
     done = [r for r in timeline if r["state"] == "COMPLETE"]
     pruned = sum(r["state"] == "PRUNED" for r in timeline)
     failed = sum(r["state"] == "FAIL" for r in timeline)
-    best = (max if direction == "maximize" else min)((r["value"] for r in done), default=float("nan"))
     elapsed = time.perf_counter() - start
     fraction = max(len(timeline) / trials if trials else 0.0, spent / budget if budget else 0.0)
     eta = elapsed * (1 - fraction) / fraction if 0 < fraction <= 1 else (0.0 if fraction > 1 else float("nan"))
     count = f"trials {len(timeline)}" + (f"/{trials}" if trials else "")
     compute = f" | compute {spent:.1f}" + (f"/{budget:g}" if budget else "") + " trials' worth"
     return (f"tune | {count} (complete {len(done)}, pruned {pruned}, failed {failed}, "
-            f"running {sum(t is not None for t in running)}){compute} | best val {metric} {best:.4f} | "
+            f"running {sum(t is not None for t in running)}){compute} | {best_text(timeline, direction, metric)} | "
             f"{elapsed:.0f} s elapsed, ETA {eta:.0f} s")
+
+
+def best_text(timeline: list[dict], direction: str, metric: str) -> str:
+    """The progress line's best so far: the best completed trial's value; before any completes, the
+    best value a pruned trial had at its last rung (said as such), or that there is none yet."""
+    pick = max if direction == "maximize" else min
+    done = [r["value"] for r in timeline if r["state"] == "COMPLETE"]
+    if done:
+        return f"best val {metric} {pick(done):.4f}"
+    pruned = [r["value"] for r in timeline if r["state"] == "PRUNED" and np.isfinite(r["value"])]
+    rung = f"; best pruned trial {pick(pruned):.4f} at its last rung" if pruned else ""
+    return f"best val {metric} - (no trial completed yet{rung})"
