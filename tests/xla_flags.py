@@ -3,7 +3,10 @@
 Tests run thousands of small programs once each, so compilation, not execution, is most of the
 suite's time. `FAST_COMPILE` tells XLA's CPU backend to skip LLVM's optimization passes: the same
 programs (same HLO passes, same results within float rounding) compile about a third faster and run
-slower, which tiny shapes do not notice. conftest.py sets it for the test processes; tests that start
+slower, which tiny shapes do not notice; and to emit fusions with its older emitters (those vhjax's
+light programs use, `vhjax.compile_options`), which compile the tests' programs faster still:
+tests/models/test_zoo.py took 29-34 s instead of 45-52 s with `-n 2`, four other heavy files 92 s
+instead of 122 s (2026-12-06, 2-core AVX-512 EPYC). conftest.py sets it for the test processes; tests that start
 child processes build the child's XLA_FLAGS with `xla_flags`.
 """
 
@@ -13,7 +16,8 @@ import os
 
 from vhjax.hardware import DEVICE_COUNT_FLAG
 
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+FAST_COMPILE = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
+                "--xla_cpu_use_fusion_emitters=false")
 # Several host devices share the machine's cores with the other tests' processes: a device thread of
 # an in-process collective can wait behind that work longer than XLA's 40 s, after which XLA aborts
 # the process ("Termination timeout for `all gather` ... exceeded"); the children wait longer.
