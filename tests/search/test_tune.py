@@ -111,19 +111,16 @@ def test_a_timeout_prunes_the_running_trials_at_the_next_evaluation_and_a_rerun_
     assert len(rerun.study.trials) == 4 and rerun.best()["trial"] in (2, 3)
 
 
-def test_a_callback_returning_true_refills_no_slot_and_prunes_the_running_trial_at_its_next_evaluation(tmp_path):
-    def enough(row):
-        return row["state"] == "COMPLETE"
-
-    kwargs = dict(trials=6, population=2, min_steps=12, pruner="none", workdir=tmp_path, verbose=False)
-    result = tune(CONFIG, SPACE, callback=enough, **kwargs)
-    assert result.stopped and not result.timed_out
-    # slot 0's trial completes first (or both at once); the other slot's trial ends at its next evaluation
-    assert [row["state"] for row in result.timeline][0] == "COMPLETE" and len(result.study.trials) == 2
-    pruned = [t for t in result.study.trials if t.state == optuna.trial.TrialState.PRUNED]
-    assert all(t.user_attrs["stopped"] and "timed_out" not in t.user_attrs for t in pruned)
+def test_a_callback_returning_true_refills_no_slot_and_prunes_the_running_trials_at_their_next_evaluation(tmp_path):
+    kwargs = dict(trials=6, population=3, min_steps=4, eta=2, workdir=tmp_path, verbose=False)
+    result = tune(CONFIG, SPACE, callback=lambda row: True, **kwargs)  # stop at the first trial that ends
+    first, *others = result.timeline
+    assert result.stopped and not result.timed_out and len(result.study.trials) == 3  # no slot was refilled
+    assert first["steps"] < CONFIG.steps and "stopped" not in result.study.trials[first["trial"]].user_attrs
+    assert len(others) == 2 and all(row["state"] == "PRUNED" and row["steps"] == first["steps"] + 4 for row in others)
+    assert all(result.study.trials[row["trial"]].user_attrs == {"stopped": True} for row in others)
     rerun = tune(CONFIG, SPACE, **kwargs)
-    assert not rerun.stopped and len(rerun.study.trials) == 6 and len(rerun.timeline) == 4
+    assert not rerun.stopped and len(rerun.study.trials) == 6 and len(rerun.timeline) == 3
 
 
 def test_the_progress_lines_best_names_pruned_values_as_such_until_a_trial_completes():
