@@ -51,6 +51,11 @@ def test_filters_and_studies_are_separate(tmp_path):
         assert a.count_trials() == 2 and b.count_trials() == 1
         assert [t.generation for t in a.trials(generation=1)] == [1]
         assert len(a.trials(status="running")) == 2 and a.trials(status="complete") == []
+        more = a.add_trials([_new(2, 0), _new(2, 1), _new(2, 2)])
+        b_ids = [t.trial_id for t in b.trials()]  # study b's trial lies inside study a's id range
+        assert a.trials(ids=[more[0], more[2]]) == [t for t in a.trials() if t.trial_id in (more[0], more[2])]
+        assert a.trials(ids=b_ids) == [] and a.trials(ids=[]) == []  # only this study's, only those asked
+        assert [t.slot for t in a.trials(ids=more, generation=2)] == [0, 1, 2]
 
 
 def test_bad_status_is_rejected(tmp_path):

@@ -609,7 +609,7 @@ def _run(store, fingerprint, evaluate, evaluator_name, space, strategy, strategy
         write_fingerprint(store, fingerprint)
         store.finish_trials(results, state=storage_lib.state_to_bytes(state), generation=generation + 1)
         if callback is not None:
-            for trial in sorted(store.trials(generation=generation), key=lambda t: t.slot):
+            for trial in sorted(store.trials(ids=trial_ids), key=lambda t: t.slot):  # this generation's rows only
                 if asks_stop(callback(trial)):
                     deadline.stop()
         history = np.concatenate([history, current])

@@ -662,9 +662,11 @@ class TrialStore:
                 if model is not None and model.study_id == self._study_id:
                     session.delete(model)
 
-    def trials(self, *, status: str | None = None, generation: int | None = None) -> list[Trial]:
+    def trials(self, *, status: str | None = None, generation: int | None = None,
+               ids: Sequence[int] | None = None) -> list[Trial]:
         """Trials of this study ordered by id, optionally filtered (trials Optuna added without
-        vhjax's fields are left out). Reads the trials' states and `vhjax:trial` attributes only."""
+        vhjax's fields are left out). Reads the trials' states and `vhjax:trial` attributes only;
+        with `ids`, only those trials' rows (a generation's, without reading the others)."""
         from optuna.storages._rdb import models
 
         if status is not None:
@@ -672,11 +674,14 @@ class TrialStore:
         attr = models.TrialSystemAttributeModel
         with self._transaction() as session:
             try:
-                rows = [(trial_id, state, value) for trial_id, state, value in session.query(
-                    models.TrialModel.trial_id, models.TrialModel.state, attr.value_json).join(
+                query = session.query(models.TrialModel.trial_id, models.TrialModel.state, attr.value_json).join(
                     attr, attr.trial_id == models.TrialModel.trial_id).filter(
-                    models.TrialModel.study_id == self._study_id, attr.key == optuna_study.TRIAL_ATTR).order_by(
-                    models.TrialModel.trial_id)]
+                    models.TrialModel.study_id == self._study_id, attr.key == optuna_study.TRIAL_ATTR)
+                wanted = None if ids is None else {int(i) for i in ids}
+                if wanted is not None:  # their id range in SQL (a generation's ids are consecutive), not a
+                    low, high = min(wanted, default=0), max(wanted, default=-1)  # list: SQL bounds its length
+                    query = query.filter(models.TrialModel.trial_id.between(low, high))
+                rows = [row for row in query.order_by(models.TrialModel.trial_id) if wanted is None or row[0] in wanted]
             except LookupError as error:  # a state that is not one of Optuna's
                 raise damaged(self.location, f"a trial cannot be read: {type(error).__name__}: "
                               f"{str(error)[:200]}") from None
