@@ -146,11 +146,13 @@ class ReplayResult:
         return rows
 
     def table(self) -> str:
-        """Markdown: per pick, PBT's values beside the replays' mean ± std over seeds."""
+        """Markdown: per pick, PBT's values beside the replays' mean ± std over seeds. A pick is named
+        by its run and its trial id in that run's store (`Trial.trial_id`), not by the Optuna trial
+        number `tune`'s leaderboard and `best()["trial"]` show."""
         def cell(value: Any) -> str:
             return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
-        lines = [f"| pick | run | trial | rounds (steps) | PBT val {self.metric} | PBT test {self.metric} | "
+        lines = [f"| pick | run | trial id | rounds (steps) | PBT val {self.metric} | PBT test {self.metric} | "
                  f"replay val {self.metric} | replay test {self.metric} | replays (diverged) |",
                  "|---|---|---|---|---|---|---|---|---|"]
         for row in self.summary():
