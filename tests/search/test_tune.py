@@ -152,6 +152,14 @@ def test_bad_input_fails_before_compiling(space, kwargs, match):
         tune(CONFIG, space, **{"trials": 4, **kwargs}, verbose=False)
 
 
+def test_a_space_the_config_lacks_is_refused_before_the_study_holds_a_trial(tmp_path):
+    space = Space({"learning_rate": Float(1e-4, 3e-2, log=True), "aug_strength": Float(0.0, 1.0)})  # no augment=
+    with pytest.raises(ValueError, match=r"unknown hyperparameter 'aug_strength'; known for this task: .*learning_rate"
+                                         r".* \(aug_\* values set the config's augmentations: give the config `augment"):
+        tune(CONFIG, space, trials=4, population=2, workdir=tmp_path, verbose=False)
+    assert list(tmp_path.iterdir()) == []  # no study was opened, so no trial was left running in one
+
+
 def test_enqueue_must_be_a_list_of_dicts():
     with pytest.raises(TypeError, match=r"enqueue has value \{'learning_rate': 0.001\}; allowed: a list of dicts"):
         tune(CONFIG, SPACE, trials=4, enqueue={"learning_rate": 1e-3}, verbose=False)

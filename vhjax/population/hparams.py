@@ -5,7 +5,7 @@ Which names exist, where they live and their ranges come from the one table, `vh
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +16,16 @@ from vhjax.hparams import MODEL_SHAPED_NAMES, check_values
 
 def known_hparams(default_hparams: Mapping[str, Any], optimizer_defaults: Mapping[str, Any]) -> list[str]:
     return sorted({*default_hparams, *optimizer_defaults})
+
+
+def check_hparam_names(names: Iterable[str], known: Sequence[str]) -> None:
+    """Refuse a per-member name the task does not have (e.g. `aug_strength` in a config without
+    augmentations), naming it and the task's names."""
+    for name in names:
+        if name not in known and name not in MODEL_SHAPED_NAMES:
+            hint = (" (aug_* values set the config's augmentations: give the config `augment=...`)"
+                    if name.startswith("aug_") else "")
+            raise ValueError(f"unknown hyperparameter {name!r}; known for this task: {', '.join(known)}{hint}")
 
 
 def check_not_static_zero(static_zero: frozenset, values: Mapping[str, Any]) -> None:
@@ -71,10 +81,7 @@ def member_arrays(size: int, values: Mapping[str, Any], default_hparams: Mapping
     Defaults fill the names not given. Raises before anything compiles on unknown names, wrong
     lengths or values outside the allowed range, naming the member and the field.
     """
-    known = known_hparams(default_hparams, optimizer_defaults)
-    for name in values:
-        if name not in known and name not in MODEL_SHAPED_NAMES:
-            raise ValueError(f"unknown hyperparameter {name!r}; known for this task: {', '.join(known)}")
+    check_hparam_names(values, known_hparams(default_hparams, optimizer_defaults))
     state_arrays, optimizer_arrays = {}, {}
     for name, default in {**default_hparams, **optimizer_defaults}.items():
         default = np.asarray(default)

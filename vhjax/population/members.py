@@ -25,7 +25,8 @@ from vhjax.compile_options import light_jit
 from vhjax.memo import Memo
 from vhjax.models.utils import abstract_variables
 from vhjax.population.engine import BatchIndices, PopulationRunner, default_member_group
-from vhjax.population.hparams import check_not_static_zero, member_arrays, per_member_values
+from vhjax.population.hparams import (check_hparam_names, check_not_static_zero, known_hparams, member_arrays,
+                                     per_member_values)
 from vhjax.population.state import PopulationState, new_population
 from vhjax.train.state import TrainState
 from vhjax.train.step import chunk_batch_indices, init_state, make_eval_fn, make_train_step
@@ -88,6 +89,12 @@ _INIT_PROGRAMS: Memo[tuple[Callable, dict]] = Memo(8)
 # a light program run once (`vhjax.compile_options`). Every population, fit() and search
 # initialises through this one program, so members stay equal across entry points and population
 # sizes.
+
+
+def check_task_hparams(task: Task, names: Sequence[str]) -> None:
+    """Refuse per-member hyperparameter names `task` does not have, as `init_population` would, but
+    before a caller stores or prints anything (a search checks its space's names here first)."""
+    check_hparam_names(names, known_hparams(task.default_hparams, _init_programs(task)[1]))
 
 
 def _init_programs(task: Task) -> tuple[Callable, dict]:

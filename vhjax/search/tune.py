@@ -45,7 +45,7 @@ from vhjax.config import TrainConfig, validate
 from vhjax.population.engine import default_member_group
 from vhjax.population.fit import bucket_task, compiled_programs, split_member
 from vhjax.population.loop import Hook, Report, run_loop
-from vhjax.population.members import init_population
+from vhjax.population.members import check_task_hparams, init_population
 from vhjax.population.state import PopulationState, training_mask
 from vhjax.search.deadline import Deadline, asks_stop
 from vhjax.search.results import rank_order
@@ -449,6 +449,7 @@ def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget
     names = check_per_member(space, to_member)
     config = dataclasses.replace(config, eval_every=min_steps)
     task = bucket_task(config, names)
+    check_task_hparams(task, names)  # before the study opens: no trial is asked for a space the task lacks
     vhjax_cache.use(compilation_cache)
     check_study_method(root, study_name, method)
     if root is not None:
