@@ -237,6 +237,13 @@ def test_a_callback_returning_true_ends_the_run_after_that_round_and_starts_no_r
             "started") in capsys.readouterr().out
 
 
+def test_a_space_the_config_lacks_is_refused_before_a_line_prints_or_a_store_opens(tmp_path, capsys):
+    space = Space({"learning_rate": Float(1e-5, 3e-2, log=True), "aug_strength": Float(0.0, 1.0)})  # no augment=
+    with pytest.raises(ValueError, match=r"unknown hyperparameter 'aug_strength'; known for this task: .*\(aug_\*"):
+        tune(CONFIG, space, budget=8, workdir=tmp_path, verbose=True)
+    assert list(tmp_path.iterdir()) == [] and capsys.readouterr().out == ""
+
+
 def test_tunes_pick_replays_from_the_run_that_made_it(pbt_run):
     from vhjax.search import TuneResult, replay_pbt
 

@@ -26,6 +26,7 @@ both use the exploit/explore primitives of `vhjax.population.exploit`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -49,6 +50,18 @@ from vhjax.validation import check_choice, check_int
 
 _STORED_KEY = "pbt_rounds_stored"  # written with the rounds: the store holds every round
 _CUT_KEY = "pbt_cut_at_step"  # written with them: the step a `stop` ended the run at ('': none did)
+
+
+def check_space_names(config: TrainConfig, space: Space, interval: int) -> None:
+    """Refuse space names the task lacks (e.g. `aug_strength` without `augment=`) before a store
+    opens or a line prints. Builds the task `fit_pbt` trains with rounds every `interval` steps
+    (`bucket_task` memoizes it, so it is built once)."""
+    from vhjax.population.fit import bucket_task, split_member
+    from vhjax.population.members import check_task_hparams
+
+    names = sorted(split_member(0, space.decode(np.full(space.dim, 0.5)))[1])
+    task = bucket_task(dataclasses.replace(config, eval_every=interval), {*names, *explore_ranges(space)})
+    check_task_hparams(task, names)
 
 
 def explore_ranges(space: Space) -> dict[str, tuple[float, float, bool]]:
@@ -165,6 +178,7 @@ def search_pbt(config: TrainConfig, space: Space, *, population: int, interval: 
     points = [{name: float(value) for name, value in point.items()}  # Floats: the stored configuration names them
               for point in space.check_points(enqueue, most=population, most_name="the population")]
     storage_lib.check_storage(workdir, storage)
+    check_space_names(config, space, interval)
     vhjax_cache.use(compilation_cache)
 
     def fingerprint(design: str) -> str:

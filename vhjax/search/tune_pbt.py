@@ -131,13 +131,14 @@ def run_pbt_tune(config: TrainConfig, space: Space, *, budget: float, population
 
     from vhjax import parallel
     from vhjax.compilation_cache import combined_records
-    from vhjax.search.pbt_search import search_pbt
+    from vhjax.search.pbt_search import check_space_names, search_pbt
     from vhjax.search.tune import TuneResult, devices_line
 
     mesh = parallel.resolve_mesh(mesh)
     population = pbt_population(budget, parallel.member_shards(mesh)) if population is None else population
     interval, shrink = pbt_schedule(config.steps, population)
     runs = pbt_runs(budget, config.steps, interval, population, shrink)
+    check_space_names(run_config(config, metric), space, interval)  # before the first line: as every run trains it
     deadline = deadline or Deadline(None)
     if verbose:
         kept = "".join(f", the best {kept} after round {at}" for at, kept in shrink.items())
