@@ -31,6 +31,10 @@ class Deadline:
             self.reached = True
         return self.reached or self.stopped
 
+    def reason(self) -> str:
+        """What ended the search, for a progress line: the timeout (when it came) or the callback."""
+        return f"timeout ({self.timeout:g} s)" if self.reached else "stopped by the callback"
+
     @property
     def ended(self) -> bool:
         """Whether the timeout or a stop ended the search early."""

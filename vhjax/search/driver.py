@@ -576,8 +576,7 @@ def _run(store, fingerprint, evaluate, evaluator_name, space, strategy, strategy
     first = len(trial_of)
     while len(trial_of) < budget:
         if len(trial_of) > first and deadline.passed():
-            why = "stopped by the callback" if deadline.stopped else f"timeout ({deadline.timeout:g} s)"
-            progress.message(f"[vhjax.search] {why}: {len(trial_of)} of {budget} trials done; rerunning the call "
+            progress.message(f"[vhjax.search] {deadline.reason()}: {len(trial_of)} of {budget} trials done; rerunning the call "
                              "in its workdir goes on")
             break
         started = time.perf_counter()

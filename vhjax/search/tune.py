@@ -584,9 +584,8 @@ def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget
         record = vhjax_cache.compilations_record(compiled)
         study.set_user_attr("compilations", record)  # stored with the study (this call's programs)
         if verbose and deadline.ended:
-            why, attribute = ((f"timeout ({timeout:g} s)", "timed_out") if deadline.reached
-                              else ("stopped by the callback", "stopped"))
-            print(f"tune | {why}: {len(timeline)} trials ended in this call, those still running pruned at the "
+            attribute = "timed_out" if deadline.reached else "stopped"
+            print(f"tune | {deadline.reason()}: {len(timeline)} trials ended in this call, those still running pruned at the "
                   f"next evaluation (user attribute {attribute}); rerun the call to go on", flush=True)
         return TuneResult(study, timeline, time.perf_counter() - start, metric, direction, compilations=record,
                           timed_out=deadline.reached, stopped=deadline.stopped)

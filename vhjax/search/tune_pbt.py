@@ -168,8 +168,7 @@ def run_pbt_tune(config: TrainConfig, space: Space, *, budget: float, population
         if results[-1].stopped:  # the callback asked: no further run starts
             deadline.stop()
     if verbose and deadline.ended:
-        why = "stopped by the callback" if deadline.stopped else f"timeout ({deadline.timeout:g} s)"
-        print(ended_line(why, results, runs, config.steps, workdir is not None), flush=True)
+        print(ended_line(deadline.reason(), results, runs, config.steps, workdir is not None), flush=True)
     record = combined_records([result.compilations for result in results])  # the training's programs
     if storage is not None and runs == 1:
         study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{Path(storage).absolute()}")
