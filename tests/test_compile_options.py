@@ -17,7 +17,8 @@ from vhjax.compile_options import light_jit
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_unknown_options_are_dropped_and_known_ones_kept():
+def test_unknown_options_are_dropped_and_known_ones_kept(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "")  # the suite's flags name both options (left to the user)
     assert not compile_options.known_option("xla_no_such_option_anywhere", True)
     assert compile_options.known_option("xla_backend_optimization_level", 0)
     light, once = compile_options.light_options(), compile_options.light_options(run_once=True)
@@ -55,3 +56,54 @@ def test_importing_vhjax_does_not_start_jax():
         cwd=ROOT, capture_output=True, text=True, timeout=300,
         env={k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")})
     assert child.returncode == 0, child.stderr[-2000:]
+
+
+def test_an_option_set_in_xla_flags_is_left_to_the_user(monkeypatch):
+    name = "xla_cpu_use_fusion_emitters"
+    for flags, named in [("--xla_cpu_use_fusion_emitters=true", True),
+                         ("--xla_force_host_platform_device_count=2 --xla_cpu_use_fusion_emitters", True),
+                         ("--xla_cpu_use_fusion_emitters_elsewhere=1", False), ("", False)]:
+        monkeypatch.setenv("XLA_FLAGS", flags)
+        assert compile_options.set_by_user(name) is named, flags
+        assert (name in compile_options.light_options()) is (not named and compile_options.known_option(name, False))
+
+
+def test_convolutional_models_train_with_the_older_emitters_on_a_cpu(monkeypatch):
+    """The training chunk of a zoo CNN gets the older emitters (a faster compile); an MLP's keeps
+    XLA's default (its steps run slower with them); $XLA_FLAGS naming the option wins."""
+    from vhjax.models import get_model
+
+    monkeypatch.setenv("XLA_FLAGS", "")  # the suite sets the option for every program
+    if not compile_options.known_option("xla_cpu_use_fusion_emitters", False):
+        return  # a jaxlib without the option: nothing to choose (asserted above to be dropped)
+    cnn, mlp = get_model("mnist1d_cnn"), get_model("mnist1d_mlp")
+    assert compile_options.is_convolutional(cnn) and not compile_options.is_convolutional(mlp)
+    assert compile_options.training_options(cnn) == {"xla_cpu_use_fusion_emitters": False}
+    assert compile_options.training_options(mlp) == {}
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_fusion_emitters=true")
+    assert compile_options.training_options(cnn) == {}
+
+
+def test_a_cnn_population_trains_alike_with_either_emitters(monkeypatch):
+    """The options change how XLA compiles the chunk, not what it computes: the classifier runner
+    (older emitters for this CNN) and a runner of the same step with the newer ones agree."""
+    from vhjax.config import TrainConfig
+    from vhjax.population import classifier_runner, init_population
+    from vhjax.population.engine import PopulationRunner
+    from vhjax.population.members import population_batch_indices
+    from vhjax.train import build_task, make_train_step
+
+    monkeypatch.setenv("XLA_FLAGS", "")
+    config = TrainConfig(dataset="digits", model="cnn2d", model_kwargs={"conv_layers": ((4, 3, 1, "SAME"),),
+                                                                         "head_widths": (8,)},
+                         dropout_rate=0.1, batch_size=16, steps=4, eval_every=4, seed=0)
+    task = build_task(config)
+    data = jax.tree.map(jnp.asarray, (task.train.x, task.train.y))
+    older = classifier_runner(task)
+    assert older.compiler_options == compile_options.training_options(task.model)
+    newer = PopulationRunner(make_train_step(task), population_batch_indices(task),  # not the suite's flag
+                             compiler_options={"xla_cpu_use_fusion_emitters": True})
+    assert older.compiler_options == {"xla_cpu_use_fusion_emitters": False}
+    trained = [runner(init_population(task, 2, {}), data, 4)[0].members.params for runner in (older, newer)]
+    for got, want in zip(*map(jax.tree.leaves, trained)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

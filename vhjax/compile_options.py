@@ -1,19 +1,26 @@
-"""XLA compile options for vhjax's light programs: evaluation, hook updates, PBT's copy, init.
+"""XLA compile options: light programs (evaluation, hook updates, PBT's copy, init) and training.
 
 A search compiles one heavy program (the training chunk) and a handful of light ones that run
 once or once a round and do little work. On a CPU, XLA's older fusion emitters compile those light
 programs in 20-45% less time than its newer ones (MNIST-1D CNN search: each evaluation program
-0.24 -> 0.15 s, the initialisation 0.25 -> 0.15 s); the training chunk keeps the newer ones, with
-which it can run 27% faster (paper MLP with dropout and augmentation, 16 members). So only light
-programs use them (`light_jit`); those that run once skip XLA's backend optimisation as well
-(`light_jit(..., run_once=True)`). The options are probed once per process with a tiny program and
-dropped where this jaxlib does not know them; other backends ignore the CPU option. Measurements:
-experiments/README.md, "Light programs and a host-side PBT round".
+0.24 -> 0.15 s, the initialisation 0.25 -> 0.15 s), so every light program uses them (`light_jit`);
+those that run once skip XLA's backend optimisation as well (`light_jit(..., run_once=True)`).
+
+The training chunk takes them for a convolutional model only (`training_options`): there it
+compiles about a quarter faster and trains as fast (paper CNN: `tune` reached Optuna TPE's best
+10% sooner over 12 paired seeds, the digits 2-D CNN likewise), while an MLP's steps run 5-27%
+slower with them (paper MLP with dropout and augmentation, 16 members), which a short search wins
+back in compilation but a long run does not. An option the user names in $XLA_FLAGS is left to
+the user. The options are probed once per process with a tiny program and dropped where this
+jaxlib does not know them; other backends than the CPU get none. Measurements:
+experiments/README.md, "Light programs and a host-side PBT round" and session 50.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import re
 from typing import Any, Callable
 
 import jax
@@ -35,11 +42,33 @@ def known_option(name: str, value: Any) -> bool:
     return True
 
 
+def set_by_user(name: str) -> bool:
+    """Whether $XLA_FLAGS sets the option `name` (then vhjax does not override it per program)."""
+    return re.search(rf"(^|\s)--{re.escape(name)}(=|\s|$)", os.environ.get("XLA_FLAGS", "")) is not None
+
+
+def usable_options(wanted: dict[str, Any]) -> dict[str, Any]:
+    """Those of `wanted` this jaxlib knows and $XLA_FLAGS does not set."""
+    return {name: value for name, value in wanted.items() if not set_by_user(name) and known_option(name, value)}
+
+
 def light_options(run_once: bool = False) -> dict[str, Any]:
     """The compile options of a light program (`run_once`: without backend optimisation too),
-    those this jaxlib knows."""
-    wanted = {**OLDER_CPU_EMITTERS, **(NO_BACKEND_OPTIMISATION if run_once else {})}
-    return {name: value for name, value in wanted.items() if known_option(name, value)}
+    those this jaxlib knows and $XLA_FLAGS leaves to vhjax."""
+    return usable_options({**OLDER_CPU_EMITTERS, **(NO_BACKEND_OPTIMISATION if run_once else {})})
+
+
+def is_convolutional(model: Any) -> bool:
+    """Whether `model` is one of the zoo's convolutional models (each has a `conv_impl` field)."""
+    return hasattr(model, "conv_impl")
+
+
+def training_options(model: Any) -> dict[str, Any]:
+    """The compile options of a training chunk of `model`: on a CPU the older fusion emitters for
+    a convolutional model (a faster compile at the same step time), none otherwise."""
+    if jax.default_backend() != "cpu" or not is_convolutional(model):
+        return {}
+    return usable_options(OLDER_CPU_EMITTERS)
 
 
 class LightJit:

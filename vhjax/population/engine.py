@@ -33,7 +33,7 @@ whole chunk before the next starts, so a group's parameters and activations stay
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -270,6 +270,7 @@ class PopulationRunner:
     split over a mesh's data axis, so each member's gradient is reduced across those devices).
     `run_batches(population, batches)` trains on a chunk's batches gathered outside the program
     (`vhjax.population.feed`: each process of a multi-host mesh gathers only its rows).
+    `compiler_options` go to XLA for every chunk program (`compile_options.training_options`).
     """
 
     @property
@@ -279,7 +280,7 @@ class PopulationRunner:
 
     def __init__(self, member_step: MemberStep, batch_indices: BatchIndices, *, member_group: int | None = None,
                  isolation: str = "optimistic", gather: Gather = gather_batch, place: Callable | None = None,
-                 shards: int = 1):
+                 shards: int = 1, compiler_options: Mapping[str, Any] | None = None):
         if isolation not in ISOLATION_MODES:
             raise ValueError(f"isolation={isolation!r}; allowed: {', '.join(map(repr, ISOLATION_MODES))}")
         self.isolation = isolation
@@ -318,10 +319,12 @@ class PopulationRunner:
         def run_isolated_fed(population: PopulationState, batches, active):
             return isolated_chunk(population, None, batches, take_batch, active)
 
-        self._free_chunk = jax.jit(run_free, static_argnums=2)  # keeps its input: the restart point
-        self._isolated_chunk = jax.jit(run_isolated, static_argnums=2, donate_argnums=0)
-        self._free_fed = jax.jit(run_free_fed)
-        self._isolated_fed = jax.jit(run_isolated_fed, donate_argnums=0)
+        self.compiler_options = options = dict(compiler_options or {})
+        # the free chunk keeps its input (not donated): the restart point
+        self._free_chunk = jax.jit(run_free, static_argnums=2, compiler_options=options)
+        self._isolated_chunk = jax.jit(run_isolated, static_argnums=2, donate_argnums=0, compiler_options=options)
+        self._free_fed = jax.jit(run_free_fed, compiler_options=options)
+        self._isolated_fed = jax.jit(run_isolated_fed, donate_argnums=0, compiler_options=options)
         self.replayed_chunks = 0
 
     def __call__(self, population: PopulationState, data: Any, length: int,

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 from vhjax import optim
-from vhjax.compile_options import light_jit
+from vhjax.compile_options import light_jit, training_options
 from vhjax.memo import Memo
 from vhjax.models.utils import abstract_variables
 from vhjax.population.engine import BatchIndices, PopulationRunner, default_member_group
@@ -229,7 +229,8 @@ def classifier_runner(task: Task, member_group: int | None = None, batch_indices
                       shards: int = 1) -> PopulationRunner:
     """The engine's chunk runner for the task's classifier step (see `engine.PopulationRunner`)."""
     return PopulationRunner(make_train_step(task), batch_indices or population_batch_indices(task),
-                            member_group=member_group, isolation=isolation, place=place, shards=shards)
+                            member_group=member_group, isolation=isolation, place=place, shards=shards,
+                            compiler_options=training_options(task.model))
 
 
 def make_population_eval(task: Task) -> Callable[[PopulationState, jax.Array, jax.Array], dict]:
