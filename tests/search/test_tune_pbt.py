@@ -132,7 +132,7 @@ def test_runs_stored_with_uniform_first_members_resume_as_they_were_made(tmp_pat
 
 
 def test_load_result_reads_the_pbt_study_with_its_lineage_and_pick(pbt_run):
-    from vhjax.search.report import load_result
+    from vhjax.search import load_result
 
     workdir, _, result = pbt_run
     loaded = load_result(workdir)
@@ -255,7 +255,7 @@ def test_tunes_pick_replays_from_the_run_that_made_it(pbt_run):
     assert pick.trial.metrics["test_accuracy"] == pytest.approx(best["test"])
     assert pick.schedule[-1].end == best["steps"] and replay.members[0]["steps"] == best["steps"]
     assert pick.schedule[-1].params == pytest.approx(best["params"])
-    from vhjax.search.report import load_result
+    from vhjax.search import load_result
 
     stored = replay_pbt(CONFIG, load_result(pbt_run[0]), seeds=1, verbose=False)  # every run's trials, read back
     assert stored.picks[0].trial.params == pick.trial.params  # the same trial: ties rank alike in both

@@ -12,6 +12,7 @@ from vhjax.search.driver import Candidates, SearchAborted, search
 from vhjax.search.fidelity import search_multifidelity
 from vhjax.search.pbt_replay import ReplayResult, replay_pbt
 from vhjax.search.pbt_search import even_interval, search_pbt
+from vhjax.search.report import load_result, write_report
 from vhjax.search.pareto import crowding_distance, hypervolume_2d, non_dominated, pareto_front, pareto_ranks
 from vhjax.search.results import SearchResult, TrialTable
 from vhjax.search.space import (Boolean, Categorical, Conditional, Float, Int, Space, cnn_space, mlp_space,
@@ -23,9 +24,9 @@ from vhjax.search.tune import TuneResult, tune
 
 __all__ = ["Boolean", "Candidates", "Categorical", "Conditional", "Float", "Int", "NASBench201", "Proposals", "STRATEGIES",
            "SearchAborted", "SearchResult", "Space", "Strategy", "TrainingObjective", "TrialTable", "candidate_to_member",
-           "cnn_space", "crowding_distance", "even_interval", "hypervolume_2d", "make_strategy", "mlp_space", "nasbench201_space",
+           "cnn_space", "crowding_distance", "even_interval", "hypervolume_2d", "load_result", "make_strategy", "mlp_space", "nasbench201_space",
            "non_dominated", "pareto_front", "pareto_ranks", "register_strategy", "replay_pbt", "ReplayResult", "search", "search_multifidelity", "search_pbt",
-           "TuneResult", "tune"]
+           "TuneResult", "tune", "write_report"]
 
 
 class _CallableModule(types.ModuleType):
