@@ -121,6 +121,9 @@ TASKS = {
                        "translate", SPACE_COMMON + (("augment", 0.0, 0.25, False),),
                        "sklearn digits 8x8 (1293 fit / 144 validation / 360 test), small 2-D CNN "
                        "(conv 16, conv 32, max pool, dense 64), random translation"),
+    "mnist1d_mlp": Task("mnist1d", "mnist1d_mlp", {}, "shift", SPACE_COMMON + (("augment", 0.0, 0.25, False),),
+                        "MNIST-1D (3600 fit / 400 validation / 1000 test), the paper MLP "
+                        "(40-100-100 residual-10), random shift"),
 }
 SPLITS = ("train[:90%]", "train[90%:]", "test")
 
