@@ -68,18 +68,21 @@ def test_an_option_set_in_xla_flags_is_left_to_the_user(monkeypatch):
         assert (name in compile_options.light_options()) is (not named and compile_options.known_option(name, False))
 
 
-def test_convolutional_models_train_with_the_older_emitters_on_a_cpu(monkeypatch):
-    """The training chunk of a zoo CNN gets the older emitters (a faster compile); an MLP's keeps
-    XLA's default (its steps run slower with them); $XLA_FLAGS naming the option wins."""
+def test_plain_cnns_train_with_the_older_emitters_on_a_cpu(monkeypatch):
+    """The training chunk of a zoo CNN gets the older emitters (a faster compile); an MLP's and a
+    batch-normalised ResNet's keep XLA's default (their steps run slower with them); $XLA_FLAGS
+    naming the option wins."""
     from vhjax.models import get_model
 
     monkeypatch.setenv("XLA_FLAGS", "")  # the suite sets the option for every program
     if not compile_options.known_option("xla_cpu_use_fusion_emitters", False):
         return  # a jaxlib without the option: nothing to choose (asserted above to be dropped)
-    cnn, mlp = get_model("mnist1d_cnn"), get_model("mnist1d_mlp")
-    assert compile_options.is_convolutional(cnn) and not compile_options.is_convolutional(mlp)
-    assert compile_options.training_options(cnn) == {"xla_cpu_use_fusion_emitters": False}
-    assert compile_options.training_options(mlp) == {}
+    cnn, cnn2d, mlp, resnet = (get_model(name) for name in ("mnist1d_cnn", "cnn2d", "mnist1d_mlp", "resnet1d"))
+    for model in (cnn, cnn2d):
+        assert compile_options.training_options(model) == {"xla_cpu_use_fusion_emitters": False}
+    for model in (mlp, resnet):
+        assert not compile_options.prefers_older_cpu_emitters(model)
+        assert compile_options.training_options(model) == {}
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_fusion_emitters=true")
     assert compile_options.training_options(cnn) == {}
 

@@ -6,11 +6,12 @@ programs in 20-45% less time than its newer ones (MNIST-1D CNN search: each eval
 0.24 -> 0.15 s, the initialisation 0.25 -> 0.15 s), so every light program uses them (`light_jit`);
 those that run once skip XLA's backend optimisation as well (`light_jit(..., run_once=True)`).
 
-The training chunk takes them for a convolutional model only (`training_options`): there it
-compiles about a quarter faster and trains as fast (paper CNN: `tune` reached Optuna TPE's best
-10% sooner over 12 paired seeds, the digits 2-D CNN likewise), while an MLP's steps run 5-27%
-slower with them (paper MLP with dropout and augmentation, 16 members), which a short search wins
-back in compilation but a long run does not. An option the user names in $XLA_FLAGS is left to
+The training chunk takes them only for a model whose class says it trains as fast with them
+(`older_cpu_emitters = True`: the zoo's plain CNNs, `CNN1D` and `CNN2D`; `training_options`): the
+paper CNN's compiles faster and `tune` reached Optuna TPE's best 10% sooner over 12 paired seeds,
+the digits 2-D CNN's 8% sooner. Others keep XLA's default: an MLP's steps run 5-27% slower with the
+older emitters (paper MLP with dropout and augmentation, 16 members), which a short search wins
+back in compilation but a long run does not, and a batch-normalised ResNet1D's 10% slower. An option the user names in $XLA_FLAGS is left to
 the user. The options are probed once per process with a tiny program and dropped where this
 jaxlib does not know them; other backends than the CPU get none. Measurements:
 experiments/README.md, "Light programs and a host-side PBT round" and session 50.
@@ -58,15 +59,16 @@ def light_options(run_once: bool = False) -> dict[str, Any]:
     return usable_options({**OLDER_CPU_EMITTERS, **(NO_BACKEND_OPTIMISATION if run_once else {})})
 
 
-def is_convolutional(model: Any) -> bool:
-    """Whether `model` is one of the zoo's convolutional models (each has a `conv_impl` field)."""
-    return hasattr(model, "conv_impl")
+def prefers_older_cpu_emitters(model: Any) -> bool:
+    """Whether `model`'s class says it trains as fast with the older emitters (`older_cpu_emitters`:
+    the zoo's plain CNNs, `CNN1D` and `CNN2D`, measured so)."""
+    return getattr(type(model), "older_cpu_emitters", False) is True
 
 
 def training_options(model: Any) -> dict[str, Any]:
     """The compile options of a training chunk of `model`: on a CPU the older fusion emitters for
-    a convolutional model (a faster compile at the same step time), none otherwise."""
-    if jax.default_backend() != "cpu" or not is_convolutional(model):
+    a model that prefers them (a faster compile at the same step time), none otherwise."""
+    if jax.default_backend() != "cpu" or not prefers_older_cpu_emitters(model):
         return {}
     return usable_options(OLDER_CPU_EMITTERS)
 

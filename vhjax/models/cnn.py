@@ -90,6 +90,9 @@ def parse_conv_layer(model: str, index: int, entry: Any, dims: int) -> ConvLayer
 class _ConvNet(nn.Module):
     """Shared body of CNN1D and CNN2D; `spatial_dims` fixes the input rank."""
 
+    # the training program compiles faster on a CPU with XLA's older fusion emitters and trains as
+    # fast (`vhjax.compile_options.training_options`; measured for CNN1D and CNN2D)
+    older_cpu_emitters = True
     conv_layers: Sequence[Any] = ()
     pooling: str | None = None
     pool_window: int = 2
