@@ -10,6 +10,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from vhjax import compile_options
 from vhjax.compile_options import light_jit
@@ -58,6 +59,11 @@ def test_importing_vhjax_does_not_start_jax():
     assert child.returncode == 0, child.stderr[-2000:]
 
 
+def skip_without_the_emitters_option() -> None:
+    if not compile_options.known_option("xla_cpu_use_fusion_emitters", False):
+        pytest.skip("this jaxlib has no xla_cpu_use_fusion_emitters option (then it is dropped: tested above)")
+
+
 def test_an_option_set_in_xla_flags_is_left_to_the_user(monkeypatch):
     name = "xla_cpu_use_fusion_emitters"
     for flags, named in [("--xla_cpu_use_fusion_emitters=true", True),
@@ -75,8 +81,7 @@ def test_plain_cnns_train_with_the_older_emitters_on_a_cpu(monkeypatch):
     from vhjax.models import get_model
 
     monkeypatch.setenv("XLA_FLAGS", "")  # the suite sets the option for every program
-    if not compile_options.known_option("xla_cpu_use_fusion_emitters", False):
-        return  # a jaxlib without the option: nothing to choose (asserted above to be dropped)
+    skip_without_the_emitters_option()
     cnn, cnn2d, mlp, resnet = (get_model(name) for name in ("mnist1d_cnn", "cnn2d", "mnist1d_mlp", "resnet1d"))
     for model in (cnn, cnn2d):
         assert compile_options.training_options(model) == {"xla_cpu_use_fusion_emitters": False}
@@ -97,6 +102,7 @@ def test_a_cnn_population_trains_alike_with_either_emitters(monkeypatch):
     from vhjax.train import build_task, make_train_step
 
     monkeypatch.setenv("XLA_FLAGS", "")
+    skip_without_the_emitters_option()
     config = TrainConfig(dataset="digits", model="cnn2d", model_kwargs={"conv_layers": ((4, 3, 1, "SAME"),),
                                                                          "head_widths": (8,)},
                          dropout_rate=0.1, batch_size=16, steps=4, eval_every=4, seed=0)

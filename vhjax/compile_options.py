@@ -11,9 +11,11 @@ The training chunk takes them only for a model whose class says it trains as fas
 paper CNN's compiles faster and `tune` reached Optuna TPE's best 10% sooner over 12 paired seeds,
 the digits 2-D CNN's 8% sooner. Others keep XLA's default: an MLP's steps run 5-27% slower with the
 older emitters (paper MLP with dropout and augmentation, 16 members), which a short search wins
-back in compilation but a long run does not, and a batch-normalised ResNet1D's 10% slower. An option the user names in $XLA_FLAGS is left to
-the user. The options are probed once per process with a tiny program and dropped where this
-jaxlib does not know them; other backends than the CPU get none. Measurements:
+back in compilation but a long run does not, and a batch-normalised ResNet1D's 10% slower.
+
+An option the user names in $XLA_FLAGS is left to the user. The options are probed once per
+process with a tiny program and dropped where this jaxlib does not know them; other backends than
+the CPU get none. Measurements:
 experiments/README.md, "Light programs and a host-side PBT round" and session 50.
 """
 

@@ -12,8 +12,8 @@ from vhjax.search.driver import Candidates, SearchAborted, search
 from vhjax.search.fidelity import search_multifidelity
 from vhjax.search.pbt_replay import ReplayResult, replay_pbt
 from vhjax.search.pbt_search import even_interval, search_pbt
-from vhjax.search.report import load_result, write_report
 from vhjax.search.pareto import crowding_distance, hypervolume_2d, non_dominated, pareto_front, pareto_ranks
+from vhjax.search.report import load_result, write_report
 from vhjax.search.results import SearchResult, TrialTable
 from vhjax.search.space import (Boolean, Categorical, Conditional, Float, Int, Space, cnn_space, mlp_space,
                                 nasbench201_space)
