@@ -43,6 +43,9 @@ def test_tune_result_top_best_and_leaderboard_share_the_order():
     assert ranks == ["2", "1", "3"]
     with pytest.raises(ValueError, match="no trial completed"):
         TuneResult(study, rows[-1:], 1.0, "accuracy", "maximize").best()
+    cut = [{**row, "state": "PRUNED"} for row in rows[:3]]
+    with pytest.raises(ValueError, match=r"timeout ended the search\): 3 trials ended, 3 of them pruned"):
+        TuneResult(study, cut, 1.0, "accuracy", "maximize", timed_out=True).best()
     # minimizing (a loss): the lowest value first, the tested one first among equals, as SearchResult ranks
     low = [{**row, "value": v} for row, v in zip(rows[:4], (0.3, 0.1, 0.1, 0.1))]
     assert [row["trial"] for row in TuneResult(study, low[::-1], 1.0, "loss", "minimize").top(4)] == [2, 1, 3, 0]

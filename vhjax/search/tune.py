@@ -89,7 +89,12 @@ class TuneResult:
         """The best completed trial (`top(1)`): params, validation value, test value, steps."""
         ranked = self.top(1)
         if not ranked:
-            raise ValueError("no trial completed; there is no best trial")
+            pruned = sum(row["state"] == "PRUNED" for row in self.timeline)
+            cut = (" (the timeout ended the search)" if self.timed_out
+                   else " (the callback stopped the search)" if self.stopped else "")
+            raise ValueError(f"no trial completed, so there is no best trial{cut}: {len(self.timeline)} trials ended, "
+                             f"{pruned} of them pruned (their last evaluations are in result.timeline and "
+                             "result.study); a longer timeout or a larger budget lets trials complete")
         return {**ranked[0], "params": self.study.trials[ranked[0]["trial"]].params}
 
     def leaderboard(self, top: int = 10) -> str:
