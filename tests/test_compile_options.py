@@ -116,3 +116,22 @@ def test_a_cnn_population_trains_alike_with_either_emitters(monkeypatch):
     trained = [runner(init_population(task, 2, {}), data, 4)[0].members.params for runner in (older, newer)]
     for got, want in zip(*map(jax.tree.leaves, trained)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_ensemble_and_distillation_runners_choose_emitters_by_the_model(monkeypatch):
+    """Ensembles and distilled students train the task's model with the classifier step, so their
+    runners take the same choice as `classifier_runner`: the older emitters for a zoo CNN, none for an MLP."""
+    from vhjax.config import TrainConfig
+    from vhjax.ensemble.train import member_runner
+    from vhjax.train import build_task
+    from vhjax.transfer.distill import distill_runner
+
+    monkeypatch.setenv("XLA_FLAGS", "")
+    skip_without_the_emitters_option()
+    for model, kwargs, want in [("cnn2d", {"conv_layers": ((4, 3, 1, "SAME"),), "head_widths": (8,)},
+                                 {"xla_cpu_use_fusion_emitters": False}),
+                                ("mlp", {"widths": (8,)}, {})]:
+        task = build_task(TrainConfig(dataset="digits", model=model, model_kwargs=kwargs, batch_size=16, steps=4,
+                                      eval_every=4, seed=0))
+        assert member_runner(task, 2, "uniform", None).compiler_options == want, model
+        assert distill_runner(task, 2).compiler_options == want, model

@@ -6,7 +6,8 @@ programs in 20-45% less time than its newer ones (MNIST-1D CNN search: each eval
 0.24 -> 0.15 s, the initialisation 0.25 -> 0.15 s), so every light program uses them (`light_jit`);
 those that run once skip XLA's backend optimisation as well (`light_jit(..., run_once=True)`).
 
-The training chunk takes them only for a model whose class says it trains as fast with them
+The training chunk (of the classifier runner, ensembles' members and distilled students) takes
+them only for a model whose class says it trains as fast with them
 (`older_cpu_emitters = True`: the zoo's plain CNNs, `CNN1D` and `CNN2D`; `training_options`): the
 paper CNN's compiles faster and `tune` reached Optuna TPE's best 10% sooner over 12 paired seeds,
 the digits 2-D CNN's 8% sooner. Others keep XLA's default: an MLP's steps run 5-27% slower with the

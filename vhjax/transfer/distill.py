@@ -34,6 +34,7 @@ import numpy as np
 from jax import lax
 
 from vhjax import losses
+from vhjax.compile_options import training_options
 from vhjax.config import TrainConfig
 from vhjax.memo import Memo
 from vhjax.models.cost import flops_per_example
@@ -182,7 +183,7 @@ def distill_runner(task: Task, size: int) -> PopulationRunner:
     and population size (the teacher's logits are data, the students' values state)."""
     return _RUNNERS.get((task,), lambda: PopulationRunner(
         make_train_step(task, distill_loss(task)), population_batch_indices(task),
-        member_group=default_member_group(size)), settings=size)
+        member_group=default_member_group(size), compiler_options=training_options(task.model)), settings=size)
 
 
 def with_distill_hparams(population: PopulationState, values: Sequence[dict]) -> PopulationState:
