@@ -22,7 +22,8 @@ from vhjax.config import TrainConfig
 from vhjax.population import classifier_runner, init_population
 from vhjax.train import build_task
 model, kwargs = sys.argv[1], json.loads(sys.argv[2])
-dataset, augmentation = (sys.argv[3:5] + ["mnist1d", "shift"][len(sys.argv[3:5]):])
+dataset = sys.argv[3] if len(sys.argv) > 3 else "mnist1d"
+augmentation = sys.argv[4] if len(sys.argv) > 4 else "shift"
 cfg = TrainConfig(dataset=dataset, model=model, model_kwargs=kwargs, optimizer="adamw", learning_rate=1e-3,
                   weight_decay=1e-4, dropout_rate=0.1, augment=({"name": augmentation, "strength": 0.1},),
                   batch_size=100, steps=1000, eval_every=50, seed=0)

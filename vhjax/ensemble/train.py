@@ -30,7 +30,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from vhjax import optim, validation
-from vhjax.compile_options import training_options
 from vhjax.config import TrainConfig
 from vhjax.data import Dataset, from_arrays
 from vhjax.ensemble.members import MemberGroup
@@ -40,7 +39,7 @@ from vhjax.memo import Memo
 from vhjax.population.engine import PopulationRunner, default_member_group
 from vhjax.population.fit import BucketProgram, PopulationResult, fit_population, precise_members
 from vhjax.population.loop import Hook, Report
-from vhjax.population.members import population_batch_indices
+from vhjax.population.members import classifier_runner, population_batch_indices
 from vhjax.population.state import PopulationState
 from vhjax.train.step import apply_model, chunk_batch_indices, make_train_step
 from vhjax.train.workdir import record_inputs
@@ -158,8 +157,7 @@ def member_runner(task: Task, size: int, sampling: str, adversarial: tuple | Non
         step = make_train_step(task) if adversarial is None else adversarial_step(task, *adversarial)
         indices = {"tables": table_batch_indices, "weights": weighted_batch_indices,
                    "uniform": population_batch_indices}[sampling](task)
-        return PopulationRunner(step, indices, member_group=default_member_group(size),
-                                compiler_options=training_options(task.model))
+        return classifier_runner(task, default_member_group(size), indices, member_step=step)
 
     return _RUNNERS.get((task,), build, settings=(size, sampling, adversarial))
 

@@ -34,14 +34,13 @@ import numpy as np
 from jax import lax
 
 from vhjax import losses
-from vhjax.compile_options import training_options
 from vhjax.config import TrainConfig
 from vhjax.memo import Memo
 from vhjax.models.cost import flops_per_example
 from vhjax.models.utils import count_params, output_shape
 from vhjax.population.engine import PopulationRunner, default_member_group
 from vhjax.population.fit import BucketProgram, PopulationResult, bucket_tasks, fit_population, with_config_loss_weights
-from vhjax.population.members import population_batch_indices
+from vhjax.population.members import classifier_runner
 from vhjax.population.state import PopulationState
 from vhjax.train.step import apply_model, make_train_step, per_example_loss
 from vhjax.train.task import Task, call_keywords, resolve_model
@@ -181,9 +180,8 @@ _RUNNERS: Memo[PopulationRunner] = Memo(4)  # per task and size: a rerun (resume
 def distill_runner(task: Task, size: int) -> PopulationRunner:
     """The engine's chunk runner of the distillation step on data (x, y, teacher logits), one per task
     and population size (the teacher's logits are data, the students' values state)."""
-    return _RUNNERS.get((task,), lambda: PopulationRunner(
-        make_train_step(task, distill_loss(task)), population_batch_indices(task),
-        member_group=default_member_group(size), compiler_options=training_options(task.model)), settings=size)
+    return _RUNNERS.get((task,), lambda: classifier_runner(
+        task, default_member_group(size), member_step=make_train_step(task, distill_loss(task))), settings=size)
 
 
 def with_distill_hparams(population: PopulationState, values: Sequence[dict]) -> PopulationState:
