@@ -23,9 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+import bench_time_to_quality as bench  # noqa: E402  (TPE's best, the time to it, the ratio)
 
 RUN_ROWS, WIDE_ROUNDS, WIDE, NARROW = 624, 9, 32, 16  # tune's run for budget 64 on this task
 
@@ -45,8 +49,8 @@ def races(paths: list[str]) -> list[tuple[float, float, list]]:
         tpe = {run["seed"]: run["timeline"] for run in runs if run["contestant"] == "optuna_tpe"}
         for run in runs:
             if run["contestant"] == "vhjax_tune" and len(run["timeline"]) % RUN_ROWS == 0:
-                best = max(value for _, value, _ in tpe[run["seed"]])
-                out.append((best, min(s for s, value, _ in tpe[run["seed"]] if value >= best), run["timeline"]))
+                best = bench.final_pick(tpe[run["seed"]])[0]
+                out.append((best, bench.time_to_reach(tpe[run["seed"]], best), run["timeline"]))
     return out
 
 
@@ -95,7 +99,7 @@ def time_to(target: float, timeline: list, cut: int = 30, stall: int | None = No
 
 
 def line(name: str, data: list, **schedule) -> str:
-    ratios = [0.0 if np.isinf(t := time_to(best, rows, **schedule)) else seconds / t for best, seconds, rows in data]
+    ratios = [bench.speedup(seconds, time_to(best, rows, **schedule)) for best, seconds, rows in data]
     return f"| {name} | {np.mean(ratios):.2f}x | {np.median(ratios):.2f}x | {sum(r > 0 for r in ratios)} of {len(ratios)} |"
 
 
