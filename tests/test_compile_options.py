@@ -135,3 +135,30 @@ def test_ensemble_and_distillation_runners_choose_emitters_by_the_model(monkeypa
                                       eval_every=4, seed=0))
         assert member_runner(task, 2, "uniform", None).compiler_options == want, model
         assert distill_runner(task, 2).compiler_options == want, model
+
+
+def test_pretraining_adaptation_and_annealing_runners_choose_emitters_by_the_model(monkeypatch):
+    """The runners that train the task's model with networks of their own (a projection head, a
+    domain discriminator) or anneal its weights take `classifier_runner`'s choice too."""
+    import optax
+
+    from vhjax.config import TrainConfig
+    from vhjax.train import build_task
+    from vhjax.transfer.adapt import Discriminator, adapt_runner, adda_optimizers, adda_runner
+    from vhjax.transfer.annealing import anneal_runner
+    from vhjax.transfer.pretrain import MLPHead, pretrain_runner
+
+    monkeypatch.setenv("XLA_FLAGS", "")
+    skip_without_the_emitters_option()
+    for model, kwargs, want in [("cnn2d", {"conv_layers": ((4, 3, 1, "SAME"),), "head_widths": (8,)},
+                                 {"xla_cpu_use_fusion_emitters": False}),
+                                ("mlp", {"widths": (8,)}, {})]:
+        task = build_task(TrainConfig(dataset="digits", model=model, model_kwargs=kwargs, batch_size=16, steps=4,
+                                      eval_every=4, seed=0))
+        weights = np.ones(len(task.train.x), np.float32)
+        runners = {"pretrain": pretrain_runner(task, "head", "simclr", MLPHead((8,), 4), optax.scale_by_adam(), 2),
+                   "adapt": adapt_runner(task, "head", Discriminator((8,)), optax.adam(1e-3), 32, weights, 2),
+                   "adda": adda_runner(task, "head", Discriminator((8,)), adda_optimizers(1e-3), 32, 2, 1e-3),
+                   "anneal": anneal_runner(task, lambda params, state: 0.0, "exponential", 4, 2)}
+        for name, runner in runners.items():
+            assert runner.compiler_options == want, (model, name)

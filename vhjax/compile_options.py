@@ -6,18 +6,19 @@ programs in 20-45% less time than its newer ones (MNIST-1D CNN search: each eval
 0.24 -> 0.15 s, the initialisation 0.25 -> 0.15 s), so every light program uses them (`light_jit`);
 those that run once skip XLA's backend optimisation as well (`light_jit(..., run_once=True)`).
 
-The training chunk (of the classifier runner, ensembles' members and distilled students) takes
-them only for a model whose class says it trains as fast with them
-(`older_cpu_emitters = True`: the zoo's plain CNNs, `CNN1D` and `CNN2D`; `training_options`): the
-paper CNN's compiles faster and `tune` reached Optuna TPE's best 10% sooner over 12 paired seeds,
-the digits 2-D CNN's 8% sooner. Others keep XLA's default: an MLP's steps run 5-27% slower with the
-older emitters (paper MLP with dropout and augmentation, 16 members), which a short search wins
-back in compilation but a long run does not, and a batch-normalised ResNet1D's 10% slower.
+The training chunk (of the classifier runner, ensembles' members, distilled students, and the
+pretraining, adaptation, ADDA and annealing runners) takes them only for a model whose class says
+it trains as fast with them (`older_cpu_emitters = True`: the zoo's plain CNNs, `CNN1D` and
+`CNN2D`; `training_options`): the paper CNN's compiles faster and `tune` reached Optuna TPE's best
+10% sooner over 12 paired seeds, the digits 2-D CNN's 8% sooner. Others keep XLA's default: an
+MLP's steps run 5-27% slower with the older emitters (paper MLP with dropout and augmentation, 16
+members), which a short search wins back in compilation but a long run does not, and a
+batch-normalised ResNet1D's 10% slower.
 
 An option the user names in $XLA_FLAGS is left to the user. The options are probed once per
 process with a tiny program and dropped where this jaxlib does not know them; other backends than
 the CPU get none. Measurements:
-experiments/README.md, "Light programs and a host-side PBT round" and session 50.
+experiments/README.md, "Light programs and a host-side PBT round" and sessions 50 and 53.
 """
 
 from __future__ import annotations

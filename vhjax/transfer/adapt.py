@@ -54,6 +54,7 @@ import numpy as np
 import optax
 
 from vhjax import metrics, optim
+from vhjax.compile_options import light_jit, training_options
 from vhjax.config import SECTIONS, TrainConfig
 from vhjax.memo import Memo
 from vhjax.population.engine import PopulationRunner, default_member_group
@@ -309,7 +310,7 @@ def logistic_regression(x: jax.Array, labels: jax.Array, l2: float | jax.Array, 
     return jax.lax.scan(newton, jnp.zeros(d + 1, x.dtype), None, length=iterations)[0]
 
 
-@jax.jit
+@light_jit
 def _fold_ratios(source: jax.Array, fit_source: jax.Array, fit_target: jax.Array) -> jax.Array:
     """One member, one fold: p(target | f) / p(source | f) * n_s / n_t of the `source` features, from a
     logistic regression on the standardised `fit_source` (0) vs `fit_target` (1) features."""
@@ -423,7 +424,7 @@ def features_program(task: Task, layer: str):
         out = jax.lax.map(apply, batches)
         return out.reshape(out.shape[0] * out.shape[1], -1)  # (K, B, ...) -> (K * B, D)
 
-    return jax.jit(jax.vmap(one, in_axes=(0, None)))
+    return light_jit(jax.vmap(one, in_axes=(0, None)))
 
 
 _FEATURES: Memo = Memo(4)  # per task and layer: DEV's selection after every adapt run compiles nothing new
@@ -530,6 +531,15 @@ def adapt_gather(batch_size: int):
     return gather
 
 
+def adapt_runner(task: Task, layer: str, discriminator: Discriminator, disc_optimizer: optax.GradientTransformation,
+                 target_size: int, weights: np.ndarray, size: int) -> PopulationRunner:
+    """The engine's chunk runner of the adaptation step for `size` members, compiled with the task
+    model's options (`compile_options.training_options`, as `classifier_runner`)."""
+    return PopulationRunner(adapt_step(task, layer, discriminator, disc_optimizer),
+                            adapt_batch_indices(task, target_size, weights), member_group=default_member_group(size),
+                            gather=adapt_gather(task.config.batch_size), compiler_options=training_options(task.model))
+
+
 def with_adapt_state(population: PopulationState, values: Sequence[dict], discriminator: Discriminator,
                      disc_optimizer: optax.GradientTransformation, width: int) -> PopulationState:
     """The population's members as `AdaptState`s: adaptation values in their hparams, a discriminator each
@@ -540,7 +550,7 @@ def with_adapt_state(population: PopulationState, values: Sequence[dict], discri
         params = discriminator.init(jax.random.fold_in(key, 0xDA), jnp.zeros((1, width)))["params"]
         return params, disc_optimizer.init(params)
 
-    disc_params, disc_opt_state = jax.jit(jax.vmap(init))(members.key)
+    disc_params, disc_opt_state = light_jit(jax.vmap(init), run_once=True)(members.key)
     arrays = {name: jnp.asarray([v[name] for v in values], jnp.float32) for name in ADAPT_FIELDS}
     fields = {f.name: getattr(members, f.name) for f in dataclasses.fields(TrainState)}
     fields["hparams"] = {**members.hparams, **arrays}
@@ -639,10 +649,7 @@ def adapt(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, 
         trained.append((task, indices))
         classifiers.append(classifier)
         population = with_adapt_state(population, [values[i] for i in indices], discriminator, disc_optimizer, width)
-        runner = PopulationRunner(adapt_step(task, feature_layer, discriminator, disc_optimizer),
-                                  adapt_batch_indices(task, len(xt), weights),
-                                  member_group=default_member_group(len(indices)),
-                                  gather=adapt_gather(task.config.batch_size))
+        runner = adapt_runner(task, feature_layer, discriminator, disc_optimizer, len(xt), weights, len(indices))
         yt = np.zeros(len(xt), np.int32) if yt is None else yt  # read by oracle members only
         data = tuple(jnp.asarray(a) for a in (task.train.x, task.train.y, weights, xt, yt))
         return BucketProgram(population, runner=runner, train_data=data, extras=[values[i] for i in indices])
@@ -749,7 +756,7 @@ def with_adda_state(population: PopulationState, source_params: Any, source_mode
         disc_params = discriminator.init(jax.random.fold_in(key, 0xADDA), jnp.zeros((1, width)))["params"]
         return encoder_optimizer.init(params), disc_params, disc_optimizer.init(disc_params)
 
-    opt_state, disc_params, disc_opt_state = jax.jit(jax.vmap(init))(members.key, source_params)
+    opt_state, disc_params, disc_opt_state = light_jit(jax.vmap(init), run_once=True)(members.key, source_params)
     opt_state = optim.set_hyperparams(opt_state, learning_rate=jnp.asarray(learning_rates, jnp.float32))
     fields = {f.name: getattr(members, f.name) for f in dataclasses.fields(TrainState)}
     copy = lambda tree: jax.tree.map(jnp.copy, tree)  # own buffers: the engine may donate the encoder's
@@ -764,11 +771,13 @@ _RUNNERS: Memo[PopulationRunner] = Memo(4)  # per task and settings: a rerun (re
 
 def adda_runner(task: Task, layer: str, discriminator: Discriminator, optimizers: tuple, target_size: int,
                 member_group: int | None, disc_learning_rate: float) -> PopulationRunner:
-    """The engine's chunk runner of ADDA's step, one per task and settings (the learning rates are state)."""
+    """The engine's chunk runner of ADDA's step, one per task and settings (the learning rates are
+    state), compiled with the task model's options."""
     settings = (layer, discriminator.widths, disc_learning_rate, target_size, member_group)
     return _RUNNERS.get((task,), lambda: PopulationRunner(
         adda_step(task, layer, discriminator, *optimizers), adda_batch_indices(task, target_size),
-        member_group=member_group, gather=adda_gather(task.config.batch_size)), settings=settings)
+        member_group=member_group, gather=adda_gather(task.config.batch_size),
+        compiler_options=training_options(task.model)), settings=settings)
 
 
 STAGE_SECTIONS = ("optimizer", "regularization", "augmentation")  # ADDA's own in stage 2, not the config's

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vhjax.compile_options import light_jit, training_options
 from vhjax.config import TrainConfig
 from vhjax.models.utils import abstract_variables
 from vhjax.population.engine import PopulationRunner, default_member_group
@@ -219,10 +220,17 @@ def anneal_step(task: Any, energy, schedule: str, steps: int):
     return step
 
 
+def anneal_runner(task: Any, energy, schedule: str, steps: int, size: int) -> PopulationRunner:
+    """The engine's chunk runner of `size` annealing chains, compiled with the task model's options
+    (`compile_options.training_options`, as `classifier_runner`)."""
+    return PopulationRunner(anneal_step(task, energy, schedule, steps), population_batch_indices(task),
+                            member_group=default_member_group(size), compiler_options=training_options(task.model))
+
+
 def with_anneal_state(population: Any, energy, steps: int, settings: Mapping[str, np.ndarray]) -> Any:
     """The population's members as `AnnealState`s: their start energy, empty records, settings in hparams."""
     members = population.members
-    start = jax.jit(jax.vmap(energy))(members.params, members.model_state)
+    start = light_jit(jax.vmap(energy), run_once=True)(members.params, members.model_state)
     size = population.size
     fields = {f.name: getattr(members, f.name) for f in dataclasses.fields(TrainState)}
     fields["hparams"] = {**members.hparams, **{name: jnp.asarray(v, jnp.float32) for name, v in settings.items()}}
@@ -292,8 +300,7 @@ def anneal(config: TrainConfig, source: Any, chains: int = 4, *, steps: int = 50
     def program(bucket: Any, population: Any, indices: list[int]) -> BucketProgram:
         kept["model_state"] = dict(population.members.model_state or {})
         population = with_anneal_state(population, energy_of, steps, {k: v[indices] for k, v in settings.items()})
-        runner = PopulationRunner(anneal_step(bucket, energy_of, schedule, steps), population_batch_indices(bucket),
-                                  member_group=default_member_group(len(indices)))
+        runner = anneal_runner(bucket, energy_of, schedule, steps, len(indices))
         extras = [{"temperature": float(settings["sa_temperature"][i]), "step_size": float(settings["sa_step_size"][i]),
                    "decay": float(settings["sa_decay"][i])} for i in indices]
         return BucketProgram(population, runner=runner, extras=extras)

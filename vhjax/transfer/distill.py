@@ -34,6 +34,7 @@ import numpy as np
 from jax import lax
 
 from vhjax import losses
+from vhjax.compile_options import light_jit
 from vhjax.config import TrainConfig
 from vhjax.memo import Memo
 from vhjax.models.cost import flops_per_example
@@ -147,7 +148,7 @@ def batched_apply(model: Any, variables: Mapping, x: jax.Array, batch_size: int)
     size = min(batch_size, n)
     padded = -(-n // size) * size
 
-    @jax.jit
+    @light_jit
     def run(variables, x):
         batches = jnp.pad(x, [(0, padded - n)] + [(0, 0)] * (x.ndim - 1)).reshape(-1, size, *x.shape[1:])
         out = lax.map(lambda xb: model.apply(variables, xb, **kwargs), batches)
@@ -206,7 +207,7 @@ def predict(task: Task, population: PopulationState, x: jax.Array) -> np.ndarray
         out = lax.map(apply, batches)
         return out.reshape(padded, *out.shape[2:])[:n]
 
-    return np.asarray(jax.jit(jax.vmap(one))(population.members))
+    return np.asarray(light_jit(jax.vmap(one))(population.members))
 
 
 def model_cost(model: Any, input_shape: Sequence[int], params: Any) -> dict[str, float]:

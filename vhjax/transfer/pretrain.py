@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vhjax.compile_options import light_jit, training_options
 from vhjax.config import TrainConfig
 from vhjax.population.engine import PopulationRunner, default_member_group
 from vhjax.population.fit import (BucketProgram, PopulationResult, bucket_seeds, bucket_tasks, fit_population,
@@ -218,6 +219,14 @@ def pretrain_step(task: Task, layer: str, method: str, head: MLPHead, head_optim
     return step
 
 
+def pretrain_runner(task: Task, layer: str, method: str, head: MLPHead, head_optimizer: optax.GradientTransformation,
+                    size: int) -> PopulationRunner:
+    """The engine's chunk runner of the pretraining step for `size` members, compiled with the task
+    model's options (`compile_options.training_options`, as `classifier_runner`)."""
+    return PopulationRunner(pretrain_step(task, layer, method, head, head_optimizer), population_batch_indices(task),
+                            member_group=default_member_group(size), compiler_options=training_options(task.model))
+
+
 def with_pretrain_state(population: PopulationState, values: Sequence[dict], head: MLPHead,
                         head_optimizer: optax.GradientTransformation, width: int) -> PopulationState:
     """The members as `PretrainState`s: temperature / noise and the head's learning rate in their
@@ -228,7 +237,7 @@ def with_pretrain_state(population: PopulationState, values: Sequence[dict], hea
         params = head.init(jax.random.fold_in(key, 0x551), jnp.zeros((1, width)))["params"]
         return params, head_optimizer.init(params)
 
-    head_params, head_opt_state = jax.jit(jax.vmap(init))(members.key)
+    head_params, head_opt_state = light_jit(jax.vmap(init), run_once=True)(members.key)
     arrays = {name: jnp.asarray([v[name] for v in values], jnp.float32) for name in values[0]}
     fields = {f.name: getattr(members, f.name) for f in dataclasses.fields(TrainState)}
     fields["hparams"] = {**members.hparams, **arrays}
@@ -250,7 +259,7 @@ def loss_evaluator(task: Task, layer: str, method: str, head: MLPHead, splits: S
                                    train=False)[1][0]
         return jax.lax.map(loss, jnp.arange(count)).mean()
 
-    program = jax.jit(jax.vmap(jax.vmap(one, in_axes=(0, None)), in_axes=(None, 0)))
+    program = light_jit(jax.vmap(jax.vmap(one, in_axes=(0, None)), in_axes=(None, 0)))
     return lambda population: np.asarray(program(population.members, data))
 
 
@@ -403,8 +412,7 @@ def pretrain(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), 
         losses.append(loss_evaluator(task, feature_layer, method, head, (task.train.x, task.eval.x)))
         population = with_pretrain_state(population, [values[i] for i in indices], head, head_optimizer,
                                          widths[tuple(indices)])
-        runner = PopulationRunner(pretrain_step(task, feature_layer, method, head, head_optimizer),
-                                  population_batch_indices(task), member_group=default_member_group(len(indices)))
+        runner = pretrain_runner(task, feature_layer, method, head, head_optimizer, len(indices))
         return BucketProgram(population, runner=runner, train_data=(jnp.asarray(task.train.x),),  # inputs only
                              extras=[{k: v for k, v in values[i].items() if k != "head_learning_rate"}
                                      for i in indices], evaluate=held_out_evaluation(losses[-1]))
