@@ -397,14 +397,16 @@ def member_records(number: int, indices: Sequence[int], configs: Sequence[dict],
                    final: dict, outcome: LoopResult) -> dict[int, dict]:
     """Member index -> its result record (metrics per split, divergence, stop, best step) in bucket `number`."""
     best_step = outcome.hook_states.get("keep_best", {}).get("step")
+    diverged_steps, stopped = np.asarray(population.diverged_step), np.asarray(population.stopped)  # one transfer each
+    best_step = None if best_step is None else np.asarray(best_step)
     records = {}
     for position, (index, config) in enumerate(zip(indices, configs)):
-        diverged = int(population.diverged_step[position])
+        diverged = int(diverged_steps[position])
         records[index] = {
             "member": index, "bucket": number, "position": position, "config": config,
             **{split: {k: float(v[position]) for k, v in values.items()} for split, values in final.items()},
             "diverged_step": None if diverged < 0 else diverged,
-            "stopped": bool(population.stopped[position]),
+            "stopped": bool(stopped[position]),
             "best_step": None if best_step is None or int(best_step[position]) < 0 else int(best_step[position]),
         }
     return records

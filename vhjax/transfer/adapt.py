@@ -870,12 +870,14 @@ def adda(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, t
     optimizers = adda_optimizers(discriminator_learning_rate)
     stage = stage_config(config, steps)
     stage_members = [stage_member(source.population.members[row["member"]], row["seed"]) for row in chosen]
-    source_members = [jax.tree.map(lambda a, p=row["position"]: a[p], source.population.states[row["bucket"]].members)
-                      for row in chosen]
+    on_host = {bucket: jax.device_get({"params": members.params, "model_state": members.model_state})
+               for bucket, members in ((row["bucket"], source.population.states[row["bucket"]].members)
+                                       for row in chosen)}  # one transfer a bucket, not one slice a leaf and member
+    source_members = [jax.tree.map(lambda a, p=row["position"]: a[p], on_host[row["bucket"]]) for row in chosen]
     trained: list[tuple[Task, list[int]]] = []
     if root is not None:  # what config.json and members.json do not say
         record_inputs(root / "adda", "adda", {
-            "source": content_digest([(m.params, m.model_state) for m in source_members]),
+            "source": content_digest([(m["params"], m["model_state"]) for m in source_members]),
             "target": target_splits(source.tasks[chosen[0]["bucket"]], target, False)["train"][0],
             "learning_rates": rates, "feature_layer": feature_layer,
             "discriminator_widths": list(discriminator_widths),
@@ -886,8 +888,8 @@ def adda(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, t
         xt = target_splits(task, target, False)["train"][0]
         width = feature_dim(task, feature_layer, task.default_hparams)
         stack = lambda *leaves: jnp.stack(leaves)
-        population = with_adda_state(population, jax.tree.map(stack, *[source_members[i].params for i in indices]),
-                                     jax.tree.map(stack, *[source_members[i].model_state for i in indices]),
+        population = with_adda_state(population, jax.tree.map(stack, *[source_members[i]["params"] for i in indices]),
+                                     jax.tree.map(stack, *[source_members[i]["model_state"] for i in indices]),
                                      [rates[i] for i in indices], discriminator, optimizers, width)
         runner = adda_runner(task, feature_layer, discriminator, optimizers, len(xt),
                              default_member_group(len(indices)), discriminator_learning_rate)
