@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vhjax import models
+from vhjax.compile_options import light_jit
 from vhjax.memo import Memo
 
 
@@ -80,7 +81,7 @@ def _logits_fn(model: Any, has_arch: bool):
     def one(variables, arch, x):
         return apply_member(model, variables, x, arch if has_arch else None)
 
-    return _LOGITS_CACHE.get((model,), lambda: jax.jit(jax.vmap(one, in_axes=(0, 0 if has_arch else None, None))),
+    return _LOGITS_CACHE.get((model,), lambda: light_jit(jax.vmap(one, in_axes=(0, 0 if has_arch else None, None))),
                              settings=has_arch)
 
 

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vhjax import parallel
+from vhjax.compile_options import light_jit
 from vhjax.config import TrainConfig
 from vhjax.data import kfold_indices
 from vhjax.population.engine import default_member_group
@@ -141,7 +142,7 @@ def fit_kfold(config: TrainConfig, candidates: Sequence[Mapping[str, Any]] = ({}
                  if "batch_stats" in population.members.model_state else None)
     if precise_x is None:
         recompute = lambda members: members
-        evaluate = jax.jit(jax.vmap(make_eval_fn(task), in_axes=(0, 0, 0)))
+        evaluate = light_jit(jax.vmap(make_eval_fn(task), in_axes=(0, 0, 0)))
     else:  # each member's BatchNorm statistics from its own fold's training examples
         precise_x = jnp.asarray(precise_x)
         one_member, evaluate_one = recompute_statistics(task), make_eval_fn(task, precise=False)
@@ -215,11 +216,11 @@ def out_of_fold_probs(result: KFoldResult) -> np.ndarray:
 
 
 def _apply_members(task: Any, in_axis: int | None):
-    """jit(vmap(member -> softmax(apply))) with `x` shared (None) or per member (0)."""
+    """light_jit(vmap(member -> softmax(apply))) with `x` shared (None) or per member (0)."""
     from vhjax.train.step import apply_model
 
     def one(state, x):
         return jax.nn.softmax(apply_model(task, state.params, state.model_state, state.hparams, x, train=False)[0],
                               axis=-1)
 
-    return jax.jit(jax.vmap(one, in_axes=(0, in_axis)))
+    return light_jit(jax.vmap(one, in_axes=(0, in_axis)))
