@@ -870,9 +870,10 @@ def adda(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, t
     optimizers = adda_optimizers(discriminator_learning_rate)
     stage = stage_config(config, steps)
     stage_members = [stage_member(source.population.members[row["member"]], row["seed"]) for row in chosen]
-    on_host = {bucket: jax.device_get({"params": members.params, "model_state": members.model_state})
-               for bucket, members in ((row["bucket"], source.population.states[row["bucket"]].members)
-                                       for row in chosen)}  # one transfer a bucket, not one slice a leaf and member
+    states = source.population.states  # one transfer a bucket, not one device slice a leaf and member
+    on_host = {bucket: jax.device_get({"params": states[bucket].members.params,
+                                       "model_state": states[bucket].members.model_state})
+               for bucket in {row["bucket"] for row in chosen}}
     source_members = [jax.tree.map(lambda a, p=row["position"]: a[p], on_host[row["bucket"]]) for row in chosen]
     trained: list[tuple[Task, list[int]]] = []
     if root is not None:  # what config.json and members.json do not say
