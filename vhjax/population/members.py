@@ -24,7 +24,8 @@ from vhjax import optim
 from vhjax.compile_options import light_jit, training_options
 from vhjax.memo import Memo
 from vhjax.models.utils import abstract_variables
-from vhjax.population.engine import BatchIndices, MemberStep, PopulationRunner, default_member_group
+from vhjax.population.engine import (BatchIndices, Gather, MemberStep, PopulationRunner, default_member_group,
+                                     gather_batch)
 from vhjax.population.hparams import (check_hparam_names, check_not_static_zero, known_hparams, member_arrays,
                                      per_member_values)
 from vhjax.population.state import PopulationState, new_population
@@ -226,13 +227,16 @@ def population_batch_indices(task: Task) -> BatchIndices:
 
 def classifier_runner(task: Task, member_group: int | None = None, batch_indices: BatchIndices | None = None,
                       isolation: str = "optimistic", place: Callable | None = None,
-                      shards: int = 1, member_step: MemberStep | None = None) -> PopulationRunner:
-    """The engine's chunk runner for the task's classifier step, or for `member_step` (a variant of it
-    that trains `task.model`: ensembles' adversarial step, distillation's loss), compiled with the
-    model's options (`compile_options.training_options`; see `engine.PopulationRunner`)."""
+                      shards: int = 1, member_step: MemberStep | None = None,
+                      gather: Gather = gather_batch) -> PopulationRunner:
+    """The engine's chunk runner for the task's classifier step, or for `member_step` (another step
+    that trains `task.model`: ensembles' adversarial step, distillation's loss, pretraining with a
+    projection head, domain adaptation, ADDA, annealing over the weights), compiled with the model's
+    options (`compile_options.training_options`, chosen here for all of them; see
+    `engine.PopulationRunner`)."""
     return PopulationRunner(member_step or make_train_step(task), batch_indices or population_batch_indices(task),
-                            member_group=member_group, isolation=isolation, place=place, shards=shards,
-                            compiler_options=training_options(task.model))
+                            member_group=member_group, isolation=isolation, gather=gather, place=place,
+                            shards=shards, compiler_options=training_options(task.model))
 
 
 def make_population_eval(task: Task) -> Callable[[PopulationState, jax.Array, jax.Array], dict]:

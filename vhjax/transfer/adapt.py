@@ -54,13 +54,13 @@ import numpy as np
 import optax
 
 from vhjax import metrics, optim
-from vhjax.compile_options import light_jit, training_options
+from vhjax.compile_options import light_jit
 from vhjax.config import SECTIONS, TrainConfig
 from vhjax.memo import Memo
 from vhjax.population.engine import PopulationRunner, default_member_group
 from vhjax.population.fit import (BucketProgram, PopulationResult, bucket_seeds, bucket_task, bucket_tasks,
                                   fit_population, with_config_loss_weights)
-from vhjax.population.members import population_batch_indices
+from vhjax.population.members import classifier_runner, population_batch_indices
 from vhjax.population.state import PopulationState
 from vhjax.preprocess.base import transform
 from vhjax.train.state import TrainState
@@ -533,11 +533,11 @@ def adapt_gather(batch_size: int):
 
 def adapt_runner(task: Task, layer: str, discriminator: Discriminator, disc_optimizer: optax.GradientTransformation,
                  target_size: int, weights: np.ndarray, size: int) -> PopulationRunner:
-    """The engine's chunk runner of the adaptation step for `size` members, compiled with the task
-    model's options (`compile_options.training_options`, as `classifier_runner`)."""
-    return PopulationRunner(adapt_step(task, layer, discriminator, disc_optimizer),
-                            adapt_batch_indices(task, target_size, weights), member_group=default_member_group(size),
-                            gather=adapt_gather(task.config.batch_size), compiler_options=training_options(task.model))
+    """The engine's chunk runner of the adaptation step for `size` members (`classifier_runner`: the
+    task model's compile options)."""
+    return classifier_runner(task, default_member_group(size), adapt_batch_indices(task, target_size, weights),
+                             member_step=adapt_step(task, layer, discriminator, disc_optimizer),
+                             gather=adapt_gather(task.config.batch_size))
 
 
 def with_adapt_state(population: PopulationState, values: Sequence[dict], discriminator: Discriminator,
@@ -772,12 +772,12 @@ _RUNNERS: Memo[PopulationRunner] = Memo(4)  # per task and settings: a rerun (re
 def adda_runner(task: Task, layer: str, discriminator: Discriminator, optimizers: tuple, target_size: int,
                 member_group: int | None, disc_learning_rate: float) -> PopulationRunner:
     """The engine's chunk runner of ADDA's step, one per task and settings (the learning rates are
-    state), compiled with the task model's options."""
+    state; `classifier_runner`: the task model's compile options)."""
     settings = (layer, discriminator.widths, disc_learning_rate, target_size, member_group)
-    return _RUNNERS.get((task,), lambda: PopulationRunner(
-        adda_step(task, layer, discriminator, *optimizers), adda_batch_indices(task, target_size),
-        member_group=member_group, gather=adda_gather(task.config.batch_size),
-        compiler_options=training_options(task.model)), settings=settings)
+    return _RUNNERS.get((task,), lambda: classifier_runner(
+        task, member_group, adda_batch_indices(task, target_size),
+        member_step=adda_step(task, layer, discriminator, *optimizers), gather=adda_gather(task.config.batch_size)),
+        settings=settings)
 
 
 STAGE_SECTIONS = ("optimizer", "regularization", "augmentation")  # ADDA's own in stage 2, not the config's

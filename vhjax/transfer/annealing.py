@@ -37,12 +37,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vhjax.compile_options import light_jit, training_options
+from vhjax.compile_options import light_jit
 from vhjax.config import TrainConfig
 from vhjax.models.utils import abstract_variables
 from vhjax.population.engine import PopulationRunner, default_member_group
 from vhjax.population.fit import BucketProgram, PopulationResult, bucket_task, fit_population
-from vhjax.population.members import population_batch_indices
+from vhjax.population.members import classifier_runner
 from vhjax.train.state import TrainState
 from vhjax.train.step import apply_model, per_example_loss
 from vhjax.train.workdir import content_digest, record_inputs
@@ -221,10 +221,9 @@ def anneal_step(task: Any, energy, schedule: str, steps: int):
 
 
 def anneal_runner(task: Any, energy, schedule: str, steps: int, size: int) -> PopulationRunner:
-    """The engine's chunk runner of `size` annealing chains, compiled with the task model's options
-    (`compile_options.training_options`, as `classifier_runner`)."""
-    return PopulationRunner(anneal_step(task, energy, schedule, steps), population_batch_indices(task),
-                            member_group=default_member_group(size), compiler_options=training_options(task.model))
+    """The engine's chunk runner of `size` annealing chains (`classifier_runner`: the task model's
+    compile options)."""
+    return classifier_runner(task, default_member_group(size), member_step=anneal_step(task, energy, schedule, steps))
 
 
 def with_anneal_state(population: Any, energy, steps: int, settings: Mapping[str, np.ndarray]) -> Any:

@@ -39,12 +39,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vhjax.compile_options import light_jit, training_options
+from vhjax.compile_options import light_jit
 from vhjax.config import TrainConfig
 from vhjax.population.engine import PopulationRunner, default_member_group
 from vhjax.population.fit import (BucketProgram, PopulationResult, bucket_seeds, bucket_tasks, fit_population,
                                   with_config_loss_weights)
-from vhjax.population.members import population_batch_indices
+from vhjax.population.members import classifier_runner
 from vhjax.population.state import PopulationState
 from vhjax.train.state import TrainState
 from vhjax.train.step import apply_gradients, with_penalty
@@ -221,10 +221,10 @@ def pretrain_step(task: Task, layer: str, method: str, head: MLPHead, head_optim
 
 def pretrain_runner(task: Task, layer: str, method: str, head: MLPHead, head_optimizer: optax.GradientTransformation,
                     size: int) -> PopulationRunner:
-    """The engine's chunk runner of the pretraining step for `size` members, compiled with the task
-    model's options (`compile_options.training_options`, as `classifier_runner`)."""
-    return PopulationRunner(pretrain_step(task, layer, method, head, head_optimizer), population_batch_indices(task),
-                            member_group=default_member_group(size), compiler_options=training_options(task.model))
+    """The engine's chunk runner of the pretraining step for `size` members (`classifier_runner`: the
+    task model's compile options)."""
+    return classifier_runner(task, default_member_group(size),
+                             member_step=pretrain_step(task, layer, method, head, head_optimizer))
 
 
 def with_pretrain_state(population: PopulationState, values: Sequence[dict], head: MLPHead,
