@@ -584,7 +584,7 @@ def test_the_objective_fingerprint_is_part_of_the_study(tmp_path):
             return peak(candidates.params)
 
     search(Trainer(40), BoxSpace(), "random", budget=2, population=2, workdir=tmp_path, verbose=False)
-    with pytest.raises(ValueError, match=r"objective: stored \{'steps': 40\}, now \{'steps': 8\}"):
+    with pytest.raises(ValueError, match=r"\(objective\.steps: stored 40, now 8\)"):
         search(Trainer(8), BoxSpace(), "random", budget=4, population=2, workdir=tmp_path, verbose=False)
     assert len(search(Trainer(40), BoxSpace(), "random", budget=4, population=2, workdir=tmp_path,
                       verbose=False).trials) == 4

@@ -85,8 +85,12 @@ def test_killed_process_resumes(tmp_path):
 
 def test_workdir_with_other_config_is_refused(tmp_path):
     fit(dataclasses.replace(SMALL, steps=40), tmp_path, verbose=False)
-    with pytest.raises(ValueError, match="different config"):
-        fit(dataclasses.replace(SMALL, steps=40, learning_rate=1e-3), tmp_path, verbose=False)
+    with pytest.raises(ValueError, match=r"different config \(learning_rate: stored 0\.003, now 0\.001\); "):
+        fit(dataclasses.replace(SMALL, steps=80, learning_rate=1e-3), tmp_path, verbose=False)  # raised steps: allowed
+    with pytest.raises(ValueError, match=r"different config \(model_kwargs\.widths\[0\]: stored 32, now 16; "
+                                         r"steps: stored 40, now 20\)"):
+        fit(dataclasses.replace(SMALL, steps=20, model_kwargs={"widths": (16,), "num_classes": 10}), tmp_path,
+            verbose=False)
 
 
 def test_early_stopping_stops_after_patience():

@@ -73,12 +73,12 @@ def test_adda_workdir_refuses_other_inputs(stage1, full):
     state = stage1.population.states[0]
     moved = state.replace(members=state.members.replace(params=jax.tree.map(lambda a: a * 1.01, state.members.params)))
     other_source = dataclasses.replace(stage1, population=dataclasses.replace(stage1.population, states=[moved]))
-    with pytest.raises(ValueError, match=r"other adda inputs \(fields source\)"):
+    with pytest.raises(ValueError, match=r"other adda inputs \(source[.\[:]"):
         adda(STAGE, target=TARGET, source=other_source, learning_rate=1e-3, workdir=workdir, verbose=False)
-    with pytest.raises(ValueError, match=r"other adda inputs \(fields learning_rates\)"):
+    with pytest.raises(ValueError, match=r"other adda inputs \(learning_rates\[0\]: stored 0\.001, now 0\.002"):
         adda(STAGE, target=TARGET, source=stage1, learning_rate=2e-3, workdir=workdir, verbose=False)
     other = {"train": TARGET["train"][0][::-1].copy(), "test": TARGET["test"]}
-    with pytest.raises(ValueError, match=r"other adda inputs \(fields target\)"):
+    with pytest.raises(ValueError, match=r"other adda inputs \(target[.\[:]"):
         adda(STAGE, target=other, source=stage1, learning_rate=1e-3, workdir=workdir, verbose=False)
 
 
@@ -96,7 +96,7 @@ def test_adapt_workdir_holding_other_target_inputs_is_refused_before_compiling(t
     from vhjax.train.workdir import record_inputs
 
     record_inputs(tmp_path, "adapt", {"target": TARGET["train"][0][::-1].copy()})
-    with pytest.raises(ValueError, match=r"holds a run with other adapt inputs \(fields .*target"):
+    with pytest.raises(ValueError, match=r"holds a run with other adapt inputs \(.*target: stored '<array float32\(400, 2\) \w+>', now '<array"):
         adapt(STAGE, [{}], target=TARGET, workdir=tmp_path, verbose=False)
     with pytest.raises(ValueError, match=r"holds a run with other adapt inputs"):  # stage 1 of adda: workdir/source
         record_inputs(tmp_path / "source", "adapt", {"target": None})

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vhjax import parallel
+from vhjax import diffs, parallel
 from vhjax.compile_options import light_jit
 from vhjax.augment import pipeline_from_config
 from vhjax.config import TrainConfig
@@ -420,9 +420,10 @@ def static_hparams(config: TrainConfig) -> dict[str, Any]:
 def record_members(path: Path, members: Sequence[Mapping[str, Any]]) -> None:
     """Write the member list; refuse to resume a workdir whose members differ."""
     text = json.dumps([dict(m) for m in members], default=lambda v: np.asarray(v).tolist(), indent=1)
-    if path.exists() and json.loads(path.read_text()) != json.loads(text):
-        raise ValueError(f"workdir {str(path.parent)!r} holds a population with other members; "
-                         "use a new workdir or the same members to resume")
+    changed = diffs.differences(json.loads(path.read_text()), json.loads(text)) if path.exists() else []
+    if changed:
+        raise ValueError(f"workdir {str(path.parent)!r} holds a population with other members "
+                         f"({diffs.describe(changed, 'members')}); use a new workdir or the same members to resume")
     write_text_atomically(path, text)
 
 

@@ -47,7 +47,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import jax
 import numpy as np
 
-from vhjax import distributed, faults
+from vhjax import diffs, distributed, faults
 from vhjax.search import storage as storage_lib
 from vhjax.search.deadline import Deadline, asks_stop
 from vhjax.search.results import DIRECTIONS, SearchResult, TrialTable, fitness_sign, rank_trials
@@ -265,9 +265,7 @@ def check_fingerprint(store: storage_lib.TrialStore, fingerprint: str) -> None:
     stored = store.get_meta(FINGERPRINT_KEY)
     if stored is None or stored == fingerprint:
         return
-    old, new = json.loads(stored), json.loads(fingerprint)
-    differing = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    details = "; ".join(f"{k}: stored {old.get(k)!r}, now {new.get(k)!r}" for k in differing)
+    details = diffs.describe(diffs.differences(json.loads(stored), json.loads(fingerprint)))
     raise ValueError(
         f"the store at {store.location!r} (study {store.study!r}) was created by a different "
         f"search configuration and cannot be resumed ({details}); use a new workdir or study"

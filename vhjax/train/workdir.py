@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
+from vhjax import diffs
 from vhjax.atomic_files import write_text_atomically
 from vhjax.config import TrainConfig
 
@@ -30,12 +31,12 @@ def prepare_workdir(workdir: str | Path | None, config: TrainConfig) -> Path | N
     current = config.to_dict()
     if config_path.exists():
         saved = json.loads(config_path.read_text())
-        changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-        extended = [k for k in changed if k in EXTENSIBLE_FIELDS and current[k] >= saved.get(k, 0)]
-        refused = sorted(set(changed) - set(extended))
+        changed = diffs.differences(saved, current)
+        extended = {at[0] for at, _, _ in changed if at[0] in EXTENSIBLE_FIELDS and current[at[0]] >= saved.get(at[0], 0)}
+        refused = [difference for difference in changed if difference[0][0] not in extended]
         if refused:
             raise ValueError(
-                f"workdir {str(workdir)!r} holds a run with a different config (fields {', '.join(refused)}); "
+                f"workdir {str(workdir)!r} holds a run with a different config ({diffs.describe(refused)}); "
                 "use a new workdir or the same config to resume (only 'steps' may be raised, to extend the run)")
         if extended:
             write_text_atomically(config_path, json.dumps(current, indent=2))
@@ -124,10 +125,9 @@ def record_inputs(workdir: str | Path | None, name: str, inputs: Any) -> None:
     if path.exists():
         saved = json.loads(path.read_text())
         current = json.loads(text)
-        changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k)) \
-            if isinstance(saved, dict) and isinstance(current, dict) else ["inputs"]
+        changed = diffs.differences(saved, current)
         if changed:
-            raise ValueError(f"workdir {str(workdir)!r} holds a run with other {name} inputs (fields "
-                             f"{', '.join(changed)}); use a new workdir or the same inputs to resume")
+            raise ValueError(f"workdir {str(workdir)!r} holds a run with other {name} inputs "
+                             f"({diffs.describe(changed)}); use a new workdir or the same inputs to resume")
         return
     write_text_atomically(path, text)
