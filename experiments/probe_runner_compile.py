@@ -6,6 +6,7 @@
     python experiments/probe_runner_compile.py distill STEPS    # 4 paper-CNN students of a wider CNN
     python experiments/probe_runner_compile.py kfold STEPS      # 2 candidates x 5 folds, then their predictions
     python experiments/probe_runner_compile.py ensemble STEPS   # bagging 8 members, then predict_proba on test
+    python experiments/probe_runner_compile.py KIND STEPS 2     # the same on 2 CPU devices (one per core)
 
 `pretrain`: `vhjax.transfer.pretrain` of the MNIST-1D paper CNN up to its head (SimCLR, temperature
 0.2, 2 members). `adapt`: experiments/domain_adaptation_table.py's MNIST-1D pair at one seed (its 11
@@ -16,7 +17,8 @@ paper-CNN students distilled from it (temperature 4, soft weight 0.5 and 0.9). `
 of the paper CNN (dropout 0.1) with two learning rates on 5 folds of the train split, then
 `member_probs` on the test split and `out_of_fold_probs` (timed together as 'predictions').
 `ensemble`: `bagging` of 8 paper CNNs (dropout 0.1), then `predict_proba` of the test split. One
-CPU device. Prints each timed call's seconds, compile seconds and the programs that compiled
+CPU device, or the third argument's number of them (`use_cpu_devices`; every entry point's default
+`mesh='auto'` then shards its members over them). Prints each timed call's seconds, compile seconds and the programs that compiled
 longest. Compare code versions in alternating fresh processes with PYTHONPATH at each checkout, or
 XLA's CPU fusion emitters with `XLA_FLAGS=--xla_cpu_use_fusion_emitters=true` and `=false`
 (experiments/README.md, session 53).
@@ -28,7 +30,7 @@ from pathlib import Path
 
 from vhjax.hardware import use_cpu_devices
 
-use_cpu_devices(1)
+use_cpu_devices(int(sys.argv[3]) if len(sys.argv) > 3 else 1)
 sys.path.insert(0, str(Path(__file__).parent))
 
 from vhjax.compilation_cache import count_compilations  # noqa: E402
@@ -103,7 +105,7 @@ def probe_kfold(steps: int) -> None:
     config = TrainConfig(dataset="mnist1d", model="mnist1d_cnn", batch_size=100, steps=steps, eval_every=steps // 3,
                          learning_rate=3e-3, dropout_rate=0.1)
     result = timed("kfold", lambda: fit_kfold(config, [{"learning_rate": 3e-3}, {"learning_rate": 1e-2}], k=5,
-                                              mesh=None, verbose=False))
+                                              verbose=False))
     test = load("mnist1d", "test")
     timed("predictions", lambda: (member_probs(result, test.x), out_of_fold_probs(result)))
 

@@ -158,7 +158,7 @@ def test_search_pbt_stores_every_round_with_lineage(tmp_path):
     finally:
         compilation_cache.disable()  # the suite's own cache comes back before the next test (conftest)
     assert len(again.trials) == 12  # nothing trained or stored twice
-    with pytest.raises(ValueError, match="initial: stored 'sobol', now None"):  # another first population
+    with pytest.raises(ValueError, match="initial: stored 'sobol', now absent"):  # another first population
         search_pbt(config, space, population=4, interval=30, workdir=tmp_path, verbose=False, initial="random")
     in_memory = search_pbt(config, space, population=4, interval=30, verbose=False)  # stored after training
     assert [(t.generation, t.slot, t.fitness, t.params, t.parent_id is None) for t in in_memory.trials] == [

@@ -129,7 +129,7 @@ def test_search_pbt_passes_candidates_on_and_a_workdir_resumes_only_with_its_own
     first = search_pbt(config, space, population=4, interval=30, workdir=tmp_path, candidates=4, verbose=False)
     again = search_pbt(config, space, population=4, interval=30, workdir=tmp_path, candidates=4, verbose=False)
     assert counts == [4] and [t.fitness for t in again.trials] == [t.fitness for t in first.trials]  # read back
-    with pytest.raises(ValueError, match=r"candidates: stored 4, now None"):  # plain PBT is another search
+    with pytest.raises(ValueError, match=r"candidates: stored 4, now absent"):  # plain PBT is another search
         search_pbt(config, space, population=4, interval=30, workdir=tmp_path, verbose=False)
     with pytest.raises(ValueError, match=r"candidates has value 65; allowed: an integer in \[1, 64\]"):
         search_pbt(config, space, population=4, interval=30, candidates=65, verbose=False)

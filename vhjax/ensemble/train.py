@@ -29,17 +29,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vhjax import optim, validation
+from vhjax import optim, parallel, validation
 from vhjax.config import TrainConfig
 from vhjax.data import Dataset, from_arrays
 from vhjax.ensemble.members import MemberGroup
 from vhjax.ensemble.model import Ensemble
 from vhjax.inspect import attacks
 from vhjax.memo import Memo
-from vhjax.population.engine import PopulationRunner, default_member_group
+from vhjax.population.engine import PopulationRunner
 from vhjax.population.fit import BucketProgram, PopulationResult, fit_population, precise_members
 from vhjax.population.loop import Hook, Report
-from vhjax.population.members import classifier_runner, population_batch_indices
+from vhjax.population.members import classifier_runner, mesh_layout, population_batch_indices
 from vhjax.population.state import PopulationState
 from vhjax.train.step import apply_model, chunk_batch_indices, make_train_step
 from vhjax.train.workdir import record_inputs
@@ -149,17 +149,17 @@ def adversarial_step(task: Task, attack: str, norm: str, attack_steps: int) -> C
 _RUNNERS: Memo[PopulationRunner] = Memo(8)
 
 
-def member_runner(task: Task, size: int, sampling: str, adversarial: tuple | None) -> PopulationRunner:
-    """The bucket's chunk runner, built once per (task, size, sampling, attack): boosting rounds and
-    repeated calls on the same arrays reuse its compilation."""
+def member_runner(task: Task, size: int, sampling: str, adversarial: tuple | None, mesh: Any = None) -> PopulationRunner:
+    """The bucket's chunk runner, built once per (task, size, sampling, attack, mesh): boosting rounds
+    and repeated calls on the same arrays reuse its compilation."""
 
     def build() -> PopulationRunner:
         step = make_train_step(task) if adversarial is None else adversarial_step(task, *adversarial)
         indices = {"tables": table_batch_indices, "weights": weighted_batch_indices,
                    "uniform": population_batch_indices}[sampling](task)
-        return classifier_runner(task, default_member_group(size), indices, member_step=step)
+        return classifier_runner(task, batch_indices=indices, member_step=step, **mesh_layout(mesh, size))
 
-    return _RUNNERS.get((task,), build, settings=(size, sampling, adversarial))
+    return _RUNNERS.get((task, mesh), build, settings=(size, sampling, adversarial))
 
 
 def with_extra_state(population: PopulationState, extra: Mapping[str, np.ndarray]) -> PopulationState:
@@ -260,7 +260,7 @@ def train_members(model: Any, x: Any, y: Any, *, size: int, key: jax.Array, step
                   snapshot_every: int | None = None, log_every: int = 50, names: Sequence[str] | None = None,
                   model_spec: dict | None = None, workdir: str | Path | None = None,
                   config: Mapping[str, Any] | None = None, verbose: bool = False,
-                  require_alive: bool = True) -> Trained | None:
+                  require_alive: bool = True, mesh: Any = "auto") -> Trained | None:
     """Train `size` members of `model` on (x, y) with `fit_population` and return them as a MemberGroup.
 
     Per member (scalar or (M,)): `learning_rate`, `weight_decay`, `dropout_rate`, `epsilon`.
@@ -273,7 +273,8 @@ def train_members(model: Any, x: Any, y: Any, *, size: int, key: jax.Array, step
     `snapshot_every`) end in an evaluation on (x, y). `workdir`: checkpoints, resume. `config`:
     more TrainConfig fields (augment, loss, clip_norm, precise_bn_batches, ...). Diverging members
     are isolated by the engine and left out of the group (`Trained.diverged`); if all diverge,
-    ValueError (None when not `require_alive`). Everything is checked before compiling.
+    ValueError (None when not `require_alive`). `mesh`: as `fit_population`'s ('auto': the members
+    sharded over every local device when there are several). Everything is checked before compiling.
     """
     x = np.asarray(x, np.float32)
     y = np.asarray(y, np.int32)
@@ -311,6 +312,7 @@ def train_members(model: Any, x: Any, y: Any, *, size: int, key: jax.Array, step
     if len(names) != size:
         raise ValueError(f"names has {len(names)} entries; allowed: {size}, one per member")
     seed = seed_of(key)
+    mesh = parallel.resolve_mesh(mesh)
     train_config = ensemble_config(model, x, y, steps=steps, batch_size=batch_size, optimizer=optimizer,
                                    momentum=momentum, seed=seed, eval_every=snapshot_every or log_every,
                                    schedule=schedule, schedule_kwargs=schedule_kwargs or {}, fields=config)
@@ -331,13 +333,13 @@ def train_members(model: Any, x: Any, y: Any, *, size: int, key: jax.Array, step
         hooks = [snapshot_hook(snapshot_every, count)] if count else []
         data = (jnp.asarray(task.train.x), jnp.asarray(task.train.y))
         return BucketProgram(with_extra_state(population, rows),
-                             runner=member_runner(task, len(indices), sampling, adversarial),
+                             runner=member_runner(task, len(indices), sampling, adversarial, mesh),
                              train_data=data, extras=[{"name": names[i]} for i in indices], hooks=hooks)
 
     # per-member data (bootstrap rows, example weights, epsilons) is not in config.json / members.json
     record_inputs(workdir, "ensemble", {**{name: np.asarray(value) for name, value in extra.items()},
                                         "sampling": sampling, "adversarial": adversarial, "names": names})
-    result = fit_population(train_config, members, workdir, same_batches=False, mesh=None, verbose=verbose,
+    result = fit_population(train_config, members, workdir, same_batches=False, mesh=mesh, verbose=verbose,
                             program=program, label=f"ensemble ({size} members) | ")
     return trained_from(result, tasks[0], model, names, model_spec, require_alive=require_alive)
 

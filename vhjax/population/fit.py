@@ -26,7 +26,7 @@ from vhjax.memo import Memo
 from vhjax.population.engine import ISOLATION_MODES, default_member_group
 from vhjax.population.hooks import best_members, config_hooks
 from vhjax.population.loop import LoopResult, run_loop
-from vhjax.population.members import classifier_runner, init_population, make_population_eval
+from vhjax.population.members import classifier_runner, init_population, make_population_eval, mesh_layout
 from vhjax.population.state import PopulationState
 from vhjax.train.state import TrainState
 from vhjax.train.step import precise_statistics
@@ -225,9 +225,8 @@ def compiled_programs(task: Task, member_group: int | None, isolation: str = "op
                       mesh: Any = None) -> tuple[Any, Any]:
     """(chunk runner, population evaluation) of a task, jitted once per task, member grouping,
     isolation and mesh (a mesh with a data axis splits each member's batch over it)."""
-    place = parallel.batch_placement(mesh) if mesh is not None and mesh.shape[parallel.DATA] > 1 else None
     return _PROGRAMS.get((task, mesh), lambda: (
-        classifier_runner(task, member_group, isolation=isolation, place=place, shards=parallel.member_shards(mesh)),
+        classifier_runner(task, isolation=isolation, **mesh_layout(mesh, member_group=member_group)),
         light_jit(make_population_eval(task))), settings=(member_group, isolation))
 
 

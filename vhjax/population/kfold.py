@@ -29,11 +29,10 @@ from vhjax import parallel
 from vhjax.compile_options import light_jit
 from vhjax.config import TrainConfig
 from vhjax.data import kfold_indices
-from vhjax.population.engine import default_member_group
 from vhjax.population.fit import bucket_members, bucket_task, stack_dynamic
 from vhjax.population.hooks import best_members, config_hooks
 from vhjax.population.loop import run_loop
-from vhjax.population.members import classifier_runner, init_population
+from vhjax.population.members import classifier_runner, init_population, mesh_layout
 from vhjax.train.step import (AUTO_PRECISE_BN_BYTES, chunk_batch_indices, make_eval_fn, precise_bn_count,
                               recompute_statistics)
 from vhjax.train.workdir import prepare_workdir
@@ -134,9 +133,7 @@ def fit_kfold(config: TrainConfig, candidates: Sequence[Mapping[str, Any]] = ({}
     population = init_population(task, len(members), hparams, same_batches=False, data_seed=buckets[0][0].seed)
     batch_indices = make_fold_batch_indices(train_table[fold_of], config.batch_size, config.shuffle)
     mesh = parallel.resolve_mesh(mesh)
-    group = default_member_group(len(members), parallel.member_shards(mesh))
-    place = parallel.batch_placement(mesh) if mesh is not None and mesh.shape[parallel.DATA] > 1 else None
-    runner = classifier_runner(task, group, batch_indices, place=place, shards=parallel.member_shards(mesh))
+    runner = classifier_runner(task, batch_indices=batch_indices, **mesh_layout(mesh, len(members)))
     val_x, val_y = jnp.asarray(x[val_table[fold_of]]), jnp.asarray(y[val_table[fold_of]])
     precise_x = (fold_precise_batches(config, np.asarray(x), train_table[fold_of])
                  if "batch_stats" in population.members.model_state else None)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vhjax import optim
+from vhjax import optim, parallel
 from vhjax.compile_options import light_jit, training_options
 from vhjax.memo import Memo
 from vhjax.models.utils import abstract_variables
@@ -237,6 +237,16 @@ def classifier_runner(task: Task, member_group: int | None = None, batch_indices
     return PopulationRunner(member_step or make_train_step(task), batch_indices or population_batch_indices(task),
                             member_group=member_group, isolation=isolation, gather=gather, place=place,
                             shards=shards, compiler_options=training_options(task.model))
+
+
+def mesh_layout(mesh: Any, size: int = 0, member_group: int | str | None = "auto") -> dict[str, Any]:
+    """`classifier_runner`'s `member_group`, `shards` and `place` on `mesh` (None: one device): the
+    members split over its members axis, each batch over its data axis; `member_group` 'auto': the
+    default group for one device's share of a bucket of `size` members (`default_member_group`)."""
+    shards = parallel.member_shards(mesh)
+    place = parallel.batch_placement(mesh) if mesh is not None and mesh.shape[parallel.DATA] > 1 else None
+    group = default_member_group(size, shards) if member_group == "auto" else member_group
+    return {"member_group": group, "shards": shards, "place": place}
 
 
 def make_population_eval(task: Task) -> Callable[[PopulationState, jax.Array, jax.Array], dict]:

@@ -53,14 +53,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vhjax import metrics, optim
+from vhjax import metrics, optim, parallel
 from vhjax.compile_options import light_jit
 from vhjax.config import SECTIONS, TrainConfig
 from vhjax.memo import Memo
-from vhjax.population.engine import PopulationRunner, default_member_group
+from vhjax.population.engine import PopulationRunner
 from vhjax.population.fit import (BucketProgram, PopulationResult, bucket_seeds, bucket_task, bucket_tasks,
                                   fit_population, with_config_loss_weights)
-from vhjax.population.members import classifier_runner, population_batch_indices
+from vhjax.population.members import classifier_runner, mesh_layout, population_batch_indices
 from vhjax.population.state import PopulationState
 from vhjax.preprocess.base import transform
 from vhjax.train.state import TrainState
@@ -532,12 +532,12 @@ def adapt_gather(batch_size: int):
 
 
 def adapt_runner(task: Task, layer: str, discriminator: Discriminator, disc_optimizer: optax.GradientTransformation,
-                 target_size: int, weights: np.ndarray, size: int) -> PopulationRunner:
-    """The engine's chunk runner of the adaptation step for `size` members (`classifier_runner`: the
-    task model's compile options)."""
-    return classifier_runner(task, default_member_group(size), adapt_batch_indices(task, target_size, weights),
+                 target_size: int, weights: np.ndarray, size: int, mesh: Any = None) -> PopulationRunner:
+    """The engine's chunk runner of the adaptation step for `size` members on `mesh` (None: one
+    device; `classifier_runner`: the task model's compile options)."""
+    return classifier_runner(task, batch_indices=adapt_batch_indices(task, target_size, weights),
                              member_step=adapt_step(task, layer, discriminator, disc_optimizer),
-                             gather=adapt_gather(task.config.batch_size))
+                             gather=adapt_gather(task.config.batch_size), **mesh_layout(mesh, size))
 
 
 def with_adapt_state(population: PopulationState, values: Sequence[dict], discriminator: Discriminator,
@@ -598,7 +598,7 @@ class AdaptResult:
 def adapt(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, target: Mapping[str, Any],
           feature_layer: str = "head", discriminator_widths: Sequence[int] = (32,),
           discriminator_learning_rate: float = 1e-3, weight_clip: float = 10.0, same_batches: bool | str = "auto",
-          workdir: str | Path | None = None, verbose: bool = True) -> AdaptResult:
+          workdir: str | Path | None = None, verbose: bool = True, mesh: Any = "auto") -> AdaptResult:
     """Train a population on `config`'s labelled (source) data, adapting to `target`'s inputs.
 
     `target`: {'train': unlabelled target inputs x (or (x, y); labels are read by oracle members only),
@@ -609,8 +609,9 @@ def adapt(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, 
     weights), `resample` (0 or 1) and `oracle` (in [0, 1]: the weight of the labelled target loss).
     Every row also has the member's `diverged_step` and its label-free selection risks `iwcv_risk` and
     `dev_risk` (`select_member`). `workdir`: checkpoints, resume and refusal as `fit_population`'s, the
-    target inputs and adaptation values included. Everything is checked before anything compiles. Single
-    device.
+    target inputs and adaptation values included. `mesh`: as `fit_population`'s ('auto': the members
+    sharded over every local device when there are several). Everything is checked before anything
+    compiles.
     """
     check_number("discriminator_learning_rate", discriminator_learning_rate, 0.0, low_inclusive=False)
     check_number("weight_clip", weight_clip, 1.0)
@@ -628,6 +629,7 @@ def adapt(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, 
                 for task, indices in tasks}
     discriminator = Discriminator(tuple(discriminator_widths))
     disc_optimizer = optax.adam(discriminator_learning_rate)
+    mesh = parallel.resolve_mesh(mesh)
     trained: list[tuple[Task, list[int]]] = []  # per bucket, as trained
     classifiers: list = []  # per bucket, its domain classifier
     weights = None
@@ -649,12 +651,12 @@ def adapt(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, 
         trained.append((task, indices))
         classifiers.append(classifier)
         population = with_adapt_state(population, [values[i] for i in indices], discriminator, disc_optimizer, width)
-        runner = adapt_runner(task, feature_layer, discriminator, disc_optimizer, len(xt), weights, len(indices))
+        runner = adapt_runner(task, feature_layer, discriminator, disc_optimizer, len(xt), weights, len(indices), mesh)
         yt = np.zeros(len(xt), np.int32) if yt is None else yt  # read by oracle members only
         data = tuple(jnp.asarray(a) for a in (task.train.x, task.train.y, weights, xt, yt))
         return BucketProgram(population, runner=runner, train_data=data, extras=[values[i] for i in indices])
 
-    result = fit_population(config, plain, workdir, same_batches=same_batches, mesh=None, verbose=verbose,
+    result = fit_population(config, plain, workdir, same_batches=same_batches, mesh=mesh, verbose=verbose,
                             program=program, label=LABEL)
     rows: list[dict] = [{} for _ in members]
     for number, ((task, indices), population) in enumerate(zip(trained, result.states)):
@@ -770,14 +772,15 @@ _RUNNERS: Memo[PopulationRunner] = Memo(4)  # per task and settings: a rerun (re
 
 
 def adda_runner(task: Task, layer: str, discriminator: Discriminator, optimizers: tuple, target_size: int,
-                member_group: int | None, disc_learning_rate: float) -> PopulationRunner:
-    """The engine's chunk runner of ADDA's step, one per task and settings (the learning rates are
-    state; `classifier_runner`: the task model's compile options)."""
-    settings = (layer, discriminator.widths, disc_learning_rate, target_size, member_group)
-    return _RUNNERS.get((task,), lambda: classifier_runner(
-        task, member_group, adda_batch_indices(task, target_size),
-        member_step=adda_step(task, layer, discriminator, *optimizers), gather=adda_gather(task.config.batch_size)),
-        settings=settings)
+                size: int, disc_learning_rate: float, mesh: Any = None) -> PopulationRunner:
+    """The engine's chunk runner of ADDA's step for `size` members on `mesh` (None: one device), one
+    per task and settings (the learning rates are state; `classifier_runner`: the task model's
+    compile options)."""
+    settings = (layer, discriminator.widths, disc_learning_rate, target_size, size)
+    return _RUNNERS.get((task, mesh), lambda: classifier_runner(
+        task, batch_indices=adda_batch_indices(task, target_size),
+        member_step=adda_step(task, layer, discriminator, *optimizers), gather=adda_gather(task.config.batch_size),
+        **mesh_layout(mesh, size)), settings=settings)
 
 
 STAGE_SECTIONS = ("optimizer", "regularization", "augmentation")  # ADDA's own in stage 2, not the config's
@@ -815,7 +818,7 @@ def adda(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, t
          source: AdaptResult | None = None, steps: int | None = None, learning_rate: float | Sequence[float] = 2e-4,
          feature_layer: str = "head", discriminator_widths: Sequence[int] = (64, 64),
          discriminator_learning_rate: float = 2e-4, weight_clip: float = 10.0, workdir: str | Path | None = None,
-         verbose: bool = True) -> AdaptResult:
+         verbose: bool = True, mesh: Any = "auto") -> AdaptResult:
     """ADDA (Tzeng et al. 2017): adversarial discriminative domain adaptation, in two stages.
 
     Stage 1, the source model: `source`, an `adapt` result on the same `config` and `target` whose
@@ -834,8 +837,9 @@ def adda(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, t
     Returns an `AdaptResult`: `rows` one per adapted member (method 'ADDA', its source and target test
     accuracy with the target encoder, the discriminator's and encoder's losses over the last chunk, its
     divergence step and the label-free selection risks), `population` stage 1's, `adapted` per stage-2
-    bucket the adapted members (a `PopulationState`), `stage` stage 2's `PopulationResult`.
-    Everything is checked before anything compiles.
+    bucket the adapted members (a `PopulationState`), `stage` stage 2's `PopulationResult`. `mesh`: as
+    `fit_population`'s ('auto': the members sharded over every local device when there are several),
+    for both stages. Everything is checked before anything compiles.
     """
     check_number("discriminator_learning_rate", discriminator_learning_rate, 0.0, low_inclusive=False)
     check_number("weight_clip", weight_clip, 1.0)
@@ -856,7 +860,7 @@ def adda(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, t
         target_splits(task, target, False)
         feature_dim(task, feature_layer, task.default_hparams)
         source = adapt(config, members, target=target, feature_layer=feature_layer, weight_clip=weight_clip,
-                       workdir=None if root is None else root / "source", verbose=verbose)
+                       workdir=None if root is None else root / "source", verbose=verbose, mesh=mesh)
     elif not isinstance(source, AdaptResult) or not source.tasks:
         raise invalid("source", type(source).__name__, "an AdaptResult of `adapt` (stage 1) or None")
     chosen = [row for row in source.rows if row["method"] == "source only"]
@@ -868,6 +872,7 @@ def adda(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, t
         feature_dim(task, feature_layer, task.default_hparams)  # raises on an unknown layer
     discriminator = Discriminator(tuple(discriminator_widths))
     optimizers = adda_optimizers(discriminator_learning_rate)
+    mesh = parallel.resolve_mesh(mesh)
     stage = stage_config(config, steps)
     stage_members = [stage_member(source.population.members[row["member"]], row["seed"]) for row in chosen]
     states = source.population.states  # one transfer a bucket, not one device slice a leaf and member
@@ -892,12 +897,12 @@ def adda(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, t
         population = with_adda_state(population, jax.tree.map(stack, *[source_members[i]["params"] for i in indices]),
                                      jax.tree.map(stack, *[source_members[i]["model_state"] for i in indices]),
                                      [rates[i] for i in indices], discriminator, optimizers, width)
-        runner = adda_runner(task, feature_layer, discriminator, optimizers, len(xt),
-                             default_member_group(len(indices)), discriminator_learning_rate)
+        runner = adda_runner(task, feature_layer, discriminator, optimizers, len(xt), len(indices),
+                             discriminator_learning_rate, mesh)
         return BucketProgram(population, runner=runner, train_data=(jnp.asarray(task.train.x), jnp.asarray(xt)),
                              extras=[{"learning_rate": rates[i]} for i in indices])
 
-    result = fit_population(stage, stage_members, None if root is None else root / "adda", mesh=None,
+    result = fit_population(stage, stage_members, None if root is None else root / "adda", mesh=mesh,
                             verbose=verbose, program=program, label=ADDA_LABEL)
     rows: list[dict] = [{} for _ in chosen]
     for number, ((task, indices), population) in enumerate(zip(trained, result.states)):

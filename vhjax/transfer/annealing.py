@@ -37,12 +37,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vhjax import parallel
 from vhjax.compile_options import light_jit
 from vhjax.config import TrainConfig
 from vhjax.models.utils import abstract_variables
-from vhjax.population.engine import PopulationRunner, default_member_group
+from vhjax.population.engine import PopulationRunner
 from vhjax.population.fit import BucketProgram, PopulationResult, bucket_task, fit_population
-from vhjax.population.members import classifier_runner
+from vhjax.population.members import classifier_runner, mesh_layout
 from vhjax.train.state import TrainState
 from vhjax.train.step import apply_model, per_example_loss
 from vhjax.train.workdir import content_digest, record_inputs
@@ -220,10 +221,10 @@ def anneal_step(task: Any, energy, schedule: str, steps: int):
     return step
 
 
-def anneal_runner(task: Any, energy, schedule: str, steps: int, size: int) -> PopulationRunner:
-    """The engine's chunk runner of `size` annealing chains (`classifier_runner`: the task model's
-    compile options)."""
-    return classifier_runner(task, default_member_group(size), member_step=anneal_step(task, energy, schedule, steps))
+def anneal_runner(task: Any, energy, schedule: str, steps: int, size: int, mesh: Any = None) -> PopulationRunner:
+    """The engine's chunk runner of `size` annealing chains on `mesh` (None: one device;
+    `classifier_runner`: the task model's compile options)."""
+    return classifier_runner(task, member_step=anneal_step(task, energy, schedule, steps), **mesh_layout(mesh, size))
 
 
 def with_anneal_state(population: Any, energy, steps: int, settings: Mapping[str, np.ndarray]) -> Any:
@@ -243,7 +244,7 @@ def anneal(config: TrainConfig, source: Any, chains: int = 4, *, steps: int = 50
            step_size: Any = 1e-2, schedule: str = "exponential", decay: Any = 0.95, energy: str = "loss",
            source_data: tuple[Any, Any] | None = None, source_weight: float = 0.0, skip: Sequence[str] = (),
            new_head: bool = True, head: str | None = None, energy_batch: int | None = None,
-           workdir: str | Path | None = None, verbose: bool = False) -> AnnealResult:
+           workdir: str | Path | None = None, verbose: bool = False, mesh: Any = "auto") -> AnnealResult:
     """Run `chains` simulated-annealing chains over the transferred weights for `steps` steps, the
     chains the members of one `fit_population` bucket (one compiled program). `temperature` (T0),
     `step_size` and `decay`: a number or one value per chain. `schedule`: 'exponential' or 'linear'
@@ -257,7 +258,7 @@ def anneal(config: TrainConfig, source: Any, chains: int = 4, *, steps: int = 50
     chain's state after each `config.eval_every` steps; a rerun resumes exactly, a finished run is
     restored), with what config.json and members.json do not hold (a digest of the source's and of
     `source_data`'s contents, the per-chain settings, schedule, energy, steps, energy_batch, transfer
-    options) recorded in `workdir/anneal.json`: other ones are refused by name. Every input is checked
+    options) recorded in `workdir/anneal.json`: other ones are refused by name. `mesh`: as `fit_population`'s ('auto': the chains sharded over every local device when there are several). Every input is checked
     before anything compiles."""
     check_int("chains", chains, 1)
     check_int("steps", steps, 1)
@@ -293,19 +294,20 @@ def anneal(config: TrainConfig, source: Any, chains: int = 4, *, steps: int = 50
         **{name: settings[key].tolist() for name, key in (("temperature", "sa_temperature"),
                                                            ("step_size", "sa_step_size"), ("decay", "sa_decay"))},
         "transfer": {"skip": list(skip), "new_head": new_head, "head": head}})
+    mesh = parallel.resolve_mesh(mesh)
     kept: dict[str, Any] = {}  # the transferred collections the energies used (fit_population returns
     # BatchNorm statistics recomputed by its precise-BN step)
 
     def program(bucket: Any, population: Any, indices: list[int]) -> BucketProgram:
         kept["model_state"] = dict(population.members.model_state or {})
         population = with_anneal_state(population, energy_of, steps, {k: v[indices] for k, v in settings.items()})
-        runner = anneal_runner(bucket, energy_of, schedule, steps, len(indices))
+        runner = anneal_runner(bucket, energy_of, schedule, steps, len(indices), mesh)
         extras = [{"temperature": float(settings["sa_temperature"][i]), "step_size": float(settings["sa_step_size"][i]),
                    "decay": float(settings["sa_decay"][i])} for i in indices]
         return BucketProgram(population, runner=runner, extras=extras)
 
     result = fit_population(config, [{"seed": config.seed + c} for c in range(chains)], workdir, same_batches=False,
-                            mesh=None, verbose=verbose, start=lambda _, population: start_weights(source, population,
+                            mesh=mesh, verbose=verbose, start=lambda _, population: start_weights(source, population,
                                                                                                transfer),
                             program=program)
     states = result.states[0].members

@@ -33,15 +33,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from vhjax import losses
+from vhjax import losses, parallel
 from vhjax.compile_options import light_jit
 from vhjax.config import TrainConfig
 from vhjax.memo import Memo
 from vhjax.models.cost import flops_per_example
 from vhjax.models.utils import count_params, output_shape
-from vhjax.population.engine import PopulationRunner, default_member_group
+from vhjax.population.engine import PopulationRunner
 from vhjax.population.fit import BucketProgram, PopulationResult, bucket_tasks, fit_population, with_config_loss_weights
-from vhjax.population.members import classifier_runner
+from vhjax.population.members import classifier_runner, mesh_layout
 from vhjax.population.state import PopulationState
 from vhjax.train.step import apply_model, make_train_step, per_example_loss
 from vhjax.train.task import Task, call_keywords, resolve_model
@@ -178,11 +178,12 @@ def distill_loss(task: Task):
 _RUNNERS: Memo[PopulationRunner] = Memo(4)  # per task and size: a rerun (resume, other students) compiles nothing
 
 
-def distill_runner(task: Task, size: int) -> PopulationRunner:
-    """The engine's chunk runner of the distillation step on data (x, y, teacher logits), one per task
-    and population size (the teacher's logits are data, the students' values state)."""
-    return _RUNNERS.get((task,), lambda: classifier_runner(
-        task, default_member_group(size), member_step=make_train_step(task, distill_loss(task))), settings=size)
+def distill_runner(task: Task, size: int, mesh: Any = None) -> PopulationRunner:
+    """The engine's chunk runner of the distillation step on data (x, y, teacher logits), one per task,
+    population size and mesh (None: one device; the teacher's logits are data, the students' values
+    state)."""
+    return _RUNNERS.get((task, mesh), lambda: classifier_runner(
+        task, member_step=make_train_step(task, distill_loss(task)), **mesh_layout(mesh, size)), settings=size)
 
 
 def with_distill_hparams(population: PopulationState, values: Sequence[dict]) -> PopulationState:
@@ -290,7 +291,7 @@ def student_rows(result: PopulationResult, values: Sequence[dict], tasks: Sequen
 
 def distill(config: TrainConfig, teacher: Any, students: Sequence[Mapping[str, Any]] = ({},), *,
             teacher_model: Any = None, source: Mapping[str, Any] | None = None, same_batches: bool | str = "auto",
-            workdir: str | Path | None = None, verbose: bool = True) -> DistillResult:
+            workdir: str | Path | None = None, verbose: bool = True, mesh: Any = "auto") -> DistillResult:
     """Train a population of students on `config`'s data with soft targets from `teacher`.
 
     `teacher`: a `Teacher`, or anything `load_source` takes (a `fit` result, a population result or
@@ -303,7 +304,8 @@ def distill(config: TrainConfig, teacher: Any, students: Sequence[Mapping[str, A
     `workdir`: as `fit_population`'s (checkpoints after every evaluation, a rerun resumes, a finished
     run is restored), with the teacher (its model class and a digest of its variables) and the students'
     (T, w, steps) recorded in `workdir/distill.json`: another teacher or other values are refused.
-    Everything, the teacher's classes included, is checked before anything compiles. Single device.
+    `mesh`: as `fit_population`'s ('auto': the members sharded over every local device when there are several). Everything, the teacher's classes included, is checked before anything
+    compiles.
     """
     check_config(config)
     if not students:
@@ -321,6 +323,7 @@ def distill(config: TrainConfig, teacher: Any, students: Sequence[Mapping[str, A
                               str(task.config.model))
     record_inputs(workdir, "distill", {"teacher": teacher_fingerprint(teacher), "students": values})
     logits: dict[int, np.ndarray] = {}
+    mesh = parallel.resolve_mesh(mesh)
     trained: list[tuple[Task, list[int]]] = []  # per bucket, as trained
 
     def program(task: Task, population: PopulationState, indices: list[int]) -> BucketProgram:
@@ -329,12 +332,12 @@ def distill(config: TrainConfig, teacher: Any, students: Sequence[Mapping[str, A
             logits[key] = teacher.logits(task.train.x, task.config.eval_batch_size)
         trained.append((task, indices))
         return BucketProgram(with_distill_hparams(population, [values[i] for i in indices]),
-                             runner=distill_runner(task, len(indices)),
+                             runner=distill_runner(task, len(indices), mesh),
                              train_data=(jnp.asarray(task.train.x), jnp.asarray(task.train.y),
                                          jnp.asarray(logits[key])),
                              extras=[values[i] for i in indices])
 
-    result = fit_population(config, members, workdir, same_batches=same_batches, mesh=None, verbose=verbose,
+    result = fit_population(config, members, workdir, same_batches=same_batches, mesh=mesh, verbose=verbose,
                             program=program, label=LABEL)
     tasks = trained
     task0 = tasks[0][0]

@@ -281,14 +281,14 @@ def masked_members(config: TrainConfig, source: Any, masks: Sequence[TransferMas
 def fit_masked(config: TrainConfig, source: Any, masks: Sequence[Any], *, policy: str = "copy",
                granularity: str = "layer", member: Mapping[str, Any] | None = None, skip: Sequence[str] = (),
                new_head: bool = True, head: str | None = None, source_data: tuple[Any, Any] | None = None,
-               verbose: bool = False) -> PopulationResult:
+               verbose: bool = False, mesh: Any = "auto") -> PopulationResult:
     """Train one member per mask in ONE `fit_population` call (one program when the members share
     their static config). `masks`: bit strings (read by `policy`), `TransferMask`s (e.g.
     `baseline_mask(...)`) or a mix. `member`: extra config fields shared by every member (not
     `seed`, `update_scale` or `freeze`). Every mask is checked against `mask_units(source,
     granularity)` before anything compiles. Each member's record gets its `mask`, and with
     `source_data=(x, y)` (source-domain examples, same classes) its `source` accuracy after the
-    fine-tune."""
+    fine-tune. `mesh`: as `fit_population`'s ('auto': the members sharded over every local device when there are several)."""
     source = as_variables(source)
     units = mask_units(source, granularity)
     check_choice("policy", policy, POLICIES)
@@ -307,7 +307,7 @@ def fit_masked(config: TrainConfig, source: Any, masks: Sequence[Any], *, policy
         tasks.append(task)
         return _copy_by_rows(population, source, transfer, copy_rows[key])
 
-    result = fit_population(config, members, None, same_batches=True, mesh=None, verbose=verbose, start=start)
+    result = fit_population(config, members, None, same_batches=True, mesh=mesh, verbose=verbose, start=start)
     for record, mask in zip(result.members, masks):
         record["mask"] = {"copy": bits_string(mask.copy), "train": bits_string(mask.train), "name": mask.name}
     if source_data is not None:

@@ -227,7 +227,8 @@ def _with_source(population: Any, source: Mapping, transfer: Mapping[str, Any]) 
 
 def fit_from(config: TrainConfig, source: Any, members: Sequence[Mapping[str, Any]] = ({},),
              workdir: str | Path | None = None, *, skip: Sequence[str] = (), new_head: bool = True,
-             head: str | None = None, same_batches: bool | str = "auto", verbose: bool = True) -> PopulationResult:
+             head: str | None = None, same_batches: bool | str = "auto", verbose: bool = True,
+             mesh: Any = "auto") -> PopulationResult:
     """`fit_population(config, members, workdir)` with every member starting from `source`'s weights.
 
     A member may give its fine-tuning mode as data, `{**mode_member(mode, **options), ...}`: it
@@ -239,7 +240,7 @@ def fit_from(config: TrainConfig, source: Any, members: Sequence[Mapping[str, An
     bucket before anything compiles. Each member keeps its own initialisation (its seed) where the
     source gives nothing (the new head, skipped paths). The optimizer state starts fresh. Training
     is `fit_population` itself (its `start` argument puts the source in); a workdir resumes from
-    its checkpoints as usual (the checkpoint then wins over the source). Single device.
+    its checkpoints as usual (the checkpoint then wins over the source). `mesh`: as `fit_population`'s ('auto': the members sharded over every local device when there are several).
     """
     source = as_variables(source)
     transfer = {"skip": tuple(skip), "new_head": new_head, "head": head}
@@ -263,7 +264,7 @@ def fit_from(config: TrainConfig, source: Any, members: Sequence[Mapping[str, An
                     members[i]["update_start"] = start
             except ValueError as error:
                 raise ValueError(f"members[{i}]: {error}") from None
-    return fit_population(config, members, workdir, same_batches=same_batches, mesh=None, verbose=verbose,
+    return fit_population(config, members, workdir, same_batches=same_batches, mesh=mesh, verbose=verbose,
                           start=lambda task, population: _with_source(population, source, transfer))
 
 

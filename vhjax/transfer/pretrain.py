@@ -39,12 +39,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vhjax import parallel
 from vhjax.compile_options import light_jit
 from vhjax.config import TrainConfig
-from vhjax.population.engine import PopulationRunner, default_member_group
+from vhjax.population.engine import PopulationRunner
 from vhjax.population.fit import (BucketProgram, PopulationResult, bucket_seeds, bucket_tasks, fit_population,
                                   with_config_loss_weights)
-from vhjax.population.members import classifier_runner
+from vhjax.population.members import classifier_runner, mesh_layout
 from vhjax.population.state import PopulationState
 from vhjax.train.state import TrainState
 from vhjax.train.step import apply_gradients, with_penalty
@@ -220,11 +221,11 @@ def pretrain_step(task: Task, layer: str, method: str, head: MLPHead, head_optim
 
 
 def pretrain_runner(task: Task, layer: str, method: str, head: MLPHead, head_optimizer: optax.GradientTransformation,
-                    size: int) -> PopulationRunner:
-    """The engine's chunk runner of the pretraining step for `size` members (`classifier_runner`: the
-    task model's compile options)."""
-    return classifier_runner(task, default_member_group(size),
-                             member_step=pretrain_step(task, layer, method, head, head_optimizer))
+                    size: int, mesh: Any = None) -> PopulationRunner:
+    """The engine's chunk runner of the pretraining step for `size` members on `mesh` (None: one
+    device; `classifier_runner`: the task model's compile options)."""
+    return classifier_runner(task, member_step=pretrain_step(task, layer, method, head, head_optimizer),
+                             **mesh_layout(mesh, size))
 
 
 def with_pretrain_state(population: PopulationState, values: Sequence[dict], head: MLPHead,
@@ -356,7 +357,7 @@ def pretrain(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), 
              augment: Sequence[Any] | None = None, feature_layer: str = "head",
              head_widths: Sequence[int] = (64,), projection_dim: int = 32, head_learning_rate: float | None = None,
              same_batches: bool | str = "auto", workdir: str | Path | None = None,
-             verbose: bool = True) -> PretrainResult:
+             verbose: bool = True, mesh: Any = "auto") -> PretrainResult:
     """Pretrain a population of encoders (config's model up to `feature_layer`) on config's training inputs.
 
     `method`: 'simclr' (two augmented views, projection MLP `head_widths` -> `projection_dim`, NT-Xent
@@ -374,8 +375,9 @@ def pretrain(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), 
     `workdir`: as `fit_population`'s (checkpoints after every evaluation, a rerun resumes, a finished
     run is restored), with the method, the members' temperature / noise and head learning rate, the
     heads, the feature layer, the augmentations and a digest of the training and eval inputs recorded
-    in `workdir/pretrain.json`: other ones are refused by name. Everything is checked before anything
-    compiles. Single device.
+    in `workdir/pretrain.json`: other ones are refused by name. `mesh`: as `fit_population`'s ('auto':
+    the members sharded over every local device when there are several). Everything is checked
+    before anything compiles.
     """
     check_choice("method", method, METHODS)
     check_widths("head_widths", head_widths)
@@ -403,6 +405,7 @@ def pretrain(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), 
     head_optimizer = optax.scale_by_adam()
     record_inputs(workdir, "pretrain", pretrain_inputs(config, method, values, tasks, feature_layer, head_widths,
                                                        projection_dim))
+    mesh = parallel.resolve_mesh(mesh)
     trained: list[tuple[Task, list[int]]] = []
     losses: list = []  # per bucket, its `loss_evaluator` on (train inputs, eval inputs)
 
@@ -412,12 +415,12 @@ def pretrain(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), 
         losses.append(loss_evaluator(task, feature_layer, method, head, (task.train.x, task.eval.x)))
         population = with_pretrain_state(population, [values[i] for i in indices], head, head_optimizer,
                                          widths[tuple(indices)])
-        runner = pretrain_runner(task, feature_layer, method, head, head_optimizer, len(indices))
+        runner = pretrain_runner(task, feature_layer, method, head, head_optimizer, len(indices), mesh)
         return BucketProgram(population, runner=runner, train_data=(jnp.asarray(task.train.x),),  # inputs only
                              extras=[{k: v for k, v in values[i].items() if k != "head_learning_rate"}
                                      for i in indices], evaluate=held_out_evaluation(losses[-1]))
 
-    result = fit_population(config, plain, workdir, same_batches=same_batches, mesh=None, verbose=verbose,
+    result = fit_population(config, plain, workdir, same_batches=same_batches, mesh=mesh, verbose=verbose,
                             program=program, label=LABEL)
     rows: list[dict] = [{} for _ in members]
     for number, ((task, indices), state) in enumerate(zip(trained, result.states)):
