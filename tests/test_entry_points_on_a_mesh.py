@@ -61,7 +61,9 @@ SCRIPT = textwrap.dedent("""
         out["ensemble"] = (trained.loss[-1].tolist(), devices(trained.result))
         return out
 
-    print("RESULT", json.dumps({"devices": jax.device_count(), "sharded": run("auto"), "single": run(None)}))
+    from vhjax.parallel import resolve_mesh
+    layout = {"pair": resolve_mesh("auto", 2).devices.size, "alone": resolve_mesh("auto", 1) is None}
+    print("RESULT", json.dumps({"devices": jax.device_count(), "sharded": run("auto"), "single": run(None), **layout}))
 """)
 
 
@@ -72,6 +74,7 @@ def test_ensembles_and_transfer_entry_points_train_on_every_local_device_as_on_o
     assert completed.returncode == 0 and lines, completed.stderr[-4000:]
     result = json.loads(lines[0][len("RESULT "):])
     assert result["devices"] == 2
+    assert result["pair"] == 2 and result["alone"]  # 'auto': one member alone is not padded to one per device
     assert sorted(result["sharded"]) == sorted(result["single"]) == [
         "adapt", "adda", "anneal", "distill", "ensemble", "fit_from", "fit_masked", "pretrain"]
     for name, (values, spread) in result["sharded"].items():

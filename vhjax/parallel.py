@@ -20,13 +20,16 @@ def population_mesh(devices: Sequence[jax.Device] | None = None, data_parallel: 
     return Mesh(grid, (MEMBERS, DATA))
 
 
-def resolve_mesh(mesh: Any) -> Mesh | None:
-    """'auto': every local device (a members-only mesh) when there are several, else None (one
-    device); None: one device; a Mesh as given."""
+def resolve_mesh(mesh: Any, members: int | None = None) -> Mesh | None:
+    """'auto': every device (a members-only mesh) when there are several, else None (one device),
+    and None for a population of one `members` in one process (one member padded to a member per
+    device computes the same on every device and waits for them); None: one device; a spec
+    ('members=M,data=D') or a Mesh as given."""
     if isinstance(mesh, str):
         if mesh != "auto":
             return mesh_from_spec(mesh)
-        return population_mesh() if len(jax.devices()) > 1 else None
+        alone = members == 1 and jax.process_count() == 1
+        return population_mesh() if len(jax.devices()) > 1 and not alone else None
     return mesh
 
 

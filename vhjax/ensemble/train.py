@@ -312,7 +312,7 @@ def train_members(model: Any, x: Any, y: Any, *, size: int, key: jax.Array, step
     if len(names) != size:
         raise ValueError(f"names has {len(names)} entries; allowed: {size}, one per member")
     seed = seed_of(key)
-    mesh = parallel.resolve_mesh(mesh)
+    mesh = parallel.resolve_mesh(mesh, size)
     train_config = ensemble_config(model, x, y, steps=steps, batch_size=batch_size, optimizer=optimizer,
                                    momentum=momentum, seed=seed, eval_every=snapshot_every or log_every,
                                    schedule=schedule, schedule_kwargs=schedule_kwargs or {}, fields=config)

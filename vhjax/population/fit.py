@@ -325,7 +325,8 @@ def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], wo
     `fit(seed=...)`'s model; 'auto' (default): False when any member sets `seed`, else True.
     All validation happens before the first compilation. `mesh`: 'auto' (default) shards members
     over every local device when there are several (any population size: padded with inert
-    members), None keeps one device, a `vhjax.parallel.population_mesh` (or 'members=M,data=D')
+    members; one member alone stays on one device), None keeps one device, a
+    `vhjax.parallel.population_mesh` (or 'members=M,data=D')
     is used as given; a data axis splits each member's batch over its devices. `isolation`:
     'optimistic' or 'per_step' (see `engine.PopulationRunner`); `member_group`: members trained
     together on a CPU ('auto': a divisor of the bucket size near 8; None: all at once).
@@ -346,7 +347,7 @@ def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], wo
     if member_group not in ("auto", None):
         check_int("member_group", member_group, 1)
     members = [with_config_loss_weights(config, member) for member in members]
-    mesh = parallel.resolve_mesh(mesh)
+    mesh = parallel.resolve_mesh(mesh, len(members))
     tasks = bucket_tasks(config, members)
     populations = [init_population(task, len(indices), stack_dynamic(indices, members),
                                    seeds=bucket_seeds(config, indices, members), same_batches=same_batches,

@@ -132,7 +132,7 @@ def fit_kfold(config: TrainConfig, candidates: Sequence[Mapping[str, Any]] = ({}
     fold_of = np.tile(np.arange(k), len(candidates))
     population = init_population(task, len(members), hparams, same_batches=False, data_seed=buckets[0][0].seed)
     batch_indices = make_fold_batch_indices(train_table[fold_of], config.batch_size, config.shuffle)
-    mesh = parallel.resolve_mesh(mesh)
+    mesh = parallel.resolve_mesh(mesh, len(members))
     runner = classifier_runner(task, batch_indices=batch_indices, **mesh_layout(mesh, len(members)))
     val_x, val_y = jnp.asarray(x[val_table[fold_of]]), jnp.asarray(y[val_table[fold_of]])
     precise_x = (fold_precise_batches(config, np.asarray(x), train_table[fold_of])

@@ -629,7 +629,7 @@ def adapt(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, 
                 for task, indices in tasks}
     discriminator = Discriminator(tuple(discriminator_widths))
     disc_optimizer = optax.adam(discriminator_learning_rate)
-    mesh = parallel.resolve_mesh(mesh)
+    mesh = parallel.resolve_mesh(mesh, len(plain))
     trained: list[tuple[Task, list[int]]] = []  # per bucket, as trained
     classifiers: list = []  # per bucket, its domain classifier
     weights = None
@@ -872,7 +872,7 @@ def adda(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, t
         feature_dim(task, feature_layer, task.default_hparams)  # raises on an unknown layer
     discriminator = Discriminator(tuple(discriminator_widths))
     optimizers = adda_optimizers(discriminator_learning_rate)
-    mesh = parallel.resolve_mesh(mesh)
+    mesh = parallel.resolve_mesh(mesh, len(chosen))
     stage = stage_config(config, steps)
     stage_members = [stage_member(source.population.members[row["member"]], row["seed"]) for row in chosen]
     states = source.population.states  # one transfer a bucket, not one device slice a leaf and member

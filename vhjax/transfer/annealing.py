@@ -258,8 +258,9 @@ def anneal(config: TrainConfig, source: Any, chains: int = 4, *, steps: int = 50
     chain's state after each `config.eval_every` steps; a rerun resumes exactly, a finished run is
     restored), with what config.json and members.json do not hold (a digest of the source's and of
     `source_data`'s contents, the per-chain settings, schedule, energy, steps, energy_batch, transfer
-    options) recorded in `workdir/anneal.json`: other ones are refused by name. `mesh`: as `fit_population`'s ('auto': the chains sharded over every local device when there are several). Every input is checked
-    before anything compiles."""
+    options) recorded in `workdir/anneal.json`: other ones are refused by name. `mesh`: as
+    `fit_population`'s (default 'auto': chains sharded over the local devices). Every input is
+    checked before anything compiles."""
     check_int("chains", chains, 1)
     check_int("steps", steps, 1)
     check_choice("schedule", schedule, SCHEDULES)
@@ -294,7 +295,7 @@ def anneal(config: TrainConfig, source: Any, chains: int = 4, *, steps: int = 50
         **{name: settings[key].tolist() for name, key in (("temperature", "sa_temperature"),
                                                            ("step_size", "sa_step_size"), ("decay", "sa_decay"))},
         "transfer": {"skip": list(skip), "new_head": new_head, "head": head}})
-    mesh = parallel.resolve_mesh(mesh)
+    mesh = parallel.resolve_mesh(mesh, chains)
     kept: dict[str, Any] = {}  # the transferred collections the energies used (fit_population returns
     # BatchNorm statistics recomputed by its precise-BN step)
 

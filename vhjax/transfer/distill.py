@@ -304,8 +304,8 @@ def distill(config: TrainConfig, teacher: Any, students: Sequence[Mapping[str, A
     `workdir`: as `fit_population`'s (checkpoints after every evaluation, a rerun resumes, a finished
     run is restored), with the teacher (its model class and a digest of its variables) and the students'
     (T, w, steps) recorded in `workdir/distill.json`: another teacher or other values are refused.
-    `mesh`: as `fit_population`'s ('auto': the members sharded over every local device when there are several). Everything, the teacher's classes included, is checked before anything
-    compiles.
+    `mesh`: as `fit_population`'s (default 'auto': members sharded over the local devices).
+    Everything, the teacher's classes included, is checked before anything compiles.
     """
     check_config(config)
     if not students:
@@ -323,7 +323,7 @@ def distill(config: TrainConfig, teacher: Any, students: Sequence[Mapping[str, A
                               str(task.config.model))
     record_inputs(workdir, "distill", {"teacher": teacher_fingerprint(teacher), "students": values})
     logits: dict[int, np.ndarray] = {}
-    mesh = parallel.resolve_mesh(mesh)
+    mesh = parallel.resolve_mesh(mesh, len(members))
     trained: list[tuple[Task, list[int]]] = []  # per bucket, as trained
 
     def program(task: Task, population: PopulationState, indices: list[int]) -> BucketProgram:

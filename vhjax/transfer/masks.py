@@ -288,7 +288,8 @@ def fit_masked(config: TrainConfig, source: Any, masks: Sequence[Any], *, policy
     `seed`, `update_scale` or `freeze`). Every mask is checked against `mask_units(source,
     granularity)` before anything compiles. Each member's record gets its `mask`, and with
     `source_data=(x, y)` (source-domain examples, same classes) its `source` accuracy after the
-    fine-tune. `mesh`: as `fit_population`'s ('auto': the members sharded over every local device when there are several)."""
+    fine-tune. `mesh`: as `fit_population`'s (default 'auto': members sharded over the local
+    devices)."""
     source = as_variables(source)
     units = mask_units(source, granularity)
     check_choice("policy", policy, POLICIES)

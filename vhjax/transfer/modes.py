@@ -240,7 +240,8 @@ def fit_from(config: TrainConfig, source: Any, members: Sequence[Mapping[str, An
     bucket before anything compiles. Each member keeps its own initialisation (its seed) where the
     source gives nothing (the new head, skipped paths). The optimizer state starts fresh. Training
     is `fit_population` itself (its `start` argument puts the source in); a workdir resumes from
-    its checkpoints as usual (the checkpoint then wins over the source). `mesh`: as `fit_population`'s ('auto': the members sharded over every local device when there are several).
+    its checkpoints as usual (the checkpoint then wins over the source). `mesh`: as
+    `fit_population`'s (default 'auto': members sharded over the local devices).
     """
     source = as_variables(source)
     transfer = {"skip": tuple(skip), "new_head": new_head, "head": head}

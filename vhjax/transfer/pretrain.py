@@ -405,7 +405,7 @@ def pretrain(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), 
     head_optimizer = optax.scale_by_adam()
     record_inputs(workdir, "pretrain", pretrain_inputs(config, method, values, tasks, feature_layer, head_widths,
                                                        projection_dim))
-    mesh = parallel.resolve_mesh(mesh)
+    mesh = parallel.resolve_mesh(mesh, len(plain))
     trained: list[tuple[Task, list[int]]] = []
     losses: list = []  # per bucket, its `loss_evaluator` on (train inputs, eval inputs)
 
