@@ -4,8 +4,8 @@ from vhjax.diffs import ABSENT, describe, differences, place
 
 
 def test_differences_name_each_nested_place_and_only_those():
-    stored = {"model": "mlp", "model_kwargs": {"width": 32, "depth": 2}, "augment": [{"name": "shift", "strength": 0.1}],
-              "steps": 100, "seed": 0}
+    stored = {"model": "mlp", "model_kwargs": {"width": 32, "depth": 2},
+              "augment": [{"name": "shift", "strength": 0.1}], "steps": 100, "seed": 0}
     current = {"model": "mlp", "model_kwargs": {"width": 64}, "augment": [{"name": "shift", "strength": 0.3}],
                "steps": 100, "seed": 0, "dropout_rate": 0.1}
     assert differences(stored, current) == [

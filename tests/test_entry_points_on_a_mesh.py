@@ -15,7 +15,7 @@ import numpy as np
 from tests.xla_flags import xla_flags
 
 SCRIPT = textwrap.dedent("""
-    import json, sys
+    import json
     import jax, numpy as np
     from vhjax import TrainConfig
     from vhjax.ensemble.train import train_members
@@ -30,7 +30,6 @@ SCRIPT = textwrap.dedent("""
     model = get_model("mlp", widths=(16,), num_classes=10)
     source = {"params": jax.tree.map(np.asarray, model.init(jax.random.key(1), x[:2])["params"])}
     target = {"train": x + 0.5, "test": (x_test + 0.5, y_test)}
-    seeds = [{"seed": s} for s in range(4)]
 
     def devices(population):  # devices holding the members of the first bucket
         return len(population.states[0].members.step.sharding.device_set)
@@ -54,8 +53,8 @@ SCRIPT = textwrap.dedent("""
         out["adda"] = ([m["eval"]["loss"] for m in result.stage.members], devices(result.stage))
         result = anneal(config, source, chains=4, steps=10, temperature=0.01, mesh=mesh)
         out["anneal"] = (result.energy[:, -1].tolist(), devices(result.population))
-        result = distill(config, source, [{"temperature": 2.0, "soft_weight": w, "seed": 0} for w in (0.0, 0.3, 0.6, 0.9)],
-                         teacher_model=config, verbose=False, mesh=mesh)
+        students = [{"temperature": 2.0, "soft_weight": w, "seed": 0} for w in (0.0, 0.3, 0.6, 0.9)]
+        result = distill(config, source, students, teacher_model=config, verbose=False, mesh=mesh)
         out["distill"] = (losses(result.population), devices(result.population))
         trained = train_members(model, x, y, size=4, key=jax.random.key(2), steps=20, batch_size=32, mesh=mesh)
         out["ensemble"] = (trained.loss[-1].tolist(), devices(trained.result))

@@ -149,7 +149,8 @@ def adversarial_step(task: Task, attack: str, norm: str, attack_steps: int) -> C
 _RUNNERS: Memo[PopulationRunner] = Memo(8)
 
 
-def member_runner(task: Task, size: int, sampling: str, adversarial: tuple | None, mesh: Any = None) -> PopulationRunner:
+def member_runner(task: Task, size: int, sampling: str, adversarial: tuple | None,
+                  mesh: Any = None) -> PopulationRunner:
     """The bucket's chunk runner, built once per (task, size, sampling, attack, mesh): boosting rounds
     and repeated calls on the same arrays reuse its compilation."""
 

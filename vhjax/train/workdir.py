@@ -32,8 +32,9 @@ def prepare_workdir(workdir: str | Path | None, config: TrainConfig) -> Path | N
     if config_path.exists():
         saved = json.loads(config_path.read_text())
         changed = diffs.differences(saved, current)
-        extended = {at[0] for at, _, _ in changed if at[0] in EXTENSIBLE_FIELDS and current[at[0]] >= saved.get(at[0], 0)}
-        refused = [difference for difference in changed if difference[0][0] not in extended]
+        extended = {field for (field, *_), _, _ in changed
+                    if field in EXTENSIBLE_FIELDS and current[field] >= saved.get(field, 0)}
+        refused = [(at, old, new) for at, old, new in changed if at[0] not in extended]
         if refused:
             raise ValueError(
                 f"workdir {str(workdir)!r} holds a run with a different config ({diffs.describe(refused)}); "
