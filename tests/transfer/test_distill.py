@@ -104,6 +104,42 @@ def test_distilled_student_moves_towards_the_teacher(teacher):
     assert soft[-1] < soft[0]
 
 
+def test_hard_distillation_term_is_the_loss_on_the_teachers_labels_by_hand():
+    task = bucket_task(STUDENT_CONFIG)
+    rng = np.random.default_rng(1)
+    outputs, teacher_logits = (jnp.asarray(rng.normal(size=(4, 10)), jnp.float32) for _ in range(2))
+    labels = jnp.asarray([0, 3, 7, 9])
+    ce = lambda targets: -jax.nn.log_softmax(outputs)[jnp.arange(4), targets]  # noqa: E731
+    soft = losses.distillation_loss(outputs, teacher_logits, None, temperature=2.0)
+    for weight, by_teacher in ((0.0, 1.0), (0.4, 0.5)):
+        hp = {**task.default_hparams, "temperature": jnp.float32(2.0), "soft_weight": jnp.float32(weight),
+              "teacher_labels": jnp.float32(by_teacher), "distill_steps": jnp.float32(10)}
+        state = types.SimpleNamespace(hparams=hp, step=jnp.int32(0))
+        got = distill_loss(task)(state, outputs, labels, (None, labels, teacher_logits))
+        hard = (1 - by_teacher) * ce(labels) + by_teacher * ce(jnp.argmax(teacher_logits, -1))
+        np.testing.assert_allclose(got, weight * soft + (1 - weight) * hard, rtol=1e-5)
+        late = distill_loss(task)(types.SimpleNamespace(hparams=hp, step=jnp.int32(10)), outputs, labels,
+                                  (None, labels, teacher_logits))
+        np.testing.assert_allclose(late, ce(labels), rtol=1e-5)  # after distill_steps: the true labels only
+
+
+def test_hard_distilled_student_learns_a_random_teachers_labels_not_the_true_ones():
+    """A teacher that was never trained labels the digits at random (for them); a student trained on
+    its labels (soft weight 0, teacher_labels 1) agrees with it and loses accuracy, next to the same
+    student on the true labels in the same program."""
+    model = bucket_task(TEACHER_CONFIG).model
+    untrained = Teacher(model, {"params": model.init(jax.random.key(6), DATA["train"][0][:2])["params"]})
+    config = dataclasses.replace(STUDENT_CONFIG, steps=120, eval_every=120)
+    result = distill(config, untrained, [{"seed": 0, "soft_weight": 0.0},
+                                         {"seed": 0, "soft_weight": 0.0, "teacher_labels": 1.0}], verbose=False)
+    alone, hard = result.students
+    assert len(result.population.states) == 1 and [alone["kind"], hard["kind"]] == ["alone", "distilled"]
+    assert result.teacher["accuracy"] < 0.3
+    assert hard["agreement"] > alone["agreement"] + 0.3
+    assert hard["accuracy"] < alone["accuracy"] - 0.3
+    assert "| teacher labels |" in result.table()
+
+
 def test_teacher_given_as_flax_variables_and_model(teacher):
     plain = Teacher(bucket_task(TEACHER_CONFIG).model, {"params": jax.tree.map(np.asarray, teacher.state.params)})
     result = distill(STUDENT_CONFIG, plain, [{"seed": 0}], verbose=False)
@@ -116,6 +152,7 @@ def test_teacher_given_as_flax_variables_and_model(teacher):
     ({"soft_weight": 1.5}, "student 0: field 'soft_weight' has value 1.5; allowed: a finite number >= 0.0 and <= 1.0"),
     ({"soft_weight": -0.1}, "'soft_weight' has value -0.1"),
     ({"distill_steps": 41}, "'distill_steps' has value 41"),
+    ({"teacher_labels": 1.5}, "student 0: field 'teacher_labels' has value 1.5; allowed: a finite number >= 0.0"),
 ])
 def test_bad_distillation_values_raise_before_compiling(teacher, student, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):

@@ -11,13 +11,15 @@ The teacher's logits on the student's training set are computed once (batched, j
 with the training data; a student's batch gathers its teacher logits by the same indices as its
 inputs. Per example a student minimises
 
-    w * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - w) * hard(student, label)
+    w * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+      + (1 - w) * [(1 - h) * hard(student, label) + h * hard(student, argmax teacher)]
 
 (`hard` is the config's loss, cross-entropy by default; the first term is `losses.distillation_loss`
-with no labels). `temperature` T, `soft_weight` w and `distill_steps` are per-member hyperparameters,
-so students over (T, w) share one compiled program. The "mixed" procedure (distil, then fine-tune on
-hard labels only) is a member with `distill_steps=N` < `config.steps`: after step N its soft weight is
-0. It is one continuous run: the optimizer state (and the learning-rate schedule) carries on into the
+with no labels). `temperature` T, `soft_weight` w, `teacher_labels` h (hard distillation: the weight
+of the teacher's predicted labels in the hard term) and `distill_steps` are per-member
+hyperparameters, so students over (T, w, h) share one compiled program. The "mixed" procedure
+(distil, then fine-tune on the true labels only) is a member with `distill_steps=N` < `config.steps`:
+after step N its w and h are 0. It is one continuous run: the optimizer state (and the learning-rate schedule) carries on into the
 fine-tuning stage, nothing is reset. The teacher sees un-augmented inputs (offline distillation);
 mixup/CutMix is refused (the teacher's logits would not match the mixed inputs).
 """
@@ -49,8 +51,8 @@ from vhjax.train.workdir import content_digest, record_inputs
 from vhjax.transfer.weights import as_variables, load_source
 from vhjax.validation import check_int, check_number, invalid
 
-DISTILL_FIELDS = ("temperature", "soft_weight", "distill_steps")
-DEFAULTS = {"temperature": 1.0, "soft_weight": 0.5}
+DISTILL_FIELDS = ("temperature", "soft_weight", "teacher_labels", "distill_steps")
+DEFAULTS = {"temperature": 1.0, "soft_weight": 0.5, "teacher_labels": 0.0}
 LABEL = "distill bucket {number}/{buckets} ({model}, {size} students) | "
 
 
@@ -61,10 +63,11 @@ def split_student(index: int, student: Mapping[str, Any], steps: int) -> tuple[d
     """(the student's distillation values, its other config fields); raises on a value out of range."""
     if not isinstance(student, Mapping):
         raise invalid(f"student {index}", student, "a dict of config fields and temperature, soft_weight, "
-                      "distill_steps")
+                      "teacher_labels, distill_steps")
     fields = {**DEFAULTS, "distill_steps": steps, **{k: student[k] for k in DISTILL_FIELDS if k in student}}
     check_number(f"student {index}: field 'temperature'", fields["temperature"], 0.0, low_inclusive=False)
     check_number(f"student {index}: field 'soft_weight'", fields["soft_weight"], 0.0, 1.0)
+    check_number(f"student {index}: field 'teacher_labels'", fields["teacher_labels"], 0.0, 1.0)
     check_int(f"student {index}: field 'distill_steps'", fields["distill_steps"], 0, steps)
     rest = {k: v for k, v in student.items() if k not in DISTILL_FIELDS}
     return {k: float(v) for k, v in fields.items()}, rest
@@ -162,14 +165,19 @@ def batched_apply(model: Any, variables: Mapping, x: jax.Array, batch_size: int)
 
 def distill_loss(task: Task):
     """`data_loss(state, outputs, targets, batch)` for `make_train_step`: batch = (x, y, teacher logits);
-    the member's hparams hold temperature, soft_weight and distill_steps."""
+    the member's hparams hold temperature, soft_weight, teacher_labels and distill_steps."""
 
     def data_loss(state, outputs, targets, batch):
         hp = state.hparams
         teacher = batch[2]
-        weight = jnp.where(state.step < hp["distill_steps"], hp["soft_weight"], 0.0)
+        taught = state.step < hp["distill_steps"]
+        weight = jnp.where(taught, hp["soft_weight"], 0.0)
         soft = losses.distillation_loss(outputs, teacher.astype(outputs.dtype), None, temperature=hp["temperature"])
         hard = per_example_loss(task, hp, outputs, targets)
+        if "teacher_labels" in hp:  # a bucket where some student learns the teacher's labels
+            by_teacher = jnp.where(taught, hp["teacher_labels"], 0.0)
+            labels = jnp.argmax(teacher, axis=-1).astype(targets.dtype)
+            hard = (1.0 - by_teacher) * hard + by_teacher * per_example_loss(task, hp, outputs, labels)
         return weight * soft + (1.0 - weight) * hard
 
     return data_loss
@@ -186,9 +194,17 @@ def distill_runner(task: Task, size: int, mesh: Any = None) -> PopulationRunner:
         task, member_step=make_train_step(task, distill_loss(task)), **mesh_layout(mesh, size)), settings=size)
 
 
+def used_fields(values: Sequence[dict]) -> list[str]:
+    """The distillation values a bucket's program reads: all but `teacher_labels` where no student
+    learns the teacher's labels (its program, state and checkpoints are then as they were before
+    that value existed)."""
+    return [name for name in DISTILL_FIELDS if name != "teacher_labels" or any(v[name] > 0 for v in values)]
+
+
 def with_distill_hparams(population: PopulationState, values: Sequence[dict]) -> PopulationState:
-    """The population with each member's temperature, soft_weight and distill_steps in its hparams."""
-    arrays = {name: jnp.asarray([v[name] for v in values], jnp.float32) for name in DISTILL_FIELDS}
+    """The population with each member's temperature, soft_weight, distill_steps and (where used,
+    `used_fields`) teacher_labels in its hparams."""
+    arrays = {name: jnp.asarray([v[name] for v in values], jnp.float32) for name in used_fields(values)}
     members = population.members
     return population.replace(members=members.replace(hparams={**members.hparams, **arrays}))
 
@@ -221,8 +237,9 @@ def model_cost(model: Any, input_shape: Sequence[int], params: Any) -> dict[str,
 
 
 def kind(values: Mapping[str, float], steps: int) -> str:
-    """'alone' (no soft targets), 'distilled' (soft targets throughout) or 'mixed' (distil, then fine-tune)."""
-    if values["soft_weight"] == 0.0 or values["distill_steps"] == 0:
+    """'alone' (nothing from the teacher: no soft targets, no teacher labels), 'distilled' (taught
+    throughout) or 'mixed' (distil, then fine-tune on the true labels)."""
+    if values["soft_weight"] == 0.0 and values["teacher_labels"] == 0.0 or values["distill_steps"] == 0:
         return "alone"
     return "distilled" if values["distill_steps"] >= steps else "mixed"
 
@@ -248,17 +265,17 @@ class DistillResult:
     def table(self) -> str:
         """Markdown: the teacher, then every student with its accuracy against the alone students of its
         architecture (mean over them), its size and FLOPs."""
-        header = ["model", "kind", "T", "soft weight", "distil steps", f"{self.split} accuracy", "vs alone",
-                  "agreement", "params", "FLOPs/example"]
+        header = ["model", "kind", "T", "soft weight", "teacher labels", "distil steps", f"{self.split} accuracy",
+                  "vs alone", "agreement", "params", "FLOPs/example"]
         t = self.teacher
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-                 f"| teacher | teacher | | | | {t['accuracy']:.4f} | | 1.0000 | {t['params']} | {t['flops']:.4g} |"]
+                 f"| teacher | teacher | | | | | {t['accuracy']:.4f} | | 1.0000 | {t['params']} | {t['flops']:.4g} |"]
         for row in self.students:
             alone = row["alone_accuracy"]
             delta = f"{row['accuracy'] - alone:+.4f}" if np.isfinite(alone) else "(no alone student)"
             lines.append(f"| student {row['member']} | {row['kind']} | {row['temperature']:g} | {row['soft_weight']:g} "
-                         f"| {row['distill_steps']} | {row['accuracy']:.4f} | {delta} | {row['agreement']:.4f} "
-                         f"| {row['params']} | {row['flops']:.4g} |")
+                         f"| {row['teacher_labels']:g} | {row['distill_steps']} | {row['accuracy']:.4f} | {delta} "
+                         f"| {row['agreement']:.4f} | {row['params']} | {row['flops']:.4g} |")
         return "\n".join(lines)
 
 
@@ -292,18 +309,20 @@ def student_rows(result: PopulationResult, values: Sequence[dict], tasks: Sequen
 def distill(config: TrainConfig, teacher: Any, students: Sequence[Mapping[str, Any]] = ({},), *,
             teacher_model: Any = None, source: Mapping[str, Any] | None = None, same_batches: bool | str = "auto",
             workdir: str | Path | None = None, verbose: bool = True, mesh: Any = "auto") -> DistillResult:
-    """Train a population of students on `config`'s data with soft targets from `teacher`.
+    """Train a population of students on `config`'s data with soft targets (or labels) from `teacher`.
 
     `teacher`: a `Teacher`, or anything `load_source` takes (a `fit` result, a population result or
     workdir, exported member, Flax variables) with `teacher_model` (its Module, registered model name or
     TrainConfig) and `source` (load_source's rank=/index=). Each student is a dict of config fields (as
     a `fit_population` member) plus `temperature` (> 0, default 1), `soft_weight` (the weight of the
-    soft targets in [0, 1], default 0.5; 0 = the student trained alone) and `distill_steps` (0 ..
-    config.steps, default config.steps; fewer = the mixed procedure: hard labels only afterwards).
-    Students with equal static config share one compiled program whatever their (T, w, steps).
+    soft targets in [0, 1], default 0.5), `teacher_labels` (hard distillation: the weight, in [0, 1],
+    of the teacher's predicted labels against the true ones in the hard term; default 0; with
+    soft_weight 0, a student with neither is trained alone) and `distill_steps` (0 .. config.steps,
+    default config.steps; fewer = the mixed procedure: the true labels only afterwards). Students with
+    equal static config share one compiled program whatever their (T, w, h, steps).
     `workdir`: as `fit_population`'s (checkpoints after every evaluation, a rerun resumes, a finished
     run is restored), with the teacher (its model class and a digest of its variables) and the students'
-    (T, w, steps) recorded in `workdir/distill.json`: another teacher or other values are refused.
+    (T, w, h, steps) recorded in `workdir/distill.json`: another teacher or other values are refused.
     `mesh`: as `fit_population`'s (default 'auto': members sharded over the local devices).
     Everything, the teacher's classes included, is checked before anything compiles.
     """
@@ -321,7 +340,8 @@ def distill(config: TrainConfig, teacher: Any, students: Sequence[Mapping[str, A
     for task, _ in tasks:  # shapes only, before compiling
         check_teacher_classes(teacher.output_shape(task.train.x.shape[1:])[-1], output_classes(task),
                               str(task.config.model))
-    record_inputs(workdir, "distill", {"teacher": teacher_fingerprint(teacher), "students": values})
+    record_inputs(workdir, "distill", {"teacher": teacher_fingerprint(teacher),
+                                       "students": [{k: v[k] for k in used_fields(values)} for v in values]})
     logits: dict[int, np.ndarray] = {}
     mesh = parallel.resolve_mesh(mesh, len(members))
     trained: list[tuple[Task, list[int]]] = []  # per bucket, as trained
