@@ -3,11 +3,13 @@
 Per dataset and seed: a teacher MLP (`--teacher-widths`) is trained on the training split; then one
 `vhjax.transfer.distill` call trains every student (an MLP of `--student-widths`) in one compiled
 program: the student alone (soft weight 0), distilled students over a grid of temperature T x soft
-weight w, and mixed students (distil for 70% of the steps, then hard labels only; the optimizer
-state carries on). Splits: train / val (the choice of the best (T, w)) / test (reported). Rows:
-teacher, student alone, best distilled student (the (T, w) with the best mean val accuracy over
-seeds), best mixed student (likewise); test accuracy mean +- std over seeds, parameters, FLOPs per
-example (matmul multiply-adds, `flops_per_example(count='matmul')`).
+weight w, mixed students (distil for 70% of the steps, then hard labels only; the optimizer
+state carries on), and a hard-distilled student (the teacher's predicted labels as its only
+target: soft weight 0, teacher_labels 1). Splits: train / val (the choice of the best (T, w)) /
+test (reported). Rows: teacher, student alone, best distilled student (the (T, w) with the best
+mean val accuracy over seeds), best mixed student (likewise), the hard-distilled student; test
+accuracy mean +- std over seeds, parameters, FLOPs per example (matmul multiply-adds,
+`flops_per_example(count='matmul')`).
 The protocol is ours (Hinton et al. 2015's loss, our splits and sizes); no published numbers exist for it.
 
 Command:  python experiments/distill_table.py                 (full: 3 seeds, both datasets)
@@ -63,7 +65,13 @@ def students(grid: list[tuple[float, float]], mixed_steps: int, seed: int) -> li
     alone = [{"seed": seed, "soft_weight": 0.0}]
     distilled = [{"seed": seed, "temperature": t, "soft_weight": w} for t, w in grid]
     mixed = [{**s, "distill_steps": mixed_steps} for s in distilled]
-    return alone + distilled + mixed
+    hard = [{"seed": seed, "soft_weight": 0.0, "teacher_labels": 1.0}]
+    return alone + distilled + mixed + hard
+
+
+def category(row: dict) -> str:
+    """The table's name for a student: its kind, or 'hard' for one taught by the teacher's labels alone."""
+    return "hard" if row["teacher_labels"] > 0 and row["soft_weight"] == 0 else row["kind"]
 
 
 def one_seed(name: str, seed: int, args) -> tuple[dict, list[dict]]:
@@ -78,7 +86,7 @@ def one_seed(name: str, seed: int, args) -> tuple[dict, list[dict]]:
 
 
 def summary(name: str, runs: list[tuple[dict, list[dict]]]) -> list[str]:
-    """Markdown rows: teacher, alone, best distilled and best mixed (T, w) by mean val accuracy."""
+    """Markdown rows: teacher, alone, best distilled and best mixed (T, w) by mean val accuracy, hard."""
     def stats(values):
         return f"{np.mean(values):.4f} ± {np.std(values):.4f}"
 
@@ -86,11 +94,12 @@ def summary(name: str, runs: list[tuple[dict, list[dict]]]) -> list[str]:
     rows = [f"| {name} | teacher | | {stats([t['accuracy'] for t in teachers])} | {teachers[0]['params']} "
             f"| {teachers[0]['flops']:.4g} |"]
     first = runs[0][1]
-    for kind in ("alone", "distilled", "mixed"):
-        positions = [i for i, row in enumerate(first) if row["kind"] == kind]
+    for kind in ("alone", "distilled", "mixed", "hard"):
+        positions = [i for i, row in enumerate(first) if category(row) == kind]
         best = max(positions, key=lambda i: np.mean([s[i]["eval_accuracy"] for _, s in runs]))
         row = first[best]
-        setting = "" if kind == "alone" else f"T={row['temperature']:g}, w={row['soft_weight']:g}"
+        setting = {"alone": "", "hard": "teacher's labels"}.get(kind, f"T={row['temperature']:g}, "
+                                                                        f"w={row['soft_weight']:g}")
         rows.append(f"| {name} | student {kind} | {setting} | {stats([s[best]['accuracy'] for _, s in runs])} "
                     f"| {row['params']} | {row['flops']:.4g} |")
     return rows
@@ -102,8 +111,8 @@ def all_rows(runs: list[tuple[dict, list[dict]]]) -> list[str]:
     for i, row in enumerate(runs[0][1]):
         test = [s[i]["accuracy"] for _, s in runs]
         val = [s[i]["eval_accuracy"] for _, s in runs]
-        rows.append(f"| {row['kind']} | {row['temperature']:g} | {row['soft_weight']:g} | "
-                    f"{row['distill_steps']} | {np.mean(test):.4f} ± {np.std(test):.4f} | {np.mean(val):.4f} |")
+        rows.append(f"| {category(row)} | {row['temperature']:g} | {row['soft_weight']:g} | {row['teacher_labels']:g} "
+                    f"| {row['distill_steps']} | {np.mean(test):.4f} ± {np.std(test):.4f} | {np.mean(val):.4f} |")
     return rows
 
 
@@ -147,8 +156,8 @@ def main() -> None:
                         f"test accuracy mean ± std over seeds; best (T, w) by mean val accuracy; {seconds:.0f} s")
             text = "\n".join([f"# Distillation: {name}", "", settings, "", *header, *rows,
                               "", "All students (over seeds):", "",
-                              "| kind | T | w | distill steps | test acc (mean ± std) | val acc (mean) |",
-                              "|---|---|---|---|---|---|", *all_rows(runs)]) + "\n"
+                              "| kind | T | w | teacher labels | distill steps | test acc (mean ± std) "
+                              "| val acc (mean) |", "|---|---|---|---|---|---|---|", *all_rows(runs)]) + "\n"
             (Path(out) / f"distill_{name}{args.tag}.md").write_text(text)
     print("\n".join(lines))
     mode = "--quick" if args.quick else "full"

@@ -56,6 +56,22 @@ def test_plain_optuna_reads_a_search_workdir(tmp_path):
     assert max(importance, key=importance.get) in ("x", "kind") and importance["lr"] < importance["kind"]
 
 
+def test_a_stepped_space_is_stepped_optuna_distributions_and_a_pbt_space_is_not(tmp_path):
+    from vhjax.search.tune import optuna_distributions
+    from vhjax.search.tune_pbt import pbt_space
+
+    space = Space({"x": Float(-2.0, 2.0, step=0.5), "n": Int(2, 8, step=2)})
+    result = search(lambda batch: np.asarray([-(c["x"] - 0.3) ** 2 for c in batch]), space, "random", budget=12,
+                    population=6, workdir=tmp_path, seed=1, verbose=False)
+    assert {t.params["x"] for t in result.trials} <= {-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0}
+    assert result.best.params["x"] in (0.0, 0.5)  # nearest 0.3 on the grid
+    trial = optuna.load_study(study_name="default", storage=_url(tmp_path)).trials[0]
+    stepped = {"x": optuna.distributions.FloatDistribution(-2.0, 2.0, step=0.5),
+               "n": optuna.distributions.IntDistribution(2, 8, step=2)}
+    assert trial.distributions == stepped == optuna_distributions(space)
+    assert not pbt_space(space) and pbt_space(Space({"x": Float(-2.0, 2.0)}))
+
+
 def test_multi_objective_search_is_a_multi_objective_study(tmp_path):
     def two(batch):
         return {"acc": np.asarray([c["x"] for c in batch]), "cost": np.asarray([c["x"] ** 2 for c in batch])}

@@ -140,7 +140,28 @@ def test_model_space_helpers():
     assert decoded == {"depth": 1, "channels": 128, "kernel_size": 5, "pooling": "max"}
 
 
+def test_a_step_quantizes_floats_and_ints_and_grids_list_exactly_its_values():
+    space = Space({"dropout": Float(0.0, 0.5, step=0.1), "width": Int(16, 128, step=16), "lr": Float(1e-3, 1e-1)})
+    u = np.random.default_rng(0).random((200, 3))
+    decoded = [space.decode(row) for row in u]
+    assert {d["dropout"] for d in decoded} == {0.0, 0.1, 0.2, 0.3, 0.4, 0.5}  # printed as written: no 0.30000000000000004
+    assert {d["width"] for d in decoded} == set(range(16, 129, 16))
+    assert len({d["lr"] for d in decoded}) == 200  # no step: continuous as before
+    assert space.decode(space.encode({"dropout": 0.3, "width": 64, "lr": 0.01}))["dropout"] == 0.3
+    grid = space.grid(points_per_float=50)
+    assert sorted({row["dropout"] for row in map(space.decode, grid)}) == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
+    assert sorted({row["width"] for row in map(space.decode, grid)}) == list(range(16, 129, 16))
+    assert Int(1, 10, step=3).decode(0.55) == 7 and Int(1, 64, log=True, step=1).decode(0.5) == 8
+
+
 @pytest.mark.parametrize("build, match", [
+    (lambda: Float(0.0, 1.0, step=0.3), r"Float: high - low \(1.0\) is not a multiple of step 0.3; allowed: high = "
+                                        r"low \+ k \* step, e.g. high=0.9"),
+    (lambda: Float(1e-3, 1.0, log=True, step=0.1), r"step needs log=False"),
+    (lambda: Float(0.0, 1.0, step=0.0), r"step must be > 0; got 0.0"),
+    (lambda: Int(0, 10, step=2.5), r"Int: step must be an integer; got 2.5"),
+    (lambda: Int(0, 10, step=3), r"Int: high - low \(10\) is not a multiple of step 3"),
+    (lambda: Int(1, 64, log=True, step=2), r"step needs log=False"),
     (lambda: Space({}), "empty"),
     (lambda: Space({"x": Float(1.0, 1.0)}), r"low must be < high.*low=1.0"),
     (lambda: Float(0.0, 1.0, log=True), r"log=True needs low > 0.*low=0.0"),

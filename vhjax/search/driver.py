@@ -226,6 +226,8 @@ def space_description(space: Any) -> Any:
         for field in ("low", "high", "log"):
             if hasattr(param, field):
                 entry[field] = _number(getattr(param, field))
+        if getattr(param, "step", None) is not None:  # only when set: stores of spaces without it resume
+            entry["step"] = _number(param.step)
         if hasattr(param, "choices"):
             entry["choices"] = storage_lib.to_json(list(param.choices))
         if param.condition is not None:

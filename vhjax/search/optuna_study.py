@@ -24,7 +24,7 @@ _PRIMITIVE = (bool, int, float, str, type(None))
 def distributions(space: Any) -> dict[str, Any]:
     """Optuna distributions of a vhjax `Space`'s parameters (name -> distribution).
 
-    Float -> FloatDistribution, Int -> IntDistribution (log kept), Categorical ->
+    Float -> FloatDistribution, Int -> IntDistribution (log and step kept), Categorical ->
     CategoricalDistribution when its choices are plain values (None, bool, int, float, str);
     other parameters (and spaces that are not a vhjax `Space`) have none: Optuna does not see them,
     vhjax still stores them.
@@ -39,9 +39,10 @@ def distributions(space: Any) -> dict[str, Any]:
         return out
     for name, param in params.items():
         if isinstance(param, Int):
-            out[name] = od.IntDistribution(int(param.low), int(param.high), log=bool(param.log))
+            out[name] = od.IntDistribution(int(param.low), int(param.high), log=bool(param.log), step=int(param.step or 1))
         elif isinstance(param, Float):
-            out[name] = od.FloatDistribution(float(param.low), float(param.high), log=bool(param.log))
+            step = None if param.step is None else float(param.step)
+            out[name] = od.FloatDistribution(float(param.low), float(param.high), log=bool(param.log), step=step)
         elif isinstance(param, Categorical) and _plain_choices(param.choices):
             out[name] = od.CategoricalDistribution(tuple(param.choices))
     return out

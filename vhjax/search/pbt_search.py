@@ -65,12 +65,12 @@ def check_space_names(config: TrainConfig, space: Space, interval: int) -> None:
 
 
 def explore_ranges(space: Space) -> dict[str, tuple[float, float, bool]]:
-    """`name -> (low, high, log)` of a space made of `Float` parameters only."""
+    """`name -> (low, high, log)` of a space made of `Float` parameters (no step) only."""
     ranges = {}
     for name, param in space.params.items():
-        if type(param) is not Float or param.condition is not None:
+        if type(param) is not Float or param.condition is not None or param.step is not None:
             raise ValueError(f"search_pbt: parameter {name!r} is {param!r}; allowed: unconditional Float "
-                             "parameters (PBT perturbs real values)")
+                             "parameters without a step (PBT perturbs real values)")
         ranges[name] = (float(param.low), float(param.high), bool(param.log))
     return ranges
 

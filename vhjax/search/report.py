@@ -154,10 +154,11 @@ def optuna_distributions(space_params: Sequence[Mapping[str, Any]] | None) -> di
     for entry in space_params or []:
         kind = entry.get("kind")
         if kind == "Float":
-            distributions[entry["name"]] = FloatDistribution(entry["low"], entry["high"], log=bool(entry.get("log")))
+            distributions[entry["name"]] = FloatDistribution(entry["low"], entry["high"], log=bool(entry.get("log")),
+                                                             step=entry.get("step"))
         elif kind == "Int":
             distributions[entry["name"]] = IntDistribution(int(entry["low"]), int(entry["high"]),
-                                                           log=bool(entry.get("log")))
+                                                           log=bool(entry.get("log")), step=int(entry.get("step", 1)))
         elif kind == "Categorical":
             choices = entry["choices"]
             choices = json.loads(choices) if isinstance(choices, str) else choices  # stored as JSON text

@@ -2,8 +2,9 @@
 
 One column per parameter:
 
-- `Float(low, high)`: `low + u * (high - low)` (`log=True`: the same in log space);
-- `Int(low, high)`: the float mapping, rounded;
+- `Float(low, high)`: `low + u * (high - low)` (`log=True`: the same in log space); with
+  `step=s` (quantized, as Optuna's `step` or Ray Tune's `quniform`) rounded to `low + k * s`;
+- `Int(low, high)`: the float mapping, rounded (to `low + k * step` with `step`);
 - `Categorical(choices)` / `Boolean()`: `choices[min(floor(u * k), k - 1)]`;
 - any parameter may carry `condition=(parent, value_or_values)`: it exists only when the
   parent is active and decodes to one of the values (`Conditional(param, parent, values)`
@@ -69,6 +70,27 @@ def _check_number(label: str, field: str, value: Any) -> None:
         raise ValueError(f"{label}: {field} must be finite; got {value!r}")
 
 
+def _check_step(label: str, low: Any, high: Any, log: bool, step: Any, integer: bool = False) -> None:
+    """`step` > 0 (an int for `Int`), with a linear scale, dividing `high - low`."""
+    if integer and (isinstance(step, bool) or not isinstance(step, (int, np.integer))):
+        raise TypeError(f"{label}: step must be an integer; got {step!r}")
+    _check_number(label, "step", step)
+    if step <= 0:
+        raise ValueError(f"{label}: step must be > 0; got {step!r}")
+    if log and (not integer or step != 1):
+        raise ValueError(f"{label}: step needs log=False (a log scale has no even steps); got log=True, step={step!r}")
+    count = (high - low) / step
+    if abs(count - round(count)) > 1e-9 * max(1.0, count):
+        fitting = low + math.floor(count) * step
+        raise ValueError(f"{label}: high - low ({high - low!r}) is not a multiple of step {step!r}; allowed: "
+                         f"high = low + k * step, e.g. high={_clean(fitting)!r}")
+
+
+def _clean(value: float) -> float:
+    """`low + k * step` without the float noise of the product (0.30000000000000004 -> 0.3)."""
+    return float(f"{value:.12g}")
+
+
 def _check_bounds(label: str, low: Any, high: Any, log: bool) -> None:
     _check_number(label, "low", low)
     _check_number(label, "high", high)
@@ -80,12 +102,14 @@ def _check_bounds(label: str, low: Any, high: Any, log: bool) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Float:
-    """A real number in `[low, high]` (log-uniform in the cube when `log=True`)."""
+    """A real number in `[low, high]` (log-uniform in the cube when `log=True`); with `step`, one of
+    `low, low + step, ..., high` (a linear scale; `step` must divide `high - low`)."""
 
     low: float
     high: float
     log: bool = False
     condition: Any = None
+    step: float | None = None
 
     cardinality = 0
 
@@ -95,6 +119,14 @@ class Float:
 
     def check(self, label: str) -> None:
         _check_bounds(label, self.low, self.high, self.log)
+        if self.step is not None:
+            _check_step(label, self.low, self.high, self.log, self.step)
+
+    def _on_grid(self, value: float) -> float:
+        """`value` rounded to the nearest `low + k * step` (itself without a step)."""
+        if self.step is None:
+            return value
+        return min(_clean(self.low + round((value - self.low) / self.step) * self.step), float(self.high))
 
     def _to_value(self, u: float) -> float:
         u = min(max(float(u), 0.0), 1.0)
@@ -103,7 +135,7 @@ class Float:
         return float(self.low + u * (self.high - self.low))
 
     def decode(self, u: float) -> float:
-        return min(max(self._to_value(u), float(self.low)), float(self.high))
+        return self._on_grid(min(max(self._to_value(u), float(self.low)), float(self.high)))
 
     def encode(self, value: Any, label: str = "Float") -> float:
         _check_number(label, "value", value)
@@ -114,12 +146,16 @@ class Float:
         return (value - self.low) / (self.high - self.low)
 
     def grid_u(self, points: int) -> list[float]:
-        return list(np.linspace(0.0, 1.0, points)) if points > 1 else [0.5]
+        evenly = list(np.linspace(0.0, 1.0, points)) if points > 1 else [0.5]
+        if self.step is None:
+            return evenly
+        return [self.encode(v) for v in sorted({self.decode(u) for u in evenly})]
 
 
 @dataclasses.dataclass(frozen=True)
 class Int(Float):
-    """An integer in `[low, high]`: the float mapping, rounded (log-spaced when `log=True`)."""
+    """An integer in `[low, high]`: the float mapping, rounded (log-spaced when `log=True`); with
+    `step`, one of `low, low + step, ..., high`."""
 
     low: int
     high: int
@@ -134,9 +170,14 @@ class Int(Float):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise TypeError(f"{label}: {field} must be an integer; got {value!r}")
         _check_bounds(label, self.low, self.high, self.log)
+        if self.step is not None:
+            _check_step(label, self.low, self.high, self.log, self.step, integer=True)
 
     def decode(self, u: float) -> int:
-        return int(min(max(round(self._to_value(u)), self.low), self.high))
+        if self.step is None:
+            return int(min(max(round(self._to_value(u)), self.low), self.high))
+        value = min(max(self._to_value(u), self.low), self.high)
+        return int(min(self.low + round((value - self.low) / self.step) * self.step, self.high))
 
     def encode(self, value: Any, label: str = "Int") -> float:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -389,7 +430,8 @@ class Space:
         return self.encode(self.decode(row))
 
     def grid(self, points_per_float: int = 5) -> np.ndarray:
-        """Every categorical combination x `points_per_float` evenly spaced floats/ints: `(G, D)`.
+        """Every categorical combination x `points_per_float` evenly spaced floats/ints (those of a
+        parameter with a step: the distinct grid values they round to): `(G, D)`.
 
         Inactive conditional parameters are collapsed (column 0.5), so rows are distinct.
         """

@@ -49,7 +49,7 @@ from vhjax.population.members import check_task_hparams, init_population
 from vhjax.population.state import PopulationState, training_mask
 from vhjax.search.deadline import Deadline, asks_stop
 from vhjax.search.results import rank_order
-from vhjax.search.space import Categorical, Float, Int, Space
+from vhjax.search.space import Categorical, Space
 from vhjax.search.storage import sqlalchemy_url
 from vhjax.search.training import candidate_to_member, complete_arch
 from vhjax.search.tune_pbt import MIN_POPULATION, check_study_method, choose_method, run_pbt_tune
@@ -114,17 +114,20 @@ class TuneResult:
 
 
 def optuna_distributions(space: Space) -> dict[str, Any]:
-    """Optuna distributions of a vhjax space (Float, Int, Categorical; conditions not supported)."""
+    """Optuna distributions of a vhjax space (Float, Int, Categorical; conditions not supported): those
+    of `optuna_study.distributions`, a categorical of other choices than plain values included."""
     import optuna.distributions as od
 
-    out = {}
+    from vhjax.search.optuna_study import distributions
+
     for name, param in space.params.items():
         if param.condition is not None:
             raise ValueError(f"space parameter {name!r} has a condition; allowed in tune: unconditional parameters")
-        if isinstance(param, Int):
-            out[name] = od.IntDistribution(int(param.low), int(param.high), log=param.log)
-        elif isinstance(param, Float):
-            out[name] = od.FloatDistribution(float(param.low), float(param.high), log=param.log)
+    plain = distributions(space)
+    out = {}
+    for name, param in space.params.items():
+        if name in plain:
+            out[name] = plain[name]
         elif isinstance(param, Categorical):
             out[name] = od.CategoricalDistribution(list(param.choices))
     return out

@@ -34,8 +34,10 @@ RESTART_STUDY = "{study}-restart-{run}"  # the study of run `run` > 0 in the wor
 
 
 def pbt_space(space: Space) -> bool:
-    """Whether PBT can search `space`: every parameter an unconditional `Float` (PBT perturbs reals)."""
-    return bool(space.params) and all(type(p) is Float and p.condition is None for p in space.params.values())
+    """Whether PBT can search `space`: every parameter an unconditional `Float` without a step (PBT
+    perturbs reals)."""
+    return bool(space.params) and all(type(p) is Float and p.condition is None and p.step is None
+                                      for p in space.params.values())
 
 
 def pbt_population(budget: float, shards: int) -> int:
@@ -274,9 +276,9 @@ def choose_method(method: str, space: Space, *, budget: float | None, trials: in
     given = sorted(name for name, value in asha_only.items() if value is not None)
     misfits = []
     if not pbt_space(space):
-        misfits.append("every parameter an unconditional Float (PBT perturbs reals); the space has "
-                       + ", ".join(f"{n}={p!r}" for n, p in space.params.items()
-                                   if type(p) is not Float or p.condition is not None))
+        misfits.append("every parameter an unconditional Float without a step (PBT perturbs reals); the space "
+                       "has " + ", ".join(f"{n}={p!r}" for n, p in space.params.items()
+                                          if type(p) is not Float or p.condition is not None or p.step is not None))
     if trials is not None:
         misfits.append(f"no trials cap (trials has value {trials}; give budget=N trials' worth)")
     if budget is None or budget < 2 * MIN_POPULATION:
