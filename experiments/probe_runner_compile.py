@@ -18,10 +18,11 @@ of the paper CNN (dropout 0.1) with two learning rates on 5 folds of the train s
 `member_probs` on the test split and `out_of_fold_probs` (timed together as 'predictions').
 `ensemble`: `bagging` of 8 paper CNNs (dropout 0.1), then `predict_proba` of the test split. One
 CPU device, or the third argument's number of them (`use_cpu_devices`; every entry point's default
-`mesh='auto'` then shards its members over them). Prints each timed call's seconds, compile seconds and the programs that compiled
-longest. Compare code versions in alternating fresh processes with PYTHONPATH at each checkout, or
-XLA's CPU fusion emitters with `XLA_FLAGS=--xla_cpu_use_fusion_emitters=true` and `=false`
-(experiments/README.md, session 53).
+`mesh='auto'` then shards its members over them). Prints each timed call's seconds, compile
+seconds and the programs that compiled longest. Compare code versions in alternating fresh
+processes with PYTHONPATH at each checkout, or XLA's CPU fusion emitters with
+`XLA_FLAGS=--xla_cpu_use_fusion_emitters=true` and `=false` (experiments/README.md, session 53), or
+1 and 2 CPU devices (session 54).
 """
 import json
 import sys

@@ -144,7 +144,7 @@ def test_a_step_quantizes_floats_and_ints_and_grids_list_exactly_its_values():
     space = Space({"dropout": Float(0.0, 0.5, step=0.1), "width": Int(16, 128, step=16), "lr": Float(1e-3, 1e-1)})
     u = np.random.default_rng(0).random((200, 3))
     decoded = [space.decode(row) for row in u]
-    assert {d["dropout"] for d in decoded} == {0.0, 0.1, 0.2, 0.3, 0.4, 0.5}  # printed as written: no 0.30000000000000004
+    assert {d["dropout"] for d in decoded} == {0.0, 0.1, 0.2, 0.3, 0.4, 0.5}  # as written: no 0.30000000000000004
     assert {d["width"] for d in decoded} == set(range(16, 129, 16))
     assert len({d["lr"] for d in decoded}) == 200  # no step: continuous as before
     assert space.decode(space.encode({"dropout": 0.3, "width": 64, "lr": 0.01}))["dropout"] == 0.3

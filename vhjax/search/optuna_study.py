@@ -39,7 +39,8 @@ def distributions(space: Any) -> dict[str, Any]:
         return out
     for name, param in params.items():
         if isinstance(param, Int):
-            out[name] = od.IntDistribution(int(param.low), int(param.high), log=bool(param.log), step=int(param.step or 1))
+            step = int(param.step or 1)
+            out[name] = od.IntDistribution(int(param.low), int(param.high), log=bool(param.log), step=step)
         elif isinstance(param, Float):
             step = None if param.step is None else float(param.step)
             out[name] = od.FloatDistribution(float(param.low), float(param.high), log=bool(param.log), step=step)

@@ -19,8 +19,8 @@ with no labels). `temperature` T, `soft_weight` w, `teacher_labels` h (hard dist
 of the teacher's predicted labels in the hard term) and `distill_steps` are per-member
 hyperparameters, so students over (T, w, h) share one compiled program. The "mixed" procedure
 (distil, then fine-tune on the true labels only) is a member with `distill_steps=N` < `config.steps`:
-after step N its w and h are 0. It is one continuous run: the optimizer state (and the learning-rate schedule) carries on into the
-fine-tuning stage, nothing is reset. The teacher sees un-augmented inputs (offline distillation);
+after step N its w and h are 0. It is one continuous run: the optimizer state (and the learning-rate
+schedule) carries on into the fine-tuning stage, nothing is reset. The teacher sees un-augmented inputs (offline distillation);
 mixup/CutMix is refused (the teacher's logits would not match the mixed inputs).
 """
 
