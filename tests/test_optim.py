@@ -8,7 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from vhjax.optim import OPTIMIZERS, get_hyperparams, make_optimizer, make_schedule, set_hyperparams
+from vhjax.optim import (OPTIMIZERS, get_hyperparams, make_optimizer, make_schedule, set_hyperparams,
+                         step_size_multiplier)
 
 CURVATURE = jnp.array([1.0, 3.0])
 
@@ -282,6 +283,9 @@ def test_hyperparams_found_inside_a_chain():
         (dict(name="sgd", learning_rate=0.1, schedule="exponential"), "decay_rate"),
         (dict(name="sgd", learning_rate=0.1, schedule="cosine", total_steps=0), "total_steps"),
         (dict(name="sgd", learning_rate=jnp.ones(3)), "learning_rate"),
+        (dict(name="sgd", learning_rate=0.1, hypergradient=-1e-3),
+         r"optimizer hyperparameter 'hypergradient' has value -0.001; allowed: a finite number >= 0"),
+        (dict(name="sgd", learning_rate=0.1, beta=1.0), r"allowed: \[\] and hypergradient"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(kwargs, match):
@@ -298,3 +302,60 @@ def test_bad_learning_rate_type_and_unknown_hyperparam_names():
         set_hyperparams(state, beta=0.9)
     with pytest.raises(ValueError, match="inject_hyperparams"):
         get_hyperparams(optax.sgd(0.1).init(jnp.zeros(1)))
+
+
+def final_loss_and_multiplier(tx, steps=100):
+    thetas, state = run_steps_with_state(tx, jnp.array([1.0, 1.0]), steps)
+    return float(quadratic(thetas[-1])), step_size_multiplier(state)
+
+
+def run_steps_with_state(tx, theta, steps):
+    def step(carry, _):
+        theta, state = carry
+        updates, state = tx.update(jax.grad(quadratic)(theta), state, theta)
+        theta = optax.apply_updates(theta, updates)
+        return (theta, state), theta
+
+    (_, state), thetas = jax.lax.scan(step, (theta, tx.init(theta)), length=steps)
+    return thetas, state
+
+
+@pytest.mark.parametrize("name, small, beta", [("sgd", 1e-3, 1e-3), ("adam", 1e-3, 1e-4)])
+def test_hypergradient_descent_raises_a_too_small_step_size_and_is_the_optimizer_at_zero(name, small, beta):
+    plain, none = final_loss_and_multiplier(make_optimizer(name, learning_rate=small))
+    at_zero, unit = final_loss_and_multiplier(make_optimizer(name, learning_rate=small, hypergradient=0.0))
+    learnt, multiplier = final_loss_and_multiplier(make_optimizer(name, learning_rate=small, hypergradient=beta))
+    assert none is None and float(unit) == 1.0 and at_zero == plain  # beta 0: the optimizer, exactly
+    assert float(multiplier) > 10 and learnt < plain / 50  # SGD-HD / Adam-HD (Baydin et al. 2018)
+    assert "hypergradient" in get_hyperparams(make_optimizer(name, learning_rate=small, hypergradient=beta)
+                                              .init(jnp.zeros(2)))
+
+
+def test_hypergradient_descent_lowers_a_step_size_that_oscillates():
+    # curvatures 1 and 3: SGD oscillates along the second above 2/3 and diverges past it
+    loss, multiplier = final_loss_and_multiplier(make_optimizer("sgd", learning_rate=0.65, hypergradient=1e-2))
+    plain, _ = final_loss_and_multiplier(make_optimizer("sgd", learning_rate=0.65))
+    assert float(multiplier) < 1.0 and loss < plain
+
+
+def test_hypergradient_varies_per_member_in_one_program_and_zero_is_the_plain_optimizer():
+    import dataclasses
+
+    from vhjax.config import TrainConfig
+    from vhjax.population import fit_population
+
+    plain = TrainConfig(dataset="digits", model="mlp", model_kwargs={"widths": (16,), "num_classes": 10},
+                        optimizer="sgd", learning_rate=1e-3, batch_size=32, steps=60, eval_every=60, seed=0)
+    config = dataclasses.replace(plain, optimizer_kwargs={"hypergradient": 0.0})
+    members = [{"optimizer_kwargs": {"hypergradient": beta}} for beta in (0.0, 0.1)]
+    result = fit_population(config, members, mesh=None, verbose=False)
+    alone = fit_population(plain, [{}], mesh=None, verbose=False)
+    assert len(result.states) == 1  # one bucket: one compiled program for both values
+    multiplier = np.asarray(step_size_multiplier(result.states[0].members.opt_state))
+    assert multiplier[0] == 1.0 and multiplier[1] > 10.0  # 126 when written: a step size of about 0.13
+    losses = [m["eval"]["loss"] for m in result.members]
+    assert losses[0] == pytest.approx(alone.members[0]["eval"]["loss"], rel=1e-6)  # beta 0: plain SGD
+    assert losses[1] < losses[0] - 1.0  # the learnt step size trains faster from a too-small one (0.87, 2.33)
+    with pytest.raises(ValueError, match=r"member 1: hyperparameter 'hypergradient' has value -0.1; allowed: "
+                                         r"a finite number in \[0, inf\)"):
+        fit_population(config, [{}, {"optimizer_kwargs": {"hypergradient": -0.1}}], mesh=None, verbose=False)

@@ -68,6 +68,10 @@ BY_NAME = {hp.name: hp for hp in TABLE}
 # updates (gradual unfreezing in one run; `vhjax.transfer.modes`); shaped by the model, so checked by
 # `init_population`
 MODEL_SHAPED_NAMES = ("arch", "update_scale", "update_start")
+# optimizer numbers that any optimizer may take (`optimizer_kwargs`), with their allowed ranges; like
+# an optimizer's own numbers they are per member only where the config's optimizer has them
+OPTIMIZER_EXTRAS = {"hypergradient": HParam("hypergradient", "optimizer",
+                                            doc="hypergradient learning rate of the step size (`optim.hypergradient_step`)")}
 PER_MEMBER_NAMES = tuple(BY_NAME) + MODEL_SHAPED_NAMES
 STATIC_ZERO_NAMES = tuple(hp.name for hp in TABLE if hp.static_zero)
 STATE_NAMES = tuple(hp.name for hp in TABLE if hp.where == "state")
@@ -76,16 +80,27 @@ STATE_NAMES = tuple(hp.name for hp in TABLE if hp.where == "state")
 def check_values(name: str, values: Any, *, member_axis: bool = True) -> None:
     """Raise naming the first member (or the field) whose value is not allowed for `name`.
 
-    Names not in the table (optimizer-specific numbers) must only be finite.
+    Names not in the table (optimizer-specific numbers) must only be finite (`OPTIMIZER_EXTRAS`: in
+    their ranges).
     """
-    values = np.asarray(values, dtype=np.float64)
-    spec = BY_NAME.get(name)
+    given = np.asarray(values)
+    values = given.astype(np.float64)
+    spec = BY_NAME.get(name) or OPTIMIZER_EXTRAS.get(name)
     ok = spec.contains(values) if spec else np.isfinite(values)
     allowed = spec.allowed if spec else "a finite number"
     if ok.all():
         return
     if member_axis and values.ndim >= 1:
         member = int(np.argmax(~ok.reshape(len(values), -1).all(axis=1)))
-        raise ValueError(f"member {member}: hyperparameter {name!r} has value {values[member].tolist()!r}; "
+        raise ValueError(f"member {member}: hyperparameter {name!r} has value {readable(given[member])!r}; "
                          f"allowed: {allowed}")
-    raise ValueError(f"hyperparameter {name!r} has value {values.tolist()!r}; allowed: {allowed}")
+    raise ValueError(f"hyperparameter {name!r} has value {readable(given)!r}; allowed: {allowed}")
+
+
+def readable(values: Any) -> Any:
+    """`values.tolist()`, float32 numbers by their shortest repr (-0.1, not -0.10000000149011612)."""
+    values = np.asarray(values)
+    if values.dtype != np.float32:
+        return values.tolist()
+    shortest = [float(np.format_float_positional(v, unique=True, trim="-")) for v in values.reshape(-1)]
+    return np.asarray(shortest).reshape(values.shape).tolist()

@@ -26,13 +26,20 @@ Weight decay follows each optimizer's reference definition (torch.optim, optax):
 Either way it applies to every parameter, and `update` needs `params` when weight decay is on.
 'adam' and 'adamw' therefore differ as soon as `weight_decay > 0`; with `weight_decay=0` they are
 the same optimizer.
+
+Gradient-based tuning of the step size: `hypergradient=beta` (for any optimizer; in a config
+`optimizer_kwargs={"hypergradient": beta}`, per member too) wraps the chain in
+`hypergradient_step`, hypergradient descent on the learning rate (Baydin et al. 2018, "Online
+Learning Rate Adaptation with Hypergradient Descent"; SGD-HD and Adam-HD are the 'sgd' and 'adam'
+cases): the effective learning rate `alpha_t = learning_rate * m_t` follows
+`alpha_t = alpha_{t-1} + beta * <g_t, d_{t-1}>`, g the gradient and d the last update's direction.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -98,6 +105,45 @@ OPTIMIZERS.add(
     "adadelta",
     OptimizerSpec(lambda rho, eps: optax.scale_by_adadelta(rho, eps), {"rho": 0.9, "eps": 1e-6}),
 )
+
+class HypergradientState(NamedTuple):
+    """`hypergradient_step`'s state: the inner chain's, the step-size multiplier, the last update."""
+
+    inner: Any
+    multiplier: jax.Array
+    previous: Any
+
+
+def hypergradient_step(inner: optax.GradientTransformation, hyper_lr: jax.Array,
+                       learning_rate: jax.Array) -> optax.GradientTransformation:
+    """`inner` (whose updates are `-learning_rate * direction`) with its step size learnt by
+    hypergradient descent (Baydin et al. 2018): the updates are scaled by a multiplier `m` (1 at
+    first, never below 0) with `m_t = m_{t-1} - hyper_lr / learning_rate**2 * <g_t, u_{t-1}>`, `g_t`
+    this step's gradient and `u_{t-1}` the inner chain's last update; for the effective step size
+    `alpha = learning_rate * m` this is the paper's `alpha_t = alpha_{t-1} + hyper_lr * <g_t, d_{t-1}>`.
+    `hyper_lr = 0` leaves `inner` as it is (m stays exactly 1)."""
+
+    def init(params: Any) -> HypergradientState:
+        return HypergradientState(inner.init(params), jnp.ones([], jnp.float32), jax.tree.map(jnp.zeros_like, params))
+
+    def update(grads: Any, state: HypergradientState, params: Any = None) -> tuple[Any, HypergradientState]:
+        dot = sum(jnp.vdot(g, u) for g, u in zip(jax.tree.leaves(grads), jax.tree.leaves(state.previous)))
+        step = hyper_lr / jnp.square(learning_rate) * dot
+        multiplier = jnp.maximum(state.multiplier - step.astype(jnp.float32), 0.0)
+        updates, inner_state = inner.update(grads, state.inner, params)
+        scaled = jax.tree.map(lambda u: (multiplier * u).astype(u.dtype), updates)
+        return scaled, HypergradientState(inner_state, multiplier, updates)
+
+    return optax.GradientTransformation(init, update)
+
+
+def step_size_multiplier(opt_state: Any) -> jax.Array | None:
+    """The learnt multiplier of the learning rate in a `make_optimizer(..., hypergradient=...)`
+    state ((P,) for a population), or None without hypergradient descent."""
+    found = [node for node in jax.tree_util.tree_leaves(opt_state, is_leaf=lambda n: isinstance(n, HypergradientState))
+             if isinstance(node, HypergradientState)]
+    return found[0].multiplier if found else None
+
 
 # ---------------------------------------------------------------------------------------------
 # Schedules: multipliers of the base learning rate, equal to 1 at step 0 (after any warmup).
@@ -240,13 +286,19 @@ def make_optimizer(
     optimizer (module docstring). `hyper` holds the optimizer's own hyperparameters (e.g. momentum,
     b1, b2, eps; rho for 'adadelta'); unknown ones
     raise ValueError listing those allowed for `name`. Clip thresholds, when given, are
-    injectable too; when None, no clipping is built in.
+    injectable too; when None, no clipping is built in. `hyper` may also hold `hypergradient`
+    (>= 0, injectable): the step size is then learnt by `hypergradient_step`.
     """
     spec = OPTIMIZERS.get(name)
+    hyper = dict(hyper)
+    hypergradient = hyper.pop("hypergradient", None)
+    if isinstance(hypergradient, (int, float)):
+        validation.check_number("optimizer hyperparameter 'hypergradient'", hypergradient, 0.0)
     unknown = sorted(set(hyper) - set(spec.defaults))
     if unknown:
         raise ValueError(
-            f"unknown hyperparameters {unknown} for optimizer {name!r}; allowed: {sorted(spec.defaults)}"
+            f"unknown hyperparameters {unknown} for optimizer {name!r}; allowed: {sorted(spec.defaults)} "
+            "and hypergradient"
         )
     multiplier = make_schedule(schedule, schedule_kwargs, total_steps)
 
@@ -256,6 +308,8 @@ def make_optimizer(
         values["clip_value"] = clip_value
     if clip_norm is not None:
         values["clip_norm"] = clip_norm
+    if hypergradient is not None:
+        values["hypergradient"] = hypergradient
     values = {key: _as_hyperparameter(key, value) for key, value in values.items()}
     direction_names = list(spec.defaults)
 
@@ -266,7 +320,7 @@ def make_optimizer(
         if "clip_norm" in hps:
             clipping.append(optax.clip_by_global_norm(hps["clip_norm"]))
         decay = optax.add_decayed_weights(hps["weight_decay"])
-        return optax.chain(
+        chain = optax.chain(
             *clipping,
             *([] if spec.decoupled_weight_decay else [decay]),
             spec.direction(**{key: hps[key] for key in direction_names}),
@@ -274,6 +328,9 @@ def make_optimizer(
             optax.scale_by_schedule(multiplier),
             optax.scale(-hps["learning_rate"]),
         )
+        if "hypergradient" not in hps:
+            return chain
+        return hypergradient_step(chain, hps["hypergradient"], hps["learning_rate"])
 
     injectable = optax.inject_hyperparams(
         _with_signature(build, list(values)), hyperparam_dtype=jnp.float32
