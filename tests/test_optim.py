@@ -20,6 +20,11 @@ def quadratic(theta):
 
 def run_steps(tx, theta, steps):
     """`steps` optimizer steps on `quadratic`, returning every iterate."""
+    return run_steps_with_state(tx, theta, steps)[0]
+
+
+def run_steps_with_state(tx, theta, steps):
+    """Every iterate of `steps` optimizer steps on `quadratic`, and the final optimizer state."""
 
     def step(carry, _):
         theta, state = carry
@@ -27,8 +32,8 @@ def run_steps(tx, theta, steps):
         theta = optax.apply_updates(theta, updates)
         return (theta, state), theta
 
-    _, thetas = jax.lax.scan(step, (theta, tx.init(theta)), length=steps)
-    return thetas
+    (_, state), thetas = jax.lax.scan(step, (theta, tx.init(theta)), length=steps)
+    return thetas, state
 
 
 LEARNING_RATES = {
@@ -307,17 +312,6 @@ def test_bad_learning_rate_type_and_unknown_hyperparam_names():
 def final_loss_and_multiplier(tx, steps=100):
     thetas, state = run_steps_with_state(tx, jnp.array([1.0, 1.0]), steps)
     return float(quadratic(thetas[-1])), step_size_multiplier(state)
-
-
-def run_steps_with_state(tx, theta, steps):
-    def step(carry, _):
-        theta, state = carry
-        updates, state = tx.update(jax.grad(quadratic)(theta), state, theta)
-        theta = optax.apply_updates(theta, updates)
-        return (theta, state), theta
-
-    (_, state), thetas = jax.lax.scan(step, (theta, tx.init(theta)), length=steps)
-    return thetas, state
 
 
 @pytest.mark.parametrize("name, small, beta", [("sgd", 1e-3, 1e-3), ("adam", 1e-3, 1e-4)])

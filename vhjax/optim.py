@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vhjax import validation
+from vhjax import hparams, validation
 from vhjax.registry import Registry
 
 Schedule = Callable[[jax.Array], jax.Array]
@@ -293,7 +293,8 @@ def make_optimizer(
     hyper = dict(hyper)
     hypergradient = hyper.pop("hypergradient", None)
     if isinstance(hypergradient, (int, float)):
-        validation.check_number("optimizer hyperparameter 'hypergradient'", hypergradient, 0.0)
+        validation.check_number("optimizer hyperparameter 'hypergradient'", hypergradient,
+                                hparams.OPTIMIZER_EXTRAS["hypergradient"].low)
     unknown = sorted(set(hyper) - set(spec.defaults))
     if unknown:
         raise ValueError(

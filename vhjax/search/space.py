@@ -176,8 +176,7 @@ class Int(Float):
     def decode(self, u: float) -> int:
         if self.step is None:
             return int(min(max(round(self._to_value(u)), self.low), self.high))
-        value = min(max(self._to_value(u), self.low), self.high)
-        return int(min(self.low + round((value - self.low) / self.step) * self.step, self.high))
+        return int(round(self._on_grid(min(max(self._to_value(u), self.low), self.high))))
 
     def encode(self, value: Any, label: str = "Int") -> float:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):

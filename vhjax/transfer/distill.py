@@ -239,7 +239,8 @@ def model_cost(model: Any, input_shape: Sequence[int], params: Any) -> dict[str,
 def kind(values: Mapping[str, float], steps: int) -> str:
     """'alone' (nothing from the teacher: no soft targets, no teacher labels), 'distilled' (taught
     throughout) or 'mixed' (distil, then fine-tune on the true labels)."""
-    if values["soft_weight"] == 0.0 and values["teacher_labels"] == 0.0 or values["distill_steps"] == 0:
+    taught = values["soft_weight"] > 0 or values["teacher_labels"] > 0
+    if not taught or values["distill_steps"] == 0:
         return "alone"
     return "distilled" if values["distill_steps"] >= steps else "mixed"
 
