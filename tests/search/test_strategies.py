@@ -160,6 +160,7 @@ def random_sphere_best():
     ("cma_es", {}, 1e-3),
     ("snes", {}, 1e-2),
     ("open_es", dict(learning_rate=0.1), 0.1),
+    ("pso", {}, 1e-2),
 ])
 def test_evolution_strategies_reach_sphere_optimum_and_beat_random(name, kwargs, threshold):
     found, _ = run(make_strategy(name, box(5), **kwargs), sphere5, **SPHERE_BUDGET)
@@ -183,6 +184,24 @@ def test_genetic_elitism_keeps_the_best_member():
     state, _ = strategy.tell(state, jnp.full((4, 2), 0.9), jnp.full((4,), 10.0))  # all worse
     assert np.isclose(np.asarray(state.inner.population), 0.2).all(axis=1).any()
     assert np.sum(np.asarray(state.inner.fitness) == 10.0) == 3  # the other slots went to the children
+
+
+def test_pso_particles_keep_their_own_best_and_follow_the_swarms():
+    strategy = make_strategy("pso", box(2), population_size=4, inertia=0.0, cognitive=0.0, social=1.0)
+    state = strategy.init(jax.random.key(0))
+    state, first = strategy.ask(state, jax.random.key(1), 4)
+    fitness = jnp.array([3.0, 0.5, 2.0, 4.0])
+    state, _ = strategy.tell(state, first, fitness)
+    state, moved = strategy.ask(state, jax.random.key(2), 4)
+    leader = np.asarray(first.u)[1]
+    # no inertia, no pull to its own best: each particle moves a random fraction of the way to the
+    # swarm's best, so it stays on the segment between where it was and the leader
+    for before, after in zip(np.asarray(first.u), np.asarray(moved.u)):
+        direction = leader - before
+        fraction = np.dot(after - before, direction) / max(np.dot(direction, direction), 1e-12)
+        np.testing.assert_allclose(after, before + fraction * direction, atol=1e-5)
+        assert -1e-5 <= fraction <= 1 + 1e-5
+    np.testing.assert_allclose(np.asarray(moved.u)[1], leader, atol=1e-6)  # the leader stays
 
 
 def test_cma_es_solves_rastrigin_2d():

@@ -22,6 +22,6 @@ from vhjax.search.strategies.base import (STRATEGIES, Proposals, SearchState, St
                                           register_strategy)
 
 JITTABLE = ("grid", "random", "quasi_random", "genetic", "regularized_evolution",
-            "simulated_annealing", "reinforce", "bayesopt", "cma_es", "open_es", "snes")
+            "simulated_annealing", "reinforce", "bayesopt", "cma_es", "open_es", "snes", "pso")
 
 __all__ = ["STRATEGIES", "JITTABLE", "Proposals", "SearchState", "Strategy", "best", "make_strategy", "register_strategy"]
