@@ -27,10 +27,15 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "optimizer": ("optimizer", "learning_rate", "optimizer_kwargs", "weight_decay", "schedule", "schedule_kwargs",
                   "clip_norm", "clip_value", "lr_multipliers", "freeze", "grad_accumulation", "plateau_patience",
                   "plateau_factor"),
+    "privacy": ("dp_clip_norm", "noise_multiplier", "dp_delta"),
     "loop": ("batch_size", "steps", "checkpoint_every", "seed"),
     "evaluation": ("eval_every", "eval_batch_size", "eval_metrics", "precise_bn_batches", "patience", "monitor",
                    "monitor_mode", "monitor_split", "keep_best"),
 }
+
+
+# fields added after stores and workdirs existed, with their defaults: `to_dict` leaves them out there
+LATER_FIELDS: dict[str, Any] = {"dp_clip_norm": None, "noise_multiplier": 0.0, "dp_delta": 1e-5}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +91,11 @@ class TrainConfig:
     grad_accumulation: int = 1  # micro-batches averaged per optimizer step
     plateau_patience: int | None = None  # reduce-LR-on-plateau per member: evaluations without improvement
     plateau_factor: float = 0.1
+    # --- privacy (DP-SGD, `vhjax.privacy`): each example's gradient clipped to this L2 norm, Gaussian
+    # noise of std noise_multiplier * dp_clip_norm added to their sum; None: plain gradients
+    dp_clip_norm: float | None = None
+    noise_multiplier: float = 0.0
+    dp_delta: float = 1e-5  # the delta of the epsilon each member reports (choose it below 1 / train size)
     # --- loop
     batch_size: int = 100
     steps: int = 6000
@@ -105,13 +115,19 @@ class TrainConfig:
     keep_best: bool = False  # keep each member's best parameters (always on with patience)
 
     def to_dict(self) -> dict[str, Any]:
-        """Flat JSON-able fields (objects such as a Module or arrays are described, not serialized)."""
-        return json.loads(json.dumps(dataclasses.asdict(self), default=_describe))
+        """Flat JSON-able fields (objects such as a Module or arrays are described, not serialized).
+
+        Fields added after stores and workdirs existed (`LATER_FIELDS`) are left out at their
+        defaults, so a run or search recorded before them still resumes."""
+        flat = json.loads(json.dumps(dataclasses.asdict(self), default=_describe))
+        return {name: value for name, value in flat.items()
+                if name not in LATER_FIELDS or value != LATER_FIELDS[name]}
 
     def sections(self) -> dict[str, dict[str, Any]]:
         """The fields grouped by concern: {section: {field: value}}."""
         flat = self.to_dict()
-        return {section: {name: flat[name] for name in names} for section, names in SECTIONS.items()}
+        return {section: {name: flat.get(name, LATER_FIELDS.get(name)) for name in names}
+                for section, names in SECTIONS.items()}
 
     @classmethod
     def from_sections(cls, sections: Mapping[str, Mapping[str, Any]]) -> "TrainConfig":
@@ -188,6 +204,7 @@ def validate(config: TrainConfig) -> None:
         value = getattr(config, spec.config_field)
         require(is_number(value) and bool(spec.contains(float(value))), f"config field {spec.config_field!r}",
                 value, spec.allowed)
+    check_privacy(config)
     for name, weight in dict(config.loss_weights).items():
         check_number(f"config field 'loss_weights[{name!r}]'", weight, 0.0)
     check_optional_number("config field 'max_norm'", config.max_norm, 0.0, low_inclusive=False)
@@ -220,6 +237,20 @@ def validate(config: TrainConfig) -> None:
     if config.monitor_split != "train":
         require(config.monitor in metrics, "config field 'monitor'", config.monitor,
                 f"one of the eval_metrics {metrics}")
+
+
+def check_privacy(config: TrainConfig) -> None:
+    """DP-SGD's fields: noise needs a clip norm (its scale), and the per-example gradients it
+    clips must each depend on one example (no mixup/CutMix) and make one optimizer step each."""
+    check_number("config field 'dp_delta'", config.dp_delta, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+    if config.dp_clip_norm is None:
+        require(config.noise_multiplier == 0.0, "config field 'noise_multiplier'", config.noise_multiplier,
+                "0 while dp_clip_norm is None (the noise's std is noise_multiplier * dp_clip_norm: set dp_clip_norm)")
+        return
+    require(config.mixing is None, "config field 'mixing'", config.mixing,
+            "None with DP-SGD (dp_clip_norm set): mixup/CutMix make an example's gradient depend on another example")
+    require(config.grad_accumulation == 1, "config field 'grad_accumulation'", config.grad_accumulation,
+            "1 with DP-SGD (dp_clip_norm set): each step's noisy gradient is one optimizer step (raise batch_size)")
 
 
 def parse_override(text: str) -> tuple[str, Any]:

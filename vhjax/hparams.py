@@ -61,6 +61,10 @@ TABLE: tuple[HParam, ...] = (
            doc="probability of each augmentation, in pipeline order"),
     HParam("mixing_strength", "state", config_field="mixing_strength", doc="mixup/CutMix Beta alpha"),
     HParam("loss_weights", "state", config_field=None, doc="weight of each named loss term (sorted by name)"),
+    HParam("dp_clip_norm", "state", config_field="dp_clip_norm",
+           doc="DP-SGD: each example's gradient clipped to this L2 norm (0: this member is not private)"),
+    HParam("noise_multiplier", "state", config_field="noise_multiplier",
+           doc="DP-SGD: the noise's std over dp_clip_norm"),
 )
 BY_NAME = {hp.name: hp for hp in TABLE}
 # arch: masks/one-hots of a searchable model; update_scale: one multiplier of the updates per parameter

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vhjax import optim, parallel, validation
+from vhjax import optim, parallel, privacy, validation
 from vhjax.config import TrainConfig
 from vhjax.data import Dataset, from_arrays
 from vhjax.ensemble.members import MemberGroup
@@ -317,6 +317,8 @@ def train_members(model: Any, x: Any, y: Any, *, size: int, key: jax.Array, step
     train_config = ensemble_config(model, x, y, steps=steps, batch_size=batch_size, optimizer=optimizer,
                                    momentum=momentum, seed=seed, eval_every=snapshot_every or log_every,
                                    schedule=schedule, schedule_kwargs=schedule_kwargs or {}, fields=config)
+    if eps is not None:
+        privacy.refuse_own_step(train_config, "adversarial training (epsilon)")
     members = []
     for i in range(size):
         member = {"seed": seed + i, "learning_rate": float(lr[i])}

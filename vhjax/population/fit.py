@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vhjax import diffs, parallel
+from vhjax import diffs, parallel, privacy
 from vhjax.compile_options import light_jit
 from vhjax.augment import pipeline_from_config
 from vhjax.config import TrainConfig
@@ -98,6 +98,8 @@ class FitResult:
     history: list[dict]
     stopped_early: bool
     best_step: int | None
+    # with DP-SGD (`dp_clip_norm`): the (epsilon, delta) spent, `vhjax.privacy.member_privacy`'s record
+    privacy: dict | None = None
 
 
 def format_value(value: Any) -> str:
@@ -349,6 +351,8 @@ def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], wo
     members = [with_config_loss_weights(config, member) for member in members]
     mesh = parallel.resolve_mesh(mesh, len(members))
     tasks = bucket_tasks(config, members)
+    if any(task.config.dp_clip_norm is not None for task, _ in tasks):
+        privacy.require_accounting()
     populations = [init_population(task, len(indices), stack_dynamic(indices, members),
                                    seeds=bucket_seeds(config, indices, members), same_batches=same_batches,
                                    data_seed=config.seed)
@@ -384,8 +388,9 @@ def fit_population(config: TrainConfig, members: Sequence[Mapping[str, Any]], wo
         histories.append(outcome.history)
         hook_states.append(outcome.hook_states)
         batch_rows.append(outcome.batch_rows)
+        spent = privacy_spent(task, population)
         for index, record in member_records(number, indices, configs, population, final, outcome).items():
-            results[index] = record
+            results[index] = record if spent is None else {**record, "privacy": spent[record["position"]]}
     result = PopulationResult(results, states, histories, hook_states, batch_rows)
     if root is not None:
         write_text_atomically(root / "result.json",
@@ -412,6 +417,18 @@ def member_records(number: int, indices: Sequence[int], configs: Sequence[dict],
     return records
 
 
+def privacy_spent(task: Any, population: PopulationState) -> list[dict | None] | None:
+    """Each member's (epsilon, delta) for the steps it trained (`vhjax.privacy.member_privacy`;
+    None for a member that is not private), or None when the task does not train with DP-SGD."""
+    hparams = population.members.hparams
+    if "dp_clip_norm" not in hparams:
+        return None
+    config = task.config
+    return privacy.member_privacy(np.asarray(hparams["dp_clip_norm"]), np.asarray(hparams["noise_multiplier"]),
+                                  np.asarray(population.members.step), batch_size=config.batch_size,
+                                  train_size=len(task.train), delta=config.dp_delta)
+
+
 def static_hparams(config: TrainConfig) -> dict[str, Any]:
     """The config fields shown in the HParams dashboard next to each member's own values."""
     return {name: getattr(config, name) for name in ("model", "optimizer", "batch_size", "steps", "schedule")}
@@ -435,6 +452,8 @@ def fit(config: TrainConfig, workdir: str | Path | None = None, *, mesh: Any = N
     scales the learning rate, a non-finite loss raises `FloatingPointError` naming the step.
     """
     task = bucket_task(config)
+    if config.dp_clip_norm is not None:
+        privacy.require_accounting()
     root = prepare_workdir(workdir, config)
     save_preprocessing(root, task)
     population = init_population(task, 1, seeds=[config.seed], same_batches=False)
@@ -451,8 +470,10 @@ def fit(config: TrainConfig, workdir: str | Path | None = None, *, mesh: Any = N
     best = outcome.hook_states.get("keep_best")
     best_step = int(best["step"][0]) if best is not None and int(best["step"][0]) >= 0 else None
     stopped = bool(outcome.population.stopped[0])
-    result = FitResult(state, metrics, outcome.history, stopped, best_step)
+    spent = (privacy_spent(task, population) or [None])[0]
+    result = FitResult(state, metrics, outcome.history, stopped, best_step, spent)
     if root is not None:
+        record = {"metrics": metrics, "steps": int(state.step), "stopped_early": stopped, "best_step": best_step}
         write_text_atomically(root / "result.json", json.dumps(
-            {"metrics": metrics, "steps": int(state.step), "stopped_early": stopped, "best_step": best_step}, indent=2))
+            record if spent is None else {**record, "privacy": spent}, indent=2))
     return result

@@ -24,7 +24,9 @@ def check_hparam_names(names: Iterable[str], known: Sequence[str]) -> None:
     for name in names:
         if name not in known and name not in MODEL_SHAPED_NAMES:
             hint = (" (aug_* values set the config's augmentations: give the config `augment=...`)"
-                    if name.startswith("aug_") else "")
+                    if name.startswith("aug_") else
+                    " (DP-SGD's values need the config's dp_clip_norm set: give the config `dp_clip_norm=...`)"
+                    if name in ("dp_clip_norm", "noise_multiplier") else "")
             raise ValueError(f"unknown hyperparameter {name!r}; known for this task: {', '.join(known)}{hint}")
 
 
@@ -41,6 +43,21 @@ def check_not_static_zero(static_zero: frozenset, values: Mapping[str, Any]) -> 
         nonzero = (flat.reshape(len(flat), -1) != 0).any(axis=1)
         if nonzero.any():
             raise ValueError(f"member {int(np.argmax(nonzero))} sets {name!r}, but {advice}")
+
+
+def check_private_members(state_hparams: Mapping[str, Any]) -> None:
+    """Refuse a member with DP-SGD noise but no clip norm (the noise's std is their product, so it
+    would train without noise), naming the first such member and both values."""
+    if "noise_multiplier" not in state_hparams:
+        return
+    noise = np.asarray(state_hparams["noise_multiplier"])
+    clip = np.asarray(state_hparams["dp_clip_norm"])
+    silent = (noise > 0) & (clip == 0)
+    if silent.any():
+        member = int(np.argmax(silent))
+        raise ValueError(f"member {member}: hyperparameter 'noise_multiplier' has value {float(noise[member]):g} with "
+                         "'dp_clip_norm' 0 (not private: no clipping, and noise of std noise_multiplier * dp_clip_norm "
+                         "= 0); allowed: dp_clip_norm > 0 for a member with noise, or noise_multiplier 0")
 
 
 def per_member_values(values: Mapping[str, Any], size: int) -> dict[str, jax.Array]:

@@ -26,8 +26,8 @@ from vhjax.memo import Memo
 from vhjax.models.utils import abstract_variables
 from vhjax.population.engine import (BatchIndices, Gather, MemberStep, PopulationRunner, default_member_group,
                                      gather_batch)
-from vhjax.population.hparams import (check_hparam_names, check_not_static_zero, known_hparams, member_arrays,
-                                     per_member_values)
+from vhjax.population.hparams import (check_hparam_names, check_not_static_zero, check_private_members,
+                                     known_hparams, member_arrays, per_member_values)
 from vhjax.population.state import PopulationState, new_population
 from vhjax.train.state import TrainState
 from vhjax.train.step import chunk_batch_indices, init_state, make_eval_fn, make_train_step
@@ -78,6 +78,7 @@ def init_population(task: Task, size: int, hparams: Mapping[str, Any] | None = N
     init_program, optimizer_defaults = _init_programs(task)
     state_hparams, optimizer_hparams = member_arrays(size, hparams or {}, task.default_hparams, optimizer_defaults)
     check_not_static_zero(task.static_zero, state_hparams)
+    check_private_members(state_hparams)
     return init_program(np.asarray(seeds, np.uint32), np.uint32(data_seed), state_hparams, optimizer_hparams,
                         same_batches)
 

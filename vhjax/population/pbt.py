@@ -288,6 +288,11 @@ def fit_pbt(config: TrainConfig, members: Sequence[Mapping[str, Any]], explore: 
     check_number("resample_probability", resample_probability, 0.0, 1.0)
     if len(members) < 2:
         raise ValueError(f"members has {len(members)} entries; allowed: at least two members")
+    if config.dp_clip_norm is not None:
+        from vhjax.privacy import NOT_FOR_PBT
+
+        raise ValueError(f"config field 'dp_clip_norm' has value {config.dp_clip_norm!r}; allowed: None for PBT "
+                         f"({NOT_FOR_PBT}; search DP-SGD members with vhjax.search or tune(method='asha'))")
     shrink = check_shrink(shrink, len(members), pbt_rounds(config.steps, interval))
     config = dataclasses.replace(config, eval_every=interval)
     buckets = bucket_members(config, members)

@@ -210,4 +210,7 @@ def member_metrics(members: list[dict], metric: str, split: str) -> dict[str, np
                          f"known: {known}")
     out["diverged_step"] = np.array([-1 if m["diverged_step"] is None else m["diverged_step"]
                                      for m in members], np.float64)
+    if any("privacy" in m for m in members):  # DP-SGD: the epsilon each spent (inf: not private)
+        out["epsilon"] = np.array([m["privacy"]["epsilon"] if m.get("privacy") else np.inf for m in members],
+                                  np.float64)
     return out

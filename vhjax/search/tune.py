@@ -431,7 +431,8 @@ def tune(config: TrainConfig, space: Space, *, trials: int | None = None, budget
     if not isinstance(space, Space):
         raise TypeError(f"space has value {space!r}; allowed: a vhjax.search.Space")
     method = choose_method(method, space, budget=budget, trials=trials, direction=direction, storage=storage,
-                           asha_only={"sampler": sampler, "pruner": pruner, "min_steps": min_steps, "eta": eta})
+                           asha_only={"sampler": sampler, "pruner": pruner, "min_steps": min_steps, "eta": eta},
+                           private=config.dp_clip_norm is not None)
     points = space.check_points(enqueue, most=trials, most_name="trials")
     root = None if workdir is None else Path(workdir)
     if method == "pbt":

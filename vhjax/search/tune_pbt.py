@@ -265,11 +265,12 @@ METHODS = ("auto", "pbt", "asha")
 
 
 def choose_method(method: str, space: Space, *, budget: float | None, trials: int | None, direction: str,
-                  storage: str | None, asha_only: Mapping[str, Any]) -> str:
+                  storage: str | None, asha_only: Mapping[str, Any], private: bool = False) -> str:
     """'pbt' or 'asha' for `tune`. 'auto' is PBT when it applies: a space of unconditional Floats,
     a `budget` of at least 8 trials' worth (no `trials` cap), a maximized metric, one process (no
-    shared `storage`) and none of the sampler-and-pruner arguments (`asha_only`, those not None)
-    given; else ASHA. 'pbt' where it does not apply is an error naming what does not fit."""
+    shared `storage`), none of the sampler-and-pruner arguments (`asha_only`, those not None)
+    given and no DP-SGD (`private`); else ASHA. 'pbt' where it does not apply is an error naming
+    what does not fit."""
     from vhjax.validation import check_choice
 
     check_choice("method", method, METHODS)
@@ -289,6 +290,10 @@ def choose_method(method: str, space: Space, *, budget: float | None, trials: in
         misfits.append("one process (storage has a value: shared studies take the sampler-and-pruner method)")
     if given:
         misfits.append("no sampler-and-pruner arguments (given: " + ", ".join(given) + ")")
+    if private:
+        from vhjax.privacy import NOT_FOR_PBT
+
+        misfits.append(f"a config without DP-SGD (dp_clip_norm is set; {NOT_FOR_PBT})")
     if method == "pbt" and misfits:
         raise ValueError("method has value 'pbt'; it needs " + "; ".join(misfits))
     if method == "auto":

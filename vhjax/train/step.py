@@ -177,6 +177,44 @@ def keep_unmoved(params, old_params, factors: jax.Array):
     return jax.tree.unflatten(treedef, kept)
 
 
+NOISE_KEY_TAG = 7  # DP-SGD's noise key: fold_in(the step's augmentation key, 7); mixing uses 1
+
+
+def per_example_objective(task: Task, state: TrainState, dropout_key: jax.Array,
+                          data_loss: Callable | None) -> Callable:
+    """`(params, index, (x, target, batch) of one example) -> (its loss, its outputs)`: the task's
+    loss (or `data_loss`) on a batch of that one example, its dropout key folded with its index."""
+
+    def example_loss(params, index, example):
+        x, target, batch = jax.tree.map(lambda leaf: leaf[None], example)
+        key = None if dropout_key is None else jax.random.fold_in(dropout_key, index)
+        outputs, _ = apply_model(task, params, state.model_state, state.hparams, x, train=True, dropout_key=key)
+        loss = (per_example_loss(task, state.hparams, outputs, target) if data_loss is None
+                else data_loss(state, outputs, target, batch))
+        return loss[0], outputs[0]
+
+    return example_loss
+
+
+def private_gradients(example_loss: Callable, state: TrainState, examples: tuple, noise_key: jax.Array):
+    """DP-SGD's gradient (Abadi et al. 2016) of a member with hparams `dp_clip_norm` C and
+    `noise_multiplier` s: each example's gradient scaled to L2 norm at most C, summed, Gaussian
+    noise of std s*C added, divided by the batch size. C = 0: the plain mean gradient (a member
+    that is not private, in the same program). Returns (mean loss, outputs, gradient, fraction of
+    examples clipped)."""
+    size = jax.tree.leaves(examples)[0].shape[0]
+    (example_losses, outputs), example_grads = jax.vmap(
+        jax.value_and_grad(example_loss, has_aux=True), in_axes=(None, 0, 0))(
+            state.params, jnp.arange(size), examples)
+    clip, multiplier = state.hparams["dp_clip_norm"], state.hparams["noise_multiplier"]
+    summed, clipped = optax.per_example_global_norm_clip(example_grads, jnp.where(clip > 0, clip, jnp.inf))
+    leaves, treedef = jax.tree.flatten(summed)
+    noise_keys = jax.random.split(noise_key, len(leaves))
+    std = multiplier * clip
+    noisy = [(leaf + std * jax.random.normal(k, leaf.shape, leaf.dtype)) / size for leaf, k in zip(leaves, noise_keys)]
+    return example_losses.mean(), outputs, jax.tree.unflatten(treedef, noisy), clipped / size
+
+
 def make_train_step(task: Task, data_loss: Callable | None = None
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
     """The pure train step of one member on one batch (x, y): augment, step the optimizer.
@@ -203,12 +241,23 @@ def make_train_step(task: Task, data_loss: Callable | None = None
             loss = per_example.mean()
             return with_penalty(task, state, params, loss), (loss, outputs, model_state)
 
-        (total, (mean_data_loss, outputs, model_state)), grads = jax.value_and_grad(
-            objective, has_aux=True)(state.params)
+        extra = {}
+        if "dp_clip_norm" in hp:  # DP-SGD: clipped per-example gradients and Gaussian noise
+            example_loss = per_example_objective(task, state, dropout_key, data_loss)
+            mean_data_loss, outputs, data_grads, clipped = private_gradients(
+                example_loss, state, (x, targets, batch), jax.random.fold_in(augment_key, NOISE_KEY_TAG))
+            penalty, penalty_grads = jax.value_and_grad(
+                lambda params: with_penalty(task, state, params, jnp.float32(0.0)))(state.params)
+            total, model_state = mean_data_loss + penalty, state.model_state
+            grads = jax.tree.map(jnp.add, data_grads, penalty_grads)
+            extra = {"clipped_fraction": clipped}
+        else:
+            (total, (mean_data_loss, outputs, model_state)), grads = jax.value_and_grad(
+                objective, has_aux=True)(state.params)
         new_params, opt_state = apply_gradients(task, state, grads)
         new_state = state.replace(step=state.step + 1, params=new_params,
                                   opt_state=opt_state, model_state=model_state)
-        step_metrics = {"loss": total, "data_loss": mean_data_loss, "accuracy": metrics.accuracy(outputs, y)}
+        step_metrics = {"loss": total, "data_loss": mean_data_loss, "accuracy": metrics.accuracy(outputs, y), **extra}
         return new_state, step_metrics
 
     return train_step

@@ -89,6 +89,10 @@ def build_task(config: TrainConfig) -> Task:
     if loss_terms:
         check_loss_terms(outputs, train, loss_terms)
         hparams["loss_weights"] = jnp.asarray([config.loss_weights[name] for name in loss_terms], jnp.float32)
+    if config.dp_clip_norm is not None:
+        check_private_model(variables, config)
+        hparams["dp_clip_norm"] = jnp.float32(config.dp_clip_norm)
+        hparams["noise_multiplier"] = jnp.float32(config.noise_multiplier)
     mixing_fn = None
     if config.mixing is not None:
         mixing_fn = augment.get_mixing(config.mixing)
@@ -197,6 +201,18 @@ def preprocess_splits(specs: Any, train: Dataset, evaluation: Dataset, test: Dat
 
         train, evaluation, test = apply(train), apply(evaluation), apply(test)
     return train, evaluation, test, tuple(fitted_list)
+
+
+def check_private_model(variables: dict, config: TrainConfig) -> None:
+    """DP-SGD clips each example's gradient: a model whose training mixes examples (BatchNorm's batch
+    statistics) has no per-example gradient, so it is refused before anything compiles."""
+    mixing_state = sorted(set(variables) - {"params"})
+    if mixing_state:
+        raise ValueError(
+            f"config field 'dp_clip_norm' has value {config.dp_clip_norm!r} with model {model_label(config.model)!r}, "
+            f"whose training updates {', '.join(mixing_state)} (statistics over the batch, so one example's gradient "
+            "depends on the others); allowed: a model without batch statistics (e.g. norm='group' or 'layer' "
+            "where the model has a norm option), or dp_clip_norm=None")
 
 
 def with_training_controls(optimizer: Any, config: TrainConfig) -> Any:

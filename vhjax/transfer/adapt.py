@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vhjax import metrics, optim, parallel
+from vhjax import metrics, optim, parallel, privacy
 from vhjax.compile_options import light_jit
 from vhjax.config import SECTIONS, TrainConfig
 from vhjax.memo import Memo
@@ -616,6 +616,7 @@ def adapt(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, 
     check_number("discriminator_learning_rate", discriminator_learning_rate, 0.0, low_inclusive=False)
     check_number("weight_clip", weight_clip, 1.0)
     check_widths(discriminator_widths)
+    privacy.refuse_own_step(config, "domain adaptation (adapt)")
     if config.mixing is not None:
         raise invalid("config field 'mixing'", config.mixing, "None for domain adaptation")
     if not members:
@@ -843,6 +844,7 @@ def adda(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, t
     """
     check_number("discriminator_learning_rate", discriminator_learning_rate, 0.0, low_inclusive=False)
     check_number("weight_clip", weight_clip, 1.0)
+    privacy.refuse_own_step(config, "ADDA")
     steps = config.steps if steps is None else steps
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise invalid("steps", steps, "a positive int (ADDA stage 2 steps)")

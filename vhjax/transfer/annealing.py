@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vhjax import parallel
+from vhjax import parallel, privacy
 from vhjax.compile_options import light_jit
 from vhjax.config import TrainConfig
 from vhjax.models.utils import abstract_variables
@@ -262,6 +262,7 @@ def anneal(config: TrainConfig, source: Any, chains: int = 4, *, steps: int = 50
     `fit_population`'s (default 'auto': chains sharded over the local devices). Every input is
     checked before anything compiles."""
     check_int("chains", chains, 1)
+    privacy.refuse_own_step(config, "simulated annealing (anneal)")
     check_int("steps", steps, 1)
     check_choice("schedule", schedule, SCHEDULES)
     check_choice("energy", energy, ENERGIES)

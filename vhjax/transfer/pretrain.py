@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vhjax import parallel
+from vhjax import parallel, privacy
 from vhjax.compile_options import light_jit
 from vhjax.config import TrainConfig
 from vhjax.population.engine import PopulationRunner
@@ -388,6 +388,7 @@ def pretrain(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), 
     if not members:
         raise invalid("members", [], "at least one member (a dict of config fields)")
     check_config(config)
+    privacy.refuse_own_step(config, "self-supervised pretraining")
     split_up = [split_pretrain_member(i, m, method) for i, m in enumerate(members)]
     plain = [with_config_loss_weights(config, m) for _, m in split_up]
     for index, member in enumerate(plain):
