@@ -38,7 +38,7 @@ def run_steps_with_state(tx, theta, steps):
 
 LEARNING_RATES = {
     "sgd": 0.1, "momentum": 0.05, "nesterov": 0.05, "adagrad": 0.5,
-    "rmsprop": 0.02, "adam": 0.05, "adamw": 0.05, "adamax": 0.05, "adadelta": 10.0,  # adadelta: Zeiler has no lr; 1.0 starts slowly at eps=1e-6
+    "rmsprop": 0.02, "adam": 0.05, "adamw": 0.05, "adamax": 0.05, "adadelta": 10.0, "lbfgs": 1.0,  # adadelta: Zeiler has no lr; 1.0 starts slowly at eps=1e-6
 }
 
 
@@ -52,6 +52,26 @@ def test_every_optimizer_decreases_a_quadratic(name):
     tx = make_optimizer(name, learning_rate=LEARNING_RATES[name])
     thetas = jax.jit(run_steps, static_argnums=(0, 2))(tx, theta0, 200)
     assert float(quadratic(thetas[-1])) < 0.01 * float(quadratic(theta0))
+
+
+def test_lbfgs_solves_an_ill_conditioned_quadratic_where_sgd_crawls():
+    curvature = jnp.logspace(0, 3, 8)  # condition number 1000
+    loss = lambda theta: 0.5 * jnp.sum(curvature * theta**2)  # noqa: E731
+
+    def final_loss(tx, steps):
+        def step(carry, _):
+            theta, state = carry
+            updates, state = tx.update(jax.grad(loss)(theta), state, theta)
+            return (optax.apply_updates(theta, updates), state), None
+
+        theta0 = jnp.ones(8)
+        (theta, _), _ = jax.lax.scan(step, (theta0, tx.init(theta0)), length=steps)
+        return float(loss(theta))
+
+    start = float(loss(jnp.ones(8)))
+    assert final_loss(make_optimizer("lbfgs", learning_rate=1.0), 50) < 1e-9 * start
+    # plain gradient descent at its largest stable rate (just under 2 / the largest curvature)
+    assert final_loss(make_optimizer("sgd", learning_rate=1.9e-3), 50) > 1e-3 * start
 
 
 def two_steps(tx, theta0):

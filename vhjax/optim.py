@@ -20,7 +20,7 @@ Weight decay follows each optimizer's reference definition (torch.optim, optax):
   added to Adam's normalised direction, then scaled by the learning rate and the schedule, so the
   decay does not pass through Adam's second-moment normalisation.
 - every other optimizer ('sgd', 'momentum', 'nesterov', 'adagrad', 'rmsprop', 'adam', 'adamax',
-  'adadelta') couples it: `weight_decay * params` is added to the gradient (after clipping) before
+  'adadelta', 'lbfgs') couples it: `weight_decay * params` is added to the gradient (after clipping) before
   the optimizer's direction, i.e. an L2 penalty `weight_decay / 2 * ||params||^2` (as
   `torch.optim.Adam(weight_decay=...)` and `optax.adadelta`). For plain 'sgd' both forms coincide.
 Either way it applies to every parameter, and `update` needs `params` when weight decay is on.
@@ -100,6 +100,11 @@ OPTIMIZERS.add(
         {"b1": 0.9, "b2": 0.999, "eps": 1e-8},
     ),
 )
+# Limited-memory BFGS (Liu & Nocedal 1989), a quasi-Newton (second-order) method: the direction is
+# the gradient times an inverse-Hessian estimate from the last 10 (params, gradient) differences.
+# No line search (that would need the loss inside `update`): learning_rate scales the step, 1.0
+# being the full quasi-Newton step. The memory size is shaped state, so it is fixed (optax's 10).
+OPTIMIZERS.add("lbfgs", OptimizerSpec(lambda: optax.scale_by_lbfgs(memory_size=10), {}))
 # Zeiler (2012); the paper has no learning rate, i.e. learning_rate=1.0 (torch's default too).
 OPTIMIZERS.add(
     "adadelta",
