@@ -28,8 +28,10 @@ oracle - source-only target accuracy gap is >= 15 points at 1 seed, 1000 steps):
     the 3-seed table itself, not a 1-seed probe.
 
 Label-free selection (issue 13 §4): per seed, the candidates are the 10 swept rows (not the oracle)
-and the ADDA member; `vhjax.transfer.select_member` picks one by IWCV (input-space density ratio) and
-one by DEV (each member's feature-space density ratio), reading no target label. The selection table
+and the ADDA member; `vhjax.transfer.select_member` picks one by IWCV (input-space density ratio),
+one by DEV (each member's feature-space density ratio) and one by reverse validation (a classifier
+trained on the member's target pseudo-labels, scored on the source eval split;
+`vhjax.transfer.reverse_validation`), reading no target label. The selection table
 compares their target test accuracy with source only, the median candidate and the best candidate
 (an oracle pick: by target test accuracy), and counts how often each pick is the best.
 
@@ -55,7 +57,7 @@ import numpy as np
 
 from vhjax.config import TrainConfig
 from vhjax.data.builtin import preserved_global_rngs
-from vhjax.transfer import adapt, adda, select_member
+from vhjax.transfer import adapt, adda, reverse_validation, select_member
 
 TARGET_ARGS = {"max_translation": 10, "iid_noise_scale": 0.05, "corr_noise_scale": 0.6, "shear_scale": 1.5,
                "seed": 7}
@@ -127,6 +129,9 @@ def selections(rows: list[dict]) -> dict[str, list[dict]]:
     return {"source only": [next(r for r in pool if r["name"] == "source only") for pool in pools],
             "IWCV pick (`iwcv_risk`)": [select_member(types.SimpleNamespace(rows=pool), "iwcv_risk") for pool in pools],
             "DEV pick (`dev_risk`)": [select_member(types.SimpleNamespace(rows=pool), "dev_risk") for pool in pools],
+            **({"reverse validation pick (`reverse_risk`)": [
+                select_member(types.SimpleNamespace(rows=pool), "reverse_risk") for pool in pools]}
+               if all("reverse_risk" in row for row in rows) else {}),  # files written before it lack the risk
             "median candidate (lower median)": [median(pool) for pool in pools],
             "best candidate (oracle pick: target labels)": [max(pool, key=lambda r: r["target_accuracy"])
                                                            for pool in pools]}
@@ -149,7 +154,8 @@ def selection_table(rows: list[dict]) -> str:
 
 def member_rows(result, adapted, names: list[str]) -> list[dict]:
     """Every member's row (the swept ones, then ADDA's) with its table name, JSON-ready."""
-    keep = ("seed", "method", "target_accuracy", "source_accuracy", "iwcv_risk", "dev_risk", "diverged_step")
+    keep = ("seed", "method", "target_accuracy", "source_accuracy", "iwcv_risk", "dev_risk", "reverse_risk",
+            "diverged_step")
     rows = [{"name": name, **{k: row[k] for k in keep}} for row, name in zip(result.rows, names)]
     return rows + [{"name": "ADDA", **{k: row[k] for k in keep}} for row in adapted.rows]
 
@@ -176,6 +182,8 @@ def main() -> None:
     adapt_seconds = time.time() - start
     adapted = adda(config, target=target, source=result, verbose=False)
     adda_seconds = time.time() - start - adapt_seconds
+    result, adapted = reverse_validation(result, target), reverse_validation(adapted, target)
+    reverse_seconds = time.time() - start - adapt_seconds - adda_seconds
     lines = ["| method | seeds | target test accuracy | source test accuracy |", "|---|---|---|---|"]
     for name in ROWS:
         lines.append(f"| {name} " + cells([row for row, n in zip(result.rows, names) if n == name]))
@@ -188,7 +196,8 @@ def main() -> None:
             f"selection). Mean ± std (ddof 1) over seeds. Protocol ours.\n\n" + "\n".join(lines) + "\n")
     rows = member_rows(result, adapted, names)
     text += (f"\nLabel-free selection among each seed's {len(candidates(rows, 0))} candidates (the swept rows and "
-             f"ADDA, not the oracle); total wall time {time.time() - start:.0f} s.\n\n" + selection_table(rows) + "\n")
+             f"ADDA, not the oracle; reverse validation {reverse_seconds:.0f} s); total wall time "
+             f"{time.time() - start:.0f} s.\n\n" + selection_table(rows) + "\n")
     print(text)
     if not args.quick:
         out = Path(args.out or f"experiments/results/domain_adaptation_{args.pair}.md")
@@ -196,7 +205,7 @@ def main() -> None:
         out.write_text(text)
         out.with_suffix(".json").write_text(json.dumps(
             {"pair": args.pair, "seeds": seeds, "steps": steps, "adapt_seconds": adapt_seconds,
-             "adda_seconds": adda_seconds, "rows": rows}, indent=1) + "\n")
+             "adda_seconds": adda_seconds, "reverse_seconds": reverse_seconds, "rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

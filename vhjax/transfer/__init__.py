@@ -10,10 +10,11 @@ from vhjax.transfer.masks import (MaskObjective, TransferMask, baseline_mask, ex
 from vhjax.transfer.modes import (MODES, STATIC_MODES, fit_from, gradual_unfreezing, mode_config, mode_member,
                                   mode_scale, mode_start)
 from vhjax.transfer.pretrain import PretrainResult, pretrain
+from vhjax.transfer.reverse import reverse_validation
 from vhjax.transfer.weights import TransferReport, layer_names, load_source, transfer_params
 
 __all__ = ["AdaptResult", "AnnealResult", "DistillResult", "MODES", "MaskObjective", "PretrainResult", "Teacher",
            "TransferMask", "TransferReport", "adapt", "adda", "anneal", "baseline_mask", "distill", "exhaustive_table",
            "fit_from", "fit_masked", "gradual_unfreezing", "layer_names", "load_source", "mask_space", "mask_units",
-           "mode_config", "mode_member", "mode_scale", "mode_start", "pretrain", "select_member", "STATIC_MODES",
-           "transfer_params"]
+           "mode_config", "mode_member", "mode_scale", "mode_start", "pretrain", "reverse_validation", "select_member",
+           "STATIC_MODES", "transfer_params"]

@@ -263,7 +263,7 @@ def accuracies(task: Task, population: PopulationState, x: np.ndarray, y: np.nda
 
 # ----------------------------------------------------------------------------- model selection without target labels
 
-SELECTION_CRITERIA = ("dev_risk", "iwcv_risk")
+SELECTION_CRITERIA = ("dev_risk", "iwcv_risk", "reverse_risk")  # reverse_risk: `transfer.reverse_validation`
 
 
 def iwcv_risk(losses: np.ndarray, ratios: np.ndarray) -> np.ndarray:
@@ -580,6 +580,7 @@ class AdaptResult:
     tasks: list = dataclasses.field(default_factory=list)  # per bucket: its Task
     adapted: list = dataclasses.field(default_factory=list)  # `adda` only: per bucket, the adapted members
     stage: PopulationResult | None = None  # `adda` only: stage 2's result (records, histories)
+    stage_tasks: list = dataclasses.field(default_factory=list)  # `adda` only: per stage-2 bucket, its Task
 
     def summary(self, metric: str = "target_accuracy") -> str:
         """Markdown: per method (in first-seen order) mean ± std of `metric` over its members."""
@@ -927,7 +928,8 @@ def adda(config: TrainConfig, members: Sequence[Mapping[str, Any]] = ({},), *, t
                            "encoder_loss": float(np.reshape(last["encoder_loss"], -1)[position]),
                            "diverged_step": result.members[index]["diverged_step"],
                            **{name: float(values[position]) for name, values in risks.items()}}
-    return AdaptResult(source.population, rows, source.weights, source.tasks, list(result.states), result)
+    return AdaptResult(source.population, rows, source.weights, source.tasks, list(result.states), result,
+                       [task for task, _ in trained])
 
 
 def last_train_row(history: Sequence[dict]) -> dict:
