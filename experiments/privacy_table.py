@@ -88,7 +88,7 @@ def sweep(steps: int, seeds: int, target: float) -> tuple[list[str], float]:
     started = time.perf_counter()
     result = fit_population(config, members, verbose=False)
     seconds = time.perf_counter() - started
-    lines = [f"| learning rate | " + " | ".join(f"clip {clip:g}" for clip in SWEEP_CLIPS) + " |",
+    lines = ["| learning rate | " + " | ".join(f"clip {clip:g}" for clip in SWEEP_CLIPS) + " |",
              "|---|" + "---|" * len(SWEEP_CLIPS)]
     for lr in SWEEP_RATES:
         cells = []
