@@ -11,7 +11,7 @@ with that probability, one always kept), 3 seeds each, one program per fusion. A
 
 Command:  python experiments/multimodal_table.py            (3 seeds)
           python experiments/multimodal_table.py --quick    (1 seed, 300 steps: a smoke test)
-Runtime:  2-core AMD EPYC CPU: 19 s (2026-12-07); --quick about 8 s.
+Runtime:  2-core AMD EPYC CPU: 18 s (2026-12-07); --quick about 8 s.
 Results:  experiments/results/multimodal_mnist1d_digits.md; summary in experiments/README.md.
 """
 

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vhjax import optim
+from vhjax.models.generative import MLPStack as Encoder  # a plain MLP encoder: Encoder(widths)
 from vhjax.validation import check_choice, check_int, check_number
 
 FUSIONS = ("features", "late")
@@ -46,18 +47,6 @@ class FusionNet(nn.Module):
         logits = jnp.stack([nn.Dense(self.num_classes, name=f"head_{m}")(f) for m, f in enumerate(features)], axis=1)
         weights = present / jnp.maximum(present.sum(axis=1, keepdims=True), 1.0)
         return jnp.einsum("bmc,bm->bc", logits, weights)
-
-
-class Encoder(nn.Module):
-    """A plain MLP encoder: Dense + ReLU layers of `widths`."""
-
-    widths: Sequence[int] = (64,)
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        for width in self.widths:
-            x = nn.relu(nn.Dense(width)(x))
-        return x
 
 
 def drop_modalities(key: jax.Array, batch: int, modalities: int, rate: jax.Array) -> jax.Array:

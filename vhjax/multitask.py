@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vhjax import optim
+from vhjax.models.generative import MLPStack
 from vhjax.validation import check_int, check_number
 
 
@@ -39,16 +40,13 @@ class MultiTaskNet(nn.Module):
 
 
 class Trunk(nn.Module):
-    """A plain MLP trunk: Dense + ReLU layers of `widths` on the flattened input."""
+    """A plain MLP trunk: the zoo's `MLPStack` (Dense + ReLU layers of `widths`) on the flattened input."""
 
     widths: Sequence[int] = (64, 64)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = x.reshape(x.shape[0], -1)
-        for width in self.widths:
-            h = nn.relu(nn.Dense(width)(h))
-        return h
+        return MLPStack(self.widths)(x.reshape(x.shape[0], -1))
 
 
 def cross_entropies(logits: Sequence[jax.Array], labels: jax.Array) -> jax.Array:
