@@ -113,8 +113,8 @@ def test_bad_privacy_settings_are_refused_naming_the_field(overrides, field):
 
 def test_a_model_with_batch_statistics_is_refused_before_compiling():
     cfg = config(dataset={"train": (np.zeros((40, 8, 8, 1), np.float32), np.arange(40, dtype=np.int32) % 2)},
-                 eval_split="train", model="resnet", model_kwargs={"stage_sizes": (1,), "widths": (4,), "stem_features": 4,
-                                                                    "num_classes": 2})
+                 eval_split="train", model="resnet",
+                 model_kwargs={"stage_sizes": (1,), "widths": (4,), "stem_features": 4, "num_classes": 2})
     with pytest.raises(ValueError, match="batch_stats"):
         build_task(cfg)
 

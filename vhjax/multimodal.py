@@ -85,7 +85,7 @@ def fit_multimodal(model: FusionNet, train: tuple, test: tuple, modality_dropout
                    batch_size: int = 64, learning_rate: float = 1e-3, key: jax.Array | None = None) -> MultimodalResult:
     """Train one member per `modality_dropout` rate on `train` = ((x_1, ..., x_M), y), Adam, every
     member on the same batches, one program; accuracy on `test` with all and with single modalities."""
-    from vhjax.population.members import fit_members, init_members
+    from vhjax.population.members import fit_members, init_members, per_step_batches
 
     check_choice("fusion", model.fusion, FUSIONS)
     inputs, y = tuple(np.asarray(x, np.float32) for x in train[0]), np.asarray(train[1], np.int32)
@@ -101,8 +101,7 @@ def fit_multimodal(model: FusionNet, train: tuple, test: tuple, modality_dropout
     optimizer = optim.make_optimizer("adam", learning_rate=learning_rate)
     init_fn = lambda k: model.init(k, tuple(jnp.asarray(x[:1]) for x in inputs))["params"]  # noqa: E731
     population = init_members(init_fn, optimizer, key, len(rates), hparams={"modality_dropout": rates})
-    order = np.random.default_rng(0).permutation(np.resize(np.arange(len(y)), steps * batch_size))
-    batches = tuple(jnp.asarray(a[order].reshape(steps, batch_size, *a.shape[1:])) for a in (*inputs, y))
+    batches = per_step_batches((*inputs, y), steps, batch_size)
     trained, _ = fit_members(population, fusion_loss(model), optimizer, batches, steps)
     test_inputs = tuple(jnp.asarray(x, jnp.float32) for x in test[0])
     test_y = np.asarray(test[1])

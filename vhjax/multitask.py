@@ -89,7 +89,7 @@ def fit_multitask(model: MultiTaskNet, train: tuple, test: tuple, task_weights: 
                   key: jax.Array | None = None) -> MultiTaskResult:
     """Train one member per row of `task_weights` (members, tasks) on `train` = (x, labels (N, tasks))
     with Adam, every member on the same batches (one program); test accuracy per task on `test`."""
-    from vhjax.population.members import fit_members, init_members
+    from vhjax.population.members import fit_members, init_members, per_step_batches
 
     x, labels = np.asarray(train[0], np.float32), np.asarray(train[1], np.int32)
     weights = np.asarray(task_weights, np.float32)
@@ -116,9 +116,7 @@ def fit_multitask(model: MultiTaskNet, train: tuple, test: tuple, task_weights: 
 
     optimizer = optim.make_optimizer("adam", learning_rate=learning_rate)
     population = init_members(init_fn, optimizer, key, size, hparams={"task_weights": weights})
-    order = np.random.default_rng(0).permutation(np.resize(np.arange(len(x)), steps * batch_size))
-    batches = (jnp.asarray(x[order].reshape(steps, batch_size, *x.shape[1:])),
-               jnp.asarray(labels[order].reshape(steps, batch_size, tasks)))
+    batches = per_step_batches((x, labels), steps, batch_size)
     trained, _ = fit_members(population, multitask_loss(model, uncertainty), optimizer, batches, steps)
     params = trained.members.params
     logits = jax.jit(jax.vmap(lambda p: model.apply({"params": p["net"]}, jnp.asarray(test[0], jnp.float32))))(params)

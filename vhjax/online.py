@@ -121,8 +121,8 @@ def prequential(config: TrainConfig, members: Sequence[Mapping[str, Any]], strea
     result = fit_population(run_config, members, same_batches=True, mesh=mesh, verbose=verbose)
     rows_by_bucket = [[row for row in history if row["split"] == "train"] for history in result.histories]
     steps = np.asarray([row["step"] for row in rows_by_bucket[0]])
-    curves = np.stack([np.asarray([np.reshape(row["accuracy"], -1)[m["position"]] for row in rows_by_bucket[m["bucket"]]])
-                       for m in result.members])
+    curves = np.stack([np.asarray([np.reshape(row["accuracy"], -1)[m["position"]]
+                                   for row in rows_by_bucket[m["bucket"]]]) for m in result.members])
     window_start = steps - window  # the first step of each window
     segment_of = np.searchsorted(np.asarray(stream.starts) // config.batch_size, window_start, side="right") - 1
     per_segment = np.stack([[curves[i, segment_of == s].mean() if (segment_of == s).any() else np.nan

@@ -26,7 +26,8 @@ import numpy as np
 from vhjax.validation import check_choice, check_int, check_number
 
 # why population based training refuses DP-SGD configs
-NOT_FOR_PBT = "PBT copies weights between members, so one member's epsilon does not cover the training its weights carry"
+NOT_FOR_PBT = ("PBT copies weights between members, so one member's epsilon does not cover the training its "
+               "weights carry")
 ACCOUNTANTS = ("rdp", "pld")  # Renyi DP (Mironov 2017) or privacy loss distributions (tighter, slower)
 
 

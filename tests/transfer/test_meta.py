@@ -53,7 +53,8 @@ def test_maml_learns_an_initialisation_that_adapts_where_joint_pretraining_does_
     results = {method: meta.meta_train(model, tasks, method=method, inner_lr=0.01, meta_lr=1e-3,
                                        inner_steps=0 if method == "joint" else 1, size=2)
                for method in ("maml", "joint")}
-    curve = {m: meta.adaptation_curve(model, r.population.members.params, new, 0.01, [0, 10]) for m, r in results.items()}
+    curve = {m: meta.adaptation_curve(model, r.population.members.params, new, 0.01, [0, 10])
+             for m, r in results.items()}
     before = meta.adaptation_curve(model, results["maml"].initial.members.params, new, 0.01, [0, 10])
     maml_after, joint_after = curve["maml"][:, 1], curve["joint"][:, 1]
     assert np.all(maml_after < 0.7 * joint_after)  # 10 steps from MAML's init beat 10 from joint training's
@@ -72,7 +73,8 @@ def test_class_tasks_relabel_per_task_and_draw_from_the_given_classes():
     assert xs.shape == (20, 6, 3) and xq.shape == (20, 15, 3)
     assert set(np.unique(np.asarray(xs[..., 0]))) <= {0, 1, 2, 3}  # never classes 4 or 5
     for t in range(20):
-        assert sorted(np.bincount(np.asarray(ys[t]))) == [2, 2, 2] and sorted(np.bincount(np.asarray(yq[t]))) == [5, 5, 5]
+        assert sorted(np.bincount(np.asarray(ys[t]))) == [2, 2, 2]
+        assert sorted(np.bincount(np.asarray(yq[t]))) == [5, 5, 5]
         mapping = {float(a): int(b) for a, b in zip(np.asarray(xs[t, :, 0]), np.asarray(ys[t]))}
         assert all(mapping[float(a)] == int(b) for a, b in zip(np.asarray(xq[t, :, 0]), np.asarray(yq[t])))
     first_labels = {tuple(sorted({(float(a), int(b)) for a, b in zip(xs[t, :, 0], ys[t])})) for t in range(20)}

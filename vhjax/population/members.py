@@ -310,6 +310,15 @@ def stepwise_batches(first_step: int = 0) -> BatchIndices:
     return lambda population, length: jnp.max(population.members.step) - first_step + jnp.arange(length)
 
 
+def per_step_batches(arrays: Sequence[np.ndarray], steps: int, batch_size: int, seed: int = 0) -> tuple:
+    """`fit_members`' batches from examples: `steps * batch_size` draws in which every example
+    comes equally often (up to one), shuffled once by `seed`; each array (N, ...) becomes
+    (steps, batch_size, ...)."""
+    size = len(arrays[0])
+    order = np.random.default_rng(seed).permutation(np.resize(np.arange(size), steps * batch_size))
+    return tuple(jnp.asarray(np.asarray(a)[order].reshape(steps, batch_size, *np.shape(a)[1:])) for a in arrays)
+
+
 def loss_runner(loss_fn: Callable, optimizer: optax.GradientTransformation, *, first_step: int = 0,
                 member_group: int | None = None, isolation: str = "optimistic") -> PopulationRunner:
     """The engine's chunk runner for `make_loss_step(loss_fn, optimizer)` on per-step batches whose
@@ -338,5 +347,5 @@ def fit_members(population: PopulationState, loss_fn: Callable, optimizer: optax
 
 
 __all__ = ["fit_members", "check_member_archs", "classifier_runner", "default_member_group", "init_members", "init_population",
-           "loss_runner", "make_loss_step", "make_population_eval", "member_seeds", "population_batch_indices",
-           "stepwise_batches"]
+           "loss_runner", "make_loss_step", "make_population_eval", "member_seeds", "per_step_batches",
+           "population_batch_indices", "stepwise_batches"]

@@ -73,8 +73,8 @@ def reverse_accuracies(task: Task, population: PopulationState, target_x: np.nda
     table = jnp.asarray(pseudo.T)
 
     def program(reverse_task: Task, reverse_population: PopulationState, indices: list[int]) -> BucketProgram:
-        runner = classifier_runner(reverse_task, member_step=make_train_step(reverse_task, pseudo_label_loss(reverse_task)),
-                                   **mesh_layout(mesh, size))
+        step = make_train_step(reverse_task, pseudo_label_loss(reverse_task))
+        runner = classifier_runner(reverse_task, member_step=step, **mesh_layout(mesh, size))
         return BucketProgram(with_label_columns(reverse_population), runner=runner,
                              train_data=(jnp.asarray(train.x), jnp.asarray(train.y), table))
 
