@@ -135,6 +135,10 @@ def check_groups(groups: Any, size: int, num_groups: int | None = None) -> tuple
     return array, num_groups
 
 
+# `summary` vmapped over members, compiled once per shape and (num_groups, positive)
+_MEMBER_SUMMARIES = jax.jit(jax.vmap(summary, in_axes=(0, None, None, None, None)), static_argnums=(3, 4))
+
+
 def member_report(predictions: Any, labels: Any, groups: Any, *, num_groups: int | None = None,
                   positive: int = 1) -> list[dict[str, float]]:
     """`summary` for each member of a population: `predictions` (M, N) integer classes (e.g.
@@ -146,7 +150,7 @@ def member_report(predictions: Any, labels: Any, groups: Any, *, num_groups: int
     if labels.shape != predictions.shape[1:]:
         raise ValueError(f"labels has shape {labels.shape}; allowed: ({predictions.shape[1]},), one per example")
     groups, num_groups = check_groups(groups, predictions.shape[1], num_groups)
-    values = jax.jit(jax.vmap(summary, in_axes=(0, None, None, None, None)), static_argnums=(3, 4))(
+    values = _MEMBER_SUMMARIES(
         jnp.asarray(predictions, jnp.int32), jnp.asarray(labels), jnp.asarray(groups), num_groups, int(positive))
     values = {name: np.asarray(array) for name, array in values.items()}
     return [{name: float(array[member]) for name, array in values.items()} for member in range(len(predictions))]

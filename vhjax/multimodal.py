@@ -106,9 +106,12 @@ def fit_multimodal(model: FusionNet, train: tuple, test: tuple, modality_dropout
     test_inputs = tuple(jnp.asarray(x, jnp.float32) for x in test[0])
     test_y = np.asarray(test[1])
 
+    members_logits = jax.jit(jax.vmap(lambda p, mask: model.apply({"params": p}, test_inputs, mask),
+                                      in_axes=(0, None)))  # one program for every presence mask
+
     def accuracy(present):
         mask = jnp.broadcast_to(jnp.asarray(present, jnp.float32), (len(test_y), len(test_inputs)))
-        logits = jax.jit(jax.vmap(lambda p: model.apply({"params": p}, test_inputs, mask)))(trained.members.params)
+        logits = members_logits(trained.members.params, mask)
         return (np.asarray(logits).argmax(-1) == test_y[None]).mean(axis=1)
 
     modalities = len(test_inputs)

@@ -120,12 +120,16 @@ def member_privacy(dp_clip_norm: Sequence[float], noise_multiplier: Sequence[flo
     trained (an early-stopped or diverged member spent fewer)."""
     sample_rate = batch_size / train_size
     records: list[dict | None] = []
+    spent: dict[tuple[float, int], float] = {}  # members of equal noise and steps (seeds) share one accounting
     for clip, noise, trained in zip(np.asarray(dp_clip_norm, float), np.asarray(noise_multiplier, float),
                                     np.asarray(steps, int)):
         if clip == 0:
             records.append(None)
             continue
-        records.append({"epsilon": epsilon(float(noise), sample_rate, int(trained), delta, accountant),
+        key = (float(noise), int(trained))
+        if key not in spent:
+            spent[key] = epsilon(key[0], sample_rate, key[1], delta, accountant)
+        records.append({"epsilon": spent[key],
                         "delta": delta, "noise_multiplier": float(noise), "dp_clip_norm": float(clip),
                         "steps": int(trained), "sample_rate": sample_rate, "accountant": accountant})
     return records

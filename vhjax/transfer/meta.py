@@ -86,12 +86,18 @@ def inner_adapt(apply: Callable, loss: Callable, params: Any, x: jax.Array, y: j
     (`first_order`: the gradients are constants, so nothing differentiates through them)."""
 
     def step(current, _):
-        grads = jax.grad(lambda p: loss(apply(p, x), y))(current)
-        if first_order:
-            grads = lax.stop_gradient(grads)
-        return jax.tree.map(lambda p, g: p - lr * g, current, grads), None
+        return sgd_step(apply, loss, current, x, y, lr, first_order), None
 
     return lax.scan(step, params, None, length=steps)[0] if steps else params
+
+
+def sgd_step(apply: Callable, loss: Callable, params: Any, x: jax.Array, y: jax.Array, lr: jax.Array,
+             first_order: bool = False) -> Any:
+    """One inner SGD step of `loss(apply(params, x), y)` (`first_order`: the gradient a constant)."""
+    grads = jax.grad(lambda p: loss(apply(p, x), y))(params)
+    if first_order:
+        grads = lax.stop_gradient(grads)
+    return jax.tree.map(lambda p, g: p - lr * g, params, grads)
 
 
 def meta_objective(apply: Callable, loss: Callable, method: str, inner_steps: int) -> Callable:
@@ -183,13 +189,19 @@ def adaptation_curve(model: Any, params: Any, tasks: tuple, inner_lr: Any, steps
         out = apply(p, xq)
         return objective(out, yq) if loss == "mse" else jnp.mean(jnp.argmax(out, -1) == yq)
 
-    def member(p, lr, k):
-        def task(xs, ys, xq, yq):
-            return score(inner_adapt(apply, objective, p, xs, ys, lr, k), xq, yq)
-        return jax.vmap(task)(*tasks).mean()
+    most = max(steps)
 
-    columns = [jax.jit(jax.vmap(lambda p, lr, k=k: member(p, lr, k)))(params, rates) for k in steps]
-    return np.stack([np.asarray(c) for c in columns], axis=1)
+    def member(p, lr):
+        def task(xs, ys, xq, yq):  # the score after 0, 1, ..., `most` steps: one scan, one program
+            def step(current, _):
+                return sgd_step(apply, objective, current, xs, ys, lr), score(current, xq, yq)
+
+            final, scores = lax.scan(step, p, None, length=most)
+            return jnp.concatenate([scores, score(final, xq, yq)[None]])
+        return jax.vmap(task)(*tasks).mean(axis=0)
+
+    curves = np.asarray(jax.jit(jax.vmap(member))(params, rates))  # (members, most + 1)
+    return curves[:, list(steps)]
 
 
 __all__ = ["LOSSES", "METHODS", "MetaResult", "adaptation_curve", "class_tasks", "inner_adapt", "meta_objective",
