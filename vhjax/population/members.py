@@ -213,15 +213,22 @@ def member_update_start(task: Task, size: int, values: Any) -> np.ndarray:
 def population_batch_indices(task: Task) -> BatchIndices:
     """Batch indices of a chunk: (length, B) shared by all members, or (length, P, B) when each has its own."""
     config, size = task.config, len(task.train)
+    return batch_indices_from(lambda key, step, length: chunk_batch_indices(
+        key, step, length, size, config.batch_size, config.shuffle, config.drop_remainder))
+
+
+def batch_indices_from(sample: Callable[[jax.Array, jax.Array, int], jax.Array]) -> BatchIndices:
+    """The chunk's batch indices from `sample(data_key, first_step, length) -> (length, B)`: the first
+    member's draw shared by all when the population has the same batches, else one per member
+    (length, P, B)."""
 
     def indices(population: PopulationState, length: int) -> jax.Array:
         members = population.members
-        sample = lambda key, step: chunk_batch_indices(key, step, length, size, config.batch_size, config.shuffle,
-                                                     config.drop_remainder)
         if population.same_batches:
             # training members share the step count; the others ignore their batch
-            return sample(members.data_key[0], jnp.max(members.step))
-        return jnp.swapaxes(jax.vmap(sample)(members.data_key, members.step), 0, 1)
+            return sample(members.data_key[0], jnp.max(members.step), length)
+        return jnp.swapaxes(jax.vmap(lambda key, step: sample(key, step, length))(members.data_key, members.step),
+                            0, 1)
 
     return indices
 
@@ -348,4 +355,4 @@ def fit_members(population: PopulationState, loss_fn: Callable, optimizer: optax
 
 __all__ = ["fit_members", "check_member_archs", "classifier_runner", "default_member_group", "init_members", "init_population",
            "loss_runner", "make_loss_step", "make_population_eval", "member_seeds", "per_step_batches",
-           "population_batch_indices", "stepwise_batches"]
+           "population_batch_indices", "batch_indices_from", "stepwise_batches"]
