@@ -1,4 +1,5 @@
-"""Classification metrics on arrays, all jit-able: `(outputs, labels) -> metrics`.
+"""Classification metrics on arrays, all jit-able: `(outputs, labels) -> metrics`; `auroc` for scores;
+`psnr` and `ssim` for generated or reconstructed images against references.
 
 Labels are integer class ids, or one-hot / soft rows (one more axis than the ids), which are
 reduced with argmax. Predictions are logits (argmax over the last axis) or integer class ids.
@@ -95,3 +96,42 @@ def auroc(scores_negative: jax.Array, scores_positive: jax.Array) -> jax.Array:
     n_neg, n_pos = negative.size, positive.size
     rank_sum = jnp.sum(ranks[n_neg:])
     return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_neg * n_pos)
+
+
+# --- image fidelity (generated or reconstructed images against references) ---------------------------
+
+
+def _images(name: str, images: jax.Array) -> jax.Array:
+    """(N, H, W) or (N, H, W, C) -> (N, H, W, C) float32."""
+    images = jnp.asarray(images, jnp.float32)
+    if images.ndim not in (3, 4):
+        raise ValueError(f"{name} has shape {images.shape}; allowed: images (N, H, W) or (N, H, W, C)")
+    return images[..., None] if images.ndim == 3 else images
+
+
+def _image_pair(a: jax.Array, b: jax.Array, max_value: float) -> tuple[jax.Array, jax.Array]:
+    a, b = _images("images", a), _images("references", b)
+    if a.shape != b.shape:
+        raise ValueError(f"images have shape {a.shape}; allowed: the references' shape {b.shape}")
+    validation.check_number("max_value", max_value, 0.0, low_inclusive=False)
+    return a / max_value, b / max_value
+
+
+def psnr(images: jax.Array, references: jax.Array, max_value: float = 1.0) -> jax.Array:
+    """(N,) peak signal-to-noise ratio in dB of each image against its reference (`dm_pix.psnr`), pixel
+    values in [0, max_value]: 10 log10(max_value^2 / MSE); higher is closer."""
+    import dm_pix
+
+    a, b = _image_pair(images, references, max_value)
+    return dm_pix.psnr(a, b)
+
+
+def ssim(images: jax.Array, references: jax.Array, max_value: float = 1.0, filter_size: int = 11) -> jax.Array:
+    """(N,) structural similarity of each image against its reference (`dm_pix.ssim`, Wang et al. 2004:
+    Gaussian window of `filter_size` pixels, sigma 1.5), pixel values in [0, max_value]; 1 = identical.
+    `filter_size` must not exceed the image's height or width (e.g. 7 for 8x8 digits)."""
+    import dm_pix
+
+    a, b = _image_pair(images, references, max_value)
+    validation.check_int("filter_size", filter_size, 1, min(a.shape[1], a.shape[2]))
+    return dm_pix.ssim(a, b, max_val=1.0, filter_size=filter_size)

@@ -144,3 +144,20 @@ def test_workdir_refuses_other_unlabelled_inputs(teacher, tmp_path):
     assert [r["accuracy"] for r in again.students] == [r["accuracy"] for r in first.students]
     with pytest.raises(ValueError, match=r"other distill inputs \(unlabeled"):
         run(UNLABELED[::-1])
+
+
+def test_other_inputs_are_preprocessed_as_the_tasks_splits():
+    """`preprocess_inputs` (unlabelled rows, target inputs) gives the task's own splits back from the raw
+    inputs: outlier removal drops training rows, and is skipped for evaluation rows."""
+    from vhjax.train.task import preprocess_inputs
+
+    x = DATA["train"][0].copy()
+    x[:5] += 40.0  # five outliers
+    data = {"train": (x, DATA["train"][1]), "test": DATA["test"]}
+    config = dataclasses.replace(STUDENT_CONFIG, dataset=data, eval_split="test",
+                                 preprocess=({"name": "outliers"}, {"name": "standardize"}))
+    task = bucket_task(config)
+    assert len(task.train.x) <= len(x) - 5
+    np.testing.assert_allclose(preprocess_inputs(task.preprocessing, x, drop_outliers=True), task.train.x, atol=1e-6)
+    np.testing.assert_allclose(preprocess_inputs(task.preprocessing, DATA["test"][0], drop_outliers=False),
+                               task.eval.x, atol=1e-6)

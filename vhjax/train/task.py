@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -201,6 +201,21 @@ def preprocess_splits(specs: Any, train: Dataset, evaluation: Dataset, test: Dat
 
         train, evaluation, test = apply(train), apply(evaluation), apply(test)
     return train, evaluation, test, tuple(fitted_list)
+
+
+def preprocess_inputs(preprocessing: Sequence[Any], x: np.ndarray, *, drop_outliers: bool) -> np.ndarray:
+    """Other inputs (unlabelled training rows, a target domain's inputs) as `preprocess_splits` made the
+    task's splits: each fitted preprocessor in order; 'outliers' drops rows where `drop_outliers` (rows
+    that train, as on the training split), else it is skipped (as on the eval and test splits)."""
+    from vhjax.preprocess.base import transform
+
+    for fitted in preprocessing:
+        out = np.asarray(transform(fitted, x.reshape(len(x), -1)), np.float32)
+        if fitted.name == "outliers":
+            x = x[out.astype(bool)] if drop_outliers else x
+        else:
+            x = out.reshape(x.shape) if out.size == x.size else out
+    return x
 
 
 def check_private_model(variables: dict, config: TrainConfig) -> None:

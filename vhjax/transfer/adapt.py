@@ -62,10 +62,9 @@ from vhjax.population.fit import (BucketProgram, PopulationResult, bucket_seeds,
                                   fit_population, with_config_loss_weights)
 from vhjax.population.members import classifier_runner, mesh_layout, population_batch_indices
 from vhjax.population.state import PopulationState
-from vhjax.preprocess.base import transform
 from vhjax.train.state import TrainState
 from vhjax.train.step import apply_gradients, apply_model, chunk_batch_indices, per_example_loss, with_penalty
-from vhjax.train.task import Task
+from vhjax.train.task import Task, preprocess_inputs
 from vhjax.train.workdir import content_digest, record_inputs
 from vhjax.transfer.distill import predict
 from vhjax.validation import check_choice, check_number, invalid
@@ -246,9 +245,7 @@ def check_target(target: Any, input_shape: tuple, batch_size: int, oracle: bool,
 def target_splits(task: Task, target: Any, oracle: bool) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
     """`check_target` for the task's source, then the task's preprocessing applied to the target inputs."""
     splits = check_target(target, task.train.x.shape[1:], task.config.batch_size, oracle, task.train.num_classes)
-    for fitted in task.preprocessing:
-        splits = {k: (np.asarray(transform(fitted, x)), y) for k, (x, y) in splits.items()}
-    return splits
+    return {k: (preprocess_inputs(task.preprocessing, x, drop_outliers=False), y) for k, (x, y) in splits.items()}
 
 
 def check_widths(widths: Any) -> None:

@@ -45,9 +45,8 @@ from vhjax.population.engine import BatchIndices, PopulationRunner
 from vhjax.population.fit import BucketProgram, PopulationResult, bucket_tasks, fit_population, with_config_loss_weights
 from vhjax.population.members import batch_indices_from, classifier_runner, mesh_layout
 from vhjax.population.state import PopulationState
-from vhjax.preprocess.base import transform
 from vhjax.train.step import apply_model, chunk_batch_indices, make_train_step, per_example_loss
-from vhjax.train.task import Task, call_keywords, load_split, resolve_model
+from vhjax.train.task import Task, call_keywords, load_split, preprocess_inputs, resolve_model
 from vhjax.train.workdir import content_digest, record_inputs
 from vhjax.transfer.weights import as_variables, load_source
 from vhjax.validation import check_int, check_number, invalid
@@ -132,16 +131,11 @@ def unlabeled_inputs(task: Task, unlabeled: Any) -> np.ndarray:
         raise invalid("unlabeled", f"inputs of shape {x.shape}" + ("" if x.size == 0 or np.all(np.isfinite(x))
                                                                    else " with non-finite values"),
                       "finite inputs of shape (N, ...) with N >= 1")
-    for fitted in task.preprocessing:
-        try:
-            out = np.asarray(transform(fitted, x.reshape(len(x), -1)), np.float32)
-        except Exception as error:
-            raise invalid("unlabeled", f"inputs of shape {x.shape}", "the raw inputs of the config's dataset "
-                          f"(preprocessor {fitted.name!r} could not be applied: {error})") from error
-        if fitted.name == "outliers":
-            x = x[out.astype(bool)]
-        else:
-            x = out.reshape(x.shape) if out.size == x.size else out
+    try:
+        x = preprocess_inputs(task.preprocessing, x, drop_outliers=True)
+    except Exception as error:
+        raise invalid("unlabeled", f"inputs of shape {x.shape}", "the raw inputs of the config's dataset (the "
+                      f"config's preprocessing could not be applied: {error})") from error
     if tuple(x.shape[1:]) != tuple(task.train.x.shape[1:]):
         raise invalid("unlabeled", f"inputs of shape {x.shape}",
                       f"inputs of shape (N, {', '.join(map(str, task.train.x.shape[1:]))}), the training inputs'")
