@@ -99,3 +99,23 @@ def test_psnr_and_ssim():
         metrics.ssim(images, images)
     with pytest.raises(ValueError, match="the references' shape"):
         metrics.psnr(images[:2], images)
+
+
+def test_interrupted_training_resumes_from_its_workdir(tmp_path, run_interrupted, monkeypatch):
+    import jax
+
+    from vhjax.population.engine import PopulationRunner
+
+    train, _, normal, _ = plane_data()
+    run = lambda workdir, noise=0.1: fit_autoencoders(MODEL, train, learning_rate=[3e-3, 1e-3],  # noqa: E731
+                                                      noise=noise, steps=60, batch_size=64, workdir=workdir)
+    full = run(tmp_path / "full")
+    run_interrupted(lambda: run(tmp_path / "cut"), at_step=30)  # killed after the checkpoint at step 30 of 60
+    resumed = run(tmp_path / "cut")
+    for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(full.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    monkeypatch.setattr(PopulationRunner, "__call__", lambda *a: pytest.fail("a finished workdir trained again"))
+    restored = run(tmp_path / "cut")
+    np.testing.assert_array_equal(reconstruction_errors(restored, normal), reconstruction_errors(full, normal))
+    with pytest.raises(ValueError, match=r"other autoencoders inputs \(noise"):
+        run(tmp_path / "cut", noise=0.2)

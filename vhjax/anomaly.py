@@ -20,6 +20,7 @@ error, `vhjax.preprocess`'s PCA).
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -87,12 +88,15 @@ def reconstruction_loss(model: nn.Module):
 
 def fit_autoencoders(model: nn.Module, x_normal: Any, *, learning_rate: float | Sequence[float] = 1e-3,
                      noise: float | Sequence[float] = 0.0, seeds: int | Sequence[int] = 0, steps: int = 1000,
-                     batch_size: int = 64, key: jax.Array | None = None) -> AnomalyDetectors:
+                     batch_size: int = 64, key: jax.Array | None = None, workdir: str | Path | None = None,
+                     checkpoint_every: int | None = None) -> AnomalyDetectors:
     """Train one autoencoder per member on `x_normal` (normal data only) in one program (the population
     engine, Adam). `learning_rate`, `noise` (the std of the Gaussian input noise: a denoising
     autoencoder) and `seeds` (initialisation) are a number for every member or one entry per member;
-    members see the same batches. Everything is checked before anything compiles."""
-    from vhjax.population.members import fit_members, init_members, per_step_batches
+    members see the same batches. `workdir`: checkpoints every `checkpoint_every` steps (default a
+    tenth), a rerun resumes and a finished run is restored; other inputs there are refused
+    (`population.members.resumable`). Everything is checked before anything compiles."""
+    from vhjax.population.members import fit_members, init_members, per_step_batches, resumable
 
     x = check_inputs("x_normal", x_normal, getattr(model, "data_shape", None))
     check_int("steps", steps, 1)
@@ -116,7 +120,12 @@ def fit_autoencoders(model: nn.Module, x_normal: Any, *, learning_rate: float | 
                               optimizer_hparams={"learning_rate": jnp.asarray(rates, jnp.float32)})
     population = population.replace(members=population.members.replace(params=initial))
     batches = per_step_batches((x,), steps, batch_size, seed=int(seed_values[0]))
-    trained, losses = fit_members(population, reconstruction_loss(model), optimizer, batches, steps)
+    saving = resumable(workdir, "autoencoders", {"model": repr(model), "x_normal": x, "learning_rate": rates.tolist(),
+                                                 "noise": noises.tolist(), "seeds": seed_values.tolist(),
+                                                 "steps": steps, "batch_size": batch_size,
+                                                 "key": np.asarray(jax.random.key_data(key)).tolist()},
+                       steps, checkpoint_every)
+    trained, losses = fit_members(population, reconstruction_loss(model), optimizer, batches, steps, **saving)
     members = [{"learning_rate": float(r), "noise": float(n), "seed": int(s)}
                for r, n, s in zip(rates, noises, seed_values)]
     return AnomalyDetectors(model, trained.members.params, members, np.asarray(losses))

@@ -338,7 +338,8 @@ def fit_members(population: PopulationState, loss_fn: Callable, optimizer: optax
                 batches: Any, steps: int, **loop_kwargs: Any) -> tuple[PopulationState, np.ndarray]:
     """Train members of any model on per-step `batches` (a pytree whose leaves have a leading axis
     of `steps`) with the one loop; returns the population and the (steps, P) losses (NaN where a
-    member did not train). `loop_kwargs` go to `loop.run_loop` (workdir, hooks, eval_every, ...)."""
+    member did not train, and for the steps a resumed run had trained before: `workdir` in
+    `loop_kwargs`, see `resumable`). `loop_kwargs` go to `loop.run_loop` (workdir, hooks, eval_every, ...)."""
     from vhjax.population.loop import run_loop  # the loop sits above the members
 
     check_int("steps", steps, 1)
@@ -350,9 +351,29 @@ def fit_members(population: PopulationState, loss_fn: Callable, optimizer: optax
     runner = loss_runner(loss_fn, optimizer, first_step=start, isolation=loop_kwargs.pop("isolation", "optimistic"))
     loop_kwargs = {"eval_every": steps, "verbose": False, **loop_kwargs}
     outcome = run_loop(population, runner, batches, steps=start + steps, **loop_kwargs)
-    return outcome.population, outcome.step_metrics["loss"]
+    losses = np.full((steps, np.shape(population.members.step)[0]), np.nan, np.float32)
+    trained = outcome.step_metrics.get("loss")  # the steps trained in this call: after a resume, the last ones
+    if trained is not None and len(trained):
+        losses[steps - len(trained):] = trained
+    return outcome.population, losses
+
+
+def resumable(workdir: Any, name: str, inputs: Mapping[str, Any], steps: int,
+              checkpoint_every: int | None = None) -> dict[str, Any]:
+    """`fit_members`' loop arguments for a run that checkpoints in `workdir` (None: {}, nothing saved):
+    the inputs recorded in `workdir/<name>.json` (a rerun with other inputs is refused), a checkpoint
+    every `checkpoint_every` steps (default a tenth of `steps`); a rerun resumes from the last one and a
+    finished run is restored, not retrained."""
+    if workdir is None:
+        return {}
+    from vhjax.train.workdir import record_inputs
+
+    every = check_int("checkpoint_every", checkpoint_every if checkpoint_every is not None else max(1, steps // 10),
+                      1, steps)
+    record_inputs(workdir, name, dict(inputs))
+    return {"workdir": workdir, "eval_every": every}
 
 
 __all__ = ["fit_members", "check_member_archs", "classifier_runner", "default_member_group", "init_members", "init_population",
            "loss_runner", "make_loss_step", "make_population_eval", "member_seeds", "per_step_batches",
-           "population_batch_indices", "batch_indices_from", "stepwise_batches"]
+           "population_batch_indices", "batch_indices_from", "resumable", "stepwise_batches"]
