@@ -14,6 +14,7 @@ from whatever arrives. Test accuracy is reported with every modality and with ea
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -82,10 +83,13 @@ class MultimodalResult:
 
 
 def fit_multimodal(model: FusionNet, train: tuple, test: tuple, modality_dropout: Sequence[float], *, steps: int,
-                   batch_size: int = 64, learning_rate: float = 1e-3, key: jax.Array | None = None) -> MultimodalResult:
+                   batch_size: int = 64, learning_rate: float = 1e-3, key: jax.Array | None = None,
+                   workdir: str | Path | None = None, checkpoint_every: int | None = None) -> MultimodalResult:
     """Train one member per `modality_dropout` rate on `train` = ((x_1, ..., x_M), y), Adam, every
-    member on the same batches, one program; accuracy on `test` with all and with single modalities."""
-    from vhjax.population.members import fit_members, init_members, per_step_batches
+    member on the same batches, one program; accuracy on `test` with all and with single modalities.
+    `workdir`: checkpoints every `checkpoint_every` steps (default a tenth), a rerun resumes, a finished
+    run is restored, other inputs are refused (`population.members.resumable`)."""
+    from vhjax.population.members import fit_members, init_members, per_step_batches, resumable
 
     check_choice("fusion", model.fusion, FUSIONS)
     inputs, y = tuple(np.asarray(x, np.float32) for x in train[0]), np.asarray(train[1], np.int32)
@@ -102,7 +106,11 @@ def fit_multimodal(model: FusionNet, train: tuple, test: tuple, modality_dropout
     init_fn = lambda k: model.init(k, tuple(jnp.asarray(x[:1]) for x in inputs))["params"]  # noqa: E731
     population = init_members(init_fn, optimizer, key, len(rates), hparams={"modality_dropout": rates})
     batches = per_step_batches((*inputs, y), steps, batch_size)
-    trained, _ = fit_members(population, fusion_loss(model), optimizer, batches, steps)
+    saving = resumable(workdir, "multimodal", {"model": repr(model), "train": (inputs, y), "modality_dropout": rates,
+                                               "steps": steps, "batch_size": batch_size,
+                                               "learning_rate": learning_rate,
+                                               "key": np.asarray(jax.random.key_data(key))}, steps, checkpoint_every)
+    trained, _ = fit_members(population, fusion_loss(model), optimizer, batches, steps, **saving)
     test_inputs = tuple(jnp.asarray(x, jnp.float32) for x in test[0])
     test_y = np.asarray(test[1])
 

@@ -14,6 +14,7 @@ member.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -86,10 +87,13 @@ class MultiTaskResult:
 
 def fit_multitask(model: MultiTaskNet, train: tuple, test: tuple, task_weights: Any, *, steps: int,
                   batch_size: int = 64, learning_rate: float = 1e-3, uncertainty: bool = False,
-                  key: jax.Array | None = None) -> MultiTaskResult:
+                  key: jax.Array | None = None, workdir: str | Path | None = None,
+                  checkpoint_every: int | None = None) -> MultiTaskResult:
     """Train one member per row of `task_weights` (members, tasks) on `train` = (x, labels (N, tasks))
-    with Adam, every member on the same batches (one program); test accuracy per task on `test`."""
-    from vhjax.population.members import fit_members, init_members, per_step_batches
+    with Adam, every member on the same batches (one program); test accuracy per task on `test`.
+    `workdir`: checkpoints every `checkpoint_every` steps (default a tenth), a rerun resumes, a finished
+    run is restored, other inputs are refused (`population.members.resumable`)."""
+    from vhjax.population.members import fit_members, init_members, per_step_batches, resumable
 
     x, labels = np.asarray(train[0], np.float32), np.asarray(train[1], np.int32)
     weights = np.asarray(task_weights, np.float32)
@@ -117,7 +121,11 @@ def fit_multitask(model: MultiTaskNet, train: tuple, test: tuple, task_weights: 
     optimizer = optim.make_optimizer("adam", learning_rate=learning_rate)
     population = init_members(init_fn, optimizer, key, size, hparams={"task_weights": weights})
     batches = per_step_batches((x, labels), steps, batch_size)
-    trained, _ = fit_members(population, multitask_loss(model, uncertainty), optimizer, batches, steps)
+    saving = resumable(workdir, "multitask", {"model": repr(model), "train": (x, labels), "task_weights": weights,
+                                              "steps": steps, "batch_size": batch_size,
+                                              "learning_rate": learning_rate, "uncertainty": uncertainty,
+                                              "key": np.asarray(jax.random.key_data(key))}, steps, checkpoint_every)
+    trained, _ = fit_members(population, multitask_loss(model, uncertainty), optimizer, batches, steps, **saving)
     params = trained.members.params
     logits = jax.jit(jax.vmap(lambda p: model.apply({"params": p["net"]}, jnp.asarray(test[0], jnp.float32))))(params)
     test_labels = np.asarray(test[1])
