@@ -62,14 +62,17 @@ def test_a_change_takes_effect_at_its_step_and_a_shorter_schedule_stops_there(tm
     replay = replay_pbt(CONFIG, frozen, top=2, seeds=1, verbose=False)
     assert [(p.trial.trial_id, len(p.schedule)) for p in replay.picks] == [(2, 3), (3, 1)]  # best first
     short = fit_population(dataclasses.replace(CONFIG, steps=30), [{"learning_rate": 1e-2, "seed": 0}], verbose=False)
-    assert [m["test"] for m in replay.members] == [short.members[0]["test"]] * 2
+    close = lambda got, expected: all(g == pytest.approx(e, rel=1e-5) for g, e in zip(got, expected))  # noqa: E731
+    # (the replay's programs vmap 2 members, the plain fit 1: equal up to float rounding, which depends on the CPU)
+    assert close([m["test"] for m in replay.members], [short.members[0]["test"]] * 2)
     assert [m["steps"] for m in replay.members] == [90, 30]
     held = replay_pbt(CONFIG, frozen, top=2, seeds=1, until=90, verbose=False)  # pick 1 goes on at its last values
     full = fit_population(CONFIG, [{"learning_rate": 1e-2, "seed": 0}], verbose=False)
-    assert [m["test"] for m in held.members] == [short.members[0]["test"], full.members[0]["test"]]
+    assert close([m["test"] for m in held.members], [short.members[0]["test"], full.members[0]["test"]])
     assert [m["steps"] for m in held.members] == [90, 90]
     rows = replay.summary()
-    assert rows[0]["pbt_eval"] == 0.8 and rows[0]["test_mean"] == short.members[0]["test"]["accuracy"]
+    assert rows[0]["pbt_eval"] == 0.8 and rows[0]["test_mean"] == pytest.approx(short.members[0]["test"]["accuracy"],
+                                                                                rel=1e-5)
     assert rows[0]["test_std"] == 0.0 and "| 0 | 0 | 2 | 3 (90) | 0.8000 |" in replay.table()
     # killed right after the checkpoint of step 30, where pick 0's rate changes: the resumed replay is the same
     run_interrupted(lambda: replay_pbt(CONFIG, frozen, top=2, seeds=1, workdir=tmp_path, verbose=False), at_step=30)

@@ -17,7 +17,7 @@ from vhjax.population.state import PopulationState, new_population
 
 __all__ = ["FitResult", "Hook", "KFoldResult", "LoopResult", "PBTResult", "PopulationResult", "PopulationRunner",
            "PopulationState", "Report", "all_finite", "best_members", "bucket_members", "classifier_runner",
-           "copy_members", "default_member_group", "early_stopping", "export_member", "exploit_and_explore", "fit", "fit_kfold", "fit_members", "fit_members",
+           "copy_members", "default_member_group", "early_stopping", "export_member", "exploit_and_explore", "fit", "fit_kfold", "fit_members",
            "fit_pbt", "fit_population", "get_member_hparams", "init_members", "init_population", "keep_best",
            "keep_where", "loss_runner", "make_loss_step", "make_population_eval", "make_population_step",
            "new_population", "pbt_hook", "perturb", "population_batch_indices", "reduce_on_plateau", "resample",
