@@ -1,25 +1,51 @@
-"""The child processes' XLA_FLAGS (tests/xla_flags.py)."""
+"""vhjax puts the XLA flags it needs in $XLA_FLAGS at import; without them a 2-layer LSTM population of 9
+members hangs on a CPU (every thread of XLA's CPU client waits)."""
 
-from tests.xla_flags import COLLECTIVE_PATIENCE, DEVICE_COUNT_FLAG, FAST_COMPILE, xla_flags
+from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
-def test_children_keep_the_users_flags_and_get_fast_compile_once():
-    user = "--xla_dump_to=/tmp/dump --xla_cpu_enable_fast_math=false"
-    flags = xla_flags(inherited=user).split()
-    assert flags[:2] == user.split()  # the user's flags first, unchanged
-    assert all(flags.count(flag) == 1 for flag in FAST_COMPILE.split())
-    assert xla_flags(inherited=f"{user} {FAST_COMPILE}").split() == flags  # not added twice
+from vhjax import xla_flags
 
-
-def test_the_device_count_is_the_tests_never_the_inherited_one():
-    inherited = f"--xla_dump_to=/tmp/dump {DEVICE_COUNT_FLAG}=8"
-    assert xla_flags(4, inherited).split()[-1] == f"{DEVICE_COUNT_FLAG}=4"
-    assert [f for f in xla_flags(4, inherited).split() if f.startswith(DEVICE_COUNT_FLAG)] == [f"{DEVICE_COUNT_FLAG}=4"]
-    assert DEVICE_COUNT_FLAG not in xla_flags(inherited=inherited)  # no count asked: JAX's default device
-    assert "--xla_dump_to=/tmp/dump" in xla_flags(4, inherited)
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_children_with_several_devices_wait_longer_in_collectives():
-    assert COLLECTIVE_PATIENCE in xla_flags(4, "").split()
-    assert COLLECTIVE_PATIENCE not in xla_flags(1, "") and COLLECTIVE_PATIENCE not in xla_flags(inherited="")
-    assert xla_flags(2, COLLECTIVE_PATIENCE).split().count(COLLECTIVE_PATIENCE) == 1
+def test_required_flags_are_added_and_the_users_own_values_kept():
+    assert xla_flags.with_required("") == "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+    assert xla_flags.with_required("--xla_force_host_platform_device_count=2") == (
+        "--xla_force_host_platform_device_count=2 --xla_cpu_enable_concurrency_optimized_scheduler=false")
+    mine = "--xla_cpu_enable_concurrency_optimized_scheduler=true"
+    assert xla_flags.with_required(mine) == mine
+    environ = {"XLA_FLAGS": "--xla_cpu_use_fusion_emitters=false"}
+    xla_flags.apply(environ)
+    assert environ["XLA_FLAGS"].split() == ["--xla_cpu_use_fusion_emitters=false",
+                                            "--xla_cpu_enable_concurrency_optimized_scheduler=false"]
+    assert not xla_flags.names_flag("--xla_cpu_enable_concurrency_optimized_scheduler_other=1",
+                                    "xla_cpu_enable_concurrency_optimized_scheduler")
+
+
+def test_a_two_layer_lstm_population_of_nine_members_finishes():
+    """The child starts without the flag in its environment: importing vhjax must set it (before it, the
+    chunk never returned: > 120 s against about 9 s)."""
+    script = textwrap.dedent("""
+        import numpy as np
+        from vhjax.config import TrainConfig
+        from vhjax.population import fit_population
+        rng = np.random.default_rng(0)
+        x, y = rng.normal(size=(128, 32, 1)).astype(np.float32), rng.integers(0, 4, 128).astype(np.int32)
+        config = TrainConfig(dataset={"train": (x, y), "test": (x, y)}, model="lstm", eval_split="test",
+                             model_kwargs={"num_layers": 2, "hidden_size": 32, "num_classes": 4},
+                             batch_size=32, steps=4, eval_every=4)
+        result = fit_population(config, [{"seed": s} for s in range(9)], verbose=False)
+        print("trained", len(result.members))
+    """)
+    flags = " ".join(flag for flag in os.environ.get("XLA_FLAGS", "").split()
+                     if not flag.startswith("--xla_cpu_enable_concurrency_optimized_scheduler"))
+    env = {**os.environ, "XLA_FLAGS": flags, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "trained 9" in done.stdout

@@ -5,6 +5,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from vhjax import xla_flags as _xla_flags
+
+_xla_flags.apply()  # before JAX starts a backend: XLA reads $XLA_FLAGS once
+
 __version__ = "0.1.0"
 
 _EXPORTS = {
