@@ -18,6 +18,17 @@ import warnings
 from typing import MutableMapping
 
 REQUIRED = {"xla_cpu_enable_concurrency_optimized_scheduler": "false"}
+CHECKED_FROM = (0, 10)  # the jaxlib these flags were checked on: an older XLA aborts on a flag it does not know
+
+
+def jaxlib_version() -> tuple[int, ...]:
+    """The installed jaxlib's (major, minor), read from its metadata (JAX is not imported); () if absent."""
+    from importlib import metadata
+
+    try:
+        return tuple(int(part) for part in metadata.version("jaxlib").split(".")[:2])
+    except (metadata.PackageNotFoundError, ValueError):
+        return ()
 
 
 def names_flag(flags: str, name: str) -> bool:
@@ -43,8 +54,10 @@ def backend_started() -> bool:
 
 
 def apply(environ: MutableMapping[str, str] = os.environ) -> None:
-    """Put the required flags in `environ['XLA_FLAGS']`; warn when JAX's backend started before (the
-    flags then take effect only in new processes)."""
+    """Put the required flags in `environ['XLA_FLAGS']` (with jaxlib 0.10 or later: older ones were not
+    checked); warn when JAX's backend started before (the flags then take effect only in new processes)."""
+    if jaxlib_version() < CHECKED_FROM:
+        return
     flags = environ.get("XLA_FLAGS", "")
     wanted = with_required(flags)
     if wanted == flags.strip():
