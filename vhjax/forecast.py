@@ -387,8 +387,9 @@ def fit_forecasters(data: ForecastData, model: str = "gru", *, learning_rates: f
         init_key, member_key = jax.random.split(key)
         population = init_members(lambda _: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes),
                                   optimizer_fn, member_key, size)
-        # one member at a time (lax.map), not vmapped: XLA's CPU runtime (jax 0.10.2) hangs running a
-        # vmapped init of two LSTMs of 32 (seq2seq, num_layers=2) for 6 or more members
+        # one member at a time (lax.map), not vmapped: with XLA's concurrency-optimized CPU scheduler a
+        # vmapped init of two LSTMs of 32 (seq2seq, num_layers=2) hung for 6 or more members; vhjax.xla_flags
+        # turns that scheduler off at import, and the map keeps a process where that came too late safe
         params = jax.lax.map(init_fn, jax.random.split(init_key, size))
         # the rate set here, not through init_members' checks (> 0): a rate of 0 is a frozen control member
         members = population.members
