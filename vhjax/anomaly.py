@@ -30,6 +30,7 @@ import numpy as np
 
 from vhjax import metrics, optim
 from vhjax.compile_options import light_jit
+from vhjax.memo import Memo
 from vhjax.validation import check_int, check_number, invalid
 
 
@@ -138,13 +139,13 @@ def reconstruction_errors(detectors: AnomalyDetectors, x: Any, batch_size: int =
                                                                                     jnp.asarray(data)))
 
 
-_PROGRAMS: dict = {}
+_PROGRAMS: Memo = Memo(8)  # per model and batch size: repeated scoring compiles nothing new
 
 
 def _errors_program(model: nn.Module, batch_size: int):
     """`errors(params (P, ...), x (N, ...)) -> (P, N)`, jitted once per model and batch size."""
-    key = (model, batch_size)
-    if key not in _PROGRAMS:
+
+    def build():
         def errors(params, x):
             n = x.shape[0]
             padded = -(-n // batch_size) * batch_size
@@ -159,8 +160,9 @@ def _errors_program(model: nn.Module, batch_size: int):
 
             return jax.vmap(one)(params)
 
-        _PROGRAMS[key] = light_jit(errors)
-    return _PROGRAMS[key]
+        return light_jit(errors)
+
+    return _PROGRAMS.get((), build, settings=(model, batch_size))
 
 
 def pca_errors(x_normal: Any, x: Any, components: int) -> np.ndarray:
