@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vhjax.batching import map_in_batches
 from vhjax.compile_options import light_jit
 from vhjax.ensemble.combine import check_labels
 from vhjax.ensemble.members import MemberGroup, apply_member
@@ -104,13 +105,16 @@ _FEATURES: Memo[Callable] = Memo(8)
 
 
 def _features_program(model: Any, layer: str, has_arch: bool) -> Callable:
-    """`run(variables, arch, batches (K, B, ...)) -> (P, K * B, D)`, vmapped over members, jitted."""
+    """`run(variables, arch, x (N, ...), batch_size) -> (P, N, D)`, vmapped over members, jitted."""
 
-    def one(variables, arch, batches):
-        out = jax.lax.map(lambda xb: apply_with_layer_input(model, variables, xb, layer, arch), batches)
-        return out.reshape(out.shape[0] * out.shape[1], -1)
+    def run(variables, arch, x, batch_size):
+        def one(variables, arch):
+            out = map_in_batches(lambda xb: apply_with_layer_input(model, variables, xb, layer, arch), x, batch_size)
+            return out.reshape(out.shape[0], -1)
 
-    return light_jit(jax.vmap(one, in_axes=(0, 0 if has_arch else None, None)))
+        return jax.vmap(one, in_axes=(0, 0 if has_arch else None))(variables, arch)
+
+    return light_jit(run, static_argnums=3)
 
 
 def group_features(group: MemberGroup, x: Any, layer: str = "head", *, batch_size: int = 1000) -> np.ndarray:
@@ -122,13 +126,10 @@ def group_features(group: MemberGroup, x: Any, layer: str = "head", *, batch_siz
     if x.ndim < 2 or x.shape[0] == 0:
         raise invalid("x shape", tuple(x.shape), "a batch of at least one example, shape (N, ...)")
     check_layer(group, x, layer)
-    size = min(batch_size, x.shape[0])
-    padded = -(-x.shape[0] // size) * size
-    batches = jnp.pad(x, [(0, padded - x.shape[0])] + [(0, 0)] * (x.ndim - 1)).reshape(-1, size, *x.shape[1:])
     has_arch = group.arch is not None
     run = _FEATURES.get((group.model,), lambda: _features_program(group.model, layer, has_arch),
                         settings=(layer, has_arch))
-    return np.asarray(run(group.variables, group.arch, batches))[:, :x.shape[0]]
+    return np.asarray(run(group.variables, group.arch, x, batch_size))
 
 
 def ensemble_features(ensemble: Any, x: Any, layer: str = "head", *, batch_size: int = 1000) -> list[np.ndarray]:

@@ -14,6 +14,7 @@ import optax
 from jax import lax
 
 from vhjax import losses, metrics, regularizers
+from vhjax.batching import map_in_batches
 from vhjax.counter_hash import hashed_bits
 from vhjax.train.state import TrainState
 from vhjax.train.task import Task
@@ -352,14 +353,9 @@ def make_eval_fn(task: Task, *, precise: bool = True) -> Callable:
 
     def evaluate(state: TrainState, x: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
         state = with_precise_statistics(state)
-        n = x.shape[0]
-        size = min(batch_size, n)
-        padded = -(-n // size) * size
-        x_batches = jnp.pad(x, [(0, padded - n)] + [(0, 0)] * (x.ndim - 1)).reshape(-1, size, *x.shape[1:])
-        outputs = lax.map(
+        outputs = map_in_batches(
             lambda xb: apply_model(task, state.params, state.model_state, state.hparams, xb, train=False)[0],
-            x_batches)
-        outputs = outputs.reshape(padded, *outputs.shape[2:])[:n]
+            x, batch_size)
         loss = per_example_loss(task, state.hparams, outputs, y)
         return {name: EVAL_METRICS[name](outputs, y, loss, num_classes) for name in names}
 

@@ -54,6 +54,7 @@ import numpy as np
 import optax
 
 from vhjax import metrics, optim, parallel, privacy
+from vhjax.batching import map_in_batches
 from vhjax.compile_options import light_jit
 from vhjax.config import SECTIONS, TrainConfig
 from vhjax.memo import Memo
@@ -404,22 +405,18 @@ def feature_dim(task: Task, layer: str, hparams: dict) -> int:
 def member_features(task: Task, population: PopulationState, layer: str, x: np.ndarray) -> np.ndarray:
     """(P, N, D) features (`layer`'s input) of every member on `x`, evaluation mode, in eval batches
     (one program per task and layer, compiled once per input shape)."""
-    x = jnp.asarray(x)
-    size = min(task.config.eval_batch_size, x.shape[0])
-    padded = -(-x.shape[0] // size) * size
-    batches = jnp.pad(x, [(0, padded - x.shape[0])] + [(0, 0)] * (x.ndim - 1)).reshape(-1, size, *x.shape[1:])
     features = _FEATURES.get((task,), lambda: features_program(task, layer), settings=layer)
-    return np.asarray(features(population.members, batches))[:, :x.shape[0]]
+    return np.asarray(features(population.members, jnp.asarray(x)))
 
 
 def features_program(task: Task, layer: str):
-    """`features(members, batches (K, B, ...)) -> (P, K * B, D)`, jitted."""
+    """`features(members, x (N, ...)) -> (P, N, D)` in eval batches, jitted."""
 
-    def one(member, batches):
+    def one(member, x):
         apply = lambda xb: apply_with_features(task, layer, member.params, member.model_state, member.hparams, xb,
                                                train=False)[1]
-        out = jax.lax.map(apply, batches)
-        return out.reshape(out.shape[0] * out.shape[1], -1)  # (K, B, ...) -> (K * B, D)
+        out = map_in_batches(apply, x, task.config.eval_batch_size)
+        return out.reshape(out.shape[0], -1)  # (N, ...) -> (N, D)
 
     return light_jit(jax.vmap(one, in_axes=(0, None)))
 

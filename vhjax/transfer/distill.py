@@ -33,9 +33,9 @@ from typing import Any, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from vhjax import losses, parallel
+from vhjax.batching import map_in_batches
 from vhjax.compile_options import light_jit
 from vhjax.config import TrainConfig
 from vhjax.memo import Memo
@@ -200,15 +200,10 @@ def as_teacher(teacher: Any, teacher_model: Any = None, **source: Any) -> Teache
 def batched_apply(model: Any, variables: Mapping, x: jax.Array, batch_size: int) -> jax.Array:
     """`model.apply(variables, x, train=False)` over `x` in fixed-size batches (one jitted program)."""
     kwargs = {"train": False} if "train" in call_keywords(model) else {}
-    n = x.shape[0]
-    size = min(batch_size, n)
-    padded = -(-n // size) * size
 
     @light_jit
     def run(variables, x):
-        batches = jnp.pad(x, [(0, padded - n)] + [(0, 0)] * (x.ndim - 1)).reshape(-1, size, *x.shape[1:])
-        out = lax.map(lambda xb: model.apply(variables, xb, **kwargs), batches)
-        return out.reshape(padded, *out.shape[2:])[:n]
+        return map_in_batches(lambda xb: model.apply(variables, xb, **kwargs), x, batch_size)
 
     return run(dict(variables), x)
 
@@ -302,11 +297,7 @@ def predict(task: Task, population: PopulationState, x: jax.Array) -> np.ndarray
 
     def one(member):
         apply = lambda xb: apply_model(task, member.params, member.model_state, member.hparams, xb, train=False)[0]
-        n, size = x.shape[0], min(batch_size, x.shape[0])
-        padded = -(-n // size) * size
-        batches = jnp.pad(x, [(0, padded - n)] + [(0, 0)] * (x.ndim - 1)).reshape(-1, size, *x.shape[1:])
-        out = lax.map(apply, batches)
-        return out.reshape(padded, *out.shape[2:])[:n]
+        return map_in_batches(apply, x, batch_size)
 
     return np.asarray(light_jit(jax.vmap(one))(population.members))
 
