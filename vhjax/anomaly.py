@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vhjax import metrics, optim
+from vhjax.batching import map_in_batches
 from vhjax.compile_options import light_jit
 from vhjax.memo import Memo
 from vhjax.validation import check_int, check_number, invalid
@@ -113,13 +114,12 @@ def fit_autoencoders(model: nn.Module, x_normal: Any, *, learning_rate: float | 
         check_number(f"member {index}: noise", float(noises[index]), 0.0)
     key = jax.random.key(0) if key is None else key
     example = jnp.asarray(x[:1])
-    initial = jax.jit(jax.vmap(lambda s: model.init(jax.random.fold_in(key, s), example)["params"]))(
-        jnp.asarray(seed_values, jnp.int32))  # a member's initialisation is its seed's
     optimizer = optim.make_optimizer("adam", learning_rate=float(rates[0]))
+    seed_keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.asarray(seed_values, jnp.int32))
     population = init_members(lambda k: model.init(k, example)["params"], optimizer, key, size,
                               hparams={"noise": jnp.asarray(noises, jnp.float32)},
-                              optimizer_hparams={"learning_rate": jnp.asarray(rates, jnp.float32)})
-    population = population.replace(members=population.members.replace(params=initial))
+                              optimizer_hparams={"learning_rate": jnp.asarray(rates, jnp.float32)},
+                              init_keys=seed_keys)  # a member's initialisation is its seed's
     batches = per_step_batches((x,), steps, batch_size, seed=int(seed_values[0]))
     saving = resumable(workdir, "autoencoders", {"model": repr(model), "x_normal": x, "learning_rate": rates.tolist(),
                                                  "noise": noises.tolist(), "seeds": seed_values.tolist(),
@@ -147,16 +147,12 @@ def _errors_program(model: nn.Module, batch_size: int):
 
     def build():
         def errors(params, x):
-            n = x.shape[0]
-            padded = -(-n // batch_size) * batch_size
-            batches = jnp.pad(x, [(0, padded - n)] + [(0, 0)] * (x.ndim - 1)).reshape(-1, batch_size, *x.shape[1:])
-
             def one(member):
                 def batch_errors(xb):
                     out = model.apply({"params": member}, xb)
                     return jnp.mean((out - xb).reshape(xb.shape[0], -1) ** 2, axis=1)
 
-                return jax.lax.map(batch_errors, batches).reshape(-1)[:n]
+                return map_in_batches(batch_errors, x, batch_size)
 
             return jax.vmap(one)(params)
 

@@ -383,7 +383,7 @@ def fit_forecasters(data: ForecastData, model: str = "gru", *, learning_rates: f
     started = time.perf_counter()
     shapes = jax.eval_shape(init_fn, jax.random.key(0))
 
-    def init_population(key: jax.Array, rates: jax.Array) -> Any:
+    def init_forecasters(key: jax.Array, rates: jax.Array) -> Any:
         init_key, member_key = jax.random.split(key)
         population = init_members(lambda _: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes),
                                   optimizer_fn, member_key, size)
@@ -396,7 +396,7 @@ def fit_forecasters(data: ForecastData, model: str = "gru", *, learning_rates: f
         return population.replace(members=members.replace(
             params=params, opt_state=optim.set_hyperparams(members.opt_state, learning_rate=rates)))
 
-    population = light_jit(init_population, run_once=True)(jax.random.key(seed), member_rates)
+    population = light_jit(init_forecasters, run_once=True)(jax.random.key(seed), member_rates)
     initial = errors_by_split(data, module, population.members.params, ("val", "test"))["val"]  # the later program
     batches = per_step_batches((data.inputs["train"], data.targets["train"]), steps, batch_size, seed)
     chunk_seconds: list[tuple[int, float]] = []

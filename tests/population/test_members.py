@@ -84,6 +84,22 @@ def test_bad_input_is_named(batches):
         fit_members(population, loss_fn, OPTIMIZER, batches[:4], 5)
 
 
+def test_init_keys_give_each_member_its_own_initialisation():
+    keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(7), s))(jnp.asarray([3, 5, 3]))
+    population = init_members(init_fn, OPTIMIZER, jax.random.key(0), 3, hparams={"beta": 1.0}, init_keys=keys)
+    for index in range(3):
+        alone = init_fn(keys[index])
+        for got, want in zip(jax.tree.leaves(population.members.params), jax.tree.leaves(alone)):
+            np.testing.assert_allclose(np.asarray(got)[index], want, rtol=1e-6, atol=1e-7)
+    leaves = jax.tree.leaves(population.members.params)
+    assert all(np.array_equal(leaf[0], leaf[2]) for leaf in leaves)  # the same seed, the same initialisation
+    assert not all(np.array_equal(leaf[0], leaf[1]) for leaf in leaves)
+    default = init_members(init_fn, OPTIMIZER, jax.random.key(0), 3, hparams={"beta": 1.0})
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(default.members.params), leaves))
+    with pytest.raises(ValueError, match=r"init_keys has shape \(2,\); allowed: 3 typed keys"):
+        init_members(init_fn, OPTIMIZER, jax.random.key(0), 3, init_keys=keys[:2])
+
+
 def test_seq2seq_population_trains_under_vmap():
     import optax
 

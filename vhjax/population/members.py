@@ -268,23 +268,40 @@ def make_population_eval(task: Task) -> Callable[[PopulationState, jax.Array, ja
 
 def init_members(init_fn: Callable[[jax.Array], Any], optimizer: optax.GradientTransformation, key: jax.Array,
                  size: int, hparams: Mapping[str, Any] | None = None,
-                 optimizer_hparams: Mapping[str, Any] | None = None) -> PopulationState:
+                 optimizer_hparams: Mapping[str, Any] | None = None, *,
+                 init_keys: jax.Array | None = None) -> PopulationState:
     """`size` members initialised by `init_fn` with their own keys; `optimizer_hparams` (e.g.
-    learning_rate) go into the optimizer state of an optimizer from `vhjax.optim.make_optimizer`."""
+    learning_rate) go into the optimizer state of an optimizer from `vhjax.optim.make_optimizer`.
+    `init_keys`: the (size,) keys `init_fn` gets (e.g. one per member's seed, so a member's
+    initialisation is its seed's), else keys split from `key`. Values are checked first; the
+    initialisation is one jitted program (run op by op it took seconds for a small recurrent net)."""
     check_int("population size", size, 1)
+    member_hparams = per_member_values(hparams or {}, size)
+    rates = per_member_values(optimizer_hparams, size) if optimizer_hparams else {}
     init_key, member_key = jax.random.split(key)
-    params = jax.vmap(init_fn)(jax.random.split(init_key, size))
-    opt_state = jax.vmap(optimizer.init)(params)
-    if optimizer_hparams:
-        known = optim.get_hyperparams(opt_state)
-        unknown = sorted(set(optimizer_hparams) - set(known))
+    if init_keys is None:
+        init_keys = jax.random.split(init_key, size)
+    elif getattr(init_keys, "shape", None) != (size,) or not jax.dtypes.issubdtype(init_keys.dtype,
+                                                                                  jax.dtypes.prng_key):
+        raise ValueError(f"init_keys has shape {getattr(init_keys, 'shape', None)}; allowed: {size} typed keys "
+                         f"(jax.random.key), one per member")
+
+    def initial(init_keys: jax.Array) -> tuple[Any, Any]:
+        params = jax.vmap(init_fn)(init_keys)
+        return params, jax.vmap(optimizer.init)(params)
+
+    if rates:
+        known = optim.get_hyperparams(jax.eval_shape(initial, init_keys)[1])  # traced, not compiled
+        unknown = sorted(set(rates) - set(known))
         if unknown:
             raise ValueError(f"unknown optimizer hyperparameter(s) {unknown}; known: {sorted(known)}")
-        opt_state = optim.set_hyperparams(opt_state, **per_member_values(optimizer_hparams, size))
+    params, opt_state = light_jit(initial, run_once=True)(init_keys)
+    if rates:
+        opt_state = optim.set_hyperparams(opt_state, **rates)
     keys = jax.random.split(member_key, size)
     data_keys = jax.vmap(lambda k: jax.random.fold_in(k, DATA_KEY_TAG))(keys)
     members = TrainState(step=jnp.zeros(size, jnp.int32), params=params, model_state={}, opt_state=opt_state,
-                         hparams=per_member_values(hparams or {}, size), key=keys, data_key=data_keys)
+                         hparams=member_hparams, key=keys, data_key=data_keys)
     return new_population(members, same_batches=True)
 
 
