@@ -220,6 +220,16 @@ def _l1_max(data: dict, group: bool) -> float:
     return float((blocks / data["group_weight"]).max())
 
 
+def standardized_on(z: jax.Array, mask: jax.Array) -> jax.Array:
+    """`z` (N, D) standardized with the mean and std of the rows where `mask` is 1 (a feature
+    constant there keeps scale 1), as `fit_feature_ensemble` standardizes the data it is given."""
+    count = jnp.maximum(jnp.sum(mask), 1.0)
+    mean = jnp.sum(mask[:, None] * z, axis=0) / count
+    scale = jnp.sqrt(jnp.sum(mask[:, None] * (z - mean) ** 2, axis=0) / count)
+    large = jnp.maximum(1.0, jnp.max(jnp.where(mask[:, None] > 0, jnp.abs(z), 0.0)))
+    return (z - mean) / jnp.where(scale > 1e-6 * large, scale, 1.0)
+
+
 @functools.lru_cache(maxsize=16)
 def _programs(steps: int, group: bool, members: int, learning_rate: float | None) -> tuple[Callable, Callable]:
     """(`fit_values(z, targets, mask, l1s, member_of, group_weight) -> params per l1`,
@@ -278,8 +288,9 @@ def _programs(steps: int, group: bool, members: int, learning_rate: float | None
     @jax.jit
     def cv(z, targets, masks, l1s, member_of, group_weight):
         def held_out(l1, mask):
-            p = fit(z, targets, mask, l1, member_of, group_weight)
-            per_example = optax.softmax_cross_entropy(z @ p["kernel"] + p["bias"], targets)
+            z_fold = standardized_on(z, mask)  # the fold's own rows only: held-out rows leak nothing
+            p = fit(z_fold, targets, mask, l1, member_of, group_weight)
+            per_example = optax.softmax_cross_entropy(z_fold @ p["kernel"] + p["bias"], targets)
             return jnp.sum((1 - mask) * per_example) / jnp.sum(1 - mask)
 
         return jax.vmap(lambda l1: jax.vmap(lambda mask: held_out(l1, mask))(masks))(l1s)
@@ -308,7 +319,8 @@ def fit_feature_ensemble(features: Any, labels: Any, *, l1: float | Sequence[flo
     `features`: see `stack_features` (fit on data the members did not train on, e.g. a validation
     split). Features are standardized with their mean and std on this data (stored in the result).
     `l1`: the penalty's strength on the mean cross-entropy (sklearn's `C` is `1 / (l1 * N)`); a list
-    is chosen by `folds`-fold cross-validated NLL (all folds and values in one vmapped program),
+    is chosen by `folds`-fold cross-validated NLL (all folds and values in one vmapped program; each
+    fold's fit standardizes with its own training rows' mean and std),
     None uses `grid` values geometrically spaced from `l1_max` (nothing kept) down to 1e-3 of it.
     `cv_rule='min'` takes the value with the lowest mean held-out NLL; '1se' the largest value within
     one standard error (over folds) of that minimum: a sparser model about as good (Hastie et al.).
