@@ -91,13 +91,14 @@ def reconstruction_loss(model: nn.Module):
 def fit_autoencoders(model: nn.Module, x_normal: Any, *, learning_rate: float | Sequence[float] = 1e-3,
                      noise: float | Sequence[float] = 0.0, seeds: int | Sequence[int] = 0, steps: int = 1000,
                      batch_size: int = 64, key: jax.Array | None = None, workdir: str | Path | None = None,
-                     checkpoint_every: int | None = None) -> AnomalyDetectors:
+                     checkpoint_every: int | None = None, mesh: Any = "auto") -> AnomalyDetectors:
     """Train one autoencoder per member on `x_normal` (normal data only) in one program (the population
     engine, Adam). `learning_rate`, `noise` (the std of the Gaussian input noise: a denoising
     autoencoder) and `seeds` (initialisation) are a number for every member or one entry per member;
     members see the same batches. `workdir`: checkpoints every `checkpoint_every` steps (default a
     tenth), a rerun resumes and a finished run is restored; other inputs there are refused
-    (`population.members.resumable`). Everything is checked before anything compiles."""
+    (`population.members.resumable`). Everything is checked before anything compiles.
+    `mesh`: the members over every local device ('auto', the default; None: one device), as `fit_population`."""
     from vhjax.population.members import fit_members, init_members, per_step_batches, resumable
 
     x = check_inputs("x_normal", x_normal, getattr(model, "data_shape", None))
@@ -126,7 +127,8 @@ def fit_autoencoders(model: nn.Module, x_normal: Any, *, learning_rate: float | 
                                                  "steps": steps, "batch_size": batch_size,
                                                  "key": np.asarray(jax.random.key_data(key)).tolist()},
                        steps, checkpoint_every)
-    trained, losses = fit_members(population, reconstruction_loss(model), optimizer, batches, steps, **saving)
+    trained, losses = fit_members(population, reconstruction_loss(model), optimizer, batches, steps, mesh=mesh,
+                                  **saving)
     members = [{"learning_rate": float(r), "noise": float(n), "seed": int(s)}
                for r, n, s in zip(rates, noises, seed_values)]
     return AnomalyDetectors(model, trained.members.params, members, np.asarray(losses))

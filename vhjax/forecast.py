@@ -335,7 +335,7 @@ def fit_forecasters(data: ForecastData, model: str = "gru", *, learning_rates: f
                     repeats: int = 1, hidden_size: int = 32, num_layers: int = 1, steps: int = 500,
                     batch_size: int = 32, loss: str = "mse", optimizer: str = "adam", clip_norm: float | None = None,
                     season: int | None = None, seed: int = 0, chunks: int = 1, workdir: str | Path | None = None,
-                    checkpoint_every: int | None = None) -> ForecastResult:
+                    checkpoint_every: int | None = None, mesh: Any = "auto") -> ForecastResult:
     """Train `repeats` x len(`learning_rates`) members of `model` (one of MODELS; one size: members
     of other sizes have other shapes, so they are another call) on `data`'s training windows, in one
     program: every member sees the same batches (`per_step_batches` with `seed`) and has its own
@@ -345,7 +345,8 @@ def fit_forecasters(data: ForecastData, model: str = "gru", *, learning_rates: f
     many chunks of the one program, so `step_seconds` can be timed after the first (which compiles).
     `workdir`: checkpoints every `checkpoint_every` steps (default a tenth; the chunks then follow
     them), a rerun resumes, a finished run is restored, other inputs are refused
-    (`population.members.resumable`). Everything is checked before anything compiles."""
+    (`population.members.resumable`). Everything is checked before anything compiles.
+    `mesh`: the members over every local device ('auto', the default; None: one device), as `fit_population`."""
     from vhjax.population.members import fit_members, init_members, per_step_batches, resumable
     from vhjax.population.loop import Hook
 
@@ -405,7 +406,7 @@ def fit_forecasters(data: ForecastData, model: str = "gru", *, learning_rates: f
         chunk_seconds.append((report.length, report.seconds))
         return state, population
 
-    trained, losses = fit_members(population, loss_fn, optimizer_fn, batches, steps,
+    trained, losses = fit_members(population, loss_fn, optimizer_fn, batches, steps, mesh=mesh,
                                   **{"eval_every": -(-steps // chunks), **saving},
                                   hooks=[Hook("chunk_seconds", lambda population: {}, record)])
     errors = errors_by_split(data, module, trained.members.params, ("val", "test"))

@@ -84,11 +84,13 @@ class MultimodalResult:
 
 def fit_multimodal(model: FusionNet, train: tuple, test: tuple, modality_dropout: Sequence[float], *, steps: int,
                    batch_size: int = 64, learning_rate: float = 1e-3, key: jax.Array | None = None,
-                   workdir: str | Path | None = None, checkpoint_every: int | None = None) -> MultimodalResult:
+                   workdir: str | Path | None = None, checkpoint_every: int | None = None,
+                   mesh: Any = "auto") -> MultimodalResult:
     """Train one member per `modality_dropout` rate on `train` = ((x_1, ..., x_M), y), Adam, every
     member on the same batches, one program; accuracy on `test` with all and with single modalities.
     `workdir`: checkpoints every `checkpoint_every` steps (default a tenth), a rerun resumes, a finished
-    run is restored, other inputs are refused (`population.members.resumable`)."""
+    run is restored, other inputs are refused (`population.members.resumable`).
+    `mesh`: the members over every local device ('auto', the default; None: one device), as `fit_population`."""
     from vhjax.population.members import fit_members, init_members, per_step_batches, resumable
 
     check_choice("fusion", model.fusion, FUSIONS)
@@ -110,7 +112,7 @@ def fit_multimodal(model: FusionNet, train: tuple, test: tuple, modality_dropout
                                                "steps": steps, "batch_size": batch_size,
                                                "learning_rate": learning_rate,
                                                "key": np.asarray(jax.random.key_data(key))}, steps, checkpoint_every)
-    trained, _ = fit_members(population, fusion_loss(model), optimizer, batches, steps, **saving)
+    trained, _ = fit_members(population, fusion_loss(model), optimizer, batches, steps, mesh=mesh, **saving)
     test_inputs = tuple(jnp.asarray(x, jnp.float32) for x in test[0])
     test_y = np.asarray(test[1])
 

@@ -88,11 +88,12 @@ class MultiTaskResult:
 def fit_multitask(model: MultiTaskNet, train: tuple, test: tuple, task_weights: Any, *, steps: int,
                   batch_size: int = 64, learning_rate: float = 1e-3, uncertainty: bool = False,
                   key: jax.Array | None = None, workdir: str | Path | None = None,
-                  checkpoint_every: int | None = None) -> MultiTaskResult:
+                  checkpoint_every: int | None = None, mesh: Any = "auto") -> MultiTaskResult:
     """Train one member per row of `task_weights` (members, tasks) on `train` = (x, labels (N, tasks))
     with Adam, every member on the same batches (one program); test accuracy per task on `test`.
     `workdir`: checkpoints every `checkpoint_every` steps (default a tenth), a rerun resumes, a finished
-    run is restored, other inputs are refused (`population.members.resumable`)."""
+    run is restored, other inputs are refused (`population.members.resumable`).
+    `mesh`: the members over every local device ('auto', the default; None: one device), as `fit_population`."""
     from vhjax.population.members import fit_members, init_members, per_step_batches, resumable
 
     x, labels = np.asarray(train[0], np.float32), np.asarray(train[1], np.int32)
@@ -125,7 +126,8 @@ def fit_multitask(model: MultiTaskNet, train: tuple, test: tuple, task_weights: 
                                               "steps": steps, "batch_size": batch_size,
                                               "learning_rate": learning_rate, "uncertainty": uncertainty,
                                               "key": np.asarray(jax.random.key_data(key))}, steps, checkpoint_every)
-    trained, _ = fit_members(population, multitask_loss(model, uncertainty), optimizer, batches, steps, **saving)
+    trained, _ = fit_members(population, multitask_loss(model, uncertainty), optimizer, batches, steps, mesh=mesh,
+                             **saving)
     params = trained.members.params
     logits = jax.jit(jax.vmap(lambda p: model.apply({"params": p["net"]}, jnp.asarray(test[0], jnp.float32))))(params)
     test_labels = np.asarray(test[1])

@@ -344,19 +344,22 @@ def per_step_batches(arrays: Sequence[np.ndarray], steps: int, batch_size: int, 
 
 
 def loss_runner(loss_fn: Callable, optimizer: optax.GradientTransformation, *, first_step: int = 0,
-                member_group: int | None = None, isolation: str = "optimistic") -> PopulationRunner:
+                member_group: int | None = None, isolation: str = "optimistic", shards: int = 1,
+                place: Callable | None = None) -> PopulationRunner:
     """The engine's chunk runner for `make_loss_step(loss_fn, optimizer)` on per-step batches whose
-    row 0 is step `first_step`."""
+    row 0 is step `first_step`; `shards` and `place` as `mesh_layout` gives them for a mesh."""
     return PopulationRunner(make_loss_step(loss_fn, optimizer), stepwise_batches(first_step),
-                            member_group=member_group, isolation=isolation)
+                            member_group=member_group, isolation=isolation, shards=shards, place=place)
 
 
 def fit_members(population: PopulationState, loss_fn: Callable, optimizer: optax.GradientTransformation,
-                batches: Any, steps: int, **loop_kwargs: Any) -> tuple[PopulationState, np.ndarray]:
+                batches: Any, steps: int, *, mesh: Any = None, **loop_kwargs: Any) -> tuple[PopulationState, np.ndarray]:
     """Train members of any model on per-step `batches` (a pytree whose leaves have a leading axis
     of `steps`) with the one loop; returns the population and the (steps, P) losses (NaN where a
     member did not train, and for the steps a resumed run had trained before: `workdir` in
-    `loop_kwargs`, see `resumable`). `loop_kwargs` go to `loop.run_loop` (workdir, hooks, eval_every, ...)."""
+    `loop_kwargs`, see `resumable`). `mesh`: None (one device), 'auto' (the members over every local
+    device when there are several; any population size, padded with inert members), a spec or a
+    Mesh, as `fit_population`'s. `loop_kwargs` go to `loop.run_loop` (workdir, hooks, eval_every, ...)."""
     from vhjax.population.loop import run_loop  # the loop sits above the members
 
     check_int("steps", steps, 1)
@@ -364,10 +367,14 @@ def fit_members(population: PopulationState, loss_fn: Callable, optimizer: optax
     if leading != {steps}:
         raise ValueError(f"batches have leading sizes {sorted(leading, key=str)}; allowed: a leading axis of length "
                          f"steps={steps} on every leaf")
+    size = int(np.shape(population.members.step)[0])
+    mesh = parallel.resolve_mesh(mesh, size)
+    layout = mesh_layout(mesh, size, member_group=None)
     start = int(np.max(np.asarray(population.members.step)))
-    runner = loss_runner(loss_fn, optimizer, first_step=start, isolation=loop_kwargs.pop("isolation", "optimistic"))
+    runner = loss_runner(loss_fn, optimizer, first_step=start, isolation=loop_kwargs.pop("isolation", "optimistic"),
+                         **layout)
     loop_kwargs = {"eval_every": steps, "verbose": False, **loop_kwargs}
-    outcome = run_loop(population, runner, batches, steps=start + steps, **loop_kwargs)
+    outcome = run_loop(population, runner, batches, steps=start + steps, mesh=mesh, **loop_kwargs)
     losses = np.full((steps, np.shape(population.members.step)[0]), np.nan, np.float32)
     trained = outcome.step_metrics.get("loss")  # the steps trained in this call: after a resume, the last ones
     if trained is not None and len(trained):

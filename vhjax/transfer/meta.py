@@ -141,13 +141,14 @@ class MetaResult:
 def meta_train(model: Any, tasks: tuple, *, method: str = "maml", size: int | None = None,
                inner_lr: Any = 0.01, meta_lr: Any = 1e-3, inner_steps: int = 1, loss: str = "mse",
                optimizer: str = "adam", key: jax.Array | None = None, workdir: str | Path | None = None,
-               checkpoint_every: int | None = None) -> MetaResult:
+               checkpoint_every: int | None = None, mesh: Any = "auto") -> MetaResult:
     """Meta-train `size` members of `model` (a flax Module taking (N, ...) inputs) on `tasks`, a task
     batch per meta step: arrays with leading axes (meta steps, tasks, examples); one program. Per
     member (a scalar or one value each): `inner_lr` and `meta_lr` (the outer optimizer's learning
     rate; Reptile's epsilon with optimizer 'sgd'). `workdir`: checkpoints every `checkpoint_every`
     meta steps (default a tenth), a rerun resumes, a finished run is restored, other inputs are refused
-    (`population.members.resumable`). Everything is checked before compiling."""
+    (`population.members.resumable`). Everything is checked before compiling.
+    `mesh`: the members over every local device ('auto', the default; None: one device), as `fit_population`."""
     from vhjax.population.members import fit_members, init_members, resumable
 
     check_choice("method", method, METHODS)
@@ -179,7 +180,7 @@ def meta_train(model: Any, tasks: tuple, *, method: str = "maml", size: int | No
                                          "inner_lr": inner, "meta_lr": outer, "inner_steps": inner_steps,
                                          "loss": loss, "optimizer": optimizer,
                                          "key": np.asarray(jax.random.key_data(key))}, steps, checkpoint_every)
-    trained, meta_loss = fit_members(population, objective, outer_optimizer, tasks, steps, **saving)
+    trained, meta_loss = fit_members(population, objective, outer_optimizer, tasks, steps, mesh=mesh, **saving)
     return MetaResult(trained, population, np.asarray(meta_loss), method, inner_steps)
 
 
