@@ -28,6 +28,27 @@ def test_required_flags_are_added_and_the_users_own_values_kept():
                                     "xla_cpu_enable_concurrency_optimized_scheduler")
 
 
+def test_a_later_jaxlib_gets_the_flags_only_if_its_xla_defines_them(tmp_path, monkeypatch):
+    """An unknown flag in $XLA_FLAGS aborts the process when JAX starts, so a jaxlib newer than the ones
+    checked is asked first: its shared libraries must name every flag."""
+    assert xla_flags.xla_knows(xla_flags.REQUIRED)  # the installed jaxlib, searched for real
+    assert not xla_flags.xla_knows(["xla_cpu_no_such_flag_of_any_version"])
+    knows, forgot, empty = tmp_path / "a.so", tmp_path / "b.so", tmp_path / "c.so"
+    knows.write_bytes(b"\0" * 100 + b"xla_cpu_enable_concurrency_optimized_scheduler" + b"\0" * 10)
+    forgot.write_bytes(b"\0" * 100 + b"xla_cpu_enable_other_scheduler")
+    empty.write_bytes(b"")
+    assert xla_flags.xla_knows(xla_flags.REQUIRED, [empty, forgot, knows])
+    assert not xla_flags.xla_knows(xla_flags.REQUIRED, [empty, forgot, tmp_path / "missing.so"])
+    for version, libraries, added in [((0, 11), [knows], True), ((0, 11), [forgot], False), ((0, 9), [knows], False),
+                                      ((0, 10), [forgot], True)]:  # 0.10: checked, not asked
+        monkeypatch.setattr(xla_flags, "jaxlib_version", lambda version=version: version)
+        monkeypatch.setattr(xla_flags, "jaxlib_libraries", lambda libraries=libraries: libraries)
+        environ = {"XLA_FLAGS": "--xla_cpu_use_fusion_emitters=false"}
+        xla_flags.apply(environ)
+        assert xla_flags.names_flag(environ["XLA_FLAGS"], "xla_cpu_enable_concurrency_optimized_scheduler") == added, (
+            version, libraries)
+
+
 def test_a_two_layer_lstm_population_of_nine_members_finishes():
     """The child starts without the flag in its environment: importing vhjax must set it (before it, the
     chunk never returned: > 120 s against about 9 s)."""
