@@ -44,6 +44,17 @@ def test_a_light_program_computes_what_jax_jit_computes():
     np.testing.assert_allclose(once(x), x * 2 + 1)
 
 
+def test_a_light_program_inside_another_jitted_program_is_traced_into_it(monkeypatch):
+    """JAX refuses compile options on a nested jit; the suite's XLA_FLAGS empty the light options, so
+    they are forced here as a user's process has them."""
+    monkeypatch.setattr(compile_options, "light_options", lambda run_once=False: {"xla_backend_optimization_level": 0})
+    inner = light_jit(lambda x, scale: x * scale + 1, static_argnums=1)
+    x = jnp.arange(4.0)
+    np.testing.assert_allclose(jax.jit(lambda x: inner(x, 3.0) * 2)(x), (x * 3 + 1) * 2)
+    np.testing.assert_allclose(inner(x, 3.0), x * 3 + 1)  # alone: its own program with the options
+    assert inner.jitted.lower(x, 3.0).compile() is not None
+
+
 def test_importing_vhjax_does_not_start_jax():
     """The options are probed at a light program's first call: importing vhjax (whose modules
     define light programs) leaves JAX unstarted, so `use_cpu_devices` may still split the CPU."""

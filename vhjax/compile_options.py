@@ -79,7 +79,8 @@ def training_options(model: Any) -> dict[str, Any]:
 
 class LightJit:
     """`jax.jit(fun, compiler_options=light_options(run_once), **jit_kwargs)`, built at its first use
-    (probing the options needs a backend, which must not start when vhjax is imported)."""
+    (probing the options needs a backend, which must not start when vhjax is imported). Called with
+    traced arguments (inside another jitted program) it is `fun`, traced into that program."""
 
     def __init__(self, fun: Callable, run_once: bool, jit_kwargs: dict):
         self.fun, self.run_once, self.jit_kwargs = fun, run_once, jit_kwargs
@@ -90,6 +91,8 @@ class LightJit:
         return jax.jit(self.fun, compiler_options=light_options(self.run_once), **self.jit_kwargs)
 
     def __call__(self, *args, **kwargs):
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((args, kwargs))):
+            return self.fun(*args, **kwargs)  # inside another program: JAX refuses options on a nested jit
         return self.jitted(*args, **kwargs)
 
     def lower(self, *args, **kwargs):
