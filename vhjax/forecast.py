@@ -382,22 +382,12 @@ def fit_forecasters(data: ForecastData, model: str = "gru", *, learning_rates: f
         "batch_size": batch_size, "loss": loss, "optimizer": optimizer, "clip_norm": clip_norm, "seed": seed},
         steps, checkpoint_every)
     started = time.perf_counter()
-    shapes = jax.eval_shape(init_fn, jax.random.key(0))
-
-    def init_forecasters(key: jax.Array, rates: jax.Array) -> Any:
-        init_key, member_key = jax.random.split(key)
-        population = init_members(lambda _: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes),
-                                  optimizer_fn, member_key, size)
-        # one member at a time (lax.map), not vmapped: with XLA's concurrency-optimized CPU scheduler a
-        # vmapped init of two LSTMs of 32 (seq2seq, num_layers=2) hung for 6 or more members; vhjax.xla_flags
-        # turns that scheduler off at import, and the map keeps a process where that came too late safe
-        params = jax.lax.map(init_fn, jax.random.split(init_key, size))
-        # the rate set here, not through init_members' checks (> 0): a rate of 0 is a frozen control member
-        members = population.members
-        return population.replace(members=members.replace(
-            params=params, opt_state=optim.set_hyperparams(members.opt_state, learning_rate=rates)))
-
-    population = light_jit(init_forecasters, run_once=True)(jax.random.key(seed), member_rates)
+    shapes = jax.eval_shape(init_fn, jax.random.key(0))  # one member's, for its parameter count
+    init_key, member_key = jax.random.split(jax.random.key(seed))
+    population = init_members(init_fn, optimizer_fn, member_key, size, init_keys=jax.random.split(init_key, size))
+    # the rates set here, not through init_members' checks (> 0): a rate of 0 is a frozen control member
+    population = population.replace(members=population.members.replace(
+        opt_state=optim.set_hyperparams(population.members.opt_state, learning_rate=member_rates)))
     initial = errors_by_split(data, module, population.members.params, ("val", "test"))["val"]  # the later program
     batches = per_step_batches((data.inputs["train"], data.targets["train"]), steps, batch_size, seed)
     chunk_seconds: list[tuple[int, float]] = []
