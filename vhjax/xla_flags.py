@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Iterable, MutableMapping
 
 REQUIRED = {"xla_cpu_enable_concurrency_optimized_scheduler": "false"}
-CHECKED_FROM = (0, 10)  # the jaxlib these flags were checked on: an older XLA aborts on a flag it does not know
-CHECKED = {(0, 10)}  # jaxlib minor versions known to have every flag; a later one is asked (`xla_knows`)
+# jaxlib minor versions the flags were checked on: an older one gets none (its XLA aborts on a flag it
+# does not know), a later one is asked (`xla_knows`)
+CHECKED = {(0, 10)}
 
 
 def jaxlib_version() -> tuple[int, ...]:
@@ -91,7 +92,7 @@ def apply(environ: MutableMapping[str, str] = os.environ) -> None:
     still defines them: older ones were not checked); warn when JAX's backend started before (the flags
     then take effect only in new processes)."""
     version = jaxlib_version()
-    if version < CHECKED_FROM or (version[:2] not in CHECKED and not xla_knows(REQUIRED)):
+    if version < min(CHECKED) or (version[:2] not in CHECKED and not xla_knows(REQUIRED)):
         return
     flags = environ.get("XLA_FLAGS", "")
     wanted = with_required(flags)
