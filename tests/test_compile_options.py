@@ -44,7 +44,7 @@ def test_a_light_program_computes_what_jax_jit_computes():
     np.testing.assert_allclose(once(x), x * 2 + 1)
 
 
-def test_a_light_program_inside_another_jitted_program_is_traced_into_it(monkeypatch):
+def test_a_light_program_inside_another_jitted_program_or_vmap_runs_without_its_options(monkeypatch):
     """JAX refuses compile options on a nested jit; the suite's XLA_FLAGS empty the light options, so
     they are forced here as a user's process has them."""
     monkeypatch.setattr(compile_options, "light_options", lambda run_once=False: {"xla_backend_optimization_level": 0})
@@ -52,6 +52,7 @@ def test_a_light_program_inside_another_jitted_program_is_traced_into_it(monkeyp
     x = jnp.arange(4.0)
     np.testing.assert_allclose(jax.jit(lambda x: inner(x, 3.0) * 2)(x), (x * 3 + 1) * 2)
     np.testing.assert_allclose(inner(x, 3.0), x * 3 + 1)  # alone: its own program with the options
+    np.testing.assert_allclose(jax.vmap(lambda row: inner(row, 2.0))(x[:, None]), x[:, None] * 2 + 1)
     assert inner.jitted.lower(x, 3.0).compile() is not None
 
 

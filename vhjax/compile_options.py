@@ -80,7 +80,7 @@ def training_options(model: Any) -> dict[str, Any]:
 class LightJit:
     """`jax.jit(fun, compiler_options=light_options(run_once), **jit_kwargs)`, built at its first use
     (probing the options needs a backend, which must not start when vhjax is imported). Called with
-    traced arguments (inside another jitted program) it is `fun`, traced into that program."""
+    traced arguments (inside another jitted program) it is a plain `jax.jit` (`nested`)."""
 
     def __init__(self, fun: Callable, run_once: bool, jit_kwargs: dict):
         self.fun, self.run_once, self.jit_kwargs = fun, run_once, jit_kwargs
@@ -92,8 +92,14 @@ class LightJit:
 
     def __call__(self, *args, **kwargs):
         if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((args, kwargs))):
-            return self.fun(*args, **kwargs)  # inside another program: JAX refuses options on a nested jit
+            return self.nested(*args, **kwargs)
         return self.jitted(*args, **kwargs)
+
+    @functools.cached_property
+    def nested(self) -> Any:
+        """The jit used under a trace (inside another program, vmap or grad): without compile
+        options, which JAX refuses on a nested jit; the outer program's options hold."""
+        return jax.jit(self.fun, **self.jit_kwargs)
 
     def lower(self, *args, **kwargs):
         return self.jitted.lower(*args, **kwargs)
