@@ -8,6 +8,7 @@ helper. `fit_temperature` fits one scalar T on held-out logits by minimising the
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -82,42 +83,49 @@ def mutual_information(member_probs: jax.Array) -> jax.Array:
     return predictive_entropy(member_probs.mean(0)) - predictive_entropy(member_probs).mean(0)
 
 
+@functools.partial(jax.jit, static_argnames="num_bins")
+def _metrics(probs: jax.Array, labels: jax.Array, num_bins: int) -> dict[str, jax.Array]:
+    return {"accuracy": jnp.mean(jnp.argmax(probs, -1) == labels), "nll": nll(probs, labels),
+            "brier": brier(probs, labels), "ece": ece(probs, labels, num_bins)}
+
+
 def calibration_metrics(probs: Any, labels: Any, num_bins: int = 15) -> dict[str, float]:
-    """accuracy, nll, brier and ece of (N, C) probabilities, as Python floats."""
+    """accuracy, nll, brier and ece of (N, C) probabilities, as Python floats (one compiled program
+    per shape)."""
     probs = jnp.asarray(check_probabilities("probs", probs))
     labels = jnp.asarray(labels)
-    return {"accuracy": float(jnp.mean(jnp.argmax(probs, -1) == labels)), "nll": float(nll(probs, labels)),
-            "brier": float(brier(probs, labels)), "ece": float(ece(probs, labels, num_bins))}
+    return {name: float(value) for name, value in _metrics(probs, labels, int(num_bins)).items()}
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "learning_rate"))
+def _fitted_log_temperature(logits: jax.Array, labels: jax.Array, steps: int, learning_rate: float) -> jax.Array:
+    """log T after `steps` full-batch Adam steps on the NLL of softmax(logits / T), from T = 1."""
+    optimizer = optax.adam(learning_rate)
+
+    def loss(log_t):
+        return optax.softmax_cross_entropy_with_integer_labels(logits / jnp.exp(log_t), labels).mean()
+
+    def step(carry, _):
+        log_t, state = carry
+        updates, state = optimizer.update(jax.grad(loss)(log_t), state)
+        return (optax.apply_updates(log_t, updates), state), None
+
+    start = jnp.float32(0.0)
+    (log_t, _), _ = jax.lax.scan(step, (start, optimizer.init(start)), None, length=steps)
+    return log_t
 
 
 def fit_temperature(logits: Any, labels: Any, *, steps: int = 300, learning_rate: float = 0.05) -> float:
     """The temperature T > 0 that minimises the NLL of softmax(logits / T) on held-out data.
 
     Optimises log T with Adam (full batch); T > 1 softens an overconfident model. Fit on a
-    validation split, never on the split you report.
+    validation split, never on the split you report. One compiled program per shape and settings.
     """
     logits = jnp.asarray(logits, jnp.float32)
     labels = jnp.asarray(labels, jnp.int32)
     if logits.ndim != 2 or labels.shape != logits.shape[:1]:
         raise ValueError(f"logits has shape {logits.shape} and labels {labels.shape}; allowed: (N, C) and (N,)")
-
-    def loss(log_t):
-        return optax.softmax_cross_entropy_with_integer_labels(logits / jnp.exp(log_t), labels).mean()
-
-    optimizer = optax.adam(learning_rate)
-
-    @jax.jit
-    def run(log_t):
-        def step(carry, _):
-            log_t, state = carry
-            grad = jax.grad(loss)(log_t)
-            updates, state = optimizer.update(grad, state)
-            return (optax.apply_updates(log_t, updates), state), None
-
-        (log_t, _), _ = jax.lax.scan(step, (log_t, optimizer.init(log_t)), None, length=steps)
-        return log_t
-
-    return float(jnp.exp(run(jnp.float32(0.0))))
+    return float(jnp.exp(_fitted_log_temperature(logits, labels, int(steps), float(learning_rate))))
 
 
 def apply_temperature(logits: Any, temperature: float) -> jax.Array:

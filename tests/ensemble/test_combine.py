@@ -137,3 +137,23 @@ def test_members_from_search_takes_the_top_trials():
         members_from_search(result, top=0)
     with pytest.raises(ValueError, match="no completed trials"):
         members_from_search(SimpleNamespace(top=lambda k: []), top=3)
+
+
+def test_fitting_and_scoring_again_on_other_data_of_the_same_shapes_compiles_nothing():
+    """Each fitting and scoring function is one program per shape and settings, not a closure over
+    the data compiled on every call: a second round on new predictions compiles nothing."""
+    from vhjax.compilation_cache import count_compilations
+
+    def one_round(seed: int) -> None:
+        probs, labels = noisy_members(seed)
+        combine.fit_weights(probs, labels, steps=20)
+        combine.caruana_selection(probs, labels, rounds=3)
+        combine.fit_stacking(probs, labels, l2=(0.1, 1.0), folds=2, steps=20)
+        combine.member_scores(probs, labels)
+        calibration.calibration_metrics(probs[0], labels)
+        calibration.fit_temperature(np.log(probs[0]), labels, steps=20)
+
+    one_round(0)
+    with count_compilations() as compiled:
+        one_round(1)
+    assert compiled.count == 0, dict(compiled.by_function)

@@ -17,6 +17,7 @@ Every rule maps the members' class probabilities on N examples to ensemble proba
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import jax
@@ -114,27 +115,29 @@ def majority_vote(member_probs: jax.Array, weights: jax.Array | None = None) -> 
     return shares / jnp.sum(shares, axis=-1, keepdims=True)
 
 
-def fit_weights(member_probs: Any, labels: Any, *, steps: int = 500, learning_rate: float = 0.05) -> np.ndarray:
-    """Simplex weights (M,) minimising the validation NLL of `weighted_average` (softmax-parametrised, Adam)."""
-    probs = jnp.asarray(check_member_probs(member_probs))
-    labels = jnp.asarray(labels, jnp.int32)
+@functools.partial(jax.jit, static_argnames=("steps", "learning_rate"))
+def _fitted_weights(probs: jax.Array, labels: jax.Array, steps: int, learning_rate: float) -> jax.Array:
+    """softmax of the logits after `steps` Adam steps on the validation NLL of `weighted_average`."""
+    optimizer = optax.adam(learning_rate)
 
     def loss(logits):
         return calibration.nll(weighted_average(probs, jax.nn.softmax(logits)), labels)
 
-    optimizer = optax.adam(learning_rate)
+    def step(carry, _):
+        logits, state = carry
+        updates, state = optimizer.update(jax.grad(loss)(logits), state)
+        return (optax.apply_updates(logits, updates), state), None
 
-    @jax.jit
-    def run(logits):
-        def step(carry, _):
-            logits, state = carry
-            updates, state = optimizer.update(jax.grad(loss)(logits), state)
-            return (optax.apply_updates(logits, updates), state), None
+    start = jnp.zeros(probs.shape[0])
+    (logits, _), _ = jax.lax.scan(step, (start, optimizer.init(start)), None, length=steps)
+    return jax.nn.softmax(logits)
 
-        (logits, _), _ = jax.lax.scan(step, (logits, optimizer.init(logits)), None, length=steps)
-        return jax.nn.softmax(logits)
 
-    weights = np.asarray(run(jnp.zeros(probs.shape[0])), np.float64)
+def fit_weights(member_probs: Any, labels: Any, *, steps: int = 500, learning_rate: float = 0.05) -> np.ndarray:
+    """Simplex weights (M,) minimising the validation NLL of `weighted_average` (softmax-parametrised, Adam)."""
+    probs = jnp.asarray(check_member_probs(member_probs))
+    labels = jnp.asarray(labels, jnp.int32)
+    weights = np.asarray(_fitted_weights(probs, labels, int(steps), float(learning_rate)), np.float64)
     return weights / weights.sum()
 
 
@@ -143,6 +146,12 @@ def _score(probs: jax.Array, labels: jax.Array, metric: str) -> jax.Array:
     if metric == "nll":
         return calibration.nll(probs, labels)
     return 1.0 - jnp.mean(jnp.argmax(probs, axis=-1) == labels)
+
+
+@functools.partial(jax.jit, static_argnames="metric")
+def _scores_each(member_probs: jax.Array, labels: jax.Array, metric: str) -> jax.Array:
+    """`_score` of each of (M, N, C) probabilities: (M,)."""
+    return jax.vmap(lambda probs: _score(probs, labels, metric))(member_probs)
 
 
 def caruana_selection(member_probs: Any, labels: Any, *, rounds: int = 25, metric: str = "nll"
@@ -159,8 +168,7 @@ def caruana_selection(member_probs: Any, labels: Any, *, rounds: int = 25, metri
     validation.check_int("rounds", rounds, minimum=0)
     probs = jnp.asarray(check_member_probs(member_probs))
     labels = jnp.asarray(labels, jnp.int32)
-    score_each = jax.jit(jax.vmap(lambda p: _score(p, labels, metric)))
-    singles = np.asarray(score_each(probs))
+    singles = np.asarray(_scores_each(probs, labels, metric))
     counts = np.zeros(probs.shape[0], np.int64)
     counts[int(np.argmin(singles))] = 1
     total = probs[int(np.argmin(singles))]
@@ -169,7 +177,7 @@ def caruana_selection(member_probs: Any, labels: Any, *, rounds: int = 25, metri
     for _ in range(rounds):
         k = counts.sum()
         candidates = (total[None] * k + probs) / (k + 1)  # the ensemble with each member added once more
-        scores = np.asarray(score_each(candidates))
+        scores = np.asarray(_scores_each(candidates, labels, metric))
         choice = int(np.argmin(scores))
         counts[choice] += 1
         total = candidates[choice]
@@ -188,28 +196,38 @@ def stacking_features(member_probs: jax.Array) -> jax.Array:
 L2_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
 
-def _stacking_program(steps: int, learning_rate: float):
+def _stacking_fit(features, labels, mask, l2, start, steps: int, learning_rate: float) -> dict:
+    """Meta-learner fit on the rows where `mask` is 1 (k-fold CV uses masks, so one program serves
+    every fold and every l2, vmapped)."""
     optimizer = optax.adam(learning_rate)
+    params = {"kernel": start, "bias": jnp.zeros(start.shape[1])}
 
-    def fit(features, labels, mask, l2, start):
-        """Meta-learner fit on the rows where `mask` is 1 (k-fold CV uses masks, so one program
-        serves every fold and every l2, vmapped)."""
-        params = {"kernel": start, "bias": jnp.zeros(start.shape[1])}
+    def loss(p):
+        logits = features @ p["kernel"] + p["bias"]
+        per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        return jnp.sum(mask * per_example) / jnp.sum(mask) + l2 * jnp.sum((p["kernel"] - start) ** 2)
 
-        def loss(p):
-            logits = features @ p["kernel"] + p["bias"]
-            per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-            return jnp.sum(mask * per_example) / jnp.sum(mask) + l2 * jnp.sum((p["kernel"] - start) ** 2)
+    def step(carry, _):
+        p, state = carry
+        updates, state = optimizer.update(jax.grad(loss)(p), state)
+        return (optax.apply_updates(p, updates), state), None
 
-        def step(carry, _):
-            p, state = carry
-            updates, state = optimizer.update(jax.grad(loss)(p), state)
-            return (optax.apply_updates(p, updates), state), None
+    (params, _), _ = jax.lax.scan(step, (params, optimizer.init(params)), None, length=steps)
+    return params
 
-        (params, _), _ = jax.lax.scan(step, (params, optimizer.init(params)), None, length=steps)
-        return params
 
-    return fit
+_stacking_program = jax.jit(_stacking_fit, static_argnames=("steps", "learning_rate"))
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "learning_rate"))
+def _stacking_cv_losses(features, labels, train_masks, l2_values, start, steps: int, learning_rate: float):
+    """Mean held-out NLL over the folds (`train_masks`, one row per fold) of each l2 value, in one program."""
+    def held_out_loss(l2_value, mask):
+        p = _stacking_fit(features, labels, mask, l2_value, start, steps, learning_rate)
+        per_example = optax.softmax_cross_entropy_with_integer_labels(features @ p["kernel"] + p["bias"], labels)
+        return jnp.sum((1 - mask) * per_example) / jnp.sum(1 - mask)
+
+    return jax.vmap(lambda value: jax.vmap(lambda mask: held_out_loss(value, mask))(train_masks).mean())(l2_values)
 
 
 def fit_stacking(member_probs: Any, labels: Any, *, l2: float | Sequence[float] | None = None, folds: int = 5,
@@ -233,27 +251,17 @@ def fit_stacking(member_probs: Any, labels: Any, *, l2: float | Sequence[float] 
     labels = jnp.asarray(check_labels(labels, n, c))
     features = stacking_features(probs)
     start = jnp.tile(jnp.eye(c), (m, 1)) / m
-    fit = _stacking_program(int(steps), float(learning_rate))
+    settings = {"steps": int(steps), "learning_rate": float(learning_rate)}
     chosen = grid[0]
     if len(grid) > 1:
         if not isinstance(folds, int) or not 2 <= folds <= n:
             raise ValueError(f"folds has value {folds!r}; allowed: an integer in [2, {n}]")
         fold_of = np.random.default_rng(seed).permutation(n) % folds
         train_masks = jnp.asarray(np.stack([fold_of != f for f in range(folds)]), jnp.float32)
-
-        @jax.jit
-        def cv(l2_values):
-            def one(l2_value, mask):
-                p = fit(features, labels, mask, l2_value, start)
-                per_example = optax.softmax_cross_entropy_with_integer_labels(features @ p["kernel"] + p["bias"],
-                                                                              labels)
-                return jnp.sum((1 - mask) * per_example) / jnp.sum(1 - mask)
-
-            return jax.vmap(lambda v: jax.vmap(lambda mask: one(v, mask))(train_masks).mean())(l2_values)
-
-        losses = np.asarray(cv(jnp.asarray(grid, jnp.float32)))
+        losses = np.asarray(_stacking_cv_losses(features, labels, train_masks, jnp.asarray(grid, jnp.float32), start,
+                                                **settings))
         chosen = grid[int(np.argmin(losses))]
-    params = jax.jit(fit)(features, labels, jnp.ones(n), jnp.float32(chosen), start)
+    params = _stacking_program(features, labels, jnp.ones(n), jnp.float32(chosen), start, **settings)
     return {**jax.tree.map(np.asarray, params), "l2": np.float64(chosen)}
 
 
@@ -275,15 +283,16 @@ def combine_probs(rule: str, member_probs: jax.Array, weights: Any = None, meta:
     raise validation.invalid("rule", rule, "one of " + ", ".join(map(repr, RULES)))
 
 
+@functools.partial(jax.jit, static_argnames="names")
+def _member_scores(probs: jax.Array, labels: jax.Array, names: tuple[str, ...]) -> dict[str, jax.Array]:
+    scores = {"accuracy": lambda: jnp.mean(jnp.argmax(probs, -1) == labels[None], axis=1),
+              "nll": lambda: jax.vmap(calibration.nll, (0, None))(probs, labels),
+              "ece": lambda: jax.vmap(calibration.ece, (0, None))(probs, labels)}
+    return {name: scores[name]() for name in names if name in scores}
+
+
 def member_scores(member_probs: Any, labels: Any, names: Sequence[str] = ("accuracy", "nll", "ece")) -> dict:
-    """Per-member metrics (M,) as NumPy arrays."""
+    """Per-member metrics (M,) as NumPy arrays (of the names among accuracy, nll and ece)."""
     probs = jnp.asarray(check_member_probs(member_probs))
     labels = jnp.asarray(labels, jnp.int32)
-    out = {}
-    if "accuracy" in names:
-        out["accuracy"] = np.asarray(jnp.mean(jnp.argmax(probs, -1) == labels[None], axis=1))
-    if "nll" in names:
-        out["nll"] = np.asarray(jax.vmap(calibration.nll, (0, None))(probs, labels))
-    if "ece" in names:
-        out["ece"] = np.asarray(jax.vmap(calibration.ece, (0, None))(probs, labels))
-    return out
+    return {name: np.asarray(value) for name, value in _member_scores(probs, labels, tuple(names)).items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from pathlib import Path
@@ -17,6 +18,25 @@ from vhjax.ensemble import combine
 from vhjax.ensemble.members import MemberGroup, group_logits, groups_from_population, mc_dropout_probs, param_count
 
 FORMAT_VERSION = 1
+
+
+
+@functools.partial(jax.jit, static_argnames=("rule", "count", "scaled"))
+def _combined_probs(member_probs: jax.Array, candidate_of: Any, weights: Any, meta: Any, temperature: jax.Array, *,
+                    rule: str, count: int, scaled: bool) -> jax.Array:
+    """`Ensemble.combine` as one program: pool per candidate, the rule, then the temperature."""
+    probs = member_probs if candidate_of is None else combine.pool_members(member_probs, candidate_of, count)
+    probs = combine.combine_probs(rule, probs, weights, meta)
+    if scaled:
+        probs = jax.nn.softmax(jnp.log(jnp.clip(probs, 1e-12, 1.0)) / temperature, axis=-1)
+    return probs
+
+
+@jax.jit
+def _disagreement(member_probs: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Mean predictive entropy of the members' average and mean mutual information, (M, N, C) -> scalars."""
+    return (calibration.predictive_entropy(member_probs.mean(0)).mean(),
+            calibration.mutual_information(member_probs).mean())
 
 
 @dataclasses.dataclass
@@ -94,10 +114,9 @@ class Ensemble:
 
     def combine(self, member_probs: jax.Array) -> jax.Array:
         """Ensemble probabilities (N, C) from member probabilities (M, N, C), temperature applied."""
-        probs = combine.combine_probs(self.rule, self.pool(member_probs), self.weights, self.meta)
-        if self.temperature != 1.0:
-            probs = jax.nn.softmax(jnp.log(jnp.clip(probs, 1e-12, 1.0)) / self.temperature, axis=-1)
-        return probs
+        return _combined_probs(jnp.asarray(member_probs), self.candidate_of, self.weights, self.meta,
+                               jnp.float32(self.temperature), rule=self.rule, count=self.combined_size,
+                               scaled=self.temperature != 1.0)
 
     def predict_proba(self, x: Any) -> jax.Array:
         return self.combine(self.member_probs(x))
@@ -119,8 +138,8 @@ class Ensemble:
         out["members"] = {k: v.tolist() for k, v in combine.member_scores(member_probs, y).items()}
         if self.candidate_of is not None:
             out["candidates"] = {k: v.tolist() for k, v in combine.member_scores(self.pool(member_probs), y).items()}
-        out["entropy"] = float(calibration.predictive_entropy(member_probs.mean(0)).mean())
-        out["mutual_information"] = float(calibration.mutual_information(member_probs).mean())
+        entropy, mutual_information = _disagreement(member_probs)
+        out["entropy"], out["mutual_information"] = float(entropy), float(mutual_information)
         return out
 
     # --- fitting the combiner on validation data -----------------------------------------
