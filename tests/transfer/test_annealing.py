@@ -24,7 +24,8 @@ annealing = importlib.import_module("vhjax.transfer.annealing")
 
 X = np.random.default_rng(2).normal(size=(128, 6)).astype(np.float32)
 Y = (X[:, 0] - X[:, 1] > 0).astype(np.int32) + (X[:, 2] > 0.3).astype(np.int32)
-SOURCE = {"params": jax.tree.map(np.asarray, MLP(widths=(8,), num_classes=3).init(jax.random.key(9), X[:2])["params"])}
+SOURCE = {"params": jax.tree.map(np.asarray,
+                                 jax.jit(MLP(widths=(8,), num_classes=3).init)(jax.random.key(9), X[:2])["params"])}
 CONFIG = TrainConfig(dataset={"train": (X[:64], Y[:64]), "test": (X[64:], Y[64:])}, model="mlp",
                      model_kwargs={"widths": (8,), "num_classes": 3}, batch_size=32, steps=10, seed=0)
 TEMPERATURES = [0.0, 0.0, 0.02, 0.05, 0.0]

@@ -14,7 +14,7 @@ from vhjax.transfer.masks import MaskObjective, TransferMask, block_of, fit_mask
 KWARGS = {"stage_sizes": (1, 1), "widths": (4, 8), "stem_features": 4, "num_classes": 3}
 X = np.random.default_rng(0).normal(size=(48, 8, 8, 1)).astype(np.float32)
 Y = (np.arange(48) % 3).astype(np.int32)
-SOURCE = jax.tree.map(np.asarray, ResNet(**KWARGS).init(jax.random.key(5), X[:2]))
+SOURCE = jax.tree.map(np.asarray, jax.jit(ResNet(**KWARGS).init)(jax.random.key(5), X[:2]))  # one program, not op by op
 CONFIG = TrainConfig(dataset={"train": (X[:32], Y[:32]), "test": (X[32:], Y[32:])}, model="resnet",
                      model_kwargs=KWARGS, batch_size=16, steps=4, eval_every=4, learning_rate=1e-2, seed=2)
 BLOCKS = ["stem", "stage0", "stage1", "head"]  # input to output

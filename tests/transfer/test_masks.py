@@ -35,8 +35,8 @@ def labelled_by_source():
     """(source variables, inputs, labels): labels are the argmax of the source's outputs."""
     teacher = MLP(widths=WIDTHS, num_classes=CLASSES)
     x = np.random.default_rng(0).normal(size=(512, 8)).astype(np.float32)
-    params = jax.tree.map(np.asarray, teacher.init(jax.random.key(7), x[:2])["params"])
-    logits = np.asarray(teacher.apply({"params": params}, x))
+    params = jax.tree.map(np.asarray, jax.jit(teacher.init)(jax.random.key(7), x[:2])["params"])
+    logits = np.asarray(jax.jit(teacher.apply)({"params": params}, x))
     # balanced classes (centred outputs) with wide margins (scaled head: the same argmax)
     params["head"] = {"kernel": 10 * params["head"]["kernel"], "bias": 10 * (params["head"]["bias"] - logits.mean(0))}
     y = np.argmax(logits - logits.mean(0), axis=1).astype(np.int32)
