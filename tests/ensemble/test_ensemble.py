@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from vhjax import TrainConfig, calibration, models
+from vhjax.compilation_cache import count_compilations
 from vhjax.data import load
 from vhjax.ensemble import (Ensemble, bagging, boosting, bootstrap_tables, cosine_cycles, deep_ensemble,
                             groups_from_population, snapshot_ensemble, train_members)
@@ -83,7 +84,9 @@ def test_mc_dropout_samples_differ_only_with_dropout(trained, digits):
     *_, xt, _ = digits
     ensemble = Ensemble([trained.group])
     off = ensemble.mc_dropout_proba(xt[:40], jax.random.key(1), samples=3, dropout_rate=0.0)
-    on = ensemble.mc_dropout_proba(xt[:40], jax.random.key(1), samples=3, dropout_rate=0.3)
+    with count_compilations() as compiled:  # one program per model: another rate compiles nothing
+        on = ensemble.mc_dropout_proba(xt[:40], jax.random.key(1), samples=3, dropout_rate=0.3)
+    assert compiled.count == 0, dict(compiled.by_function)
     assert off.shape == on.shape == (9, 40, 10)
     np.testing.assert_allclose(off[0], off[1], atol=1e-6)
     assert float(jnp.abs(on[0] - on[1]).max()) > 1e-3

@@ -96,22 +96,28 @@ def mc_dropout_probs(group: MemberGroup, x: Any, key: jax.Array, *, samples: int
         raise ValueError(f"samples has value {samples!r}; allowed: a positive integer")
     if not 0.0 <= dropout_rate < 1.0:
         raise ValueError(f"dropout_rate has value {dropout_rate!r}; allowed: [0, 1)")
-    x = jnp.asarray(x)
-    has_arch = group.arch is not None
+    keys = jax.random.split(key, group.size * samples).reshape(group.size, samples)
+    run = _mc_dropout_fn(group.model, group.arch is not None)
+    probs = run(group.variables, group.arch, keys, jnp.asarray(x), jnp.float32(dropout_rate))
+    return probs.reshape(-1, *probs.shape[2:])
 
-    @jax.jit
-    def run(variables, arch, keys):
-        def one(v, a, k):
-            return jax.nn.softmax(apply_member(group.model, v, x, a if has_arch else None,
-                                               dropout_rate=dropout_rate, dropout_key=k), axis=-1)
 
-        per_member = jax.vmap(lambda v, a, ks: jax.vmap(lambda k: one(v, a, k))(ks),
+_MC_DROPOUT_CACHE: Memo[Callable] = Memo(8)
+
+
+def _mc_dropout_fn(model: Any, has_arch: bool) -> Callable:
+    """Jitted (variables, arch, keys (M, S), x, rate) -> (M, S, N, C) probabilities, once per model:
+    a new rate, input or key compiles nothing new."""
+    def one(variables, arch, key, x, rate):
+        return jax.nn.softmax(apply_member(model, variables, x, arch if has_arch else None, dropout_rate=rate,
+                                           dropout_key=key), axis=-1)
+
+    def run(variables, arch, keys, x, rate):
+        per_member = jax.vmap(lambda v, a, ks: jax.vmap(lambda k: one(v, a, k, x, rate))(ks),
                               in_axes=(0, 0 if has_arch else None, 0))
         return per_member(variables, arch, keys)
 
-    keys = jax.random.split(key, group.size * samples).reshape(group.size, samples)
-    probs = run(group.variables, group.arch, keys)
-    return probs.reshape(-1, *probs.shape[2:])
+    return _MC_DROPOUT_CACHE.get((model,), lambda: jax.jit(run), settings=has_arch)
 
 
 def groups_from_population(result: Any, config: Any, *, members: Sequence[int] | None = None,
