@@ -55,7 +55,7 @@ def test_recompute_batch_stats_is_the_exact_mean_and_total_variance():
 def test_recompute_batch_stats_vmaps_over_members_and_keeps_structure():
     model = get_model("resnet1d", widths=(4, 6, 6), kernel_sizes=(3, 3), num_classes=3)
     batches = normal(3, 4, 12) + 2.0
-    members = jax.vmap(lambda k: model.init(k, batches[0]))(jax.random.split(KEY, 2))
+    members = jit(jax.vmap(lambda k: model.init(k, batches[0])))(jax.random.split(KEY, 2))
 
     def recompute(v):
         return recompute_batch_stats(model, v, batches, dropout_rate=0.0)
@@ -200,19 +200,29 @@ def shifted_templates(n, seed, length=24, classes=4):
 def running_vs_recomputed_accuracy(momentum, members=4, steps=150, batch=8, lr=2e-2, cosine=False, **model_kwargs):
     """Train `members` seeds of a small resnet1d at batch 8 (vmapped, one program); test accuracy of each
     with its running averages and with precise-BN statistics over one pass of the training set."""
+    train = member_trainer(momentum, members, steps, batch, lr, tuple(sorted(model_kwargs.items())))
+    running, precise = train(jnp.asarray(cosine))
+    return np.asarray(running), np.asarray(precise)
+
+
+@functools.lru_cache
+def member_trainer(momentum, members, steps, batch, lr, model_kwargs):
+    """The jitted program of `running_vs_recomputed_accuracy`: `cosine` (a traced bool: a cosine decay of
+    the learning rate to 0, else a constant one) is an argument, so both schedules share one program."""
     import optax
 
     x_train, y_train = shifted_templates(400, 1)
     x_test, y_test = shifted_templates(2000, 2)
-    model = get_model("resnet1d", widths=(8, 8), kernel_sizes=(5, 3), num_classes=4, **model_kwargs, **(
+    model = get_model("resnet1d", widths=(8, 8), kernel_sizes=(5, 3), num_classes=4, **dict(model_kwargs), **(
         {} if momentum is None else {"norm_momentum": momentum}))
-    tx = optax.adam(optax.cosine_decay_schedule(lr, steps) if cosine else lr)
+    decay = optax.cosine_decay_schedule(lr, steps)
     rng = np.random.default_rng(0)
     order = jnp.asarray(np.stack([np.concatenate([rng.permutation(400) for _ in range(steps * batch // 400 + 1)])
                                   [:steps * batch].reshape(steps, batch) for _ in range(members)]))
     passes = x_train.reshape(-1, batch, x_train.shape[1])
 
-    def member(key, order):
+    def member(key, order, cosine):
+        tx = optax.adam(lambda count: jnp.where(cosine, decay(count), lr))
         variables = model.init(key, x_train[:batch])
         params, state = variables["params"], {"batch_stats": variables["batch_stats"]}
 
@@ -235,8 +245,9 @@ def running_vs_recomputed_accuracy(momentum, members=4, steps=150, batch=8, lr=2
 
         return accuracy(state), accuracy(precise)
 
-    running, precise = jax.jit(jax.vmap(member))(jax.random.split(KEY, members), order)
-    return np.asarray(running), np.asarray(precise)
+    run = jax.jit(jax.vmap(member, in_axes=(0, 0, None)))
+    keys = jax.random.split(KEY, members)
+    return lambda cosine: run(keys, order, cosine)
 
 
 @functools.lru_cache

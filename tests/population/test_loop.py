@@ -212,10 +212,11 @@ def test_precise_bn_evaluates_with_exact_statistics_and_leaves_training_alone():
     assert precise.metrics["eval"]["loss"] != plain.metrics["eval"]["loss"]
     task = build_task(config)
     xb = jnp.asarray(task.train.x[:80]).reshape(10, 8, *task.train.x.shape[1:])
-    exact = recompute_batch_stats(task.model, {"params": plain.state.params, **plain.state.model_state}, xb,
-                                  dropout_rate=0.0)
-    by_hand = make_eval_fn(task)(plain.state.replace(model_state=exact), jnp.asarray(task.eval.x),
-                                 jnp.asarray(task.eval.y))
+    # by hand, each as one jitted program (op by op it compiled each of many small operations)
+    exact = jax.jit(lambda variables: recompute_batch_stats(task.model, variables, xb, dropout_rate=0.0))(
+        {"params": plain.state.params, **plain.state.model_state})
+    by_hand = jax.jit(make_eval_fn(task))(plain.state.replace(model_state=exact), jnp.asarray(task.eval.x),
+                                          jnp.asarray(task.eval.y))
     assert precise.metrics["eval"]["loss"] == pytest.approx(float(by_hand["loss"]), rel=1e-5)
     for a, b in zip(jax.tree.leaves(exact["batch_stats"]), jax.tree.leaves(precise.state.model_state["batch_stats"])):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # the returned model holds those statistics
@@ -240,13 +241,13 @@ def test_precise_bn_auto_covers_the_training_set_within_its_caps_and_only_models
     # the returned model is the evaluated one: its statistics are the recomputed ones, so plain
     # evaluation with precise BN off reports the same numbers
     task = build_task(config)
-    off = make_eval_fn(build_task(dataclasses.replace(config, precise_bn_batches=0)))
+    off = jax.jit(make_eval_fn(build_task(dataclasses.replace(config, precise_bn_batches=0))))
     plain = off(default.state, jnp.asarray(task.eval.x), jnp.asarray(task.eval.y))
     assert float(plain["loss"]) == pytest.approx(default.metrics["eval"]["loss"], rel=1e-5)
     # a model without BatchNorm builds no batches at all (nothing becomes a constant of its program)
     mlp = build_task(dataclasses.replace(config, model="mnist1d_mlp", model_kwargs={}))
     state = init_state(mlp, jax.random.key(0))
-    make_eval_fn(mlp)(state, jnp.asarray(mlp.eval.x), jnp.asarray(mlp.eval.y))
+    jax.jit(make_eval_fn(mlp))(state, jnp.asarray(mlp.eval.x), jnp.asarray(mlp.eval.y))
     assert "batch_stats" not in state.model_state
 
 
