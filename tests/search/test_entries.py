@@ -16,8 +16,10 @@ import vhjax
 from vhjax.config import TrainConfig
 from vhjax.search import Categorical, Space, TrainingObjective, search_multifidelity
 
+# a checkpoint every second evaluation (steps 20 and 40, where a promotion starts and a run ends), not
+# every one: an orbax save costs more than the chunk it follows
 CONFIG = TrainConfig(dataset="digits", model="mlp", model_kwargs={"widths": (16,), "num_classes": 10},
-                     learning_rate=3e-3, batch_size=32, steps=40, eval_every=10, seed=0)
+                     learning_rate=3e-3, batch_size=32, steps=40, eval_every=10, checkpoint_every=2, seed=0)
 LEARNING_RATES = Space({"learning_rate": Categorical((3e-3, 1e-2))})
 ENTRIES = ("search", "multifidelity")
 

@@ -4,7 +4,9 @@
 Each kill test runs a tiny scenario of `fault_scenarios` in a fresh process with `VHJAX_FAULT` set,
 so the process SIGKILLs itself at that point (as `kill -9` would), then resumes it in another and
 asserts 0 trials lost, 0 duplicated, none left `running`, and an outcome identical to an
-uninterrupted run. The runs share a persistent compilation cache, so only the first compiles.
+uninterrupted run. The runs share a persistent compilation cache, so only the first compiles, and
+are forked from a fork server that imported JAX, vhjax and the scenarios once (a process that never
+started JAX's backend, so each fork is as a fresh interpreter that skipped those seconds of imports).
 """
 
 from __future__ import annotations
@@ -13,19 +15,18 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 
 from vhjax.search import Float, Space, search
 from vhjax.search.storage import SQLITE_FILENAME, StoreDamaged, StoreUnreachable, open_store
+from tests.forking import forkserver_context
 from vhjax.train.workdir import WorkdirInUse
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -35,14 +36,43 @@ def cache(session_compilation_cache) -> Path:
     return session_compilation_cache[1]
 
 
-def scenario(name: str, cache: Path, *steps: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("VHJAX_FAULT", None)
-    return subprocess.run([sys.executable, "-m", "tests.search.fault_scenarios", name, "--cache", str(cache), *steps],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+@pytest.fixture(scope="module")
+def forkserver():
+    return forkserver_context(__name__)
 
 
-def outcomes(done: subprocess.CompletedProcess) -> list[dict]:
+class Ran(NamedTuple):
+    returncode: int  # negative: killed by that signal
+    stdout: str
+    stderr: str
+
+
+def _scenario_main(argv: list[str], out: str, err: str) -> None:
+    """In the forked process: `python -m tests.search.fault_scenarios ARGV`, its output to files."""
+    from tests.search import fault_scenarios
+
+    for path, fd in ((out, 1), (err, 2)):
+        with open(path, "w") as file:
+            os.dup2(file.fileno(), fd)
+    fault_scenarios.main(argv)
+
+
+def scenario(forkserver, name: str, cache: Path, *steps: str) -> Ran:
+    with tempfile.TemporaryDirectory() as folder:
+        out, err = Path(folder) / "stdout", Path(folder) / "stderr"
+        out.touch(), err.touch()
+        process = forkserver.Process(target=_scenario_main,
+                                     args=([name, "--cache", str(cache), *steps], str(out), str(err)))
+        process.start()
+        process.join(timeout=300)
+        if process.exitcode is None:
+            process.kill()
+            process.join()
+            raise TimeoutError(f"scenario {name} {steps} still ran after 300 s: {err.read_text()[-2000:]}")
+        return Ran(process.exitcode, out.read_text(), err.read_text())
+
+
+def outcomes(done: Ran) -> list[dict]:
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
@@ -69,21 +99,21 @@ def assert_whole(outcome: dict, expected: dict) -> None:
     # transaction storing the rounds
     ("pbt", ["checkpoint.save@1", "checkpoint.before_rename@2", "store.rounds"]),
 ])
-def test_killed_run_resumes_with_nothing_lost_or_duplicated(name, faults, tmp_path, cache):
+def test_killed_run_resumes_with_nothing_lost_or_duplicated(name, faults, tmp_path, cache, forkserver):
     """A process runs the scenario uninterrupted, then again in a fresh workdir until it kills itself
     at the first fault; each further process resumes that workdir until the next fault; the last one
     resumes it to the end, twice (the second run must change nothing)."""
     full, cut = tmp_path / "full", tmp_path / "cut"
     expected = None
     for number, fault in enumerate(faults):
-        killed = scenario(name, cache, *([f"run:{full}"] if number == 0 else []), f"kill:{cut}:{fault}")
+        killed = scenario(forkserver, name, cache, *([f"run:{full}"] if number == 0 else []), f"kill:{cut}:{fault}")
         assert killed.returncode == -signal.SIGKILL, (f"not killed at {fault} (rc {killed.returncode}): "
                                                       f"{killed.stderr[-2000:]}")
         expected = expected or outcomes(killed)[0]
         if fault.startswith("checkpoint.before_rename"):  # the kill left orbax's temporary folder behind
             assert list(cut.rglob("*.orbax-checkpoint-tmp*")), "no temporary checkpoint folder left"
     final = [f"run:{cut}", f"run:{cut}"] + ([f"legacycut:{cut}", f"run:{cut}"] if name == "pbt" else [])
-    resumed = scenario(name, cache, *final)
+    resumed = scenario(forkserver, name, cache, *final)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     first, *again = outcomes(resumed)
     assert_whole(first, expected)
@@ -95,36 +125,31 @@ def test_killed_run_resumes_with_nothing_lost_or_duplicated(name, faults, tmp_pa
 
 # ----------------------------------------------------------------------------- two processes
 
-HOLDER = """
-import sys, time
-from pathlib import Path
-import numpy as np
-from vhjax.search import Float, Space, search
+def _hold(workdir: str, marker: str) -> None:
+    """In the forked process: a search whose objective never returns in the test's time."""
+    def slow(batch):
+        Path(marker).write_text("started")
+        time.sleep(60)
+        return np.zeros(len(batch))
 
-def slow(batch):
-    Path(sys.argv[2]).write_text("started")
-    time.sleep(60)
-    return np.zeros(len(batch))
-
-search(slow, Space({"x": Float(0, 1)}), budget=1, workdir=sys.argv[1], verbose=False)
-"""
+    search(slow, Space({"x": Float(0, 1)}), budget=1, workdir=workdir, verbose=False)
 
 
-def test_second_process_on_a_search_workdir_is_refused(tmp_path):
+def test_second_process_on_a_search_workdir_is_refused(tmp_path, forkserver):
     marker = tmp_path / "started"
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "run"), str(marker)], cwd=REPO,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    holder = forkserver.Process(target=_hold, args=(str(tmp_path / "run"), str(marker)))
+    holder.start()
     try:
         deadline = time.time() + 120
-        while not marker.exists() and holder.poll() is None and time.time() < deadline:
+        while not marker.exists() and holder.exitcode is None and time.time() < deadline:
             time.sleep(0.05)
         assert marker.exists(), "the first search never started"
         with pytest.raises(WorkdirInUse, match=rf"in use by another process \(pid {holder.pid}\)"):
             search(lambda b: np.zeros(len(b)), Space({"x": Float(0, 1)}), budget=1, workdir=tmp_path / "run",
                    verbose=False)
     finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
+        holder.kill()  # SIGKILL
+        holder.join()
     # the lock dies with its holder: the killed search resumes here
     done = search(lambda b: np.ones(len(b)), Space({"x": Float(0, 1)}), budget=1, workdir=tmp_path / "run",
                   verbose=False)

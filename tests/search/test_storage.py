@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import time
 from typing import NamedTuple
 
@@ -11,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.forking import forkserver_context
 from vhjax.search import storage
 from vhjax.search.storage import NewTrial, TrialResult, open_store
 
@@ -146,7 +146,7 @@ def _writer(location: str, use_url: bool, worker: int, barrier) -> None:
 
 
 def _write_concurrently(location: str, use_url: bool) -> None:
-    context = multiprocessing.get_context("spawn")  # no fork after JAX start-up
+    context = forkserver_context(__name__)  # no fork after JAX start-up
     barrier = context.Barrier(N_PROCESSES)
     processes = [context.Process(target=_writer, args=(location, use_url, w, barrier))
                  for w in range(N_PROCESSES)]
@@ -194,7 +194,7 @@ def _open_at_once(location: str, barrier, errors) -> None:
 def test_processes_opening_a_new_postgresql_store_at_once_all_succeed(postgres_url):
     """Before the schema lock: 'duplicate key value violates unique constraint
     "pg_type_typname_nsp_index"' when several processes created the tables at the same moment."""
-    context = multiprocessing.get_context("spawn")
+    context = forkserver_context(__name__)  # no fork after JAX start-up
     barrier, errors = context.Barrier(6), context.Queue()
     processes = [context.Process(target=_open_at_once, args=(postgres_url, barrier, errors)) for _ in range(6)]
     for process in processes:

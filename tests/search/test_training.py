@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import textwrap
 
@@ -100,6 +99,37 @@ def test_bad_objective_config_fails_before_training():
         TrainingObjective(CONFIG, split="val")
 
 
+def _cli(argv: list[str], out: str, err: str) -> None:
+    """In the forked process: `python -m vhjax.cli ARGV`, its output to files."""
+    import os
+    import runpy
+
+    for path, fd in ((out, 1), (err, 2)):
+        with open(path, "w") as file:
+            os.dup2(file.fileno(), fd)
+    sys.argv = ["vhjax.cli", *argv]
+    runpy.run_module("vhjax.cli", run_name="__main__", alter_sys=True)
+
+
+def run_cli(argv: list[str], folder) -> str:
+    """`python -m vhjax.cli ARGV` in a process forked from the fork server of `forkserver_context`
+    (which imported JAX, vhjax and matplotlib once, never starting JAX); its standard output. It
+    must exit with status 0."""
+    from tests.forking import forkserver_context
+
+    out, err = folder / "cli_stdout", folder / "cli_stderr"
+    out.touch(), err.touch()
+    process = forkserver_context(__name__, "vhjax.cli", "matplotlib.backends.backend_agg").Process(
+        target=_cli, args=(argv, str(out), str(err)))
+    process.start()
+    process.join(timeout=600)
+    if process.exitcode is None:
+        process.kill()
+        process.join()
+    assert process.exitcode == 0, f"vhjax.cli {argv} exited with {process.exitcode}: {err.read_text()[-3000:]}"
+    return out.read_text()
+
+
 def test_cli_search_spec_and_demo(tmp_path):
     spec = tmp_path / "spec.py"
     spec.write_text(textwrap.dedent("""
@@ -114,18 +144,11 @@ def test_cli_search_spec_and_demo(tmp_path):
             return dict(objective=TrainingObjective(config), space=Space({"learning_rate": Float(1e-3, 1e-1, log=True)}),
                         strategy="random", budget=4, population=2)
     """))
-    import os
-    from pathlib import Path
-
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    out = subprocess.run([sys.executable, "-m", "vhjax.cli", "search", str(spec), "--budget", "2", "--quiet",
-                          "--workdir", str(tmp_path / "s")], capture_output=True, text=True, check=True,
-                         env=env).stdout
+    out = run_cli(["search", str(spec), "--budget", "2", "--quiet", "--workdir", str(tmp_path / "s")], tmp_path)
     assert "| rank | trial_id | params.learning_rate | fitness |" in out
     assert (tmp_path / "s" / "trials.sqlite").exists() and (tmp_path / "s" / "best_so_far.png").exists()
-    demo = subprocess.run([sys.executable, "-m", "vhjax.cli", "demo", "--budget", "4", "--population", "2",
-                           "--steps", "9", "--workdir", str(tmp_path / "d")], capture_output=True, text=True,
-                          check=True).stdout
+    demo = run_cli(["demo", "--budget", "4", "--population", "2", "--steps", "9", "--workdir", str(tmp_path / "d")],
+                   tmp_path)
     assert "trials' worth" in demo and "| rank | trial | arch.depth |" in demo and "best trial" in demo
     cores = hardware.cpu_cores()  # --cpu-devices auto: one CPU device per core, the slots sharded over them
     assert (f"2 slots on {cores} cpu devices (members sharded" if cores > 1 else "2 slots on 1 cpu device") in demo

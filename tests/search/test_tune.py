@@ -167,36 +167,42 @@ def test_enqueue_must_be_a_list_of_dicts():
         tune(CONFIG, SPACE, trials=4, enqueue=[1e-3], verbose=False)
 
 
-WORKER = """
-import dataclasses, sys
-from tests.datasets import tiny_classification
-from tests.search.test_tune import CONFIG, SPACE
-from vhjax.search.tune import tune
-CONFIG = dataclasses.replace(CONFIG, dataset=tiny_classification())  # not the digits: no second loading them
-tune(CONFIG, SPACE, trials=int(sys.argv[2]), population=2, min_steps=12, storage=sys.argv[1], mesh=None,
-     heartbeat_interval=1, grace_period=int(sys.argv[3]), verbose=False)
-"""
+def _worker(url: str, trials: int, grace_period: int) -> None:
+    """A worker process: tune on the shared study at `url` (forked from the fork server of
+    `forkserver_context`, which imported JAX, vhjax and this module once and never started JAX)."""
+    import dataclasses
+
+    from tests.datasets import tiny_classification
+
+    config = dataclasses.replace(CONFIG, dataset=tiny_classification())  # not the digits: no second loading them
+    tune(config, SPACE, trials=trials, population=2, min_steps=12, storage=url, mesh=None, heartbeat_interval=1,
+         grace_period=grace_period, verbose=False)
+
+
+def worker(url: str, trials: int, grace_period: int):
+    """A started worker process."""
+    from tests.forking import forkserver_context
+
+    process = forkserver_context(__name__).Process(target=_worker, args=(url, trials, grace_period))
+    process.start()
+    return process
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_worker_processes_share_one_study(tmp_path, request, database):
     """3 workers on one SQLite file or one PostgreSQL server: 8 trials (up to 2 more when the last
     asks race), none asked twice, every one finished."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     if database == "sqlite":
         url = f"sqlite:///{tmp_path / 'shared.db'}"
     else:  # a study of its own on the session's server
         url = request.getfixturevalue("postgres_url")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     optuna.create_study(study_name="vhjax", storage=url, direction="maximize")  # created once, up front
     # a grace period no live worker's heartbeat misses on a loaded machine (tracing holds the GIL for
     # seconds): here no trial may go stale; the killed-worker test below uses 3 s
-    workers = [subprocess.Popen([sys.executable, "-c", WORKER, url, "8", "60"], env=env) for _ in range(3)]
-    assert [w.wait(timeout=900) for w in workers] == [0, 0, 0]
+    workers = [worker(url, 8, 60) for _ in range(3)]
+    for w in workers:
+        w.join(timeout=900)
+    assert [w.exitcode for w in workers] == [0, 0, 0]
     study = optuna.load_study(study_name="vhjax", storage=url)
     # the budget check and the ask of two workers can race (as with Optuna's MaxTrialsCallback):
     # at most one trial more per other worker
@@ -231,31 +237,26 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_aske
 def test_a_killed_workers_running_trial_is_retried_by_another_worker(tmp_path):
     """kill -9 of a worker mid-trial: after the grace period without its heartbeat, another worker
     fails that trial and asks it again; nothing is left running and the budget is still met."""
-    import os
-    import signal
-    import subprocess
-    import sys
     import time
-    from pathlib import Path
 
     url = f"sqlite:///{tmp_path / 'shared.db'}"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     optuna.create_study(study_name="vhjax", storage=url, direction="maximize")
-    doomed = subprocess.Popen([sys.executable, "-c", WORKER, url, "4", "3"], env=env)
+    doomed = worker(url, 4, 3)
     deadline = time.monotonic() + 300
     running = []
-    while not running and time.monotonic() < deadline and doomed.poll() is None:
+    while not running and time.monotonic() < deadline and doomed.exitcode is None:
         time.sleep(0.5)
         study = optuna.load_study(study_name="vhjax", storage=url)
         running = [t.number for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))]
     assert running, "the worker never started a trial"
-    doomed.send_signal(signal.SIGKILL)
-    doomed.wait(timeout=60)
+    doomed.kill()  # SIGKILL
+    doomed.join(timeout=60)
     # past the grace period (3 s), so the survivor's first ask finds the orphans stale: a survivor that
     # started up and met its budget sooner would leave them running for a later worker
     time.sleep(3.5)
-    survivor = subprocess.run([sys.executable, "-c", WORKER, url, "4", "3"], env=env, timeout=900)
-    assert survivor.returncode == 0
+    survivor = worker(url, 4, 3)
+    survivor.join(timeout=900)
+    assert survivor.exitcode == 0
     study = optuna.load_study(study_name="vhjax", storage=url)
     states = {t.number: t.state for t in study.trials}
     assert all(states[n] == optuna.trial.TrialState.FAIL for n in running), (running, states)  # by the heartbeat check

@@ -1,0 +1,31 @@
+"""Child processes for tests, forked from one preloaded fork server per test process.
+
+Starting a fresh interpreter costs a child 2-4 s of imports (JAX, vhjax, Optuna's database layer,
+orbax, scipy). multiprocessing's fork server imports them once, in a process that never starts
+JAX's backend, and forks it for each child: each child is a new process, JAX-free until it runs,
+that skipped those imports. Used by tests/search/test_faults.py, test_storage.py, test_tune.py and
+test_training.py.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+
+# what the child processes of the tests that fork them import (JAX among it), imported once by the server
+FORKSERVER_PRELOAD = ("vhjax.search", "vhjax.search.tune", "vhjax.train", "vhjax.population.fit",
+                      "vhjax.population.pbt", "vhjax.compilation_cache", "optuna.storages._rdb.models",
+                      "alembic.command", "alembic.config", "alembic.migration", "alembic.script",  # Optuna's, lazily
+                      "sqlalchemy.orm", "sqlalchemy.dialects.sqlite", "sqlalchemy.dialects.postgresql.psycopg",
+                      "orbax.checkpoint", "tensorboardX.proto.event_pb2", "tensorboardX.record_writer",
+                      "scipy.stats", "tensorflow_datasets", "tests.datasets",  # ...and vhjax's, lazily
+                      "tests.search.fault_scenarios")
+
+
+def forkserver_context(*modules: str):
+    """multiprocessing's fork server, preloaded with FORKSERVER_PRELOAD and `modules` (those of the
+    processes' targets): one new interpreter imports them once and never starts JAX; each process is
+    a fork of it, a fresh process that skips those seconds of imports. One server per test process:
+    where it runs already it keeps what it was started with (a child imports what else it needs)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([*FORKSERVER_PRELOAD, *modules])
+    return context
