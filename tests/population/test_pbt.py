@@ -263,3 +263,29 @@ def test_search_pbt_keep_best_must_rank_as_pbt_does():
     config = dataclasses.replace(CONFIG, keep_best=True, monitor="loss", monitor_mode="min")
     with pytest.raises(ValueError, match="'monitor'.*allowed with keep_best"):
         search_pbt(config, space, population=4, interval=30, verbose=False)
+
+
+def test_a_pbt_search_saves_a_tenth_of_its_rounds_and_resumes_from_them(tmp_path, monkeypatch, run_interrupted):
+    """30 rounds of 2 steps: a checkpoint every 3rd round (10, not 30 orbax saves: each costs more than
+    such a round); a run killed after its 2nd save resumes from round 6 and stores what the uncut run
+    stores. A fit workdir may be resumed with another `checkpoint_every` (it changes no result)."""
+    from vhjax.search import Float, Space, search_pbt
+    from vhjax.search.pbt_search import pbt_checkpoint_every
+    from vhjax.train import checkpoint
+
+    space = Space({"learning_rate": Float(1e-4, 1e-1, log=True)})
+    config = dataclasses.replace(CONFIG, steps=60)
+    assert pbt_checkpoint_every(config, 2) == 3 and pbt_checkpoint_every(config, 30) == 1
+    assert pbt_checkpoint_every(dataclasses.replace(config, checkpoint_every=5), 2) == 5
+    saved, real_save = [], checkpoint.Checkpointer.save
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", lambda self, step, *a: (saved.append(step),
+                                                                                real_save(self, step, *a))[1])
+    full = search_pbt(config, space, population=2, interval=2, workdir=tmp_path / "full", verbose=False)
+    assert saved == list(range(6, 61, 6))  # steps of rounds 3, 6, ..., 30
+    run_interrupted(lambda: search_pbt(config, space, population=2, interval=2, workdir=tmp_path / "cut",
+                                       verbose=False), at_step=12)
+    resumed = search_pbt(config, space, population=2, interval=2, workdir=tmp_path / "cut", verbose=False)
+    assert [(t.params, t.metrics) for t in resumed.trials] == [(t.params, t.metrics) for t in full.trials]
+    run = dataclasses.replace(CONFIG, steps=20, eval_every=10)
+    fit_population(run, MEMBERS[:2], workdir=tmp_path / "fit", verbose=False)
+    fit_population(dataclasses.replace(run, checkpoint_every=2), MEMBERS[:2], workdir=tmp_path / "fit", verbose=False)

@@ -14,12 +14,14 @@ from vhjax.atomic_files import write_text_atomically
 from vhjax.config import TrainConfig
 
 EXTENSIBLE_FIELDS = ("steps",)  # may be raised on an existing workdir: the run is extended
+FREE_FIELDS = ("checkpoint_every",)  # may change on an existing workdir: how often a run saves, not what it computes
 
 
 def prepare_workdir(workdir: str | Path | None, config: TrainConfig) -> Path | None:
     """Create the workdir; refuse to resume one that was made with a different config.
 
     Raising `steps` is allowed: the finished (or interrupted) run is extended from its last checkpoint.
+    `checkpoint_every` may change (it sets how often the run saves, not what it computes).
     """
     if workdir is None:
         return None
@@ -33,12 +35,13 @@ def prepare_workdir(workdir: str | Path | None, config: TrainConfig) -> Path | N
         saved = json.loads(config_path.read_text())
         changed = diffs.differences(saved, current)
         extended = {field for (field, *_), _, _ in changed
-                    if field in EXTENSIBLE_FIELDS and current[field] >= saved.get(field, 0)}
+                    if field in FREE_FIELDS or (field in EXTENSIBLE_FIELDS and current[field] >= saved.get(field, 0))}
         refused = [(at, old, new) for at, old, new in changed if at[0] not in extended]
         if refused:
             raise ValueError(
                 f"workdir {str(workdir)!r} holds a run with a different config ({diffs.describe(refused)}); "
-                "use a new workdir or the same config to resume (only 'steps' may be raised, to extend the run)")
+                "use a new workdir or the same config to resume (only 'steps' may be raised, to extend the run, "
+                "and 'checkpoint_every' changed)")
         if extended:
             write_text_atomically(config_path, json.dumps(current, indent=2))
     else:
