@@ -29,3 +29,24 @@ def forkserver_context(*modules: str):
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([*FORKSERVER_PRELOAD, *modules])
     return context
+
+
+def _run_module(module: str, argv: list[str], out: str, err: str) -> None:
+    """In the forked process: `python -m MODULE ARGV`, its standard output and error to files."""
+    import os
+    import runpy
+    import sys
+
+    for path, fd in ((out, 1), (err, 2)):
+        with open(path, "w") as file:
+            os.dup2(file.fileno(), fd)
+    sys.argv = [module, *argv]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+def start_module(module: str, argv: list[str], out: str, err: str, *preload: str):
+    """A started process that runs `python -m MODULE ARGV` (forked from the fork server; `preload`:
+    more modules for the server, if this starts it), writing its output to the files `out` and `err`."""
+    process = forkserver_context(*preload).Process(target=_run_module, args=(module, list(argv), out, err))
+    process.start()
+    return process

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import textwrap
 
 import numpy as np
@@ -99,29 +98,16 @@ def test_bad_objective_config_fails_before_training():
         TrainingObjective(CONFIG, split="val")
 
 
-def _cli(argv: list[str], out: str, err: str) -> None:
-    """In the forked process: `python -m vhjax.cli ARGV`, its output to files."""
-    import os
-    import runpy
-
-    for path, fd in ((out, 1), (err, 2)):
-        with open(path, "w") as file:
-            os.dup2(file.fileno(), fd)
-    sys.argv = ["vhjax.cli", *argv]
-    runpy.run_module("vhjax.cli", run_name="__main__", alter_sys=True)
-
-
 def run_cli(argv: list[str], folder) -> str:
     """`python -m vhjax.cli ARGV` in a process forked from the fork server of `forkserver_context`
     (which imported JAX, vhjax and matplotlib once, never starting JAX); its standard output. It
     must exit with status 0."""
-    from tests.forking import forkserver_context
+    from tests.forking import start_module
 
     out, err = folder / "cli_stdout", folder / "cli_stderr"
     out.touch(), err.touch()
-    process = forkserver_context(__name__, "vhjax.cli", "matplotlib.backends.backend_agg").Process(
-        target=_cli, args=(argv, str(out), str(err)))
-    process.start()
+    process = start_module("vhjax.cli", argv, str(out), str(err), __name__, "vhjax.cli",
+                           "matplotlib.backends.backend_agg")
     process.join(timeout=600)
     if process.exitcode is None:
         process.kill()

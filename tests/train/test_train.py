@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -66,18 +63,27 @@ def test_killed_process_resumes(tmp_path):
         "    return TrainConfig(dataset=tiny_classification(), model='mlp',\n"
         "                       model_kwargs={'widths': (32,), 'num_classes': 10},\n"
         "                       learning_rate=3e-3, batch_size=64, steps=1000, eval_every=50, seed=1)\n")
-    command = [sys.executable, "-m", "vhjax.cli", "train", str(config_file), "--quiet"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
-    killed = subprocess.Popen(command + ["--workdir", str(tmp_path / "cut")], env=env)
+    from tests.forking import start_module
+
+    def train(workdir: Path):  # `python -m vhjax.cli train ...`, forked from the tests' fork server
+        out, err = tmp_path / f"{workdir.name}.out", tmp_path / f"{workdir.name}.err"
+        return start_module("vhjax.cli", ["train", str(config_file), "--quiet", "--workdir", str(workdir)], str(out),
+                            str(err), "vhjax.cli")
+
+    def finished(process, workdir: Path) -> None:
+        process.join(timeout=300)
+        assert process.exitcode == 0, (tmp_path / f"{workdir.name}.err").read_text()[-3000:]
+
+    killed = train(tmp_path / "cut")
     checkpoints = tmp_path / "cut" / "checkpoints"
     deadline = time.time() + 120
     while time.time() < deadline and not (checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir())):
         time.sleep(0.05)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    assert killed.returncode != 0
-    subprocess.run(command + ["--workdir", str(tmp_path / "cut")], env=env, check=True)
-    subprocess.run(command + ["--workdir", str(tmp_path / "full")], env=env, check=True)
+    killed.kill()  # SIGKILL
+    killed.join()
+    assert killed.exitcode == -signal.SIGKILL
+    finished(train(tmp_path / "cut"), tmp_path / "cut")
+    finished(train(tmp_path / "full"), tmp_path / "full")
     cut = json.loads((tmp_path / "cut" / "result.json").read_text())
     full = json.loads((tmp_path / "full" / "result.json").read_text())
     assert cut == full
@@ -166,13 +172,20 @@ def test_overrides():
 
 
 def test_cli_train_and_help(tmp_path):
-    help_text = subprocess.run([sys.executable, "-m", "vhjax.cli", "--help"], capture_output=True, text=True, check=True)
-    assert "train" in help_text.stdout
-    out = subprocess.run(
-        [sys.executable, "-m", "vhjax.cli", "train", str(REPO / "experiments/configs/mnist1d_mlp.py"),
-         "steps=100", "eval_every=50", "--workdir", str(tmp_path)], capture_output=True, text=True, check=True)
-    assert "step 100/100" in out.stdout and "test" not in out.stderr
-    assert (tmp_path / "metrics.jsonl").exists() and (tmp_path / "result.json").exists()
-    bad = subprocess.run([sys.executable, "-m", "vhjax.cli", "train", str(REPO / "experiments/configs/mnist1d_mlp.py"),
-                          "model=nope"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "known models" in bad.stderr
+    from tests.forking import start_module
+
+    def cli(name: str, *argv: str) -> tuple[int, str, str]:  # `python -m vhjax.cli ARGV`, forked from the fork server
+        out, err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
+        process = start_module("vhjax.cli", list(argv), str(out), str(err), "vhjax.cli")
+        process.join(timeout=300)
+        return process.exitcode, out.read_text(), err.read_text()
+
+    code, help_text, _ = cli("help", "--help")
+    assert code == 0 and "train" in help_text
+    config = str(REPO / "experiments/configs/mnist1d_mlp.py")
+    code, out, err = cli("train", "train", config, "steps=100", "eval_every=50", "--workdir", str(tmp_path / "run"))
+    assert code == 0, err[-3000:]
+    assert "step 100/100" in out and "test" not in err
+    assert (tmp_path / "run" / "metrics.jsonl").exists() and (tmp_path / "run" / "result.json").exists()
+    code, _, err = cli("bad", "train", config, "model=nope")
+    assert code == 2 and "known models" in err
