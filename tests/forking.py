@@ -3,8 +3,7 @@
 Starting a fresh interpreter costs a child 2-4 s of imports (JAX, vhjax, Optuna's database layer,
 orbax, scipy). multiprocessing's fork server imports them once, in a process that never starts
 JAX's backend, and forks it for each child: each child is a new process, JAX-free until it runs,
-that skipped those imports. Used by tests/search/test_faults.py, test_storage.py, test_tune.py and
-test_training.py.
+that skipped those imports. Used by the fault-injection, storage, worker, CLI and preemption tests.
 """
 
 from __future__ import annotations

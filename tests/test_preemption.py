@@ -7,9 +7,9 @@ import dataclasses
 import json
 import os
 import signal
-import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -17,10 +17,10 @@ import pytest
 from vhjax import preemption
 from vhjax.population import fit
 from tests.datasets import tiny_classification
+from tests.forking import forkserver_context
 from tests.population.test_entries import CONFIG, PAIR
 from tests.xla_flags import xla_flags
 
-ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent("""
     import json, sys, time
@@ -63,35 +63,54 @@ def search_metrics(workdir: Path, verbose: bool = False) -> list[dict]:
     return [{"accuracy": t.metrics["accuracy"], "loss": t.metrics["loss"]} for t in result.trials]
 
 
-def start(entry: str, workdir: Path, full: Path | None = None) -> subprocess.Popen:
-    """The entry run in `workdir` in a child process; with `full`, then uninterrupted in `full` too."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": xla_flags(devices=1)}
-    return subprocess.Popen([sys.executable, "-c", SCRIPT, entry, str(workdir), *([str(full)] if full else [])],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _signalled_main(argv: list[str], flags: str, output: str) -> None:
+    """In the forked process: SCRIPT with `argv`, one CPU device, its output (line by line) to `output`."""
+    os.environ["XLA_FLAGS"] = flags  # before JAX starts its backend (the fork server never did)
+    with open(output, "w") as file:
+        os.dup2(file.fileno(), 1)
+        os.dup2(file.fileno(), 2)
+    sys.stdout.reconfigure(line_buffering=True)
+    sys.argv = ["-c", *argv]
+    exec(compile(SCRIPT, "<signalled run>", "exec"), {"__name__": "__main__"})
+
+
+def start(entry: str, workdir: Path, output: Path, full: Path | None = None):
+    """The entry run in `workdir` in a child process (forked from the tests' fork server), its
+    output to `output`; with `full`, then uninterrupted in `full` too."""
+    output.touch()
+    process = forkserver_context(__name__).Process(target=_signalled_main, args=(
+        [entry, str(workdir), *([str(full)] if full else [])], xla_flags(devices=1), str(output)))
+    process.start()
+    return process
+
+
+def output_line(output: Path, text: str, process, timeout: float = 300) -> None:
+    """Wait until the process wrote a line holding `text` (or ended)."""
+    deadline = time.monotonic() + timeout
+    while text not in output.read_text() and process.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("entry,sig", [("fit_population", signal.SIGTERM), ("fit", signal.SIGINT),
                                        ("search", signal.SIGTERM)])
 def test_signal_checkpoints_exits_zero_and_the_rerun_resumes(entry, sig, tmp_path):
-    workdir = tmp_path / "run"
-    process = start(entry, workdir)
-    lines = []
-    for line in process.stdout:  # the first evaluation's progress line
-        lines.append(line)
-        if "step 10/40" in line:
-            process.send_signal(sig)
-            break
-    output = "".join(lines) + process.stdout.read()
-    assert process.wait(timeout=120) == 0, output
+    workdir, log = tmp_path / "run", tmp_path / "signalled.out"
+    process = start(entry, workdir, log)
+    output_line(log, "step 10/40", process)  # the first evaluation's progress line
+    os.kill(process.pid, sig)
+    process.join(timeout=120)
+    output = log.read_text()
+    assert process.exitcode == 0, output
     assert "preempted (SIG" in output and "run the same command again to resume" in output, output
     assert "RESULT" not in output
     stopped = int(output.split("preempted (")[1].split(" at step ")[1].split("/")[0])
     assert 10 <= stopped < 40
 
     # the rerun resumes; after it, the same process runs the uninterrupted reference in a fresh workdir
-    rerun = start(entry, workdir, full=tmp_path / "full")
-    output, _ = rerun.communicate(timeout=300)
-    assert rerun.returncode == 0, output
+    rerun = start(entry, workdir, tmp_path / "rerun.out", full=tmp_path / "full")
+    rerun.join(timeout=300)
+    output = (tmp_path / "rerun.out").read_text()
+    assert rerun.exitcode == 0, output
     assert f"resumed from {workdir}" in output and f"at step {stopped}" in output
     resumed = json.loads(output.split("RESULT ")[1].splitlines()[0])
     full = json.loads(output.split("FULL ")[1].splitlines()[0])
