@@ -49,3 +49,40 @@ def start_module(module: str, argv: list[str], out: str, err: str, *preload: str
     process = forkserver_context(*preload).Process(target=_run_module, args=(module, list(argv), out, err))
     process.start()
     return process
+
+
+def _run_script(source: str, argv: list[str], environment: dict[str, str], output: str) -> None:
+    """In the forked process: `python -c SOURCE ARGV` with `environment` set, its standard output and
+    error (line by line) to the file `output`."""
+    import os
+    import sys
+
+    os.environ.update(environment)  # before JAX starts its backend (the fork server never did)
+    with open(output, "w") as file:
+        os.dup2(file.fileno(), 1)
+        os.dup2(file.fileno(), 2)
+    sys.stdout.reconfigure(line_buffering=True)
+    sys.argv = ["-c", *argv]
+    exec(compile(source, "<forked script>", "exec"), {"__name__": "__main__"})
+
+
+def start_script(source: str, argv: list[str], output, environment: dict[str, str] | None = None, *preload: str):
+    """A started process that runs `python -c SOURCE ARGV` (forked from the fork server) with
+    `environment` added to its variables (e.g. XLA_FLAGS), writing its output to the file `output`
+    (created here, so a reader may poll it at once)."""
+    open(output, "w").close()
+    process = forkserver_context(*preload).Process(target=_run_script,
+                                                   args=(source, list(map(str, argv)), dict(environment or {}),
+                                                         str(output)))
+    process.start()
+    return process
+
+
+def wait_for_text(output, text: str, process, timeout: float = 300) -> str:
+    """The file `output` once it holds `text`, the process ended, or `timeout` seconds passed."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while text not in open(output).read() and process.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return open(output).read()

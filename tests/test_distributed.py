@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 
 from tests.population.test_entries import CONFIG
 from vhjax import distributed
+from tests.forking import start_script, wait_for_text
 from tests.xla_flags import xla_flags
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,27 +90,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class Child:
+    """A worker process forked from the tests' fork server, its output in a file."""
+
+    def __init__(self, source: str, argv: list, devices: int | None, output: Path):
+        environment = {"JAX_PLATFORMS": "cpu", **({} if devices is None else {"XLA_FLAGS": xla_flags(devices)})}
+        self.output = output
+        self.process = start_script(source, argv, output, environment, __name__)
+
+    def text(self) -> str:
+        return self.output.read_text()
+
+
 def start(process_id: str, port: int, workdir: Path | str, devices: int, slow: bool = False,
-          mesh: str = "all") -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": xla_flags(devices),
-           "JAX_PLATFORMS": "cpu"}
-    return subprocess.Popen([sys.executable, "-c", WORKER, process_id, str(port), str(workdir), "slow" if slow else "-", mesh],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+          mesh: str = "all", output: Path | None = None) -> Child:
+    return Child(WORKER, [process_id, port, workdir, "slow" if slow else "-", mesh], devices,
+                 output or Path(tempfile.mkdtemp()) / "output")
 
 
-def finish(processes: list[subprocess.Popen], timeout: float = 400) -> list[str]:
-    outputs = []
+def finish(children: list[Child], timeout: float = 400) -> list[str]:
     deadline = time.monotonic() + timeout
-    for process in processes:
-        try:
-            out, _ = process.communicate(timeout=max(deadline - time.monotonic(), 1))
-        except subprocess.TimeoutExpired:
-            for other in processes:
-                other.kill()
-            raise
-        outputs.append(out)
-    for process, out in zip(processes, outputs):
-        assert process.returncode == 0, out[-4000:]
+    for child in children:
+        child.process.join(timeout=max(deadline - time.monotonic(), 1))
+        if child.process.exitcode is None:
+            for other in children:
+                other.process.kill()
+            raise TimeoutError(f"a worker still ran after {timeout} s: {child.text()[-3000:]}")
+    outputs = [child.text() for child in children]
+    for child, out in zip(children, outputs):
+        assert child.process.exitcode == 0, out[-4000:]
     return outputs
 
 
@@ -139,14 +149,10 @@ def test_two_processes_train_like_one_and_resume_after_sigterm(tmp_path):
     port = free_port()
     cut = tmp_path / "cut"
     pair = [start(str(i), port, cut, devices=2, slow=True) for i in range(2)]
-    seen = []
-    for line in pair[0].stdout:
-        seen.append(line)
-        if "step 10/40" in line:
-            pair[1].send_signal(signal.SIGTERM)
-            break
+    wait_for_text(pair[0].output, "step 10/40", pair[0].process)
+    os.kill(pair[1].process.pid, signal.SIGTERM)
     rest = finish(pair)
-    first = "".join(seen) + rest[0]
+    first = rest[0]
     assert "preempted (" in first and "run the same command again to resume" in first, first[-3000:]
     assert "RESULT" not in first and "RESULT" not in rest[1]
     stopped = int(first.split("preempted (")[1].split(" at step ")[1].split("/")[0])
@@ -186,12 +192,22 @@ def test_a_search_over_two_processes_asks_on_process_0_and_trains_like_one_proce
     (it does not wait for a message that never comes). An objective that fails on process 1 only
     stops both at once, process 0 with `SearchAborted` naming process 1 and its error."""
     def run(process_id: str, port: int, workdir: Path, devices: int, population: int = 3,
-            fail: bool = False) -> subprocess.Popen:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
-               "XLA_FLAGS": xla_flags(devices)}
-        return subprocess.Popen([sys.executable, "-c", SEARCH_WORKER, process_id, str(port), str(workdir), str(population),
-                                 "fail" if fail else "-"],
-                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            fail: bool = False) -> Child:
+        return Child(SEARCH_WORKER, [process_id, port, workdir, population, "fail" if fail else "-"], devices,
+                     tmp_path / f"{workdir.name}_{port}.out")
+
+    def ended(children: list[Child], timeout: float = 300) -> tuple[list[str], list[int]]:
+        """Outputs and exit codes of workers that may fail (killed if still running after `timeout`)."""
+        deadline = time.monotonic() + timeout
+        try:
+            for child in children:
+                child.process.join(timeout=max(deadline - time.monotonic(), 1))
+        finally:
+            for child in children:
+                if child.process.exitcode is None:
+                    child.process.kill()
+                    child.process.join()
+        return [child.text() for child in children], [child.process.exitcode for child in children]
 
     (single,) = finish([run("single", 0, tmp_path / "single", 4)])
     port = free_port()
@@ -207,13 +223,8 @@ def test_a_search_over_two_processes_asks_on_process_0_and_trains_like_one_proce
     assert "[vhjax.search]" in outputs[0] and "[vhjax.search]" not in outputs[1]
 
     port = free_port()
-    refused = [run(str(i), port, workdirs[i], 2, population=2) for i in range(2)]
-    try:
-        outputs = [process.communicate(timeout=300)[0] for process in refused]
-    finally:
-        for process in refused:
-            process.kill()
-    assert [process.returncode for process in refused] != [0, 0]
+    outputs, codes = ended([run(str(i), port, workdirs[i], 2, population=2) for i in range(2)])
+    assert codes != [0, 0]
     assert "different search configuration" in outputs[0]
     assert "SearchAborted: process 0 of this search failed" in outputs[1]
     assert "different search configuration" in outputs[1]
@@ -221,13 +232,9 @@ def test_a_search_over_two_processes_asks_on_process_0_and_trains_like_one_proce
     # an evaluation error on process 1 only: it raises its error, as one process's search would, and
     # process 0 (already waiting before its first training chunk) stops with SearchAborted naming it
     port = free_port()
-    failing = [run(str(i), port, tmp_path / f"fail_{i}", 2, fail=True) for i in range(2)]
-    try:  # without the agreement process 0 would wait in its first chunk's collectives (TimeoutExpired)
-        outputs = [process.communicate(timeout=300)[0] for process in failing]
-    finally:
-        for process in failing:
-            process.kill()
-    assert failing[0].returncode != 0 and failing[1].returncode != 0
+    # without the agreement process 0 would wait in its first chunk's collectives (killed after 300 s)
+    outputs, codes = ended([run(str(i), port, tmp_path / f"fail_{i}", 2, fail=True) for i in range(2)])
+    assert codes[0] != 0 and codes[1] != 0
     assert "RuntimeError: a file only process 1 lacks" in outputs[1]
     assert ("SearchAborted: process 1 of this search failed while evaluating generation 1 (trials [4, 5, 6]), so "
             "this process stops too: RuntimeError: a file only process 1 lacks") in outputs[0], outputs[0][-3000:]
@@ -330,10 +337,8 @@ AGREE_WORKER = textwrap.dedent("""
 """)
 
 
-def test_agree_over_two_processes_leaves_only_the_last_rounds_keys():
+def test_agree_over_two_processes_leaves_only_the_last_rounds_keys(tmp_path):
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
-    processes = [subprocess.Popen([sys.executable, "-c", AGREE_WORKER, str(i), str(port)], cwd=ROOT, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    processes = [Child(AGREE_WORKER, [i, port], None, tmp_path / f"agree_{i}.out") for i in range(2)]
     for out in finish(processes, timeout=120):
         assert "KEYS ['step/5/0', 'step/5/1']" in out, out[-2000:]

@@ -7,9 +7,7 @@ import dataclasses
 import json
 import os
 import signal
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ import pytest
 from vhjax import preemption
 from vhjax.population import fit
 from tests.datasets import tiny_classification
-from tests.forking import forkserver_context
+from tests.forking import start_script, wait_for_text
 from tests.population.test_entries import CONFIG, PAIR
 from tests.xla_flags import xla_flags
 
@@ -63,32 +61,11 @@ def search_metrics(workdir: Path, verbose: bool = False) -> list[dict]:
     return [{"accuracy": t.metrics["accuracy"], "loss": t.metrics["loss"]} for t in result.trials]
 
 
-def _signalled_main(argv: list[str], flags: str, output: str) -> None:
-    """In the forked process: SCRIPT with `argv`, one CPU device, its output (line by line) to `output`."""
-    os.environ["XLA_FLAGS"] = flags  # before JAX starts its backend (the fork server never did)
-    with open(output, "w") as file:
-        os.dup2(file.fileno(), 1)
-        os.dup2(file.fileno(), 2)
-    sys.stdout.reconfigure(line_buffering=True)
-    sys.argv = ["-c", *argv]
-    exec(compile(SCRIPT, "<signalled run>", "exec"), {"__name__": "__main__"})
-
-
 def start(entry: str, workdir: Path, output: Path, full: Path | None = None):
     """The entry run in `workdir` in a child process (forked from the tests' fork server), its
     output to `output`; with `full`, then uninterrupted in `full` too."""
-    output.touch()
-    process = forkserver_context(__name__).Process(target=_signalled_main, args=(
-        [entry, str(workdir), *([str(full)] if full else [])], xla_flags(devices=1), str(output)))
-    process.start()
-    return process
-
-
-def output_line(output: Path, text: str, process, timeout: float = 300) -> None:
-    """Wait until the process wrote a line holding `text` (or ended)."""
-    deadline = time.monotonic() + timeout
-    while text not in output.read_text() and process.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    return start_script(SCRIPT, [entry, workdir, *([full] if full else [])], output,
+                        {"XLA_FLAGS": xla_flags(devices=1)}, __name__)
 
 
 @pytest.mark.parametrize("entry,sig", [("fit_population", signal.SIGTERM), ("fit", signal.SIGINT),
@@ -96,7 +73,7 @@ def output_line(output: Path, text: str, process, timeout: float = 300) -> None:
 def test_signal_checkpoints_exits_zero_and_the_rerun_resumes(entry, sig, tmp_path):
     workdir, log = tmp_path / "run", tmp_path / "signalled.out"
     process = start(entry, workdir, log)
-    output_line(log, "step 10/40", process)  # the first evaluation's progress line
+    wait_for_text(log, "step 10/40", process)  # the first evaluation's progress line
     os.kill(process.pid, sig)
     process.join(timeout=120)
     output = log.read_text()
