@@ -86,3 +86,15 @@ def wait_for_text(output, text: str, process, timeout: float = 300) -> str:
     while text not in open(output).read() and process.is_alive() and time.monotonic() < deadline:
         time.sleep(0.05)
     return open(output).read()
+
+
+def run_script(source: str, argv: list, environment: dict[str, str], output, timeout: float = 900) -> tuple[int, str]:
+    """`python -c SOURCE ARGV` run to its end in a forked process (see `start_script`): its exit
+    code (None if killed after `timeout` seconds) and its output."""
+    process = start_script(source, argv, output, environment)
+    process.join(timeout=timeout)
+    if process.exitcode is None:
+        process.kill()
+        process.join()
+        return None, open(output).read()
+    return process.exitcode, open(output).read()

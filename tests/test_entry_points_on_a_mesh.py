@@ -4,14 +4,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 
+from tests.forking import run_script
 from tests.xla_flags import xla_flags
 
 SCRIPT = textwrap.dedent("""
@@ -66,11 +63,10 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_ensembles_and_transfer_entry_points_train_on_every_local_device_as_on_one():
-    env = {**os.environ, "XLA_FLAGS": xla_flags(devices=2), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    completed = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True)
-    lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
-    assert completed.returncode == 0 and lines, completed.stderr[-4000:]
+def test_ensembles_and_transfer_entry_points_train_on_every_local_device_as_on_one(tmp_path):
+    code, output = run_script(SCRIPT, [], {"XLA_FLAGS": xla_flags(devices=2)}, tmp_path / "output")
+    lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
+    assert code == 0 and lines, output[-4000:]
     result = json.loads(lines[0][len("RESULT "):])
     assert result["devices"] == 2
     assert result["pair"] == 2 and result["alone"]  # 'auto': one member alone is not padded to one per device

@@ -13,6 +13,7 @@ import pytest
 
 from vhjax.config import TrainConfig
 from vhjax.population import fit, fit_kfold, fit_pbt, fit_population
+from tests.forking import run_script
 from tests.xla_flags import xla_flags
 
 CONFIG = TrainConfig(dataset="digits", model="mlp", model_kwargs={"widths": (16,), "num_classes": 10},
@@ -130,12 +131,9 @@ def test_loss_weights_per_member(entry):
         assert other[0] == same[0] and other[1]["loss"] != same[1]["loss"]
 
 
-def test_every_entry_takes_a_mesh_and_any_population_size():
+def test_every_entry_takes_a_mesh_and_any_population_size(tmp_path):
     """2 forced CPU devices; populations of 1, 2 and 3 members (padded with inert members); the
     search entries (search, multi-fidelity, tune) too."""
-    import os
-    import subprocess
-    import sys
     import textwrap
 
     # one child with 2 devices runs both modes, the mesh over them and then no mesh (what a second
@@ -176,23 +174,18 @@ def test_every_entry_takes_a_mesh_and_any_population_size():
             out["tune"] = sorted(row["value"] for row in tuned.timeline)
             print(mode, json.dumps(out))
     """)
-    env = {**os.environ, "XLA_FLAGS": xla_flags(devices=2),
-           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    done = subprocess.run([sys.executable, "-c", script, "mesh", "single"], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    outputs = dict(line.split(" ", 1) for line in done.stdout.splitlines() if line.startswith(("mesh {", "single {")))
+    code, output = run_script(script, ["mesh", "single"], {"XLA_FLAGS": xla_flags(devices=2)}, tmp_path / "output")
+    assert code == 0, output[-3000:]
+    outputs = dict(line.split(" ", 1) for line in output.splitlines() if line.startswith(("mesh {", "single {")))
     outputs = {mode: json.loads(line) for mode, line in outputs.items()}
-    assert sorted(outputs) == ["mesh", "single"], done.stdout[-3000:]
+    assert sorted(outputs) == ["mesh", "single"], output[-3000:]
     for entry in (*ENTRIES, "search", "multifidelity", "tune"):
         np.testing.assert_allclose(outputs["mesh"][entry], outputs["single"][entry], rtol=1e-4)
 
 
-def test_a_data_axis_splits_each_members_batch():
+def test_a_data_axis_splits_each_members_batch(tmp_path):
     """4 forced devices as members=2 x data=2: each member's batch is split over 2 devices and its
     gradient reduced across them (an all-reduce in the program); results equal one device."""
-    import os
-    import subprocess
-    import sys
     import textwrap
 
     # one child with the 4 devices runs both modes in turn (the programs they share compile once)
@@ -220,13 +213,11 @@ def test_a_data_axis_splits_each_members_batch():
             print(mode, json.dumps({"loss": [m["eval"]["loss"] for m in result.members],
                                     "all_reduce": "all-reduce" in hlo}))
     """)
-    env = {**os.environ, "XLA_FLAGS": xla_flags(devices=4),
-           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    done = subprocess.run([sys.executable, "-c", script, "mesh", "single"], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    outputs = dict(line.split(" ", 1) for line in done.stdout.splitlines() if line.startswith(("mesh {", "single {")))
+    code, output = run_script(script, ["mesh", "single"], {"XLA_FLAGS": xla_flags(devices=4)}, tmp_path / "output")
+    assert code == 0, output[-3000:]
+    outputs = dict(line.split(" ", 1) for line in output.splitlines() if line.startswith(("mesh {", "single {")))
     outputs = {mode: json.loads(line) for mode, line in outputs.items()}
-    assert sorted(outputs) == ["mesh", "single"], done.stdout[-3000:]
+    assert sorted(outputs) == ["mesh", "single"], output[-3000:]
     assert outputs["mesh"]["all_reduce"]
     np.testing.assert_allclose(outputs["mesh"]["loss"], outputs["single"]["loss"], rtol=1e-4)
 
