@@ -9,6 +9,10 @@ that skipped those imports. Used by the fault-injection, storage, worker, CLI an
 from __future__ import annotations
 
 import multiprocessing
+import os
+import sys
+from pathlib import Path
+from typing import NamedTuple
 
 # what the child processes of the tests that fork them import (JAX among it), imported once by the server
 FORKSERVER_PRELOAD = ("vhjax.search", "vhjax.search.tune", "vhjax.train", "vhjax.population.fit",
@@ -30,38 +34,59 @@ def forkserver_context(*modules: str):
     return context
 
 
+def _redirect(out: str, err: str) -> None:
+    """In a forked process: standard output to the file `out`, standard error to `err` (the same
+    file: both in one), line by line."""
+    for path, fd in ((out, 1), (err, 2)):
+        with open(path, "a") as file:
+            os.dup2(file.fileno(), fd)
+    sys.stdout.reconfigure(line_buffering=True)
+
+
 def _run_module(module: str, argv: list[str], out: str, err: str) -> None:
     """In the forked process: `python -m MODULE ARGV`, its standard output and error to files."""
-    import os
     import runpy
-    import sys
 
-    for path, fd in ((out, 1), (err, 2)):
-        with open(path, "w") as file:
-            os.dup2(file.fileno(), fd)
+    _redirect(out, err)
     sys.argv = [module, *argv]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 
 def start_module(module: str, argv: list[str], out: str, err: str, *preload: str):
     """A started process that runs `python -m MODULE ARGV` (forked from the fork server; `preload`:
-    more modules for the server, if this starts it), writing its output to the files `out` and `err`."""
-    process = forkserver_context(*preload).Process(target=_run_module, args=(module, list(argv), out, err))
+    more modules for the server, if this starts it), writing its output to the files `out` and `err`
+    (created here, empty)."""
+    for path in (out, err):
+        open(path, "w").close()
+    process = forkserver_context(*preload).Process(target=_run_module, args=(module, list(map(str, argv)), out, err))
     process.start()
     return process
+
+
+class Ran(NamedTuple):
+    returncode: int | None  # negative: killed by that signal; None: still running after the timeout (killed)
+    stdout: str
+    stderr: str
+
+
+def run_module(module: str, argv: list, folder: Path, name: str, *preload: str, timeout: float = 600) -> Ran:
+    """`python -m MODULE ARGV` run to its end in a forked process (see `start_module`), its output in
+    `folder/NAME.out` and `folder/NAME.err`."""
+    out, err = Path(folder) / f"{name}.out", Path(folder) / f"{name}.err"
+    process = start_module(module, argv, str(out), str(err), *preload)
+    process.join(timeout=timeout)
+    if process.exitcode is None:
+        process.kill()
+        process.join()
+        return Ran(None, out.read_text(), err.read_text())
+    return Ran(process.exitcode, out.read_text(), err.read_text())
 
 
 def _run_script(source: str, argv: list[str], environment: dict[str, str], output: str) -> None:
     """In the forked process: `python -c SOURCE ARGV` with `environment` set, its standard output and
     error (line by line) to the file `output`."""
-    import os
-    import sys
-
     os.environ.update(environment)  # before JAX starts its backend (the fork server never did)
-    with open(output, "w") as file:
-        os.dup2(file.fileno(), 1)
-        os.dup2(file.fileno(), 2)
-    sys.stdout.reconfigure(line_buffering=True)
+    _redirect(output, output)
     sys.argv = ["-c", *argv]
     exec(compile(source, "<forked script>", "exec"), {"__name__": "__main__"})
 

@@ -11,21 +11,19 @@ started JAX's backend, so each fork is as a fresh interpreter that skipped those
 
 from __future__ import annotations
 
+import itertools
 import json
-import os
 import signal
 import sqlite3
-import tempfile
 import time
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import pytest
 
 from vhjax.search import Float, Space, search
 from vhjax.search.storage import SQLITE_FILENAME, StoreDamaged, StoreUnreachable, open_store
-from tests.forking import forkserver_context
+from tests.forking import Ran, forkserver_context, run_module
 from vhjax.train.workdir import WorkdirInUse
 
 
@@ -41,35 +39,16 @@ def forkserver():
     return forkserver_context(__name__)
 
 
-class Ran(NamedTuple):
-    returncode: int  # negative: killed by that signal
-    stdout: str
-    stderr: str
+RUNS = itertools.count()  # each scenario run's output files get their own name
 
 
-def _scenario_main(argv: list[str], out: str, err: str) -> None:
-    """In the forked process: `python -m tests.search.fault_scenarios ARGV`, its output to files."""
-    from tests.search import fault_scenarios
-
-    for path, fd in ((out, 1), (err, 2)):
-        with open(path, "w") as file:
-            os.dup2(file.fileno(), fd)
-    fault_scenarios.main(argv)
-
-
-def scenario(forkserver, name: str, cache: Path, *steps: str) -> Ran:
-    with tempfile.TemporaryDirectory() as folder:
-        out, err = Path(folder) / "stdout", Path(folder) / "stderr"
-        out.touch(), err.touch()
-        process = forkserver.Process(target=_scenario_main,
-                                     args=([name, "--cache", str(cache), *steps], str(out), str(err)))
-        process.start()
-        process.join(timeout=300)
-        if process.exitcode is None:
-            process.kill()
-            process.join()
-            raise TimeoutError(f"scenario {name} {steps} still ran after 300 s: {err.read_text()[-2000:]}")
-        return Ran(process.exitcode, out.read_text(), err.read_text())
+def scenario(name: str, cache: Path, folder: Path, *steps: str) -> Ran:
+    """`python -m tests.search.fault_scenarios NAME --cache CACHE STEPS`, forked from the fork server."""
+    done = run_module("tests.search.fault_scenarios", [name, "--cache", cache, *steps], folder,
+                      f"scenario_{next(RUNS)}", __name__, timeout=300)
+    if done.returncode is None:
+        raise TimeoutError(f"scenario {name} {steps} still ran after 300 s: {done.stderr[-2000:]}")
+    return done
 
 
 def outcomes(done: Ran) -> list[dict]:
@@ -106,14 +85,14 @@ def test_killed_run_resumes_with_nothing_lost_or_duplicated(name, faults, tmp_pa
     full, cut = tmp_path / "full", tmp_path / "cut"
     expected = None
     for number, fault in enumerate(faults):
-        killed = scenario(forkserver, name, cache, *([f"run:{full}"] if number == 0 else []), f"kill:{cut}:{fault}")
+        killed = scenario(name, cache, tmp_path, *([f"run:{full}"] if number == 0 else []), f"kill:{cut}:{fault}")
         assert killed.returncode == -signal.SIGKILL, (f"not killed at {fault} (rc {killed.returncode}): "
                                                       f"{killed.stderr[-2000:]}")
         expected = expected or outcomes(killed)[0]
         if fault.startswith("checkpoint.before_rename"):  # the kill left orbax's temporary folder behind
             assert list(cut.rglob("*.orbax-checkpoint-tmp*")), "no temporary checkpoint folder left"
     final = [f"run:{cut}", f"run:{cut}"] + ([f"legacycut:{cut}", f"run:{cut}"] if name == "pbt" else [])
-    resumed = scenario(forkserver, name, cache, *final)
+    resumed = scenario(name, cache, tmp_path, *final)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     first, *again = outcomes(resumed)
     assert_whole(first, expected)

@@ -10,6 +10,7 @@ import pytest
 import vhjax
 from vhjax import hardware
 from vhjax.config import TrainConfig
+from tests.forking import run_module
 from vhjax.search import Categorical, Int, Space, TrainingObjective, candidate_to_member
 from vhjax.search.training import complete_arch
 
@@ -98,22 +99,12 @@ def test_bad_objective_config_fails_before_training():
         TrainingObjective(CONFIG, split="val")
 
 
-def run_cli(argv: list[str], folder) -> str:
-    """`python -m vhjax.cli ARGV` in a process forked from the fork server of `forkserver_context`
-    (which imported JAX, vhjax and matplotlib once, never starting JAX); its standard output. It
-    must exit with status 0."""
-    from tests.forking import start_module
-
-    out, err = folder / "cli_stdout", folder / "cli_stderr"
-    out.touch(), err.touch()
-    process = start_module("vhjax.cli", argv, str(out), str(err), __name__, "vhjax.cli",
-                           "matplotlib.backends.backend_agg")
-    process.join(timeout=600)
-    if process.exitcode is None:
-        process.kill()
-        process.join()
-    assert process.exitcode == 0, f"vhjax.cli {argv} exited with {process.exitcode}: {err.read_text()[-3000:]}"
-    return out.read_text()
+def run_cli(argv: list[str], folder, name: str) -> str:
+    """`python -m vhjax.cli ARGV` in a process forked from the tests' fork server (tests/forking.py);
+    its standard output. It must exit with status 0."""
+    done = run_module("vhjax.cli", argv, folder, name, __name__, "vhjax.cli", "matplotlib.backends.backend_agg")
+    assert done.returncode == 0, f"vhjax.cli {argv} exited with {done.returncode}: {done.stderr[-3000:]}"
+    return done.stdout
 
 
 def test_cli_search_spec_and_demo(tmp_path):
@@ -130,11 +121,11 @@ def test_cli_search_spec_and_demo(tmp_path):
             return dict(objective=TrainingObjective(config), space=Space({"learning_rate": Float(1e-3, 1e-1, log=True)}),
                         strategy="random", budget=4, population=2)
     """))
-    out = run_cli(["search", str(spec), "--budget", "2", "--quiet", "--workdir", str(tmp_path / "s")], tmp_path)
+    out = run_cli(["search", str(spec), "--budget", "2", "--quiet", "--workdir", str(tmp_path / "s")], tmp_path, "search")
     assert "| rank | trial_id | params.learning_rate | fitness |" in out
     assert (tmp_path / "s" / "trials.sqlite").exists() and (tmp_path / "s" / "best_so_far.png").exists()
     demo = run_cli(["demo", "--budget", "4", "--population", "2", "--steps", "9", "--workdir", str(tmp_path / "d")],
-                   tmp_path)
+                   tmp_path, "demo")
     assert "trials' worth" in demo and "| rank | trial | arch.depth |" in demo and "best trial" in demo
     cores = hardware.cpu_cores()  # --cpu-devices auto: one CPU device per core, the slots sharded over them
     assert (f"2 slots on {cores} cpu devices (members sharded" if cores > 1 else "2 slots on 1 cpu device") in demo

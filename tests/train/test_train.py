@@ -63,18 +63,11 @@ def test_killed_process_resumes(tmp_path):
         "    return TrainConfig(dataset=tiny_classification(), model='mlp',\n"
         "                       model_kwargs={'widths': (32,), 'num_classes': 10},\n"
         "                       learning_rate=3e-3, batch_size=64, steps=1000, eval_every=50, seed=1)\n")
-    from tests.forking import start_module
+    from tests.forking import run_module, start_module
 
-    def train(workdir: Path):  # `python -m vhjax.cli train ...`, forked from the tests' fork server
-        out, err = tmp_path / f"{workdir.name}.out", tmp_path / f"{workdir.name}.err"
-        return start_module("vhjax.cli", ["train", str(config_file), "--quiet", "--workdir", str(workdir)], str(out),
-                            str(err), "vhjax.cli")
-
-    def finished(process, workdir: Path) -> None:
-        process.join(timeout=300)
-        assert process.exitcode == 0, (tmp_path / f"{workdir.name}.err").read_text()[-3000:]
-
-    killed = train(tmp_path / "cut")
+    argv = ["train", str(config_file), "--quiet", "--workdir"]  # `python -m vhjax.cli ...`, forked from the fork server
+    killed = start_module("vhjax.cli", [*argv, tmp_path / "cut"], str(tmp_path / "killed.out"),
+                          str(tmp_path / "killed.err"), "vhjax.cli")
     checkpoints = tmp_path / "cut" / "checkpoints"
     deadline = time.time() + 120
     while time.time() < deadline and not (checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir())):
@@ -82,8 +75,9 @@ def test_killed_process_resumes(tmp_path):
     killed.kill()  # SIGKILL
     killed.join()
     assert killed.exitcode == -signal.SIGKILL
-    finished(train(tmp_path / "cut"), tmp_path / "cut")
-    finished(train(tmp_path / "full"), tmp_path / "full")
+    for name in ("cut", "full"):  # the killed run resumed, and one uninterrupted
+        done = run_module("vhjax.cli", [*argv, tmp_path / name], tmp_path, name, "vhjax.cli", timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
     cut = json.loads((tmp_path / "cut" / "result.json").read_text())
     full = json.loads((tmp_path / "full" / "result.json").read_text())
     assert cut == full
@@ -172,13 +166,10 @@ def test_overrides():
 
 
 def test_cli_train_and_help(tmp_path):
-    from tests.forking import start_module
+    from tests.forking import run_module
 
     def cli(name: str, *argv: str) -> tuple[int, str, str]:  # `python -m vhjax.cli ARGV`, forked from the fork server
-        out, err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
-        process = start_module("vhjax.cli", list(argv), str(out), str(err), "vhjax.cli")
-        process.join(timeout=300)
-        return process.exitcode, out.read_text(), err.read_text()
+        return run_module("vhjax.cli", list(argv), tmp_path, name, "vhjax.cli", timeout=300)
 
     code, help_text, _ = cli("help", "--help")
     assert code == 0 and "train" in help_text

@@ -34,15 +34,15 @@ def prepare_workdir(workdir: str | Path | None, config: TrainConfig) -> Path | N
     if config_path.exists():
         saved = json.loads(config_path.read_text())
         changed = diffs.differences(saved, current)
-        extended = {field for (field, *_), _, _ in changed
-                    if field in FREE_FIELDS or (field in EXTENSIBLE_FIELDS and current[field] >= saved.get(field, 0))}
-        refused = [(at, old, new) for at, old, new in changed if at[0] not in extended]
+        allowed = {field for (field, *_), _, _ in changed
+                   if field in FREE_FIELDS or (field in EXTENSIBLE_FIELDS and current[field] >= saved.get(field, 0))}
+        refused = [(at, old, new) for at, old, new in changed if at[0] not in allowed]
         if refused:
             raise ValueError(
                 f"workdir {str(workdir)!r} holds a run with a different config ({diffs.describe(refused)}); "
                 "use a new workdir or the same config to resume (only 'steps' may be raised, to extend the run, "
                 "and 'checkpoint_every' changed)")
-        if extended:
+        if allowed:  # the stored config is the one the run goes on with
             write_text_atomically(config_path, json.dumps(current, indent=2))
     else:
         write_text_atomically(config_path, json.dumps(current, indent=2))
