@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from vhjax import models
+from vhjax.compilation_cache import count_compilations
 from vhjax.data import load
 from vhjax.ensemble import adversarial_training, train_members
 from vhjax.inspect import (METHODS, cascading_randomization, fgsm, model_randomization_check, permuted_labels, pgd,
@@ -88,6 +89,12 @@ def test_fgsm_and_pgd_lower_accuracy_within_budget(setup):
     curve = robust_accuracy_curve(logits_fn, x, y, [0.0, 0.05, 0.1, 0.2], attack="pgd", steps=5)
     assert curve[0] == pytest.approx(clean)
     assert np.all(np.diff(curve) <= 0.02) and curve[-1] < 0.2
+    # variables as an argument (compiled once per logits_fn): the same curve as the closure's, random start and clip too
+    keyed = dict(attack="pgd", steps=5, norm="l2", key=jax.random.key(4), clip=(float(x.min()), float(x.max())))
+    np.testing.assert_allclose(robust_accuracy_curve(apply_fn, x, y, [0.0, 0.5], variables=params, **keyed),
+                               robust_accuracy_curve(logits_fn, x, y, [0.0, 0.5], **keyed))
+    with pytest.raises(ValueError, match="attack has value 'cw'"):
+        robust_accuracy_curve(apply_fn, x, y, [0.1], attack="cw", variables=params)
     with pytest.raises(ValueError, match=r"epsilon has value -0.1"):
         fgsm(logits_fn, x, y, -0.1)
     with pytest.raises(ValueError, match="norm has value 'l1'"):
@@ -103,10 +110,14 @@ def test_adversarial_training_per_member_epsilon_buys_robustness(setup):
     assert trained.group.names == ["eps=0", "eps=0.1"]
     x, y = jnp.asarray(test.x[:200]), jnp.asarray(test.y[:200])
     robust = []
-    for member in range(2):
-        params = trained.group.member(member)["params"]
-        robust.append(robust_accuracy_curve(lambda inputs: apply_fn(params, inputs), x, y, [0.0, 0.1],
-                                            attack="fgsm"))
+    for member in range(2):  # the second member's curve compiles nothing: its variables are an argument
+        with count_compilations() as compiled:
+            robust.append(robust_accuracy_curve(apply_fn, x, y, [0.0, 0.1], attack="fgsm",
+                                                variables=trained.group.member(member)["params"]))
+        assert member == 0 or compiled.count == 0, dict(compiled.by_function)
+    params = trained.group.member(1)["params"]  # the same curve through a closure over the variables
+    np.testing.assert_allclose(robust[1], robust_accuracy_curve(lambda inputs: apply_fn(params, inputs), x, y,
+                                                                [0.0, 0.1], attack="fgsm"))
     assert robust[1][1] > robust[0][1] + 0.1  # robust accuracy at eps 0.1
     assert robust[1][0] > 0.7  # still a working classifier on clean inputs
     with pytest.raises(ValueError, match="epsilons has value"):

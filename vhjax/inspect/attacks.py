@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from vhjax import validation
+from vhjax.memo import Memo
 
 NORMS = ("linf", "l2")
 
@@ -108,18 +109,55 @@ def pgd(logits_fn: Callable, x: jax.Array, y: jax.Array, epsilon: Any, *, norm: 
 def robust_accuracy(logits_fn: Callable, x: jax.Array, y: jax.Array, epsilon: Any, *, attack: str = "pgd",
                     **options: Any) -> jax.Array:
     """Accuracy on adversarial examples of budget epsilon (epsilon 0 = clean accuracy)."""
-    if attack not in ("fgsm", "pgd"):
-        raise ValueError(f"attack has value {attack!r}; allowed: 'fgsm', 'pgd'")
+    _check_attack(attack)
     adversarial = (fgsm if attack == "fgsm" else pgd)(logits_fn, x, y, epsilon, **options)
     return jnp.mean(jnp.argmax(logits_fn(adversarial), axis=-1) == y)
 
 
 def robust_accuracy_curve(logits_fn: Callable, x: Any, y: Any, epsilons: Sequence[float], *, attack: str = "pgd",
-                          **options: Any) -> np.ndarray:
-    """Robust accuracy at each budget in `epsilons` (one compiled attack, vmapped over budgets)."""
+                          variables: Any = None, **options: Any) -> np.ndarray:
+    """Robust accuracy at each budget in `epsilons` (one compiled attack, vmapped over budgets).
+
+    Without `variables`, `logits_fn(x)` is a closure (e.g. over a model's variables) and each call
+    compiles its attack. With `variables`, `logits_fn(variables, x)` takes them as an argument and
+    the program is compiled once per `logits_fn` object and settings (`attack`, `norm`, `steps`,
+    `clip`): another model's variables, new data or budgets of the same shapes compile nothing.
+    `options` are those of `fgsm` / `pgd` (`key` and `step_size` are traced).
+    """
     check_epsilon(epsilons, "epsilons")
+    _check_attack(attack)
     x, y = jnp.asarray(x), jnp.asarray(y)
-    # x and y are arguments, not constants: XLA would otherwise constant-fold the first layer
-    fn = jax.jit(jax.vmap(lambda e, xs, ys: robust_accuracy(logits_fn, xs, ys, e, attack=attack, **options),
-                          in_axes=(0, None, None)))
-    return np.asarray(fn(jnp.asarray(epsilons, jnp.float32), x, y))
+    budgets = jnp.asarray(epsilons, jnp.float32)
+    if variables is None:
+        # x and y are arguments, not constants: XLA would otherwise constant-fold the first layer
+        fn = jax.jit(jax.vmap(lambda e, xs, ys: robust_accuracy(logits_fn, xs, ys, e, attack=attack, **options),
+                              in_axes=(0, None, None)))
+        return np.asarray(fn(budgets, x, y))
+    traced = {name: options.pop(name) for name in TRACED_OPTIONS if options.get(name) is not None}
+    settings = (attack, *sorted((name, _hashable(value)) for name, value in options.items()))
+    program = _CURVES.get((logits_fn,), lambda: _curve_program(logits_fn, attack, options), settings)
+    return np.asarray(program(budgets, x, y, variables, traced))
+
+
+TRACED_OPTIONS = ("key", "step_size")  # array-valued options: arguments of the compiled curve
+_CURVES: Memo[Callable] = Memo(bound=16)
+
+
+def _check_attack(attack: str) -> None:
+    if attack not in ("fgsm", "pgd"):
+        raise ValueError(f"attack has value {attack!r}; allowed: 'fgsm', 'pgd'")
+
+
+def _hashable(value: Any) -> Any:
+    """An option as part of a cache key: sequences and arrays (e.g. `clip`) as tuples of numbers."""
+    return tuple(np.asarray(value).tolist()) if isinstance(value, (list, tuple, np.ndarray, jax.Array)) else value
+
+
+def _curve_program(logits_fn: Callable, attack: str, static: dict[str, Any]) -> Callable:
+    """jit(budgets, x, y, variables, traced options) -> robust accuracy per budget."""
+    def curve(budgets, xs, ys, variables, traced):
+        bound = lambda inputs: logits_fn(variables, inputs)
+        one = lambda e: robust_accuracy(bound, xs, ys, e, attack=attack, **static, **traced)
+        return jax.vmap(one)(budgets)
+
+    return jax.jit(curve)
