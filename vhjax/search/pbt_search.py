@@ -111,7 +111,7 @@ def initial_units(dim: int, population: int, seed: int, design: str = "sobol") -
     draws. A small population of random draws can leave a region empty, such as every strong
     regularizer with a usable learning rate, which PBT's short-horizon selection then never finds
     (experiments/README.md, "A space-filling first population")."""
-    from vhjax.search.strategies.basic import sobol_points
+    from vhjax.search.strategies.sobol import sobol_points
 
     check_choice("initial", design, INITIAL_DESIGNS)
     if design == "random":

@@ -11,6 +11,7 @@ from flax import struct
 
 from vhjax.search.strategies.base import (Strategy, check_ask_size, check_positive_int, make, register_strategy,
                                           space_dim)
+from vhjax.search.strategies.sobol import sobol_points
 
 
 @struct.dataclass
@@ -69,21 +70,8 @@ def random_search(space: Any) -> Strategy:
     return make(dim, init, ask, _tell_nothing)
 
 
-def sobol_points(dim: int, count: int, scramble_seed: Any) -> np.ndarray:
-    """The first `count` points in `[0, 1)^dim` of a Sobol sequence scrambled from `scramble_seed`
-    (an int or a NumPy Generator, as scipy.stats.qmc takes it); balanced when `count` is a power of
-    2, and any other count is allowed (scipy's warning about it is silenced)."""
-    import warnings
-
-    from scipy.stats import qmc
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return qmc.Sobol(d=dim, scramble=True, seed=scramble_seed).random(count)
-
-
 def sobol_table(dim: int, log2_points: int, seed: int) -> np.ndarray:
-    """`2**log2_points` scrambled Sobol points in `[0, 1)^dim` (`sobol_points`)."""
+    """`2**log2_points` scrambled Sobol points in `[0, 1)^dim` (`sobol.sobol_points`)."""
     return sobol_points(dim, 2 ** log2_points, np.random.default_rng(seed))
 
 
