@@ -128,14 +128,13 @@ def robust_accuracy_curve(logits_fn: Callable, x: Any, y: Any, epsilons: Sequenc
     _check_attack(attack)
     x, y = jnp.asarray(x), jnp.asarray(y)
     budgets = jnp.asarray(epsilons, jnp.float32)
-    if variables is None:
-        # x and y are arguments, not constants: XLA would otherwise constant-fold the first layer
-        fn = jax.jit(jax.vmap(lambda e, xs, ys: robust_accuracy(logits_fn, xs, ys, e, attack=attack, **options),
-                              in_axes=(0, None, None)))
-        return np.asarray(fn(budgets, x, y))
     traced = {name: options.pop(name) for name in TRACED_OPTIONS if options.get(name) is not None}
-    settings = (attack, *sorted((name, _hashable(value)) for name, value in options.items()))
-    program = _CURVES.get((logits_fn,), lambda: _curve_program(logits_fn, attack, options), settings)
+    if variables is None:  # a closure: its own program, compiled for this call
+        program = _curve_program(lambda _, inputs: logits_fn(inputs), attack, options)
+    else:
+        settings = (attack, *sorted((name, _hashable(value)) for name, value in options.items()))
+        program = _CURVES.get((logits_fn,), lambda: _curve_program(logits_fn, attack, options), settings)
+    # x and y are arguments, not constants: XLA would otherwise constant-fold the first layer
     return np.asarray(program(budgets, x, y, variables, traced))
 
 
