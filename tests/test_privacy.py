@@ -105,6 +105,10 @@ def test_noise_for_epsilon_inverts_the_accountant():
     ({"grad_accumulation": 2}, "grad_accumulation"),
     ({"dp_clip_norm": -1.0}, "dp_clip_norm"),
     ({"dp_delta": 1.0}, "dp_delta"),
+    ({"dp_sampling": "bernoulli"}, "dp_sampling"),
+    ({"dp_clip_norm": None, "dp_sampling": "poisson"}, "dp_sampling"),
+    ({"dp_max_batch_size": 30}, "dp_max_batch_size"),  # a bound of shuffled batches
+    ({"dp_sampling": "poisson", "dp_max_batch_size": 10}, "dp_max_batch_size"),  # below batch_size 20
 ])
 def test_bad_privacy_settings_are_refused_naming_the_field(overrides, field):
     with pytest.raises(ValueError, match=f"config field '{field}'"):
@@ -128,8 +132,10 @@ def test_members_with_noise_but_no_clip_norm_and_without_dp_are_refused():
 
 
 def test_configs_without_privacy_describe_themselves_as_before():
-    assert not {"dp_clip_norm", "noise_multiplier", "dp_delta"} & set(TrainConfig().to_dict())
-    assert TrainConfig().sections()["privacy"] == {"dp_clip_norm": None, "noise_multiplier": 0.0, "dp_delta": 1e-5}
+    assert not {"dp_clip_norm", "noise_multiplier", "dp_delta", "dp_sampling", "dp_max_batch_size"} & set(
+        TrainConfig().to_dict())
+    assert TrainConfig().sections()["privacy"] == {"dp_clip_norm": None, "noise_multiplier": 0.0, "dp_delta": 1e-5,
+                                                   "dp_sampling": "shuffle", "dp_max_batch_size": None}
     assert TrainConfig(dp_clip_norm=1.0).to_dict()["dp_clip_norm"] == 1.0
 
 
@@ -179,3 +185,45 @@ def test_entry_points_with_steps_of_their_own_refuse_dp_sgd():
     for name, call in calls.items():
         with pytest.raises(ValueError, match="config field 'dp_clip_norm'.*its own step"):
             call()
+
+
+def test_poisson_batches_train_and_are_accounted_as_truncated_poisson_sampling(tmp_path):
+    from vhjax.train.poisson import default_max_batch_size
+
+    cfg = config(steps=200, eval_every=200, learning_rate=0.5, noise_multiplier=0.0, dp_sampling="poisson")
+    members = [{"dp_clip_norm": 0.0}, {"noise_multiplier": 0.5}, {"noise_multiplier": 30.0}]
+    result = fit_population(cfg, members, workdir=tmp_path / "run", verbose=False)
+    plain, mild, heavy = (m["eval"]["accuracy"] for m in result.members)
+    assert plain > 0.6 and heavy < mild - 0.15 and heavy < plain - 0.15
+    assert result.members[0]["privacy"] is None
+    bound = default_max_batch_size(20, 240)
+    spent = result.members[1]["privacy"]
+    assert (spent["sampling"], spent["accountant"], spent["max_batch_size"], spent["steps"]) == (
+        "poisson", "pld", bound, 200)
+    assert spent["epsilon"] == pytest.approx(privacy.epsilon(0.5, 20 / 240, 200, 1e-5, "pld", dataset_size=240,
+                                                             max_batch_size=bound))
+    # the default bound is rarely reached: the truncated accounting is plain Poisson sampling's
+    assert spent["epsilon"] == pytest.approx(privacy.epsilon(0.5, 20 / 240, 200, 1e-5, "pld"), rel=1e-3)
+    assert result.members[2]["privacy"]["epsilon"] < spent["epsilon"]
+
+
+def test_a_tight_bound_costs_privacy_and_only_the_pld_accountant_accounts_it():
+    full = privacy.epsilon(1.0, 0.05, 20, 1e-5, "pld")
+    assert privacy.epsilon(1.0, 0.05, 20, 1e-5, "pld", dataset_size=400, max_batch_size=400) == full  # no cut
+    assert privacy.epsilon(1.0, 0.05, 20, 1e-5, "pld", dataset_size=400, max_batch_size=21) > 1.5 * full
+    with pytest.raises(ValueError, match="accountant has value 'rdp'; allowed: 'pld'"):
+        privacy.epsilon(1.0, 0.05, 20, 1e-5, dataset_size=400, max_batch_size=21)
+
+
+def test_entry_points_that_draw_their_own_batches_refuse_poisson_batches():
+    from vhjax.ensemble import bagging
+    from vhjax.models import get_model
+    from vhjax.population import fit_kfold
+
+    poisson = config(steps=4, dp_sampling="poisson")
+    x, y = DATA["train"]
+    with pytest.raises(ValueError, match="config field 'dp_sampling' has value 'poisson'.*k-fold"):
+        fit_kfold(poisson, [{}], k=2, verbose=False)
+    with pytest.raises(ValueError, match="config field 'dp_sampling' has value 'poisson'.*bagging"):
+        bagging(get_model("mlp", widths=(8,), num_classes=4), x, y, size=2, key=jax.random.key(0), steps=4,
+                batch_size=20, config={"dp_clip_norm": 1.0, "dp_sampling": "poisson"})

@@ -27,7 +27,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "optimizer": ("optimizer", "learning_rate", "optimizer_kwargs", "weight_decay", "schedule", "schedule_kwargs",
                   "clip_norm", "clip_value", "lr_multipliers", "freeze", "grad_accumulation", "plateau_patience",
                   "plateau_factor"),
-    "privacy": ("dp_clip_norm", "noise_multiplier", "dp_delta"),
+    "privacy": ("dp_clip_norm", "noise_multiplier", "dp_delta", "dp_sampling", "dp_max_batch_size"),
     "loop": ("batch_size", "steps", "checkpoint_every", "seed"),
     "evaluation": ("eval_every", "eval_batch_size", "eval_metrics", "precise_bn_batches", "patience", "monitor",
                    "monitor_mode", "monitor_split", "keep_best"),
@@ -35,7 +35,9 @@ SECTIONS: dict[str, tuple[str, ...]] = {
 
 
 # fields added after stores and workdirs existed, with their defaults: `to_dict` leaves them out there
-LATER_FIELDS: dict[str, Any] = {"dp_clip_norm": None, "noise_multiplier": 0.0, "dp_delta": 1e-5}
+LATER_FIELDS: dict[str, Any] = {"dp_clip_norm": None, "noise_multiplier": 0.0, "dp_delta": 1e-5,
+                                "dp_sampling": "shuffle", "dp_max_batch_size": None}
+DP_SAMPLINGS = ("shuffle", "poisson")  # DP-SGD's batches: slices of shuffled epochs, or Poisson samples
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +98,12 @@ class TrainConfig:
     dp_clip_norm: float | None = None
     noise_multiplier: float = 0.0
     dp_delta: float = 1e-5  # the delta of the epsilon each member reports (choose it below 1 / train size)
+    # 'poisson': each step's batch a Poisson sample (each example with probability batch_size / N),
+    # as the accountants assume, padded to dp_max_batch_size rows (None: exceeded with probability
+    # 1e-6 a step; a larger sample is cut to a random subset, and accounted so); 'shuffle': slices
+    # of shuffled epochs, accounted as Poisson by convention (vhjax.train.poisson, docs/privacy.md)
+    dp_sampling: str = "shuffle"
+    dp_max_batch_size: int | None = None
     # --- loop
     batch_size: int = 100
     steps: int = 6000
@@ -243,9 +251,18 @@ def check_privacy(config: TrainConfig) -> None:
     """DP-SGD's fields: noise needs a clip norm (its scale), and the per-example gradients it
     clips must each depend on one example (no mixup/CutMix) and make one optimizer step each."""
     check_number("config field 'dp_delta'", config.dp_delta, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+    check_choice("config field 'dp_sampling'", config.dp_sampling, DP_SAMPLINGS)
     if config.dp_clip_norm is None:
         require(config.noise_multiplier == 0.0, "config field 'noise_multiplier'", config.noise_multiplier,
                 "0 while dp_clip_norm is None (the noise's std is noise_multiplier * dp_clip_norm: set dp_clip_norm)")
+        require(config.dp_sampling == "shuffle", "config field 'dp_sampling'", config.dp_sampling,
+                "'shuffle' while dp_clip_norm is None (Poisson batches are DP-SGD's: set dp_clip_norm)")
+    if config.dp_sampling == "shuffle":
+        require(config.dp_max_batch_size is None, "config field 'dp_max_batch_size'", config.dp_max_batch_size,
+                "None unless dp_sampling is 'poisson' (it bounds a Poisson batch)")
+    elif config.dp_max_batch_size is not None:
+        check_int("config field 'dp_max_batch_size'", config.dp_max_batch_size, config.batch_size)
+    if config.dp_clip_norm is None:
         return
     require(config.mixing is None, "config field 'mixing'", config.mixing,
             "None with DP-SGD (dp_clip_norm set): mixup/CutMix make an example's gradient depend on another example")

@@ -39,7 +39,7 @@ from vhjax.memo import Memo
 from vhjax.population.engine import PopulationRunner
 from vhjax.population.fit import BucketProgram, PopulationResult, fit_population, precise_members
 from vhjax.population.loop import Hook, Report
-from vhjax.population.members import classifier_runner, mesh_layout, population_batch_indices
+from vhjax.population.members import classifier_runner, mesh_layout
 from vhjax.population.state import PopulationState
 from vhjax.train.step import apply_model, chunk_batch_indices, make_train_step
 from vhjax.train.workdir import record_inputs
@@ -156,8 +156,8 @@ def member_runner(task: Task, size: int, sampling: str, adversarial: tuple | Non
 
     def build() -> PopulationRunner:
         step = make_train_step(task) if adversarial is None else adversarial_step(task, *adversarial)
-        indices = {"tables": table_batch_indices, "weights": weighted_batch_indices,
-                   "uniform": population_batch_indices}[sampling](task)
+        drawn = {"tables": table_batch_indices, "weights": weighted_batch_indices}
+        indices = drawn[sampling](task) if sampling in drawn else None  # 'uniform': the classifier's own batches
         return classifier_runner(task, batch_indices=indices, member_step=step, **mesh_layout(mesh, size))
 
     return _RUNNERS.get((task, mesh), build, settings=(size, sampling, adversarial))

@@ -29,6 +29,7 @@ from vhjax.population.engine import (BatchIndices, Gather, MemberStep, Populatio
 from vhjax.population.hparams import (check_hparam_names, check_not_static_zero, check_private_members,
                                      known_hparams, member_arrays, per_member_values)
 from vhjax.population.state import PopulationState, new_population
+from vhjax.train import poisson
 from vhjax.train.state import TrainState
 from vhjax.train.step import chunk_batch_indices, init_state, make_eval_fn, make_train_step
 from vhjax.train.task import Task
@@ -211,10 +212,28 @@ def member_update_start(task: Task, size: int, values: Any) -> np.ndarray:
 
 
 def population_batch_indices(task: Task) -> BatchIndices:
-    """Batch indices of a chunk: (length, B) shared by all members, or (length, P, B) when each has its own."""
+    """Batch indices of a chunk: (length, B) shared by all members, or (length, P, B) when each has its own.
+    With Poisson batches (`dp_sampling='poisson'`) B is the padded size, padding rows N
+    (`vhjax.train.poisson`)."""
     config, size = task.config, len(task.train)
+    if poisson_batches(task):
+        bound = max_batch_size(config, size)
+        return batch_indices_from(lambda key, step, length: poisson.chunk_poisson_indices(
+            key, step, length, size, config.batch_size, bound))
     return batch_indices_from(lambda key, step, length: chunk_batch_indices(
         key, step, length, size, config.batch_size, config.shuffle, config.drop_remainder))
+
+
+def poisson_batches(task: Task) -> bool:
+    """Whether the task's batches are Poisson samples (DP-SGD's `dp_sampling='poisson'`)."""
+    return getattr(task.config, "dp_sampling", "shuffle") == "poisson"
+
+
+def max_batch_size(config: Any, num_examples: int) -> int:
+    """The padded size of a Poisson batch: the config's `dp_max_batch_size` (at most N) or the default bound."""
+    if config.dp_max_batch_size is not None:
+        return min(config.dp_max_batch_size, num_examples)
+    return poisson.default_max_batch_size(config.batch_size, num_examples)
 
 
 def batch_indices_from(sample: Callable[[jax.Array, jax.Array, int], jax.Array]) -> BatchIndices:
@@ -242,6 +261,13 @@ def classifier_runner(task: Task, member_group: int | None = None, batch_indices
     projection head, domain adaptation, ADDA, annealing over the weights), compiled with the model's
     options (`compile_options.training_options`, chosen here for all of them; see
     `engine.PopulationRunner`)."""
+    if poisson_batches(task):  # the sample and each row's weight come from the Poisson gather
+        if batch_indices is not None or gather is not gather_batch:
+            raise ValueError("config field 'dp_sampling' has value 'poisson'; allowed: 'shuffle' for an entry point "
+                             "that draws its own batches (bagging, boosting, k-fold, semi-supervised "
+                             "distillation): Poisson batches are those of fit, fit_population, searches, "
+                             "fit_from, fit_masked, distill and snapshot ensembles")
+        gather = poisson.poisson_gather
     return PopulationRunner(member_step or make_train_step(task), batch_indices or population_batch_indices(task),
                             member_group=member_group, isolation=isolation, gather=gather, place=place,
                             shards=shards, compiler_options=training_options(task.model))

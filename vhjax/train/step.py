@@ -197,23 +197,36 @@ def per_example_objective(task: Task, state: TrainState, dropout_key: jax.Array,
     return example_loss
 
 
-def private_gradients(example_loss: Callable, state: TrainState, examples: tuple, noise_key: jax.Array):
+def private_gradients(example_loss: Callable, state: TrainState, examples: tuple, noise_key: jax.Array,
+                      weights: jax.Array | None = None, expected_size: int | None = None):
     """DP-SGD's gradient (Abadi et al. 2016) of a member with hparams `dp_clip_norm` C and
     `noise_multiplier` s: each example's gradient scaled to L2 norm at most C, summed, Gaussian
     noise of std s*C added, divided by the batch size. C = 0: the plain mean gradient (a member
-    that is not private, in the same program). Returns (mean loss, outputs, gradient, fraction of
-    examples clipped)."""
+    that is not private, in the same program).
+
+    A Poisson batch (`vhjax.train.poisson`) gives each row's `weights` (1 sampled, 0 padding): a
+    padding row's gradient is zero before clipping, and the sum is divided by `expected_size` (the
+    config's batch size), not by the sample's size, which would depend on the data (Abadi et al.'s
+    estimator; the non-private member's gradient is then unbiased too). Returns (mean loss of the
+    sampled examples, outputs, gradient, fraction of them clipped)."""
     size = jax.tree.leaves(examples)[0].shape[0]
     (example_losses, outputs), example_grads = jax.vmap(
         jax.value_and_grad(example_loss, has_aux=True), in_axes=(None, 0, 0))(
             state.params, jnp.arange(size), examples)
+    count, divisor = size, size
+    if weights is not None:
+        example_grads = jax.tree.map(lambda g: g * weights.reshape(-1, *[1] * (g.ndim - 1)).astype(g.dtype),
+                                     example_grads)
+        count, divisor = jnp.maximum(jnp.sum(weights), 1.0), expected_size
+        example_losses = example_losses * weights * (size / count)  # so that .mean() is the sampled examples'
     clip, multiplier = state.hparams["dp_clip_norm"], state.hparams["noise_multiplier"]
     summed, clipped = optax.per_example_global_norm_clip(example_grads, jnp.where(clip > 0, clip, jnp.inf))
     leaves, treedef = jax.tree.flatten(summed)
     noise_keys = jax.random.split(noise_key, len(leaves))
     std = multiplier * clip
-    noisy = [(leaf + std * jax.random.normal(k, leaf.shape, leaf.dtype)) / size for leaf, k in zip(leaves, noise_keys)]
-    return example_losses.mean(), outputs, jax.tree.unflatten(treedef, noisy), clipped / size
+    noisy = [(leaf + std * jax.random.normal(k, leaf.shape, leaf.dtype)) / divisor
+             for leaf, k in zip(leaves, noise_keys)]
+    return example_losses.mean(), outputs, jax.tree.unflatten(treedef, noisy), clipped / count
 
 
 def make_train_step(task: Task, data_loss: Callable | None = None
@@ -243,10 +256,18 @@ def make_train_step(task: Task, data_loss: Callable | None = None
             return with_penalty(task, state, params, loss), (loss, outputs, model_state)
 
         extra = {}
+        accuracy = None
         if "dp_clip_norm" in hp:  # DP-SGD: clipped per-example gradients and Gaussian noise
             example_loss = per_example_objective(task, state, dropout_key, data_loss)
+            weights = batch[-1] if poisson else None  # a Poisson batch: 1 for each sampled row, 0 for padding
             mean_data_loss, outputs, data_grads, clipped = private_gradients(
-                example_loss, state, (x, targets, batch), jax.random.fold_in(augment_key, NOISE_KEY_TAG))
+                example_loss, state, (x, targets, batch), jax.random.fold_in(augment_key, NOISE_KEY_TAG),
+                weights, task.config.batch_size)
+            if poisson:
+                predicted = metrics.predicted_classes(outputs)
+                correct = predicted == metrics.label_classes(y, predicted)
+                accuracy = jnp.sum(correct * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+                extra["batch_size"] = jnp.sum(weights)
             penalty, penalty_grads = jax.value_and_grad(
                 lambda params: with_penalty(task, state, params, jnp.float32(0.0)))(state.params)
             total, model_state = mean_data_loss + penalty, state.model_state
@@ -258,9 +279,12 @@ def make_train_step(task: Task, data_loss: Callable | None = None
         new_params, opt_state = apply_gradients(task, state, grads)
         new_state = state.replace(step=state.step + 1, params=new_params,
                                   opt_state=opt_state, model_state=model_state)
-        step_metrics = {"loss": total, "data_loss": mean_data_loss, "accuracy": metrics.accuracy(outputs, y), **extra}
+        if accuracy is None:
+            accuracy = metrics.accuracy(outputs, y)
+        step_metrics = {"loss": total, "data_loss": mean_data_loss, "accuracy": accuracy, **extra}
         return new_state, step_metrics
 
+    poisson = getattr(task.config, "dp_sampling", "shuffle") == "poisson"
     return train_step
 
 
