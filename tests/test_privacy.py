@@ -33,7 +33,7 @@ def one_step(cfg: TrainConfig, hparams: dict) -> tuple:
     population = init_population(task, size, hparams, seeds=[0] * size)
     members = population.members
     batch = (jnp.asarray(task.train.x[: cfg.batch_size]), jnp.asarray(task.train.y[: cfg.batch_size]))
-    stepped, metrics = jax.vmap(make_train_step(task), in_axes=(0, None))(members, batch)
+    stepped, metrics = jax.jit(jax.vmap(make_train_step(task), in_axes=(0, None)))(members, batch)
     change = jax.tree.map(lambda new, old: new - old, stepped.params, members.params)
     flat = jnp.concatenate([leaf.reshape(size, -1) for leaf in jax.tree.leaves(change)], axis=1)
     return np.asarray(flat), metrics
