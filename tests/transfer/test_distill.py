@@ -123,6 +123,22 @@ def test_hard_distillation_term_is_the_loss_on_the_teachers_labels_by_hand():
         np.testing.assert_allclose(late, ce(labels), rtol=1e-5)  # after distill_steps: the true labels only
 
 
+def test_a_poisson_batchs_row_weights_are_not_read_as_labelled_rows():
+    """With DP-SGD on Poisson batches the batch is (x, y, teacher logits, row weights): the weights
+    (applied by the private step) must not switch the loss to its semi-supervised form."""
+    task = bucket_task(dataclasses.replace(STUDENT_CONFIG, dp_clip_norm=1.0, dp_sampling="poisson"))
+    rng = np.random.default_rng(2)
+    outputs, teacher_logits = (jnp.asarray(rng.normal(size=(4, 10)), jnp.float32) for _ in range(2))
+    labels = jnp.asarray([1, 2, 5, 9])
+    hp = {**task.default_hparams, "temperature": jnp.float32(2.0), "soft_weight": jnp.float32(0.5),
+          "distill_steps": jnp.float32(10)}
+    state = types.SimpleNamespace(hparams=hp, step=jnp.int32(0))
+    weights = jnp.asarray([1.0, 0.0, 1.0, 0.0])
+    plain = distill_loss(task)(state, outputs, labels, (None, labels, teacher_logits))
+    weighted = distill_loss(task)(state, outputs, labels, (None, labels, teacher_logits, weights))
+    np.testing.assert_allclose(weighted, plain, rtol=1e-6)
+
+
 def test_hard_distilled_student_learns_a_random_teachers_labels_not_the_true_ones():
     """A teacher that was never trained labels the digits at random (for them); a student trained on
     its labels (soft weight 0, teacher_labels 1) agrees with it and loses accuracy, next to the same

@@ -226,7 +226,7 @@ def population_batch_indices(task: Task) -> BatchIndices:
 
 def poisson_batches(task: Task) -> bool:
     """Whether the task's batches are Poisson samples (DP-SGD's `dp_sampling='poisson'`)."""
-    return getattr(task.config, "dp_sampling", "shuffle") == "poisson"
+    return poisson.uses_poisson(task.config)
 
 
 def max_batch_size(config: Any, num_examples: int) -> int:

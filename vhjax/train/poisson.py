@@ -28,6 +28,11 @@ DEFAULT_TAIL = 1e-6  # the default max_batch_size: a step's sample exceeds it wi
 SELECT_TAG, ORDER_TAG = 0, 1  # the two independent draws of a step: who is sampled, and their order
 
 
+def uses_poisson(config: Any) -> bool:
+    """Whether a config trains on Poisson batches (DP-SGD's `dp_sampling='poisson'`)."""
+    return getattr(config, "dp_sampling", "shuffle") == "poisson"
+
+
 def sample_rate(batch_size: int, num_examples: int) -> float:
     """q: the probability that one example joins one step's batch (the expected batch size over N)."""
     return min(1.0, batch_size / num_examples)

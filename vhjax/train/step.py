@@ -16,6 +16,7 @@ from jax import lax
 from vhjax import losses, metrics, regularizers
 from vhjax.batching import map_in_batches
 from vhjax.counter_hash import hashed_bits
+from vhjax.train.poisson import uses_poisson
 from vhjax.train.state import TrainState
 from vhjax.train.task import Task
 
@@ -234,7 +235,9 @@ def make_train_step(task: Task, data_loss: Callable | None = None
     """The pure train step of one member on one batch (x, y): augment, step the optimizer.
 
     `data_loss(state, outputs, targets, batch) -> per-example loss` replaces the task's loss; the
-    batch may then carry more than (x, y), e.g. a teacher's logits (`vhjax.transfer.distill`)."""
+    batch may then carry more than (x, y), e.g. a teacher's logits (`vhjax.transfer.distill`); a
+    Poisson batch (`vhjax.train.poisson`) carries each row's weight last."""
+    poisson = uses_poisson(task.config)
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
         x, y = batch[0], batch[1]
@@ -284,7 +287,6 @@ def make_train_step(task: Task, data_loss: Callable | None = None
         step_metrics = {"loss": total, "data_loss": mean_data_loss, "accuracy": accuracy, **extra}
         return new_state, step_metrics
 
-    poisson = getattr(task.config, "dp_sampling", "shuffle") == "poisson"
     return train_step
 
 

@@ -45,6 +45,7 @@ from vhjax.population.engine import BatchIndices, PopulationRunner
 from vhjax.population.fit import BucketProgram, PopulationResult, bucket_tasks, fit_population, with_config_loss_weights
 from vhjax.population.members import batch_indices_from, classifier_runner, mesh_layout
 from vhjax.population.state import PopulationState
+from vhjax.train.poisson import uses_poisson
 from vhjax.train.step import apply_model, chunk_batch_indices, make_train_step, per_example_loss
 from vhjax.train.task import Task, call_keywords, load_split, preprocess_inputs, resolve_model
 from vhjax.train.workdir import content_digest, record_inputs
@@ -218,6 +219,8 @@ def distill_loss(task: Task):
     An unlabelled row's label is the teacher's prediction; its loss is weighted by unlabeled_weight while
     the student is taught, and by 0 where the teacher's top probability is below `confidence`."""
 
+    poisson = uses_poisson(task.config)  # a Poisson batch's last entry is each row's weight, not `labelled`
+
     def data_loss(state, outputs, targets, batch):
         hp = state.hparams
         teacher = batch[2]
@@ -230,7 +233,7 @@ def distill_loss(task: Task):
             labels = jnp.argmax(teacher, axis=-1).astype(targets.dtype)
             hard = (1.0 - by_teacher) * hard + by_teacher * per_example_loss(task, hp, outputs, labels)
         loss = weight * soft + (1.0 - weight) * hard
-        if len(batch) > 3:  # B labelled rows, then U unlabelled ones: mean over B + u * (sum over U) / U
+        if len(batch) > 3 and not poisson:  # B labelled rows, then U unlabelled: mean over B + u * (sum over U) / U
             labelled = batch[3]
             share = jnp.mean(labelled.astype(jnp.float32))  # B / (B + U)
             confident = jax.nn.softmax(teacher.astype(jnp.float32), axis=-1).max(-1) >= hp["confidence"]
