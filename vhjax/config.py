@@ -10,6 +10,7 @@ import ast
 import dataclasses
 import importlib.util
 import json
+import numbers
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -261,7 +262,11 @@ def check_privacy(config: TrainConfig) -> None:
         require(config.dp_max_batch_size is None, "config field 'dp_max_batch_size'", config.dp_max_batch_size,
                 "None unless dp_sampling is 'poisson' (it bounds a Poisson batch)")
     elif config.dp_max_batch_size is not None:
-        check_int("config field 'dp_max_batch_size'", config.dp_max_batch_size, config.batch_size)
+        bound = config.dp_max_batch_size
+        require(isinstance(bound, numbers.Integral) and not isinstance(bound, bool) and bound >= config.batch_size,
+                "config field 'dp_max_batch_size'",
+                config.dp_max_batch_size, f"None or an integer >= batch_size ({config.batch_size}): the padded size "
+                "of a Poisson batch whose expected size is batch_size")
     if config.dp_clip_norm is None:
         return
     require(config.mixing is None, "config field 'mixing'", config.mixing,
