@@ -9,9 +9,11 @@ member with `dp_clip_norm=0` is the non-private baseline beside them.
 
 The accounting is Google's `dp_accounting` (`pip install "vhjax[privacy]"`): each step is a Gaussian
 mechanism of std s on a batch drawn with rate q = batch_size / train_size, composed over the steps
-the member trained. The accountants assume Poisson sampling of each batch; vhjax's batches are
+the member trained. The accountants assume Poisson sampling of each batch. With
+`dp_sampling='poisson'` the batches are such samples (`vhjax.train.poisson`; a rare oversized sample
+is cut, and accounted as truncated Poisson sampling with the PLD accountant). By default they are
 slices of one shuffled order per epoch, and like Opacus and TensorFlow Privacy the numbers reported
-here are the Poisson accountant's for q (for shuffled batches that is a convention, not a proof:
+are the Poisson accountant's for q (for shuffled batches that is a convention, not a proof:
 Chua et al. 2024, "How Private are DP-SGD Implementations?"). Picking the best of several private
 members spends more privacy than any one of them (Papernot & Steinke 2022); the numbers are per member.
 """
@@ -168,17 +170,15 @@ def member_privacy(dp_clip_norm: Sequence[float], noise_multiplier: Sequence[flo
         max_batch_size = None
     sample_rate = min(1.0, batch_size / train_size)
     records: list[dict | None] = []
-    spent: dict[tuple[float, int], float] = {}  # members of equal noise and steps (seeds) share one accounting
     for clip, noise, trained in zip(np.asarray(dp_clip_norm, float), np.asarray(noise_multiplier, float),
                                     np.asarray(steps, int)):
         if clip == 0:
             records.append(None)
             continue
-        key = (float(noise), int(trained))
-        if key not in spent:
-            spent[key] = epsilon(key[0], sample_rate, key[1], delta, accountant,
-                                 dataset_size=train_size if max_batch_size else None, max_batch_size=max_batch_size)
-        record = {"epsilon": spent[key], "delta": delta, "noise_multiplier": float(noise), "dp_clip_norm": float(clip),
+        # members of equal noise and steps (seeds) share one accounting (`epsilon` remembers it)
+        spent = epsilon(float(noise), sample_rate, int(trained), delta, accountant,
+                        dataset_size=train_size if max_batch_size else None, max_batch_size=max_batch_size)
+        record = {"epsilon": spent, "delta": delta, "noise_multiplier": float(noise), "dp_clip_norm": float(clip),
                   "steps": int(trained), "sample_rate": sample_rate, "accountant": accountant, "sampling": sampling}
         if max_batch_size is not None:
             record["max_batch_size"] = int(max_batch_size)
