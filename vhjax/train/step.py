@@ -211,15 +211,23 @@ def private_gradients(example_loss: Callable, state: TrainState, examples: tuple
     estimator; the non-private member's gradient is then unbiased too). Returns (mean loss of the
     sampled examples, outputs, gradient, fraction of them clipped)."""
     size = jax.tree.leaves(examples)[0].shape[0]
-    (example_losses, outputs), example_grads = jax.vmap(
-        jax.value_and_grad(example_loss, has_aux=True), in_axes=(None, 0, 0))(
-            state.params, jnp.arange(size), examples)
-    count, divisor = size, size
-    if weights is not None:
-        example_grads = jax.tree.map(lambda g: g * weights.reshape(-1, *[1] * (g.ndim - 1)).astype(g.dtype),
-                                     example_grads)
+    if weights is None:
+        (example_losses, outputs), example_grads = jax.vmap(
+            jax.value_and_grad(example_loss, has_aux=True), in_axes=(None, 0, 0))(
+                state.params, jnp.arange(size), examples)
+        count, divisor = size, size
+    else:
+        def weighted_loss(params, index, example, weight):  # weight 0 or 1: the gradient is 0 or the example's
+            loss, outputs = example_loss(params, index, example)
+            return loss * weight, outputs
+
+        # the weight enters the loss, not the gradients: multiplying the per-example gradients by it
+        # made 600 steps of 6 MNIST-1D CNN members take 10.1 s against 6.8 s (6.0-6.4 s shuffled)
+        (example_losses, outputs), example_grads = jax.vmap(
+            jax.value_and_grad(weighted_loss, has_aux=True), in_axes=(None, 0, 0, 0))(
+                state.params, jnp.arange(size), examples, weights)
         count, divisor = jnp.maximum(jnp.sum(weights), 1.0), expected_size
-        example_losses = example_losses * weights * (size / count)  # so that .mean() is the sampled examples'
+        example_losses = example_losses * (size / count)  # so that .mean() is the sampled examples'
     clip, multiplier = state.hparams["dp_clip_norm"], state.hparams["noise_multiplier"]
     summed, clipped = optax.per_example_global_norm_clip(example_grads, jnp.where(clip > 0, clip, jnp.inf))
     leaves, treedef = jax.tree.flatten(summed)
