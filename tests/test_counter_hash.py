@@ -64,8 +64,8 @@ def test_epoch_order_is_a_permutation_that_changes_with_epoch_and_key():
 
 @pytest.mark.parametrize("count", [1, 2, 3, 1000, 4096, 4097])
 def test_epoch_order_sorts_the_words_random_bits_with_the_index_breaking_ties(count, monkeypatch):
+    from vhjax import counter_hash
     from vhjax.counter_hash import hashed_bits
-    from vhjax.train import step
 
     key, epoch = jax.random.key(11), jnp.asarray(3)
     words = np.asarray(hashed_bits(jax.random.fold_in(key, epoch), count))
@@ -73,7 +73,7 @@ def test_epoch_order_sorts_the_words_random_bits_with_the_index_breaking_ties(co
     wanted = np.argsort(words >> index_bits, kind="stable")  # by the random bits; ties by index
     order = np.asarray(epoch_order(key, epoch, count, True))
     assert np.array_equal(order, wanted) and sorted(order.tolist()) == list(range(count))
-    monkeypatch.setattr(step, "PACKED_SORT_EXAMPLES", count - 1)  # the argsort of whole words beyond it
+    monkeypatch.setattr(counter_hash, "PACKED_SORT_EXAMPLES", count - 1)  # the argsort of whole words beyond it
     assert np.array_equal(np.asarray(epoch_order(key, epoch, count, True)), np.argsort(words, kind="stable"))
 
 

@@ -59,6 +59,28 @@ def hashed_randint(key: jax.Array, shape: tuple[int, ...] | int, low: jax.Array,
     return low + uniform_index(hashed_uniform(key, shape), high - low)
 
 
+PACKED_SORT_EXAMPLES = 1 << 16  # up to here an example's index and >= 16 random bits share one uint32
+
+
+def indices_by_words(words: jax.Array, selected: jax.Array | None = None) -> jax.Array:
+    """The indices 0..N-1 in the order of their uint32 `words` (`hashed_bits`: a random order), and
+    with `selected` (bool, N) the selected ones first, in that order (the others after them).
+
+    Up to `PACKED_SORT_EXAMPLES` examples the index takes the low bits of each word and one array
+    is sorted: XLA's CPU sort of one operand is about 5x faster than an argsort's two (96 orders of
+    3,600 examples: 7.7 against 43 ms). Words whose random bits tie (rare) keep their index order."""
+    count = words.shape[0]
+    last = jnp.uint32(0xFFFFFFFF)
+    if count > PACKED_SORT_EXAMPLES:
+        keys = words if selected is None else jnp.where(selected, jnp.minimum(words, last - 1), last)
+        return jnp.argsort(keys).astype(jnp.int32)
+    index_mask = (1 << max(1, (count - 1).bit_length())) - 1
+    packed = (words & jnp.uint32(0xFFFFFFFF ^ index_mask)) | lax.iota(jnp.uint32, count)
+    if selected is not None:  # a selected word never exceeds `last`, and equals it only at its own index
+        packed = jnp.where(selected, packed, last)
+    return (jnp.sort(packed) & jnp.uint32(index_mask)).astype(jnp.int32)
+
+
 def uniform_index(u: jax.Array, count) -> jax.Array:
     """`floor(u * count)`, at most `count - 1`: a uniform index in [0, count) for each uniform `u` in
     [0, 1) (NumPy in, NumPy out: host-side decisions use it too)."""

@@ -20,9 +20,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from vhjax.counter_hash import hashed_bits
+from vhjax.counter_hash import hashed_bits, indices_by_words
 
 DEFAULT_TAIL = 1e-6  # the default max_batch_size: a step's sample exceeds it with at most this probability
 SELECT_TAG, ORDER_TAG = 0, 1  # the two independent draws of a step: who is sampled, and their order
@@ -63,14 +62,7 @@ def step_sample(key: jax.Array, num_examples: int, batch_size: int, max_batch_si
         threshold = jnp.uint32(min(round(q * 2 ** 32), 2 ** 32 - 1))
         selected = hashed_bits(jax.random.fold_in(key, SELECT_TAG), num_examples) < threshold
     order = hashed_bits(jax.random.fold_in(key, ORDER_TAG), num_examples)
-    last = jnp.uint32(0xFFFFFFFF)
-    if num_examples < (1 << 16):  # index in the low bits: one single-operand sort (see epoch_order)
-        index_mask = (1 << max(1, (num_examples - 1).bit_length())) - 1
-        packed = (order & jnp.uint32(0xFFFFFFFF ^ index_mask)) | lax.iota(jnp.uint32, num_examples)
-        first = jnp.sort(jnp.where(selected, packed, last))[:max_batch_size]
-        indices = (first & jnp.uint32(index_mask)).astype(jnp.int32)
-    else:
-        indices = jnp.argsort(jnp.where(selected, order, last))[:max_batch_size].astype(jnp.int32)
+    indices = indices_by_words(order, selected)[:max_batch_size]
     count = jnp.sum(selected, dtype=jnp.int32)
     return jnp.where(jnp.arange(max_batch_size) < count, indices, num_examples)
 

@@ -11,11 +11,10 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import optax
-from jax import lax
 
 from vhjax import losses, metrics, regularizers
 from vhjax.batching import map_in_batches
-from vhjax.counter_hash import hashed_bits
+from vhjax.counter_hash import hashed_bits, indices_by_words
 from vhjax.train.poisson import uses_poisson
 from vhjax.train.state import TrainState
 from vhjax.train.task import Task
@@ -41,30 +40,18 @@ def init_state(task: Task, key: jax.Array, hparams: dict[str, jax.Array] | None 
     )
 
 
-PACKED_SORT_EXAMPLES = 1 << 16  # up to here an example's index and >= 16 random bits share one uint32
-
-
 def epoch_order(data_key: jax.Array, epoch: jax.Array, num_examples: int, shuffle: bool) -> jax.Array:
     """The example order of one epoch: a permutation drawn from (data_key, epoch), or 0..N-1.
 
-    The order sorts the examples by counter-hash words (one sort; `jax.random.permutation` runs
-    threefry and two sorts, which cost a population's training program about 0.25 s of CPU
-    compilation). The hash's seed is drawn with threefry from (data_key, epoch): seeding it from
-    the key's words by the hash alone compiled 0.1-0.2 s sooner, but with it the shrinking PBT
-    reached Optuna TPE's best in 6 of 12 seeds against 12 of 12 (experiments/README.md, session
-    39). Up to `PACKED_SORT_EXAMPLES` examples the index takes the low bits of each example's word
-    and one array is sorted: XLA's CPU sort of one operand is about 5x faster than
-    an argsort's two (96 orders of 3,600 examples: 7.7 against 43 ms), which a population with
-    its own batches per member runs every chunk. Examples whose random bits tie (rare) keep their
-    order."""
+    The order sorts the examples by counter-hash words (one sort, `counter_hash.indices_by_words`;
+    `jax.random.permutation` runs threefry and two sorts, which cost a population's training
+    program about 0.25 s of CPU compilation). The hash's seed is drawn with threefry from
+    (data_key, epoch): seeding it from the key's words by the hash alone compiled 0.1-0.2 s sooner,
+    but with it the shrinking PBT reached Optuna TPE's best in 6 of 12 seeds against 12 of 12
+    (experiments/README.md, session 39)."""
     if not shuffle:
         return jnp.arange(num_examples)
-    words = hashed_bits(jax.random.fold_in(data_key, epoch), num_examples)
-    if num_examples > PACKED_SORT_EXAMPLES:
-        return jnp.argsort(words).astype(jnp.int32)
-    index_mask = (1 << max(1, (num_examples - 1).bit_length())) - 1
-    packed = (words & jnp.uint32(0xFFFFFFFF ^ index_mask)) | lax.iota(jnp.uint32, num_examples)
-    return (jnp.sort(packed) & jnp.uint32(index_mask)).astype(jnp.int32)
+    return indices_by_words(hashed_bits(jax.random.fold_in(data_key, epoch), num_examples))
 
 
 def chunk_batch_indices(data_key: jax.Array, start: jax.Array, length: int, num_examples: int,
