@@ -26,9 +26,9 @@ from vhjax.memo import Memo
 from vhjax.population.engine import ISOLATION_MODES, default_member_group
 from vhjax.population.hooks import best_members, config_hooks
 from vhjax.population.loop import LoopResult, run_loop
-from vhjax.population.members import (classifier_runner, init_population, make_population_eval, max_batch_size,
-                                     mesh_layout, poisson_batches)
+from vhjax.population.members import classifier_runner, init_population, make_population_eval, mesh_layout
 from vhjax.population.state import PopulationState
+from vhjax.train import poisson
 from vhjax.train.state import TrainState
 from vhjax.train.step import precise_statistics
 from vhjax.train.task import Task, build_task, with_member_hparams
@@ -257,7 +257,7 @@ def train_bucket(task: Task, population: PopulationState, workdir: Path | None, 
         else member_group
     run_chunk, classify = compiled_programs(task, group, isolation, mesh)
     run_chunk = run_chunk if runner is None else runner
-    if poisson_batches(task) and mesh is not None and parallel.spans_processes(mesh):
+    if poisson.uses_poisson(task.config) and mesh is not None and parallel.spans_processes(mesh):
         raise ValueError("config field 'dp_sampling' has value 'poisson'; allowed: 'shuffle' on a mesh that spans "
                          "processes (each process gathers its rows of shuffled batches; Poisson batches are "
                          "gathered inside the program, on one process's devices)")
@@ -429,12 +429,11 @@ def privacy_spent(task: Any, population: PopulationState) -> list[dict | None] |
     if "dp_clip_norm" not in hparams:
         return None
     config = task.config
-    poisson = poisson_batches(task)
+    padded = poisson.padded_size(config, len(task.train)) if poisson.uses_poisson(config) else None
     return privacy.member_privacy(np.asarray(hparams["dp_clip_norm"]), np.asarray(hparams["noise_multiplier"]),
                                   np.asarray(population.members.step), batch_size=config.batch_size,
                                   train_size=len(task.train), delta=config.dp_delta,
-                                  sampling=config.dp_sampling,
-                                  max_batch_size=max_batch_size(config, len(task.train)) if poisson else None)
+                                  sampling=config.dp_sampling, max_batch_size=padded)
 
 
 def static_hparams(config: TrainConfig) -> dict[str, Any]:

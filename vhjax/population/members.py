@@ -216,24 +216,12 @@ def population_batch_indices(task: Task) -> BatchIndices:
     With Poisson batches (`dp_sampling='poisson'`) B is the padded size, padding rows N
     (`vhjax.train.poisson`)."""
     config, size = task.config, len(task.train)
-    if poisson_batches(task):
-        bound = max_batch_size(config, size)
+    if poisson.uses_poisson(config):
+        bound = poisson.padded_size(config, size)
         return batch_indices_from(lambda key, step, length: poisson.chunk_poisson_indices(
             key, step, length, size, config.batch_size, bound))
     return batch_indices_from(lambda key, step, length: chunk_batch_indices(
         key, step, length, size, config.batch_size, config.shuffle, config.drop_remainder))
-
-
-def poisson_batches(task: Task) -> bool:
-    """Whether the task's batches are Poisson samples (DP-SGD's `dp_sampling='poisson'`)."""
-    return poisson.uses_poisson(task.config)
-
-
-def max_batch_size(config: Any, num_examples: int) -> int:
-    """The padded size of a Poisson batch: the config's `dp_max_batch_size` (at most N) or the default bound."""
-    if config.dp_max_batch_size is not None:
-        return min(config.dp_max_batch_size, num_examples)
-    return poisson.default_max_batch_size(config.batch_size, num_examples)
 
 
 def batch_indices_from(sample: Callable[[jax.Array, jax.Array, int], jax.Array]) -> BatchIndices:
@@ -261,7 +249,7 @@ def classifier_runner(task: Task, member_group: int | None = None, batch_indices
     projection head, domain adaptation, ADDA, annealing over the weights), compiled with the model's
     options (`compile_options.training_options`, chosen here for all of them; see
     `engine.PopulationRunner`)."""
-    if poisson_batches(task):  # the sample and each row's weight come from the Poisson gather
+    if poisson.uses_poisson(task.config):  # the sample and each row's weight come from the Poisson gather
         if batch_indices is not None or gather is not gather_batch:
             raise ValueError("config field 'dp_sampling' has value 'poisson'; allowed: 'shuffle' for an entry point "
                              "that draws its own batches (bagging, boosting, k-fold, semi-supervised "

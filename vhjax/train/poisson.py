@@ -51,6 +51,13 @@ def default_max_batch_size(batch_size: int, num_examples: int, tail: float = DEF
     return max(batch_size, min(num_examples, bound))
 
 
+def padded_size(config: Any, num_examples: int) -> int:
+    """A config's padded Poisson batch: its `dp_max_batch_size` (at most N) or the default bound."""
+    if config.dp_max_batch_size is not None:
+        return min(config.dp_max_batch_size, num_examples)
+    return default_max_batch_size(config.batch_size, num_examples)
+
+
 def step_sample(key: jax.Array, num_examples: int, batch_size: int, max_batch_size: int) -> jax.Array:
     """One step's Poisson sample as `max_batch_size` example indices, the padding rows `num_examples`
     (one past the last example): each example selected with probability q, the selected ones in a
